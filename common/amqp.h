@@ -1,0 +1,198 @@
+// RabbitMQ client: librabbitmq-c (0.11) behind a small interface of ours.
+//
+// Three pieces, each owning its own AMQP connection (librabbitmq-c connections are not
+// thread-safe, so each is used from exactly one thread):
+//
+//  * Connection: a blocking client for set-up, tools and tests (declare, publish with confirm,
+//    get, purge, queue depth). One thread at a time.
+//  * Consumer: the outbound lane's intake. A thread of its own consumes one or more queues with
+//    manual ack and a bounded prefetch and hands each delivery to a handler. Delivery contract:
+//    at-least-once. A delivery stays unacked until Ack/Reject/ParkAndAck is called for its tag
+//    (from any thread); on connection loss every unsettled delivery is redelivered by the broker,
+//    and the consumer reconnects with backoff, re-applies the topology and consumes again.
+//  * Publisher: the inbound lane's output. Thread-safe Publish() with a completion callback that
+//    runs once the broker confirmed (publisher confirms, persistent, mandatory), so many publishes
+//    are in flight at once and one confirm wait is never paid per message.
+//
+//   ess::amqp::Consumer consumer(opts, [&](ess::amqp::Delivery d) { ...; consumer.Ack(tag); });
+//   consumer.Start();
+#ifndef ESS_COMMON_AMQP_H_
+#define ESS_COMMON_AMQP_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ess::amqp {
+
+struct ConnectionOptions {
+  std::string host = "127.0.0.1";
+  int port = 5672;
+  std::string vhost = "/";
+  std::string user = "guest";
+  std::string password = "guest";
+  int heartbeat_seconds = 30;
+  absl::Duration connect_timeout = absl::Seconds(5);
+  // Shown in the broker's connection list (client property "connection_name").
+  std::string connection_name;
+};
+
+// String-valued application headers, in order.
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+struct Message {
+  std::string body;
+  std::string correlation_id;
+  std::string message_id;
+  std::string type;  // AMQP "type" property: the event type.
+  std::string content_type = "application/json";
+  Headers headers;
+  bool persistent = true;
+};
+
+struct Delivery {
+  uint64_t delivery_tag = 0;
+  std::string queue;  // the queue it was consumed from
+  bool redelivered = false;
+  std::string exchange;
+  std::string routing_key;
+  Message message;
+};
+
+struct QueueSpec {
+  std::string name;
+  bool durable = true;
+  // Optional x-arguments with string values (e.g. {"x-queue-type","quorum"}).
+  Headers string_args;
+};
+
+struct ExchangeSpec {
+  std::string name;
+  std::string type = "fanout";
+  bool durable = true;
+};
+
+struct BindingSpec {
+  std::string queue;
+  std::string exchange;
+  std::string routing_key;
+};
+
+// What a component declares on every (re)connect. Declarations are idempotent.
+struct Topology {
+  std::vector<ExchangeSpec> exchanges;
+  std::vector<QueueSpec> queues;
+  std::vector<BindingSpec> bindings;
+};
+
+// Blocking client. Errors: UNAVAILABLE when the broker cannot be reached or the connection
+// broke; FAILED_PRECONDITION when the broker refused an operation (channel closed, e.g. a
+// queue declared with other arguments), with the broker's reply text.
+class Connection {
+ public:
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  absl::Status Apply(const Topology& topology);
+  // Publishes and waits for the broker's confirm (mandatory: an unroutable message is an
+  // error, FAILED_PRECONDITION "unroutable").
+  absl::Status Publish(std::string_view exchange, std::string_view routing_key,
+                       const Message& message);
+  // basic.get with auto-ack; std::nullopt-like empty StatusOr value when the queue is empty is
+  // signalled by NOT_FOUND.
+  absl::StatusOr<Delivery> Get(std::string_view queue);
+  // Messages ready in the queue (passive declare). NOT_FOUND if there is no such queue.
+  absl::StatusOr<uint32_t> MessageCount(std::string_view queue);
+  absl::Status Purge(std::string_view queue);
+  absl::Status DeleteQueue(std::string_view queue);
+
+ private:
+  struct Impl;
+  explicit Connection(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+class Consumer {
+ public:
+  struct Options {
+    ConnectionOptions connection;
+    Topology topology;            // declared before consuming, again after each reconnect
+    std::vector<std::string> queues;  // consumed, each with its own consumer tag
+    uint16_t prefetch = 256;      // basic.qos per consumer
+  };
+  // Called on the consumer's thread, one delivery at a time; must not block (hand the work
+  // off). Every delivery must be settled exactly once with Ack, Reject or ParkAndAck.
+  using Handler = std::function<void(Delivery)>;
+
+  Consumer(Options options, Handler handler);
+  ~Consumer();  // Stop()
+  Consumer(const Consumer&) = delete;
+  Consumer& operator=(const Consumer&) = delete;
+
+  // Connects, applies the topology, starts consuming on a thread of its own. Returns the first
+  // connection's error; later losses are retried in the background with backoff.
+  absl::Status Start();
+  // Cancels the consumers, stops the thread. Deliveries not yet settled are returned to the
+  // queue by the broker when the connection closes.
+  void Stop();
+
+  // Thread-safe settlement. Contiguous acks are coalesced into one basic.ack(multiple).
+  void Ack(uint64_t delivery_tag);
+  void Reject(uint64_t delivery_tag, bool requeue);
+  // Publishes `message` to `queue` (default exchange, persistent, with confirm) and acks the
+  // delivery only once the broker confirmed it; if the publish fails the delivery is rejected
+  // with requeue, so nothing is lost.
+  void ParkAndAck(uint64_t delivery_tag, std::string queue, Message message);
+
+  // True while a connection is up and consuming.
+  bool connected() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+class Publisher {
+ public:
+  struct Options {
+    ConnectionOptions connection;
+    Topology topology;  // declared on every (re)connect
+    // Publishes waiting for a confirm at most; Publish() fails fast with RESOURCE_EXHAUSTED
+    // beyond it.
+    size_t max_in_flight = 8192;
+  };
+  // Called on the publisher's thread: OK once confirmed; UNAVAILABLE if the broker nacked or
+  // the connection was lost before the confirm; FAILED_PRECONDITION "unroutable" if the
+  // message was returned (mandatory).
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
+
+  explicit Publisher(Options options);
+  ~Publisher();  // Stop()
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  absl::Status Start();
+  void Stop();  // fails every pending publish with UNAVAILABLE
+  // Thread-safe. Persistent, mandatory.
+  void Publish(std::string exchange, std::string routing_key, Message message, Done done);
+  bool connected() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ess::amqp
+
+#endif  // ESS_COMMON_AMQP_H_

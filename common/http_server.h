@@ -1,0 +1,92 @@
+// Asynchronous HTTP/1.1 server on libevent (evhttp), for webhooks and test partners.
+//
+// The handler runs on the server's event-loop thread and gets a Responder; it may answer at
+// once or later from any thread (e.g. after a broker confirm), so a slow answer never holds a
+// thread. Keep-alive, a body size limit (413) and a request deadline are built in.
+//
+//   ess::http::Server server({.listen = "127.0.0.1:0"},
+//       [](ess::http::ServerRequest req, ess::http::Responder r) {
+//         std::move(r).Send({.status = 200, .body = "{}"});
+//       });
+//   server.Start();  server.port();
+#ifndef ESS_COMMON_HTTP_SERVER_H_
+#define ESS_COMMON_HTTP_SERVER_H_
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/http_client.h"
+
+namespace ess::http {
+
+struct ServerRequest {
+  std::string method;  // "POST"
+  std::string path;    // "/webhook/prison" (no query)
+  std::string query;   // "a=1&b=2" or empty
+  HeaderList headers;  // names lower-cased
+  std::string body;
+  std::string peer;    // "127.0.0.1:53211"
+
+  std::string_view Header(std::string_view lower_name) const;
+};
+
+struct ServerResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  HeaderList headers;
+  std::string body;
+};
+
+// Answers one request, exactly once, from any thread. A Responder dropped without Send
+// answers 500 so that no client hangs.
+class Responder {
+ public:
+  Responder() = default;
+  Responder(Responder&&) noexcept;
+  Responder& operator=(Responder&&) noexcept;
+  ~Responder();
+  void Send(ServerResponse response) &&;
+
+  struct State;  // internal
+  explicit Responder(std::shared_ptr<State> state);
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+class Server {
+ public:
+  struct Options {
+    std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
+    size_t max_body_bytes = 1 << 20;
+    int request_timeout_seconds = 30;
+  };
+  using Handler = std::function<void(ServerRequest, Responder)>;
+
+  Server(Options options, Handler handler);
+  ~Server();  // Stop()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds and starts the event-loop thread. INVALID_ARGUMENT for a bad address,
+  // UNAVAILABLE when the port cannot be bound.
+  absl::Status Start();
+  // The bound port (after Start).
+  int port() const;
+  // Stops accepting, answers nothing further, joins the thread.
+  void Stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ess::http
+
+#endif  // ESS_COMMON_HTTP_SERVER_H_

@@ -1,0 +1,191 @@
+#include "common/log.h"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "ess/v1/config.pb.h"
+
+namespace ess::log {
+namespace {
+
+struct State {
+  std::string service = "ess";
+  std::atomic<int> level{static_cast<int>(Level::kInfo)};
+  absl::flat_hash_set<std::string> pii;
+};
+
+State& GetState() {
+  static State* state = new State();
+  return *state;
+}
+
+constexpr std::string_view kMask = "***";
+
+std::string_view LevelName(Level level) {
+  switch (level) {
+    case Level::kDebug:
+      return "debug";
+    case Level::kInfo:
+      return "info";
+    case Level::kWarn:
+      return "warn";
+    case Level::kError:
+      return "error";
+  }
+  return "info";
+}
+
+// Appends `v` as a logfmt value: bare when it has no space, quote or '=', quoted otherwise.
+void AppendValue(std::string& out, std::string_view v) {
+  bool bare = !v.empty();
+  for (char c : v) {
+    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\t' || c == '\\') {
+      bare = false;
+      break;
+    }
+  }
+  if (bare) {
+    out.append(v);
+    return;
+  }
+  out.push_back('"');
+  for (char c : v) {
+    switch (c) {
+      case '"':
+        out.append("\\\"");
+        break;
+      case '\\':
+        out.append("\\\\");
+        break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  out.push_back('"');
+}
+
+void MaskValue(rapidjson::Value& v, rapidjson::Document::AllocatorType& alloc) {
+  if (v.IsObject()) {
+    for (auto& m : v.GetObject()) {
+      std::string_view name(m.name.GetString(), m.name.GetStringLength());
+      if (IsPii(name) && !m.value.IsObject() && !m.value.IsArray() && !m.value.IsNull()) {
+        m.value.SetString(kMask.data(), kMask.size(), alloc);
+      } else {
+        MaskValue(m.value, alloc);
+      }
+    }
+  } else if (v.IsArray()) {
+    for (auto& e : v.GetArray()) MaskValue(e, alloc);
+  }
+}
+
+// Fallback for text that is not valid JSON: masks `"field": value` by scanning.
+std::string MaskText(std::string_view text) {
+  std::string out(text);
+  for (const auto& field : GetState().pii) {
+    std::string key = "\"" + field + "\"";
+    size_t pos = 0;
+    while ((pos = out.find(key, pos)) != std::string::npos) {
+      size_t i = pos + key.size();
+      while (i < out.size() && (out[i] == ' ' || out[i] == ':')) ++i;
+      size_t start = i, end = i;
+      if (i < out.size() && out[i] == '"') {
+        end = i + 1;
+        while (end < out.size() && out[end] != '"') end += (out[end] == '\\') ? 2 : 1;
+        end = std::min(end + 1, out.size());
+      } else {
+        while (end < out.size() && out[end] != ',' && out[end] != '}' && out[end] != ']') ++end;
+      }
+      out.replace(start, end - start, "\"***\"");
+      pos = start + 5;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void Init(std::string_view service, const ess::v1::LoggingConfig& config) {
+  Level level = Level::kInfo;
+  std::string name = absl::AsciiStrToLower(config.level());
+  if (name == "debug") level = Level::kDebug;
+  if (name == "warn") level = Level::kWarn;
+  if (name == "error") level = Level::kError;
+  Init(service, level, {config.pii_fields().begin(), config.pii_fields().end()});
+}
+
+void Init(std::string_view service, Level level, std::vector<std::string> pii_fields) {
+  State& s = GetState();
+  s.service = std::string(service);
+  s.level = static_cast<int>(level);
+  s.pii.clear();
+  for (auto& f : pii_fields) s.pii.insert(std::move(f));
+}
+
+bool Enabled(Level level) { return static_cast<int>(level) >= GetState().level.load(); }
+
+bool IsPii(std::string_view field) {
+  // Debian's Abseil has its own string_view type: convert for the heterogeneous lookup.
+  return GetState().pii.contains(absl::string_view(field.data(), field.size()));
+}
+
+std::string MaskJson(std::string_view json) {
+  if (GetState().pii.empty()) return std::string(json);
+  rapidjson::Document doc;
+  doc.Parse(json.data(), json.size());
+  if (doc.HasParseError()) return MaskText(json);
+  MaskValue(doc, doc.GetAllocator());
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
+  doc.Accept(writer);
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+void Write(Level level, std::string_view cid, std::string_view msg, Fields fields) {
+  State& s = GetState();
+  std::string line;
+  line.reserve(160 + msg.size());
+  line.append("ts=");
+  line.append(absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()));
+  line.append(" level=");
+  line.append(LevelName(level));
+  line.append(" svc=");
+  line.append(s.service);
+  if (!cid.empty()) {
+    line.append(" cid=");
+    AppendValue(line, cid);
+  }
+  line.append(" msg=");
+  AppendValue(line, msg);
+  for (const auto& [k, v] : fields) {
+    line.push_back(' ');
+    line.append(k);
+    line.push_back('=');
+    if (IsPii(k)) {
+      line.append(kMask);
+    } else {
+      AppendValue(line, v);
+    }
+  }
+  line.push_back('\n');
+  // One fwrite per line: stdio locks the stream, so lines from threads never interleave.
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+}  // namespace ess::log

@@ -1,0 +1,85 @@
+// Structured one-line logging with correlation ids and PII masking.
+//
+// Every line is logfmt: `ts=... level=info svc=outbound_svc cid=VIS-77 msg="pushed" k=v ...`.
+// Values of the fields named in LoggingConfig.pii_fields are masked wherever they appear as
+// key=value pairs or inside JSON text handed to MaskJson(), so a payload can be logged safely.
+//
+//   ess::log::Init("outbound_svc", config.logging());
+//   ESS_LOG(kInfo, cid) << "pushed partner=" << partner << " status=" << code;
+//   ess::log::Info(cid, "delivered", {{"partner", "prison"}, {"status", "200"}});
+#ifndef ESS_COMMON_LOG_H_
+#define ESS_COMMON_LOG_H_
+
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace ess::v1 {
+class LoggingConfig;
+}
+
+namespace ess::log {
+
+enum class Level { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
+
+// Sets the service name, the threshold and the PII field names. Call once from main().
+void Init(std::string_view service, const ess::v1::LoggingConfig& config);
+// Same, without a config (tools, tests).
+void Init(std::string_view service, Level level = Level::kInfo,
+          std::vector<std::string> pii_fields = {});
+
+bool Enabled(Level level);
+
+using Fields = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+
+// Writes one line to stderr. `cid` may be empty. Field values named as PII are masked.
+void Write(Level level, std::string_view cid, std::string_view msg, Fields fields = {});
+
+inline void Debug(std::string_view cid, std::string_view msg, Fields f = {}) {
+  if (Enabled(Level::kDebug)) Write(Level::kDebug, cid, msg, f);
+}
+inline void Info(std::string_view cid, std::string_view msg, Fields f = {}) {
+  if (Enabled(Level::kInfo)) Write(Level::kInfo, cid, msg, f);
+}
+inline void Warn(std::string_view cid, std::string_view msg, Fields f = {}) {
+  if (Enabled(Level::kWarn)) Write(Level::kWarn, cid, msg, f);
+}
+inline void Error(std::string_view cid, std::string_view msg, Fields f = {}) {
+  if (Enabled(Level::kError)) Write(Level::kError, cid, msg, f);
+}
+
+// Returns `json` with the string/number values of PII fields (at any depth) replaced by "***".
+// Text that is not JSON is returned with every `"field":value` occurrence masked all the same.
+std::string MaskJson(std::string_view json);
+
+// True if `field` is configured as PII.
+bool IsPii(std::string_view field);
+
+// Streaming form: ESS_LOG(kInfo, cid) << "text";  The text is the msg of the line.
+class LineBuilder {
+ public:
+  LineBuilder(Level level, std::string_view cid) : level_(level), cid_(cid) {}
+  ~LineBuilder() { Write(level_, cid_, out_.str()); }
+  template <typename T>
+  LineBuilder& operator<<(const T& v) {
+    out_ << v;
+    return *this;
+  }
+
+ private:
+  Level level_;
+  std::string cid_;
+  std::ostringstream out_;
+};
+
+}  // namespace ess::log
+
+#define ESS_LOG(level, cid)                              \
+  if (!::ess::log::Enabled(::ess::log::Level::level)) { \
+  } else                                                 \
+    ::ess::log::LineBuilder(::ess::log::Level::level, cid)
+
+#endif  // ESS_COMMON_LOG_H_

@@ -1,0 +1,56 @@
+// Client side of ReplayService for the lanes: records are batched into Record calls.
+//
+// Record() is thread-safe and returns at once; `done` runs (on a gRPC or batching thread) when
+// the batch holding the record was stored (OK) or failed (the call's status, e.g. UNAVAILABLE
+// when the store is down). A batch is sent when it holds batch_max records or when its oldest
+// record waited batch_delay, whichever comes first; several batches may be in flight.
+//
+//   ess::ReplayRecorder recorder({.address = "127.0.0.1:50051"});
+//   recorder.Record(std::move(rec), [](absl::Status s) { if (s.ok()) ack(); });
+#ifndef ESS_COMMON_REPLAY_CLIENT_H_
+#define ESS_COMMON_REPLAY_CLIENT_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "ess/v1/replay.grpc.pb.h"
+
+namespace ess {
+
+// A channel + stub to ReplayService (insecure on loopback for now).
+std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address);
+
+class ReplayRecorder {
+ public:
+  struct Options {
+    std::string address;
+    size_t batch_max = 256;
+    absl::Duration batch_delay = absl::Milliseconds(2);
+    absl::Duration deadline = absl::Seconds(5);
+    // Batches in flight at once.
+    size_t max_in_flight_batches = 4;
+  };
+  using Done = absl::AnyInvocable<void(absl::Status) &&>;
+
+  explicit ReplayRecorder(Options options);
+  ~ReplayRecorder();  // Stop()
+  ReplayRecorder(const ReplayRecorder&) = delete;
+  ReplayRecorder& operator=(const ReplayRecorder&) = delete;
+
+  void Record(ess::v1::MessageRecord record, Done done);
+  // Sends what is queued, waits for calls in flight, then completes anything left with
+  // CANCELLED.
+  void Stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ess
+
+#endif  // ESS_COMMON_REPLAY_CLIENT_H_
