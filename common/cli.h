@@ -1,0 +1,26 @@
+// Command-line handling shared by every binary: absl flags with a usage text, --help that
+// lists the binary's own flags, and the --config flag that every service takes.
+//
+//   ABSL_FLAG(bool, dry_run, false, "...");           // in main.cc, optional
+//   int main(int argc, char** argv) {
+//     auto args = ess::cli::Parse(argc, argv, "outbound_svc --config PATH [--dry_run]");
+//     ...
+//   }
+#ifndef ESS_COMMON_CLI_H_
+#define ESS_COMMON_CLI_H_
+
+#include <string>
+#include <vector>
+
+namespace ess::cli {
+
+// Parses the flags (exits 0 after printing --help, exits 2 on an unknown flag) and returns the
+// positional arguments (argv[0] excluded).
+std::vector<std::string> Parse(int argc, char** argv, const std::string& usage);
+
+// The value of --config, exiting 2 with a message if it was not given.
+std::string RequiredConfigPath();
+
+}  // namespace ess::cli
+
+#endif  // ESS_COMMON_CLI_H_
