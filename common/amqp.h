@@ -71,8 +71,11 @@ struct Delivery {
 struct QueueSpec {
   std::string name;
   bool durable = true;
-  // Optional x-arguments with string values (e.g. {"x-queue-type","quorum"}).
+  // Optional x-arguments with string values (e.g. {"x-queue-type","quorum"},
+  // {"x-dead-letter-exchange",""}).
   Headers string_args;
+  // Optional x-arguments with integer values (e.g. {"x-message-ttl", 5000}).
+  std::vector<std::pair<std::string, int64_t>> int_args;
 };
 
 struct ExchangeSpec {

@@ -1,5 +1,6 @@
 #include "common/cli.h"
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 
@@ -35,6 +36,28 @@ std::string RequiredConfigPath() {
     std::exit(2);
   }
   return path;
+}
+
+namespace {
+sigset_t TerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+}  // namespace
+
+void BlockTerminationSignals() {
+  sigset_t set = TerminationSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForTerminationSignal() {
+  sigset_t set = TerminationSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
 }
 
 }  // namespace ess::cli

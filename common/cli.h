@@ -21,6 +21,12 @@ std::vector<std::string> Parse(int argc, char** argv, const std::string& usage);
 // The value of --config, exiting 2 with a message if it was not given.
 std::string RequiredConfigPath();
 
+// Blocks SIGINT and SIGTERM in the calling thread and in every thread it starts afterwards.
+// Call first thing in main(), before any thread exists.
+void BlockTerminationSignals();
+// Waits for SIGINT or SIGTERM (blocked before) and returns its number.
+int WaitForTerminationSignal();
+
 }  // namespace ess::cli
 
 #endif  // ESS_COMMON_CLI_H_

@@ -1,0 +1,396 @@
+#include "common/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/mapping.h"
+#include "google/protobuf/any.pb.h"
+#include "google/protobuf/message.h"
+
+namespace ess::config {
+namespace {
+
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
+using google::protobuf::Message;
+using google::protobuf::Reflection;
+
+std::string Sv(std::string_view s) { return std::string(s); }
+
+// Walks a YAML document against a proto schema, remembering where each field path was written
+// so that validation errors after parsing can point at the line too.
+class Converter {
+ public:
+  Converter(std::string file, const SettingsTypeResolver& resolver)
+      : file_(std::move(file)), resolver_(resolver) {}
+
+  absl::Status Convert(const YAML::Node& node, const std::string& path, Message* msg) {
+    if (!node.IsMap()) {
+      if (node.IsNull() && path.empty()) return absl::OkStatus();  // empty file
+      return Error(node, path, "expected a map");
+    }
+    Remember(path, node);
+    const Descriptor* desc = msg->GetDescriptor();
+    std::vector<std::pair<const FieldDescriptor*, YAML::Node>> deferred_any;
+    for (const auto& kv : node) {
+      std::string key = kv.first.as<std::string>();
+      const FieldDescriptor* field = desc->FindFieldByName(key);
+      if (field == nullptr) field = FindByJsonName(desc, key);
+      std::string field_path = path.empty() ? key : absl::StrCat(path, ".", key);
+      if (field == nullptr) {
+        return Error(kv.first, field_path,
+                     absl::StrCat("unknown field (", desc->name(), " has: ", FieldNames(desc),
+                                  ")"));
+      }
+      if (field->message_type() != nullptr &&
+          field->message_type()->full_name() == "google.protobuf.Any") {
+        deferred_any.emplace_back(field, kv.second);  // needs its sibling `adapter` first
+        continue;
+      }
+      absl::Status s = ConvertField(kv.second, field_path, field, msg);
+      if (!s.ok()) return s;
+    }
+    for (auto& [field, value] : deferred_any) {
+      std::string field_path = path.empty() ? Sv(field->name()) : absl::StrCat(path, ".", field->name());
+      absl::Status s = ConvertAny(value, field_path, field, msg);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  // "FILE:LINE:COL: PATH: what", pointing at where PATH (or its closest parent) was written.
+  absl::Status ErrorAt(const std::string& path, std::string_view what) const {
+    std::string p = path;
+    while (true) {
+      auto it = marks_.find(p);
+      if (it != marks_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(file_, ":", it->second.first, ":",
+                                                       it->second.second, ": ", path, ": ",
+                                                       Sv(what)));
+      }
+      if (p.empty()) break;
+      size_t cut = p.find_last_of(".[");
+      p = cut == std::string::npos ? "" : p.substr(0, cut);
+    }
+    return absl::InvalidArgumentError(absl::StrCat(file_, ": ", path, ": ", Sv(what)));
+  }
+
+ private:
+  static const FieldDescriptor* FindByJsonName(const Descriptor* desc, const std::string& key) {
+    for (int i = 0; i < desc->field_count(); ++i) {
+      if (desc->field(i)->json_name() == key) return desc->field(i);
+    }
+    return nullptr;
+  }
+
+  static std::string FieldNames(const Descriptor* desc) {
+    std::vector<std::string> names;
+    for (int i = 0; i < desc->field_count(); ++i) names.push_back(desc->field(i)->name());
+    return absl::StrJoin(names, ", ");
+  }
+
+  void Remember(const std::string& path, const YAML::Node& node) {
+    YAML::Mark m = node.Mark();
+    if (m.line >= 0) marks_.try_emplace(path, m.line + 1, m.column + 1);
+  }
+
+  absl::Status Error(const YAML::Node& node, const std::string& path, std::string_view what) {
+    Remember(path, node);
+    return ErrorAt(path, what);
+  }
+
+  absl::Status ConvertField(const YAML::Node& node, const std::string& path,
+                            const FieldDescriptor* field, Message* msg) {
+    Remember(path, node);
+    if (field->is_map()) {
+      if (!node.IsMap()) return Error(node, path, "expected a map");
+      const Descriptor* entry = field->message_type();
+      for (const auto& kv : node) {
+        Message* e = msg->GetReflection()->AddMessage(msg, field);
+        std::string key = kv.first.as<std::string>();
+        std::string epath = absl::StrCat(path, ".", key);
+        absl::Status s = SetScalar(kv.first, epath, entry->map_key(), e);
+        if (s.ok()) s = SetValue(kv.second, epath, entry->map_value(), e);
+        if (!s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    if (field->is_repeated()) {
+      if (node.IsNull()) return absl::OkStatus();
+      if (!node.IsSequence()) return Error(node, path, "expected a list");
+      for (size_t i = 0; i < node.size(); ++i) {
+        absl::Status s = SetValue(node[i], absl::StrCat(path, "[", i, "]"), field, msg);
+        if (!s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    return SetValue(node, path, field, msg);
+  }
+
+  // Sets (or, for a repeated field, adds) one value.
+  absl::Status SetValue(const YAML::Node& node, const std::string& path,
+                        const FieldDescriptor* field, Message* msg) {
+    Remember(path, node);
+    if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      const Reflection* r = msg->GetReflection();
+      Message* sub = field->is_repeated() ? r->AddMessage(msg, field) : r->MutableMessage(msg, field);
+      return Convert(node, path, sub);
+    }
+    return SetScalar(node, path, field, msg);
+  }
+
+  absl::Status SetScalar(const YAML::Node& node, const std::string& path,
+                         const FieldDescriptor* field, Message* msg) {
+    if (!node.IsScalar()) return Error(node, path, "expected a single value");
+    const std::string text = node.Scalar();
+    const Reflection* r = msg->GetReflection();
+    const bool rep = field->is_repeated();
+    auto bad = [&](std::string_view kind) {
+      return Error(node, path, absl::StrCat("expected ", Sv(kind), ", got \"", text, "\""));
+    };
+    switch (field->cpp_type()) {
+      case FieldDescriptor::CPPTYPE_STRING:
+        rep ? r->AddString(msg, field, text) : r->SetString(msg, field, text);
+        return absl::OkStatus();
+      case FieldDescriptor::CPPTYPE_BOOL: {
+        bool v;
+        if (!absl::SimpleAtob(text, &v)) return bad("true or false");
+        rep ? r->AddBool(msg, field, v) : r->SetBool(msg, field, v);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_INT32: {
+        int32_t v;
+        if (!absl::SimpleAtoi(text, &v)) return bad("an integer");
+        rep ? r->AddInt32(msg, field, v) : r->SetInt32(msg, field, v);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_INT64: {
+        int64_t v;
+        if (!absl::SimpleAtoi(text, &v)) return bad("an integer");
+        rep ? r->AddInt64(msg, field, v) : r->SetInt64(msg, field, v);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_UINT32: {
+        uint32_t v;
+        if (!absl::SimpleAtoi(text, &v)) return bad("a non-negative integer");
+        rep ? r->AddUInt32(msg, field, v) : r->SetUInt32(msg, field, v);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_UINT64: {
+        uint64_t v;
+        if (!absl::SimpleAtoi(text, &v)) return bad("a non-negative integer");
+        rep ? r->AddUInt64(msg, field, v) : r->SetUInt64(msg, field, v);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_DOUBLE:
+      case FieldDescriptor::CPPTYPE_FLOAT: {
+        double v;
+        if (!absl::SimpleAtod(text, &v)) return bad("a number");
+        if (field->cpp_type() == FieldDescriptor::CPPTYPE_FLOAT) {
+          rep ? r->AddFloat(msg, field, static_cast<float>(v))
+              : r->SetFloat(msg, field, static_cast<float>(v));
+        } else {
+          rep ? r->AddDouble(msg, field, v) : r->SetDouble(msg, field, v);
+        }
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_ENUM: {
+        const auto* e = field->enum_type()->FindValueByName(absl::AsciiStrToUpper(text));
+        if (e == nullptr) return bad(absl::StrCat("a value of ", field->enum_type()->name()));
+        rep ? r->AddEnum(msg, field, e) : r->SetEnum(msg, field, e);
+        return absl::OkStatus();
+      }
+      case FieldDescriptor::CPPTYPE_MESSAGE:
+        break;
+    }
+    return Error(node, path, "unsupported field type");
+  }
+
+  // A partner's `settings`: parsed into the message type its `adapter` registers, then packed.
+  absl::Status ConvertAny(const YAML::Node& node, const std::string& path,
+                          const FieldDescriptor* field, Message* msg) {
+    Remember(path, node);
+    if (!resolver_) return absl::OkStatus();  // the caller does not need adapter settings
+    const FieldDescriptor* adapter_field = msg->GetDescriptor()->FindFieldByName("adapter");
+    std::string adapter =
+        adapter_field ? msg->GetReflection()->GetString(*msg, adapter_field) : std::string();
+    const Descriptor* type = resolver_(adapter);
+    if (type == nullptr) return absl::OkStatus();  // reported by validation on `adapter`
+    std::unique_ptr<Message> typed(
+        google::protobuf::MessageFactory::generated_factory()->GetPrototype(type)->New());
+    absl::Status s = Convert(node, path, typed.get());
+    if (!s.ok()) return s;
+    auto* any = static_cast<google::protobuf::Any*>(
+        msg->GetReflection()->MutableMessage(msg, field));
+    any->PackFrom(*typed);
+    return absl::OkStatus();
+  }
+
+  std::string file_;
+  const SettingsTypeResolver& resolver_;
+  absl::flat_hash_map<std::string, std::pair<int, int>> marks_;
+};
+
+std::string Resolve(std::string_view base_dir, const std::string& path) {
+  if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(std::string(base_dir)) / path).lexically_normal().string();
+}
+
+void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
+  auto* bus = c.mutable_bus();
+  if (bus->host().empty()) bus->set_host("127.0.0.1");
+  if (bus->port() == 0) bus->set_port(5672);
+  if (bus->vhost().empty()) bus->set_vhost("/");
+  if (bus->user().empty()) bus->set_user("guest");
+  if (bus->password().empty()) bus->set_password("guest");
+  if (bus->heartbeat_seconds() == 0) bus->set_heartbeat_seconds(30);
+  if (bus->events_exchange().empty()) bus->set_events_exchange("events");
+  auto* replay = c.mutable_replay();
+  if (replay->address().empty()) replay->set_address(replay->listen());
+  replay->set_database_path(Resolve(base_dir, replay->database_path()));
+  if (replay->batch_max() == 0) replay->set_batch_max(256);
+  if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
+  if (replay->deadline_ms() == 0) replay->set_deadline_ms(5000);
+  if (c.outbound().prefetch() == 0) c.mutable_outbound()->set_prefetch(256);
+  if (c.inbound().max_body_bytes() == 0) c.mutable_inbound()->set_max_body_bytes(1 << 20);
+  for (auto& p : *c.mutable_partners()) {
+    if (!p.has_outbound()) continue;
+    auto* out = p.mutable_outbound();
+    if (out->max_in_flight() == 0) out->set_max_in_flight(64);
+    auto* retry = out->mutable_retry();
+    if (retry->max_attempts() == 0) retry->set_max_attempts(5);
+    if (retry->initial_backoff_ms() == 0) retry->set_initial_backoff_ms(1000);
+    if (retry->max_backoff_ms() == 0) retry->set_max_backoff_ms(60000);
+  }
+}
+
+absl::Status ValidateMapping(const Converter& conv, const std::string& path,
+                             const google::protobuf::RepeatedPtrField<ess::v1::FieldMapping>& m) {
+  if (m.empty()) return conv.ErrorAt(path, "must list at least one field");
+  absl::StatusOr<Mapper> mapper = Mapper::Compile(m);
+  if (!mapper.ok()) {
+    // Mapper errors start with "[i].field: ...".
+    std::string msg(mapper.status().message());
+    size_t colon = msg.find(": ");
+    std::string sub = colon == std::string::npos ? "" : msg.substr(0, colon);
+    return conv.ErrorAt(path + sub, colon == std::string::npos ? msg : msg.substr(colon + 2));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
+                      const SettingsTypeResolver& resolver) {
+  if (c.bus().port() > 65535) return conv.ErrorAt("bus.port", "must be at most 65535");
+  if (!c.bus().password_env().empty() && std::getenv(c.bus().password_env().c_str()) == nullptr) {
+    return conv.ErrorAt("bus.password_env",
+                        absl::StrCat("environment variable ", c.bus().password_env(),
+                                     " is not set"));
+  }
+  if (c.outbound().prefetch() > 65535) {
+    return conv.ErrorAt("outbound.prefetch", "must be at most 65535");
+  }
+  absl::flat_hash_set<std::string> names, queues, paths;
+  for (int i = 0; i < c.partners_size(); ++i) {
+    const auto& p = c.partners(i);
+    const std::string at = absl::StrCat("partners[", i, "]");
+    if (p.name().empty()) return conv.ErrorAt(at + ".name", "must not be empty");
+    if (!names.insert(p.name()).second) {
+      return conv.ErrorAt(at + ".name", absl::StrCat("duplicate partner name \"", p.name(), "\""));
+    }
+    if (p.adapter().empty()) return conv.ErrorAt(at + ".adapter", "must not be empty");
+    if (resolver) {
+      if (resolver(p.adapter()) == nullptr) {
+        return conv.ErrorAt(at + ".adapter",
+                            absl::StrCat("unknown adapter \"", p.adapter(), "\""));
+      }
+      if (!p.has_settings()) return conv.ErrorAt(at + ".settings", "is required");
+    }
+    if (!p.has_outbound() && !p.has_inbound()) {
+      return conv.ErrorAt(at, "needs an outbound or an inbound route (or both)");
+    }
+    if (p.has_outbound()) {
+      const std::string o = at + ".outbound";
+      if (p.outbound().queue().empty()) return conv.ErrorAt(o + ".queue", "must not be empty");
+      if (!queues.insert(p.outbound().queue()).second) {
+        return conv.ErrorAt(o + ".queue", absl::StrCat("queue \"", p.outbound().queue(),
+                                                       "\" is already used by another partner"));
+      }
+      absl::Status s = ValidateMapping(conv, o + ".mapping", p.outbound().mapping());
+      if (!s.ok()) return s;
+      const auto& retry = p.outbound().retry();
+      if (retry.max_backoff_ms() < retry.initial_backoff_ms()) {
+        return conv.ErrorAt(o + ".retry.max_backoff_ms", "must not be below initial_backoff_ms");
+      }
+    }
+    if (p.has_inbound()) {
+      const std::string in = at + ".inbound";
+      const std::string& wp = p.inbound().webhook_path();
+      if (wp.empty() || wp[0] != '/') return conv.ErrorAt(in + ".webhook_path", "must start with /");
+      if (!paths.insert(wp).second) {
+        return conv.ErrorAt(in + ".webhook_path",
+                            absl::StrCat("path \"", wp, "\" is already used by another partner"));
+      }
+      absl::Status s = ValidateMapping(conv, in + ".mapping", p.inbound().mapping());
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string_view file_name,
+                                              std::string_view base_dir,
+                                              const SettingsTypeResolver& resolver) {
+  const std::string file(file_name);
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(text));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": ", e.msg));
+  }
+  ess::v1::HubConfig config;
+  Converter conv(file, resolver);
+  try {
+    absl::Status s = conv.Convert(root, "", &config);
+    if (!s.ok()) return s;
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(file, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": ", e.msg));
+  }
+  ApplyDefaults(base_dir, config);
+  absl::Status s = Validate(conv, config, resolver);
+  if (!s.ok()) return s;
+  if (!config.bus().password_env().empty()) {
+    config.mutable_bus()->set_password(std::getenv(config.bus().password_env().c_str()));
+  }
+  return config;
+}
+
+absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
+                                            const SettingsTypeResolver& resolver) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat(path, ": cannot read config file: ", std::strerror(errno)));
+  }
+  std::stringstream buf;
+  buf << in.rdbuf();
+  std::string dir = std::filesystem::absolute(path).parent_path().string();
+  return LoadString(buf.str(), path, dir, resolver);
+}
+
+}  // namespace ess::config

@@ -1,0 +1,149 @@
+#include "common/mapping.h"
+
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/json.h"
+
+namespace ess {
+
+absl::StatusOr<std::vector<Mapper::Step>> Mapper::ParsePath(std::string_view path) {
+  std::vector<Step> steps;
+  size_t i = 0;
+  auto bad = [&](std::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad path \"", std::string(path), "\": ", std::string(why)));
+  };
+  while (i < path.size()) {
+    size_t end = path.find_first_of(".[", i);
+    if (end == std::string_view::npos) end = path.size();
+    if (end == i) return bad("empty member name");
+    steps.push_back({std::string(path.substr(i, end - i)), -1});
+    i = end;
+    while (i < path.size() && path[i] == '[') {
+      size_t close = path.find(']', i);
+      if (close == std::string_view::npos) return bad("missing ]");
+      int index;
+      std::string_view digits = path.substr(i + 1, close - i - 1);
+      if (!absl::SimpleAtoi(absl::string_view(digits.data(), digits.size()), &index) || index < 0) {
+        return bad("index must be a non-negative integer");
+      }
+      steps.push_back({"", index});
+      i = close + 1;
+    }
+    if (i < path.size()) {
+      if (path[i] != '.') return bad("expected . or [");
+      ++i;
+      if (i == path.size()) return bad("ends with .");
+    }
+  }
+  if (steps.empty()) return bad("empty");
+  return steps;
+}
+
+absl::StatusOr<Mapper> Mapper::Compile(
+    const google::protobuf::RepeatedPtrField<ess::v1::FieldMapping>& fields) {
+  Mapper m;
+  m.values_ = std::make_shared<rapidjson::Document>();
+  auto& alloc = m.values_->GetAllocator();
+  // Constant values live in an array owned by the document; reserve so pointers stay stable.
+  m.values_->SetArray();
+  m.values_->Reserve(static_cast<rapidjson::SizeType>(2 * fields.size()), alloc);
+  auto keep = [&](const std::string& s) {
+    m.values_->PushBack(rapidjson::Value(s.data(), static_cast<rapidjson::SizeType>(s.size()), alloc),
+                        alloc);
+    return &(*m.values_)[m.values_->Size() - 1];
+  };
+  absl::flat_hash_set<std::string> targets;
+  for (int i = 0; i < fields.size(); ++i) {
+    const ess::v1::FieldMapping& f = fields[i];
+    auto err = [&](std::string_view field, std::string_view what) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("[", i, "].", std::string(field), ": ", std::string(what)));
+    };
+    if (f.target().empty()) return err("target", "must not be empty");
+    if (!targets.insert(f.target()).second) {
+      return err("target", absl::StrCat("duplicate target \"", f.target(), "\""));
+    }
+    if (f.source().empty() == f.constant().empty()) {
+      return err("source", "exactly one of source and constant must be set");
+    }
+    Field out;
+    out.target = f.target();
+    out.source = f.source();
+    if (!f.constant().empty()) {
+      out.constant = keep(f.constant());
+    } else {
+      absl::StatusOr<std::vector<Step>> path = ParsePath(f.source());
+      if (!path.ok()) return err("source", std::string(path.status().message()));
+      out.path = *std::move(path);
+    }
+    if (!f.default_value().empty()) out.fallback = keep(f.default_value());
+    out.required = f.has_required() ? f.required() : out.fallback == nullptr;
+    m.fields_.push_back(std::move(out));
+  }
+  return m;
+}
+
+const rapidjson::Value* Mapper::Lookup(const rapidjson::Value& root,
+                                       const std::vector<Step>& path) {
+  const rapidjson::Value* v = &root;
+  for (const Step& s : path) {
+    if (s.index >= 0) {
+      if (!v->IsArray() || static_cast<rapidjson::SizeType>(s.index) >= v->Size()) return nullptr;
+      v = &(*v)[static_cast<rapidjson::SizeType>(s.index)];
+    } else {
+      if (!v->IsObject()) return nullptr;
+      auto it = v->FindMember(rapidjson::StringRef(s.key.data(), s.key.size()));
+      if (it == v->MemberEnd()) return nullptr;
+      v = &it->value;
+    }
+  }
+  return v->IsNull() ? nullptr : v;
+}
+
+absl::Status Mapper::Apply(const rapidjson::Value& source, std::vector<MappedField>* out) const {
+  out->clear();
+  if (!source.IsObject()) return absl::InvalidArgumentError("payload is not a JSON object");
+  for (const Field& f : fields_) {
+    const rapidjson::Value* v = f.constant ? f.constant : Lookup(source, f.path);
+    if (v == nullptr) v = f.fallback;
+    if (v == nullptr) {
+      if (f.required) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("missing required field \"", f.source, "\" (for \"", f.target, "\")"));
+      }
+      continue;
+    }
+    out->push_back({f.target, v});
+  }
+  return absl::OkStatus();
+}
+
+void Mapper::AppendJson(std::span<const MappedField> fields, std::string* out) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  for (const MappedField& f : fields) {
+    w.Key(f.name.data(), static_cast<rapidjson::SizeType>(f.name.size()));
+    f.value->Accept(w);
+  }
+  w.EndObject();
+  out->append(buf.GetString(), buf.GetSize());
+}
+
+std::string Mapper::ToJson(std::span<const MappedField> fields) {
+  std::string out;
+  AppendJson(fields, &out);
+  return out;
+}
+
+std::string Mapper::Text(const MappedField& field) {
+  if (field.value->IsString()) return std::string(json::View(*field.value));
+  return json::Serialize(*field.value);
+}
+
+}  // namespace ess

@@ -1,0 +1,105 @@
+// The adapter extension point: one interface for every partner kind, and its factory.
+//
+// An adapter moves mapped events to a partner (Push) and turns a partner's raw payload into
+// internal events (Pull). It is selected by name in the hub config and built by its factory
+// from the partner's typed settings. The lanes own mapping, recording, acking and retry policy;
+// an adapter owns only the partner's wire format and transport.
+//
+// Result classification (absl::Status codes, which the lanes act on):
+//   OK                                    the partner accepted it
+//   UNAVAILABLE, DEADLINE_EXCEEDED,
+//   RESOURCE_EXHAUSTED                    retryable (5xx, 408, 429, timeouts, connection errors)
+//   INVALID_ARGUMENT, FAILED_PRECONDITION,
+//   PERMISSION_DENIED, UNAUTHENTICATED    permanent (other 4xx, 3xx, bad payload)
+#ifndef ESS_ADAPTERS_ADAPTER_H_
+#define ESS_ADAPTERS_ADAPTER_H_
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/mapping.h"
+#include "ess/v1/config.pb.h"
+#include "google/protobuf/descriptor.h"
+
+namespace ess::http {
+class Client;
+}
+
+namespace ess::adapters {
+
+// One event on its way out, already mapped. Everything it points to lives until Push returns;
+// an adapter that works asynchronously copies what it needs (the rendered request).
+struct PushRequest {
+  std::string_view correlation_id;
+  std::string_view message_id;
+  std::string_view event_type;
+  std::span<const MappedField> fields;
+  // Render and log, send nothing; the result is OK with `dry_run` set.
+  bool dry_run = false;
+};
+
+struct PushResult {
+  absl::Status status;
+  // The exact request (or file, or envelope) rendered for the partner.
+  std::string rendered;
+  // What the partner answered, for logs and records ("201", "SOAP fault ...").
+  std::string detail;
+  bool dry_run = false;
+  absl::Duration elapsed;
+};
+
+// One internal event produced by Pull: the JSON to publish and its ids.
+struct InboundEvent {
+  std::string body;            // {"type":"SlotConfirmed","id":"VIS-77",...}
+  std::string correlation_id;  // the event's "id"
+  std::string event_type;      // the event's "type"
+};
+
+struct PullRequest {
+  std::string_view body;
+  std::string_view content_type;
+  std::string_view correlation_id;  // from the partner's headers, if any
+};
+
+class Adapter {
+ public:
+  using PushDone = absl::AnyInvocable<void(PushResult) &&>;
+
+  virtual ~Adapter() = default;
+
+  // Delivers one event. `done` runs exactly once, on any thread, possibly before Push returns.
+  virtual void Push(const PushRequest& request, PushDone done) = 0;
+
+  // Turns a partner payload into internal events, through the partner's inbound mapping.
+  // INVALID_ARGUMENT naming what is wrong with the payload.
+  virtual absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) = 0;
+};
+
+// Shared resources an adapter may use; owned by the lane and outliving every adapter.
+struct AdapterContext {
+  http::Client* http = nullptr;
+};
+
+class AdapterFactory {
+ public:
+  virtual ~AdapterFactory() = default;
+  // The name partners select it by: "rest".
+  virtual std::string_view name() const = 0;
+  // The typed settings message this kind reads from a partner's `settings`.
+  virtual const google::protobuf::Descriptor* settings_type() const = 0;
+  // Builds the adapter of one partner. INVALID_ARGUMENT "partners[NAME].settings.FIELD: what"
+  // for settings the config loader could not judge (e.g. a malformed URL).
+  virtual absl::StatusOr<std::unique_ptr<Adapter>> Create(const ess::v1::PartnerConfig& partner,
+                                                          const AdapterContext& context) const = 0;
+};
+
+}  // namespace ess::adapters
+
+#endif  // ESS_ADAPTERS_ADAPTER_H_

@@ -1,0 +1,43 @@
+#include "adapters/http_status.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace ess::adapters {
+
+absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_codes,
+                                std::string_view body_excerpt) {
+  const bool ok = success_codes.empty()
+                      ? (status >= 200 && status < 300)
+                      : std::find(success_codes.begin(), success_codes.end(),
+                                  static_cast<uint32_t>(status)) != success_codes.end();
+  if (ok) return absl::OkStatus();
+  std::string msg = absl::StrCat("partner answered HTTP ", status);
+  if (!body_excerpt.empty()) {
+    absl::StrAppend(&msg, ": ", std::string(body_excerpt.substr(0, 200)));
+  }
+  if (status == 408) return absl::DeadlineExceededError(msg);
+  if (status == 429) return absl::ResourceExhaustedError(msg);
+  if (status >= 500) return absl::UnavailableError(msg);
+  if (status >= 300 && status < 400) {
+    return absl::FailedPreconditionError(absl::StrCat(msg, " (redirects are not followed)"));
+  }
+  if (status == 401) return absl::UnauthenticatedError(msg);
+  if (status == 403) return absl::PermissionDeniedError(msg);
+  return absl::InvalidArgumentError(msg);
+}
+
+bool IsRetryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace ess::adapters

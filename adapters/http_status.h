@@ -1,0 +1,29 @@
+// How a partner's HTTP answer is classified, for every adapter that speaks HTTP.
+//
+//   2xx (or a configured success code)  OK
+//   408                                 DEADLINE_EXCEEDED   (retryable)
+//   429                                 RESOURCE_EXHAUSTED  (retryable)
+//   5xx                                 UNAVAILABLE         (retryable)
+//   3xx                                 FAILED_PRECONDITION (permanent: redirects are never followed)
+//   401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)
+//   other 4xx                           INVALID_ARGUMENT    (permanent)
+#ifndef ESS_ADAPTERS_HTTP_STATUS_H_
+#define ESS_ADAPTERS_HTTP_STATUS_H_
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace ess::adapters {
+
+absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_codes,
+                                std::string_view body_excerpt);
+
+// True for the codes the lanes retry.
+bool IsRetryable(const absl::Status& status);
+
+}  // namespace ess::adapters
+
+#endif  // ESS_ADAPTERS_HTTP_STATUS_H_

@@ -1,0 +1,20 @@
+// Pull for partners that call back with JSON (REST webhooks): the partner's payload is mapped
+// through its inbound mapping into one internal event.
+#ifndef ESS_ADAPTERS_JSON_PULL_H_
+#define ESS_ADAPTERS_JSON_PULL_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "adapters/adapter.h"
+#include "common/mapping.h"
+
+namespace ess::adapters {
+
+// INVALID_ARGUMENT for a body that is not a JSON object, lacks a mapped field, or maps to an
+// event without a string "id" and "type".
+absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper, const PullRequest& request);
+
+}  // namespace ess::adapters
+
+#endif  // ESS_ADAPTERS_JSON_PULL_H_

@@ -1,0 +1,56 @@
+// The `rest` adapter: JSON over HTTP(S).
+//
+// Push renders the mapped fields as a JSON object and sends it (POST by default) to
+// base_url + path, where {field} placeholders in the path are filled from the mapped fields.
+// The correlation id travels in `Idempotency-Key` and in the correlation header
+// (X-Correlation-ID by default). Pull maps a JSON callback through the inbound mapping.
+//
+// Settings: ess.v1.RestAdapterConfig (proto/ess/v1/adapters.proto).
+#ifndef ESS_ADAPTERS_REST_REST_ADAPTER_H_
+#define ESS_ADAPTERS_REST_REST_ADAPTER_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adapters/adapter.h"
+#include "common/http_client.h"
+#include "common/mapping.h"
+#include "ess/v1/adapters.pb.h"
+
+namespace ess::adapters::rest {
+
+class RestAdapter : public Adapter {
+ public:
+  // `http` must outlive the adapter. `inbound` is empty for a partner without inbound route.
+  RestAdapter(std::string partner, ess::v1::RestAdapterConfig settings, http::Client* http,
+              std::optional<Mapper> inbound);
+
+  void Push(const PushRequest& request, PushDone done) override;
+  absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) override;
+
+  // The request Push would send (exposed for tests and dry-run).
+  absl::StatusOr<http::Request> Render(const PushRequest& request) const;
+
+ private:
+  std::string partner_;
+  ess::v1::RestAdapterConfig settings_;
+  std::vector<uint32_t> success_codes_;
+  http::Client* http_;
+  std::optional<Mapper> inbound_;
+};
+
+class RestAdapterFactory : public AdapterFactory {
+ public:
+  std::string_view name() const override { return "rest"; }
+  const google::protobuf::Descriptor* settings_type() const override {
+    return ess::v1::RestAdapterConfig::descriptor();
+  }
+  absl::StatusOr<std::unique_ptr<Adapter>> Create(const ess::v1::PartnerConfig& partner,
+                                                  const AdapterContext& context) const override;
+};
+
+}  // namespace ess::adapters::rest
+
+#endif  // ESS_ADAPTERS_REST_REST_ADAPTER_H_

@@ -1,0 +1,81 @@
+// Declarative field mapping: a list of FieldMapping (config.proto) turned into a compiled
+// Mapper that picks values out of a JSON object by path, without copying them.
+//
+//   mapping: [{target: id, source: id}, {target: inmate, source: inmateId},
+//             {target: slot, source: slotUtc}, {target: kind, constant: visit}]
+//
+//   Mapper m = *Mapper::Compile(route.mapping());
+//   std::vector<MappedField> fields;
+//   absl::Status s = m.Apply(event, &fields);      // INVALID_ARGUMENT names the missing field
+//   std::string body = Mapper::ToJson(fields);    // {"id":"VIS-77","inmate":"A123",...}
+//
+// Paths: dot-separated member names, each optionally followed by [N] array indexes:
+// "inmateId", "slot.start", "visitors[0].name". Values keep their JSON type.
+#ifndef ESS_COMMON_MAPPING_H_
+#define ESS_COMMON_MAPPING_H_
+
+#include <rapidjson/document.h>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ess/v1/config.pb.h"
+
+namespace ess {
+
+// One produced field. `value` points into the source document or into the Mapper (constants,
+// defaults): it lives as long as both do.
+struct MappedField {
+  std::string_view name;
+  const rapidjson::Value* value;
+};
+
+class Mapper {
+ public:
+  // INVALID_ARGUMENT "[i].FIELD: what" for a bad entry (empty or duplicate target, neither or both
+  // of source and constant, a malformed path).
+  static absl::StatusOr<Mapper> Compile(
+      const google::protobuf::RepeatedPtrField<ess::v1::FieldMapping>& fields);
+
+  // Fills `out` (cleared first) in mapping order. INVALID_ARGUMENT if `source` is not an object
+  // or a required path is absent: "missing required field \"inmateId\" (for \"inmate\")".
+  absl::Status Apply(const rapidjson::Value& source, std::vector<MappedField>* out) const;
+
+  size_t size() const { return fields_.size(); }
+
+  // Appends the fields as one JSON object.
+  static void AppendJson(std::span<const MappedField> fields, std::string* out);
+  static std::string ToJson(std::span<const MappedField> fields);
+  // A field's value as text: strings as they are, other JSON values serialized.
+  static std::string Text(const MappedField& field);
+
+ private:
+  struct Step {
+    std::string key;  // member name; empty for an index step
+    int index = -1;
+  };
+  struct Field {
+    std::string target;
+    std::vector<Step> path;
+    std::string source;  // as written, for messages
+    const rapidjson::Value* constant = nullptr;
+    const rapidjson::Value* fallback = nullptr;
+    bool required = true;
+  };
+
+  static absl::StatusOr<std::vector<Step>> ParsePath(std::string_view path);
+  static const rapidjson::Value* Lookup(const rapidjson::Value& root, const std::vector<Step>& path);
+
+  // Owns constants and defaults; shared so that copies keep the pointers in fields_ valid.
+  std::shared_ptr<rapidjson::Document> values_;
+  std::vector<Field> fields_;
+};
+
+}  // namespace ess
+
+#endif  // ESS_COMMON_MAPPING_H_

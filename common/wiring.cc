@@ -1,0 +1,32 @@
+#include "common/wiring.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace ess {
+
+amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string connection_name) {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  return amqp::ConnectionOptions{
+      .host = bus.host(),
+      .port = static_cast<int>(bus.port()),
+      .vhost = bus.vhost(),
+      .user = bus.user(),
+      .password = bus.password(),
+      .heartbeat_seconds = static_cast<int>(bus.heartbeat_seconds()),
+      .connection_name = absl::StrCat(connection_name, "@", host, ":", getpid()),
+  };
+}
+
+ReplayRecorder::Options RecorderOptions(const ess::v1::ReplayConfig& replay) {
+  return ReplayRecorder::Options{
+      .address = replay.address(),
+      .batch_max = replay.batch_max(),
+      .batch_delay = absl::Milliseconds(replay.batch_delay_ms()),
+      .deadline = absl::Milliseconds(replay.deadline_ms()),
+  };
+}
+
+}  // namespace ess

@@ -1,0 +1,85 @@
+// outbound_svc: consumes internal events and delivers them to partners. Wiring only; the
+// behaviour lives in lane.h.
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "adapters/registry.h"
+#include "common/cli.h"
+#include "common/config.h"
+#include "common/http_client.h"
+#include "common/log.h"
+#include "common/wiring.h"
+#include "outbound_svc/lane.h"
+
+ABSL_FLAG(bool, dry_run, false,
+          "Render and log every partner request, send nothing, record each as dry-run "
+          "(overrides outbound.dry_run in the config).");
+
+int main(int argc, char** argv) {
+  ess::cli::BlockTerminationSignals();
+  ess::cli::Parse(argc, argv,
+                  "outbound_svc --config PATH [--dry_run]\n"
+                  "Consumes each partner's queue, maps and pushes events, records them in the "
+                  "replay store, then acks.");
+  const auto& registry = ess::adapters::BuiltinRegistry();
+  auto config = ess::config::LoadFile(ess::cli::RequiredConfigPath(), registry.SettingsResolver());
+  if (!config.ok()) {
+    std::cerr << "error: " << config.status().message() << "\n";
+    return 2;
+  }
+  ess::log::Init("outbound_svc", config->logging());
+  if (config->replay().address().empty()) {
+    std::cerr << "error: " << ess::cli::RequiredConfigPath()
+              << ": replay.address (or replay.listen) is required by outbound_svc\n";
+    return 2;
+  }
+  const bool dry_run = absl::GetFlag(FLAGS_dry_run) || config->outbound().dry_run();
+
+  ess::http::Client http({});
+  ess::ReplayRecorder recorder(ess::RecorderOptions(config->replay()));
+  std::vector<ess::outbound::Lane::Partner> partners;
+  for (const auto& p : config->partners()) {
+    if (!p.has_outbound()) continue;
+    auto adapter = registry.Create(p, {.http = &http});
+    auto mapper = ess::Mapper::Compile(p.outbound().mapping());
+    if (!adapter.ok() || !mapper.ok()) {
+      std::cerr << "error: " << ess::cli::RequiredConfigPath() << ": "
+                << (adapter.ok() ? mapper.status() : adapter.status()).message() << "\n";
+      return 2;
+    }
+    partners.push_back({.name = p.name(),
+                        .route = p.outbound(),
+                        .mapper = *std::move(mapper),
+                        .adapter = *std::move(adapter)});
+  }
+  if (partners.empty()) {
+    std::cerr << "error: " << ess::cli::RequiredConfigPath()
+              << ": partners: no partner has an outbound route\n";
+    return 2;
+  }
+  ess::outbound::Lane lane(
+      {.connection = ess::BusOptions(config->bus(), "outbound_svc"),
+       .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
+       .dry_run = dry_run},
+      ess::outbound::OutboundTopology(*config), std::move(partners), &recorder);
+  if (absl::Status s = lane.Start(); !s.ok()) {
+    ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
+    return 1;
+  }
+  ess::log::Info("", "outbound lane running",
+                 {{"partners", std::to_string(config->partners_size())},
+                  {"dry_run", dry_run ? "true" : "false"}});
+  int sig = ess::cli::WaitForTerminationSignal();
+  ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
+  lane.Stop();
+  recorder.Stop();
+  http.Stop();
+  const auto& c = lane.counters();
+  ess::log::Info("", "stopped",
+                 {{"received", std::to_string(c.received.load())},
+                  {"delivered", std::to_string(c.delivered.load())},
+                  {"dry_run", std::to_string(c.dry_run.load())},
+                  {"retried", std::to_string(c.retried.load())},
+                  {"parked", std::to_string(c.parked.load())}});
+  return 0;
+}
