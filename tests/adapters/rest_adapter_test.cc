@@ -1,0 +1,181 @@
+#include "adapters/rest/rest_adapter.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "adapters/http_status.h"
+#include "adapters/registry.h"
+#include "common/http_server.h"
+#include "common/json.h"
+
+namespace ess::adapters::rest {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+ess::v1::PartnerConfig Partner(const std::string& base_url) {
+  ess::v1::PartnerConfig p;
+  p.set_name("prison");
+  p.set_adapter("rest");
+  ess::v1::RestAdapterConfig rest;
+  rest.set_base_url(base_url);
+  rest.set_path("/api/slots/{id}");
+  (*rest.mutable_headers())["X-Api-Key"] = "k1";
+  p.mutable_settings()->PackFrom(rest);
+  auto* in = p.mutable_inbound();
+  in->set_webhook_path("/webhook/prison");
+  auto* f = in->add_mapping();
+  f->set_target("type");
+  f->set_constant("SlotConfirmed");
+  f = in->add_mapping();
+  f->set_target("id");
+  f->set_source("id");
+  f = in->add_mapping();
+  f->set_target("status");
+  f->set_source("status");
+  return p;
+}
+
+struct Event {
+  rapidjson::Document doc;
+  std::vector<MappedField> fields;
+  Mapper mapper;
+};
+
+std::unique_ptr<Event> MapVisit() {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> m;
+  for (auto [t, s] : {std::pair{"id", "id"}, {"inmate", "inmateId"}, {"slot", "slotUtc"}}) {
+    auto* f = m.Add();
+    f->set_target(t);
+    f->set_source(s);
+  }
+  auto e = std::make_unique<Event>(Event{{}, {}, *Mapper::Compile(m)});
+  EXPECT_TRUE(json::Parse(R"({"type":"VisitScheduleUpdated","id":"VIS 77","inmateId":"A123",)"
+                          R"("slotUtc":"2026-12-01T15:00:00Z"})",
+                          e->doc)
+                  .ok());
+  EXPECT_TRUE(e->mapper.Apply(e->doc, &e->fields).ok());
+  return e;
+}
+
+TEST(RestAdapterTest, RendersTheRequest) {
+  auto adapter = BuiltinRegistry().Create(Partner("http://127.0.0.1:9"), {});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto* rest = static_cast<RestAdapter*>(adapter->get());
+  auto ev = MapVisit();
+  auto req = rest->Render({.correlation_id = "VIS 77", .fields = ev->fields});
+  ASSERT_TRUE(req.ok()) << req.status();
+  EXPECT_EQ(req->method, "POST");
+  EXPECT_EQ(req->url, "http://127.0.0.1:9/api/slots/VIS%2077");
+  EXPECT_EQ(req->body, R"({"id":"VIS 77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
+  EXPECT_THAT(req->headers, Contains(Pair("Idempotency-Key", "VIS 77")));
+  EXPECT_THAT(req->headers, Contains(Pair("X-Correlation-ID", "VIS 77")));
+  EXPECT_THAT(req->headers, Contains(Pair("X-Api-Key", "k1")));
+  EXPECT_THAT(req->headers, Contains(Pair("Content-Type", "application/json")));
+}
+
+TEST(RestAdapterTest, PushesOverRealHttpAndClassifiesAnswers) {
+  std::atomic<int> answer{201};
+  std::string last_body;
+  http::Server server({}, [&](http::ServerRequest req, http::Responder r) {
+    last_body = req.body;
+    std::move(r).Send({.status = answer.load(), .body = "{}"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      Partner("http://127.0.0.1:" + std::to_string(server.port())), {.http = &client});
+  ASSERT_TRUE(adapter.ok());
+  auto ev = MapVisit();
+  auto push = [&]() {
+    std::promise<PushResult> p;
+    (*adapter)->Push({.correlation_id = "VIS 77", .fields = ev->fields},
+                     [&](PushResult r) { p.set_value(std::move(r)); });
+    return p.get_future().get();
+  };
+  PushResult r = push();
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.detail, "201");
+  EXPECT_EQ(last_body, R"({"id":"VIS 77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
+  EXPECT_THAT(r.rendered, HasSubstr("POST http://127.0.0.1:"));
+  answer = 503;
+  EXPECT_EQ(push().status.code(), absl::StatusCode::kUnavailable);
+  answer = 400;
+  EXPECT_EQ(push().status.code(), absl::StatusCode::kInvalidArgument);
+  answer = 302;
+  EXPECT_EQ(push().status.code(), absl::StatusCode::kFailedPrecondition);
+  server.Stop();
+}
+
+TEST(RestAdapterTest, DryRunSendsNothing) {
+  std::atomic<int> hits{0};
+  http::Server server({}, [&](http::ServerRequest, http::Responder r) {
+    ++hits;
+    std::move(r).Send({});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      Partner("http://127.0.0.1:" + std::to_string(server.port())), {.http = &client});
+  ASSERT_TRUE(adapter.ok());
+  auto ev = MapVisit();
+  std::promise<PushResult> p;
+  (*adapter)->Push({.correlation_id = "VIS 77", .fields = ev->fields, .dry_run = true},
+                   [&](PushResult r) { p.set_value(std::move(r)); });
+  PushResult r = p.get_future().get();
+  EXPECT_TRUE(r.status.ok());
+  EXPECT_TRUE(r.dry_run);
+  EXPECT_THAT(r.rendered, HasSubstr(R"("inmate":"A123")"));
+  EXPECT_EQ(hits.load(), 0);
+  server.Stop();
+}
+
+TEST(RestAdapterTest, PullMapsTheCallback) {
+  auto adapter = BuiltinRegistry().Create(Partner("http://127.0.0.1:9"), {});
+  ASSERT_TRUE(adapter.ok());
+  auto events = (*adapter)->Pull({.body = R"({"id":"VIS-77","status":"confirmed"})"});
+  ASSERT_TRUE(events.ok()) << events.status();
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].body, R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
+  EXPECT_EQ((*events)[0].correlation_id, "VIS-77");
+  EXPECT_EQ((*events)[0].event_type, "SlotConfirmed");
+  auto bad = (*adapter)->Pull({.body = R"({"status":"confirmed"})"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "missing required field \"id\" (for \"id\")");
+  bad = (*adapter)->Pull({.body = "not json"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RestAdapterTest, FactoryRejectsBadSettings) {
+  auto p = Partner("ftp://x");
+  auto a = BuiltinRegistry().Create(p, {});
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(a.status().message()),
+              HasSubstr("partners[prison].settings.base_url: must start with http"));
+  p.set_adapter("fax");
+  EXPECT_EQ(BuiltinRegistry().Create(p, {}).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(HttpStatusTest, Classification) {
+  std::vector<uint32_t> none;
+  EXPECT_TRUE(ClassifyHttpStatus(204, none, "").ok());
+  EXPECT_EQ(ClassifyHttpStatus(408, none, "").code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(ClassifyHttpStatus(429, none, "").code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(ClassifyHttpStatus(500, none, "").code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ClassifyHttpStatus(301, none, "").code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ClassifyHttpStatus(401, none, "").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(ClassifyHttpStatus(403, none, "").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(ClassifyHttpStatus(404, none, "no").message(), "partner answered HTTP 404: no");
+  std::vector<uint32_t> only201 = {201};
+  EXPECT_EQ(ClassifyHttpStatus(200, only201, "").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ClassifyHttpStatus(201, only201, "").ok());
+  EXPECT_TRUE(IsRetryable(absl::UnavailableError("")));
+  EXPECT_FALSE(IsRetryable(absl::InvalidArgumentError("")));
+}
+
+}  // namespace
+}  // namespace ess::adapters::rest

@@ -1,0 +1,166 @@
+#include "common/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "adapters/registry.h"
+#include "ess/v1/adapters.pb.h"
+
+namespace ess::config {
+namespace {
+
+using ::testing::HasSubstr;
+
+absl::StatusOr<ess::v1::HubConfig> Load(std::string_view yaml) {
+  return LoadString(yaml, "hub.yaml", "/etc/ess",
+                    adapters::BuiltinRegistry().SettingsResolver());
+}
+
+constexpr char kGood[] = R"(
+bus:
+  host: 127.0.0.1
+  port: 5673
+replay:
+  listen: 127.0.0.1:50051
+  database_path: data/replay.db
+inbound:
+  listen: 127.0.0.1:8080
+logging:
+  pii_fields: [inmateId, inmate]
+partners:
+  - name: prison_calendar
+    adapter: rest
+    settings:
+      base_url: http://127.0.0.1:9000
+      path: /api/slots
+      headers: {X-Api-Key: abc}
+      success_codes: [200, 201]
+    outbound:
+      queue: visit_updates
+      mapping:
+        - {target: id, source: id}
+        - {target: inmate, source: inmateId}
+        - {target: slot, source: slotUtc}
+    inbound:
+      webhook_path: /webhook/prison
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: id}
+        - {target: status, source: status}
+)";
+
+TEST(ConfigTest, LoadsAndFillsDefaults) {
+  auto c = Load(kGood);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bus().port(), 5673u);
+  EXPECT_EQ(c->bus().vhost(), "/");
+  EXPECT_EQ(c->bus().user(), "guest");
+  EXPECT_EQ(c->bus().heartbeat_seconds(), 30u);
+  EXPECT_EQ(c->bus().events_exchange(), "events");
+  EXPECT_EQ(c->replay().address(), "127.0.0.1:50051");
+  EXPECT_EQ(c->replay().database_path(), "/etc/ess/data/replay.db");
+  EXPECT_EQ(c->replay().batch_max(), 256u);
+  EXPECT_EQ(c->outbound().prefetch(), 256u);
+  ASSERT_EQ(c->partners_size(), 1);
+  const auto& p = c->partners(0);
+  EXPECT_EQ(p.outbound().max_in_flight(), 64u);
+  EXPECT_EQ(p.outbound().retry().max_attempts(), 5u);
+  EXPECT_EQ(p.outbound().mapping(1).source(), "inmateId");
+  EXPECT_EQ(p.inbound().mapping(0).constant(), "SlotConfirmed");
+  ess::v1::RestAdapterConfig rest;
+  ASSERT_TRUE(p.settings().UnpackTo(&rest));
+  EXPECT_EQ(rest.base_url(), "http://127.0.0.1:9000");
+  EXPECT_EQ(rest.headers().at("X-Api-Key"), "abc");
+  EXPECT_THAT(rest.success_codes(), ::testing::ElementsAre(200, 201));
+  EXPECT_THAT(c->logging().pii_fields(), ::testing::ElementsAre("inmateId", "inmate"));
+}
+
+TEST(ConfigTest, JsonIsAcceptedToo) {
+  auto c = Load(R"({"bus": {"port": 5674}, "replay": {"listen": "127.0.0.1:1"}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bus().port(), 5674u);
+}
+
+TEST(ConfigTest, UnknownFieldNamesFileLineAndPath) {
+  auto c = Load("bus:\n  host: x\n  prot: 5672\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:3:3: bus.prot: unknown field"));
+}
+
+TEST(ConfigTest, WrongTypeNamesTheField) {
+  auto c = Load("bus:\n  port: lots\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("hub.yaml:2:9: bus.port: expected a non-negative integer, got \"lots\""));
+}
+
+TEST(ConfigTest, UnknownAdapterIsNamed) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("adapter: rest"), 13, "adapter: fax");
+  auto c = Load(yaml);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr(":14:14: partners[0].adapter: unknown adapter \"fax\""));
+}
+
+TEST(ConfigTest, UnknownSettingIsNamedWithItsPath) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("base_url"), 8, "baseurl_");
+  auto c = Load(yaml);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[0].settings.baseurl_: unknown field"));
+}
+
+TEST(ConfigTest, BadMappingIsNamedWithItsPath) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("{target: inmate, source: inmateId}"), 34,
+               "{target: inmate, source: \"a..b\"}");
+  auto c = Load(yaml);
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].outbound.mapping[1].source: bad path \"a..b\""));
+}
+
+TEST(ConfigTest, DuplicatePartnersAndQueuesAreRejected) {
+  auto c = Load(R"(
+partners:
+  - {name: a, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: q, mapping: [{target: id, source: id}]}}
+  - {name: a, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: q, mapping: [{target: id, source: id}]}}
+)");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:4:"));
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[1].name: duplicate partner name \"a\""));
+}
+
+TEST(ConfigTest, MissingSettingsAndRoutesAreRejected) {
+  auto c = Load("partners:\n  - {name: a, adapter: rest, outbound: {queue: q, mapping: [{target: id, source: id}]}}\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[0].settings: is required"));
+  c = Load("partners:\n  - {name: a, adapter: rest, settings: {base_url: \"http://x\"}}\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[0]: needs an outbound or an inbound route"));
+}
+
+TEST(ConfigTest, YamlSyntaxErrorHasALine) {
+  auto c = Load("bus:\n  host: [unclosed\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:"));
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  auto c = LoadFile("/nonexistent/hub.yaml");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(c.status().message(), HasSubstr("/nonexistent/hub.yaml"));
+}
+
+TEST(ConfigTest, PasswordFromEnvironment) {
+  setenv("ESS_TEST_BUS_PASSWORD", "s3cret", 1);
+  auto c = Load("bus: {password_env: ESS_TEST_BUS_PASSWORD}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bus().password(), "s3cret");
+  c = Load("bus: {password_env: ESS_TEST_UNSET_VARIABLE}\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("bus.password_env: environment variable"));
+}
+
+}  // namespace
+}  // namespace ess::config

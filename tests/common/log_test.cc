@@ -1,0 +1,42 @@
+#include "common/log.h"
+
+#include <gtest/gtest.h>
+
+namespace ess::log {
+namespace {
+
+TEST(LogTest, MasksPiiFieldsAtAnyDepth) {
+  Init("test", Level::kInfo, {"inmateId", "name"});
+  EXPECT_EQ(MaskJson(R"({"id":"VIS-1","inmateId":"A123","visitors":[{"name":"Ann","age":3}]})"),
+            R"({"id":"VIS-1","inmateId":"***","visitors":[{"name":"***","age":3}]})");
+  EXPECT_EQ(MaskJson(R"({"inmateId":12345})"), R"({"inmateId":"***"})");
+}
+
+TEST(LogTest, MasksTextThatIsNotJson) {
+  Init("test", Level::kInfo, {"inmateId"});
+  EXPECT_EQ(MaskJson(R"(garbage {"inmateId": "A1\"23", "x":1)"),
+            R"(garbage {"inmateId": "***", "x":1)");
+}
+
+TEST(LogTest, NoPiiConfiguredLeavesTextAlone) {
+  Init("test", Level::kInfo, {});
+  EXPECT_EQ(MaskJson(R"({"inmateId":"A123"})"), R"({"inmateId":"A123"})");
+  EXPECT_FALSE(IsPii("inmateId"));
+}
+
+TEST(LogTest, WritesOneLogfmtLineWithCidAndMaskedFields) {
+  Init("outbound_svc", Level::kInfo, {"inmate"});
+  testing::internal::CaptureStderr();
+  Info("VIS-77", "pushed to partner", {{"partner", "prison"}, {"inmate", "A123"}});
+  Debug("VIS-77", "not shown");
+  std::string out = testing::internal::GetCapturedStderr();
+  EXPECT_NE(out.find(" level=info svc=outbound_svc cid=VIS-77 msg=\"pushed to partner\" "
+                     "partner=prison inmate=***\n"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find("not shown"), std::string::npos);
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);
+}
+
+}  // namespace
+}  // namespace ess::log

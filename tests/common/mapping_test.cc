@@ -1,0 +1,131 @@
+#include "common/mapping.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/json.h"
+
+namespace ess {
+namespace {
+
+using ::testing::HasSubstr;
+
+google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> Fields(
+    std::initializer_list<std::tuple<const char*, const char*, const char*>> spec) {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> out;
+  for (auto [target, source, constant] : spec) {
+    auto* f = out.Add();
+    f->set_target(target);
+    if (source) f->set_source(source);
+    if (constant) f->set_constant(constant);
+  }
+  return out;
+}
+
+TEST(MappingTest, MapsTheVisitEvent) {
+  auto m = Mapper::Compile(
+      Fields({{"id", "id", nullptr}, {"inmate", "inmateId", nullptr}, {"slot", "slotUtc", nullptr}}));
+  ASSERT_TRUE(m.ok()) << m.status();
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"type":"VisitScheduleUpdated","id":"VIS-77","inmateId":"A123",)"
+                          R"("slotUtc":"2026-12-01T15:00:00Z"})",
+                          doc)
+                  .ok());
+  std::vector<MappedField> out;
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::ToJson(out), R"({"id":"VIS-77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
+}
+
+TEST(MappingTest, NestedPathsArraysConstantsAndTypes) {
+  auto fields = Fields({{"who", "visitors[1].name", nullptr},
+                        {"room", "slot.room", nullptr},
+                        {"kind", nullptr, "visit"},
+                        {"count", "n", nullptr}});
+  auto* opt = fields.Add();
+  opt->set_target("note");
+  opt->set_source("note");
+  opt->set_default_value("none");
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"visitors":[{"name":"Ann"},{"name":"Bo \"B\""}],)"
+                          R"("slot":{"room":7},"n":2.5})",
+                          doc)
+                  .ok());
+  std::vector<MappedField> out;
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::ToJson(out),
+            R"({"who":"Bo \"B\"","room":7,"kind":"visit","count":2.5,"note":"none"})");
+  EXPECT_EQ(Mapper::Text(out[1]), "7");
+}
+
+TEST(MappingTest, OptionalWithoutDefaultIsLeftOut) {
+  auto fields = Fields({{"id", "id", nullptr}});
+  auto* opt = fields.Add();
+  opt->set_target("extra");
+  opt->set_source("extra");
+  opt->set_required(false);
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok());
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"id":"X","extra":null})", doc).ok());
+  std::vector<MappedField> out;
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::ToJson(out), R"({"id":"X"})");
+}
+
+TEST(MappingTest, MissingRequiredFieldIsNamed) {
+  auto m = Mapper::Compile(Fields({{"id", "id", nullptr}, {"inmate", "inmateId", nullptr}}));
+  ASSERT_TRUE(m.ok());
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"id":"VIS-1"})", doc).ok());
+  std::vector<MappedField> out;
+  absl::Status s = m->Apply(doc, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "missing required field \"inmateId\" (for \"inmate\")");
+  ASSERT_TRUE(json::Parse(R"([1,2])", doc).ok());
+  EXPECT_EQ(m->Apply(doc, &out).message(), "payload is not a JSON object");
+}
+
+TEST(MappingTest, CompileErrorsNameTheEntry) {
+  struct Case {
+    google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+    std::string error;
+  };
+  std::vector<Case> cases = {
+      {Fields({{"", "id", nullptr}}), "[0].target: must not be empty"},
+      {Fields({{"a", "id", nullptr}, {"a", "x", nullptr}}), "[1].target: duplicate target \"a\""},
+      {Fields({{"a", nullptr, nullptr}}), "[0].source: exactly one of source and constant"},
+      {Fields({{"a", "x", "c"}}), "[0].source: exactly one of source and constant"},
+      {Fields({{"a", "x[", nullptr}}), "[0].source: bad path \"x[\": missing ]"},
+      {Fields({{"a", "x[-1]", nullptr}}), "[0].source: bad path \"x[-1]\": index must be"},
+      {Fields({{"a", "x.", nullptr}}), "[0].source: bad path \"x.\": ends with ."},
+      {Fields({{"a", ".x", nullptr}}), "[0].source: bad path \".x\": empty member name"},
+  };
+  for (const auto& c : cases) {
+    auto m = Mapper::Compile(c.fields);
+    ASSERT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument) << c.error;
+    EXPECT_THAT(std::string(m.status().message()), HasSubstr(c.error));
+  }
+}
+
+TEST(MappingTest, UnicodeAndEscapesSurvive) {
+  auto m = Mapper::Compile(Fields({{"name", "name", nullptr}}));
+  ASSERT_TRUE(m.ok());
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"name":"Zo\u00eb \u5f20 \n"})", doc).ok());
+  std::vector<MappedField> out;
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::Text(out[0]), "Zo\xc3\xab \xe5\xbc\xa0 \n");
+  EXPECT_EQ(Mapper::ToJson(out), "{\"name\":\"Zo\xc3\xab \xe5\xbc\xa0 \\n\"}");
+}
+
+TEST(JsonTest, ParseErrorNamesTheOffset) {
+  rapidjson::Document doc;
+  absl::Status s = json::Parse("{\"id\": nope}", doc);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("invalid JSON at offset 8: Invalid value."));
+}
+
+}  // namespace
+}  // namespace ess
