@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds in Release, starts the local stack (a private RabbitMQ, the
+# replay store, both lanes, the demo partner and a subscriber) and walks the visit-booking flow:
+#
+#   VisitScheduleUpdated -> visit_updates -> outbound_svc -> partner POST /api/slots
+#   partner POST /webhook/prison -> inbound_svc -> events exchange -> SlotConfirmed
+#
+#   ./run.sh          walk the flow, then keep the stack running until Ctrl-C
+#   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+ONCE=0
+[ "${1:-}" = "--once" ] && ONCE=1
+
+scripts/install-deps.sh
+scripts/build.sh
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+
+STACK="$ROOT/.stack/run"
+BIN="$ROOT/build/bin"
+mkdir -p "$STACK"
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/rabbitmq.sh stop "$STACK/rabbitmq" >/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "starting a private RabbitMQ"
+scripts/rabbitmq.sh start "$STACK/rabbitmq"
+# shellcheck disable=SC1091
+source "$STACK/rabbitmq/env"
+
+REPLAY_PORT=$(free_port)
+INBOUND_PORT=$(free_port)
+PARTNER_PORT=$(free_port)
+sed -e "s/@AMQP_PORT@/$ESS_AMQP_PORT/" -e "s/@REPLAY_PORT@/$REPLAY_PORT/" \
+    -e "s/@INBOUND_PORT@/$INBOUND_PORT/" -e "s/@PARTNER_PORT@/$PARTNER_PORT/" \
+    config/demo.yaml > "$STACK/hub.yaml"
+rm -f "$STACK"/*.log
+AMQP="127.0.0.1:$ESS_AMQP_PORT"
+ESSCTL=("$BIN/essctl" --addr "127.0.0.1:$REPLAY_PORT")
+ESSBUS=("$BIN/essbus" --amqp "$AMQP")
+
+start() {  # start NAME COMMAND...: runs it in the background, logging to $STACK/NAME.log
+  local name=$1
+  shift
+  "$@" >"$STACK/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+
+say "starting replay_svc, inbound_svc, outbound_svc and the demo partner (config $STACK/hub.yaml)"
+start replay_svc "$BIN/replay_svc" --config "$STACK/hub.yaml"
+wait_for 20 "${ESSCTL[@]}" stats || { cat "$STACK/replay_svc.log"; exit 1; }
+start inbound_svc "$BIN/inbound_svc" --config "$STACK/hub.yaml"
+start demo_partner "$BIN/demo_partner" --listen "127.0.0.1:$PARTNER_PORT" \
+  --callback_url "http://127.0.0.1:$INBOUND_PORT/webhook/prison"
+start outbound_svc "$BIN/outbound_svc" --config "$STACK/hub.yaml"
+wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$INBOUND_PORT" || { cat "$STACK/inbound_svc.log"; exit 1; }
+wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PARTNER_PORT" || { cat "$STACK/demo_partner.log"; exit 1; }
+
+say "a subscriber listens on the events exchange"
+start subscriber "${ESSBUS[@]}" subscribe --exchange events --count 1 --timeout_s 30
+SUB_PID=${PIDS[-1]}
+sleep 0.5
+
+EVENT='{"type":"VisitScheduleUpdated","id":"VIS-77","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"}'
+say "the scheduling service publishes VisitScheduleUpdated to visit_updates"
+echo "$EVENT"
+"${ESSBUS[@]}" publish --queue visit_updates "$EVENT"
+
+if wait "$SUB_PID"; then RESULT=0; else RESULT=1; fi
+
+say "every hop of correlation id VIS-77, in order"
+grep -h "cid=VIS-77" "$STACK"/replay_svc.log "$STACK"/outbound_svc.log "$STACK"/demo_partner.log \
+  "$STACK"/inbound_svc.log | sort
+say "what the subscriber saw"
+cat "$STACK/subscriber.log"
+say "what the replay store holds for VIS-77 (essctl get --correlation VIS-77)"
+"${ESSCTL[@]}" get --correlation VIS-77 || true
+
+if [ $RESULT -ne 0 ]; then
+  say "FAILED: SlotConfirmed did not arrive; logs are in $STACK"
+  exit 1
+fi
+say "OK: VIS-77 was pushed, delivered and confirmed"
+
+if [ $ONCE -eq 1 ]; then
+  exit 0
+fi
+
+cat <<MSG
+
+The stack keeps running until Ctrl-C. Logs: $STACK/*.log
+  Send another event:
+    ${ESSBUS[*]} publish --queue visit_updates '{"type":"VisitScheduleUpdated","id":"VIS-78","inmateId":"B456","slotUtc":"2026-12-02T10:00:00Z"}'
+  Watch the events exchange:
+    ${ESSBUS[*]} subscribe --exchange events --count 10 --timeout_s 60
+  Look at the replay store:
+    ${ESSCTL[*]} get --correlation VIS-78
+    ${ESSCTL[*]} list --partner prison_calendar
+    ${ESSCTL[*]} stats
+MSG
+wait "${PIDS[0]}"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages ESS needs to build, test and run, and nothing else.
+# Idempotent: packages already installed are left alone, and apt is not touched at all when
+# nothing is missing. Needs root (or sudo) only when something must be installed.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache pkg-config git
+  # libraries (the stack: gRPC + Protobuf, Abseil, librabbitmq-c, OpenSSL, GoogleTest)
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  librabbitmq-dev libssl-dev libgtest-dev libgmock-dev
+  # libraries chosen from Debian: HTTP client, HTTP server, store, config, JSON
+  libcurl4-openssl-dev libevent-dev libsqlite3-dev libyaml-cpp-dev rapidjson-dev
+  # servers the stack and the tests run on loopback
+  rabbitmq-server openssh-server openssh-client
+  # tools the scripts use
+  iproute2 procps ca-certificates
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# The packaged RabbitMQ and sshd services are not needed (ESS runs its own on loopback ports);
+# their install scripts may try to start them, which is harmless.
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

@@ -1,0 +1,73 @@
+// Test harness for integration tests: real service binaries as child processes, free loopback
+// ports, temporary folders, bounded waits, and the broker address that ./test.sh exports.
+#ifndef ESS_TESTS_INTEGRATION_HARNESS_H_
+#define ESS_TESTS_INTEGRATION_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/amqp.h"
+
+namespace ess::testing {
+
+// The value of an environment variable; the test fails (not skips) when it is missing.
+std::string RequiredEnv(const char* name);
+
+// The broker ./test.sh started (ESS_AMQP_HOST, ESS_AMQP_PORT).
+amqp::ConnectionOptions BrokerOptions();
+
+// A path of a built binary (ESS_BIN_DIR/NAME).
+std::string BinaryPath(const std::string& name);
+
+// A TCP port free on 127.0.0.1 right now.
+int FreePort();
+
+// A fresh folder under /tmp, removed with its contents at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+  void Write(const std::string& name, const std::string& text) const;
+
+ private:
+  std::string path_;
+};
+
+// A child process whose stdout and stderr go to a log file. Destruction kills it (SIGKILL) if it
+// still runs; only this process is ever signalled, by its PID.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, std::string log_path);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  bool Running();
+  // Sends `sig` and waits up to `timeout` for the exit; returns the exit code (128+signal if
+  // killed by one), or -1 if it is still running after the timeout (then it gets SIGKILL).
+  int Stop(int sig = 15, absl::Duration timeout = absl::Seconds(20));
+  std::string Log() const;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool exited_ = false;
+  std::string log_path_;
+};
+
+// Polls `condition` every 10 ms until it holds or `timeout` passed.
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
+
+// A name unique to this test process and call, for queues and exchanges.
+std::string UniqueName(const std::string& prefix);
+
+}  // namespace ess::testing
+
+#endif  // ESS_TESTS_INTEGRATION_HARNESS_H_

@@ -1,0 +1,477 @@
+// The hub end to end on real parts: the replay_svc, outbound_svc and inbound_svc binaries, the
+// RabbitMQ that ./test.sh started, and partners served over real HTTP on loopback.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <future>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "common/amqp.h"
+#include "common/http_client.h"
+#include "common/http_server.h"
+#include "common/replay_client.h"
+#include "tests/integration/harness.h"
+
+namespace ess {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::BinaryPath;
+using testing::Process;
+using testing::WaitFor;
+
+// A partner that records every request it gets and answers with a settable status.
+class CapturePartner {
+ public:
+  struct Seen {
+    std::string path, body, idempotency_key, correlation;
+  };
+  CapturePartner()
+      : server_({}, [this](http::ServerRequest req, http::Responder r) {
+          {
+            absl::MutexLock lock(&mu_);
+            seen_.push_back({req.path, req.body, std::string(req.Header("idempotency-key")),
+                             std::string(req.Header("x-correlation-id"))});
+          }
+          std::move(r).Send({.status = status_.load(), .body = R"({"accepted":true})"});
+        }) {
+    EXPECT_TRUE(server_.Start().ok());
+  }
+  int port() const { return server_.port(); }
+  size_t count() {
+    absl::MutexLock lock(&mu_);
+    return seen_.size();
+  }
+  std::vector<Seen> seen() {
+    absl::MutexLock lock(&mu_);
+    return seen_;
+  }
+  void set_status(int s) { status_ = s; }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Seen> seen_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int> status_{201};
+  http::Server server_;
+};
+
+class HubTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = testing::BrokerOptions();
+    queue_ = testing::UniqueName("visit_updates");
+    exchange_ = testing::UniqueName("events");
+    replay_port_ = testing::FreePort();
+    inbound_port_ = testing::FreePort();
+  }
+
+  void TearDown() override {
+    for (auto* p : {&outbound_, &inbound_, &partner_proc_}) {
+      if (*p) EXPECT_EQ((*p)->Stop(), 0) << (*p)->Log();
+    }
+    if (replay_) EXPECT_EQ(replay_->Stop(), 0) << replay_->Log();
+    if (HasFailure()) {
+      for (auto* p : {&replay_, &outbound_, &inbound_, &partner_proc_}) {
+        if (*p) std::cerr << "---- log ----\n" << (*p)->Log();
+      }
+    }
+  }
+
+  // The hub config, with the partner at `partner_url`.
+  std::string Config(const std::string& partner_url, int bus_port = 0,
+                     int replay_port = 0) const {
+    return absl::StrReplaceAll(R"(
+bus:
+  host: 127.0.0.1
+  port: BUS_PORT
+  events_exchange: EXCHANGE
+replay:
+  listen: 127.0.0.1:REPLAY_LISTEN
+  address: 127.0.0.1:REPLAY_PORT
+  database_path: replay.db
+outbound:
+  prefetch: 128
+inbound:
+  listen: 127.0.0.1:INBOUND_PORT
+logging:
+  level: warn
+  pii_fields: [inmateId, inmate]
+partners:
+  - name: prison_calendar
+    adapter: rest
+    settings:
+      base_url: PARTNER_URL
+      path: /api/slots
+      timeout_ms: 3000
+    outbound:
+      queue: QUEUE
+      max_in_flight: 32
+      retry: {max_attempts: 2, initial_backoff_ms: 200}
+      mapping:
+        - {target: id, source: id}
+        - {target: inmate, source: inmateId}
+        - {target: slot, source: slotUtc}
+    inbound:
+      webhook_path: /webhook/prison
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: id}
+        - {target: status, source: status}
+)",
+                               {{"BUS_PORT", absl::StrCat(bus_port ? bus_port : broker_.port)},
+                                {"EXCHANGE", exchange_},
+                                {"REPLAY_LISTEN", absl::StrCat(replay_port_)},
+                                {"REPLAY_PORT", absl::StrCat(replay_port ? replay_port : replay_port_)},
+                                {"INBOUND_PORT", absl::StrCat(inbound_port_)},
+                                {"PARTNER_URL", partner_url},
+                                {"QUEUE", queue_}});
+  }
+
+  void StartHub(const std::string& partner_url, std::vector<std::string> outbound_flags = {}) {
+    dir_.Write("hub.yaml", Config(partner_url));
+    StartReplay();
+    std::vector<std::string> args = {BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")};
+    args.insert(args.end(), outbound_flags.begin(), outbound_flags.end());
+    outbound_ = std::make_unique<Process>(args, dir_.File("outbound.log"));
+    StartInbound("hub.yaml");
+  }
+
+  void StartReplay() {
+    replay_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("replay.log"));
+    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          ess::v1::StatsResponse resp;
+          return stub_->Stats(&ctx, {}, &resp).ok();
+        },
+        absl::Seconds(20)))
+        << replay_->Log();
+  }
+
+  void StartInbound(const std::string& config_name) {
+    inbound_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("inbound_svc"), "--config", dir_.File(config_name)},
+        dir_.File("inbound.log"));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          auto r = http_.SendAndWait({.method = "GET", .url = Url("/healthz"),
+                                      .timeout = absl::Seconds(1)});
+          return r.ok() && r->status == 200;
+        },
+        absl::Seconds(20)))
+        << inbound_->Log();
+  }
+
+  std::string Url(const std::string& path) const {
+    return absl::StrCat("http://127.0.0.1:", inbound_port_, path);
+  }
+
+  absl::StatusOr<http::Response> PostWebhook(const std::string& body,
+                                             const std::string& path = "/webhook/prison") {
+    return http_.SendAndWait({.url = Url(path),
+                              .headers = {{"Content-Type", "application/json"}},
+                              .body = body});
+  }
+
+  static std::string VisitEvent(const std::string& id) {
+    return absl::StrCat(R"({"type":"VisitScheduleUpdated","id":")", id,
+                        R"(","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"})");
+  }
+
+  // Publishes each body to the lane's queue with the event id as correlation id.
+  void Publish(const std::vector<std::pair<std::string, std::string>>& id_and_body) {
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue_}}}).ok());
+    amqp::Publisher pub({.connection = broker_});
+    ASSERT_TRUE(pub.Start().ok());
+    std::atomic<int> ok{0}, failed{0};
+    for (const auto& [id, body] : id_and_body) {
+      pub.Publish("", queue_, {.body = body, .correlation_id = id, .message_id = id},
+                  [&](absl::Status s) { (s.ok() ? ok : failed).fetch_add(1); });
+    }
+    ASSERT_TRUE(WaitFor([&] { return ok + failed == static_cast<int>(id_and_body.size()); },
+                        absl::Seconds(30)));
+    EXPECT_EQ(failed.load(), 0);
+    pub.Stop();
+  }
+
+  ess::v1::PartnerStats Stats(ess::v1::Direction direction) {
+    grpc::ClientContext ctx;
+    ess::v1::StatsResponse resp;
+    EXPECT_TRUE(stub_->Stats(&ctx, {}, &resp).ok());
+    for (const auto& p : resp.partners()) {
+      if (p.partner() == "prison_calendar" && p.direction() == direction) return p;
+    }
+    return {};
+  }
+
+  ess::v1::GetResponse Trail(const std::string& cid) {
+    grpc::ClientContext ctx;
+    ess::v1::GetRequest req;
+    req.set_correlation_id(cid);
+    ess::v1::GetResponse resp;
+    EXPECT_TRUE(stub_->Get(&ctx, req, &resp).ok());
+    return resp;
+  }
+
+  uint32_t Depth(const std::string& queue) {
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok());
+    auto n = (*conn)->MessageCount(queue);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : 0;
+  }
+
+  amqp::ConnectionOptions broker_;
+  std::string queue_, exchange_;
+  int replay_port_ = 0, inbound_port_ = 0;
+  testing::TempDir dir_;
+  http::Client http_{{}};
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+  std::unique_ptr<Process> replay_, outbound_, inbound_, partner_proc_;
+};
+
+TEST_F(HubTest, ThousandEventsAreEachDeliveredOnceRecordedAndAcked) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  constexpr int kEvents = 1000;
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < kEvents; ++i) {
+    std::string id = absl::StrCat("VIS-", i);
+    events.emplace_back(id, VisitEvent(id));
+  }
+  Publish(events);
+
+  ASSERT_TRUE(WaitFor([&] { return partner.count() >= kEvents; }, absl::Seconds(60)))
+      << "partner got " << partner.count();
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() >= kEvents; },
+                      absl::Seconds(30)));
+  // Stop the lane: anything it had not acked would go back to the queue now.
+  EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
+  outbound_.reset();
+
+  std::vector<CapturePartner::Seen> seen = partner.seen();
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kEvents));
+  std::set<std::string> ids;
+  for (const auto& s : seen) {
+    EXPECT_EQ(s.path, "/api/slots");
+    ASSERT_EQ(s.idempotency_key, s.correlation);
+    EXPECT_EQ(s.body, absl::StrCat(R"({"id":")", s.correlation,
+                                   R"(","inmate":"A123","slot":"2026-12-01T15:00:00Z"})"));
+    ids.insert(s.correlation);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kEvents));
+  EXPECT_EQ(*ids.begin(), "VIS-0");
+  auto stats = Stats(ess::v1::DIRECTION_OUTBOUND);
+  EXPECT_EQ(stats.delivered(), static_cast<uint64_t>(kEvents));
+  EXPECT_EQ(stats.dead(), 0u);
+  EXPECT_EQ(Depth(queue_), 0u);
+  EXPECT_EQ(Depth(queue_ + ".parked"), 0u);
+
+  auto trail = Trail("VIS-500");
+  ASSERT_EQ(trail.records_size(), 1);
+  EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+  EXPECT_EQ(trail.records(0).payload(), VisitEvent("VIS-500"));
+  EXPECT_EQ(trail.records(0).source(), queue_);
+  EXPECT_EQ(trail.trail().stage(), "delivered");
+}
+
+TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  std::string sub = testing::UniqueName("subscriber");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
+
+  auto resp = PostWebhook(R"({"id":"VIS-77","status":"confirmed"})");
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  EXPECT_EQ(resp->status, 200) << resp->body;
+  EXPECT_EQ(resp->body, R"({"ok":true,"events":1})");
+
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
+  EXPECT_EQ(d->message.correlation_id, "VIS-77");
+  EXPECT_EQ(d->message.type, "SlotConfirmed");
+  EXPECT_EQ(d->exchange, exchange_);
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+
+  auto trail = Trail("VIS-77");
+  ASSERT_EQ(trail.records_size(), 1);
+  EXPECT_EQ(trail.records(0).direction(), ess::v1::DIRECTION_INBOUND);
+  EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(trail.records(0).source(), "/webhook/prison");
+  EXPECT_TRUE(trail.trail().has_confirmed_at());
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+TEST_F(HubTest, BadWebhooksGetTheRightStatusAndReason) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  auto r = PostWebhook("{not json");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 400);
+  EXPECT_THAT(r->body, HasSubstr("prison_calendar: invalid JSON at offset 1"));
+  r = PostWebhook(R"({"status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 400);
+  EXPECT_THAT(r->body, HasSubstr(R"(missing required field \"id\")"));
+  r = PostWebhook(R"({"id":"VIS-1","status":"confirmed"})", "/webhook/unknown");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 404);
+  EXPECT_EQ(r->body, R"({"error":"no partner serves /webhook/unknown"})");
+  auto g = http_.SendAndWait({.method = "GET", .url = Url("/webhook/prison")});
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->status, 405);
+}
+
+TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  Publish({{"BAD-1", "this is not json"},
+           {"BAD-2", R"({"type":"VisitScheduleUpdated","id":"BAD-2","slotUtc":"x"})"},
+           {"GOOD-1", VisitEvent("GOOD-1")}});
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 2; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return partner.count() == 1; }, absl::Seconds(30)));
+  EXPECT_EQ(partner.seen()[0].correlation, "GOOD-1");
+
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  std::map<std::string, std::string> reasons;
+  for (int i = 0; i < 2; ++i) {
+    auto d = (*conn)->Get(queue_ + ".parked");
+    ASSERT_TRUE(d.ok()) << d.status();
+    for (const auto& [k, v] : d->message.headers) {
+      if (k == "x-ess-reason") reasons[d->message.correlation_id] = v;
+    }
+  }
+  EXPECT_THAT(reasons["BAD-1"], HasSubstr("invalid JSON at offset 0"));
+  EXPECT_EQ(reasons["BAD-2"], "missing required field \"inmateId\" (for \"inmate\")");
+
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 2; },
+                      absl::Seconds(10)));
+  auto bad2 = Trail("BAD-2");
+  ASSERT_EQ(bad2.records_size(), 1);
+  EXPECT_EQ(bad2.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(bad2.records(0).error(), "missing required field \"inmateId\" (for \"inmate\")");
+  EXPECT_EQ(Depth(queue_), 0u);
+}
+
+TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) {
+  CapturePartner partner;
+  partner.set_status(422);
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  Publish({{"REFUSED-1", VisitEvent("REFUSED-1")}});
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 1; }, absl::Seconds(30)));
+  EXPECT_EQ(partner.count(), 1u);  // permanent: no second attempt
+
+  partner.set_status(503);
+  Publish({{"DOWN-1", VisitEvent("DOWN-1")}});
+  // max_attempts 2: one retry through the 200 ms delay queue, then parked.
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 2; }, absl::Seconds(30)));
+  EXPECT_EQ(partner.count(), 3u);
+  auto t = Trail("DOWN-1");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(t.records(0).attempts(), 2u);
+  EXPECT_THAT(t.records(0).error(), HasSubstr("gave up after 2 attempts: partner answered HTTP 503"));
+}
+
+TEST_F(HubTest, DryRunRecordsEverythingAndSendsNothing) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()), {"--dry_run"});
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < 20; ++i) events.emplace_back(absl::StrCat("DRY-", i), VisitEvent(absl::StrCat("DRY-", i)));
+  Publish(events);
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dry_run() == 20; },
+                      absl::Seconds(30)));
+  EXPECT_EQ(partner.count(), 0u);
+  auto t = Trail("DRY-3");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DRY_RUN);
+  EXPECT_TRUE(t.records(0).dry_run());
+  EXPECT_THAT(t.records(0).rendered(), HasSubstr(R"({"id":"DRY-3","inmate":"A123")"));
+  EXPECT_EQ(outbound_->Stop(), 0);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("dry-run: request not sent"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr(R"(\"inmate\":\"***\")"));  // PII masked in the log
+  EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("A123")));
+  outbound_.reset();
+  EXPECT_EQ(Depth(queue_), 0u);
+}
+
+TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
+  int closed = testing::FreePort();
+  dir_.Write("hub.yaml", Config("http://127.0.0.1:9"));
+  StartReplay();
+  dir_.Write("nobus.yaml", Config("http://127.0.0.1:9", /*bus_port=*/closed));
+  StartInbound("nobus.yaml");
+  auto r = PostWebhook(R"({"id":"VIS-9","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->Header("retry-after"), "1");
+  EXPECT_THAT(r->body, HasSubstr("event bus"));
+  EXPECT_EQ(inbound_->Stop(), 0);
+
+  dir_.Write("nostore.yaml", Config("http://127.0.0.1:9", 0, /*replay_port=*/closed));
+  StartInbound("nostore.yaml");
+  r = PostWebhook(R"({"id":"VIS-9","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 503);
+  EXPECT_THAT(r->body, HasSubstr("replay store"));
+}
+
+TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
+  int partner_port = testing::FreePort();
+  partner_proc_ = std::make_unique<Process>(
+      std::vector<std::string>{BinaryPath("demo_partner"), "--listen",
+                               absl::StrCat("127.0.0.1:", partner_port), "--callback_url",
+                               Url("/webhook/prison"), "--callback_delay_ms", "10"},
+      dir_.File("partner.log"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = http_.SendAndWait({.method = "GET",
+                                    .url = absl::StrCat("http://127.0.0.1:", partner_port, "/health")});
+        return r.ok() && r->status == 200;
+      },
+      absl::Seconds(20)));
+  StartHub(absl::StrCat("http://127.0.0.1:", partner_port));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  std::string sub = testing::UniqueName("subscriber");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
+  Publish({{"VIS-77", VisitEvent("VIS-77")}});
+
+  absl::StatusOr<amqp::Delivery> d;
+  ASSERT_TRUE(WaitFor([&] { return (d = (*conn)->Get(sub)).ok(); }, absl::Seconds(30)))
+      << partner_proc_->Log();
+  EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
+  EXPECT_EQ(d->message.correlation_id, "VIS-77");
+
+  auto t = Trail("VIS-77");
+  EXPECT_EQ(t.records_size(), 2);
+  EXPECT_EQ(t.trail().stage(), "confirmed");
+  EXPECT_TRUE(t.trail().has_pushed_at());
+  EXPECT_TRUE(t.trail().has_delivered_at());
+  EXPECT_TRUE(t.trail().has_confirmed_at());
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+}  // namespace
+}  // namespace ess
