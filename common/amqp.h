@@ -44,6 +44,8 @@ struct ConnectionOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // Shown in the broker's connection list (client property "connection_name").
   std::string connection_name;
+  // Bound on every broker round trip (declarations, get, the confirm of Connection::Publish).
+  absl::Duration rpc_timeout = absl::Seconds(30);
 };
 
 // String-valued application headers, in order.
@@ -57,9 +59,16 @@ struct Message {
   std::string content_type = "application/json";
   Headers headers;
   bool persistent = true;
+  // AMQP "timestamp" property, Unix seconds. 0 on publish means "now"; 0 on receive means the
+  // publisher did not set it.
+  int64_t timestamp = 0;
 };
 
+// On receive, header values that are not strings are rendered as text (integers, booleans,
+// floats, timestamps); nested tables and arrays (e.g. x-death) are left out.
 struct Delivery {
+  // Opaque. A Consumer's tags are unique across its reconnects: settling a delivery of an
+  // earlier connection is a no-op (the broker has already requeued it).
   uint64_t delivery_tag = 0;
   std::string queue;  // the queue it was consumed from
   bool redelivered = false;
@@ -76,6 +85,9 @@ struct QueueSpec {
   Headers string_args;
   // Optional x-arguments with integer values (e.g. {"x-message-ttl", 5000}).
   std::vector<std::pair<std::string, int64_t>> int_args;
+  // Owned by the declaring connection and deleted when it closes (e.g. a subscription queue).
+  bool exclusive = false;
+  bool auto_delete = false;
 };
 
 struct ExchangeSpec {
@@ -98,8 +110,13 @@ struct Topology {
 };
 
 // Blocking client. Errors: UNAVAILABLE when the broker cannot be reached or the connection
-// broke; FAILED_PRECONDITION when the broker refused an operation (channel closed, e.g. a
-// queue declared with other arguments), with the broker's reply text.
+// broke (a broken Connection stays UNAVAILABLE: open a new one); DEADLINE_EXCEEDED when the
+// broker did not answer within rpc_timeout; FAILED_PRECONDITION when the broker refused an
+// operation (channel closed, e.g. a queue declared with other arguments), with the broker's
+// reply text, except NOT_FOUND for its 404 (no such queue/exchange) and PERMISSION_DENIED for its
+// 403. The channel is reopened after a refusal, so the Connection stays usable. Heartbeats are
+// only sent during calls: a Connection left idle for two heartbeat intervals may be closed by the
+// broker (then UNAVAILABLE).
 class Connection {
  public:
   static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options);
@@ -130,12 +147,13 @@ class Consumer {
  public:
   struct Options {
     ConnectionOptions connection;
-    Topology topology;            // declared before consuming, again after each reconnect
+    Topology topology;                // declared before consuming, again after each reconnect
     std::vector<std::string> queues;  // consumed, each with its own consumer tag
-    uint16_t prefetch = 256;      // basic.qos per consumer
+    uint16_t prefetch = 256;          // basic.qos per consumer
   };
   // Called on the consumer's thread, one delivery at a time; must not block (hand the work
-  // off). Every delivery must be settled exactly once with Ack, Reject or ParkAndAck.
+  // off) nor call Stop(). Every delivery must be settled exactly once with Ack, Reject or
+  // ParkAndAck.
   using Handler = std::function<void(Delivery)>;
 
   Consumer(Options options, Handler handler);
@@ -144,13 +162,18 @@ class Consumer {
   Consumer& operator=(const Consumer&) = delete;
 
   // Connects, applies the topology, starts consuming on a thread of its own. Returns the first
-  // connection's error; later losses are retried in the background with backoff.
+  // connection attempt's error; either way the thread keeps (re)connecting in the background
+  // with backoff (100 ms doubling to 5 s) until Stop().
   absl::Status Start();
-  // Cancels the consumers, stops the thread. Deliveries not yet settled are returned to the
-  // queue by the broker when the connection closes.
+  // Sends the settlements already made, closes the connection (which cancels the consumers)
+  // and stops the thread. Deliveries not yet settled are returned to their queue by the broker;
+  // settlements made from now on are ignored.
   void Stop();
 
-  // Thread-safe settlement. Contiguous acks are coalesced into one basic.ack(multiple).
+  // Thread-safe settlement. Contiguous acks are coalesced into one basic.ack(multiple); an ack
+  // held back by an older unsettled delivery is sent on its own within milliseconds, so one slow
+  // delivery never holds the prefetch window. Settling a tag twice, or a tag of an earlier
+  // connection, is ignored.
   void Ack(uint64_t delivery_tag);
   void Reject(uint64_t delivery_tag, bool requeue);
   // Publishes `message` to `queue` (default exchange, persistent, with confirm) and acks the
@@ -175,9 +198,12 @@ class Publisher {
     // beyond it.
     size_t max_in_flight = 8192;
   };
-  // Called on the publisher's thread: OK once confirmed; UNAVAILABLE if the broker nacked or
-  // the connection was lost before the confirm; FAILED_PRECONDITION "unroutable" if the
-  // message was returned (mandatory).
+  // Called exactly once per Publish, on the publisher's thread: OK once confirmed; UNAVAILABLE
+  // if the broker nacked or the connection was lost before the confirm; FAILED_PRECONDITION
+  // "unroutable: exchange=... routing_key=..." if the message was returned (mandatory).
+  // When Publish fails fast (not started or stopped, not connected, or the broker blocks
+  // publishing during a resource alarm: UNAVAILABLE; max_in_flight reached:
+  // RESOURCE_EXHAUSTED) `done` runs inline, on the caller's thread.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
   explicit Publisher(Options options);
@@ -185,6 +211,7 @@ class Publisher {
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
 
+  // Connects and applies the topology; same retry contract as Consumer::Start().
   absl::Status Start();
   void Stop();  // fails every pending publish with UNAVAILABLE
   // Thread-safe. Persistent, mandatory.
