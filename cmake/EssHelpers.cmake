@@ -36,6 +36,8 @@ function(ess_test name)
     set(ARG_TIMEOUT 120)
   endif()
   add_test(NAME ${name} COMMAND ${name})
+  # An idle gRPC client notices a server's GOAWAY only at its next backup poll (5 s by default),
+  # and a graceful replay_svc shutdown waits for that: poll often in tests.
   set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
-    ENVIRONMENT "ESS_BIN_DIR=${PROJECT_BINARY_DIR}/bin;ESS_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+    ENVIRONMENT "ESS_BIN_DIR=${PROJECT_BINARY_DIR}/bin;ESS_SOURCE_DIR=${PROJECT_SOURCE_DIR};GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS=100")
 endfunction()

@@ -1,26 +1,73 @@
 #include "common/cli.h"
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/strip.h"
 
 ABSL_FLAG(std::string, config, "", "Path of the hub config file (YAML or JSON).");
 
 namespace ess::cli {
 
+namespace {
+
+bool OwnFlagFile(absl::string_view file) {
+  return absl::StrContains(file, "_svc/") || absl::StrContains(file, "tools/") ||
+         absl::StrContains(file, "bench/") || absl::StrContains(file, "common/cli");
+}
+
+// --help: the usage text and this project's flags, on stdout, exit 0 (Abseil's own handling
+// exits 1, which reads as a failure to scripts).
+[[noreturn]] void PrintHelp(const std::string& usage) {
+  std::cout << "usage: " << usage << "\n\nflags:\n";
+  std::vector<std::pair<std::string, const absl::CommandLineFlag*>> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    if (OwnFlagFile(flag->Filename())) flags.emplace_back(std::string(name), flag);
+  }
+  std::sort(flags.begin(), flags.end());
+  for (const auto& [name, flag] : flags) {
+    std::cout << "  --" << name << "  " << flag->Help();
+    if (!flag->DefaultValue().empty()) std::cout << " (default: " << flag->DefaultValue() << ")";
+    std::cout << "\n";
+  }
+  std::exit(0);
+}
+
+// An unknown flag is a usage error: exit 2 naming it.
+void CheckKnownFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    absl::string_view name = arg.substr(0, arg.find('='));
+    if (absl::FindCommandLineFlag(name) != nullptr) continue;
+    if (absl::ConsumePrefix(&name, "no") && absl::FindCommandLineFlag(name) != nullptr) continue;
+    std::cerr << "error: unknown flag --" << arg.substr(0, arg.find('=')) << " (see --help)\n";
+    std::exit(2);
+  }
+}
+
+}  // namespace
+
 std::vector<std::string> Parse(int argc, char** argv, const std::string& usage) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg == "--help" || arg == "-help" || arg == "-h") PrintHelp(usage);
+  }
+  CheckKnownFlags(argc, argv);
   absl::FlagsUsageConfig usage_config;
-  // --help lists the flags defined in this project (not Abseil's or gRPC's own).
-  usage_config.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "_svc/") || absl::StrContains(file, "tools/") ||
-           absl::StrContains(file, "bench/") || absl::StrContains(file, "common/cli");
-  };
+  // --helpfull still lists everything; --helpshort lists this project's flags.
+  usage_config.contains_help_flags = OwnFlagFile;
   usage_config.contains_helpshort_flags = usage_config.contains_help_flags;
   usage_config.normalize_filename = [](absl::string_view f) { return std::string(f); };
   absl::SetFlagsUsageConfig(usage_config);

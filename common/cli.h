@@ -14,7 +14,8 @@
 
 namespace ess::cli {
 
-// Parses the flags (exits 0 after printing --help, exits 2 on an unknown flag) and returns the
+// Parses the flags (exits 0 after printing --help, exits 2 naming an unknown flag; a flag
+// value that does not parse exits 1 with Abseil's message) and returns the
 // positional arguments (argv[0] excluded).
 std::vector<std::string> Parse(int argc, char** argv, const std::string& usage);
 

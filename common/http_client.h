@@ -51,9 +51,12 @@ struct Response {
 
 // Transport failures (no HTTP status at all) come back as a status:
 //   DEADLINE_EXCEEDED  the timeout or connect timeout passed
-//   UNAVAILABLE        connection refused/reset, DNS failure, TLS handshake failure
+//   UNAVAILABLE        connection refused/reset, DNS failure, TLS handshake failure, a reply
+//                      that is not HTTP
 //   INVALID_ARGUMENT   malformed URL or unsupported scheme
+//   FAILED_PRECONDITION the local TLS setup is unusable (e.g. unreadable CA file)
 //   CANCELLED          the client was stopped first
+//   UNKNOWN            any other transport failure (the message has curl's text)
 // Any HTTP status, 2xx or not, is an OK StatusOr holding the Response.
 class Client {
  public:
@@ -64,15 +67,17 @@ class Client {
   using Callback = absl::AnyInvocable<void(absl::StatusOr<Response>) &&>;
 
   explicit Client(Options options);
-  ~Client();  // Stop()
+  ~Client();  // Stop(); not from a completion callback
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
   // Thread-safe.
   void Send(Request request, Callback done);
-  // Blocking convenience for tools and tests.
+  // Blocking convenience for tools and tests. Not from a completion callback.
   absl::StatusOr<Response> SendAndWait(Request request);
-  // Completes every pending request with CANCELLED and joins the thread.
+  // Completes every pending request with CANCELLED and joins the thread. Later Sends
+  // complete at once, on the caller's thread, with CANCELLED. From a completion callback
+  // it does not wait for the thread (the destructor does).
   void Stop();
 
  private:

@@ -1,0 +1,444 @@
+#include "common/http_server.h"
+
+#include <arpa/inet.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace ess::http {
+
+std::string_view ServerRequest::Header(std::string_view lower_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lower_name) return value;
+  }
+  return {};
+}
+
+namespace {
+
+// libevent must know about threads before the first event_base exists, so that
+// event_active() may be called from other threads.
+// Also: a peer that closed its end must not kill the process when libevent writes to it
+// with write(2), so SIGPIPE is ignored unless the program chose a handler of its own.
+void InitLibeventOnce() {
+  static const bool initialized = [] {
+    struct sigaction current {};
+    if (sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+      signal(SIGPIPE, SIG_IGN);
+    }
+    return evthread_use_pthreads() == 0;
+  }();
+  (void)initialized;
+}
+
+const char* MethodName(evhttp_cmd_type type) {
+  switch (type) {
+    case EVHTTP_REQ_GET:
+      return "GET";
+    case EVHTTP_REQ_POST:
+      return "POST";
+    case EVHTTP_REQ_HEAD:
+      return "HEAD";
+    case EVHTTP_REQ_PUT:
+      return "PUT";
+    case EVHTTP_REQ_DELETE:
+      return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+      return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+      return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+      return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+      return "PATCH";
+  }
+  return "UNKNOWN";
+}
+
+// What a Responder dropped without Send answers.
+ServerResponse Unanswered() {
+  return {.status = 500, .body = R"({"error":"the handler did not answer"})"};
+}
+
+// Splits "host:port" or "[v6]:port".
+absl::Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address '", listen, "' is not host:port"));
+  }
+  absl::string_view h(listen.data(), colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  uint32_t p = 0;
+  if (!absl::SimpleAtoi(absl::string_view(listen).substr(colon + 1), &p) || p > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen address '", listen, "' has no valid port"));
+  }
+  *host = std::string(h);
+  *port = static_cast<uint16_t>(p);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class Dispatcher;
+
+struct Responder::State {
+  std::shared_ptr<Dispatcher> dispatcher;
+  std::atomic<bool> answered{false};
+  // Written by the answering thread before Deliver, read on the loop thread after it.
+  ServerResponse response;
+  // Loop thread only. `request` is null once libevent freed it (connection gone).
+  evhttp_request* request = nullptr;
+  evhttp_connection* connection = nullptr;
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+// The server's reply path: the only part a Responder may reach, from any thread. It
+// outlives the server (Responders keep it) and drops replies once the server stopped.
+class Dispatcher {
+ public:
+  // Replies may be delivered from other threads from now on.
+  void Open(event* wake) {
+    absl::MutexLock lock(&mu_);
+    wake_ = wake;
+  }
+  // Late replies are dropped from now on, without touching libevent.
+  void Close() {
+    std::vector<std::shared_ptr<Responder::State>> dropped;
+    absl::MutexLock lock(&mu_);
+    wake_ = nullptr;
+    dropped.swap(queue_);
+  }
+
+  // Any thread: hands an answered request to the loop thread (replies at once when
+  // already on it).
+  void Deliver(std::shared_ptr<Responder::State> state) {
+    if (current == this) {
+      Reply(*state);
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    if (wake_ == nullptr) return;  // stopped
+    const bool idle = queue_.empty();
+    queue_.push_back(std::move(state));
+    // One activation per batch: Drain takes the whole queue.
+    if (idle) event_active(wake_, EV_READ, 0);
+  }
+
+  // Loop thread: replies to everything delivered so far.
+  void Drain() {
+    {
+      absl::MutexLock lock(&mu_);
+      batch_.swap(queue_);
+    }
+    for (auto& state : batch_) Reply(*state);
+    batch_.clear();
+  }
+
+  // Loop thread: remembers the unanswered request of `conn`.
+  void Track(evhttp_connection* conn, std::shared_ptr<Responder::State> state) {
+    // libevent frees a connection's pending request when the connection goes away; the
+    // close callback makes the state forget it first.
+    inflight_.insert_or_assign(conn, std::move(state));
+    evhttp_connection_set_closecb(conn, &Dispatcher::OnClose, this);
+  }
+
+  // Loop thread: answers 503 for every request whose handler did not answer in time.
+  void ExpireOverdue(absl::Time now) {
+    overdue_.clear();
+    for (const auto& [conn, state] : inflight_) {
+      if (state->deadline <= now) overdue_.push_back(state);
+    }
+    for (auto& state : overdue_) {
+      // Whoever flips `answered` first owns `response`; a later Send is ignored.
+      if (state->answered.exchange(true)) continue;
+      state->response = {.status = 503,
+                         .headers = {{"Retry-After", "1"}},
+                         .body = R"({"error":"the request timed out in the server"})"};
+      Reply(*state);
+    }
+    overdue_.clear();
+  }
+
+  // After the loop thread ended, before evhttp_free.
+  void ForgetAll() {
+    for (auto& [conn, state] : inflight_) {
+      state->request = nullptr;
+      state->connection = nullptr;
+      evhttp_connection_set_closecb(conn, nullptr, nullptr);
+    }
+    inflight_.clear();
+  }
+
+  // Set on the loop thread to its dispatcher.
+  static thread_local const Dispatcher* current;
+
+ private:
+  static void OnClose(evhttp_connection* conn, void* arg) {
+    auto* self = static_cast<Dispatcher*>(arg);
+    auto it = self->inflight_.find(conn);
+    if (it == self->inflight_.end()) return;
+    Responder::State& s = *it->second;
+    // A request still attached to the connection is freed right after this callback. One
+    // already detached (libevent does that on EOF/timeout) stays ours until we reply,
+    // which frees it without writing.
+    if (s.request != nullptr && evhttp_request_get_connection(s.request) != nullptr) {
+      s.request = nullptr;
+    }
+    s.connection = nullptr;
+    self->inflight_.erase(it);
+  }
+
+  void Reply(Responder::State& s) {
+    evhttp_request* req = s.request;
+    if (req == nullptr) return;  // the client went away
+    s.request = nullptr;
+    if (s.connection != nullptr) {
+      auto it = inflight_.find(s.connection);
+      if (it != inflight_.end() && it->second.get() == &s) inflight_.erase(it);
+      s.connection = nullptr;
+    }
+    const ServerResponse& resp = s.response;
+    evkeyvalq* out = evhttp_request_get_output_headers(req);
+    if (!resp.content_type.empty()) {
+      evhttp_add_header(out, "Content-Type", resp.content_type.c_str());
+    }
+    for (const auto& [name, value] : resp.headers) {
+      // libevent drops names or values with CR/LF (no header injection).
+      evhttp_add_header(out, name.c_str(), value.c_str());
+    }
+    if (!resp.body.empty()) {
+      evbuffer_add(evhttp_request_get_output_buffer(req), resp.body.data(), resp.body.size());
+    }
+    const int status = (resp.status >= 100 && resp.status <= 599) ? resp.status : 500;
+    evhttp_send_reply(req, status, nullptr, nullptr);
+  }
+
+  absl::Mutex mu_;
+  std::vector<std::shared_ptr<Responder::State>> queue_ ABSL_GUARDED_BY(mu_);
+  event* wake_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Loop thread only.
+  std::vector<std::shared_ptr<Responder::State>> batch_;
+  std::vector<std::shared_ptr<Responder::State>> overdue_;
+  absl::flat_hash_map<evhttp_connection*, std::shared_ptr<Responder::State>> inflight_;
+};
+
+thread_local const Dispatcher* Dispatcher::current = nullptr;
+
+struct Server::Impl {
+  Impl(Options opts, Handler h)
+      : options(std::move(opts)),
+        handler(std::move(h)),
+        dispatcher(std::make_shared<Dispatcher>()) {}
+
+  ~Impl() { Stop(); }
+
+  absl::Status Start() {
+    if (base != nullptr) return absl::FailedPreconditionError("server already started");
+    std::string host;
+    uint16_t requested_port = 0;
+    if (absl::Status s = ParseListen(options.listen, &host, &requested_port); !s.ok()) return s;
+    InitLibeventOnce();
+    base = event_base_new();
+    http = base != nullptr ? evhttp_new(base) : nullptr;
+    if (http == nullptr) {
+      Cleanup();
+      return absl::ResourceExhaustedError("cannot create the libevent http server");
+    }
+    evhttp_set_max_body_size(http, static_cast<ev_ssize_t>(options.max_body_bytes));
+    evhttp_set_max_headers_size(http, kMaxHeaderBytes);
+    if (options.request_timeout_seconds > 0) {
+      evhttp_set_timeout(http, options.request_timeout_seconds);
+    }
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                         EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                         EVHTTP_REQ_PATCH);
+    // Read an oversized body to its end before answering 413, so the client sees the 413
+    // instead of a connection reset.
+    evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE);
+    evhttp_set_gencb(http, &Impl::OnRequest, this);
+
+    evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(http, host.c_str(), requested_port);
+    if (bound == nullptr) {
+      const int err = errno;
+      Cleanup();
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options.listen, ": ", std::strerror(err)));
+    }
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    const evutil_socket_t fd = evhttp_bound_socket_get_fd(bound);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      const auto* v4 = reinterpret_cast<const sockaddr_in*>(&addr);
+      const auto* v6 = reinterpret_cast<const sockaddr_in6*>(&addr);
+      bound_port = ntohs(addr.ss_family == AF_INET6 ? v6->sin6_port : v4->sin_port);
+    }
+    wake = event_new(base, -1, 0, &Impl::OnWake, dispatcher.get());
+    stop = event_new(base, -1, 0, &Impl::OnStop, base);
+    sweep = event_new(base, -1, EV_PERSIST, &Impl::OnSweep, dispatcher.get());
+    if (wake == nullptr || stop == nullptr || sweep == nullptr) {
+      Cleanup();
+      return absl::ResourceExhaustedError("cannot create libevent events");
+    }
+    if (options.request_timeout_seconds > 0) {
+      const timeval every = {kSweepSeconds, 0};
+      event_add(sweep, &every);
+    }
+    dispatcher->Open(wake);
+    thread = std::thread([this] {
+      Dispatcher::current = dispatcher.get();
+      event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+      Dispatcher::current = nullptr;
+    });
+    return absl::OkStatus();
+  }
+
+  void Stop() {
+    if (base == nullptr) return;
+    dispatcher->Close();
+    // Not event_base_loopbreak() from here: a break requested before the loop started
+    // would be forgotten. An active event is kept until the loop runs it.
+    if (stop != nullptr) event_active(stop, EV_READ, 0);
+    if (thread.joinable()) thread.join();
+    Cleanup();
+  }
+
+  // Frees libevent state; the loop thread is not running.
+  void Cleanup() {
+    // evhttp_free frees every connection and its pending request.
+    dispatcher->ForgetAll();
+    if (http != nullptr) evhttp_free(http);
+    http = nullptr;
+    if (wake != nullptr) event_free(wake);
+    wake = nullptr;
+    if (stop != nullptr) event_free(stop);
+    stop = nullptr;
+    if (sweep != nullptr) event_free(sweep);
+    sweep = nullptr;
+    if (base != nullptr) event_base_free(base);
+    base = nullptr;
+  }
+
+  static void OnRequest(evhttp_request* req, void* arg) {
+    auto* self = static_cast<Impl*>(arg);
+    ServerRequest r;
+    r.method = MethodName(evhttp_request_get_command(req));
+    if (const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req); uri != nullptr) {
+      const char* path = evhttp_uri_get_path(uri);
+      r.path = (path != nullptr && *path != '\0') ? path : "/";
+      if (const char* query = evhttp_uri_get_query(uri); query != nullptr) r.query = query;
+    }
+    const evkeyvalq* in = evhttp_request_get_input_headers(req);
+    for (const evkeyval* h = in->tqh_first; h != nullptr; h = h->next.tqe_next) {
+      std::string name(h->key);
+      absl::AsciiStrToLower(&name);
+      r.headers.emplace_back(std::move(name), h->value);
+    }
+    evbuffer* body = evhttp_request_get_input_buffer(req);
+    if (const size_t n = evbuffer_get_length(body); n > 0) {
+      r.body.resize(n);
+      evbuffer_remove(body, r.body.data(), n);
+    }
+    evhttp_connection* conn = evhttp_request_get_connection(req);
+    char* address = nullptr;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(conn, &address, &port);
+    const absl::string_view host = address != nullptr ? address : "";
+    r.peer = absl::StrContains(host, ':') ? absl::StrCat("[", host, "]:", port)
+                                          : absl::StrCat(host, ":", port);
+
+    auto state = std::make_shared<Responder::State>();
+    state->dispatcher = self->dispatcher;
+    state->request = req;
+    state->connection = conn;
+    if (self->options.request_timeout_seconds > 0) {
+      state->deadline = absl::Now() + absl::Seconds(self->options.request_timeout_seconds);
+    }
+    self->dispatcher->Track(conn, state);
+    self->handler(std::move(r), Responder(std::move(state)));
+  }
+
+  static void OnSweep(evutil_socket_t, short, void* arg) {
+    static_cast<Dispatcher*>(arg)->ExpireOverdue(absl::Now());
+  }
+
+  static void OnStop(evutil_socket_t, short, void* arg) {
+    event_base_loopbreak(static_cast<event_base*>(arg));
+  }
+
+  static void OnWake(evutil_socket_t, short, void* arg) { static_cast<Dispatcher*>(arg)->Drain(); }
+
+  static constexpr ev_ssize_t kMaxHeaderBytes = 64 * 1024;
+  // How often unanswered requests are checked against their deadline.
+  static constexpr time_t kSweepSeconds = 1;
+
+  const Options options;
+  const Handler handler;
+  const std::shared_ptr<Dispatcher> dispatcher;
+  event_base* base = nullptr;
+  evhttp* http = nullptr;
+  event* wake = nullptr;
+  event* stop = nullptr;
+  event* sweep = nullptr;
+  int bound_port = 0;
+  std::thread thread;
+};
+
+Responder::Responder(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+Responder::Responder(Responder&&) noexcept = default;
+
+Responder& Responder::operator=(Responder&& other) noexcept {
+  if (this != &other) {
+    if (state_ != nullptr) std::move(*this).Send(Unanswered());
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Responder::~Responder() {
+  if (state_ != nullptr) std::move(*this).Send(Unanswered());
+}
+
+void Responder::Send(ServerResponse response) && {
+  std::shared_ptr<State> state = std::move(state_);
+  if (state == nullptr || state->answered.exchange(true)) return;
+  state->response = std::move(response);
+  Dispatcher* dispatcher = state->dispatcher.get();
+  dispatcher->Deliver(std::move(state));
+}
+
+Server::Server(Options options, Handler handler)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(handler))) {}
+
+Server::~Server() = default;
+
+absl::Status Server::Start() { return impl_->Start(); }
+
+int Server::port() const { return impl_->bound_port; }
+
+void Server::Stop() { impl_->Stop(); }
+
+}  // namespace ess::http

@@ -31,7 +31,7 @@ struct ServerRequest {
   std::string query;   // "a=1&b=2" or empty
   HeaderList headers;  // names lower-cased
   std::string body;
-  std::string peer;    // "127.0.0.1:53211"
+  std::string peer;  // "127.0.0.1:53211"
 
   std::string_view Header(std::string_view lower_name) const;
 };
@@ -65,6 +65,9 @@ class Server {
   struct Options {
     std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
     size_t max_body_bytes = 1 << 20;
+    // Bounds reading a request, writing its reply, an idle keep-alive connection, and the
+    // handler: a request not answered within it (checked once a second) gets 503 with
+    // Retry-After, and a later Send is ignored. 0 or less: no limit.
     int request_timeout_seconds = 30;
   };
   using Handler = std::function<void(ServerRequest, Responder)>;
@@ -75,11 +78,13 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   // Binds and starts the event-loop thread. INVALID_ARGUMENT for a bad address,
-  // UNAVAILABLE when the port cannot be bound.
+  // UNAVAILABLE when the port cannot be bound. The first Start in a process sets SIGPIPE
+  // to ignored if it still has its default action (a peer's close must not kill us).
   absl::Status Start();
   // The bound port (after Start).
   int port() const;
-  // Stops accepting, answers nothing further, joins the thread.
+  // Stops accepting, answers nothing further, joins the thread. Not from a handler.
+  // Responders still held afterwards may be sent or dropped safely; nothing happens.
   void Stop();
 
  private:

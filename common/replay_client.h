@@ -43,7 +43,8 @@ class ReplayRecorder {
 
   void Record(ess::v1::MessageRecord record, Done done);
   // Sends what is queued, waits for calls in flight, then completes anything left with
-  // CANCELLED.
+  // CANCELLED. Records given after Stop() began complete with CANCELLED at once. Must not be
+  // called from a `done` (it waits for the call that runs it).
   void Stop();
 
  private:

@@ -70,10 +70,13 @@ class HubTest : public ::testing::Test {
   }
 
   void TearDown() override {
-    for (auto* p : {&outbound_, &inbound_, &partner_proc_}) {
-      if (*p) EXPECT_EQ((*p)->Stop(), 0) << (*p)->Log();
+    for (auto* p : {&outbound_, &inbound_, &partner_proc_, &replay_}) {
+      // An idle gRPC client would hold replay_svc's graceful shutdown for a few seconds.
+      if (p == &replay_) stub_.reset();
+      if (*p) {
+        EXPECT_EQ((*p)->Stop(), 0) << (*p)->Log();
+      }
     }
-    if (replay_) EXPECT_EQ(replay_->Stop(), 0) << replay_->Log();
     if (HasFailure()) {
       for (auto* p : {&replay_, &outbound_, &inbound_, &partner_proc_}) {
         if (*p) std::cerr << "---- log ----\n" << (*p)->Log();
@@ -98,7 +101,7 @@ outbound:
 inbound:
   listen: 127.0.0.1:INBOUND_PORT
 logging:
-  level: warn
+  level: info
   pii_fields: [inmateId, inmate]
 partners:
   - name: prison_calendar
@@ -220,6 +223,14 @@ partners:
     ess::v1::GetResponse resp;
     EXPECT_TRUE(stub_->Get(&ctx, req, &resp).ok());
     return resp;
+  }
+
+  // Ready messages in `queue`; 0 while it does not exist yet (the lane declares it at start).
+  uint32_t DepthOrZero(const std::string& queue) {
+    auto conn = amqp::Connection::Open(broker_);
+    if (!conn.ok()) return 0;
+    auto n = (*conn)->MessageCount(queue);
+    return n.ok() ? *n : 0;
   }
 
   uint32_t Depth(const std::string& queue) {
@@ -344,7 +355,7 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   Publish({{"BAD-1", "this is not json"},
            {"BAD-2", R"({"type":"VisitScheduleUpdated","id":"BAD-2","slotUtc":"x"})"},
            {"GOOD-1", VisitEvent("GOOD-1")}});
-  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 2; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 2; }, absl::Seconds(30)));
   ASSERT_TRUE(WaitFor([&] { return partner.count() == 1; }, absl::Seconds(30)));
   EXPECT_EQ(partner.seen()[0].correlation, "GOOD-1");
 
@@ -358,7 +369,7 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
       if (k == "x-ess-reason") reasons[d->message.correlation_id] = v;
     }
   }
-  EXPECT_THAT(reasons["BAD-1"], HasSubstr("invalid JSON at offset 0"));
+  EXPECT_THAT(reasons["BAD-1"], HasSubstr("invalid JSON at offset 1: Invalid value."));
   EXPECT_EQ(reasons["BAD-2"], "missing required field \"inmateId\" (for \"inmate\")");
 
   ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 2; },
@@ -375,13 +386,13 @@ TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) 
   partner.set_status(422);
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
   Publish({{"REFUSED-1", VisitEvent("REFUSED-1")}});
-  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 1; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)));
   EXPECT_EQ(partner.count(), 1u);  // permanent: no second attempt
 
   partner.set_status(503);
   Publish({{"DOWN-1", VisitEvent("DOWN-1")}});
   // max_attempts 2: one retry through the 200 ms delay queue, then parked.
-  ASSERT_TRUE(WaitFor([&] { return Depth(queue_ + ".parked") == 2; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 2; }, absl::Seconds(30)));
   EXPECT_EQ(partner.count(), 3u);
   auto t = Trail("DOWN-1");
   ASSERT_EQ(t.records_size(), 1);
@@ -425,12 +436,32 @@ TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
   EXPECT_THAT(r->body, HasSubstr("event bus"));
   EXPECT_EQ(inbound_->Stop(), 0);
 
+  // With a subscriber bound (an event nobody would receive is refused as unroutable).
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  std::string sub = testing::UniqueName("subscriber");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
   dir_.Write("nostore.yaml", Config("http://127.0.0.1:9", 0, /*replay_port=*/closed));
   StartInbound("nostore.yaml");
   r = PostWebhook(R"({"id":"VIS-9","status":"confirmed"})");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 503);
   EXPECT_THAT(r->body, HasSubstr("replay store"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+TEST_F(HubTest, UnroutableEventIsRefusedNotDropped) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  // No queue is bound to the events exchange: publishing would drop the event.
+  auto r = PostWebhook(R"({"id":"VIS-5","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 503);
+  EXPECT_THAT(r->body, HasSubstr("unroutable"));
 }
 
 TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {

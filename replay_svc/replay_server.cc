@@ -1,0 +1,77 @@
+#include "replay_svc/replay_server.h"
+
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace ess::replay {
+namespace {
+
+// Splits "host:port" (the host may be "[::1]").
+absl::Status SplitHostPort(const std::string& listen, std::string* host, int* port) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(listen).substr(colon + 1), port) || *port < 0 ||
+      *port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("listen: \"", listen, "\" is not HOST:PORT (e.g. 127.0.0.1:50051)"));
+  }
+  *host = listen.substr(0, colon);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& store,
+                                                                  Options options) {
+  std::string host;
+  int requested_port = 0;
+  if (absl::Status s = SplitHostPort(options.listen, &host, &requested_port); !s.ok()) return s;
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  auto service = std::make_unique<ReplayServiceImpl>(
+      store, ReplayServiceImpl::Options{.reader_threads = options.reader_threads});
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  // gRPC sets SO_REUSEPORT by default; a second server on the same port must fail instead.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.RegisterService(service.get());
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    if (server != nullptr) server->Shutdown();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  return std::unique_ptr<ReplayServer>(
+      new ReplayServer(std::move(service), std::move(server), absl::StrCat(host, ":", port), port));
+}
+
+ReplayServer::ReplayServer(std::unique_ptr<ReplayServiceImpl> service,
+                           std::unique_ptr<grpc::Server> server, std::string address, int port)
+    : service_(std::move(service)),
+      server_(std::move(server)),
+      address_(std::move(address)),
+      port_(port) {}
+
+ReplayServer::~ReplayServer() { Shutdown(absl::ZeroDuration()); }
+
+void ReplayServer::Shutdown(absl::Duration grace) {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->Shutdown();
+  }
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+}  // namespace ess::replay

@@ -1,0 +1,267 @@
+#include "replay_svc/replay_service.h"
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "replay_svc/records.h"
+#include "replay_svc/trail.h"
+
+namespace ess::replay {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+// ---- Page tokens -------------------------------------------------------------------------
+// Web-safe base64 of: version byte, filter fingerprint, updated_at, row id (little-endian 64-bit
+// each). The fingerprint ties a token to the filter it was issued for.
+
+constexpr uint8_t kTokenVersion = 1;
+constexpr size_t kTokenBytes = 1 + 3 * sizeof(uint64_t);
+
+void Store64(char* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+uint64_t Load64(const char* in) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<unsigned char>(in[i])} << (8 * i);
+  return v;
+}
+
+// FNV-1a over the filter fields (stable across processes, unlike absl::Hash).
+uint64_t FilterFingerprint(const ess::v1::ListRequest& request) {
+  uint64_t hash = 14695981039346656037ull;
+  auto mix = [&hash](absl::string_view bytes) {
+    for (unsigned char c : bytes) {
+      hash ^= c;
+      hash *= 1099511628211ull;
+    }
+    hash ^= 0xff;  // Field separator: ("ab","c") and ("a","bc") differ.
+    hash *= 1099511628211ull;
+  };
+  mix(request.partner());
+  mix(absl::StrCat(request.direction(), "/", request.status()));
+  mix(request.event_type());
+  mix(request.correlation_id());
+  mix(absl::StrCat(request.since().seconds(), ".", request.since().nanos(), "/",
+                   request.until().seconds(), ".", request.until().nanos()));
+  return hash;
+}
+
+std::string EncodePageToken(uint64_t fingerprint, const ListCursor& cursor) {
+  char raw[kTokenBytes];
+  raw[0] = static_cast<char>(kTokenVersion);
+  Store64(raw + 1, fingerprint);
+  Store64(raw + 9, static_cast<uint64_t>(cursor.updated_at_micros));
+  Store64(raw + 17, static_cast<uint64_t>(cursor.id));
+  std::string token;
+  absl::WebSafeBase64Escape(absl::string_view(raw, sizeof(raw)), &token);
+  return token;
+}
+
+absl::StatusOr<ListCursor> DecodePageToken(const std::string& token, uint64_t fingerprint) {
+  std::string raw;
+  if (!absl::WebSafeBase64Unescape(token, &raw) || raw.size() != kTokenBytes ||
+      static_cast<uint8_t>(raw[0]) != kTokenVersion) {
+    return absl::InvalidArgumentError("page_token: malformed");
+  }
+  if (Load64(raw.data() + 1) != fingerprint) {
+    return absl::InvalidArgumentError("page_token: issued for a different filter");
+  }
+  return ListCursor{
+      .updated_at_micros = static_cast<int64_t>(Load64(raw.data() + 9)),
+      .id = static_cast<int64_t>(Load64(raw.data() + 17)),
+  };
+}
+
+// ---- Request validation ------------------------------------------------------------------
+
+absl::Status ValidateRecordRequest(const ess::v1::RecordRequest& request) {
+  for (int i = 0; i < request.records_size(); ++i) {
+    if (absl::Status s = ValidateRecord(request.records(i), ""); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("records[", i, "].", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
+  ListQuery query;
+  query.partner = request.partner();
+  query.event_type = request.event_type();
+  query.correlation_id = request.correlation_id();
+  if (!ess::v1::Direction_IsValid(request.direction())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("direction: unknown value ", request.direction()));
+  }
+  query.direction = request.direction();
+  if (!ess::v1::MessageStatus_IsValid(request.status())) {
+    return absl::InvalidArgumentError(absl::StrCat("status: unknown value ", request.status()));
+  }
+  query.status = request.status();
+  if (request.has_since()) {
+    query.since_micros = ToUnixMicros(request.since());
+    if (!query.since_micros.has_value()) {
+      return absl::InvalidArgumentError("since: is not a valid timestamp");
+    }
+  }
+  if (request.has_until()) {
+    query.until_micros = ToUnixMicros(request.until());
+    if (!query.until_micros.has_value()) {
+      return absl::InvalidArgumentError("until: is not a valid timestamp");
+    }
+  }
+  query.limit = request.page_size() == 0
+                    ? ReplayServiceImpl::kDefaultPageSize
+                    : std::min(request.page_size(), ReplayServiceImpl::kMaxPageSize);
+  if (!request.page_token().empty()) {
+    absl::StatusOr<ListCursor> cursor =
+        DecodePageToken(request.page_token(), FilterFingerprint(request));
+    if (!cursor.ok()) return cursor.status();
+    query.after = *cursor;
+  }
+  return query;
+}
+
+}  // namespace
+
+ReplayServiceImpl::ReplayServiceImpl(ReplayStore& store, Options options)
+    : store_(store),
+      reads_("replay-read", std::max<size_t>(options.reader_threads, 1)),
+      writes_("replay-write", 1) {}
+
+ReplayServiceImpl::~ReplayServiceImpl() = default;
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Record(grpc::CallbackServerContext* context,
+                                                    const ess::v1::RecordRequest* request,
+                                                    ess::v1::RecordResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = ValidateRecordRequest(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+  } else if (request->records().empty()) {
+    reactor->Finish(grpc::Status::OK);
+  } else {
+    writes_.Post([this, request, response, reactor] {
+      absl::StatusOr<uint32_t> stored = store_.Record(request->records());
+      if (stored.ok()) response->set_stored(*stored);
+      reactor->Finish(ToGrpc(stored.status()));
+    });
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
+    grpc::CallbackServerContext* context, const ess::v1::UpdateStatusRequest* request,
+    ess::v1::MessageRecord* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status valid =
+      ValidateKey(request->direction(), request->partner(), request->message_id(), "");
+  if (valid.ok()) valid = ValidateStatus(request->status(), "");
+  if (!valid.ok()) {
+    reactor->Finish(ToGrpc(valid));
+    return reactor;
+  }
+  writes_.Post([this, request, response, reactor] {
+    absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
+    if (record.ok()) *response = *std::move(record);
+    reactor->Finish(ToGrpc(record.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* context,
+                                                 const ess::v1::GetRequest* request,
+                                                 ess::v1::GetResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  switch (request->key_case()) {
+    case ess::v1::GetRequest::kCorrelationId:
+      if (request->correlation_id().empty()) {
+        reactor->Finish(ToGrpc(absl::InvalidArgumentError("correlation_id: must not be empty")));
+        return reactor;
+      }
+      reads_.Post([this, request, response, reactor] {
+        absl::StatusOr<std::vector<ess::v1::MessageRecord>> records =
+            store_.GetByCorrelation(request->correlation_id());
+        if (!records.ok()) {
+          reactor->Finish(ToGrpc(records.status()));
+          return;
+        }
+        if (records->empty()) {
+          reactor->Finish(ToGrpc(absl::NotFoundError(
+              absl::StrCat("no records for correlation_id=", request->correlation_id()))));
+          return;
+        }
+        *response->mutable_trail() = ComputeTrail(request->correlation_id(), *records);
+        for (ess::v1::MessageRecord& r : *records) *response->add_records() = std::move(r);
+        reactor->Finish(grpc::Status::OK);
+      });
+      return reactor;
+    case ess::v1::GetRequest::kRecord: {
+      const ess::v1::RecordKey& key = request->record();
+      if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "record");
+          !s.ok()) {
+        reactor->Finish(ToGrpc(s));
+        return reactor;
+      }
+      reads_.Post([this, request, response, reactor] {
+        absl::StatusOr<ess::v1::MessageRecord> record = store_.GetByKey(request->record());
+        if (record.ok()) *response->add_records() = *std::move(record);
+        reactor->Finish(ToGrpc(record.status()));
+      });
+      return reactor;
+    }
+    case ess::v1::GetRequest::KEY_NOT_SET:
+      break;
+  }
+  reactor->Finish(ToGrpc(absl::InvalidArgumentError("key: set correlation_id or record")));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* context,
+                                                  const ess::v1::ListRequest* request,
+                                                  ess::v1::ListResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<ListQuery> query = MakeListQuery(*request);
+  if (!query.ok()) {
+    reactor->Finish(ToGrpc(query.status()));
+    return reactor;
+  }
+  reads_.Post([this, request, response, reactor, q = *std::move(query)] {
+    absl::StatusOr<ListPage> page = store_.List(q);
+    if (!page.ok()) {
+      reactor->Finish(ToGrpc(page.status()));
+      return;
+    }
+    response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
+    for (ess::v1::MessageRecord& r : page->records) *response->add_records() = std::move(r);
+    if (page->next.has_value()) {
+      response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* context,
+                                                   const ess::v1::StatsRequest* request,
+                                                   ess::v1::StatsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reads_.Post([this, request, response, reactor] {
+    absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = store_.Stats(request->partner());
+    if (stats.ok()) {
+      for (ess::v1::PartnerStats& p : *stats) *response->add_partners() = std::move(p);
+    }
+    reactor->Finish(ToGrpc(stats.status()));
+  });
+  return reactor;
+}
+
+}  // namespace ess::replay

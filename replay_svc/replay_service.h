@@ -1,0 +1,62 @@
+// ReplayService (proto/ess/v1/replay.proto) over a ReplayStore, on gRPC's callback API.
+//
+// Requests are validated before they reach the store: INVALID_ARGUMENT names the field, e.g.
+// "records[3].message_id: must not be empty"; UpdateStatus and Get answer NOT_FOUND for an
+// unknown key or correlation id. Store calls block, so they run on the service's own threads
+// rather than gRPC's: writes on one thread, in arrival order; reads on `reader_threads`.
+// List page tokens are opaque and bound to the filter they were issued for; page_size is 100
+// when 0 and at most 1000 (larger values are lowered to 1000).
+//
+// The store must outlive the service, and the server must be shut down (every call finished)
+// before the service is destroyed. See replay_server.h for a server that does both.
+#ifndef ESS_REPLAY_SVC_REPLAY_SERVICE_H_
+#define ESS_REPLAY_SVC_REPLAY_SERVICE_H_
+
+#include <cstddef>
+
+#include "ess/v1/replay.grpc.pb.h"
+#include "replay_svc/replay_store.h"
+#include "replay_svc/work_queue.h"
+
+namespace ess::replay {
+
+class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
+ public:
+  static constexpr uint32_t kDefaultPageSize = 100;
+  static constexpr uint32_t kMaxPageSize = 1000;
+
+  struct Options {
+    // Threads serving Get, List and Stats.
+    size_t reader_threads = 2;
+  };
+
+  ReplayServiceImpl(ReplayStore& store, Options options);
+  explicit ReplayServiceImpl(ReplayStore& store) : ReplayServiceImpl(store, Options()) {}
+  // Runs the store calls already queued.
+  ~ReplayServiceImpl() override;
+
+  grpc::ServerUnaryReactor* Record(grpc::CallbackServerContext* context,
+                                   const ess::v1::RecordRequest* request,
+                                   ess::v1::RecordResponse* response) override;
+  grpc::ServerUnaryReactor* UpdateStatus(grpc::CallbackServerContext* context,
+                                         const ess::v1::UpdateStatusRequest* request,
+                                         ess::v1::MessageRecord* response) override;
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const ess::v1::GetRequest* request,
+                                ess::v1::GetResponse* response) override;
+  grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
+                                 const ess::v1::ListRequest* request,
+                                 ess::v1::ListResponse* response) override;
+  grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
+                                  const ess::v1::StatsRequest* request,
+                                  ess::v1::StatsResponse* response) override;
+
+ private:
+  ReplayStore& store_;
+  WorkQueue reads_;
+  WorkQueue writes_;
+};
+
+}  // namespace ess::replay
+
+#endif  // ESS_REPLAY_SVC_REPLAY_SERVICE_H_

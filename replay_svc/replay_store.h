@@ -1,0 +1,94 @@
+// The storage behind ReplayService, as one small interface so that backends can be swapped:
+// embedded SQLite (sqlite_replay_store.h) by default; a shared PostgreSQL one where several
+// replicas must see the same records.
+//
+// Records are keyed by (direction, partner, message_id). Every backend guarantees:
+//   - Record() is all-or-none: either every record of the batch is stored or none is.
+//   - Upsert: recording an existing key updates status, attempts, error, dry_run, payload and
+//     rendered (an empty payload/rendered keeps the stored bytes), and keeps the first
+//     received_at, correlation_id, event_type and source. An unset received_at is taken as now.
+//   - updated_at is set by the store on every write, from its clock.
+//   - Every method is safe to call from several threads at once.
+// Inputs are validated again (see records.h), so a bad record is INVALID_ARGUMENT naming it,
+// whichever layer calls the store.
+#ifndef ESS_REPLAY_SVC_REPLAY_STORE_H_
+#define ESS_REPLAY_SVC_REPLAY_STORE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "ess/v1/event.pb.h"
+#include "ess/v1/replay.pb.h"
+#include "google/protobuf/repeated_ptr_field.h"
+
+namespace ess::replay {
+
+// Position in the newest-first order of List: the last row of a page. `id` is the store's
+// own row id, which breaks ties between equal updated_at values.
+struct ListCursor {
+  int64_t updated_at_micros = 0;
+  int64_t id = 0;
+  friend bool operator==(const ListCursor&, const ListCursor&) = default;
+};
+
+// Each set field narrows the result (empty strings and UNSPECIFIED enums are not set).
+struct ListQuery {
+  std::string partner;
+  ess::v1::Direction direction = ess::v1::DIRECTION_UNSPECIFIED;
+  ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
+  std::string event_type;
+  std::string correlation_id;
+  // updated_at within [since, until), in Unix microseconds.
+  std::optional<int64_t> since_micros;
+  std::optional<int64_t> until_micros;
+  // Most records returned; at least 1.
+  size_t limit = 100;
+  // Continue strictly after this position.
+  std::optional<ListCursor> after;
+};
+
+struct ListPage {
+  // Newest first: updated_at descending, then row id descending.
+  std::vector<ess::v1::MessageRecord> records;
+  // Set when more records match after the last one returned.
+  std::optional<ListCursor> next;
+};
+
+class ReplayStore {
+ public:
+  virtual ~ReplayStore() = default;
+
+  // Upserts every record in one transaction, all or none; returns how many were stored.
+  // INVALID_ARGUMENT "records[i].field: ..." for the first bad record.
+  virtual absl::StatusOr<uint32_t> Record(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) = 0;
+
+  // Sets status and error of one record and returns it as stored. NOT_FOUND if there is none.
+  virtual absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
+      const ess::v1::UpdateStatusRequest& request) = 0;
+
+  // NOT_FOUND if there is no such record.
+  virtual absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) = 0;
+
+  // Every record of the correlation id, both directions, oldest received_at first; empty if
+  // there is none.
+  virtual absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(
+      absl::string_view correlation_id) = 0;
+
+  virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
+
+  // One entry per (partner, direction) with records, ordered by partner then direction; only
+  // `partner` when it is not empty. Counts are of records currently in each status;
+  // oldest_pending is the earliest received_at among records received, failed or dead.
+  virtual absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) = 0;
+};
+
+}  // namespace ess::replay
+
+#endif  // ESS_REPLAY_SVC_REPLAY_STORE_H_

@@ -1,0 +1,467 @@
+#include "replay_svc/sqlite_replay_store.h"
+
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "replay_svc/records.h"
+
+namespace ess::replay {
+namespace {
+
+using ess::v1::MessageRecord;
+
+// kMigrations[v] takes a database from schema version v to v + 1. Times are Unix
+// microseconds; enums are their proto numbers.
+constexpr const char* kMigrations[] = {
+    // 0 -> 1
+    R"sql(
+CREATE TABLE records (
+  id             INTEGER PRIMARY KEY,
+  direction      INTEGER NOT NULL CHECK (direction IN (1, 2)),
+  partner        TEXT    NOT NULL CHECK (partner <> ''),
+  message_id     TEXT    NOT NULL CHECK (message_id <> ''),
+  correlation_id TEXT    NOT NULL,
+  event_type     TEXT    NOT NULL,
+  status         INTEGER NOT NULL CHECK (status BETWEEN 1 AND 6),
+  payload        BLOB    NOT NULL,
+  rendered       BLOB    NOT NULL,
+  error          TEXT    NOT NULL,
+  attempts       INTEGER NOT NULL,
+  dry_run        INTEGER NOT NULL,
+  source         TEXT    NOT NULL,
+  received_at    INTEGER NOT NULL,
+  updated_at     INTEGER NOT NULL,
+  UNIQUE (direction, partner, message_id)
+);
+CREATE INDEX records_by_correlation ON records (correlation_id);
+CREATE INDEX records_by_partner_status ON records (partner, status);
+CREATE INDEX records_by_updated ON records (updated_at);
+)sql",
+};
+static_assert(std::size(kMigrations) == SqliteReplayStore::kSchemaVersion);
+
+// Column order of every SELECT that RowToRecord reads.
+constexpr absl::string_view kColumns =
+    "id, direction, partner, message_id, correlation_id, event_type, status, payload, rendered, "
+    "error, attempts, dry_run, source, received_at, updated_at";
+
+constexpr absl::string_view kUpsertSql = R"sql(
+INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
+                     rendered, error, attempts, dry_run, source, received_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT (direction, partner, message_id) DO UPDATE SET
+  status = excluded.status,
+  attempts = excluded.attempts,
+  error = excluded.error,
+  dry_run = excluded.dry_run,
+  payload = CASE WHEN length(excluded.payload) > 0 THEN excluded.payload ELSE payload END,
+  rendered = CASE WHEN length(excluded.rendered) > 0 THEN excluded.rendered ELSE rendered END,
+  updated_at = excluded.updated_at
+)sql";
+
+// Returns the status of `expr` from the enclosing function unless it is OK (#undef at the end).
+#define STORE_RETURN_IF_ERROR(expr)           \
+  do {                                        \
+    if (absl::Status _s = (expr); !_s.ok()) { \
+      return _s;                              \
+    }                                         \
+  } while (0)
+
+MessageRecord RowToRecord(const sqlite::Statement& row) {
+  MessageRecord record;
+  record.set_direction(static_cast<ess::v1::Direction>(row.ColumnInt64(1)));
+  record.set_partner(std::string(row.ColumnText(2)));
+  record.set_message_id(std::string(row.ColumnText(3)));
+  record.set_correlation_id(std::string(row.ColumnText(4)));
+  record.set_event_type(std::string(row.ColumnText(5)));
+  record.set_status(static_cast<ess::v1::MessageStatus>(row.ColumnInt64(6)));
+  record.set_payload(std::string(row.ColumnBlob(7)));
+  record.set_rendered(std::string(row.ColumnBlob(8)));
+  record.set_error(std::string(row.ColumnText(9)));
+  record.set_attempts(static_cast<uint32_t>(row.ColumnInt64(10)));
+  record.set_dry_run(row.ColumnInt64(11) != 0);
+  record.set_source(std::string(row.ColumnText(12)));
+  *record.mutable_received_at() = FromUnixMicros(row.ColumnInt64(13));
+  *record.mutable_updated_at() = FromUnixMicros(row.ColumnInt64(14));
+  return record;
+}
+
+// Resets a statement when leaving scope, so that no read transaction outlives its call (an
+// open read would keep WAL checkpoints from completing).
+class ResetOnExit {
+ public:
+  explicit ResetOnExit(sqlite::Statement& statement) : statement_(statement) {}
+  ~ResetOnExit() { statement_.Reset(); }
+  ResetOnExit(const ResetOnExit&) = delete;
+  ResetOnExit& operator=(const ResetOnExit&) = delete;
+
+ private:
+  sqlite::Statement& statement_;
+};
+
+absl::Status NoRecord(ess::v1::Direction direction, absl::string_view partner,
+                      absl::string_view message_id) {
+  return absl::NotFoundError(absl::StrCat("no record direction=", DirectionName(direction),
+                                          " partner=", partner, " message_id=", message_id));
+}
+
+absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+absl::Status Migrate(sqlite::Database& db, const std::string& path) {
+  absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(db);
+  if (!tx.ok()) return tx.status();
+  absl::StatusOr<sqlite::Statement> version_query = db.Prepare("PRAGMA user_version");
+  if (!version_query.ok()) return version_query.status();
+  absl::StatusOr<bool> row = version_query->Step();
+  if (!row.ok()) return row.status();
+  const int64_t version = *row ? version_query->ColumnInt64(0) : 0;
+  version_query->Reset();
+  if (version > SqliteReplayStore::kSchemaVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": schema version ", version,
+                                                      " is newer than this binary's (",
+                                                      SqliteReplayStore::kSchemaVersion, ")"));
+  }
+  if (version == SqliteReplayStore::kSchemaVersion) return absl::OkStatus();
+  for (int64_t v = version; v < SqliteReplayStore::kSchemaVersion; ++v) {
+    if (absl::Status s = db.Exec(kMigrations[v]); !s.ok()) {
+      return WithPrefix(absl::StrCat(path, ": migrating to schema ", v + 1, ": "), s);
+    }
+  }
+  STORE_RETURN_IF_ERROR(
+      db.Exec(absl::StrCat("PRAGMA user_version = ", SqliteReplayStore::kSchemaVersion)));
+  return tx->Commit();
+}
+
+}  // namespace
+
+// ---- Connections -------------------------------------------------------------------------
+
+struct SqliteReplayStore::Writer {
+  sqlite::Database db;
+  sqlite::Statement upsert;
+  sqlite::Statement update_status;
+};
+
+struct SqliteReplayStore::Reader {
+  explicit Reader(sqlite::Database database) : db(std::move(database)) {}
+
+  // The statement for `sql`, prepared on first use and kept for the life of the connection.
+  absl::StatusOr<sqlite::Statement*> Prepared(const std::string& sql) {
+    auto it = statements.find(sql);
+    if (it == statements.end()) {
+      absl::StatusOr<sqlite::Statement> statement = db.Prepare(sql);
+      if (!statement.ok()) return statement.status();
+      it = statements.emplace(sql, *std::move(statement)).first;
+    }
+    return &it->second;
+  }
+
+  sqlite::Database db;
+  // Declared after `db`, so they are finalized before it closes.
+  absl::flat_hash_map<std::string, sqlite::Statement> statements;
+};
+
+// Gives a reader back to the pool when it goes out of scope.
+class SqliteReplayStore::ReaderLease {
+ public:
+  ReaderLease(SqliteReplayStore* store, std::unique_ptr<Reader> reader)
+      : store_(store), reader_(std::move(reader)) {}
+  ReaderLease(ReaderLease&& other) noexcept = default;
+  ReaderLease& operator=(ReaderLease&&) = delete;
+  ~ReaderLease() {
+    if (reader_ != nullptr) store_->ReleaseReader(std::move(reader_));
+  }
+  Reader* operator->() { return reader_.get(); }
+
+ private:
+  SqliteReplayStore* store_;
+  std::unique_ptr<Reader> reader_;
+};
+
+// ---- Open --------------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const std::string& path,
+                                                                           Options options) {
+  if (path.empty()) return absl::InvalidArgumentError("database_path: must not be empty");
+  absl::StatusOr<sqlite::Database> db =
+      sqlite::Database::Open(path, {.busy_timeout_ms = options.busy_timeout_ms});
+  if (!db.ok()) return db.status();
+  if (absl::Status s = Migrate(*db, path); !s.ok()) return s;
+
+  absl::StatusOr<sqlite::Statement> upsert = db->Prepare(kUpsertSql);
+  if (!upsert.ok()) return upsert.status();
+  absl::StatusOr<sqlite::Statement> update_status = db->Prepare(
+      absl::StrCat("UPDATE records SET status = ?1, error = ?2, updated_at = ?3 "
+                   "WHERE direction = ?4 AND partner = ?5 AND message_id = ?6 RETURNING ",
+                   kColumns));
+  if (!update_status.ok()) return update_status.status();
+
+  auto writer = std::make_unique<Writer>(
+      Writer{*std::move(db), *std::move(upsert), *std::move(update_status)});
+  return std::unique_ptr<SqliteReplayStore>(
+      new SqliteReplayStore(path, std::move(options), std::move(writer)));
+}
+
+SqliteReplayStore::SqliteReplayStore(std::string path, Options options,
+                                     std::unique_ptr<Writer> writer)
+    : path_(std::move(path)), options_(std::move(options)), writer_(std::move(writer)) {}
+
+SqliteReplayStore::~SqliteReplayStore() = default;
+
+int64_t SqliteReplayStore::NowMicros() const {
+  return absl::ToUnixMicros(options_.clock ? options_.clock() : absl::Now());
+}
+
+absl::StatusOr<SqliteReplayStore::ReaderLease> SqliteReplayStore::AcquireReader() {
+  {
+    absl::MutexLock lock(&readers_mu_);
+    if (!idle_readers_.empty()) {
+      std::unique_ptr<Reader> reader = std::move(idle_readers_.back());
+      idle_readers_.pop_back();
+      return ReaderLease(this, std::move(reader));
+    }
+  }
+  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(
+      path_, {.busy_timeout_ms = options_.busy_timeout_ms, .create = false, .query_only = true});
+  if (!db.ok()) return db.status();
+  return ReaderLease(this, std::make_unique<Reader>(*std::move(db)));
+}
+
+void SqliteReplayStore::ReleaseReader(std::unique_ptr<Reader> reader) {
+  absl::MutexLock lock(&readers_mu_);
+  if (idle_readers_.size() < options_.max_idle_readers) idle_readers_.push_back(std::move(reader));
+}
+
+// ---- Writes ------------------------------------------------------------------------------
+
+absl::StatusOr<uint32_t> SqliteReplayStore::Record(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
+  for (int i = 0; i < records.size(); ++i) {
+    if (absl::Status s = ValidateRecord(records[i], ""); !s.ok()) {
+      return WithPrefix(absl::StrCat("records[", i, "]."), s);
+    }
+  }
+  if (records.empty()) return 0u;
+
+  absl::MutexLock lock(&write_mu_);
+  // Read under the lock, so updated_at follows the order in which batches commit.
+  const int64_t now = NowMicros();
+  absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
+  if (!tx.ok()) return tx.status();
+  sqlite::Statement& upsert = writer_->upsert;
+  for (int i = 0; i < records.size(); ++i) {
+    const MessageRecord& r = records[i];
+    const int64_t received_at =
+        r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+    absl::Status s = [&]() -> absl::Status {
+      STORE_RETURN_IF_ERROR(upsert.Bind(1, static_cast<int>(r.direction())));
+      STORE_RETURN_IF_ERROR(upsert.Bind(2, r.partner()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(3, r.message_id()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(4, r.correlation_id()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(5, r.event_type()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(6, static_cast<int>(r.status())));
+      STORE_RETURN_IF_ERROR(upsert.BindBlob(7, r.payload()));
+      STORE_RETURN_IF_ERROR(upsert.BindBlob(8, r.rendered()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(9, r.error()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(10, r.attempts()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(11, r.dry_run()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(12, r.source()));
+      STORE_RETURN_IF_ERROR(upsert.Bind(13, received_at));
+      STORE_RETURN_IF_ERROR(upsert.Bind(14, now));
+      return upsert.Run();
+    }();
+    if (!s.ok()) {
+      upsert.Reset();
+      return WithPrefix(absl::StrCat("records[", i, "]: "), s);  // ~Transaction rolls back.
+    }
+  }
+  if (absl::Status s = tx->Commit(); !s.ok()) return s;
+  return static_cast<uint32_t>(records.size());
+}
+
+absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
+    const ess::v1::UpdateStatusRequest& request) {
+  STORE_RETURN_IF_ERROR(
+      ValidateKey(request.direction(), request.partner(), request.message_id(), ""));
+  STORE_RETURN_IF_ERROR(ValidateStatus(request.status(), ""));
+
+  absl::MutexLock lock(&write_mu_);
+  sqlite::Statement& update = writer_->update_status;
+  ResetOnExit reset(update);  // Also ends the statement's implicit transaction.
+  STORE_RETURN_IF_ERROR(update.Bind(1, static_cast<int>(request.status())));
+  STORE_RETURN_IF_ERROR(update.Bind(2, request.error()));
+  STORE_RETURN_IF_ERROR(update.Bind(3, NowMicros()));
+  STORE_RETURN_IF_ERROR(update.Bind(4, static_cast<int>(request.direction())));
+  STORE_RETURN_IF_ERROR(update.Bind(5, request.partner()));
+  STORE_RETURN_IF_ERROR(update.Bind(6, request.message_id()));
+  absl::StatusOr<bool> row = update.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) {
+    return NoRecord(request.direction(), request.partner(), request.message_id());
+  }
+  MessageRecord record = RowToRecord(update);
+  // The change is committed when the statement runs to completion.
+  absl::StatusOr<bool> done = update.Step();
+  if (!done.ok()) return done.status();
+  return record;
+}
+
+// ---- Reads -------------------------------------------------------------------------------
+
+absl::StatusOr<MessageRecord> SqliteReplayStore::GetByKey(const ess::v1::RecordKey& key) {
+  STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), ""));
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  static const std::string* const kSql = new std::string(
+      absl::StrCat("SELECT ", kColumns,
+                   " FROM records WHERE direction = ?1 AND partner = ?2 AND message_id = ?3"));
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
+  if (!select.ok()) return select.status();
+  sqlite::Statement& s = **select;
+  ResetOnExit reset(s);
+  STORE_RETURN_IF_ERROR(s.Bind(1, static_cast<int>(key.direction())));
+  STORE_RETURN_IF_ERROR(s.Bind(2, key.partner()));
+  STORE_RETURN_IF_ERROR(s.Bind(3, key.message_id()));
+  absl::StatusOr<bool> row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) {
+    return NoRecord(key.direction(), key.partner(), key.message_id());
+  }
+  return RowToRecord(s);
+}
+
+absl::StatusOr<std::vector<MessageRecord>> SqliteReplayStore::GetByCorrelation(
+    absl::string_view correlation_id) {
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      "SELECT ", kColumns, " FROM records WHERE correlation_id = ?1 ORDER BY received_at, id"));
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
+  if (!select.ok()) return select.status();
+  sqlite::Statement& s = **select;
+  ResetOnExit reset(s);
+  STORE_RETURN_IF_ERROR(s.Bind(1, correlation_id));
+  std::vector<MessageRecord> records;
+  for (;;) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    records.push_back(RowToRecord(s));
+  }
+  return records;
+}
+
+absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
+  // The SQL depends only on which filters are set, so each shape is prepared once per reader.
+  std::string sql = absl::StrCat("SELECT ", kColumns, " FROM records WHERE 1 = 1");
+  int next_param = 1;
+  auto condition = [&](absl::string_view clause) {
+    absl::StrAppend(&sql, " AND ", clause, " ?", next_param++);
+  };
+  if (!query.partner.empty()) condition("partner =");
+  if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) condition("direction =");
+  if (query.status != ess::v1::MESSAGE_STATUS_UNSPECIFIED) condition("status =");
+  if (!query.event_type.empty()) condition("event_type =");
+  if (!query.correlation_id.empty()) condition("correlation_id =");
+  if (query.since_micros.has_value()) condition("updated_at >=");
+  if (query.until_micros.has_value()) condition("updated_at <");
+  if (query.after.has_value()) {
+    absl::StrAppend(&sql, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
+    next_param += 2;
+  }
+  absl::StrAppend(&sql, " ORDER BY updated_at DESC, id DESC LIMIT ?", next_param);
+
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(sql);
+  if (!select.ok()) return select.status();
+  sqlite::Statement& s = **select;
+  ResetOnExit reset(s);
+  int p = 1;
+  if (!query.partner.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.partner));
+  if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) {
+    STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.direction)));
+  }
+  if (query.status != ess::v1::MESSAGE_STATUS_UNSPECIFIED) {
+    STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.status)));
+  }
+  if (!query.event_type.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.event_type));
+  if (!query.correlation_id.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.correlation_id));
+  if (query.since_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.since_micros));
+  if (query.until_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.until_micros));
+  if (query.after.has_value()) {
+    STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->updated_at_micros));
+    STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->id));
+  }
+  // One row more than asked tells whether another page follows.
+  const size_t limit = query.limit > 0 ? query.limit : 1;
+  STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int64_t>(limit) + 1));
+
+  ListPage page;
+  page.records.reserve(limit);
+  ListCursor last;
+  for (;;) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    if (page.records.size() == limit) {
+      page.next = last;
+      break;
+    }
+    last = {.updated_at_micros = s.ColumnInt64(14), .id = s.ColumnInt64(0)};
+    page.records.push_back(RowToRecord(s));
+  }
+  return page;
+}
+
+absl::StatusOr<std::vector<ess::v1::PartnerStats>> SqliteReplayStore::Stats(
+    absl::string_view partner) {
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      "SELECT partner, direction, "
+      "SUM(status = ",
+      ess::v1::MESSAGE_STATUS_RECEIVED, "), ", "SUM(status = ", ess::v1::MESSAGE_STATUS_DELIVERED,
+      "), ", "SUM(status = ", ess::v1::MESSAGE_STATUS_DRY_RUN, "), ", "SUM(status = ",
+      ess::v1::MESSAGE_STATUS_FAILED, "), ", "SUM(status = ", ess::v1::MESSAGE_STATUS_DEAD, "), ",
+      "SUM(status = ", ess::v1::MESSAGE_STATUS_PUBLISHED, "), ", "MIN(CASE WHEN status IN (",
+      ess::v1::MESSAGE_STATUS_RECEIVED, ", ", ess::v1::MESSAGE_STATUS_FAILED, ", ",
+      ess::v1::MESSAGE_STATUS_DEAD,
+      ") THEN received_at END) "
+      "FROM records WHERE ?1 = '' OR partner = ?1 "
+      "GROUP BY partner, direction ORDER BY partner, direction"));
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
+  if (!select.ok()) return select.status();
+  sqlite::Statement& s = **select;
+  ResetOnExit reset(s);
+  STORE_RETURN_IF_ERROR(s.Bind(1, partner));
+  std::vector<ess::v1::PartnerStats> stats;
+  for (;;) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    ess::v1::PartnerStats& p = stats.emplace_back();
+    p.set_partner(std::string(s.ColumnText(0)));
+    p.set_direction(static_cast<ess::v1::Direction>(s.ColumnInt64(1)));
+    p.set_received(static_cast<uint64_t>(s.ColumnInt64(2)));
+    p.set_delivered(static_cast<uint64_t>(s.ColumnInt64(3)));
+    p.set_dry_run(static_cast<uint64_t>(s.ColumnInt64(4)));
+    p.set_failed(static_cast<uint64_t>(s.ColumnInt64(5)));
+    p.set_dead(static_cast<uint64_t>(s.ColumnInt64(6)));
+    p.set_published(static_cast<uint64_t>(s.ColumnInt64(7)));
+    if (!s.ColumnIsNull(8)) *p.mutable_oldest_pending() = FromUnixMicros(s.ColumnInt64(8));
+    const uint64_t attempted = p.delivered() + p.failed() + p.dead();
+    if (p.direction() == ess::v1::DIRECTION_OUTBOUND && attempted > 0) {
+      p.set_success_rate(static_cast<double>(p.delivered()) / static_cast<double>(attempted));
+    }
+  }
+  return stats;
+}
+
+}  // namespace ess::replay
+
+#undef STORE_RETURN_IF_ERROR

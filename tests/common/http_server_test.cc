@@ -1,0 +1,370 @@
+// Tests of ess::http::Server on loopback, driven by ess::http::Client and raw sockets.
+#include "common/http_server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <deque>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/http_client.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ess::http {
+namespace {
+
+using ::testing::Contains;
+using ::testing::Pair;
+
+std::string Url(const Server& server, absl::string_view path) {
+  return absl::StrCat("http://127.0.0.1:", server.port(), path);
+}
+
+// A connected loopback socket for hand-written HTTP.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = fd_ >= 0 && connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawConnection() { Close(); }
+
+  bool connected() const { return connected_; }
+  bool Write(std::string_view data) {
+    return write(fd_, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+  }
+  // Reads until `marker` appears, the peer closes, or the deadline passes.
+  std::string ReadUntil(absl::string_view marker, absl::Duration timeout) {
+    std::string out;
+    const absl::Time deadline = absl::Now() + timeout;
+    while (!absl::StrContains(out, marker) && absl::Now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0) break;
+      out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+  }
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+  bool connected_ = false;
+};
+
+TEST(ServerTest, StartPicksAPortAndParsesTheRequest) {
+  absl::Mutex mu;
+  ServerRequest seen;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest req, Responder r) {
+    {
+      absl::MutexLock lock(&mu);
+      seen = req;
+    }
+    std::move(r).Send({.status = 201,
+                       .headers = {{"X-Correlation-ID", "VIS-77"}},
+                       .body = R"({"accepted":true})"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  ASSERT_GT(server.port(), 0);
+
+  Client client({});
+  absl::StatusOr<Response> r = client.SendAndWait(
+      {.url = Url(server, "/webhook/prison?a=1&b=2"),
+       .headers = {{"Content-Type", "application/json"}, {"Webhook-Id", "msg_1"}},
+       .body = R"({"id":"VIS-77"})"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 201);
+  EXPECT_EQ(r->body, R"({"accepted":true})");
+  EXPECT_EQ(r->Header("content-type"), "application/json");
+  EXPECT_EQ(r->Header("x-correlation-id"), "VIS-77");
+
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(seen.method, "POST");
+  EXPECT_EQ(seen.path, "/webhook/prison");
+  EXPECT_EQ(seen.query, "a=1&b=2");
+  EXPECT_EQ(seen.body, R"({"id":"VIS-77"})");
+  EXPECT_THAT(seen.headers, Contains(Pair("webhook-id", "msg_1")));
+  EXPECT_EQ(seen.Header("content-type"), "application/json");
+  EXPECT_TRUE(absl::StartsWith(seen.peer, "127.0.0.1:")) << seen.peer;
+  EXPECT_NE(seen.peer, "127.0.0.1:0");
+}
+
+TEST(ServerTest, BadListenAddressesAreRejected) {
+  auto handler = [](ServerRequest, Responder r) { std::move(r).Send({}); };
+  for (const char* listen : {"nonsense", "127.0.0.1:99999", "127.0.0.1:http", ":80"}) {
+    Server server({.listen = listen}, handler);
+    EXPECT_EQ(server.Start().code(), absl::StatusCode::kInvalidArgument) << listen;
+  }
+}
+
+TEST(ServerTest, PortInUseIsUnavailable) {
+  auto handler = [](ServerRequest, Responder r) { std::move(r).Send({}); };
+  Server first({.listen = "127.0.0.1:0"}, handler);
+  ASSERT_TRUE(first.Start().ok());
+  Server second({.listen = absl::StrCat("127.0.0.1:", first.port())}, handler);
+  EXPECT_EQ(second.Start().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ServerTest, TooLargeBodyGets413) {
+  Server server({.listen = "127.0.0.1:0", .max_body_bytes = 1024},
+                [](ServerRequest req, Responder r) {
+                  std::move(r).Send({.status = 200, .body = std::to_string(req.body.size())});
+                });
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  absl::StatusOr<Response> r =
+      client.SendAndWait({.url = Url(server, "/x"), .body = std::string(1024, 'a')});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "1024");
+
+  r = client.SendAndWait({.url = Url(server, "/x"), .body = std::string(64 * 1024, 'a')});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 413);
+
+  // The server is still healthy afterwards.
+  r = client.SendAndWait({.url = Url(server, "/x"), .body = "ok"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
+}
+
+TEST(ServerTest, ResponderCompletedFromAnotherThreadLater) {
+  std::vector<std::thread> workers;
+  absl::Mutex mu;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest req, Responder r) {
+    absl::MutexLock lock(&mu);
+    workers.emplace_back([r = std::move(r), body = std::move(req.body)]() mutable {
+      absl::SleepFor(absl::Milliseconds(100));  // e.g. waiting for a broker confirm
+      std::move(r).Send({.status = 202, .body = absl::StrCat("confirmed:", body)});
+    });
+  });
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  absl::StatusOr<Response> r = client.SendAndWait({.url = Url(server, "/x"), .body = "VIS-1"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 202);
+  EXPECT_EQ(r->body, "confirmed:VIS-1");
+  absl::MutexLock lock(&mu);
+  for (std::thread& t : workers) t.join();
+}
+
+TEST(ServerTest, DroppedResponderAnswers500) {
+  Server server({.listen = "127.0.0.1:0"}, [](ServerRequest, Responder) {});
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  absl::StatusOr<Response> r = client.SendAndWait({.url = Url(server, "/x"), .body = "x"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 500);
+}
+
+TEST(ServerTest, ResponderDroppedOnAnotherThreadAnswers500) {
+  std::vector<std::thread> workers;
+  absl::Mutex mu;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest, Responder r) {
+    absl::MutexLock lock(&mu);
+    workers.emplace_back([r = std::move(r)]() mutable { Responder dropped = std::move(r); });
+  });
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  absl::StatusOr<Response> r = client.SendAndWait({.url = Url(server, "/x"), .body = "x"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 500);
+  absl::MutexLock lock(&mu);
+  for (std::thread& t : workers) t.join();
+}
+
+TEST(ServerTest, UnansweredRequestTimesOutWith503) {
+  absl::Mutex mu;
+  std::vector<Responder> held;
+  Server server({.listen = "127.0.0.1:0", .request_timeout_seconds = 1},
+                [&](ServerRequest, Responder r) {
+                  absl::MutexLock lock(&mu);
+                  held.push_back(std::move(r));
+                });
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  absl::StatusOr<Response> r =
+      client.SendAndWait({.url = Url(server, "/x"), .body = "x", .timeout = absl::Seconds(10)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->Header("retry-after"), "1");
+
+  // The handler's late answer is ignored.
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(held.size(), 1u);
+  std::move(held[0]).Send({.status = 200});
+  held.clear();
+}
+
+TEST(ServerTest, SecondSendIsIgnored) {
+  Server server({.listen = "127.0.0.1:0"}, [](ServerRequest, Responder r) {
+    Responder moved = std::move(r);
+    std::move(moved).Send({.status = 204});
+    std::move(moved).Send({.status = 500});  // moved-from: no effect
+    std::move(r).Send({.status = 500});      // moved-from: no effect
+  });
+  ASSERT_TRUE(server.Start().ok());
+  Client client({});
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<Response> r = client.SendAndWait({.url = Url(server, "/x"), .body = "x"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 204);
+  }
+}
+
+TEST(ServerTest, LateReplyAfterClientClosedIsHarmless) {
+  absl::Mutex mu;
+  std::deque<Responder> held;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest req, Responder r) {
+    if (req.path == "/hold") {
+      absl::MutexLock lock(&mu);
+      held.push_back(std::move(r));
+      return;
+    }
+    std::move(r).Send({.status = 200, .body = "fine"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  auto wait_held = [&](size_t n) {
+    absl::MutexLock lock(&mu);
+    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return held.size() >= n; };
+    return mu.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  };
+
+  for (int i = 0; i < 20; ++i) {
+    RawConnection conn(server.port());
+    ASSERT_TRUE(conn.connected());
+    ASSERT_TRUE(conn.Write("POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"));
+    ASSERT_TRUE(wait_held(static_cast<size_t>(i + 1)));
+    conn.Close();
+  }
+  // Half answered from another thread, half dropped.
+  std::thread late([&] {
+    absl::MutexLock lock(&mu);
+    for (size_t i = 0; i < held.size(); i += 2) {
+      std::move(held[i]).Send({.status = 200, .body = "too late"});
+    }
+    held.clear();
+  });
+  late.join();
+
+  Client client({});
+  absl::StatusOr<Response> r = client.SendAndWait({.url = Url(server, "/ok"), .body = "x"});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->body, "fine");
+}
+
+TEST(ServerTest, ReplyAfterStopIsDropped) {
+  absl::Mutex mu;
+  std::vector<Responder> held;
+  auto server = std::make_unique<Server>(Server::Options{.listen = "127.0.0.1:0"},
+                                         [&](ServerRequest, Responder r) {
+                                           absl::MutexLock lock(&mu);
+                                           held.push_back(std::move(r));
+                                         });
+  ASSERT_TRUE(server->Start().ok());
+  RawConnection conn(server->port());
+  ASSERT_TRUE(conn.Write("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"));
+  {
+    absl::MutexLock lock(&mu);
+    auto one = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return !held.empty(); };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(10)));
+  }
+  server->Stop();
+  server.reset();
+  absl::MutexLock lock(&mu);
+  std::move(held[0]).Send({.status = 200});  // the server is gone: nothing happens
+  held.clear();
+}
+
+TEST(ServerTest, KeepAliveServesManyRequestsOnOneConnection) {
+  Server server({.listen = "127.0.0.1:0"}, [](ServerRequest req, Responder r) {
+    std::move(r).Send({.status = 200, .content_type = "text/plain", .body = req.path});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection conn(server.port());
+  ASSERT_TRUE(conn.connected());
+  for (int i = 0; i < 50; ++i) {
+    const std::string path = absl::StrCat("/n", i);
+    ASSERT_TRUE(conn.Write(absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: x\r\n\r\n")));
+    const std::string reply = conn.ReadUntil(absl::StrCat("\r\n\r\n", path), absl::Seconds(5));
+    ASSERT_TRUE(absl::StartsWith(reply, "HTTP/1.1 200")) << reply;
+    ASSERT_TRUE(absl::StrContains(reply, "Content-Type: text/plain")) << reply;
+  }
+}
+
+TEST(ServerTest, ManyConcurrentRequestsAnsweredFromWorkerThreads) {
+  constexpr int kRequests = 2000;
+  absl::Mutex mu;
+  std::deque<std::pair<std::string, Responder>> queue;
+  bool done = false;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest req, Responder r) {
+    absl::MutexLock lock(&mu);
+    queue.emplace_back(std::move(req.body), std::move(r));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 2; ++w) {
+    workers.emplace_back([&] {
+      for (;;) {
+        std::pair<std::string, Responder> item;
+        {
+          absl::MutexLock lock(&mu);
+          auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return done || !queue.empty(); };
+          mu.Await(absl::Condition(&ready));
+          if (queue.empty()) return;
+          item = std::move(queue.front());
+          queue.pop_front();
+        }
+        std::move(item.second).Send({.status = 200, .body = "re:" + item.first});
+      }
+    });
+  }
+
+  Client client({});
+  absl::Mutex results_mu;
+  int answered = 0;
+  int matching = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    std::string body = absl::StrCat("b", i);
+    client.Send({.url = Url(server, "/x"), .body = body},
+                [&, expected = "re:" + body](absl::StatusOr<Response> r) {
+                  absl::MutexLock lock(&results_mu);
+                  ++answered;
+                  if (r.ok() && r->status == 200 && r->body == expected) ++matching;
+                });
+  }
+  {
+    absl::MutexLock lock(&results_mu);
+    auto all = [&]() ABSL_SHARED_LOCKS_REQUIRED(results_mu) { return answered == kRequests; };
+    EXPECT_TRUE(results_mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)));
+    EXPECT_EQ(matching, kRequests);
+  }
+  {
+    absl::MutexLock lock(&mu);
+    done = true;
+  }
+  for (std::thread& t : workers) t.join();
+}
+
+}  // namespace
+}  // namespace ess::http

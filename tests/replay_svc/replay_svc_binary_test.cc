@@ -1,0 +1,286 @@
+// The real replay_svc binary (and essctl) on one database file across a restart: records go in
+// through ReplayRecorder, the service stops on SIGTERM with exit code 0, a second run serves the
+// same records back. Binaries come from ${ESS_BIN_DIR} (set by ess_test).
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "common/replay_client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "tests/replay_svc/test_util.h"
+
+extern char** environ;
+
+namespace ess::replay {
+namespace {
+
+using ::ess::replay::testing::MakeRecord;
+using ::ess::replay::testing::Outbound;
+using ::ess::replay::testing::TempDir;
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// A child process with stdout and stderr sent to files. Killed (SIGKILL) if still running on
+// destruction.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& out_path,
+        const std::string& err_path) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, argv[0].c_str(), &actions, nullptr, args.data(), environ) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    if (pid_ > 0) waiter_ = std::thread([this] { Reap(); });
+  }
+
+  ~Child() {
+    if (pid_ > 0 && !exited_.HasBeenNotified()) kill(pid_, SIGKILL);
+    if (waiter_.joinable()) waiter_.join();
+  }
+
+  bool started() const { return pid_ > 0; }
+  void Signal(int sig) {
+    if (pid_ > 0 && !exited_.HasBeenNotified()) kill(pid_, sig);
+  }
+
+  // The exit code, or nullopt if it did not exit normally within `timeout`.
+  std::optional<int> WaitForExit(absl::Duration timeout) {
+    if (!exited_.WaitForNotificationWithTimeout(timeout)) return std::nullopt;
+    if (!WIFEXITED(status_)) return std::nullopt;
+    return WEXITSTATUS(status_);
+  }
+  bool HasExited() const { return exited_.HasBeenNotified(); }
+
+ private:
+  void Reap() {
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    status_ = status;
+    exited_.Notify();
+  }
+
+  pid_t pid_ = -1;
+  int status_ = 0;  // Written before exited_ is notified.
+  absl::Notification exited_;
+  std::thread waiter_;
+};
+
+// What a finished tool printed, and its exit code (-1 if it did not finish in time).
+struct ToolResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+class ReplaySvcBinaryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin_dir = std::getenv("ESS_BIN_DIR");
+    ASSERT_NE(bin_dir, nullptr) << "ESS_BIN_DIR is not set (run through ctest)";
+    replay_svc_ = absl::StrCat(bin_dir, "/replay_svc");
+    essctl_ = absl::StrCat(bin_dir, "/essctl");
+    ASSERT_EQ(access(replay_svc_.c_str(), X_OK), 0) << "not built: " << replay_svc_;
+    ASSERT_EQ(access(essctl_.c_str(), X_OK), 0) << "not built: " << essctl_;
+
+    port_ = testing::PickFreePort();
+    ASSERT_GT(port_, 0);
+    address_ = absl::StrCat("127.0.0.1:", port_);
+    config_ = dir_.File("hub.yaml");
+    std::ofstream(config_) << "replay:\n"
+                           << "  listen: \"" << address_ << "\"\n"
+                           << "  database_path: \"" << dir_.File("replay.db") << "\"\n";
+  }
+
+  // Starts replay_svc and waits until it answers a call.
+  std::unique_ptr<Child> StartService(const std::string& log_name) {
+    auto child = std::make_unique<Child>(std::vector<std::string>{replay_svc_, "--config", config_},
+                                         dir_.File(log_name + ".out"), dir_.File(log_name));
+    EXPECT_TRUE(child->started());
+    // Short reconnect backoff: the first attempts are refused until the child listens.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
+    std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::v1::ReplayService::NewStub(
+        grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext context;
+    context.set_wait_for_ready(true);
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    ess::v1::StatsResponse stats;
+    grpc::Status status = stub->Stats(&context, ess::v1::StatsRequest(), &stats);
+    EXPECT_TRUE(status.ok()) << status.error_message() << "\nlog:\n"
+                             << ReadFile(dir_.File(log_name));
+    return child;
+  }
+
+  ToolResult RunEssctl(const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {essctl_, "--addr", address_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const std::string out = dir_.File("essctl.out");
+    const std::string err = dir_.File("essctl.err");
+    ToolResult result;
+    {
+      Child tool(argv, out, err);
+      result.exit_code = tool.WaitForExit(absl::Seconds(30)).value_or(-1);
+    }
+    result.out = ReadFile(out);
+    result.err = ReadFile(err);
+    return result;
+  }
+
+  TempDir dir_;
+  std::string replay_svc_;
+  std::string essctl_;
+  int port_ = 0;
+  std::string address_;
+  std::string config_;
+};
+
+TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
+  constexpr int kRecords = 300;
+  {
+    std::unique_ptr<Child> service = StartService("run1.log");
+    ASSERT_FALSE(HasFailure());
+
+    absl::Mutex mu;
+    int ok = 0;
+    int done = 0;
+    {
+      ReplayRecorder recorder({.address = address_, .batch_max = 64});
+      auto count = [&](absl::Status s) {
+        absl::MutexLock lock(&mu);
+        ++done;
+        if (s.ok()) ++ok;
+      };
+      for (int i = 0; i < kRecords; ++i) {
+        recorder.Record(Outbound("prison", absl::StrCat("m-", i)), count);
+      }
+      recorder.Record(MakeRecord(ess::v1::DIRECTION_OUTBOUND, "prison", "VIS-77", "VIS-77",
+                                 ess::v1::MESSAGE_STATUS_DELIVERED),
+                      count);
+      recorder.Stop();  // Flushes and waits.
+    }
+    EXPECT_EQ(done, kRecords + 1);
+    EXPECT_EQ(ok, kRecords + 1);
+
+    service->Signal(SIGTERM);
+    EXPECT_EQ(service->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+    const std::string log = ReadFile(dir_.File("run1.log"));
+    EXPECT_THAT(log, HasSubstr(absl::StrCat("msg=listening address=", address_)));
+    EXPECT_THAT(log, HasSubstr("msg=stopping signal=SIGTERM"));
+    EXPECT_THAT(log, HasSubstr("msg=stopped"));
+  }
+
+  std::unique_ptr<Child> service = StartService("run2.log");
+  ASSERT_FALSE(HasFailure());
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub = MakeReplayStub(address_);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ess::v1::StatsRequest request;
+    ess::v1::StatsResponse stats;
+    ASSERT_TRUE(stub->Stats(&context, request, &stats).ok());
+    ASSERT_EQ(stats.partners_size(), 1);
+    EXPECT_EQ(stats.partners(0).received(), static_cast<uint64_t>(kRecords));
+    EXPECT_EQ(stats.partners(0).delivered(), 1u);
+  }
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ess::v1::GetRequest request;
+    request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
+    request.mutable_record()->set_partner("prison");
+    request.mutable_record()->set_message_id("m-123");
+    ess::v1::GetResponse response;
+    grpc::Status status = stub->Get(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(response.records_size(), 1);
+    EXPECT_EQ(response.records(0).payload(), Outbound("prison", "m-123").payload());
+  }
+
+  ToolResult get = RunEssctl({"get", "--correlation", "VIS-77"});
+  EXPECT_EQ(get.exit_code, 0) << get.err;
+  EXPECT_THAT(get.out, HasSubstr("correlation  VIS-77"));
+  EXPECT_THAT(get.out, HasSubstr("stage        delivered"));
+  EXPECT_THAT(get.out, HasSubstr("confirmed    -"));
+
+  ToolResult list =
+      RunEssctl({"list", "--partner", "prison", "--status", "received", "--limit", "5"});
+  EXPECT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_THAT(list.out, HasSubstr("m-299"));
+  EXPECT_THAT(list.out, HasSubstr("(5 records; more match, raise --limit)"));
+
+  ToolResult stats = RunEssctl({"stats"});
+  EXPECT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_THAT(stats.out, HasSubstr("OLDEST_PENDING"));
+  EXPECT_THAT(stats.out, HasSubstr("100.0%"));
+
+  ToolResult missing = RunEssctl({"get", "--correlation", "VIS-404"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("error: NOT_FOUND: no records for correlation_id=VIS-404"));
+
+  ToolResult usage = RunEssctl({"frobnicate"});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_THAT(usage.err, HasSubstr("unknown command \"frobnicate\""));
+
+  ToolResult bad_status = RunEssctl({"list", "--status", "lost"});
+  EXPECT_EQ(bad_status.exit_code, 2);
+
+  // An idle client answers the server's shutdown GOAWAY/ping only at its next backup poll (up
+  // to 5 s), which the server's graceful shutdown waits for; close it first to stay quick.
+  stub.reset();
+  service->Signal(SIGINT);
+  EXPECT_EQ(service->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+}
+
+TEST_F(ReplaySvcBinaryTest, MissingConfigFlagIsAUsageError) {
+  Child child({replay_svc_}, dir_.File("x.out"), dir_.File("x.err"));
+  ASSERT_TRUE(child.started());
+  EXPECT_EQ(child.WaitForExit(absl::Seconds(30)), std::optional<int>(2));
+  EXPECT_THAT(ReadFile(dir_.File("x.err")), HasSubstr("--config"));
+}
+
+TEST_F(ReplaySvcBinaryTest, UnopenableDatabaseExitsWithOne) {
+  std::ofstream(config_) << "replay:\n"
+                         << "  listen: \"" << address_ << "\"\n"
+                         << "  database_path: \"" << dir_.File("missing/dir/replay.db") << "\"\n";
+  Child child({replay_svc_, "--config", config_}, dir_.File("x.out"), dir_.File("x.err"));
+  ASSERT_TRUE(child.started());
+  EXPECT_EQ(child.WaitForExit(absl::Seconds(30)), std::optional<int>(1));
+  EXPECT_THAT(ReadFile(dir_.File("x.err")), HasSubstr("cannot open the replay store"));
+}
+
+}  // namespace
+}  // namespace ess::replay

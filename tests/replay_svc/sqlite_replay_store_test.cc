@@ -1,0 +1,429 @@
+// Tests of SqliteReplayStore on a real temp file, with a fake clock for updated_at.
+#include "replay_svc/sqlite_replay_store.h"
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/sqlite.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/replay_svc/test_util.h"
+
+namespace ess::replay {
+namespace {
+
+using ::ess::replay::testing::FakeClock;
+using ::ess::replay::testing::MakeRecord;
+using ::ess::replay::testing::MessageIds;
+using ::ess::replay::testing::Outbound;
+using ::ess::replay::testing::TempDir;
+using ::ess::replay::testing::Ts;
+using ::ess::v1::MessageRecord;
+using ::testing::ElementsAre;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr auto kOut = ess::v1::DIRECTION_OUTBOUND;
+constexpr auto kIn = ess::v1::DIRECTION_INBOUND;
+
+google::protobuf::RepeatedPtrField<MessageRecord> Batch(std::vector<MessageRecord> records) {
+  google::protobuf::RepeatedPtrField<MessageRecord> batch;
+  for (MessageRecord& r : records) *batch.Add() = std::move(r);
+  return batch;
+}
+
+ess::v1::RecordKey Key(ess::v1::Direction direction, const std::string& partner,
+                       const std::string& message_id) {
+  ess::v1::RecordKey key;
+  key.set_direction(direction);
+  key.set_partner(partner);
+  key.set_message_id(message_id);
+  return key;
+}
+
+class SqliteReplayStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Reopen(); }
+
+  void Reopen() {
+    store_.reset();
+    SqliteReplayStore::Options options;
+    options.clock = [this] { return clock_.Now(); };
+    absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store =
+        SqliteReplayStore::Open(path(), std::move(options));
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+
+  std::string path() const { return dir_.File("replay.db"); }
+
+  // Records one batch and expects it stored whole.
+  void Store(std::vector<MessageRecord> records) {
+    const size_t n = records.size();
+    absl::StatusOr<uint32_t> stored = store_->Record(Batch(std::move(records)));
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    ASSERT_EQ(*stored, n);
+  }
+
+  std::vector<MessageRecord> ListAll(ListQuery query = {}) {
+    query.limit = 100'000;
+    absl::StatusOr<ListPage> page = store_->List(query);
+    EXPECT_TRUE(page.ok()) << page.status();
+    return page.ok() ? page->records : std::vector<MessageRecord>();
+  }
+
+  TempDir dir_;
+  FakeClock clock_;
+  std::unique_ptr<SqliteReplayStore> store_;
+};
+
+TEST_F(SqliteReplayStoreTest, RecordsAndReadsBackEveryField) {
+  MessageRecord r = MakeRecord(kOut, "prison", "m-1", "VIS-77");
+  r.set_rendered(std::string("{\"x\":1}\0\xff", 9));
+  r.set_error("none yet");
+  r.set_attempts(3);
+  r.set_dry_run(true);
+  r.set_source("outbound.prison");
+  *r.mutable_received_at() = Ts(absl::FromUnixMillis(1'600'000'000'123));
+  const absl::Time write_time = clock_.Peek();
+  Store({r});
+
+  absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(got.ok()) << got.status();
+  MessageRecord expected = r;
+  *expected.mutable_updated_at() = Ts(write_time);
+  EXPECT_EQ(got->SerializeAsString(), expected.SerializeAsString()) << got->DebugString();
+}
+
+TEST_F(SqliteReplayStoreTest, UnsetReceivedAtIsTheWriteTime) {
+  const absl::Time write_time = clock_.Peek();
+  Store({Outbound("prison", "m-1")});
+  absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(got->received_at().seconds(), absl::ToUnixSeconds(write_time));
+  EXPECT_EQ(got->updated_at().seconds(), absl::ToUnixSeconds(write_time));
+}
+
+TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
+  MessageRecord first = MakeRecord(kOut, "prison", "m-1", "VIS-77");
+  first.set_payload("original payload");
+  first.set_rendered("first render");
+  first.set_error("timeout");
+  first.set_attempts(1);
+  first.set_source("q1");
+  *first.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
+  Store({first});
+
+  MessageRecord second =
+      MakeRecord(kOut, "prison", "m-1", "VIS-77", ess::v1::MESSAGE_STATUS_DELIVERED);
+  second.clear_payload();  // Empty: the stored payload stays.
+  second.set_rendered("second render");
+  second.set_attempts(2);
+  second.set_source("q2");
+  second.set_event_type("Other");
+  *second.mutable_received_at() = Ts(absl::FromUnixSeconds(2'000));
+  const absl::Time second_write = clock_.Peek();
+  Store({second});
+
+  std::vector<MessageRecord> all = ListAll();
+  ASSERT_EQ(all.size(), 1u);
+  const MessageRecord& got = all[0];
+  EXPECT_EQ(got.status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+  EXPECT_EQ(got.attempts(), 2u);
+  EXPECT_EQ(got.error(), "");
+  EXPECT_EQ(got.payload(), "original payload");
+  EXPECT_EQ(got.rendered(), "second render");
+  EXPECT_EQ(got.received_at().seconds(), 1'000);
+  EXPECT_EQ(got.updated_at().seconds(), absl::ToUnixSeconds(second_write));
+  EXPECT_EQ(got.source(), "q1");
+  EXPECT_EQ(got.event_type(), "VisitScheduleUpdated");
+
+  MessageRecord third = second;
+  third.set_payload("new payload");
+  Store({third});
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->payload(), "new payload");
+}
+
+TEST_F(SqliteReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
+  Store({MakeRecord(kOut, "prison", "m-1", "C"), MakeRecord(kIn, "prison", "m-1", "C"),
+         MakeRecord(kOut, "clinic", "m-1", "C"), MakeRecord(kOut, "prison", "m-2", "C"),
+         MakeRecord(kOut, "prison", "m-1", "C", ess::v1::MESSAGE_STATUS_FAILED)});
+  EXPECT_EQ(ListAll().size(), 4u);
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->status(), ess::v1::MESSAGE_STATUS_FAILED);
+}
+
+TEST_F(SqliteReplayStoreTest, InvalidRecordRejectsTheWholeBatch) {
+  MessageRecord bad = Outbound("prison", "m-2");
+  bad.clear_message_id();
+  absl::StatusOr<uint32_t> stored =
+      store_->Record(Batch({Outbound("prison", "m-1"), bad, Outbound("prison", "m-3")}));
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(stored.status().message(), "records[1].message_id: must not be empty");
+  EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
+}
+
+TEST_F(SqliteReplayStoreTest, FailureHalfwayThroughABatchRollsBackTheEarlierRecords) {
+  // A trigger makes the database itself fail on the second record, after the first was written
+  // inside the transaction.
+  {
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(db->Exec("CREATE TRIGGER poison BEFORE INSERT ON records "
+                         "WHEN NEW.message_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); "
+                         "END")
+                    .ok());
+  }
+  absl::StatusOr<uint32_t> stored = store_->Record(
+      Batch({Outbound("prison", "m-1"), Outbound("prison", "poison"), Outbound("prison", "m-3")}));
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kFailedPrecondition) << stored.status();
+  EXPECT_THAT(std::string(stored.status().message()),
+              HasSubstr("records[1]: sqlite: SQLITE_CONSTRAINT"));
+  EXPECT_THAT(std::string(stored.status().message()), HasSubstr("poisoned"));
+  EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
+
+  // The writer is usable afterwards.
+  Store({Outbound("prison", "m-1")});
+  EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-1"));
+}
+
+TEST_F(SqliteReplayStoreTest, EmptyBatchStoresNothing) {
+  absl::StatusOr<uint32_t> stored = store_->Record({});
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(*stored, 0u);
+}
+
+TEST_F(SqliteReplayStoreTest, UpdateStatusChangesStatusAndError) {
+  Store({Outbound("prison", "m-1")});
+  ess::v1::UpdateStatusRequest request;
+  request.set_direction(kOut);
+  request.set_partner("prison");
+  request.set_message_id("m-1");
+  request.set_status(ess::v1::MESSAGE_STATUS_DEAD);
+  request.set_error("HTTP 400: bad slot");
+  const absl::Time update_time = clock_.Peek();
+  absl::StatusOr<MessageRecord> updated = store_->UpdateStatus(request);
+  ASSERT_TRUE(updated.ok()) << updated.status();
+  EXPECT_EQ(updated->status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(updated->error(), "HTTP 400: bad slot");
+  EXPECT_EQ(updated->updated_at().seconds(), absl::ToUnixSeconds(update_time));
+  EXPECT_EQ(updated->payload(), Outbound("prison", "m-1").payload());
+
+  absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->SerializeAsString(), updated->SerializeAsString());
+}
+
+TEST_F(SqliteReplayStoreTest, UnknownKeysAreNotFound) {
+  Store({Outbound("prison", "m-1")});
+  ess::v1::UpdateStatusRequest request;
+  request.set_direction(kIn);  // Same partner and id, other direction.
+  request.set_partner("prison");
+  request.set_message_id("m-1");
+  request.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+  absl::StatusOr<MessageRecord> updated = store_->UpdateStatus(request);
+  EXPECT_EQ(updated.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(updated.status().message(),
+            "no record direction=inbound partner=prison message_id=m-1");
+
+  absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", "m-9"));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+
+  absl::StatusOr<std::vector<MessageRecord>> none = store_->GetByCorrelation("nope");
+  ASSERT_TRUE(none.ok());
+  EXPECT_THAT(MessageIds(*none), IsEmpty());
+}
+
+TEST_F(SqliteReplayStoreTest, GetByCorrelationReturnsBothDirectionsInReceivedOrder) {
+  MessageRecord in = MakeRecord(kIn, "prison", "wh-1", "VIS-77", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  *in.mutable_received_at() = Ts(absl::FromUnixSeconds(300));
+  MessageRecord out =
+      MakeRecord(kOut, "prison", "m-1", "VIS-77", ess::v1::MESSAGE_STATUS_DELIVERED);
+  *out.mutable_received_at() = Ts(absl::FromUnixSeconds(100));
+  MessageRecord other = MakeRecord(kOut, "prison", "m-2", "VIS-78");
+  Store({in, other, out});
+  absl::StatusOr<std::vector<MessageRecord>> trail = store_->GetByCorrelation("VIS-77");
+  ASSERT_TRUE(trail.ok()) << trail.status();
+  EXPECT_THAT(MessageIds(*trail), ElementsAre("m-1", "wh-1"));
+}
+
+TEST_F(SqliteReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
+  // One batch per record, so each has its own updated_at (the clock steps 1 s per write).
+  const absl::Time t0 = clock_.Peek();
+  Store({MakeRecord(kOut, "prison", "o1", "C1")});                                     // t0
+  Store({MakeRecord(kOut, "prison", "o2", "C2", ess::v1::MESSAGE_STATUS_DELIVERED)});  // t0+1
+  Store({MakeRecord(kOut, "clinic", "o3", "C3", ess::v1::MESSAGE_STATUS_DELIVERED)});  // t0+2
+  Store({MakeRecord(kIn, "prison", "i1", "C1", ess::v1::MESSAGE_STATUS_PUBLISHED)});   // t0+3
+  MessageRecord typed = MakeRecord(kOut, "prison", "o4", "C4", ess::v1::MESSAGE_STATUS_FAILED);
+  typed.set_event_type("VisitCancelled");
+  Store({typed});  // t0+4
+
+  EXPECT_THAT(MessageIds(ListAll()), ElementsAre("o4", "i1", "o3", "o2", "o1"));
+  EXPECT_THAT(MessageIds(ListAll({.partner = "prison"})), ElementsAre("o4", "i1", "o2", "o1"));
+  EXPECT_THAT(MessageIds(ListAll({.direction = kIn})), ElementsAre("i1"));
+  EXPECT_THAT(MessageIds(ListAll({.status = ess::v1::MESSAGE_STATUS_DELIVERED})),
+              ElementsAre("o3", "o2"));
+  EXPECT_THAT(
+      MessageIds(ListAll({.partner = "prison", .status = ess::v1::MESSAGE_STATUS_DELIVERED})),
+      ElementsAre("o2"));
+  EXPECT_THAT(MessageIds(ListAll({.event_type = "VisitCancelled"})), ElementsAre("o4"));
+  EXPECT_THAT(MessageIds(ListAll({.correlation_id = "C1"})), ElementsAre("i1", "o1"));
+  // updated_at within [t0+1, t0+3).
+  EXPECT_THAT(MessageIds(ListAll({.since_micros = absl::ToUnixMicros(t0 + absl::Seconds(1)),
+                                  .until_micros = absl::ToUnixMicros(t0 + absl::Seconds(3))})),
+              ElementsAre("o3", "o2"));
+  EXPECT_THAT(MessageIds(ListAll({.partner = "nobody"})), IsEmpty());
+}
+
+TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
+  // 3 batches of 5 (records in a batch share updated_at: the row id breaks the tie).
+  std::vector<std::string> expected;  // Newest first.
+  for (int b = 0; b < 3; ++b) {
+    std::vector<MessageRecord> batch;
+    for (int i = 0; i < 5; ++i) batch.push_back(Outbound("prison", absl::StrCat("m", b, "-", i)));
+    Store(std::move(batch));
+  }
+  for (int b = 2; b >= 0; --b) {
+    for (int i = 4; i >= 0; --i) expected.push_back(absl::StrCat("m", b, "-", i));
+  }
+
+  std::vector<std::vector<std::string>> pages;
+  ListQuery query{.partner = "prison", .limit = 4};
+  for (int guard = 0; guard < 10; ++guard) {
+    absl::StatusOr<ListPage> page = store_->List(query);
+    ASSERT_TRUE(page.ok()) << page.status();
+    pages.push_back(MessageIds(page->records));
+    if (!page->next.has_value()) break;
+    query.after = page->next;
+  }
+  ASSERT_EQ(pages.size(), 4u);
+  EXPECT_THAT(pages[0], ElementsAre("m2-4", "m2-3", "m2-2", "m2-1"));
+  EXPECT_THAT(pages[1], ElementsAre("m2-0", "m1-4", "m1-3", "m1-2"));
+  EXPECT_THAT(pages[2], ElementsAre("m1-1", "m1-0", "m0-4", "m0-3"));
+  EXPECT_THAT(pages[3], ElementsAre("m0-2", "m0-1", "m0-0"));
+  std::vector<std::string> all;
+  for (const auto& p : pages) all.insert(all.end(), p.begin(), p.end());
+  EXPECT_THAT(all, ElementsAreArray(expected));
+
+  // A page that ends exactly at the last record has no next cursor.
+  absl::StatusOr<ListPage> exact = store_->List({.limit = 15});
+  ASSERT_TRUE(exact.ok());
+  EXPECT_EQ(exact->records.size(), 15u);
+  EXPECT_FALSE(exact->next.has_value());
+}
+
+TEST_F(SqliteReplayStoreTest, StatsCountsPerPartnerDirectionAndStatus) {
+  auto with_received = [](MessageRecord r, int64_t seconds) {
+    *r.mutable_received_at() = Ts(absl::FromUnixSeconds(seconds));
+    return r;
+  };
+  Store({
+      with_received(Outbound("prison", "d1", ess::v1::MESSAGE_STATUS_DELIVERED), 10),
+      with_received(Outbound("prison", "d2", ess::v1::MESSAGE_STATUS_DELIVERED), 11),
+      with_received(Outbound("prison", "d3", ess::v1::MESSAGE_STATUS_DELIVERED), 12),
+      with_received(Outbound("prison", "f1", ess::v1::MESSAGE_STATUS_FAILED), 40),
+      with_received(Outbound("prison", "x1", ess::v1::MESSAGE_STATUS_DEAD), 30),
+      with_received(Outbound("prison", "r1", ess::v1::MESSAGE_STATUS_RECEIVED), 50),
+      with_received(Outbound("prison", "y1", ess::v1::MESSAGE_STATUS_DRY_RUN), 5),
+      with_received(MakeRecord(kIn, "prison", "i1", "C", ess::v1::MESSAGE_STATUS_PUBLISHED), 60),
+      with_received(MakeRecord(kIn, "prison", "i2", "C", ess::v1::MESSAGE_STATUS_PUBLISHED), 61),
+      with_received(Outbound("clinic", "y2", ess::v1::MESSAGE_STATUS_DRY_RUN), 70),
+  });
+
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = store_->Stats("");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->size(), 3u);
+
+  const ess::v1::PartnerStats& clinic = (*stats)[0];
+  EXPECT_EQ(clinic.partner(), "clinic");
+  EXPECT_EQ(clinic.direction(), kOut);
+  EXPECT_EQ(clinic.dry_run(), 1u);
+  EXPECT_FALSE(clinic.has_oldest_pending());  // Dry runs are not pending.
+  EXPECT_EQ(clinic.success_rate(), 0.0);      // Nothing was attempted.
+
+  const ess::v1::PartnerStats& out = (*stats)[1];
+  EXPECT_EQ(out.partner(), "prison");
+  EXPECT_EQ(out.direction(), kOut);
+  EXPECT_EQ(out.received(), 1u);
+  EXPECT_EQ(out.delivered(), 3u);
+  EXPECT_EQ(out.dry_run(), 1u);
+  EXPECT_EQ(out.failed(), 1u);
+  EXPECT_EQ(out.dead(), 1u);
+  EXPECT_EQ(out.published(), 0u);
+  EXPECT_EQ(out.oldest_pending().seconds(), 30);  // The dead one; delivered/dry-run excluded.
+  EXPECT_DOUBLE_EQ(out.success_rate(), 3.0 / 5.0);
+
+  const ess::v1::PartnerStats& in = (*stats)[2];
+  EXPECT_EQ(in.partner(), "prison");
+  EXPECT_EQ(in.direction(), kIn);
+  EXPECT_EQ(in.published(), 2u);
+  EXPECT_FALSE(in.has_oldest_pending());
+  EXPECT_EQ(in.success_rate(), 0.0);  // Outbound only.
+
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> clinic_only = store_->Stats("clinic");
+  ASSERT_TRUE(clinic_only.ok());
+  ASSERT_EQ(clinic_only->size(), 1u);
+  EXPECT_EQ((*clinic_only)[0].partner(), "clinic");
+}
+
+TEST_F(SqliteReplayStoreTest, RecordsSurviveReopenAndTheSchemaIsVersioned) {
+  Store({Outbound("prison", "m-1"), Outbound("prison", "m-2")});
+  Reopen();
+  EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-2", "m-1"));
+
+  store_.reset();
+  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+  ASSERT_TRUE(db.ok());
+  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
+  ASSERT_TRUE(version.ok());
+  ASSERT_EQ(version->Step().value(), true);
+  EXPECT_EQ(version->ColumnInt64(0), SqliteReplayStore::kSchemaVersion);
+}
+
+TEST_F(SqliteReplayStoreTest, NewerSchemaIsRefused) {
+  store_.reset();
+  {
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(db->Exec("PRAGMA user_version = 99").ok());
+  }
+  absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store = SqliteReplayStore::Open(path());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("schema version 99 is newer"));
+}
+
+TEST(SqliteReplayStoreOpenTest, EmptyPathIsInvalid) {
+  EXPECT_EQ(SqliteReplayStore::Open("").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SqliteReplayStoreTest, ConcurrentWritersAndReadersSeeEveryRecord) {
+  constexpr int kThreads = 4;
+  constexpr int kBatches = 25;
+  constexpr int kPerBatch = 20;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        google::protobuf::RepeatedPtrField<MessageRecord> batch;
+        for (int i = 0; i < kPerBatch; ++i) {
+          *batch.Add() = Outbound(absl::StrCat("p", t), absl::StrCat("m", b, "-", i));
+        }
+        if (!store_->Record(batch).ok()) ++failures;
+        if (!store_->Stats("").ok()) ++failures;
+        if (!store_->List({.partner = absl::StrCat("p", t), .limit = 10}).ok()) ++failures;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = store_->Stats("");
+  ASSERT_TRUE(stats.ok());
+  ASSERT_EQ(stats->size(), static_cast<size_t>(kThreads));
+  for (const ess::v1::PartnerStats& p : *stats) EXPECT_EQ(p.received(), kBatches * kPerBatch);
+}
+
+}  // namespace
+}  // namespace ess::replay

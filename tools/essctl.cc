@@ -1,0 +1,302 @@
+// essctl: the ops command line over ReplayService.
+//
+//   essctl --addr 127.0.0.1:50051 get --correlation VIS-77
+//   essctl --addr 127.0.0.1:50051 get --direction outbound --partner prison --message_id m-1
+//   essctl --addr 127.0.0.1:50051 list [--partner P] [--status delivered] [--direction outbound]
+//                                      [--event_type T] [--since T] [--until T] [--limit N]
+//   essctl --addr 127.0.0.1:50051 stats [--partner P]
+//
+// Exit codes: 0 success; 1 the call failed (the gRPC status is printed); 2 usage error.
+#include <algorithm>
+#include <cstdint>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/cli.h"
+#include "common/replay_client.h"
+#include "grpcpp/grpcpp.h"
+#include "replay_svc/records.h"
+
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "ReplayService address, HOST:PORT.");
+ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
+ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event's id).");
+ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
+ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
+ABSL_FLAG(std::string, message_id, "", "get: the message id of one record.");
+ABSL_FLAG(std::string, status, "",
+          "list: received, delivered, dry_run, failed, dead or published.");
+ABSL_FLAG(std::string, event_type, "", "list: the event type, e.g. VisitScheduleUpdated.");
+ABSL_FLAG(absl::Time, since, absl::InfinitePast(),
+          "list: updated at or after this RFC 3339 time, e.g. 2024-05-01T00:00:00Z.");
+ABSL_FLAG(absl::Time, until, absl::InfiniteFuture(), "list: updated before this RFC 3339 time.");
+ABSL_FLAG(int32_t, limit, 50, "list: most records shown (fetched in pages of up to 1000).");
+
+namespace {
+
+using ess::replay::DirectionName;
+using ess::replay::StatusName;
+
+constexpr char kUsage[] =
+    "essctl --addr HOST:PORT COMMAND [flags]\n"
+    "\n"
+    "Commands:\n"
+    "  get --correlation ID                           records of one correlation id and its "
+    "trail\n"
+    "  get --direction D --partner P --message_id M   one record in full\n"
+    "  list [--partner P] [--direction D] [--status S] [--event_type T] [--correlation ID]\n"
+    "       [--since T] [--until T] [--limit N]       records, newest first\n"
+    "  stats [--partner P]                            counts per partner and direction\n";
+
+constexpr int kExitCallFailed = 1;
+constexpr int kExitUsage = 2;
+
+// A usage error: the message and exit code 2.
+int Usage(absl::string_view message) {
+  std::cerr << "error: " << message << "\n\nusage: " << kUsage;
+  return kExitUsage;
+}
+
+int CallFailed(const grpc::Status& status) {
+  std::cerr << "error: "
+            << absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code())) << ": "
+            << status.error_message() << "\n";
+  return kExitCallFailed;
+}
+
+std::string FormatTimestamp(const google::protobuf::Timestamp& ts) {
+  if (ess::replay::IsUnset(ts)) return "-";
+  absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", t, absl::UTCTimeZone());
+}
+
+// Bytes as text when printable, C-escaped otherwise.
+std::string Printable(absl::string_view bytes) {
+  if (bytes.empty()) return "-";
+  return absl::CHexEscape(bytes);
+}
+
+std::string Shorten(absl::string_view text, size_t max) {
+  if (text.size() <= max) return std::string(text);
+  return absl::StrCat(text.substr(0, max - 3), "...");
+}
+
+// Prints rows as left-aligned columns; the first row is the header.
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      if (i + 1 == row.size()) {
+        absl::StrAppend(&line, row[i]);
+      } else {
+        absl::StrAppend(&line, row[i], std::string(widths[i] - row[i].size() + 2, ' '));
+      }
+    }
+    std::cout << line << "\n";
+  }
+}
+
+std::vector<std::string> RecordHeader() {
+  return {"UPDATED",     "DIRECTION",  "PARTNER", "STATUS", "ATTEMPTS",
+          "CORRELATION", "MESSAGE_ID", "EVENT",   "ERROR"};
+}
+
+std::vector<std::string> RecordRow(const ess::v1::MessageRecord& r) {
+  return {FormatTimestamp(r.updated_at()),
+          DirectionName(r.direction()),
+          r.partner(),
+          StatusName(r.status()) +
+              (r.dry_run() && r.status() != ess::v1::MESSAGE_STATUS_DRY_RUN ? " (dry-run)" : ""),
+          absl::StrCat(r.attempts()),
+          r.correlation_id(),
+          r.message_id(),
+          r.event_type().empty() ? "-" : r.event_type(),
+          r.error().empty() ? "-" : Shorten(r.error(), 60)};
+}
+
+void PrintRecordInFull(const ess::v1::MessageRecord& r) {
+  PrintTable({
+      {"direction", DirectionName(r.direction())},
+      {"partner", r.partner()},
+      {"message_id", r.message_id()},
+      {"correlation_id", r.correlation_id()},
+      {"event_type", r.event_type().empty() ? "-" : r.event_type()},
+      {"status", StatusName(r.status())},
+      {"dry_run", r.dry_run() ? "yes" : "no"},
+      {"attempts", absl::StrCat(r.attempts())},
+      {"error", r.error().empty() ? "-" : r.error()},
+      {"source", r.source().empty() ? "-" : r.source()},
+      {"received_at", FormatTimestamp(r.received_at())},
+      {"updated_at", FormatTimestamp(r.updated_at())},
+      {"payload", Printable(r.payload())},
+      {"rendered", Printable(r.rendered())},
+  });
+}
+
+std::unique_ptr<grpc::ClientContext> NewContext() {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  return context;
+}
+
+// An optional enum flag: `unset` when empty, nullopt when the name is unknown.
+template <typename Enum>
+std::optional<Enum> EnumFlag(const std::string& value, Enum unset,
+                             std::optional<Enum> (*parse)(absl::string_view)) {
+  if (value.empty()) return unset;
+  return parse(value);
+}
+
+int Get(ess::v1::ReplayService::Stub& stub) {
+  const std::string correlation = absl::GetFlag(FLAGS_correlation);
+  const std::string message_id = absl::GetFlag(FLAGS_message_id);
+  ess::v1::GetRequest request;
+  if (!correlation.empty() && !message_id.empty()) {
+    return Usage("get takes --correlation or --message_id, not both");
+  }
+  if (!correlation.empty()) {
+    request.set_correlation_id(correlation);
+  } else if (!message_id.empty()) {
+    ess::v1::RecordKey* key = request.mutable_record();
+    std::optional<ess::v1::Direction> direction =
+        ess::replay::ParseDirection(absl::GetFlag(FLAGS_direction));
+    if (!direction.has_value()) {
+      return Usage("get --message_id needs --direction outbound|inbound");
+    }
+    if (absl::GetFlag(FLAGS_partner).empty()) return Usage("get --message_id needs --partner");
+    key->set_direction(*direction);
+    key->set_partner(absl::GetFlag(FLAGS_partner));
+    key->set_message_id(message_id);
+  } else {
+    return Usage("get needs --correlation ID, or --direction, --partner and --message_id");
+  }
+
+  ess::v1::GetResponse response;
+  grpc::Status status = stub.Get(NewContext().get(), request, &response);
+  if (!status.ok()) return CallFailed(status);
+
+  if (request.has_record()) {
+    for (const ess::v1::MessageRecord& r : response.records()) PrintRecordInFull(r);
+    return 0;
+  }
+  const ess::v1::CorrelationTrail& trail = response.trail();
+  PrintTable({
+      {"correlation", trail.correlation_id()},
+      {"stage", trail.stage().empty() ? "-" : trail.stage()},
+      {"pushed", trail.has_pushed_at() ? FormatTimestamp(trail.pushed_at()) : "-"},
+      {"delivered", trail.has_delivered_at() ? FormatTimestamp(trail.delivered_at()) : "-"},
+      {"confirmed", trail.has_confirmed_at() ? FormatTimestamp(trail.confirmed_at()) : "-"},
+  });
+  std::cout << "\n";
+  std::vector<std::vector<std::string>> rows = {RecordHeader()};
+  for (const ess::v1::MessageRecord& r : response.records()) rows.push_back(RecordRow(r));
+  PrintTable(rows);
+  return 0;
+}
+
+int List(ess::v1::ReplayService::Stub& stub) {
+  ess::v1::ListRequest request;
+  request.set_partner(absl::GetFlag(FLAGS_partner));
+  request.set_correlation_id(absl::GetFlag(FLAGS_correlation));
+  request.set_event_type(absl::GetFlag(FLAGS_event_type));
+  std::optional<ess::v1::Direction> direction = EnumFlag(
+      absl::GetFlag(FLAGS_direction), ess::v1::DIRECTION_UNSPECIFIED, &ess::replay::ParseDirection);
+  if (!direction.has_value()) {
+    return Usage(absl::StrCat("--direction: unknown value \"", absl::GetFlag(FLAGS_direction),
+                              "\" (outbound or inbound)"));
+  }
+  request.set_direction(*direction);
+  std::optional<ess::v1::MessageStatus> message_status = EnumFlag(
+      absl::GetFlag(FLAGS_status), ess::v1::MESSAGE_STATUS_UNSPECIFIED, &ess::replay::ParseStatus);
+  if (!message_status.has_value()) {
+    return Usage(absl::StrCat("--status: unknown value \"", absl::GetFlag(FLAGS_status),
+                              "\" (received, delivered, dry_run, failed, dead, published)"));
+  }
+  request.set_status(*message_status);
+  if (const absl::Time since = absl::GetFlag(FLAGS_since); since != absl::InfinitePast()) {
+    *request.mutable_since() = ess::replay::FromUnixMicros(absl::ToUnixMicros(since));
+  }
+  if (const absl::Time until = absl::GetFlag(FLAGS_until); until != absl::InfiniteFuture()) {
+    *request.mutable_until() = ess::replay::FromUnixMicros(absl::ToUnixMicros(until));
+  }
+  const int32_t limit = absl::GetFlag(FLAGS_limit);
+  if (limit <= 0) return Usage("--limit must be at least 1");
+
+  std::vector<std::vector<std::string>> rows = {RecordHeader()};
+  int32_t shown = 0;
+  bool more = false;
+  for (;;) {
+    request.set_page_size(static_cast<uint32_t>(std::min(limit - shown, 1000)));
+    ess::v1::ListResponse response;
+    grpc::Status status = stub.List(NewContext().get(), request, &response);
+    if (!status.ok()) return CallFailed(status);
+    for (const ess::v1::MessageRecord& r : response.records()) {
+      rows.push_back(RecordRow(r));
+      ++shown;
+    }
+    more = !response.next_page_token().empty();
+    if (!more || shown >= limit || response.records().empty()) break;
+    request.set_page_token(response.next_page_token());
+  }
+  PrintTable(rows);
+  std::cout << "(" << shown << " record" << (shown == 1 ? "" : "s")
+            << (more ? "; more match, raise --limit" : "") << ")\n";
+  return 0;
+}
+
+int Stats(ess::v1::ReplayService::Stub& stub) {
+  ess::v1::StatsRequest request;
+  request.set_partner(absl::GetFlag(FLAGS_partner));
+  ess::v1::StatsResponse response;
+  grpc::Status status = stub.Stats(NewContext().get(), request, &response);
+  if (!status.ok()) return CallFailed(status);
+  std::vector<std::vector<std::string>> rows = {{"PARTNER", "DIRECTION", "RECEIVED", "DELIVERED",
+                                                 "DRY_RUN", "FAILED", "DEAD", "PUBLISHED",
+                                                 "OLDEST_PENDING", "SUCCESS"}};
+  for (const ess::v1::PartnerStats& p : response.partners()) {
+    const bool outbound = p.direction() == ess::v1::DIRECTION_OUTBOUND;
+    rows.push_back({p.partner(), DirectionName(p.direction()), absl::StrCat(p.received()),
+                    absl::StrCat(p.delivered()), absl::StrCat(p.dry_run()),
+                    absl::StrCat(p.failed()), absl::StrCat(p.dead()), absl::StrCat(p.published()),
+                    p.has_oldest_pending() ? FormatTimestamp(p.oldest_pending()) : "-",
+                    outbound && p.delivered() + p.failed() + p.dead() > 0
+                        ? absl::StrFormat("%.1f%%", 100.0 * p.success_rate())
+                        : "-"});
+  }
+  PrintTable(rows);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args = ess::cli::Parse(argc, argv, kUsage);
+  if (args.empty()) return Usage("no command given");
+  if (args.size() > 1) {
+    return Usage(absl::StrCat("unexpected arguments after ", args[0], ": ",
+                              absl::StrJoin(args.begin() + 1, args.end(), " ")));
+  }
+  const std::string& command = args[0];
+  if (command != "get" && command != "list" && command != "stats") {
+    return Usage(absl::StrCat("unknown command \"", command, "\""));
+  }
+  const std::string addr = absl::GetFlag(FLAGS_addr);
+  if (addr.empty()) return Usage("--addr must not be empty");
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr);
+  if (command == "get") return Get(*stub);
+  if (command == "list") return List(*stub);
+  return Stats(*stub);
+}
