@@ -44,7 +44,7 @@ PARTNER_PORT=$(free_port)
 sed -e "s/@AMQP_PORT@/$ESS_AMQP_PORT/" -e "s/@REPLAY_PORT@/$REPLAY_PORT/" \
     -e "s/@INBOUND_PORT@/$INBOUND_PORT/" -e "s/@PARTNER_PORT@/$PARTNER_PORT/" \
     config/demo.yaml > "$STACK/hub.yaml"
-rm -f "$STACK"/*.log
+rm -f "$STACK"/*.log "$STACK"/replay.db*  # each walk-through starts from an empty store
 AMQP="127.0.0.1:$ESS_AMQP_PORT"
 ESSCTL=("$BIN/essctl" --addr "127.0.0.1:$REPLAY_PORT")
 ESSBUS=("$BIN/essbus" --amqp "$AMQP")
@@ -77,6 +77,8 @@ echo "$EVENT"
 "${ESSBUS[@]}" publish --queue visit_updates "$EVENT"
 
 if wait "$SUB_PID"; then RESULT=0; else RESULT=1; fi
+# The inbound lane answers the partner (and logs) just after the broker confirmed the event.
+wait_for 10 bash -c "'${ESSCTL[0]}' ${ESSCTL[*]:1} get --correlation VIS-77 | grep -q 'stage *confirmed'" || true
 
 say "every hop of correlation id VIS-77, in order"
 grep -h "cid=VIS-77" "$STACK"/replay_svc.log "$STACK"/outbound_svc.log "$STACK"/demo_partner.log \

@@ -4,8 +4,8 @@
 //   408                                 DEADLINE_EXCEEDED   (retryable)
 //   429                                 RESOURCE_EXHAUSTED  (retryable)
 //   5xx                                 UNAVAILABLE         (retryable)
-//   3xx                                 FAILED_PRECONDITION (permanent: redirects are never followed)
-//   401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)
+//   3xx                                 FAILED_PRECONDITION (permanent: redirects are never
+//   followed) 401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)
 //   other 4xx                           INVALID_ARGUMENT    (permanent)
 #ifndef ESS_ADAPTERS_HTTP_STATUS_H_
 #define ESS_ADAPTERS_HTTP_STATUS_H_

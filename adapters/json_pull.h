@@ -13,7 +13,8 @@ namespace ess::adapters {
 
 // INVALID_ARGUMENT for a body that is not a JSON object, lacks a mapped field, or maps to an
 // event without a string "id" and "type".
-absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper, const PullRequest& request);
+absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
+                                                   const PullRequest& request);
 
 }  // namespace ess::adapters
 

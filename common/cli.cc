@@ -56,9 +56,24 @@ void CheckKnownFlags(int argc, char** argv) {
   }
 }
 
+// "--dry-run" is accepted for "--dry_run": flag names are written with underscores, people
+// type dashes.
+void NormalizeDashes(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* arg = argv[i];
+    if (std::string_view(arg) == "--") break;
+    if (arg[0] != '-') continue;
+    char* name = arg + (arg[1] == '-' ? 2 : 1);
+    for (char* c = name; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> Parse(int argc, char** argv, const std::string& usage) {
+  NormalizeDashes(argc, argv);
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--") break;

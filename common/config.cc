@@ -3,8 +3,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cerrno>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -50,9 +50,9 @@ class Converter {
       if (field == nullptr) field = FindByJsonName(desc, key);
       std::string field_path = path.empty() ? key : absl::StrCat(path, ".", key);
       if (field == nullptr) {
-        return Error(kv.first, field_path,
-                     absl::StrCat("unknown field (", desc->name(), " has: ", FieldNames(desc),
-                                  ")"));
+        return Error(
+            kv.first, field_path,
+            absl::StrCat("unknown field (", desc->name(), " has: ", FieldNames(desc), ")"));
       }
       if (field->message_type() != nullptr &&
           field->message_type()->full_name() == "google.protobuf.Any") {
@@ -63,7 +63,8 @@ class Converter {
       if (!s.ok()) return s;
     }
     for (auto& [field, value] : deferred_any) {
-      std::string field_path = path.empty() ? Sv(field->name()) : absl::StrCat(path, ".", field->name());
+      std::string field_path =
+          path.empty() ? Sv(field->name()) : absl::StrCat(path, ".", field->name());
       absl::Status s = ConvertAny(value, field_path, field, msg);
       if (!s.ok()) return s;
     }
@@ -76,9 +77,8 @@ class Converter {
     while (true) {
       auto it = marks_.find(p);
       if (it != marks_.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(file_, ":", it->second.first, ":",
-                                                       it->second.second, ": ", path, ": ",
-                                                       Sv(what)));
+        return absl::InvalidArgumentError(absl::StrCat(
+            file_, ":", it->second.first, ":", it->second.second, ": ", path, ": ", Sv(what)));
       }
       if (p.empty()) break;
       size_t cut = p.find_last_of(".[");
@@ -145,7 +145,8 @@ class Converter {
     Remember(path, node);
     if (field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
       const Reflection* r = msg->GetReflection();
-      Message* sub = field->is_repeated() ? r->AddMessage(msg, field) : r->MutableMessage(msg, field);
+      Message* sub =
+          field->is_repeated() ? r->AddMessage(msg, field) : r->MutableMessage(msg, field);
       return Convert(node, path, sub);
     }
     return SetScalar(node, path, field, msg);
@@ -232,8 +233,8 @@ class Converter {
         google::protobuf::MessageFactory::generated_factory()->GetPrototype(type)->New());
     absl::Status s = Convert(node, path, typed.get());
     if (!s.ok()) return s;
-    auto* any = static_cast<google::protobuf::Any*>(
-        msg->GetReflection()->MutableMessage(msg, field));
+    auto* any =
+        static_cast<google::protobuf::Any*>(msg->GetReflection()->MutableMessage(msg, field));
     any->PackFrom(*typed);
     return absl::OkStatus();
   }
@@ -294,9 +295,8 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                       const SettingsTypeResolver& resolver) {
   if (c.bus().port() > 65535) return conv.ErrorAt("bus.port", "must be at most 65535");
   if (!c.bus().password_env().empty() && std::getenv(c.bus().password_env().c_str()) == nullptr) {
-    return conv.ErrorAt("bus.password_env",
-                        absl::StrCat("environment variable ", c.bus().password_env(),
-                                     " is not set"));
+    return conv.ErrorAt("bus.password_env", absl::StrCat("environment variable ",
+                                                         c.bus().password_env(), " is not set"));
   }
   if (c.outbound().prefetch() > 65535) {
     return conv.ErrorAt("outbound.prefetch", "must be at most 65535");
@@ -312,8 +312,7 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
     if (p.adapter().empty()) return conv.ErrorAt(at + ".adapter", "must not be empty");
     if (resolver) {
       if (resolver(p.adapter()) == nullptr) {
-        return conv.ErrorAt(at + ".adapter",
-                            absl::StrCat("unknown adapter \"", p.adapter(), "\""));
+        return conv.ErrorAt(at + ".adapter", absl::StrCat("unknown adapter \"", p.adapter(), "\""));
       }
       if (!p.has_settings()) return conv.ErrorAt(at + ".settings", "is required");
     }
@@ -337,7 +336,8 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
     if (p.has_inbound()) {
       const std::string in = at + ".inbound";
       const std::string& wp = p.inbound().webhook_path();
-      if (wp.empty() || wp[0] != '/') return conv.ErrorAt(in + ".webhook_path", "must start with /");
+      if (wp.empty() || wp[0] != '/')
+        return conv.ErrorAt(in + ".webhook_path", "must start with /");
       if (!paths.insert(wp).second) {
         return conv.ErrorAt(in + ".webhook_path",
                             absl::StrCat("path \"", wp, "\" is already used by another partner"));
@@ -359,8 +359,8 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
   try {
     root = YAML::Load(std::string(text));
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": ", e.msg));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
   ess::v1::HubConfig config;
   Converter conv(file, resolver);
@@ -368,8 +368,8 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
     absl::Status s = conv.Convert(root, "", &config);
     if (!s.ok()) return s;
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(file, ":", e.mark.line + 1, ":",
-                                                   e.mark.column + 1, ": ", e.msg));
+    return absl::InvalidArgumentError(
+        absl::StrCat(file, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
   ApplyDefaults(base_dir, config);
   absl::Status s = Validate(conv, config, resolver);

@@ -11,9 +11,9 @@ namespace ess::json {
 absl::Status Parse(std::string_view text, rapidjson::Document& doc) {
   doc.Parse(text.data(), text.size());
   if (doc.HasParseError()) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid JSON at offset ", doc.GetErrorOffset(),
-                                                   ": ",
-                                                   rapidjson::GetParseError_En(doc.GetParseError())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid JSON at offset ", doc.GetErrorOffset(), ": ",
+                     rapidjson::GetParseError_En(doc.GetParseError())));
   }
   return absl::OkStatus();
 }

@@ -77,9 +77,9 @@ class LineBuilder {
 
 }  // namespace ess::log
 
-#define ESS_LOG(level, cid)                              \
+#define ESS_LOG(level, cid)                             \
   if (!::ess::log::Enabled(::ess::log::Level::level)) { \
-  } else                                                 \
+  } else                                                \
     ::ess::log::LineBuilder(::ess::log::Level::level, cid)
 
 #endif  // ESS_COMMON_LOG_H_

@@ -53,8 +53,8 @@ absl::StatusOr<Mapper> Mapper::Compile(
   m.values_->SetArray();
   m.values_->Reserve(static_cast<rapidjson::SizeType>(2 * fields.size()), alloc);
   auto keep = [&](const std::string& s) {
-    m.values_->PushBack(rapidjson::Value(s.data(), static_cast<rapidjson::SizeType>(s.size()), alloc),
-                        alloc);
+    m.values_->PushBack(
+        rapidjson::Value(s.data(), static_cast<rapidjson::SizeType>(s.size()), alloc), alloc);
     return &(*m.values_)[m.values_->Size() - 1];
   };
   absl::flat_hash_set<std::string> targets;

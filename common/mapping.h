@@ -69,7 +69,8 @@ class Mapper {
   };
 
   static absl::StatusOr<std::vector<Step>> ParsePath(std::string_view path);
-  static const rapidjson::Value* Lookup(const rapidjson::Value& root, const std::vector<Step>& path);
+  static const rapidjson::Value* Lookup(const rapidjson::Value& root,
+                                        const std::vector<Step>& path);
 
   // Owns constants and defaults; shared so that copies keep the pointers in fields_ valid.
   std::shared_ptr<rapidjson::Document> values_;

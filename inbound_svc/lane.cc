@@ -124,7 +124,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   for (size_t i = 0; i < call->events.size(); ++i) {
     const adapters::InboundEvent& ev = call->events[i];
     call->message_ids.push_back(
-        call->webhook_id.empty()     ? absl::StrCat(ev.correlation_id, ":", ev.event_type)
+        call->webhook_id.empty()   ? absl::StrCat(ev.correlation_id, ":", ev.event_type)
         : call->events.size() == 1 ? call->webhook_id
                                    : absl::StrCat(call->webhook_id, ":", i));
   }
@@ -182,7 +182,8 @@ void Lane::OnPublished(std::shared_ptr<Call> call, absl::Status status) {
       }
       counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
       log::Info(cid, "published",
-                {{"partner", call->partner}, {"type", call->events.front().event_type},
+                {{"partner", call->partner},
+                 {"type", call->events.front().event_type},
                  {"events", absl::StrCat(call->events.size())}});
       Finish(*call, 200, absl::StrCat(R"({"ok":true,"events":)", call->events.size(), "}"));
     });

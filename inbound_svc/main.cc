@@ -41,9 +41,8 @@ int main(int argc, char** argv) {
       std::cerr << "error: " << path << ": " << adapter.status().message() << "\n";
       return 2;
     }
-    routes.push_back({.partner = p.name(),
-                      .path = p.inbound().webhook_path(),
-                      .adapter = *std::move(adapter)});
+    routes.push_back(
+        {.partner = p.name(), .path = p.inbound().webhook_path(), .adapter = *std::move(adapter)});
   }
   if (routes.empty()) {
     std::cerr << "error: " << path << ": partners: no partner has an inbound route\n";

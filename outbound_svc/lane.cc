@@ -69,10 +69,10 @@ amqp::Topology OutboundTopology(const ess::v1::HubConfig& config) {
     t.queues.push_back({.name = q});
     t.queues.push_back({.name = ParkedQueueName(q)});
     for (uint32_t delay : RetryDelaysMs(p.outbound().retry())) {
-      t.queues.push_back({.name = RetryQueueName(q, delay),
-                          .string_args = {{"x-dead-letter-exchange", ""},
-                                          {"x-dead-letter-routing-key", q}},
-                          .int_args = {{"x-message-ttl", delay}}});
+      t.queues.push_back(
+          {.name = RetryQueueName(q, delay),
+           .string_args = {{"x-dead-letter-exchange", ""}, {"x-dead-letter-routing-key", q}},
+           .int_args = {{"x-message-ttl", delay}}});
     }
   }
   return t;
@@ -202,7 +202,8 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     const bool dry = result.dry_run;
     if (!dry) {
       log::Info(job->correlation_id, "delivered",
-                {{"partner", partner}, {"status", result.detail},
+                {{"partner", partner},
+                 {"status", result.detail},
                  {"ms", absl::StrCat(absl::ToInt64Milliseconds(result.elapsed))}});
     }
     Job* raw = job.release();
@@ -223,7 +224,8 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     return;
   }
   log::Warn(job->correlation_id, "push failed",
-            {{"partner", partner}, {"attempt", absl::StrCat(job->attempt)},
+            {{"partner", partner},
+             {"attempt", absl::StrCat(job->attempt)},
              {"error", ToStd(result.status.message())}});
   if (adapters::IsRetryable(result.status)) {
     Retry(p, std::move(job), result.status);
@@ -257,20 +259,20 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
 
 void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason) {
   log::Warn(job->correlation_id, "parked",
-            {{"partner", p.partner.name}, {"queue", ParkedQueueName(p.partner.route.queue())},
+            {{"partner", p.partner.name},
+             {"queue", ParkedQueueName(p.partner.route.queue())},
              {"reason", ToStd(reason.message())}});
   Job* raw = job.release();
-  Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason,
-         [this, raw, &p, reason](absl::Status) {
-           std::unique_ptr<Job> owned(raw);
-           amqp::Message msg = std::move(owned->delivery.message);
-           SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
-           SetHeader(msg.headers, kPartnerHeader, p.partner.name);
-           SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
-           counters_.parked.fetch_add(1);
-           consumer_->ParkAndAck(owned->delivery.delivery_tag,
-                                 ParkedQueueName(p.partner.route.queue()), std::move(msg));
-         });
+  Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason, [this, raw, &p, reason](absl::Status) {
+    std::unique_ptr<Job> owned(raw);
+    amqp::Message msg = std::move(owned->delivery.message);
+    SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
+    SetHeader(msg.headers, kPartnerHeader, p.partner.name);
+    SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
+    counters_.parked.fetch_add(1);
+    consumer_->ParkAndAck(owned->delivery.delivery_tag, ParkedQueueName(p.partner.route.queue()),
+                          std::move(msg));
+  });
 }
 
 void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string rendered,

@@ -57,11 +57,11 @@ int main(int argc, char** argv) {
               << ": partners: no partner has an outbound route\n";
     return 2;
   }
-  ess::outbound::Lane lane(
-      {.connection = ess::BusOptions(config->bus(), "outbound_svc"),
-       .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
-       .dry_run = dry_run},
-      ess::outbound::OutboundTopology(*config), std::move(partners), &recorder);
+  ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
+                            .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
+                            .dry_run = dry_run},
+                           ess::outbound::OutboundTopology(*config), std::move(partners),
+                           &recorder);
   if (absl::Status s = lane.Start(); !s.ok()) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;

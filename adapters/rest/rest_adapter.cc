@@ -33,7 +33,8 @@ absl::StatusOr<std::string> ExpandPath(std::string_view tmpl, std::span<const Ma
     }
     size_t close = tmpl.find('}', open);
     if (close == std::string_view::npos) {
-      return absl::InvalidArgumentError(absl::StrCat("path \"", std::string(tmpl), "\": missing }"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("path \"", std::string(tmpl), "\": missing }"));
     }
     out.append(tmpl.substr(i, open - i));
     std::string_view name = tmpl.substr(open + 1, close - open - 1);
@@ -92,10 +93,12 @@ void RestAdapter::Push(const PushRequest& request, PushDone done) {
   std::string rendered = absl::StrCat(req->method, " ", req->url, "\n", req->body);
   if (request.dry_run) {
     log::Info(request.correlation_id, "dry-run: request not sent",
-              {{"partner", partner_}, {"method", req->method}, {"url", req->url},
+              {{"partner", partner_},
+               {"method", req->method},
+               {"url", req->url},
                {"body", log::MaskJson(req->body)}});
-    std::move(done)(PushResult{.status = absl::OkStatus(), .rendered = std::move(rendered),
-                               .dry_run = true});
+    std::move(done)(
+        PushResult{.status = absl::OkStatus(), .rendered = std::move(rendered), .dry_run = true});
     return;
   }
   if (http_ == nullptr) {
@@ -131,8 +134,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
     const ess::v1::PartnerConfig& partner, const AdapterContext& context) const {
   ess::v1::RestAdapterConfig settings;
   if (!partner.settings().UnpackTo(&settings)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "partners[", partner.name(), "].settings: not a ", settings.GetTypeName()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("partners[", partner.name(), "].settings: not a ", settings.GetTypeName()));
   }
   auto bad = [&](std::string_view field, std::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("partners[", partner.name(), "].settings.",
@@ -142,7 +145,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
   if (!absl::StartsWith(url, "http://") && !absl::StartsWith(url, "https://")) {
     return bad("base_url", "must start with http:// or https://");
   }
-  if (!settings.path().empty() && settings.path()[0] != '/') return bad("path", "must start with /");
+  if (!settings.path().empty() && settings.path()[0] != '/')
+    return bad("path", "must start with /");
   std::string method = absl::AsciiStrToUpper(settings.method());
   if (!method.empty() && method != "POST" && method != "PUT" && method != "PATCH") {
     return bad("method", "must be POST, PUT or PATCH");

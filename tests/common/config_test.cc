@@ -12,8 +12,7 @@ namespace {
 using ::testing::HasSubstr;
 
 absl::StatusOr<ess::v1::HubConfig> Load(std::string_view yaml) {
-  return LoadString(yaml, "hub.yaml", "/etc/ess",
-                    adapters::BuiltinRegistry().SettingsResolver());
+  return LoadString(yaml, "hub.yaml", "/etc/ess", adapters::BuiltinRegistry().SettingsResolver());
 }
 
 constexpr char kGood[] = R"(
@@ -99,7 +98,8 @@ TEST(ConfigTest, UnknownAdapterIsNamed) {
   yaml.replace(yaml.find("adapter: rest"), 13, "adapter: fax");
   auto c = Load(yaml);
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(), HasSubstr(":14:14: partners[0].adapter: unknown adapter \"fax\""));
+  EXPECT_THAT(c.status().message(),
+              HasSubstr(":14:14: partners[0].adapter: unknown adapter \"fax\""));
 }
 
 TEST(ConfigTest, UnknownSettingIsNamedWithItsPath) {
@@ -132,12 +132,15 @@ partners:
 }
 
 TEST(ConfigTest, MissingSettingsAndRoutesAreRejected) {
-  auto c = Load("partners:\n  - {name: a, adapter: rest, outbound: {queue: q, mapping: [{target: id, source: id}]}}\n");
+  auto c = Load(
+      "partners:\n  - {name: a, adapter: rest, outbound: {queue: q, mapping: [{target: id, source: "
+      "id}]}}\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(c.status().message(), HasSubstr("partners[0].settings: is required"));
   c = Load("partners:\n  - {name: a, adapter: rest, settings: {base_url: \"http://x\"}}\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(), HasSubstr("partners[0]: needs an outbound or an inbound route"));
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0]: needs an outbound or an inbound route"));
 }
 
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {

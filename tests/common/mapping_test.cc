@@ -23,8 +23,8 @@ google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> Fields(
 }
 
 TEST(MappingTest, MapsTheVisitEvent) {
-  auto m = Mapper::Compile(
-      Fields({{"id", "id", nullptr}, {"inmate", "inmateId", nullptr}, {"slot", "slotUtc", nullptr}}));
+  auto m = Mapper::Compile(Fields(
+      {{"id", "id", nullptr}, {"inmate", "inmateId", nullptr}, {"slot", "slotUtc", nullptr}}));
   ASSERT_TRUE(m.ok()) << m.status();
   rapidjson::Document doc;
   ASSERT_TRUE(json::Parse(R"({"type":"VisitScheduleUpdated","id":"VIS-77","inmateId":"A123",)"
@@ -33,7 +33,8 @@ TEST(MappingTest, MapsTheVisitEvent) {
                   .ok());
   std::vector<MappedField> out;
   ASSERT_TRUE(m->Apply(doc, &out).ok());
-  EXPECT_EQ(Mapper::ToJson(out), R"({"id":"VIS-77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
+  EXPECT_EQ(Mapper::ToJson(out),
+            R"({"id":"VIS-77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
 }
 
 TEST(MappingTest, NestedPathsArraysConstantsAndTypes) {

@@ -43,9 +43,7 @@ amqp::ConnectionOptions BrokerOptions() {
   return o;
 }
 
-std::string BinaryPath(const std::string& name) {
-  return RequiredEnv("ESS_BIN_DIR") + "/" + name;
-}
+std::string BinaryPath(const std::string& name) { return RequiredEnv("ESS_BIN_DIR") + "/" + name; }
 
 int FreePort() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -124,6 +122,11 @@ std::string Process::Log() const {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+bool Process::WaitForLog(const std::string& text, absl::Duration timeout) {
+  return WaitFor([&] { return Log().find(text) != std::string::npos || !Running(); }, timeout) &&
+         Running();
 }
 
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {

@@ -53,6 +53,9 @@ class Process {
   // killed by one), or -1 if it is still running after the timeout (then it gets SIGKILL).
   int Stop(int sig = 15, absl::Duration timeout = absl::Seconds(20));
   std::string Log() const;
+  // Waits until the log holds `text` (a service's "running" line), or the process exited, or
+  // `timeout` passed.
+  bool WaitForLog(const std::string& text, absl::Duration timeout = absl::Seconds(20));
   pid_t pid() const { return pid_; }
 
  private:

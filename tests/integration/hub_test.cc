@@ -19,8 +19,8 @@
 namespace ess {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::BinaryPath;
+using ::testing::HasSubstr;
 using testing::Process;
 using testing::WaitFor;
 
@@ -85,9 +85,9 @@ class HubTest : public ::testing::Test {
   }
 
   // The hub config, with the partner at `partner_url`.
-  std::string Config(const std::string& partner_url, int bus_port = 0,
-                     int replay_port = 0) const {
-    return absl::StrReplaceAll(R"(
+  std::string Config(const std::string& partner_url, int bus_port = 0, int replay_port = 0) const {
+    return absl::StrReplaceAll(
+        R"(
 bus:
   host: 127.0.0.1
   port: BUS_PORT
@@ -125,13 +125,13 @@ partners:
         - {target: id, source: id}
         - {target: status, source: status}
 )",
-                               {{"BUS_PORT", absl::StrCat(bus_port ? bus_port : broker_.port)},
-                                {"EXCHANGE", exchange_},
-                                {"REPLAY_LISTEN", absl::StrCat(replay_port_)},
-                                {"REPLAY_PORT", absl::StrCat(replay_port ? replay_port : replay_port_)},
-                                {"INBOUND_PORT", absl::StrCat(inbound_port_)},
-                                {"PARTNER_URL", partner_url},
-                                {"QUEUE", queue_}});
+        {{"BUS_PORT", absl::StrCat(bus_port ? bus_port : broker_.port)},
+         {"EXCHANGE", exchange_},
+         {"REPLAY_LISTEN", absl::StrCat(replay_port_)},
+         {"REPLAY_PORT", absl::StrCat(replay_port ? replay_port : replay_port_)},
+         {"INBOUND_PORT", absl::StrCat(inbound_port_)},
+         {"PARTNER_URL", partner_url},
+         {"QUEUE", queue_}});
   }
 
   void StartHub(const std::string& partner_url, std::vector<std::string> outbound_flags = {}) {
@@ -140,6 +140,7 @@ partners:
     std::vector<std::string> args = {BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")};
     args.insert(args.end(), outbound_flags.begin(), outbound_flags.end());
     outbound_ = std::make_unique<Process>(args, dir_.File("outbound.log"));
+    ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
     StartInbound("hub.yaml");
   }
 
@@ -164,8 +165,8 @@ partners:
         dir_.File("inbound.log"));
     ASSERT_TRUE(WaitFor(
         [&] {
-          auto r = http_.SendAndWait({.method = "GET", .url = Url("/healthz"),
-                                      .timeout = absl::Seconds(1)});
+          auto r = http_.SendAndWait(
+              {.method = "GET", .url = Url("/healthz"), .timeout = absl::Seconds(1)});
           return r.ok() && r->status == 200;
         },
         absl::Seconds(20)))
@@ -178,9 +179,8 @@ partners:
 
   absl::StatusOr<http::Response> PostWebhook(const std::string& body,
                                              const std::string& path = "/webhook/prison") {
-    return http_.SendAndWait({.url = Url(path),
-                              .headers = {{"Content-Type", "application/json"}},
-                              .body = body});
+    return http_.SendAndWait(
+        {.url = Url(path), .headers = {{"Content-Type", "application/json"}}, .body = body});
   }
 
   static std::string VisitEvent(const std::string& id) {
@@ -372,8 +372,8 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   EXPECT_THAT(reasons["BAD-1"], HasSubstr("invalid JSON at offset 1: Invalid value."));
   EXPECT_EQ(reasons["BAD-2"], "missing required field \"inmateId\" (for \"inmate\")");
 
-  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 2; },
-                      absl::Seconds(10)));
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 2; }, absl::Seconds(10)));
   auto bad2 = Trail("BAD-2");
   ASSERT_EQ(bad2.records_size(), 1);
   EXPECT_EQ(bad2.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
@@ -398,14 +398,16 @@ TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) 
   ASSERT_EQ(t.records_size(), 1);
   EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
   EXPECT_EQ(t.records(0).attempts(), 2u);
-  EXPECT_THAT(t.records(0).error(), HasSubstr("gave up after 2 attempts: partner answered HTTP 503"));
+  EXPECT_THAT(t.records(0).error(),
+              HasSubstr("gave up after 2 attempts: partner answered HTTP 503"));
 }
 
 TEST_F(HubTest, DryRunRecordsEverythingAndSendsNothing) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()), {"--dry_run"});
   std::vector<std::pair<std::string, std::string>> events;
-  for (int i = 0; i < 20; ++i) events.emplace_back(absl::StrCat("DRY-", i), VisitEvent(absl::StrCat("DRY-", i)));
+  for (int i = 0; i < 20; ++i)
+    events.emplace_back(absl::StrCat("DRY-", i), VisitEvent(absl::StrCat("DRY-", i)));
   Publish(events);
   ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dry_run() == 20; },
                       absl::Seconds(30)));
@@ -473,8 +475,8 @@ TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
       dir_.File("partner.log"));
   ASSERT_TRUE(WaitFor(
       [&] {
-        auto r = http_.SendAndWait({.method = "GET",
-                                    .url = absl::StrCat("http://127.0.0.1:", partner_port, "/health")});
+        auto r = http_.SendAndWait(
+            {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", partner_port, "/health")});
         return r.ok() && r->status == 200;
       },
       absl::Seconds(20)));
