@@ -14,6 +14,7 @@
 #ifndef ESS_ADAPTERS_ADAPTER_H_
 #define ESS_ADAPTERS_ADAPTER_H_
 
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -45,6 +46,13 @@ struct PushRequest {
   bool dry_run = false;
 };
 
+// One internal event produced by Pull: the JSON to publish and its ids.
+struct InboundEvent {
+  std::string body;            // {"type":"SlotConfirmed","id":"VIS-77",...}
+  std::string correlation_id;  // the event's "id"
+  std::string event_type;      // the event's "type"
+};
+
 struct PushResult {
   absl::Status status;
   // The exact request (or file, or envelope) rendered for the partner.
@@ -53,19 +61,33 @@ struct PushResult {
   std::string detail;
   bool dry_run = false;
   absl::Duration elapsed;
+  // How long the partner asked us to wait before retrying (HTTP Retry-After); zero if it did
+  // not say. The lane clamps it to the retry policy.
+  absl::Duration retry_after;
+  // Events the partner's answer itself confirms, to be published by the lane (e.g. the
+  // SlotConfirmed a SOAP partner's synchronous response maps to). Only ever set with an OK
+  // status; empty for partners that confirm later (webhooks, files) or not at all.
+  std::vector<InboundEvent> confirmations;
 };
 
-// One internal event produced by Pull: the JSON to publish and its ids.
-struct InboundEvent {
-  std::string body;            // {"type":"SlotConfirmed","id":"VIS-77",...}
-  std::string correlation_id;  // the event's "id"
-  std::string event_type;      // the event's "type"
+// A record of a multi-record payload (a CSV row) that Pull could not turn into an event.
+struct PullError {
+  // 1-based line of the payload where the record starts.
+  uint64_t line = 0;
+  // What is wrong, e.g. "3 fields, the header has 4" or "missing required field ...".
+  std::string message;
 };
 
 struct PullRequest {
   std::string_view body;
   std::string_view content_type;
   std::string_view correlation_id;  // from the partner's headers, if any
+  // Where an adapter whose payload holds many records (sftp_csv) reports the records it could
+  // not turn into events; the good records still become events and Pull still returns OK.
+  // Null: such records are logged (warn) and skipped. Adapters with one record per payload
+  // never use it (a bad payload fails Pull). An out-parameter rather than a new return type so
+  // that no existing caller changes, and a caller that ignores it can never publish a bad row.
+  std::vector<PullError>* errors = nullptr;
 };
 
 class Adapter {
@@ -78,7 +100,8 @@ class Adapter {
   virtual void Push(const PushRequest& request, PushDone done) = 0;
 
   // Turns a partner payload into internal events, through the partner's inbound mapping.
-  // INVALID_ARGUMENT naming what is wrong with the payload.
+  // INVALID_ARGUMENT naming what is wrong with the payload. For payloads of many records, a bad
+  // record is reported through `request.errors` instead (see PullRequest).
   virtual absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) = 0;
 };
 

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/sv.h"
 
 namespace ess::adapters {
 
@@ -38,6 +40,21 @@ bool IsRetryable(const absl::Status& status) {
     default:
       return false;
   }
+}
+
+absl::Duration ParseRetryAfter(std::string_view value, absl::Time now) {
+  if (value.empty()) return absl::ZeroDuration();
+  int64_t seconds = 0;
+  if (absl::SimpleAtoi(ToAbsl(value), &seconds)) {
+    return seconds > 0 ? absl::Seconds(seconds) : absl::ZeroDuration();
+  }
+  absl::Time at;
+  std::string err;
+  if (absl::ParseTime("%a, %d %b %Y %H:%M:%S GMT", ToAbsl(value), absl::UTCTimeZone(), &at, &err) &&
+      at > now) {
+    return at - now;
+  }
+  return absl::ZeroDuration();
 }
 
 }  // namespace ess::adapters

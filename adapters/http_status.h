@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace ess::adapters {
 
@@ -23,6 +24,10 @@ absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_c
 
 // True for the codes the lanes retry.
 bool IsRetryable(const absl::Status& status);
+
+// The wait a Retry-After header asks for: delta-seconds ("120") or an HTTP-date
+// ("Wed, 21 Oct 2026 07:28:00 GMT"), relative to `now`. Zero when absent, malformed or past.
+absl::Duration ParseRetryAfter(std::string_view value, absl::Time now);
 
 }  // namespace ess::adapters
 

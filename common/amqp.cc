@@ -186,6 +186,7 @@ class Properties {
     set(m.correlation_id, AMQP_BASIC_CORRELATION_ID_FLAG, props_.correlation_id);
     set(m.message_id, AMQP_BASIC_MESSAGE_ID_FLAG, props_.message_id);
     set(m.type, AMQP_BASIC_TYPE_FLAG, props_.type);
+    set(m.expiration, AMQP_BASIC_EXPIRATION_FLAG, props_.expiration);
     if (!m.headers.empty()) {
       headers_.reserve(m.headers.size());
       for (const auto& [k, v] : m.headers) headers_.push_back(Utf8Entry(k, v));
@@ -963,12 +964,71 @@ struct Consumer::Impl : public SessionLoop {
   using Parks = ConfirmTracker<uint64_t>;  // payload: broker tag of the parked delivery
 
   Impl(Options o, Handler h)
-      : SessionLoop("consumer", o.connection), options(std::move(o)), handler(std::move(h)) {}
+      : SessionLoop("consumer", o.connection), options(std::move(o)), handler(std::move(h)) {
+    absl::MutexLock lock(&mu_);
+    want_paused.assign(options.queues.size(), 0);
+  }
+
+  // Thread-safe: records the wish; the loop applies it on its next turn.
+  void SetPaused(std::string_view queue, bool paused) {
+    {
+      absl::MutexLock lock(&mu_);
+      for (size_t i = 0; i < options.queues.size(); ++i) {
+        if (options.queues[i] == queue) want_paused[i] = paused ? 1 : 0;
+      }
+      pause_changed = true;
+    }
+    Wake();
+  }
+
+  static std::string ConsumerTag(size_t i) { return absl::StrCat("ess-", i); }
+
+  absl::Status StartConsuming(Session& s, size_t i) {
+    amqp_basic_consume(s.state(), kChannel, Bytes(options.queues[i]), Bytes(ConsumerTag(i)),
+                       /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
+    absl::Status st = s.CheckLast(kChannel, absl::StrCat("basic.consume ", options.queues[i]));
+    if (st.ok()) consuming[i] = 1;
+    return st;
+  }
+
+  absl::Status StopConsuming(Session& s, size_t i) {
+    // Deliveries already on the wire still arrive (librabbitmq queues them meanwhile) and are
+    // handed out as usual.
+    amqp_basic_cancel(s.state(), kChannel, Bytes(ConsumerTag(i)));
+    absl::Status st = s.CheckLast(kChannel, absl::StrCat("basic.cancel ", options.queues[i]));
+    if (st.ok()) consuming[i] = 0;
+    return st;
+  }
+
+  // Brings the consumers of the current connection in line with want_paused.
+  absl::Status ApplyPauses(bool force) {
+    std::vector<char> want;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!pause_changed && !force) return absl::OkStatus();
+      pause_changed = false;
+      want = want_paused;
+    }
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (want[i] && consuming[i]) {
+        if (absl::Status st = StopConsuming(*session_, i); !st.ok()) return st;
+      } else if (!want[i] && !consuming[i]) {
+        if (absl::Status st = StartConsuming(*session_, i); !st.ok()) return st;
+      }
+    }
+    return absl::OkStatus();
+  }
   ~Impl() override { Stop(); }
 
   const Options options;
   const Handler handler;
   std::vector<Settlement> settlements ABSL_GUARDED_BY(mu_);
+  // Per queue (index of options.queues): whether the owner wants it paused, and whether that
+  // changed since the loop last looked.
+  std::vector<char> want_paused ABSL_GUARDED_BY(mu_);
+  bool pause_changed ABSL_GUARDED_BY(mu_) = false;
+  // Per queue: consuming on the current connection (loop-owned).
+  std::vector<char> consuming;
 
   // Owned by the loop (or by Start before the thread exists).
   uint64_t epoch = 0;
@@ -1002,11 +1062,15 @@ struct Consumer::Impl : public SessionLoop {
     }
     if (st.ok()) st = s.OpenChannel(kParkChannel);
     if (st.ok()) st = s.SelectConfirms(kParkChannel);
+    consuming.assign(options.queues.size(), 0);
+    std::vector<char> want;
+    {
+      absl::MutexLock lock(&mu_);
+      want = want_paused;
+      pause_changed = false;
+    }
     for (size_t i = 0; st.ok() && i < options.queues.size(); ++i) {
-      const std::string tag = absl::StrCat("ess-", i);
-      amqp_basic_consume(s.state(), kChannel, Bytes(options.queues[i]), Bytes(tag),
-                         /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
-      st = s.CheckLast(kChannel, absl::StrCat("basic.consume ", options.queues[i]));
+      if (!want[i]) st = StartConsuming(s, i);
     }
     if (!st.ok()) return st;
     ++epoch;
@@ -1024,7 +1088,8 @@ struct Consumer::Impl : public SessionLoop {
   }
 
   absl::StatusOr<bool> Turn() override {
-    absl::Status s = ApplySettlements();
+    absl::Status s = ApplyPauses(/*force=*/false);
+    if (s.ok()) s = ApplySettlements();
     if (s.ok()) s = FlushAcks(/*force=*/false);
     if (!s.ok()) return s;
     return ReadFrames();
@@ -1232,6 +1297,10 @@ void Consumer::ParkAndAck(uint64_t delivery_tag, std::string queue, Message mess
                  .queue = std::move(queue),
                  .message = std::move(message)});
 }
+
+void Consumer::Pause(std::string_view queue) { impl_->SetPaused(queue, true); }
+
+void Consumer::Resume(std::string_view queue) { impl_->SetPaused(queue, false); }
 
 bool Consumer::connected() const { return impl_->connected(); }
 

@@ -62,6 +62,9 @@ struct Message {
   // AMQP "timestamp" property, Unix seconds. 0 on publish means "now"; 0 on receive means the
   // publisher did not set it.
   int64_t timestamp = 0;
+  // AMQP "expiration" property: per-message TTL in milliseconds, as decimal text; empty for
+  // none. (RabbitMQ drops it when it dead-letters the message.)
+  std::string expiration;
 };
 
 // On receive, header values that are not strings are rendered as text (integers, booleans,
@@ -180,6 +183,12 @@ class Consumer {
   // delivery only once the broker confirmed it; if the publish fails the delivery is rejected
   // with requeue, so nothing is lost.
   void ParkAndAck(uint64_t delivery_tag, std::string queue, Message message);
+
+  // Thread-safe. Stops consuming `queue` (basic.cancel): messages wait in RabbitMQ. Deliveries
+  // already sent by the broker still reach the handler. Holds across reconnects until Resume.
+  void Pause(std::string_view queue);
+  // Thread-safe. Consumes `queue` again (basic.consume).
+  void Resume(std::string_view queue);
 
   // True while a connection is up and consuming.
   bool connected() const;

@@ -264,8 +264,15 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (replay->batch_max() == 0) replay->set_batch_max(256);
   if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
   if (replay->deadline_ms() == 0) replay->set_deadline_ms(5000);
+  if (bus->delivery_limit() == 0) bus->set_delivery_limit(20);
   if (c.outbound().prefetch() == 0) c.mutable_outbound()->set_prefetch(256);
+  if (c.outbound().shutdown_deadline_ms() == 0) {
+    c.mutable_outbound()->set_shutdown_deadline_ms(10000);
+  }
   if (c.inbound().max_body_bytes() == 0) c.mutable_inbound()->set_max_body_bytes(1 << 20);
+  if (c.inbound().dedupe_window_seconds() == 0) {
+    c.mutable_inbound()->set_dedupe_window_seconds(600);
+  }
   for (auto& p : *c.mutable_partners()) {
     if (!p.has_outbound()) continue;
     auto* out = p.mutable_outbound();
@@ -274,6 +281,12 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     if (retry->max_attempts() == 0) retry->set_max_attempts(5);
     if (retry->initial_backoff_ms() == 0) retry->set_initial_backoff_ms(1000);
     if (retry->max_backoff_ms() == 0) retry->set_max_backoff_ms(60000);
+    if (retry->max_age_ms() == 0) retry->set_max_age_ms(86400000);
+    auto* breaker = out->mutable_circuit_breaker();
+    if (breaker->failure_rate_percent() == 0) breaker->set_failure_rate_percent(50);
+    if (breaker->window() == 0) breaker->set_window(20);
+    if (breaker->open_ms() == 0) breaker->set_open_ms(1000);
+    if (breaker->max_open_ms() == 0) breaker->set_max_open_ms(30000);
   }
 }
 
@@ -331,6 +344,13 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       const auto& retry = p.outbound().retry();
       if (retry.max_backoff_ms() < retry.initial_backoff_ms()) {
         return conv.ErrorAt(o + ".retry.max_backoff_ms", "must not be below initial_backoff_ms");
+      }
+      const auto& breaker = p.outbound().circuit_breaker();
+      if (breaker.failure_rate_percent() > 100) {
+        return conv.ErrorAt(o + ".circuit_breaker.failure_rate_percent", "must be at most 100");
+      }
+      if (breaker.max_open_ms() < breaker.open_ms()) {
+        return conv.ErrorAt(o + ".circuit_breaker.max_open_ms", "must not be below open_ms");
       }
     }
     if (p.has_inbound()) {

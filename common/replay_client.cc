@@ -197,4 +197,48 @@ void ReplayRecorder::Record(ess::v1::MessageRecord record, Done done) {
 
 void ReplayRecorder::Stop() { impl_->Stop(); }
 
+void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {
+  struct Call {
+    grpc::ClientContext context;
+    ess::v1::GetRequest request;
+    ess::v1::GetResponse response;
+    LookupDone done;
+  };
+  auto* call = new Call();
+  call->context.set_deadline(absl::ToChronoTime(absl::Now() + impl_->options.deadline));
+  *call->request.mutable_record() = key;
+  call->done = std::move(done);
+  impl_->stub->async()->Get(
+      &call->context, &call->request, &call->response, [call](grpc::Status s) {
+        std::unique_ptr<Call> owned(call);
+        if (!s.ok()) {
+          std::move(owned->done)(
+              absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
+        } else if (owned->response.records_size() == 0) {
+          std::move(owned->done)(absl::NotFoundError("no such record"));
+        } else {
+          std::move(owned->done)(std::move(*owned->response.mutable_records(0)));
+        }
+      });
+}
+
+absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  ess::v1::GetRequest request;
+  request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
+  request.mutable_record()->set_partner("ess-ping");
+  request.mutable_record()->set_message_id("ess-ping");
+  ess::v1::GetResponse response;
+  grpc::Status s = impl_->stub->Get(&context, request, &response);
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+      return absl::UnavailableError(absl::StrCat("replay store: ", s.error_message()));
+    default:
+      return absl::OkStatus();
+  }
+}
+
 }  // namespace ess

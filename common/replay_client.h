@@ -16,6 +16,7 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ess/v1/replay.grpc.pb.h"
 
@@ -42,6 +43,14 @@ class ReplayRecorder {
   ReplayRecorder& operator=(const ReplayRecorder&) = delete;
 
   void Record(ess::v1::MessageRecord record, Done done);
+
+  using LookupDone = absl::AnyInvocable<void(absl::StatusOr<ess::v1::MessageRecord>) &&>;
+  // Thread-safe, asynchronous: the stored record of `key` (NOT_FOUND if there is none).
+  void Lookup(const ess::v1::RecordKey& key, LookupDone done);
+
+  // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
+  // DEADLINE_EXCEEDED or CANCELLED means it is up).
+  absl::Status Ping(absl::Duration deadline);
   // Sends what is queued, waits for calls in flight, then completes anything left with
   // CANCELLED. Records given after Stop() began complete with CANCELLED at once. Must not be
   // called from a `done` (it waits for the call that runs it).

@@ -3,8 +3,10 @@
 #include <rapidjson/document.h>
 
 #include <algorithm>
+#include <deque>
 #include <utility>
 
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -18,6 +20,9 @@ namespace ess::outbound {
 namespace {
 
 using ess::v1::MessageStatus;
+
+// The history header keeps the last few attempts; older ones are dropped.
+constexpr size_t kMaxHistoryBytes = 2048;
 
 void SetHeader(amqp::Headers& headers, std::string_view key, std::string value) {
   for (auto& [k, v] : headers) {
@@ -36,8 +41,35 @@ std::string_view FindHeader(const amqp::Headers& headers, std::string_view key) 
   return {};
 }
 
+template <typename T>
+bool HeaderNumber(const amqp::Headers& headers, std::string_view key, T* out) {
+  std::string_view v = FindHeader(headers, key);
+  return !v.empty() && absl::SimpleAtoi(ToAbsl(v), out);
+}
+
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+// "attempt 2 at 2026-11-27T21:14:48Z: UNAVAILABLE: partner answered HTTP 503"
+std::string HistoryEntry(uint32_t attempt, const absl::Status& status) {
+  return absl::StrCat("attempt ", attempt, " at ",
+                      absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
+                      ": ", status.ToString());
+}
+
+void AppendHistory(amqp::Headers& headers, uint32_t attempt, const absl::Status& status) {
+  std::string history(FindHeader(headers, kHistoryHeader));
+  if (!history.empty()) history.append("; ");
+  history.append(HistoryEntry(attempt, status));
+  if (history.size() > kMaxHistoryBytes) history.erase(0, history.size() - kMaxHistoryBytes);
+  SetHeader(headers, kHistoryHeader, std::move(history));
+}
+
+bool StoreUnreachable(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded ||
+         s.code() == absl::StatusCode::kCancelled;
 }
 
 }  // namespace
@@ -63,11 +95,23 @@ std::string ParkedQueueName(const std::string& queue) { return absl::StrCat(queu
 
 amqp::Topology OutboundTopology(const ess::v1::HubConfig& config) {
   amqp::Topology t;
+  const auto& bus = config.bus();
   for (const auto& p : config.partners()) {
     if (!p.has_outbound()) continue;
     const std::string& q = p.outbound().queue();
-    t.queues.push_back({.name = q});
-    t.queues.push_back({.name = ParkedQueueName(q)});
+    amqp::QueueSpec work{.name = q};
+    amqp::QueueSpec parked{.name = ParkedQueueName(q)};
+    if (bus.quorum_queues()) {
+      // A message redelivered delivery_limit times (a lane crashing on it) is parked by the
+      // broker instead of looping.
+      work.string_args = {{"x-queue-type", "quorum"},
+                          {"x-dead-letter-exchange", ""},
+                          {"x-dead-letter-routing-key", ParkedQueueName(q)}};
+      work.int_args = {{"x-delivery-limit", bus.delivery_limit()}};
+      parked.string_args = {{"x-queue-type", "quorum"}};
+    }
+    t.queues.push_back(std::move(work));
+    t.queues.push_back(std::move(parked));
     for (uint32_t delay : RetryDelaysMs(p.outbound().retry())) {
       t.queues.push_back(
           {.name = RetryQueueName(q, delay),
@@ -86,21 +130,30 @@ struct Lane::Job {
   std::vector<MappedField> fields;
   std::string_view correlation_id;  // into `event` or `delivery`
   std::string_view event_type;
+  std::string_view message_id;
   uint32_t attempt = 1;
   absl::Time received_at;
 };
 
 struct Lane::PartnerState {
+  enum class Breaker { kClosed, kOpen, kHalfOpen };
+
   Partner partner;
   std::vector<uint32_t> delays_ms;
   absl::Mutex mu;
   uint32_t in_flight ABSL_GUARDED_BY(mu) = 0;
   std::deque<std::unique_ptr<Job>> waiting ABSL_GUARDED_BY(mu);
+  Breaker breaker ABSL_GUARDED_BY(mu) = Breaker::kClosed;
+  std::deque<bool> outcomes ABSL_GUARDED_BY(mu);  // true = failed, newest last
+  uint32_t failures ABSL_GUARDED_BY(mu) = 0;      // in `outcomes`
+  absl::Duration open_for ABSL_GUARDED_BY(mu);
+  absl::Time probe_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+  bool probing ABSL_GUARDED_BY(mu) = false;
 };
 
 Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
            ReplayRecorder* recorder)
-    : options_(std::move(options)), dry_run_(options_.dry_run), recorder_(recorder) {
+    : options_(std::move(options)), recorder_(recorder) {
   amqp::Consumer::Options copts{.connection = options_.connection,
                                 .topology = std::move(topology),
                                 .prefetch = options_.prefetch};
@@ -109,6 +162,10 @@ Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partne
     state->delays_ms = RetryDelaysMs(p.route.retry());
     copts.queues.push_back(p.route.queue());
     by_queue_[p.route.queue()] = state.get();
+    {
+      absl::MutexLock lock(&state->mu);
+      state->open_for = absl::Milliseconds(p.route.circuit_breaker().open_ms());
+    }
     state->partner = std::move(p);
     partners_.push_back(std::move(state));
   }
@@ -116,31 +173,67 @@ Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partne
                                                [this](amqp::Delivery d) { Handle(std::move(d)); });
 }
 
-Lane::~Lane() { Stop(); }
+Lane::~Lane() { Shutdown(absl::ZeroDuration()); }
 
-absl::Status Lane::Start() { return consumer_->Start(); }
+absl::Status Lane::Start() {
+  absl::Status s = consumer_->Start();
+  supervisor_ = std::thread([this] { Supervise(); });
+  return s;
+}
 
-void Lane::Stop() { consumer_->Stop(); }
+void Lane::Shutdown(absl::Duration deadline) {
+  if (draining_.exchange(true)) return;
+  for (const auto& p : partners_) consumer_->Pause(p->partner.route.queue());
+  const absl::Time until = absl::Now() + deadline;
+  while (live_.load() > 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  if (live_.load() > 0) {
+    log::Warn("", "shutdown deadline passed; unfinished messages return to their queues",
+              {{"unfinished", absl::StrCat(live_.load())}});
+  }
+  {
+    absl::MutexLock lock(&supervisor_mu_);
+    stop_supervisor_ = true;
+  }
+  if (supervisor_.joinable()) supervisor_.join();
+  consumer_->Stop();  // sends the acks settled so far; the broker requeues the rest
+}
+
+// --- settlement ------------------------------------------------------------------------------
+
+void Lane::Ack(Job& job) {
+  consumer_->Ack(job.delivery.delivery_tag);
+  live_.fetch_sub(1);
+}
+
+void Lane::Requeue(Job& job) {
+  counters_.requeued.fetch_add(1, std::memory_order_relaxed);
+  consumer_->Reject(job.delivery.delivery_tag, /*requeue=*/true);
+  live_.fetch_sub(1);
+}
+
+void Lane::MoveAndAck(Job& job, std::string queue, amqp::Message message) {
+  consumer_->ParkAndAck(job.delivery.delivery_tag, std::move(queue), std::move(message));
+  live_.fetch_sub(1);
+}
+
+// --- intake ----------------------------------------------------------------------------------
 
 void Lane::Handle(amqp::Delivery delivery) {
+  live_.fetch_add(1);
   counters_.received.fetch_add(1, std::memory_order_relaxed);
-  auto it = by_queue_.find(delivery.queue);
-  if (it == by_queue_.end()) {  // cannot happen: we consume only our partners' queues
-    log::Error(delivery.message.correlation_id, "delivery from an unknown queue, requeued",
-               {{"queue", delivery.queue}});
-    consumer_->Reject(delivery.delivery_tag, /*requeue=*/true);
-    return;
-  }
-  PartnerState& p = *it->second;
   auto job = std::make_unique<Job>();
   job->received_at = absl::Now();
   job->delivery = std::move(delivery);
+  auto it = by_queue_.find(job->delivery.queue);
+  if (it == by_queue_.end() || draining_.load() || store_paused_.load()) {
+    // Stragglers sent before a pause (or a queue we do not serve): back to the broker.
+    Requeue(*job);
+    return;
+  }
+  PartnerState& p = *it->second;
   const amqp::Message& msg = job->delivery.message;
   uint32_t attempt = 1;
-  std::string_view header = FindHeader(msg.headers, kAttemptHeader);
-  if (!header.empty() && absl::SimpleAtoi(ToAbsl(header), &attempt)) {
-    job->attempt = std::max<uint32_t>(attempt, 1);
-  }
+  if (HeaderNumber(msg.headers, kAttemptHeader, &attempt)) job->attempt = std::max(attempt, 1u);
   // The correlation id: the event's "id"; the AMQP properties when the body cannot tell.
   job->correlation_id = !msg.correlation_id.empty() ? std::string_view(msg.correlation_id)
                                                     : std::string_view(msg.message_id);
@@ -154,49 +247,147 @@ void Lane::Handle(amqp::Delivery delivery) {
     if (!type.empty()) job->event_type = type;
     s = p.partner.mapper.Apply(job->event, &job->fields);
   }
+  job->message_id =
+      !msg.message_id.empty() ? std::string_view(msg.message_id) : job->correlation_id;
   if (!s.ok()) {
     Park(p, std::move(job), s);
     return;
   }
-  {
-    absl::MutexLock lock(&p.mu);
-    if (p.in_flight >= p.partner.route.max_in_flight()) {
-      p.waiting.push_back(std::move(job));
+  if (!job->delivery.redelivered || !FindHeader(msg.headers, kReplayHeader).empty()) {
+    Enqueue(p, std::move(job));
+    return;
+  }
+  // Redelivered: the lane may have delivered it before a crash. Ask the store.
+  ess::v1::RecordKey key;
+  key.set_direction(ess::v1::DIRECTION_OUTBOUND);
+  key.set_partner(p.partner.name);
+  key.set_message_id(std::string(job->message_id));
+  Job* raw = job.release();
+  recorder_->Lookup(key, [this, &p, raw](absl::StatusOr<ess::v1::MessageRecord> rec) {
+    std::unique_ptr<Job> owned(raw);
+    if (rec.ok() && rec->status() == ess::v1::MESSAGE_STATUS_DELIVERED &&
+        rec->payload() == owned->delivery.message.body) {
+      counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
+      log::Info(owned->correlation_id, "redelivered but already delivered; acked without a push",
+                {{"partner", p.partner.name}});
+      Ack(*owned);
       return;
     }
-    ++p.in_flight;
+    if (!rec.ok() && rec.status().code() != absl::StatusCode::kNotFound) {
+      PauseForStore(rec.status());
+      Requeue(*owned);
+      return;
+    }
+    Enqueue(p, std::move(owned));
+  });
+}
+
+void Lane::Enqueue(PartnerState& p, std::unique_ptr<Job> job) {
+  {
+    absl::MutexLock lock(&p.mu);
+    p.waiting.push_back(std::move(job));
   }
-  Dispatch(p, std::move(job));
+  Pump(p);
+}
+
+void Lane::Pump(PartnerState& p) {
+  std::vector<std::unique_ptr<Job>> send, back;
+  {
+    absl::MutexLock lock(&p.mu);
+    using B = PartnerState::Breaker;
+    if (store_paused_.load() || draining_.load() || p.breaker == B::kOpen) {
+      while (!p.waiting.empty()) {
+        back.push_back(std::move(p.waiting.front()));
+        p.waiting.pop_front();
+      }
+    } else if (p.breaker == B::kHalfOpen) {
+      // One probe at a time; the rest wait for its outcome.
+      if (!p.probing && p.in_flight == 0 && !p.waiting.empty()) {
+        p.probing = true;
+        ++p.in_flight;
+        send.push_back(std::move(p.waiting.front()));
+        p.waiting.pop_front();
+      }
+    } else {
+      while (!p.waiting.empty() && p.in_flight < p.partner.route.max_in_flight()) {
+        ++p.in_flight;
+        send.push_back(std::move(p.waiting.front()));
+        p.waiting.pop_front();
+      }
+    }
+  }
+  for (auto& job : back) Requeue(*job);
+  for (auto& job : send) Dispatch(p, std::move(job));
 }
 
 void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
   adapters::PushRequest req{.correlation_id = job->correlation_id,
-                            .message_id = job->delivery.message.message_id,
+                            .message_id = job->message_id,
                             .event_type = job->event_type,
                             .fields = job->fields,
-                            .dry_run = dry_run_};
+                            .dry_run = options_.dry_run};
   Job* raw = job.release();  // owned by the callback from here on
   p.partner.adapter->Push(req, [this, &p, raw](adapters::PushResult result) {
     OnPushed(p, std::unique_ptr<Job>(raw), std::move(result));
   });
 }
 
-void Lane::ReleaseSlot(PartnerState& p) {
-  std::unique_ptr<Job> next;
+// --- outcomes --------------------------------------------------------------------------------
+
+bool Lane::NoteOutcome(PartnerState& p, bool failed) {
+  const auto& cfg = p.partner.route.circuit_breaker();
+  absl::MutexLock lock(&p.mu);
+  --p.in_flight;
+  using B = PartnerState::Breaker;
+  if (p.breaker == B::kHalfOpen && p.probing) {
+    p.probing = false;
+    if (failed) {
+      p.open_for = std::min(2 * p.open_for, absl::Milliseconds(cfg.max_open_ms()));
+      p.breaker = B::kOpen;
+      p.probe_at = absl::Now() + p.open_for;
+      return true;
+    }
+    p.breaker = B::kClosed;
+    p.open_for = absl::Milliseconds(cfg.open_ms());
+    p.outcomes.clear();
+    p.failures = 0;
+    log::Info("", "circuit closed: partner recovered", {{"partner", p.partner.name}});
+    return false;
+  }
+  if (cfg.disabled() || p.breaker != B::kClosed) return false;
+  p.outcomes.push_back(failed);
+  p.failures += failed ? 1 : 0;
+  if (p.outcomes.size() > cfg.window()) {
+    p.failures -= p.outcomes.front() ? 1 : 0;
+    p.outcomes.pop_front();
+  }
+  if (p.outcomes.size() < cfg.window() ||
+      p.failures * 100 < cfg.failure_rate_percent() * p.outcomes.size()) {
+    return false;
+  }
+  p.breaker = B::kOpen;
+  p.probe_at = absl::Now() + p.open_for;
+  return true;
+}
+
+void Lane::OpenBreaker(PartnerState& p) {
+  counters_.breaker_opened.fetch_add(1, std::memory_order_relaxed);
+  consumer_->Pause(p.partner.route.queue());
+  absl::Duration wait;
   {
     absl::MutexLock lock(&p.mu);
-    if (p.waiting.empty()) {
-      --p.in_flight;
-      return;
-    }
-    next = std::move(p.waiting.front());  // the slot passes straight to the next job
-    p.waiting.pop_front();
+    wait = p.open_for;
   }
-  Dispatch(p, std::move(next));
+  log::Warn("", "circuit open: partner is failing; its queue is paused",
+            {{"partner", p.partner.name},
+             {"probe_in_ms", absl::StrCat(absl::ToInt64Milliseconds(wait))}});
 }
 
 void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
-  ReleaseSlot(p);
+  const bool retryable = !result.status.ok() && adapters::IsRetryable(result.status);
+  if (!result.dry_run && NoteOutcome(p, retryable)) OpenBreaker(p);
+  Pump(p);  // the slot this push held is free
+
   const std::string& partner = p.partner.name;
   if (result.status.ok()) {
     const bool dry = result.dry_run;
@@ -212,14 +403,15 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
              std::unique_ptr<Job> owned(raw);
              if (s.ok()) {
                (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
-               consumer_->Ack(owned->delivery.delivery_tag);
+               Ack(*owned);
                return;
              }
-             // No ack without its record: the broker redelivers it.
-             counters_.record_failures.fetch_add(1);
+             // No ack without its record: the broker redelivers it; the lane pauses until the
+             // store answers again.
              log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
                        {{"error", ToStd(s.message())}});
-             consumer_->Reject(owned->delivery.delivery_tag, /*requeue=*/true);
+             if (StoreUnreachable(s)) PauseForStore(s);
+             Requeue(*owned);
            });
     return;
   }
@@ -227,33 +419,66 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
             {{"partner", partner},
              {"attempt", absl::StrCat(job->attempt)},
              {"error", ToStd(result.status.message())}});
-  if (adapters::IsRetryable(result.status)) {
-    Retry(p, std::move(job), result.status);
+  if (retryable) {
+    Retry(p, std::move(job), result.status, result.retry_after);
   } else {
     Park(p, std::move(job), result.status);
   }
 }
 
-void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status) {
-  const uint32_t max_attempts = p.partner.route.retry().max_attempts();
-  if (job->attempt >= max_attempts) {
+void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
+                 absl::Duration retry_after) {
+  const auto& policy = p.partner.route.retry();
+  const absl::Time now = absl::Now();
+  int64_t first_ms = absl::ToUnixMillis(job->received_at);
+  HeaderNumber(job->delivery.message.headers, kFirstAttemptHeader, &first_ms);
+  const absl::Duration age = now - absl::FromUnixMillis(first_ms);
+  if (job->attempt >= policy.max_attempts()) {
     Park(p, std::move(job),
          absl::Status(status.code(), absl::StrCat("gave up after ", job->attempt,
                                                   " attempts: ", status.message())));
     return;
   }
-  const size_t level = std::min<size_t>(job->attempt - 1, p.delays_ms.size() - 1);
-  std::string queue = RetryQueueName(p.partner.route.queue(), p.delays_ms[level]);
+  if (age >= absl::Milliseconds(policy.max_age_ms())) {
+    Park(p, std::move(job),
+         absl::Status(status.code(), absl::StrCat("gave up after ", absl::FormatDuration(age),
+                                                  " (max_age): ", status.message())));
+    return;
+  }
+  // Full jitter: uniform in [0, min(max, initial * 2^(attempt-1))]; a partner's Retry-After
+  // wins, clamped to the policy's maximum.
+  const uint64_t bound =
+      std::min<uint64_t>(policy.max_backoff_ms(), uint64_t{policy.initial_backoff_ms()}
+                                                      << std::min<uint32_t>(job->attempt - 1, 30));
+  uint64_t delay_ms;
+  if (retry_after > absl::ZeroDuration()) {
+    delay_ms = std::min<uint64_t>(absl::ToInt64Milliseconds(retry_after), policy.max_backoff_ms());
+  } else {
+    thread_local absl::InsecureBitGen gen;
+    delay_ms = absl::Uniform<uint64_t>(absl::IntervalClosedClosed, gen, 0, bound);
+  }
+  // The shortest delay queue that holds the wait; the message's own expiration ends it sooner.
+  uint32_t level = p.delays_ms.back();
+  for (uint32_t d : p.delays_ms) {
+    if (d >= delay_ms) {
+      level = d;
+      break;
+    }
+  }
+  std::string queue = RetryQueueName(p.partner.route.queue(), level);
   Job* raw = job.release();
   Record(p, *raw, ess::v1::MESSAGE_STATUS_FAILED, "", status,
-         [this, raw, queue = std::move(queue), status](absl::Status) mutable {
+         [this, raw, queue = std::move(queue), status, first_ms, delay_ms](absl::Status) mutable {
            // The message is safe in the retry queue whether or not the record was stored.
            std::unique_ptr<Job> owned(raw);
            amqp::Message msg = std::move(owned->delivery.message);
            SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
+           SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
            SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
-           counters_.retried.fetch_add(1);
-           consumer_->ParkAndAck(owned->delivery.delivery_tag, std::move(queue), std::move(msg));
+           AppendHistory(msg.headers, owned->attempt, status);
+           msg.expiration = absl::StrCat(delay_ms);
+           counters_.retried.fetch_add(1, std::memory_order_relaxed);
+           MoveAndAck(*owned, std::move(queue), std::move(msg));
          });
 }
 
@@ -264,14 +489,16 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
              {"reason", ToStd(reason.message())}});
   Job* raw = job.release();
   Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason, [this, raw, &p, reason](absl::Status) {
+    // Parked whether or not the record was stored: the parked queue holds it.
     std::unique_ptr<Job> owned(raw);
     amqp::Message msg = std::move(owned->delivery.message);
     SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
     SetHeader(msg.headers, kPartnerHeader, p.partner.name);
     SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
-    counters_.parked.fetch_add(1);
-    consumer_->ParkAndAck(owned->delivery.delivery_tag, ParkedQueueName(p.partner.route.queue()),
-                          std::move(msg));
+    AppendHistory(msg.headers, owned->attempt, reason);
+    msg.expiration.clear();
+    counters_.parked.fetch_add(1, std::memory_order_relaxed);
+    MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
   });
 }
 
@@ -281,11 +508,10 @@ void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string r
   rec.set_direction(ess::v1::DIRECTION_OUTBOUND);
   rec.set_partner(p.partner.name);
   rec.set_correlation_id(std::string(job.correlation_id));
-  const amqp::Message& msg = job.delivery.message;
-  rec.set_message_id(!msg.message_id.empty() ? msg.message_id : std::string(job.correlation_id));
+  rec.set_message_id(std::string(job.message_id));
   rec.set_event_type(std::string(job.event_type));
   rec.set_status(status);
-  rec.set_payload(msg.body);
+  rec.set_payload(job.delivery.message.body);
   rec.set_rendered(std::move(rendered));
   if (!error.ok()) rec.set_error(std::string(error.message()));
   rec.set_attempts(job.attempt);
@@ -293,6 +519,59 @@ void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string r
   rec.set_source(job.delivery.queue);
   *rec.mutable_received_at() = ToProto(job.received_at);
   recorder_->Record(std::move(rec), std::move(done));
+}
+
+// --- the supervisor: breaker probes and store outages -----------------------------------------
+
+void Lane::PauseForStore(const absl::Status& why) {
+  if (store_paused_.exchange(true)) return;
+  counters_.store_pauses.fetch_add(1, std::memory_order_relaxed);
+  log::Warn("", "replay store unreachable: consumption paused until it answers",
+            {{"error", ToStd(why.message())}});
+  for (const auto& p : partners_) consumer_->Pause(p->partner.route.queue());
+}
+
+void Lane::Supervise() {
+  absl::Time next_store_probe = absl::InfinitePast();
+  while (true) {
+    {
+      absl::MutexLock lock(&supervisor_mu_);
+      auto stop = [this]() ABSL_SHARED_LOCKS_REQUIRED(supervisor_mu_) { return stop_supervisor_; };
+      if (supervisor_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(50))) return;
+    }
+    const absl::Time now = absl::Now();
+    if (store_paused_.load() && now >= next_store_probe) {
+      next_store_probe = now + options_.store_probe_interval;
+      if (recorder_->Ping(options_.store_probe_interval).ok()) {
+        store_paused_ = false;
+        log::Info("", "replay store answers again: consumption resumed");
+        for (const auto& p : partners_) {
+          bool open;
+          {
+            absl::MutexLock lock(&p->mu);
+            open = p->breaker == PartnerState::Breaker::kOpen;
+          }
+          if (!open) consumer_->Resume(p->partner.route.queue());
+        }
+      }
+    }
+    for (const auto& p : partners_) {
+      bool probe = false;
+      {
+        absl::MutexLock lock(&p->mu);
+        if (p->breaker == PartnerState::Breaker::kOpen && now >= p->probe_at) {
+          p->breaker = PartnerState::Breaker::kHalfOpen;
+          p->probe_at = absl::InfiniteFuture();
+          probe = true;
+        }
+      }
+      if (probe && !store_paused_.load()) {
+        log::Info("", "circuit half-open: probing the partner with one message",
+                  {{"partner", p->partner.name}});
+        consumer_->Resume(p->partner.route.queue());
+      }
+    }
+  }
 }
 
 }  // namespace ess::outbound

@@ -6,23 +6,33 @@
 // the delivery. Delivery contract, per message:
 //
 //   delivered (or dry-run)   record DELIVERED (DRY_RUN) -> ack
-//   retryable failure        record FAILED -> moved to "<queue>.retry.<ms>ms" (TTL, dead-lettered
-//                            back to the queue) -> ack; after max_attempts: parked as below
-//   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason in the
-//   not JSON, not mappable   "x-ess-reason" header -> ack
-//   record failed            reject with requeue: the broker redelivers it (at-least-once)
+//   retryable failure        record FAILED -> moved to the delay queue "<queue>.retry.<ms>ms"
+//                            (TTL, dead-lettered back to the queue), waiting a full-jitter
+//                            backoff or the partner's Retry-After -> ack; once max_attempts or
+//                            max_age is spent: parked as below
+//   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
+//   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
+//   record not stored        reject with requeue, and consumption pauses until the store
+//                            answers again: no ack without its record
+//   redelivered, and the     ack without a second push (unless it carries "x-ess-replay")
+//   store shows it delivered
+//   with the same payload
 //
 // Moves to another queue are publish-with-confirm first, ack second, so a crash in between
-// duplicates a message and never loses one. Many pushes are in flight at once: up to prefetch
-// per queue, and at most max_in_flight per partner (the rest wait in the lane, in order).
+// duplicates a message and never loses one; a duplicate carries the same Idempotency-Key.
+//
+// Many pushes are in flight at once: up to prefetch per queue and at most max_in_flight per
+// partner (the rest wait in the lane, in order). A partner whose recent pushes mostly failed
+// (circuit_breaker) has its queue paused (basic.cancel: its messages wait in RabbitMQ), then
+// gets single probe pushes until one succeeds; other partners are unaffected.
 #ifndef ESS_OUTBOUND_SVC_LANE_H_
 #define ESS_OUTBOUND_SVC_LANE_H_
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -38,8 +48,11 @@ namespace ess::outbound {
 
 // Header names the lane reads and writes on bus messages.
 inline constexpr char kAttemptHeader[] = "x-ess-attempt";
+inline constexpr char kFirstAttemptHeader[] = "x-ess-first-attempt-ms";  // Unix ms
 inline constexpr char kReasonHeader[] = "x-ess-reason";
+inline constexpr char kHistoryHeader[] = "x-ess-history";
 inline constexpr char kPartnerHeader[] = "x-ess-partner";
+inline constexpr char kReplayHeader[] = "x-ess-replay";  // an explicit replay: push again
 
 // The delay queues of a retry policy, shortest first: initial, 2*initial, ... capped at max.
 std::vector<uint32_t> RetryDelaysMs(const ess::v1::RetryPolicy& policy);
@@ -61,10 +74,12 @@ class Lane {
     amqp::ConnectionOptions connection;
     uint16_t prefetch = 256;
     bool dry_run = false;
+    // While the replay store is unreachable, how often it is probed.
+    absl::Duration store_probe_interval = absl::Milliseconds(500);
   };
   struct Counters {
     std::atomic<uint64_t> received{0}, delivered{0}, dry_run{0}, retried{0}, parked{0},
-        record_failures{0};
+        duplicates{0}, requeued{0}, breaker_opened{0}, store_pauses{0};
   };
 
   // `recorder` must outlive the lane.
@@ -74,32 +89,56 @@ class Lane {
 
   // Connects and starts consuming every partner's queue.
   absl::Status Start();
-  // Stops consuming; unsettled deliveries return to their queues.
-  void Stop();
+  // Graceful stop: stops consuming, lets what is in flight finish (pushed, recorded, acked) for
+  // up to `deadline`, then closes; anything unfinished returns to its queue.
+  void Shutdown(absl::Duration deadline);
 
   const Counters& counters() const { return counters_; }
+  // Messages taken from the bus and not yet settled.
+  int64_t in_flight() const { return live_.load(); }
+  bool paused_for_store() const { return store_paused_.load(); }
 
  private:
   struct PartnerState;
   struct Job;
 
   void Handle(amqp::Delivery delivery);
+  void Enqueue(PartnerState& p, std::unique_ptr<Job> job);
+  // Dispatches waiting jobs as far as the partner's limit and breaker allow, or returns them
+  // to the broker while the partner or the store is paused.
+  void Pump(PartnerState& p);
   void Dispatch(PartnerState& p, std::unique_ptr<Job> job);
   void OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
-  void Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status);
+  void Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
+             absl::Duration retry_after);
   // Records the job as DEAD and moves it to the parked queue.
   void Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason);
   void Record(PartnerState& p, Job& job, ess::v1::MessageStatus status, std::string rendered,
               const absl::Status& error, ReplayRecorder::Done done);
-  void ReleaseSlot(PartnerState& p);
+  // Breaker bookkeeping of one push outcome; true if the breaker just opened.
+  bool NoteOutcome(PartnerState& p, bool failed);
+  void OpenBreaker(PartnerState& p);
+  void PauseForStore(const absl::Status& why);
+  void Supervise();
+
+  // Settlement; each ends the job's life in the lane.
+  void Ack(Job& job);
+  void Requeue(Job& job);
+  void MoveAndAck(Job& job, std::string queue, amqp::Message message);
 
   Options options_;
-  bool dry_run_;
   ReplayRecorder* recorder_;
   std::vector<std::unique_ptr<PartnerState>> partners_;
   absl::flat_hash_map<std::string, PartnerState*> by_queue_;
   std::unique_ptr<amqp::Consumer> consumer_;
   Counters counters_;
+  std::atomic<int64_t> live_{0};
+  std::atomic<bool> store_paused_{false};
+  std::atomic<bool> draining_{false};
+
+  absl::Mutex supervisor_mu_;
+  bool stop_supervisor_ ABSL_GUARDED_BY(supervisor_mu_) = false;
+  std::thread supervisor_;
 };
 
 }  // namespace ess::outbound

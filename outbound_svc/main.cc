@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
                   {"dry_run", dry_run ? "true" : "false"}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
-  lane.Stop();
+  lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
   recorder.Stop();
   http.Stop();
   const auto& c = lane.counters();
@@ -80,6 +80,8 @@ int main(int argc, char** argv) {
                   {"delivered", std::to_string(c.delivered.load())},
                   {"dry_run", std::to_string(c.dry_run.load())},
                   {"retried", std::to_string(c.retried.load())},
-                  {"parked", std::to_string(c.parked.load())}});
+                  {"parked", std::to_string(c.parked.load())},
+                  {"duplicates", std::to_string(c.duplicates.load())},
+                  {"requeued", std::to_string(c.requeued.load())}});
   return 0;
 }

@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "adapters/http_status.h"
 #include "adapters/json_pull.h"
 #include "common/log.h"
@@ -117,6 +118,9 @@ void RestAdapter::Push(const PushRequest& request, PushDone done) {
       result.elapsed = resp->elapsed;
       result.detail = absl::StrCat(resp->status);
       result.status = ClassifyHttpStatus(resp->status, success_codes_, resp->body);
+      if (!result.status.ok()) {
+        result.retry_after = ParseRetryAfter(resp->Header("retry-after"), absl::Now());
+      }
     }
     std::move(done)(std::move(result));
   });

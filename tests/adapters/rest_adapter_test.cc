@@ -174,6 +174,12 @@ TEST(HttpStatusTest, Classification) {
   EXPECT_EQ(ClassifyHttpStatus(200, only201, "").code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ClassifyHttpStatus(201, only201, "").ok());
   EXPECT_TRUE(IsRetryable(absl::UnavailableError("")));
+  const absl::Time now = absl::FromUnixSeconds(1790000000);  // 2026-09-21T14:13:20Z
+  EXPECT_EQ(ParseRetryAfter("120", now), absl::Seconds(120));
+  EXPECT_EQ(ParseRetryAfter("", now), absl::ZeroDuration());
+  EXPECT_EQ(ParseRetryAfter("soon", now), absl::ZeroDuration());
+  EXPECT_EQ(ParseRetryAfter("Mon, 21 Sep 2026 14:15:00 GMT", now), absl::Seconds(100));
+  EXPECT_EQ(ParseRetryAfter("Mon, 21 Sep 2026 14:00:00 GMT", now), absl::ZeroDuration());
   EXPECT_FALSE(IsRetryable(absl::InvalidArgumentError("")));
 }
 
