@@ -1,12 +1,13 @@
 #include "inbound_svc/lane.h"
 
+#include <openssl/evp.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/sv.h"
@@ -25,30 +26,91 @@ std::string ErrorBody(std::string_view message) {
   return std::string(buf.GetString(), buf.GetSize());
 }
 
+std::string OkBody(size_t events, size_t duplicates) {
+  if (duplicates == 0) return absl::StrCat(R"({"ok":true,"events":)", events, "}");
+  return absl::StrCat(R"({"ok":true,"events":)", events, R"(,"duplicates":)", duplicates, "}");
+}
+
+// The first 16 hex digits of SHA-256(text).
+std::string ShortHash(std::string_view text) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), 8));
+}
+
+absl::Time FromProto(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
+}
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
 }  // namespace
 
-// One webhook call in flight: its events, how many confirms are outstanding, its responder.
+// --- RecentIds -------------------------------------------------------------------------------
+
+Lane::RecentIds::Claim Lane::RecentIds::Take(const std::string& id, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  while (!order_.empty() && order_.front().first + window_ < now) {
+    auto it = ids_.find(order_.front().second);
+    if (it != ids_.end() && it->second.published && it->second.at + window_ < now) {
+      ids_.erase(it);
+    }
+    order_.pop_front();
+  }
+  auto [it, inserted] = ids_.try_emplace(id, Entry{.published = false, .at = now});
+  if (inserted) return Claim::kClaimed;
+  if (!it->second.published) return Claim::kInProgress;
+  if (it->second.at + window_ >= now) return Claim::kPublished;
+  it->second = Entry{.published = false, .at = now};  // expired: a new delivery
+  return Claim::kClaimed;
+}
+
+void Lane::RecentIds::Published(const std::string& id, absl::Time at) {
+  absl::MutexLock lock(&mu_);
+  ids_[id] = Entry{.published = true, .at = at};
+  order_.emplace_back(at, id);
+}
+
+void Lane::RecentIds::Release(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  auto it = ids_.find(id);
+  if (it != ids_.end() && !it->second.published) ids_.erase(it);
+}
+
+// --- Call ------------------------------------------------------------------------------------
+
+// One webhook call in flight. Its events go through three rounds, each of which ends when its
+// last answer arrives: store lookups (idempotency), publishes (confirms), records.
 struct Lane::Call {
   std::string partner;
   std::string path;
-  std::string webhook_id;
   std::string payload;
-  std::vector<adapters::InboundEvent> events;
-  std::vector<std::string> message_ids;  // one per event
   absl::Time received_at;
   http::Responder responder;
+  std::vector<adapters::InboundEvent> events;  // the events this call owns (not duplicates)
+  std::vector<std::string> ids;                // their message ids
+  std::vector<char> seen;                      // set when the store shows one published
+  size_t duplicates = 0;
+  bool finished = false;
+
   absl::Mutex mu;
   size_t pending ABSL_GUARDED_BY(mu) = 0;
   absl::Status error ABSL_GUARDED_BY(mu);
 
-  // Counts one answer (publish confirm or record) in; true for the last one, with `*first_error`
-  // set to the first failure of the round.
+  void StartRound(size_t n) {
+    absl::MutexLock lock(&mu);
+    pending = n;
+  }
+  // Counts one answer in; true for the last one of the round, with `*first_error` set to the
+  // round's first failure.
   bool Settle(const absl::Status& status, absl::Status* first_error) {
     absl::MutexLock lock(&mu);
     if (!status.ok() && error.ok()) error = status;
     if (--pending > 0) return false;
     *first_error = error;
-    pending = events.size();  // the next round (records) counts the same events
     return true;
   }
 };
@@ -58,9 +120,9 @@ Lane::Lane(Options options, std::vector<Route> routes, amqp::Publisher* publishe
     : options_(std::move(options)),
       publisher_(publisher),
       recorder_(recorder),
-      server_(options_.server, [this](http::ServerRequest req, http::Responder r) {
-        Handle(std::move(req), std::move(r));
-      }) {
+      server_(options_.server, [this](http::ServerRequest req,
+                                      http::Responder r) { Handle(std::move(req), std::move(r)); }),
+      recent_(options_.dedupe_window) {
   for (auto& r : routes) {
     std::string path = r.path;
     routes_.emplace(std::move(path), std::move(r));
@@ -77,7 +139,9 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
   auto reply = [&](int status, std::string_view message) {
     counters_.rejected.fetch_add(1, std::memory_order_relaxed);
-    std::move(responder).Send({.status = status, .body = ErrorBody(message)});
+    http::ServerResponse resp{.status = status, .body = ErrorBody(message)};
+    if (status == 503) resp.headers.emplace_back("Retry-After", "1");
+    std::move(responder).Send(std::move(resp));
   };
   auto it = routes_.find(request.path);
   if (it == routes_.end()) {
@@ -104,36 +168,104 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     reply(400, absl::StrCat(route.partner, ": ", events.status().message()));
     return;
   }
-  if (events->empty()) {
-    std::move(responder).Send({.status = 200, .body = R"({"ok":true,"events":0})"});
-    return;
-  }
+
+  // Claim each event's id; drop the ones published lately.
+  const std::string webhook_id(request.Header("webhook-id"));
+  const absl::Time now = absl::Now();
   auto call = std::make_shared<Call>();
+  bool in_progress = false;
+  for (size_t i = 0; i < events->size(); ++i) {
+    adapters::InboundEvent& ev = (*events)[i];
+    std::string id = webhook_id.empty() ? absl::StrCat(ev.correlation_id, ":", ShortHash(ev.body))
+                     : events->size() == 1 ? webhook_id
+                                           : absl::StrCat(webhook_id, ":", i);
+    switch (recent_.Take(id, now)) {
+      case RecentIds::Claim::kPublished:
+        ++call->duplicates;
+        break;
+      case RecentIds::Claim::kInProgress:
+        in_progress = true;
+        break;
+      case RecentIds::Claim::kClaimed:
+        call->events.push_back(std::move(ev));
+        call->ids.push_back(std::move(id));
+        break;
+    }
+  }
   call->partner = route.partner;
   call->path = route.path;
-  call->webhook_id = std::string(request.Header("webhook-id"));
   call->payload = std::move(request.body);
-  call->events = *std::move(events);
-  call->received_at = absl::Now();
+  call->received_at = now;
   call->responder = std::move(responder);
-  {
-    absl::MutexLock lock(&call->mu);
-    call->pending = call->events.size();
+  counters_.duplicates.fetch_add(call->duplicates, std::memory_order_relaxed);
+  if (in_progress) {
+    counters_.rejected.fetch_add(1, std::memory_order_relaxed);
+    Finish(*call, 503, ErrorBody("a delivery with the same id is in progress"));
+    return;
   }
-  // The message id: the partner's webhook-id when it sends one, else correlation id and type.
+  if (call->events.empty()) {
+    Finish(*call, 200, OkBody(0, call->duplicates));
+    return;
+  }
+  // Round 1: has the store seen these ids published (another replica, or before a restart)?
+  call->seen.assign(call->events.size(), 0);
+  call->StartRound(call->events.size());
   for (size_t i = 0; i < call->events.size(); ++i) {
-    const adapters::InboundEvent& ev = call->events[i];
-    call->message_ids.push_back(
-        call->webhook_id.empty()   ? absl::StrCat(ev.correlation_id, ":", ev.event_type)
-        : call->events.size() == 1 ? call->webhook_id
-                                   : absl::StrCat(call->webhook_id, ":", i));
+    ess::v1::RecordKey key;
+    key.set_direction(ess::v1::DIRECTION_INBOUND);
+    key.set_partner(call->partner);
+    key.set_message_id(call->ids[i]);
+    recorder_->Lookup(key, [this, call, i](absl::StatusOr<ess::v1::MessageRecord> rec) {
+      absl::Status status;
+      if (rec.ok()) {
+        const absl::Time at = FromProto(rec->updated_at());
+        if (rec->status() == ess::v1::MESSAGE_STATUS_PUBLISHED &&
+            at + options_.dedupe_window >= call->received_at) {
+          call->seen[i] = 1;
+        }
+      } else if (rec.status().code() != absl::StatusCode::kNotFound) {
+        status = rec.status();
+      }
+      absl::Status error;
+      if (call->Settle(status, &error)) {
+        if (!error.ok()) {
+          counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
+          Finish(*call, 503, ErrorBody(absl::StrCat("replay store: ", error.message())));
+          return;
+        }
+        OnLookedUp(call);
+      }
+    });
   }
+}
+
+void Lane::OnLookedUp(std::shared_ptr<Call> call) {
+  // Round 2: publish what the store has not seen.
+  std::vector<adapters::InboundEvent> fresh;
+  std::vector<std::string> fresh_ids;
+  for (size_t i = 0; i < call->events.size(); ++i) {
+    if (call->seen[i]) {
+      ++call->duplicates;
+      counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
+      recent_.Published(call->ids[i], call->received_at);
+    } else {
+      fresh.push_back(std::move(call->events[i]));
+      fresh_ids.push_back(std::move(call->ids[i]));
+    }
+  }
+  call->events = std::move(fresh);
+  call->ids = std::move(fresh_ids);
+  if (call->events.empty()) {
+    Finish(*call, 200, OkBody(0, call->duplicates));
+    return;
+  }
+  call->StartRound(call->events.size());
   for (size_t i = 0; i < call->events.size(); ++i) {
     const adapters::InboundEvent& ev = call->events[i];
     amqp::Message msg;
     msg.body = ev.body;
     msg.correlation_id = ev.correlation_id;
-    msg.message_id = call->message_ids[i];
+    msg.message_id = call->ids[i];
     msg.type = ev.event_type;
     msg.headers.emplace_back("x-ess-partner", call->partner);
     publisher_->Publish(options_.events_exchange, "", std::move(msg),
@@ -144,7 +276,6 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
 void Lane::OnPublished(std::shared_ptr<Call> call, absl::Status status) {
   absl::Status error;
   if (!call->Settle(status, &error)) return;
-  // Every publish of the call has been answered (this thread is the last one).
   if (!error.ok()) {
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
     log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
@@ -152,45 +283,55 @@ void Lane::OnPublished(std::shared_ptr<Call> call, absl::Status status) {
     Finish(*call, 503, ErrorBody(absl::StrCat("event bus: ", error.message())));
     return;
   }
-  // Record every event; answer 200 when the last record is stored.
-  const auto now = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
-      absl::ToUnixNanos(call->received_at));
+  // Round 3: record every event; answer 200 when the last record is stored.
+  call->StartRound(call->events.size());
+  const auto received = ToProto(call->received_at);
   for (size_t i = 0; i < call->events.size(); ++i) {
     const adapters::InboundEvent& ev = call->events[i];
     ess::v1::MessageRecord rec;
     rec.set_direction(ess::v1::DIRECTION_INBOUND);
     rec.set_partner(call->partner);
     rec.set_correlation_id(ev.correlation_id);
-    rec.set_message_id(call->message_ids[i]);
+    rec.set_message_id(call->ids[i]);
     rec.set_event_type(ev.event_type);
     rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
     rec.set_payload(call->payload);
     rec.set_rendered(ev.body);
     rec.set_source(call->path);
     rec.set_attempts(1);
-    *rec.mutable_received_at() = now;
+    *rec.mutable_received_at() = received;
     recorder_->Record(std::move(rec), [this, call](absl::Status s) {
       absl::Status err;
-      if (!call->Settle(s, &err)) return;
-      const std::string& cid = call->events.front().correlation_id;
-      if (!err.ok()) {
-        counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-        log::Warn(cid, "replay store did not take the record; partner told to retry",
-                  {{"partner", call->partner}, {"error", ToStd(err.message())}});
-        Finish(*call, 503, ErrorBody(absl::StrCat("replay store: ", err.message())));
-        return;
+      if (call->Settle(s, &err)) {
+        if (!err.ok()) {
+          counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
+          log::Warn(call->events.front().correlation_id,
+                    "replay store did not take the record; partner told to retry",
+                    {{"partner", call->partner}, {"error", ToStd(err.message())}});
+          Finish(*call, 503, ErrorBody(absl::StrCat("replay store: ", err.message())));
+          return;
+        }
+        OnRecorded(call);
       }
-      counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
-      log::Info(cid, "published",
-                {{"partner", call->partner},
-                 {"type", call->events.front().event_type},
-                 {"events", absl::StrCat(call->events.size())}});
-      Finish(*call, 200, absl::StrCat(R"({"ok":true,"events":)", call->events.size(), "}"));
     });
   }
 }
 
+void Lane::OnRecorded(std::shared_ptr<Call> call) {
+  const absl::Time now = absl::Now();
+  for (const std::string& id : call->ids) recent_.Published(id, now);
+  counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
+  log::Info(call->events.front().correlation_id, "published",
+            {{"partner", call->partner},
+             {"type", call->events.front().event_type},
+             {"events", absl::StrCat(call->events.size())}});
+  Finish(*call, 200, OkBody(call->events.size(), call->duplicates));
+}
+
 void Lane::Finish(Call& call, int status, std::string body) {
+  if (status != 200) {
+    for (const std::string& id : call.ids) recent_.Release(id);
+  }
   http::ServerResponse resp{.status = status, .body = std::move(body)};
   if (status == 503) resp.headers.emplace_back("Retry-After", "1");
   std::move(call.responder).Send(std::move(resp));

@@ -12,17 +12,26 @@
 //
 // Publishes and records of concurrent requests are pipelined: no request waits for another's
 // confirm.
+//
+// Idempotency: each event's message id is the partner's `webhook-id` header (":N" appended per
+// event when one call carries several), or else its correlation id and a hash of the event.
+// An id published within the dedupe window (remembered in memory, and looked up in the replay
+// store so that it holds across restarts and replicas) is answered 200 with "duplicates" and
+// not published again; an id still being published by another request gets 503.
 #ifndef ESS_INBOUND_SVC_LANE_H_
 #define ESS_INBOUND_SVC_LANE_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "adapters/adapter.h"
 #include "common/amqp.h"
 #include "common/http_server.h"
@@ -40,9 +49,10 @@ class Lane {
   struct Options {
     http::Server::Options server;
     std::string events_exchange = "events";
+    absl::Duration dedupe_window = absl::Minutes(10);
   };
   struct Counters {
-    std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0};
+    std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0};
   };
 
   // `publisher` and `recorder` must outlive the lane.
@@ -58,8 +68,32 @@ class Lane {
  private:
   struct Call;
 
+  // Message ids published (or being published) lately, for idempotency.
+  class RecentIds {
+   public:
+    enum class Claim { kClaimed, kInProgress, kPublished };
+    explicit RecentIds(absl::Duration window) : window_(window) {}
+    // kClaimed: the caller now owns `id` until Published or Release.
+    Claim Take(const std::string& id, absl::Time now);
+    void Published(const std::string& id, absl::Time at);
+    void Release(const std::string& id);
+
+   private:
+    struct Entry {
+      bool published = false;
+      absl::Time at;
+    };
+    const absl::Duration window_;
+    absl::Mutex mu_;
+    absl::flat_hash_map<std::string, Entry> ids_ ABSL_GUARDED_BY(mu_);
+    std::deque<std::pair<absl::Time, std::string>> order_ ABSL_GUARDED_BY(mu_);
+  };
+
   void Handle(http::ServerRequest request, http::Responder responder);
+  void OnLookedUp(std::shared_ptr<Call> call);
   void OnPublished(std::shared_ptr<Call> call, absl::Status status);
+  void OnRecorded(std::shared_ptr<Call> call);
+  // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
   void Finish(Call& call, int status, std::string body);
 
   Options options_;
@@ -67,6 +101,7 @@ class Lane {
   amqp::Publisher* publisher_;
   ReplayRecorder* recorder_;
   http::Server server_;
+  RecentIds recent_;
   Counters counters_;
 };
 

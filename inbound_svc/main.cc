@@ -54,10 +54,12 @@ int main(int argc, char** argv) {
       {.connection = ess::BusOptions(config->bus(), "inbound_svc"),
        .topology = {.exchanges = {{.name = exchange, .type = "fanout"}}}});
   ess::ReplayRecorder recorder(ess::RecorderOptions(config->replay()));
-  ess::inbound::Lane lane({.server = {.listen = config->inbound().listen(),
-                                      .max_body_bytes = config->inbound().max_body_bytes()},
-                           .events_exchange = exchange},
-                          std::move(routes), &publisher, &recorder);
+  ess::inbound::Lane lane(
+      {.server = {.listen = config->inbound().listen(),
+                  .max_body_bytes = config->inbound().max_body_bytes()},
+       .events_exchange = exchange,
+       .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds())},
+      std::move(routes), &publisher, &recorder);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     // The publisher keeps reconnecting; webhooks get 503 meanwhile.
     ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
@@ -80,6 +82,7 @@ int main(int argc, char** argv) {
                  {{"requests", std::to_string(c.requests.load())},
                   {"published", std::to_string(c.published.load())},
                   {"rejected", std::to_string(c.rejected.load())},
-                  {"unavailable", std::to_string(c.unavailable.load())}});
+                  {"unavailable", std::to_string(c.unavailable.load())},
+                  {"duplicates", std::to_string(c.duplicates.load())}});
   return 0;
 }

@@ -329,6 +329,52 @@ TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  std::string sub = testing::UniqueName("subscriber");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
+  auto post = [&](const std::string& body, const std::string& webhook_id) {
+    http::HeaderList headers = {{"Content-Type", "application/json"}};
+    if (!webhook_id.empty()) headers.emplace_back("webhook-id", webhook_id);
+    auto r = http_.SendAndWait({.url = Url("/webhook/prison"), .headers = headers, .body = body});
+    EXPECT_TRUE(r.ok());
+    return r.ok() ? r->body : std::string();
+  };
+  // The same webhook-id: published once.
+  EXPECT_EQ(post(R"({"id":"VIS-1","status":"confirmed"})", "msg_1"), R"({"ok":true,"events":1})");
+  EXPECT_EQ(post(R"({"id":"VIS-1","status":"confirmed"})", "msg_1"),
+            R"({"ok":true,"events":0,"duplicates":1})");
+  // No webhook-id: the same correlation id and payload is a repeat; another status is not.
+  EXPECT_EQ(post(R"({"id":"VIS-2","status":"confirmed"})", ""), R"({"ok":true,"events":1})");
+  EXPECT_EQ(post(R"({"id":"VIS-2","status":"confirmed"})", ""),
+            R"({"ok":true,"events":0,"duplicates":1})");
+  EXPECT_EQ(post(R"({"id":"VIS-2","status":"cancelled"})", ""), R"({"ok":true,"events":1})");
+  // A new inbound_svc process has an empty memory: the replay store still knows msg_1.
+  EXPECT_EQ(inbound_->Stop(), 0);
+  StartInbound("hub.yaml");
+  EXPECT_EQ(post(R"({"id":"VIS-1","status":"confirmed"})", "msg_1"),
+            R"({"ok":true,"events":0,"duplicates":1})");
+
+  std::vector<std::string> bodies;
+  while (true) {
+    auto d = (*conn)->Get(sub);
+    if (!d.ok()) break;
+    bodies.push_back(d->message.body);
+  }
+  EXPECT_THAT(bodies, ::testing::ElementsAre(
+                          R"({"type":"SlotConfirmed","id":"VIS-1","status":"confirmed"})",
+                          R"({"type":"SlotConfirmed","id":"VIS-2","status":"confirmed"})",
+                          R"({"type":"SlotConfirmed","id":"VIS-2","status":"cancelled"})"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, BadWebhooksGetTheRightStatusAndReason) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
