@@ -14,6 +14,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/replay_client.h"
+#include "tests/integration/capture_partner.h"
 #include "tests/integration/harness.h"
 
 namespace ess {
@@ -24,40 +25,7 @@ using ::testing::HasSubstr;
 using testing::Process;
 using testing::WaitFor;
 
-// A partner that records every request it gets and answers with a settable status.
-class CapturePartner {
- public:
-  struct Seen {
-    std::string path, body, idempotency_key, correlation;
-  };
-  CapturePartner()
-      : server_({}, [this](http::ServerRequest req, http::Responder r) {
-          {
-            absl::MutexLock lock(&mu_);
-            seen_.push_back({req.path, req.body, std::string(req.Header("idempotency-key")),
-                             std::string(req.Header("x-correlation-id"))});
-          }
-          std::move(r).Send({.status = status_.load(), .body = R"({"accepted":true})"});
-        }) {
-    EXPECT_TRUE(server_.Start().ok());
-  }
-  int port() const { return server_.port(); }
-  size_t count() {
-    absl::MutexLock lock(&mu_);
-    return seen_.size();
-  }
-  std::vector<Seen> seen() {
-    absl::MutexLock lock(&mu_);
-    return seen_;
-  }
-  void set_status(int s) { status_ = s; }
-
- private:
-  absl::Mutex mu_;
-  std::vector<Seen> seen_ ABSL_GUARDED_BY(mu_);
-  std::atomic<int> status_{201};
-  http::Server server_;
-};
+using testing::CapturePartner;
 
 class HubTest : public ::testing::Test {
  protected:

@@ -1,0 +1,697 @@
+// Fault injection: the hub's delivery guarantees under crashes, outages and failing partners,
+// on the real binaries, the real broker and real HTTP. Each test prints what a Jepsen-style
+// checker would (lost / duplicated / reconciled) and asserts that nothing was lost.
+//
+//   lost        ids accepted upstream (published with confirm, or answered 2xx) that never
+//               reached the other side
+//   duplicated  extra copies that reached the other side (each with the same idempotency key)
+//   reconciled  redeliveries the hub itself recognised as done and did not pass on again
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/amqp.h"
+#include "common/http_client.h"
+#include "common/replay_client.h"
+#include "tests/integration/capture_partner.h"
+#include "tests/integration/harness.h"
+
+namespace ess {
+namespace {
+
+using testing::BinaryPath;
+using testing::CapturePartner;
+using ::testing::HasSubstr;
+using testing::Process;
+using testing::WaitFor;
+
+struct Tally {
+  size_t lost = 0, duplicated = 0, reconciled = 0;
+};
+
+void Report(const std::string& scenario, const Tally& t) {
+  std::cout << "FAULT " << scenario << ": lost=" << t.lost << " duplicated=" << t.duplicated
+            << " reconciled=" << t.reconciled << std::endl;
+  ::testing::Test::RecordProperty("lost", static_cast<int>(t.lost));
+  ::testing::Test::RecordProperty("duplicated", static_cast<int>(t.duplicated));
+  ::testing::Test::RecordProperty("reconciled", static_cast<int>(t.reconciled));
+}
+
+size_t CountOccurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+std::string VisitEvent(const std::string& id) {
+  return absl::StrCat(R"({"type":"VisitScheduleUpdated","id":")", id,
+                      R"(","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"})");
+}
+
+struct PartnerSpec {
+  std::string name;
+  std::string queue;
+  std::string url;
+  int max_attempts = 5;
+  int initial_backoff_ms = 100;
+  int max_backoff_ms = 400;
+  int timeout_ms = 2000;
+  bool breaker = false;
+  std::string webhook_path;  // empty: no inbound route
+};
+
+class FaultTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = testing::BrokerOptions();
+    exchange_ = testing::UniqueName("events");
+    replay_port_ = testing::FreePort();
+    inbound_port_ = testing::FreePort();
+  }
+
+  void TearDown() override {
+    for (auto* p : {&outbound_, &inbound_}) {
+      if (*p && (*p)->Running()) {
+        EXPECT_EQ((*p)->Stop(), 0) << Tail((*p)->Log());
+      }
+    }
+    stub_.reset();
+    if (replay_ && replay_->Running()) {
+      EXPECT_EQ(replay_->Stop(), 0) << Tail(replay_->Log());
+    }
+    if (HasFailure()) {
+      for (auto* p : {&replay_, &outbound_, &inbound_}) {
+        if (*p) std::cerr << "---- log (last 4000 bytes) ----\n" << Tail((*p)->Log());
+      }
+    }
+  }
+
+  static std::string Tail(const std::string& s) {
+    return s.size() > 4000 ? s.substr(s.size() - 4000) : s;
+  }
+
+  void WriteConfig(const std::vector<PartnerSpec>& partners) {
+    std::string yaml =
+        absl::StrCat(R"(
+bus: {host: 127.0.0.1, port: )",
+                     broker_.port, R"(, events_exchange: )", exchange_, R"(, heartbeat_seconds: 5}
+replay: {listen: "127.0.0.1:)",
+                     replay_port_, R"(", database_path: replay.db, deadline_ms: 2000}
+outbound: {prefetch: 64, shutdown_deadline_ms: 5000}
+inbound: {listen: "127.0.0.1:)",
+                     inbound_port_, R"("}
+logging: {level: info}
+partners:
+)");
+    for (const PartnerSpec& p : partners) {
+      absl::StrAppend(&yaml, "  - name: ", p.name, R"(
+    adapter: rest
+    settings: {base_url: ")",
+                      p.url, R"(", path: /api/slots, timeout_ms: )", p.timeout_ms,
+                      R"(, connect_timeout_ms: 500}
+)");
+      if (!p.queue.empty()) {
+        absl::StrAppend(&yaml, "    outbound:\n      queue: ", p.queue, R"(
+      max_in_flight: 32
+      retry: {max_attempts: )",
+                        p.max_attempts, ", initial_backoff_ms: ", p.initial_backoff_ms,
+                        ", max_backoff_ms: ", p.max_backoff_ms, R"(}
+      circuit_breaker: {disabled: )",
+                        p.breaker ? "false" : "true",
+                        R"(, window: 10, open_ms: 300, max_open_ms: 1000}
+      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}, {target: slot, source: slotUtc}]
+)");
+      }
+      if (!p.webhook_path.empty()) {
+        absl::StrAppend(&yaml, "    inbound:\n      webhook_path: ", p.webhook_path, R"(
+      mapping: [{target: type, constant: SlotConfirmed}, {target: id, source: id}, {target: status, source: status}]
+)");
+      }
+    }
+    dir_.Write("hub.yaml", yaml);
+  }
+
+  void StartReplay() {
+    replay_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("replay.log"));
+    if (!stub_) stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
+          ess::v1::StatsResponse resp;
+          return stub_->Stats(&ctx, {}, &resp).ok();
+        },
+        absl::Seconds(20)))
+        << replay_->Log();
+  }
+
+  void StartOutbound() {
+    outbound_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("outbound.log"));
+  }
+
+  void StartInbound() {
+    inbound_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("inbound_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("inbound.log"));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          auto r = http_.SendAndWait(
+              {.method = "GET",
+               .url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/healthz"),
+               .timeout = absl::Seconds(1)});
+          return r.ok() && r->status == 200;
+        },
+        absl::Seconds(20)));
+  }
+
+  // Publishes every event (confirmed) to `queue`.
+  void Publish(const std::string& queue, const std::vector<std::string>& ids) {
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue}}}).ok());
+    amqp::Publisher pub({.connection = broker_});
+    ASSERT_TRUE(pub.Start().ok());
+    std::atomic<size_t> ok{0}, failed{0};
+    size_t sent = 0;
+    for (const std::string& id : ids) {
+      // Stay well under the publisher's in-flight bound.
+      ASSERT_TRUE(WaitFor([&] { return sent - ok - failed < 4096; }, absl::Seconds(30)));
+      ++sent;
+      pub.Publish("", queue, {.body = VisitEvent(id), .correlation_id = id, .message_id = id},
+                  [&](absl::Status s) { (s.ok() ? ok : failed).fetch_add(1); });
+    }
+    ASSERT_TRUE(WaitFor([&] { return ok + failed == ids.size(); }, absl::Seconds(60)));
+    ASSERT_EQ(failed.load(), 0u);
+    pub.Stop();
+  }
+
+  // A queue bound to the events exchange, to see what the inbound lane published.
+  std::string Subscribe() {
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok());
+    std::string sub = testing::UniqueName("subscriber");
+    EXPECT_TRUE((*conn)
+                    ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                             .queues = {{.name = sub}},
+                             .bindings = {{.queue = sub, .exchange = exchange_}}})
+                    .ok());
+    return sub;
+  }
+
+  // Every message in `queue` (drained), by correlation id.
+  std::map<std::string, int> Drain(const std::string& queue) {
+    std::map<std::string, int> seen;
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok());
+    while (true) {
+      auto d = (*conn)->Get(queue);
+      if (!d.ok()) break;
+      ++seen[d->message.correlation_id];
+    }
+    return seen;
+  }
+
+  ess::v1::MessageRecord Record(const std::string& partner, const std::string& id) {
+    grpc::ClientContext ctx;
+    ess::v1::GetRequest req;
+    req.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
+    req.mutable_record()->set_partner(partner);
+    req.mutable_record()->set_message_id(id);
+    ess::v1::GetResponse resp;
+    if (!stub_->Get(&ctx, req, &resp).ok() || resp.records_size() == 0) return {};
+    return resp.records(0);
+  }
+
+  uint64_t Delivered(const std::string& partner) {
+    grpc::ClientContext ctx;
+    ess::v1::StatsRequest req;
+    req.set_partner(partner);
+    ess::v1::StatsResponse resp;
+    if (!stub_->Stats(&ctx, req, &resp).ok()) return 0;
+    for (const auto& p : resp.partners()) {
+      if (p.direction() == ess::v1::DIRECTION_OUTBOUND) return p.delivered();
+    }
+    return 0;
+  }
+
+  uint32_t Depth(const std::string& queue) {
+    auto conn = amqp::Connection::Open(broker_);
+    if (!conn.ok()) return 0;
+    auto n = (*conn)->MessageCount(queue);
+    return n.ok() ? *n : 0;
+  }
+
+  // Runs the broker's own control tool against the test node (stop_app / start_app).
+  void BrokerCtl(const std::string& command) {
+    const std::string cmd =
+        absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/rabbitmq.sh ctl ",
+                     testing::RequiredEnv("ESS_RABBITMQ_DIR"), " ", command, " >/dev/null 2>&1");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
+  // Sends webhooks for `ids` with `concurrency` in flight, retrying each on anything but a 2xx
+  // (as a partner would) until it gets one or `budget` runs out; returns the ids answered 2xx.
+  std::set<std::string> SendWebhooks(const std::vector<std::string>& ids, size_t concurrency,
+                                     absl::Duration budget) {
+    absl::Mutex mu;
+    std::set<std::string> acked;
+    size_t next = 0;
+    const absl::Time deadline = absl::Now() + budget;
+    http::Client client({});
+    std::vector<std::thread> workers;
+    for (size_t w = 0; w < concurrency; ++w) {
+      workers.emplace_back([&] {
+        while (true) {
+          std::string id;
+          {
+            absl::MutexLock lock(&mu);
+            if (next == ids.size()) return;
+            id = ids[next++];
+          }
+          while (absl::Now() < deadline) {
+            auto r = client.SendAndWait(
+                {.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
+                 .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-" + id}},
+                 .body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"),
+                 .timeout = absl::Seconds(5),
+                 .connect_timeout = absl::Milliseconds(500)});
+            if (r.ok() && r->status / 100 == 2) {
+              absl::MutexLock lock(&mu);
+              acked.insert(id);
+              break;
+            }
+            absl::SleepFor(absl::Milliseconds(20));
+          }
+        }
+      });
+    }
+    for (auto& t : workers) t.join();
+    return acked;
+  }
+
+  amqp::ConnectionOptions broker_;
+  std::string exchange_;
+  int replay_port_ = 0, inbound_port_ = 0;
+  testing::TempDir dir_;
+  http::Client http_{{}};
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+  std::unique_ptr<Process> replay_, outbound_, inbound_;
+};
+
+std::vector<std::string> Ids(const std::string& prefix, int n) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(absl::StrCat(prefix, i));
+  return ids;
+}
+
+// A partner that takes about `us` microseconds per request, so a flow lasts long enough to be
+// interrupted.
+void SlowDown(CapturePartner& partner, int us) {
+  partner.set_behaviour([us](const CapturePartner::Seen&, http::Responder r) {
+    absl::SleepFor(absl::Microseconds(us));
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+}
+
+TEST_F(FaultTest, OutboundKilledEveryTwoSecondsLosesNothing) {
+  CapturePartner partner;
+  SlowDown(partner, 700);
+  const std::string queue = testing::UniqueName("kill9");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  constexpr int kEvents = 10000;
+  const auto ids = Ids("K-", kEvents);
+  Publish(queue, ids);
+
+  StartOutbound();
+  int kills = 0;
+  auto all_seen = [&] {
+    std::set<std::string> unique;
+    for (const auto& s : partner.seen()) unique.insert(s.correlation);
+    return unique.size() == static_cast<size_t>(kEvents);
+  };
+  const absl::Time deadline = absl::Now() + absl::Seconds(120);
+  while (!all_seen() && absl::Now() < deadline) {
+    if (WaitFor(all_seen, absl::Seconds(2))) break;
+    outbound_->Stop(SIGKILL);
+    ++kills;
+    StartOutbound();
+  }
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == kEvents && Depth(queue) == 0; },
+                      absl::Seconds(60)));
+  EXPECT_EQ(outbound_->Stop(), 0);
+
+  std::map<std::string, int> copies;
+  for (const auto& s : partner.seen()) {
+    ++copies[s.correlation];
+    EXPECT_EQ(s.idempotency_key, s.correlation);  // every copy carries the same key
+  }
+  Tally t;
+  for (const auto& id : ids) {
+    if (copies[id] == 0) ++t.lost;
+    if (copies[id] > 1) t.duplicated += copies[id] - 1;
+  }
+  t.reconciled = CountOccurrences(outbound_->Log(), "already delivered; acked without a push");
+  std::cout << "kills=" << kills << " requests=" << partner.count() << std::endl;
+  Report("outbound kill -9 every 2s, 10000 events", t);
+  EXPECT_GE(kills, 1);
+  EXPECT_EQ(t.lost, 0u);
+  // Only what was in flight at a kill can be pushed twice: prefetch (64) per kill at most.
+  EXPECT_LE(t.duplicated, static_cast<size_t>(kills) * 64);
+}
+
+TEST_F(FaultTest, BrokerRestartMidFlowLosesNothingConfirmedInEitherLane) {
+  CapturePartner partner;
+  SlowDown(partner, 1000);
+  const std::string queue = testing::UniqueName("restart");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  const std::string sub = Subscribe();
+  constexpr int kEvents = 3000, kWebhooks = 600;
+  const auto ids = Ids("B-", kEvents);
+  Publish(queue, ids);
+  StartOutbound();
+  StartInbound();
+  const pid_t outbound_pid = outbound_->pid(), inbound_pid = inbound_->pid();
+
+  std::set<std::string> acked;
+  std::thread client([&] { acked = SendWebhooks(Ids("W-", kWebhooks), 8, absl::Seconds(90)); });
+  ASSERT_TRUE(WaitFor([&] { return partner.count() > 500; }, absl::Seconds(30)));
+  BrokerCtl("stop_app");
+  absl::SleepFor(absl::Seconds(2));
+  BrokerCtl("start_app");
+  client.join();
+
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") >= kEvents && Depth(queue) == 0; },
+                      absl::Seconds(90)))
+      << "delivered " << Delivered("calendar");
+  EXPECT_TRUE(outbound_->Running());
+  EXPECT_TRUE(inbound_->Running());
+  EXPECT_EQ(outbound_->pid(), outbound_pid);  // neither lane was restarted
+  EXPECT_EQ(inbound_->pid(), inbound_pid);
+
+  std::map<std::string, int> pushed;
+  for (const auto& s : partner.seen()) ++pushed[s.correlation];
+  std::map<std::string, int> events = Drain(sub);
+  Tally t;
+  for (const auto& id : ids) {
+    if (pushed[id] == 0) ++t.lost;
+    if (pushed[id] > 1) t.duplicated += pushed[id] - 1;
+  }
+  for (const auto& id : acked) {
+    if (events[id] == 0) ++t.lost;
+    if (events[id] > 1) t.duplicated += events[id] - 1;
+  }
+  t.reconciled = CountOccurrences(outbound_->Log(), "already delivered; acked without a push");
+  std::cout << "webhooks answered 2xx=" << acked.size() << "/" << kWebhooks << std::endl;
+  Report("broker stop_app/start_app mid-flow, both lanes", t);
+  EXPECT_EQ(acked.size(), static_cast<size_t>(kWebhooks));
+  EXPECT_EQ(t.lost, 0u);
+}
+
+TEST_F(FaultTest, PartnerFailsEveryWayThenRecoversWhileAnotherKeepsItsPace) {
+  // Partner A: attempt 1 answers 500, attempt 2 never answers (times out), then its port is
+  // closed (refused) until the store shows a refused attempt, then it accepts.
+  const int port_a = testing::FreePort();
+  CapturePartner a(absl::StrCat("127.0.0.1:", port_a));
+  std::vector<http::Responder> held;
+  absl::Mutex held_mu;
+  std::atomic<int> requests_a{0};
+  a.set_behaviour([&](const CapturePartner::Seen&, http::Responder r) {
+    const int n = ++requests_a;
+    if (n == 1) {
+      std::move(r).Send({.status = 500, .body = "{}"});
+    } else if (n == 2) {
+      absl::MutexLock lock(&held_mu);
+      held.push_back(std::move(r));  // never answered: the lane's 600 ms timeout fires
+    } else {
+      std::move(r).Send({.status = 201, .body = "{}"});
+    }
+  });
+  CapturePartner b;
+  const std::string qa = testing::UniqueName("flaky"), qb = testing::UniqueName("healthy");
+  WriteConfig({{.name = "flaky",
+                .queue = qa,
+                .url = a.url(),
+                .max_attempts = 8,
+                .initial_backoff_ms = 300,
+                .max_backoff_ms = 600,
+                .timeout_ms = 600},
+               {.name = "healthy", .queue = qb, .url = b.url()}});
+  StartReplay();
+  Publish(qa, {"F-1"});
+  StartOutbound();
+  ASSERT_TRUE(WaitFor([&] { return requests_a.load() == 2; }, absl::Seconds(20)));
+  a.Stop();  // attempt 3 on is refused
+  const absl::Time b_start = absl::Now();
+  Publish(qb, Ids("H-", 2000));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = Record("flaky", "F-1");
+        return r.attempts() >= 3 && absl::StrContains(r.error(), "onnect");
+      },
+      absl::Seconds(20)))
+      << Record("flaky", "F-1").DebugString();
+  a.Start();
+  ASSERT_TRUE(
+      WaitFor([&] { return Record("flaky", "F-1").status() == ess::v1::MESSAGE_STATUS_DELIVERED; },
+              absl::Seconds(20)));
+  const absl::Time a_delivered = absl::Now();
+  ASSERT_TRUE(WaitFor([&] { return Delivered("healthy") == 2000; }, absl::Seconds(30)));
+  const absl::Duration b_took = absl::Now() - b_start;
+
+  const auto rec = Record("flaky", "F-1");
+  std::cout << "flaky: attempts=" << rec.attempts() << " requests reaching it=" << requests_a
+            << "; healthy: 2000 delivered in " << b_took << std::endl;
+  EXPECT_EQ(requests_a.load(), 3);  // the 500, the timeout, the success; refusals never arrive
+  EXPECT_GE(rec.attempts(), 4u);
+  EXPECT_LE(rec.attempts(), 8u);
+  EXPECT_EQ(b.count(), 2000u);
+  Tally t;
+  Report("partner 500 / timeout / refused / recovered", t);
+  // The healthy partner was not held back by the failing one's waits.
+  EXPECT_LT(b_took, a_delivered - b_start + absl::Seconds(2));
+  absl::MutexLock lock(&held_mu);
+  held.clear();
+}
+
+TEST_F(FaultTest, PoisonEventIsParkedAfterTheConfiguredAttemptsWhileTheRestFlow) {
+  CapturePartner partner;
+  std::atomic<int> poison_requests{0};
+  partner.set_behaviour([&](const CapturePartner::Seen& s, http::Responder r) {
+    if (s.correlation == "POISON") {
+      ++poison_requests;
+      std::move(r).Send({.status = 500, .body = R"({"error":"cannot book"})"});
+      return;
+    }
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+  const std::string queue = testing::UniqueName("poison");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .max_attempts = 3,
+                .initial_backoff_ms = 50,
+                .max_backoff_ms = 100}});
+  StartReplay();
+  auto ids = Ids("P-", 500);
+  ids.insert(ids.begin() + 250, "POISON");
+  Publish(queue, ids);
+  StartOutbound();
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue + ".parked") == 1; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == 500; }, absl::Seconds(30)));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  auto parked = (*conn)->Get(queue + ".parked");
+  ASSERT_TRUE(parked.ok());
+  EXPECT_EQ(parked->message.correlation_id, "POISON");
+  std::map<std::string, std::string> headers(parked->message.headers.begin(),
+                                             parked->message.headers.end());
+  EXPECT_EQ(headers["x-ess-attempt"], "3");
+  EXPECT_THAT(headers["x-ess-reason"],
+              HasSubstr("gave up after 3 attempts: partner answered HTTP 500"));
+  EXPECT_THAT(headers["x-ess-history"], HasSubstr("attempt 1 at "));
+  EXPECT_THAT(headers["x-ess-history"], HasSubstr("attempt 2 at "));
+  EXPECT_THAT(headers["x-ess-history"], HasSubstr("attempt 3 at "));
+  EXPECT_EQ(poison_requests.load(), 3);
+  EXPECT_EQ(Record("calendar", "POISON").status(), ess::v1::MESSAGE_STATUS_DEAD);
+  std::set<std::string> unique;
+  for (const auto& s : partner.seen()) unique.insert(s.correlation);
+  Tally t;
+  t.lost = 501 - unique.size();
+  t.duplicated = partner.count() - unique.size() - 2;  // the poison's two retries are by design
+  Report("poison event among 500", t);
+  EXPECT_EQ(t.lost, 0u);
+  EXPECT_EQ(t.duplicated, 0u);
+}
+
+TEST_F(FaultTest, InboundKilledWhileWebhooksArriveLosesNoAcknowledgedWebhook) {
+  WriteConfig(
+      {{.name = "calendar", .url = "http://127.0.0.1:9", .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  const std::string sub = Subscribe();
+  StartInbound();
+  constexpr int kWebhooks = 5000;
+  std::atomic<bool> done{false};
+  int kills = 0;
+  std::thread killer([&] {
+    while (!done) {
+      for (int i = 0; i < 15 && !done; ++i) absl::SleepFor(absl::Milliseconds(100));
+      if (done) break;
+      inbound_->Stop(SIGKILL);
+      ++kills;
+      inbound_ = std::make_unique<Process>(
+          std::vector<std::string>{BinaryPath("inbound_svc"), "--config", dir_.File("hub.yaml")},
+          dir_.File("inbound.log"));
+    }
+  });
+  std::set<std::string> acked = SendWebhooks(Ids("WK-", kWebhooks), 16, absl::Seconds(120));
+  done = true;
+  killer.join();
+  std::map<std::string, int> events;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto& [id, n] : Drain(sub)) events[id] += n;
+        return events.size() >= acked.size();
+      },
+      absl::Seconds(10)));
+  Tally t;
+  for (const auto& id : acked) {
+    if (events[id] == 0) ++t.lost;
+  }
+  for (const auto& [id, n] : events) t.duplicated += n - 1;
+  std::cout << "kills=" << kills << " answered 2xx=" << acked.size() << "/" << kWebhooks
+            << std::endl;
+  Report("inbound kill -9 every 1.5s, 5000 webhooks", t);
+  EXPECT_GE(kills, 1);
+  EXPECT_EQ(acked.size(), static_cast<size_t>(kWebhooks));
+  EXPECT_EQ(t.lost, 0u);
+}
+
+TEST_F(FaultTest, ReplayStoreKilledMidFlowLanesPauseAndResume) {
+  CapturePartner partner;
+  SlowDown(partner, 500);
+  const std::string queue = testing::UniqueName("storedown");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  const std::string sub = Subscribe();
+  constexpr int kEvents = 5000;
+  const auto ids = Ids("S-", kEvents);
+  Publish(queue, ids);
+  StartOutbound();
+  StartInbound();
+  ASSERT_TRUE(WaitFor([&] { return partner.count() > 1000; }, absl::Seconds(30)));
+  replay_->Stop(SIGKILL);
+  // While the store is away: webhooks get 503, the outbound lane stops taking events.
+  auto r =
+      http_.SendAndWait({.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
+                         .body = R"({"id":"DOWN-1","status":"confirmed"})"});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->status, 503);
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(outbound_->Log(), "consumption paused"); },
+                      absl::Seconds(10)));
+  const size_t during = partner.count();
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_LE(partner.count(), during + 64);  // at most what was already in flight
+  StartReplay();                            // same database, same port
+  std::set<std::string> acked = SendWebhooks({"UP-1"}, 1, absl::Seconds(20));
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == kEvents && Depth(queue) == 0; },
+                      absl::Seconds(60)))
+      << "delivered " << Delivered("calendar");
+  EXPECT_THAT(outbound_->Log(), HasSubstr("replay store answers again: consumption resumed"));
+  std::map<std::string, int> pushed;
+  for (const auto& s : partner.seen()) ++pushed[s.correlation];
+  Tally t;
+  for (const auto& id : ids) {
+    if (pushed[id] == 0) ++t.lost;
+    if (pushed[id] > 1) t.duplicated += pushed[id] - 1;
+  }
+  auto events = Drain(sub);
+  if (events["UP-1"] != 1) ++t.lost;
+  t.reconciled = CountOccurrences(outbound_->Log(), "already delivered; acked without a push");
+  Report("replay_svc kill -9 and restart mid-flow", t);
+  EXPECT_EQ(acked.size(), 1u);
+  EXPECT_EQ(t.lost, 0u);
+}
+
+TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
+  CapturePartner partner;
+  partner.set_status(503);
+  const std::string queue = testing::UniqueName("breaker");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .max_attempts = 50,
+                .initial_backoff_ms = 50,
+                .max_backoff_ms = 100,
+                .breaker = true}});
+  StartReplay();
+  Publish(queue, Ids("CB-", 200));
+  StartOutbound();
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(outbound_->Log(), "circuit open"); },
+                      absl::Seconds(20)));
+  // Open: the partner sees only the occasional single probe while messages wait in RabbitMQ.
+  absl::SleepFor(absl::Milliseconds(300));
+  const size_t at_open = partner.count();
+  absl::SleepFor(absl::Seconds(2));
+  const size_t probes = partner.count() - at_open;
+  EXPECT_LE(probes, 6u) << "requests while open";
+  EXPECT_GT(Depth(queue), 100u);
+  partner.set_status(201);
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == 200; }, absl::Seconds(30)));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("circuit closed: partner recovered"));
+  Tally t;
+  Report("circuit breaker: partner 503 then recovered", t);
+}
+
+TEST_F(FaultTest, GracefulShutdownFinishesInFlightWorkAndAcksIt) {
+  CapturePartner partner;
+  SlowDown(partner, 2000);
+  const std::string queue = testing::UniqueName("drain");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  Publish(queue, Ids("G-", 2000));
+  StartOutbound();
+  ASSERT_TRUE(WaitFor([&] { return partner.count() > 200; }, absl::Seconds(30)));
+  const absl::Time t0 = absl::Now();
+  EXPECT_EQ(outbound_->Stop(SIGTERM), 0);
+  const absl::Duration took = absl::Now() - t0;
+  const size_t pushed = partner.count();
+  // Everything pushed was recorded and acked: a second lane pushes none of it again.
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == pushed; }, absl::Seconds(5)))
+      << Delivered("calendar") << " of " << pushed;
+  EXPECT_EQ(Depth(queue), 2000 - pushed);
+  StartOutbound();
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == 2000; }, absl::Seconds(60)));
+  Tally t;
+  t.duplicated = partner.count() - 2000;
+  std::cout << "shutdown took " << took << " with " << pushed << " pushed" << std::endl;
+  Report("SIGTERM mid-flow, then a new lane", t);
+  EXPECT_EQ(t.duplicated, 0u);
+  EXPECT_LT(took, absl::Seconds(6));
+}
+
+}  // namespace
+}  // namespace ess
