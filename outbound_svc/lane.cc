@@ -75,11 +75,12 @@ bool StoreUnreachable(const absl::Status& s) {
 }  // namespace
 
 std::vector<uint32_t> RetryDelaysMs(const ess::v1::RetryPolicy& policy) {
+  // Levels double from the initial backoff up to the maximum, whatever max_attempts is: a
+  // partner's Retry-After may ask for any wait up to the maximum.
   std::vector<uint32_t> delays;
   uint64_t d = std::max<uint32_t>(policy.initial_backoff_ms(), 1);
   const uint64_t cap = std::max<uint64_t>(policy.max_backoff_ms(), d);
-  // One level per attempt that can wait, capped: attempts beyond the last level reuse it.
-  for (uint32_t i = 1; i < std::max<uint32_t>(policy.max_attempts(), 2); ++i) {
+  while (true) {
     delays.push_back(static_cast<uint32_t>(std::min(d, cap)));
     if (d >= cap) break;
     d *= 2;

@@ -54,7 +54,7 @@ inline constexpr char kHistoryHeader[] = "x-ess-history";
 inline constexpr char kPartnerHeader[] = "x-ess-partner";
 inline constexpr char kReplayHeader[] = "x-ess-replay";  // an explicit replay: push again
 
-// The delay queues of a retry policy, shortest first: initial, 2*initial, ... capped at max.
+// The delay queues of a retry policy, shortest first: initial, 2*initial, ..., max.
 std::vector<uint32_t> RetryDelaysMs(const ess::v1::RetryPolicy& policy);
 std::string RetryQueueName(const std::string& queue, uint32_t delay_ms);
 std::string ParkedQueueName(const std::string& queue);

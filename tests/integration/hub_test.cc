@@ -54,12 +54,13 @@ class HubTest : public ::testing::Test {
 
   // The hub config, with the partner at `partner_url`.
   std::string Config(const std::string& partner_url, int bus_port = 0, int replay_port = 0) const {
-    return absl::StrReplaceAll(
+    std::string yaml = absl::StrReplaceAll(
         R"(
 bus:
   host: 127.0.0.1
   port: BUS_PORT
   events_exchange: EXCHANGE
+  quorum_queues: QUORUM
 replay:
   listen: 127.0.0.1:REPLAY_LISTEN
   address: 127.0.0.1:REPLAY_PORT
@@ -81,7 +82,7 @@ partners:
     outbound:
       queue: QUEUE
       max_in_flight: 32
-      retry: {max_attempts: 2, initial_backoff_ms: 200}
+      retry: {max_attempts: 2, initial_backoff_ms: 200, max_backoff_ms: 3000}
       mapping:
         - {target: id, source: id}
         - {target: inmate, source: inmateId}
@@ -99,7 +100,9 @@ partners:
          {"REPLAY_PORT", absl::StrCat(replay_port ? replay_port : replay_port_)},
          {"INBOUND_PORT", absl::StrCat(inbound_port_)},
          {"PARTNER_URL", partner_url},
-         {"QUEUE", queue_}});
+         {"QUEUE", queue_},
+         {"QUORUM", quorum_ ? "true" : "false"}});
+    return yaml;
   }
 
   void StartHub(const std::string& partner_url, std::vector<std::string> outbound_flags = {}) {
@@ -156,11 +159,15 @@ partners:
                         R"(","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"})");
   }
 
-  // Publishes each body to the lane's queue with the event id as correlation id.
-  void Publish(const std::vector<std::pair<std::string, std::string>>& id_and_body) {
-    auto conn = amqp::Connection::Open(broker_);
-    ASSERT_TRUE(conn.ok()) << conn.status();
-    ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue_}}}).ok());
+  // Publishes each body to the lane's queue with the event id as correlation id; declares the
+  // queue (classic) first unless the lane already did.
+  void Publish(const std::vector<std::pair<std::string, std::string>>& id_and_body,
+               bool declare = true) {
+    if (declare) {
+      auto conn = amqp::Connection::Open(broker_);
+      ASSERT_TRUE(conn.ok()) << conn.status();
+      ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue_}}}).ok());
+    }
     amqp::Publisher pub({.connection = broker_});
     ASSERT_TRUE(pub.Start().ok());
     std::atomic<int> ok{0}, failed{0};
@@ -210,6 +217,7 @@ partners:
   }
 
   amqp::ConnectionOptions broker_;
+  bool quorum_ = false;
   std::string queue_, exchange_;
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
@@ -416,6 +424,48 @@ TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) 
               HasSubstr("gave up after 2 attempts: partner answered HTTP 503"));
 }
 
+TEST_F(HubTest, PartnersRetryAfterIsHonoured) {
+  CapturePartner partner;
+  absl::Mutex mu;
+  std::vector<absl::Time> arrivals;
+  partner.set_behaviour([&](const CapturePartner::Seen&, http::Responder r) {
+    absl::MutexLock lock(&mu);
+    arrivals.push_back(absl::Now());
+    if (arrivals.size() == 1) {
+      std::move(r).Send({.status = 429, .headers = {{"Retry-After", "2"}}, .body = "{}"});
+    } else {
+      std::move(r).Send({.status = 201, .body = "{}"});
+    }
+  });
+  StartHub(partner.url());
+  Publish({{"RA-1", VisitEvent("RA-1")}});
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 1; },
+                      absl::Seconds(20)));
+  absl::MutexLock lock(&mu);
+  ASSERT_EQ(arrivals.size(), 2u);
+  // Full jitter alone would have waited at most 200 ms; the partner asked for 2 s.
+  EXPECT_GE(arrivals[1] - arrivals[0], absl::Milliseconds(1900));
+  EXPECT_EQ(Trail("RA-1").records(0).attempts(), 2u);
+}
+
+TEST_F(HubTest, QuorumQueuesCarryTheFlowToo) {
+  quorum_ = true;
+  CapturePartner partner;
+  StartHub(partner.url());
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < 50; ++i)
+    events.emplace_back(absl::StrCat("Q-", i), VisitEvent(absl::StrCat("Q-", i)));
+  Publish(events, /*declare=*/false);
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 50; },
+                      absl::Seconds(30)));
+  EXPECT_EQ(partner.count(), 50u);
+  // The work queue really is a quorum queue: declaring it classic is refused by the broker.
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  EXPECT_EQ((*conn)->Apply({.queues = {{.name = queue_}}}).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(HubTest, DryRunRecordsEverythingAndSendsNothing) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()), {"--dry_run"});
@@ -511,7 +561,10 @@ TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
   EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
   EXPECT_EQ(d->message.correlation_id, "VIS-77");
 
-  auto t = Trail("VIS-77");
+  // The subscriber can see the event just before the inbound lane's record is stored.
+  ess::v1::GetResponse t;
+  ASSERT_TRUE(WaitFor([&] { return (t = Trail("VIS-77")).trail().stage() == "confirmed"; },
+                      absl::Seconds(10)));
   EXPECT_EQ(t.records_size(), 2);
   EXPECT_EQ(t.trail().stage(), "confirmed");
   EXPECT_TRUE(t.trail().has_pushed_at());
