@@ -13,10 +13,8 @@ absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
   s = mapper.Apply(doc, &fields);
   if (!s.ok()) return s;
   InboundEvent event;
-  for (const MappedField& f : fields) {
-    if (f.name == "id" && f.value->IsString()) event.correlation_id = json::View(*f.value);
-    if (f.name == "type" && f.value->IsString()) event.event_type = json::View(*f.value);
-  }
+  event.correlation_id = Mapper::StringOf(fields, "id");
+  event.event_type = Mapper::StringOf(fields, "type");
   if (event.correlation_id.empty()) {
     return absl::InvalidArgumentError("the mapped event has no string \"id\" (its correlation id)");
   }

@@ -4,8 +4,10 @@
 #include <rapidjson/writer.h>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/json.h"
 
 namespace ess {
@@ -83,6 +85,20 @@ absl::StatusOr<Mapper> Mapper::Compile(
     }
     if (!f.default_value().empty()) out.fallback = keep(f.default_value());
     out.required = f.has_required() ? f.required() : out.fallback == nullptr;
+    out.timestamp_format = f.timestamp_format();
+    if (f.letter_case() == "upper") {
+      out.letter_case = Field::Case::kUpper;
+    } else if (f.letter_case() == "lower") {
+      out.letter_case = Field::Case::kLower;
+    } else if (!f.letter_case().empty()) {
+      return err("letter_case", "must be upper or lower");
+    }
+    out.width = f.width();
+    if (!f.pad().empty()) {
+      if (f.pad().size() != 1) return err("pad", "must be one ASCII character");
+      out.pad = f.pad();
+    }
+    out.align_right = f.align_right();
     m.fields_.push_back(std::move(out));
   }
   return m;
@@ -118,7 +134,13 @@ absl::Status Mapper::Apply(const rapidjson::Value& source, std::vector<MappedFie
       }
       continue;
     }
-    out->push_back({f.target, v});
+    if (!f.transforms()) {
+      out->push_back({.name = f.target, .value = v});
+      continue;
+    }
+    absl::StatusOr<std::string> text = Transform(f, Text({.value = v}));
+    if (!text.ok()) return text.status();
+    out->push_back({.name = f.target, .text = *std::move(text)});
   }
   return absl::OkStatus();
 }
@@ -129,7 +151,11 @@ void Mapper::AppendJson(std::span<const MappedField> fields, std::string* out) {
   w.StartObject();
   for (const MappedField& f : fields) {
     w.Key(f.name.data(), static_cast<rapidjson::SizeType>(f.name.size()));
-    f.value->Accept(w);
+    if (f.value != nullptr) {
+      f.value->Accept(w);
+    } else {
+      w.String(f.text.data(), static_cast<rapidjson::SizeType>(f.text.size()));
+    }
   }
   w.EndObject();
   out->append(buf.GetString(), buf.GetSize());
@@ -142,8 +168,65 @@ std::string Mapper::ToJson(std::span<const MappedField> fields) {
 }
 
 std::string Mapper::Text(const MappedField& field) {
+  if (field.value == nullptr) return field.text;
   if (field.value->IsString()) return std::string(json::View(*field.value));
   return json::Serialize(*field.value);
+}
+
+std::string_view Mapper::StringOf(std::span<const MappedField> fields, std::string_view name) {
+  for (const MappedField& f : fields) {
+    if (f.name != name) continue;
+    if (f.value == nullptr) return f.text;
+    if (f.value->IsString()) return json::View(*f.value);
+  }
+  return {};
+}
+
+namespace {
+
+// Length in UTF-8 code points.
+size_t CodePoints(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The byte offset where code point `n` starts (the size when there are fewer).
+size_t ByteOffsetOf(std::string_view s, size_t n) {
+  size_t seen = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) {
+      if (seen == n) return i;
+      ++seen;
+    }
+  }
+  return s.size();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Mapper::Transform(const Field& f, std::string text) {
+  if (!f.timestamp_format.empty()) {
+    absl::Time t;
+    std::string err;
+    if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field \"", f.source, "\": \"", text, "\" is not an RFC 3339 timestamp"));
+    }
+    text = absl::FormatTime(f.timestamp_format, t, absl::UTCTimeZone());
+  }
+  if (f.letter_case == Field::Case::kUpper) absl::AsciiStrToUpper(&text);
+  if (f.letter_case == Field::Case::kLower) absl::AsciiStrToLower(&text);
+  if (f.width > 0) {
+    const size_t len = CodePoints(text);
+    if (len > f.width) {
+      text.resize(ByteOffsetOf(text, f.width));
+    } else if (len < f.width) {
+      std::string padding(f.width - len, f.pad[0]);
+      text = f.align_right ? padding + text : text + padding;
+    }
+  }
+  return text;
 }
 
 }  // namespace ess

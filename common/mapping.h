@@ -10,7 +10,10 @@
 //   std::string body = Mapper::ToJson(fields);    // {"id":"VIS-77","inmate":"A123",...}
 //
 // Paths: dot-separated member names, each optionally followed by [N] array indexes:
-// "inmateId", "slot.start", "visitors[0].name". Values keep their JSON type.
+// "inmateId", "slot.start", "visitors[0].name". Values keep their JSON type, unless a transform
+// (timestamp_format, letter_case, width) makes them strings, e.g.
+//   {target: slot, source: slotUtc, timestamp_format: "%Y%m%d%H%M"}  gives "202612011500",
+//   {target: inmate, source: inmateId, width: 8, pad: "0", align_right: true}  gives "0000A123".
 #ifndef ESS_COMMON_MAPPING_H_
 #define ESS_COMMON_MAPPING_H_
 
@@ -29,10 +32,12 @@
 namespace ess {
 
 // One produced field. `value` points into the source document or into the Mapper (constants,
-// defaults): it lives as long as both do.
+// defaults): it lives as long as both do. A transformed field has no `value`; its string is
+// `text`.
 struct MappedField {
   std::string_view name;
-  const rapidjson::Value* value;
+  const rapidjson::Value* value = nullptr;
+  std::string text;
 };
 
 class Mapper {
@@ -53,6 +58,9 @@ class Mapper {
   static std::string ToJson(std::span<const MappedField> fields);
   // A field's value as text: strings as they are, other JSON values serialized.
   static std::string Text(const MappedField& field);
+  // The string value of the field called `name`, or empty when there is none or it is not a
+  // string. The view lives as long as `fields` and what they point to.
+  static std::string_view StringOf(std::span<const MappedField> fields, std::string_view name);
 
  private:
   struct Step {
@@ -66,7 +74,20 @@ class Mapper {
     const rapidjson::Value* constant = nullptr;
     const rapidjson::Value* fallback = nullptr;
     bool required = true;
+    // Transforms (see FieldMapping).
+    std::string timestamp_format;
+    enum class Case { kAsIs, kUpper, kLower } letter_case = Case::kAsIs;
+    uint32_t width = 0;
+    std::string pad = " ";
+    bool align_right = false;
+
+    bool transforms() const {
+      return !timestamp_format.empty() || letter_case != Case::kAsIs || width > 0;
+    }
   };
+
+  // The field's text after its transforms; INVALID_ARGUMENT for a bad timestamp.
+  static absl::StatusOr<std::string> Transform(const Field& f, std::string text);
 
   static absl::StatusOr<std::vector<Step>> ParsePath(std::string_view path);
   static const rapidjson::Value* Lookup(const rapidjson::Value& root,

@@ -121,6 +121,63 @@ TEST(MappingTest, UnicodeAndEscapesSurvive) {
   EXPECT_EQ(Mapper::ToJson(out), "{\"name\":\"Zo\xc3\xab \xe5\xbc\xa0 \\n\"}");
 }
 
+TEST(MappingTest, TransformsTimestampsCaseAndWidth) {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+  auto add = [&](const char* target, const char* source) {
+    auto* f = fields.Add();
+    f->set_target(target);
+    f->set_source(source);
+    return f;
+  };
+  add("slot", "slotUtc")->set_timestamp_format("%Y%m%d %H%M");
+  add("local", "slotLocal")->set_timestamp_format("%Y-%m-%dT%H:%M:%SZ");
+  add("inmate", "inmateId")->set_letter_case("lower");
+  auto* padded = add("inmate_no", "inmateId");
+  padded->set_width(8);
+  padded->set_pad("0");
+  padded->set_align_right(true);
+  add("name", "name")->set_width(4);  // cut at a code point, not a byte
+  auto* wide = add("room", "room");
+  wide->set_width(5);
+  wide->set_letter_case("upper");
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  rapidjson::Document doc;
+  ASSERT_TRUE(
+      json::Parse(R"({"slotUtc":"2026-12-01T15:00:00Z","slotLocal":"2026-12-01T10:00:00-05:00",)"
+                  R"("inmateId":"A123","name":"Zoëbe","room":7})",
+                  doc)
+          .ok());
+  std::vector<MappedField> out;
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::ToJson(out),
+            "{\"slot\":\"20261201 1500\",\"local\":\"2026-12-01T15:00:00Z\",\"inmate\":\"a123\","
+            "\"inmate_no\":\"0000A123\",\"name\":\"Zo\xc3\xab"
+            "b\",\"room\":\"7    \"}");
+  EXPECT_EQ(Mapper::StringOf(out, "inmate_no"), "0000A123");
+  EXPECT_EQ(Mapper::StringOf(out, "nope"), "");
+
+  ASSERT_TRUE(json::Parse(R"({"slotUtc":"tomorrow","slotLocal":"2026-12-01T10:00:00Z",)"
+                          R"("inmateId":"A1","name":"x","room":1})",
+                          doc)
+                  .ok());
+  absl::Status s = m->Apply(doc, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "field \"slotUtc\": \"tomorrow\" is not an RFC 3339 timestamp");
+}
+
+TEST(MappingTest, BadTransformsAreRejectedAtCompile) {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+  auto* f = fields.Add();
+  f->set_target("a");
+  f->set_source("a");
+  f->set_letter_case("title");
+  EXPECT_EQ(Mapper::Compile(fields).status().message(), "[0].letter_case: must be upper or lower");
+  f->clear_letter_case();
+  f->set_pad("ab");
+  EXPECT_EQ(Mapper::Compile(fields).status().message(), "[0].pad: must be one ASCII character");
+}
+
 TEST(JsonTest, ParseErrorNamesTheOffset) {
   rapidjson::Document doc;
   absl::Status s = json::Parse("{\"id\": nope}", doc);
