@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, starts the servers the tests need (a private RabbitMQ on a
-# free loopback port), runs every test through ctest, and stops what it started.
+# Installs what is missing, builds, starts the servers the tests need (a private RabbitMQ node
+# and a private OpenSSH sshd, each on a free loopback port with state under .stack/test), runs
+# every test through ctest, and stops what it started.
 #
 #   ./test.sh                 every test
 #   ./test.sh -L unit         only unit tests (any ctest arguments pass through)
@@ -11,11 +12,17 @@ scripts/install-deps.sh
 scripts/build.sh
 
 STACK="$PWD/.stack/test"
-cleanup() { scripts/rabbitmq.sh stop "$STACK" || true; }
+cleanup() {
+  scripts/sshd.sh stop "$STACK/sshd" || true
+  scripts/rabbitmq.sh stop "$STACK/rabbitmq" || true
+}
 trap cleanup EXIT
-scripts/rabbitmq.sh start "$STACK"
+scripts/rabbitmq.sh start "$STACK/rabbitmq"
+scripts/sshd.sh start "$STACK/sshd"
+# Both write shell exports (ESS_AMQP_*, ESS_RABBITMQ_*, ESS_SFTP_*) that the tests read.
 # shellcheck disable=SC1091
-source "$STACK/env"
-export ESS_AMQP_HOST ESS_AMQP_PORT
+source "$STACK/rabbitmq/env"
+# shellcheck disable=SC1091
+source "$STACK/sshd/env"
 
 ctest --test-dir build --output-on-failure --timeout 600 -j2 "$@"

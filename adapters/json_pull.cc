@@ -12,6 +12,14 @@ absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
   std::vector<MappedField> fields;
   s = mapper.Apply(doc, &fields);
   if (!s.ok()) return s;
+  absl::StatusOr<InboundEvent> event = EventFromFields(fields);
+  if (!event.ok()) return event.status();
+  std::vector<InboundEvent> events;
+  events.push_back(*std::move(event));
+  return events;
+}
+
+absl::StatusOr<InboundEvent> EventFromFields(std::span<const MappedField> fields) {
   InboundEvent event;
   event.correlation_id = Mapper::StringOf(fields, "id");
   event.event_type = Mapper::StringOf(fields, "type");
@@ -22,9 +30,7 @@ absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
     return absl::InvalidArgumentError("the mapped event has no string \"type\"");
   }
   Mapper::AppendJson(fields, &event.body);
-  std::vector<InboundEvent> events;
-  events.push_back(std::move(event));
-  return events;
+  return event;
 }
 
 }  // namespace ess::adapters

@@ -3,6 +3,7 @@
 #ifndef ESS_ADAPTERS_JSON_PULL_H_
 #define ESS_ADAPTERS_JSON_PULL_H_
 
+#include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -15,6 +16,10 @@ namespace ess::adapters {
 // event without a string "id" and "type".
 absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
                                                    const PullRequest& request);
+
+// The internal event made of mapped fields: its JSON, its "id" (correlation id) and "type".
+// INVALID_ARGUMENT when "id" or "type" is missing or not a string. Shared by every adapter's Pull.
+absl::StatusOr<InboundEvent> EventFromFields(std::span<const MappedField> fields);
 
 }  // namespace ess::adapters
 

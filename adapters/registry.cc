@@ -5,6 +5,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "adapters/rest/rest_adapter.h"
+#include "adapters/sftp_csv/sftp_csv_adapter.h"
+#include "adapters/soap/soap_adapter.h"
 
 namespace ess::adapters {
 
@@ -52,6 +54,8 @@ const Registry& BuiltinRegistry() {
     auto* r = new Registry();
     // Every built-in adapter kind, in one place.
     (void)r->Register(std::make_unique<rest::RestAdapterFactory>());
+    (void)r->Register(std::make_unique<soap::SoapAdapterFactory>());
+    (void)r->Register(std::make_unique<sftp_csv::SftpCsvAdapterFactory>());
     return r;
   }();
   return *registry;

@@ -153,8 +153,8 @@ struct Lane::PartnerState {
 };
 
 Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-           ReplayRecorder* recorder)
-    : options_(std::move(options)), recorder_(recorder) {
+           ReplayRecorder* recorder, amqp::Publisher* publisher)
+    : options_(std::move(options)), recorder_(recorder), publisher_(publisher) {
   amqp::Consumer::Options copts{.connection = options_.connection,
                                 .topology = std::move(topology),
                                 .prefetch = options_.prefetch};
@@ -391,29 +391,17 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
 
   const std::string& partner = p.partner.name;
   if (result.status.ok()) {
-    const bool dry = result.dry_run;
-    if (!dry) {
+    if (!result.dry_run) {
       log::Info(job->correlation_id, "delivered",
                 {{"partner", partner},
                  {"status", result.detail},
                  {"ms", absl::StrCat(absl::ToInt64Milliseconds(result.elapsed))}});
     }
-    Job* raw = job.release();
-    Record(p, *raw, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
-           std::move(result.rendered), absl::OkStatus(), [this, raw, dry](absl::Status s) {
-             std::unique_ptr<Job> owned(raw);
-             if (s.ok()) {
-               (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
-               Ack(*owned);
-               return;
-             }
-             // No ack without its record: the broker redelivers it; the lane pauses until the
-             // store answers again.
-             log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
-                       {{"error", ToStd(s.message())}});
-             if (StoreUnreachable(s)) PauseForStore(s);
-             Requeue(*owned);
-           });
+    if (result.confirmations.empty()) {
+      Complete(p, std::move(job), std::move(result));
+    } else {
+      Confirm(p, std::move(job), std::move(result));
+    }
     return;
   }
   log::Warn(job->correlation_id, "push failed",
@@ -425,6 +413,89 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
   } else {
     Park(p, std::move(job), result.status);
   }
+}
+
+void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
+  struct Round {
+    std::unique_ptr<Job> job;
+    adapters::PushResult result;
+    absl::Mutex mu;
+    size_t pending ABSL_GUARDED_BY(mu) = 0;
+    absl::Status error ABSL_GUARDED_BY(mu);
+  };
+  auto round = std::make_shared<Round>();
+  round->job = std::move(job);
+  round->result = std::move(result);
+  const auto& confirmations = round->result.confirmations;
+  {
+    absl::MutexLock lock(&round->mu);
+    round->pending = confirmations.size();
+  }
+  // The last answer of the round decides: all confirmed -> record them, then complete the job.
+  auto settle = [this, &p, round](absl::Status s) {
+    absl::Status error;
+    {
+      absl::MutexLock lock(&round->mu);
+      if (!s.ok() && round->error.ok()) round->error = s;
+      if (--round->pending > 0) return;
+      error = round->error;
+    }
+    if (!error.ok()) {
+      log::Warn(round->job->correlation_id, "confirmation not published; requeued",
+                {{"partner", p.partner.name}, {"error", ToStd(error.message())}});
+      Requeue(*round->job);
+      return;
+    }
+    for (const adapters::InboundEvent& ev : round->result.confirmations) {
+      ess::v1::MessageRecord rec;
+      rec.set_direction(ess::v1::DIRECTION_INBOUND);
+      rec.set_partner(p.partner.name);
+      rec.set_correlation_id(ev.correlation_id);
+      rec.set_message_id(absl::StrCat(ev.correlation_id, ":", ev.event_type));
+      rec.set_event_type(ev.event_type);
+      rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+      rec.set_rendered(ev.body);
+      rec.set_source(absl::StrCat("response to ", round->job->delivery.queue));
+      rec.set_attempts(1);
+      *rec.mutable_received_at() = ToProto(absl::Now());
+      recorder_->Record(std::move(rec), [](absl::Status) {});
+    }
+    Complete(p, std::move(round->job), std::move(round->result));
+  };
+  if (publisher_ == nullptr) {  // a wiring error: keep the message rather than drop the event
+    log::Error(round->job->correlation_id, "no publisher for the partner's confirmations");
+    Requeue(*round->job);
+    return;
+  }
+  for (const adapters::InboundEvent& ev : confirmations) {
+    amqp::Message msg;
+    msg.body = ev.body;
+    msg.correlation_id = ev.correlation_id;
+    msg.message_id = absl::StrCat(ev.correlation_id, ":", ev.event_type);
+    msg.type = ev.event_type;
+    msg.headers.emplace_back(kPartnerHeader, p.partner.name);
+    publisher_->Publish(options_.events_exchange, "", std::move(msg), settle);
+  }
+}
+
+void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
+  const bool dry = result.dry_run;
+  Job* raw = job.release();
+  Record(p, *raw, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
+         std::move(result.rendered), absl::OkStatus(), [this, raw, dry](absl::Status s) {
+           std::unique_ptr<Job> owned(raw);
+           if (s.ok()) {
+             (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
+             Ack(*owned);
+             return;
+           }
+           // No ack without its record: the broker redelivers it; the lane pauses until the
+           // store answers again.
+           log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
+                     {{"error", ToStd(s.message())}});
+           if (StoreUnreachable(s)) PauseForStore(s);
+           Requeue(*owned);
+         });
 }
 
 void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,

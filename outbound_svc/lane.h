@@ -17,6 +17,10 @@
 //   redelivered, and the     ack without a second push (unless it carries "x-ess-replay")
 //   store shows it delivered
 //   with the same payload
+//   delivered, and the       each confirmation (e.g. the SlotConfirmed a SOAP answer maps to)
+//   answer confirms events   is published to the events exchange with confirm and recorded
+//                            (inbound, PUBLISHED) before the delivery is recorded and acked;
+//                            if that publish fails the delivery is requeued
 //
 // Moves to another queue are publish-with-confirm first, ack second, so a crash in between
 // duplicates a message and never loses one; a duplicate carries the same Idempotency-Key.
@@ -76,15 +80,18 @@ class Lane {
     bool dry_run = false;
     // While the replay store is unreachable, how often it is probed.
     absl::Duration store_probe_interval = absl::Milliseconds(500);
+    // Where synchronous confirmations are published.
+    std::string events_exchange = "events";
   };
   struct Counters {
     std::atomic<uint64_t> received{0}, delivered{0}, dry_run{0}, retried{0}, parked{0},
         duplicates{0}, requeued{0}, breaker_opened{0}, store_pauses{0};
   };
 
-  // `recorder` must outlive the lane.
+  // `recorder` and `publisher` (for synchronous confirmations; may be null when no adapter
+  // produces any) must outlive the lane.
   Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-       ReplayRecorder* recorder);
+       ReplayRecorder* recorder, amqp::Publisher* publisher = nullptr);
   ~Lane();
 
   // Connects and starts consuming every partner's queue.
@@ -109,6 +116,10 @@ class Lane {
   void Pump(PartnerState& p);
   void Dispatch(PartnerState& p, std::unique_ptr<Job> job);
   void OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
+  // Records a delivered (or dry-run) job, then acks it.
+  void Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
+  // Publishes and records the confirmations of a delivered job, then completes it.
+  void Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
   void Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
              absl::Duration retry_after);
   // Records the job as DEAD and moves it to the parked queue.
@@ -128,6 +139,7 @@ class Lane {
 
   Options options_;
   ReplayRecorder* recorder_;
+  amqp::Publisher* publisher_;
   std::vector<std::unique_ptr<PartnerState>> partners_;
   absl::flat_hash_map<std::string, PartnerState*> by_queue_;
   std::unique_ptr<amqp::Consumer> consumer_;

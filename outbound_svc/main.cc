@@ -57,11 +57,20 @@ int main(int argc, char** argv) {
               << ": partners: no partner has an outbound route\n";
     return 2;
   }
+  // Confirmations that partners' answers carry (SOAP) go to the events exchange.
+  const std::string& exchange = config->bus().events_exchange();
+  ess::amqp::Publisher publisher(
+      {.connection = ess::BusOptions(config->bus(), "outbound_svc-confirmations"),
+       .topology = {.exchanges = {{.name = exchange, .type = "fanout"}}}});
   ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
                             .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
-                            .dry_run = dry_run},
-                           ess::outbound::OutboundTopology(*config), std::move(partners),
-                           &recorder);
+                            .dry_run = dry_run,
+                            .events_exchange = exchange},
+                           ess::outbound::OutboundTopology(*config), std::move(partners), &recorder,
+                           &publisher);
+  if (absl::Status s = publisher.Start(); !s.ok()) {
+    ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
+  }
   if (absl::Status s = lane.Start(); !s.ok()) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
@@ -72,6 +81,7 @@ int main(int argc, char** argv) {
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
+  publisher.Stop();
   recorder.Stop();
   http.Stop();
   const auto& c = lane.counters();

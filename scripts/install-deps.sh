@@ -12,10 +12,14 @@ PACKAGES=(
   librabbitmq-dev libssl-dev libgtest-dev libgmock-dev
   # libraries chosen from Debian: HTTP client, HTTP server, store, config, JSON
   libcurl4-openssl-dev libevent-dev libsqlite3-dev libyaml-cpp-dev rapidjson-dev
+  # libraries of the SOAP and CSV adapters: XML with XPath, CSV parsing
+  libxml2-dev libcsv-dev
   # servers the stack and the tests run on loopback
   rabbitmq-server openssh-server openssh-client
   # tools the scripts use
   iproute2 procps ca-certificates
+  # the benchmark's HTTP load generator (./bench.sh)
+  wrk
 )
 
 missing=()

@@ -1,0 +1,217 @@
+#include "adapters/sftp_csv/sftp_client.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/sv.h"
+
+namespace ess::adapters::sftp_csv {
+namespace {
+
+void GlobalInit() {
+  static std::once_flag once;
+  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+}
+
+// Host key verdict, remembered for the error message.
+struct HostKeyCheck {
+  curl_khmatch match = CURLKHMATCH_LAST;  // not called yet
+};
+
+int CheckHostKey(CURL*, const curl_khkey*, const curl_khkey*, curl_khmatch match, void* arg) {
+  static_cast<HostKeyCheck*>(arg)->match = match;
+  // Only a key that known_hosts holds for this host passes; nothing is ever added to the file.
+  return match == CURLKHMATCH_OK ? CURLKHSTAT_FINE : CURLKHSTAT_REJECT;
+}
+
+// A path inside a libcurl QUOTE command, quoted the way libcurl's SFTP quote parser reads it.
+std::string QuotePath(std::string_view path) {
+  std::string out = "\"";
+  for (char c : path) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+std::string JoinPath(std::string_view dir, std::string_view name) {
+  std::string out(dir);
+  if (out.empty() || out.back() != '/') out.push_back('/');
+  out.append(name);
+  return out;
+}
+
+struct SlistFree {
+  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
+};
+using Slist = std::unique_ptr<curl_slist, SlistFree>;
+
+Slist MakeSlist(const std::vector<std::string>& items) {
+  curl_slist* l = nullptr;
+  for (const std::string& s : items) l = curl_slist_append(l, s.c_str());
+  return Slist(l);
+}
+
+}  // namespace
+
+struct SftpClient::Transfer {
+  std::string what;  // "upload of /dir/.x.part", for messages
+  std::string url;
+  bool nobody = false;
+  bool upload = false;
+  std::string_view data;
+  size_t offset = 0;
+  std::vector<std::string> quote;      // before the transfer
+  std::vector<std::string> postquote;  // after it, in the same session
+  CURLcode code = CURLE_OK;
+};
+
+SftpClient::SftpClient(Options options) : options_(std::move(options)) { GlobalInit(); }
+
+SftpClient::~SftpClient() {
+  if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
+}
+
+std::string SftpClient::Url(std::string_view path) const {
+  std::string url = absl::StrCat("sftp://", options_.host, ":", options_.port);
+  // Each segment percent-encoded; the slashes kept. A trailing '/' stays (a folder URL).
+  for (absl::string_view seg : absl::StrSplit(ToAbsl(path), '/')) {
+    if (seg.empty()) continue;
+    char* e = curl_easy_escape(nullptr, seg.data(), static_cast<int>(seg.size()));
+    absl::StrAppend(&url, "/", e ? e : "");
+    curl_free(e);
+  }
+  if (!path.empty() && path.back() == '/') url.push_back('/');
+  return url;
+}
+
+absl::Status SftpClient::Perform(Transfer& t) {
+  if (curl_ == nullptr) {
+    curl_ = curl_easy_init();
+    if (curl_ == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
+  }
+  CURL* c = static_cast<CURL*>(curl_);
+  // Reset drops the options of the previous call but keeps the SSH connection for reuse.
+  curl_easy_reset(c);
+  char error[CURL_ERROR_SIZE] = {0};
+  HostKeyCheck host_key;
+  Slist quote = MakeSlist(t.quote);
+  Slist postquote = MakeSlist(t.postquote);
+  curl_easy_setopt(c, CURLOPT_URL, t.url.c_str());
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "sftp");
+  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error);
+  curl_easy_setopt(c, CURLOPT_USERNAME, options_.user.c_str());
+  curl_easy_setopt(c, CURLOPT_SSH_AUTH_TYPES, static_cast<long>(CURLSSH_AUTH_PUBLICKEY));
+  curl_easy_setopt(c, CURLOPT_SSH_PRIVATE_KEYFILE, options_.private_key_file.c_str());
+  // An empty string makes libssh2 derive the public key from the private one.
+  curl_easy_setopt(c, CURLOPT_SSH_PUBLIC_KEYFILE, options_.public_key_file.c_str());
+  if (!options_.passphrase.empty()) {
+    curl_easy_setopt(c, CURLOPT_KEYPASSWD, options_.passphrase.c_str());
+  }
+  curl_easy_setopt(c, CURLOPT_SSH_KNOWNHOSTS, options_.known_hosts_file.c_str());
+  curl_easy_setopt(c, CURLOPT_SSH_KEYFUNCTION, CheckHostKey);
+  curl_easy_setopt(c, CURLOPT_SSH_KEYDATA, &host_key);
+  curl_easy_setopt(
+      c, CURLOPT_TIMEOUT_MS,
+      static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.timeout))));
+  curl_easy_setopt(
+      c, CURLOPT_CONNECTTIMEOUT_MS,
+      static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))));
+  if (quote) curl_easy_setopt(c, CURLOPT_QUOTE, quote.get());
+  if (postquote) curl_easy_setopt(c, CURLOPT_POSTQUOTE, postquote.get());
+  if (t.nobody) curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+  if (t.upload) {
+    t.offset = 0;
+    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
+    curl_read_callback read = [](char* buf, size_t size, size_t n, void* arg) -> size_t {
+      auto* tr = static_cast<Transfer*>(arg);
+      size_t len = std::min(size * n, tr->data.size() - tr->offset);
+      std::memcpy(buf, tr->data.data() + tr->offset, len);
+      tr->offset += len;
+      return len;
+    };
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, read);
+    curl_easy_setopt(c, CURLOPT_READDATA, &t);
+    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.data.size()));
+  }
+  t.code = curl_easy_perform(c);
+  // The lists and the error buffer die with this frame: unhook them from the handle.
+  curl_easy_setopt(c, CURLOPT_QUOTE, nullptr);
+  curl_easy_setopt(c, CURLOPT_POSTQUOTE, nullptr);
+  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
+  curl_easy_setopt(c, CURLOPT_SSH_KEYDATA, nullptr);
+  if (t.code == CURLE_OK) return absl::OkStatus();
+
+  std::string msg = absl::StrCat("sftp ", t.what, " on ", options_.host, ":", options_.port, ": ",
+                                 error[0] != '\0' ? error : curl_easy_strerror(t.code));
+  switch (t.code) {
+    case CURLE_OPERATION_TIMEDOUT:
+      return absl::DeadlineExceededError(msg);
+    case CURLE_PEER_FAILED_VERIFICATION:
+      if (host_key.match == CURLKHMATCH_MISSING) {
+        absl::StrAppend(&msg, " (host key not in ", options_.known_hosts_file, ")");
+      } else if (host_key.match == CURLKHMATCH_MISMATCH) {
+        absl::StrAppend(&msg, " (host key does not match ", options_.known_hosts_file, ")");
+      }
+      return absl::PermissionDeniedError(msg);
+    case CURLE_LOGIN_DENIED:
+      return absl::UnauthenticatedError(msg);
+    case CURLE_REMOTE_ACCESS_DENIED:
+      return absl::PermissionDeniedError(msg);
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+      return absl::InvalidArgumentError(msg);
+    case CURLE_OUT_OF_MEMORY:
+      return absl::ResourceExhaustedError(msg);
+    default:
+      // Connection refused or reset, SSH or SFTP errors, a missing folder, a failed rename.
+      return absl::UnavailableError(msg);
+  }
+}
+
+absl::StatusOr<bool> SftpClient::Exists(std::string_view path) {
+  Transfer t{.what = absl::StrCat("check of ", ToAbsl(path)), .url = Url(path), .nobody = true};
+  absl::Status s = Perform(t);
+  if (s.ok()) return true;
+  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return false;
+  return s;
+}
+
+absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view name,
+                                          std::string_view data) {
+  if (name.empty() || name.find('/') != std::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("bad file name \"", ToAbsl(name), "\""));
+  }
+  const std::string part = JoinPath(dir, absl::StrCat(".", ToAbsl(name), ".part"));
+  const std::string final_path = JoinPath(dir, name);
+  Transfer t{.what = absl::StrCat("upload of ", part),
+             .url = Url(part),
+             .upload = true,
+             .data = data,
+             .postquote = {absl::StrCat("rename ", QuotePath(part), " ", QuotePath(final_path))}};
+  absl::Status s = Perform(t);
+  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
+  // The upload went through but the rename did not. Either the file appeared meanwhile (the
+  // rename never overwrites), or the server failed; either way the part file goes.
+  absl::StatusOr<bool> there = Exists(final_path);
+  Transfer cleanup{.what = absl::StrCat("removal of ", part),
+                   .url = Url(JoinPath(dir, "")),
+                   .nobody = true,
+                   .quote = {absl::StrCat("*rm ", QuotePath(part))}};
+  (void)Perform(cleanup);
+  if (there.ok() && *there) {
+    return absl::AlreadyExistsError(absl::StrCat(final_path, " already exists"));
+  }
+  return absl::UnavailableError(absl::StrCat(s.message(), " (renaming ", part, ")"));
+}
+
+}  // namespace ess::adapters::sftp_csv

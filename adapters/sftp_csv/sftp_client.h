@@ -1,0 +1,82 @@
+// A small blocking SFTP client (libcurl over libssh2) for one server: checks whether a file
+// exists and uploads a file atomically.
+//
+//   SftpClient client({.host = "127.0.0.1", .port = 2222, .user = "ess",
+//                      .private_key_file = "/keys/id_ed25519",
+//                      .known_hosts_file = "/keys/known_hosts"});
+//   absl::StatusOr<bool> there = client.Exists("/inbound/visits.csv");
+//   absl::Status s = client.UploadAtomically("/inbound", "visits.csv", bytes);
+//
+// Guarantees:
+//  * the server's host key must be in known_hosts: unknown and mismatched keys are rejected
+//    before anything is sent (no trust on first use);
+//  * public-key authentication only;
+//  * every call has a deadline (`timeout`, connecting included) and is bounded in time;
+//  * UploadAtomically writes DIR/.NAME.part and renames it to DIR/NAME in the same session, so a
+//    reader of DIR never sees a partial NAME; an existing NAME is never overwritten.
+//
+// Status codes (what they mean for a caller that retries):
+//   UNAVAILABLE         the server cannot be reached or failed the transfer, the remote folder is
+//                       missing, the rename failed (retryable)
+//   DEADLINE_EXCEEDED   the deadline passed (retryable)
+//   PERMISSION_DENIED   the host key is unknown or does not match known_hosts, or the server
+//                       refused access to the path (permanent: configuration)
+//   UNAUTHENTICATED     the server refused the key (permanent: configuration)
+//   ALREADY_EXISTS      UploadAtomically only: DIR/NAME appeared meanwhile (nothing overwritten)
+//   INVALID_ARGUMENT    a path libcurl cannot express
+//
+// Not thread-safe: one thread uses a client. Its SSH connection is kept and reused between
+// calls (libcurl reconnects when it has dropped).
+#ifndef ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
+#define ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ess::adapters::sftp_csv {
+
+class SftpClient {
+ public:
+  struct Options {
+    std::string host;
+    uint32_t port = 22;
+    std::string user;
+    std::string private_key_file;
+    // Derived from the private key by libssh2 when empty.
+    std::string public_key_file;
+    // Passphrase of the private key; none when empty.
+    std::string passphrase;
+    std::string known_hosts_file;
+    absl::Duration timeout = absl::Seconds(30);
+    absl::Duration connect_timeout = absl::Seconds(5);
+  };
+
+  explicit SftpClient(Options options);
+  ~SftpClient();
+  SftpClient(const SftpClient&) = delete;
+  SftpClient& operator=(const SftpClient&) = delete;
+
+  // True if the absolute `path` exists on the server, false if it does not.
+  absl::StatusOr<bool> Exists(std::string_view path);
+
+  // Uploads `data` as DIR/NAME through DIR/.NAME.part (see the file comment). `dir` is absolute;
+  // `name` has no '/'. On a failed rename the part file is removed (best effort).
+  absl::Status UploadAtomically(std::string_view dir, std::string_view name, std::string_view data);
+
+ private:
+  struct Transfer;
+  absl::Status Perform(Transfer& t);
+  std::string Url(std::string_view path) const;
+
+  Options options_;
+  void* curl_ = nullptr;  // CURL*, created on first use
+};
+
+}  // namespace ess::adapters::sftp_csv
+
+#endif  // ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_

@@ -1,0 +1,455 @@
+#include "adapters/sftp_csv/sftp_csv_adapter.h"
+
+#include <openssl/evp.h>
+#include <rapidjson/document.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+#include "adapters/csv/csv.h"
+#include "adapters/json_pull.h"
+#include "common/json.h"
+#include "common/log.h"
+#include "common/sv.h"
+
+namespace ess::adapters::sftp_csv {
+namespace {
+
+constexpr std::string_view kDefaultPattern = "{partner}_{date}_{batch}.csv";
+constexpr std::string_view kPiiMask = "***";
+
+bool Readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
+
+bool HasControl(std::string_view s) {
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+std::string JoinPath(std::string_view dir, std::string_view name) {
+  std::string out(dir);
+  if (out.back() != '/') out.push_back('/');
+  out.append(name);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
+    const ess::v1::PartnerConfig& partner) {
+  std::unique_ptr<SftpCsvAdapter> a(new SftpCsvAdapter());
+  a->partner_ = partner.name();
+  ess::v1::SftpCsvAdapterConfig& s = a->settings_;
+  if (!partner.settings().UnpackTo(&s)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("partners[", partner.name(), "].settings: not a ", s.GetTypeName()));
+  }
+  auto bad = [&](std::string_view field, std::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("partners[", partner.name(), "].settings.",
+                                                   ToAbsl(field), ": ", ToAbsl(what)));
+  };
+  if (s.host().empty() || s.host().find_first_of("/@ ") != std::string::npos ||
+      HasControl(s.host())) {
+    return bad("host", "must be a host name or address");
+  }
+  if (s.port() > 65535) return bad("port", "must be at most 65535");
+  if (s.user().empty() || s.user().find_first_of(":@ ") != std::string::npos ||
+      HasControl(s.user())) {
+    return bad("user", "must be a user name");
+  }
+  if (s.private_key_file().empty()) return bad("private_key_file", "is required");
+  if (!Readable(s.private_key_file())) return bad("private_key_file", "cannot be read");
+  if (!s.public_key_file().empty() && !Readable(s.public_key_file())) {
+    return bad("public_key_file", "cannot be read");
+  }
+  std::string passphrase;
+  if (!s.passphrase_env().empty()) {
+    const char* p = std::getenv(s.passphrase_env().c_str());
+    if (p == nullptr) {
+      return bad("passphrase_env",
+                 absl::StrCat("environment variable ", s.passphrase_env(), " is not set"));
+    }
+    passphrase = p;
+  }
+  if (s.known_hosts_file().empty()) return bad("known_hosts_file", "is required");
+  if (!Readable(s.known_hosts_file())) return bad("known_hosts_file", "cannot be read");
+  std::string dir = s.remote_dir();
+  if (dir.empty() || dir[0] != '/' || HasControl(dir)) {
+    return bad("remote_dir", "must be an absolute path");
+  }
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  s.set_remote_dir(dir);
+
+  // The file name pattern: literal text and {partner}, {date}, {batch}.
+  std::string_view pattern =
+      s.file_name_pattern().empty() ? kDefaultPattern : std::string_view(s.file_name_pattern());
+  for (size_t i = 0; i < pattern.size();) {
+    size_t open = pattern.find('{', i);
+    if (open == std::string_view::npos) {
+      a->name_pattern_.push_back({std::string(pattern.substr(i)), false});
+      break;
+    }
+    if (open > i) a->name_pattern_.push_back({std::string(pattern.substr(i, open - i)), false});
+    size_t close = pattern.find('}', open);
+    std::string_view name =
+        close == std::string_view::npos ? "" : pattern.substr(open + 1, close - open - 1);
+    if (name != "partner" && name != "date" && name != "batch") {
+      return bad("file_name_pattern", "placeholders are {partner}, {date} and {batch}");
+    }
+    a->name_pattern_.push_back({std::string(name), true});
+    i = close + 1;
+  }
+  std::string sample = a->FileName({}, absl::UnixEpoch());
+  if (sample.empty() || sample[0] == '.' || sample.find('/') != std::string::npos ||
+      HasControl(sample)) {
+    return bad(
+        "file_name_pattern",
+        absl::StrCat("gives \"", sample, "\", not a plain file name (no '/', no leading '.')"));
+  }
+
+  const std::string correlation =
+      s.correlation_column().empty() ? "correlation_id" : s.correlation_column();
+  s.set_correlation_column(correlation);
+  if (partner.has_outbound()) {
+    for (const auto& f : partner.outbound().mapping()) {
+      if (f.target() == correlation) {
+        return bad("correlation_column",
+                   absl::StrCat("\"", correlation, "\" is also a target of outbound.mapping"));
+      }
+      a->columns_.push_back(f.target());
+    }
+  }
+  std::vector<std::string_view> header = {correlation};
+  header.insert(header.end(), a->columns_.begin(), a->columns_.end());
+  csv::AppendRecord(header, &a->header_);
+
+  a->max_rows_ = s.max_rows() ? s.max_rows() : 500;
+  a->max_age_ = absl::Milliseconds(s.max_age_ms() ? s.max_age_ms() : 5000);
+  if (partner.has_inbound()) {
+    absl::StatusOr<Mapper> m = Mapper::Compile(partner.inbound().mapping());
+    if (!m.ok()) return m.status();
+    a->inbound_ = *std::move(m);
+  }
+  a->client_options_ = SftpClient::Options{
+      .host = s.host(),
+      .port = s.port() ? s.port() : 22,
+      .user = s.user(),
+      .private_key_file = s.private_key_file(),
+      .public_key_file = s.public_key_file(),
+      .passphrase = std::move(passphrase),
+      .known_hosts_file = s.known_hosts_file(),
+      .timeout = absl::Milliseconds(s.timeout_ms() ? s.timeout_ms() : 30000),
+      .connect_timeout = absl::Milliseconds(s.connect_timeout_ms() ? s.connect_timeout_ms() : 5000),
+  };
+  return a;
+}
+
+SftpCsvAdapter::~SftpCsvAdapter() {
+  std::thread worker;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    cv_.Signal();
+    worker = std::move(worker_);
+  }
+  if (worker.joinable()) worker.join();
+}
+
+std::string SftpCsvAdapter::BatchId(std::span<const std::string> message_ids) {
+  std::vector<std::string_view> ids(message_ids.begin(), message_ids.end());
+  std::sort(ids.begin(), ids.end());
+  std::string joined;
+  for (std::string_view id : ids) absl::StrAppend(&joined, ToAbsl(id), "\n");
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(joined.data(), joined.size(), digest, &len, EVP_sha256(), nullptr);
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), std::min(len, 8u)));
+}
+
+std::string SftpCsvAdapter::FileName(std::span<const std::string> message_ids,
+                                     absl::Time now) const {
+  std::string out;
+  for (const NamePart& p : name_pattern_) {
+    if (!p.placeholder) {
+      out.append(p.text);
+    } else if (p.text == "partner") {
+      out.append(partner_);
+    } else if (p.text == "date") {
+      out.append(absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()));
+    } else {
+      out.append(BatchId(message_ids));
+    }
+  }
+  return out;
+}
+
+std::string SftpCsvAdapter::RenderRow(const PushRequest& request, bool mask_pii) const {
+  std::vector<std::string> cells;
+  cells.reserve(columns_.size() + 1);
+  cells.emplace_back(request.correlation_id);
+  for (const std::string& column : columns_) {
+    const MappedField* hit = nullptr;
+    for (const MappedField& f : request.fields) {
+      if (f.name == column) {
+        hit = &f;
+        break;
+      }
+    }
+    if (hit == nullptr) {
+      cells.emplace_back();
+    } else if (mask_pii && log::IsPii(column)) {
+      cells.emplace_back(kPiiMask);
+    } else {
+      cells.push_back(Mapper::Text(*hit));
+    }
+  }
+  std::vector<std::string_view> views(cells.begin(), cells.end());
+  std::string line;
+  csv::AppendRecord(views, &line);
+  return line;
+}
+
+void SftpCsvAdapter::Push(const PushRequest& request, PushDone done) {
+  if (columns_.empty()) {
+    std::move(done)(PushResult{.status = absl::FailedPreconditionError(absl::StrCat(
+                                   "partner \"", partner_, "\" has no outbound mapping"))});
+    return;
+  }
+  const bool dry = request.dry_run;
+  Row row{.line = RenderRow(request, /*mask_pii=*/false),
+          .masked = dry ? RenderRow(request, /*mask_pii=*/true) : std::string(),
+          .message_id =
+              std::string(request.message_id.empty() ? request.correlation_id : request.message_id),
+          .done = std::move(done)};
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      std::optional<Batch>& open = open_[dry ? 1 : 0];
+      if (!open) {
+        open = Batch{.dry_run = dry, .opened = absl::Now()};
+        open->rows.reserve(std::min<size_t>(max_rows_, 1024));
+        cv_.Signal();  // a new deadline for the worker
+      }
+      open->rows.push_back(std::move(row));
+      if (open->rows.size() >= max_rows_) {
+        closed_.push_back(*std::move(open));
+        open.reset();
+        cv_.Signal();
+      }
+      if (!worker_.joinable()) worker_ = std::thread([this] { Work(); });
+      return;
+    }
+  }
+  std::move(row.done)(PushResult{.status = absl::UnavailableError(absl::StrCat(
+                                     "sftp_csv adapter of \"", partner_, "\" is stopping"))});
+}
+
+void SftpCsvAdapter::Work() {
+  while (true) {
+    Batch batch;
+    {
+      absl::MutexLock lock(&mu_);
+      while (!stopping_ && closed_.empty()) {
+        const absl::Time now = absl::Now();
+        absl::Time deadline = absl::InfiniteFuture();
+        for (std::optional<Batch>& open : open_) {
+          if (!open) continue;
+          const absl::Time due = open->opened + max_age_;
+          if (due <= now) {
+            closed_.push_back(*std::move(open));
+            open.reset();
+          } else {
+            deadline = std::min(deadline, due);
+          }
+        }
+        if (closed_.empty()) cv_.WaitWithDeadline(&mu_, deadline);
+      }
+      if (stopping_) break;
+      batch = std::move(closed_.front());
+      closed_.pop_front();
+    }
+    Deliver(batch);
+  }
+  // Stopping: whatever was not uploaded goes back to the lane as retryable.
+  std::vector<Batch> left;
+  {
+    absl::MutexLock lock(&mu_);
+    for (Batch& b : closed_) left.push_back(std::move(b));
+    closed_.clear();
+    for (std::optional<Batch>& open : open_) {
+      if (open) left.push_back(*std::move(open));
+      open.reset();
+    }
+  }
+  const absl::Status stopped = absl::UnavailableError(
+      absl::StrCat("sftp_csv adapter of \"", partner_, "\" stopped before the upload"));
+  for (Batch& b : left) Fail(b, stopped);
+}
+
+void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
+  for (Row& row : batch.rows) {
+    std::move(row.done)(PushResult{.status = status, .detail = std::string(status.message())});
+  }
+}
+
+void SftpCsvAdapter::Deliver(Batch& batch) {
+  const absl::Time start = absl::Now();
+  std::vector<std::string> ids;
+  ids.reserve(batch.rows.size());
+  size_t bytes = header_.size();
+  for (const Row& row : batch.rows) {
+    ids.push_back(row.message_id);
+    bytes += row.line.size();
+  }
+  const std::string name = FileName(ids, start);
+  const std::string path = JoinPath(settings_.remote_dir(), name);
+  const std::string rows = absl::StrCat(batch.rows.size());
+
+  absl::Status status;
+  std::string detail;
+  if (batch.dry_run) {
+    std::string masked = header_;
+    for (const Row& row : batch.rows) masked.append(row.masked);
+    log::Info("", "dry-run: CSV file not uploaded",
+              {{"partner", partner_},
+               {"file", path},
+               {"rows", rows},
+               {"content", absl::StrReplaceAll(masked, {{"\r\n", "\n"}})}});
+    detail = absl::StrCat("dry-run: would upload ", path, " (", rows, " rows)");
+  } else {
+    std::string file;
+    file.reserve(bytes);
+    file.append(header_);
+    for (const Row& row : batch.rows) file.append(row.line);
+    if (client_ == nullptr) client_ = std::make_unique<SftpClient>(client_options_);
+    absl::StatusOr<bool> there = client_->Exists(path);
+    if (!there.ok()) {
+      status = there.status();
+    } else if (*there) {
+      detail = absl::StrCat("already delivered as ", path);
+    } else {
+      status = client_->UploadAtomically(settings_.remote_dir(), name, file);
+      if (absl::IsAlreadyExists(status)) {
+        status = absl::OkStatus();
+        detail = absl::StrCat("already delivered as ", path);
+      } else if (status.ok()) {
+        detail = absl::StrCat("uploaded ", path, " (", rows, " rows)");
+      }
+    }
+    if (!status.ok()) detail = std::string(status.message());
+    const std::string ms = absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - start));
+    if (status.ok()) {
+      log::Info(
+          "", "CSV batch delivered",
+          {{"partner", partner_}, {"file", path}, {"rows", rows}, {"ms", ms}, {"detail", detail}});
+    } else {
+      log::Warn(
+          "", "CSV batch not delivered",
+          {{"partner", partner_}, {"file", path}, {"rows", rows}, {"ms", ms}, {"error", detail}});
+    }
+  }
+  const absl::Duration elapsed = absl::Now() - start;
+  for (Row& row : batch.rows) {
+    std::move(row.done)(PushResult{.status = status,
+                                   .rendered = absl::StrCat(header_, row.line),
+                                   .detail = detail,
+                                   .dry_run = batch.dry_run,
+                                   .elapsed = elapsed});
+  }
+}
+
+absl::StatusOr<std::vector<InboundEvent>> SftpCsvAdapter::Pull(const PullRequest& request) {
+  if (!inbound_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("partner \"", partner_, "\" has no inbound route"));
+  }
+  std::vector<std::string> header;
+  bool have_header = false;
+  absl::Status fatal;
+  std::vector<InboundEvent> events;
+  std::vector<PullError> errors;
+  std::vector<MappedField> mapped;
+
+  auto on_record = [&](uint64_t line, std::span<const std::string> fields) {
+    if (!fatal.ok()) return;
+    if (!have_header) {
+      absl::flat_hash_set<std::string> seen;
+      for (const std::string& name : fields) {
+        if (name.empty()) {
+          fatal = absl::InvalidArgumentError(
+              absl::StrCat("line ", line, ": the header has an empty column name"));
+          return;
+        }
+        if (!seen.insert(name).second) {
+          fatal = absl::InvalidArgumentError(
+              absl::StrCat("line ", line, ": the header repeats column \"", name, "\""));
+          return;
+        }
+      }
+      header.assign(fields.begin(), fields.end());
+      have_header = true;
+      return;
+    }
+    if (fields.size() != header.size()) {
+      errors.push_back(
+          {line, absl::StrCat(fields.size(), " fields, the header has ", header.size())});
+      return;
+    }
+    // Names and values are referenced, not copied: both outlive the mapping of this row.
+    rapidjson::Document row(rapidjson::kObjectType);
+    for (size_t i = 0; i < fields.size(); ++i) {
+      if (fields[i].empty()) continue;  // an empty cell is absent
+      row.AddMember(rapidjson::StringRef(header[i].data(), header[i].size()),
+                    rapidjson::StringRef(fields[i].data(), fields[i].size()), row.GetAllocator());
+    }
+    absl::Status s = inbound_->Apply(row, &mapped);
+    if (!s.ok()) {
+      errors.push_back({line, std::string(s.message())});
+      return;
+    }
+    absl::StatusOr<InboundEvent> event = EventFromFields(mapped);
+    if (!event.ok()) {
+      errors.push_back({line, std::string(event.status().message())});
+      return;
+    }
+    events.push_back(*std::move(event));
+  };
+  auto on_error = [&](uint64_t line, std::string_view message) {
+    if (!fatal.ok()) return;
+    if (!have_header) {
+      fatal = absl::InvalidArgumentError(
+          absl::StrCat("line ", line, ": malformed header: ", ToAbsl(message)));
+      return;
+    }
+    errors.push_back({line, std::string(message)});
+  };
+  absl::Status read = csv::Read(request.body, on_record, on_error);
+  if (!read.ok()) return read;
+  if (!fatal.ok()) return fatal;
+  if (request.errors != nullptr) {
+    request.errors->insert(request.errors->end(), std::make_move_iterator(errors.begin()),
+                           std::make_move_iterator(errors.end()));
+  } else {
+    for (const PullError& e : errors) {
+      log::Warn(request.correlation_id, "CSV row rejected",
+                {{"partner", partner_}, {"line", absl::StrCat(e.line)}, {"error", e.message}});
+    }
+  }
+  return events;
+}
+
+absl::StatusOr<std::unique_ptr<Adapter>> SftpCsvAdapterFactory::Create(
+    const ess::v1::PartnerConfig& partner, const AdapterContext&) const {
+  absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> a = SftpCsvAdapter::Create(partner);
+  if (!a.ok()) return a.status();
+  return std::unique_ptr<Adapter>(*std::move(a));
+}
+
+}  // namespace ess::adapters::sftp_csv

@@ -1,0 +1,138 @@
+// The `sftp_csv` adapter: events out as CSV files dropped on the partner's SFTP server, and the
+// partner's CSV files in as events.
+//
+// Push (outbound). Each event becomes one row of a batch; the file has a header row (the
+// correlation id column, then the targets of the partner's outbound mapping in mapping order)
+// and is written per RFC 4180 (adapters/csv/csv.h: CRLF, quoting as needed, UTF-8). Absent
+// optional fields are empty cells. A batch closes at `max_rows` rows or `max_age_ms` after its
+// first row, whichever comes first; the adapter's own worker thread closes batches and uploads
+// them, one at a time, so Push never blocks on the network. Then, for each closed batch:
+//  1. its name is the configured pattern with {partner}, {date} (UTC yyyymmdd) and {batch}
+//     (SHA-256 of the batch's sorted message ids, first 16 hex digits: the same events give the
+//     same name);
+//  2. if that file already exists on the server the batch counts as delivered (a crash after the
+//     rename, then a redelivery of the same events, produces no second file);
+//  3. otherwise it is uploaded as ".NAME.part" and renamed to NAME in the same SFTP session
+//     (adapters/sftp_csv/sftp_client.h), so the partner never reads a partial file;
+//  4. then, and only then, every event's PushDone runs with the batch's outcome.
+// The outcome's status is SftpClient's (UNAVAILABLE / DEADLINE_EXCEEDED retryable; host key or
+// access problems PERMISSION_DENIED and a refused key UNAUTHENTICATED, which are permanent:
+// they are configuration errors that no retry fixes). Each event's PushResult carries its own
+// row under the header as `rendered` (not the whole file, which would be stored once per row)
+// and "uploaded DIR/NAME (N rows)" as `detail`.
+// Caveat: the lane's max_in_flight for the partner bounds how many rows can wait in a batch;
+// set it to at least max_rows, or batches close by age only.
+//
+// Dry-run events are batched the same way, apart from the real ones; a closed dry-run batch is
+// rendered exactly, logged with the PII columns masked, and completed as dry-run without any
+// connection.
+//
+// Pull (inbound): the bytes of one CSV file. Its first record is the header; every other record
+// becomes a JSON object keyed by the header names (an empty cell is absent, so a mapping
+// default applies and a required field rejects the row), goes through the partner's inbound
+// mapping and must yield a string "id" and "type". A row that fails (bad quoting, a wrong
+// number of cells, a mapping error) is reported through PullRequest::errors with the line it
+// starts on, and the other rows still become events. INVALID_ARGUMENT only when the header
+// itself is unusable (malformed, an empty or repeated column name).
+//
+// Settings: ess.v1.SftpCsvAdapterConfig (proto/ess/v1/adapters.proto).
+#ifndef ESS_ADAPTERS_SFTP_CSV_SFTP_CSV_ADAPTER_H_
+#define ESS_ADAPTERS_SFTP_CSV_SFTP_CSV_ADAPTER_H_
+
+#include <deque>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "adapters/adapter.h"
+#include "adapters/sftp_csv/sftp_client.h"
+#include "common/mapping.h"
+#include "ess/v1/adapters.pb.h"
+
+namespace ess::adapters::sftp_csv {
+
+class SftpCsvAdapter : public Adapter {
+ public:
+  // Validates the partner's settings (key and known_hosts files must be readable, a
+  // passphrase_env must be set). INVALID_ARGUMENT "partners[NAME].settings.FIELD: what".
+  static absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> Create(
+      const ess::v1::PartnerConfig& partner);
+
+  // Stops the worker after the upload in progress; events of batches not yet uploaded complete
+  // with UNAVAILABLE (the lane retries them).
+  ~SftpCsvAdapter() override;
+
+  void Push(const PushRequest& request, PushDone done) override;
+  absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) override;
+
+  // The header row of every file, CRLF included.
+  const std::string& header() const { return header_; }
+  // The file name of a batch of these message ids, closed at `now`.
+  std::string FileName(std::span<const std::string> message_ids, absl::Time now) const;
+  // First 16 hex digits of the SHA-256 of the sorted ids, each followed by '\n'.
+  static std::string BatchId(std::span<const std::string> message_ids);
+
+ private:
+  struct Row {
+    std::string line;    // the CSV record, CRLF included
+    std::string masked;  // the same with PII cells masked (dry-run only)
+    std::string message_id;
+    PushDone done;
+  };
+  struct Batch {
+    bool dry_run = false;
+    absl::Time opened;
+    std::vector<Row> rows;
+  };
+  struct NamePart {
+    std::string text;  // literal, or the placeholder name
+    bool placeholder = false;
+  };
+
+  SftpCsvAdapter() = default;
+
+  std::string RenderRow(const PushRequest& request, bool mask_pii) const;
+  void Work();
+  void Deliver(Batch& batch);
+  static void Fail(Batch& batch, const absl::Status& status);
+
+  std::string partner_;
+  ess::v1::SftpCsvAdapterConfig settings_;
+  std::vector<std::string> columns_;  // mapped fields, after the correlation column
+  std::string header_;
+  std::vector<NamePart> name_pattern_;
+  size_t max_rows_ = 500;
+  absl::Duration max_age_;
+  std::optional<Mapper> inbound_;
+  SftpClient::Options client_options_;
+  std::unique_ptr<SftpClient> client_;  // the worker's only
+
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  // The batches filling up: [0] real events, [1] dry-run events.
+  std::optional<Batch> open_[2] ABSL_GUARDED_BY(mu_);
+  std::deque<Batch> closed_ ABSL_GUARDED_BY(mu_);  // in closing order
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread worker_ ABSL_GUARDED_BY(mu_);  // started by the first Push
+};
+
+class SftpCsvAdapterFactory : public AdapterFactory {
+ public:
+  std::string_view name() const override { return "sftp_csv"; }
+  const google::protobuf::Descriptor* settings_type() const override {
+    return ess::v1::SftpCsvAdapterConfig::descriptor();
+  }
+  absl::StatusOr<std::unique_ptr<Adapter>> Create(const ess::v1::PartnerConfig& partner,
+                                                  const AdapterContext& context) const override;
+};
+
+}  // namespace ess::adapters::sftp_csv
+
+#endif  // ESS_ADAPTERS_SFTP_CSV_SFTP_CSV_ADAPTER_H_
