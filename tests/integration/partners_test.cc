@@ -1,0 +1,192 @@
+// Several partners of different kinds in one hub, configured only: two REST partners with
+// different mappings side by side, and a SOAP partner whose synchronous answer confirms the
+// visit without any webhook. Real binaries, broker and HTTP.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/amqp.h"
+#include "common/replay_client.h"
+#include "tests/integration/capture_partner.h"
+#include "tests/integration/harness.h"
+
+namespace ess {
+namespace {
+
+using testing::BinaryPath;
+using testing::CapturePartner;
+using ::testing::HasSubstr;
+using testing::Process;
+using testing::WaitFor;
+
+constexpr char kSoapAnswer[] = R"(<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+  <soap:Body>
+    <m:BookVisitResponse xmlns:m="urn:medical">
+      <m:Status>confirmed</m:Status>
+      <m:Room>B-12</m:Room>
+    </m:BookVisitResponse>
+  </soap:Body>
+</soap:Envelope>)";
+
+class PartnersTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = testing::BrokerOptions();
+    exchange_ = testing::UniqueName("events");
+    replay_port_ = testing::FreePort();
+  }
+  void TearDown() override {
+    if (outbound_) {
+      EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
+    }
+    stub_.reset();
+    if (replay_) {
+      EXPECT_EQ(replay_->Stop(), 0) << replay_->Log();
+    }
+  }
+
+  void Start(const std::string& partners_yaml) {
+    dir_.Write("hub.yaml", absl::StrCat("bus: {port: ", broker_.port, ", events_exchange: ",
+                                        exchange_, "}\nreplay: {listen: \"127.0.0.1:", replay_port_,
+                                        "\", database_path: replay.db}\n"
+                                        "logging: {level: info}\npartners:\n",
+                                        partners_yaml));
+    replay_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("replay.log"));
+    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          ess::v1::StatsResponse resp;
+          return stub_->Stats(&ctx, {}, &resp).ok();
+        },
+        absl::Seconds(20)));
+    outbound_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("outbound.log"));
+    ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  }
+
+  void Publish(const std::string& queue, const std::string& id, const std::string& body) {
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok());
+    ASSERT_TRUE(
+        (*conn)->Publish("", queue, {.body = body, .correlation_id = id, .message_id = id}).ok());
+  }
+
+  ess::v1::GetResponse Trail(const std::string& cid) {
+    grpc::ClientContext ctx;
+    ess::v1::GetRequest req;
+    req.set_correlation_id(cid);
+    ess::v1::GetResponse resp;
+    stub_->Get(&ctx, req, &resp);
+    return resp;
+  }
+
+  amqp::ConnectionOptions broker_;
+  std::string exchange_;
+  int replay_port_ = 0;
+  testing::TempDir dir_;
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+  std::unique_ptr<Process> replay_, outbound_;
+};
+
+TEST_F(PartnersTest, TwoRestPartnersWithDifferentMappingsSideBySide) {
+  CapturePartner calendar, probation;
+  const std::string qa = testing::UniqueName("calendar"), qb = testing::UniqueName("probation");
+  Start(absl::StrCat(R"(
+  - name: calendar
+    adapter: rest
+    settings: {base_url: ")",
+                     calendar.url(), R"(", path: /api/slots}
+    outbound:
+      queue: )",
+                     qa, R"(
+      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}, {target: slot, source: slotUtc}]
+  - name: probation
+    adapter: rest
+    settings: {base_url: ")",
+                     probation.url(), R"(", path: "/v2/visits/{ref}", method: PUT}
+    outbound:
+      queue: )",
+                     qb, R"(
+      mapping:
+        - {target: ref, source: id, letter_case: lower}
+        - {target: offender, source: inmateId, width: 8, pad: "0", align_right: true}
+        - {target: when, source: slotUtc, timestamp_format: "%d/%m/%Y %H:%M"}
+        - {target: source, constant: ess}
+)"));
+  const std::string event =
+      R"({"type":"VisitScheduleUpdated","id":"VIS-77","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"})";
+  // The same event on both partners' queues.
+  Publish(qa, "VIS-77", event);
+  Publish(qb, "VIS-77", event);
+  ASSERT_TRUE(
+      WaitFor([&] { return calendar.count() == 1 && probation.count() == 1; }, absl::Seconds(20)));
+  EXPECT_EQ(calendar.seen()[0].path, "/api/slots");
+  EXPECT_EQ(calendar.seen()[0].body,
+            R"({"id":"VIS-77","inmate":"A123","slot":"2026-12-01T15:00:00Z"})");
+  EXPECT_EQ(probation.seen()[0].path, "/v2/visits/vis-77");
+  EXPECT_EQ(probation.seen()[0].body,
+            R"({"ref":"vis-77","offender":"0000A123","when":"01/12/2026 15:00","source":"ess"})");
+  EXPECT_EQ(probation.seen()[0].idempotency_key, "VIS-77");
+  ASSERT_TRUE(WaitFor([&] { return Trail("VIS-77").records_size() == 2; }, absl::Seconds(10)));
+}
+
+TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
+  CapturePartner medical;
+  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send(
+        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
+  });
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::UniqueName("subscriber"), queue = testing::UniqueName("medical");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
+  Start(absl::StrCat(R"yaml(
+  - name: medical
+    adapter: soap
+    settings:
+      endpoint: ")yaml",
+                     medical.url(), R"yaml(/soap/Visits"
+      soap_action: "urn:medical/BookVisit"
+      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id><m:Patient>{inmate}</m:Patient></m:BookVisit>"
+      namespaces: {m: "urn:medical"}
+      response_mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
+        - {target: room, xpath: "string(//m:BookVisitResponse/m:Room)"}
+    outbound:
+      queue: )yaml",
+                     queue, R"yaml(
+      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}]
+)yaml"));
+  Publish(queue, "VIS-88",
+          R"({"type":"VisitScheduleUpdated","id":"VIS-88","inmateId":"A&B<1>","slotUtc":"x"})");
+  absl::StatusOr<amqp::Delivery> d;
+  ASSERT_TRUE(WaitFor([&] { return (d = (*conn)->Get(sub)).ok(); }, absl::Seconds(20)))
+      << outbound_->Log();
+  EXPECT_EQ(d->message.body,
+            R"({"id":"VIS-88","type":"SlotConfirmed","status":"confirmed","room":"B-12"})");
+  EXPECT_EQ(d->message.correlation_id, "VIS-88");
+  ASSERT_EQ(medical.count(), 1u);
+  EXPECT_THAT(medical.seen()[0].body,
+              HasSubstr("<m:Id>VIS-88</m:Id><m:Patient>A&amp;B&lt;1&gt;</m:Patient>"));
+  EXPECT_THAT(medical.seen()[0].body, HasSubstr(">VIS-88</ess:CorrelationId>"));
+  ess::v1::GetResponse t;
+  ASSERT_TRUE(WaitFor([&] { return (t = Trail("VIS-88")).trail().stage() == "confirmed"; },
+                      absl::Seconds(10)))
+      << t.DebugString();
+  EXPECT_EQ(t.records_size(), 2);
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+}  // namespace
+}  // namespace ess
