@@ -1,4 +1,5 @@
-// How a partner's HTTP answer is classified, for every adapter that speaks HTTP.
+// What every adapter that speaks HTTP shares: how a partner's answer is classified, how a
+// Retry-After is read, and the transport settings.
 //
 //   2xx (or a configured success code)  OK
 //   408                                 DEADLINE_EXCEEDED   (retryable)
@@ -16,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/http_client.h"
 
 namespace ess::adapters {
 
@@ -24,6 +26,16 @@ absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_c
 
 // True for the codes the lanes retry.
 bool IsRetryable(const absl::Status& status);
+
+// The transport settings every HTTP adapter's settings message has (timeout_ms,
+// connect_timeout_ms, ca_file, max_response_bytes), with their defaults, applied to a request.
+template <typename Settings>
+void ApplyTransport(const Settings& s, http::Request& req) {
+  req.timeout = absl::Milliseconds(s.timeout_ms() ? s.timeout_ms() : 5000);
+  req.connect_timeout = absl::Milliseconds(s.connect_timeout_ms() ? s.connect_timeout_ms() : 2000);
+  req.ca_file = s.ca_file();
+  req.max_response_bytes = s.max_response_bytes() ? s.max_response_bytes() : 65536;
+}
 
 // The wait a Retry-After header asks for: delta-seconds ("120") or an HTTP-date
 // ("Wed, 21 Oct 2026 07:28:00 GMT"), relative to `now`. Zero when absent, malformed or past.

@@ -110,11 +110,7 @@ absl::StatusOr<http::Request> SoapAdapter::Render(const PushRequest& request) co
   }
   for (const auto& [k, v] : settings_.headers()) req.headers.emplace_back(k, v);
   req.body = *std::move(envelope);
-  req.timeout = absl::Milliseconds(settings_.timeout_ms() ? settings_.timeout_ms() : 5000);
-  req.connect_timeout =
-      absl::Milliseconds(settings_.connect_timeout_ms() ? settings_.connect_timeout_ms() : 2000);
-  req.ca_file = settings_.ca_file();
-  req.max_response_bytes = settings_.max_response_bytes() ? settings_.max_response_bytes() : 65536;
+  ApplyTransport(settings_, req);
   return req;
 }
 

@@ -205,13 +205,7 @@ partners:
   std::string Subscribe() {
     auto conn = amqp::Connection::Open(broker_);
     EXPECT_TRUE(conn.ok());
-    std::string sub = testing::UniqueName("subscriber");
-    EXPECT_TRUE((*conn)
-                    ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                             .queues = {{.name = sub}},
-                             .bindings = {{.queue = sub, .exchange = exchange_}}})
-                    .ok());
-    return sub;
+    return conn.ok() ? testing::BindSubscriber(**conn, exchange_) : "";
   }
 
   // Every message in `queue` (drained), by correlation id.

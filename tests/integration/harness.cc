@@ -143,4 +143,13 @@ std::string UniqueName(const std::string& prefix) {
   return absl::StrCat(prefix, "-", getpid(), "-", counter.fetch_add(1));
 }
 
+std::string BindSubscriber(amqp::Connection& conn, const std::string& exchange) {
+  std::string sub = UniqueName("subscriber");
+  absl::Status s = conn.Apply({.exchanges = {{.name = exchange, .type = "fanout"}},
+                               .queues = {{.name = sub}},
+                               .bindings = {{.queue = sub, .exchange = exchange}}});
+  EXPECT_TRUE(s.ok()) << s;
+  return sub;
+}
+
 }  // namespace ess::testing

@@ -71,6 +71,10 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 // A name unique to this test process and call, for queues and exchanges.
 std::string UniqueName(const std::string& prefix);
 
+// Declares a fresh queue bound to the fanout `exchange` (declared too) and returns its name: a
+// subscriber that sees what the hub publishes there.
+std::string BindSubscriber(amqp::Connection& conn, const std::string& exchange);
+
 }  // namespace ess::testing
 
 #endif  // ESS_TESTS_INTEGRATION_HARNESS_H_

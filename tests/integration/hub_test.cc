@@ -276,12 +276,7 @@ TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
-  std::string sub = testing::UniqueName("subscriber");
-  ASSERT_TRUE((*conn)
-                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                           .queues = {{.name = sub}},
-                           .bindings = {{.queue = sub, .exchange = exchange_}}})
-                  .ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
 
   auto resp = PostWebhook(R"({"id":"VIS-77","status":"confirmed"})");
   ASSERT_TRUE(resp.ok()) << resp.status();
@@ -310,12 +305,7 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
-  std::string sub = testing::UniqueName("subscriber");
-  ASSERT_TRUE((*conn)
-                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                           .queues = {{.name = sub}},
-                           .bindings = {{.queue = sub, .exchange = exchange_}}})
-                  .ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
   auto post = [&](const std::string& body, const std::string& webhook_id) {
     http::HeaderList headers = {{"Content-Type", "application/json"}};
     if (!webhook_id.empty()) headers.emplace_back("webhook-id", webhook_id);
@@ -505,12 +495,7 @@ TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
   // With a subscriber bound (an event nobody would receive is refused as unroutable).
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
-  std::string sub = testing::UniqueName("subscriber");
-  ASSERT_TRUE((*conn)
-                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                           .queues = {{.name = sub}},
-                           .bindings = {{.queue = sub, .exchange = exchange_}}})
-                  .ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
   dir_.Write("nostore.yaml", Config("http://127.0.0.1:9", 0, /*replay_port=*/closed));
   StartInbound("nostore.yaml");
   r = PostWebhook(R"({"id":"VIS-9","status":"confirmed"})");
@@ -547,12 +532,7 @@ TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
   StartHub(absl::StrCat("http://127.0.0.1:", partner_port));
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
-  std::string sub = testing::UniqueName("subscriber");
-  ASSERT_TRUE((*conn)
-                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                           .queues = {{.name = sub}},
-                           .bindings = {{.queue = sub, .exchange = exchange_}}})
-                  .ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
   Publish({{"VIS-77", VisitEvent("VIS-77")}});
 
   absl::StatusOr<amqp::Delivery> d;

@@ -144,12 +144,8 @@ TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
   });
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
-  const std::string sub = testing::UniqueName("subscriber"), queue = testing::UniqueName("medical");
-  ASSERT_TRUE((*conn)
-                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
-                           .queues = {{.name = sub}},
-                           .bindings = {{.queue = sub, .exchange = exchange_}}})
-                  .ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  const std::string queue = testing::UniqueName("medical");
   Start(absl::StrCat(R"yaml(
   - name: medical
     adapter: soap
