@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -274,6 +275,11 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     c.mutable_inbound()->set_dedupe_window_seconds(600);
   }
   for (auto& p : *c.mutable_partners()) {
+    if (p.has_inbound() && p.inbound().has_poll()) {
+      auto* poll = p.mutable_inbound()->mutable_poll();
+      if (poll->interval_ms() == 0) poll->set_interval_ms(60000);
+      if (poll->suffix().empty()) poll->set_suffix(".csv");
+    }
     if (!p.has_outbound()) continue;
     auto* out = p.mutable_outbound();
     if (out->max_in_flight() == 0) out->set_max_in_flight(64);
@@ -300,6 +306,41 @@ absl::Status ValidateMapping(const Converter& conv, const std::string& path,
     size_t colon = msg.find(": ");
     std::string sub = colon == std::string::npos ? "" : msg.substr(0, colon);
     return conv.ErrorAt(path + sub, colon == std::string::npos ? msg : msg.substr(colon + 2));
+  }
+  return absl::OkStatus();
+}
+
+// Adapter kinds whose partners drop files the inbound lane can poll.
+bool PullsFiles(std::string_view adapter) { return adapter == "sftp_csv"; }
+
+bool IsAbsoluteRemotePath(const std::string& path) {
+  return !path.empty() && path[0] == '/' && std::none_of(path.begin(), path.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+}
+
+std::string_view TrimTrailingSlashes(std::string_view path) {
+  while (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  return path;
+}
+
+absl::Status ValidatePoll(const Converter& conv, const std::string& path,
+                          const std::string& adapter, const ess::v1::SftpPoll& poll) {
+  if (!PullsFiles(adapter)) {
+    return conv.ErrorAt(
+        path, absl::StrCat("adapter \"", adapter, "\" cannot pull files (a poll needs sftp_csv)"));
+  }
+  if (!IsAbsoluteRemotePath(poll.remote_dir())) {
+    return conv.ErrorAt(path + ".remote_dir", "must be an absolute path");
+  }
+  if (!IsAbsoluteRemotePath(poll.processed_dir())) {
+    return conv.ErrorAt(path + ".processed_dir", "must be an absolute path");
+  }
+  if (TrimTrailingSlashes(poll.remote_dir()) == TrimTrailingSlashes(poll.processed_dir())) {
+    return conv.ErrorAt(path + ".processed_dir", "must differ from remote_dir");
+  }
+  if (poll.suffix().find('/') != std::string::npos) {
+    return conv.ErrorAt(path + ".suffix", "must not contain '/'");
   }
   return absl::OkStatus();
 }
@@ -355,14 +396,22 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
     }
     if (p.has_inbound()) {
       const std::string in = at + ".inbound";
-      const std::string& wp = p.inbound().webhook_path();
-      if (wp.empty() || wp[0] != '/')
-        return conv.ErrorAt(in + ".webhook_path", "must start with /");
-      if (!paths.insert(wp).second) {
-        return conv.ErrorAt(in + ".webhook_path",
-                            absl::StrCat("path \"", wp, "\" is already used by another partner"));
+      const ess::v1::InboundRoute& route = p.inbound();
+      if (route.webhook_path().empty() && !route.has_poll()) {
+        return conv.ErrorAt(in, "needs a webhook_path or a poll (or both)");
       }
-      absl::Status s = ValidateMapping(conv, in + ".mapping", p.inbound().mapping());
+      if (const std::string& wp = route.webhook_path(); !wp.empty()) {
+        if (wp[0] != '/') return conv.ErrorAt(in + ".webhook_path", "must start with /");
+        if (!paths.insert(wp).second) {
+          return conv.ErrorAt(in + ".webhook_path",
+                              absl::StrCat("path \"", wp, "\" is already used by another partner"));
+        }
+      }
+      if (route.has_poll()) {
+        absl::Status s = ValidatePoll(conv, in + ".poll", p.adapter(), route.poll());
+        if (!s.ok()) return s;
+      }
+      absl::Status s = ValidateMapping(conv, in + ".mapping", route.mapping());
       if (!s.ok()) return s;
     }
   }

@@ -116,10 +116,11 @@ struct Lane::Call {
 };
 
 Lane::Lane(Options options, std::vector<Route> routes, amqp::Publisher* publisher,
-           ReplayRecorder* recorder)
+           ReplayRecorder* recorder, AuditSink* audit)
     : options_(std::move(options)),
       publisher_(publisher),
       recorder_(recorder),
+      audit_(audit),
       server_(options_.server, [this](http::ServerRequest req,
                                       http::Responder r) { Handle(std::move(req), std::move(r)); }),
       recent_(options_.dedupe_window) {
@@ -331,6 +332,16 @@ void Lane::OnRecorded(std::shared_ptr<Call> call) {
 void Lane::Finish(Call& call, int status, std::string body) {
   if (status != 200) {
     for (const std::string& id : call.ids) recent_.Release(id);
+  }
+  // One audit event per event of the call: published, or failed with the answer's reason.
+  if (audit_ != nullptr && audit_->enabled()) {
+    for (size_t i = 0; i < call.events.size() && i < call.ids.size(); ++i) {
+      const adapters::InboundEvent& ev = call.events[i];
+      audit_->Emit(AuditSink::Make(
+          ess::v1::DIRECTION_INBOUND, call.partner, ev.correlation_id, call.ids[i], ev.event_type,
+          status == 200 ? ess::v1::MESSAGE_STATUS_PUBLISHED : ess::v1::MESSAGE_STATUS_FAILED,
+          status == 200 ? std::string_view() : std::string_view(body), 1, call.received_at, false));
+    }
   }
   http::ServerResponse resp{.status = status, .body = std::move(body)};
   if (status == 503) resp.headers.emplace_back("Retry-After", "1");

@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "adapters/adapter.h"
 #include "common/amqp.h"
+#include "common/audit.h"
 #include "common/http_server.h"
 #include "common/replay_client.h"
 
@@ -55,9 +56,9 @@ class Lane {
     std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0};
   };
 
-  // `publisher` and `recorder` must outlive the lane.
+  // `publisher`, `recorder` and `audit` (may be null) must outlive the lane.
   Lane(Options options, std::vector<Route> routes, amqp::Publisher* publisher,
-       ReplayRecorder* recorder);
+       ReplayRecorder* recorder, AuditSink* audit = nullptr);
   ~Lane();
 
   absl::Status Start();
@@ -100,6 +101,7 @@ class Lane {
   absl::flat_hash_map<std::string, Route> routes_;
   amqp::Publisher* publisher_;
   ReplayRecorder* recorder_;
+  AuditSink* audit_;
   http::Server server_;
   RecentIds recent_;
   Counters counters_;

@@ -1,21 +1,26 @@
-// inbound_svc: serves partner webhooks and publishes them as internal events. Wiring only; the
-// behaviour lives in lane.h.
+// inbound_svc: serves partner webhooks and polls partners' SFTP drop folders, and publishes
+// what they bring as internal events. Wiring only; the behaviour lives in lane.h and
+// sftp_poller.h.
 #include <iostream>
+#include <memory>
 
 #include "adapters/registry.h"
+#include "adapters/sftp_csv/sftp_csv_adapter.h"
 #include "common/amqp.h"
 #include "common/cli.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/wiring.h"
 #include "inbound_svc/lane.h"
+#include "inbound_svc/sftp_poller.h"
 
 int main(int argc, char** argv) {
   ess::cli::BlockTerminationSignals();
   ess::cli::Parse(argc, argv,
                   "inbound_svc --config PATH\n"
-                  "Serves each partner's webhook path and publishes its callbacks as internal "
-                  "events to the events exchange, confirmed and recorded before the answer.");
+                  "Serves each partner's webhook path and polls each partner's SFTP drop "
+                  "folder, and publishes callbacks and file rows as internal events to the "
+                  "events exchange, confirmed and recorded before the answer (or the move).");
   const std::string path = ess::cli::RequiredConfigPath();
   const auto& registry = ess::adapters::BuiltinRegistry();
   auto config = ess::config::LoadFile(path, registry.SettingsResolver());
@@ -33,33 +38,75 @@ int main(int argc, char** argv) {
               << ": replay.address (or replay.listen) is required by inbound_svc\n";
     return 2;
   }
+  const std::string& exchange = config->bus().events_exchange();
+  ess::amqp::Topology topology{.exchanges = {{.name = exchange, .type = "fanout"}}};
   std::vector<ess::inbound::Lane::Route> routes;
+  // What each poller needs besides the publisher and the recorder, built before them.
+  struct Poll {
+    ess::inbound::SftpPoller::Options options;
+    ess::adapters::sftp_csv::SftpClient::Options sftp;
+    std::unique_ptr<ess::adapters::Adapter> adapter;
+  };
+  std::vector<Poll> polls;
   for (const auto& p : config->partners()) {
     if (!p.has_inbound()) continue;
-    auto adapter = registry.Create(p, {});
-    if (!adapter.ok()) {
-      std::cerr << "error: " << path << ": " << adapter.status().message() << "\n";
-      return 2;
+    if (!p.inbound().webhook_path().empty()) {
+      auto adapter = registry.Create(p, {});
+      if (!adapter.ok()) {
+        std::cerr << "error: " << path << ": " << adapter.status().message() << "\n";
+        return 2;
+      }
+      routes.push_back({.partner = p.name(),
+                        .path = p.inbound().webhook_path(),
+                        .adapter = *std::move(adapter)});
     }
-    routes.push_back(
-        {.partner = p.name(), .path = p.inbound().webhook_path(), .adapter = *std::move(adapter)});
+    if (p.inbound().has_poll()) {
+      // The config loader admits polls of sftp_csv partners only.
+      auto adapter = ess::adapters::sftp_csv::SftpCsvAdapter::Create(p);
+      if (!adapter.ok()) {
+        std::cerr << "error: " << path << ": " << adapter.status().message() << "\n";
+        return 2;
+      }
+      const ess::v1::SftpPoll& poll = p.inbound().poll();
+      ess::amqp::QueueSpec parked{.name = ess::inbound::SftpPoller::ParkedQueue(p.name())};
+      if (config->bus().quorum_queues()) parked.string_args = {{"x-queue-type", "quorum"}};
+      topology.queues.push_back(std::move(parked));
+      ess::adapters::sftp_csv::SftpClient::Options sftp = (*adapter)->client_options();
+      polls.push_back({.options = {.partner = p.name(),
+                                   .remote_dir = poll.remote_dir(),
+                                   .processed_dir = poll.processed_dir(),
+                                   .suffix = poll.suffix(),
+                                   .interval = absl::Milliseconds(poll.interval_ms()),
+                                   .events_exchange = exchange},
+                       .sftp = std::move(sftp),
+                       .adapter = *std::move(adapter)});
+    }
   }
-  if (routes.empty()) {
+  if (routes.empty() && polls.empty()) {
     std::cerr << "error: " << path << ": partners: no partner has an inbound route\n";
     return 2;
   }
 
-  const std::string& exchange = config->bus().events_exchange();
-  ess::amqp::Publisher publisher(
-      {.connection = ess::BusOptions(config->bus(), "inbound_svc"),
-       .topology = {.exchanges = {{.name = exchange, .type = "fanout"}}}});
+  const std::string& audit_exchange = config->bus().audit_exchange();
+  if (!audit_exchange.empty()) {
+    topology.exchanges.push_back({.name = audit_exchange, .type = "fanout"});
+  }
+  ess::amqp::Publisher publisher({.connection = ess::BusOptions(config->bus(), "inbound_svc"),
+                                  .topology = std::move(topology)});
+  ess::AuditSink audit(&publisher, audit_exchange);
   ess::ReplayRecorder recorder(ess::RecorderOptions(config->replay()));
+  std::vector<std::unique_ptr<ess::inbound::SftpPoller>> pollers;
+  for (Poll& poll : polls) {
+    pollers.push_back(
+        std::make_unique<ess::inbound::SftpPoller>(std::move(poll.options), std::move(poll.sftp),
+                                                   std::move(poll.adapter), &publisher, &recorder));
+  }
   ess::inbound::Lane lane(
       {.server = {.listen = config->inbound().listen(),
                   .max_body_bytes = config->inbound().max_body_bytes()},
        .events_exchange = exchange,
        .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds())},
-      std::move(routes), &publisher, &recorder);
+      std::move(routes), &publisher, &recorder, &audit);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     // The publisher keeps reconnecting; webhooks get 503 meanwhile.
     ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
@@ -68,12 +115,16 @@ int main(int argc, char** argv) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
   }
+  for (auto& poller : pollers) poller->Start();
   ess::log::Info("", "inbound lane running",
                  {{"listen", config->inbound().listen()},
                   {"port", std::to_string(lane.port())},
-                  {"exchange", exchange}});
+                  {"exchange", exchange},
+                  {"pollers", std::to_string(pollers.size())}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
+  // Pollers first: a file they abandon stays in its folder; the publisher is still up for them.
+  for (auto& poller : pollers) poller->Stop();
   lane.Stop();
   publisher.Stop();
   recorder.Stop();
@@ -84,5 +135,15 @@ int main(int argc, char** argv) {
                   {"rejected", std::to_string(c.rejected.load())},
                   {"unavailable", std::to_string(c.unavailable.load())},
                   {"duplicates", std::to_string(c.duplicates.load())}});
+  for (const auto& poller : pollers) {
+    const auto& pc = poller->counters();
+    ess::log::Info("", "poller stopped",
+                   {{"partner", poller->partner()},
+                    {"files", std::to_string(pc.files.load())},
+                    {"events", std::to_string(pc.events.load())},
+                    {"parked", std::to_string(pc.parked.load())},
+                    {"repeated", std::to_string(pc.repeated.load())},
+                    {"failures", std::to_string(pc.failures.load())}});
+  }
   return 0;
 }

@@ -153,8 +153,8 @@ struct Lane::PartnerState {
 };
 
 Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-           ReplayRecorder* recorder, amqp::Publisher* publisher)
-    : options_(std::move(options)), recorder_(recorder), publisher_(publisher) {
+           ReplayRecorder* recorder, amqp::Publisher* publisher, AuditSink* audit)
+    : options_(std::move(options)), recorder_(recorder), publisher_(publisher), audit_(audit) {
   amqp::Consumer::Options copts{.connection = options_.connection,
                                 .topology = std::move(topology),
                                 .prefetch = options_.prefetch};
@@ -482,10 +482,13 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
   const bool dry = result.dry_run;
   Job* raw = job.release();
   Record(p, *raw, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
-         std::move(result.rendered), absl::OkStatus(), [this, raw, dry](absl::Status s) {
+         std::move(result.rendered), absl::OkStatus(), [this, &p, raw, dry](absl::Status s) {
            std::unique_ptr<Job> owned(raw);
            if (s.ok()) {
              (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
+             Audit(p, *owned,
+                   dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
+                   absl::OkStatus());
              Ack(*owned);
              return;
            }
@@ -539,19 +542,21 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
   }
   std::string queue = RetryQueueName(p.partner.route.queue(), level);
   Job* raw = job.release();
-  Record(p, *raw, ess::v1::MESSAGE_STATUS_FAILED, "", status,
-         [this, raw, queue = std::move(queue), status, first_ms, delay_ms](absl::Status) mutable {
-           // The message is safe in the retry queue whether or not the record was stored.
-           std::unique_ptr<Job> owned(raw);
-           amqp::Message msg = std::move(owned->delivery.message);
-           SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
-           SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
-           SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
-           AppendHistory(msg.headers, owned->attempt, status);
-           msg.expiration = absl::StrCat(delay_ms);
-           counters_.retried.fetch_add(1, std::memory_order_relaxed);
-           MoveAndAck(*owned, std::move(queue), std::move(msg));
-         });
+  Record(
+      p, *raw, ess::v1::MESSAGE_STATUS_FAILED, "", status,
+      [this, &p, raw, queue = std::move(queue), status, first_ms, delay_ms](absl::Status) mutable {
+        // The message is safe in the retry queue whether or not the record was stored.
+        std::unique_ptr<Job> owned(raw);
+        amqp::Message msg = std::move(owned->delivery.message);
+        SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
+        SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
+        SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
+        AppendHistory(msg.headers, owned->attempt, status);
+        msg.expiration = absl::StrCat(delay_ms);
+        counters_.retried.fetch_add(1, std::memory_order_relaxed);
+        Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
+        MoveAndAck(*owned, std::move(queue), std::move(msg));
+      });
 }
 
 void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason) {
@@ -570,6 +575,7 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
     AppendHistory(msg.headers, owned->attempt, reason);
     msg.expiration.clear();
     counters_.parked.fetch_add(1, std::memory_order_relaxed);
+    Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
     MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
   });
 }
@@ -591,6 +597,15 @@ void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string r
   rec.set_source(job.delivery.queue);
   *rec.mutable_received_at() = ToProto(job.received_at);
   recorder_->Record(std::move(rec), std::move(done));
+}
+
+void Lane::Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
+                 const absl::Status& error) {
+  if (audit_ == nullptr || !audit_->enabled()) return;
+  audit_->Emit(AuditSink::Make(ess::v1::DIRECTION_OUTBOUND, p.partner.name, job.correlation_id,
+                               job.message_id, job.event_type, status, ToStd(error.message()),
+                               job.attempt, job.received_at,
+                               status == ess::v1::MESSAGE_STATUS_DRY_RUN));
 }
 
 // --- the supervisor: breaker probes and store outages -----------------------------------------

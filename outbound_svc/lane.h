@@ -44,6 +44,7 @@
 #include "absl/synchronization/mutex.h"
 #include "adapters/adapter.h"
 #include "common/amqp.h"
+#include "common/audit.h"
 #include "common/mapping.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
@@ -88,10 +89,10 @@ class Lane {
         duplicates{0}, requeued{0}, breaker_opened{0}, store_pauses{0};
   };
 
-  // `recorder` and `publisher` (for synchronous confirmations; may be null when no adapter
-  // produces any) must outlive the lane.
+  // `recorder`, `publisher` (for synchronous confirmations; may be null when no adapter
+  // produces any) and `audit` (may be null) must outlive the lane.
   Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-       ReplayRecorder* recorder, amqp::Publisher* publisher = nullptr);
+       ReplayRecorder* recorder, amqp::Publisher* publisher = nullptr, AuditSink* audit = nullptr);
   ~Lane();
 
   // Connects and starts consuming every partner's queue.
@@ -126,6 +127,8 @@ class Lane {
   void Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason);
   void Record(PartnerState& p, Job& job, ess::v1::MessageStatus status, std::string rendered,
               const absl::Status& error, ReplayRecorder::Done done);
+  void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
+             const absl::Status& error);
   // Breaker bookkeeping of one push outcome; true if the breaker just opened.
   bool NoteOutcome(PartnerState& p, bool failed);
   void OpenBreaker(PartnerState& p);
@@ -140,6 +143,7 @@ class Lane {
   Options options_;
   ReplayRecorder* recorder_;
   amqp::Publisher* publisher_;
+  AuditSink* audit_;
   std::vector<std::unique_ptr<PartnerState>> partners_;
   absl::flat_hash_map<std::string, PartnerState*> by_queue_;
   std::unique_ptr<amqp::Consumer> consumer_;

@@ -59,15 +59,22 @@ int main(int argc, char** argv) {
   }
   // Confirmations that partners' answers carry (SOAP) go to the events exchange.
   const std::string& exchange = config->bus().events_exchange();
+  // So do the audit events, when an audit exchange is configured.
+  ess::amqp::Topology publish_topology{.exchanges = {{.name = exchange, .type = "fanout"}}};
+  const std::string& audit_exchange = config->bus().audit_exchange();
+  if (!audit_exchange.empty()) {
+    publish_topology.exchanges.push_back({.name = audit_exchange, .type = "fanout"});
+  }
   ess::amqp::Publisher publisher(
-      {.connection = ess::BusOptions(config->bus(), "outbound_svc-confirmations"),
-       .topology = {.exchanges = {{.name = exchange, .type = "fanout"}}}});
+      {.connection = ess::BusOptions(config->bus(), "outbound_svc-publisher"),
+       .topology = std::move(publish_topology)});
+  ess::AuditSink audit(&publisher, audit_exchange);
   ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
                             .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
                             .dry_run = dry_run,
                             .events_exchange = exchange},
                            ess::outbound::OutboundTopology(*config), std::move(partners), &recorder,
-                           &publisher);
+                           &publisher, &audit);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
   }

@@ -72,6 +72,11 @@ struct SftpClient::Transfer {
   std::vector<std::string> quote;      // before the transfer
   std::vector<std::string> postquote;  // after it, in the same session
   CURLcode code = CURLE_OK;
+  bool dirlistonly = false;
+  // Downloads and listings: where the bytes go, and how many at most.
+  std::string* sink = nullptr;
+  size_t max_bytes = 0;
+  bool too_large = false;  // set when the transfer was cut at max_bytes
 };
 
 SftpClient::SftpClient(Options options) : options_(std::move(options)) { GlobalInit(); }
@@ -143,6 +148,26 @@ absl::Status SftpClient::Perform(Transfer& t) {
     curl_easy_setopt(c, CURLOPT_READDATA, &t);
     curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.data.size()));
   }
+  if (t.sink != nullptr) {
+    t.too_large = false;
+    curl_write_callback write = [](char* buf, size_t size, size_t n, void* arg) -> size_t {
+      auto* tr = static_cast<Transfer*>(arg);
+      const size_t len = size * n;
+      if (len > tr->max_bytes - tr->sink->size()) {
+        tr->too_large = true;
+        return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+      }
+      tr->sink->append(buf, len);
+      return len;
+    };
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
+    if (!t.dirlistonly) {
+      // Lets libcurl refuse a file whose size it learns up front, before any byte moves.
+      curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_bytes));
+    }
+  }
+  if (t.dirlistonly) curl_easy_setopt(c, CURLOPT_DIRLISTONLY, 1L);
   t.code = curl_easy_perform(c);
   // The lists and the error buffer die with this frame: unhook them from the handle.
   curl_easy_setopt(c, CURLOPT_QUOTE, nullptr);
@@ -212,6 +237,77 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
     return absl::AlreadyExistsError(absl::StrCat(final_path, " already exists"));
   }
   return absl::UnavailableError(absl::StrCat(s.message(), " (renaming ", part, ")"));
+}
+
+absl::StatusOr<std::vector<std::string>> SftpClient::List(std::string_view dir, size_t max_bytes) {
+  std::string listing;
+  Transfer t{.what = absl::StrCat("listing of ", ToAbsl(dir)),
+             .url = Url(JoinPath(dir, "")),
+             .dirlistonly = true,
+             .sink = &listing,
+             .max_bytes = max_bytes};
+  absl::Status s = Perform(t);
+  if (t.too_large) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("sftp listing of ", ToAbsl(dir), " is larger than ", max_bytes, " bytes"));
+  }
+  if (!s.ok()) return s;
+  std::vector<std::string> names;
+  // libcurl writes one name per line.
+  for (absl::string_view name : absl::StrSplit(listing, '\n', absl::SkipEmpty())) {
+    if (name == "." || name == "..") continue;
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+absl::StatusOr<std::string> SftpClient::Download(std::string_view path, size_t max_bytes) {
+  std::string data;
+  Transfer t{.what = absl::StrCat("download of ", ToAbsl(path)),
+             .url = Url(path),
+             .sink = &data,
+             .max_bytes = max_bytes};
+  absl::Status s = Perform(t);
+  if (t.too_large || t.code == CURLE_FILESIZE_EXCEEDED) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("sftp download of ", ToAbsl(path), " on ", options_.host, ":", options_.port,
+                     ": the file is larger than ", max_bytes, " bytes"));
+  }
+  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return absl::NotFoundError(s.message());
+  if (!s.ok()) return s;
+  return data;
+}
+
+absl::Status SftpClient::Rename(std::string_view from, std::string_view to) {
+  const std::string_view dir = from.substr(0, from.rfind('/') + 1);
+  Transfer t{.what = absl::StrCat("rename of ", ToAbsl(from), " to ", ToAbsl(to)),
+             .url = Url(dir.empty() ? "/" : dir),
+             .nobody = true,
+             .quote = {absl::StrCat("rename ", QuotePath(from), " ", QuotePath(to))}};
+  absl::Status s = Perform(t);
+  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
+  // The server refused: say why when it is one of the two expected reasons.
+  if (absl::StatusOr<bool> there = Exists(to); there.ok() && *there) {
+    return absl::AlreadyExistsError(absl::StrCat(ToAbsl(to), " already exists"));
+  }
+  if (absl::StatusOr<bool> there = Exists(from); there.ok() && !*there) {
+    return absl::NotFoundError(absl::StrCat(ToAbsl(from), " is not there"));
+  }
+  return s;
+}
+
+absl::Status SftpClient::Remove(std::string_view path) {
+  const std::string_view dir = path.substr(0, path.rfind('/') + 1);
+  Transfer t{.what = absl::StrCat("removal of ", ToAbsl(path)),
+             .url = Url(dir.empty() ? "/" : dir),
+             .nobody = true,
+             .quote = {absl::StrCat("rm ", QuotePath(path))}};
+  absl::Status s = Perform(t);
+  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
+  if (absl::StatusOr<bool> there = Exists(path); there.ok() && !*there) {
+    return absl::NotFoundError(absl::StrCat(ToAbsl(path), " is not there"));
+  }
+  return s;
 }
 
 }  // namespace ess::adapters::sftp_csv

@@ -1,11 +1,14 @@
 // A small blocking SFTP client (libcurl over libssh2) for one server: checks whether a file
-// exists and uploads a file atomically.
+// exists, uploads a file atomically, lists a folder, downloads, renames and removes files.
 //
 //   SftpClient client({.host = "127.0.0.1", .port = 2222, .user = "ess",
 //                      .private_key_file = "/keys/id_ed25519",
 //                      .known_hosts_file = "/keys/known_hosts"});
 //   absl::StatusOr<bool> there = client.Exists("/inbound/visits.csv");
 //   absl::Status s = client.UploadAtomically("/inbound", "visits.csv", bytes);
+//   absl::StatusOr<std::vector<std::string>> names = client.List("/outbound");
+//   absl::StatusOr<std::string> data = client.Download("/outbound/a.csv", 64 << 20);
+//   s = client.Rename("/outbound/a.csv", "/outbound/done/a.csv");
 //
 // Guarantees:
 //  * the server's host key must be in known_hosts: unknown and mismatched keys are rejected
@@ -22,7 +25,11 @@
 //   PERMISSION_DENIED   the host key is unknown or does not match known_hosts, or the server
 //                       refused access to the path (permanent: configuration)
 //   UNAUTHENTICATED     the server refused the key (permanent: configuration)
-//   ALREADY_EXISTS      UploadAtomically only: DIR/NAME appeared meanwhile (nothing overwritten)
+//   ALREADY_EXISTS      UploadAtomically: DIR/NAME appeared meanwhile; Rename: the target exists
+//                       (nothing overwritten either way)
+//   NOT_FOUND           Download, Rename, Remove: the file is not there
+//   FAILED_PRECONDITION Download: the file is larger than the limit (nothing returned)
+//   RESOURCE_EXHAUSTED  List: the listing is larger than its limit
 //   INVALID_ARGUMENT    a path libcurl cannot express
 //
 // Not thread-safe: one thread uses a client. Its SSH connection is kept and reused between
@@ -30,9 +37,11 @@
 #ifndef ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
 #define ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -67,6 +76,25 @@ class SftpClient {
   // Uploads `data` as DIR/NAME through DIR/.NAME.part (see the file comment). `dir` is absolute;
   // `name` has no '/'. On a failed rename the part file is removed (best effort).
   absl::Status UploadAtomically(std::string_view dir, std::string_view name, std::string_view data);
+
+  // The names in the absolute folder `dir`, in the server's order, without "." and "..";
+  // folders and links are listed too (a name alone does not tell them apart). UNAVAILABLE if
+  // the folder is missing; RESOURCE_EXHAUSTED if the listing exceeds `max_bytes`.
+  absl::StatusOr<std::vector<std::string>> List(std::string_view dir,
+                                                size_t max_bytes = size_t{16} << 20);
+
+  // The bytes of the absolute `path`. FAILED_PRECONDITION, after at most about `max_bytes` were
+  // read, if the file is larger; NOT_FOUND if it is not there.
+  absl::StatusOr<std::string> Download(std::string_view path, size_t max_bytes);
+
+  // Renames the absolute `from` to the absolute `to` (any folder of the same file system).
+  // ALREADY_EXISTS if `to` exists: SFTP version 3 (what libssh2 speaks; OpenSSH follows it)
+  // never overwrites.
+  // NOT_FOUND if `from` is not there.
+  absl::Status Rename(std::string_view from, std::string_view to);
+
+  // Removes the absolute `path` (a file). NOT_FOUND if it is not there.
+  absl::Status Remove(std::string_view path);
 
  private:
   struct Transfer;

@@ -79,8 +79,10 @@ absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
   }
   if (s.known_hosts_file().empty()) return bad("known_hosts_file", "is required");
   if (!Readable(s.known_hosts_file())) return bad("known_hosts_file", "cannot be read");
+  // Only pushed files need the upload folder: a partner that only drops files for the inbound
+  // poll (InboundRoute.poll) may leave it out.
   std::string dir = s.remote_dir();
-  if (dir.empty() || dir[0] != '/' || HasControl(dir)) {
+  if (dir.empty() ? partner.has_outbound() : dir[0] != '/' || HasControl(dir)) {
     return bad("remote_dir", "must be an absolute path");
   }
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();

@@ -35,7 +35,8 @@
 // starts on, and the other rows still become events. INVALID_ARGUMENT only when the header
 // itself is unusable (malformed, an empty or repeated column name).
 //
-// Settings: ess.v1.SftpCsvAdapterConfig (proto/ess/v1/adapters.proto).
+// Settings: ess.v1.SftpCsvAdapterConfig (proto/ess/v1/adapters.proto). `remote_dir` is required
+// only for a partner with an outbound route.
 #ifndef ESS_ADAPTERS_SFTP_CSV_SFTP_CSV_ADAPTER_H_
 #define ESS_ADAPTERS_SFTP_CSV_SFTP_CSV_ADAPTER_H_
 
@@ -72,6 +73,9 @@ class SftpCsvAdapter : public Adapter {
   void Push(const PushRequest& request, PushDone done) override;
   absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) override;
 
+  // How this partner's server is reached (host, port, user, keys, known_hosts, deadlines), for
+  // another client of the same server, e.g. the inbound lane's poller.
+  const SftpClient::Options& client_options() const { return client_options_; }
   // The header row of every file, CRLF included.
   const std::string& header() const { return header_; }
   // The file name of a batch of these message ids, closed at `now`.

@@ -3,8 +3,10 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <rapidjson/document.h>
 
 #include <future>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -61,6 +63,7 @@ bus:
   port: BUS_PORT
   events_exchange: EXCHANGE
   quorum_queues: QUORUM
+  audit_exchange: AUDIT
 replay:
   listen: 127.0.0.1:REPLAY_LISTEN
   address: 127.0.0.1:REPLAY_PORT
@@ -101,7 +104,8 @@ partners:
          {"INBOUND_PORT", absl::StrCat(inbound_port_)},
          {"PARTNER_URL", partner_url},
          {"QUEUE", queue_},
-         {"QUORUM", quorum_ ? "true" : "false"}});
+         {"QUORUM", quorum_ ? "true" : "false"},
+         {"AUDIT", exchange_ + ".audit"}});
     return yaml;
   }
 
@@ -338,6 +342,42 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
                           R"({"type":"SlotConfirmed","id":"VIS-1","status":"confirmed"})",
                           R"({"type":"SlotConfirmed","id":"VIS-2","status":"confirmed"})",
                           R"({"type":"SlotConfirmed","id":"VIS-2","status":"cancelled"})"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  CapturePartner partner;
+  StartHub(partner.url());
+  Publish({{"AU-1", VisitEvent("AU-1")}, {"AU-BAD", R"({"id":"AU-BAD","inmateId":"A123"})"}});
+  auto r = PostWebhook(R"({"id":"AU-1","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->status, 200);
+  std::map<std::string, std::string> seen;  // correlation id + direction -> the audit JSON
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto d = (*conn)->Get(audit); d.ok(); d = (*conn)->Get(audit)) {
+          EXPECT_EQ(d->message.type, "SyncAudit");
+          rapidjson::Document doc;
+          EXPECT_FALSE(doc.Parse(d->message.body.c_str()).HasParseError());
+          seen[d->message.correlation_id + "/" + doc["direction"].GetString()] = d->message.body;
+        }
+        return seen.size() == 3;
+      },
+      absl::Seconds(20)));
+  EXPECT_THAT(seen["AU-1/DIRECTION_OUTBOUND"], HasSubstr(R"("status":"MESSAGE_STATUS_DELIVERED")"));
+  EXPECT_THAT(seen["AU-1/DIRECTION_OUTBOUND"], HasSubstr(R"("partner":"prison_calendar")"));
+  EXPECT_THAT(seen["AU-1/DIRECTION_INBOUND"], HasSubstr(R"("status":"MESSAGE_STATUS_PUBLISHED")"));
+  EXPECT_THAT(seen["AU-1/DIRECTION_INBOUND"], HasSubstr(R"("eventType":"SlotConfirmed")"));
+  EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr(R"("status":"MESSAGE_STATUS_DEAD")"));
+  EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr("missing required field"));
+  for (const auto& [key, json] : seen) {
+    EXPECT_THAT(json, ::testing::Not(HasSubstr("A123"))) << key;  // ids and outcome, no payload
+  }
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 

@@ -1,0 +1,59 @@
+#include "common/audit.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/sv.h"
+#include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace ess {
+namespace {
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+}  // namespace
+
+ess::v1::SyncAudit AuditSink::Make(ess::v1::Direction direction, std::string_view partner,
+                                   std::string_view correlation_id, std::string_view message_id,
+                                   std::string_view event_type, ess::v1::MessageStatus status,
+                                   std::string_view error, uint32_t attempt, absl::Time started,
+                                   bool dry_run) {
+  ess::v1::SyncAudit a;
+  a.set_direction(direction);
+  a.set_partner(std::string(partner));
+  a.set_correlation_id(std::string(correlation_id));
+  a.set_message_id(std::string(message_id));
+  a.set_event_type(std::string(event_type));
+  a.set_status(status);
+  a.set_error(std::string(error));
+  a.set_attempt(attempt);
+  *a.mutable_started_at() = ToProto(started);
+  *a.mutable_finished_at() = ToProto(absl::Now());
+  a.set_dry_run(dry_run);
+  return a;
+}
+
+void AuditSink::Emit(const ess::v1::SyncAudit& event) {
+  if (!enabled()) return;
+  amqp::Message msg;
+  if (!google::protobuf::util::MessageToJsonString(event, &msg.body).ok()) return;
+  msg.correlation_id = event.correlation_id();
+  msg.message_id = absl::StrCat(event.message_id(), ":",
+                                ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
+  msg.type = "SyncAudit";
+  std::string cid = event.correlation_id();
+  publisher_->Publish(exchange_, "", std::move(msg), [this, cid](absl::Status s) {
+    if (s.ok()) return;
+    // Logged on the first failure and every 1000th after: an audit exchange nobody is bound to
+    // must not flood the log.
+    if (failures_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
+      log::Warn(cid, "audit event not published",
+                {{"error", ToStd(s.message())}, {"failures", absl::StrCat(failures_.load())}});
+    }
+  });
+}
+
+}  // namespace ess

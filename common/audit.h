@@ -1,0 +1,51 @@
+// Audit events: one SyncAudit (proto/ess/v1/event.proto) per sync outcome, published as JSON to
+// the audit exchange (bus.audit_exchange; off when empty). They carry ids, outcome and timing,
+// never payloads, so they hold no PII.
+//
+// Publishing uses the lane's Publisher: persistent, mandatory, confirmed. An audit event that
+// cannot be published is logged and counted; it never holds up or fails the sync it describes.
+//
+//   AuditSink audit(&publisher, "audit");
+//   audit.Emit(record);  // from any thread
+#ifndef ESS_COMMON_AUDIT_H_
+#define ESS_COMMON_AUDIT_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "absl/time/time.h"
+#include "common/amqp.h"
+#include "ess/v1/event.pb.h"
+
+namespace ess {
+
+class AuditSink {
+ public:
+  // `publisher` may be null or `exchange` empty: then Emit does nothing.
+  AuditSink(amqp::Publisher* publisher, std::string exchange)
+      : publisher_(publisher), exchange_(std::move(exchange)) {}
+
+  bool enabled() const { return publisher_ != nullptr && !exchange_.empty(); }
+
+  // Thread-safe.
+  void Emit(const ess::v1::SyncAudit& event);
+
+  // The SyncAudit of one outcome.
+  static ess::v1::SyncAudit Make(ess::v1::Direction direction, std::string_view partner,
+                                 std::string_view correlation_id, std::string_view message_id,
+                                 std::string_view event_type, ess::v1::MessageStatus status,
+                                 std::string_view error, uint32_t attempt, absl::Time started,
+                                 bool dry_run);
+
+  uint64_t failures() const { return failures_.load(); }
+
+ private:
+  amqp::Publisher* publisher_;
+  std::string exchange_;
+  std::atomic<uint64_t> failures_{0};
+};
+
+}  // namespace ess
+
+#endif  // ESS_COMMON_AUDIT_H_

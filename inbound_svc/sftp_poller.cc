@@ -1,0 +1,471 @@
+#include "inbound_svc/sftp_poller.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <span>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "adapters/csv/csv.h"
+#include "common/log.h"
+#include "common/sv.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace ess::inbound {
+namespace {
+
+using adapters::sftp_csv::SftpClient;
+
+// A wait is cut in slices this long so that Stop() is noticed.
+constexpr absl::Duration kStopCheck = absl::Milliseconds(50);
+// Parked rows of one file that get a log line of their own; the file's summary counts them all.
+constexpr size_t kLoggedRowsPerFile = 20;
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), len));
+}
+
+std::string TrimSlashes(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+std::string JoinPath(std::string_view dir, std::string_view name) {
+  std::string out(dir);
+  if (out.empty() || out.back() != '/') out.push_back('/');
+  out.append(name);
+  return out;
+}
+
+bool HasControl(std::string_view s) {
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; });
+}
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
+}
+
+// The records of a CSV file: the line each starts on and its text, with lines counted the way
+// csv::Read counts them (CRLF, LF or a lone CR ends a line; a UTF-8 byte order mark is skipped),
+// so that the lines Pull reports can be matched.
+class CsvRows {
+ public:
+  explicit CsvRows(std::string_view data) {
+    if (data.starts_with("\xEF\xBB\xBF")) data.remove_prefix(3);
+    data_ = data;
+    line_offsets_.push_back(0);
+    for (size_t i = 0; i < data.size(); ++i) {
+      if (data[i] == '\n' || (data[i] == '\r' && (i + 1 == data.size() || data[i + 1] != '\n'))) {
+        line_offsets_.push_back(i + 1);
+      }
+    }
+    // Well-formed or not, every record is reported once, in order, with the line it starts on.
+    // A failure here (a field outgrowing memory) fails Pull as well, which reads the same bytes.
+    (void)adapters::csv::Read(
+        data, [&](uint64_t line, std::span<const std::string>) { starts_.push_back(line); },
+        [&](uint64_t line, std::string_view) { starts_.push_back(line); });
+  }
+
+  // The first line of every record, the header's included, in file order.
+  const std::vector<uint64_t>& starts() const { return starts_; }
+
+  // The text of the record starting on `line`: up to the next record, line breaks at its end
+  // left out.
+  std::string_view Text(uint64_t line) const {
+    auto it = std::upper_bound(starts_.begin(), starts_.end(), line);
+    const size_t begin = Offset(line);
+    const size_t end = it == starts_.end() ? data_.size() : Offset(*it);
+    std::string_view text = data_.substr(begin, end - begin);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+    return text;
+  }
+
+ private:
+  size_t Offset(uint64_t line) const {
+    return line >= 1 && line <= line_offsets_.size() ? line_offsets_[line - 1] : data_.size();
+  }
+
+  std::string_view data_;
+  std::vector<size_t> line_offsets_;  // [n]: where line n+1 starts
+  std::vector<uint64_t> starts_;
+};
+
+}  // namespace
+
+// Answers (confirms, records, a lookup) still to come for one file, and the first failure among
+// them. Shared with the callbacks, which may outlive a wait that gave up.
+class SftpPoller::Pending {
+ public:
+  void Add() {
+    absl::MutexLock lock(&mu_);
+    ++count_;
+  }
+  void Done(const absl::Status& status) {
+    absl::MutexLock lock(&mu_);
+    if (!status.ok() && error_.ok()) error_ = status;
+    --count_;
+  }
+  // Waits up to `timeout` for a failure or for `limit` answers or fewer to be missing; true if
+  // one of these happened, with `*error` set to the first failure.
+  bool WaitFor(size_t limit, absl::Duration timeout, absl::Status* error) {
+    absl::MutexLock lock(&mu_);
+    auto settled = [&]()
+                       ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !error_.ok() || count_ <= limit; };
+    mu_.AwaitWithTimeout(absl::Condition(&settled), timeout);
+    *error = error_;
+    return settled();
+  }
+
+ private:
+  absl::Mutex mu_;
+  size_t count_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+// One downloaded file.
+struct SftpPoller::File {
+  std::string name;
+  std::string data;
+  std::string sha16;   // first 16 hex digits of its SHA-256
+  std::string marker;  // "file:NAME:SHA16"
+  std::string source;  // "sftp://HOST/REMOTE_DIR/NAME"
+  absl::Time received_at;
+};
+
+SftpPoller::SftpPoller(Options options, SftpClient::Options sftp,
+                       std::unique_ptr<adapters::Adapter> adapter, amqp::Publisher* publisher,
+                       ReplayRecorder* recorder)
+    : options_(std::move(options)),
+      sftp_(std::move(sftp)),
+      adapter_(std::move(adapter)),
+      publisher_(publisher),
+      recorder_(recorder) {
+  options_.remote_dir = TrimSlashes(std::move(options_.remote_dir));
+  options_.processed_dir = TrimSlashes(std::move(options_.processed_dir));
+  options_.window = std::max<size_t>(options_.window, 1);
+  options_.max_files_per_tick = std::max<size_t>(options_.max_files_per_tick, 1);
+  source_prefix_ = absl::StrCat("sftp://", sftp_.host, JoinPath(options_.remote_dir, ""));
+}
+
+SftpPoller::~SftpPoller() { Stop(); }
+
+std::string SftpPoller::ParkedQueue(std::string_view partner) {
+  return absl::StrCat(ToAbsl(partner), ".inbound.parked");
+}
+
+void SftpPoller::Start() {
+  log::Info("", "polling drop folder",
+            {{"partner", options_.partner},
+             {"dir", options_.remote_dir},
+             {"processed_dir", options_.processed_dir},
+             {"interval_ms", absl::StrCat(absl::ToInt64Milliseconds(options_.interval))}});
+  thread_ = std::thread([this] { Run(); });
+}
+
+void SftpPoller::Stop() {
+  if (!stop_.HasBeenNotified()) stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void SftpPoller::Run() {
+  SftpClient client(sftp_);
+  while (!stop_.HasBeenNotified()) {
+    if (Tick(client)) continue;  // files left behind: go on at once
+    stop_.WaitForNotificationWithTimeout(options_.interval);
+  }
+}
+
+bool SftpPoller::Tick(SftpClient& client) {
+  absl::StatusOr<std::vector<std::string>> listed = client.List(options_.remote_dir);
+  if (!listed.ok()) {
+    log::Warn("", "drop folder not listed",
+              {{"partner", options_.partner},
+               {"dir", options_.remote_dir},
+               {"error", ToStd(listed.status().message())}});
+    return false;
+  }
+  std::vector<std::string> names;
+  for (std::string& name : *listed) {
+    if (name.empty() || name[0] == '.' || !name.ends_with(options_.suffix) ||
+        name.find('/') != std::string::npos || HasControl(name) || deferred_.contains(name)) {
+      continue;
+    }
+    names.push_back(std::move(name));
+  }
+  std::sort(names.begin(), names.end());
+  const size_t take = std::min(names.size(), options_.max_files_per_tick);
+  for (size_t i = 0; i < take; ++i) {
+    if (stop_.HasBeenNotified()) return false;
+    absl::Status s = Process(client, names[i]);
+    if (!s.ok()) {
+      counters_.failures.fetch_add(1, std::memory_order_relaxed);
+      deferred_.insert(names[i]);
+      log::Warn("", "file left for the next poll",
+                {{"partner", options_.partner}, {"file", names[i]}, {"error", ToStd(s.message())}});
+    }
+  }
+  if (names.size() > take) return true;
+  // Every file of the folder had its turn: the ones that failed get another at the next tick.
+  deferred_.clear();
+  return false;
+}
+
+absl::Status SftpPoller::Process(SftpClient& client, const std::string& name) {
+  absl::StatusOr<std::string> data =
+      client.Download(JoinPath(options_.remote_dir, name), options_.max_file_bytes);
+  if (!data.ok()) return data.status();
+  File file{.name = name, .data = *std::move(data), .received_at = absl::Now()};
+  const std::string sha256 = Sha256Hex(file.data);
+  file.sha16 = sha256.substr(0, 16);
+  file.marker = absl::StrCat("file:", name, ":", file.sha16);
+  file.source = absl::StrCat(source_prefix_, name);
+  log::Info("", "file received",
+            {{"partner", options_.partner},
+             {"file", name},
+             {"bytes", absl::StrCat(file.data.size())},
+             {"sha256", sha256}});
+
+  absl::StatusOr<bool> processed = Processed(file);
+  if (!processed.ok()) {
+    return absl::Status(processed.status().code(),
+                        absl::StrCat("replay store: ", processed.status().message()));
+  }
+  if (*processed) {
+    absl::StatusOr<std::string> moved = MoveToProcessed(client, file);
+    if (!moved.ok()) return moved.status();
+    counters_.repeated.fetch_add(1, std::memory_order_relaxed);
+    log::Info("", "file already processed; moved",
+              {{"partner", options_.partner}, {"file", name}, {"to", *moved}});
+    return absl::OkStatus();
+  }
+
+  size_t events = 0, parked = 0;
+  if (absl::Status s = PublishRows(file, &events, &parked); !s.ok()) return s;
+  if (absl::Status s = RecordMarker(file, absl::StrCat(events, " events, ", parked, " parked"));
+      !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("replay store: ", s.message()));
+  }
+  absl::StatusOr<std::string> moved = MoveToProcessed(client, file);
+  if (!moved.ok()) return moved.status();
+  counters_.files.fetch_add(1, std::memory_order_relaxed);
+  counters_.events.fetch_add(events, std::memory_order_relaxed);
+  counters_.parked.fetch_add(parked, std::memory_order_relaxed);
+  log::Info("", "file processed",
+            {{"partner", options_.partner},
+             {"file", name},
+             {"events", absl::StrCat(events)},
+             {"parked", absl::StrCat(parked)},
+             {"to", *moved}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> SftpPoller::Processed(const File& file) {
+  ess::v1::RecordKey key;
+  key.set_direction(ess::v1::DIRECTION_INBOUND);
+  key.set_partner(options_.partner);
+  key.set_message_id(file.marker);
+  auto pending = std::make_shared<Pending>();
+  // Written by the callback before it counts itself in; read only after the wait saw that.
+  auto answer =
+      std::make_shared<absl::StatusOr<ess::v1::MessageRecord>>(absl::UnknownError("no answer"));
+  pending->Add();
+  recorder_->Lookup(key, [pending, answer](absl::StatusOr<ess::v1::MessageRecord> rec) {
+    *answer = std::move(rec);
+    pending->Done(absl::OkStatus());
+  });
+  if (absl::Status s = Wait(*pending, 0); !s.ok()) return s;
+  if (answer->ok()) return (*answer)->status() == ess::v1::MESSAGE_STATUS_PUBLISHED;
+  if (absl::IsNotFound(answer->status())) return false;
+  return answer->status();
+}
+
+void SftpPoller::PublishThenRecord(std::string exchange, std::string routing_key,
+                                   amqp::Message message, ess::v1::MessageRecord record,
+                                   std::shared_ptr<Pending> pending) {
+  pending->Add();
+  ReplayRecorder* recorder = recorder_;
+  publisher_->Publish(
+      std::move(exchange), std::move(routing_key), std::move(message),
+      [recorder, pending, rec = std::move(record)](absl::Status s) mutable {
+        if (!s.ok()) {
+          pending->Done(absl::Status(s.code(), absl::StrCat("event bus: ", s.message())));
+          return;
+        }
+        recorder->Record(std::move(rec), [pending](absl::Status r) {
+          if (r.ok()) {
+            pending->Done(r);
+          } else {
+            pending->Done(absl::Status(r.code(), absl::StrCat("replay store: ", r.message())));
+          }
+        });
+      });
+}
+
+absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size_t* parked_count) {
+  std::vector<adapters::PullError> errors;
+  absl::StatusOr<std::vector<adapters::InboundEvent>> events =
+      adapter_->Pull({.body = file.data, .content_type = "text/csv", .errors = &errors});
+  const CsvRows rows(file.data);
+  if (!events.ok()) {
+    if (!absl::IsInvalidArgument(events.status())) return events.status();
+    // The header row is unusable, so no row can be read: the header row is parked.
+    const uint64_t line = rows.starts().empty() ? 1 : rows.starts().front();
+    errors = {{.line = line, .message = std::string(events.status().message())}};
+    events = std::vector<adapters::InboundEvent>();
+  }
+  // Pull keeps the rows' order: the events come from the records after the header that it did
+  // not report as errors.
+  absl::flat_hash_set<uint64_t> bad;
+  for (const adapters::PullError& e : errors) bad.insert(e.line);
+  std::vector<uint64_t> lines;
+  for (size_t i = 1; i < rows.starts().size(); ++i) {
+    if (!bad.contains(rows.starts()[i])) lines.push_back(rows.starts()[i]);
+  }
+  const bool by_line = lines.size() == events->size();
+  if (!by_line) {
+    // Cannot happen with the sftp_csv adapter; message ids stay unique and stable anyway.
+    log::Warn("", "rows and events do not match; events numbered by position",
+              {{"partner", options_.partner},
+               {"file", file.name},
+               {"rows", absl::StrCat(lines.size())},
+               {"events", absl::StrCat(events->size())}});
+  }
+
+  auto pending = std::make_shared<Pending>();
+  const google::protobuf::Timestamp received = ToProto(file.received_at);
+  auto base_record = [&](const std::string& id, ess::v1::MessageStatus status) {
+    ess::v1::MessageRecord rec;
+    rec.set_direction(ess::v1::DIRECTION_INBOUND);
+    rec.set_partner(options_.partner);
+    rec.set_message_id(id);
+    rec.set_status(status);
+    rec.set_source(file.source);
+    rec.set_attempts(1);
+    *rec.mutable_received_at() = received;
+    return rec;
+  };
+
+  for (size_t i = 0; i < events->size(); ++i) {
+    if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
+    adapters::InboundEvent& ev = (*events)[i];
+    const std::string id = by_line ? absl::StrCat(file.name, ":", file.sha16, ":", lines[i])
+                                   : absl::StrCat(file.name, ":", file.sha16, ":#", i + 1);
+    ess::v1::MessageRecord rec = base_record(id, ess::v1::MESSAGE_STATUS_PUBLISHED);
+    rec.set_correlation_id(ev.correlation_id);
+    rec.set_event_type(ev.event_type);
+    if (by_line) rec.set_payload(std::string(rows.Text(lines[i])));
+    rec.set_rendered(ev.body);
+    amqp::Message msg{.body = std::move(ev.body),
+                      .correlation_id = std::move(ev.correlation_id),
+                      .message_id = id,
+                      .type = std::move(ev.event_type),
+                      .headers = {{"x-ess-partner", options_.partner}, {"x-ess-file", file.name}}};
+    PublishThenRecord(options_.events_exchange, "", std::move(msg), std::move(rec), pending);
+  }
+
+  const std::string parked_queue = ParkedQueue(options_.partner);
+  for (const adapters::PullError& e : errors) {
+    if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
+    const std::string line = absl::StrCat(e.line);
+    const std::string id = absl::StrCat(file.name, ":", file.sha16, ":L", line);
+    const std::string text(rows.Text(e.line));
+    ess::v1::MessageRecord rec = base_record(id, ess::v1::MESSAGE_STATUS_DEAD);
+    rec.set_correlation_id(id);
+    rec.set_payload(text);
+    rec.set_error(absl::StrCat(file.name, ":", line, ": ", e.message));
+    amqp::Message msg{.body = text,
+                      .correlation_id = id,
+                      .message_id = id,
+                      .content_type = "text/csv",
+                      .headers = {{"x-ess-partner", options_.partner},
+                                  {"x-ess-file", file.name},
+                                  {"x-ess-line", line},
+                                  {"x-ess-reason", e.message}}};
+    PublishThenRecord("", parked_queue, std::move(msg), std::move(rec), pending);
+  }
+  if (absl::Status s = Wait(*pending, 0); !s.ok()) return s;
+  for (size_t i = 0; i < std::min(errors.size(), kLoggedRowsPerFile); ++i) {
+    log::Warn("", "row parked",
+              {{"partner", options_.partner},
+               {"file", file.name},
+               {"line", absl::StrCat(errors[i].line)},
+               {"reason", errors[i].message},
+               {"queue", parked_queue}});
+  }
+  *event_count = events->size();
+  *parked_count = errors.size();
+  return absl::OkStatus();
+}
+
+absl::Status SftpPoller::RecordMarker(const File& file, std::string summary) {
+  ess::v1::MessageRecord rec;
+  rec.set_direction(ess::v1::DIRECTION_INBOUND);
+  rec.set_partner(options_.partner);
+  rec.set_correlation_id(file.marker);
+  rec.set_message_id(file.marker);
+  rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+  rec.set_rendered(std::move(summary));
+  rec.set_source(file.source);
+  rec.set_attempts(1);
+  *rec.mutable_received_at() = ToProto(file.received_at);
+  auto pending = std::make_shared<Pending>();
+  pending->Add();
+  recorder_->Record(std::move(rec), [pending](absl::Status s) { pending->Done(s); });
+  return Wait(*pending, 0);
+}
+
+absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, const File& file) {
+  const std::string from = JoinPath(options_.remote_dir, file.name);
+  std::string to = JoinPath(options_.processed_dir, file.name);
+  absl::Status s = client.Rename(from, to);
+  if (absl::IsAlreadyExists(s)) {
+    to = absl::StrCat(to, ".", file.sha16);
+    s = client.Rename(from, to);
+    if (absl::IsAlreadyExists(s)) {
+      // The same name with the same hash: these very bytes are kept there already.
+      s = client.Remove(from);
+      to = absl::StrCat("removed; ", to, " holds the same bytes");
+    }
+  }
+  if (absl::IsNotFound(s)) {
+    // Moved or removed by someone else meanwhile; its rows were published either way.
+    return absl::StrCat("gone from ", options_.remote_dir, " before the move");
+  }
+  if (!s.ok() && !absl::IsAlreadyExists(s)) {
+    // The likeliest configuration error gets a message of its own.
+    absl::StatusOr<bool> there = client.Exists(options_.processed_dir);
+    if (there.ok() && !*there) {
+      return absl::FailedPreconditionError(absl::StrCat("processed_dir ", options_.processed_dir,
+                                                        " does not exist on ", sftp_.host));
+    }
+  }
+  if (!s.ok()) return s;
+  return to;
+}
+
+absl::Status SftpPoller::Wait(Pending& pending, size_t limit) {
+  const absl::Time deadline = absl::Now() + options_.answer_timeout;
+  while (true) {
+    absl::Status error;
+    if (pending.WaitFor(limit, std::min(kStopCheck, deadline - absl::Now()), &error)) {
+      return error;
+    }
+    if (stop_.HasBeenNotified()) return absl::CancelledError("the poller is stopping");
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("no answer from the event bus or the replay store within ",
+                       absl::FormatDuration(options_.answer_timeout)));
+    }
+  }
+}
+
+}  // namespace ess::inbound

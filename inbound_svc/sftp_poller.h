@@ -1,0 +1,158 @@
+// The inbound lane's file intake: polls one partner's SFTP drop folder and publishes the rows of
+// each new file as internal events.
+//
+//   SftpPoller poller({.partner = "prison_files", .remote_dir = "/out", .processed_dir = "/done"},
+//                     adapter->client_options(), std::move(adapter), &publisher, &recorder);
+//   poller.Start();  ...  poller.Stop();
+//
+// Every `interval` the poller lists `remote_dir` and takes, in name order, up to
+// `max_files_per_tick` names that end with `suffix` and do not start with "." (uploads in
+// progress, by convention). For each file:
+//  1. it is downloaded (at most `max_file_bytes`) and hashed: SHA-256, whose first 16 hex digits
+//     are SHA16 below;
+//  2. its marker is looked up in the replay store (INBOUND, partner, "file:NAME:SHA16"); if it is
+//     PUBLISHED, these bytes were processed before (a crash before the move, or the same file
+//     dropped again) and the poller goes straight to step 6;
+//  3. the adapter's Pull turns it into events and row errors (PullRequest::errors);
+//  4. each event is published (persistent, mandatory, confirmed) to the events exchange with
+//     message id "NAME:SHA16:LINE" (the line its row starts on), correlation id and type from
+//     the event, headers x-ess-partner and x-ess-file, then recorded PUBLISHED (payload: the
+//     row's text, source: "sftp://HOST/REMOTE_DIR/NAME"); each bad row is published to the
+//     durable queue ParkedQueue(partner) (body: the row's text; headers x-ess-reason,
+//     x-ess-file, x-ess-line, x-ess-partner), then recorded DEAD with message id
+//     "NAME:SHA16:LLINE" and error "NAME:LINE: reason";
+//  5. once every confirm and record is in, the marker is recorded PUBLISHED (rendered:
+//     "N events, M parked");
+//  6. the file is renamed to PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is
+//     taken; when that is taken too, the same bytes are already there and the file is removed.
+// A file whose header row is unusable yields no event: its header row is parked (one message,
+// the reason from Pull) and the file is moved like any other.
+//
+// Guarantees:
+//  * a file leaves remote_dir only after every row of it was confirmed by the broker and
+//    recorded, or after its marker showed exactly these bytes processed;
+//  * any failure (SFTP, broker, store, a deadline) leaves the file where it is, logged with its
+//    name, for the next tick; publishing it again gives every message the same message id, so
+//    duplicates (only ever after such a failure) can be recognised downstream;
+//  * work per tick is bounded: `max_files_per_tick` files, `window` publishes and records in
+//    flight; a tick that left files behind is followed by the next one at once.
+//
+// Threads: one thread of its own runs the ticks and owns the SFTP connection (blocking calls,
+// each bounded by the client's deadlines); confirms and records complete on the publisher's and
+// the recorder's threads.
+//
+// Not covered: two replicas polling the same folder may both process a file before either moves
+// it (same message ids); a file rewritten in place between its download and its move is moved
+// unread (partners upload under a "." name and rename, which is what the skip rule expects).
+#ifndef ESS_INBOUND_SVC_SFTP_POLLER_H_
+#define ESS_INBOUND_SVC_SFTP_POLLER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "adapters/adapter.h"
+#include "adapters/sftp_csv/sftp_client.h"
+#include "common/amqp.h"
+#include "common/replay_client.h"
+#include "ess/v1/replay.pb.h"
+
+namespace ess::inbound {
+
+class SftpPoller {
+ public:
+  struct Options {
+    std::string partner;
+    // Absolute folders on the partner's server.
+    std::string remote_dir;
+    std::string processed_dir;
+    std::string suffix = ".csv";
+    absl::Duration interval = absl::Seconds(60);
+    std::string events_exchange = "events";
+    // Larger files are left in place with an error (each tick).
+    size_t max_file_bytes = size_t{64} << 20;
+    size_t max_files_per_tick = 64;
+    // Publishes and records of one file in flight at most.
+    size_t window = 1024;
+    // Longest wait for one answer of the broker or the store (a confirm, a record, a lookup).
+    absl::Duration answer_timeout = absl::Seconds(60);
+  };
+  struct Counters {
+    std::atomic<uint64_t> files{0};     // processed and moved
+    std::atomic<uint64_t> events{0};    // published and recorded
+    std::atomic<uint64_t> parked{0};    // rows parked and recorded
+    std::atomic<uint64_t> repeated{0};  // files moved because their marker was there
+    std::atomic<uint64_t> failures{0};  // files left in place by a failure
+  };
+
+  // `adapter` turns a file's bytes into events (its Pull); `publisher` and `recorder` must
+  // outlive the poller, and the publisher's topology must declare ParkedQueue(partner).
+  SftpPoller(Options options, adapters::sftp_csv::SftpClient::Options sftp,
+             std::unique_ptr<adapters::Adapter> adapter, amqp::Publisher* publisher,
+             ReplayRecorder* recorder);
+  ~SftpPoller();  // Stop()
+  SftpPoller(const SftpPoller&) = delete;
+  SftpPoller& operator=(const SftpPoller&) = delete;
+
+  // Starts the thread; the first tick runs at once.
+  void Start();
+  // Abandons the file in progress at its next step (it stays in remote_dir) and joins the
+  // thread; an SFTP call under way finishes first (bounded by its deadline). Idempotent.
+  void Stop();
+
+  const std::string& partner() const { return options_.partner; }
+  const Counters& counters() const { return counters_; }
+
+  // The durable queue a partner's unreadable rows are parked in: "<partner>.inbound.parked".
+  static std::string ParkedQueue(std::string_view partner);
+
+ private:
+  class Pending;
+  struct File;
+
+  void Run();
+  // Lists and processes up to max_files_per_tick files; true if more were waiting.
+  bool Tick(adapters::sftp_csv::SftpClient& client);
+  absl::Status Process(adapters::sftp_csv::SftpClient& client, const std::string& name);
+  // OK(true) if the store holds the file's PUBLISHED marker.
+  absl::StatusOr<bool> Processed(const File& file);
+  // Pulls the file; publishes and records each event and parks and records each bad row; OK
+  // once every answer is in.
+  absl::Status PublishRows(const File& file, size_t* event_count, size_t* parked_count);
+  // Counts one answer in `pending`: the broker's confirm, then the store's record.
+  void PublishThenRecord(std::string exchange, std::string routing_key, amqp::Message message,
+                         ess::v1::MessageRecord record, std::shared_ptr<Pending> pending);
+  absl::Status RecordMarker(const File& file, std::string summary);
+  // Where the file went (for the log).
+  absl::StatusOr<std::string> MoveToProcessed(adapters::sftp_csv::SftpClient& client,
+                                              const File& file);
+  // Waits for `pending` to drop to `limit` answers or fewer: its first failure, or
+  // DEADLINE_EXCEEDED (no answer within answer_timeout), or CANCELLED (stopping).
+  absl::Status Wait(Pending& pending, size_t limit);
+
+  Options options_;  // folders without a trailing '/'
+  const adapters::sftp_csv::SftpClient::Options sftp_;
+  std::string source_prefix_;  // "sftp://HOST/REMOTE_DIR/"
+  std::unique_ptr<adapters::Adapter> adapter_;
+  amqp::Publisher* const publisher_;
+  ReplayRecorder* const recorder_;
+  Counters counters_;
+  absl::Notification stop_;
+  std::thread thread_;
+  // Files that failed since the folder was last gone through; the poller thread's only.
+  absl::flat_hash_set<std::string> deferred_;
+};
+
+}  // namespace ess::inbound
+
+#endif  // ESS_INBOUND_SVC_SFTP_POLLER_H_

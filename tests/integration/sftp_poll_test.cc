@@ -1,0 +1,624 @@
+// The inbound SFTP poll on real parts: the replay_svc and inbound_svc binaries, the RabbitMQ that
+// ./test.sh started (ESS_AMQP_HOST, ESS_AMQP_PORT) and the private OpenSSH server of
+// scripts/sshd.sh (ESS_SFTP_HOST, ESS_SFTP_PORT, ESS_SFTP_USER, ESS_SFTP_KEY,
+// ESS_SFTP_KNOWN_HOSTS, ESS_SFTP_ROOT). Missing variables fail the tests.
+//
+// The server runs on this machine without a chroot, so the tests drop files straight into
+// folders under ESS_SFTP_ROOT (written as ".NAME.part" and renamed, as a partner would) and read
+// the outcome from there. Every test has its own folders, partner name, exchange and store.
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "adapters/registry.h"
+#include "adapters/sftp_csv/sftp_client.h"
+#include "common/amqp.h"
+#include "common/config.h"
+#include "common/replay_client.h"
+#include "tests/integration/harness.h"
+
+namespace ess {
+namespace {
+
+namespace fs = std::filesystem;
+using adapters::sftp_csv::SftpClient;
+using testing::BinaryPath;
+using ::testing::HasSubstr;
+using testing::Process;
+using testing::RequiredEnv;
+using ::testing::UnorderedElementsAre;
+using testing::WaitFor;
+
+constexpr absl::Duration kFileTimeout = absl::Seconds(60);
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Writes `data` as DIR/.NAME.part, then renames it to DIR/NAME, as a partner's upload would.
+void Drop(const fs::path& dir, const std::string& name, const std::string& data) {
+  const fs::path part = dir / absl::StrCat(".", name, ".part");
+  {
+    std::ofstream out(part, std::ios::binary);
+    out << data;
+  }
+  fs::rename(part, dir / name);
+}
+
+std::string Sha16(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), 8));
+}
+
+std::string Header(const amqp::Message& m, const std::string& name) {
+  for (const auto& [k, v] : m.headers) {
+    if (k == name) return v;
+  }
+  return "<absent>";
+}
+
+SftpClient::Options ClientOptions() {
+  return {.host = RequiredEnv("ESS_SFTP_HOST"),
+          .port = static_cast<uint32_t>(std::stoul(RequiredEnv("ESS_SFTP_PORT"))),
+          .user = RequiredEnv("ESS_SFTP_USER"),
+          .private_key_file = RequiredEnv("ESS_SFTP_KEY"),
+          .known_hosts_file = RequiredEnv("ESS_SFTP_KNOWN_HOSTS"),
+          .timeout = absl::Seconds(10)};
+}
+
+// A folder of its own under ESS_SFTP_ROOT, removed at the end.
+class RemoteDir {
+ public:
+  RemoteDir() : path_(fs::path(RequiredEnv("ESS_SFTP_ROOT")) / testing::UniqueName("poll")) {
+    fs::create_directories(path_);
+  }
+  ~RemoteDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// --- SftpClient: the calls the poller adds --------------------------------------------------
+
+TEST(SftpClientTest, ListsDownloadsRenamesAndRemoves) {
+  RemoteDir root;
+  const fs::path& d = root.path();
+  fs::create_directories(d / "sub");
+  Drop(d, "a.csv", "id\r\nVIS-1\r\n");
+  Drop(d, "b name.csv", std::string(1000, 'x'));
+  SftpClient client(ClientOptions());
+
+  auto names = client.List(d.string());
+  ASSERT_TRUE(names.ok()) << names.status();
+  EXPECT_THAT(*names, UnorderedElementsAre("a.csv", "b name.csv", "sub"));
+
+  auto data = client.Download((d / "a.csv").string(), 1 << 20);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(*data, "id\r\nVIS-1\r\n");
+  auto spaced = client.Download((d / "b name.csv").string(), 1000);
+  ASSERT_TRUE(spaced.ok()) << spaced.status();
+  EXPECT_EQ(spaced->size(), 1000u);
+  EXPECT_EQ(client.Download((d / "b name.csv").string(), 999).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(client.Download((d / "missing.csv").string(), 1000).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // Rename never overwrites.
+  EXPECT_EQ(client.Rename((d / "a.csv").string(), (d / "b name.csv").string()).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(ReadFile(d / "b name.csv").size(), 1000u);
+  ASSERT_TRUE(client.Rename((d / "a.csv").string(), (d / "sub" / "a.csv").string()).ok());
+  EXPECT_FALSE(fs::exists(d / "a.csv"));
+  EXPECT_EQ(ReadFile(d / "sub" / "a.csv"), "id\r\nVIS-1\r\n");
+  EXPECT_EQ(client.Rename((d / "a.csv").string(), (d / "c.csv").string()).code(),
+            absl::StatusCode::kNotFound);
+
+  ASSERT_TRUE(client.Remove((d / "b name.csv").string()).ok());
+  EXPECT_FALSE(fs::exists(d / "b name.csv"));
+  EXPECT_EQ(client.Remove((d / "b name.csv").string()).code(), absl::StatusCode::kNotFound);
+
+  auto there = client.Exists((d / "sub").string());
+  ASSERT_TRUE(there.ok()) << there.status();
+  EXPECT_TRUE(*there);
+  there = client.Exists((d / "nothing").string());
+  ASSERT_TRUE(there.ok()) << there.status();
+  EXPECT_FALSE(*there);
+  EXPECT_EQ(client.List((d / "nothing").string()).status().code(), absl::StatusCode::kUnavailable);
+}
+
+// --- Config: what a poll route needs -------------------------------------------------------
+
+absl::Status LoadPartner(const std::string& partner_yaml) {
+  const std::string yaml = absl::StrCat("partners:\n", partner_yaml);
+  return config::LoadString(yaml, "hub.yaml", "/tmp",
+                            adapters::BuiltinRegistry().SettingsResolver())
+      .status();
+}
+
+TEST(SftpPollConfigTest, PollRoutesAreValidated) {
+  constexpr char kSftp[] = R"(
+  - name: files
+    adapter: sftp_csv
+    settings: {host: h, user: u, private_key_file: k, known_hosts_file: kh}
+    inbound:
+      mapping: [{target: id, source: id}]
+)";
+  auto with = [&](const std::string& inbound_extra, const std::string& adapter = "sftp_csv") {
+    std::string p = absl::StrReplaceAll(kSftp, {{"adapter: sftp_csv", "adapter: " + adapter}});
+    if (adapter != "sftp_csv") {
+      p = absl::StrReplaceAll(p, {{"{host: h, user: u, private_key_file: k, known_hosts_file: kh}",
+                                   "{base_url: \"http://127.0.0.1:1\"}"}});
+    }
+    return LoadPartner(absl::StrCat(p, inbound_extra));
+  };
+  EXPECT_THAT(with("").message(), HasSubstr("partners[0].inbound: needs a webhook_path or a poll"));
+  EXPECT_TRUE(with("      poll: {remote_dir: /out, processed_dir: /out/done}\n").ok());
+  EXPECT_THAT(with("      poll: {processed_dir: /done}\n").message(),
+              HasSubstr("partners[0].inbound.poll.remote_dir: must be an absolute path"));
+  EXPECT_THAT(with("      poll: {remote_dir: /out}\n").message(),
+              HasSubstr("partners[0].inbound.poll.processed_dir: must be an absolute path"));
+  EXPECT_THAT(with("      poll: {remote_dir: /out, processed_dir: /out/}\n").message(),
+              HasSubstr("processed_dir: must differ from remote_dir"));
+  EXPECT_THAT(with("      poll: {remote_dir: /out, processed_dir: /done}\n", "rest").message(),
+              HasSubstr("partners[0].inbound.poll: adapter \"rest\" cannot pull files"));
+  // A webhook alone is still fine.
+  EXPECT_TRUE(with("      webhook_path: /hook\n", "rest").ok());
+
+  auto loaded = config::LoadString(
+      absl::StrCat("partners:\n", kSftp, "      poll: {remote_dir: /out, processed_dir: /d}\n"),
+      "hub.yaml", "/tmp", adapters::BuiltinRegistry().SettingsResolver());
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->partners(0).inbound().poll().interval_ms(), 60000u);
+  EXPECT_EQ(loaded->partners(0).inbound().poll().suffix(), ".csv");
+}
+
+// --- The poller in inbound_svc -------------------------------------------------------------
+
+class SftpPollTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker_ = testing::BrokerOptions();
+    partner_ = testing::UniqueName("prison_files");
+    exchange_ = testing::UniqueName("events");
+    subscriber_ = testing::UniqueName("subscriber");
+    replay_port_ = testing::FreePort();
+    inbound_port_ = testing::FreePort();
+    drop_ = root_.path() / "drop";
+    processed_ = root_.path() / "processed";
+    fs::create_directories(drop_);
+    fs::create_directories(processed_);
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_TRUE((*conn)
+                    ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                             .queues = {{.name = subscriber_}},
+                             .bindings = {{.queue = subscriber_, .exchange = exchange_}}})
+                    .ok());
+  }
+
+  void TearDown() override {
+    if (inbound_) {
+      EXPECT_EQ(inbound_->Stop(), 0) << inbound_->Log();
+    }
+    // An idle gRPC client would hold replay_svc's graceful shutdown for a few seconds.
+    stub_.reset();
+    if (replay_) {
+      EXPECT_EQ(replay_->Stop(), 0) << replay_->Log();
+    }
+    if (HasFailure()) {
+      if (replay_) std::cerr << "---- replay_svc ----\n" << replay_->Log();
+      if (inbound_) std::cerr << "---- inbound_svc ----\n" << inbound_->Log();
+    }
+    auto conn = amqp::Connection::Open(broker_);
+    if (conn.ok()) {
+      (void)(*conn)->DeleteQueue(subscriber_);
+      (void)(*conn)->DeleteQueue(ParkedQueue());
+    }
+  }
+
+  std::string ParkedQueue() const { return partner_ + ".inbound.parked"; }
+
+  std::string Config() const {
+    return absl::StrReplaceAll(
+        R"(
+bus:
+  host: 127.0.0.1
+  port: BUS_PORT
+  events_exchange: EXCHANGE
+replay:
+  listen: 127.0.0.1:REPLAY_PORT
+  database_path: replay.db
+inbound:
+  listen: 127.0.0.1:INBOUND_PORT
+logging:
+  level: info
+partners:
+  - name: PARTNER
+    adapter: sftp_csv
+    settings:
+      host: SFTP_HOST
+      port: SFTP_PORT
+      user: SFTP_USER
+      private_key_file: SFTP_KEY
+      known_hosts_file: SFTP_KNOWN_HOSTS
+      timeout_ms: 10000
+    inbound:
+      poll:
+        remote_dir: DROP
+        processed_dir: PROCESSED
+        interval_ms: 200
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: visit_id}
+        - {target: status, source: status}
+)",
+        {{"BUS_PORT", absl::StrCat(broker_.port)},
+         {"EXCHANGE", exchange_},
+         {"REPLAY_PORT", absl::StrCat(replay_port_)},
+         {"INBOUND_PORT", absl::StrCat(inbound_port_)},
+         {"PARTNER", partner_},
+         {"SFTP_HOST", RequiredEnv("ESS_SFTP_HOST")},
+         {"SFTP_PORT", RequiredEnv("ESS_SFTP_PORT")},
+         {"SFTP_USER", RequiredEnv("ESS_SFTP_USER")},
+         {"SFTP_KEY", RequiredEnv("ESS_SFTP_KEY")},
+         {"SFTP_KNOWN_HOSTS", RequiredEnv("ESS_SFTP_KNOWN_HOSTS")},
+         {"DROP", drop_.string()},
+         {"PROCESSED", processed_.string()}});
+  }
+
+  void StartReplay() {
+    dir_.Write("hub.yaml", Config());
+    replay_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("replay.log"));
+    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          grpc::ClientContext ctx;
+          ess::v1::StatsResponse resp;
+          return stub_->Stats(&ctx, {}, &resp).ok();
+        },
+        absl::Seconds(20)))
+        << replay_->Log();
+  }
+
+  void StartInbound() {
+    inbound_ = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("inbound_svc"), "--config", dir_.File("hub.yaml")},
+        dir_.File("inbound.log"));
+    ASSERT_TRUE(inbound_->WaitForLog("inbound lane running")) << inbound_->Log();
+  }
+
+  void StartHub() {
+    StartReplay();
+    if (!HasFatalFailure()) StartInbound();
+  }
+
+  // True once DROP/NAME is gone and PROCESSED/MOVED_NAME is there.
+  bool WaitMoved(const std::string& name, const std::string& moved_name) {
+    return WaitFor([&] { return !fs::exists(drop_ / name) && fs::exists(processed_ / moved_name); },
+                   kFileTimeout);
+  }
+
+  // Takes `n` messages from `queue` (waiting up to a minute for them), then checks it is empty.
+  std::vector<amqp::Delivery> Take(const std::string& queue, size_t n) {
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok()) << conn.status();
+    std::vector<amqp::Delivery> got;
+    if (!conn.ok()) return got;
+    WaitFor(
+        [&] {
+          while (got.size() < n) {
+            auto d = (*conn)->Get(queue);
+            if (!d.ok()) return false;
+            got.push_back(*std::move(d));
+          }
+          return true;
+        },
+        kFileTimeout);
+    EXPECT_EQ(got.size(), n);
+    EXPECT_EQ((*conn)->Get(queue).status().code(), absl::StatusCode::kNotFound);
+    return got;
+  }
+
+  uint32_t Depth(const std::string& queue) {
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok());
+    if (!conn.ok()) return 0;
+    auto n = (*conn)->MessageCount(queue);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : 0;
+  }
+
+  absl::StatusOr<ess::v1::MessageRecord> Record(const std::string& message_id) {
+    grpc::ClientContext ctx;
+    ess::v1::GetRequest req;
+    req.mutable_record()->set_direction(ess::v1::DIRECTION_INBOUND);
+    req.mutable_record()->set_partner(partner_);
+    req.mutable_record()->set_message_id(message_id);
+    ess::v1::GetResponse resp;
+    grpc::Status s = stub_->Get(&ctx, req, &resp);
+    if (!s.ok())
+      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+    if (resp.records_size() != 1) return absl::NotFoundError(message_id);
+    return resp.records(0);
+  }
+
+  // Every inbound record of the partner with `status`.
+  std::vector<ess::v1::MessageRecord> Records(ess::v1::MessageStatus status) {
+    std::vector<ess::v1::MessageRecord> out;
+    std::string token;
+    for (int page = 0; page < 100; ++page) {
+      grpc::ClientContext ctx;
+      ess::v1::ListRequest req;
+      req.set_partner(partner_);
+      req.set_direction(ess::v1::DIRECTION_INBOUND);
+      req.set_status(status);
+      req.set_page_size(1000);
+      req.set_page_token(token);
+      ess::v1::ListResponse resp;
+      grpc::Status s = stub_->List(&ctx, req, &resp);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      if (!s.ok()) break;
+      out.insert(out.end(), resp.records().begin(), resp.records().end());
+      token = resp.next_page_token();
+      if (token.empty()) break;
+    }
+    return out;
+  }
+
+  static std::string Event(const std::string& id, const std::string& status = "confirmed") {
+    return absl::StrCat(R"({"type":"SlotConfirmed","id":")", id, R"(","status":")", status,
+                        R"("})");
+  }
+
+  RemoteDir root_;
+  fs::path drop_, processed_;
+  amqp::ConnectionOptions broker_;
+  std::string partner_, exchange_, subscriber_;
+  int replay_port_ = 0, inbound_port_ = 0;
+  testing::TempDir dir_;
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+  std::unique_ptr<Process> replay_, inbound_;
+};
+
+TEST_F(SftpPollTest, ThousandRowsBecomeThousandEventsAndTheFileMoves) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  constexpr int kRows = 1000;
+  std::string csv = "visit_id,status\r\n";
+  for (int i = 0; i < kRows; ++i) absl::StrAppend(&csv, "VIS-", i, ",confirmed\r\n");
+  const std::string name = "visits_20261201.csv";
+  const std::string sha16 = Sha16(csv);
+  Drop(drop_, name, csv);
+
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / name), csv);
+  // Moved only after every event was confirmed: they are all on the subscriber's queue now.
+  std::vector<amqp::Delivery> got = Take(subscriber_, kRows);
+  std::set<std::string> ids;
+  for (const amqp::Delivery& d : got) {
+    const amqp::Message& m = d.message;
+    EXPECT_EQ(m.body, Event(m.correlation_id));
+    EXPECT_EQ(m.type, "SlotConfirmed");
+    EXPECT_EQ(Header(m, "x-ess-partner"), partner_);
+    EXPECT_EQ(Header(m, "x-ess-file"), name);
+    // The row of VIS-i starts on line i + 2 (the header is line 1).
+    const int i = std::stoi(m.correlation_id.substr(4));
+    EXPECT_EQ(m.message_id, absl::StrCat(name, ":", sha16, ":", i + 2));
+    ids.insert(m.correlation_id);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kRows));
+
+  // 1000 event records and the file's marker.
+  std::vector<ess::v1::MessageRecord> published = Records(ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(published.size(), static_cast<size_t>(kRows + 1));
+  EXPECT_TRUE(Records(ess::v1::MESSAGE_STATUS_DEAD).empty());
+  auto marker = Record(absl::StrCat("file:", name, ":", sha16));
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(marker->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(marker->rendered(), "1000 events, 0 parked");
+  auto row = Record(absl::StrCat(name, ":", sha16, ":502"));
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->correlation_id(), "VIS-500");
+  EXPECT_EQ(row->event_type(), "SlotConfirmed");
+  EXPECT_EQ(row->payload(), "VIS-500,confirmed");
+  EXPECT_EQ(row->rendered(), Event("VIS-500"));
+  EXPECT_EQ(row->source(),
+            absl::StrCat("sftp://", RequiredEnv("ESS_SFTP_HOST"), drop_.string(), "/", name));
+  EXPECT_THAT(inbound_->Log(), HasSubstr("file processed"));
+  EXPECT_THAT(inbound_->Log(), HasSubstr("events=1000 parked=0"));
+}
+
+TEST_F(SftpPollTest, MalformedRowsAreParkedWithFileAndLineAndTheOthersGoThrough) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits_bad.csv";
+  const std::string csv =
+      "visit_id,status\r\n"        // 1
+      "VIS-1,confirmed\r\n"        // 2
+      "VIS-2,confirmed,extra\r\n"  // 3: one cell too many
+      "VIS-3,cancelled\r\n"        // 4
+      "VIS-4,confirmed\r\n"        // 5
+      "VIS-5,\"confirmed\r\n";     // 6: a quote never closed
+  const std::string sha16 = Sha16(csv);
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+
+  std::vector<amqp::Delivery> events = Take(subscriber_, 3);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].message.body, Event("VIS-1"));
+  EXPECT_EQ(events[1].message.body, Event("VIS-3", "cancelled"));
+  EXPECT_EQ(events[2].message.body, Event("VIS-4"));
+  EXPECT_EQ(events[1].message.message_id, absl::StrCat(name, ":", sha16, ":4"));
+
+  std::vector<amqp::Delivery> parked = Take(ParkedQueue(), 2);
+  ASSERT_EQ(parked.size(), 2u);
+  EXPECT_EQ(parked[0].message.body, "VIS-2,confirmed,extra");
+  EXPECT_EQ(Header(parked[0].message, "x-ess-file"), name);
+  EXPECT_EQ(Header(parked[0].message, "x-ess-line"), "3");
+  EXPECT_EQ(Header(parked[0].message, "x-ess-reason"), "3 fields, the header has 2");
+  EXPECT_EQ(Header(parked[0].message, "x-ess-partner"), partner_);
+  EXPECT_EQ(parked[1].message.body, "VIS-5,\"confirmed");
+  EXPECT_EQ(Header(parked[1].message, "x-ess-file"), name);
+  EXPECT_EQ(Header(parked[1].message, "x-ess-line"), "6");
+  EXPECT_THAT(Header(parked[1].message, "x-ess-reason"), HasSubstr("quoted field not closed"));
+
+  std::vector<ess::v1::MessageRecord> dead = Records(ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(dead.size(), 2u);
+  auto l3 = Record(absl::StrCat(name, ":", sha16, ":L3"));
+  ASSERT_TRUE(l3.ok()) << l3.status();
+  EXPECT_EQ(l3->status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(l3->error(), absl::StrCat(name, ":3: 3 fields, the header has 2"));
+  EXPECT_EQ(l3->payload(), "VIS-2,confirmed,extra");
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 4u);  // 3 events and the marker
+  auto marker = Record(absl::StrCat("file:", name, ":", sha16));
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(marker->rendered(), "3 events, 2 parked");
+  EXPECT_THAT(inbound_->Log(), HasSubstr("events=3 parked=2"));
+}
+
+TEST_F(SftpPollTest, AFileWithAnUnusableHeaderIsParkedWholeAndMoved) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "no_header.csv";
+  const std::string csv = "visit_id,visit_id\r\nVIS-1,confirmed\r\n";
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  std::vector<amqp::Delivery> parked = Take(ParkedQueue(), 1);
+  ASSERT_EQ(parked.size(), 1u);
+  EXPECT_EQ(parked[0].message.body, "visit_id,visit_id");
+  EXPECT_EQ(Header(parked[0].message, "x-ess-line"), "1");
+  EXPECT_THAT(Header(parked[0].message, "x-ess-reason"), HasSubstr("repeats column"));
+  EXPECT_EQ(Depth(subscriber_), 0u);
+}
+
+TEST_F(SftpPollTest, TheSameFileDroppedAgainIsMovedWithoutPublishing) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits.csv";
+  const std::string csv = "visit_id,status\r\nVIS-1,confirmed\r\nVIS-2,confirmed\r\n";
+  const std::string sha16 = Sha16(csv);
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(Take(subscriber_, 2).size(), 2u);
+
+  Drop(drop_, name, csv);
+  // Same name, same bytes: moved beside the first copy, nothing published (a publish would be
+  // confirmed, and so queued, before the move).
+  ASSERT_TRUE(WaitMoved(name, absl::StrCat(name, ".", sha16))) << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / absl::StrCat(name, ".", sha16)), csv);
+  EXPECT_EQ(Depth(subscriber_), 0u);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 3u);
+  EXPECT_THAT(inbound_->Log(), HasSubstr("file already processed"));
+
+  // A third time: both names are taken by these very bytes, so the file is removed.
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitFor([&] { return !fs::exists(drop_ / name); }, kFileTimeout));
+  EXPECT_EQ(Depth(subscriber_), 0u);
+  std::vector<std::string> kept;
+  for (const auto& e : fs::directory_iterator(processed_)) {
+    kept.push_back(e.path().filename().string());
+  }
+  EXPECT_THAT(kept, UnorderedElementsAre(name, absl::StrCat(name, ".", sha16)));
+}
+
+TEST_F(SftpPollTest, AMarkerAlreadyInTheStoreMovesTheFileWithoutPublishing) {
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  const std::string name = "crashed_before_move.csv";
+  const std::string csv = "visit_id,status\r\nVIS-9,confirmed\r\n";
+  // What a poller that crashed between recording the marker and the move left behind.
+  {
+    ess::v1::RecordRequest req;
+    ess::v1::MessageRecord* rec = req.add_records();
+    const std::string marker = absl::StrCat("file:", name, ":", Sha16(csv));
+    rec->set_direction(ess::v1::DIRECTION_INBOUND);
+    rec->set_partner(partner_);
+    rec->set_correlation_id(marker);
+    rec->set_message_id(marker);
+    rec->set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+    grpc::ClientContext ctx;
+    ess::v1::RecordResponse resp;
+    grpc::Status s = stub_->Record(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  Drop(drop_, name, csv);
+  ASSERT_NO_FATAL_FAILURE(StartInbound());
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(Depth(subscriber_), 0u);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 1u);  // the marker only
+}
+
+TEST_F(SftpPollTest, AFileThatCannotBeMovedStaysAndIsMovedLaterWithoutRepublishing) {
+  fs::remove(processed_);
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits.csv";
+  Drop(drop_, name, "visit_id,status\r\nVIS-1,confirmed\r\n");
+  ASSERT_TRUE(inbound_->WaitForLog("does not exist")) << inbound_->Log();
+  EXPECT_THAT(inbound_->Log(), HasSubstr(absl::StrCat("processed_dir ", processed_.string())));
+  EXPECT_TRUE(fs::exists(drop_ / name));
+  // Published and marked before the move failed, like a crash between the two.
+  EXPECT_EQ(Take(subscriber_, 1).size(), 1u);
+
+  fs::create_directories(processed_);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(Depth(subscriber_), 0u);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 2u);  // the event and the marker
+}
+
+TEST_F(SftpPollTest, AFileStaysWhileTheStoreIsDownAndGoesThroughOnceItIsBack) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  stub_.reset();
+  ASSERT_EQ(replay_->Stop(), 0) << replay_->Log();
+  const std::string name = "visits.csv";
+  Drop(drop_, name, "visit_id,status\r\nVIS-1,confirmed\r\n");
+  ASSERT_TRUE(inbound_->WaitForLog("file left for the next poll", absl::Seconds(30)))
+      << inbound_->Log();
+  EXPECT_TRUE(fs::exists(drop_ / name));
+  EXPECT_EQ(Depth(subscriber_), 0u);  // nothing is published before the store's lookup
+
+  ASSERT_NO_FATAL_FAILURE(StartReplay());  // the same port and database
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(Take(subscriber_, 1).size(), 1u);
+}
+
+TEST_F(SftpPollTest, PartialAndOtherFilesAreLeftAlone) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  {
+    std::ofstream(drop_ / ".x.csv.part") << "visit_id,status\r\nVIS-1,confirmed\r\n";
+    std::ofstream(drop_ / "notes.txt") << "visit_id,status\r\nVIS-2,confirmed\r\n";
+  }
+  // Two files processed one after the other: at least two full listings saw the others.
+  Drop(drop_, "first.csv", "visit_id,status\r\nVIS-3,confirmed\r\n");
+  ASSERT_TRUE(WaitMoved("first.csv", "first.csv")) << inbound_->Log();
+  Drop(drop_, "second.csv", "visit_id,status\r\nVIS-4,confirmed\r\n");
+  ASSERT_TRUE(WaitMoved("second.csv", "second.csv")) << inbound_->Log();
+
+  std::vector<amqp::Delivery> got = Take(subscriber_, 2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].message.correlation_id, "VIS-3");
+  EXPECT_EQ(got[1].message.correlation_id, "VIS-4");
+  EXPECT_TRUE(fs::exists(drop_ / ".x.csv.part"));
+  EXPECT_TRUE(fs::exists(drop_ / "notes.txt"));
+}
+
+}  // namespace
+}  // namespace ess
