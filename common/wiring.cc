@@ -26,6 +26,8 @@ ReplayRecorder::Options RecorderOptions(const ess::v1::ReplayConfig& replay) {
       .batch_max = replay.batch_max(),
       .batch_delay = absl::Milliseconds(replay.batch_delay_ms()),
       .deadline = absl::Milliseconds(replay.deadline_ms()),
+      // Group commit: a batch goes as soon as the store is idle, so light load pays no delay.
+      .flush_when_idle = true,
   };
 }
 
