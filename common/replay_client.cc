@@ -120,7 +120,7 @@ struct ReplayRecorder::Impl {
         full.pop_front();
       } else {
         const absl::Time due = open->opened_at + options.batch_delay;
-        if (!stopping && absl::Now() < due) {
+        if (!stopping && absl::Now() < due && !IdleFlush()) {
           mu.AwaitWithDeadline(absl::Condition(this, &Impl::FlushEarly), due);
           continue;
         }
@@ -165,7 +165,12 @@ struct ReplayRecorder::Impl {
     const bool queued = !full.empty() || open != nullptr;
     return (queued && in_flight < max_in_flight) || (stopping && !queued);
   }
-  bool FlushEarly() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return stopping || !full.empty(); }
+  bool IdleFlush() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return options.flush_when_idle && in_flight == 0;
+  }
+  bool FlushEarly() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return stopping || !full.empty() || IdleFlush();
+  }
   bool NothingInFlight() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return in_flight == 0; }
 
   const Options options;

@@ -3,7 +3,8 @@
 // Record() is thread-safe and returns at once; `done` runs (on a gRPC or batching thread) when
 // the batch holding the record was stored (OK) or failed (the call's status, e.g. UNAVAILABLE
 // when the store is down). A batch is sent when it holds batch_max records or when its oldest
-// record waited batch_delay, whichever comes first; several batches may be in flight.
+// record waited batch_delay, whichever comes first (with flush_when_idle, also as soon as no
+// call is in flight); several batches may be in flight.
 //
 //   ess::ReplayRecorder recorder({.address = "127.0.0.1:50051"});
 //   recorder.Record(std::move(rec), [](absl::Status s) { if (s.ok()) ack(); });
@@ -34,6 +35,11 @@ class ReplayRecorder {
     absl::Duration deadline = absl::Seconds(5);
     // Batches in flight at once.
     size_t max_in_flight_batches = 4;
+    // Also send the open batch at once whenever no call is in flight, instead of waiting out
+    // batch_delay: records then wait only while the store is busy with earlier ones (group
+    // commit), so a lightly loaded lane does not pay the delay, and batches still grow with
+    // the load.
+    bool flush_when_idle = false;
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
