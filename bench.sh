@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The ESS benchmark in one command: installs what is missing (Debian packages only), builds in
+# Release, and runs build/bin/ess_bench, which starts a private RabbitMQ node (state under
+# .stack/bench), the replay store, the lanes and a partner on free loopback ports, runs every
+# scenario bounded in count and time, prints one table, writes bench/results/<time>.json, and
+# stops everything it started. See bench/README.md.
+#
+#   ./bench.sh                                  the quick run (about 3 minutes)
+#   ./bench.sh --full                           the long run (300,000 events, 30 s timed runs)
+#   ./bench.sh --events 50000 --scenarios outbound,inbound    (any ess_bench flag; --help)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+scripts/install-deps.sh
+scripts/build.sh --target ess_bench replay_svc outbound_svc inbound_svc
+
+# ess_bench stops its broker itself, also on Ctrl-C; this catches a crash of ess_bench.
+cleanup() {
+  scripts/rabbitmq.sh stop "$PWD/.stack/bench/rabbitmq" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"${ESS_BUILD_DIR:-build}/bin/ess_bench" "$@"

@@ -1,0 +1,1602 @@
+// ess_bench: the ESS performance benchmark (see bench/README.md; ./bench.sh runs it).
+//
+// Starts a private RabbitMQ node (scripts/rabbitmq.sh, state in .stack/bench), an in-process
+// partner server, and the real replay_svc / outbound_svc / inbound_svc binaries on loopback;
+// runs each scenario bounded in count and time; prints one table in which every figure stands
+// beside a ceiling measured in the same run; writes every figure to bench/results/<time>.json.
+// Stops every process it started, by PID, and the broker it started.
+#include <grpcpp/grpcpp.h>
+#include <rapidjson/prettywriter.h>
+#include <rapidjson/stringbuffer.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "bench/amqp_load.h"
+#include "bench/partner.h"
+#include "bench/procs.h"
+#include "common/amqp.h"
+#include "common/cli.h"
+#include "common/http_client.h"
+#include "common/log.h"
+#include "common/replay_client.h"
+#include "google/protobuf/util/time_util.h"
+
+ABSL_FLAG(uint64_t, events, 100000,
+          "Events per outbound run (preloaded), messages per broker ceiling run, records per "
+          "replay store run.");
+ABSL_FLAG(int, duration_s, 10, "Seconds of each timed run (latency runs, inbound, HTTP ceiling).");
+ABSL_FLAG(bool, full, false,
+          "The long run: --events=300000 --duration_s=30 unless those are given too.");
+ABSL_FLAG(std::string, scenarios, "all",
+          "Comma-separated subset of: ceilings,http,outbound,latency,info,scaling,replay,inbound.");
+ABSL_FLAG(std::string, replicas, "1,2,3", "Outbound lane replica counts of the scaling run.");
+ABSL_FLAG(double, latency_rate, 0,
+          "Events/s of the outbound latency run; 0: half the rate the outbound run measured.");
+ABSL_FLAG(double, inbound_latency_rate, 0,
+          "Webhooks/s of the inbound latency run; 0: half the rate the inbound run measured.");
+ABSL_FLAG(uint64_t, info_events, 0,
+          "Events of the outbound run at log level info; 0: as many as --events (a run with fewer "
+          "events is faster for that reason alone).");
+ABSL_FLAG(uint32_t, prefetch, 1024, "outbound.prefetch of the lanes (and of the consume ceiling).");
+ABSL_FLAG(uint32_t, max_in_flight, 64,
+          "outbound max_in_flight: partner requests in flight per lane (the config default).");
+ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call.");
+ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
+ABSL_FLAG(uint32_t, publish_window, 1024, "Unconfirmed publishes of the benchmark's publisher.");
+ABSL_FLAG(int, wrk_connections, 256,
+          "Keep-alive connections of wrk: the fixed concurrency of the inbound run and of the HTTP "
+          "ceiling.");
+ABSL_FLAG(int, wrk_threads, 1, "wrk threads.");
+ABSL_FLAG(int, amqp_port, 0, "Use the RabbitMQ already listening on this loopback port.");
+ABSL_FLAG(int, amqp_pid, 0, "With --amqp_port: the broker's PID, so that its CPU is counted.");
+ABSL_FLAG(std::string, source_dir, ESS_SOURCE_DIR, "The ESS source tree.");
+ABSL_FLAG(std::string, bin_dir, "", "Folder of the service binaries (default: this binary's).");
+ABSL_FLAG(std::string, work_dir, "", "State of this run (default: SOURCE/.stack/bench).");
+ABSL_FLAG(std::string, results_dir, "", "Where the JSON goes (default: SOURCE/bench/results).");
+
+namespace ess::bench {
+namespace {
+
+constexpr char kPartnerName[] = "bench_partner";
+constexpr char kEventsExchange[] = "bench.events";
+constexpr char kSinkQueue[] = "bench.events.sink";
+constexpr char kWebhookPath[] = "/webhook/bench";
+
+// ---- small helpers --------------------------------------------------------------------------
+
+void Say(const std::string& line) {
+  std::cerr << absl::FormatTime("%H:%M:%S ", absl::Now(), absl::LocalTimeZone()) << line
+            << std::endl;
+}
+
+std::string Grouped(double v) {
+  const std::string digits = absl::StrCat(std::llround(std::fabs(v)));
+  std::string out = v < 0 ? "-" : "";
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i != 0 && (digits.size() - i) % 3 == 0) out.push_back(',');
+    out.push_back(digits[i]);
+  }
+  return out;
+}
+
+std::string Ms(double ns) { return absl::StrFormat("%.2f ms", ns / 1e6); }
+
+std::string Percent(double ratio) { return absl::StrFormat("%.0f%%", ratio * 100); }
+
+bool WaitUntil(const std::function<bool()>& condition, absl::Duration timeout,
+               absl::Duration every = absl::Milliseconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(every);
+  }
+  return true;
+}
+
+// Percentile (0..100) of sorted samples, nearest rank.
+double PercentileOf(const std::vector<int64_t>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const double rank = std::ceil(p / 100.0 * static_cast<double>(sorted.size()));
+  const size_t i = static_cast<size_t>(std::clamp<double>(rank, 1, sorted.size())) - 1;
+  return static_cast<double>(sorted[i]);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string VisitEvent(const std::string& id, int64_t sent_ns) {
+  return absl::StrCat(R"({"type":"VisitScheduleUpdated","id":")", id,
+                      R"(","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z","sentNs":)", sent_ns,
+                      "}");
+}
+
+// ---- results ----------------------------------------------------------------------------------
+
+// One scenario's figures: flat, so that runs compare key by key.
+struct Scenario {
+  std::string name;
+  std::vector<std::pair<std::string, double>> figures;
+  std::vector<std::pair<std::string, std::string>> notes;
+  std::vector<std::pair<std::string, double>> cpu_percent;   // of one core, per process
+  std::vector<std::pair<std::string, double>> peak_rss_mib;  // VmHWM per process
+  bool ok = true;
+
+  void Set(const std::string& key, double v) { figures.emplace_back(key, v); }
+  void Note(const std::string& key, const std::string& v) { notes.emplace_back(key, v); }
+  void Fail(const std::string& why) {
+    ok = false;
+    notes.emplace_back("error", why);
+    Say(absl::StrCat("  ", name, ": ", why));
+  }
+  std::optional<double> Get(const std::string& key) const {
+    for (const auto& [k, v] : figures) {
+      if (k == key) return v;
+    }
+    return std::nullopt;
+  }
+  // "rabbitmq 98%, outbound_svc 71%, ess_bench 20% | others 35%": the busiest processes of
+  // the benchmark, then what processes outside it used meanwhile.
+  std::string Busiest(size_t n = 3) const {
+    std::vector<std::pair<std::string, double>> sorted;
+    double others = -1;
+    for (const auto& [proc, pct] : cpu_percent) {
+      if (proc == "others") {
+        others = pct;
+      } else {
+        sorted.emplace_back(proc, pct);
+      }
+    }
+    std::sort(sorted.begin(), sorted.end(),
+              [](const auto& a, const auto& b) { return a.second > b.second; });
+    std::vector<std::string> parts;
+    for (size_t i = 0; i < sorted.size() && i < n; ++i) {
+      if (sorted[i].second < 1) break;
+      parts.push_back(absl::StrFormat("%s %.0f%%", sorted[i].first, sorted[i].second));
+    }
+    std::string out = absl::StrJoin(parts, ", ");
+    if (others >= 0) absl::StrAppend(&out, absl::StrFormat(" | others %.0f%%", others));
+    return out;
+  }
+};
+
+// Busy ticks of the whole machine (all CPUs) from /proc/stat.
+uint64_t MachineBusyTicks() {
+  std::ifstream in("/proc/stat");
+  std::string cpu;
+  uint64_t user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  in >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  return user + nice + system + irq + softirq + steal;
+}
+
+// Waits (at most 5 s) until the whole machine is nearly idle (under 30% of one core over
+// 250 ms), so that one scenario's aftermath (the broker deleting a purged queue, a WAL
+// checkpoint) is not charged to the next.
+void WaitQuiet() {
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < deadline) {
+    const uint64_t before = MachineBusyTicks();
+    absl::SleepFor(absl::Milliseconds(250));
+    const double cores = static_cast<double>(MachineBusyTicks() - before) / TicksPerSecond() / 0.25;
+    if (cores < 0.3) return;
+  }
+}
+
+// CPU use of a set of processes over a window, as % of one core, and what the rest of the
+// machine (processes outside the benchmark) used meanwhile.
+class CpuWindow {
+ public:
+  static constexpr char kOthers[] = "others";
+
+  struct Proc {
+    std::string name;
+    pid_t pid;
+  };
+  void Begin(std::vector<Proc> procs) {
+    procs_ = std::move(procs);
+    start_ticks_.clear();
+    for (const Proc& p : procs_) start_ticks_.push_back(Sample(p.pid).cpu_ticks);
+    machine_start_ = MachineBusyTicks();
+    start_ = absl::Now();
+  }
+  // Adds each process's share to `s` (extra: CPU seconds of processes reaped meanwhile).
+  void End(Scenario& s, const std::vector<std::pair<std::string, double>>& extra = {}) {
+    const double wall = absl::ToDoubleSeconds(absl::Now() - start_);
+    if (wall <= 0) return;
+    const double machine =
+        static_cast<double>(MachineBusyTicks() - machine_start_) / TicksPerSecond();
+    double ours = 0;
+    for (size_t i = 0; i < procs_.size(); ++i) {
+      const ProcSample now = Sample(procs_[i].pid);
+      if (!now.ok) continue;
+      const double seconds =
+          static_cast<double>(now.cpu_ticks - start_ticks_[i]) / TicksPerSecond();
+      ours += seconds;
+      s.cpu_percent.emplace_back(procs_[i].name, 100.0 * seconds / wall);
+    }
+    for (const auto& [name, seconds] : extra) {
+      ours += seconds;
+      s.cpu_percent.emplace_back(name, 100.0 * seconds / wall);
+    }
+    s.cpu_percent.emplace_back(kOthers, std::max(0.0, 100.0 * (machine - ours) / wall));
+    s.Set("cpu_window_s", wall);
+  }
+
+ private:
+  std::vector<Proc> procs_;
+  std::vector<uint64_t> start_ticks_;
+  uint64_t machine_start_ = 0;
+  absl::Time start_;
+};
+
+// ---- the run ------------------------------------------------------------------------------
+
+struct Settings {
+  uint64_t events;
+  absl::Duration duration;
+  uint64_t info_events;
+  std::vector<int> replicas;
+  uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, publish_window;
+  int wrk_connections, wrk_threads;
+  std::string source_dir, bin_dir, run_dir, wrk;
+};
+
+// The services of one scenario, with their own folder, config and replay database.
+struct Stack {
+  std::string dir;
+  std::string config;
+  std::string queue;
+  int replay_port = 0;
+  int inbound_port = 0;
+  std::unique_ptr<Child> replay;
+  std::vector<std::unique_ptr<Child>> outbound;
+  std::unique_ptr<Child> inbound;
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub;
+};
+
+class Bench {
+ public:
+  Bench(Settings settings, BrokerAddress broker, pid_t broker_pid)
+      : s_(std::move(settings)), broker_(std::move(broker)), broker_pid_(broker_pid) {}
+
+  absl::Status Start() { return partner_.Start(); }
+  void Stop() { partner_.Stop(); }
+
+  void Ceilings();
+  void HttpCeiling();
+  // events/s with `replicas` lanes; 0 on failure.
+  double Outbound(const std::string& name, int replicas, uint64_t events,
+                  const std::string& log_level);
+  void OutboundLatency(const std::string& name, double rate);
+  // The broker alone at `rate`: paced persistent publishes, consumed with manual acks.
+  void BrokerLatency(double rate);
+  void Replay();
+  void Inbound();
+
+  const std::deque<Scenario>& scenarios() const { return scenarios_; }
+  const Scenario* Find(const std::string& name) const {
+    for (const Scenario& sc : scenarios_) {
+      if (sc.name == name) return &sc;
+    }
+    return nullptr;
+  }
+
+ private:
+  Scenario& Add(const std::string& name) {
+    WaitQuiet();
+    Say(absl::StrCat("scenario ", name));
+    scenarios_.push_back(Scenario{.name = name});
+    return scenarios_.back();
+  }
+
+  std::string HubConfig(const Stack& st, const std::string& log_level) const;
+  absl::Status StartStack(Stack& st, const std::string& tag, const std::string& log_level);
+  void StartOutbound(Stack& st, int replicas);
+  absl::Status StartInbound(Stack& st);
+  // Records the child's peak RSS, then stops it (SIGTERM) and forgets it.
+  void StopChild(std::unique_ptr<Child>& child, Scenario& sc);
+  void StopStack(Stack& st, Scenario& sc);
+  std::vector<CpuWindow::Proc> Procs(const Stack& st) const;
+  absl::StatusOr<ess::v1::PartnerStats> Stats(Stack& st, ess::v1::Direction direction);
+  void DeleteQueues(const std::vector<std::string>& queues);
+  // Runs wrk against `url`; fills `sc` with its figures. Returns the WRK_RESULT JSON line.
+  std::optional<std::string> RunWrk(Scenario& sc, const std::string& url, const std::string& kind,
+                                    const std::string& prefix, absl::Duration duration,
+                                    double* cpu_seconds);
+
+  Settings s_;
+  BrokerAddress broker_;
+  pid_t broker_pid_;
+  Partner partner_;
+  std::deque<Scenario> scenarios_;  // references stay valid as scenarios are added
+  int stacks_ = 0;
+};
+
+std::string Bench::HubConfig(const Stack& st, const std::string& log_level) const {
+  return absl::StrCat("# Written by ess_bench for one scenario.\n",                  //
+                      "bus:\n",                                                      //
+                      "  host: 127.0.0.1\n",                                         //
+                      "  port: ", broker_.port, "\n",                                //
+                      "  events_exchange: ", kEventsExchange, "\n",                  //
+                      "replay:\n",                                                   //
+                      "  listen: 127.0.0.1:", st.replay_port, "\n",                  //
+                      "  database_path: replay.db\n",                                //
+                      "  batch_max: ", s_.batch_max, "\n",                           //
+                      "  batch_delay_ms: ", s_.batch_delay_ms, "\n",                 //
+                      "outbound:\n",                                                 //
+                      "  prefetch: ", s_.prefetch, "\n",                             //
+                      "inbound:\n",                                                  //
+                      "  listen: 127.0.0.1:", st.inbound_port, "\n",                 //
+                      "logging:\n",                                                  //
+                      "  level: ", log_level, "\n",                                  //
+                      "  pii_fields: [inmateId, inmate]\n",                          //
+                      "partners:\n",                                                 //
+                      "  - name: ", kPartnerName, "\n",                              //
+                      "    adapter: rest\n",                                         //
+                      "    settings:\n",                                             //
+                      "      base_url: http://127.0.0.1:", partner_.port(), "\n",    //
+                      "      path: /api/slots\n",                                    //
+                      "      timeout_ms: 5000\n",                                    //
+                      "    outbound:\n",                                             //
+                      "      queue: ", st.queue, "\n",                               //
+                      "      max_in_flight: ", s_.max_in_flight, "\n",               //
+                      "      retry: {max_attempts: 2, initial_backoff_ms: 1000}\n",  //
+                      "      mapping:\n",                                            //
+                      "        - {target: id, source: id}\n",                        //
+                      "        - {target: inmate, source: inmateId}\n",              //
+                      "        - {target: slot, source: slotUtc}\n",                 //
+                      "        - {target: sentNs, source: sentNs}\n",                //
+                      "    inbound:\n",                                              //
+                      "      webhook_path: ", kWebhookPath, "\n",                    //
+                      "      mapping:\n",                                            //
+                      "        - {target: type, constant: SlotConfirmed}\n",         //
+                      "        - {target: id, source: id}\n",                        //
+                      "        - {target: status, source: status}\n");
+}
+
+void Bench::DeleteQueues(const std::vector<std::string>& queues) {
+  absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+      amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+  if (!conn.ok()) return;
+  for (const std::string& q : queues) (void)(*conn)->DeleteQueue(q);
+}
+
+absl::Status Bench::StartStack(Stack& st, const std::string& tag, const std::string& log_level) {
+  st.dir = absl::StrCat(s_.run_dir, "/", ++stacks_, "-", tag);
+  std::filesystem::create_directories(st.dir);
+  st.queue = absl::StrCat("bench.visits.", stacks_);
+  st.replay_port = FreePort();
+  st.inbound_port = FreePort();
+  st.config = st.dir + "/hub.yaml";
+  std::ofstream(st.config) << HubConfig(st, log_level);
+  DeleteQueues({st.queue, st.queue + ".parked", st.queue + ".retry.1000ms"});
+  st.replay = std::make_unique<Child>(
+      "replay_svc", std::vector<std::string>{s_.bin_dir + "/replay_svc", "--config", st.config},
+      st.dir + "/replay_svc.log");
+  st.stub = MakeReplayStub(absl::StrCat("127.0.0.1:", st.replay_port));
+  const bool up = WaitUntil(
+      [&] {
+        if (!st.replay->Running()) return true;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+        ess::v1::StatsResponse resp;
+        return st.stub->Stats(&ctx, {}, &resp).ok();
+      },
+      absl::Seconds(20), absl::Milliseconds(20));
+  if (!up || !st.replay->Running()) {
+    return absl::UnavailableError(
+        absl::StrCat("replay_svc did not come up:\n", st.replay->LogTail()));
+  }
+  return absl::OkStatus();
+}
+
+void Bench::StartOutbound(Stack& st, int replicas) {
+  for (int i = 0; i < replicas; ++i) {
+    st.outbound.push_back(std::make_unique<Child>(
+        replicas == 1 ? std::string("outbound_svc") : absl::StrCat("outbound_svc#", i + 1),
+        std::vector<std::string>{s_.bin_dir + "/outbound_svc", "--config", st.config},
+        absl::StrCat(st.dir, "/outbound_svc.", i + 1, ".log")));
+  }
+}
+
+absl::Status Bench::StartInbound(Stack& st) {
+  st.inbound = std::make_unique<Child>(
+      "inbound_svc", std::vector<std::string>{s_.bin_dir + "/inbound_svc", "--config", st.config},
+      st.dir + "/inbound_svc.log");
+  http::Client client({});
+  const std::string url = absl::StrCat("http://127.0.0.1:", st.inbound_port, "/healthz");
+  const bool up = WaitUntil(
+      [&] {
+        if (!st.inbound->Running()) return true;
+        auto r = client.SendAndWait({.method = "GET", .url = url, .timeout = absl::Seconds(1)});
+        return r.ok() && r->status == 200;
+      },
+      absl::Seconds(20), absl::Milliseconds(20));
+  if (!up || !st.inbound->Running()) {
+    return absl::UnavailableError(
+        absl::StrCat("inbound_svc did not come up:\n", st.inbound->LogTail()));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<CpuWindow::Proc> Bench::Procs(const Stack& st) const {
+  std::vector<CpuWindow::Proc> procs = {{"rabbitmq", broker_pid_}, {"ess_bench", getpid()}};
+  if (st.replay) procs.push_back({"replay_svc", st.replay->pid()});
+  for (const auto& o : st.outbound) procs.push_back({o->name(), o->pid()});
+  if (st.inbound) procs.push_back({"inbound_svc", st.inbound->pid()});
+  return procs;
+}
+
+void Bench::StopChild(std::unique_ptr<Child>& child, Scenario& sc) {
+  if (child == nullptr) return;
+  const ProcSample p = Sample(child->pid());
+  if (p.ok) sc.peak_rss_mib.emplace_back(child->name(), static_cast<double>(p.hwm_kib) / 1024.0);
+  if (!child->Running()) {
+    sc.Fail(absl::StrCat(child->name(), " exited during the run:\n", child->LogTail()));
+  } else if (const int rc = child->Stop(); rc != 0) {
+    sc.Fail(absl::StrCat(child->name(), " exited with ", rc, " when stopped:\n", child->LogTail()));
+  }
+  child.reset();
+}
+
+void Bench::StopStack(Stack& st, Scenario& sc) {
+  for (auto& o : st.outbound) StopChild(o, sc);
+  st.outbound.clear();
+  StopChild(st.inbound, sc);
+  st.stub.reset();  // an idle channel would hold replay_svc's graceful shutdown
+  StopChild(st.replay, sc);
+  DeleteQueues({st.queue, st.queue + ".parked", st.queue + ".retry.1000ms"});
+  // Logs and config stay for a look afterwards; the database (up to hundreds of MB) goes.
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    std::error_code ignored;
+    std::filesystem::remove(absl::StrCat(st.dir, "/replay.db", suffix), ignored);
+  }
+}
+
+absl::StatusOr<ess::v1::PartnerStats> Bench::Stats(Stack& st, ess::v1::Direction direction) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  ess::v1::StatsRequest req;
+  req.set_partner(kPartnerName);
+  ess::v1::StatsResponse resp;
+  grpc::Status s = st.stub->Stats(&ctx, req, &resp);
+  if (!s.ok()) return absl::UnavailableError(s.error_message());
+  for (const auto& p : resp.partners()) {
+    if (p.direction() == direction) return p;
+  }
+  return ess::v1::PartnerStats();
+}
+
+std::optional<std::string> Bench::RunWrk(Scenario& sc, const std::string& url,
+                                         const std::string& kind, const std::string& prefix,
+                                         absl::Duration duration, double* cpu_seconds) {
+  const std::string log = absl::StrCat(s_.run_dir, "/wrk-", sc.name, ".log");
+  std::vector<std::string> argv = {s_.wrk,
+                                   absl::StrCat("-t", s_.wrk_threads),
+                                   absl::StrCat("-c", s_.wrk_connections),
+                                   absl::StrCat("-d", absl::ToInt64Seconds(duration), "s"),
+                                   "--timeout",
+                                   "10s",
+                                   "-s",
+                                   s_.source_dir + "/bench/post.lua",
+                                   url,
+                                   "--",
+                                   kind,
+                                   prefix};
+  const int rc = RunToCompletion(argv, log, cpu_seconds);
+  const std::string out = ReadFile(log);
+  const size_t at = out.rfind("WRK_RESULT ");
+  if (rc != 0 || at == std::string::npos) {
+    sc.Fail(absl::StrCat("wrk failed (exit ", rc, "): ", out.substr(0, 2000)));
+    return std::nullopt;
+  }
+  std::string line = out.substr(at + 11);
+  line = line.substr(0, line.find('\n'));
+  return line;
+}
+
+// Pulls "key":number out of wrk's one-line JSON.
+double JsonNumber(const std::string& json, const std::string& key) {
+  const size_t at = json.find(absl::StrCat("\"", key, "\":"));
+  if (at == std::string::npos) return 0;
+  double v = 0;
+  const size_t from = at + key.size() + 3;
+  size_t end = from;
+  while (end < json.size() && (std::isdigit(json[end]) || json[end] == '.' || json[end] == '-')) {
+    ++end;
+  }
+  (void)absl::SimpleAtod(json.substr(from, end - from), &v);
+  return v;
+}
+
+// ---- scenarios ----------------------------------------------------------------------------
+
+void Bench::Ceilings() {
+  const std::string queue = "bench.ceiling";
+  DeleteQueues({queue});
+  {
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+      Add("broker_publish").Fail("cannot declare the ceiling queue");
+      return;
+    }
+  }
+  Scenario& pub = Add("broker_publish");
+  CpuWindow cpu;
+  cpu.Begin({{"rabbitmq", broker_pid_}, {"ess_bench", getpid()}});
+  PublishResult p =
+      PublishConfirmed(broker_, {.routing_key = queue,
+                                 .type = "VisitScheduleUpdated",
+                                 .count = s_.events,
+                                 .max_duration = std::max(s_.duration, absl::Seconds(10)),
+                                 .window = s_.publish_window,
+                                 .make = [](uint64_t i, std::string* body, std::string* id) {
+                                   *id = absl::StrCat("CEIL-", i);
+                                   *body = VisitEvent(*id, MonoNs());
+                                 }});
+  cpu.End(pub);
+  pub.Set("messages", static_cast<double>(p.confirmed));
+  pub.Set("window_messages", static_cast<double>(p.confirmed));
+  pub.Set("msgs_per_s", p.ConfirmedPerSecond());
+  pub.Set("window", s_.publish_window);
+  pub.Set("nacked", static_cast<double>(p.nacked));
+  if (!p.status.ok()) pub.Fail(std::string(p.status.message()));
+  Say(absl::StrCat("  persistent publish + confirms: ", Grouped(p.ConfirmedPerSecond()), " msg/s (",
+                   p.confirmed, " messages)"));
+
+  Scenario& con = Add("broker_consume");
+  cpu.Begin({{"rabbitmq", broker_pid_}, {"ess_bench", getpid()}});
+  ConsumeResult c = ConsumeAcked(broker_, {.queue = queue,
+                                           .count = p.confirmed,
+                                           .max_duration = absl::Seconds(60),
+                                           .prefetch = static_cast<uint16_t>(s_.prefetch),
+                                           .ack_every = 64});
+  cpu.End(con);
+  con.Set("messages", static_cast<double>(c.consumed));
+  con.Set("window_messages", static_cast<double>(c.consumed));
+  con.Set("msgs_per_s", c.PerSecond());
+  con.Set("prefetch", s_.prefetch);
+  if (!c.status.ok()) con.Fail(std::string(c.status.message()));
+  if (c.consumed != p.confirmed) {
+    con.Fail(absl::StrCat("consumed ", c.consumed, " of ", p.confirmed));
+  }
+  Say(absl::StrCat("  consume + manual ack: ", Grouped(c.PerSecond()), " msg/s"));
+  DeleteQueues({queue});
+}
+
+void Bench::HttpCeiling() {
+  Scenario& sc = Add("http_partner");
+  partner_.Reset(false, 0);
+  CpuWindow cpu;
+  cpu.Begin({{"ess_bench", getpid()}});
+  double wrk_cpu = 0;
+  const absl::Duration d = std::min(s_.duration, absl::Seconds(10));
+  std::optional<std::string> r =
+      RunWrk(sc, absl::StrCat("http://127.0.0.1:", partner_.port(), "/api/slots"), "partner",
+             "HTTP", d, &wrk_cpu);
+  cpu.End(sc, {{"wrk", wrk_cpu}});
+  if (!r) return;
+  const double seconds = JsonNumber(*r, "duration_us") / 1e6;
+  const double ok = JsonNumber(*r, "ok");
+  sc.Set("requests_per_s", seconds > 0 ? ok / seconds : 0);
+  sc.Set("requests", ok);
+  sc.Set("window_messages", ok);
+  sc.Set("non2xx", JsonNumber(*r, "non2xx"));
+  sc.Set("p50_us", JsonNumber(*r, "p50"));
+  sc.Set("p99_us", JsonNumber(*r, "p99"));
+  sc.Set("connections", s_.wrk_connections);
+  Say(absl::StrCat("  partner server: ", Grouped(ok / seconds), " req/s"));
+}
+
+double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
+                       const std::string& log_level) {
+  Scenario& sc = Add(name);
+  sc.Set("replicas", replicas);
+  sc.Set("events", static_cast<double>(events));
+  sc.Note("log_level", log_level);
+  Stack st;
+  if (absl::Status s = StartStack(st, name, log_level); !s.ok()) {
+    sc.Fail(std::string(s.message()));
+    return 0;
+  }
+  {
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = st.queue}}}).ok()) {
+      sc.Fail("cannot declare the lane's queue");
+      StopStack(st, sc);
+      return 0;
+    }
+  }
+  const std::string run = absl::StrCat("E", getpid(), "-", st.dir.substr(st.dir.rfind('/') + 1));
+  PublishResult pre =
+      PublishConfirmed(broker_, {.routing_key = st.queue,
+                                 .type = "VisitScheduleUpdated",
+                                 .count = events,
+                                 .max_duration = absl::Seconds(120),
+                                 .window = s_.publish_window,
+                                 .make = [&run](uint64_t i, std::string* body, std::string* id) {
+                                   *id = absl::StrCat(run, "-", i);
+                                   *body = VisitEvent(*id, MonoNs());
+                                 }});
+  if (pre.confirmed != events) {
+    sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events,
+                         " confirmed: ", pre.status.message()));
+    StopStack(st, sc);
+    return 0;
+  }
+  sc.Set("preload_msgs_per_s", pre.ConfirmedPerSecond());
+  WaitQuiet();  // the broker settles the preload first
+  Say(absl::StrCat("  ", events, " events preloaded; starting ", replicas, " outbound_svc"));
+
+  partner_.Reset(/*track_ids=*/true, 0);
+  const int64_t spawned_ns = MonoNs();
+  StartOutbound(st, replicas);
+  CpuWindow cpu;
+  cpu.Begin(Procs(st));
+  // Bounded: at least a minute, or 1,000 events/s.
+  const absl::Duration limit = absl::Seconds(std::max<double>(60, events / 1000.0));
+  const bool delivered = WaitUntil(
+      [&] {
+        for (auto& o : st.outbound) {
+          if (!o->Running()) return true;
+        }
+        return partner_.count() >= events;
+      },
+      limit, absl::Milliseconds(2));
+  if (!delivered || partner_.count() < events) {
+    sc.Fail(absl::StrCat("the partner got ", partner_.count(), " of ", events, " events"));
+    cpu.End(sc);
+    StopStack(st, sc);
+    return 0;
+  }
+  // Then every record: the lane acks only after its record, so records lag the partner only by
+  // the batching delay.
+  uint64_t recorded = 0;
+  WaitUntil(
+      [&] {
+        absl::StatusOr<ess::v1::PartnerStats> stats = Stats(st, ess::v1::DIRECTION_OUTBOUND);
+        recorded = stats.ok() ? stats->delivered() : 0;
+        return recorded >= events;
+      },
+      absl::Seconds(30), absl::Milliseconds(5));
+  const int64_t done_ns = MonoNs();
+  cpu.End(sc);
+  if (recorded != events) sc.Fail(absl::StrCat(recorded, " records for ", events, " events"));
+  const double seconds = static_cast<double>(done_ns - partner_.first_ns()) / 1e9;
+  const double rate = static_cast<double>(events) / seconds;
+  sc.Set("events_per_s", rate);
+  sc.Set("seconds", seconds);
+  sc.Set("startup_ms", static_cast<double>(partner_.first_ns() - spawned_ns) / 1e6);
+  sc.Set("partner_requests", static_cast<double>(partner_.count()));
+  sc.Set("duplicates", static_cast<double>(partner_.duplicates()));
+  sc.Set("records_delivered", static_cast<double>(recorded));
+  sc.Set("window_messages", static_cast<double>(events));
+
+  // Acks: nothing may be left ready now, and stopping the lanes must return nothing to the
+  // queue (the broker requeues every delivery its consumer did not ack).
+  absl::StatusOr<QueueState> before = QueueInfo(broker_, st.queue);
+  sc.Set("ready_after_run", before.ok() ? static_cast<double>(before->messages) : -1.0);
+  for (auto& o : st.outbound) StopChild(o, sc);
+  st.outbound.clear();
+  absl::StatusOr<QueueState> after = QueueInfo(broker_, st.queue);
+  sc.Set("ready_after_lanes_stopped", after.ok() ? static_cast<double>(after->messages) : -1.0);
+  if (!after.ok() || after->messages != 0) {
+    sc.Fail("deliveries left unacked (returned to the queue when the lanes stopped)");
+  }
+  StopStack(st, sc);
+  Say(absl::StrCat("  ", Grouped(rate), " events/s (", replicas, " replica",
+                   replicas > 1 ? "s" : "", ", log ", log_level, ")"));
+  return rate;
+}
+
+void Bench::OutboundLatency(const std::string& name, double rate) {
+  Scenario& sc = Add(name);
+  sc.Set("target_rate", rate);
+  Stack st;
+  if (absl::Status s = StartStack(st, "outbound_latency", "warn"); !s.ok()) {
+    sc.Fail(std::string(s.message()));
+    return;
+  }
+  StartOutbound(st, 1);
+  const bool consuming = WaitUntil(
+      [&] {
+        absl::StatusOr<QueueState> q = QueueInfo(broker_, st.queue);
+        return (q.ok() && q->consumers >= 1) || !st.outbound[0]->Running();
+      },
+      absl::Seconds(20), absl::Milliseconds(20));
+  if (!consuming || !st.outbound[0]->Running()) {
+    sc.Fail("outbound_svc did not start consuming");
+    StopStack(st, sc);
+    return;
+  }
+  const int64_t warm_until = MonoNs() + 1'000'000'000;  // the first second is warm-up
+  partner_.Reset(false, warm_until);
+  const uint64_t count = static_cast<uint64_t>(rate * absl::ToDoubleSeconds(s_.duration));
+  CpuWindow cpu;
+  cpu.Begin(Procs(st));
+  const std::string run = absl::StrCat("L", getpid());
+  PublishResult p =
+      PublishConfirmed(broker_, {.routing_key = st.queue,
+                                 .type = "VisitScheduleUpdated",
+                                 .count = count,
+                                 .max_duration = s_.duration + absl::Seconds(5),
+                                 .window = s_.publish_window,
+                                 .rate = rate,
+                                 .make = [&run](uint64_t i, std::string* body, std::string* id) {
+                                   *id = absl::StrCat(run, "-", i);
+                                   *body = VisitEvent(*id, MonoNs());
+                                 }});
+  WaitUntil([&] { return partner_.count() >= p.published; }, absl::Seconds(30));
+  cpu.End(sc);
+  std::vector<int64_t> lat = partner_.latencies();
+  std::sort(lat.begin(), lat.end());
+  sc.Set("published", static_cast<double>(p.published));
+  sc.Set("achieved_rate", static_cast<double>(p.published) / absl::ToDoubleSeconds(p.elapsed));
+  sc.Set("delivered", static_cast<double>(partner_.count()));
+  sc.Set("samples", static_cast<double>(lat.size()));
+  sc.Set("p50_ms", PercentileOf(lat, 50) / 1e6);
+  sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
+  sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
+  sc.Set("max_ms", lat.empty() ? 0 : static_cast<double>(lat.back()) / 1e6);
+  if (partner_.count() < p.published) {
+    sc.Fail(absl::StrCat("the partner got ", partner_.count(), " of ", p.published));
+  }
+  StopStack(st, sc);
+  Say(absl::StrCat("  at ", Grouped(rate), " events/s: p50 ", Ms(PercentileOf(lat, 50)), " p99 ",
+                   Ms(PercentileOf(lat, 99)), " p99.9 ", Ms(PercentileOf(lat, 99.9))));
+}
+
+void Bench::BrokerLatency(double rate) {
+  Scenario& sc = Add("broker_latency");
+  sc.Set("target_rate", rate);
+  const std::string queue = "bench.latency";
+  DeleteQueues({queue});
+  {
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+      sc.Fail("cannot declare the latency queue");
+      return;
+    }
+  }
+  const uint64_t count = static_cast<uint64_t>(rate * absl::ToDoubleSeconds(s_.duration));
+  const int64_t warm_until = MonoNs() + 1'000'000'000;
+  std::vector<int64_t> lat;
+  lat.reserve(count);
+  ConsumeResult consumed;
+  std::thread consumer([&] {
+    consumed = ConsumeAcked(
+        broker_, {.queue = queue,
+                  .count = count,
+                  .max_duration = s_.duration + absl::Seconds(20),
+                  .prefetch = static_cast<uint16_t>(s_.prefetch),
+                  .on_message = [&](std::string_view body) {
+                    const int64_t now = MonoNs();
+                    const size_t at = body.find("\"sentNs\":");
+                    int64_t sent = 0;
+                    if (at == std::string_view::npos) return;
+                    body.remove_prefix(at + 9);
+                    body = body.substr(0, body.find('}'));
+                    if (absl::SimpleAtoi(absl::string_view(body.data(), body.size()), &sent) &&
+                        sent >= warm_until) {
+                      lat.push_back(now - sent);
+                    }
+                  }});
+  });
+  // The consumer is up when the queue has it.
+  WaitUntil(
+      [&] {
+        absl::StatusOr<QueueState> q = QueueInfo(broker_, queue);
+        return q.ok() && q->consumers >= 1;
+      },
+      absl::Seconds(10), absl::Milliseconds(5));
+  CpuWindow cpu;
+  cpu.Begin({{"rabbitmq", broker_pid_}, {"ess_bench", getpid()}});
+  PublishResult p =
+      PublishConfirmed(broker_, {.routing_key = queue,
+                                 .type = "VisitScheduleUpdated",
+                                 .count = count,
+                                 .max_duration = s_.duration + absl::Seconds(5),
+                                 .window = s_.publish_window,
+                                 .rate = rate,
+                                 .make = [](uint64_t i, std::string* body, std::string* id) {
+                                   *id = absl::StrCat("BL-", i);
+                                   *body = VisitEvent(*id, MonoNs());
+                                 }});
+  consumer.join();
+  cpu.End(sc);
+  std::sort(lat.begin(), lat.end());
+  sc.Set("published", static_cast<double>(p.published));
+  sc.Set("consumed", static_cast<double>(consumed.consumed));
+  sc.Set("samples", static_cast<double>(lat.size()));
+  sc.Set("p50_ms", PercentileOf(lat, 50) / 1e6);
+  sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
+  sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
+  if (!consumed.status.ok() || consumed.consumed != p.published) {
+    sc.Fail(absl::StrCat("consumed ", consumed.consumed, " of ", p.published, ": ",
+                         consumed.status.message()));
+  }
+  DeleteQueues({queue});
+  Say(absl::StrCat("  broker alone at ", Grouped(rate), " msg/s: p50 ", Ms(PercentileOf(lat, 50)),
+                   " p99 ", Ms(PercentileOf(lat, 99)), " p99.9 ", Ms(PercentileOf(lat, 99.9))));
+}
+
+void Bench::Replay() {
+  Scenario& sc = Add("replay_store");
+  Stack st;
+  if (absl::Status s = StartStack(st, "replay", "warn"); !s.ok()) {
+    sc.Fail(std::string(s.message()));
+    return;
+  }
+  const uint64_t n = s_.events;
+  ReplayRecorder recorder({.address = absl::StrCat("127.0.0.1:", st.replay_port),
+                           .batch_max = s_.batch_max,
+                           .batch_delay = absl::Milliseconds(s_.batch_delay_ms)});
+  // At most `window` records outstanding, as a lane has at most its prefetch.
+  const uint64_t window = 8192;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t done = 0, failed = 0;
+  CpuWindow cpu;
+  cpu.Begin(Procs(st));
+  const absl::Time start = absl::Now();
+  const std::string run = absl::StrCat("R", getpid());
+  const std::string payload = VisitEvent("X", 0);
+  const std::string rendered =
+      R"({"id":"X","inmate":"A123","slot":"2026-12-01T15:00:00Z","sentNs":0})";
+  const auto received = google::protobuf::util::TimeUtil::GetCurrentTime();
+  for (uint64_t i = 0; i < n; ++i) {
+    {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return i - done < window; });
+    }
+    ess::v1::MessageRecord rec;
+    rec.set_direction(ess::v1::DIRECTION_OUTBOUND);
+    rec.set_partner(kPartnerName);
+    const std::string id = absl::StrCat(run, "-", i);
+    rec.set_correlation_id(id);
+    rec.set_message_id(id);
+    rec.set_event_type("VisitScheduleUpdated");
+    rec.set_status(ess::v1::MESSAGE_STATUS_DELIVERED);
+    rec.set_payload(payload);
+    rec.set_rendered(rendered);
+    rec.set_attempts(1);
+    rec.set_source("bench.visits");
+    *rec.mutable_received_at() = received;
+    recorder.Record(std::move(rec), [&](absl::Status s) {
+      std::lock_guard lock(mu);
+      ++done;
+      if (!s.ok()) ++failed;
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock lock(mu);
+    cv.wait_for(lock, std::chrono::seconds(60), [&] { return done == n; });
+  }
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  cpu.End(sc);
+  sc.Set("window_messages", static_cast<double>(done));
+  sc.Set("records", static_cast<double>(n));
+  sc.Set("records_per_s", static_cast<double>(n) / seconds);
+  sc.Set("failed", static_cast<double>(failed));
+  sc.Set("batch_max", s_.batch_max);
+  if (failed > 0 || done != n) sc.Fail(absl::StrCat(failed, " failed, ", n - done, " unanswered"));
+  Say(absl::StrCat("  Record: ", Grouped(n / seconds), " records/s"));
+
+  // List: pages of 100 (the default) over the partner's records, for a bounded time.
+  const absl::Time list_start = absl::Now();
+  const absl::Time list_end = list_start + std::min(s_.duration, absl::Seconds(5));
+  uint64_t calls = 0, listed = 0;
+  std::string token;
+  while (absl::Now() < list_end) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    ess::v1::ListRequest req;
+    req.set_partner(kPartnerName);
+    req.set_page_size(100);
+    req.set_page_token(token);
+    ess::v1::ListResponse resp;
+    if (grpc::Status s = st.stub->List(&ctx, req, &resp); !s.ok()) {
+      sc.Fail(absl::StrCat("List: ", s.error_message()));
+      break;
+    }
+    ++calls;
+    listed += resp.records_size();
+    token = resp.next_page_token();
+  }
+  const double list_seconds = absl::ToDoubleSeconds(absl::Now() - list_start);
+  sc.Set("list_calls_per_s", calls / list_seconds);
+  sc.Set("list_records_per_s", listed / list_seconds);
+  Say(absl::StrCat("  List: ", Grouped(calls / list_seconds), " pages/s (",
+                   Grouped(listed / list_seconds), " records/s)"));
+  StopStack(st, sc);
+}
+
+void Bench::Inbound() {
+  Scenario& sc = Add("inbound");
+  Stack st;
+  if (absl::Status s = StartStack(st, "inbound", "warn"); !s.ok()) {
+    sc.Fail(std::string(s.message()));
+    return;
+  }
+  {
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    amqp::Topology t{.exchanges = {{.name = kEventsExchange, .type = "fanout"}},
+                     .queues = {{.name = kSinkQueue}},
+                     .bindings = {{.queue = kSinkQueue, .exchange = kEventsExchange}}};
+    if (!conn.ok() || !(*conn)->Apply(t).ok() || !(*conn)->Purge(kSinkQueue).ok()) {
+      sc.Fail("cannot declare the events sink queue");
+      StopStack(st, sc);
+      return;
+    }
+  }
+  if (absl::Status s = StartInbound(st); !s.ok()) {
+    sc.Fail(std::string(s.message()));
+    StopStack(st, sc);
+    return;
+  }
+  const std::string url = absl::StrCat("http://127.0.0.1:", st.inbound_port, kWebhookPath);
+  CpuWindow cpu;
+  cpu.Begin(Procs(st));
+  double wrk_cpu = 0;
+  std::optional<std::string> r =
+      RunWrk(sc, url, "webhook", absl::StrCat("W", getpid()), s_.duration, &wrk_cpu);
+  cpu.End(sc, {{"wrk", wrk_cpu}});
+  double rate = 0;
+  if (r) {
+    const double seconds = JsonNumber(*r, "duration_us") / 1e6;
+    const double ok = JsonNumber(*r, "ok");
+    rate = seconds > 0 ? ok / seconds : 0;
+    sc.Set("webhooks_per_s", rate);
+    sc.Set("ok", ok);
+    sc.Set("window_messages", ok);
+    sc.Set("non2xx", JsonNumber(*r, "non2xx"));
+    sc.Set("socket_errors", JsonNumber(*r, "connect") + JsonNumber(*r, "read") +
+                                JsonNumber(*r, "write") + JsonNumber(*r, "timeout"));
+    sc.Set("p50_ms", JsonNumber(*r, "p50") / 1e3);
+    sc.Set("p99_ms", JsonNumber(*r, "p99") / 1e3);
+    sc.Set("connections", s_.wrk_connections);
+    absl::StatusOr<QueueState> q = QueueInfo(broker_, kSinkQueue);
+    const double on_bus = q.ok() ? static_cast<double>(q->messages) : -1.0;
+    sc.Set("on_bus", on_bus);
+    absl::StatusOr<ess::v1::PartnerStats> stats = Stats(st, ess::v1::DIRECTION_INBOUND);
+    sc.Set("records_published", stats.ok() ? static_cast<double>(stats->published()) : -1.0);
+    if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
+    Say(absl::StrCat("  ", Grouped(rate), " webhooks/s at ", s_.wrk_connections,
+                     " connections; p99 ", JsonNumber(*r, "p99") / 1e3, " ms; ", on_bus,
+                     " on the bus for ", ok, " 2xx"));
+  }
+
+  // Latency, open loop: requests leave on schedule whatever the answers do, and each is timed
+  // from its send to its answer. At half the measured rate (the target's load), and at a
+  // quarter for the shape of the curve.
+  for (const double fraction : {0.25, 0.5}) {
+    Scenario& lat_sc = Add(fraction == 0.5 ? "inbound_latency" : "inbound_latency_quarter");
+    lat_sc.Set("fraction_of_max", fraction);
+    const double fixed = absl::GetFlag(FLAGS_inbound_latency_rate);
+    if (fixed > 0 && fraction != 0.5) continue;
+    if (rate > 0 || fixed > 0) {
+      const double target = fixed > 0 ? fixed : rate * fraction;
+      lat_sc.Set("target_rate", target);
+      if (auto conn = amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+          conn.ok()) {
+        (void)(*conn)->Purge(kSinkQueue);
+      }
+      // The broker's own share: persistent publishes with confirms at the same rate, each timed
+      // from publish to confirm (what a webhook waits for at least).
+      {
+        const std::string queue = "bench.confirm_latency";
+        DeleteQueues({queue});
+        if (auto conn = amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+            conn.ok() && (*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+          PublishResult p = PublishConfirmed(
+              broker_, {.routing_key = queue,
+                        .type = "SlotConfirmed",
+                        .count = static_cast<uint64_t>(target * absl::ToDoubleSeconds(s_.duration)),
+                        .max_duration = s_.duration + absl::Seconds(5),
+                        .window = s_.publish_window,
+                        .rate = target,
+                        .make =
+                            [](uint64_t i, std::string* body, std::string* id) {
+                              *id = absl::StrCat("CL-", i);
+                              *body = absl::StrCat(R"({"type":"SlotConfirmed","id":")", *id,
+                                                   R"(","status":"confirmed"})");
+                            },
+                        .confirm_latency = true});
+          std::vector<int64_t> cl = std::move(p.confirm_latency_ns);
+          // Without the first second (warm-up), like the webhook samples.
+          const size_t skip = std::min(cl.size(), static_cast<size_t>(target));
+          cl.erase(cl.begin(), cl.begin() + static_cast<std::ptrdiff_t>(skip));
+          std::sort(cl.begin(), cl.end());
+          lat_sc.Set("broker_confirm_p50_ms", PercentileOf(cl, 50) / 1e6);
+          lat_sc.Set("broker_confirm_p99_ms", PercentileOf(cl, 99) / 1e6);
+          lat_sc.Set("broker_confirm_p999_ms", PercentileOf(cl, 99.9) / 1e6);
+          Say(absl::StrCat("  broker alone, publish to confirm at ", Grouped(target),
+                           " msg/s: p50 ", Ms(PercentileOf(cl, 50)), " p99 ",
+                           Ms(PercentileOf(cl, 99))));
+        }
+        DeleteQueues({queue});
+      }
+      http::Client client({.max_connections_per_host = 256, .max_total_connections = 256});
+      const uint64_t count = static_cast<uint64_t>(target * absl::ToDoubleSeconds(s_.duration));
+      std::mutex mu;
+      std::condition_variable cv;
+      uint64_t answered = 0, ok = 0;
+      std::vector<int64_t> lat;
+      lat.reserve(count);
+      const int64_t warm_until = MonoNs() + 1'000'000'000;
+      cpu.Begin(Procs(st));
+      const absl::Time start = absl::Now();
+      const std::string prefix = absl::StrCat("O", getpid(), "-");
+      for (uint64_t i = 0; i < count; ++i) {
+        const absl::Time due = start + absl::Seconds(static_cast<double>(i) / target);
+        if (const absl::Duration wait = due - absl::Now(); wait > absl::ZeroDuration()) {
+          absl::SleepFor(wait);
+        }
+        const int64_t sent = MonoNs();
+        client.Send({.url = url,
+                     .headers = {{"Content-Type", "application/json"}},
+                     .body = absl::StrCat(R"({"id":")", prefix, i, R"(","status":"confirmed"})"),
+                     .timeout = absl::Seconds(10)},
+                    [&, sent](absl::StatusOr<http::Response> resp) {
+                      const int64_t now = MonoNs();
+                      std::lock_guard lock(mu);
+                      ++answered;
+                      if (resp.ok() && resp->status / 100 == 2) {
+                        ++ok;
+                        if (sent >= warm_until) lat.push_back(now - sent);
+                      }
+                      cv.notify_all();
+                    });
+      }
+      const double send_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+      {
+        std::unique_lock lock(mu);
+        cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered == count; });
+      }
+      cpu.End(lat_sc);
+      client.Stop();
+      std::sort(lat.begin(), lat.end());
+      lat_sc.Set("sent", static_cast<double>(count));
+      lat_sc.Set("achieved_rate", count / send_seconds);
+      lat_sc.Set("ok", static_cast<double>(ok));
+      lat_sc.Set("samples", static_cast<double>(lat.size()));
+      lat_sc.Set("p50_ms", PercentileOf(lat, 50) / 1e6);
+      lat_sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
+      lat_sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
+      absl::StatusOr<QueueState> q = QueueInfo(broker_, kSinkQueue);
+      lat_sc.Set("on_bus", q.ok() ? static_cast<double>(q->messages) : -1.0);
+      if (ok != count) lat_sc.Fail(absl::StrCat(ok, " of ", count, " answered 2xx"));
+      Say(absl::StrCat("  at ", Grouped(target), " webhooks/s: p50 ", Ms(PercentileOf(lat, 50)),
+                       " p99 ", Ms(PercentileOf(lat, 99))));
+    } else {
+      lat_sc.Fail("no inbound rate to take a share of");
+    }
+  }
+  StopStack(st, sc);
+  DeleteQueues({kSinkQueue});
+}
+
+// ---- report -------------------------------------------------------------------------------
+
+struct Row {
+  std::string what, value, ceiling, ratio, target, verdict, cpu;
+};
+
+void PrintTable(const std::vector<Row>& rows) {
+  const std::vector<std::string> head = {"scenario",
+                                         "result",
+                                         "ceiling (same run)",
+                                         "ratio",
+                                         "target",
+                                         "verdict",
+                                         "busiest processes (% of a core)"};
+  std::vector<size_t> w(head.size());
+  auto cells = [](const Row& r) {
+    return std::vector<std::string>{r.what,   r.value,   r.ceiling, r.ratio,
+                                    r.target, r.verdict, r.cpu};
+  };
+  for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
+  for (const Row& r : rows) {
+    auto c = cells(r);
+    for (size_t i = 0; i < c.size(); ++i) w[i] = std::max(w[i], c[i].size());
+  }
+  auto line = [&](const std::vector<std::string>& c) {
+    std::string out;
+    for (size_t i = 0; i < c.size(); ++i) {
+      absl::StrAppend(&out, c[i], std::string(w[i] - c[i].size(), ' '),
+                      i + 1 < c.size() ? "  " : "");
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    std::cout << out << "\n";
+  };
+  line(head);
+  std::vector<std::string> rule;
+  for (size_t x : w) rule.push_back(std::string(x, '-'));
+  line(rule);
+  for (const Row& r : rows) line(cells(r));
+}
+
+std::vector<Row> BuildRows(const Bench& b) {
+  std::vector<Row> rows;
+  auto fig = [&](const char* scenario, const char* key) -> std::optional<double> {
+    const Scenario* sc = b.Find(scenario);
+    return sc != nullptr ? sc->Get(key) : std::nullopt;
+  };
+  auto busiest = [&](const char* scenario) {
+    const Scenario* sc = b.Find(scenario);
+    return sc != nullptr ? sc->Busiest() : std::string();
+  };
+  auto verdict = [](bool pass) { return std::string(pass ? "PASS" : "MISS"); };
+  const std::optional<double> publish = fig("broker_publish", "msgs_per_s");
+  const std::optional<double> consume = fig("broker_consume", "msgs_per_s");
+  if (publish) {
+    rows.push_back({"broker: persistent publish + confirms", Grouped(*publish) + " msg/s", "", "",
+                    "", "", busiest("broker_publish")});
+  }
+  if (consume) {
+    rows.push_back({"broker: persistent consume + manual ack", Grouped(*consume) + " msg/s", "", "",
+                    "", "", busiest("broker_consume")});
+  }
+  if (auto http = fig("http_partner", "requests_per_s")) {
+    rows.push_back({"HTTP: partner server under wrk", Grouped(*http) + " req/s", "", "", "", "",
+                    busiest("http_partner")});
+  }
+  const std::optional<double> out1 = fig("outbound", "events_per_s");
+  if (out1) {
+    Row r{"outbound: events/s (1 lane, preloaded)", Grouped(*out1) + " ev/s"};
+    if (consume) {
+      r.ceiling = Grouped(*consume) + " consume+ack";
+      r.ratio = Percent(*out1 / *consume);
+      r.target = ">= 60%";
+      r.verdict = verdict(*out1 >= 0.6 * *consume);
+    }
+    r.cpu = busiest("outbound");
+    rows.push_back(r);
+  }
+  if (auto p99 = fig("outbound_latency", "p99_ms")) {
+    rows.push_back(
+        {absl::StrCat("outbound: e2e latency at ",
+                      Grouped(fig("outbound_latency", "target_rate").value_or(0)), " ev/s (50%)"),
+         absl::StrFormat("p50 %.2f / p99 %.2f / p99.9 %.2f ms",
+                         fig("outbound_latency", "p50_ms").value_or(0), *p99,
+                         fig("outbound_latency", "p999_ms").value_or(0)),
+         fig("broker_latency", "p99_ms")
+             ? absl::StrFormat("broker alone: p50 %.2f / p99 %.2f ms",
+                               fig("broker_latency", "p50_ms").value_or(0),
+                               *fig("broker_latency", "p99_ms"))
+             : std::string(),
+         "", "p99 <= 10 ms", verdict(*p99 <= 10), busiest("outbound_latency")});
+  }
+  if (auto p99 = fig("outbound_latency_quarter", "p99_ms")) {
+    rows.push_back(
+        {absl::StrCat("outbound: e2e latency at ",
+                      Grouped(fig("outbound_latency_quarter", "target_rate").value_or(0)),
+                      " ev/s (25%)"),
+         absl::StrFormat("p50 %.2f / p99 %.2f / p99.9 %.2f ms",
+                         fig("outbound_latency_quarter", "p50_ms").value_or(0), *p99,
+                         fig("outbound_latency_quarter", "p999_ms").value_or(0)),
+         "", "", "", "", busiest("outbound_latency_quarter")});
+  }
+  if (auto info = fig("outbound_info_log", "events_per_s")) {
+    Row r{"outbound: events/s at log level info", Grouped(*info) + " ev/s"};
+    if (out1) {
+      r.ceiling = Grouped(*out1) + " at warn";
+      r.ratio = Percent(*info / *out1);
+    }
+    r.cpu = busiest("outbound_info_log");
+    rows.push_back(r);
+  }
+  for (const Scenario& sc : b.scenarios()) {
+    if (sc.name.rfind("outbound_replicas_", 0) != 0) continue;
+    auto rate = sc.Get("events_per_s");
+    if (!rate) continue;
+    Row r{absl::StrCat("scaling: ", sc.Get("replicas").value_or(0), " lane replicas"),
+          Grouped(*rate) + " ev/s"};
+    if (consume) {
+      r.ceiling = Grouped(*consume) + " consume+ack";
+      r.ratio = Percent(*rate / *consume);
+    }
+    r.cpu = sc.Busiest();
+    rows.push_back(r);
+  }
+  const std::optional<double> in = fig("inbound", "webhooks_per_s");
+  if (in) {
+    Row r{absl::StrCat("inbound: webhooks/s (", fig("inbound", "connections").value_or(0),
+                       " connections)"),
+          Grouped(*in) + " req/s"};
+    if (publish) {
+      r.ceiling = Grouped(*publish) + " publish+confirm";
+      r.ratio = Percent(*in / *publish);
+      r.target = ">= 75%";
+      r.verdict = verdict(*in >= 0.75 * *publish);
+    }
+    r.cpu = busiest("inbound");
+    rows.push_back(r);
+  }
+  if (auto p99 = fig("inbound_latency", "p99_ms")) {
+    rows.push_back(
+        {absl::StrCat("inbound: latency at ",
+                      Grouped(fig("inbound_latency", "target_rate").value_or(0)),
+                      " webhooks/s (50%)"),
+         absl::StrFormat("p50 %.2f / p99 %.2f / p99.9 %.2f ms",
+                         fig("inbound_latency", "p50_ms").value_or(0), *p99,
+                         fig("inbound_latency", "p999_ms").value_or(0)),
+         fig("inbound_latency", "broker_confirm_p99_ms")
+             ? absl::StrFormat("broker confirm: p50 %.2f / p99 %.2f ms",
+                               fig("inbound_latency", "broker_confirm_p50_ms").value_or(0),
+                               *fig("inbound_latency", "broker_confirm_p99_ms"))
+             : std::string(),
+         "", "p99 <= 10 ms", verdict(*p99 <= 10), busiest("inbound_latency")});
+  }
+  if (auto p99 = fig("inbound_latency_quarter", "p99_ms")) {
+    rows.push_back(
+        {absl::StrCat("inbound: latency at ",
+                      Grouped(fig("inbound_latency_quarter", "target_rate").value_or(0)),
+                      " webhooks/s (25%)"),
+         absl::StrFormat("p50 %.2f / p99 %.2f / p99.9 %.2f ms",
+                         fig("inbound_latency_quarter", "p50_ms").value_or(0), *p99,
+                         fig("inbound_latency_quarter", "p999_ms").value_or(0)),
+         fig("inbound_latency_quarter", "broker_confirm_p99_ms")
+             ? absl::StrFormat("broker confirm: p50 %.2f / p99 %.2f ms",
+                               fig("inbound_latency_quarter", "broker_confirm_p50_ms").value_or(0),
+                               *fig("inbound_latency_quarter", "broker_confirm_p99_ms"))
+             : std::string(),
+         "", "", "", busiest("inbound_latency_quarter")});
+  }
+  if (auto rec = fig("replay_store", "records_per_s")) {
+    Row r{"replay store: Record (batched)", Grouped(*rec) + " rec/s"};
+    if (out1) {
+      r.ceiling = Grouped(*out1) + " outbound ev/s";
+      r.ratio = absl::StrFormat("%.1fx", *rec / *out1);
+      r.target = ">= 2x";
+      r.verdict = verdict(*rec >= 2 * *out1);
+    }
+    r.cpu = busiest("replay_store");
+    rows.push_back(r);
+    rows.push_back({"replay store: List (pages of 100)",
+                    Grouped(fig("replay_store", "list_records_per_s").value_or(0)) + " rec/s", "",
+                    "", "", "", ""});
+  }
+  // Peak RSS: the largest VmHWM of each service over the scenarios.
+  std::map<std::string, std::pair<double, std::string>> peak;
+  for (const Scenario& sc : b.scenarios()) {
+    for (const auto& [name, mib] : sc.peak_rss_mib) {
+      std::string svc = name.substr(0, name.find('#'));
+      if (mib > peak[svc].first) peak[svc] = {mib, sc.name};
+    }
+  }
+  for (const auto& [svc, v] : peak) {
+    const double limit = svc == "replay_svc" ? 128 : 64;
+    rows.push_back({absl::StrCat("memory: ", svc, " peak RSS"),
+                    absl::StrFormat("%.1f MiB", v.first), absl::StrCat("in ", v.second), "",
+                    absl::StrFormat("<= %.0f MiB", limit), verdict(v.first <= limit), ""});
+  }
+  return rows;
+}
+
+// CPU time per message of each process in the throughput scenarios: what each message costs
+// whoever pays for it, independent of how busy the machine was.
+void PrintCpuPerMessage(const Bench& b) {
+  const std::vector<std::string> procs = {"rabbitmq",   "outbound_svc", "inbound_svc",
+                                          "replay_svc", "ess_bench",    "wrk"};
+  std::cout << "\nCPU time per message, microseconds (all replicas of a service added up; "
+               "ess_bench is the partner server and the load generators)\n";
+  std::vector<std::string> head = {"scenario"};
+  for (const auto& p : procs) head.push_back(p);
+  head.push_back("total");
+  head.push_back("others (% of a core)");
+  std::vector<std::vector<std::string>> rows;
+  for (const Scenario& sc : b.scenarios()) {
+    const auto msgs = sc.Get("window_messages");
+    const auto wall = sc.Get("cpu_window_s");
+    if (!msgs || !wall || *msgs <= 0) continue;
+    std::vector<std::string> row = {sc.name};
+    double total = 0;
+    for (const auto& p : procs) {
+      double pct = 0;
+      bool seen = false;
+      for (const auto& [name, v] : sc.cpu_percent) {
+        if (name.substr(0, name.find('#')) == p) {
+          pct += v;
+          seen = true;
+        }
+      }
+      const double us = pct / 100.0 * *wall / *msgs * 1e6;
+      total += us;
+      row.push_back(seen ? absl::StrFormat("%.1f", us) : "");
+    }
+    row.push_back(absl::StrFormat("%.1f", total));
+    double others = 0;
+    for (const auto& [name, v] : sc.cpu_percent) {
+      if (name == "others") others = v;
+    }
+    row.push_back(absl::StrFormat("%.0f%%", others));
+    rows.push_back(row);
+  }
+  std::vector<size_t> w(head.size());
+  for (size_t i = 0; i < head.size(); ++i) w[i] = head[i].size();
+  for (const auto& r : rows) {
+    for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+  }
+  auto line = [&](const std::vector<std::string>& c) {
+    std::string out;
+    for (size_t i = 0; i < c.size(); ++i) {
+      // Names left-aligned, figures right-aligned.
+      const std::string pad(w[i] - c[i].size(), ' ');
+      absl::StrAppend(&out, i == 0 ? c[i] + pad : pad + c[i], i + 1 < c.size() ? "  " : "");
+    }
+    std::cout << out << "\n";
+  };
+  line(head);
+  std::vector<std::string> rule;
+  for (size_t x : w) rule.push_back(std::string(x, '-'));
+  line(rule);
+  for (const auto& r : rows) line(r);
+}
+
+std::string ToJson(const Bench& b, const Settings& s, const std::string& started) {
+  rapidjson::StringBuffer buf;
+  rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("started");
+  w.String(started.c_str());
+  w.Key("settings");
+  w.StartObject();
+  auto num = [&](const char* k, double v) {
+    w.Key(k);
+    w.Double(v);
+  };
+  num("events", static_cast<double>(s.events));
+  num("duration_s", absl::ToDoubleSeconds(s.duration));
+  num("prefetch", s.prefetch);
+  num("max_in_flight", s.max_in_flight);
+  num("batch_max", s.batch_max);
+  num("batch_delay_ms", s.batch_delay_ms);
+  num("publish_window", s.publish_window);
+  num("wrk_connections", s.wrk_connections);
+  num("wrk_threads", s.wrk_threads);
+  num("cpus", std::thread::hardware_concurrency());
+  w.EndObject();
+  w.Key("scenarios");
+  w.StartObject();
+  for (const Scenario& sc : b.scenarios()) {
+    w.Key(sc.name.c_str());
+    w.StartObject();
+    w.Key("ok");
+    w.Bool(sc.ok);
+    for (const auto& [k, v] : sc.figures) num(k.c_str(), std::isfinite(v) ? v : 0);
+    for (const auto& [k, v] : sc.notes) {
+      w.Key(k.c_str());
+      w.String(v.c_str());
+    }
+    w.Key("cpu_percent");
+    w.StartObject();
+    for (const auto& [k, v] : sc.cpu_percent) num(k.c_str(), v);
+    w.EndObject();
+    w.Key("peak_rss_mib");
+    w.StartObject();
+    for (const auto& [k, v] : sc.peak_rss_mib) num(k.c_str(), v);
+    w.EndObject();
+    w.EndObject();
+  }
+  w.EndObject();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
+}
+
+// ---- broker and interrupts ------------------------------------------------------------------
+
+std::string g_broker_dir;  // set while the benchmark's own broker runs
+std::string g_source_dir;
+
+void StopBroker() {
+  if (g_broker_dir.empty()) return;
+  Say("stopping the benchmark broker");
+  RunToCompletion({"/bin/bash", g_source_dir + "/scripts/rabbitmq.sh", "stop", g_broker_dir},
+                  g_broker_dir + "/../rabbitmq-script.log", nullptr);
+  g_broker_dir.clear();
+}
+
+// Ctrl-C / SIGTERM: kill the children, stop the broker, exit 130.
+void WatchSignals() {
+  std::thread([] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    int sig = 0;
+    sigwait(&set, &sig);
+    Say("interrupted; stopping what the benchmark started");
+    KillAllChildren();
+    StopBroker();
+    _exit(130);
+  }).detach();
+}
+
+std::vector<std::string> Split(const std::string& list) {
+  return absl::StrSplit(list, ',', absl::SkipEmpty());
+}
+
+int Main(int argc, char** argv) {
+  cli::BlockTerminationSignals();
+  cli::Parse(argc, argv,
+             "ess_bench [--events N] [--duration_s S] [--full] [--scenarios a,b]\n"
+             "Runs the ESS benchmark on loopback and prints one table (see bench/README.md).");
+  log::Init("ess_bench", log::Level::kWarn);
+  WatchSignals();
+
+  Settings s;
+  s.events = absl::GetFlag(FLAGS_events);
+  int duration_s = absl::GetFlag(FLAGS_duration_s);
+  if (absl::GetFlag(FLAGS_full)) {
+    if (s.events == 100000) s.events = 300000;
+    if (duration_s == 10) duration_s = 30;
+  }
+  s.duration = absl::Seconds(std::max(duration_s, 3));
+  s.info_events = absl::GetFlag(FLAGS_info_events);
+  if (s.info_events == 0) s.info_events = s.events;
+  for (const std::string& r : Split(absl::GetFlag(FLAGS_replicas))) {
+    int n = 0;
+    if (absl::SimpleAtoi(r, &n) && n > 0) s.replicas.push_back(n);
+  }
+  s.prefetch = absl::GetFlag(FLAGS_prefetch);
+  s.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
+  s.batch_max = absl::GetFlag(FLAGS_batch_max);
+  s.batch_delay_ms = absl::GetFlag(FLAGS_batch_delay_ms);
+  s.publish_window = absl::GetFlag(FLAGS_publish_window);
+  s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
+  s.wrk_threads = absl::GetFlag(FLAGS_wrk_threads);
+  s.source_dir = std::filesystem::absolute(absl::GetFlag(FLAGS_source_dir)).string();
+  g_source_dir = s.source_dir;
+  s.bin_dir = absl::GetFlag(FLAGS_bin_dir);
+  if (s.bin_dir.empty()) {
+    s.bin_dir = std::filesystem::read_symlink("/proc/self/exe").parent_path().string();
+  }
+  std::string work_dir = absl::GetFlag(FLAGS_work_dir);
+  if (work_dir.empty()) work_dir = s.source_dir + "/.stack/bench";
+  std::string results_dir = absl::GetFlag(FLAGS_results_dir);
+  if (results_dir.empty()) results_dir = s.source_dir + "/bench/results";
+  const std::string stamp = absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone());
+  s.run_dir = absl::StrCat(work_dir, "/run-", stamp);
+  std::filesystem::create_directories(s.run_dir);
+  for (const char* candidate : {"/usr/bin/wrk", "/usr/local/bin/wrk"}) {
+    if (access(candidate, X_OK) == 0) s.wrk = candidate;
+  }
+  std::vector<std::string> wanted = Split(absl::GetFlag(FLAGS_scenarios));
+  auto want = [&](const std::string& name) {
+    return std::find(wanted.begin(), wanted.end(), "all") != wanted.end() ||
+           std::find(wanted.begin(), wanted.end(), name) != wanted.end();
+  };
+  if (s.wrk.empty() && (want("http") || want("inbound"))) {
+    std::cerr << "error: wrk is not installed (apt-get install wrk, or ./bench.sh)\n";
+    return 2;
+  }
+  for (const char* bin : {"replay_svc", "outbound_svc", "inbound_svc"}) {
+    if (access((s.bin_dir + "/" + bin).c_str(), X_OK) != 0) {
+      std::cerr << "error: " << s.bin_dir << "/" << bin << " is missing: build it first\n";
+      return 2;
+    }
+  }
+
+  BrokerAddress broker;
+  pid_t broker_pid = 0;
+  if (const int port = absl::GetFlag(FLAGS_amqp_port); port > 0) {
+    broker.port = port;
+    broker_pid = absl::GetFlag(FLAGS_amqp_pid);
+  } else {
+    const std::string dir = work_dir + "/rabbitmq";
+    Say("starting a private RabbitMQ node in " + dir);
+    g_broker_dir = dir;
+    const int rc =
+        RunToCompletion({"/bin/bash", s.source_dir + "/scripts/rabbitmq.sh", "start", dir},
+                        work_dir + "/rabbitmq-script.log", nullptr);
+    const std::string env = ReadFile(dir + "/env");
+    const size_t at = env.find("ESS_AMQP_PORT=");
+    if (rc != 0 || at == std::string::npos ||
+        !absl::SimpleAtoi(env.substr(at + 14, env.find('\n', at) - at - 14), &broker.port)) {
+      std::cerr << "error: the RabbitMQ node did not start; see " << work_dir
+                << "/rabbitmq-script.log\n";
+      StopBroker();
+      return 1;
+    }
+    int pid = 0;
+    if (absl::SimpleAtoi(ReadFile(dir + "/rabbitmq.pid"), &pid)) broker_pid = pid;
+  }
+  Say(absl::StrCat("broker on 127.0.0.1:", broker.port, " (pid ", broker_pid, "); run folder ",
+                   s.run_dir));
+
+  Bench bench(s, broker, broker_pid);
+  if (absl::Status st = bench.Start(); !st.ok()) {
+    std::cerr << "error: partner server: " << st.message() << "\n";
+    StopBroker();
+    return 1;
+  }
+  const std::string started = absl::FormatTime(absl::RFC3339_sec, absl::Now(), absl::UTCTimeZone());
+  if (want("ceilings")) bench.Ceilings();
+  if (want("http")) bench.HttpCeiling();
+  double out_rate = 0;
+  const double latency_rate = absl::GetFlag(FLAGS_latency_rate);
+  if (want("outbound") || (want("latency") && latency_rate <= 0)) {
+    out_rate = bench.Outbound("outbound", 1, s.events, "warn");
+  }
+  if (want("latency") && (latency_rate > 0 || out_rate > 0)) {
+    const double rate = latency_rate > 0 ? latency_rate : out_rate / 2;
+    bench.BrokerLatency(rate);
+    bench.OutboundLatency("outbound_latency", rate);
+    // A quarter of the maximum too, for the shape of the curve.
+    if (latency_rate <= 0) bench.OutboundLatency("outbound_latency_quarter", out_rate / 4);
+  }
+  if (want("info")) bench.Outbound("outbound_info_log", 1, s.info_events, "info");
+  if (want("scaling")) {
+    for (int n : s.replicas) {
+      if (n == 1 && out_rate > 0) continue;  // the outbound run above
+      bench.Outbound(absl::StrCat("outbound_replicas_", n), n, s.events, "warn");
+    }
+  }
+  if (want("replay")) bench.Replay();
+  if (want("inbound")) bench.Inbound();
+  bench.Stop();
+  StopBroker();
+
+  std::cout << "\nESS benchmark, " << started << ", " << std::thread::hardware_concurrency()
+            << " CPUs; " << s.events << " events per outbound run, "
+            << absl::ToInt64Seconds(s.duration) << " s timed runs\n\n";
+  PrintTable(BuildRows(bench));
+  PrintCpuPerMessage(bench);
+  bool all_ok = true;
+  for (const Scenario& sc : bench.scenarios()) {
+    if (!sc.ok) {
+      all_ok = false;
+      std::cout << "\n" << sc.name << " FAILED:";
+      for (const auto& [k, v] : sc.notes) {
+        if (k == "error") std::cout << "\n  " << v.substr(0, 1500);
+      }
+    }
+  }
+  std::filesystem::create_directories(results_dir);
+  const std::string path = absl::StrCat(results_dir, "/", stamp, ".json");
+  std::ofstream(path) << ToJson(bench, s, started) << "\n";
+  std::cout << "\nresults: " << path << "\nlogs: " << s.run_dir << "\n";
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace ess::bench
+
+int main(int argc, char** argv) { return ess::bench::Main(argc, argv); }
