@@ -43,8 +43,8 @@ absl::StatusOr<std::unique_ptr<Adapter>> Registry::Create(const ess::v1::Partner
   const AdapterFactory* f = Find(partner.adapter());
   if (f == nullptr) {
     return absl::NotFoundError(absl::StrCat("partner \"", partner.name(), "\": unknown adapter \"",
-                                            partner.adapter(), "\" (known: ",
-                                            absl::StrJoin(Names(), ", "), ")"));
+                                            partner.adapter(),
+                                            "\" (known: ", absl::StrJoin(Names(), ", "), ")"));
   }
   return f->Create(partner, context);
 }

@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
 namespace ess::testing {
@@ -141,6 +142,17 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
 std::string UniqueName(const std::string& prefix) {
   static std::atomic<int> counter{0};
   return absl::StrCat(prefix, "-", getpid(), "-", counter.fetch_add(1));
+}
+
+bool WaitForReplay(ess::v1::ReplayService::Stub& stub, absl::Duration timeout) {
+  return WaitFor(
+      [&] {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
+        ess::v1::StatsResponse resp;
+        return stub.Stats(&ctx, {}, &resp).ok();
+      },
+      timeout);
 }
 
 std::string BindSubscriber(amqp::Connection& conn, const std::string& exchange) {

@@ -11,6 +11,7 @@
 
 #include "absl/time/time.h"
 #include "common/amqp.h"
+#include "ess/v1/replay.grpc.pb.h"
 
 namespace ess::testing {
 
@@ -70,6 +71,9 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 
 // A name unique to this test process and call, for queues and exchanges.
 std::string UniqueName(const std::string& prefix);
+
+// Waits until the replay store behind `stub` answers (a Stats call succeeds).
+bool WaitForReplay(ess::v1::ReplayService::Stub& stub, absl::Duration timeout);
 
 // Declares a fresh queue bound to the fanout `exchange` (declared too) and returns its name: a
 // subscriber that sees what the hub publishes there.

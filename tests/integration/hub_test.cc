@@ -124,14 +124,7 @@ partners:
         std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
         dir_.File("replay.log"));
     stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          grpc::ClientContext ctx;
-          ess::v1::StatsResponse resp;
-          return stub_->Stats(&ctx, {}, &resp).ok();
-        },
-        absl::Seconds(20)))
-        << replay_->Log();
+    ASSERT_TRUE(testing::WaitForReplay(*stub_, absl::Seconds(20))) << replay_->Log();
   }
 
   void StartInbound(const std::string& config_name) {

@@ -57,13 +57,7 @@ class PartnersTest : public ::testing::Test {
         std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
         dir_.File("replay.log"));
     stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_));
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          grpc::ClientContext ctx;
-          ess::v1::StatsResponse resp;
-          return stub_->Stats(&ctx, {}, &resp).ok();
-        },
-        absl::Seconds(20)));
+    ASSERT_TRUE(testing::WaitForReplay(*stub_, absl::Seconds(20)));
     outbound_ = std::make_unique<Process>(
         std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
         dir_.File("outbound.log"));
