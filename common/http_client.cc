@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <deque>
+#include <limits>
 #include <list>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -102,6 +105,15 @@ long ClampMillis(absl::Duration d, long floor_ms) {
   return static_cast<long>(std::clamp<int64_t>(ms, floor_ms, INT32_MAX));
 }
 
+// "scheme://host:port" of a URL: the requests that may share connections.
+std::string OriginOf(const std::string& url) {
+  const size_t scheme = url.find("://");
+  const size_t from = scheme == std::string::npos ? 0 : scheme + 3;
+  return url.substr(0, url.find_first_of("/?#", from));
+}
+
+struct Origin;
+
 // One request while it is owned by the client thread. Transfers (and their curl easy
 // handles) are recycled, so a steady stream of requests allocates no new handles.
 struct Transfer {
@@ -111,6 +123,7 @@ struct Transfer {
   Client::Callback done;
   Response response;
   absl::Time start;
+  Origin* origin = nullptr;
   bool reused = false;
   std::list<Transfer>::iterator self;
   char error[CURL_ERROR_SIZE];
@@ -121,14 +134,22 @@ struct Transfer {
   }
 };
 
+struct Pending {
+  Request request;
+  Client::Callback done;
+};
+
+// Requests to one origin. Those beyond max_connections_per_host wait here, in order, rather
+// than inside curl, which re-examines every transfer waiting for a connection whenever one
+// frees up (a cost that grows with the number waiting, paid on every request).
+struct Origin {
+  long active = 0;  // handed to curl
+  std::deque<Pending> waiting;
+};
+
 }  // namespace
 
 struct Client::Impl {
-  struct Pending {
-    Request request;
-    Callback done;
-  };
-
   explicit Impl(Options opts) : options(opts) {
     GlobalInitOnce();
     multi = curl_multi_init();
@@ -187,13 +208,14 @@ struct Client::Impl {
         if (stopping) break;
         batch.swap(incoming);
       }
-      for (Pending& p : batch) Start(std::move(p));
+      for (Pending& p : batch) Admit(std::move(p));
       batch.clear();
+      StartReady();
 
       int running = 0;
       curl_multi_perform(multi, &running);
       DrainCompleted();
-      if (sent_from_callback) {
+      if (sent_from_callback || !ready.empty()) {
         sent_from_callback = false;
         continue;
       }
@@ -203,8 +225,30 @@ struct Client::Impl {
     CancelAll();
   }
 
-  void Start(Pending&& pending) {
+  // Starts the request, or queues it behind its origin's connection cap.
+  void Admit(Pending&& pending) {
+    Origin& origin = origins[OriginOf(pending.request.url)];
+    if (origin.active >= host_cap) {
+      origin.waiting.push_back(std::move(pending));
+      return;
+    }
+    ++origin.active;
+    Start(origin, std::move(pending));
+  }
+
+  // Starts the requests that a finished one let through (a failed start may add more).
+  void StartReady() {
+    while (!ready.empty()) {
+      auto [origin, pending] = std::move(ready.front());
+      ready.pop_front();
+      Start(*origin, std::move(pending));
+    }
+  }
+
+  // `origin.active` already counts this request.
+  void Start(Origin& origin, Pending&& pending) {
     Transfer& t = Acquire();
+    t.origin = &origin;
     t.request = std::move(pending.request);
     t.done = std::move(pending.done);
     t.start = absl::Now();
@@ -237,6 +281,7 @@ struct Client::Impl {
     t.request = Request{};
     t.response = Response{};
     t.done = nullptr;
+    t.origin = nullptr;
     t.reused = true;
     idle.splice(idle.begin(), active, t.self);
     // Do not hoard handles after a burst beyond what the connection caps allow in flight.
@@ -361,10 +406,20 @@ struct Client::Impl {
     Complete(t, absl::Status(code, message));
   }
 
-  // Recycles the transfer, then runs the callback (which may Send again).
+  // Recycles the transfer, lets the next request to its origin through, then runs the callback
+  // (which may Send again).
   void Complete(Transfer& t, absl::StatusOr<Response> result) {
     Callback done = std::move(t.done);
+    Origin* origin = t.origin;
     Release(t);
+    if (origin != nullptr) {
+      if (origin->waiting.empty()) {
+        --origin->active;
+      } else {  // the slot passes straight to the next request
+        ready.emplace_back(origin, std::move(origin->waiting.front()));
+        origin->waiting.pop_front();
+      }
+    }
     if (done) std::move(done)(std::move(result));
   }
 
@@ -375,9 +430,16 @@ struct Client::Impl {
       Complete(t, absl::CancelledError("http client stopped"));
     }
     std::vector<Pending> rest;
+    for (auto& [origin, pending] : ready) rest.push_back(std::move(pending));
+    ready.clear();
+    for (auto& [key, origin] : origins) {
+      for (Pending& p : origin.waiting) rest.push_back(std::move(p));
+      origin.waiting.clear();
+    }
     {
       absl::MutexLock lock(&mu);
-      rest.swap(incoming);
+      for (Pending& p : incoming) rest.push_back(std::move(p));
+      incoming.clear();
     }
     for (Pending& p : rest) {
       if (p.done) std::move(p.done)(absl::CancelledError("http client stopped"));
@@ -385,6 +447,9 @@ struct Client::Impl {
   }
 
   const Options options;
+  // Requests in flight per origin; the rest wait in `origins`.
+  const long host_cap = options.max_connections_per_host > 0 ? options.max_connections_per_host
+                                                             : std::numeric_limits<long>::max();
   CURLM* multi = nullptr;
   std::thread thread;
   std::thread::id thread_id;  // set before any Send, never changed
@@ -397,6 +462,8 @@ struct Client::Impl {
   // Client thread only.
   std::list<Transfer> active;
   std::list<Transfer> idle;
+  absl::node_hash_map<std::string, Origin> origins;  // stable addresses: transfers point in
+  std::deque<std::pair<Origin*, Pending>> ready;     // let through, not yet started
   std::string line_buffer;
   bool sent_from_callback = false;
 };

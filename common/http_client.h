@@ -61,6 +61,8 @@ struct Response {
 class Client {
  public:
   struct Options {
+    // Requests in flight to one origin (scheme://host:port) at most; more wait in the client,
+    // in order, and start as earlier ones finish.
     long max_connections_per_host = 64;
     long max_total_connections = 256;
   };

@@ -39,6 +39,15 @@ CREATE INDEX records_by_correlation ON records (correlation_id);
 CREATE INDEX records_by_partner_status ON records (partner, status);
 CREATE INDEX records_by_updated ON records (updated_at);
 )sql",
+    // 1 -> 2: List pages newest first within a partner (and a partner's status) walk an index
+    // instead of sorting every matching row for each page (a page of 100 over 100,000 records
+    // of one partner took ~300 ms). (partner, status, updated_at) also serves what
+    // (partner, status) did.
+    R"sql(
+CREATE INDEX records_by_partner_updated ON records (partner, updated_at);
+CREATE INDEX records_by_partner_status_updated ON records (partner, status, updated_at);
+DROP INDEX records_by_partner_status;
+)sql",
 };
 static_assert(std::size(kMigrations) == SqliteReplayStore::kSchemaVersion);
 
