@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/sv.h"
 
 namespace ess::adapters {
@@ -55,6 +56,32 @@ absl::Duration ParseRetryAfter(std::string_view value, absl::Time now) {
     return at - now;
   }
   return absl::ZeroDuration();
+}
+
+void SendAndJudge(http::Client* client, std::string_view kind, http::Request request,
+                  std::string rendered, JudgeResponse judge, Adapter::PushDone done) {
+  if (client == nullptr) {
+    std::move(done)(PushResult{.status = absl::FailedPreconditionError(absl::StrCat(
+                                   ToAbsl(kind), " adapter built without an HTTP client"))});
+    return;
+  }
+  client->Send(std::move(request),
+               [rendered = std::move(rendered), judge = std::move(judge),
+                done = std::move(done)](absl::StatusOr<http::Response> resp) mutable {
+                 PushResult result;
+                 result.rendered = std::move(rendered);
+                 if (!resp.ok()) {
+                   result.status = resp.status();
+                   result.detail = std::string(resp.status().message());
+                 } else {
+                   result.elapsed = resp->elapsed;
+                   judge(*resp, &result);
+                   if (!result.status.ok()) {
+                     result.retry_after = ParseRetryAfter(resp->Header("retry-after"), absl::Now());
+                   }
+                 }
+                 std::move(done)(std::move(result));
+               });
 }
 
 }  // namespace ess::adapters

@@ -1,12 +1,12 @@
 // What every adapter that speaks HTTP shares: how a partner's answer is classified, how a
-// Retry-After is read, and the transport settings.
+// Retry-After is read, the transport settings, and the send path of a push.
 //
 //   2xx (or a configured success code)  OK
 //   408                                 DEADLINE_EXCEEDED   (retryable)
 //   429                                 RESOURCE_EXHAUSTED  (retryable)
 //   5xx                                 UNAVAILABLE         (retryable)
-//   3xx                                 FAILED_PRECONDITION (permanent: redirects are never
-//   followed) 401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)
+//   3xx                                 FAILED_PRECONDITION (permanent; never followed)
+//   401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)
 //   other 4xx                           INVALID_ARGUMENT    (permanent)
 #ifndef ESS_ADAPTERS_HTTP_STATUS_H_
 #define ESS_ADAPTERS_HTTP_STATUS_H_
@@ -15,8 +15,10 @@
 #include <span>
 #include <string_view>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "adapters/adapter.h"
 #include "common/http_client.h"
 
 namespace ess::adapters {
@@ -40,6 +42,16 @@ void ApplyTransport(const Settings& s, http::Request& req) {
 // The wait a Retry-After header asks for: delta-seconds ("120") or an HTTP-date
 // ("Wed, 21 Oct 2026 07:28:00 GMT"), relative to `now`. Zero when absent, malformed or past.
 absl::Duration ParseRetryAfter(std::string_view value, absl::Time now);
+
+// Judges a partner's HTTP answer into `result` (status and detail); the adapter's own rules.
+using JudgeResponse = absl::AnyInvocable<void(const http::Response&, PushResult*)>;
+
+// The send path of every HTTP adapter's Push: sends `request` on `client` and completes `done`
+// with `rendered`, the elapsed time and either the transport failure as it is or `judge`'s
+// verdict on the answer; a failed answer's Retry-After is read. `kind` names the adapter in the
+// error given when it was built without a client.
+void SendAndJudge(http::Client* client, std::string_view kind, http::Request request,
+                  std::string rendered, JudgeResponse judge, Adapter::PushDone done);
 
 }  // namespace ess::adapters
 

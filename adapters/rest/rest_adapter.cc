@@ -7,7 +7,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "adapters/http_status.h"
 #include "adapters/json_pull.h"
 #include "common/log.h"
@@ -98,28 +97,13 @@ void RestAdapter::Push(const PushRequest& request, PushDone done) {
         PushResult{.status = absl::OkStatus(), .rendered = std::move(rendered), .dry_run = true});
     return;
   }
-  if (http_ == nullptr) {
-    std::move(done)(PushResult{
-        .status = absl::FailedPreconditionError("rest adapter built without an HTTP client")});
-    return;
-  }
-  http_->Send(*std::move(req), [this, rendered = std::move(rendered), done = std::move(done)](
-                                   absl::StatusOr<http::Response> resp) mutable {
-    PushResult result;
-    result.rendered = std::move(rendered);
-    if (!resp.ok()) {
-      result.status = resp.status();
-      result.detail = std::string(resp.status().message());
-    } else {
-      result.elapsed = resp->elapsed;
-      result.detail = absl::StrCat(resp->status);
-      result.status = ClassifyHttpStatus(resp->status, success_codes_, resp->body);
-      if (!result.status.ok()) {
-        result.retry_after = ParseRetryAfter(resp->Header("retry-after"), absl::Now());
-      }
-    }
-    std::move(done)(std::move(result));
-  });
+  SendAndJudge(
+      http_, "rest", *std::move(req), std::move(rendered),
+      [this](const http::Response& resp, PushResult* result) {
+        result->detail = absl::StrCat(resp.status);
+        result->status = ClassifyHttpStatus(resp.status, success_codes_, resp.body);
+      },
+      std::move(done));
 }
 
 absl::StatusOr<std::vector<InboundEvent>> RestAdapter::Pull(const PullRequest& request) {

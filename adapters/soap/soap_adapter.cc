@@ -7,7 +7,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "adapters/http_status.h"
 #include "common/log.h"
 #include "common/sv.h"
@@ -136,28 +135,13 @@ void SoapAdapter::Push(const PushRequest& request, PushDone done) {
         PushResult{.status = absl::OkStatus(), .rendered = std::move(rendered), .dry_run = true});
     return;
   }
-  if (http_ == nullptr) {
-    std::move(done)(PushResult{
-        .status = absl::FailedPreconditionError("soap adapter built without an HTTP client")});
-    return;
-  }
-  http_->Send(*std::move(req),
-              [this, cid = std::string(request.correlation_id), rendered = std::move(rendered),
-               done = std::move(done)](absl::StatusOr<http::Response> resp) mutable {
-                PushResult result;
-                result.rendered = std::move(rendered);
-                if (!resp.ok()) {
-                  result.status = resp.status();
-                  result.detail = std::string(resp.status().message());
-                } else {
-                  result.elapsed = resp->elapsed;
-                  Judge(resp->status, resp->body, resp->truncated, cid, &result);
-                  if (!result.status.ok()) {
-                    result.retry_after = ParseRetryAfter(resp->Header("retry-after"), absl::Now());
-                  }
-                }
-                std::move(done)(std::move(result));
-              });
+  SendAndJudge(
+      http_, "soap", *std::move(req), std::move(rendered),
+      [this, cid = std::string(request.correlation_id)](const http::Response& resp,
+                                                        PushResult* result) {
+        Judge(resp.status, resp.body, resp.truncated, cid, result);
+      },
+      std::move(done));
 }
 
 void SoapAdapter::Judge(long http_status, std::string_view body, bool truncated,
