@@ -472,8 +472,14 @@ TEST_F(FaultTest, PartnerFailsEveryWayThenRecoversWhileAnotherKeepsItsPace) {
   EXPECT_GE(rec.attempts(), 4u);
   EXPECT_LE(rec.attempts(), 8u);
   EXPECT_EQ(b.count(), 2000u);
+  std::set<std::string> healthy;
+  for (const auto& seen : b.seen()) healthy.insert(seen.correlation);
   Tally t;
+  t.lost = 2000 - healthy.size() + (rec.status() == ess::v1::MESSAGE_STATUS_DELIVERED ? 0 : 1);
+  t.duplicated = b.count() - healthy.size();
   Report("partner 500 / timeout / refused / recovered", t);
+  EXPECT_EQ(t.lost, 0u);
+  EXPECT_EQ(t.duplicated, 0u);
   // The healthy partner was not held back by the failing one's waits.
   EXPECT_LT(b_took, a_delivered - b_start + absl::Seconds(2));
   absl::MutexLock lock(&held_mu);
@@ -624,7 +630,20 @@ TEST_F(FaultTest, ReplayStoreKilledMidFlowLanesPauseAndResume) {
 
 TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
   CapturePartner partner;
-  partner.set_status(503);
+  std::atomic<bool> healthy{false};
+  absl::Mutex mu;
+  std::map<std::string, int> accepted;  // 201s per id
+  partner.set_behaviour([&](const CapturePartner::Seen& seen, http::Responder r) {
+    if (!healthy) {
+      std::move(r).Send({.status = 503, .body = "{}"});
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu);
+      ++accepted[seen.correlation];
+    }
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
   const std::string queue = testing::UniqueName("breaker");
   WriteConfig({{.name = "calendar",
                 .queue = queue,
@@ -645,11 +664,20 @@ TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
   const size_t probes = partner.count() - at_open;
   EXPECT_LE(probes, 6u) << "requests while open";
   EXPECT_GT(Depth(queue), 100u);
-  partner.set_status(201);
+  healthy = true;
   ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == 200; }, absl::Seconds(30)));
   EXPECT_THAT(outbound_->Log(), HasSubstr("circuit closed: partner recovered"));
   Tally t;
+  {
+    absl::MutexLock lock(&mu);
+    for (const auto& id : Ids("CB-", 200)) {
+      if (accepted[id] == 0) ++t.lost;
+      if (accepted[id] > 1) t.duplicated += accepted[id] - 1;
+    }
+  }
   Report("circuit breaker: partner 503 then recovered", t);
+  EXPECT_EQ(t.lost, 0u);
+  EXPECT_EQ(t.duplicated, 0u);
 }
 
 TEST_F(FaultTest, GracefulShutdownFinishesInFlightWorkAndAcksIt) {
