@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <deque>
+#include <functional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -23,6 +24,262 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+using Stub = ess::v1::ReplayService::Stub;
+
+// ---- Kinds of batched calls -----------------------------------------------------------------
+// Batcher<Calls> batches one kind of call. Calls names the call's Request and Response, the
+// Item one caller adds and its Done, and provides:
+//   Items(Request&)            the repeated field of the request an item joins;
+//   Start(Stub&, context, request, response, on_done)   starts the async call;
+//   Complete(request, response, status, dones)          gives each item's done its outcome
+//                              (`status` is the call's).
+
+struct RecordCalls {
+  using Request = ess::v1::RecordRequest;
+  using Response = ess::v1::RecordResponse;
+  using Item = ess::v1::MessageRecord;
+  using Done = ReplayRecorder::Done;
+
+  static google::protobuf::RepeatedPtrField<Item>* Items(Request& request) {
+    return request.mutable_records();
+  }
+  static void Start(Stub& stub, grpc::ClientContext* context, const Request* request,
+                    Response* response, std::function<void(grpc::Status)> on_done) {
+    stub.async()->Record(context, request, response, std::move(on_done));
+  }
+  // Every record of the batch shares the call's outcome (Record is all or none).
+  static void Complete(const Request& /*request*/, Response& response, absl::Status status,
+                       std::vector<Done>& dones) {
+    if (status.ok() && response.stored() != dones.size()) {
+      status = absl::InternalError(absl::StrCat("replay store stored ", response.stored(), " of ",
+                                                dones.size(), " records"));
+    }
+    for (Done& done : dones) std::move(done)(status);
+  }
+};
+
+struct LookupCalls {
+  using Request = ess::v1::LookupRequest;
+  using Response = ess::v1::LookupResponse;
+  using Item = ess::v1::RecordKey;
+  using Done = ReplayRecorder::LookupDone;
+
+  static google::protobuf::RepeatedPtrField<Item>* Items(Request& request) {
+    return request.mutable_keys();
+  }
+  static void Start(Stub& stub, grpc::ClientContext* context, const Request* request,
+                    Response* response, std::function<void(grpc::Status)> on_done) {
+    stub.async()->Lookup(context, request, response, std::move(on_done));
+  }
+  // results[i] answers keys[i]: its record, or NOT_FOUND.
+  static void Complete(const Request& request, Response& response, absl::Status status,
+                       std::vector<Done>& dones) {
+    if (status.ok() && static_cast<size_t>(response.results_size()) != dones.size()) {
+      status = absl::InternalError(absl::StrCat("replay store answered ", response.results_size(),
+                                                " of ", dones.size(), " lookups"));
+    }
+    for (size_t i = 0; i < dones.size(); ++i) {
+      const int at = static_cast<int>(i);
+      if (!status.ok()) {
+        std::move(dones[i])(status);
+      } else if (ess::v1::LookupResult& result = *response.mutable_results(at); result.found()) {
+        std::move(dones[i])(std::move(*result.mutable_record()));
+      } else {
+        const ess::v1::RecordKey& key = request.keys(at);
+        std::move(dones[i])(absl::NotFoundError(
+            absl::StrCat("no record direction=",
+                         key.direction() == ess::v1::DIRECTION_INBOUND ? "inbound" : "outbound",
+                         " partner=", key.partner(), " message_id=", key.message_id())));
+      }
+    }
+  }
+};
+
+// What the store would reject: a bad key in a batch fails the whole Lookup call, so it is
+// refused before it joins one. Messages as the service's.
+absl::Status CheckKey(const ess::v1::RecordKey& key) {
+  if (key.direction() != ess::v1::DIRECTION_OUTBOUND &&
+      key.direction() != ess::v1::DIRECTION_INBOUND) {
+    return absl::InvalidArgumentError("direction: must be DIRECTION_OUTBOUND or DIRECTION_INBOUND");
+  }
+  if (key.partner().empty()) return absl::InvalidArgumentError("partner: must not be empty");
+  if (key.message_id().empty()) return absl::InvalidArgumentError("message_id: must not be empty");
+  return absl::OkStatus();
+}
+
+// ---- Batcher ------------------------------------------------------------------------------
+
+// Items collect in `open_` until it is full (then it moves to `full_`) or its delay ran out; one
+// sender thread turns batches into async calls while fewer than max_in_flight_batches of this
+// batcher are in flight. Each batch's `done`s run when its call completes. Thread-safe.
+template <typename Calls>
+class Batcher {
+ public:
+  using Item = typename Calls::Item;
+  using Done = typename Calls::Done;
+
+  // `stub` must outlive the batcher.
+  Batcher(const ReplayRecorder::Options& options, size_t batch_max, Stub& stub)
+      : batch_delay_(options.batch_delay),
+        deadline_(options.deadline),
+        flush_when_idle_(options.flush_when_idle),
+        batch_max_(std::max<size_t>(batch_max, 1)),
+        max_in_flight_(std::max<size_t>(options.max_in_flight_batches, 1)),
+        stub_(stub),
+        sender_([this] { RunSender(); }) {}
+
+  ~Batcher() {
+    BeginStop(absl::Now() + deadline_);
+    AwaitStopped();
+  }
+
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues `item`; after BeginStop(), completes `done` with CANCELLED at once instead.
+  void Add(Item item, Done done) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        if (open_ == nullptr) {
+          open_ = std::make_unique<Batch>();
+          open_->opened_at = absl::Now();
+          Calls::Items(open_->request)->Reserve(static_cast<int>(batch_max_));
+          open_->dones.reserve(batch_max_);
+        }
+        *Calls::Items(open_->request)->Add() = std::move(item);
+        open_->dones.push_back(std::move(done));
+        if (open_->dones.size() >= batch_max_) full_.push_back(std::move(open_));
+        return;
+      }
+    }
+    std::move(done)(absl::CancelledError("replay recorder is stopped"));
+  }
+
+  // From now on queued batches go without waiting out batch_delay; what still has no call slot
+  // at `deadline` completes with CANCELLED. Later calls do nothing.
+  void BeginStop(absl::Time deadline) {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      stopping_ = true;
+      stop_deadline_ = deadline;
+    }
+  }
+
+  // After BeginStop(): returns once everything queued was sent or cancelled and every call
+  // completed. Must not run on a `done` (it waits for the call that runs it).
+  void AwaitStopped() {
+    absl::MutexLock stop_lock(&stop_mu_);
+    if (sender_.joinable()) sender_.join();
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &Batcher::NothingInFlight));
+  }
+
+ private:
+  struct Batch {
+    typename Calls::Request request;
+    std::vector<Done> dones;
+    absl::Time opened_at;
+  };
+  // One call; deleted when it completes.
+  struct Call {
+    std::unique_ptr<Batch> batch;
+    grpc::ClientContext context;
+    typename Calls::Response response;
+  };
+
+  // Sender: sends full batches at once and the open one when its delay ran out. After
+  // BeginStop() it sends what is queued; what still has no call slot when the stop deadline
+  // passes is completed with CANCELLED.
+  void RunSender() {
+    std::vector<std::unique_ptr<Batch>> abandoned;
+    mu_.Lock();
+    for (;;) {
+      if (stopping_) {
+        mu_.AwaitWithDeadline(absl::Condition(this, &Batcher::SenderHasWork), stop_deadline_);
+      } else {
+        mu_.Await(absl::Condition(this, &Batcher::SenderHasWork));
+      }
+      if (full_.empty() && open_ == nullptr) break;  // Stopping, and everything was sent.
+      if (in_flight_ >= max_in_flight_) {            // Stopping, and out of time.
+        while (!full_.empty()) {
+          abandoned.push_back(std::move(full_.front()));
+          full_.pop_front();
+        }
+        if (open_ != nullptr) abandoned.push_back(std::move(open_));
+        break;
+      }
+      std::unique_ptr<Batch> batch;
+      if (!full_.empty()) {
+        batch = std::move(full_.front());
+        full_.pop_front();
+      } else {
+        const absl::Time due = open_->opened_at + batch_delay_;
+        if (!stopping_ && absl::Now() < due && !IdleFlush()) {
+          mu_.AwaitWithDeadline(absl::Condition(this, &Batcher::FlushEarly), due);
+          continue;
+        }
+        batch = std::move(open_);
+      }
+      ++in_flight_;
+      mu_.Unlock();
+      Send(std::move(batch));
+      mu_.Lock();
+    }
+    mu_.Unlock();
+    for (std::unique_ptr<Batch>& batch : abandoned) {
+      for (Done& done : batch->dones) {
+        std::move(done)(absl::CancelledError("replay recorder stopped before the batch was sent"));
+      }
+    }
+  }
+
+  void Send(std::unique_ptr<Batch> batch) {
+    auto* call = new Call{.batch = std::move(batch)};
+    call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+    Calls::Start(stub_, &call->context, &call->batch->request, &call->response,
+                 [this, call](grpc::Status status) { OnCallDone(call, status); });
+  }
+
+  void OnCallDone(Call* call, const grpc::Status& status) {
+    Calls::Complete(call->batch->request, call->response, FromGrpc(status), call->batch->dones);
+    delete call;
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+
+  bool SenderHasWork() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    const bool queued = !full_.empty() || open_ != nullptr;
+    return (queued && in_flight_ < max_in_flight_) || (stopping_ && !queued);
+  }
+  bool IdleFlush() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return flush_when_idle_ && in_flight_ == 0;
+  }
+  bool FlushEarly() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return stopping_ || !full_.empty() || IdleFlush();
+  }
+  bool NothingInFlight() const ABSL_SHARED_LOCKS_REQUIRED(mu_) { return in_flight_ == 0; }
+
+  const absl::Duration batch_delay_;
+  const absl::Duration deadline_;
+  const bool flush_when_idle_;
+  const size_t batch_max_;
+  const size_t max_in_flight_;
+  Stub& stub_;
+
+  absl::Mutex mu_;
+  std::unique_ptr<Batch> open_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::unique_ptr<Batch>> full_ ABSL_GUARDED_BY(mu_);
+  size_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time stop_deadline_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+
+  // Serialises AwaitStopped() calls (the sender is joined once).
+  absl::Mutex stop_mu_;
+  // Last member: starts after everything it uses exists.
+  std::thread sender_;
+};
+
 }  // namespace
 
 std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address) {
@@ -37,158 +294,31 @@ std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& 
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
-// Records collect in `open` until it is full (then it moves to `full`) or its delay ran out;
-// one sender thread turns batches into async Record calls while fewer than
-// max_in_flight_batches are in flight. Each batch's `done`s run when its call completes.
+// Records and lookups are batched apart, each with its own call slots, so neither waits
+// behind a queue of the other.
 struct ReplayRecorder::Impl {
-  struct Batch {
-    ess::v1::RecordRequest request;
-    std::vector<Done> dones;
-    absl::Time opened_at;
-  };
-  // One Record call; deleted when it completes.
-  struct Call {
-    std::unique_ptr<Batch> batch;
-    grpc::ClientContext context;
-    ess::v1::RecordResponse response;
-  };
-
   explicit Impl(Options opts)
       : options(std::move(opts)),
-        batch_max(std::max<size_t>(options.batch_max, 1)),
-        max_in_flight(std::max<size_t>(options.max_in_flight_batches, 1)),
         stub(MakeReplayStub(options.address)),
-        sender([this] { RunSender(); }) {}
-
-  void Record(ess::v1::MessageRecord record, Done done) {
-    {
-      absl::MutexLock lock(&mu);
-      if (!stopping) {
-        if (open == nullptr) {
-          open = std::make_unique<Batch>();
-          open->opened_at = absl::Now();
-          open->request.mutable_records()->Reserve(static_cast<int>(batch_max));
-          open->dones.reserve(batch_max);
-        }
-        *open->request.add_records() = std::move(record);
-        open->dones.push_back(std::move(done));
-        if (open->dones.size() >= batch_max) full.push_back(std::move(open));
-        return;
-      }
-    }
-    std::move(done)(absl::CancelledError("replay recorder is stopped"));
-  }
+        records(options, options.batch_max, *stub),
+        lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}
 
   void Stop() {
-    absl::MutexLock stop_lock(&stop_mu);
-    {
-      absl::MutexLock lock(&mu);
-      if (!stopping) {
-        stopping = true;
-        stop_deadline = absl::Now() + options.deadline;
-      }
-    }
-    if (sender.joinable()) sender.join();
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(this, &Impl::NothingInFlight));
+    const absl::Time deadline = absl::Now() + options.deadline;
+    records.BeginStop(deadline);
+    lookups.BeginStop(deadline);
+    records.AwaitStopped();
+    lookups.AwaitStopped();
   }
 
-  // Sender: sends full batches at once and the open one when its delay ran out. After Stop()
-  // it sends what is queued; what still has no call slot when the stop deadline passes is
-  // completed with CANCELLED.
-  void RunSender() {
-    std::vector<std::unique_ptr<Batch>> abandoned;
-    mu.Lock();
-    for (;;) {
-      if (stopping) {
-        mu.AwaitWithDeadline(absl::Condition(this, &Impl::SenderHasWork), stop_deadline);
-      } else {
-        mu.Await(absl::Condition(this, &Impl::SenderHasWork));
-      }
-      if (full.empty() && open == nullptr) break;  // Stopping, and everything was sent.
-      if (in_flight >= max_in_flight) {            // Stopping, and out of time.
-        while (!full.empty()) {
-          abandoned.push_back(std::move(full.front()));
-          full.pop_front();
-        }
-        if (open != nullptr) abandoned.push_back(std::move(open));
-        break;
-      }
-      std::unique_ptr<Batch> batch;
-      if (!full.empty()) {
-        batch = std::move(full.front());
-        full.pop_front();
-      } else {
-        const absl::Time due = open->opened_at + options.batch_delay;
-        if (!stopping && absl::Now() < due && !IdleFlush()) {
-          mu.AwaitWithDeadline(absl::Condition(this, &Impl::FlushEarly), due);
-          continue;
-        }
-        batch = std::move(open);
-      }
-      ++in_flight;
-      mu.Unlock();
-      Send(std::move(batch));
-      mu.Lock();
-    }
-    mu.Unlock();
-    for (std::unique_ptr<Batch>& batch : abandoned) {
-      Complete(*batch, absl::CancelledError("replay recorder stopped before the batch was sent"));
-    }
-  }
-
-  void Send(std::unique_ptr<Batch> batch) {
-    auto* call = new Call{.batch = std::move(batch)};
-    call->context.set_deadline(absl::ToChronoTime(absl::Now() + options.deadline));
-    stub->async()->Record(&call->context, &call->batch->request, &call->response,
-                          [this, call](grpc::Status status) { OnCallDone(call, status); });
-  }
-
-  void OnCallDone(Call* call, const grpc::Status& status) {
-    absl::Status result = FromGrpc(status);
-    const size_t sent = call->batch->dones.size();
-    if (result.ok() && call->response.stored() != sent) {
-      result = absl::InternalError(
-          absl::StrCat("replay store stored ", call->response.stored(), " of ", sent, " records"));
-    }
-    Complete(*call->batch, result);
-    delete call;
-    absl::MutexLock lock(&mu);
-    --in_flight;
-  }
-
-  static void Complete(Batch& batch, const absl::Status& status) {
-    for (Done& done : batch.dones) std::move(done)(status);
-  }
-
-  bool SenderHasWork() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
-    const bool queued = !full.empty() || open != nullptr;
-    return (queued && in_flight < max_in_flight) || (stopping && !queued);
-  }
-  bool IdleFlush() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
-    return options.flush_when_idle && in_flight == 0;
-  }
-  bool FlushEarly() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
-    return stopping || !full.empty() || IdleFlush();
-  }
-  bool NothingInFlight() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return in_flight == 0; }
+  // The most keys ReplayService takes in one Lookup call (see replay.proto).
+  static constexpr size_t kMaxLookupKeys = 10'000;
 
   const Options options;
-  const size_t batch_max;
-  const size_t max_in_flight;
-  const std::unique_ptr<ess::v1::ReplayService::Stub> stub;
-
-  absl::Mutex mu;
-  std::unique_ptr<Batch> open ABSL_GUARDED_BY(mu);
-  std::deque<std::unique_ptr<Batch>> full ABSL_GUARDED_BY(mu);
-  size_t in_flight ABSL_GUARDED_BY(mu) = 0;
-  bool stopping ABSL_GUARDED_BY(mu) = false;
-  absl::Time stop_deadline ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
-
-  // Serialises Stop() calls (the sender is joined once).
-  absl::Mutex stop_mu;
-  // Last member: starts after everything it uses exists.
-  std::thread sender;
+  // Declared before the batchers, which use it until they are destroyed.
+  const std::unique_ptr<Stub> stub;
+  Batcher<RecordCalls> records;
+  Batcher<LookupCalls> lookups;
 };
 
 ReplayRecorder::ReplayRecorder(Options options)
@@ -197,35 +327,18 @@ ReplayRecorder::ReplayRecorder(Options options)
 ReplayRecorder::~ReplayRecorder() { Stop(); }
 
 void ReplayRecorder::Record(ess::v1::MessageRecord record, Done done) {
-  impl_->Record(std::move(record), std::move(done));
+  impl_->records.Add(std::move(record), std::move(done));
+}
+
+void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {
+  if (absl::Status s = CheckKey(key); !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
+  }
+  impl_->lookups.Add(key, std::move(done));
 }
 
 void ReplayRecorder::Stop() { impl_->Stop(); }
-
-void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {
-  struct Call {
-    grpc::ClientContext context;
-    ess::v1::GetRequest request;
-    ess::v1::GetResponse response;
-    LookupDone done;
-  };
-  auto* call = new Call();
-  call->context.set_deadline(absl::ToChronoTime(absl::Now() + impl_->options.deadline));
-  *call->request.mutable_record() = key;
-  call->done = std::move(done);
-  impl_->stub->async()->Get(
-      &call->context, &call->request, &call->response, [call](grpc::Status s) {
-        std::unique_ptr<Call> owned(call);
-        if (!s.ok()) {
-          std::move(owned->done)(
-              absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
-        } else if (owned->response.records_size() == 0) {
-          std::move(owned->done)(absl::NotFoundError("no such record"));
-        } else {
-          std::move(owned->done)(std::move(*owned->response.mutable_records(0)));
-        }
-      });
-}
 
 absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
   grpc::ClientContext context;

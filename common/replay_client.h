@@ -1,4 +1,5 @@
-// Client side of ReplayService for the lanes: records are batched into Record calls.
+// Client side of ReplayService for the lanes: records are batched into Record calls, lookups
+// into Lookup calls.
 //
 // Record() is thread-safe and returns at once; `done` runs (on a gRPC or batching thread) when
 // the batch holding the record was stored (OK) or failed (the call's status, e.g. UNAVAILABLE
@@ -6,8 +7,13 @@
 // record waited batch_delay, whichever comes first (with flush_when_idle, also as soon as no
 // call is in flight); several batches may be in flight.
 //
+// Lookup() batches the same way (same options), into batches of its own with their own
+// max_in_flight_batches call slots, so lookups never wait behind queued record batches nor
+// records behind lookups. Each lookup's `done` gets its own answer from the batch's call.
+//
 //   ess::ReplayRecorder recorder({.address = "127.0.0.1:50051"});
 //   recorder.Record(std::move(rec), [](absl::Status s) { if (s.ok()) ack(); });
+//   recorder.Lookup(key, [](absl::StatusOr<ess::v1::MessageRecord> r) { ... });
 #ifndef ESS_COMMON_REPLAY_CLIENT_H_
 #define ESS_COMMON_REPLAY_CLIENT_H_
 
@@ -33,7 +39,7 @@ class ReplayRecorder {
     size_t batch_max = 256;
     absl::Duration batch_delay = absl::Milliseconds(2);
     absl::Duration deadline = absl::Seconds(5);
-    // Batches in flight at once.
+    // Batches in flight at once, of records and of lookups each.
     size_t max_in_flight_batches = 4;
     // Also send the open batch at once whenever no call is in flight, instead of waiting out
     // batch_delay: records then wait only while the store is busy with earlier ones (group
@@ -51,15 +57,18 @@ class ReplayRecorder {
   void Record(ess::v1::MessageRecord record, Done done);
 
   using LookupDone = absl::AnyInvocable<void(absl::StatusOr<ess::v1::MessageRecord>) &&>;
-  // Thread-safe, asynchronous: the stored record of `key` (NOT_FOUND if there is none).
+  // Thread-safe, asynchronous: `done` gets the stored record of `key`, NOT_FOUND if there is
+  // none, or the failed call's status (e.g. UNAVAILABLE when the store is down). A key the
+  // store would reject (unspecified direction, empty partner or message_id) completes at once
+  // with INVALID_ARGUMENT, so it never fails the other lookups of a batch.
   void Lookup(const ess::v1::RecordKey& key, LookupDone done);
 
   // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
   // DEADLINE_EXCEEDED or CANCELLED means it is up).
   absl::Status Ping(absl::Duration deadline);
-  // Sends what is queued, waits for calls in flight, then completes anything left with
-  // CANCELLED. Records given after Stop() began complete with CANCELLED at once. Must not be
-  // called from a `done` (it waits for the call that runs it).
+  // Sends what is queued (records and lookups), waits for calls in flight, then completes
+  // anything left with CANCELLED. Records and lookups given after Stop() began complete with
+  // CANCELLED at once. Must not be called from a `done` (it waits for the call that runs it).
   void Stop();
 
  private:

@@ -93,6 +93,22 @@ absl::Status ValidateRecordRequest(const ess::v1::RecordRequest& request) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateLookupRequest(const ess::v1::LookupRequest& request) {
+  if (request.keys_size() > ReplayServiceImpl::kMaxLookupKeys) {
+    return absl::InvalidArgumentError(absl::StrCat("keys: ", request.keys_size(),
+                                                   " given, at most ",
+                                                   ReplayServiceImpl::kMaxLookupKeys, " per call"));
+  }
+  for (int i = 0; i < request.keys_size(); ++i) {
+    const ess::v1::RecordKey& key = request.keys(i);
+    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
+        !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
   ListQuery query;
   query.partner = request.partner();
@@ -222,6 +238,33 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
       break;
   }
   reactor->Finish(ToGrpc(absl::InvalidArgumentError("key: set correlation_id or record")));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext* context,
+                                                    const ess::v1::LookupRequest* request,
+                                                    ess::v1::LookupResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = ValidateLookupRequest(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+  } else if (request->keys().empty()) {
+    reactor->Finish(grpc::Status::OK);
+  } else {
+    reads_.Post([this, request, response, reactor] {
+      absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
+          store_.GetByKeys(request->keys());
+      if (records.ok()) {
+        response->mutable_results()->Reserve(static_cast<int>(records->size()));
+        for (std::optional<ess::v1::MessageRecord>& record : *records) {
+          ess::v1::LookupResult* result = response->add_results();
+          if (!record.has_value()) continue;
+          result->set_found(true);
+          *result->mutable_record() = *std::move(record);
+        }
+      }
+      reactor->Finish(ToGrpc(records.status()));
+    });
+  }
   return reactor;
 }
 

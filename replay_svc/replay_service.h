@@ -2,8 +2,9 @@
 //
 // Requests are validated before they reach the store: INVALID_ARGUMENT names the field, e.g.
 // "records[3].message_id: must not be empty"; UpdateStatus and Get answer NOT_FOUND for an
-// unknown key or correlation id. Store calls block, so they run on the service's own threads
-// rather than gRPC's: writes on one thread, in arrival order; reads on `reader_threads`.
+// unknown key or correlation id (Lookup answers found = false instead). Store calls block, so
+// they run on the service's own threads rather than gRPC's: writes on one thread, in arrival
+// order; reads (Get, Lookup, List, Stats) on `reader_threads`, so they never queue behind writes.
 // List page tokens are opaque and bound to the filter they were issued for; page_size is 100
 // when 0 and at most 1000 (larger values are lowered to 1000).
 //
@@ -24,9 +25,11 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
  public:
   static constexpr uint32_t kDefaultPageSize = 100;
   static constexpr uint32_t kMaxPageSize = 1000;
+  // Most keys in one Lookup call (more is INVALID_ARGUMENT).
+  static constexpr int kMaxLookupKeys = 10'000;
 
   struct Options {
-    // Threads serving Get, List and Stats.
+    // Threads serving Get, Lookup, List and Stats.
     size_t reader_threads = 2;
   };
 
@@ -44,6 +47,9 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
                                 const ess::v1::GetRequest* request,
                                 ess::v1::GetResponse* response) override;
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const ess::v1::LookupRequest* request,
+                                   ess::v1::LookupResponse* response) override;
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
                                  const ess::v1::ListRequest* request,
                                  ess::v1::ListResponse* response) override;

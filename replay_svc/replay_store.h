@@ -76,6 +76,12 @@ class ReplayStore {
   // NOT_FOUND if there is no such record.
   virtual absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) = 0;
 
+  // The record of each key, in the order of `keys` (nullopt where there is none), all read
+  // from the same committed state. INVALID_ARGUMENT "keys[i].field: ..." for the first bad
+  // key, and nothing is read.
+  virtual absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> GetByKeys(
+      const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) = 0;
+
   // Every record of the correlation id, both directions, oldest received_at first; empty if
   // there is none.
   virtual absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(

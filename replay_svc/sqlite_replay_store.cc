@@ -1,8 +1,9 @@
 #include "replay_svc/sqlite_replay_store.h"
 
+#include <optional>
 #include <utility>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "replay_svc/records.h"
@@ -116,6 +117,28 @@ absl::Status NoRecord(ess::v1::Direction direction, absl::string_view partner,
                                           " partner=", partner, " message_id=", message_id));
 }
 
+// The SQL that SelectByKey runs.
+const std::string& SelectByKeySql() {
+  static const std::string* const kSql = new std::string(
+      absl::StrCat("SELECT ", kColumns,
+                   " FROM records WHERE direction = ?1 AND partner = ?2 AND message_id = ?3"));
+  return *kSql;
+}
+
+// The record of `key` (already validated) through `select`, a statement of SelectByKeySql();
+// nullopt if there is none.
+absl::StatusOr<std::optional<MessageRecord>> SelectByKey(sqlite::Statement& select,
+                                                         const ess::v1::RecordKey& key) {
+  ResetOnExit reset(select);
+  STORE_RETURN_IF_ERROR(select.Bind(1, static_cast<int>(key.direction())));
+  STORE_RETURN_IF_ERROR(select.Bind(2, key.partner()));
+  STORE_RETURN_IF_ERROR(select.Bind(3, key.message_id()));
+  absl::StatusOr<bool> row = select.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return std::nullopt;
+  return RowToRecord(select);
+}
+
 absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
   return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
 }
@@ -158,7 +181,8 @@ struct SqliteReplayStore::Writer {
 struct SqliteReplayStore::Reader {
   explicit Reader(sqlite::Database database) : db(std::move(database)) {}
 
-  // The statement for `sql`, prepared on first use and kept for the life of the connection.
+  // The statement for `sql`, prepared on first use and kept (at the same address) for the life
+  // of the connection.
   absl::StatusOr<sqlite::Statement*> Prepared(const std::string& sql) {
     auto it = statements.find(sql);
     if (it == statements.end()) {
@@ -169,12 +193,33 @@ struct SqliteReplayStore::Reader {
     return &it->second;
   }
 
+  // Starts a read transaction: every statement until EndRead() sees the same committed state,
+  // and the WAL read lock is taken once rather than per statement. BEGIN and COMMIT run from
+  // cached statements (compiling them on every call cost ~1.4 us per call).
+  absl::Status BeginRead() {
+    absl::StatusOr<sqlite::Statement*> begin = Prepared("BEGIN DEFERRED");
+    if (!begin.ok()) return begin.status();
+    return (*begin)->Run();
+  }
+
+  // Ends the read transaction if one is open (the connection is query_only, so there is nothing
+  // to roll back; ROLLBACK is the fallback should COMMIT fail).
+  void EndRead() {
+    if (db.AutoCommit()) return;
+    absl::StatusOr<sqlite::Statement*> commit = Prepared("COMMIT");
+    if (commit.ok()) (*commit)->Run().IgnoreError();
+    if (!db.AutoCommit()) db.Exec("ROLLBACK").IgnoreError();
+  }
+
   sqlite::Database db;
-  // Declared after `db`, so they are finalized before it closes.
-  absl::flat_hash_map<std::string, sqlite::Statement> statements;
+  // Declared after `db`, so they are finalized before it closes. Nodes, so that preparing one
+  // statement leaves the others where they are (a batched read holds its SELECT while BEGIN
+  // and COMMIT are prepared).
+  absl::node_hash_map<std::string, sqlite::Statement> statements;
 };
 
-// Gives a reader back to the pool when it goes out of scope.
+// Gives a reader back to the pool when it goes out of scope, with no read transaction open
+// (an open read would keep WAL checkpoints from completing).
 class SqliteReplayStore::ReaderLease {
  public:
   ReaderLease(SqliteReplayStore* store, std::unique_ptr<Reader> reader)
@@ -182,7 +227,9 @@ class SqliteReplayStore::ReaderLease {
   ReaderLease(ReaderLease&& other) noexcept = default;
   ReaderLease& operator=(ReaderLease&&) = delete;
   ~ReaderLease() {
-    if (reader_ != nullptr) store_->ReleaseReader(std::move(reader_));
+    if (reader_ == nullptr) return;
+    reader_->EndRead();
+    store_->ReleaseReader(std::move(reader_));
   }
   Reader* operator->() { return reader_.get(); }
 
@@ -325,22 +372,42 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::GetByKey(const ess::v1::RecordK
   STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), ""));
   absl::StatusOr<ReaderLease> reader = AcquireReader();
   if (!reader.ok()) return reader.status();
-  static const std::string* const kSql = new std::string(
-      absl::StrCat("SELECT ", kColumns,
-                   " FROM records WHERE direction = ?1 AND partner = ?2 AND message_id = ?3"));
-  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(SelectByKeySql());
   if (!select.ok()) return select.status();
-  sqlite::Statement& s = **select;
-  ResetOnExit reset(s);
-  STORE_RETURN_IF_ERROR(s.Bind(1, static_cast<int>(key.direction())));
-  STORE_RETURN_IF_ERROR(s.Bind(2, key.partner()));
-  STORE_RETURN_IF_ERROR(s.Bind(3, key.message_id()));
-  absl::StatusOr<bool> row = s.Step();
-  if (!row.ok()) return row.status();
-  if (!*row) {
-    return NoRecord(key.direction(), key.partner(), key.message_id());
+  absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**select, key);
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) return NoRecord(key.direction(), key.partner(), key.message_id());
+  return **std::move(record);
+}
+
+// One execution of the cached point query per key, inside one read transaction. Measured
+// against one statement answering the whole batch (a VALUES list or json_each joined to the
+// records' unique index): the same ~4 us per key (the index search and the row copy dominate),
+// without a statement per batch size or keys to escape.
+absl::StatusOr<std::vector<std::optional<MessageRecord>>> SqliteReplayStore::GetByKeys(
+    const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) {
+  for (int i = 0; i < keys.size(); ++i) {
+    const ess::v1::RecordKey& key = keys[i];
+    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
+        !s.ok()) {
+      return WithPrefix(absl::StrCat("keys[", i, "]."), s);
+    }
   }
-  return RowToRecord(s);
+  std::vector<std::optional<MessageRecord>> records;
+  if (keys.empty()) return records;
+  records.reserve(keys.size());
+
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(SelectByKeySql());
+  if (!select.ok()) return select.status();
+  STORE_RETURN_IF_ERROR((*reader)->BeginRead());  // The lease ends it on every path.
+  for (int i = 0; i < keys.size(); ++i) {
+    absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**select, keys[i]);
+    if (!record.ok()) return WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
+    records.push_back(*std::move(record));
+  }
+  return records;
 }
 
 absl::StatusOr<std::vector<MessageRecord>> SqliteReplayStore::GetByCorrelation(

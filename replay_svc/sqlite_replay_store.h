@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,8 @@ class SqliteReplayStore final : public ReplayStore {
   absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) override;
   absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) override;
+  absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> GetByKeys(
+      const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) override;
   absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(
       absl::string_view correlation_id) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;

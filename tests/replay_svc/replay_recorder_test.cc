@@ -1,12 +1,15 @@
 // ReplayRecorder (common/replay_client.h) against the real service and against a fake one that
-// shows how records were batched.
+// shows how records and lookups were batched.
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/replay_client.h"
@@ -27,17 +30,24 @@ using ::testing::UnorderedElementsAre;
 
 constexpr absl::Duration kWait = absl::Seconds(60);
 
-// Hands out `done` callbacks and counts how each one completed.
-class DoneTracker {
- public:
-  explicit DoneTracker(size_t n) : calls_(n, 0) {}
+absl::Status StatusOf(const absl::Status& result) { return result; }
+absl::Status StatusOf(const absl::StatusOr<ess::v1::MessageRecord>& result) {
+  return result.status();
+}
 
-  ReplayRecorder::Done Make(size_t index) {
-    return [this, index](absl::Status status) {
+// Hands out `done` callbacks and records how each one completed.
+template <typename Result>
+class Tracker {
+ public:
+  explicit Tracker(size_t n) : calls_(n, 0), results_(n) {}
+
+  absl::AnyInvocable<void(Result) &&> Make(size_t index) {
+    return [this, index](Result result) {
       absl::MutexLock lock(&mu_);
       ++calls_[index];
       ++total_;
-      ++codes_[status.code()];
+      ++codes_[StatusOf(result).code()];
+      results_[index] = std::move(result);
     };
   }
 
@@ -59,12 +69,26 @@ class DoneTracker {
     return codes_;
   }
 
+  // What callback `index` was given (nullopt if it did not run).
+  std::optional<Result> result(size_t index) {
+    absl::MutexLock lock(&mu_);
+    return results_[index];
+  }
+
  private:
   absl::Mutex mu_;
   std::vector<int> calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::optional<Result>> results_ ABSL_GUARDED_BY(mu_);
   size_t total_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<absl::StatusCode, size_t> codes_ ABSL_GUARDED_BY(mu_);
 };
+
+using DoneTracker = Tracker<absl::Status>;
+using LookupTracker = Tracker<absl::StatusOr<ess::v1::MessageRecord>>;
+
+ess::v1::RecordKey OutboundKey(const std::string& partner, const std::string& message_id) {
+  return testing::Key(ess::v1::DIRECTION_OUTBOUND, partner, message_id);
+}
 
 TEST(ReplayRecorderTest, FiveThousandRecordsAreStoredAndEachDoneRunsOnce) {
   TempDir dir;
@@ -103,80 +127,241 @@ TEST(ReplayRecorderTest, FiveThousandRecordsAreStoredAndEachDoneRunsOnce) {
   (*server)->Shutdown(absl::Seconds(5));
 }
 
-TEST(ReplayRecorderTest, ServerDownCompletesEveryRecordWithUnavailable) {
-  const int port = testing::PickFreePort();
-  ASSERT_GT(port, 0);
-  constexpr int kTotal = 20;
-  DoneTracker tracker(kTotal);
+// The real store, counting the keyed reads that reach it (what the server was asked).
+class CountingStore final : public ReplayStore {
+ public:
+  explicit CountingStore(ReplayStore& store) : store_(store) {}
+
+  absl::StatusOr<uint32_t> Record(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override {
+    return store_.Record(records);
+  }
+  absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
+      const ess::v1::UpdateStatusRequest& request) override {
+    return store_.UpdateStatus(request);
+  }
+  absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) override {
+    get_by_key_calls_.fetch_add(1);
+    return store_.GetByKey(key);
+  }
+  absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> GetByKeys(
+      const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) override {
+    get_by_keys_calls_.fetch_add(1);
+    keys_read_.fetch_add(keys.size());
+    return store_.GetByKeys(keys);
+  }
+  absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(
+      absl::string_view correlation_id) override {
+    return store_.GetByCorrelation(correlation_id);
+  }
+  absl::StatusOr<ListPage> List(const ListQuery& query) override { return store_.List(query); }
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override {
+    return store_.Stats(partner);
+  }
+
+  int get_by_key_calls() const { return get_by_key_calls_.load(); }
+  int get_by_keys_calls() const { return get_by_keys_calls_.load(); }
+  int keys_read() const { return keys_read_.load(); }
+
+ private:
+  ReplayStore& store_;
+  std::atomic<int> get_by_key_calls_{0};
+  std::atomic<int> get_by_keys_calls_{0};
+  std::atomic<int> keys_read_{0};
+};
+
+TEST(ReplayRecorderTest, ConcurrentLookupsAreBatchedAndEachGetsItsOwnAnswer) {
+  TempDir dir;
+  absl::StatusOr<std::unique_ptr<SqliteReplayStore>> sqlite =
+      SqliteReplayStore::Open(dir.File("replay.db"));
+  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
+  CountingStore store(**sqlite);
+  absl::StatusOr<std::unique_ptr<ReplayServer>> server =
+      ReplayServer::Start(store, {.listen = "127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  // Even ids are stored, each with its own status and payload.
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 500;
+  constexpr int kTotal = kThreads * kPerThread;
+  google::protobuf::RepeatedPtrField<ess::v1::MessageRecord> stored;
+  for (int i = 0; i < kTotal; i += 2) {
+    ess::v1::MessageRecord r =
+        Outbound("prison", absl::StrCat("m-", i),
+                 i % 4 == 0 ? ess::v1::MESSAGE_STATUS_DELIVERED : ess::v1::MESSAGE_STATUS_FAILED);
+    r.set_payload(absl::StrCat("payload of ", i));
+    *stored.Add() = std::move(r);
+  }
+  ASSERT_TRUE((*sqlite)->Record(stored).ok());
+
+  // Full batches only (the delay never runs out), so the number of calls is exact.
+  constexpr size_t kBatchMax = 100;
+  LookupTracker tracker(kTotal);
   ReplayRecorder recorder(
-      {.address = absl::StrCat("127.0.0.1:", port), .batch_max = 8, .deadline = absl::Seconds(5)});
+      {.address = (*server)->address(), .batch_max = kBatchMax, .batch_delay = absl::Hours(1)});
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kThreads; ++t) {
+    callers.emplace_back([&, t] {
+      for (int i = t; i < kTotal; i += kThreads) {
+        recorder.Lookup(OutboundKey("prison", absl::StrCat("m-", i)), tracker.Make(i));
+      }
+    });
+  }
+  for (std::thread& c : callers) c.join();
+  ASSERT_TRUE(tracker.WaitForTotal(kTotal, kWait));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+  EXPECT_THAT(tracker.codes(),
+              UnorderedElementsAre(std::pair(absl::StatusCode::kOk, kTotal / 2),
+                                   std::pair(absl::StatusCode::kNotFound, kTotal / 2)));
   for (int i = 0; i < kTotal; ++i) {
-    recorder.Record(Outbound("prison", absl::StrCat("m-", i)), tracker.Make(i));
+    std::optional<absl::StatusOr<ess::v1::MessageRecord>> got = tracker.result(i);
+    ASSERT_TRUE(got.has_value()) << i;
+    if (i % 2 == 1) {
+      EXPECT_EQ(got->status().message(),
+                absl::StrCat("no record direction=outbound partner=prison message_id=m-", i));
+      continue;
+    }
+    ASSERT_TRUE(got->ok()) << i << ": " << got->status();
+    EXPECT_EQ((*got)->message_id(), absl::StrCat("m-", i));
+    EXPECT_EQ((*got)->payload(), absl::StrCat("payload of ", i));
+    EXPECT_EQ((*got)->status(),
+              i % 4 == 0 ? ess::v1::MESSAGE_STATUS_DELIVERED : ess::v1::MESSAGE_STATUS_FAILED);
+  }
+  EXPECT_EQ(store.keys_read(), kTotal);
+  EXPECT_EQ(store.get_by_keys_calls(), static_cast<int>(kTotal / kBatchMax));
+  EXPECT_EQ(store.get_by_key_calls(), 0);
+  (*server)->Shutdown(absl::Seconds(5));
+}
+
+TEST(ReplayRecorderTest, LookupsWithTheLanesOptionsAreAnswered) {
+  TempDir dir;
+  absl::StatusOr<std::unique_ptr<SqliteReplayStore>> sqlite =
+      SqliteReplayStore::Open(dir.File("replay.db"));
+  ASSERT_TRUE(sqlite.ok()) << sqlite.status();
+  CountingStore store(**sqlite);
+  absl::StatusOr<std::unique_ptr<ReplayServer>> server =
+      ReplayServer::Start(store, {.listen = "127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  google::protobuf::RepeatedPtrField<ess::v1::MessageRecord> stored;
+  *stored.Add() = Outbound("prison", "m-1");
+  ASSERT_TRUE((*sqlite)->Record(stored).ok());
+
+  // As common/wiring.cc builds it: a lookup goes at once while none is in flight.
+  ReplayRecorder recorder({.address = (*server)->address(), .flush_when_idle = true});
+  constexpr int kTotal = 300;
+  LookupTracker tracker(kTotal);
+  for (int i = 0; i < kTotal; ++i) {
+    recorder.Lookup(OutboundKey("prison", i % 3 == 0 ? "m-1" : "m-2"), tracker.Make(i));
   }
   ASSERT_TRUE(tracker.WaitForTotal(kTotal, kWait));
   EXPECT_TRUE(tracker.EachExactlyOnce());
   EXPECT_THAT(tracker.codes(),
+              UnorderedElementsAre(std::pair(absl::StatusCode::kOk, kTotal / 3),
+                                   std::pair(absl::StatusCode::kNotFound, kTotal * 2 / 3)));
+  EXPECT_EQ(store.keys_read(), kTotal);
+  (*server)->Shutdown(absl::Seconds(5));
+}
+
+TEST(ReplayRecorderTest, ServerDownCompletesEveryRecordAndLookupWithUnavailable) {
+  const int port = testing::PickFreePort();
+  ASSERT_GT(port, 0);
+  constexpr int kTotal = 20;
+  DoneTracker records(kTotal);
+  LookupTracker lookups(kTotal);
+  ReplayRecorder recorder(
+      {.address = absl::StrCat("127.0.0.1:", port), .batch_max = 8, .deadline = absl::Seconds(5)});
+  for (int i = 0; i < kTotal; ++i) {
+    recorder.Record(Outbound("prison", absl::StrCat("m-", i)), records.Make(i));
+    recorder.Lookup(OutboundKey("prison", absl::StrCat("m-", i)), lookups.Make(i));
+  }
+  ASSERT_TRUE(records.WaitForTotal(kTotal, kWait));
+  ASSERT_TRUE(lookups.WaitForTotal(kTotal, kWait));
+  EXPECT_TRUE(records.EachExactlyOnce());
+  EXPECT_TRUE(lookups.EachExactlyOnce());
+  EXPECT_THAT(records.codes(),
+              UnorderedElementsAre(std::pair(absl::StatusCode::kUnavailable, kTotal)));
+  EXPECT_THAT(lookups.codes(),
               UnorderedElementsAre(std::pair(absl::StatusCode::kUnavailable, kTotal)));
 }
 
-// Accepts Record calls, remembering each batch's size; while holding, it answers none until
-// released.
+// Accepts Record and Lookup calls, remembering each batch's size. A Lookup finds the keys whose
+// message id starts with "found". While holding a kind of call, it answers none of that kind
+// until released.
 class FakeReplayService final : public ess::v1::ReplayService::CallbackService {
  public:
+  enum Kind { kRecord, kLookup };
+
   grpc::ServerUnaryReactor* Record(grpc::CallbackServerContext* context,
                                    const ess::v1::RecordRequest* request,
                                    ess::v1::RecordResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     response->set_stored(static_cast<uint32_t>(request->records_size()));
-    absl::MutexLock lock(&mu_);
-    batch_sizes_.push_back(request->records_size());
-    if (holding_) {
-      held_.push_back(reactor);
-      max_held_ = std::max(max_held_, held_.size());
-    } else {
-      reactor->Finish(grpc::Status::OK);
-    }
-    return reactor;
+    return Arrive(kRecord, context->DefaultReactor(), request->records_size());
   }
 
-  void Hold() {
-    absl::MutexLock lock(&mu_);
-    holding_ = true;
+  grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
+                                   const ess::v1::LookupRequest* request,
+                                   ess::v1::LookupResponse* response) override {
+    for (const ess::v1::RecordKey& key : request->keys()) {
+      ess::v1::LookupResult* result = response->add_results();
+      if (!absl::StartsWith(key.message_id(), "found")) continue;
+      result->set_found(true);
+      ess::v1::MessageRecord* record = result->mutable_record();
+      record->set_direction(key.direction());
+      record->set_partner(key.partner());
+      record->set_message_id(key.message_id());
+      record->set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+    }
+    if (short_answers_.load()) response->mutable_results()->RemoveLast();
+    return Arrive(kLookup, context->DefaultReactor(), request->keys_size());
   }
+
+  void Hold(Kind kind = kRecord) {
+    absl::MutexLock lock(&mu_);
+    holding_[kind] = true;
+  }
+
+  // Lookups answer one result fewer than they were asked.
+  void AnswerShort() { short_answers_.store(true); }
 
   // Stops holding and answers every held call (so that the server can shut down).
   void ReleaseAll() {
     std::vector<grpc::ServerUnaryReactor*> held;
     {
       absl::MutexLock lock(&mu_);
-      holding_ = false;
-      held.swap(held_);
+      for (Kind kind : {kRecord, kLookup}) {
+        holding_[kind] = false;
+        held.insert(held.end(), held_[kind].begin(), held_[kind].end());
+        held_[kind].clear();
+      }
     }
     for (grpc::ServerUnaryReactor* r : held) r->Finish(grpc::Status::OK);
   }
 
-  // Waits until `n` calls are held, then answers them all. False on timeout.
+  // Waits until `n` Record calls are held, then answers them all. False on timeout.
   bool ReleaseWhenHeld(size_t n, absl::Duration timeout) {
     std::vector<grpc::ServerUnaryReactor*> held;
     {
       absl::MutexLock lock(&mu_);
-      auto enough = [this, n]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return held_.size() >= n; };
+      auto enough = [this, n]()
+                        ABSL_SHARED_LOCKS_REQUIRED(mu_) { return held_[kRecord].size() >= n; };
       if (!mu_.AwaitWithTimeout(absl::Condition(&enough), timeout)) return false;
-      held.swap(held_);
+      held.swap(held_[kRecord]);
     }
     for (grpc::ServerUnaryReactor* r : held) r->Finish(grpc::Status::OK);
     return true;
   }
 
-  bool WaitForCalls(size_t n, absl::Duration timeout) {
+  // Waits until `n` calls of `kind` arrived. False on timeout.
+  bool WaitForCalls(size_t n, absl::Duration timeout, Kind kind = kRecord) {
     absl::MutexLock lock(&mu_);
-    auto enough = [this, n]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return batch_sizes_.size() >= n; };
+    auto enough = [this, n, kind]()
+                      ABSL_SHARED_LOCKS_REQUIRED(mu_) { return batch_sizes_[kind].size() >= n; };
     return mu_.AwaitWithTimeout(absl::Condition(&enough), timeout);
   }
 
-  std::vector<int> batch_sizes() {
+  std::vector<int> batch_sizes(Kind kind = kRecord) {
     absl::MutexLock lock(&mu_);
-    return batch_sizes_;
+    return batch_sizes_[kind];
   }
   size_t max_held() {
     absl::MutexLock lock(&mu_);
@@ -184,11 +369,24 @@ class FakeReplayService final : public ess::v1::ReplayService::CallbackService {
   }
 
  private:
+  grpc::ServerUnaryReactor* Arrive(Kind kind, grpc::ServerUnaryReactor* reactor, int batch_size) {
+    absl::MutexLock lock(&mu_);
+    batch_sizes_[kind].push_back(batch_size);
+    if (holding_[kind]) {
+      held_[kind].push_back(reactor);
+      max_held_ = std::max(max_held_, held_[kind].size());
+    } else {
+      reactor->Finish(grpc::Status::OK);
+    }
+    return reactor;
+  }
+
   absl::Mutex mu_;
-  std::vector<int> batch_sizes_ ABSL_GUARDED_BY(mu_);
-  bool holding_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<grpc::ServerUnaryReactor*> held_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> batch_sizes_[2] ABSL_GUARDED_BY(mu_);
+  bool holding_[2] ABSL_GUARDED_BY(mu_) = {false, false};
+  std::vector<grpc::ServerUnaryReactor*> held_[2] ABSL_GUARDED_BY(mu_);
   size_t max_held_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<bool> short_answers_{false};
 };
 
 class ReplayRecorderBatchingTest : public ::testing::Test {
@@ -207,6 +405,14 @@ class ReplayRecorderBatchingTest : public ::testing::Test {
   }
 
   std::string address() const { return absl::StrCat("127.0.0.1:", port_); }
+
+  // Each item its own batch, sent at once, one call of each kind at a time.
+  ReplayRecorder::Options OneCallAtATime() const {
+    return {.address = address(),
+            .batch_max = 1,
+            .batch_delay = absl::ZeroDuration(),
+            .max_in_flight_batches = 1};
+  }
 
   FakeReplayService service_;
   int port_ = 0;
@@ -270,6 +476,121 @@ TEST_F(ReplayRecorderBatchingTest, RecordAfterStopIsCancelledAtOnce) {
   ASSERT_TRUE(tracker.WaitForTotal(1, absl::ZeroDuration()));
   EXPECT_THAT(tracker.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kCancelled, 1)));
   EXPECT_TRUE(service_.batch_sizes().empty());
+}
+
+TEST_F(ReplayRecorderBatchingTest, LookupsOfOneBatchEachGetTheirOwnAnswer) {
+  const std::vector<std::string> ids = {"found-1", "missing-2", "found-3", "found-1"};
+  LookupTracker tracker(ids.size());
+  ReplayRecorder recorder({.address = address(), .batch_max = 4, .batch_delay = absl::Hours(1)});
+  for (size_t i = 0; i < ids.size(); ++i) {
+    recorder.Lookup(OutboundKey("prison", ids[i]), tracker.Make(i));
+  }
+  ASSERT_TRUE(tracker.WaitForTotal(ids.size(), kWait));
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kLookup), ElementsAre(4));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+  for (size_t i : {0u, 2u, 3u}) {
+    std::optional<absl::StatusOr<ess::v1::MessageRecord>> got = tracker.result(i);
+    ASSERT_TRUE(got.has_value() && got->ok()) << i;
+    EXPECT_EQ((*got)->message_id(), ids[i]);
+    EXPECT_EQ((*got)->partner(), "prison");
+  }
+  std::optional<absl::StatusOr<ess::v1::MessageRecord>> missing = tracker.result(1);
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(missing->status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(missing->status().message(),
+            "no record direction=outbound partner=prison message_id=missing-2");
+}
+
+TEST_F(ReplayRecorderBatchingTest, LookupsDoNotWaitBehindHeldRecordBatches) {
+  service_.Hold(FakeReplayService::kRecord);
+  DoneTracker records(3);
+  LookupTracker lookups(2);
+  ReplayRecorder recorder(OneCallAtATime());
+  // One record batch in flight (held), two queued behind it.
+  for (int i = 0; i < 3; ++i) {
+    recorder.Record(Outbound("prison", absl::StrCat("m-", i)), records.Make(i));
+  }
+  ASSERT_TRUE(service_.WaitForCalls(1, kWait, FakeReplayService::kRecord));
+  recorder.Lookup(OutboundKey("prison", "found-1"), lookups.Make(0));
+  recorder.Lookup(OutboundKey("prison", "missing-2"), lookups.Make(1));
+  ASSERT_TRUE(lookups.WaitForTotal(2, kWait));
+  EXPECT_THAT(lookups.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 1),
+                                                    std::pair(absl::StatusCode::kNotFound, 1)));
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kRecord), ElementsAre(1));
+
+  service_.ReleaseAll();
+  ASSERT_TRUE(records.WaitForTotal(3, kWait));
+  EXPECT_THAT(records.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 3)));
+}
+
+TEST_F(ReplayRecorderBatchingTest, RecordsDoNotWaitBehindHeldLookupBatches) {
+  service_.Hold(FakeReplayService::kLookup);
+  DoneTracker records(2);
+  LookupTracker lookups(3);
+  ReplayRecorder recorder(OneCallAtATime());
+  for (int i = 0; i < 3; ++i) {
+    recorder.Lookup(OutboundKey("prison", absl::StrCat("found-", i)), lookups.Make(i));
+  }
+  ASSERT_TRUE(service_.WaitForCalls(1, kWait, FakeReplayService::kLookup));
+  recorder.Record(Outbound("prison", "m-1"), records.Make(0));
+  recorder.Record(Outbound("prison", "m-2"), records.Make(1));
+  ASSERT_TRUE(records.WaitForTotal(2, kWait));
+  EXPECT_THAT(records.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 2)));
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kLookup), ElementsAre(1));
+
+  service_.ReleaseAll();
+  ASSERT_TRUE(lookups.WaitForTotal(3, kWait));
+  EXPECT_THAT(lookups.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 3)));
+}
+
+TEST_F(ReplayRecorderBatchingTest, InvalidKeyIsRefusedAtOnceAndSentNowhere) {
+  LookupTracker tracker(3);
+  ReplayRecorder recorder({.address = address()});
+  ess::v1::RecordKey no_partner = OutboundKey("", "found-1");
+  ess::v1::RecordKey no_id = OutboundKey("prison", "");
+  ess::v1::RecordKey no_direction = OutboundKey("prison", "found-1");
+  no_direction.clear_direction();
+  recorder.Lookup(no_partner, tracker.Make(0));
+  recorder.Lookup(no_id, tracker.Make(1));
+  recorder.Lookup(no_direction, tracker.Make(2));
+  ASSERT_TRUE(tracker.WaitForTotal(3, absl::ZeroDuration()));  // Already, synchronously.
+  EXPECT_EQ(tracker.result(0)->status().message(), "partner: must not be empty");
+  EXPECT_EQ(tracker.result(1)->status().message(), "message_id: must not be empty");
+  EXPECT_EQ(tracker.result(2)->status().message(),
+            "direction: must be DIRECTION_OUTBOUND or DIRECTION_INBOUND");
+  EXPECT_THAT(tracker.codes(),
+              UnorderedElementsAre(std::pair(absl::StatusCode::kInvalidArgument, 3)));
+  recorder.Stop();
+  EXPECT_TRUE(service_.batch_sizes(FakeReplayService::kLookup).empty());
+}
+
+TEST_F(ReplayRecorderBatchingTest, ShortAnswerFailsEveryLookupOfTheBatch) {
+  service_.AnswerShort();
+  LookupTracker tracker(3);
+  ReplayRecorder recorder({.address = address(), .batch_max = 3, .batch_delay = absl::Hours(1)});
+  for (int i = 0; i < 3; ++i) {
+    recorder.Lookup(OutboundKey("prison", absl::StrCat("found-", i)), tracker.Make(i));
+  }
+  ASSERT_TRUE(tracker.WaitForTotal(3, kWait));
+  EXPECT_THAT(tracker.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kInternal, 3)));
+  EXPECT_EQ(tracker.result(0)->status().message(), "replay store answered 2 of 3 lookups");
+}
+
+TEST_F(ReplayRecorderBatchingTest, StopSendsQueuedLookupsAndCancelsLaterOnes) {
+  LookupTracker tracker(6);
+  ReplayRecorder recorder({.address = address(), .batch_max = 100, .batch_delay = absl::Hours(1)});
+  for (int i = 0; i < 5; ++i) {
+    recorder.Lookup(OutboundKey("prison", absl::StrCat("found-", i)), tracker.Make(i));
+  }
+  recorder.Stop();
+  ASSERT_TRUE(tracker.WaitForTotal(5, absl::ZeroDuration()));
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kLookup), ElementsAre(5));
+  EXPECT_THAT(tracker.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 5)));
+
+  recorder.Lookup(OutboundKey("prison", "found-late"), tracker.Make(5));
+  ASSERT_TRUE(tracker.WaitForTotal(6, absl::ZeroDuration()));
+  EXPECT_EQ(tracker.result(5)->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kLookup), ElementsAre(5));
 }
 
 }  // namespace

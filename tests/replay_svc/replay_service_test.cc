@@ -22,6 +22,8 @@ namespace ess::replay {
 namespace {
 
 using ::ess::replay::testing::FakeClock;
+using ::ess::replay::testing::InvalidKeyCase;
+using ::ess::replay::testing::Key;
 using ::ess::replay::testing::MakeRecord;
 using ::ess::replay::testing::MessageIds;
 using ::ess::replay::testing::Outbound;
@@ -245,6 +247,84 @@ TEST_F(ReplayServiceTest, GetErrors) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message(), "record.partner: must not be empty");
 }
+
+// The message id of each result, "-" where none was found.
+std::vector<std::string> FoundIds(const ess::v1::LookupResponse& response) {
+  std::vector<std::string> ids;
+  for (const ess::v1::LookupResult& r : response.results()) {
+    ids.push_back(r.found() ? r.record().message_id() : "-");
+  }
+  return ids;
+}
+
+TEST_F(ReplayServiceTest, LookupAnswersEveryKeyInOrder) {
+  MessageRecord published =
+      MakeRecord(kIn, "prison", "wh-1", "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  const absl::Time write_time = clock_.Peek();
+  MustRecord({published, Outbound("prison", "m-2", ess::v1::MESSAGE_STATUS_DELIVERED)});
+
+  ess::v1::LookupRequest request;
+  *request.add_keys() = Key(kOut, "prison", "m-404");
+  *request.add_keys() = Key(kIn, "prison", "wh-1");
+  *request.add_keys() = Key(kIn, "prison", "m-2");  // Other direction.
+  *request.add_keys() = Key(kOut, "prison", "m-2");
+  ess::v1::LookupResponse response;
+  grpc::Status status = stub_->Lookup(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(FoundIds(response), ElementsAre("-", "wh-1", "-", "m-2"));
+  EXPECT_FALSE(response.results(0).has_record());
+  MessageRecord expected = published;
+  *expected.mutable_received_at() = testing::Ts(write_time);
+  *expected.mutable_updated_at() = testing::Ts(write_time);
+  EXPECT_EQ(response.results(1).record().SerializeAsString(), expected.SerializeAsString())
+      << response.results(1).record().DebugString();
+  EXPECT_EQ(response.results(3).record().status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+}
+
+TEST_F(ReplayServiceTest, LookupOfNoKeysIsAnEmptyAnswer) {
+  ess::v1::LookupResponse response;
+  grpc::Status status = stub_->Lookup(Context().get(), ess::v1::LookupRequest(), &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.results_size(), 0);
+}
+
+TEST_F(ReplayServiceTest, LookupTakesAtMostTenThousandKeys) {
+  MustRecord({Outbound("prison", "m-9999")});
+  ess::v1::LookupRequest request;
+  for (int i = 0; i < ReplayServiceImpl::kMaxLookupKeys; ++i) {
+    *request.add_keys() = Key(kOut, "prison", absl::StrCat("m-", i));
+  }
+  ess::v1::LookupResponse response;
+  grpc::Status status = stub_->Lookup(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.results_size(), 10'000);
+  EXPECT_FALSE(response.results(0).found());
+  EXPECT_TRUE(response.results(9999).found());
+
+  *request.add_keys() = Key(kOut, "prison", "one-too-many");
+  status = stub_->Lookup(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "keys: 10001 given, at most 10000 per call");
+}
+
+class InvalidLookupKeyTest : public ReplayServiceTest,
+                             public ::testing::WithParamInterface<InvalidKeyCase> {};
+
+TEST_P(InvalidLookupKeyTest, IsInvalidArgumentNamingIndexAndField) {
+  MustRecord({Outbound("prison", "m-0")});
+  ess::v1::LookupRequest request;
+  for (int i = 0; i < 5; ++i) *request.add_keys() = Key(kOut, "prison", absl::StrCat("m-", i));
+  GetParam().corrupt(request.mutable_keys(3));
+  ess::v1::LookupResponse response;
+  grpc::Status status = stub_->Lookup(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), GetParam().message);
+  EXPECT_EQ(response.results_size(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fields, InvalidLookupKeyTest,
+                         ::testing::ValuesIn(testing::InvalidKeyCases()),
+                         testing::InvalidKeyCaseName);
 
 TEST_F(ReplayServiceTest, ListPagesWithOpaqueTokens) {
   std::vector<MessageRecord> batch;

@@ -1,6 +1,7 @@
 // Tests of SqliteReplayStore on a real temp file, with a fake clock for updated_at.
 #include "replay_svc/sqlite_replay_store.h"
 
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +16,8 @@ namespace ess::replay {
 namespace {
 
 using ::ess::replay::testing::FakeClock;
+using ::ess::replay::testing::InvalidKeyCase;
+using ::ess::replay::testing::Key;
 using ::ess::replay::testing::MakeRecord;
 using ::ess::replay::testing::MessageIds;
 using ::ess::replay::testing::Outbound;
@@ -33,15 +36,6 @@ google::protobuf::RepeatedPtrField<MessageRecord> Batch(std::vector<MessageRecor
   google::protobuf::RepeatedPtrField<MessageRecord> batch;
   for (MessageRecord& r : records) *batch.Add() = std::move(r);
   return batch;
-}
-
-ess::v1::RecordKey Key(ess::v1::Direction direction, const std::string& partner,
-                       const std::string& message_id) {
-  ess::v1::RecordKey key;
-  key.set_direction(direction);
-  key.set_partner(partner);
-  key.set_message_id(message_id);
-  return key;
 }
 
 class SqliteReplayStoreTest : public ::testing::Test {
@@ -235,6 +229,93 @@ TEST_F(SqliteReplayStoreTest, UnknownKeysAreNotFound) {
   ASSERT_TRUE(none.ok());
   EXPECT_THAT(MessageIds(*none), IsEmpty());
 }
+
+google::protobuf::RepeatedPtrField<ess::v1::RecordKey> Keys(std::vector<ess::v1::RecordKey> keys) {
+  google::protobuf::RepeatedPtrField<ess::v1::RecordKey> out;
+  for (ess::v1::RecordKey& k : keys) *out.Add() = std::move(k);
+  return out;
+}
+
+// The message id of each result, "-" where there is none.
+std::vector<std::string> FoundIds(const std::vector<std::optional<MessageRecord>>& results) {
+  std::vector<std::string> ids;
+  for (const std::optional<MessageRecord>& r : results) ids.push_back(r ? r->message_id() : "-");
+  return ids;
+}
+
+TEST_F(SqliteReplayStoreTest, GetByKeysAnswersEachKeyInOrder) {
+  MessageRecord delivered =
+      MakeRecord(kOut, "prison", "m-1", "VIS-1", ess::v1::MESSAGE_STATUS_DELIVERED);
+  delivered.set_rendered("rendered");
+  const absl::Time write_time = clock_.Peek();
+  Store({delivered, MakeRecord(kIn, "prison", "wh-2", "VIS-2", ess::v1::MESSAGE_STATUS_PUBLISHED),
+         MakeRecord(kOut, "clinic", "m-3", "VIS-3")});
+
+  absl::StatusOr<std::vector<std::optional<MessageRecord>>> got = store_->GetByKeys(Keys({
+      Key(kIn, "prison", "wh-2"),
+      Key(kOut, "prison", "m-404"),
+      Key(kOut, "prison", "m-1"),
+      Key(kIn, "prison", "m-1"),   // Same partner and id, other direction.
+      Key(kOut, "prison", "m-3"),  // Same id, other partner.
+      Key(kOut, "prison", "m-1"),  // Asked twice: answered twice.
+      Key(kOut, "clinic", "m-3"),
+  }));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(FoundIds(*got), ElementsAre("wh-2", "-", "m-1", "-", "-", "m-1", "m-3"));
+  MessageRecord expected = delivered;
+  *expected.mutable_received_at() = Ts(write_time);
+  *expected.mutable_updated_at() = Ts(write_time);
+  EXPECT_EQ((*got)[2]->SerializeAsString(), expected.SerializeAsString())
+      << (*got)[2]->DebugString();
+  EXPECT_EQ((*got)[0]->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ((*got)[0]->direction(), kIn);
+}
+
+TEST_F(SqliteReplayStoreTest, GetByKeysOfNothingFoundAndOfNoKeys) {
+  absl::StatusOr<std::vector<std::optional<MessageRecord>>> got =
+      store_->GetByKeys(Keys({Key(kOut, "prison", "m-1"), Key(kIn, "prison", "m-1")}));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_THAT(FoundIds(*got), ElementsAre("-", "-"));
+
+  got = store_->GetByKeys({});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(got->empty());
+}
+
+// Readers go back to the pool between calls: a read transaction left open would pin the old
+// snapshot (or make the next BEGIN fail).
+TEST_F(SqliteReplayStoreTest, EachGetByKeysSeesTheLatestCommit) {
+  for (int i = 0; i < 10; ++i) {
+    const std::string id = absl::StrCat("m-", i);
+    absl::StatusOr<std::vector<std::optional<MessageRecord>>> before =
+        store_->GetByKeys(Keys({Key(kOut, "prison", id), Key(kOut, "prison", "m-0")}));
+    ASSERT_TRUE(before.ok()) << before.status();
+    EXPECT_THAT(FoundIds(*before), ElementsAre("-", i == 0 ? "-" : "m-0")) << i;
+    Store({Outbound("prison", id)});
+    absl::StatusOr<std::vector<std::optional<MessageRecord>>> after =
+        store_->GetByKeys(Keys({Key(kOut, "prison", id)}));
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_THAT(FoundIds(*after), ElementsAre(id));
+  }
+}
+
+class GetByKeysInvalidKeyTest : public SqliteReplayStoreTest,
+                                public ::testing::WithParamInterface<InvalidKeyCase> {};
+
+TEST_P(GetByKeysInvalidKeyTest, IsInvalidArgumentNamingIndexAndField) {
+  Store({Outbound("prison", "m-0")});
+  std::vector<ess::v1::RecordKey> keys;
+  for (int i = 0; i < 5; ++i) keys.push_back(Key(kOut, "prison", absl::StrCat("m-", i)));
+  GetParam().corrupt(&keys[3]);
+  absl::StatusOr<std::vector<std::optional<MessageRecord>>> got =
+      store_->GetByKeys(Keys(std::move(keys)));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(got.status().message(), GetParam().message);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fields, GetByKeysInvalidKeyTest,
+                         ::testing::ValuesIn(testing::InvalidKeyCases()),
+                         testing::InvalidKeyCaseName);
 
 TEST_F(SqliteReplayStoreTest, GetByCorrelationReturnsBothDirectionsInReceivedOrder) {
   MessageRecord in = MakeRecord(kIn, "prison", "wh-1", "VIS-77", ess::v1::MESSAGE_STATUS_PUBLISHED);

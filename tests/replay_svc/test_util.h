@@ -1,5 +1,5 @@
-// Helpers shared by the replay_svc tests: a private temp folder, a fake clock and record
-// builders.
+// Helpers shared by the replay_svc tests: a private temp folder, a fake clock, record and key
+// builders, and the invalid keys every keyed read must refuse.
 #ifndef ESS_TESTS_REPLAY_SVC_TEST_UTIL_H_
 #define ESS_TESTS_REPLAY_SVC_TEST_UTIL_H_
 
@@ -97,6 +97,40 @@ std::vector<std::string> MessageIds(const Records& records) {
 
 inline google::protobuf::Timestamp Ts(absl::Time t) {
   return FromUnixMicros(absl::ToUnixMicros(t));
+}
+
+inline ess::v1::RecordKey Key(ess::v1::Direction direction, const std::string& partner,
+                              const std::string& message_id) {
+  ess::v1::RecordKey key;
+  key.set_direction(direction);
+  key.set_partner(partner);
+  key.set_message_id(message_id);
+  return key;
+}
+
+// A key spoiled in one field, and the INVALID_ARGUMENT message naming it when it is keys[3].
+struct InvalidKeyCase {
+  const char* name;
+  void (*corrupt)(ess::v1::RecordKey*);
+  const char* message;
+};
+
+inline std::vector<InvalidKeyCase> InvalidKeyCases() {
+  return {
+      {"message_id", [](ess::v1::RecordKey* k) { k->clear_message_id(); },
+       "keys[3].message_id: must not be empty"},
+      {"partner", [](ess::v1::RecordKey* k) { k->clear_partner(); },
+       "keys[3].partner: must not be empty"},
+      {"direction", [](ess::v1::RecordKey* k) { k->clear_direction(); },
+       "keys[3].direction: must be DIRECTION_OUTBOUND or DIRECTION_INBOUND"},
+      {"unknown_direction",
+       [](ess::v1::RecordKey* k) { k->set_direction(static_cast<ess::v1::Direction>(42)); },
+       "keys[3].direction: must be DIRECTION_OUTBOUND or DIRECTION_INBOUND"},
+  };
+}
+
+inline std::string InvalidKeyCaseName(const ::testing::TestParamInfo<InvalidKeyCase>& info) {
+  return info.param.name;
 }
 
 inline ess::v1::MessageRecord MakeRecord(
