@@ -33,11 +33,6 @@ constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 // How long an ack held back by an older unsettled delivery waits to be coalesced.
 constexpr absl::Duration kStrandedAckDelay = absl::Milliseconds(5);
-// Settled deliveries wait for companions, so that one basic.ack(multiple) covers many: at most
-// kAckBatch of them, at most kAckDelay. Every ack frame is work for the broker's channel and
-// queue processes; the ceiling of RabbitMQ's consume rate is reached with batched acks.
-constexpr size_t kAckBatch = 64;
-constexpr absl::Duration kAckDelay = absl::Milliseconds(1);
 // Graceful close of a connection being shut down.
 constexpr absl::Duration kCloseTimeout = absl::Seconds(2);
 constexpr char kBlocked[] = "the amqp broker blocks publishing (memory or disk alarm)";
@@ -1041,9 +1036,6 @@ struct Consumer::Impl : public SessionLoop {
   std::deque<Slot> slots;  // deliveries not yet covered by a basic.ack(multiple)
   size_t acked = 0;        // kAcked entries in `slots`
   absl::Time stranded_since = absl::InfiniteFuture();
-  uint64_t ack_upto = 0;      // settled prefix not yet acked: every tag up to this one
-  size_t ack_upto_count = 0;  // deliveries it covers
-  absl::Time ack_upto_since = absl::InfiniteFuture();
   Parks parks;
   std::vector<Settlement> batch;
 
@@ -1092,9 +1084,6 @@ struct Consumer::Impl : public SessionLoop {
     slots.clear();
     acked = 0;
     stranded_since = absl::InfiniteFuture();
-    ack_upto = 0;
-    ack_upto_count = 0;
-    ack_upto_since = absl::InfiniteFuture();
     parks.Reset();
   }
 
@@ -1123,12 +1112,8 @@ struct Consumer::Impl : public SessionLoop {
   }
 
   absl::Time Deadline() const override {
-    const absl::Time stranded = stranded_since == absl::InfiniteFuture()
-                                    ? stranded_since
-                                    : stranded_since + kStrandedAckDelay;
-    const absl::Time prefix =
-        ack_upto_since == absl::InfiniteFuture() ? ack_upto_since : ack_upto_since + kAckDelay;
-    return std::min(stranded, prefix);
+    return stranded_since == absl::InfiniteFuture() ? stranded_since
+                                                    : stranded_since + kStrandedAckDelay;
   }
 
   const std::string& QueueOf(std::string_view consumer_tag) const {
@@ -1197,32 +1182,26 @@ struct Consumer::Impl : public SessionLoop {
     return absl::OkStatus();
   }
 
-  // Acks the settled prefix with one basic.ack(multiple) once it holds kAckBatch deliveries
-  // or waited kAckDelay (at once when `force`); acks held back behind an unsettled delivery go
-  // one by one once they waited kStrandedAckDelay (or at once when `force`).
+  // Acks the settled prefix with one basic.ack(multiple); acks held back behind an unsettled
+  // delivery go one by one once they waited kStrandedAckDelay (or at once when `force`).
   absl::Status FlushAcks(bool force) {
-    const absl::Time now = absl::Now();
+    uint64_t last_acked = 0;
     while (!slots.empty() && (slots.front() == Slot::kAcked || slots.front() == Slot::kDone)) {
       if (slots.front() == Slot::kAcked) {
-        ack_upto = base_tag;
-        ++ack_upto_count;
-        if (ack_upto_since == absl::InfiniteFuture()) ack_upto_since = now;
+        last_acked = base_tag;
         --acked;
       }
       slots.pop_front();
       ++base_tag;
     }
-    if (ack_upto != 0 &&
-        (force || ack_upto_count >= kAckBatch || now - ack_upto_since >= kAckDelay)) {
-      if (absl::Status s = Ack(ack_upto, /*multiple=*/true); !s.ok()) return s;
-      ack_upto = 0;
-      ack_upto_count = 0;
-      ack_upto_since = absl::InfiniteFuture();
+    if (last_acked != 0) {
+      if (absl::Status s = Ack(last_acked, /*multiple=*/true); !s.ok()) return s;
     }
     if (acked == 0) {
       stranded_since = absl::InfiniteFuture();
       return absl::OkStatus();
     }
+    const absl::Time now = absl::Now();
     if (stranded_since == absl::InfiniteFuture()) stranded_since = now;
     if (!force && now - stranded_since < kStrandedAckDelay) return absl::OkStatus();
     for (size_t i = 0; i < slots.size() && acked > 0; ++i) {
