@@ -119,11 +119,11 @@ int main(int argc, char** argv) {
   waitpid(child, &status, 0);
   getrusage(RUSAGE_CHILDREN, &child_usage);
   std::printf(
-      "%d requests (%d failed), %d in flight: %.0f req/s; CPU per request: client %.1f us, server "
-      "%.1f us\n",
+      "%d requests (%d failed), %d in flight: %.0f req/s; CPU per request: client %.1f us, "
+      "server %.1f us; peak RSS: client %.1f MiB, server %.1f MiB\n",
       total, failed.load(), window, total / seconds,
-      (CpuSeconds(after) - CpuSeconds(before)) * 1e6 / total,
-      CpuSeconds(child_usage) * 1e6 / total);
+      (CpuSeconds(after) - CpuSeconds(before)) * 1e6 / total, CpuSeconds(child_usage) * 1e6 / total,
+      after.ru_maxrss / 1024.0, child_usage.ru_maxrss / 1024.0);
   if (rate > 0) {
     std::sort(latency_ns.begin(), latency_ns.end());
     auto at = [&](double q) { return latency_ns[static_cast<size_t>(q * (total - 1))] / 1e6; };

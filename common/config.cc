@@ -271,6 +271,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     c.mutable_outbound()->set_shutdown_deadline_ms(10000);
   }
   if (c.inbound().max_body_bytes() == 0) c.mutable_inbound()->set_max_body_bytes(1 << 20);
+  if (c.inbound().dedupe_memory_ids() == 0) c.mutable_inbound()->set_dedupe_memory_ids(16384);
   if (c.inbound().dedupe_window_seconds() == 0) {
     c.mutable_inbound()->set_dedupe_window_seconds(600);
   }

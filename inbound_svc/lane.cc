@@ -72,6 +72,14 @@ void Lane::RecentIds::Published(const std::string& id, absl::Time at) {
   absl::MutexLock lock(&mu_);
   ids_[id] = Entry{.published = true, .at = at};
   order_.emplace_back(at, id);
+  // Past the cap the oldest published ids are forgotten here; the store still knows them.
+  while (order_.size() > max_published_) {
+    auto it = ids_.find(order_.front().second);
+    if (it != ids_.end() && it->second.published && it->second.at <= order_.front().first) {
+      ids_.erase(it);
+    }
+    order_.pop_front();
+  }
 }
 
 void Lane::RecentIds::Release(const std::string& id) {
@@ -123,7 +131,7 @@ Lane::Lane(Options options, std::vector<Route> routes, amqp::Publisher* publishe
       audit_(audit),
       server_(options_.server, [this](http::ServerRequest req,
                                       http::Responder r) { Handle(std::move(req), std::move(r)); }),
-      recent_(options_.dedupe_window) {
+      recent_(options_.dedupe_window, options_.dedupe_memory_ids) {
   for (auto& r : routes) {
     std::string path = r.path;
     routes_.emplace(std::move(path), std::move(r));

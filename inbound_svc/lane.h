@@ -15,12 +15,14 @@
 //
 // Idempotency: each event's message id is the partner's `webhook-id` header (":N" appended per
 // event when one call carries several), or else its correlation id and a hash of the event.
-// An id published within the dedupe window (remembered in memory, and looked up in the replay
-// store so that it holds across restarts and replicas) is answered 200 with "duplicates" and
-// not published again; an id still being published by another request gets 503.
+// An id published within the dedupe window (the newest dedupe_memory_ids of them remembered in
+// memory, every one found in the replay store, which keeps them across restarts and replicas)
+// is answered 200 with "duplicates" and not published again; an id still being published by
+// another request gets 503.
 #ifndef ESS_INBOUND_SVC_LANE_H_
 #define ESS_INBOUND_SVC_LANE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -51,6 +53,10 @@ class Lane {
     http::Server::Options server;
     std::string events_exchange = "events";
     absl::Duration dedupe_window = absl::Minutes(10);
+    // Published ids remembered in memory, newest first; older ones within the window are
+    // answered from the replay store (a batched lookup per webhook either way). Bounds the
+    // lane's memory: ~180 bytes per id.
+    size_t dedupe_memory_ids = 16384;
   };
   struct Counters {
     std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0};
@@ -73,7 +79,8 @@ class Lane {
   class RecentIds {
    public:
     enum class Claim { kClaimed, kInProgress, kPublished };
-    explicit RecentIds(absl::Duration window) : window_(window) {}
+    RecentIds(absl::Duration window, size_t max_published)
+        : window_(window), max_published_(std::max<size_t>(max_published, 1)) {}
     // kClaimed: the caller now owns `id` until Published or Release.
     Claim Take(const std::string& id, absl::Time now);
     void Published(const std::string& id, absl::Time at);
@@ -85,6 +92,7 @@ class Lane {
       absl::Time at;
     };
     const absl::Duration window_;
+    const size_t max_published_;
     absl::Mutex mu_;
     absl::flat_hash_map<std::string, Entry> ids_ ABSL_GUARDED_BY(mu_);
     std::deque<std::pair<absl::Time, std::string>> order_ ABSL_GUARDED_BY(mu_);

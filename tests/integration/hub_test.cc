@@ -72,6 +72,7 @@ outbound:
   prefetch: 128
 inbound:
   listen: 127.0.0.1:INBOUND_PORT
+  dedupe_memory_ids: 2  # the store answers for older ids
 logging:
   level: info
   pii_fields: [inmateId, inmate]
@@ -319,6 +320,9 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   EXPECT_EQ(post(R"({"id":"VIS-2","status":"confirmed"})", ""),
             R"({"ok":true,"events":0,"duplicates":1})");
   EXPECT_EQ(post(R"({"id":"VIS-2","status":"cancelled"})", ""), R"({"ok":true,"events":1})");
+  // Memory holds the newest 2 ids (dedupe_memory_ids): msg_1 is forgotten there, not in the store.
+  EXPECT_EQ(post(R"({"id":"VIS-1","status":"confirmed"})", "msg_1"),
+            R"({"ok":true,"events":0,"duplicates":1})");
   // A new inbound_svc process has an empty memory: the replay store still knows msg_1.
   EXPECT_EQ(inbound_->Stop(), 0);
   StartInbound("hub.yaml");
