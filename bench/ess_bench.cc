@@ -1267,9 +1267,10 @@ std::vector<Row> BuildRows(const Bench& b) {
     r.cpu = sc.Busiest();
     rows.push_back(r);
   }
-  const std::optional<double> in = fig("inbound", "webhooks_per_s");
-  if (in) {
-    Row r{absl::StrCat("inbound: webhooks/s (", fig("inbound", "connections").value_or(0),
+  for (const char* name : {"inbound", "inbound_window"}) {
+    const std::optional<double> in = fig(name, "webhooks_per_s");
+    if (!in) continue;
+    Row r{absl::StrCat("inbound: webhooks/s (", fig(name, "connections").value_or(0),
                        " connections)"),
           Grouped(*in) + " req/s"};
     if (publish) {
@@ -1278,20 +1279,7 @@ std::vector<Row> BuildRows(const Bench& b) {
       r.target = ">= 75%";
       r.verdict = verdict(*in >= 0.75 * *publish);
     }
-    r.cpu = busiest("inbound");
-    rows.push_back(r);
-  }
-  if (const std::optional<double> w = fig("inbound_window", "webhooks_per_s")) {
-    Row r{absl::StrCat("inbound: webhooks/s (", fig("inbound_window", "connections").value_or(0),
-                       " connections)"),
-          Grouped(*w) + " req/s"};
-    if (publish) {
-      r.ceiling = Grouped(*publish) + " publish+confirm";
-      r.ratio = Percent(*w / *publish);
-      r.target = ">= 75%";
-      r.verdict = verdict(*w >= 0.75 * *publish);
-    }
-    r.cpu = busiest("inbound_window");
+    r.cpu = busiest(name);
     rows.push_back(r);
   }
   if (auto p99 = fig("inbound_latency", "p99_ms")) {
