@@ -36,24 +36,33 @@ ess::v1::SyncAudit AuditSink::Make(ess::v1::Direction direction, std::string_vie
   return a;
 }
 
-void AuditSink::Emit(const ess::v1::SyncAudit& event) {
-  if (!enabled()) return;
+void AuditSink::Emit(const ess::v1::SyncAudit& event) { Emit(event, nullptr); }
+
+void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done) {
+  if (!enabled()) {
+    if (done) std::move(done)(absl::OkStatus());
+    return;
+  }
   amqp::Message msg;
-  if (!google::protobuf::util::MessageToJsonString(event, &msg.body).ok()) return;
+  if (!google::protobuf::util::MessageToJsonString(event, &msg.body).ok()) {
+    if (done) std::move(done)(absl::InternalError("audit event not serialisable"));
+    return;
+  }
   msg.correlation_id = event.correlation_id();
   msg.message_id = absl::StrCat(event.message_id(), ":",
                                 ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
   msg.type = "SyncAudit";
   std::string cid = event.correlation_id();
-  publisher_->Publish(exchange_, "", std::move(msg), [this, cid](absl::Status s) {
-    if (s.ok()) return;
-    // Logged on the first failure and every 1000th after: an audit exchange nobody is bound to
-    // must not flood the log.
-    if (failures_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
-      log::Warn(cid, "audit event not published",
-                {{"error", ToStd(s.message())}, {"failures", absl::StrCat(failures_.load())}});
-    }
-  });
+  publisher_->Publish(
+      exchange_, "", std::move(msg), [this, cid, done = std::move(done)](absl::Status s) mutable {
+        if (!s.ok() && failures_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
+          // Logged on the first failure and every 1000th after: an audit exchange nobody is
+          // bound to must not flood the log.
+          log::Warn(cid, "audit event not published",
+                    {{"error", ToStd(s.message())}, {"failures", absl::StrCat(failures_.load())}});
+        }
+        if (done) std::move(done)(std::move(s));
+      });
 }
 
 }  // namespace ess

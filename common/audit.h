@@ -30,6 +30,10 @@ class AuditSink {
 
   // Thread-safe.
   void Emit(const ess::v1::SyncAudit& event);
+  // As Emit(event), and `done` runs exactly once: with the publish's outcome (see
+  // Publisher::Done), or OK at once when the sink is off. Lets a caller that emits many events
+  // at a time bound how many are unconfirmed.
+  void Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done);
 
   // The SyncAudit of one outcome.
   static ess::v1::SyncAudit Make(ess::v1::Direction direction, std::string_view partner,

@@ -97,15 +97,16 @@ int main(int argc, char** argv) {
   ess::ReplayRecorder recorder(ess::RecorderOptions(config->replay()));
   std::vector<std::unique_ptr<ess::inbound::SftpPoller>> pollers;
   for (Poll& poll : polls) {
-    pollers.push_back(
-        std::make_unique<ess::inbound::SftpPoller>(std::move(poll.options), std::move(poll.sftp),
-                                                   std::move(poll.adapter), &publisher, &recorder));
+    pollers.push_back(std::make_unique<ess::inbound::SftpPoller>(
+        std::move(poll.options), std::move(poll.sftp), std::move(poll.adapter), &publisher,
+        &recorder, &audit));
   }
   ess::inbound::Lane lane(
       {.server = {.listen = config->inbound().listen(),
                   .max_body_bytes = config->inbound().max_body_bytes()},
        .events_exchange = exchange,
-       .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds())},
+       .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds()),
+       .dedupe_memory_ids = config->inbound().dedupe_memory_ids()},
       std::move(routes), &publisher, &recorder, &audit);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     // The publisher keeps reconnecting; webhooks get 503 meanwhile.

@@ -141,14 +141,24 @@ struct SftpPoller::File {
   absl::Time received_at;
 };
 
+// What one row's audit event says.
+struct SftpPoller::RowOutcome {
+  std::string message_id;
+  std::string correlation_id;
+  std::string event_type;
+  ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
+  std::string error;
+};
+
 SftpPoller::SftpPoller(Options options, SftpClient::Options sftp,
                        std::unique_ptr<adapters::Adapter> adapter, amqp::Publisher* publisher,
-                       ReplayRecorder* recorder)
+                       ReplayRecorder* recorder, AuditSink* audit)
     : options_(std::move(options)),
       sftp_(std::move(sftp)),
       adapter_(std::move(adapter)),
       publisher_(publisher),
-      recorder_(recorder) {
+      recorder_(recorder),
+      audit_(audit != nullptr && audit->enabled() ? audit : nullptr) {
   options_.remote_dir = TrimSlashes(std::move(options_.remote_dir));
   options_.processed_dir = TrimSlashes(std::move(options_.processed_dir));
   options_.window = std::max<size_t>(options_.window, 1);
@@ -249,11 +259,17 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name) {
   }
 
   size_t events = 0, parked = 0;
-  if (absl::Status s = PublishRows(file, &events, &parked); !s.ok()) return s;
+  std::vector<RowOutcome> outcomes;
+  if (absl::Status s = PublishRows(file, &events, &parked, audit_ ? &outcomes : nullptr); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = RecordMarker(file, absl::StrCat(events, " events, ", parked, " parked"));
       !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("replay store: ", s.message()));
   }
+  // The marker settles the file: from here on it is never published again, so its rows are
+  // audited now and only now.
+  if (audit_) Audit(file, outcomes);
   absl::StatusOr<std::string> moved = MoveToProcessed(client, file);
   if (!moved.ok()) return moved.status();
   counters_.files.fetch_add(1, std::memory_order_relaxed);
@@ -310,7 +326,8 @@ void SftpPoller::PublishThenRecord(std::string exchange, std::string routing_key
       });
 }
 
-absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size_t* parked_count) {
+absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size_t* parked_count,
+                                     std::vector<RowOutcome>* outcomes) {
   std::vector<adapters::PullError> errors;
   absl::StatusOr<std::vector<adapters::InboundEvent>> events =
       adapter_->Pull({.body = file.data, .content_type = "text/csv", .errors = &errors});
@@ -340,6 +357,7 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
                {"events", absl::StrCat(events->size())}});
   }
 
+  if (outcomes != nullptr) outcomes->reserve(events->size() + errors.size());
   auto pending = std::make_shared<Pending>();
   const google::protobuf::Timestamp received = ToProto(file.received_at);
   auto base_record = [&](const std::string& id, ess::v1::MessageStatus status) {
@@ -364,6 +382,12 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
     rec.set_event_type(ev.event_type);
     if (by_line) rec.set_payload(std::string(rows.Text(lines[i])));
     rec.set_rendered(ev.body);
+    if (outcomes != nullptr) {
+      outcomes->push_back({.message_id = id,
+                           .correlation_id = ev.correlation_id,
+                           .event_type = ev.event_type,
+                           .status = ess::v1::MESSAGE_STATUS_PUBLISHED});
+    }
     amqp::Message msg{.body = std::move(ev.body),
                       .correlation_id = std::move(ev.correlation_id),
                       .message_id = id,
@@ -382,6 +406,12 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
     rec.set_correlation_id(id);
     rec.set_payload(text);
     rec.set_error(absl::StrCat(file.name, ":", line, ": ", e.message));
+    if (outcomes != nullptr) {
+      outcomes->push_back({.message_id = id,
+                           .correlation_id = id,
+                           .status = ess::v1::MESSAGE_STATUS_DEAD,
+                           .error = rec.error()});
+    }
     amqp::Message msg{.body = text,
                       .correlation_id = id,
                       .message_id = id,
@@ -421,6 +451,29 @@ absl::Status SftpPoller::RecordMarker(const File& file, std::string summary) {
   pending->Add();
   recorder_->Record(std::move(rec), [pending](absl::Status s) { pending->Done(s); });
   return Wait(*pending, 0);
+}
+
+void SftpPoller::Audit(const File& file, const std::vector<RowOutcome>& outcomes) {
+  // Every answer counts, refused or not: an audit event the broker refused is the sink's to log
+  // and count, and never fails the file.
+  auto pending = std::make_shared<Pending>();
+  absl::Status paced;
+  for (const RowOutcome& o : outcomes) {
+    // Past a wait that gave up (no confirms, or stopping) the rest go out unpaced rather than
+    // not at all: the marker is recorded, so no later tick would audit them.
+    if (paced.ok()) paced = Wait(*pending, options_.window - 1);
+    pending->Add();
+    audit_->Emit(AuditSink::Make(ess::v1::DIRECTION_INBOUND, options_.partner, o.correlation_id,
+                                 o.message_id, o.event_type, o.status, o.error, 1, file.received_at,
+                                 /*dry_run=*/false),
+                 [pending](absl::Status) { pending->Done(absl::OkStatus()); });
+  }
+  if (paced.ok()) paced = Wait(*pending, 0);
+  if (!paced.ok()) {
+    log::Warn(
+        "", "audit events of the file not all confirmed",
+        {{"partner", options_.partner}, {"file", file.name}, {"error", ToStd(paced.message())}});
+  }
 }
 
 absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, const File& file) {

@@ -2,7 +2,8 @@
 // each new file as internal events.
 //
 //   SftpPoller poller({.partner = "prison_files", .remote_dir = "/out", .processed_dir = "/done"},
-//                     adapter->client_options(), std::move(adapter), &publisher, &recorder);
+//                     adapter->client_options(), std::move(adapter), &publisher, &recorder,
+//                     &audit);
 //   poller.Start();  ...  poller.Stop();
 //
 // Every `interval` the poller lists `remote_dir` and takes, in name order, up to
@@ -22,11 +23,23 @@
 //     x-ess-file, x-ess-line, x-ess-partner), then recorded DEAD with message id
 //     "NAME:SHA16:LLINE" and error "NAME:LINE: reason";
 //  5. once every confirm and record is in, the marker is recorded PUBLISHED (rendered:
-//     "N events, M parked");
+//     "N events, M parked"), which settles the file's outcome; then its rows are audited (below);
 //  6. the file is renamed to PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is
 //     taken; when that is taken too, the same bytes are already there and the file is removed.
 // A file whose header row is unusable yields no event: its header row is parked (one message,
 // the reason from Pull) and the file is moved like any other.
+//
+// Audit (when an enabled AuditSink is given): one SyncAudit per row of a file, emitted in step 5
+// once the marker is recorded: INBOUND, the partner, attempt 1, started_at when the file was
+// downloaded; each event MESSAGE_STATUS_PUBLISHED with its message id "NAME:SHA16:LINE", its
+// correlation id and type; each parked row MESSAGE_STATUS_DEAD with its message id (also its
+// correlation id) "NAME:SHA16:LLINE" and error "NAME:LINE: reason". A file left for the next
+// tick before its marker was recorded has emitted nothing (its rows are audited by the tick that
+// records it); a file whose marker was already there (step 2) emits nothing again. At most
+// `window` audit events are unconfirmed at a time, and the file is moved once each is confirmed
+// or failed (or after answer_timeout). Audit events are best effort as AuditSink says: one the
+// broker refuses is logged and counted, not retried, and a crash between the marker and their
+// emission loses them.
 //
 // Guarantees:
 //  * a file leaves remote_dir only after every row of it was confirmed by the broker and
@@ -64,6 +77,7 @@
 #include "adapters/adapter.h"
 #include "adapters/sftp_csv/sftp_client.h"
 #include "common/amqp.h"
+#include "common/audit.h"
 #include "common/replay_client.h"
 #include "ess/v1/replay.pb.h"
 
@@ -95,11 +109,12 @@ class SftpPoller {
     std::atomic<uint64_t> failures{0};  // files left in place by a failure
   };
 
-  // `adapter` turns a file's bytes into events (its Pull); `publisher` and `recorder` must
-  // outlive the poller, and the publisher's topology must declare ParkedQueue(partner).
+  // `adapter` turns a file's bytes into events (its Pull); `publisher`, `recorder` and `audit`
+  // (may be null: no audit events) must outlive the poller, and the publisher's topology must
+  // declare ParkedQueue(partner).
   SftpPoller(Options options, adapters::sftp_csv::SftpClient::Options sftp,
              std::unique_ptr<adapters::Adapter> adapter, amqp::Publisher* publisher,
-             ReplayRecorder* recorder);
+             ReplayRecorder* recorder, AuditSink* audit = nullptr);
   ~SftpPoller();  // Stop()
   SftpPoller(const SftpPoller&) = delete;
   SftpPoller& operator=(const SftpPoller&) = delete;
@@ -119,6 +134,7 @@ class SftpPoller {
  private:
   class Pending;
   struct File;
+  struct RowOutcome;
 
   void Run();
   // Lists and processes up to max_files_per_tick files; true if more were waiting.
@@ -127,12 +143,16 @@ class SftpPoller {
   // OK(true) if the store holds the file's PUBLISHED marker.
   absl::StatusOr<bool> Processed(const File& file);
   // Pulls the file; publishes and records each event and parks and records each bad row; OK
-  // once every answer is in.
-  absl::Status PublishRows(const File& file, size_t* event_count, size_t* parked_count);
+  // once every answer is in. `outcomes` (may be null) gets each row's outcome, for the audit.
+  absl::Status PublishRows(const File& file, size_t* event_count, size_t* parked_count,
+                           std::vector<RowOutcome>* outcomes);
   // Counts one answer in `pending`: the broker's confirm, then the store's record.
   void PublishThenRecord(std::string exchange, std::string routing_key, amqp::Message message,
                          ess::v1::MessageRecord record, std::shared_ptr<Pending> pending);
   absl::Status RecordMarker(const File& file, std::string summary);
+  // Emits one SyncAudit per outcome, `window` unconfirmed at most; returns once each was
+  // confirmed or failed, or after answer_timeout, or when stopping. Never fails the file.
+  void Audit(const File& file, const std::vector<RowOutcome>& outcomes);
   // Where the file went (for the log).
   absl::StatusOr<std::string> MoveToProcessed(adapters::sftp_csv::SftpClient& client,
                                               const File& file);
@@ -146,6 +166,7 @@ class SftpPoller {
   std::unique_ptr<adapters::Adapter> adapter_;
   amqp::Publisher* const publisher_;
   ReplayRecorder* const recorder_;
+  AuditSink* const audit_;  // null when no audit sink is enabled
   Counters counters_;
   absl::Notification stop_;
   std::thread thread_;

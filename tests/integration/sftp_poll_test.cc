@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <set>
 #include <sstream>
@@ -28,6 +29,9 @@
 #include "common/amqp.h"
 #include "common/config.h"
 #include "common/replay_client.h"
+#include "ess/v1/event.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
 #include "tests/integration/harness.h"
 
 namespace ess {
@@ -235,7 +239,57 @@ class SftpPollTest : public ::testing::Test {
     if (conn.ok()) {
       (void)(*conn)->DeleteQueue(subscriber_);
       (void)(*conn)->DeleteQueue(ParkedQueue());
+      if (!audit_queue_.empty()) (void)(*conn)->DeleteQueue(audit_queue_);
     }
+  }
+
+  // Configures the audit exchange and binds a queue of the test's to it; before StartHub().
+  void UseAudit() {
+    audit_exchange_ = exchange_ + ".audit";
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    audit_queue_ = testing::BindSubscriber(**conn, audit_exchange_);
+  }
+
+  // Takes `n` audit events (then checks there are no more), in the order they were published,
+  // after checking what every one of them must say.
+  std::vector<v1::SyncAudit> TakeAudits(size_t n) {
+    std::vector<v1::SyncAudit> out;
+    for (const amqp::Delivery& d : Take(audit_queue_, n)) {
+      const amqp::Message& m = d.message;
+      v1::SyncAudit a;
+      auto parsed = google::protobuf::util::JsonStringToMessage(m.body, &a);
+      EXPECT_TRUE(parsed.ok()) << parsed.ToString() << ": " << m.body;
+      EXPECT_EQ(m.type, "SyncAudit");
+      EXPECT_EQ(m.correlation_id, a.correlation_id());
+      EXPECT_EQ(m.message_id,
+                absl::StrCat(a.message_id(), ":", v1::MessageStatus_Name(a.status()), ":1"));
+      EXPECT_EQ(a.direction(), v1::DIRECTION_INBOUND);
+      EXPECT_EQ(a.partner(), partner_);
+      EXPECT_EQ(a.attempt(), 1u);
+      EXPECT_FALSE(a.dry_run());
+      // started_at is when the file was downloaded, finished_at when its outcome was settled.
+      EXPECT_TRUE(a.has_started_at());
+      EXPECT_LE(google::protobuf::util::TimeUtil::TimestampToNanoseconds(a.started_at()),
+                google::protobuf::util::TimeUtil::TimestampToNanoseconds(a.finished_at()));
+      out.push_back(std::move(a));
+    }
+    return out;
+  }
+
+  // Drops a one-row file "visits_next.csv" and checks that its audit event is the only one
+  // queued. The poller emits in order on one channel, so whatever it emitted earlier would be
+  // queued ahead of it: this shows that nothing was emitted since the last TakeAudits().
+  void ExpectOnlyTheNextFileAudited(const std::string& visit_id) {
+    const std::string name = "visits_next.csv";
+    const std::string csv = absl::StrCat("visit_id,status\r\n", visit_id, ",confirmed\r\n");
+    Drop(drop_, name, csv);
+    ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+    std::vector<v1::SyncAudit> audits = TakeAudits(1);
+    ASSERT_EQ(audits.size(), 1u);
+    EXPECT_EQ(audits[0].message_id(), absl::StrCat(name, ":", Sha16(csv), ":2"));
+    EXPECT_EQ(audits[0].correlation_id(), visit_id);
+    EXPECT_EQ(audits[0].status(), v1::MESSAGE_STATUS_PUBLISHED);
   }
 
   std::string ParkedQueue() const { return partner_ + ".inbound.parked"; }
@@ -247,6 +301,7 @@ bus:
   host: 127.0.0.1
   port: BUS_PORT
   events_exchange: EXCHANGE
+AUDIT_EXCHANGE_SETTING
 replay:
   listen: 127.0.0.1:REPLAY_PORT
   database_path: replay.db
@@ -276,6 +331,8 @@ partners:
 )",
         {{"BUS_PORT", absl::StrCat(broker_.port)},
          {"EXCHANGE", exchange_},
+         {"AUDIT_EXCHANGE_SETTING",
+          audit_exchange_.empty() ? "" : absl::StrCat("  audit_exchange: ", audit_exchange_)},
          {"REPLAY_PORT", absl::StrCat(replay_port_)},
          {"INBOUND_PORT", absl::StrCat(inbound_port_)},
          {"PARTNER", partner_},
@@ -391,6 +448,7 @@ partners:
   fs::path drop_, processed_;
   amqp::ConnectionOptions broker_;
   std::string partner_, exchange_, subscriber_;
+  std::string audit_exchange_, audit_queue_;  // set by UseAudit()
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
   std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
@@ -611,6 +669,91 @@ TEST_F(SftpPollTest, PartialAndOtherFilesAreLeftAlone) {
   EXPECT_EQ(got[1].message.correlation_id, "VIS-4");
   EXPECT_TRUE(fs::exists(drop_ / ".x.csv.part"));
   EXPECT_TRUE(fs::exists(drop_ / "notes.txt"));
+}
+
+TEST_F(SftpPollTest, EveryRowIsAuditedOnceItsFileIsSettledAndTheSameFileAgainIsNot) {
+  ASSERT_NO_FATAL_FAILURE(UseAudit());
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits_audit.csv";
+  const std::string csv =
+      "visit_id,status\r\n"        // 1
+      "VIS-1,confirmed\r\n"        // 2
+      "VIS-2,confirmed,extra\r\n"  // 3: one cell too many
+      "VIS-3,cancelled\r\n"        // 4
+      "VIS-4,confirmed\r\n";       // 5
+  const std::string id = absl::StrCat(name, ":", Sha16(csv), ":");
+  const int64_t dropped_ns = absl::ToUnixNanos(absl::Now());
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+
+  std::vector<amqp::Delivery> events = Take(subscriber_, 3);
+  ASSERT_EQ(events.size(), 3u);
+  ASSERT_EQ(Take(ParkedQueue(), 1).size(), 1u);
+  // The file is moved once its audit events are confirmed: all of them are queued by now.
+  std::vector<v1::SyncAudit> audits = TakeAudits(4);
+  ASSERT_EQ(audits.size(), 4u);
+  std::map<std::string, v1::SyncAudit> by_id;
+  size_t published = 0, dead = 0;
+  for (const v1::SyncAudit& a : audits) {
+    by_id[a.message_id()] = a;
+    published += a.status() == v1::MESSAGE_STATUS_PUBLISHED;
+    dead += a.status() == v1::MESSAGE_STATUS_DEAD;
+    EXPECT_GE(google::protobuf::util::TimeUtil::TimestampToNanoseconds(a.started_at()), dropped_ns);
+  }
+  EXPECT_EQ(published, 3u);
+  EXPECT_EQ(dead, 1u);
+  ASSERT_EQ(by_id.size(), 4u);
+  // One audit event per published event, under the event's own message id.
+  for (const amqp::Delivery& e : events) {
+    ASSERT_TRUE(by_id.contains(e.message.message_id)) << e.message.message_id;
+    const v1::SyncAudit& a = by_id[e.message.message_id];
+    EXPECT_EQ(a.status(), v1::MESSAGE_STATUS_PUBLISHED);
+    EXPECT_EQ(a.correlation_id(), e.message.correlation_id);
+    EXPECT_EQ(a.event_type(), "SlotConfirmed");
+    EXPECT_EQ(a.error(), "");
+  }
+  EXPECT_EQ(by_id[id + "2"].correlation_id(), "VIS-1");
+  EXPECT_EQ(by_id[id + "4"].correlation_id(), "VIS-3");
+  EXPECT_EQ(by_id[id + "5"].correlation_id(), "VIS-4");
+  const v1::SyncAudit& bad = by_id[id + "L3"];
+  EXPECT_EQ(bad.status(), v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(bad.correlation_id(), id + "L3");
+  EXPECT_EQ(bad.event_type(), "");
+  EXPECT_EQ(bad.error(), absl::StrCat(name, ":3: 3 fields, the header has 2"));
+  // Ids and outcomes, never a row's text (every row has a lowercase status cell).
+  for (const v1::SyncAudit& a : audits) {
+    EXPECT_THAT(a.DebugString(), ::testing::Not(HasSubstr("confirmed"))) << a.DebugString();
+  }
+
+  // The same bytes again: the marker is there, so the file is moved with nothing published and
+  // nothing audited.
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(WaitMoved(name, absl::StrCat(name, ".", Sha16(csv)))) << inbound_->Log();
+  EXPECT_THAT(inbound_->Log(), HasSubstr("file already processed"));
+  ASSERT_NO_FATAL_FAILURE(ExpectOnlyTheNextFileAudited("VIS-5"));
+  EXPECT_EQ(Depth(subscriber_), 1u);  // VIS-5 only
+}
+
+TEST_F(SftpPollTest, AFileWhoseMoveFailsIsAuditedOnceAndNotAgainWhenItIsMovedLater) {
+  fs::remove(processed_);
+  ASSERT_NO_FATAL_FAILURE(UseAudit());
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits.csv";
+  const std::string csv = "visit_id,status\r\nVIS-1,confirmed\r\n";
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(inbound_->WaitForLog("does not exist")) << inbound_->Log();
+  EXPECT_TRUE(fs::exists(drop_ / name));
+  // The marker was recorded before the move failed: the outcome is settled and audited.
+  std::vector<v1::SyncAudit> audits = TakeAudits(1);
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_EQ(audits[0].message_id(), absl::StrCat(name, ":", Sha16(csv), ":2"));
+  EXPECT_EQ(audits[0].status(), v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(audits[0].correlation_id(), "VIS-1");
+
+  // The ticks that retry the move find the marker and audit nothing.
+  fs::create_directories(processed_);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  ASSERT_NO_FATAL_FAILURE(ExpectOnlyTheNextFileAudited("VIS-2"));
 }
 
 }  // namespace
