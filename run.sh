@@ -39,8 +39,8 @@ scripts/rabbitmq.sh start "$STACK/rabbitmq"
 source "$STACK/rabbitmq/env"
 
 REPLAY_PORT=$(free_port)
-INBOUND_PORT=$(free_port)
-PARTNER_PORT=$(free_port)
+INBOUND_PORT=$(free_port "$REPLAY_PORT")
+PARTNER_PORT=$(free_port "$REPLAY_PORT" "$INBOUND_PORT")
 sed -e "s/@AMQP_PORT@/$ESS_AMQP_PORT/" -e "s/@REPLAY_PORT@/$REPLAY_PORT/" \
     -e "s/@INBOUND_PORT@/$INBOUND_PORT/" -e "s/@PARTNER_PORT@/$PARTNER_PORT/" \
     config/demo.yaml > "$STACK/hub.yaml"

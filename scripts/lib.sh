@@ -1,17 +1,36 @@
-# Shell helpers shared by run.sh and bench.sh. Source it; it defines functions only.
+# shellcheck shell=bash
+# Shell helpers shared by run.sh and the scripts here. Source it; it defines functions only.
 
-# Prints a TCP port that nothing listens on, in 20000-29999.
+# True if something listens on TCP port $1 (loopback or wildcard).
+port_in_use() {
+  [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
+}
+
+# free_port [TAKEN...]: prints a TCP port below the ephemeral range that nothing listens on and
+# that is none of TAKEN (ports already picked for listeners not started yet). Never 25672, the
+# default Erlang distribution port. Fails after 200 tries.
 free_port() {
-  local port i
+  local taken=" $* " port i
   for ((i = 0; i < 200; i++)); do
-    port=$((20000 + RANDOM % 10000))
-    if [ -z "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]; then
-      echo "$port"
-      return 0
-    fi
+    port=$((10000 + RANDOM % 22000))
+    [[ $taken == *" $port "* ]] && continue
+    ((port == 25672)) && continue
+    port_in_use "$port" && continue
+    echo "$port"
+    return 0
   done
   echo "no free port found" >&2
   return 1
+}
+
+# True if $1 is the PID of a live process.
+pid_alive() {
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
+}
+
+# The PID in file $1, or nothing.
+read_pid() {
+  if [[ -s "$1" ]]; then tr -dc '0-9' <"$1"; fi
 }
 
 # wait_for SECONDS COMMAND...: runs COMMAND every 0.1 s until it succeeds or time runs out.

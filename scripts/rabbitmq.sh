@@ -26,6 +26,8 @@ readonly START_TIMEOUT_S=${ESS_RABBITMQ_START_TIMEOUT_S:-60}
 readonly STOP_TIMEOUT_S=30
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 readonly SELF
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$SELF")/lib.sh"
 
 die() {
   echo "rabbitmq.sh: $*" >&2
@@ -37,33 +39,9 @@ usage() {
   exit 2
 }
 
-# True if something listens on 127.0.0.1:$1 or on the wildcard address.
-port_in_use() {
-  [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
-}
 
-# Prints a free TCP port below the ephemeral range, not in $1 (space-separated exclusions).
-pick_port() {
-  local exclude=" $1 " port attempt
-  for ((attempt = 0; attempt < 200; attempt++)); do
-    port=$((10000 + RANDOM % 22000))
-    # Keep clear of the rabbitmqctl distribution range (35672-35682 by default) and 25672.
-    [[ $exclude == *" $port "* ]] && continue
-    ((port == 25672)) && continue
-    port_in_use "$port" && continue
-    echo "$port"
-    return 0
-  done
-  die "no free port found"
-}
 
-pid_alive() {
-  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
-}
 
-read_pid() {
-  if [[ -s "$1" ]]; then tr -dc '0-9' <"$1"; fi
-}
 
 ensure_cookie() {
   local cookie="${HOME:?HOME must be set}/.erlang.cookie"
@@ -188,9 +166,9 @@ cmd_start() {
 
   mkdir -p "$LOG_DIR" "$DIR/mnesia"
   # Fresh ports each start: the old ones may have been taken meanwhile.
-  AMQP_PORT=$(pick_port "")
-  DIST_PORT=$(pick_port "$AMQP_PORT")
-  EPMD_PORT=$(pick_port "$AMQP_PORT $DIST_PORT")
+  AMQP_PORT=$(free_port) || die "no free port found"
+  DIST_PORT=$(free_port "$AMQP_PORT") || die "no free port found"
+  EPMD_PORT=$(free_port "$AMQP_PORT" "$DIST_PORT") || die "no free port found"
   printf 'AMQP_PORT=%s\nDIST_PORT=%s\nEPMD_PORT=%s\n' "$AMQP_PORT" "$DIST_PORT" "$EPMD_PORT" \
     >"$DIR/ports"
 

@@ -22,6 +22,8 @@ readonly START_TIMEOUT_S=${ESS_SSHD_START_TIMEOUT_S:-20}
 readonly STOP_TIMEOUT_S=10
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 readonly SELF
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$SELF")/lib.sh"
 
 die() {
   echo "sshd.sh: $*" >&2
@@ -33,30 +35,9 @@ usage() {
   exit 2
 }
 
-# True if something listens on port $1 (loopback or wildcard).
-port_in_use() {
-  [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]
-}
 
-# Prints a free TCP port below the ephemeral range.
-pick_port() {
-  local port attempt
-  for ((attempt = 0; attempt < 200; attempt++)); do
-    port=$((10000 + RANDOM % 22000))
-    port_in_use "$port" && continue
-    echo "$port"
-    return 0
-  done
-  die "no free port found"
-}
 
-pid_alive() {
-  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
-}
 
-read_pid() {
-  if [[ -s "$1" ]]; then tr -dc '0-9' <"$1"; fi
-}
 
 # True if pid $1 is an sshd started with the config of $DIR (not any other process that may
 # have reused the pid).
@@ -170,7 +151,8 @@ cmd_start() {
     chmod 755 /run/sshd
   fi
   ensure_keys
-  PORT=$(pick_port)
+  # shellcheck disable=SC2119  # nothing is taken yet
+  PORT=$(free_port) || die "no free port found"
   echo "$PORT" >"$DIR/port"
   write_config
   "$SSHD" -t -f "$CONFIG" || die "sshd rejects $CONFIG"
