@@ -33,6 +33,8 @@ constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 // How long an ack held back by an older unsettled delivery waits to be coalesced.
 constexpr absl::Duration kStrandedAckDelay = absl::Milliseconds(5);
+// How long a stopping consumer waits for the confirms of its parks in flight.
+constexpr absl::Duration kParkConfirmWait = absl::Seconds(2);
 // Graceful close of a connection being shut down.
 constexpr absl::Duration kCloseTimeout = absl::Seconds(2);
 constexpr char kBlocked[] = "the amqp broker blocks publishing (memory or disk alarm)";
@@ -569,6 +571,8 @@ class ConfirmTracker {
     while (!entries_.empty() && entries_.front().settled) entries_.pop_front();
   }
 
+  bool empty() const { return entries_.empty(); }
+
   // Hands out every unsettled publish (connection lost) and resets numbering.
   template <typename Fn>
   void FailAll(Fn&& fn) {
@@ -1104,10 +1108,18 @@ struct Consumer::Impl : public SessionLoop {
     settlements.clear();
   }
 
-  // Sends what was settled; the broker requeues the rest when the connection closes.
+  // Sends what was settled, once the parks in flight are confirmed (for up to
+  // kParkConfirmWait: a graceful stop should not leave a parked copy beside a requeued
+  // original); the broker requeues the rest when the connection closes.
   void Finish() override {
     if (session_ == nullptr || session_->broken()) return;
     absl::Status s = ApplySettlements();
+    const absl::Time until = absl::Now() + kParkConfirmWait;
+    while (s.ok() && !parks.empty() && absl::Now() < until) {
+      pollfd readable{.fd = session_->fd(), .events = POLLIN, .revents = 0};
+      poll(&readable, 1, 10);
+      s = ReadFrames().status();
+    }
     if (s.ok()) s = FlushAcks(/*force=*/true);
   }
 

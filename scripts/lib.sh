@@ -28,6 +28,16 @@ pid_alive() {
   [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null
 }
 
+# Waits until pid $1 exits, up to $2 seconds. Returns 1 if it still runs.
+wait_exit() {
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    pid_alive "$1" || return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # The PID in file $1, or nothing.
 read_pid() {
   if [[ -s "$1" ]]; then tr -dc '0-9' <"$1"; fi

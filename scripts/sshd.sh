@@ -177,16 +177,6 @@ cmd_start() {
   die "sshd not listening on 127.0.0.1:$PORT after ${START_TIMEOUT_S}s; stop it with '$0 stop $DIR'"
 }
 
-# Waits until pid $1 exits, up to $2 seconds. Returns 1 if it still runs.
-wait_exit() {
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    pid_alive "$1" || return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 cmd_stop() {
   load_layout "$1"
   local pid
