@@ -39,10 +39,6 @@ usage() {
   exit 2
 }
 
-
-
-
-
 ensure_cookie() {
   local cookie="${HOME:?HOME must be set}/.erlang.cookie"
   if [[ ! -s "$cookie" ]]; then

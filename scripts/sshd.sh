@@ -35,10 +35,6 @@ usage() {
   exit 2
 }
 
-
-
-
-
 # True if pid $1 is an sshd started with the config of $DIR (not any other process that may
 # have reused the pid).
 is_our_sshd() {
