@@ -12,7 +12,9 @@
 //    and the consumer reconnects with backoff, re-applies the topology and consumes again.
 //  * Publisher: the inbound lane's output. Thread-safe Publish() with a completion callback that
 //    runs once the broker confirmed (publisher confirms, persistent, mandatory), so many publishes
-//    are in flight at once and one confirm wait is never paid per message.
+//    are in flight at once and one confirm wait is never paid per message. The publishes queued
+//    while the thread was busy leave together, corked into as few TCP segments as they fill, so
+//    the broker reads a batch per wake-up rather than a message.
 //
 //   ess::amqp::Consumer consumer(opts, [&](ess::amqp::Delivery d) { ...; consumer.Ack(tag); });
 //   consumer.Start();
