@@ -95,15 +95,62 @@ struct LookupCalls {
   }
 };
 
+struct ClaimCalls {
+  using Request = ess::v1::ClaimRequest;
+  using Response = ess::v1::ClaimResponse;
+  using Item = ess::v1::Claim;
+  using Done = ReplayRecorder::ClaimDone;
+
+  static google::protobuf::RepeatedPtrField<Item>* Items(Request& request) {
+    return request.mutable_claims();
+  }
+  static void Start(Stub& stub, grpc::ClientContext* context, const Request* request,
+                    Response* response, std::function<void(grpc::Status)> on_done) {
+    stub.async()->Claim(context, request, response, std::move(on_done));
+  }
+  // results[i] answers claims[i].
+  static void Complete(const Request& /*request*/, Response& response, absl::Status status,
+                       std::vector<Done>& dones) {
+    if (status.ok() && static_cast<size_t>(response.results_size()) != dones.size()) {
+      status = absl::InternalError(absl::StrCat("replay store answered ", response.results_size(),
+                                                " of ", dones.size(), " claims"));
+    }
+    for (size_t i = 0; i < dones.size(); ++i) {
+      if (status.ok()) {
+        std::move(dones[i])(
+            static_cast<ess::v1::ClaimOutcome>(response.results(static_cast<int>(i))));
+      } else {
+        std::move(dones[i])(status);
+      }
+    }
+  }
+};
+
 // What the store would reject: a bad key in a batch fails the whole Lookup call, so it is
 // refused before it joins one. Messages as the service's.
-absl::Status CheckKey(const ess::v1::RecordKey& key) {
-  if (key.direction() != ess::v1::DIRECTION_OUTBOUND &&
-      key.direction() != ess::v1::DIRECTION_INBOUND) {
+absl::Status CheckKey(ess::v1::Direction direction, const std::string& partner,
+                      const std::string& message_id) {
+  if (direction != ess::v1::DIRECTION_OUTBOUND && direction != ess::v1::DIRECTION_INBOUND) {
     return absl::InvalidArgumentError("direction: must be DIRECTION_OUTBOUND or DIRECTION_INBOUND");
   }
-  if (key.partner().empty()) return absl::InvalidArgumentError("partner: must not be empty");
-  if (key.message_id().empty()) return absl::InvalidArgumentError("message_id: must not be empty");
+  if (partner.empty()) return absl::InvalidArgumentError("partner: must not be empty");
+  if (message_id.empty()) return absl::InvalidArgumentError("message_id: must not be empty");
+  return absl::OkStatus();
+}
+
+absl::Status CheckKey(const ess::v1::RecordKey& key) {
+  return CheckKey(key.direction(), key.partner(), key.message_id());
+}
+
+// The same for a claim's record, which the store validates whole.
+absl::Status CheckClaim(const ess::v1::MessageRecord& record) {
+  if (absl::Status s = CheckKey(record.direction(), record.partner(), record.message_id());
+      !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("record.", s.message()));
+  }
+  if (record.correlation_id().empty()) {
+    return absl::InvalidArgumentError("record.correlation_id: must not be empty");
+  }
   return absl::OkStatus();
 }
 
@@ -301,14 +348,17 @@ struct ReplayRecorder::Impl {
       : options(std::move(opts)),
         stub(MakeReplayStub(options.address)),
         records(options, options.batch_max, *stub),
-        lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}
+        lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub),
+        claims(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}
 
   void Stop() {
     const absl::Time deadline = absl::Now() + options.deadline;
     records.BeginStop(deadline);
     lookups.BeginStop(deadline);
+    claims.BeginStop(deadline);
     records.AwaitStopped();
     lookups.AwaitStopped();
+    claims.AwaitStopped();
   }
 
   // The most keys ReplayService takes in one Lookup call (see replay.proto).
@@ -319,6 +369,7 @@ struct ReplayRecorder::Impl {
   const std::unique_ptr<Stub> stub;
   Batcher<RecordCalls> records;
   Batcher<LookupCalls> lookups;
+  Batcher<ClaimCalls> claims;
 };
 
 ReplayRecorder::ReplayRecorder(Options options)
@@ -336,6 +387,15 @@ void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {
     return;
   }
   impl_->lookups.Add(key, std::move(done));
+}
+
+void ReplayRecorder::Claim(ess::v1::Claim claim, ClaimDone done) {
+  if (absl::Status s = CheckClaim(claim.record()); !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
+  }
+  claim.mutable_record()->set_status(ess::v1::MESSAGE_STATUS_RECEIVED);  // what is stored
+  impl_->claims.Add(std::move(claim), std::move(done));
 }
 
 void ReplayRecorder::Stop() { impl_->Stop(); }

@@ -7,9 +7,9 @@
 // record waited batch_delay, whichever comes first (with flush_when_idle, also as soon as no
 // call is in flight); several batches may be in flight.
 //
-// Lookup() batches the same way (same options), into batches of its own with their own
-// max_in_flight_batches call slots, so lookups never wait behind queued record batches nor
-// records behind lookups. Each lookup's `done` gets its own answer from the batch's call.
+// Lookup() and Claim() batch the same way (same options), each kind into batches of its own with
+// their own max_in_flight_batches call slots, so no kind waits behind queued batches of
+// another. Each lookup's or claim's `done` gets its own answer from the batch's call.
 //
 //   ess::ReplayRecorder recorder({.address = "127.0.0.1:50051"});
 //   recorder.Record(std::move(rec), [](absl::Status s) { if (s.ok()) ack(); });
@@ -39,7 +39,7 @@ class ReplayRecorder {
     size_t batch_max = 256;
     absl::Duration batch_delay = absl::Milliseconds(2);
     absl::Duration deadline = absl::Seconds(5);
-    // Batches in flight at once, of records and of lookups each.
+    // Batches in flight at once, of records, of lookups and of claims each.
     size_t max_in_flight_batches = 4;
     // Also send the open batch at once whenever no call is in flight, instead of waiting out
     // batch_delay: records then wait only while the store is busy with earlier ones (group
@@ -62,6 +62,12 @@ class ReplayRecorder {
   // store would reject (unspecified direction, empty partner or message_id) completes at once
   // with INVALID_ARGUMENT, so it never fails the other lookups of a batch.
   void Lookup(const ess::v1::RecordKey& key, LookupDone done);
+
+  using ClaimDone = absl::AnyInvocable<void(absl::StatusOr<ess::v1::ClaimOutcome>) &&>;
+  // Thread-safe, asynchronous (ReplayService.Claim): `done` gets the claim's outcome, or the
+  // failed call's status. A record whose key the store would reject completes at once with
+  // INVALID_ARGUMENT, as in Lookup.
+  void Claim(ess::v1::Claim claim, ClaimDone done);
 
   // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
   // DEADLINE_EXCEEDED or CANCELLED means it is up).

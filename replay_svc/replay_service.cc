@@ -109,6 +109,20 @@ absl::Status ValidateLookupRequest(const ess::v1::LookupRequest& request) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateClaimRequest(const ess::v1::ClaimRequest& request) {
+  if (request.claims_size() > ReplayServiceImpl::kMaxLookupKeys) {
+    return absl::InvalidArgumentError(absl::StrCat("claims: ", request.claims_size(),
+                                                   " given, at most ",
+                                                   ReplayServiceImpl::kMaxLookupKeys, " per call"));
+  }
+  for (int i = 0; i < request.claims_size(); ++i) {
+    if (absl::Status s = ValidateRecord(request.claims(i).record(), "record"); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("claims[", i, "].", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
   ListQuery query;
   query.partner = request.partner();
@@ -263,6 +277,27 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
         }
       }
       reactor->Finish(ToGrpc(records.status()));
+    });
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* context,
+                                                   const ess::v1::ClaimRequest* request,
+                                                   ess::v1::ClaimResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = ValidateClaimRequest(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+  } else if (request->claims().empty()) {
+    reactor->Finish(grpc::Status::OK);
+  } else {
+    writes_.Post([this, request, response, reactor] {
+      absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(request->claims());
+      if (outcomes.ok()) {
+        response->mutable_results()->Reserve(static_cast<int>(outcomes->size()));
+        for (ess::v1::ClaimOutcome outcome : *outcomes) response->add_results(outcome);
+      }
+      reactor->Finish(ToGrpc(outcomes.status()));
     });
   }
   return reactor;

@@ -4,7 +4,8 @@
 // "records[3].message_id: must not be empty"; UpdateStatus and Get answer NOT_FOUND for an
 // unknown key or correlation id (Lookup answers found = false instead). Store calls block, so
 // they run on the service's own threads rather than gRPC's: writes on one thread, in arrival
-// order; reads (Get, Lookup, List, Stats) on `reader_threads`, so they never queue behind writes.
+// order (Record, UpdateStatus, Claim); reads (Get, Lookup, List, Stats) on `reader_threads`, so
+// they never queue behind writes.
 // List page tokens are opaque and bound to the filter they were issued for; page_size is 100
 // when 0 and at most 1000 (larger values are lowered to 1000).
 //
@@ -25,7 +26,7 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
  public:
   static constexpr uint32_t kDefaultPageSize = 100;
   static constexpr uint32_t kMaxPageSize = 1000;
-  // Most keys in one Lookup call (more is INVALID_ARGUMENT).
+  // Most keys in one Lookup call, and claims in one Claim call (more is INVALID_ARGUMENT).
   static constexpr int kMaxLookupKeys = 10'000;
 
   struct Options {
@@ -50,6 +51,9 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   grpc::ServerUnaryReactor* Lookup(grpc::CallbackServerContext* context,
                                    const ess::v1::LookupRequest* request,
                                    ess::v1::LookupResponse* response) override;
+  grpc::ServerUnaryReactor* Claim(grpc::CallbackServerContext* context,
+                                  const ess::v1::ClaimRequest* request,
+                                  ess::v1::ClaimResponse* response) override;
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* context,
                                  const ess::v1::ListRequest* request,
                                  ess::v1::ListResponse* response) override;

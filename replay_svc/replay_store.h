@@ -82,6 +82,13 @@ class ReplayStore {
   virtual absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> GetByKeys(
       const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) = 0;
 
+  // In one transaction, per claim in order: stores its record with status RECEIVED unless the
+  // key's stored record takes the id (PUBLISHED within window_seconds, or RECEIVED within
+  // lease_ms; see ReplayService.Claim), and says which. INVALID_ARGUMENT
+  // "claims[i].record.field: ..." for the first bad claim, and nothing is stored.
+  virtual absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> Claim(
+      const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) = 0;
+
   // Every record of the correlation id, both directions, oldest received_at first; empty if
   // there is none.
   virtual absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(

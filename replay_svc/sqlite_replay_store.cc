@@ -176,6 +176,7 @@ struct SqliteReplayStore::Writer {
   sqlite::Database db;
   sqlite::Statement upsert;
   sqlite::Statement update_status;
+  sqlite::Statement select_state;  // status and updated_at of one key (Claim)
 };
 
 struct SqliteReplayStore::Reader {
@@ -255,9 +256,13 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
                    "WHERE direction = ?4 AND partner = ?5 AND message_id = ?6 RETURNING ",
                    kColumns));
   if (!update_status.ok()) return update_status.status();
+  absl::StatusOr<sqlite::Statement> select_state = db->Prepare(
+      "SELECT status, updated_at FROM records "
+      "WHERE direction = ?1 AND partner = ?2 AND message_id = ?3");
+  if (!select_state.ok()) return select_state.status();
 
-  auto writer = std::make_unique<Writer>(
-      Writer{*std::move(db), *std::move(upsert), *std::move(update_status)});
+  auto writer = std::make_unique<Writer>(Writer{
+      *std::move(db), *std::move(upsert), *std::move(update_status), *std::move(select_state)});
   return std::unique_ptr<SqliteReplayStore>(
       new SqliteReplayStore(path, std::move(options), std::move(writer)));
 }
@@ -308,35 +313,90 @@ absl::StatusOr<uint32_t> SqliteReplayStore::Record(
   const int64_t now = NowMicros();
   absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
   if (!tx.ok()) return tx.status();
-  sqlite::Statement& upsert = writer_->upsert;
   for (int i = 0; i < records.size(); ++i) {
-    const MessageRecord& r = records[i];
-    const int64_t received_at =
-        r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
-    absl::Status s = [&]() -> absl::Status {
-      STORE_RETURN_IF_ERROR(upsert.Bind(1, static_cast<int>(r.direction())));
-      STORE_RETURN_IF_ERROR(upsert.Bind(2, r.partner()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(3, r.message_id()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(4, r.correlation_id()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(5, r.event_type()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(6, static_cast<int>(r.status())));
-      STORE_RETURN_IF_ERROR(upsert.BindBlob(7, r.payload()));
-      STORE_RETURN_IF_ERROR(upsert.BindBlob(8, r.rendered()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(9, r.error()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(10, r.attempts()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(11, r.dry_run()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(12, r.source()));
-      STORE_RETURN_IF_ERROR(upsert.Bind(13, received_at));
-      STORE_RETURN_IF_ERROR(upsert.Bind(14, now));
-      return upsert.Run();
-    }();
-    if (!s.ok()) {
-      upsert.Reset();
+    if (absl::Status s = Upsert(records[i], records[i].status(), now); !s.ok()) {
       return WithPrefix(absl::StrCat("records[", i, "]: "), s);  // ~Transaction rolls back.
     }
   }
   if (absl::Status s = tx->Commit(); !s.ok()) return s;
   return static_cast<uint32_t>(records.size());
+}
+
+absl::Status SqliteReplayStore::Upsert(const MessageRecord& r, ess::v1::MessageStatus status,
+                                       int64_t now) {
+  sqlite::Statement& upsert = writer_->upsert;
+  const int64_t received_at =
+      r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+  absl::Status s = [&]() -> absl::Status {
+    STORE_RETURN_IF_ERROR(upsert.Bind(1, static_cast<int>(r.direction())));
+    STORE_RETURN_IF_ERROR(upsert.Bind(2, r.partner()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(3, r.message_id()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(4, r.correlation_id()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(5, r.event_type()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(6, static_cast<int>(status)));
+    STORE_RETURN_IF_ERROR(upsert.BindBlob(7, r.payload()));
+    STORE_RETURN_IF_ERROR(upsert.BindBlob(8, r.rendered()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(9, r.error()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(10, r.attempts()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(11, r.dry_run()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(12, r.source()));
+    STORE_RETURN_IF_ERROR(upsert.Bind(13, received_at));
+    STORE_RETURN_IF_ERROR(upsert.Bind(14, now));
+    return upsert.Run();
+  }();
+  if (!s.ok()) upsert.Reset();
+  return s;
+}
+
+absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
+    const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
+  for (int i = 0; i < claims.size(); ++i) {
+    if (absl::Status s = ValidateRecord(claims[i].record(), "record"); !s.ok()) {
+      return WithPrefix(absl::StrCat("claims[", i, "]."), s);
+    }
+  }
+  std::vector<ess::v1::ClaimOutcome> outcomes;
+  if (claims.empty()) return outcomes;
+  outcomes.reserve(claims.size());
+
+  absl::MutexLock lock(&write_mu_);
+  const int64_t now = NowMicros();
+  absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
+  if (!tx.ok()) return tx.status();
+  sqlite::Statement& select = writer_->select_state;
+  for (int i = 0; i < claims.size(); ++i) {
+    const ess::v1::Claim& claim = claims[i];
+    const MessageRecord& r = claim.record();
+    // What the key holds now (this transaction's earlier claims included).
+    ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
+    {
+      ResetOnExit reset(select);
+      STORE_RETURN_IF_ERROR(select.Bind(1, static_cast<int>(r.direction())));
+      STORE_RETURN_IF_ERROR(select.Bind(2, r.partner()));
+      STORE_RETURN_IF_ERROR(select.Bind(3, r.message_id()));
+      absl::StatusOr<bool> row = select.Step();
+      if (!row.ok()) return row.status();
+      if (*row) {
+        const auto status = static_cast<ess::v1::MessageStatus>(select.ColumnInt64(0));
+        const int64_t age = now - select.ColumnInt64(1);
+        if (status == ess::v1::MESSAGE_STATUS_PUBLISHED &&
+            age <= int64_t{claim.window_seconds()} * 1'000'000) {
+          outcome = ess::v1::CLAIM_OUTCOME_PUBLISHED;
+        } else if (status == ess::v1::MESSAGE_STATUS_RECEIVED && claim.lease_ms() > 0 &&
+                   age <= int64_t{claim.lease_ms()} * 1'000) {
+          outcome = ess::v1::CLAIM_OUTCOME_IN_PROGRESS;
+        }
+      }
+    }
+    if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
+      if (absl::Status s = Upsert(r, ess::v1::MESSAGE_STATUS_RECEIVED, now); !s.ok()) {
+        return WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
+      }
+    }
+    outcomes.push_back(outcome);
+  }
+  if (absl::Status s = tx->Commit(); !s.ok()) return s;
+  return outcomes;
 }
 
 absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(

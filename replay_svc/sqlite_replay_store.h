@@ -56,6 +56,8 @@ class SqliteReplayStore final : public ReplayStore {
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override;
   absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) override;
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> Claim(
+      const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) override;
   absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) override;
   absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> GetByKeys(
       const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) override;
@@ -72,6 +74,9 @@ class SqliteReplayStore final : public ReplayStore {
   SqliteReplayStore(std::string path, Options options, std::unique_ptr<Writer> writer);
 
   int64_t NowMicros() const;
+  // Inserts or updates one record with `status`, inside the caller's write transaction.
+  absl::Status Upsert(const ess::v1::MessageRecord& record, ess::v1::MessageStatus status,
+                      int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::StatusOr<ReaderLease> AcquireReader();
   void ReleaseReader(std::unique_ptr<Reader> reader);
 

@@ -31,7 +31,8 @@ using ::testing::UnorderedElementsAre;
 constexpr absl::Duration kWait = absl::Seconds(60);
 
 absl::Status StatusOf(const absl::Status& result) { return result; }
-absl::Status StatusOf(const absl::StatusOr<ess::v1::MessageRecord>& result) {
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& result) {
   return result.status();
 }
 
@@ -140,6 +141,10 @@ class CountingStore final : public ReplayStore {
       const ess::v1::UpdateStatusRequest& request) override {
     return store_.UpdateStatus(request);
   }
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> Claim(
+      const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) override {
+    return store_.Claim(claims);
+  }
   absl::StatusOr<ess::v1::MessageRecord> GetByKey(const ess::v1::RecordKey& key) override {
     get_by_key_calls_.fetch_add(1);
     return store_.GetByKey(key);
@@ -230,6 +235,65 @@ TEST(ReplayRecorderTest, ConcurrentLookupsAreBatchedAndEachGetsItsOwnAnswer) {
   EXPECT_EQ(store.keys_read(), kTotal);
   EXPECT_EQ(store.get_by_keys_calls(), static_cast<int>(kTotal / kBatchMax));
   EXPECT_EQ(store.get_by_key_calls(), 0);
+  (*server)->Shutdown(absl::Seconds(5));
+}
+
+TEST(ReplayRecorderTest, ConcurrentClaimsOfOneIdGrantItOnce) {
+  TempDir dir;
+  absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store =
+      SqliteReplayStore::Open(dir.File("replay.db"));
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<std::unique_ptr<ReplayServer>> server =
+      ReplayServer::Start(**store, {.listen = "127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ReplayRecorder recorder({.address = (*server)->address(), .flush_when_idle = true});
+
+  // 100 ids, each claimed 3 times from 3 threads: however the claims fall into batches, each
+  // id is granted once and held against the other two (a lease of a minute).
+  constexpr int kIds = 100, kCopies = 3, kTotal = kIds * kCopies;
+  Tracker<absl::StatusOr<ess::v1::ClaimOutcome>> tracker(kTotal + 1);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kCopies; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kIds; ++i) {
+        ess::v1::Claim claim;
+        *claim.mutable_record() = testing::MakeRecord(
+            ess::v1::DIRECTION_INBOUND, "prison", absl::StrCat("wh-", i), absl::StrCat("VIS-", i));
+        claim.set_window_seconds(600);
+        claim.set_lease_ms(60'000);
+        recorder.Claim(std::move(claim), tracker.Make(t * kIds + i));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // A claim the store would refuse fails alone, at once.
+  ess::v1::Claim bad;
+  *bad.mutable_record() = testing::MakeRecord(ess::v1::DIRECTION_INBOUND, "prison", "wh-x", "");
+  recorder.Claim(std::move(bad), tracker.Make(kTotal));
+  ASSERT_TRUE(tracker.WaitForTotal(kTotal + 1, kWait));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+
+  std::vector<int> granted(kIds, 0), held(kIds, 0);
+  for (int t = 0; t < kCopies; ++t) {
+    for (int i = 0; i < kIds; ++i) {
+      auto r = tracker.result(t * kIds + i);
+      ASSERT_TRUE(r.has_value() && r->ok()) << (r.has_value() ? r->status().ToString() : "none");
+      if (**r == ess::v1::CLAIM_OUTCOME_CLAIMED) ++granted[i];
+      if (**r == ess::v1::CLAIM_OUTCOME_IN_PROGRESS) ++held[i];
+    }
+  }
+  EXPECT_THAT(granted, ::testing::Each(1));
+  EXPECT_THAT(held, ::testing::Each(kCopies - 1));
+  auto refused = tracker.result(kTotal);
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused->status().message(), "record.correlation_id: must not be empty");
+
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = (*store)->Stats("prison");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->size(), 1u);
+  EXPECT_EQ((*stats)[0].received(), static_cast<uint64_t>(kIds));
+  recorder.Stop();
   (*server)->Shutdown(absl::Seconds(5));
 }
 

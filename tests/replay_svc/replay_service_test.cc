@@ -307,6 +307,37 @@ TEST_F(ReplayServiceTest, LookupTakesAtMostTenThousandKeys) {
   EXPECT_EQ(status.error_message(), "keys: 10001 given, at most 10000 per call");
 }
 
+TEST_F(ReplayServiceTest, ClaimAnswersEveryClaimInOrder) {
+  MustRecord({MakeRecord(kIn, "prison", "wh-1", "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  ess::v1::ClaimRequest request;
+  for (const char* id : {"wh-1", "wh-2", "wh-2"}) {
+    ess::v1::Claim* claim = request.add_claims();
+    *claim->mutable_record() = MakeRecord(kIn, "prison", id, "VIS-1");
+    claim->set_window_seconds(600);
+    claim->set_lease_ms(2000);
+  }
+  ess::v1::ClaimResponse response;
+  grpc::Status status = stub_->Claim(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(response.results(),
+              ElementsAre(ess::v1::CLAIM_OUTCOME_PUBLISHED, ess::v1::CLAIM_OUTCOME_CLAIMED,
+                          ess::v1::CLAIM_OUTCOME_IN_PROGRESS));
+  ess::v1::GetResponse got;
+  ess::v1::GetRequest get;
+  *get.mutable_record() = Key(kIn, "prison", "wh-2");
+  ASSERT_TRUE(stub_->Get(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.records(0).status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+
+  // A bad claim: INVALID_ARGUMENT naming it, and nothing of the call is stored.
+  request.mutable_claims(0)->mutable_record()->set_message_id("wh-3");
+  request.mutable_claims(2)->mutable_record()->clear_correlation_id();
+  status = stub_->Claim(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "claims[2].record.correlation_id: must not be empty");
+  *get.mutable_record() = Key(kIn, "prison", "wh-3");
+  EXPECT_EQ(stub_->Get(Context().get(), get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
 class InvalidLookupKeyTest : public ReplayServiceTest,
                              public ::testing::WithParamInterface<InvalidKeyCase> {};
 

@@ -159,6 +159,85 @@ TEST_F(SqliteReplayStoreTest, InvalidRecordRejectsTheWholeBatch) {
   EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
 }
 
+// ---- Claim (the inbound lane's idempotency) -------------------------------------------------
+
+ess::v1::Claim MakeClaim(const std::string& message_id, uint32_t window_seconds,
+                         uint32_t lease_ms) {
+  ess::v1::Claim claim;
+  *claim.mutable_record() = MakeRecord(kIn, "prison", message_id, "VIS-" + message_id);
+  claim.set_window_seconds(window_seconds);
+  claim.set_lease_ms(lease_ms);
+  return claim;
+}
+
+google::protobuf::RepeatedPtrField<ess::v1::Claim> Claims(std::vector<ess::v1::Claim> claims) {
+  google::protobuf::RepeatedPtrField<ess::v1::Claim> batch;
+  for (ess::v1::Claim& c : claims) *batch.Add() = std::move(c);
+  return batch;
+}
+
+TEST_F(SqliteReplayStoreTest, ClaimStoresReceivedUnlessTheIdIsPublishedOrLeased) {
+  // The fake clock steps 1 s per call.
+  auto claim = [&](uint32_t window_seconds, uint32_t lease_ms) {
+    absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out =
+        store_->Claim(Claims({MakeClaim("wh-1", window_seconds, lease_ms)}));
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() && out->size() == 1 ? (*out)[0] : ess::v1::CLAIM_OUTCOME_UNSPECIFIED;
+  };
+  const absl::Time first = clock_.Peek();
+  EXPECT_EQ(claim(600, 2000), ess::v1::CLAIM_OUTCOME_CLAIMED);
+  absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kIn, "prison", "wh-1"));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(stored->correlation_id(), "VIS-wh-1");
+  EXPECT_EQ(stored->payload(), R"({"type":"VisitScheduleUpdated","id":"VIS-wh-1"})");
+  EXPECT_EQ(stored->updated_at().seconds(), absl::ToUnixSeconds(first));
+
+  // 1 s later, within a 2 s lease: someone is publishing it.
+  EXPECT_EQ(claim(600, 2000), ess::v1::CLAIM_OUTCOME_IN_PROGRESS);
+  // 2 s after the claim, past a 1.5 s lease: a crashed publisher's id is free again.
+  EXPECT_EQ(claim(600, 1500), ess::v1::CLAIM_OUTCOME_CLAIMED);
+  // A lease of 0 never holds an id.
+  EXPECT_EQ(claim(600, 0), ess::v1::CLAIM_OUTCOME_CLAIMED);
+
+  Store({MakeRecord(kIn, "prison", "wh-1", "VIS-wh-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  EXPECT_EQ(claim(600, 2000), ess::v1::CLAIM_OUTCOME_PUBLISHED);
+  stored = store_->GetByKey(Key(kIn, "prison", "wh-1"));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);  // a repeat changes nothing
+  // Published more than window_seconds ago: a new delivery.
+  EXPECT_EQ(claim(1, 2000), ess::v1::CLAIM_OUTCOME_CLAIMED);
+
+  // A failed publish gives the id back at once.
+  Store({MakeRecord(kIn, "prison", "wh-1", "VIS-wh-1", ess::v1::MESSAGE_STATUS_FAILED)});
+  EXPECT_EQ(claim(600, 60'000), ess::v1::CLAIM_OUTCOME_CLAIMED);
+}
+
+TEST_F(SqliteReplayStoreTest, ClaimsOfOneCallAreDecidedInOrder) {
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out = store_->Claim(
+      Claims({MakeClaim("a", 600, 2000), MakeClaim("a", 600, 2000), MakeClaim("b", 600, 2000),
+              MakeClaim("c", 600, 0), MakeClaim("c", 600, 0)}));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT(*out, ElementsAre(ess::v1::CLAIM_OUTCOME_CLAIMED, ess::v1::CLAIM_OUTCOME_IN_PROGRESS,
+                                ess::v1::CLAIM_OUTCOME_CLAIMED, ess::v1::CLAIM_OUTCOME_CLAIMED,
+                                ess::v1::CLAIM_OUTCOME_CLAIMED));
+  EXPECT_THAT(MessageIds(ListAll()), ::testing::UnorderedElementsAre("a", "b", "c"));
+
+  out = store_->Claim(Claims({}));
+  ASSERT_TRUE(out.ok());
+  EXPECT_THAT(*out, IsEmpty());
+}
+
+TEST_F(SqliteReplayStoreTest, InvalidClaimRejectsTheWholeCall) {
+  ess::v1::Claim bad = MakeClaim("m-2", 600, 2000);
+  bad.mutable_record()->clear_message_id();
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out =
+      store_->Claim(Claims({MakeClaim("m-1", 600, 2000), bad}));
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(out.status().message(), "claims[1].record.message_id: must not be empty");
+  EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
+}
+
 TEST_F(SqliteReplayStoreTest, FailureHalfwayThroughABatchRollsBackTheEarlierRecords) {
   // A trigger makes the database itself fail on the second record, after the first was written
   // inside the transaction.
