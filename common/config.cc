@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/mapping.h"
 #include "google/protobuf/any.pb.h"
 #include "google/protobuf/message.h"
@@ -275,7 +276,11 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (c.inbound().dedupe_window_seconds() == 0) {
     c.mutable_inbound()->set_dedupe_window_seconds(600);
   }
+  if (c.inbound().claim_lease_ms() == 0) c.mutable_inbound()->set_claim_lease_ms(2000);
   for (auto& p : *c.mutable_partners()) {
+    if (p.has_inbound() && p.inbound().has_auth() && p.inbound().auth().tolerance_seconds() == 0) {
+      p.mutable_inbound()->mutable_auth()->set_tolerance_seconds(300);
+    }
     if (p.has_inbound() && p.inbound().has_poll()) {
       auto* poll = p.mutable_inbound()->mutable_poll();
       if (poll->interval_ms() == 0) poll->set_interval_ms(60000);
@@ -346,6 +351,20 @@ absl::Status ValidatePoll(const Converter& conv, const std::string& path,
   return absl::OkStatus();
 }
 
+// The secrets must be there and usable when the service starts, not at the first webhook.
+absl::Status ValidateAuth(const Converter& conv, const std::string& path,
+                          const ess::v1::InboundRoute& route) {
+  if (route.webhook_path().empty()) {
+    return conv.ErrorAt(path, "authenticates webhooks: needs a webhook_path");
+  }
+  const std::string& env = route.auth().secrets_env();
+  if (env.empty()) return conv.ErrorAt(path + ".secrets_env", "must name an environment variable");
+  absl::StatusOr<webhook::SignatureVerifier> verifier = WebhookVerifier(route.auth());
+  if (!verifier.ok())
+    return conv.ErrorAt(path + ".secrets_env", std::string(verifier.status().message()));
+  return absl::OkStatus();
+}
+
 absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                       const SettingsTypeResolver& resolver) {
   if (c.bus().port() > 65535) return conv.ErrorAt("bus.port", "must be at most 65535");
@@ -412,6 +431,10 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
         absl::Status s = ValidatePoll(conv, in + ".poll", p.adapter(), route.poll());
         if (!s.ok()) return s;
       }
+      if (route.has_auth()) {
+        absl::Status s = ValidateAuth(conv, in + ".auth", route);
+        if (!s.ok()) return s;
+      }
       absl::Status s = ValidateMapping(conv, in + ".mapping", route.mapping());
       if (!s.ok()) return s;
     }
@@ -420,6 +443,24 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
 }
 
 }  // namespace
+
+absl::StatusOr<webhook::SignatureVerifier> WebhookVerifier(const ess::v1::WebhookAuth& auth) {
+  const char* value = std::getenv(auth.secrets_env().c_str());
+  if (value == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("environment variable ", auth.secrets_env(), " is not set"));
+  }
+  std::vector<std::string> secrets =
+      absl::StrSplit(value, absl::ByAnyChar(" \t\n"), absl::SkipEmpty());
+  absl::StatusOr<webhook::SignatureVerifier> verifier =
+      webhook::SignatureVerifier::Create(secrets, absl::Seconds(auth.tolerance_seconds()));
+  if (!verifier.ok()) {
+    return absl::Status(verifier.status().code(),
+                        absl::StrCat("environment variable ", auth.secrets_env(), ": ",
+                                     verifier.status().message()));
+  }
+  return verifier;
+}
 
 absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string_view file_name,
                                               std::string_view base_dir,

@@ -17,6 +17,7 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/webhook_signature.h"
 #include "ess/v1/config.pb.h"
 #include "google/protobuf/descriptor.h"
 
@@ -34,6 +35,11 @@ absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
 absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string_view file_name,
                                               std::string_view base_dir,
                                               const SettingsTypeResolver& resolver = nullptr);
+
+// The verifier of a route's webhook signatures, with the secrets of the environment variable
+// `auth.secrets_env` (FAILED_PRECONDITION when it is not set; INVALID_ARGUMENT naming a bad
+// secret by position, never by value). A loaded config has passed this check.
+absl::StatusOr<webhook::SignatureVerifier> WebhookVerifier(const ess::v1::WebhookAuth& auth);
 
 }  // namespace ess::config
 

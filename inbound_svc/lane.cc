@@ -39,10 +39,6 @@ std::string ShortHash(std::string_view text) {
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), 8));
 }
 
-absl::Time FromProto(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixNanos(google::protobuf::util::TimeUtil::TimestampToNanoseconds(t));
-}
-
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
 }
@@ -90,17 +86,18 @@ void Lane::RecentIds::Release(const std::string& id) {
 
 // --- Call ------------------------------------------------------------------------------------
 
-// One webhook call in flight. Its events go through three rounds, each of which ends when its
-// last answer arrives: store lookups (idempotency), publishes (confirms), records.
+// One webhook call in flight. Its events go through two rounds, each of which ends when its
+// last answer arrives: claims in the store (idempotency; each recorded RECEIVED), then
+// publishes (confirms).
 struct Lane::Call {
   std::string partner;
   std::string path;
   std::string payload;
   absl::Time received_at;
   http::Responder responder;
-  std::vector<adapters::InboundEvent> events;  // the events this call owns (not duplicates)
-  std::vector<std::string> ids;                // their message ids
-  std::vector<char> seen;                      // set when the store shows one published
+  std::vector<adapters::InboundEvent> events;   // the events this call owns (not duplicates)
+  std::vector<std::string> ids;                 // their message ids
+  std::vector<ess::v1::ClaimOutcome> outcomes;  // round 1's answers
   size_t duplicates = 0;
   bool finished = false;
 
@@ -120,6 +117,25 @@ struct Lane::Call {
     if (--pending > 0) return false;
     *first_error = error;
     return true;
+  }
+
+  ess::v1::MessageRecord MakeRecord(size_t i, ess::v1::MessageStatus status,
+                                    std::string_view error_text) const {
+    const adapters::InboundEvent& ev = events[i];
+    ess::v1::MessageRecord rec;
+    rec.set_direction(ess::v1::DIRECTION_INBOUND);
+    rec.set_partner(partner);
+    rec.set_correlation_id(ev.correlation_id);
+    rec.set_message_id(ids[i]);
+    rec.set_event_type(ev.event_type);
+    rec.set_status(status);
+    rec.set_payload(payload);
+    rec.set_rendered(ev.body);
+    rec.set_source(path);
+    rec.set_attempts(1);
+    rec.set_error(std::string(error_text));
+    *rec.mutable_received_at() = ToProto(received_at);
+    return rec;
   }
 };
 
@@ -167,6 +183,18 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   }
   const Route& route = it->second;
   std::string_view header_cid = request.Header("x-correlation-id");
+  if (route.verifier.has_value()) {
+    absl::Status auth = route.verifier->Verify(
+        request.Header(webhook::kIdHeader), request.Header(webhook::kTimestampHeader),
+        request.Header(webhook::kSignatureHeader), request.body, absl::Now());
+    if (!auth.ok()) {
+      counters_.unauthenticated.fetch_add(1, std::memory_order_relaxed);
+      log::Warn(header_cid, "webhook refused: not signed by the partner",
+                {{"partner", route.partner}, {"error", ToStd(auth.message())}});
+      reply(401, absl::StrCat(route.partner, ": ", auth.message()));
+      return;
+    }
+  }
   absl::StatusOr<std::vector<adapters::InboundEvent>> events =
       route.adapter->Pull({.body = request.body,
                            .content_type = request.Header("content-type"),
@@ -216,58 +244,75 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     Finish(*call, 200, OkBody(0, call->duplicates));
     return;
   }
-  // Round 1: has the store seen these ids published (another replica, or before a restart)?
-  call->seen.assign(call->events.size(), 0);
+  // Round 1: claim the ids in the store, which records each event RECEIVED unless it was
+  // published lately (another replica, or before a restart) or is being published right now.
+  call->outcomes.assign(call->events.size(), ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
   call->StartRound(call->events.size());
+  const uint32_t window_seconds =
+      static_cast<uint32_t>(absl::ToInt64Seconds(options_.dedupe_window));
+  const uint32_t lease_ms = static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.claim_lease));
   for (size_t i = 0; i < call->events.size(); ++i) {
-    ess::v1::RecordKey key;
-    key.set_direction(ess::v1::DIRECTION_INBOUND);
-    key.set_partner(call->partner);
-    key.set_message_id(call->ids[i]);
-    recorder_->Lookup(key, [this, call, i](absl::StatusOr<ess::v1::MessageRecord> rec) {
-      absl::Status status;
-      if (rec.ok()) {
-        const absl::Time at = FromProto(rec->updated_at());
-        if (rec->status() == ess::v1::MESSAGE_STATUS_PUBLISHED &&
-            at + options_.dedupe_window >= call->received_at) {
-          call->seen[i] = 1;
-        }
-      } else if (rec.status().code() != absl::StatusCode::kNotFound) {
-        status = rec.status();
-      }
-      absl::Status error;
-      if (call->Settle(status, &error)) {
-        if (!error.ok()) {
-          counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-          Finish(*call, 503, ErrorBody(absl::StrCat("replay store: ", error.message())));
-          return;
-        }
-        OnLookedUp(call);
-      }
-    });
+    ess::v1::Claim claim;
+    *claim.mutable_record() = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_RECEIVED, "");
+    claim.set_window_seconds(window_seconds);
+    claim.set_lease_ms(lease_ms);
+    recorder_->Claim(
+        std::move(claim), [this, call, i](absl::StatusOr<ess::v1::ClaimOutcome> outcome) {
+          absl::Status status;
+          if (outcome.ok()) {
+            call->outcomes[i] = *outcome;
+          } else {
+            status = absl::Status(outcome.status().code(),
+                                  absl::StrCat("replay store: ", outcome.status().message()));
+          }
+          absl::Status error;
+          if (call->Settle(status, &error)) OnClaimed(call, error);
+        });
   }
 }
 
-void Lane::OnLookedUp(std::shared_ptr<Call> call) {
-  // Round 2: publish what the store has not seen.
-  std::vector<adapters::InboundEvent> fresh;
-  std::vector<std::string> fresh_ids;
-  for (size_t i = 0; i < call->events.size(); ++i) {
-    if (call->seen[i]) {
-      ++call->duplicates;
-      counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
-      recent_.Published(call->ids[i], call->received_at);
-    } else {
-      fresh.push_back(std::move(call->events[i]));
-      fresh_ids.push_back(std::move(call->ids[i]));
+void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
+  if (error.ok()) {
+    // What the store holds for someone else is not this call's to publish.
+    bool in_progress = false;
+    std::vector<adapters::InboundEvent> claimed;
+    std::vector<std::string> claimed_ids;
+    for (size_t i = 0; i < call->events.size(); ++i) {
+      switch (call->outcomes[i]) {
+        case ess::v1::CLAIM_OUTCOME_CLAIMED:
+          claimed.push_back(std::move(call->events[i]));
+          claimed_ids.push_back(std::move(call->ids[i]));
+          break;
+        case ess::v1::CLAIM_OUTCOME_PUBLISHED:
+          ++call->duplicates;
+          counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
+          recent_.Published(call->ids[i], call->received_at);
+          break;
+        default:  // another call holds the id's lease
+          in_progress = true;
+          recent_.Release(call->ids[i]);
+          break;
+      }
     }
+    call->events = std::move(claimed);
+    call->ids = std::move(claimed_ids);
+    if (in_progress) {
+      counters_.rejected.fetch_add(1, std::memory_order_relaxed);
+      Release(*call, "a delivery with the same id is in progress");
+      Finish(*call, 503, ErrorBody("a delivery with the same id is in progress"));
+      return;
+    }
+  } else {
+    // The claims may or may not be stored; unreleased, their lease runs out.
+    counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
+    Finish(*call, 503, ErrorBody(ToStd(error.message())));
+    return;
   }
-  call->events = std::move(fresh);
-  call->ids = std::move(fresh_ids);
   if (call->events.empty()) {
     Finish(*call, 200, OkBody(0, call->duplicates));
     return;
   }
+  // Round 2: publish the claimed events; the 200 waits for every confirm.
   call->StartRound(call->events.size());
   for (size_t i = 0; i < call->events.size(); ++i) {
     const adapters::InboundEvent& ev = call->events[i];
@@ -278,55 +323,22 @@ void Lane::OnLookedUp(std::shared_ptr<Call> call) {
     msg.type = ev.event_type;
     msg.headers.emplace_back("x-ess-partner", call->partner);
     publisher_->Publish(options_.events_exchange, "", std::move(msg),
-                        [this, call](absl::Status s) mutable { OnPublished(call, std::move(s)); });
+                        [this, call](absl::Status s) { OnPublished(call, s); });
   }
 }
 
-void Lane::OnPublished(std::shared_ptr<Call> call, absl::Status status) {
+void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
   absl::Status error;
   if (!call->Settle(status, &error)) return;
   if (!error.ok()) {
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
     log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
               {{"partner", call->partner}, {"error", ToStd(error.message())}});
-    Finish(*call, 503, ErrorBody(absl::StrCat("event bus: ", error.message())));
+    const std::string reason = absl::StrCat("event bus: ", error.message());
+    Release(*call, reason);
+    Finish(*call, 503, ErrorBody(reason));
     return;
   }
-  // Round 3: record every event; answer 200 when the last record is stored.
-  call->StartRound(call->events.size());
-  const auto received = ToProto(call->received_at);
-  for (size_t i = 0; i < call->events.size(); ++i) {
-    const adapters::InboundEvent& ev = call->events[i];
-    ess::v1::MessageRecord rec;
-    rec.set_direction(ess::v1::DIRECTION_INBOUND);
-    rec.set_partner(call->partner);
-    rec.set_correlation_id(ev.correlation_id);
-    rec.set_message_id(call->ids[i]);
-    rec.set_event_type(ev.event_type);
-    rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
-    rec.set_payload(call->payload);
-    rec.set_rendered(ev.body);
-    rec.set_source(call->path);
-    rec.set_attempts(1);
-    *rec.mutable_received_at() = received;
-    recorder_->Record(std::move(rec), [this, call](absl::Status s) {
-      absl::Status err;
-      if (call->Settle(s, &err)) {
-        if (!err.ok()) {
-          counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-          log::Warn(call->events.front().correlation_id,
-                    "replay store did not take the record; partner told to retry",
-                    {{"partner", call->partner}, {"error", ToStd(err.message())}});
-          Finish(*call, 503, ErrorBody(absl::StrCat("replay store: ", err.message())));
-          return;
-        }
-        OnRecorded(call);
-      }
-    });
-  }
-}
-
-void Lane::OnRecorded(std::shared_ptr<Call> call) {
   const absl::Time now = absl::Now();
   for (const std::string& id : call->ids) recent_.Published(id, now);
   counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
@@ -335,6 +347,27 @@ void Lane::OnRecorded(std::shared_ptr<Call> call) {
              {"type", call->events.front().event_type},
              {"events", absl::StrCat(call->events.size())}});
   Finish(*call, 200, OkBody(call->events.size(), call->duplicates));
+  // The claim (RECEIVED) was stored before the publish, so this write always lands after it.
+  // Without payload and rendered bytes, which the store keeps from the claim.
+  for (size_t i = 0; i < call->events.size(); ++i) {
+    ess::v1::MessageRecord published = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_PUBLISHED, "");
+    published.clear_payload();
+    published.clear_rendered();
+    recorder_->Record(std::move(published), [this, cid = call->events[i].correlation_id,
+                                             partner = call->partner](absl::Status s) {
+      if (s.ok()) return;
+      counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
+      log::Warn(cid, "published event stays RECEIVED in the replay store",
+                {{"partner", partner}, {"error", ToStd(s.message())}});
+    });
+  }
+}
+
+void Lane::Release(const Call& call, std::string_view reason) {
+  for (size_t i = 0; i < call.events.size(); ++i) {
+    recorder_->Record(call.MakeRecord(i, ess::v1::MESSAGE_STATUS_FAILED, reason),
+                      [](absl::Status) {});
+  }
 }
 
 void Lane::Finish(Call& call, int status, std::string body) {

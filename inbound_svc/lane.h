@@ -1,24 +1,31 @@
 // The inbound lane: partner -> bus.
 //
-// Serves each partner's webhook path. A callback is authenticated (later: signatures, RBAC),
+// Serves each partner's webhook path. A callback is authenticated (a route with secrets takes
+// only calls signed with one of them: Standard Webhooks, common/webhook_signature.h),
 // turned into internal events by the partner's adapter (Pull, through its inbound mapping),
-// published persistent and mandatory to the events fanout exchange with publisher confirms,
-// and recorded in the replay store. The partner gets its answer only after that:
+// claimed in the replay store (ReplayService.Claim: recorded RECEIVED, unless a repeat), then
+// published persistent and mandatory to the events fanout exchange with publisher confirms.
+// The partner gets its answer only after that; the record then says PUBLISHED:
 //
-//   200  every event was confirmed by the broker and recorded
+//   200  every event is recorded and was confirmed by the broker (or is a repeat)
 //   400  the payload is not what the partner's mapping expects (the reason is in the body)
+//   401  the route takes signed calls and this one is not validly signed, or too old
 //   404  no partner serves this path          405  not a POST
-//   503  broker or replay store unreachable (Retry-After: 1): the partner should retry
+//   503  broker or replay store unreachable, or the id is being published by another call
+//        (Retry-After: 1): the partner should retry; claims already stored are given back
+//        (recorded FAILED)
 //
-// Publishes and records of concurrent requests are pipelined: no request waits for another's
-// confirm.
+// Claims, publishes and records of concurrent requests are batched and pipelined: no request
+// waits for another's confirm.
 //
 // Idempotency: each event's message id is the partner's `webhook-id` header (":N" appended per
 // event when one call carries several), or else its correlation id and a hash of the event.
 // An id published within the dedupe window (the newest dedupe_memory_ids of them remembered in
-// memory, every one found in the replay store, which keeps them across restarts and replicas)
-// is answered 200 with "duplicates" and not published again; an id still being published by
-// another request gets 503.
+// memory, every one known to the replay store, which keeps them across restarts and replicas)
+// is answered 200 with "duplicates" and not published again. An id being published by another
+// request, of this replica (in memory) or another (its claim in the store, for at most
+// claim_lease), gets 503. A crash between the confirm and the PUBLISHED record leaves RECEIVED:
+// a repeat after the lease publishes again, a duplicate with the same message id, never a loss.
 #ifndef ESS_INBOUND_SVC_LANE_H_
 #define ESS_INBOUND_SVC_LANE_H_
 
@@ -27,6 +34,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +47,7 @@
 #include "common/audit.h"
 #include "common/http_server.h"
 #include "common/replay_client.h"
+#include "common/webhook_signature.h"
 
 namespace ess::inbound {
 
@@ -48,6 +57,8 @@ class Lane {
     std::string partner;
     std::string path;
     std::unique_ptr<adapters::Adapter> adapter;
+    // Set: every call must carry a valid Standard Webhooks signature (401 otherwise).
+    std::optional<webhook::SignatureVerifier> verifier;
   };
   struct Options {
     http::Server::Options server;
@@ -57,9 +68,14 @@ class Lane {
     // answered from the replay store (a batched lookup per webhook either way). Bounds the
     // lane's memory: ~180 bytes per id.
     size_t dedupe_memory_ids = 16384;
+    // How long a claimed id holds off repeats while it is published (ReplayService.Claim).
+    absl::Duration claim_lease = absl::Seconds(2);
   };
   struct Counters {
-    std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0};
+    std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0},
+        unauthenticated{0};
+    // Published and answered 200, but the PUBLISHED record failed: the store says RECEIVED.
+    std::atomic<uint64_t> unrecorded{0};
   };
 
   // `publisher`, `recorder` and `audit` (may be null) must outlive the lane.
@@ -99,9 +115,12 @@ class Lane {
   };
 
   void Handle(http::ServerRequest request, http::Responder responder);
-  void OnLookedUp(std::shared_ptr<Call> call);
-  void OnPublished(std::shared_ptr<Call> call, absl::Status status);
-  void OnRecorded(std::shared_ptr<Call> call);
+  // Round 1 ended: `error` if a claim call failed.
+  void OnClaimed(std::shared_ptr<Call> call, const absl::Status& error);
+  void OnPublished(std::shared_ptr<Call> call, const absl::Status& status);
+  // Gives the call's claims back (records them FAILED with `reason`), so a retry can claim
+  // them at once rather than after the lease.
+  void Release(const Call& call, std::string_view reason);
   // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
   void Finish(Call& call, int status, std::string body);
 

@@ -56,9 +56,20 @@ int main(int argc, char** argv) {
         std::cerr << "error: " << path << ": " << adapter.status().message() << "\n";
         return 2;
       }
+      std::optional<ess::webhook::SignatureVerifier> verifier;
+      if (p.inbound().has_auth()) {
+        auto v = ess::config::WebhookVerifier(p.inbound().auth());
+        if (!v.ok()) {
+          std::cerr << "error: " << path << ": partner " << p.name() << ": " << v.status().message()
+                    << "\n";
+          return 2;
+        }
+        verifier = *std::move(v);
+      }
       routes.push_back({.partner = p.name(),
                         .path = p.inbound().webhook_path(),
-                        .adapter = *std::move(adapter)});
+                        .adapter = *std::move(adapter),
+                        .verifier = std::move(verifier)});
     }
     if (p.inbound().has_poll()) {
       // The config loader admits polls of sftp_csv partners only.
@@ -106,7 +117,8 @@ int main(int argc, char** argv) {
                   .max_body_bytes = config->inbound().max_body_bytes()},
        .events_exchange = exchange,
        .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds()),
-       .dedupe_memory_ids = config->inbound().dedupe_memory_ids()},
+       .dedupe_memory_ids = config->inbound().dedupe_memory_ids(),
+       .claim_lease = absl::Milliseconds(config->inbound().claim_lease_ms())},
       std::move(routes), &publisher, &recorder, &audit);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     // The publisher keeps reconnecting; webhooks get 503 meanwhile.

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "adapters/registry.h"
 #include "ess/v1/adapters.pb.h"
 
@@ -163,6 +164,41 @@ TEST(ConfigTest, PasswordFromEnvironment) {
   c = Load("bus: {password_env: ESS_TEST_UNSET_VARIABLE}\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(c.status().message(), HasSubstr("bus.password_env: environment variable"));
+}
+
+TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentAndAreCheckedAtLoad) {
+  auto with_auth = [](std::string_view auth) {
+    std::string yaml = kGood;
+    const std::string path = "      webhook_path: /webhook/prison\n";
+    yaml.replace(yaml.find(path), path.size(), absl::StrCat(path, "      auth: ", std::string(auth), "\n"));
+    return Load(yaml);
+  };
+  setenv("ESS_TEST_WEBHOOK_SECRETS",
+         " whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw  whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludCEh ",
+         1);
+  auto c = with_auth("{secrets_env: ESS_TEST_WEBHOOK_SECRETS}");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(0).inbound().auth().tolerance_seconds(), 300u);
+  EXPECT_TRUE(WebhookVerifier(c->partners(0).inbound().auth()).ok());
+
+  c = with_auth("{secrets_env: ESS_TEST_UNSET_SECRETS, tolerance_seconds: 60}");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].inbound.auth.secrets_env: environment variable "
+                        "ESS_TEST_UNSET_SECRETS is not set"));
+  EXPECT_THAT(std::string(c.status().message()), ::testing::StartsWith("hub.yaml:"));
+
+  setenv("ESS_TEST_BAD_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_hunter2!", 1);
+  c = with_auth("{secrets_env: ESS_TEST_BAD_SECRETS}");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].inbound.auth.secrets_env: environment variable "
+                        "ESS_TEST_BAD_SECRETS: secret 2 is not \"whsec_\" followed by base64"));
+  EXPECT_THAT(c.status().message(), ::testing::Not(HasSubstr("hunter2")));
+
+  c = with_auth("{tolerance_seconds: 60}");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].inbound.auth.secrets_env: must name an environment variable"));
 }
 
 }  // namespace

@@ -7,8 +7,10 @@
 
 #include <future>
 #include <map>
+#include <random>
 #include <set>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/synchronization/mutex.h"
@@ -16,6 +18,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/replay_client.h"
+#include "common/webhook_signature.h"
 #include "tests/integration/capture_partner.h"
 #include "tests/integration/harness.h"
 
@@ -289,12 +292,25 @@ TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   EXPECT_EQ(d->exchange, exchange_);
   EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
 
+  // By the 200 the store holds the event (RECEIVED, written while the broker confirmed); the
+  // record says PUBLISHED right after.
   auto trail = Trail("VIS-77");
   ASSERT_EQ(trail.records_size(), 1);
   EXPECT_EQ(trail.records(0).direction(), ess::v1::DIRECTION_INBOUND);
-  EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_THAT(trail.records(0).status(), ::testing::AnyOf(ess::v1::MESSAGE_STATUS_RECEIVED,
+                                                          ess::v1::MESSAGE_STATUS_PUBLISHED));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        trail = Trail("VIS-77");
+        return trail.records_size() == 1 &&
+               trail.records(0).status() == ess::v1::MESSAGE_STATUS_PUBLISHED;
+      },
+      absl::Seconds(10)));
   EXPECT_EQ(trail.records(0).source(), "/webhook/prison");
+  EXPECT_EQ(trail.records(0).rendered(),
+            R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
   EXPECT_TRUE(trail.trail().has_confirmed_at());
+  EXPECT_EQ(trail.trail().stage(), "confirmed");
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
@@ -339,6 +355,126 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
                           R"({"type":"SlotConfirmed","id":"VIS-1","status":"confirmed"})",
                           R"({"type":"SlotConfirmed","id":"VIS-2","status":"confirmed"})",
                           R"({"type":"SlotConfirmed","id":"VIS-2","status":"cancelled"})"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+TEST_F(HubTest, AnIdBeingPublishedElsewhereIsHeldForItsLeaseThenTaken) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  // Another replica claimed wh-7 and died before publishing it: the store says RECEIVED.
+  {
+    grpc::ClientContext ctx;
+    ess::v1::RecordRequest req;
+    ess::v1::MessageRecord* r = req.add_records();
+    r->set_direction(ess::v1::DIRECTION_INBOUND);
+    r->set_partner("prison_calendar");
+    r->set_message_id("wh-7");
+    r->set_correlation_id("VIS-7");
+    r->set_status(ess::v1::MESSAGE_STATUS_RECEIVED);
+    ess::v1::RecordResponse resp;
+    ASSERT_TRUE(stub_->Record(&ctx, req, &resp).ok());
+  }
+  auto post = [&] {
+    return http_.SendAndWait(
+        {.url = Url("/webhook/prison"),
+         .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-7"}},
+         .body = R"({"id":"VIS-7","status":"confirmed"})"});
+  };
+  // Within the lease (claim_lease_ms, 2 s): the partner is told to retry, nothing is published.
+  auto r = post();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->Header("retry-after"), "1");
+  EXPECT_THAT(r->body, HasSubstr("in progress"));
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  // Once the lease has run out, the retry claims the id and publishes it, once.
+  absl::SleepFor(absl::Milliseconds(2100));
+  r = post();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.message_id, "wh-7");
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto t = Trail("VIS-7");
+        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_PUBLISHED;
+      },
+      absl::Seconds(10)));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+TEST_F(HubTest, ASignedRouteTakesOnlyFreshCallsSignedByThePartner) {
+  // A secret made for this run; it reaches inbound_svc through its environment only.
+  std::random_device seed;
+  std::mt19937_64 bits(seed());
+  std::string key(32, '\0');
+  for (char& c : key) c = static_cast<char>(bits());
+  const std::string secret = "whsec_" + absl::Base64Escape(key);
+  ASSERT_EQ(setenv("ESS_TEST_PRISON_WEBHOOK_SECRETS", secret.c_str(), 1), 0);
+  std::string yaml = Config("http://127.0.0.1:9");
+  const std::string route = "      webhook_path: /webhook/prison\n";
+  yaml.replace(yaml.find(route), route.size(),
+               route +
+                   "      auth: {secrets_env: ESS_TEST_PRISON_WEBHOOK_SECRETS, "
+                   "tolerance_seconds: 60}\n");
+  ASSERT_EQ(yaml.find(secret), std::string::npos);
+  dir_.Write("hub.yaml", yaml);
+  StartReplay();
+  StartInbound("hub.yaml");
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+
+  auto partner = webhook::SignatureVerifier::Create({secret}, absl::Seconds(60));
+  auto stranger = webhook::SignatureVerifier::Create(
+      {"whsec_c2VjcmV0LW9mLWEtcm90YXRlZC1lbmRwb2ludCEh"}, absl::Seconds(60));
+  ASSERT_TRUE(partner.ok() && stranger.ok());
+  const std::string body = R"({"id":"VIS-S1","status":"confirmed"})";
+  const std::string now = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
+  auto post = [&](const std::string& id, const std::string& ts, const std::string& signature,
+                  const std::string& sent_body) {
+    http::HeaderList headers = {{"Content-Type", "application/json"}, {"webhook-id", id}};
+    if (!ts.empty()) headers.emplace_back("webhook-timestamp", ts);
+    if (!signature.empty()) headers.emplace_back("webhook-signature", signature);
+    auto r =
+        http_.SendAndWait({.url = Url("/webhook/prison"), .headers = headers, .body = sent_body});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : http::Response{};
+  };
+
+  // Not signed, signed by someone else, altered after signing, or signed 10 minutes ago (a
+  // captured call replayed): 401 with the reason, and nothing reaches the bus.
+  auto r = post("wh-s1", now, "", body);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_THAT(r.body, HasSubstr("webhook-signature header missing"));
+  r = post("wh-s1", now, stranger->Sign("wh-s1", now, body), body);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_THAT(r.body, HasSubstr("no webhook-signature matches"));
+  r = post("wh-s1", now, partner->Sign("wh-s1", now, body),
+           R"({"id":"VIS-S1","status":"cancelled"})");
+  EXPECT_EQ(r.status, 401);
+  const std::string old = absl::StrCat(absl::ToUnixSeconds(absl::Now() - absl::Minutes(10)));
+  r = post("wh-s1", old, partner->Sign("wh-s1", old, body), body);
+  EXPECT_EQ(r.status, 401);
+  EXPECT_THAT(r.body, HasSubstr("webhook-timestamp is 10m"));
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+
+  // Signed by the partner, now: published once, under its webhook-id.
+  r = post("wh-s1", now, partner->Sign("wh-s1", now, body), body);
+  EXPECT_EQ(r.status, 200) << r.body;
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-S1","status":"confirmed"})");
+  EXPECT_EQ(d->message.message_id, "wh-s1");
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  // The refusals are logged with their reason, never with the secret.
+  EXPECT_THAT(inbound_->Log(), HasSubstr("webhook refused: not signed by the partner"));
+  EXPECT_THAT(inbound_->Log(), ::testing::Not(HasSubstr(secret.substr(6))));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
@@ -527,7 +663,13 @@ TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
   EXPECT_EQ(r->status, 503);
   EXPECT_EQ(r->Header("retry-after"), "1");
   EXPECT_THAT(r->body, HasSubstr("event bus"));
-  EXPECT_EQ(inbound_->Stop(), 0);
+  EXPECT_EQ(inbound_->Stop(), 0);  // a graceful stop sends the records still queued
+  // It was recorded RECEIVED while the publish was tried, then FAILED with the reason.
+  auto failed = Trail("VIS-9");
+  ASSERT_EQ(failed.records_size(), 1);
+  EXPECT_EQ(failed.records(0).status(), ess::v1::MESSAGE_STATUS_FAILED);
+  EXPECT_THAT(failed.records(0).error(), HasSubstr("event bus"));
+  EXPECT_EQ(failed.trail().stage(), "failed");
 
   // With a subscriber bound (an event nobody would receive is refused as unroutable).
   auto conn = amqp::Connection::Open(broker_);
