@@ -26,12 +26,14 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -47,6 +49,7 @@
 #include "common/http_client.h"
 #include "common/log.h"
 #include "common/replay_client.h"
+#include "common/webhook_signature.h"
 #include "google/protobuf/util/time_util.h"
 
 ABSL_FLAG(uint64_t, events, 100000,
@@ -75,6 +78,9 @@ ABSL_FLAG(int, wrk_connections, 256,
           "Keep-alive connections of wrk: the fixed concurrency of the inbound run and of the HTTP "
           "ceiling (the inbound run is repeated with --publish_window connections).");
 ABSL_FLAG(int, wrk_threads, 1, "wrk threads.");
+ABSL_FLAG(bool, signed_webhooks, true,
+          "Webhooks carry Standard Webhooks signatures that the inbound lane verifies (a secret "
+          "made for the run); false: plain webhooks on an unauthenticated route.");
 ABSL_FLAG(int, amqp_port, 0, "Use the RabbitMQ already listening on this loopback port.");
 ABSL_FLAG(int, amqp_pid, 0, "With --amqp_port: the broker's PID, so that its CPU is counted.");
 ABSL_FLAG(std::string, source_dir, ESS_SOURCE_DIR, "The ESS source tree.");
@@ -270,7 +276,15 @@ struct Settings {
   uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, publish_window;
   int wrk_connections, wrk_threads;
   std::string source_dir, bin_dir, run_dir, wrk;
+  // Set when webhooks are signed: the partner's side of the inbound route's secret.
+  std::optional<webhook::SignatureVerifier> signer;
 };
+
+// The environment variable through which inbound_svc gets the run's webhook secret.
+constexpr char kSecretsEnv[] = "ESS_BENCH_WEBHOOK_SECRETS";
+// Most webhooks/s one wrk thread is given signatures for; a faster run would send unsigned
+// ones (answered 401, counted as non-2xx).
+constexpr double kMaxSignedRate = 30000;
 
 // The services of one scenario, with their own folder, config and replay database.
 struct Stack {
@@ -331,9 +345,14 @@ class Bench {
   absl::StatusOr<ess::v1::PartnerStats> Stats(Stack& st, ess::v1::Direction direction);
   void DeleteQueues(const std::vector<std::string>& queues);
   // Runs wrk against `url`; fills `sc` with its figures. Returns the WRK_RESULT JSON line.
+  // `signatures`: the base path SignWebhooks() returned, for signed webhooks.
   std::optional<std::string> RunWrk(Scenario& sc, const std::string& url, int connections,
                                     const std::string& kind, const std::string& prefix,
-                                    absl::Duration duration, double* cpu_seconds);
+                                    absl::Duration duration, double* cpu_seconds,
+                                    const std::string& signatures = "");
+  // Writes the signatures of the webhooks wrk sends with `prefix` (see bench/post.lua) and
+  // returns the files' base path. Done before a run, so its CPU is not counted in it.
+  std::string SignWebhooks(const std::string& prefix, absl::Duration duration) const;
 
   Settings s_;
   BrokerAddress broker_;
@@ -379,9 +398,11 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "        - {target: sentNs, source: sentNs}\n",                //
                       "    inbound:\n",                                              //
                       "      webhook_path: ", kWebhookPath, "\n",                    //
-                      "      mapping:\n",                                            //
-                      "        - {target: type, constant: SlotConfirmed}\n",         //
-                      "        - {target: id, source: id}\n",                        //
+                      s_.signer ? absl::StrCat("      auth: {secrets_env: ", kSecretsEnv, "}\n")
+                                : std::string(),                              //
+                      "      mapping:\n",                                     //
+                      "        - {target: type, constant: SlotConfirmed}\n",  //
+                      "        - {target: id, source: id}\n",                 //
                       "        - {target: status, source: status}\n");
 }
 
@@ -498,9 +519,27 @@ absl::StatusOr<ess::v1::PartnerStats> Bench::Stats(Stack& st, ess::v1::Direction
   return ess::v1::PartnerStats();
 }
 
+std::string Bench::SignWebhooks(const std::string& prefix, absl::Duration duration) const {
+  // wrk's Lua has no HMAC: each thread reads the signatures of its requests from a file.
+  const std::string base = absl::StrCat(s_.run_dir, "/signatures-", prefix);
+  const std::string ts = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
+  const auto per_thread = static_cast<uint64_t>(kMaxSignedRate * absl::ToDoubleSeconds(duration));
+  for (int tid = 1; tid <= s_.wrk_threads; ++tid) {
+    std::ofstream out(absl::StrCat(base, "-", tid));
+    for (uint64_t n = 1; n <= per_thread; ++n) {
+      const std::string id = absl::StrCat(prefix, "-", tid, "-", n);
+      out << ts << " "
+          << s_.signer->Sign(id, ts, absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"))
+          << "\n";
+    }
+  }
+  return base;
+}
+
 std::optional<std::string> Bench::RunWrk(Scenario& sc, const std::string& url, int connections,
                                          const std::string& kind, const std::string& prefix,
-                                         absl::Duration duration, double* cpu_seconds) {
+                                         absl::Duration duration, double* cpu_seconds,
+                                         const std::string& signatures) {
   const std::string log = absl::StrCat(s_.run_dir, "/wrk-", sc.name, ".log");
   std::vector<std::string> argv = {s_.wrk,
                                    absl::StrCat("-t", s_.wrk_threads),
@@ -514,6 +553,7 @@ std::optional<std::string> Bench::RunWrk(Scenario& sc, const std::string& url, i
                                    "--",
                                    kind,
                                    prefix};
+  if (!signatures.empty()) argv.push_back(signatures);
   const int rc = RunToCompletion(argv, log, cpu_seconds);
   const std::string out = ReadFile(log);
   const size_t at = out.rfind("WRK_RESULT ");
@@ -991,12 +1031,14 @@ void Bench::Inbound() {
         conn.ok()) {
       (void)(*conn)->Purge(kSinkQueue);
     }
+    const std::string prefix = absl::StrCat("W", getpid(), "c", connections);
+    const std::string signatures = s_.signer ? SignWebhooks(prefix, s_.duration) : "";
+    sc.Note("signed", s_.signer ? "true" : "false");
     CpuWindow cpu;
     cpu.Begin(Procs(st));
     double wrk_cpu = 0;
     std::optional<std::string> r =
-        RunWrk(sc, url, connections, "webhook", absl::StrCat("W", getpid(), "c", connections),
-               s_.duration, &wrk_cpu);
+        RunWrk(sc, url, connections, "webhook", prefix, s_.duration, &wrk_cpu, signatures);
     cpu.End(sc, {{"wrk", wrk_cpu}});
     if (!r) continue;
     const double seconds = JsonNumber(*r, "duration_us") / 1e6;
@@ -1015,11 +1057,22 @@ void Bench::Inbound() {
     absl::StatusOr<QueueState> q = QueueInfo(broker_, kSinkQueue);
     const double on_bus = q.ok() ? static_cast<double>(q->messages) : -1.0;
     sc.Set("on_bus", on_bus);
-    absl::StatusOr<ess::v1::PartnerStats> stats = Stats(st, ess::v1::DIRECTION_INBOUND);
-    const double published = stats.ok() ? static_cast<double>(stats->published()) : -1.0;
+    // Every 2xx is recorded PUBLISHED, just after its answer: the last ones may take a moment.
+    double published = -1.0;
+    const absl::Time until = absl::Now() + absl::Seconds(10);
+    while (true) {
+      absl::StatusOr<ess::v1::PartnerStats> stats = Stats(st, ess::v1::DIRECTION_INBOUND);
+      published = stats.ok() ? static_cast<double>(stats->published()) : -1.0;
+      if (published - published_before >= ok || absl::Now() >= until) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
     sc.Set("records_published", published >= 0 ? published - published_before : -1.0);
-    published_before = published;
     if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
+    if (published - published_before < ok) {
+      sc.Fail(absl::StrCat(ok, " answered 2xx but ", published - published_before,
+                           " recorded PUBLISHED"));
+    }
+    published_before = published;
     Say(absl::StrCat("  ", Grouped(run_rate), " webhooks/s at ", connections, " connections; p99 ",
                      JsonNumber(*r, "p99") / 1e3, " ms; ", on_bus, " on the bus for ", ok, " 2xx"));
   }
@@ -1092,9 +1145,18 @@ void Bench::Inbound() {
           absl::SleepFor(wait);
         }
         const int64_t sent = MonoNs();
+        const std::string id = absl::StrCat(prefix, i);
+        std::string body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})");
+        http::HeaderList headers = {{"Content-Type", "application/json"}};
+        if (s_.signer) {  // signing is the partner's work, timed like the rest of its request
+          const std::string ts = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
+          headers.emplace_back("webhook-signature", s_.signer->Sign(id, ts, body));
+          headers.emplace_back("webhook-id", id);
+          headers.emplace_back("webhook-timestamp", ts);
+        }
         client.Send({.url = url,
-                     .headers = {{"Content-Type", "application/json"}},
-                     .body = absl::StrCat(R"({"id":")", prefix, i, R"(","status":"confirmed"})"),
+                     .headers = std::move(headers),
+                     .body = std::move(body),
                      .timeout = absl::Seconds(10)},
                     [&, sent](absl::StatusOr<http::Response> resp) {
                       const int64_t now = MonoNs();
@@ -1177,9 +1239,11 @@ void PrintTable(const std::vector<Row>& rows) {
 
 std::vector<Row> BuildRows(const Bench& b) {
   std::vector<Row> rows;
+  // A failed scenario's figures stay out of the table (they are listed below it with the
+  // failure): a latency run that never got its samples must not read "p99 0.00 ms, PASS".
   auto fig = [&](const char* scenario, const char* key) -> std::optional<double> {
     const Scenario* sc = b.Find(scenario);
-    return sc != nullptr ? sc->Get(key) : std::nullopt;
+    return sc != nullptr && sc->ok ? sc->Get(key) : std::nullopt;
   };
   auto busiest = [&](const char* scenario) {
     const Scenario* sc = b.Find(scenario);
@@ -1255,7 +1319,7 @@ std::vector<Row> BuildRows(const Bench& b) {
     rows.push_back(r);
   }
   for (const Scenario& sc : b.scenarios()) {
-    if (sc.name.rfind("outbound_replicas_", 0) != 0) continue;
+    if (sc.name.rfind("outbound_replicas_", 0) != 0 || !sc.ok) continue;
     auto rate = sc.Get("events_per_s");
     if (!rate) continue;
     Row r{absl::StrCat("scaling: ", sc.Get("replicas").value_or(0), " lane replicas"),
@@ -1515,6 +1579,16 @@ int Main(int argc, char** argv) {
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
   s.wrk_threads = absl::GetFlag(FLAGS_wrk_threads);
+  if (absl::GetFlag(FLAGS_signed_webhooks)) {
+    // A secret made for this run, handed to inbound_svc through its environment.
+    std::random_device seed;
+    std::mt19937_64 bits(seed());
+    std::string key(32, '\0');
+    for (char& c : key) c = static_cast<char>(bits());
+    const std::string secret = "whsec_" + absl::Base64Escape(key);
+    setenv(kSecretsEnv, secret.c_str(), 1);
+    s.signer = *webhook::SignatureVerifier::Create({secret}, absl::Minutes(5));
+  }
   s.source_dir = std::filesystem::absolute(absl::GetFlag(FLAGS_source_dir)).string();
   g_source_dir = s.source_dir;
   s.bin_dir = absl::GetFlag(FLAGS_bin_dir);

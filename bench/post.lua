@@ -1,10 +1,14 @@
 -- wrk script of ess_bench: POSTs JSON with a unique id per request, counts 2xx answers, and
 -- prints one line "WRK_RESULT {...}" (JSON) at the end.
 --
---   wrk -t2 -c64 -d10s -s post.lua URL -- KIND PREFIX
+--   wrk -t2 -c64 -d10s -s post.lua URL -- KIND PREFIX [SIGNATURES]
 --
 -- KIND "webhook": {"id":"PREFIX-T-N","status":"confirmed"}      (a partner's callback)
 -- KIND "partner": {"id":"PREFIX-T-N","inmate":"A123","slot":...} (what the outbound lane sends)
+--
+-- SIGNATURES: webhooks are signed (Standard Webhooks). wrk's Lua has no HMAC, so ess_bench
+-- writes, per thread T, the file SIGNATURES-T whose line N is "TIMESTAMP v1,..." for request N;
+-- the request carries webhook-id PREFIX-T-N, webhook-timestamp and webhook-signature.
 
 local threads = {}
 
@@ -20,6 +24,13 @@ function init(args)
   ok = 0
   bad = 0
   headers = { ["Content-Type"] = "application/json" }
+  signatures = nil
+  if args[3] then
+    signatures = {}
+    for line in io.lines(args[3] .. "-" .. tid) do
+      table.insert(signatures, line)
+    end
+  end
 end
 
 function request()
@@ -30,6 +41,13 @@ function request()
         '","inmate":"A123","slot":"2026-12-01T15:00:00Z","sentNs":0}'
   else
     body = '{"id":"' .. prefix .. n .. '","status":"confirmed"}'
+    local signed = signatures and signatures[n]
+    if signed then
+      local space = string.find(signed, " ", 1, true)
+      headers["webhook-id"] = prefix .. n
+      headers["webhook-timestamp"] = string.sub(signed, 1, space - 1)
+      headers["webhook-signature"] = string.sub(signed, space + 1)
+    end
   end
   return wrk.format("POST", nil, headers, body)
 end
