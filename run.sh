@@ -3,10 +3,12 @@
 # replay store, both lanes, the demo partner and a subscriber) and walks the visit-booking flow:
 #
 #   VisitScheduleUpdated -> visit_updates -> outbound_svc -> partner POST /api/slots
-#   partner POST /webhook/prison -> inbound_svc -> events exchange -> SlotConfirmed
+#   partner POST /webhook/prison (signed) -> inbound_svc -> events exchange -> SlotConfirmed
+#   a forged, unsigned callback -> 401
 #
 #   ./run.sh          walk the flow, then keep the stack running until Ctrl-C
-#   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived
+#   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived and
+#                     the forged callback was refused
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -45,6 +47,10 @@ sed -e "s/@AMQP_PORT@/$ESS_AMQP_PORT/" -e "s/@REPLAY_PORT@/$REPLAY_PORT/" \
     -e "s/@INBOUND_PORT@/$INBOUND_PORT/" -e "s/@PARTNER_PORT@/$PARTNER_PORT/" \
     config/demo.yaml > "$STACK/hub.yaml"
 rm -f "$STACK"/*.log "$STACK"/replay.db*  # each walk-through starts from an empty store
+# The partner signs its callbacks with a secret made for this run (Standard Webhooks); both
+# inbound_svc and the demo partner read it from the environment, never from a file.
+ESS_DEMO_WEBHOOK_SECRETS="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
+export ESS_DEMO_WEBHOOK_SECRETS
 AMQP="127.0.0.1:$ESS_AMQP_PORT"
 ESSCTL=("$BIN/essctl" --addr "127.0.0.1:$REPLAY_PORT")
 ESSBUS=("$BIN/essbus" --amqp "$AMQP")
@@ -61,7 +67,8 @@ start replay_svc "$BIN/replay_svc" --config "$STACK/hub.yaml"
 wait_for 20 "${ESSCTL[@]}" stats || { cat "$STACK/replay_svc.log"; exit 1; }
 start inbound_svc "$BIN/inbound_svc" --config "$STACK/hub.yaml"
 start demo_partner "$BIN/demo_partner" --listen "127.0.0.1:$PARTNER_PORT" \
-  --callback_url "http://127.0.0.1:$INBOUND_PORT/webhook/prison"
+  --callback_url "http://127.0.0.1:$INBOUND_PORT/webhook/prison" \
+  --secret_env ESS_DEMO_WEBHOOK_SECRETS
 start outbound_svc "$BIN/outbound_svc" --config "$STACK/hub.yaml"
 wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$INBOUND_PORT" || { cat "$STACK/inbound_svc.log"; exit 1; }
 wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PARTNER_PORT" || { cat "$STACK/demo_partner.log"; exit 1; }
@@ -88,11 +95,24 @@ cat "$STACK/subscriber.log"
 say "what the replay store holds for VIS-77 (essctl get --correlation VIS-77)"
 "${ESSCTL[@]}" get --correlation VIS-77 || true
 
+say "a forged callback (not signed by the partner) is refused"
+FORGED='{"id":"VIS-77","status":"cancelled"}'
+exec 3<>"/dev/tcp/127.0.0.1/$INBOUND_PORT"
+printf 'POST /webhook/prison HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s' \
+  "${#FORGED}" "$FORGED" >&3
+FORGED_ANSWER=$(cat <&3)
+exec 3<&-
+echo "$FORGED_ANSWER" | sed -n '1p;$p'
+case "$FORGED_ANSWER" in
+  "HTTP/1.1 401"*) ;;
+  *) say "FAILED: the forged callback was not refused"; RESULT=1 ;;
+esac
+
 if [ $RESULT -ne 0 ]; then
-  say "FAILED: SlotConfirmed did not arrive; logs are in $STACK"
+  say "FAILED: SlotConfirmed did not arrive, or a forged callback was taken; logs are in $STACK"
   exit 1
 fi
-say "OK: VIS-77 was pushed, delivered and confirmed"
+say "OK: VIS-77 was pushed, delivered and confirmed (by a signed callback)"
 
 if [ $ONCE -eq 1 ]; then
   exit 0

@@ -61,9 +61,9 @@ absl::StatusOr<SignatureVerifier> SignatureVerifier::Create(const std::vector<st
 absl::Status SignatureVerifier::Verify(std::string_view id, std::string_view timestamp,
                                        std::string_view signatures, std::string_view body,
                                        absl::Time now) const {
+  if (signatures.empty()) return absl::UnauthenticatedError("webhook-signature header missing");
   if (id.empty()) return absl::UnauthenticatedError("webhook-id header missing");
   if (timestamp.empty()) return absl::UnauthenticatedError("webhook-timestamp header missing");
-  if (signatures.empty()) return absl::UnauthenticatedError("webhook-signature header missing");
   int64_t seconds = 0;
   if (!absl::SimpleAtoi(Absl(timestamp), &seconds)) {
     return absl::UnauthenticatedError("webhook-timestamp is not a number of seconds");

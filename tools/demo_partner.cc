@@ -9,6 +9,10 @@
 //                          among them (by Idempotency-Key, else by id).
 //   GET  /health           200 {"status":"ok"}
 //
+// With --secret_env, every callback is signed the Standard Webhooks way with the secret in that
+// environment variable: webhook-id "cb-ID" (the same on every retry, so the hub sees a repeat),
+// webhook-timestamp (now, per attempt) and webhook-signature.
+//
 //   demo_partner --listen 127.0.0.1:8091
 //       --callback_url http://127.0.0.1:8080/webhook/prison --callback_delay_ms 50
 #include <rapidjson/document.h>
@@ -17,7 +21,9 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -34,6 +40,7 @@
 #include "common/http_client.h"
 #include "common/http_server.h"
 #include "common/log.h"
+#include "common/webhook_signature.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:8091", "host:port to serve on (port 0 picks one)");
 ABSL_FLAG(std::string, callback_url, "",
@@ -41,6 +48,9 @@ ABSL_FLAG(std::string, callback_url, "",
           "empty: no callbacks");
 ABSL_FLAG(int, callback_delay_ms, 50, "delay between accepting a slot and confirming it");
 ABSL_FLAG(std::string, status, "confirmed", "the status value sent in each callback");
+ABSL_FLAG(std::string, secret_env, "",
+          "environment variable holding the secret (\"whsec_...\") that signs each callback "
+          "(Standard Webhooks); empty: callbacks are not signed");
 ABSL_FLAG(int, callback_attempts, 3,
           "tries per callback when the receiver is unreachable or answers 429/5xx");
 
@@ -144,6 +154,7 @@ class Calendar {
     absl::Duration callback_delay;
     std::string status;
     int callback_attempts;
+    std::optional<ess::webhook::SignatureVerifier> signer;  // set: callbacks are signed
   };
 
   explicit Calendar(Options options) : options_(std::move(options)), client_({}) {}
@@ -259,6 +270,14 @@ class Calendar {
         .headers = {{"Content-Type", "application/json"}, {"X-Correlation-ID", cid}},
         .body = body,
     };
+    if (options_.signer) {
+      const std::string id = absl::StrCat("cb-", cid);
+      const std::string ts = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
+      request.headers.emplace_back(ess::webhook::kSignatureHeader,
+                                   options_.signer->Sign(id, ts, body));
+      request.headers.emplace_back(ess::webhook::kIdHeader, id);
+      request.headers.emplace_back(ess::webhook::kTimestampHeader, ts);
+    }
     client_.Send(std::move(request), [this, cid = std::move(cid), body = std::move(body),
                                       attempt](absl::StatusOr<ess::http::Response> r) mutable {
       const bool retryable = IsRetryable(r);
@@ -297,7 +316,7 @@ int main(int argc, char** argv) {
   ess::cli::BlockTerminationSignals();
   ess::cli::Parse(argc, argv,
                   "demo_partner [--listen HOST:PORT] [--callback_url URL] "
-                  "[--callback_delay_ms MS] [--status confirmed]\n"
+                  "[--callback_delay_ms MS] [--status confirmed] [--secret_env NAME]\n"
                   "A stand-in partner (the prison calendar): POST /api/slots, "
                   "GET /api/slots/count, GET /health.");
   ess::log::Init("demo_partner");
@@ -316,6 +335,18 @@ int main(int argc, char** argv) {
                     "bad flags: need --callback_delay_ms >= 0, a non-empty --status, "
                     "--callback_attempts >= 1 and an http(s) --callback_url");
     return 2;
+  }
+  if (const std::string env = absl::GetFlag(FLAGS_secret_env); !env.empty()) {
+    const char* secret = std::getenv(env.c_str());
+    absl::StatusOr<ess::webhook::SignatureVerifier> signer =
+        secret == nullptr ? absl::FailedPreconditionError("is not set")
+                          : ess::webhook::SignatureVerifier::Create({secret}, absl::Minutes(5));
+    if (!signer.ok()) {
+      ess::log::Error("", "bad flags: --secret_env",
+                      {{"variable", env}, {"error", std::string(signer.status().message())}});
+      return 2;
+    }
+    options.signer = *std::move(signer);
   }
 
   Calendar calendar(std::move(options));

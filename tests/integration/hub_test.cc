@@ -96,6 +96,7 @@ partners:
         - {target: slot, source: slotUtc}
     inbound:
       webhook_path: /webhook/prison
+      WEBHOOK_AUTH
       mapping:
         - {target: type, constant: SlotConfirmed}
         - {target: id, source: id}
@@ -109,7 +110,10 @@ partners:
          {"PARTNER_URL", partner_url},
          {"QUEUE", queue_},
          {"QUORUM", quorum_ ? "true" : "false"},
-         {"AUDIT", exchange_ + ".audit"}});
+         {"AUDIT", exchange_ + ".audit"},
+         {"WEBHOOK_AUTH", webhook_secrets_env_.empty()
+                              ? std::string("# no auth")
+                              : absl::StrCat("auth: {secrets_env: ", webhook_secrets_env_, "}")}});
     return yaml;
   }
 
@@ -219,6 +223,8 @@ partners:
 
   amqp::ConnectionOptions broker_;
   bool quorum_ = false;
+  // Set: the webhook route takes only calls signed with the secrets in this variable.
+  std::string webhook_secrets_env_;
   std::string queue_, exchange_;
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
@@ -695,11 +701,20 @@ TEST_F(HubTest, UnroutableEventIsRefusedNotDropped) {
 }
 
 TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
+  // As ./run.sh runs it: the partner signs its callbacks, the route takes only signed ones.
+  std::random_device seed;
+  std::mt19937_64 bits(seed());
+  std::string key(32, '\0');
+  for (char& c : key) c = static_cast<char>(bits());
+  ASSERT_EQ(
+      setenv("ESS_TEST_DEMO_WEBHOOK_SECRETS", ("whsec_" + absl::Base64Escape(key)).c_str(), 1), 0);
+  webhook_secrets_env_ = "ESS_TEST_DEMO_WEBHOOK_SECRETS";
   int partner_port = testing::FreePort();
   partner_proc_ = std::make_unique<Process>(
       std::vector<std::string>{BinaryPath("demo_partner"), "--listen",
                                absl::StrCat("127.0.0.1:", partner_port), "--callback_url",
-                               Url("/webhook/prison"), "--callback_delay_ms", "10"},
+                               Url("/webhook/prison"), "--callback_delay_ms", "10", "--secret_env",
+                               "ESS_TEST_DEMO_WEBHOOK_SECRETS"},
       dir_.File("partner.log"));
   ASSERT_TRUE(WaitFor(
       [&] {
@@ -719,6 +734,12 @@ TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
       << partner_proc_->Log();
   EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-77","status":"confirmed"})");
   EXPECT_EQ(d->message.correlation_id, "VIS-77");
+  EXPECT_EQ(d->message.message_id, "cb-VIS-77");  // the signed webhook-id
+  // An unsigned call to the same route is refused.
+  auto forged = PostWebhook(R"({"id":"VIS-77","status":"cancelled"})");
+  ASSERT_TRUE(forged.ok());
+  EXPECT_EQ(forged->status, 401);
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
 
   // The subscriber can see the event just before the inbound lane's record is stored.
   ess::v1::GetResponse t;
