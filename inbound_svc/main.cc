@@ -147,7 +147,9 @@ int main(int argc, char** argv) {
                   {"published", std::to_string(c.published.load())},
                   {"rejected", std::to_string(c.rejected.load())},
                   {"unavailable", std::to_string(c.unavailable.load())},
-                  {"duplicates", std::to_string(c.duplicates.load())}});
+                  {"duplicates", std::to_string(c.duplicates.load())},
+                  {"unauthenticated", std::to_string(c.unauthenticated.load())},
+                  {"unrecorded", std::to_string(c.unrecorded.load())}});
   for (const auto& poller : pollers) {
     const auto& pc = poller->counters();
     ess::log::Info("", "poller stopped",
