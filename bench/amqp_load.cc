@@ -230,9 +230,19 @@ PublishResult PublishConfirmed(const BrokerAddress& broker, const PublishOptions
           props._flags |= AMQP_BASIC_TYPE_FLAG;
           props.type = Bytes(options.type);
         }
-        const int rc = amqp_basic_publish(st, kChannel, Bytes(options.exchange),
-                                          Bytes(options.routing_key), /*mandatory=*/0,
-                                          /*immediate=*/0, &props, Bytes(body));
+        amqp_table_entry_t partner_header;
+        if (options.lane_shaped) {
+          partner_header.key = amqp_cstring_bytes("x-ess-partner");
+          partner_header.value.kind = AMQP_FIELD_KIND_UTF8;
+          partner_header.value.value.bytes = amqp_cstring_bytes("bench_partner");
+          props._flags |= AMQP_BASIC_HEADERS_FLAG | AMQP_BASIC_TIMESTAMP_FLAG;
+          props.headers = {.num_entries = 1, .entries = &partner_header};
+          props.timestamp = static_cast<uint64_t>(absl::ToUnixSeconds(absl::Now()));
+        }
+        const int rc =
+            amqp_basic_publish(st, kChannel, Bytes(options.exchange), Bytes(options.routing_key),
+                               /*mandatory=*/options.lane_shaped ? 1 : 0,
+                               /*immediate=*/0, &props, Bytes(body));
         if (rc != AMQP_STATUS_OK) {
           result.status = absl::UnavailableError(absl::StrCat("publish: ", amqp_error_string2(rc)));
           break;

@@ -49,6 +49,9 @@ struct PublishOptions {
   const std::atomic<bool>* stop = nullptr;
   // Keep each publish's publish-to-confirm latency (PublishResult::confirm_latency_ns).
   bool confirm_latency = false;
+  // Shaped as the inbound lane publishes: a header table (x-ess-partner), a timestamp and the
+  // mandatory flag, besides the properties every publish carries.
+  bool lane_shaped = false;
 };
 
 struct PublishResult {
