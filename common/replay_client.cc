@@ -394,7 +394,6 @@ void ReplayRecorder::Claim(ess::v1::Claim claim, ClaimDone done) {
     std::move(done)(std::move(s));
     return;
   }
-  claim.mutable_record()->set_status(ess::v1::MESSAGE_STATUS_RECEIVED);  // what is stored
   impl_->claims.Add(std::move(claim), std::move(done));
 }
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/sv.h"
 
 namespace ess::webhook {
 namespace {
@@ -20,14 +21,12 @@ constexpr std::string_view kSecretPrefix = "whsec_";
 constexpr size_t kMinKeyBytes = 16;
 constexpr size_t kMacBytes = 32;  // SHA-256
 
-absl::string_view Absl(std::string_view s) { return absl::string_view(s.data(), s.size()); }
-
 // HMAC-SHA256 of "id.timestamp.body" under `key`.
 std::string Mac(const std::string& key, std::string_view id, std::string_view timestamp,
                 std::string_view body) {
   std::string content;
   content.reserve(id.size() + timestamp.size() + body.size() + 2);
-  absl::StrAppend(&content, Absl(id), ".", Absl(timestamp), ".", Absl(body));
+  absl::StrAppend(&content, ToAbsl(id), ".", ToAbsl(timestamp), ".", ToAbsl(body));
   unsigned char mac[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
@@ -43,7 +42,7 @@ absl::StatusOr<SignatureVerifier> SignatureVerifier::Create(const std::vector<st
   std::vector<std::string> keys;
   for (size_t i = 0; i < secrets.size(); ++i) {
     absl::string_view encoded = absl::StripAsciiWhitespace(secrets[i]);
-    absl::ConsumePrefix(&encoded, Absl(kSecretPrefix));
+    absl::ConsumePrefix(&encoded, ToAbsl(kSecretPrefix));
     std::string key;
     if (!absl::Base64Unescape(encoded, &key)) {
       return absl::InvalidArgumentError(
@@ -65,7 +64,7 @@ absl::Status SignatureVerifier::Verify(std::string_view id, std::string_view tim
   if (id.empty()) return absl::UnauthenticatedError("webhook-id header missing");
   if (timestamp.empty()) return absl::UnauthenticatedError("webhook-timestamp header missing");
   int64_t seconds = 0;
-  if (!absl::SimpleAtoi(Absl(timestamp), &seconds)) {
+  if (!absl::SimpleAtoi(ToAbsl(timestamp), &seconds)) {
     return absl::UnauthenticatedError("webhook-timestamp is not a number of seconds");
   }
   const absl::Duration skew = now - absl::FromUnixSeconds(seconds);
@@ -84,7 +83,7 @@ absl::Status SignatureVerifier::Verify(std::string_view id, std::string_view tim
   macs.reserve(keys_.size());
   for (const std::string& key : keys_) macs.push_back(Mac(key, id, timestamp, body));
   bool matched = false;
-  for (absl::string_view entry : absl::StrSplit(Absl(signatures), ' ', absl::SkipEmpty())) {
+  for (absl::string_view entry : absl::StrSplit(ToAbsl(signatures), ' ', absl::SkipEmpty())) {
     if (!absl::ConsumePrefix(&entry, "v1,")) continue;  // other schemes are not ours
     std::string given;
     if (!absl::Base64Unescape(entry, &given) || given.size() != kMacBytes) continue;

@@ -119,6 +119,8 @@ struct Lane::Call {
     return true;
   }
 
+  // Event i's record, without the payload and rendered bytes: only the claim carries them,
+  // and later writes of the same key keep them.
   ess::v1::MessageRecord MakeRecord(size_t i, ess::v1::MessageStatus status,
                                     std::string_view error_text) const {
     const adapters::InboundEvent& ev = events[i];
@@ -129,8 +131,6 @@ struct Lane::Call {
     rec.set_message_id(ids[i]);
     rec.set_event_type(ev.event_type);
     rec.set_status(status);
-    rec.set_payload(payload);
-    rec.set_rendered(ev.body);
     rec.set_source(path);
     rec.set_attempts(1);
     rec.set_error(std::string(error_text));
@@ -254,6 +254,8 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   for (size_t i = 0; i < call->events.size(); ++i) {
     ess::v1::Claim claim;
     *claim.mutable_record() = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_RECEIVED, "");
+    claim.mutable_record()->set_payload(call->payload);
+    claim.mutable_record()->set_rendered(call->events[i].body);
     claim.set_window_seconds(window_seconds);
     claim.set_lease_ms(lease_ms);
     recorder_->Claim(
@@ -348,18 +350,15 @@ void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
              {"events", absl::StrCat(call->events.size())}});
   Finish(*call, 200, OkBody(call->events.size(), call->duplicates));
   // The claim (RECEIVED) was stored before the publish, so this write always lands after it.
-  // Without payload and rendered bytes, which the store keeps from the claim.
   for (size_t i = 0; i < call->events.size(); ++i) {
-    ess::v1::MessageRecord published = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_PUBLISHED, "");
-    published.clear_payload();
-    published.clear_rendered();
-    recorder_->Record(std::move(published), [this, cid = call->events[i].correlation_id,
-                                             partner = call->partner](absl::Status s) {
-      if (s.ok()) return;
-      counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
-      log::Warn(cid, "published event stays RECEIVED in the replay store",
-                {{"partner", partner}, {"error", ToStd(s.message())}});
-    });
+    recorder_->Record(
+        call->MakeRecord(i, ess::v1::MESSAGE_STATUS_PUBLISHED, ""),
+        [this, cid = call->events[i].correlation_id, partner = call->partner](absl::Status s) {
+          if (s.ok()) return;
+          counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
+          log::Warn(cid, "published event stays RECEIVED in the replay store",
+                    {{"partner", partner}, {"error", ToStd(s.message())}});
+        });
   }
 }
 

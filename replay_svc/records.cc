@@ -38,12 +38,16 @@ absl::Status ValidateStatus(ess::v1::MessageStatus status, absl::string_view pat
 }
 
 absl::Status ValidateRecord(const ess::v1::MessageRecord& record, absl::string_view path) {
+  if (absl::Status s = ValidateClaimedRecord(record, path); !s.ok()) return s;
+  return ValidateStatus(record.status(), path);
+}
+
+absl::Status ValidateClaimedRecord(const ess::v1::MessageRecord& record, absl::string_view path) {
   if (absl::Status s = ValidateKey(record.direction(), record.partner(), record.message_id(), path);
       !s.ok()) {
     return s;
   }
   if (record.correlation_id().empty()) return Invalid(path, "correlation_id", "must not be empty");
-  if (absl::Status s = ValidateStatus(record.status(), path); !s.ok()) return s;
   if (record.has_received_at() && !ToUnixMicros(record.received_at()).has_value()) {
     return Invalid(path, "received_at", "is not a valid timestamp");
   }

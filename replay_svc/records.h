@@ -20,6 +20,8 @@ namespace ess::replay {
 // message_id and correlation_id; a valid received_at if set. Otherwise INVALID_ARGUMENT whose
 // message starts with `path` (e.g. "records[3]") and names the field.
 absl::Status ValidateRecord(const ess::v1::MessageRecord& record, absl::string_view path);
+// The same without the status: a claim's record is stored RECEIVED whatever it says.
+absl::Status ValidateClaimedRecord(const ess::v1::MessageRecord& record, absl::string_view path);
 
 // Same for the fields of a key (direction, partner, message_id); `path` may be empty.
 absl::Status ValidateKey(ess::v1::Direction direction, absl::string_view partner,

@@ -116,7 +116,7 @@ absl::Status ValidateClaimRequest(const ess::v1::ClaimRequest& request) {
                                                    ReplayServiceImpl::kMaxLookupKeys, " per call"));
   }
   for (int i = 0; i < request.claims_size(); ++i) {
-    if (absl::Status s = ValidateRecord(request.claims(i).record(), "record"); !s.ok()) {
+    if (absl::Status s = ValidateClaimedRecord(request.claims(i).record(), "record"); !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("claims[", i, "].", s.message()));
     }
   }

@@ -351,7 +351,7 @@ absl::Status SqliteReplayStore::Upsert(const MessageRecord& r, ess::v1::MessageS
 absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
     const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
   for (int i = 0; i < claims.size(); ++i) {
-    if (absl::Status s = ValidateRecord(claims[i].record(), "record"); !s.ok()) {
+    if (absl::Status s = ValidateClaimedRecord(claims[i].record(), "record"); !s.ok()) {
       return WithPrefix(absl::StrCat("claims[", i, "]."), s);
     }
   }

@@ -170,7 +170,8 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentAndAreCheckedAtLoad) {
   auto with_auth = [](std::string_view auth) {
     std::string yaml = kGood;
     const std::string path = "      webhook_path: /webhook/prison\n";
-    yaml.replace(yaml.find(path), path.size(), absl::StrCat(path, "      auth: ", std::string(auth), "\n"));
+    yaml.replace(yaml.find(path), path.size(),
+                 absl::StrCat(path, "      auth: ", std::string(auth), "\n"));
     return Load(yaml);
   };
   setenv("ESS_TEST_WEBHOOK_SECRETS",

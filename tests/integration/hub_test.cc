@@ -111,9 +111,8 @@ partners:
          {"QUEUE", queue_},
          {"QUORUM", quorum_ ? "true" : "false"},
          {"AUDIT", exchange_ + ".audit"},
-         {"WEBHOOK_AUTH", webhook_secrets_env_.empty()
-                              ? std::string("# no auth")
-                              : absl::StrCat("auth: {secrets_env: ", webhook_secrets_env_, "}")}});
+         {"WEBHOOK_AUTH",
+          webhook_auth_.empty() ? std::string("# no auth") : "auth: " + webhook_auth_}});
     return yaml;
   }
 
@@ -223,8 +222,20 @@ partners:
 
   amqp::ConnectionOptions broker_;
   bool quorum_ = false;
-  // Set: the webhook route takes only calls signed with the secrets in this variable.
-  std::string webhook_secrets_env_;
+  // Set (a YAML map, e.g. "{secrets_env: NAME}"): the webhook route's `auth`.
+  std::string webhook_auth_;
+
+  // A signing secret made for this run, put in the environment variable `env` (which
+  // inbound_svc and demo_partner inherit); never written to a file.
+  static std::string NewSecretInEnvironment(const char* env) {
+    std::random_device seed;
+    std::mt19937_64 bits(seed());
+    std::string key(32, '\0');
+    for (char& c : key) c = static_cast<char>(bits());
+    std::string secret = "whsec_" + absl::Base64Escape(key);
+    EXPECT_EQ(setenv(env, secret.c_str(), 1), 0);
+    return secret;
+  }
   std::string queue_, exchange_;
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
@@ -415,19 +426,10 @@ TEST_F(HubTest, AnIdBeingPublishedElsewhereIsHeldForItsLeaseThenTaken) {
 }
 
 TEST_F(HubTest, ASignedRouteTakesOnlyFreshCallsSignedByThePartner) {
-  // A secret made for this run; it reaches inbound_svc through its environment only.
-  std::random_device seed;
-  std::mt19937_64 bits(seed());
-  std::string key(32, '\0');
-  for (char& c : key) c = static_cast<char>(bits());
-  const std::string secret = "whsec_" + absl::Base64Escape(key);
-  ASSERT_EQ(setenv("ESS_TEST_PRISON_WEBHOOK_SECRETS", secret.c_str(), 1), 0);
-  std::string yaml = Config("http://127.0.0.1:9");
-  const std::string route = "      webhook_path: /webhook/prison\n";
-  yaml.replace(yaml.find(route), route.size(),
-               route +
-                   "      auth: {secrets_env: ESS_TEST_PRISON_WEBHOOK_SECRETS, "
-                   "tolerance_seconds: 60}\n");
+  const std::string secret = NewSecretInEnvironment("ESS_TEST_PRISON_WEBHOOK_SECRETS");
+  webhook_auth_ = "{secrets_env: ESS_TEST_PRISON_WEBHOOK_SECRETS, tolerance_seconds: 60}";
+  const std::string yaml = Config("http://127.0.0.1:9");
+  ASSERT_THAT(yaml, HasSubstr("auth: {secrets_env: ESS_TEST_PRISON_WEBHOOK_SECRETS"));
   ASSERT_EQ(yaml.find(secret), std::string::npos);
   dir_.Write("hub.yaml", yaml);
   StartReplay();
@@ -702,13 +704,8 @@ TEST_F(HubTest, UnroutableEventIsRefusedNotDropped) {
 
 TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
   // As ./run.sh runs it: the partner signs its callbacks, the route takes only signed ones.
-  std::random_device seed;
-  std::mt19937_64 bits(seed());
-  std::string key(32, '\0');
-  for (char& c : key) c = static_cast<char>(bits());
-  ASSERT_EQ(
-      setenv("ESS_TEST_DEMO_WEBHOOK_SECRETS", ("whsec_" + absl::Base64Escape(key)).c_str(), 1), 0);
-  webhook_secrets_env_ = "ESS_TEST_DEMO_WEBHOOK_SECRETS";
+  NewSecretInEnvironment("ESS_TEST_DEMO_WEBHOOK_SECRETS");
+  webhook_auth_ = "{secrets_env: ESS_TEST_DEMO_WEBHOOK_SECRETS}";
   int partner_port = testing::FreePort();
   partner_proc_ = std::make_unique<Process>(
       std::vector<std::string>{BinaryPath("demo_partner"), "--listen",

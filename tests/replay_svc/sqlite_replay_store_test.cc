@@ -228,6 +228,21 @@ TEST_F(SqliteReplayStoreTest, ClaimsOfOneCallAreDecidedInOrder) {
   EXPECT_THAT(*out, IsEmpty());
 }
 
+TEST_F(SqliteReplayStoreTest, AClaimedRecordIsStoredReceivedWhateverItsStatusSays) {
+  ess::v1::Claim unset = MakeClaim("no-status", 600, 2000);
+  unset.mutable_record()->clear_status();
+  ess::v1::Claim other = MakeClaim("says-published", 600, 2000);
+  other.mutable_record()->set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out = store_->Claim(Claims({unset, other}));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_THAT(*out, ElementsAre(ess::v1::CLAIM_OUTCOME_CLAIMED, ess::v1::CLAIM_OUTCOME_CLAIMED));
+  for (const char* id : {"no-status", "says-published"}) {
+    absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kIn, "prison", id));
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    EXPECT_EQ(stored->status(), ess::v1::MESSAGE_STATUS_RECEIVED) << id;
+  }
+}
+
 TEST_F(SqliteReplayStoreTest, InvalidClaimRejectsTheWholeCall) {
   ess::v1::Claim bad = MakeClaim("m-2", 600, 2000);
   bad.mutable_record()->clear_message_id();
