@@ -178,7 +178,9 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
     int ok = 0;
     int done = 0;
     {
-      ReplayRecorder recorder({.address = address_, .batch_max = 64});
+      // One batch in flight at a time, so batches commit in the order they were sent and m-299
+      // is the newest record (the list below expects it first).
+      ReplayRecorder recorder({.address = address_, .batch_max = 64, .max_in_flight_batches = 1});
       auto count = [&](absl::Status s) {
         absl::MutexLock lock(&mu);
         ++done;
