@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/bus_headers.h"
 #include "common/log.h"
 #include "common/sv.h"
 #include "google/protobuf/util/time_util.h"
@@ -323,7 +324,7 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
     msg.correlation_id = ev.correlation_id;
     msg.message_id = call->ids[i];
     msg.type = ev.event_type;
-    msg.headers.emplace_back("x-ess-partner", call->partner);
+    msg.headers.emplace_back(bus::kPartnerHeader, call->partner);
     publisher_->Publish(options_.events_exchange, "", std::move(msg),
                         [this, call](absl::Status s) { OnPublished(call, s); });
   }

@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "adapters/csv/csv.h"
+#include "common/bus_headers.h"
 #include "common/log.h"
 #include "common/sv.h"
 #include "google/protobuf/util/time_util.h"
@@ -388,11 +389,12 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
                            .event_type = ev.event_type,
                            .status = ess::v1::MESSAGE_STATUS_PUBLISHED});
     }
-    amqp::Message msg{.body = std::move(ev.body),
-                      .correlation_id = std::move(ev.correlation_id),
-                      .message_id = id,
-                      .type = std::move(ev.event_type),
-                      .headers = {{"x-ess-partner", options_.partner}, {"x-ess-file", file.name}}};
+    amqp::Message msg{
+        .body = std::move(ev.body),
+        .correlation_id = std::move(ev.correlation_id),
+        .message_id = id,
+        .type = std::move(ev.event_type),
+        .headers = {{bus::kPartnerHeader, options_.partner}, {"x-ess-file", file.name}}};
     PublishThenRecord(options_.events_exchange, "", std::move(msg), std::move(rec), pending);
   }
 
@@ -416,7 +418,7 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
                       .correlation_id = id,
                       .message_id = id,
                       .content_type = "text/csv",
-                      .headers = {{"x-ess-partner", options_.partner},
+                      .headers = {{bus::kPartnerHeader, options_.partner},
                                   {"x-ess-file", file.name},
                                   {"x-ess-line", line},
                                   {"x-ess-reason", e.message}}};

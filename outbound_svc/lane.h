@@ -45,6 +45,7 @@
 #include "adapters/adapter.h"
 #include "common/amqp.h"
 #include "common/audit.h"
+#include "common/bus_headers.h"
 #include "common/mapping.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
@@ -56,8 +57,8 @@ inline constexpr char kAttemptHeader[] = "x-ess-attempt";
 inline constexpr char kFirstAttemptHeader[] = "x-ess-first-attempt-ms";  // Unix ms
 inline constexpr char kReasonHeader[] = "x-ess-reason";
 inline constexpr char kHistoryHeader[] = "x-ess-history";
-inline constexpr char kPartnerHeader[] = "x-ess-partner";
-inline constexpr char kReplayHeader[] = "x-ess-replay";  // an explicit replay: push again
+using bus::kPartnerHeader;
+using bus::kReplayHeader;  // an explicit replay: push again
 
 // The delay queues of a retry policy, shortest first: initial, 2*initial, ..., max.
 std::vector<uint32_t> RetryDelaysMs(const ess::v1::RetryPolicy& policy);

@@ -2,8 +2,10 @@
 //
 //   replay_svc --config hub.yaml
 //
-// Uses replay.listen and replay.database_path of the hub config. SIGTERM or SIGINT stops it
-// gracefully (calls in flight get a grace period) with exit code 0. Exit 2: bad flags or
+// Uses replay.listen and replay.database_path of the hub config, and the bus (bus.*) to publish
+// ops replays (ReplayService.Replay) and their audit events; the store serves whether or not the
+// broker is up (the publisher keeps reconnecting, and a replay meanwhile fails). SIGTERM or SIGINT
+// stops it gracefully (calls in flight get a grace period) with exit code 0. Exit 2: bad flags or
 // config; exit 1: the store could not be opened or the address could not be bound.
 #include <signal.h>
 
@@ -16,7 +18,9 @@
 #include "common/cli.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/wiring.h"
 #include "replay_svc/replay_server.h"
+#include "replay_svc/replayer.h"
 #include "replay_svc/sqlite_replay_store.h"
 
 namespace {
@@ -50,8 +54,32 @@ int main(int argc, char** argv) {
                     {{"path", replay.database_path()}, {"error", store.status().ToString()}});
     return 1;
   }
+  // Replays go out through a publisher of their own, with confirms.
+  ess::replay::Replayer::Options replayer_options = ess::replay::Replayer::FromConfig(*config);
+  ess::amqp::Topology topology{
+      .exchanges = {{.name = replayer_options.events_exchange, .type = "fanout"}}};
+  const std::string& audit_exchange = config->bus().audit_exchange();
+  if (!audit_exchange.empty()) {
+    topology.exchanges.push_back({.name = audit_exchange, .type = "fanout"});
+  }
+  ess::amqp::Publisher publisher({.connection = ess::BusOptions(config->bus(), "replay_svc"),
+                                  .topology = std::move(topology)});
+  ess::AuditSink audit(&publisher, audit_exchange);
+  ess::replay::Replayer replayer(
+      std::move(replayer_options),
+      [&publisher](std::string exchange, std::string routing_key, ess::amqp::Message message,
+                   ess::amqp::Publisher::Done done) {
+        publisher.Publish(std::move(exchange), std::move(routing_key), std::move(message),
+                          std::move(done));
+      },
+      &audit);
+  if (absl::Status s = publisher.Start(); !s.ok()) {
+    ess::log::Warn("", "bus not reachable yet; replays fail until it is",
+                   {{"error", s.ToString()}});
+  }
+
   absl::StatusOr<std::unique_ptr<ess::replay::ReplayServer>> server =
-      ess::replay::ReplayServer::Start(**store, {.listen = replay.listen()});
+      ess::replay::ReplayServer::Start(**store, {.listen = replay.listen(), .replayer = &replayer});
   if (!server.ok()) {
     ess::log::Error("", "cannot serve", {{"error", server.status().ToString()}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;  // 2: replay.listen is malformed.
@@ -64,6 +92,7 @@ int main(int argc, char** argv) {
   ess::log::Info("", "stopping", {{"signal", absl::StrCat("SIG", sigabbrev_np(signal_number))}});
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
+  publisher.Stop();
   store->reset();
   ess::log::Info("", "stopped");
   return 0;

@@ -37,7 +37,8 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto service = std::make_unique<ReplayServiceImpl>(
-      store, ReplayServiceImpl::Options{.reader_threads = options.reader_threads});
+      store, ReplayServiceImpl::Options{.reader_threads = options.reader_threads,
+                                        .replayer = options.replayer});
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);

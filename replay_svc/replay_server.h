@@ -32,6 +32,8 @@ class ReplayServer {
     size_t reader_threads = 2;
     // Largest request accepted (a Record batch with its payloads).
     int max_receive_message_bytes = 64 << 20;
+    // Publishes for ReplayService.Replay; null: Replay answers FAILED_PRECONDITION.
+    Replayer* replayer = nullptr;
   };
 
   // INVALID_ARGUMENT for a malformed `listen`; UNAVAILABLE if it cannot be bound (e.g. the

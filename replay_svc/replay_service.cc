@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "replay_svc/records.h"
 #include "replay_svc/trail.h"
 
@@ -161,12 +162,33 @@ absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
   return query;
 }
 
+absl::Status ValidateReplayRequest(const ess::v1::ReplayRequest& request) {
+  if (request.keys().empty() == !request.has_filter()) {
+    return absl::InvalidArgumentError("set keys or filter, not both and not neither");
+  }
+  if (request.keys_size() > static_cast<int>(ReplayServiceImpl::kMaxPageSize)) {
+    return absl::InvalidArgumentError(absl::StrCat("keys: ", request.keys_size(),
+                                                   " given, at most ",
+                                                   ReplayServiceImpl::kMaxPageSize, " per call"));
+  }
+  for (int i = 0; i < request.keys_size(); ++i) {
+    const ess::v1::RecordKey& key = request.keys(i);
+    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
+        !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 ReplayServiceImpl::ReplayServiceImpl(ReplayStore& store, Options options)
     : store_(store),
+      replayer_(options.replayer),
       reads_("replay-read", std::max<size_t>(options.reader_threads, 1)),
-      writes_("replay-write", 1) {}
+      writes_("replay-write", 1),
+      replays_("replay-ops", 1) {}
 
 ReplayServiceImpl::~ReplayServiceImpl() = default;
 
@@ -338,6 +360,79 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* 
       for (ess::v1::PartnerStats& p : *stats) *response->add_partners() = std::move(p);
     }
     reactor->Finish(ToGrpc(stats.status()));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext* context,
+                                                    const ess::v1::ReplayRequest* request,
+                                                    ess::v1::ReplayResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (replayer_ == nullptr) {
+    reactor->Finish(ToGrpc(absl::FailedPreconditionError(
+        "replay is off: this replay_svc was started without a bus to publish to")));
+    return reactor;
+  }
+  if (absl::Status s = ValidateReplayRequest(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  std::optional<ListQuery> query;
+  if (request->has_filter()) {
+    absl::StatusOr<ListQuery> q = MakeListQuery(request->filter());
+    if (!q.ok()) {
+      reactor->Finish(
+          ToGrpc(absl::Status(q.status().code(), absl::StrCat("filter.", q.status().message()))));
+      return reactor;
+    }
+    query = *std::move(q);
+  }
+  // Without a name from the caller, the audit names its address.
+  std::string who = request->requested_by().empty() ? context->peer() : request->requested_by();
+  // Leave the answer time to get back before the caller's deadline.
+  const absl::Time deadline = absl::FromChrono(context->deadline()) - absl::Milliseconds(500);
+  replays_.Post([this, request, response, reactor, query = std::move(query), who = std::move(who),
+                 deadline] {
+    std::vector<Replayer::Candidate> candidates;
+    std::optional<ListCursor> next;
+    if (query.has_value()) {
+      absl::StatusOr<ListPage> page = store_.List(*query);
+      if (!page.ok()) {
+        reactor->Finish(ToGrpc(page.status()));
+        return;
+      }
+      candidates.reserve(page->records.size());
+      for (ess::v1::MessageRecord& r : page->records) {
+        Replayer::Candidate& c = candidates.emplace_back();
+        c.key.set_direction(r.direction());
+        c.key.set_partner(r.partner());
+        c.key.set_message_id(r.message_id());
+        c.record = std::move(r);
+      }
+      next = page->next;
+    } else {
+      absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
+          store_.GetByKeys(request->keys());
+      if (!records.ok()) {
+        reactor->Finish(ToGrpc(records.status()));
+        return;
+      }
+      candidates.reserve(records->size());
+      for (size_t i = 0; i < records->size(); ++i) {
+        candidates.push_back(
+            {.key = request->keys(static_cast<int>(i)), .record = std::move((*records)[i])});
+      }
+    }
+    *response = replayer_->Replay(candidates,
+                                  {.dry_run = request->dry_run(),
+                                   .requested_by = who,
+                                   .reason = request->reason(),
+                                   .deadline = deadline},
+                                  store_);
+    if (next.has_value()) {
+      response->set_next_page_token(EncodePageToken(FilterFingerprint(request->filter()), *next));
+    }
+    reactor->Finish(grpc::Status::OK);
   });
   return reactor;
 }

@@ -6,6 +6,8 @@
 // they run on the service's own threads rather than gRPC's: writes on one thread, in arrival
 // order (Record, UpdateStatus, Claim); reads (Get, Lookup, List, Stats) on `reader_threads`, so
 // they never queue behind writes.
+// Replay runs on a thread of its own, one call at a time (see replayer.h); without a Replayer it
+// answers FAILED_PRECONDITION.
 // List page tokens are opaque and bound to the filter they were issued for; page_size is 100
 // when 0 and at most 1000 (larger values are lowered to 1000).
 //
@@ -18,6 +20,7 @@
 
 #include "ess/v1/replay.grpc.pb.h"
 #include "replay_svc/replay_store.h"
+#include "replay_svc/replayer.h"
 #include "replay_svc/work_queue.h"
 
 namespace ess::replay {
@@ -32,6 +35,9 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   struct Options {
     // Threads serving Get, Lookup, List and Stats.
     size_t reader_threads = 2;
+    // Publishes for Replay; null: Replay is off (this replay_svc has no bus). Must outlive the
+    // service.
+    Replayer* replayer = nullptr;
   };
 
   ReplayServiceImpl(ReplayStore& store, Options options);
@@ -60,11 +66,16 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   grpc::ServerUnaryReactor* Stats(grpc::CallbackServerContext* context,
                                   const ess::v1::StatsRequest* request,
                                   ess::v1::StatsResponse* response) override;
+  grpc::ServerUnaryReactor* Replay(grpc::CallbackServerContext* context,
+                                   const ess::v1::ReplayRequest* request,
+                                   ess::v1::ReplayResponse* response) override;
 
  private:
   ReplayStore& store_;
+  Replayer* const replayer_;
   WorkQueue reads_;
   WorkQueue writes_;
+  WorkQueue replays_;
 };
 
 }  // namespace ess::replay

@@ -60,6 +60,15 @@ struct ListPage {
   std::optional<ListCursor> next;
 };
 
+// A record that ReplayService.Replay published again: its key, what it held when it was read,
+// and the status it takes now.
+struct ReplayMark {
+  ess::v1::RecordKey key;
+  ess::v1::MessageStatus expected_status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
+  int64_t expected_updated_at_micros = 0;
+  ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
+};
+
 class ReplayStore {
  public:
   virtual ~ReplayStore() = default;
@@ -95,6 +104,12 @@ class ReplayStore {
       absl::string_view correlation_id) = 0;
 
   virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
+
+  // In one transaction, per mark: sets the record's status (and clears its error) if it still
+  // holds expected_status and expected_updated_at_micros, i.e. nothing wrote it since it was
+  // read (a lane that already recorded the replay's outcome keeps it). Returns, per mark,
+  // whether it was changed. INVALID_ARGUMENT "marks[i]...." for the first bad mark.
+  virtual absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) = 0;
 
   // One entry per (partner, direction) with records, ordered by partner then direction; only
   // `partner` when it is not empty. Counts are of records currently in each status;

@@ -176,7 +176,8 @@ struct SqliteReplayStore::Writer {
   sqlite::Database db;
   sqlite::Statement upsert;
   sqlite::Statement update_status;
-  sqlite::Statement select_state;  // status and updated_at of one key (Claim)
+  sqlite::Statement select_state;   // status and updated_at of one key (Claim)
+  sqlite::Statement mark_replayed;  // compare-and-set of the status (MarkReplayed)
 };
 
 struct SqliteReplayStore::Reader {
@@ -260,9 +261,15 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
       "SELECT status, updated_at FROM records "
       "WHERE direction = ?1 AND partner = ?2 AND message_id = ?3");
   if (!select_state.ok()) return select_state.status();
+  absl::StatusOr<sqlite::Statement> mark_replayed = db->Prepare(
+      "UPDATE records SET status = ?1, error = '', updated_at = ?2 "
+      "WHERE direction = ?3 AND partner = ?4 AND message_id = ?5 AND status = ?6 "
+      "AND updated_at = ?7");
+  if (!mark_replayed.ok()) return mark_replayed.status();
 
-  auto writer = std::make_unique<Writer>(Writer{
-      *std::move(db), *std::move(upsert), *std::move(update_status), *std::move(select_state)});
+  auto writer =
+      std::make_unique<Writer>(Writer{*std::move(db), *std::move(upsert), *std::move(update_status),
+                                      *std::move(select_state), *std::move(mark_replayed)});
   return std::unique_ptr<SqliteReplayStore>(
       new SqliteReplayStore(path, std::move(options), std::move(writer)));
 }
@@ -424,6 +431,39 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
   absl::StatusOr<bool> done = update.Step();
   if (!done.ok()) return done.status();
   return record;
+}
+
+absl::StatusOr<std::vector<bool>> SqliteReplayStore::MarkReplayed(
+    const std::vector<ReplayMark>& marks) {
+  for (size_t i = 0; i < marks.size(); ++i) {
+    const ess::v1::RecordKey& key = marks[i].key;
+    const std::string path = absl::StrCat("marks[", i, "]");
+    STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), path));
+    STORE_RETURN_IF_ERROR(ValidateStatus(marks[i].status, absl::StrCat(path, ".status")));
+  }
+  std::vector<bool> changed;
+  if (marks.empty()) return changed;
+  changed.reserve(marks.size());
+
+  absl::MutexLock lock(&write_mu_);
+  const int64_t now = NowMicros();
+  absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
+  if (!tx.ok()) return tx.status();
+  sqlite::Statement& update = writer_->mark_replayed;
+  for (const ReplayMark& mark : marks) {
+    ResetOnExit reset(update);
+    STORE_RETURN_IF_ERROR(update.Bind(1, static_cast<int>(mark.status)));
+    STORE_RETURN_IF_ERROR(update.Bind(2, now));
+    STORE_RETURN_IF_ERROR(update.Bind(3, static_cast<int>(mark.key.direction())));
+    STORE_RETURN_IF_ERROR(update.Bind(4, mark.key.partner()));
+    STORE_RETURN_IF_ERROR(update.Bind(5, mark.key.message_id()));
+    STORE_RETURN_IF_ERROR(update.Bind(6, static_cast<int>(mark.expected_status)));
+    STORE_RETURN_IF_ERROR(update.Bind(7, mark.expected_updated_at_micros));
+    STORE_RETURN_IF_ERROR(update.Run());
+    changed.push_back(writer_->db.Changes() > 0);
+  }
+  if (absl::Status s = tx->Commit(); !s.ok()) return s;
+  return changed;
 }
 
 // ---- Reads -------------------------------------------------------------------------------

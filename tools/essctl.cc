@@ -5,10 +5,21 @@
 //   essctl --addr 127.0.0.1:50051 list [--partner P] [--status delivered] [--direction outbound]
 //                                      [--event_type T] [--since T] [--until T] [--limit N]
 //   essctl --addr 127.0.0.1:50051 stats [--partner P]
+//   essctl --addr 127.0.0.1:50051 replay --partner probation --status dead
+//          --since 2026-11-29T22:00:00Z --reason "partner SFTP down overnight" [--dry_run]
+//   essctl --addr 127.0.0.1:50051 replay --direction outbound --partner prison
+//          --message_id m-1,m-2 --reason "partner lost them"
 //
-// Exit codes: 0 success; 1 the call failed (the gRPC status is printed); 2 usage error.
+// replay republishes each record (ReplayService.Replay, a page of up to 1000 per call) and
+// prints one line per record: replayed (with where to), skipped (with why) or failed.
+//
+// Exit codes: 0 success; 1 the call failed (the gRPC status is printed), or a replay left a
+// record skipped or failed; 2 usage error.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -19,6 +30,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/cli.h"
@@ -31,7 +44,8 @@ ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
 ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event's id).");
 ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
 ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
-ABSL_FLAG(std::string, message_id, "", "get: the message id of one record.");
+ABSL_FLAG(std::string, message_id, "",
+          "get: the message id of one record; replay: one or more, comma-separated.");
 ABSL_FLAG(std::string, status, "",
           "list: received, delivered, dry_run, failed, dead or published.");
 ABSL_FLAG(std::string, event_type, "", "list: the event type, e.g. VisitScheduleUpdated.");
@@ -39,6 +53,10 @@ ABSL_FLAG(absl::Time, since, absl::InfinitePast(),
           "list: updated at or after this RFC 3339 time, e.g. 2024-05-01T00:00:00Z.");
 ABSL_FLAG(absl::Time, until, absl::InfiniteFuture(), "list: updated before this RFC 3339 time.");
 ABSL_FLAG(int32_t, limit, 50, "list: most records shown (fetched in pages of up to 1000).");
+ABSL_FLAG(bool, dry_run, false, "replay: say what would be replayed; publish nothing.");
+ABSL_FLAG(std::string, reason, "", "replay: why (required unless --dry_run; audited).");
+ABSL_FLAG(std::string, requested_by, "", "replay: who asks (default $USER@host; audited).");
+ABSL_FLAG(int32_t, max_records, 0, "replay: stop after this many records (0: all that match).");
 
 namespace {
 
@@ -54,7 +72,11 @@ constexpr char kUsage[] =
     "  get --direction D --partner P --message_id M   one record in full\n"
     "  list [--partner P] [--direction D] [--status S] [--event_type T] [--correlation ID]\n"
     "       [--since T] [--until T] [--limit N]       records, newest first\n"
-    "  stats [--partner P]                            counts per partner and direction\n";
+    "  stats [--partner P]                            counts per partner and direction\n"
+    "  replay --reason R [--dry_run] [--max_records N] (--direction D --partner P --message_id "
+    "M[,M...]\n"
+    "       | --partner P | --correlation ID [--direction D] [--status S] [--event_type T]\n"
+    "         [--since T] [--until T])            send records through the hub again\n";
 
 constexpr int kExitCallFailed = 1;
 constexpr int kExitUsage = 2;
@@ -207,23 +229,23 @@ int Get(ess::v1::ReplayService::Stub& stub) {
   return 0;
 }
 
-int List(ess::v1::ReplayService::Stub& stub) {
-  ess::v1::ListRequest request;
+// The list/replay filter from the flags; a usage error's message when a flag is bad.
+std::optional<std::string> BuildFilter(ess::v1::ListRequest& request) {
   request.set_partner(absl::GetFlag(FLAGS_partner));
   request.set_correlation_id(absl::GetFlag(FLAGS_correlation));
   request.set_event_type(absl::GetFlag(FLAGS_event_type));
   std::optional<ess::v1::Direction> direction = EnumFlag(
       absl::GetFlag(FLAGS_direction), ess::v1::DIRECTION_UNSPECIFIED, &ess::replay::ParseDirection);
   if (!direction.has_value()) {
-    return Usage(absl::StrCat("--direction: unknown value \"", absl::GetFlag(FLAGS_direction),
-                              "\" (outbound or inbound)"));
+    return absl::StrCat("--direction: unknown value \"", absl::GetFlag(FLAGS_direction),
+                        "\" (outbound or inbound)");
   }
   request.set_direction(*direction);
   std::optional<ess::v1::MessageStatus> message_status = EnumFlag(
       absl::GetFlag(FLAGS_status), ess::v1::MESSAGE_STATUS_UNSPECIFIED, &ess::replay::ParseStatus);
   if (!message_status.has_value()) {
-    return Usage(absl::StrCat("--status: unknown value \"", absl::GetFlag(FLAGS_status),
-                              "\" (received, delivered, dry_run, failed, dead, published)"));
+    return absl::StrCat("--status: unknown value \"", absl::GetFlag(FLAGS_status),
+                        "\" (received, delivered, dry_run, failed, dead, published)");
   }
   request.set_status(*message_status);
   if (const absl::Time since = absl::GetFlag(FLAGS_since); since != absl::InfinitePast()) {
@@ -231,6 +253,14 @@ int List(ess::v1::ReplayService::Stub& stub) {
   }
   if (const absl::Time until = absl::GetFlag(FLAGS_until); until != absl::InfiniteFuture()) {
     *request.mutable_until() = ess::replay::FromUnixMicros(absl::ToUnixMicros(until));
+  }
+  return std::nullopt;
+}
+
+int List(ess::v1::ReplayService::Stub& stub) {
+  ess::v1::ListRequest request;
+  if (std::optional<std::string> error = BuildFilter(request); error.has_value()) {
+    return Usage(*error);
   }
   const int32_t limit = absl::GetFlag(FLAGS_limit);
   if (limit <= 0) return Usage("--limit must be at least 1");
@@ -280,6 +310,108 @@ int Stats(ess::v1::ReplayService::Stub& stub) {
   return 0;
 }
 
+std::string OutcomeName(ess::v1::ReplayedRecord::Outcome outcome) {
+  switch (outcome) {
+    case ess::v1::ReplayedRecord::OUTCOME_REPLAYED:
+      return "replayed";
+    case ess::v1::ReplayedRecord::OUTCOME_SKIPPED:
+      return "skipped";
+    case ess::v1::ReplayedRecord::OUTCOME_FAILED:
+      return "failed";
+    default:
+      return "unspecified";
+  }
+}
+
+// Who runs this command: $USER@host.
+std::string Operator() {
+  const char* user = std::getenv("USER");
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return absl::StrCat(user != nullptr && *user != '\0' ? user : "unknown", "@",
+                      host[0] != '\0' ? host : "localhost");
+}
+
+int Replay(ess::v1::ReplayService::Stub& stub) {
+  ess::v1::ReplayRequest request;
+  request.set_dry_run(absl::GetFlag(FLAGS_dry_run));
+  request.set_reason(absl::GetFlag(FLAGS_reason));
+  request.set_requested_by(
+      absl::GetFlag(FLAGS_requested_by).empty() ? Operator() : absl::GetFlag(FLAGS_requested_by));
+  if (!request.dry_run() && request.reason().empty()) {
+    return Usage("replay needs --reason (it goes into the audit trail), or --dry_run");
+  }
+  const std::string message_ids = absl::GetFlag(FLAGS_message_id);
+  const int32_t max_records = absl::GetFlag(FLAGS_max_records);
+  if (max_records < 0) return Usage("--max_records must not be negative");
+  if (!message_ids.empty()) {
+    std::optional<ess::v1::Direction> direction =
+        ess::replay::ParseDirection(absl::GetFlag(FLAGS_direction));
+    if (!direction.has_value()) {
+      return Usage("replay --message_id needs --direction outbound|inbound");
+    }
+    if (absl::GetFlag(FLAGS_partner).empty()) return Usage("replay --message_id needs --partner");
+    for (absl::string_view id : absl::StrSplit(message_ids, ',', absl::SkipWhitespace())) {
+      ess::v1::RecordKey* key = request.add_keys();
+      key->set_direction(*direction);
+      key->set_partner(absl::GetFlag(FLAGS_partner));
+      key->set_message_id(std::string(absl::StripAsciiWhitespace(id)));
+    }
+  } else {
+    if (std::optional<std::string> error = BuildFilter(*request.mutable_filter());
+        error.has_value()) {
+      return Usage(*error);
+    }
+    if (request.filter().partner().empty() && request.filter().correlation_id().empty()) {
+      return Usage(
+          "replay needs --partner or --correlation (or --message_id): it never "
+          "replays the whole store by accident");
+    }
+  }
+
+  std::vector<std::vector<std::string>> rows = {
+      {"DIRECTION", "PARTNER", "MESSAGE_ID", "CORRELATION", "WAS", "OUTCOME", "TARGET / REASON"}};
+  uint64_t replayed = 0, skipped = 0, failed = 0;
+  int32_t seen = 0;
+  bool more = false;
+  for (;;) {
+    if (request.has_filter()) {
+      const int32_t left = max_records == 0 ? 1000 : std::min(max_records - seen, 1000);
+      request.mutable_filter()->set_page_size(static_cast<uint32_t>(left));
+    }
+    ess::v1::ReplayResponse response;
+    grpc::Status status = stub.Replay(NewContext().get(), request, &response);
+    if (!status.ok()) {
+      if (seen > 0) {
+        std::cerr << "after " << replayed << " replayed, " << skipped << " skipped and " << failed
+                  << " failed:\n";
+      }
+      return CallFailed(status);
+    }
+    for (const ess::v1::ReplayedRecord& r : response.records()) {
+      rows.push_back({DirectionName(r.key().direction()), r.key().partner(), r.key().message_id(),
+                      r.correlation_id().empty() ? "-" : r.correlation_id(),
+                      r.previous_status() == ess::v1::MESSAGE_STATUS_UNSPECIFIED
+                          ? "-"
+                          : StatusName(r.previous_status()),
+                      OutcomeName(r.outcome()), r.error().empty() ? r.target() : r.error()});
+    }
+    replayed += response.replayed();
+    skipped += response.skipped();
+    failed += response.failed();
+    seen += response.records_size();
+    more = !response.next_page_token().empty();
+    if (!more || response.records().empty() || (max_records > 0 && seen >= max_records)) break;
+    request.mutable_filter()->set_page_token(response.next_page_token());
+  }
+  PrintTable(rows);
+  std::cout << "("
+            << (request.dry_run() ? "dry run, nothing published: would replay " : "replayed ")
+            << replayed << ", skipped " << skipped << ", failed " << failed
+            << (more ? "; more match, raise --max_records" : "") << ")\n";
+  return skipped + failed > 0 ? kExitCallFailed : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -290,7 +422,7 @@ int main(int argc, char** argv) {
                               absl::StrJoin(args.begin() + 1, args.end(), " ")));
   }
   const std::string& command = args[0];
-  if (command != "get" && command != "list" && command != "stats") {
+  if (command != "get" && command != "list" && command != "stats" && command != "replay") {
     return Usage(absl::StrCat("unknown command \"", command, "\""));
   }
   const std::string addr = absl::GetFlag(FLAGS_addr);
@@ -298,5 +430,6 @@ int main(int argc, char** argv) {
   std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr);
   if (command == "get") return Get(*stub);
   if (command == "list") return List(*stub);
+  if (command == "replay") return Replay(*stub);
   return Stats(*stub);
 }

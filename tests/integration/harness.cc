@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -116,6 +117,26 @@ int Process::Stop(int sig, absl::Duration timeout) {
   if (WIFEXITED(status_)) return WEXITSTATUS(status_);
   if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
   return -1;
+}
+
+int Process::Wait(absl::Duration timeout) {
+  if (!WaitFor([&] { return !Running(); }, timeout)) {
+    Stop(SIGKILL, absl::Seconds(10));
+    return -1;
+  }
+  if (WIFEXITED(status_)) return WEXITSTATUS(status_);
+  if (WIFSIGNALED(status_)) return 128 + WTERMSIG(status_);
+  return -1;
+}
+
+ToolRun RunTool(std::vector<std::string> argv, const std::string& log_path,
+                absl::Duration timeout) {
+  std::remove(log_path.c_str());
+  Process tool(std::move(argv), log_path);
+  ToolRun run;
+  run.exit_code = tool.Wait(timeout);
+  run.output = tool.Log();
+  return run;
 }
 
 std::string Process::Log() const {

@@ -53,6 +53,9 @@ class Process {
   // Sends `sig` and waits up to `timeout` for the exit; returns the exit code (128+signal if
   // killed by one), or -1 if it is still running after the timeout (then it gets SIGKILL).
   int Stop(int sig = 15, absl::Duration timeout = absl::Seconds(20));
+  // Waits up to `timeout` for the process to exit on its own; returns as Stop() does (after
+  // the timeout it gets SIGKILL and -1 is returned).
+  int Wait(absl::Duration timeout);
   std::string Log() const;
   // Waits until the log holds `text` (a service's "running" line), or the process exited, or
   // `timeout` passed.
@@ -65,6 +68,15 @@ class Process {
   bool exited_ = false;
   std::string log_path_;
 };
+
+// What a command-line tool run printed (stdout and stderr together) and its exit code.
+struct ToolRun {
+  int exit_code = -1;
+  std::string output;
+};
+// Runs `argv` to its end (killed after `timeout`: exit_code -1), its output going to `log_path`.
+ToolRun RunTool(std::vector<std::string> argv, const std::string& log_path,
+                absl::Duration timeout = absl::Seconds(60));
 
 // Polls `condition` every 10 ms until it holds or `timeout` passed.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);

@@ -160,6 +160,9 @@ class CountingStore final : public ReplayStore {
     return store_.GetByCorrelation(correlation_id);
   }
   absl::StatusOr<ListPage> List(const ListQuery& query) override { return store_.List(query); }
+  absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) override {
+    return store_.MarkReplayed(marks);
+  }
   absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override {
     return store_.Stats(partner);
   }

@@ -1,0 +1,99 @@
+// Ops replay (ReplayService.Replay): sends recorded messages through the hub again.
+//
+//   outbound record  its bus event (the recorded payload) -> the partner's queue, with
+//                    "x-ess-replay" so that the outbound lane pushes it even if it was delivered
+//                    before; the record becomes RECEIVED, and the lane records what follows
+//   inbound record   its internal event (the recorded rendering) -> the events exchange, with
+//                    "x-ess-partner" and "x-ess-replay"; the record becomes PUBLISHED
+//
+// Publishes are persistent, mandatory and confirmed, all in flight at once. A record's status
+// changes only after its confirm, and only if nothing wrote the record since it was read
+// (ReplayStore::MarkReplayed): a lane that already recorded the outcome of the replayed push
+// keeps it. A crash between the confirm and the mark leaves the record as it was and the
+// message on its way; the lane's record follows.
+//
+//   Replayer replayer(Replayer::FromConfig(config), publish, &audit);
+//   ess::v1::ReplayResponse r = replayer.Replay(candidates, {.requested_by = "alice"}, store);
+#ifndef ESS_REPLAY_SVC_REPLAYER_H_
+#define ESS_REPLAY_SVC_REPLAYER_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
+#include "common/amqp.h"
+#include "common/audit.h"
+#include "common/bus_headers.h"
+#include "ess/v1/config.pb.h"
+#include "ess/v1/replay.pb.h"
+#include "replay_svc/replay_store.h"
+
+namespace ess::replay {
+
+class Replayer {
+ public:
+  // Publishes persistent and mandatory, and calls `done` exactly once with the broker's answer:
+  // amqp::Publisher::Publish's contract.
+  using PublishFn = absl::AnyInvocable<void(std::string exchange, std::string routing_key,
+                                            amqp::Message message, amqp::Publisher::Done done)>;
+
+  struct Options {
+    // Where inbound records' events go (bus.events_exchange).
+    std::string events_exchange = "events";
+    // Partner name -> the queue its outbound lane consumes (partners[].outbound.queue).
+    absl::flat_hash_map<std::string, std::string> outbound_queues;
+    // How long one call waits for its confirms; a publish unanswered by then is FAILED.
+    absl::Duration confirm_timeout = absl::Seconds(30);
+  };
+
+  // A selected record: its key, and the record as read (nullopt when the key has none).
+  struct Candidate {
+    ess::v1::RecordKey key;
+    std::optional<ess::v1::MessageRecord> record;
+  };
+
+  // What one call asks for.
+  struct Request {
+    // Say what would be done; publish and change nothing.
+    bool dry_run = false;
+    // Who asks, and why: in the audit events, the log and the x-ess-replay header (who).
+    std::string requested_by;
+    std::string reason;
+    // Confirms are waited for until this time or confirm_timeout, whichever comes first (the
+    // caller's deadline, less a margin to answer in).
+    absl::Time deadline = absl::InfiniteFuture();
+  };
+
+  // The events exchange and every partner's outbound queue from the hub config.
+  static Options FromConfig(const ess::v1::HubConfig& config);
+
+  // `audit` may be null (no audit events). Both must outlive the Replayer.
+  Replayer(Options options, PublishFn publish, AuditSink* audit);
+
+  // Replays `candidates` in order (only says what it would do when request.dry_run), marks
+  // the replayed records in `store`, and returns one ReplayedRecord per candidate with the
+  // counts; next_page_token is left to the caller. Blocks until every publish is answered or
+  // confirm_timeout has passed. One call at a time.
+  ess::v1::ReplayResponse Replay(const std::vector<Candidate>& candidates, const Request& request,
+                                 ReplayStore& store);
+
+ private:
+  struct Target {
+    std::string exchange;
+    std::string routing_key;
+    std::string description;  // "queue visit_updates", "exchange events"
+  };
+  // Where `record` goes, or why it cannot be replayed (the error of a SKIPPED outcome).
+  absl::StatusOr<Target> TargetOf(const ess::v1::MessageRecord& record) const;
+
+  const Options options_;
+  PublishFn publish_;
+  AuditSink* const audit_;
+};
+
+}  // namespace ess::replay
+
+#endif  // ESS_REPLAY_SVC_REPLAYER_H_

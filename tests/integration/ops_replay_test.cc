@@ -1,0 +1,177 @@
+// Ops replay end to end: events a partner refused are parked and recorded DEAD; once the partner
+// is back, `essctl replay` sends them through the real outbound lane again, and a webhook's event
+// goes to the events exchange again. Real replay_svc, outbound_svc, inbound_svc, RabbitMQ and
+// HTTP on loopback.
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/integration/hub_fixture.h"
+
+namespace ess {
+namespace {
+
+using testing::CapturePartner;
+using ::testing::HasSubstr;
+using testing::WaitFor;
+
+class OpsReplayTest : public HubTest {
+ protected:
+  testing::ToolRun Essctl(std::vector<std::string> args) {
+    std::vector<std::string> argv = {testing::BinaryPath("essctl"), "--addr",
+                                     absl::StrCat("127.0.0.1:", replay_port_)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testing::RunTool(std::move(argv), dir_.File("essctl.log"));
+  }
+
+  // Outbound records of the partner in `status`, at most 1000.
+  std::vector<ess::v1::MessageRecord> Records(ess::v1::MessageStatus status) {
+    grpc::ClientContext ctx;
+    ess::v1::ListRequest req;
+    req.set_partner("prison_calendar");
+    req.set_direction(ess::v1::DIRECTION_OUTBOUND);
+    req.set_status(status);
+    req.set_page_size(1000);
+    ess::v1::ListResponse resp;
+    EXPECT_TRUE(stub_->List(&ctx, req, &resp).ok());
+    return {resp.records().begin(), resp.records().end()};
+  }
+};
+
+TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
+  CapturePartner partner;
+  partner.set_status(422);  // refused: parked at once, recorded DEAD
+  StartHub(partner.url());
+  constexpr int kEvents = 25;
+  std::vector<std::pair<std::string, std::string>> events;
+  std::set<std::string> ids;
+  for (int i = 0; i < kEvents; ++i) {
+    std::string id = absl::StrCat("RP-", i);
+    events.emplace_back(id, VisitEvent(id));
+    ids.insert(id);
+  }
+  Publish(events);
+  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DEAD).size() == kEvents; },
+                      absl::Seconds(30)));
+  ASSERT_TRUE(
+      WaitFor([&] { return DepthOrZero(queue_ + ".parked") == kEvents; }, absl::Seconds(10)));
+  EXPECT_EQ(partner.count(), static_cast<size_t>(kEvents));
+  partner.set_status(201);
+
+  // A dry run says what it would do, and does nothing.
+  testing::ToolRun dry = Essctl({"replay", "--partner", "prison_calendar", "--direction",
+                                 "outbound", "--status", "dead", "--dry_run"});
+  EXPECT_EQ(dry.exit_code, 0) << dry.output;
+  EXPECT_THAT(dry.output, HasSubstr("dry run, nothing published: would replay 25, skipped 0"));
+  EXPECT_THAT(dry.output, HasSubstr("queue " + queue_));
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), static_cast<size_t>(kEvents));
+
+  // A real replay needs a reason, for the audit trail.
+  testing::ToolRun unreasoned =
+      Essctl({"replay", "--partner", "prison_calendar", "--status", "dead"});
+  EXPECT_EQ(unreasoned.exit_code, 2) << unreasoned.output;
+  EXPECT_THAT(unreasoned.output, HasSubstr("replay needs --reason"));
+
+  testing::ToolRun run = Essctl(
+      {"replay", "--partner", "prison_calendar", "--direction", "outbound", "--status", "dead",
+       "--reason", "partner refused while its calendar was locked", "--requested_by", "alice@ops"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("replayed 25, skipped 0, failed 0"));
+
+  // The lane pushes each one again; the partner accepts; the store says DELIVERED.
+  ASSERT_TRUE(WaitFor([&] { return partner.count() >= 2 * kEvents; }, absl::Seconds(30)))
+      << partner.count();
+  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == kEvents; },
+                      absl::Seconds(20)));
+  std::vector<CapturePartner::Seen> seen = partner.seen();
+  std::set<std::string> replayed;
+  for (size_t i = kEvents; i < seen.size(); ++i) {
+    EXPECT_EQ(seen[i].idempotency_key, seen[i].correlation);  // the same key as the first time
+    replayed.insert(seen[i].correlation);
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(2 * kEvents));
+  EXPECT_EQ(replayed, ids);
+  EXPECT_TRUE(Records(ess::v1::MESSAGE_STATUS_DEAD).empty());
+  // The parked copies stay where they were: the store, not the broker, drives a replay.
+  EXPECT_EQ(Depth(queue_ + ".parked"), static_cast<uint32_t>(kEvents));
+
+  // Each replay is audited with who asked and why.
+  std::set<std::string> audited;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto d = (*conn)->Get(audit); d.ok(); d = (*conn)->Get(audit)) {
+          if (d->message.body.find(R"("replayedBy":"alice@ops")") == std::string::npos) continue;
+          EXPECT_THAT(
+              d->message.body,
+              HasSubstr(R"("replayReason":"partner refused while its calendar was locked")"));
+          EXPECT_THAT(d->message.body, HasSubstr(R"("status":"MESSAGE_STATUS_RECEIVED")"));
+          audited.insert(d->message.correlation_id);
+        }
+        return audited.size() == kEvents;
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(audited, ids);
+
+  // Nothing is left to replay.
+  testing::ToolRun again = Essctl(
+      {"replay", "--partner", "prison_calendar", "--status", "dead", "--reason", "second pass"});
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("replayed 0, skipped 0, failed 0"));
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+}
+
+TEST_F(OpsReplayTest, AWebhooksEventIsPublishedAgainAndUnknownIdsAreNamed) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  // The events exchange needs a subscriber for a webhook to be taken (mandatory publish).
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string early = testing::BindSubscriber(**conn, exchange_);
+  auto r = PostWebhook(R"({"id":"VIS-9","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->status, 200) << r->body;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto t = Trail("VIS-9");
+        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_PUBLISHED;
+      },
+      absl::Seconds(10)));
+  const std::string message_id = Trail("VIS-9").records(0).message_id();
+
+  // A subscriber that joined after the event was published gets it by replay.
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  testing::ToolRun run = Essctl({"replay", "--direction", "inbound", "--partner", "prison_calendar",
+                                 "--message_id", absl::StrCat(message_id, ",no-such-id"),
+                                 "--reason", "billing missed it", "--requested_by", "bob"});
+  EXPECT_EQ(run.exit_code, 1) << run.output;  // one of the two ids has no record
+  EXPECT_THAT(run.output, HasSubstr("replayed 1, skipped 1, failed 0"));
+  EXPECT_THAT(run.output, HasSubstr("no such record"));
+  EXPECT_THAT(run.output, HasSubstr("exchange " + exchange_));
+
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body, R"({"type":"SlotConfirmed","id":"VIS-9","status":"confirmed"})");
+  EXPECT_EQ(d->message.correlation_id, "VIS-9");
+  EXPECT_EQ(d->message.message_id, message_id);
+  EXPECT_EQ(d->message.type, "SlotConfirmed");
+  std::vector<std::pair<std::string, std::string>> headers(d->message.headers.begin(),
+                                                           d->message.headers.end());
+  EXPECT_THAT(headers,
+              ::testing::Contains(std::make_pair(std::string("x-ess-replay"), std::string("bob"))));
+  EXPECT_THAT(headers, ::testing::Contains(std::make_pair(std::string("x-ess-partner"),
+                                                          std::string("prison_calendar"))));
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);  // once
+  EXPECT_EQ(Depth(early), 2u);  // the event, and its replay
+  auto t = Trail("VIS-9");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+  ASSERT_TRUE((*conn)->DeleteQueue(early).ok());
+}
+
+}  // namespace
+}  // namespace ess

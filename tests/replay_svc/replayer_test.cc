@@ -1,0 +1,479 @@
+// Ops replay: the Replayer over a real SQLite store with a fake bus (the one piece replaced: it
+// records each publish and answers as the test says), then ReplayService.Replay through a real
+// in-process gRPC server. The real broker path is tests/integration/ops_replay_test.cc.
+#include "replay_svc/replayer.h"
+
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "common/replay_client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "replay_svc/replay_server.h"
+#include "replay_svc/sqlite_replay_store.h"
+#include "tests/replay_svc/test_util.h"
+
+namespace ess::replay {
+namespace {
+
+using ::ess::replay::testing::FakeClock;
+using ::ess::replay::testing::Key;
+using ::ess::replay::testing::MakeRecord;
+using ::ess::replay::testing::Outbound;
+using ::ess::replay::testing::TempDir;
+using ::ess::v1::MessageRecord;
+using ::ess::v1::ReplayedRecord;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Pair;
+
+constexpr auto kOut = ess::v1::DIRECTION_OUTBOUND;
+constexpr auto kIn = ess::v1::DIRECTION_INBOUND;
+constexpr auto kDead = ess::v1::MESSAGE_STATUS_DEAD;
+
+// The bus, faked: keeps every publish and answers it with `answer` (OK by default); a
+// message id in `held` gets no answer until Release().
+class FakeBus {
+ public:
+  struct Published {
+    std::string exchange, routing_key;
+    amqp::Message message;
+  };
+
+  Replayer::PublishFn Fn() {
+    return [this](std::string exchange, std::string routing_key, amqp::Message message,
+                  amqp::Publisher::Done done) {
+      absl::Status answer = absl::OkStatus();
+      {
+        absl::MutexLock lock(&mu_);
+        published_.push_back({exchange, routing_key, message});
+        if (held_ids_.contains(message.message_id)) {
+          held_.push_back(std::move(done));
+          return;
+        }
+        if (auto it = failing_ids_.find(message.message_id); it != failing_ids_.end()) {
+          answer = it->second;
+        }
+      }
+      if (before_answer_) before_answer_(message);
+      std::move(done)(answer);
+    };
+  }
+
+  void Fail(const std::string& message_id, absl::Status status) {
+    absl::MutexLock lock(&mu_);
+    failing_ids_[message_id] = std::move(status);
+  }
+  void Hold(const std::string& message_id) {
+    absl::MutexLock lock(&mu_);
+    held_ids_.insert(message_id);
+  }
+  // Answers the held publishes (late: after their call gave up).
+  void Release() {
+    std::vector<amqp::Publisher::Done> held;
+    {
+      absl::MutexLock lock(&mu_);
+      held.swap(held_);
+    }
+    for (auto& done : held) std::move(done)(absl::OkStatus());
+  }
+  // Runs before each answer (to write the store as a lane would in the meantime).
+  void BeforeAnswer(std::function<void(const amqp::Message&)> f) { before_answer_ = std::move(f); }
+
+  std::vector<Published> published() {
+    absl::MutexLock lock(&mu_);
+    return published_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Published> published_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, absl::Status> failing_ids_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> held_ids_ ABSL_GUARDED_BY(mu_);
+  std::vector<amqp::Publisher::Done> held_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const amqp::Message&)> before_answer_;
+};
+
+class ReplayerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SqliteReplayStore::Options options;
+    options.clock = [this] { return clock_.Now(); };
+    auto store = SqliteReplayStore::Open(dir_.File("replay.db"), std::move(options));
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = *std::move(store);
+  }
+
+  Replayer::Options ReplayerOptions() {
+    Replayer::Options options;
+    options.events_exchange = "events";
+    options.outbound_queues["prison"] = "visit_updates";
+    options.confirm_timeout = absl::Seconds(5);
+    return options;
+  }
+
+  void Store(std::vector<MessageRecord> records) {
+    google::protobuf::RepeatedPtrField<MessageRecord> batch(records.begin(), records.end());
+    absl::StatusOr<uint32_t> stored = store_->Record(batch);
+    ASSERT_TRUE(stored.ok()) << stored.status();
+  }
+
+  MessageRecord Read(ess::v1::Direction direction, const std::string& partner,
+                     const std::string& id) {
+    absl::StatusOr<MessageRecord> r = store_->GetByKey(Key(direction, partner, id));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : MessageRecord();
+  }
+
+  std::vector<Replayer::Candidate> Candidates(
+      const std::vector<std::tuple<ess::v1::Direction, std::string, std::string>>& keys) {
+    std::vector<Replayer::Candidate> out;
+    for (const auto& [direction, partner, id] : keys) {
+      Replayer::Candidate c{.key = Key(direction, partner, id)};
+      absl::StatusOr<MessageRecord> r = store_->GetByKey(c.key);
+      if (r.ok()) c.record = *r;
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  static MessageRecord Inbound(const std::string& id, ess::v1::MessageStatus status) {
+    MessageRecord r = MakeRecord(kIn, "prison", id, "VIS-" + id, status);
+    r.set_payload(R"({"id":"raw partner body"})");
+    r.set_rendered(R"({"type":"SlotConfirmed","id":"VIS-)" + id + R"("})");
+    return r;
+  }
+
+  TempDir dir_;
+  FakeClock clock_;
+  std::unique_ptr<SqliteReplayStore> store_;
+  FakeBus bus_;
+};
+
+TEST_F(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange) {
+  MessageRecord dead = Outbound("prison", "m-1", kDead);
+  dead.set_error("partner answered HTTP 422");
+  Store({dead, Inbound("w-1", ess::v1::MESSAGE_STATUS_FAILED)});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kOut, "prison", "m-1"}, {kIn, "prison", "w-1"}}),
+                      {.requested_by = "alice", .reason = "partner was down"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 2u);
+  EXPECT_EQ(r.skipped(), 0u);
+  EXPECT_EQ(r.failed(), 0u);
+  ASSERT_EQ(r.records_size(), 2);
+  EXPECT_EQ(r.records(0).outcome(), ReplayedRecord::OUTCOME_REPLAYED);
+  EXPECT_EQ(r.records(0).target(), "queue visit_updates");
+  EXPECT_EQ(r.records(0).previous_status(), kDead);
+  EXPECT_EQ(r.records(0).correlation_id(), "m-1");
+  EXPECT_EQ(r.records(1).target(), "exchange events");
+  EXPECT_EQ(r.records(1).previous_status(), ess::v1::MESSAGE_STATUS_FAILED);
+
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 2u);
+  EXPECT_EQ(published[0].exchange, "");
+  EXPECT_EQ(published[0].routing_key, "visit_updates");
+  EXPECT_EQ(published[0].message.body, dead.payload());  // the bus event as it came in
+  EXPECT_EQ(published[0].message.correlation_id, "m-1");
+  EXPECT_EQ(published[0].message.message_id, "m-1");
+  EXPECT_EQ(published[0].message.type, "VisitScheduleUpdated");
+  EXPECT_THAT(published[0].message.headers, ElementsAre(Pair("x-ess-replay", "alice")));
+  EXPECT_EQ(published[1].exchange, "events");
+  EXPECT_EQ(published[1].routing_key, "");
+  EXPECT_EQ(published[1].message.body, R"({"type":"SlotConfirmed","id":"VIS-w-1"})");
+  EXPECT_EQ(published[1].message.correlation_id, "VIS-w-1");
+  EXPECT_EQ(published[1].message.message_id, "w-1");
+  EXPECT_THAT(published[1].message.headers,
+              ElementsAre(Pair("x-ess-partner", "prison"), Pair("x-ess-replay", "alice")));
+
+  // Outbound: RECEIVED (the lane records what follows), its old error gone; inbound: PUBLISHED.
+  MessageRecord out = Read(kOut, "prison", "m-1");
+  EXPECT_EQ(out.status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(out.error(), "");
+  EXPECT_EQ(out.payload(), dead.payload());
+  EXPECT_EQ(Read(kIn, "prison", "w-1").status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+}
+
+TEST_F(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPublished) {
+  MessageRecord no_payload = Outbound("prison", "m-empty", kDead);
+  no_payload.clear_payload();
+  MessageRecord marker = Inbound("file-marker", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  marker.clear_event_type();
+  MessageRecord unrendered = Inbound("w-unrendered", ess::v1::MESSAGE_STATUS_FAILED);
+  unrendered.clear_rendered();
+  Store({Outbound("court", "m-court", kDead), no_payload, marker, unrendered});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r = replayer.Replay(Candidates({{kOut, "prison", "m-missing"},
+                                                          {kOut, "court", "m-court"},
+                                                          {kOut, "prison", "m-empty"},
+                                                          {kIn, "prison", "file-marker"},
+                                                          {kIn, "prison", "w-unrendered"}}),
+                                              {.requested_by = "alice", .reason = "test"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 0u);
+  EXPECT_EQ(r.skipped(), 5u);
+  ASSERT_EQ(r.records_size(), 5);
+  EXPECT_EQ(r.records(0).error(), "no such record");
+  EXPECT_EQ(r.records(0).key().message_id(), "m-missing");
+  EXPECT_EQ(r.records(1).error(), "partner court has no outbound route in the hub config");
+  EXPECT_EQ(r.records(2).error(), "no bus event recorded (empty payload)");
+  EXPECT_THAT(r.records(3).error(), HasSubstr("not an event"));
+  EXPECT_EQ(r.records(4).error(), "no internal event recorded (empty rendering)");
+  for (const ReplayedRecord& record : r.records()) {
+    EXPECT_EQ(record.outcome(), ReplayedRecord::OUTCOME_SKIPPED);
+    EXPECT_EQ(record.target(), "");
+  }
+  EXPECT_TRUE(bus_.published().empty());
+  EXPECT_EQ(Read(kOut, "court", "m-court").status(), kDead);
+}
+
+TEST_F(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
+  bus_.Fail("m-2",
+            absl::FailedPreconditionError("unroutable: exchange= routing_key=visit_updates"));
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r = replayer.Replay(
+      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-2"}}), {.reason = "x"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 1u);
+  EXPECT_EQ(r.failed(), 1u);
+  EXPECT_EQ(r.records(1).outcome(), ReplayedRecord::OUTCOME_FAILED);
+  EXPECT_EQ(r.records(1).error(),
+            "publish failed: FAILED_PRECONDITION: unroutable: exchange= routing_key=visit_updates");
+  EXPECT_EQ(Read(kOut, "prison", "m-1").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(Read(kOut, "prison", "m-2").status(), kDead);
+}
+
+TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
+  // The lane takes m-1's replay and records it delivered before the broker's confirm arrives.
+  bus_.BeforeAnswer([this](const amqp::Message& m) {
+    if (m.message_id == "m-1")
+      Store({Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_DELIVERED)});
+  });
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r = replayer.Replay(
+      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-2"}}), {.reason = "x"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 2u);
+  EXPECT_EQ(Read(kOut, "prison", "m-1").status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+  EXPECT_EQ(Read(kOut, "prison", "m-2").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+}
+
+TEST_F(ReplayerTest, APublishUnconfirmedInTimeIsFailed) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-slow", kDead)});
+  bus_.Hold("m-slow");
+  Replayer::Options options = ReplayerOptions();
+  options.confirm_timeout = absl::Milliseconds(200);
+  Replayer replayer(options, bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r = replayer.Replay(
+      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 1u);
+  EXPECT_EQ(r.failed(), 1u);
+  EXPECT_THAT(r.records(1).error(), HasSubstr("no confirm from the broker within"));
+  EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
+  bus_.Release();  // the late confirm finds the call gone, and nothing breaks
+  EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
+}
+
+TEST_F(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
+  Store({Outbound("prison", "m-1", kDead), Inbound("w-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r = replayer.Replay(
+      Candidates({{kOut, "prison", "m-1"}, {kIn, "prison", "w-1"}}), {.dry_run = true}, *store_);
+
+  EXPECT_EQ(r.replayed(), 2u);
+  EXPECT_EQ(r.records(0).target(), "queue visit_updates");
+  EXPECT_EQ(r.records(1).target(), "exchange events");
+  EXPECT_TRUE(bus_.published().empty());
+  EXPECT_EQ(Read(kOut, "prison", "m-1").status(), kDead);
+}
+
+TEST_F(ReplayerTest, FromConfigTakesTheEventsExchangeAndEveryOutboundQueue) {
+  ess::v1::HubConfig config;
+  config.mutable_bus()->set_events_exchange("ess.events");
+  ess::v1::PartnerConfig* prison = config.add_partners();
+  prison->set_name("prison");
+  prison->mutable_outbound()->set_queue("visit_updates");
+  config.add_partners()->set_name("webhook_only");
+  Replayer::Options options = Replayer::FromConfig(config);
+  EXPECT_EQ(options.events_exchange, "ess.events");
+  ASSERT_EQ(options.outbound_queues.size(), 1u);
+  EXPECT_EQ(options.outbound_queues.at("prison"), "visit_updates");
+}
+
+TEST(MarkReplayedTest, ValidatesEveryMarkAndNamesTheFirstBadOne) {
+  TempDir dir;
+  auto store = SqliteReplayStore::Open(dir.File("replay.db"));
+  ASSERT_TRUE(store.ok());
+  std::vector<ReplayMark> marks(2);
+  marks[0] = {.key = Key(kOut, "prison", "m-1"), .status = ess::v1::MESSAGE_STATUS_RECEIVED};
+  marks[1] = {.key = Key(kOut, "", "m-2"), .status = ess::v1::MESSAGE_STATUS_RECEIVED};
+  absl::StatusOr<std::vector<bool>> changed = (*store)->MarkReplayed(marks);
+  EXPECT_EQ(changed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(changed.status().message(), "marks[1].partner: must not be empty");
+  marks.pop_back();  // a valid mark of a key that has no record changes nothing
+  changed = (*store)->MarkReplayed(marks);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_THAT(*changed, ElementsAre(false));
+}
+
+// ---- ReplayService.Replay through gRPC ----------------------------------------------------
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  return context;
+}
+
+class ReplayRpcTest : public ReplayerTest {
+ protected:
+  void SetUp() override {
+    ReplayerTest::SetUp();
+    replayer_ = std::make_unique<Replayer>(ReplayerOptions(), bus_.Fn(), nullptr);
+    auto server =
+        ReplayServer::Start(*store_, {.listen = "127.0.0.1:0", .replayer = replayer_.get()});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = MakeReplayStub(server_->address());
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::Seconds(5));
+  }
+
+  std::unique_ptr<Replayer> replayer_;
+  std::unique_ptr<ReplayServer> server_;
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+};
+
+TEST_F(ReplayRpcTest, AFilterIsReplayedPageByPageUntilNothingMatches) {
+  std::vector<MessageRecord> records;
+  for (int i = 0; i < 250; ++i) records.push_back(Outbound("prison", absl::StrCat("m-", i), kDead));
+  records.push_back(Outbound("prison", "m-delivered", ess::v1::MESSAGE_STATUS_DELIVERED));
+  Store(records);
+
+  ess::v1::ReplayRequest request;
+  request.mutable_filter()->set_partner("prison");
+  request.mutable_filter()->set_status(kDead);
+  request.mutable_filter()->set_page_size(100);
+  request.set_reason("partner SFTP down overnight");
+  request.set_requested_by("ops-test");
+  int calls = 0;
+  std::set<std::string> replayed;
+  for (;;) {
+    ess::v1::ReplayResponse response;
+    grpc::Status status = stub_->Replay(Context().get(), request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ++calls;
+    EXPECT_EQ(response.failed() + response.skipped(), 0u);
+    for (const ReplayedRecord& r : response.records()) replayed.insert(r.key().message_id());
+    if (response.next_page_token().empty()) break;
+    request.mutable_filter()->set_page_token(response.next_page_token());
+    ASSERT_LT(calls, 10);
+  }
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(replayed.size(), 250u);
+  EXPECT_FALSE(replayed.contains("m-delivered"));
+  EXPECT_EQ(bus_.published().size(), 250u);
+  ListQuery dead{.partner = "prison", .status = kDead, .limit = 1000};
+  EXPECT_TRUE(store_->List(dead).value().records.empty());
+}
+
+TEST_F(ReplayRpcTest, KeysAreReplayedInTheirOrderAndTheCallerIsNamedWhenItGaveNoName) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
+  ess::v1::ReplayRequest request;
+  *request.add_keys() = Key(kOut, "prison", "m-2");
+  *request.add_keys() = Key(kOut, "prison", "m-1");
+  request.set_reason("x");
+  ess::v1::ReplayResponse response;
+  grpc::Status status = stub_->Replay(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.records_size(), 2);
+  EXPECT_EQ(response.records(0).key().message_id(), "m-2");
+  EXPECT_EQ(response.records(1).key().message_id(), "m-1");
+  EXPECT_EQ(response.next_page_token(), "");
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 2u);
+  ASSERT_EQ(published[0].message.headers.size(), 1u);
+  EXPECT_THAT(published[0].message.headers[0].second, HasSubstr("127.0.0.1:"));  // its address
+}
+
+TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
+  struct Case {
+    std::function<void(ess::v1::ReplayRequest&)> build;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {[](ess::v1::ReplayRequest&) {}, "set keys or filter, not both and not neither"},
+      {[](ess::v1::ReplayRequest& r) {
+         *r.add_keys() = Key(kOut, "prison", "m-1");
+         r.mutable_filter()->set_partner("prison");
+       },
+       "set keys or filter, not both and not neither"},
+      {[](ess::v1::ReplayRequest& r) {
+         *r.add_keys() = Key(kOut, "prison", "m-1");
+         *r.add_keys() = Key(kOut, "prison", "");
+       },
+       "keys[1].message_id: must not be empty"},
+      {[](ess::v1::ReplayRequest& r) {
+         r.mutable_filter()->set_status(static_cast<ess::v1::MessageStatus>(42));
+       },
+       "filter.status: unknown value 42"},
+      {[](ess::v1::ReplayRequest& r) {
+         r.mutable_filter()->set_partner("prison");
+         r.mutable_filter()->set_page_token("not-a-token");
+       },
+       "filter.page_token: malformed"},
+      {[](ess::v1::ReplayRequest& r) {
+         for (int i = 0; i < 1001; ++i) *r.add_keys() = Key(kOut, "prison", absl::StrCat(i));
+       },
+       "keys: 1001 given, at most 1000 per call"},
+  };
+  for (const Case& c : cases) {
+    ess::v1::ReplayRequest request;
+    c.build(request);
+    ess::v1::ReplayResponse response;
+    grpc::Status status = stub_->Replay(Context().get(), request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.message;
+    EXPECT_EQ(status.error_message(), c.message);
+  }
+  EXPECT_TRUE(bus_.published().empty());
+}
+
+TEST(ReplayRpcWithoutBusTest, IsFailedPrecondition) {
+  TempDir dir;
+  auto store = SqliteReplayStore::Open(dir.File("replay.db"));
+  ASSERT_TRUE(store.ok());
+  auto server = ReplayServer::Start(**store, {.listen = "127.0.0.1:0"});
+  ASSERT_TRUE(server.ok());
+  auto stub = MakeReplayStub((*server)->address());
+  ess::v1::ReplayRequest request;
+  *request.add_keys() = Key(kOut, "prison", "m-1");
+  ess::v1::ReplayResponse response;
+  grpc::Status status = stub->Replay(Context().get(), request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("replay is off"));
+  (*server)->Shutdown(absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace ess::replay
