@@ -8,11 +8,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -47,17 +50,45 @@ amqp::ConnectionOptions BrokerOptions() {
 
 std::string BinaryPath(const std::string& name) { return RequiredEnv("ESS_BIN_DIR") + "/" + name; }
 
-int FreePort() {
+namespace {
+
+bool CanBind(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
   close(fd);
-  return ntohs(addr.sin_port);
+  return ok;
+}
+
+// The low end of the kernel's ephemeral port range (the ports outgoing connections take).
+int EphemeralLow() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0, high = 0;
+  if (in >> low >> high && low > 0) return low;
+  return 32768;
+}
+
+}  // namespace
+
+// A random port below the ephemeral range: no outgoing connection (of this or any process,
+// e.g. a parallel test's broker or gRPC clients) can be holding it when the service binds it,
+// which an ephemeral port handed out by bind(0) does not promise.
+int FreePort() {
+  static std::mutex mu;
+  static std::mt19937 rng{std::random_device{}()};
+  const int high = EphemeralLow() - 1;
+  const int low = std::max(1024, high - 12000);
+  std::lock_guard lock(mu);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int port = std::uniform_int_distribution<int>(low, high)(rng);
+    if (CanBind(port)) return port;
+  }
+  ADD_FAILURE() << "no free port in " << low << "-" << high;
+  return 0;
 }
 
 TempDir::TempDir() {
@@ -171,7 +202,10 @@ bool WaitForReplay(ess::v1::ReplayService::Stub& stub, absl::Duration timeout) {
         grpc::ClientContext ctx;
         ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
         ess::v1::StatsResponse resp;
-        return stub.Stats(&ctx, {}, &resp).ok();
+        // Any answer but these means it is up (a store with callers refuses a call without
+        // a token, and is up all the same).
+        const grpc::StatusCode code = stub.Stats(&ctx, {}, &resp).error_code();
+        return code != grpc::StatusCode::UNAVAILABLE && code != grpc::StatusCode::DEADLINE_EXCEEDED;
       },
       timeout);
 }

@@ -24,7 +24,7 @@ amqp::ConnectionOptions BrokerOptions();
 // A path of a built binary (ESS_BIN_DIR/NAME).
 std::string BinaryPath(const std::string& name);
 
-// A TCP port free on 127.0.0.1 right now.
+// A TCP port free on 127.0.0.1 right now, below the ephemeral range (see harness.cc).
 int FreePort();
 
 // A fresh folder under /tmp, removed with its contents at destruction.
@@ -84,7 +84,8 @@ bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout);
 // A name unique to this test process and call, for queues and exchanges.
 std::string UniqueName(const std::string& prefix);
 
-// Waits until the replay store behind `stub` answers (a Stats call succeeds).
+// Waits until the replay store behind `stub` answers (a Stats call gets any answer but
+// UNAVAILABLE or DEADLINE_EXCEEDED).
 bool WaitForReplay(ess::v1::ReplayService::Stub& stub, absl::Duration timeout);
 
 // Declares a fresh queue bound to the fanout `exchange` (declared too) and returns its name: a
