@@ -372,6 +372,26 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
     return conv.ErrorAt("bus.password_env", absl::StrCat("environment variable ",
                                                          c.bus().password_env(), " is not set"));
   }
+  {
+    // Tokens are read by replay_svc at start (replay_svc/authorizer.h): only it needs them.
+    absl::flat_hash_set<std::string> names;
+    for (int i = 0; i < c.replay().auth().callers_size(); ++i) {
+      const ess::v1::ReplayCaller& caller = c.replay().auth().callers(i);
+      const std::string at = absl::StrCat("replay.auth.callers[", i, "]");
+      if (caller.name().empty()) return conv.ErrorAt(at + ".name", "must not be empty");
+      if (!names.insert(caller.name()).second) {
+        return conv.ErrorAt(at + ".name",
+                            absl::StrCat("\"", caller.name(), "\" is already another caller's"));
+      }
+      if (caller.role() != "lane" && caller.role() != "viewer" && caller.role() != "ops") {
+        return conv.ErrorAt(at + ".role", absl::StrCat("unknown role \"", caller.role(),
+                                                       "\" (lane, viewer or ops)"));
+      }
+      if (caller.token_env().empty()) {
+        return conv.ErrorAt(at + ".token_env", "must name an environment variable");
+      }
+    }
+  }
   if (c.outbound().prefetch() > 65535) {
     return conv.ErrorAt("outbound.prefetch", "must be at most 65535");
   }

@@ -159,6 +159,11 @@ absl::Status CheckClaim(const ess::v1::MessageRecord& record) {
 // Items collect in `open_` until it is full (then it moves to `full_`) or its delay ran out; one
 // sender thread turns batches into async calls while fewer than max_in_flight_batches of this
 // batcher are in flight. Each batch's `done`s run when its call completes. Thread-safe.
+// The "authorization" metadata value for `token`; empty without a token.
+std::string Authorization(const std::string& token) {
+  return token.empty() ? std::string() : absl::StrCat("Bearer ", token);
+}
+
 template <typename Calls>
 class Batcher {
  public:
@@ -170,6 +175,7 @@ class Batcher {
       : batch_delay_(options.batch_delay),
         deadline_(options.deadline),
         flush_when_idle_(options.flush_when_idle),
+        authorization_(Authorization(options.token)),
         batch_max_(std::max<size_t>(batch_max, 1)),
         max_in_flight_(std::max<size_t>(options.max_in_flight_batches, 1)),
         stub_(stub),
@@ -284,6 +290,7 @@ class Batcher {
   void Send(std::unique_ptr<Batch> batch) {
     auto* call = new Call{.batch = std::move(batch)};
     call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+    if (!authorization_.empty()) call->context.AddMetadata("authorization", authorization_);
     Calls::Start(stub_, &call->context, &call->batch->request, &call->response,
                  [this, call](grpc::Status status) { OnCallDone(call, status); });
   }
@@ -310,6 +317,7 @@ class Batcher {
   const absl::Duration batch_delay_;
   const absl::Duration deadline_;
   const bool flush_when_idle_;
+  const std::string authorization_;  // the metadata value; empty: none
   const size_t batch_max_;
   const size_t max_in_flight_;
   Stub& stub_;
@@ -402,6 +410,9 @@ void ReplayRecorder::Stop() { impl_->Stop(); }
 absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  if (!impl_->options.token.empty()) {
+    context.AddMetadata("authorization", Authorization(impl_->options.token));
+  }
   ess::v1::GetRequest request;
   request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
   request.mutable_record()->set_partner("ess-ping");
@@ -413,6 +424,9 @@ absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
     case grpc::StatusCode::DEADLINE_EXCEEDED:
     case grpc::StatusCode::CANCELLED:
       return absl::UnavailableError(absl::StrCat("replay store: ", s.error_message()));
+    case grpc::StatusCode::UNAUTHENTICATED:
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return FromGrpc(s);
     default:
       return absl::OkStatus();
   }

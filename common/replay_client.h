@@ -46,6 +46,8 @@ class ReplayRecorder {
     // commit), so a lightly loaded lane does not pay the delay, and batches still grow with
     // the load.
     bool flush_when_idle = false;
+    // Sent as "authorization: Bearer TOKEN" on every call when not empty (replay.auth).
+    std::string token;
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
@@ -70,7 +72,8 @@ class ReplayRecorder {
   void Claim(ess::v1::Claim claim, ClaimDone done);
 
   // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
-  // DEADLINE_EXCEEDED or CANCELLED means it is up).
+  // DEADLINE_EXCEEDED or CANCELLED means it is up), unless it refuses this recorder's token:
+  // then UNAUTHENTICATED or PERMISSION_DENIED, as the store said.
   absl::Status Ping(absl::Duration deadline);
   // Sends what is queued (records and lookups), waits for calls in flight, then completes
   // anything left with CANCELLED. Records and lookups given after Stop() began complete with

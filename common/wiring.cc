@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include "absl/strings/str_cat.h"
 
 namespace ess {
@@ -20,7 +22,16 @@ amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string co
   };
 }
 
-ReplayRecorder::Options RecorderOptions(const ess::v1::ReplayConfig& replay) {
+absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayConfig& replay) {
+  std::string token;
+  if (!replay.token_env().empty()) {
+    const char* value = std::getenv(replay.token_env().c_str());
+    if (value == nullptr || *value == '\0') {
+      return absl::FailedPreconditionError(absl::StrCat("replay.token_env: environment variable ",
+                                                        replay.token_env(), " is not set"));
+    }
+    token = value;
+  }
   return ReplayRecorder::Options{
       .address = replay.address(),
       .batch_max = replay.batch_max(),
@@ -28,6 +39,7 @@ ReplayRecorder::Options RecorderOptions(const ess::v1::ReplayConfig& replay) {
       .deadline = absl::Milliseconds(replay.deadline_ms()),
       // Group commit: a batch goes as soon as the store is idle, so light load pays no delay.
       .flush_when_idle = true,
+      .token = std::move(token),
   };
 }
 

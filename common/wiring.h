@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/status/statusor.h"
 #include "common/amqp.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
@@ -11,7 +12,9 @@
 namespace ess {
 
 amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string connection_name);
-ReplayRecorder::Options RecorderOptions(const ess::v1::ReplayConfig& replay);
+// The recorder of a lane, with the token of replay.token_env when it names one
+// (FAILED_PRECONDITION naming the variable when it is not set).
+absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayConfig& replay);
 
 }  // namespace ess
 

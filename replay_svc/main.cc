@@ -4,7 +4,8 @@
 //
 // Uses replay.listen and replay.database_path of the hub config, and the bus (bus.*) to publish
 // ops replays (ReplayService.Replay) and their audit events; the store serves whether or not the
-// broker is up (the publisher keeps reconnecting, and a replay meanwhile fails). SIGTERM or SIGINT
+// broker is up (the publisher keeps reconnecting, and a replay meanwhile fails). Callers are
+// checked against replay.auth (see authorizer.h). SIGTERM or SIGINT
 // stops it gracefully (calls in flight get a grace period) with exit code 0. Exit 2: bad flags or
 // config; exit 1: the store could not be opened or the address could not be bound.
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/wiring.h"
+#include "replay_svc/authorizer.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/replayer.h"
 #include "replay_svc/sqlite_replay_store.h"
@@ -46,6 +48,16 @@ int main(int argc, char** argv) {
   }
   ess::log::Init("replay_svc", config->logging());
   const ess::v1::ReplayConfig& replay = config->replay();
+
+  absl::StatusOr<ess::replay::Authorizer> authorizer =
+      ess::replay::Authorizer::FromConfig(replay.auth());
+  if (!authorizer.ok()) {
+    std::cerr << "error: " << config_path << ": " << authorizer.status().message() << "\n";
+    return 2;
+  }
+  if (!authorizer->enabled()) {
+    ess::log::Warn("", "ReplayService is open to every caller: replay.auth names no callers");
+  }
 
   absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> store =
       ess::replay::SqliteReplayStore::Open(replay.database_path());
@@ -79,13 +91,16 @@ int main(int argc, char** argv) {
   }
 
   absl::StatusOr<std::unique_ptr<ess::replay::ReplayServer>> server =
-      ess::replay::ReplayServer::Start(**store, {.listen = replay.listen(), .replayer = &replayer});
+      ess::replay::ReplayServer::Start(
+          **store, {.listen = replay.listen(), .replayer = &replayer, .authorizer = &*authorizer});
   if (!server.ok()) {
     ess::log::Error("", "cannot serve", {{"error", server.status().ToString()}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;  // 2: replay.listen is malformed.
   }
   ess::log::Info("", "listening",
-                 {{"address", (*server)->address()}, {"database", replay.database_path()}});
+                 {{"address", (*server)->address()},
+                  {"database", replay.database_path()},
+                  {"callers", absl::StrCat(authorizer->callers())}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

@@ -38,7 +38,8 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
 
   auto service = std::make_unique<ReplayServiceImpl>(
       store, ReplayServiceImpl::Options{.reader_threads = options.reader_threads,
-                                        .replayer = options.replayer});
+                                        .replayer = options.replayer,
+                                        .authorizer = options.authorizer});
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);

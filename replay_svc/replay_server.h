@@ -34,6 +34,8 @@ class ReplayServer {
     int max_receive_message_bytes = 64 << 20;
     // Publishes for ReplayService.Replay; null: Replay answers FAILED_PRECONDITION.
     Replayer* replayer = nullptr;
+    // Who may call what; null: every caller may call everything.
+    const Authorizer* authorizer = nullptr;
   };
 
   // INVALID_ARGUMENT for a malformed `listen`; UNAVAILABLE if it cannot be bound (e.g. the

@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 #include "replay_svc/records.h"
 #include "replay_svc/trail.h"
 
@@ -186,16 +187,42 @@ absl::Status ValidateReplayRequest(const ess::v1::ReplayRequest& request) {
 ReplayServiceImpl::ReplayServiceImpl(ReplayStore& store, Options options)
     : store_(store),
       replayer_(options.replayer),
+      authorizer_(options.authorizer),
       reads_("replay-read", std::max<size_t>(options.reader_threads, 1)),
       writes_("replay-write", 1),
       replays_("replay-ops", 1) {}
 
 ReplayServiceImpl::~ReplayServiceImpl() = default;
 
+absl::StatusOr<std::string> ReplayServiceImpl::Authorize(grpc::CallbackServerContext* context,
+                                                         Authorizer::Method method) {
+  if (authorizer_ == nullptr || !authorizer_->enabled()) return std::string();
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  const std::string_view value = it == metadata.end()
+                                     ? std::string_view()
+                                     : std::string_view(it->second.data(), it->second.size());
+  absl::StatusOr<std::string> caller = authorizer_->Check(value, method);
+  if (!caller.ok() && refused_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
+    // The first refusal and every 1000th: a misconfigured client must not flood the log.
+    ess::log::Warn("", "call refused",
+                   {{"method", Authorizer::MethodName(method)},
+                    {"peer", context->peer()},
+                    {"error", caller.status().ToString()},
+                    {"refused", absl::StrCat(refused_.load(std::memory_order_relaxed))}});
+  }
+  return caller;
+}
+
 grpc::ServerUnaryReactor* ReplayServiceImpl::Record(grpc::CallbackServerContext* context,
                                                     const ess::v1::RecordRequest* request,
                                                     ess::v1::RecordResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kRecord);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   if (absl::Status s = ValidateRecordRequest(*request); !s.ok()) {
     reactor->Finish(ToGrpc(s));
   } else if (request->records().empty()) {
@@ -214,6 +241,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
     grpc::CallbackServerContext* context, const ess::v1::UpdateStatusRequest* request,
     ess::v1::MessageRecord* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kUpdateStatus);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   absl::Status valid =
       ValidateKey(request->direction(), request->partner(), request->message_id(), "");
   if (valid.ok()) valid = ValidateStatus(request->status(), "");
@@ -233,6 +265,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
                                                  const ess::v1::GetRequest* request,
                                                  ess::v1::GetResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kGet);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   switch (request->key_case()) {
     case ess::v1::GetRequest::kCorrelationId:
       if (request->correlation_id().empty()) {
@@ -281,6 +318,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
                                                     const ess::v1::LookupRequest* request,
                                                     ess::v1::LookupResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kLookup);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   if (absl::Status s = ValidateLookupRequest(*request); !s.ok()) {
     reactor->Finish(ToGrpc(s));
   } else if (request->keys().empty()) {
@@ -308,6 +350,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* 
                                                    const ess::v1::ClaimRequest* request,
                                                    ess::v1::ClaimResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kClaim);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   if (absl::Status s = ValidateClaimRequest(*request); !s.ok()) {
     reactor->Finish(ToGrpc(s));
   } else if (request->claims().empty()) {
@@ -329,6 +376,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* c
                                                   const ess::v1::ListRequest* request,
                                                   ess::v1::ListResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kList);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   absl::StatusOr<ListQuery> query = MakeListQuery(*request);
   if (!query.ok()) {
     reactor->Finish(ToGrpc(query.status()));
@@ -354,6 +406,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* 
                                                    const ess::v1::StatsRequest* request,
                                                    ess::v1::StatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kStats);
+  if (!auth.ok()) {
+    reactor->Finish(ToGrpc(auth.status()));
+    return reactor;
+  }
   reads_.Post([this, request, response, reactor] {
     absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = store_.Stats(request->partner());
     if (stats.ok()) {
@@ -368,6 +425,11 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
                                                     const ess::v1::ReplayRequest* request,
                                                     ess::v1::ReplayResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> caller = Authorize(context, Authorizer::Method::kReplay);
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpc(caller.status()));
+    return reactor;
+  }
   if (replayer_ == nullptr) {
     reactor->Finish(ToGrpc(absl::FailedPreconditionError(
         "replay is off: this replay_svc was started without a bus to publish to")));
@@ -387,8 +449,13 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
     }
     query = *std::move(q);
   }
-  // Without a name from the caller, the audit names its address.
-  std::string who = request->requested_by().empty() ? context->peer() : request->requested_by();
+  // The authenticated caller, with the name it gives; without either, its address.
+  std::string who = request->requested_by();
+  if (!caller->empty()) {
+    who = who.empty() ? *caller : absl::StrCat(*caller, " (", who, ")");
+  } else if (who.empty()) {
+    who = context->peer();
+  }
   // Leave the answer time to get back before the caller's deadline.
   const absl::Time deadline = absl::FromChrono(context->deadline()) - absl::Milliseconds(500);
   replays_.Post([this, request, response, reactor, query = std::move(query), who = std::move(who),

@@ -6,6 +6,8 @@
 // they run on the service's own threads rather than gRPC's: writes on one thread, in arrival
 // order (Record, UpdateStatus, Claim); reads (Get, Lookup, List, Stats) on `reader_threads`, so
 // they never queue behind writes.
+// With an Authorizer, every call is checked first: UNAUTHENTICATED or PERMISSION_DENIED before
+// anything is read or written.
 // Replay runs on a thread of its own, one call at a time (see replayer.h); without a Replayer it
 // answers FAILED_PRECONDITION.
 // List page tokens are opaque and bound to the filter they were issued for; page_size is 100
@@ -16,9 +18,13 @@
 #ifndef ESS_REPLAY_SVC_REPLAY_SERVICE_H_
 #define ESS_REPLAY_SVC_REPLAY_SERVICE_H_
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <string>
 
 #include "ess/v1/replay.grpc.pb.h"
+#include "replay_svc/authorizer.h"
 #include "replay_svc/replay_store.h"
 #include "replay_svc/replayer.h"
 #include "replay_svc/work_queue.h"
@@ -38,6 +44,9 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
     // Publishes for Replay; null: Replay is off (this replay_svc has no bus). Must outlive the
     // service.
     Replayer* replayer = nullptr;
+    // Who may call what (see authorizer.h); null: every caller may call everything. Must
+    // outlive the service.
+    const Authorizer* authorizer = nullptr;
   };
 
   ReplayServiceImpl(ReplayStore& store, Options options);
@@ -71,8 +80,14 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
                                    ess::v1::ReplayResponse* response) override;
 
  private:
+  // The caller's name ("" without an Authorizer), or the status to finish the call with.
+  absl::StatusOr<std::string> Authorize(grpc::CallbackServerContext* context,
+                                        Authorizer::Method method);
+
   ReplayStore& store_;
   Replayer* const replayer_;
+  const Authorizer* const authorizer_;
+  std::atomic<uint64_t> refused_{0};
   WorkQueue reads_;
   WorkQueue writes_;
   WorkQueue replays_;

@@ -41,6 +41,9 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "ReplayService address, HOST:PORT.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
+ABSL_FLAG(std::string, token_env, "ESS_REPLAY_TOKEN",
+          "Environment variable holding the bearer token sent to ReplayService (replay.auth); "
+          "nothing is sent while the default one is unset.");
 ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event's id).");
 ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
 ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
@@ -168,9 +171,16 @@ void PrintRecordInFull(const ess::v1::MessageRecord& r) {
   });
 }
 
+// "Bearer TOKEN" from --token_env, or empty (see main).
+std::string& Authorization() {
+  static std::string* const value = new std::string();
+  return *value;
+}
+
 std::unique_ptr<grpc::ClientContext> NewContext() {
   auto context = std::make_unique<grpc::ClientContext>();
   context->set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  if (!Authorization().empty()) context->AddMetadata("authorization", Authorization());
   return context;
 }
 
@@ -424,6 +434,13 @@ int main(int argc, char** argv) {
   const std::string& command = args[0];
   if (command != "get" && command != "list" && command != "stats" && command != "replay") {
     return Usage(absl::StrCat("unknown command \"", command, "\""));
+  }
+  const std::string token_env = absl::GetFlag(FLAGS_token_env);
+  if (const char* token = token_env.empty() ? nullptr : std::getenv(token_env.c_str());
+      token != nullptr && *token != '\0') {
+    Authorization() = absl::StrCat("Bearer ", token);
+  } else if (token_env != "ESS_REPLAY_TOKEN") {
+    return Usage(absl::StrCat("--token_env: environment variable ", token_env, " is not set"));
   }
   const std::string addr = absl::GetFlag(FLAGS_addr);
   if (addr.empty()) return Usage("--addr must not be empty");

@@ -144,6 +144,37 @@ TEST(ConfigTest, MissingSettingsAndRoutesAreRejected) {
               HasSubstr("partners[0]: needs an outbound or an inbound route"));
 }
 
+TEST(ConfigTest, ReplayCallersNeedANameARoleAndATokenVariable) {
+  auto c = Load(R"(
+replay:
+  auth:
+    callers:
+      - {name: lanes, role: lane, token_env: ESS_LANE_TOKEN}
+      - {name: oncall, role: admin, token_env: ESS_OPS_TOKEN}
+)");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(
+      c.status().message(),
+      HasSubstr("replay.auth.callers[1].role: unknown role \"admin\" (lane, viewer or ops)"));
+  c = Load(R"(
+replay:
+  auth:
+    callers:
+      - {name: lanes, role: lane, token_env: ESS_LANE_TOKEN}
+      - {name: lanes, role: ops, token_env: ESS_OPS_TOKEN}
+)");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.auth.callers[1].name: \"lanes\" is already another caller's"));
+  c = Load("replay: {auth: {callers: [{name: lanes, role: lane}]}}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.auth.callers[0].token_env: must name an environment variable"));
+  // The tokens themselves are read by replay_svc at start, not by every service that loads the
+  // file: a lane holds its own token only.
+  c = Load("replay: {auth: {callers: [{name: lanes, role: lane, token_env: ESS_UNSET_TOKEN}]}}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().auth().callers(0).role(), "lane");
+}
+
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {
   auto c = Load("bus:\n  host: [unclosed\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);

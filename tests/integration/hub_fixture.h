@@ -67,6 +67,7 @@ replay:
   listen: 127.0.0.1:REPLAY_LISTEN
   address: 127.0.0.1:REPLAY_PORT
   database_path: replay.db
+REPLAY_EXTRA
 outbound:
   prefetch: 128
 inbound:
@@ -107,6 +108,7 @@ partners:
          {"QUEUE", queue_},
          {"QUORUM", quorum_ ? "true" : "false"},
          {"AUDIT", exchange_ + ".audit"},
+         {"REPLAY_EXTRA", replay_extra_},
          {"WEBHOOK_AUTH",
           webhook_auth_.empty() ? std::string("# no auth") : "auth: " + webhook_auth_}});
     return yaml;
@@ -184,10 +186,17 @@ partners:
     pub.Stop();
   }
 
+  // A context for a call of the test's own to the store, with replay_token_ when set.
+  std::unique_ptr<grpc::ClientContext> Call() const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (!replay_token_.empty()) ctx->AddMetadata("authorization", "Bearer " + replay_token_);
+    return ctx;
+  }
+
   ess::v1::PartnerStats Stats(ess::v1::Direction direction) {
-    grpc::ClientContext ctx;
     ess::v1::StatsResponse resp;
-    EXPECT_TRUE(stub_->Stats(&ctx, {}, &resp).ok());
+    EXPECT_TRUE(stub_->Stats(Call().get(), {}, &resp).ok());
     for (const auto& p : resp.partners()) {
       if (p.partner() == "prison_calendar" && p.direction() == direction) return p;
     }
@@ -195,11 +204,10 @@ partners:
   }
 
   ess::v1::GetResponse Trail(const std::string& cid) {
-    grpc::ClientContext ctx;
     ess::v1::GetRequest req;
     req.set_correlation_id(cid);
     ess::v1::GetResponse resp;
-    EXPECT_TRUE(stub_->Get(&ctx, req, &resp).ok());
+    EXPECT_TRUE(stub_->Get(Call().get(), req, &resp).ok());
     return resp;
   }
 
@@ -221,6 +229,10 @@ partners:
 
   amqp::ConnectionOptions broker_;
   bool quorum_ = false;
+  // More lines of the `replay` section (indented two spaces), e.g. its `auth`.
+  std::string replay_extra_;
+  // The token of the test's own calls to the store (with an `auth` in replay_extra_).
+  std::string replay_token_;
   // Set (a YAML map, e.g. "{secrets_env: NAME}"): the webhook route's `auth`.
   std::string webhook_auth_;
 

@@ -27,14 +27,13 @@ class OpsReplayTest : public HubTest {
 
   // Outbound records of the partner in `status`, at most 1000.
   std::vector<ess::v1::MessageRecord> Records(ess::v1::MessageStatus status) {
-    grpc::ClientContext ctx;
     ess::v1::ListRequest req;
     req.set_partner("prison_calendar");
     req.set_direction(ess::v1::DIRECTION_OUTBOUND);
     req.set_status(status);
     req.set_page_size(1000);
     ess::v1::ListResponse resp;
-    EXPECT_TRUE(stub_->List(&ctx, req, &resp).ok());
+    EXPECT_TRUE(stub_->List(Call().get(), req, &resp).ok());
     return {resp.records().begin(), resp.records().end()};
   }
 };
@@ -171,6 +170,63 @@ TEST_F(OpsReplayTest, AWebhooksEventIsPublishedAgainAndUnknownIdsAreNamed) {
   EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
   ASSERT_TRUE((*conn)->DeleteQueue(early).ok());
+}
+
+TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
+  setenv("ESS_TEST_REPLAY_LANE_TOKEN", "lane-0123456789abcdef0123", 1);
+  setenv("ESS_TEST_REPLAY_OPS_TOKEN", "ops-0123456789abcdef0123", 1);
+  setenv("ESS_TEST_REPLAY_VIEWER_TOKEN", "viewer-0123456789abcdef0123", 1);
+  replay_extra_ = R"(  token_env: ESS_TEST_REPLAY_LANE_TOKEN
+  auth:
+    callers:
+      - {name: lanes, role: lane, token_env: ESS_TEST_REPLAY_LANE_TOKEN}
+      - {name: oncall, role: ops, token_env: ESS_TEST_REPLAY_OPS_TOKEN}
+      - {name: dashboard, role: viewer, token_env: ESS_TEST_REPLAY_VIEWER_TOKEN})";
+  replay_token_ = "viewer-0123456789abcdef0123";
+  CapturePartner partner;
+  partner.set_status(422);
+  StartHub(partner.url());  // the lanes present their token, or they would not start
+  Publish({{"AUTH-1", VisitEvent("AUTH-1")}});
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)));
+  partner.set_status(201);
+
+  const std::vector<std::string> replay = {"replay",    "--partner",      "prison_calendar",
+                                           "--status",  "dead",           "--reason",
+                                           "auth test", "--requested_by", "carol"};
+  testing::ToolRun anonymous = Essctl(replay);
+  EXPECT_EQ(anonymous.exit_code, 1) << anonymous.output;
+  EXPECT_THAT(anonymous.output, HasSubstr("UNAUTHENTICATED"));
+  std::vector<std::string> as_viewer = {"--token_env", "ESS_TEST_REPLAY_VIEWER_TOKEN"};
+  as_viewer.insert(as_viewer.end(), replay.begin(), replay.end());
+  testing::ToolRun viewer = Essctl(as_viewer);
+  EXPECT_EQ(viewer.exit_code, 1) << viewer.output;
+  EXPECT_THAT(viewer.output,
+              HasSubstr("PERMISSION_DENIED: caller dashboard (role viewer) may not call Replay"));
+  testing::ToolRun listed = Essctl(
+      {"--token_env", "ESS_TEST_REPLAY_VIEWER_TOKEN", "list", "--partner", "prison_calendar"});
+  EXPECT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_THAT(listed.output, HasSubstr("AUTH-1"));
+  EXPECT_EQ(partner.count(), 1u);  // refused calls replayed nothing
+
+  std::vector<std::string> as_ops = {"--token_env", "ESS_TEST_REPLAY_OPS_TOKEN"};
+  as_ops.insert(as_ops.end(), replay.begin(), replay.end());
+  testing::ToolRun ops = Essctl(as_ops);
+  EXPECT_EQ(ops.exit_code, 0) << ops.output;
+  EXPECT_THAT(ops.output, HasSubstr("replayed 1, skipped 0, failed 0"));
+  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == 1; },
+                      absl::Seconds(20)));
+  EXPECT_EQ(partner.count(), 2u);
+  // The log names the authenticated caller with the name it gave.
+  EXPECT_THAT(replay_->Log(), HasSubstr("by=\"oncall (carol)\""));
+
+  // A lane with a token that is nobody's stops at start, saying why.
+  setenv("ESS_TEST_REPLAY_LANE_TOKEN", "stolen-0123456789abcdef", 1);
+  testing::ToolRun stranger =
+      testing::RunTool({testing::BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+                       dir_.File("stranger.log"), absl::Seconds(30));
+  EXPECT_EQ(stranger.exit_code, 2) << stranger.output;
+  EXPECT_THAT(stranger.output,
+              HasSubstr("the replay store refuses outbound_svc: the bearer token is nobody's"));
 }
 
 }  // namespace

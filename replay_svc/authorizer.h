@@ -1,0 +1,63 @@
+// Who may call which ReplayService method (replay.auth of the hub config).
+//
+// Each caller presents a bearer token in the "authorization" metadata ("Bearer TOKEN"); its
+// role decides the methods:
+//   lane    Record, UpdateStatus, Lookup, Claim, Get
+//   viewer  Get, List, Stats
+//   ops     Get, List, Stats, Replay, UpdateStatus
+// No token, or one that is nobody's: UNAUTHENTICATED. A method outside the role:
+// PERMISSION_DENIED naming the caller, its role and the method. Tokens are kept as SHA-256
+// digests and compared in constant time, against every caller's.
+//
+//   absl::StatusOr<Authorizer> auth = Authorizer::FromConfig(config.replay().auth());
+//   absl::StatusOr<std::string> who = auth->Check(metadata_value, Authorizer::Method::kReplay);
+#ifndef ESS_REPLAY_SVC_AUTHORIZER_H_
+#define ESS_REPLAY_SVC_AUTHORIZER_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "ess/v1/config.pb.h"
+
+namespace ess::replay {
+
+class Authorizer {
+ public:
+  enum class Method { kRecord, kUpdateStatus, kGet, kLookup, kClaim, kList, kStats, kReplay };
+  enum class Role { kLane, kViewer, kOps };
+
+  // Tokens shorter than this are refused at start: a guessable token is no control.
+  static constexpr size_t kMinTokenLength = 16;
+
+  // Reads each caller's token from its environment variable. FAILED_PRECONDITION when one is
+  // not set; INVALID_ARGUMENT when one is too short or two callers share a token; either names
+  // the field (e.g. "replay.auth.callers[1].token_env: environment variable X is not set"),
+  // never a token. With no callers, enabled() is false and Check lets every call through.
+  static absl::StatusOr<Authorizer> FromConfig(const ess::v1::ReplayAuth& auth);
+
+  bool enabled() const { return !callers_.empty(); }
+  size_t callers() const { return callers_.size(); }
+
+  // The caller's name if `authorization` (the metadata value, "Bearer TOKEN") is a caller's
+  // token and its role may call `method`; "" when not enabled.
+  absl::StatusOr<std::string> Check(std::string_view authorization, Method method) const;
+
+  static const char* MethodName(Method method);
+  static bool Allows(Role role, Method method);
+
+ private:
+  struct Caller {
+    std::string name;
+    Role role;
+    std::array<uint8_t, 32> digest;  // SHA-256 of the token
+  };
+  std::vector<Caller> callers_;
+};
+
+}  // namespace ess::replay
+
+#endif  // ESS_REPLAY_SVC_AUTHORIZER_H_

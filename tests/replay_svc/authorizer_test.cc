@@ -1,0 +1,210 @@
+// Who may call what on ReplayService: the Authorizer alone (tokens from the environment, the
+// role table), then a real in-process server that enforces it on every method.
+#include "replay_svc/authorizer.h"
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "common/replay_client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "replay_svc/replay_server.h"
+#include "replay_svc/sqlite_replay_store.h"
+#include "tests/replay_svc/test_util.h"
+
+namespace ess::replay {
+namespace {
+
+using ::ess::replay::testing::Outbound;
+using ::ess::replay::testing::TempDir;
+using ::testing::HasSubstr;
+using Method = Authorizer::Method;
+using Role = Authorizer::Role;
+
+constexpr char kLaneToken[] = "lane-token-0123456789abcdef";
+constexpr char kViewerToken[] = "viewer-token-0123456789abcdef";
+constexpr char kOpsToken[] = "ops-token-0123456789abcdef";
+
+ess::v1::ReplayAuth ThreeCallers() {
+  setenv("ESS_TEST_LANE_TOKEN", kLaneToken, 1);
+  setenv("ESS_TEST_VIEWER_TOKEN", kViewerToken, 1);
+  setenv("ESS_TEST_OPS_TOKEN", kOpsToken, 1);
+  ess::v1::ReplayAuth auth;
+  for (auto [name, role, env] : {std::tuple{"lanes", "lane", "ESS_TEST_LANE_TOKEN"},
+                                 std::tuple{"dashboard", "viewer", "ESS_TEST_VIEWER_TOKEN"},
+                                 std::tuple{"oncall", "ops", "ESS_TEST_OPS_TOKEN"}}) {
+    ess::v1::ReplayCaller* c = auth.add_callers();
+    c->set_name(name);
+    c->set_role(role);
+    c->set_token_env(env);
+  }
+  return auth;
+}
+
+std::string Bearer(const std::string& token) { return "Bearer " + token; }
+
+TEST(AuthorizerTest, EachRoleMayCallItsMethodsOnly) {
+  const std::vector<Method> all = {Method::kRecord, Method::kUpdateStatus, Method::kGet,
+                                   Method::kLookup, Method::kClaim,        Method::kList,
+                                   Method::kStats,  Method::kReplay};
+  auto allowed = [&](Role role) {
+    std::vector<std::string> names;
+    for (Method m : all) {
+      if (Authorizer::Allows(role, m)) names.push_back(Authorizer::MethodName(m));
+    }
+    return names;
+  };
+  EXPECT_THAT(allowed(Role::kLane),
+              ::testing::ElementsAre("Record", "UpdateStatus", "Get", "Lookup", "Claim"));
+  EXPECT_THAT(allowed(Role::kViewer), ::testing::ElementsAre("Get", "List", "Stats"));
+  EXPECT_THAT(allowed(Role::kOps),
+              ::testing::ElementsAre("UpdateStatus", "Get", "List", "Stats", "Replay"));
+}
+
+TEST(AuthorizerTest, ChecksTheTokenThenTheRole) {
+  absl::StatusOr<Authorizer> auth = Authorizer::FromConfig(ThreeCallers());
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  EXPECT_TRUE(auth->enabled());
+  EXPECT_EQ(auth->Check(Bearer(kOpsToken), Method::kReplay).value(), "oncall");
+  EXPECT_EQ(auth->Check(Bearer(kLaneToken), Method::kClaim).value(), "lanes");
+
+  absl::StatusOr<std::string> denied = auth->Check(Bearer(kViewerToken), Method::kReplay);
+  EXPECT_EQ(denied.status().code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(denied.status().message(), "caller dashboard (role viewer) may not call Replay");
+
+  for (std::string bad : {std::string(), std::string("Bearer "), std::string(kOpsToken),
+                          "Basic " + std::string(kOpsToken), Bearer("nobody-s-token-1234567")}) {
+    EXPECT_EQ(auth->Check(bad, Method::kGet).status().code(), absl::StatusCode::kUnauthenticated)
+        << bad;
+  }
+}
+
+TEST(AuthorizerTest, WithoutCallersEveryCallPasses) {
+  absl::StatusOr<Authorizer> auth = Authorizer::FromConfig({});
+  ASSERT_TRUE(auth.ok());
+  EXPECT_FALSE(auth->enabled());
+  EXPECT_EQ(auth->Check("", Method::kReplay).value(), "");
+}
+
+TEST(AuthorizerTest, BadTokensStopTheStartNamingTheFieldNeverTheToken) {
+  ess::v1::ReplayAuth auth = ThreeCallers();
+  auth.mutable_callers(1)->set_token_env("ESS_TEST_UNSET_TOKEN");
+  unsetenv("ESS_TEST_UNSET_TOKEN");
+  absl::StatusOr<Authorizer> a = Authorizer::FromConfig(auth);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(a.status().message(),
+            "replay.auth.callers[1].token_env: environment variable ESS_TEST_UNSET_TOKEN is not "
+            "set");
+
+  setenv("ESS_TEST_SHORT_TOKEN", "short", 1);
+  auth.mutable_callers(1)->set_token_env("ESS_TEST_SHORT_TOKEN");
+  a = Authorizer::FromConfig(auth);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(a.status().message(),
+            "replay.auth.callers[1].token_env: the token in ESS_TEST_SHORT_TOKEN is shorter than "
+            "16 characters");
+
+  auth.mutable_callers(1)->set_token_env("ESS_TEST_OPS_TOKEN");  // oncall's token too
+  a = Authorizer::FromConfig(auth);
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(a.status().message(), HasSubstr("callers[2].token_env: the same token as caller"));
+  EXPECT_THAT(a.status().message(), ::testing::Not(HasSubstr(kOpsToken)));
+}
+
+// ---- Enforced by the service, on every method ----------------------------------------------
+
+class AuthorizedServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<Authorizer> auth = Authorizer::FromConfig(ThreeCallers());
+    ASSERT_TRUE(auth.ok());
+    authorizer_ = std::make_unique<Authorizer>(*std::move(auth));
+    auto store = SqliteReplayStore::Open(dir_.File("replay.db"));
+    ASSERT_TRUE(store.ok());
+    store_ = *std::move(store);
+    auto server =
+        ReplayServer::Start(*store_, {.listen = "127.0.0.1:0", .authorizer = authorizer_.get()});
+    ASSERT_TRUE(server.ok());
+    server_ = *std::move(server);
+    stub_ = MakeReplayStub(server_->address());
+  }
+  void TearDown() override { server_->Shutdown(absl::Seconds(5)); }
+
+  std::unique_ptr<grpc::ClientContext> As(const std::string& token) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    if (!token.empty()) context->AddMetadata("authorization", Bearer(token));
+    return context;
+  }
+
+  grpc::StatusCode Record(const std::string& token) {
+    ess::v1::RecordRequest req;
+    *req.add_records() = Outbound("prison", "m-1");
+    ess::v1::RecordResponse resp;
+    return stub_->Record(As(token).get(), req, &resp).error_code();
+  }
+  grpc::StatusCode List(const std::string& token) {
+    ess::v1::ListResponse resp;
+    return stub_->List(As(token).get(), {}, &resp).error_code();
+  }
+  grpc::StatusCode Replay(const std::string& token) {
+    ess::v1::ReplayRequest req;
+    req.mutable_filter()->set_partner("prison");
+    ess::v1::ReplayResponse resp;
+    // No Replayer in this server: an authorised call gets as far as FAILED_PRECONDITION.
+    return stub_->Replay(As(token).get(), req, &resp).error_code();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Authorizer> authorizer_;
+  std::unique_ptr<SqliteReplayStore> store_;
+  std::unique_ptr<ReplayServer> server_;
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
+};
+
+TEST_F(AuthorizedServiceTest, EveryCallIsCheckedBeforeItTouchesTheStore) {
+  EXPECT_EQ(Record(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Record("wrong-token-0123456789"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Record(kViewerToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Record(kOpsToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(store_->List({.limit = 10}).value().records.empty());  // nothing was stored
+  EXPECT_EQ(Record(kLaneToken), grpc::StatusCode::OK);
+
+  EXPECT_EQ(List(kLaneToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(List(kViewerToken), grpc::StatusCode::OK);
+  EXPECT_EQ(List(kOpsToken), grpc::StatusCode::OK);
+
+  EXPECT_EQ(Replay(""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Replay(kLaneToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Replay(kViewerToken), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Replay(kOpsToken), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(AuthorizedServiceTest, TheRecorderSendsItsTokenAndPingReportsARefusal) {
+  {
+    ReplayRecorder lane({.address = server_->address(), .token = kLaneToken});
+    EXPECT_TRUE(lane.Ping(absl::Seconds(5)).ok());
+    absl::Notification done;
+    absl::Status result;
+    lane.Record(Outbound("prison", "m-2"), [&](absl::Status s) {
+      result = s;
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    EXPECT_TRUE(result.ok()) << result;
+  }
+  ReplayRecorder viewer({.address = server_->address(), .token = kViewerToken});
+  EXPECT_EQ(viewer.Ping(absl::Seconds(5)).code(), absl::StatusCode::kOk);  // viewers may Get
+  ReplayRecorder stranger({.address = server_->address(), .token = "stranger-0123456789abc"});
+  EXPECT_EQ(stranger.Ping(absl::Seconds(5)).code(), absl::StatusCode::kUnauthenticated);
+  ReplayRecorder anonymous({.address = server_->address()});
+  EXPECT_EQ(anonymous.Ping(absl::Seconds(5)).code(), absl::StatusCode::kUnauthenticated);
+}
+
+}  // namespace
+}  // namespace ess::replay
