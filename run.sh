@@ -5,10 +5,11 @@
 #   VisitScheduleUpdated -> visit_updates -> outbound_svc -> partner POST /api/slots
 #   partner POST /webhook/prison (signed) -> inbound_svc -> events exchange -> SlotConfirmed
 #   a forged, unsigned callback -> 401
+#   essctl replay (ops token) -> replay_svc -> events exchange -> a late subscriber
 #
 #   ./run.sh          walk the flow, then keep the stack running until Ctrl-C
-#   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived and
-#                     the forged callback was refused
+#   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived, the
+#                     forged callback was refused and the replay reached the late subscriber
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -51,6 +52,13 @@ rm -f "$STACK"/*.log "$STACK"/replay.db*  # each walk-through starts from an emp
 # inbound_svc and the demo partner read it from the environment, never from a file.
 ESS_DEMO_WEBHOOK_SECRETS="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
 export ESS_DEMO_WEBHOOK_SECRETS
+# ReplayService callers (replay.auth): the lanes and ops, each with a token made for this run;
+# essctl sends $ESS_REPLAY_TOKEN, here the ops one.
+ESS_DEMO_REPLAY_LANE_TOKEN=$(head -c 24 /dev/urandom | base64 -w0)
+ESS_DEMO_REPLAY_OPS_TOKEN=$(head -c 24 /dev/urandom | base64 -w0)
+export ESS_DEMO_REPLAY_LANE_TOKEN ESS_DEMO_REPLAY_OPS_TOKEN
+export ESS_REPLAY_TOKEN=$ESS_DEMO_REPLAY_OPS_TOKEN
+(umask 077 && printf '%s' "$ESS_REPLAY_TOKEN" > "$STACK/ops.token")  # for essctl in another shell
 AMQP="127.0.0.1:$ESS_AMQP_PORT"
 ESSCTL=("$BIN/essctl" --addr "127.0.0.1:$REPLAY_PORT")
 ESSBUS=("$BIN/essbus" --amqp "$AMQP")
@@ -108,11 +116,23 @@ case "$FORGED_ANSWER" in
   *) say "FAILED: the forged callback was not refused"; RESULT=1 ;;
 esac
 
+say "a billing service subscribes late; ops replay VIS-77's SlotConfirmed to it from the store"
+start billing "${ESSBUS[@]}" subscribe --exchange events --count 1 --timeout_s 30
+BILLING_PID=${PIDS[-1]}
+sleep 0.5
+"${ESSCTL[@]}" replay --correlation VIS-77 --direction inbound \
+  --reason "billing subscribed after VIS-77 was confirmed" --requested_by "$(id -un)@run.sh" ||
+  RESULT=1
+if wait "$BILLING_PID"; then cat "$STACK/billing.log"; else
+  say "FAILED: the replayed SlotConfirmed did not reach the late subscriber"
+  RESULT=1
+fi
+
 if [ $RESULT -ne 0 ]; then
-  say "FAILED: SlotConfirmed did not arrive, or a forged callback was taken; logs are in $STACK"
+  say "FAILED: SlotConfirmed did not arrive or was not replayed, or a forged callback was taken; logs are in $STACK"
   exit 1
 fi
-say "OK: VIS-77 was pushed, delivered and confirmed (by a signed callback)"
+say "OK: VIS-77 was pushed, delivered, confirmed (by a signed callback) and replayed"
 
 if [ $ONCE -eq 1 ]; then
   exit 0
@@ -125,9 +145,12 @@ The stack keeps running until Ctrl-C. Logs: $STACK/*.log
     ${ESSBUS[*]} publish --queue visit_updates '{"type":"VisitScheduleUpdated","id":"VIS-78","inmateId":"B456","slotUtc":"2026-12-02T10:00:00Z"}'
   Watch the events exchange:
     ${ESSBUS[*]} subscribe --exchange events --count 10 --timeout_s 60
-  Look at the replay store:
+  Look at the replay store (essctl sends \$ESS_REPLAY_TOKEN, this run's ops token):
+    export ESS_REPLAY_TOKEN=\$(cat $STACK/ops.token)
     ${ESSCTL[*]} get --correlation VIS-78
     ${ESSCTL[*]} list --partner prison_calendar
     ${ESSCTL[*]} stats
+  Replay what a partner missed:
+    ${ESSCTL[*]} replay --partner prison_calendar --status dead --reason "partner was down" --dry_run
 MSG
 wait "${PIDS[0]}"
