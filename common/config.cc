@@ -263,6 +263,12 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   auto* replay = c.mutable_replay();
   if (replay->address().empty()) replay->set_address(replay->listen());
   replay->set_database_path(Resolve(base_dir, replay->database_path()));
+  if (replay->has_tls()) {
+    auto* tls = replay->mutable_tls();
+    tls->set_cert_file(Resolve(base_dir, tls->cert_file()));
+    tls->set_key_file(Resolve(base_dir, tls->key_file()));
+    tls->set_ca_file(Resolve(base_dir, tls->ca_file()));
+  }
   if (replay->batch_max() == 0) replay->set_batch_max(256);
   if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
   if (replay->deadline_ms() == 0) replay->set_deadline_ms(5000);
@@ -371,6 +377,11 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
   if (!c.bus().password_env().empty() && std::getenv(c.bus().password_env().c_str()) == nullptr) {
     return conv.ErrorAt("bus.password_env", absl::StrCat("environment variable ",
                                                          c.bus().password_env(), " is not set"));
+  }
+  if (c.replay().tls().cert_file().empty() != c.replay().tls().key_file().empty()) {
+    return conv.ErrorAt(
+        c.replay().tls().cert_file().empty() ? "replay.tls.cert_file" : "replay.tls.key_file",
+        "cert_file and key_file go together");
   }
   {
     // Tokens are read by replay_svc at start (replay_svc/authorizer.h): only it needs them.

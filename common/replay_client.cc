@@ -337,7 +337,8 @@ class Batcher {
 
 }  // namespace
 
-std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address) {
+std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,
+                                                             const std::string& tls_ca_pem) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -345,8 +346,11 @@ std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& 
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  return ess::v1::ReplayService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      tls_ca_pem.empty()
+          ? grpc::InsecureChannelCredentials()
+          : grpc::SslCredentials(grpc::SslCredentialsOptions{.pem_root_certs = tls_ca_pem});
+  return ess::v1::ReplayService::NewStub(grpc::CreateCustomChannel(address, credentials, args));
 }
 
 // Records and lookups are batched apart, each with its own call slots, so neither waits
@@ -354,7 +358,7 @@ std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& 
 struct ReplayRecorder::Impl {
   explicit Impl(Options opts)
       : options(std::move(opts)),
-        stub(MakeReplayStub(options.address)),
+        stub(MakeReplayStub(options.address, options.tls_ca_pem)),
         records(options, options.batch_max, *stub),
         lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub),
         claims(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}

@@ -29,8 +29,10 @@
 
 namespace ess {
 
-// A channel + stub to ReplayService (insecure on loopback for now).
-std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address);
+// A channel + stub to ReplayService: TLS checked against `tls_ca_pem` (PEM CA certificates)
+// when it is not empty, plaintext otherwise.
+std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,
+                                                             const std::string& tls_ca_pem = "");
 
 class ReplayRecorder {
  public:
@@ -48,6 +50,8 @@ class ReplayRecorder {
     bool flush_when_idle = false;
     // Sent as "authorization: Bearer TOKEN" on every call when not empty (replay.auth).
     std::string token;
+    // PEM CA certificates: dial with TLS and check the store's certificate against them.
+    std::string tls_ca_pem;
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 

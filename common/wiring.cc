@@ -3,8 +3,11 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/sv.h"
 
 namespace ess {
 
@@ -32,6 +35,12 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
     }
     token = value;
   }
+  std::string ca_pem;
+  if (!replay.tls().ca_file().empty()) {
+    absl::StatusOr<std::string> pem = ReadPemFile(replay.tls().ca_file(), "replay.tls.ca_file");
+    if (!pem.ok()) return pem.status();
+    ca_pem = *std::move(pem);
+  }
   return ReplayRecorder::Options{
       .address = replay.address(),
       .batch_max = replay.batch_max(),
@@ -40,7 +49,23 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
       // Group commit: a batch goes as soon as the store is idle, so light load pays no delay.
       .flush_when_idle = true,
       .token = std::move(token),
+      .tls_ca_pem = std::move(ca_pem),
   };
+}
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view field) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  if (in) text << in.rdbuf();
+  if (!in || in.bad()) {
+    return absl::FailedPreconditionError(absl::StrCat(ToAbsl(field), ": cannot read ", path));
+  }
+  std::string pem = text.str();
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(ToAbsl(field), ": ", path, " holds no PEM block"));
+  }
+  return pem;
 }
 
 }  // namespace ess

@@ -3,6 +3,7 @@
 #define ESS_COMMON_WIRING_H_
 
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "common/amqp.h"
@@ -12,9 +13,14 @@
 namespace ess {
 
 amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string connection_name);
-// The recorder of a lane, with the token of replay.token_env when it names one
-// (FAILED_PRECONDITION naming the variable when it is not set).
+// The recorder of a lane, with the token of replay.token_env when it names one and the CA of
+// replay.tls.ca_file when set (FAILED_PRECONDITION naming the field when the variable is not
+// set or the file cannot be read).
 absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayConfig& replay);
+
+// The text of the PEM file at `path`. FAILED_PRECONDITION "FIELD: ..." when it cannot be read
+// or holds no PEM block.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view field);
 
 }  // namespace ess
 

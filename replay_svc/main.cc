@@ -59,6 +59,21 @@ int main(int argc, char** argv) {
     ess::log::Warn("", "ReplayService is open to every caller: replay.auth names no callers");
   }
 
+  std::string tls_cert_pem, tls_key_pem;
+  if (!replay.tls().cert_file().empty()) {
+    absl::StatusOr<std::string> cert =
+        ess::ReadPemFile(replay.tls().cert_file(), "replay.tls.cert_file");
+    absl::StatusOr<std::string> key =
+        ess::ReadPemFile(replay.tls().key_file(), "replay.tls.key_file");
+    if (!cert.ok() || !key.ok()) {
+      std::cerr << "error: " << config_path << ": "
+                << (cert.ok() ? key.status() : cert.status()).message() << "\n";
+      return 2;
+    }
+    tls_cert_pem = *std::move(cert);
+    tls_key_pem = *std::move(key);
+  }
+
   absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> store =
       ess::replay::SqliteReplayStore::Open(replay.database_path());
   if (!store.ok()) {
@@ -91,8 +106,11 @@ int main(int argc, char** argv) {
   }
 
   absl::StatusOr<std::unique_ptr<ess::replay::ReplayServer>> server =
-      ess::replay::ReplayServer::Start(
-          **store, {.listen = replay.listen(), .replayer = &replayer, .authorizer = &*authorizer});
+      ess::replay::ReplayServer::Start(**store, {.listen = replay.listen(),
+                                                 .replayer = &replayer,
+                                                 .authorizer = &*authorizer,
+                                                 .tls_cert_pem = std::move(tls_cert_pem),
+                                                 .tls_key_pem = std::move(tls_key_pem)});
   if (!server.ok()) {
     ess::log::Error("", "cannot serve", {{"error", server.status().ToString()}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;  // 2: replay.listen is malformed.
@@ -100,7 +118,8 @@ int main(int argc, char** argv) {
   ess::log::Info("", "listening",
                  {{"address", (*server)->address()},
                   {"database", replay.database_path()},
-                  {"callers", absl::StrCat(authorizer->callers())}});
+                  {"callers", absl::StrCat(authorizer->callers())},
+                  {"tls", replay.tls().cert_file().empty() ? "off" : "on"}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

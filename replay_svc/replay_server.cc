@@ -42,7 +42,13 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
                                         .authorizer = options.authorizer});
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert_pem.empty()) {
+    grpc::SslServerCredentialsOptions tls;
+    tls.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(tls);
+  }
+  builder.AddListeningPort(options.listen, credentials, &port);
   // gRPC sets SO_REUSEPORT by default; a second server on the same port must fail instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
@@ -50,7 +56,11 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     if (server != nullptr) server->Shutdown();
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", options.listen,
+        options.tls_cert_pem.empty()
+            ? ""
+            : " (with TLS: are the certificate and the key a matching pair of PEM blocks?)"));
   }
   return std::unique_ptr<ReplayServer>(
       new ReplayServer(std::move(service), std::move(server), absl::StrCat(host, ":", port), port));

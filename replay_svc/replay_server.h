@@ -1,5 +1,6 @@
 // A running gRPC server for ReplayService: the service plus gRPC health checking (reported
-// SERVING until shutdown) and server reflection, so grpcurl or any client can find it.
+// SERVING until shutdown) and server reflection, so grpcurl or any client can find it; over TLS
+// when given a certificate and key.
 //
 //   auto server = ess::replay::ReplayServer::Start(*store, {.listen = "127.0.0.1:0"});
 //   if (!server.ok()) ...;
@@ -36,6 +37,9 @@ class ReplayServer {
     Replayer* replayer = nullptr;
     // Who may call what; null: every caller may call everything.
     const Authorizer* authorizer = nullptr;
+    // PEM certificate chain and private key: serve TLS only. Empty: plaintext.
+    std::string tls_cert_pem;
+    std::string tls_key_pem;
   };
 
   // INVALID_ARGUMENT for a malformed `listen`; UNAVAILABLE if it cannot be bound (e.g. the

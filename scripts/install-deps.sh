@@ -16,8 +16,8 @@ PACKAGES=(
   libxml2-dev libcsv-dev
   # servers the stack and the tests run on loopback
   rabbitmq-server openssh-server openssh-client
-  # tools the scripts use
-  iproute2 procps ca-certificates
+  # tools the scripts use (openssl: the tests make their TLS certificates at test time)
+  iproute2 procps ca-certificates openssl
   # the benchmark's HTTP load generator (./bench.sh)
   wrk
 )

@@ -36,11 +36,14 @@
 #include "absl/time/time.h"
 #include "common/cli.h"
 #include "common/replay_client.h"
+#include "common/wiring.h"
 #include "grpcpp/grpcpp.h"
 #include "replay_svc/records.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "ReplayService address, HOST:PORT.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA certificate(s): dial with TLS and check replay_svc's certificate against them.");
 ABSL_FLAG(std::string, token_env, "ESS_REPLAY_TOKEN",
           "Environment variable holding the bearer token sent to ReplayService (replay.auth); "
           "nothing is sent while the default one is unset.");
@@ -444,7 +447,13 @@ int main(int argc, char** argv) {
   }
   const std::string addr = absl::GetFlag(FLAGS_addr);
   if (addr.empty()) return Usage("--addr must not be empty");
-  std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr);
+  std::string tls_ca_pem;
+  if (const std::string ca_file = absl::GetFlag(FLAGS_tls_ca_file); !ca_file.empty()) {
+    absl::StatusOr<std::string> pem = ess::ReadPemFile(ca_file, "--tls_ca_file");
+    if (!pem.ok()) return Usage(pem.status().message());
+    tls_ca_pem = *std::move(pem);
+  }
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr, tls_ca_pem);
   if (command == "get") return Get(*stub);
   if (command == "list") return List(*stub);
   if (command == "replay") return Replay(*stub);

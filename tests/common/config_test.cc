@@ -175,6 +175,19 @@ replay:
   EXPECT_EQ(c->replay().auth().callers(0).role(), "lane");
 }
 
+TEST(ConfigTest, ReplayTlsFilesAreTakenFromTheConfigFolderAndCertAndKeyGoTogether) {
+  auto c = Load("replay: {tls: {cert_file: server.pem}}\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.tls.key_file: cert_file and key_file go together"));
+  c = Load(
+      "replay: {tls: {cert_file: server.pem, key_file: /etc/ess/server.key, ca_file: ca.pem}}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().tls().key_file(), "/etc/ess/server.key");
+  EXPECT_EQ(c->replay().tls().cert_file(), "/etc/ess/server.pem");
+  EXPECT_EQ(c->replay().tls().ca_file(), "/etc/ess/ca.pem");
+}
+
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {
   auto c = Load("bus:\n  host: [unclosed\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);

@@ -2,6 +2,8 @@
 // is back, `essctl replay` sends them through the real outbound lane again, and a webhook's event
 // goes to the events exchange again. Real replay_svc, outbound_svc, inbound_svc, RabbitMQ and
 // HTTP on loopback.
+#include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 #include <vector>
@@ -227,6 +229,50 @@ TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
   EXPECT_EQ(stranger.exit_code, 2) << stranger.output;
   EXPECT_THAT(stranger.output,
               HasSubstr("the replay store refuses outbound_svc: the bearer token is nobody's"));
+}
+
+// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command in `dir`
+// (ca.pem, server.pem, server.key). Test keys are made at test time, never committed.
+void MakeCertificates(const testing::TempDir& dir) {
+  dir.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+  const std::vector<std::vector<std::string>> steps = {
+      {"req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+       dir.File("ca.key"), "-out", dir.File("ca.pem"), "-days", "1", "-subj", "/CN=ess-test-ca"},
+      {"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+       dir.File("server.key"), "-out", dir.File("server.csr"), "-subj", "/CN=127.0.0.1"},
+      {"x509", "-req", "-in", dir.File("server.csr"), "-CA", dir.File("ca.pem"), "-CAkey",
+       dir.File("ca.key"), "-CAcreateserial", "-out", dir.File("server.pem"), "-days", "1",
+       "-extfile", dir.File("san.ext")},
+  };
+  for (const std::vector<std::string>& step : steps) {
+    std::vector<std::string> argv = {"/usr/bin/openssl"};
+    argv.insert(argv.end(), step.begin(), step.end());
+    testing::ToolRun run = testing::RunTool(argv, dir.File("openssl.log"));
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+  }
+}
+
+TEST_F(OpsReplayTest, OverTlsTheLanesAndEssctlReachTheStoreAndPlaintextDoesNot) {
+  ASSERT_NO_FATAL_FAILURE(MakeCertificates(dir_));
+  replay_extra_ = "  tls: {cert_file: server.pem, key_file: server.key, ca_file: ca.pem}";
+  std::ifstream ca(dir_.File("ca.pem"));
+  replay_ca_pem_.assign(std::istreambuf_iterator<char>(ca), std::istreambuf_iterator<char>());
+  CapturePartner partner;
+  StartHub(partner.url());
+  EXPECT_THAT(replay_->Log(), HasSubstr("tls=on"));
+  Publish({{"TLS-1", VisitEvent("TLS-1")}});
+  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == 1; },
+                      absl::Seconds(30)));  // the lane recorded it over TLS
+
+  testing::ToolRun listed = Essctl({"--tls_ca_file", dir_.File("ca.pem"), "list"});
+  EXPECT_EQ(listed.exit_code, 0) << listed.output;
+  EXPECT_THAT(listed.output, HasSubstr("TLS-1"));
+  testing::ToolRun plaintext = Essctl({"--timeout", "3s", "list"});
+  EXPECT_EQ(plaintext.exit_code, 1) << plaintext.output;
+  EXPECT_THAT(plaintext.output, HasSubstr("UNAVAILABLE"));
+  testing::ToolRun no_file = Essctl({"--tls_ca_file", dir_.File("missing.pem"), "list"});
+  EXPECT_EQ(no_file.exit_code, 2) << no_file.output;
+  EXPECT_THAT(no_file.output, HasSubstr("--tls_ca_file: cannot read " + dir_.File("missing.pem")));
 }
 
 }  // namespace
