@@ -38,7 +38,8 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
 
 // The verifier of a route's webhook signatures, with the secrets of the environment variable
 // `auth.secrets_env` (FAILED_PRECONDITION when it is not set; INVALID_ARGUMENT naming a bad
-// secret by position, never by value). A loaded config has passed this check.
+// secret by position, never by value). Loading a config does not read the secrets (only
+// inbound_svc needs them): inbound_svc calls this at start.
 absl::StatusOr<webhook::SignatureVerifier> WebhookVerifier(const ess::v1::WebhookAuth& auth);
 
 }  // namespace ess::config

@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
     std::unique_ptr<ess::adapters::Adapter> adapter;
   };
   std::vector<Poll> polls;
-  for (const auto& p : config->partners()) {
+  for (int index = 0; index < config->partners_size(); ++index) {
+    const ess::v1::PartnerConfig& p = config->partners(index);
     if (!p.has_inbound()) continue;
     if (!p.inbound().webhook_path().empty()) {
       auto adapter = registry.Create(p, {});
@@ -60,8 +61,8 @@ int main(int argc, char** argv) {
       if (p.inbound().has_auth()) {
         auto v = ess::config::WebhookVerifier(p.inbound().auth());
         if (!v.ok()) {
-          std::cerr << "error: " << path << ": partner " << p.name() << ": " << v.status().message()
-                    << "\n";
+          std::cerr << "error: " << path << ": partners[" << index
+                    << "].inbound.auth.secrets_env: " << v.status().message() << "\n";
           return 2;
         }
         verifier = *std::move(v);

@@ -210,7 +210,7 @@ TEST(ConfigTest, PasswordFromEnvironment) {
   EXPECT_THAT(c.status().message(), HasSubstr("bus.password_env: environment variable"));
 }
 
-TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentAndAreCheckedAtLoad) {
+TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentOfTheInboundLaneOnly) {
   auto with_auth = [](std::string_view auth) {
     std::string yaml = kGood;
     const std::string path = "      webhook_path: /webhook/prison\n";
@@ -226,20 +226,23 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentAndAreCheckedAtLoad) {
   EXPECT_EQ(c->partners(0).inbound().auth().tolerance_seconds(), 300u);
   EXPECT_TRUE(WebhookVerifier(c->partners(0).inbound().auth()).ok());
 
+  // Loading does not read the secrets (the outbound lane and the store never hold them);
+  // inbound_svc builds the verifier at start, and that fails naming the variable.
   c = with_auth("{secrets_env: ESS_TEST_UNSET_SECRETS, tolerance_seconds: 60}");
-  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(),
-              HasSubstr("partners[0].inbound.auth.secrets_env: environment variable "
-                        "ESS_TEST_UNSET_SECRETS is not set"));
-  EXPECT_THAT(std::string(c.status().message()), ::testing::StartsWith("hub.yaml:"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::StatusOr<webhook::SignatureVerifier> v = WebhookVerifier(c->partners(0).inbound().auth());
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(v.status().message(), "environment variable ESS_TEST_UNSET_SECRETS is not set");
 
   setenv("ESS_TEST_BAD_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_hunter2!", 1);
   c = with_auth("{secrets_env: ESS_TEST_BAD_SECRETS}");
-  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(c.status().message(),
-              HasSubstr("partners[0].inbound.auth.secrets_env: environment variable "
-                        "ESS_TEST_BAD_SECRETS: secret 2 is not \"whsec_\" followed by base64"));
-  EXPECT_THAT(c.status().message(), ::testing::Not(HasSubstr("hunter2")));
+  ASSERT_TRUE(c.ok()) << c.status();
+  v = WebhookVerifier(c->partners(0).inbound().auth());
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(v.status().message(),
+              HasSubstr("environment variable ESS_TEST_BAD_SECRETS: secret 2 is not \"whsec_\" "
+                        "followed by base64"));
+  EXPECT_THAT(v.status().message(), ::testing::Not(HasSubstr("hunter2")));
 
   c = with_auth("{tolerance_seconds: 60}");
   EXPECT_THAT(c.status().message(),

@@ -222,6 +222,14 @@ TEST_F(HubTest, ASignedRouteTakesOnlyFreshCallsSignedByThePartner) {
   ASSERT_EQ(yaml.find(secret), std::string::npos);
   dir_.Write("hub.yaml", yaml);
   StartReplay();
+  // Without the secrets in its environment the inbound lane does not start, and says why.
+  dir_.Write("unset.yaml", absl::StrReplaceAll(yaml, {{"ESS_TEST_PRISON_WEBHOOK_SECRETS",
+                                                       "ESS_TEST_UNSET_WEBHOOK_SECRETS"}}));
+  testing::ToolRun unset = testing::RunTool(
+      {BinaryPath("inbound_svc"), "--config", dir_.File("unset.yaml")}, dir_.File("unset.log"));
+  EXPECT_EQ(unset.exit_code, 2) << unset.output;
+  EXPECT_THAT(unset.output, HasSubstr("partners[0].inbound.auth.secrets_env: environment variable "
+                                      "ESS_TEST_UNSET_WEBHOOK_SECRETS is not set"));
   StartInbound("hub.yaml");
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
