@@ -29,6 +29,12 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
+# kubectl renders the Kubernetes manifests in the tests (kubectl kustomize, offline). Any kubectl
+# will do; without one, Debian's kubernetes-client provides it.
+if ! command -v kubectl >/dev/null 2>&1; then
+  missing+=(kubernetes-client)
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
   exit 0
