@@ -104,8 +104,8 @@ TEST_P(ManifestsTest, EachLaneScalesOnItsOwnAndTheStoreIsOneWriter) {
   if (GetParam() == "prod") {  // webhook bursts get more room than the steady outbound flow
     EXPECT_EQ((*Find(r, "HorizontalPodAutoscaler", "inbound-svc"))["spec"]["maxReplicas"].as<int>(),
               20);
-    EXPECT_EQ((*Find(r, "HorizontalPodAutoscaler", "outbound-svc"))["spec"]["maxReplicas"].as<int>(),
-              10);
+    EXPECT_EQ(
+        (*Find(r, "HorizontalPodAutoscaler", "outbound-svc"))["spec"]["maxReplicas"].as<int>(), 10);
   }
   const YAML::Node* store = Find(r, "StatefulSet", "replay-svc");
   ASSERT_NE(store, nullptr);
@@ -140,15 +140,17 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
                                               config->replay().token_env()};
   std::set<std::string> inbound_env = outbound_env;
   for (const auto& p : config->partners()) {
-    if (p.has_inbound() && p.inbound().has_auth()) inbound_env.insert(p.inbound().auth().secrets_env());
+    if (p.has_inbound() && p.inbound().has_auth())
+      inbound_env.insert(p.inbound().auth().secrets_env());
   }
   const std::map<std::string, std::pair<std::string, std::set<std::string>>> workloads = {
       {"replay-svc", {"StatefulSet", store_env}},
       {"outbound-svc", {"Deployment", outbound_env}},
       {"inbound-svc", {"Deployment", inbound_env}},
   };
-  const std::map<std::string, std::string> binaries = {
-      {"replay-svc", "replay_svc"}, {"outbound-svc", "outbound_svc"}, {"inbound-svc", "inbound_svc"}};
+  const std::map<std::string, std::string> binaries = {{"replay-svc", "replay_svc"},
+                                                       {"outbound-svc", "outbound_svc"},
+                                                       {"inbound-svc", "inbound_svc"}};
   for (const auto& [name, kind_env] : workloads) {
     const YAML::Node* w = Find(r, kind_env.first, name);
     ASSERT_NE(w, nullptr) << name;
