@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "common/bus_headers.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/sv.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -173,6 +174,12 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   if (it == routes_.end()) {
     if (request.path == "/healthz") {
       std::move(responder).Send({.status = 200, .body = R"({"ok":true})"});
+      return;
+    }
+    if (request.path == "/metrics") {
+      std::move(responder).Send({.status = 200,
+                                 .headers = {{"Content-Type", metrics::kContentType}},
+                                 .body = metrics::Render(Metrics())});
       return;
     }
     reply(404, absl::StrCat("no partner serves ", request.path));
@@ -387,6 +394,37 @@ void Lane::Finish(Call& call, int status, std::string body) {
   http::ServerResponse resp{.status = status, .body = std::move(body)};
   if (status == 503) resp.headers.emplace_back("Retry-After", "1");
   std::move(call.responder).Send(std::move(resp));
+}
+
+std::vector<prometheus::MetricFamily> Lane::Metrics() const {
+  prometheus::MetricFamily events = metrics::Family(
+      "ess_inbound_events_total",
+      "Internal events from webhooks, by outcome: published (confirmed on the bus, answered "
+      "200) or duplicate (a repeat within the dedupe window: answered 200, not published).",
+      prometheus::MetricType::Counter);
+  metrics::AddSample(events, {{"outcome", "published"}}, counters_.published.load());
+  metrics::AddSample(events, {{"outcome", "duplicate"}}, counters_.duplicates.load());
+  prometheus::MetricFamily refused = metrics::Family(
+      "ess_inbound_refused_total",
+      "Calls not taken, by reason: rejected (answered 4xx, or 503 while the same id is being "
+      "published), of which unauthenticated (401: not signed by the partner), and unavailable "
+      "(503: the bus or the store is down; the partner retries).",
+      prometheus::MetricType::Counter);
+  metrics::AddSample(refused, {{"reason", "rejected"}}, counters_.rejected.load());
+  metrics::AddSample(refused, {{"reason", "unauthenticated"}}, counters_.unauthenticated.load());
+  metrics::AddSample(refused, {{"reason", "unavailable"}}, counters_.unavailable.load());
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(events));
+  families.push_back(std::move(refused));
+  families.push_back(metrics::Single("ess_inbound_requests_total",
+                                     "HTTP requests received (health checks and scrapes included).",
+                                     prometheus::MetricType::Counter, counters_.requests.load()));
+  families.push_back(metrics::Single(
+      "ess_inbound_unrecorded_total",
+      "Webhooks published and answered 200 whose PUBLISHED record failed (the store still says "
+      "RECEIVED).",
+      prometheus::MetricType::Counter, counters_.unrecorded.load()));
+  return families;
 }
 
 }  // namespace ess::inbound

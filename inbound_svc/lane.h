@@ -48,6 +48,7 @@
 #include "common/http_server.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
+#include "prometheus/metric_family.h"
 
 namespace ess::inbound {
 
@@ -87,6 +88,8 @@ class Lane {
   void Stop();
   int port() const { return server_.port(); }
   const Counters& counters() const { return counters_; }
+  // The lane's Prometheus metrics now (also served at GET /metrics). Thread-safe.
+  std::vector<prometheus::MetricFamily> Metrics() const;
 
  private:
   struct Call;

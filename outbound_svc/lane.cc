@@ -13,6 +13,7 @@
 #include "adapters/http_status.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/sv.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -150,6 +151,8 @@ struct Lane::PartnerState {
   absl::Duration open_for ABSL_GUARDED_BY(mu);
   absl::Time probe_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   bool probing ABSL_GUARDED_BY(mu) = false;
+  // Outcomes settled, for the metrics.
+  std::atomic<uint64_t> delivered{0}, dry_run{0}, retried{0}, parked{0};
 };
 
 Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
@@ -486,6 +489,7 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
            std::unique_ptr<Job> owned(raw);
            if (s.ok()) {
              (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
+             (dry ? p.dry_run : p.delivered).fetch_add(1, std::memory_order_relaxed);
              Audit(p, *owned,
                    dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
                    absl::OkStatus());
@@ -554,6 +558,7 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
         AppendHistory(msg.headers, owned->attempt, status);
         msg.expiration = absl::StrCat(delay_ms);
         counters_.retried.fetch_add(1, std::memory_order_relaxed);
+        p.retried.fetch_add(1, std::memory_order_relaxed);
         Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
         MoveAndAck(*owned, std::move(queue), std::move(msg));
       });
@@ -575,6 +580,7 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
     AppendHistory(msg.headers, owned->attempt, reason);
     msg.expiration.clear();
     counters_.parked.fetch_add(1, std::memory_order_relaxed);
+    p.parked.fetch_add(1, std::memory_order_relaxed);
     Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
     MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
   });
@@ -659,6 +665,64 @@ void Lane::Supervise() {
       }
     }
   }
+}
+
+std::vector<prometheus::MetricFamily> Lane::Metrics() const {
+  using prometheus::MetricType;
+  prometheus::MetricFamily settled = metrics::Family(
+      "ess_outbound_messages_total",
+      "Messages settled by the outbound lane, by partner and outcome (delivered, dry_run, "
+      "retried: a failed attempt sent to a delay queue, parked: given up).",
+      MetricType::Counter);
+  prometheus::MetricFamily success = metrics::Family(
+      "ess_outbound_success_ratio",
+      "delivered / (delivered + retried + parked) since the lane started: the share of the "
+      "partner's outcomes that were deliveries; absent before the first. Over a window: the "
+      "same ratio of rate(ess_outbound_messages_total[5m]).",
+      MetricType::Gauge);
+  prometheus::MetricFamily open = metrics::Family(
+      "ess_outbound_breaker_open", "1 while the partner's circuit breaker holds its queue paused.",
+      MetricType::Gauge);
+  for (const auto& p : partners_) {
+    const std::string& name = p->partner.name;
+    const double delivered = p->delivered.load(std::memory_order_relaxed);
+    const double retried = p->retried.load(std::memory_order_relaxed);
+    const double parked = p->parked.load(std::memory_order_relaxed);
+    metrics::AddSample(settled, {{"partner", name}, {"outcome", "delivered"}}, delivered);
+    metrics::AddSample(settled, {{"partner", name}, {"outcome", "dry_run"}},
+                       p->dry_run.load(std::memory_order_relaxed));
+    metrics::AddSample(settled, {{"partner", name}, {"outcome", "retried"}}, retried);
+    metrics::AddSample(settled, {{"partner", name}, {"outcome", "parked"}}, parked);
+    if (delivered + retried + parked > 0) {
+      metrics::AddSample(success, {{"partner", name}}, delivered / (delivered + retried + parked));
+    }
+    absl::MutexLock lock(&p->mu);
+    metrics::AddSample(open, {{"partner", name}},
+                       p->breaker == PartnerState::Breaker::kClosed ? 0 : 1);
+  }
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(settled));
+  families.push_back(std::move(success));
+  families.push_back(std::move(open));
+  families.push_back(metrics::Single("ess_outbound_received_total",
+                                     "Deliveries taken from the bus.", MetricType::Counter,
+                                     counters_.received.load()));
+  families.push_back(
+      metrics::Single("ess_outbound_duplicates_total",
+                      "Redeliveries the store showed delivered: acked without a second push.",
+                      MetricType::Counter, counters_.duplicates.load()));
+  families.push_back(
+      metrics::Single("ess_outbound_requeued_total",
+                      "Deliveries handed back to the broker (store down, shutting down).",
+                      MetricType::Counter, counters_.requeued.load()));
+  families.push_back(metrics::Single("ess_outbound_in_flight",
+                                     "Deliveries taken and not yet settled.", MetricType::Gauge,
+                                     static_cast<double>(live_.load())));
+  families.push_back(
+      metrics::Single("ess_outbound_store_paused",
+                      "1 while consumption is paused because the replay store is unreachable.",
+                      MetricType::Gauge, store_paused_.load() ? 1 : 0));
+  return families;
 }
 
 }  // namespace ess::outbound

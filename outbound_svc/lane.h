@@ -49,6 +49,7 @@
 #include "common/mapping.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
+#include "prometheus/metric_family.h"
 
 namespace ess::outbound {
 
@@ -106,6 +107,9 @@ class Lane {
   // Messages taken from the bus and not yet settled.
   int64_t in_flight() const { return live_.load(); }
   bool paused_for_store() const { return store_paused_.load(); }
+  // The lane's Prometheus metrics now (per partner: outcomes, success ratio, breaker; and the
+  // lane's intake). Thread-safe.
+  std::vector<prometheus::MetricFamily> Metrics() const;
 
  private:
   struct PartnerState;

@@ -8,6 +8,7 @@
 #include "common/config.h"
 #include "common/http_client.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/wiring.h"
 #include "outbound_svc/lane.h"
 
@@ -96,12 +97,25 @@ int main(int argc, char** argv) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
   }
+  std::unique_ptr<ess::metrics::Server> metrics;
+  if (const std::string& listen = config->outbound().metrics_listen(); !listen.empty()) {
+    absl::StatusOr<std::unique_ptr<ess::metrics::Server>> server =
+        ess::metrics::Server::Start(listen, [&lane] { return lane.Metrics(); });
+    if (!server.ok()) {
+      ess::log::Error("", "cannot start", {{"error", std::string(server.status().message())}});
+      lane.Shutdown(absl::ZeroDuration());
+      return 1;
+    }
+    metrics = *std::move(server);
+  }
   ess::log::Info("", "outbound lane running",
                  {{"partners", std::to_string(config->partners_size())},
-                  {"dry_run", dry_run ? "true" : "false"}});
+                  {"dry_run", dry_run ? "true" : "false"},
+                  {"metrics_port", metrics ? std::to_string(metrics->port()) : "off"}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
+  metrics.reset();
   publisher.Stop();
   recorder.Stop();
   http.Stop();

@@ -14,6 +14,8 @@ PACKAGES=(
   libcurl4-openssl-dev libevent-dev libsqlite3-dev libyaml-cpp-dev rapidjson-dev
   # libraries of the SOAP and CSV adapters: XML with XPath, CSV parsing
   libxml2-dev libcsv-dev
+  # metrics: Prometheus client (counters, text format, the /metrics server of outbound_svc)
+  prometheus-cpp-dev
   # servers the stack and the tests run on loopback
   rabbitmq-server openssh-server openssh-client
   # tools the scripts use (openssl: the tests make their TLS certificates at test time)

@@ -181,6 +181,11 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   const YAML::Node inbound = Container(*Find(r, "Deployment", "inbound-svc"));
   EXPECT_EQ(inbound["ports"][0]["containerPort"].as<int>(), 8080);
   EXPECT_EQ(inbound["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
+  // Metrics: outbound_svc's own port, inbound_svc's webhook port.
+  EXPECT_EQ(config->outbound().metrics_listen(), "0.0.0.0:9464");
+  const YAML::Node outbound = Container(*Find(r, "Deployment", "outbound-svc"));
+  EXPECT_EQ(outbound["ports"][0]["containerPort"].as<int>(), 9464);
+  EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/metrics");
   // TLS files where the config expects them.
   EXPECT_EQ(config->replay().tls().cert_file(), "/etc/ess/tls/tls.crt");
   EXPECT_EQ(config->replay().tls().ca_file(), "/etc/ess/tls/ca.crt");

@@ -70,6 +70,7 @@ replay:
 REPLAY_EXTRA
 outbound:
   prefetch: 128
+OUTBOUND_EXTRA
 inbound:
   listen: 127.0.0.1:INBOUND_PORT
   dedupe_memory_ids: 2  # the store answers for older ids
@@ -109,6 +110,7 @@ partners:
          {"QUORUM", quorum_ ? "true" : "false"},
          {"AUDIT", exchange_ + ".audit"},
          {"REPLAY_EXTRA", replay_extra_},
+         {"OUTBOUND_EXTRA", outbound_extra_},
          {"WEBHOOK_AUTH",
           webhook_auth_.empty() ? std::string("# no auth") : "auth: " + webhook_auth_}});
     return yaml;
@@ -231,6 +233,8 @@ partners:
   bool quorum_ = false;
   // More lines of the `replay` section (indented two spaces), e.g. its `auth`.
   std::string replay_extra_;
+  // More lines of the `outbound` section (indented two spaces).
+  std::string outbound_extra_;
   // The token of the test's own calls to the store (with an `auth` in replay_extra_).
   std::string replay_token_;
   // The CA the test's own calls check the store's certificate against (with a `tls` in

@@ -11,8 +11,10 @@
 #include <set>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common/amqp.h"
 #include "common/http_client.h"
@@ -316,6 +318,74 @@ TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
     EXPECT_THAT(json, ::testing::Not(HasSubstr("A123"))) << key;  // ids and outcome, no payload
   }
   ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// The lines of a Prometheus text exposition that start with `name{`, without the HELP/TYPE.
+std::vector<std::string> Samples(const std::string& text, const std::string& name) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, name + "{") || absl::StartsWith(line, name + " ")) {
+      lines.emplace_back(line);
+    }
+  }
+  return lines;
+}
+
+TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
+  const int metrics_port = testing::FreePort();
+  outbound_extra_ = absl::StrCat("  metrics_listen: 127.0.0.1:", metrics_port);
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  CapturePartner partner;
+  partner.set_behaviour([](const CapturePartner::Seen& seen, http::Responder r) {
+    const bool refuse = absl::StartsWith(seen.correlation, "REFUSED");
+    std::move(r).Send({.status = refuse ? 422 : 201, .body = "{}"});
+  });
+  StartHub(partner.url());
+  EXPECT_THAT(outbound_->Log(), HasSubstr(absl::StrCat("metrics_port=", metrics_port)));
+  Publish({{"OK-1", VisitEvent("OK-1")},
+           {"OK-2", VisitEvent("OK-2")},
+           {"OK-3", VisitEvent("OK-3")},
+           {"REFUSED-1", VisitEvent("REFUSED-1")}});
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto s = Stats(ess::v1::DIRECTION_OUTBOUND);
+        return s.delivered() == 3 && s.dead() == 1;
+      },
+      absl::Seconds(30)));
+
+  auto outbound = http_.SendAndWait(
+      {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics")});
+  ASSERT_TRUE(outbound.ok()) << outbound.status();
+  ASSERT_EQ(outbound->status, 200);
+  EXPECT_THAT(Samples(outbound->body, "ess_outbound_messages_total"),
+              ::testing::UnorderedElementsAre(
+                  R"(ess_outbound_messages_total{partner="prison_calendar",outcome="delivered"} 3)",
+                  R"(ess_outbound_messages_total{partner="prison_calendar",outcome="dry_run"} 0)",
+                  R"(ess_outbound_messages_total{partner="prison_calendar",outcome="retried"} 0)",
+                  R"(ess_outbound_messages_total{partner="prison_calendar",outcome="parked"} 1)"));
+  EXPECT_THAT(
+      Samples(outbound->body, "ess_outbound_success_ratio"),
+      ::testing::ElementsAre(R"(ess_outbound_success_ratio{partner="prison_calendar"} 0.75)"));
+  EXPECT_THAT(Samples(outbound->body, "ess_outbound_received_total"),
+              ::testing::ElementsAre("ess_outbound_received_total 4"));
+  EXPECT_THAT(outbound->body, HasSubstr("# TYPE ess_outbound_messages_total counter"));
+
+  ASSERT_EQ(PostWebhook(R"({"id":"OK-1","status":"confirmed"})")->status, 200);
+  ASSERT_EQ(PostWebhook(R"({"id":"OK-1","status":"confirmed"})")->status, 200);  // a repeat
+  ASSERT_EQ(PostWebhook("not json")->status, 400);
+  auto inbound = http_.SendAndWait({.method = "GET", .url = Url("/metrics")});
+  ASSERT_TRUE(inbound.ok()) << inbound.status();
+  ASSERT_EQ(inbound->status, 200);
+  EXPECT_THAT(Samples(inbound->body, "ess_inbound_events_total"),
+              ::testing::ElementsAre(R"(ess_inbound_events_total{outcome="published"} 1)",
+                                     R"(ess_inbound_events_total{outcome="duplicate"} 1)"));
+  EXPECT_THAT(Samples(inbound->body, "ess_inbound_refused_total"),
+              ::testing::ElementsAre(R"(ess_inbound_refused_total{reason="rejected"} 1)",
+                                     R"(ess_inbound_refused_total{reason="unauthenticated"} 0)",
+                                     R"(ess_inbound_refused_total{reason="unavailable"} 0)"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
