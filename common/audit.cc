@@ -51,6 +51,12 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
   msg.correlation_id = event.correlation_id();
   msg.message_id = absl::StrCat(event.message_id(), ":",
                                 ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
+  if (!event.replayed_by().empty()) {
+    // A replay repeats an outcome's status and attempt: its own id, so that a consumer that
+    // drops repeated ids keeps it.
+    absl::StrAppend(&msg.message_id, ":replay-", event.started_at().seconds(), ".",
+                    event.started_at().nanos());
+  }
   msg.type = "SyncAudit";
   std::string cid = event.correlation_id();
   publisher_->Publish(

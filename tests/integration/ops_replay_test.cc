@@ -110,6 +110,7 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
               d->message.body,
               HasSubstr(R"("replayReason":"partner refused while its calendar was locked")"));
           EXPECT_THAT(d->message.body, HasSubstr(R"("status":"MESSAGE_STATUS_RECEIVED")"));
+          EXPECT_THAT(d->message.message_id, HasSubstr(":MESSAGE_STATUS_RECEIVED:1:replay-"));
           audited.insert(d->message.correlation_id);
         }
         return audited.size() == kEvents;
