@@ -272,6 +272,9 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (replay->batch_max() == 0) replay->set_batch_max(256);
   if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
   if (replay->deadline_ms() == 0) replay->set_deadline_ms(5000);
+  if (replay->has_retention() && replay->retention().sweep_interval_seconds() == 0) {
+    replay->mutable_retention()->set_sweep_interval_seconds(300);
+  }
   if (bus->delivery_limit() == 0) bus->set_delivery_limit(20);
   if (c.outbound().prefetch() == 0) c.mutable_outbound()->set_prefetch(256);
   if (c.outbound().shutdown_deadline_ms() == 0) {
@@ -375,6 +378,14 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
   if (!c.bus().password_env().empty() && std::getenv(c.bus().password_env().c_str()) == nullptr) {
     return conv.ErrorAt("bus.password_env", absl::StrCat("environment variable ",
                                                          c.bus().password_env(), " is not set"));
+  }
+  if (const auto& retention = c.replay().retention();
+      retention.max_age_seconds() > 0 &&
+      retention.max_age_seconds() < c.inbound().dedupe_window_seconds()) {
+    return conv.ErrorAt("replay.retention.max_age_seconds",
+                        absl::StrCat("must be at least inbound.dedupe_window_seconds (",
+                                     c.inbound().dedupe_window_seconds(),
+                                     "): the lanes' idempotency reads those records"));
   }
   if (c.replay().tls().cert_file().empty() != c.replay().tls().key_file().empty()) {
     return conv.ErrorAt(

@@ -23,6 +23,7 @@
 #include "replay_svc/authorizer.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/replayer.h"
+#include "replay_svc/retention.h"
 #include "replay_svc/sqlite_replay_store.h"
 
 namespace {
@@ -115,15 +116,23 @@ int main(int argc, char** argv) {
     ess::log::Error("", "cannot serve", {{"error", server.status().ToString()}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;  // 2: replay.listen is malformed.
   }
+  std::unique_ptr<ess::replay::RetentionSweeper> sweeper;
+  if (ess::replay::RetentionSweeper::Enabled(*config)) {
+    sweeper = std::make_unique<ess::replay::RetentionSweeper>(
+        **store, ess::replay::RetentionSweeper::PolicyFromConfig(*config),
+        absl::Seconds(replay.retention().sweep_interval_seconds()));
+  }
   ess::log::Info("", "listening",
                  {{"address", (*server)->address()},
                   {"database", replay.database_path()},
                   {"callers", absl::StrCat(authorizer->callers())},
-                  {"tls", replay.tls().cert_file().empty() ? "off" : "on"}});
+                  {"tls", replay.tls().cert_file().empty() ? "off" : "on"},
+                  {"retention", sweeper ? "on" : "off"}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   ess::log::Info("", "stopping", {{"signal", absl::StrCat("SIG", sigabbrev_np(signal_number))}});
+  if (sweeper) sweeper->Stop();
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
   publisher.Stop();

@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "ess/v1/event.pb.h"
 #include "ess/v1/replay.pb.h"
 #include "google/protobuf/repeated_ptr_field.h"
@@ -69,6 +70,19 @@ struct ReplayMark {
   ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
 };
 
+// What Purge evicts: settled records (DELIVERED, DRY_RUN, PUBLISHED) only, never one updated
+// within min_age.
+struct RetentionPolicy {
+  // Settled records updated longer ago than this go; zero: no age limit.
+  absl::Duration max_age = absl::ZeroDuration();
+  // Settled records beyond the newest this many of a (partner, direction) go; 0: no limit.
+  uint64_t max_per_partner = 0;
+  // Nothing updated more recently than this goes, whatever the limits say.
+  absl::Duration min_age = absl::ZeroDuration();
+  // Rows deleted per write transaction, so that the lanes' writes wait little.
+  size_t batch = 5000;
+};
+
 class ReplayStore {
  public:
   virtual ~ReplayStore() = default;
@@ -110,6 +124,10 @@ class ReplayStore {
   // read (a lane that already recorded the replay's outcome keeps it). Returns, per mark,
   // whether it was changed. INVALID_ARGUMENT "marks[i]...." for the first bad mark.
   virtual absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) = 0;
+
+  // Evicts what `policy` says, in transactions of policy.batch rows; returns how many records
+  // went.
+  virtual absl::StatusOr<uint64_t> Purge(const RetentionPolicy& policy) = 0;
 
   // One entry per (partner, direction) with records, ordered by partner then direction; only
   // `partner` when it is not empty. Counts are of records currently in each status;

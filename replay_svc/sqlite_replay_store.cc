@@ -2,6 +2,7 @@
 
 #include <optional>
 #include <utility>
+#include <variant>
 
 #include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
@@ -464,6 +465,99 @@ absl::StatusOr<std::vector<bool>> SqliteReplayStore::MarkReplayed(
   }
   if (absl::Status s = tx->Commit(); !s.ok()) return s;
   return changed;
+}
+
+absl::StatusOr<uint64_t> SqliteReplayStore::Purge(const RetentionPolicy& policy) {
+  // Settled: DELIVERED (2), DRY_RUN (3), PUBLISHED (6).
+  static_assert(ess::v1::MESSAGE_STATUS_DELIVERED == 2 && ess::v1::MESSAGE_STATUS_DRY_RUN == 3 &&
+                ess::v1::MESSAGE_STATUS_PUBLISHED == 6);
+  const int64_t batch = static_cast<int64_t>(std::max<size_t>(policy.batch, 1));
+  uint64_t purged = 0;
+  // Runs `sql` (a DELETE that binds ?1 = newest updated_at allowed to go, ?2 = batch, and the
+  // given extra parameters from ?3 on) until it deletes nothing; each run is a transaction of
+  // its own, so the lanes' writes get the lock in between.
+  auto drain = [&](const std::string& sql, int64_t before,
+                   const std::vector<std::variant<int64_t, std::string>>& extra) -> absl::Status {
+    for (;;) {
+      absl::MutexLock lock(&write_mu_);
+      absl::StatusOr<sqlite::Statement> del = writer_->db.Prepare(sql);
+      if (!del.ok()) return del.status();
+      STORE_RETURN_IF_ERROR(del->Bind(1, before));
+      STORE_RETURN_IF_ERROR(del->Bind(2, batch));
+      int index = 3;
+      for (const auto& value : extra) {
+        if (const int64_t* n = std::get_if<int64_t>(&value)) {
+          STORE_RETURN_IF_ERROR(del->Bind(index++, *n));
+        } else {
+          STORE_RETURN_IF_ERROR(del->Bind(index++, std::get<std::string>(value)));
+        }
+      }
+      STORE_RETURN_IF_ERROR(del->Run());
+      const int64_t changed = writer_->db.Changes();
+      purged += static_cast<uint64_t>(changed);
+      if (changed < batch) return absl::OkStatus();
+    }
+  };
+  const int64_t now = NowMicros();
+  const int64_t protect_before = now - absl::ToInt64Microseconds(policy.min_age);
+  if (policy.max_age > absl::ZeroDuration()) {
+    const int64_t before =
+        std::min(protect_before, now - absl::ToInt64Microseconds(policy.max_age));
+    STORE_RETURN_IF_ERROR(
+        drain("DELETE FROM records WHERE id IN (SELECT id FROM records WHERE updated_at < ?1 "
+              "AND status IN (2, 3, 6) LIMIT ?2)",
+              before, {}));
+  }
+  if (policy.max_per_partner > 0) {
+    // Per (partner, direction): the position of its max_per_partner-th newest settled record,
+    // read once; then everything settled older than that position goes (records written
+    // meanwhile are newer, so they stay).
+    struct Cutoff {
+      std::string partner;
+      int64_t direction, updated_at, id;
+    };
+    std::vector<Cutoff> cutoffs;
+    {
+      absl::StatusOr<ReaderLease> reader = AcquireReader();
+      if (!reader.ok()) return reader.status();
+      absl::StatusOr<sqlite::Statement*> groups =
+          (*reader)->Prepared("SELECT DISTINCT partner, direction FROM records");
+      if (!groups.ok()) return groups.status();
+      std::vector<std::pair<std::string, int64_t>> keys;
+      {
+        ResetOnExit reset(**groups);
+        for (;;) {
+          absl::StatusOr<bool> row = (*groups)->Step();
+          if (!row.ok()) return row.status();
+          if (!*row) break;
+          keys.emplace_back(std::string((*groups)->ColumnText(0)), (*groups)->ColumnInt64(1));
+        }
+      }
+      absl::StatusOr<sqlite::Statement*> nth = (*reader)->Prepared(
+          "SELECT updated_at, id FROM records WHERE partner = ?1 AND direction = ?2 AND status "
+          "IN (2, 3, 6) ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET ?3");
+      if (!nth.ok()) return nth.status();
+      for (const auto& [partner, direction] : keys) {
+        ResetOnExit reset(**nth);
+        STORE_RETURN_IF_ERROR((*nth)->Bind(1, partner));
+        STORE_RETURN_IF_ERROR((*nth)->Bind(2, direction));
+        STORE_RETURN_IF_ERROR((*nth)->Bind(3, static_cast<int64_t>(policy.max_per_partner - 1)));
+        absl::StatusOr<bool> row = (*nth)->Step();
+        if (!row.ok()) return row.status();
+        if (*row) {
+          cutoffs.push_back({partner, direction, (*nth)->ColumnInt64(0), (*nth)->ColumnInt64(1)});
+        }
+      }
+    }
+    for (const Cutoff& c : cutoffs) {
+      STORE_RETURN_IF_ERROR(
+          drain("DELETE FROM records WHERE id IN (SELECT id FROM records WHERE partner = ?3 AND "
+                "direction = ?4 AND status IN (2, 3, 6) AND (updated_at, id) < (?5, ?6) AND "
+                "updated_at < ?1 LIMIT ?2)",
+                protect_before, {c.partner, c.direction, c.updated_at, c.id}));
+    }
+  }
+  return purged;
 }
 
 // ---- Reads -------------------------------------------------------------------------------

@@ -188,6 +188,17 @@ TEST(ConfigTest, ReplayTlsFilesAreTakenFromTheConfigFolderAndCertAndKeyGoTogethe
   EXPECT_EQ(c->replay().tls().ca_file(), "/etc/ess/ca.pem");
 }
 
+TEST(ConfigTest, RetentionNeverReachesIntoTheDedupeWindow) {
+  auto c =
+      Load("inbound: {dedupe_window_seconds: 600}\nreplay: {retention: {max_age_seconds: 60}}\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("replay.retention.max_age_seconds: must be at least "
+                                              "inbound.dedupe_window_seconds (600)"));
+  c = Load("replay: {retention: {max_age_seconds: 604800}}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().retention().sweep_interval_seconds(), 300u);
+}
+
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {
   auto c = Load("bus:\n  host: [unclosed\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);

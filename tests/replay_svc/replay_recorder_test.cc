@@ -163,6 +163,9 @@ class CountingStore final : public ReplayStore {
   absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) override {
     return store_.MarkReplayed(marks);
   }
+  absl::StatusOr<uint64_t> Purge(const RetentionPolicy& policy) override {
+    return store_.Purge(policy);
+  }
   absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override {
     return store_.Stats(partner);
   }

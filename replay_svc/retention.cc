@@ -1,0 +1,60 @@
+#include "replay_svc/retention.h"
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/sv.h"
+
+namespace ess::replay {
+
+RetentionPolicy RetentionSweeper::PolicyFromConfig(const ess::v1::HubConfig& config) {
+  const ess::v1::ReplayRetention& r = config.replay().retention();
+  return RetentionPolicy{
+      .max_age = absl::Seconds(r.max_age_seconds()),
+      .max_per_partner = r.max_records_per_partner(),
+      .min_age = absl::Seconds(config.inbound().dedupe_window_seconds()),
+  };
+}
+
+bool RetentionSweeper::Enabled(const ess::v1::HubConfig& config) {
+  const ess::v1::ReplayRetention& r = config.replay().retention();
+  return r.max_age_seconds() > 0 || r.max_records_per_partner() > 0;
+}
+
+RetentionSweeper::RetentionSweeper(ReplayStore& store, RetentionPolicy policy,
+                                   absl::Duration interval)
+    : store_(store), policy_(policy), interval_(interval), thread_([this] { Run(); }) {}
+
+RetentionSweeper::~RetentionSweeper() { Stop(); }
+
+void RetentionSweeper::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void RetentionSweeper::Run() {
+  for (;;) {
+    const absl::Time started = absl::Now();
+    absl::StatusOr<uint64_t> evicted = store_.Purge(policy_);
+    sweeps_.fetch_add(1);
+    if (!evicted.ok()) {
+      log::Error("", "retention sweep failed", {{"error", ToStd(evicted.status().message())}});
+    } else {
+      evicted_.fetch_add(*evicted);
+      if (*evicted > 0) {
+        log::Info("", "retention sweep",
+                  {{"evicted", absl::StrCat(*evicted)},
+                   {"ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - started))}});
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval_)) return;
+  }
+}
+
+}  // namespace ess::replay
