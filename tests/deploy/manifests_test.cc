@@ -186,6 +186,10 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   const YAML::Node outbound = Container(*Find(r, "Deployment", "outbound-svc"));
   EXPECT_EQ(outbound["ports"][0]["containerPort"].as<int>(), 9464);
   EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/metrics");
+  // The store's volume is bounded by retention.
+  EXPECT_GE(config->replay().retention().max_age_seconds(),
+            config->inbound().dedupe_window_seconds());
+  EXPECT_GT(config->replay().retention().max_age_seconds(), 0u);
   // TLS files where the config expects them.
   EXPECT_EQ(config->replay().tls().cert_file(), "/etc/ess/tls/tls.crt");
   EXPECT_EQ(config->replay().tls().ca_file(), "/etc/ess/tls/ca.crt");
