@@ -646,6 +646,75 @@ TEST_F(FaultTest, ReplayStoreKilledMidFlowLanesPauseAndResume) {
   EXPECT_EQ(t.lost, 0u);
 }
 
+TEST_F(FaultTest, ReplayStoreKilledMidReplayLosesNothingAndASecondReplayFinishesIt) {
+  CapturePartner partner;
+  partner.set_status(422);  // refused: every event parked and recorded DEAD
+  const std::string queue = testing::UniqueName("replaykill");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  constexpr int kEvents = 4000;
+  const auto ids = Ids("R-", kEvents);
+  Publish(queue, ids);
+  StartOutbound();
+  auto dead = [&] {
+    grpc::ClientContext ctx;
+    ess::v1::StatsRequest req;
+    req.set_partner("calendar");
+    ess::v1::StatsResponse resp;
+    if (!stub_->Stats(&ctx, req, &resp).ok()) return uint64_t{0};
+    for (const auto& p : resp.partners()) {
+      if (p.direction() == ess::v1::DIRECTION_OUTBOUND) return p.dead();
+    }
+    return uint64_t{0};
+  };
+  ASSERT_TRUE(WaitFor([&] { return dead() == kEvents; }, absl::Seconds(120))) << dead();
+  partner.set_status(201);
+  const size_t refused = partner.count();
+
+  // Ops replay them all; the store is killed as soon as the first replayed ones are settled.
+  const std::vector<std::string> replay = {BinaryPath("essctl"),
+                                           "--addr",
+                                           absl::StrCat("127.0.0.1:", replay_port_),
+                                           "--timeout",
+                                           "30s",
+                                           "replay",
+                                           "--partner",
+                                           "calendar",
+                                           "--status",
+                                           "dead",
+                                           "--reason",
+                                           "fault test"};
+  auto essctl = std::make_unique<Process>(replay, dir_.File("essctl1.log"));
+  uint64_t left = kEvents;
+  ASSERT_TRUE(
+      WaitFor([&] { return (left = dead()) < kEvents || !essctl->Running(); }, absl::Seconds(60)));
+  replay_->Stop(SIGKILL);
+  const int first = essctl->Wait(absl::Seconds(60));
+  if (left > 0) {  // killed mid-replay: essctl saw the store go
+    EXPECT_EQ(first, 1) << essctl->Log();
+    EXPECT_THAT(essctl->Log(), HasSubstr("UNAVAILABLE"));
+  }
+  StartReplay();  // same database
+  testing::ToolRun second = testing::RunTool(replay, dir_.File("essctl2.log"));
+  EXPECT_EQ(second.exit_code, 0) << second.output;
+
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == kEvents; }, absl::Seconds(120)))
+      << "delivered " << Delivered("calendar");
+  EXPECT_EQ(dead(), 0u);
+  std::map<std::string, int> pushed;
+  const std::vector<CapturePartner::Seen> seen = partner.seen();
+  for (size_t i = refused; i < seen.size(); ++i) ++pushed[seen[i].correlation];
+  Tally t;
+  for (const auto& id : ids) {
+    if (pushed[id] == 0) ++t.lost;
+    if (pushed[id] > 1) t.duplicated += pushed[id] - 1;
+  }
+  std::cout << "FAULT replay: killed with " << left << " of " << kEvents << " records still DEAD"
+            << std::endl;
+  Report("replay_svc kill -9 mid-replay of 4,000 parked events", t);
+  EXPECT_EQ(t.lost, 0u);
+}
+
 TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
   CapturePartner partner;
   std::atomic<bool> healthy{false};
