@@ -21,7 +21,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -63,6 +65,9 @@ ABSL_FLAG(bool, dry_run, false, "replay: say what would be replayed; publish not
 ABSL_FLAG(std::string, reason, "", "replay: why (required unless --dry_run; audited).");
 ABSL_FLAG(std::string, requested_by, "", "replay: who asks (default $USER@host; audited).");
 ABSL_FLAG(int32_t, max_records, 0, "replay: stop after this many records (0: all that match).");
+ABSL_FLAG(absl::Duration, wait, absl::ZeroDuration(),
+          "replay: then wait up to this long (e.g. 60s) for the outbound lane to settle every "
+          "replayed outbound record, and say how many were delivered, parked again or pending.");
 
 namespace {
 
@@ -79,7 +84,8 @@ constexpr char kUsage[] =
     "  list [--partner P] [--direction D] [--status S] [--event_type T] [--correlation ID]\n"
     "       [--since T] [--until T] [--limit N]       records, newest first\n"
     "  stats [--partner P]                            counts per partner and direction\n"
-    "  replay --reason R [--dry_run] [--max_records N] (--direction D --partner P --message_id "
+    "  replay --reason R [--dry_run] [--max_records N] [--wait 60s] (--direction D --partner P "
+    "--message_id "
     "M[,M...]\n"
     "       | --partner P | --correlation ID [--direction D] [--status S] [--event_type T]\n"
     "         [--since T] [--until T])            send records through the hub again\n";
@@ -345,6 +351,56 @@ std::string Operator() {
                       host[0] != '\0' ? host : "localhost");
 }
 
+struct Settled {
+  uint64_t delivered = 0, dead = 0, pending = 0;
+};
+
+// Polls the store until every replayed outbound record (partner -> message ids) is settled
+// (delivered or dry-run, or dead again) or `wait` has passed: the records updated since
+// `started`, read by List.
+absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
+                                        const std::map<std::string, std::set<std::string>>& keys,
+                                        absl::Time started, absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  for (;;) {
+    Settled settled;
+    for (const auto& [partner, ids] : keys) {
+      std::map<std::string, ess::v1::MessageStatus> status;
+      ess::v1::ListRequest request;
+      request.set_partner(partner);
+      request.set_direction(ess::v1::DIRECTION_OUTBOUND);
+      *request.mutable_since() = ess::replay::FromUnixMicros(absl::ToUnixMicros(started));
+      request.set_page_size(1000);
+      for (;;) {
+        ess::v1::ListResponse response;
+        grpc::Status s = stub.List(NewContext().get(), request, &response);
+        if (!s.ok()) {
+          return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+        }
+        for (const ess::v1::MessageRecord& r : response.records()) {
+          if (ids.contains(r.message_id())) status.emplace(r.message_id(), r.status());
+        }
+        if (response.next_page_token().empty()) break;
+        request.set_page_token(response.next_page_token());
+      }
+      for (const std::string& id : ids) {
+        auto it = status.find(id);
+        const ess::v1::MessageStatus st =
+            it == status.end() ? ess::v1::MESSAGE_STATUS_RECEIVED : it->second;
+        if (st == ess::v1::MESSAGE_STATUS_DELIVERED || st == ess::v1::MESSAGE_STATUS_DRY_RUN) {
+          ++settled.delivered;
+        } else if (st == ess::v1::MESSAGE_STATUS_DEAD) {
+          ++settled.dead;
+        } else {
+          ++settled.pending;  // RECEIVED, or FAILED and waiting for its retry
+        }
+      }
+    }
+    if (settled.pending == 0 || absl::Now() >= deadline) return settled;
+    absl::SleepFor(absl::Milliseconds(250));
+  }
+}
+
 int Replay(ess::v1::ReplayService::Stub& stub) {
   ess::v1::ReplayRequest request;
   request.set_dry_run(absl::GetFlag(FLAGS_dry_run));
@@ -387,6 +443,9 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   uint64_t replayed = 0, skipped = 0, failed = 0;
   int32_t seen = 0;
   bool more = false;
+  const absl::Time started = absl::Now();
+  // partner -> message ids of the outbound records replayed, for --wait.
+  std::map<std::string, std::set<std::string>> outbound;
   for (;;) {
     if (request.has_filter()) {
       const int32_t left = max_records == 0 ? 1000 : std::min(max_records - seen, 1000);
@@ -408,6 +467,10 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
                           ? "-"
                           : StatusName(r.previous_status()),
                       OutcomeName(r.outcome()), r.error().empty() ? r.target() : r.error()});
+      if (r.outcome() == ess::v1::ReplayedRecord::OUTCOME_REPLAYED &&
+          r.key().direction() == ess::v1::DIRECTION_OUTBOUND) {
+        outbound[r.key().partner()].insert(r.key().message_id());
+      }
     }
     replayed += response.replayed();
     skipped += response.skipped();
@@ -422,7 +485,19 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
             << (request.dry_run() ? "dry run, nothing published: would replay " : "replayed ")
             << replayed << ", skipped " << skipped << ", failed " << failed
             << (more ? "; more match, raise --max_records" : "") << ")\n";
-  return skipped + failed > 0 ? kExitCallFailed : 0;
+  int exit_code = skipped + failed > 0 ? kExitCallFailed : 0;
+  if (const absl::Duration wait = absl::GetFlag(FLAGS_wait);
+      wait > absl::ZeroDuration() && !request.dry_run() && !outbound.empty()) {
+    absl::StatusOr<Settled> settled = WaitForOutcomes(stub, outbound, started, wait);
+    if (!settled.ok()) {
+      std::cerr << "error: waiting for the outcomes: " << settled.status().message() << "\n";
+      return kExitCallFailed;
+    }
+    std::cout << "(then: delivered " << settled->delivered << ", parked again " << settled->dead
+              << ", still pending " << settled->pending << ")\n";
+    if (settled->dead + settled->pending > 0) exit_code = kExitCallFailed;
+  }
+  return exit_code;
 }
 
 }  // namespace

@@ -61,6 +61,15 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
   ASSERT_TRUE(
       WaitFor([&] { return DepthOrZero(queue_ + ".parked") == kEvents; }, absl::Seconds(10)));
   EXPECT_EQ(partner.count(), static_cast<size_t>(kEvents));
+
+  // Replayed while the partner still refuses, they are parked again, and --wait says so.
+  testing::ToolRun early =
+      Essctl({"replay", "--partner", "prison_calendar", "--status", "dead", "--reason", "too early",
+              "--requested_by", "early@ops", "--wait", "30s"});
+  EXPECT_EQ(early.exit_code, 1) << early.output;
+  EXPECT_THAT(early.output, HasSubstr("replayed 25, skipped 0, failed 0"));
+  EXPECT_THAT(early.output, HasSubstr("(then: delivered 0, parked again 25, still pending 0)"));
+  EXPECT_EQ(partner.count(), static_cast<size_t>(2 * kEvents));
   partner.set_status(201);
 
   // A dry run says what it would do, and does nothing.
@@ -77,28 +86,27 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
   EXPECT_EQ(unreasoned.exit_code, 2) << unreasoned.output;
   EXPECT_THAT(unreasoned.output, HasSubstr("replay needs --reason"));
 
-  testing::ToolRun run = Essctl(
-      {"replay", "--partner", "prison_calendar", "--direction", "outbound", "--status", "dead",
-       "--reason", "partner refused while its calendar was locked", "--requested_by", "alice@ops"});
+  testing::ToolRun run =
+      Essctl({"replay", "--partner", "prison_calendar", "--direction", "outbound", "--status",
+              "dead", "--reason", "partner refused while its calendar was locked", "--requested_by",
+              "alice@ops", "--wait", "30s"});
   EXPECT_EQ(run.exit_code, 0) << run.output;
   EXPECT_THAT(run.output, HasSubstr("replayed 25, skipped 0, failed 0"));
-
-  // The lane pushes each one again; the partner accepts; the store says DELIVERED.
-  ASSERT_TRUE(WaitFor([&] { return partner.count() >= 2 * kEvents; }, absl::Seconds(30)))
-      << partner.count();
-  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == kEvents; },
-                      absl::Seconds(20)));
+  // The lane pushed each one again, the partner accepted, the store says DELIVERED.
+  EXPECT_THAT(run.output, HasSubstr("(then: delivered 25, parked again 0, still pending 0)"));
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DELIVERED).size(), static_cast<size_t>(kEvents));
   std::vector<CapturePartner::Seen> seen = partner.seen();
   std::set<std::string> replayed;
-  for (size_t i = kEvents; i < seen.size(); ++i) {
+  for (size_t i = 2 * kEvents; i < seen.size(); ++i) {
     EXPECT_EQ(seen[i].idempotency_key, seen[i].correlation);  // the same key as the first time
     replayed.insert(seen[i].correlation);
   }
-  EXPECT_EQ(seen.size(), static_cast<size_t>(2 * kEvents));
+  EXPECT_EQ(seen.size(), static_cast<size_t>(3 * kEvents));
   EXPECT_EQ(replayed, ids);
   EXPECT_TRUE(Records(ess::v1::MESSAGE_STATUS_DEAD).empty());
-  // The parked copies stay where they were: the store, not the broker, drives a replay.
-  EXPECT_EQ(Depth(queue_ + ".parked"), static_cast<uint32_t>(kEvents));
+  // The parked copies stay where they were (the first 25, and 25 more from the early replay):
+  // the store, not the broker, drives a replay.
+  EXPECT_EQ(Depth(queue_ + ".parked"), static_cast<uint32_t>(2 * kEvents));
 
   // Each replay is audited with who asked and why.
   std::set<std::string> audited;
