@@ -19,6 +19,7 @@
 #include "common/cli.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
 #include "replay_svc/replay_server.h"
@@ -122,16 +123,38 @@ int main(int argc, char** argv) {
         **store, ess::replay::RetentionSweeper::PolicyFromConfig(*config),
         absl::Seconds(replay.retention().sweep_interval_seconds()));
   }
+  std::unique_ptr<ess::metrics::Server> metrics;
+  if (!replay.metrics_listen().empty()) {
+    const ess::replay::ReplayServer& served = **server;
+    const ess::replay::RetentionSweeper* swept = sweeper.get();
+    absl::StatusOr<std::unique_ptr<ess::metrics::Server>> m =
+        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept] {
+          std::vector<prometheus::MetricFamily> families = served.service().Metrics();
+          if (swept != nullptr) {
+            families.push_back(ess::metrics::Single(
+                "ess_replay_retention_evicted_total", "Settled records evicted by retention.",
+                prometheus::MetricType::Counter, static_cast<double>(swept->evicted())));
+          }
+          return families;
+        });
+    if (!m.ok()) {
+      ess::log::Error("", "cannot serve", {{"error", m.status().ToString()}});
+      return 1;
+    }
+    metrics = *std::move(m);
+  }
   ess::log::Info("", "listening",
                  {{"address", (*server)->address()},
                   {"database", replay.database_path()},
                   {"callers", absl::StrCat(authorizer->callers())},
                   {"tls", replay.tls().cert_file().empty() ? "off" : "on"},
-                  {"retention", sweeper ? "on" : "off"}});
+                  {"retention", sweeper ? "on" : "off"},
+                  {"metrics_port", metrics ? absl::StrCat(metrics->port()) : "off"}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   ess::log::Info("", "stopping", {{"signal", absl::StrCat("SIG", sigabbrev_np(signal_number))}});
+  metrics.reset();
   if (sweeper) sweeper->Stop();
   (*server)->Shutdown(kShutdownGrace);
   server->reset();

@@ -52,6 +52,7 @@ class ReplayServer {
 
   // The address actually bound: the host of `listen` with the chosen port.
   const std::string& address() const { return address_; }
+  const ReplayServiceImpl& service() const { return *service_; }
   int port() const { return port_; }
 
   // Reports NOT_SERVING, stops accepting calls, lets calls in flight run for `grace`, cancels

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "replay_svc/records.h"
 #include "replay_svc/trail.h"
 
@@ -214,24 +215,61 @@ absl::StatusOr<std::string> ReplayServiceImpl::Authorize(grpc::CallbackServerCon
   return caller;
 }
 
+void ReplayServiceImpl::Finish(grpc::ServerUnaryReactor* reactor, Authorizer::Method method,
+                               const grpc::Status& status) {
+  const size_t m = static_cast<size_t>(method);
+  (status.ok() ? ok_ : errors_)[m].fetch_add(1, std::memory_order_relaxed);
+  reactor->Finish(status);
+}
+
+std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
+  prometheus::MetricFamily calls = metrics::Family(
+      "ess_replay_calls_total",
+      "ReplayService calls answered, by method and result (ok, or error: any other status, "
+      "refusals by access control included).",
+      prometheus::MetricType::Counter);
+  for (size_t m = 0; m < kMethods; ++m) {
+    const std::string name = Authorizer::MethodName(static_cast<Authorizer::Method>(m));
+    metrics::AddSample(calls, {{"method", name}, {"result", "ok"}}, ok_[m].load());
+    metrics::AddSample(calls, {{"method", name}, {"result", "error"}}, errors_[m].load());
+  }
+  prometheus::MetricFamily replays = metrics::Family(
+      "ess_replay_replayed_records_total",
+      "Records handled by ops replays, by outcome (replayed, skipped, failed); dry runs excluded.",
+      prometheus::MetricType::Counter);
+  metrics::AddSample(replays, {{"outcome", "replayed"}}, replayed_.load());
+  metrics::AddSample(replays, {{"outcome", "skipped"}}, replay_skipped_.load());
+  metrics::AddSample(replays, {{"outcome", "failed"}}, replay_failed_.load());
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(calls));
+  families.push_back(metrics::Single("ess_replay_records_stored_total",
+                                     "Records stored by Record calls.",
+                                     prometheus::MetricType::Counter, stored_.load()));
+  families.push_back(std::move(replays));
+  return families;
+}
+
 grpc::ServerUnaryReactor* ReplayServiceImpl::Record(grpc::CallbackServerContext* context,
                                                     const ess::v1::RecordRequest* request,
                                                     ess::v1::RecordResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kRecord);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kRecord, ToGrpc(auth.status()));
     return reactor;
   }
   if (absl::Status s = ValidateRecordRequest(*request); !s.ok()) {
-    reactor->Finish(ToGrpc(s));
+    Finish(reactor, Authorizer::Method::kRecord, ToGrpc(s));
   } else if (request->records().empty()) {
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, Authorizer::Method::kRecord, grpc::Status::OK);
   } else {
     writes_.Post([this, request, response, reactor] {
       absl::StatusOr<uint32_t> stored = store_.Record(request->records());
-      if (stored.ok()) response->set_stored(*stored);
-      reactor->Finish(ToGrpc(stored.status()));
+      if (stored.ok()) {
+        response->set_stored(*stored);
+        stored_.fetch_add(*stored, std::memory_order_relaxed);
+      }
+      Finish(reactor, Authorizer::Method::kRecord, ToGrpc(stored.status()));
     });
   }
   return reactor;
@@ -243,20 +281,20 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kUpdateStatus);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(auth.status()));
     return reactor;
   }
   absl::Status valid =
       ValidateKey(request->direction(), request->partner(), request->message_id(), "");
   if (valid.ok()) valid = ValidateStatus(request->status(), "");
   if (!valid.ok()) {
-    reactor->Finish(ToGrpc(valid));
+    Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(valid));
     return reactor;
   }
   writes_.Post([this, request, response, reactor] {
     absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
     if (record.ok()) *response = *std::move(record);
-    reactor->Finish(ToGrpc(record.status()));
+    Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(record.status()));
   });
   return reactor;
 }
@@ -267,50 +305,53 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kGet);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kGet, ToGrpc(auth.status()));
     return reactor;
   }
   switch (request->key_case()) {
     case ess::v1::GetRequest::kCorrelationId:
       if (request->correlation_id().empty()) {
-        reactor->Finish(ToGrpc(absl::InvalidArgumentError("correlation_id: must not be empty")));
+        Finish(reactor, Authorizer::Method::kGet,
+               ToGrpc(absl::InvalidArgumentError("correlation_id: must not be empty")));
         return reactor;
       }
       reads_.Post([this, request, response, reactor] {
         absl::StatusOr<std::vector<ess::v1::MessageRecord>> records =
             store_.GetByCorrelation(request->correlation_id());
         if (!records.ok()) {
-          reactor->Finish(ToGrpc(records.status()));
+          Finish(reactor, Authorizer::Method::kGet, ToGrpc(records.status()));
           return;
         }
         if (records->empty()) {
-          reactor->Finish(ToGrpc(absl::NotFoundError(
-              absl::StrCat("no records for correlation_id=", request->correlation_id()))));
+          Finish(reactor, Authorizer::Method::kGet,
+                 ToGrpc(absl::NotFoundError(
+                     absl::StrCat("no records for correlation_id=", request->correlation_id()))));
           return;
         }
         *response->mutable_trail() = ComputeTrail(request->correlation_id(), *records);
         for (ess::v1::MessageRecord& r : *records) *response->add_records() = std::move(r);
-        reactor->Finish(grpc::Status::OK);
+        Finish(reactor, Authorizer::Method::kGet, grpc::Status::OK);
       });
       return reactor;
     case ess::v1::GetRequest::kRecord: {
       const ess::v1::RecordKey& key = request->record();
       if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "record");
           !s.ok()) {
-        reactor->Finish(ToGrpc(s));
+        Finish(reactor, Authorizer::Method::kGet, ToGrpc(s));
         return reactor;
       }
       reads_.Post([this, request, response, reactor] {
         absl::StatusOr<ess::v1::MessageRecord> record = store_.GetByKey(request->record());
         if (record.ok()) *response->add_records() = *std::move(record);
-        reactor->Finish(ToGrpc(record.status()));
+        Finish(reactor, Authorizer::Method::kGet, ToGrpc(record.status()));
       });
       return reactor;
     }
     case ess::v1::GetRequest::KEY_NOT_SET:
       break;
   }
-  reactor->Finish(ToGrpc(absl::InvalidArgumentError("key: set correlation_id or record")));
+  Finish(reactor, Authorizer::Method::kGet,
+         ToGrpc(absl::InvalidArgumentError("key: set correlation_id or record")));
   return reactor;
 }
 
@@ -320,13 +361,13 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kLookup);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kLookup, ToGrpc(auth.status()));
     return reactor;
   }
   if (absl::Status s = ValidateLookupRequest(*request); !s.ok()) {
-    reactor->Finish(ToGrpc(s));
+    Finish(reactor, Authorizer::Method::kLookup, ToGrpc(s));
   } else if (request->keys().empty()) {
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, Authorizer::Method::kLookup, grpc::Status::OK);
   } else {
     reads_.Post([this, request, response, reactor] {
       absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
@@ -340,7 +381,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
           *result->mutable_record() = *std::move(record);
         }
       }
-      reactor->Finish(ToGrpc(records.status()));
+      Finish(reactor, Authorizer::Method::kLookup, ToGrpc(records.status()));
     });
   }
   return reactor;
@@ -352,13 +393,13 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kClaim);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kClaim, ToGrpc(auth.status()));
     return reactor;
   }
   if (absl::Status s = ValidateClaimRequest(*request); !s.ok()) {
-    reactor->Finish(ToGrpc(s));
+    Finish(reactor, Authorizer::Method::kClaim, ToGrpc(s));
   } else if (request->claims().empty()) {
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, Authorizer::Method::kClaim, grpc::Status::OK);
   } else {
     writes_.Post([this, request, response, reactor] {
       absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(request->claims());
@@ -366,7 +407,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* 
         response->mutable_results()->Reserve(static_cast<int>(outcomes->size()));
         for (ess::v1::ClaimOutcome outcome : *outcomes) response->add_results(outcome);
       }
-      reactor->Finish(ToGrpc(outcomes.status()));
+      Finish(reactor, Authorizer::Method::kClaim, ToGrpc(outcomes.status()));
     });
   }
   return reactor;
@@ -378,18 +419,18 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* c
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kList);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kList, ToGrpc(auth.status()));
     return reactor;
   }
   absl::StatusOr<ListQuery> query = MakeListQuery(*request);
   if (!query.ok()) {
-    reactor->Finish(ToGrpc(query.status()));
+    Finish(reactor, Authorizer::Method::kList, ToGrpc(query.status()));
     return reactor;
   }
   reads_.Post([this, request, response, reactor, q = *std::move(query)] {
     absl::StatusOr<ListPage> page = store_.List(q);
     if (!page.ok()) {
-      reactor->Finish(ToGrpc(page.status()));
+      Finish(reactor, Authorizer::Method::kList, ToGrpc(page.status()));
       return;
     }
     response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
@@ -397,7 +438,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* c
     if (page->next.has_value()) {
       response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
     }
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, Authorizer::Method::kList, grpc::Status::OK);
   });
   return reactor;
 }
@@ -408,7 +449,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> auth = Authorize(context, Authorizer::Method::kStats);
   if (!auth.ok()) {
-    reactor->Finish(ToGrpc(auth.status()));
+    Finish(reactor, Authorizer::Method::kStats, ToGrpc(auth.status()));
     return reactor;
   }
   reads_.Post([this, request, response, reactor] {
@@ -416,7 +457,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* 
     if (stats.ok()) {
       for (ess::v1::PartnerStats& p : *stats) *response->add_partners() = std::move(p);
     }
-    reactor->Finish(ToGrpc(stats.status()));
+    Finish(reactor, Authorizer::Method::kStats, ToGrpc(stats.status()));
   });
   return reactor;
 }
@@ -427,23 +468,25 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::StatusOr<std::string> caller = Authorize(context, Authorizer::Method::kReplay);
   if (!caller.ok()) {
-    reactor->Finish(ToGrpc(caller.status()));
+    Finish(reactor, Authorizer::Method::kReplay, ToGrpc(caller.status()));
     return reactor;
   }
   if (replayer_ == nullptr) {
-    reactor->Finish(ToGrpc(absl::FailedPreconditionError(
-        "replay is off: this replay_svc was started without a bus to publish to")));
+    Finish(reactor, Authorizer::Method::kReplay,
+           ToGrpc(absl::FailedPreconditionError(
+               "replay is off: this replay_svc was started without a bus to publish to")));
     return reactor;
   }
   if (absl::Status s = ValidateReplayRequest(*request); !s.ok()) {
-    reactor->Finish(ToGrpc(s));
+    Finish(reactor, Authorizer::Method::kReplay, ToGrpc(s));
     return reactor;
   }
   std::optional<ListQuery> query;
   if (request->has_filter()) {
     absl::StatusOr<ListQuery> q = MakeListQuery(request->filter());
     if (!q.ok()) {
-      reactor->Finish(
+      Finish(
+          reactor, Authorizer::Method::kReplay,
           ToGrpc(absl::Status(q.status().code(), absl::StrCat("filter.", q.status().message()))));
       return reactor;
     }
@@ -465,7 +508,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
     if (query.has_value()) {
       absl::StatusOr<ListPage> page = store_.List(*query);
       if (!page.ok()) {
-        reactor->Finish(ToGrpc(page.status()));
+        Finish(reactor, Authorizer::Method::kReplay, ToGrpc(page.status()));
         return;
       }
       candidates.reserve(page->records.size());
@@ -481,7 +524,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
       absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
           store_.GetByKeys(request->keys());
       if (!records.ok()) {
-        reactor->Finish(ToGrpc(records.status()));
+        Finish(reactor, Authorizer::Method::kReplay, ToGrpc(records.status()));
         return;
       }
       candidates.reserve(records->size());
@@ -496,10 +539,15 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
                                    .reason = request->reason(),
                                    .deadline = deadline},
                                   store_);
+    if (!request->dry_run()) {
+      replayed_.fetch_add(response->replayed(), std::memory_order_relaxed);
+      replay_skipped_.fetch_add(response->skipped(), std::memory_order_relaxed);
+      replay_failed_.fetch_add(response->failed(), std::memory_order_relaxed);
+    }
     if (next.has_value()) {
       response->set_next_page_token(EncodePageToken(FilterFingerprint(request->filter()), *next));
     }
-    reactor->Finish(grpc::Status::OK);
+    Finish(reactor, Authorizer::Method::kReplay, grpc::Status::OK);
   });
   return reactor;
 }

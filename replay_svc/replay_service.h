@@ -18,12 +18,14 @@
 #ifndef ESS_REPLAY_SVC_REPLAY_SERVICE_H_
 #define ESS_REPLAY_SVC_REPLAY_SERVICE_H_
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "ess/v1/replay.grpc.pb.h"
+#include "prometheus/metric_family.h"
 #include "replay_svc/authorizer.h"
 #include "replay_svc/replay_store.h"
 #include "replay_svc/replayer.h"
@@ -79,7 +81,16 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
                                    const ess::v1::ReplayRequest* request,
                                    ess::v1::ReplayResponse* response) override;
 
+  // Prometheus metrics: calls by method and result, records stored, replay outcomes.
+  // Thread-safe.
+  std::vector<prometheus::MetricFamily> Metrics() const;
+
  private:
+  static constexpr size_t kMethods = static_cast<size_t>(Authorizer::Method::kReplay) + 1;
+
+  // Counts the call's result, then finishes it.
+  void Finish(grpc::ServerUnaryReactor* reactor, Authorizer::Method method,
+              const grpc::Status& status);
   // The caller's name ("" without an Authorizer), or the status to finish the call with.
   absl::StatusOr<std::string> Authorize(grpc::CallbackServerContext* context,
                                         Authorizer::Method method);
@@ -88,6 +99,8 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   Replayer* const replayer_;
   const Authorizer* const authorizer_;
   std::atomic<uint64_t> refused_{0};
+  std::array<std::atomic<uint64_t>, kMethods> ok_{}, errors_{};
+  std::atomic<uint64_t> stored_{0}, replayed_{0}, replay_skipped_{0}, replay_failed_{0};
   WorkQueue reads_;
   WorkQueue writes_;
   WorkQueue replays_;

@@ -181,7 +181,10 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   const YAML::Node inbound = Container(*Find(r, "Deployment", "inbound-svc"));
   EXPECT_EQ(inbound["ports"][0]["containerPort"].as<int>(), 8080);
   EXPECT_EQ(inbound["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
-  // Metrics: outbound_svc's own port, inbound_svc's webhook port.
+  // Metrics: outbound_svc's and replay_svc's own ports, inbound_svc's webhook port.
+  EXPECT_EQ(config->replay().metrics_listen(), "0.0.0.0:9465");
+  EXPECT_EQ(Container(*Find(r, "StatefulSet", "replay-svc"))["ports"][1]["containerPort"].as<int>(),
+            9465);
   EXPECT_EQ(config->outbound().metrics_listen(), "0.0.0.0:9464");
   const YAML::Node outbound = Container(*Find(r, "Deployment", "outbound-svc"));
   EXPECT_EQ(outbound["ports"][0]["containerPort"].as<int>(), 9464);

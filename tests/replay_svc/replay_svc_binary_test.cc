@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/http_client.h"
 #include "common/replay_client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -34,6 +35,7 @@ using ::ess::replay::testing::MakeRecord;
 using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -117,10 +119,13 @@ class ReplaySvcBinaryTest : public ::testing::Test {
     port_ = testing::PickFreePort();
     ASSERT_GT(port_, 0);
     address_ = absl::StrCat("127.0.0.1:", port_);
+    metrics_port_ = testing::PickFreePort();
+    ASSERT_GT(metrics_port_, 0);
     config_ = dir_.File("hub.yaml");
     std::ofstream(config_) << "replay:\n"
                            << "  listen: \"" << address_ << "\"\n"
-                           << "  database_path: \"" << dir_.File("replay.db") << "\"\n";
+                           << "  database_path: \"" << dir_.File("replay.db") << "\"\n"
+                           << "  metrics_listen: \"127.0.0.1:" << metrics_port_ << "\"\n";
   }
 
   // Starts replay_svc and waits until it answers a call.
@@ -166,6 +171,7 @@ class ReplaySvcBinaryTest : public ::testing::Test {
   int port_ = 0;
   std::string address_;
   std::string config_;
+  int metrics_port_ = 0;
 };
 
 TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
@@ -196,6 +202,21 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
     }
     EXPECT_EQ(done, kRecords + 1);
     EXPECT_EQ(ok, kRecords + 1);
+
+    // What the store says of itself to Prometheus.
+    ess::http::Client http({});
+    absl::StatusOr<ess::http::Response> scrape = http.SendAndWait(
+        {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port_, "/metrics")});
+    ASSERT_TRUE(scrape.ok()) << scrape.status();
+    EXPECT_EQ(scrape->status, 200);
+    EXPECT_THAT(scrape->body,
+                HasSubstr(absl::StrCat("\ness_replay_records_stored_total ", kRecords + 1, "\n")));
+    EXPECT_THAT(scrape->body, HasSubstr(R"(ess_replay_calls_total{method="Record",result="ok"} )"));
+    EXPECT_THAT(scrape->body,
+                Not(HasSubstr(R"(ess_replay_calls_total{method="Record",result="ok"} 0)")));
+    EXPECT_THAT(scrape->body,
+                HasSubstr(R"(ess_replay_calls_total{method="Replay",result="ok"} 0)"));
+    http.Stop();
 
     service->Signal(SIGTERM);
     EXPECT_EQ(service->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
