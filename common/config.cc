@@ -268,6 +268,9 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     tls->set_cert_file(Resolve(base_dir, tls->cert_file()));
     tls->set_key_file(Resolve(base_dir, tls->key_file()));
     tls->set_ca_file(Resolve(base_dir, tls->ca_file()));
+    tls->set_client_ca_file(Resolve(base_dir, tls->client_ca_file()));
+    tls->set_client_cert_file(Resolve(base_dir, tls->client_cert_file()));
+    tls->set_client_key_file(Resolve(base_dir, tls->client_key_file()));
   }
   if (replay->batch_max() == 0) replay->set_batch_max(256);
   if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
@@ -386,6 +389,17 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                         absl::StrCat("must be at least inbound.dedupe_window_seconds (",
                                      c.inbound().dedupe_window_seconds(),
                                      "): the lanes' idempotency reads those records"));
+  }
+  if (const auto& tls = c.replay().tls();
+      tls.client_cert_file().empty() != tls.client_key_file().empty()) {
+    return conv.ErrorAt(tls.client_cert_file().empty() ? "replay.tls.client_cert_file"
+                                                       : "replay.tls.client_key_file",
+                        "client_cert_file and client_key_file go together");
+  }
+  if (const auto& tls = c.replay().tls();
+      !tls.client_ca_file().empty() && tls.cert_file().empty()) {
+    return conv.ErrorAt("replay.tls.client_ca_file",
+                        "needs cert_file and key_file (mutual TLS is TLS)");
   }
   if (c.replay().tls().cert_file().empty() != c.replay().tls().key_file().empty()) {
     return conv.ErrorAt(

@@ -338,7 +338,7 @@ class Batcher {
 }  // namespace
 
 std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,
-                                                             const std::string& tls_ca_pem) {
+                                                             const ReplayTls& tls) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
   args.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -347,9 +347,11 @@ std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& 
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
   std::shared_ptr<grpc::ChannelCredentials> credentials =
-      tls_ca_pem.empty()
+      tls.ca_pem.empty()
           ? grpc::InsecureChannelCredentials()
-          : grpc::SslCredentials(grpc::SslCredentialsOptions{.pem_root_certs = tls_ca_pem});
+          : grpc::SslCredentials(grpc::SslCredentialsOptions{.pem_root_certs = tls.ca_pem,
+                                                             .pem_private_key = tls.key_pem,
+                                                             .pem_cert_chain = tls.cert_pem});
   return ess::v1::ReplayService::NewStub(grpc::CreateCustomChannel(address, credentials, args));
 }
 
@@ -358,7 +360,7 @@ std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& 
 struct ReplayRecorder::Impl {
   explicit Impl(Options opts)
       : options(std::move(opts)),
-        stub(MakeReplayStub(options.address, options.tls_ca_pem)),
+        stub(MakeReplayStub(options.address, options.tls)),
         records(options, options.batch_max, *stub),
         lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub),
         claims(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}

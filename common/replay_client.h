@@ -29,10 +29,18 @@
 
 namespace ess {
 
-// A channel + stub to ReplayService: TLS checked against `tls_ca_pem` (PEM CA certificates)
-// when it is not empty, plaintext otherwise.
+// How a client dials ReplayService (PEM text). Without a CA: plaintext.
+struct ReplayTls {
+  // The store's certificate is checked against these CA certificates.
+  std::string ca_pem;
+  // Presented to the store when it asks for a client certificate (mutual TLS).
+  std::string cert_pem;
+  std::string key_pem;
+};
+
+// A channel + stub to ReplayService: TLS when `tls.ca_pem` is not empty, plaintext otherwise.
 std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,
-                                                             const std::string& tls_ca_pem = "");
+                                                             const ReplayTls& tls = {});
 
 class ReplayRecorder {
  public:
@@ -50,8 +58,8 @@ class ReplayRecorder {
     bool flush_when_idle = false;
     // Sent as "authorization: Bearer TOKEN" on every call when not empty (replay.auth).
     std::string token;
-    // PEM CA certificates: dial with TLS and check the store's certificate against them.
-    std::string tls_ca_pem;
+    // TLS (see ReplayTls); plaintext without a CA.
+    ReplayTls tls;
   };
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 

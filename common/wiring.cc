@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "common/sv.h"
@@ -35,11 +36,15 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
     }
     token = value;
   }
-  std::string ca_pem;
-  if (!replay.tls().ca_file().empty()) {
-    absl::StatusOr<std::string> pem = ReadPemFile(replay.tls().ca_file(), "replay.tls.ca_file");
+  ReplayTls tls;
+  for (auto [path, field, out] :
+       {std::tuple{&replay.tls().ca_file(), "replay.tls.ca_file", &tls.ca_pem},
+        std::tuple{&replay.tls().client_cert_file(), "replay.tls.client_cert_file", &tls.cert_pem},
+        std::tuple{&replay.tls().client_key_file(), "replay.tls.client_key_file", &tls.key_pem}}) {
+    if (path->empty()) continue;
+    absl::StatusOr<std::string> pem = ReadPemFile(*path, field);
     if (!pem.ok()) return pem.status();
-    ca_pem = *std::move(pem);
+    *out = *std::move(pem);
   }
   return ReplayRecorder::Options{
       .address = replay.address(),
@@ -49,7 +54,7 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
       // Group commit: a batch goes as soon as the store is idle, so light load pays no delay.
       .flush_when_idle = true,
       .token = std::move(token),
-      .tls_ca_pem = std::move(ca_pem),
+      .tls = std::move(tls),
   };
 }
 

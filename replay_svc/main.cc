@@ -75,6 +75,16 @@ int main(int argc, char** argv) {
     tls_cert_pem = *std::move(cert);
     tls_key_pem = *std::move(key);
   }
+  std::string tls_client_ca_pem;
+  if (!replay.tls().client_ca_file().empty()) {
+    absl::StatusOr<std::string> ca =
+        ess::ReadPemFile(replay.tls().client_ca_file(), "replay.tls.client_ca_file");
+    if (!ca.ok()) {
+      std::cerr << "error: " << config_path << ": " << ca.status().message() << "\n";
+      return 2;
+    }
+    tls_client_ca_pem = *std::move(ca);
+  }
 
   absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> store =
       ess::replay::SqliteReplayStore::Open(replay.database_path());
@@ -108,11 +118,13 @@ int main(int argc, char** argv) {
   }
 
   absl::StatusOr<std::unique_ptr<ess::replay::ReplayServer>> server =
-      ess::replay::ReplayServer::Start(**store, {.listen = replay.listen(),
-                                                 .replayer = &replayer,
-                                                 .authorizer = &*authorizer,
-                                                 .tls_cert_pem = std::move(tls_cert_pem),
-                                                 .tls_key_pem = std::move(tls_key_pem)});
+      ess::replay::ReplayServer::Start(**store,
+                                       {.listen = replay.listen(),
+                                        .replayer = &replayer,
+                                        .authorizer = &*authorizer,
+                                        .tls_cert_pem = std::move(tls_cert_pem),
+                                        .tls_key_pem = std::move(tls_key_pem),
+                                        .tls_client_ca_pem = std::move(tls_client_ca_pem)});
   if (!server.ok()) {
     ess::log::Error("", "cannot serve", {{"error", server.status().ToString()}});
     return absl::IsInvalidArgument(server.status()) ? 2 : 1;  // 2: replay.listen is malformed.
@@ -147,7 +159,9 @@ int main(int argc, char** argv) {
                  {{"address", (*server)->address()},
                   {"database", replay.database_path()},
                   {"callers", absl::StrCat(authorizer->callers())},
-                  {"tls", replay.tls().cert_file().empty() ? "off" : "on"},
+                  {"tls", replay.tls().cert_file().empty()        ? "off"
+                          : replay.tls().client_ca_file().empty() ? "on"
+                                                                  : "mutual"},
                   {"retention", sweeper ? "on" : "off"},
                   {"metrics_port", metrics ? absl::StrCat(metrics->port()) : "off"}});
 

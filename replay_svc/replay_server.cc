@@ -46,6 +46,10 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
   if (!options.tls_cert_pem.empty()) {
     grpc::SslServerCredentialsOptions tls;
     tls.pem_key_cert_pairs.push_back({options.tls_key_pem, options.tls_cert_pem});
+    if (!options.tls_client_ca_pem.empty()) {
+      tls.pem_root_certs = options.tls_client_ca_pem;
+      tls.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     credentials = grpc::SslServerCredentials(tls);
   }
   builder.AddListeningPort(options.listen, credentials, &port);

@@ -40,6 +40,8 @@ class ReplayServer {
     // PEM certificate chain and private key: serve TLS only. Empty: plaintext.
     std::string tls_cert_pem;
     std::string tls_key_pem;
+    // PEM CA certificates: with TLS, require a client certificate signed by them (mutual TLS).
+    std::string tls_client_ca_pem;
   };
 
   // INVALID_ARGUMENT for a malformed `listen`; UNAVAILABLE if it cannot be bound (e.g. the

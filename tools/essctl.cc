@@ -25,6 +25,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -46,6 +47,9 @@ ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "ReplayService address, HOST:POR
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(10), "Deadline of each call.");
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM CA certificate(s): dial with TLS and check replay_svc's certificate against them.");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "PEM certificate presented to replay_svc (mutual TLS), with --tls_key_file.");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
 ABSL_FLAG(std::string, token_env, "ESS_REPLAY_TOKEN",
           "Environment variable holding the bearer token sent to ReplayService (replay.auth); "
           "nothing is sent while the default one is unset.");
@@ -522,13 +526,20 @@ int main(int argc, char** argv) {
   }
   const std::string addr = absl::GetFlag(FLAGS_addr);
   if (addr.empty()) return Usage("--addr must not be empty");
-  std::string tls_ca_pem;
-  if (const std::string ca_file = absl::GetFlag(FLAGS_tls_ca_file); !ca_file.empty()) {
-    absl::StatusOr<std::string> pem = ess::ReadPemFile(ca_file, "--tls_ca_file");
-    if (!pem.ok()) return Usage(pem.status().message());
-    tls_ca_pem = *std::move(pem);
+  ess::ReplayTls tls;
+  if (absl::GetFlag(FLAGS_tls_cert_file).empty() != absl::GetFlag(FLAGS_tls_key_file).empty()) {
+    return Usage("--tls_cert_file and --tls_key_file go together");
   }
-  std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr, tls_ca_pem);
+  for (auto [flag, name, out] :
+       {std::tuple{absl::GetFlag(FLAGS_tls_ca_file), "--tls_ca_file", &tls.ca_pem},
+        std::tuple{absl::GetFlag(FLAGS_tls_cert_file), "--tls_cert_file", &tls.cert_pem},
+        std::tuple{absl::GetFlag(FLAGS_tls_key_file), "--tls_key_file", &tls.key_pem}}) {
+    if (flag.empty()) continue;
+    absl::StatusOr<std::string> pem = ess::ReadPemFile(flag, name);
+    if (!pem.ok()) return Usage(pem.status().message());
+    *out = *std::move(pem);
+  }
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::MakeReplayStub(addr, tls);
   if (command == "get") return Get(*stub);
   if (command == "list") return List(*stub);
   if (command == "replay") return Replay(*stub);

@@ -186,6 +186,13 @@ TEST(ConfigTest, ReplayTlsFilesAreTakenFromTheConfigFolderAndCertAndKeyGoTogethe
   EXPECT_EQ(c->replay().tls().key_file(), "/etc/ess/server.key");
   EXPECT_EQ(c->replay().tls().cert_file(), "/etc/ess/server.pem");
   EXPECT_EQ(c->replay().tls().ca_file(), "/etc/ess/ca.pem");
+  c = Load("replay: {tls: {ca_file: ca.pem, client_cert_file: lane.pem}}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.tls.client_key_file: client_cert_file and client_key_file go "
+                        "together"));
+  c = Load("replay: {tls: {client_ca_file: ca.pem}}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.tls.client_ca_file: needs cert_file and key_file"));
 }
 
 TEST(ConfigTest, RetentionNeverReachesIntoTheDedupeWindow) {

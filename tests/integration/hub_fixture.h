@@ -132,7 +132,7 @@ partners:
         std::vector<std::string>{testing::BinaryPath("replay_svc"), "--config",
                                  dir_.File("hub.yaml")},
         dir_.File("replay.log"));
-    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_), replay_ca_pem_);
+    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_), replay_tls_);
     ASSERT_TRUE(testing::WaitForReplay(*stub_, absl::Seconds(20))) << replay_->Log();
   }
 
@@ -237,9 +237,9 @@ partners:
   std::string outbound_extra_;
   // The token of the test's own calls to the store (with an `auth` in replay_extra_).
   std::string replay_token_;
-  // The CA the test's own calls check the store's certificate against (with a `tls` in
-  // replay_extra_); plaintext when empty.
-  std::string replay_ca_pem_;
+  // How the test's own calls reach the store (with a `tls` in replay_extra_); plaintext
+  // without a CA.
+  ReplayTls replay_tls_;
   // Set (a YAML map, e.g. "{secrets_env: NAME}"): the webhook route's `auth`.
   std::string webhook_auth_;
 

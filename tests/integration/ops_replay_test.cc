@@ -240,8 +240,9 @@ TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
               HasSubstr("the replay store refuses outbound_svc: the bearer token is nobody's"));
 }
 
-// A CA and a certificate for 127.0.0.1 signed by it, made with the openssl command in `dir`
-// (ca.pem, server.pem, server.key). Test keys are made at test time, never committed.
+// A CA, a certificate for 127.0.0.1 and a client certificate, both signed by it, made with the
+// openssl command in `dir` (ca.pem; server.pem, server.key; client.pem, client.key). Test keys
+// are made at test time, never committed.
 void MakeCertificates(const testing::TempDir& dir) {
   dir.Write("san.ext", "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   const std::vector<std::vector<std::string>> steps = {
@@ -252,6 +253,10 @@ void MakeCertificates(const testing::TempDir& dir) {
       {"x509", "-req", "-in", dir.File("server.csr"), "-CA", dir.File("ca.pem"), "-CAkey",
        dir.File("ca.key"), "-CAcreateserial", "-out", dir.File("server.pem"), "-days", "1",
        "-extfile", dir.File("san.ext")},
+      {"req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+       dir.File("client.key"), "-out", dir.File("client.csr"), "-subj", "/CN=ess-lanes"},
+      {"x509", "-req", "-in", dir.File("client.csr"), "-CA", dir.File("ca.pem"), "-CAkey",
+       dir.File("ca.key"), "-CAcreateserial", "-out", dir.File("client.pem"), "-days", "1"},
   };
   for (const std::vector<std::string>& step : steps) {
     std::vector<std::string> argv = {"/usr/bin/openssl"};
@@ -261,21 +266,40 @@ void MakeCertificates(const testing::TempDir& dir) {
   }
 }
 
-TEST_F(OpsReplayTest, OverTlsTheLanesAndEssctlReachTheStoreAndPlaintextDoesNot) {
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+TEST_F(OpsReplayTest, OverMutualTlsOnlyCallersWithACertificateReachTheStore) {
   ASSERT_NO_FATAL_FAILURE(MakeCertificates(dir_));
-  replay_extra_ = "  tls: {cert_file: server.pem, key_file: server.key, ca_file: ca.pem}";
-  std::ifstream ca(dir_.File("ca.pem"));
-  replay_ca_pem_.assign(std::istreambuf_iterator<char>(ca), std::istreambuf_iterator<char>());
+  replay_extra_ = R"(  tls:
+    cert_file: server.pem
+    key_file: server.key
+    ca_file: ca.pem
+    client_ca_file: ca.pem
+    client_cert_file: client.pem
+    client_key_file: client.key)";
+  replay_tls_ = {.ca_pem = ReadText(dir_.File("ca.pem")),
+                 .cert_pem = ReadText(dir_.File("client.pem")),
+                 .key_pem = ReadText(dir_.File("client.key"))};
   CapturePartner partner;
   StartHub(partner.url());
-  EXPECT_THAT(replay_->Log(), HasSubstr("tls=on"));
+  EXPECT_THAT(replay_->Log(), HasSubstr("tls=mutual"));
   Publish({{"TLS-1", VisitEvent("TLS-1")}});
   ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == 1; },
-                      absl::Seconds(30)));  // the lane recorded it over TLS
+                      absl::Seconds(30)));  // the lane recorded it over mutual TLS
 
-  testing::ToolRun listed = Essctl({"--tls_ca_file", dir_.File("ca.pem"), "list"});
+  testing::ToolRun listed =
+      Essctl({"--tls_ca_file", dir_.File("ca.pem"), "--tls_cert_file", dir_.File("client.pem"),
+              "--tls_key_file", dir_.File("client.key"), "list"});
   EXPECT_EQ(listed.exit_code, 0) << listed.output;
   EXPECT_THAT(listed.output, HasSubstr("TLS-1"));
+  // Without a client certificate, and without TLS at all, nothing gets through.
+  testing::ToolRun anonymous =
+      Essctl({"--timeout", "3s", "--tls_ca_file", dir_.File("ca.pem"), "list"});
+  EXPECT_EQ(anonymous.exit_code, 1) << anonymous.output;
+  EXPECT_THAT(anonymous.output, HasSubstr("UNAVAILABLE"));
   testing::ToolRun plaintext = Essctl({"--timeout", "3s", "list"});
   EXPECT_EQ(plaintext.exit_code, 1) << plaintext.output;
   EXPECT_THAT(plaintext.output, HasSubstr("UNAVAILABLE"));
