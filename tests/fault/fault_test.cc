@@ -385,13 +385,14 @@ TEST_F(FaultTest, BrokerRestartMidFlowLosesNothingConfirmedInEitherLane) {
   const pid_t outbound_pid = outbound_->pid(), inbound_pid = inbound_->pid();
 
   ASSERT_TRUE(WaitFor([&] { return partner.count() > 500; }, absl::Seconds(30)));
-  // The webhooks, paced over ~4 s, start as the broker goes down, so that they span the outage
-  // (the lane answers 503 meanwhile and the sender retries, as a partner would).
+  // The webhooks, paced over ~8 s, start as the broker goes down, so that they span the outage
+  // (the lane answers 503 meanwhile and the sender retries, as a partner would). At ~4 s a
+  // slow `stop_app` on a busy machine let them all finish before the broker was down.
   std::set<std::string> acked;
   std::atomic<size_t> answered{0};
   std::thread client([&] {
-    acked =
-        SendWebhooks(Ids("W-", kWebhooks), 8, absl::Seconds(90), &answered, absl::Milliseconds(50));
+    acked = SendWebhooks(Ids("W-", kWebhooks), 8, absl::Seconds(90), &answered,
+                         absl::Milliseconds(100));
   });
   BrokerCtl("stop_app");
   absl::SleepFor(absl::Seconds(2));
