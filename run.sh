@@ -44,9 +44,10 @@ source "$STACK/rabbitmq/env"
 REPLAY_PORT=$(free_port)
 INBOUND_PORT=$(free_port "$REPLAY_PORT")
 PARTNER_PORT=$(free_port "$REPLAY_PORT" "$INBOUND_PORT")
+METRICS_PORT=$(free_port "$REPLAY_PORT" "$INBOUND_PORT" "$PARTNER_PORT")
 sed -e "s/@AMQP_PORT@/$ESS_AMQP_PORT/" -e "s/@REPLAY_PORT@/$REPLAY_PORT/" \
     -e "s/@INBOUND_PORT@/$INBOUND_PORT/" -e "s/@PARTNER_PORT@/$PARTNER_PORT/" \
-    config/demo.yaml > "$STACK/hub.yaml"
+    -e "s/@METRICS_PORT@/$METRICS_PORT/" config/demo.yaml > "$STACK/hub.yaml"
 rm -f "$STACK"/*.log "$STACK"/replay.db*  # each walk-through starts from an empty store
 # The partner signs its callbacks with a secret made for this run (Standard Webhooks); both
 # inbound_svc and the demo partner read it from the environment, never from a file.
@@ -128,6 +129,12 @@ if wait "$BILLING_PID"; then cat "$STACK/billing.log"; else
   RESULT=1
 fi
 
+say "the outbound lane's metrics (GET /metrics on 127.0.0.1:$METRICS_PORT)"
+exec 3<>"/dev/tcp/127.0.0.1/$METRICS_PORT"
+printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+grep -E '^ess_outbound_(messages_total|success_ratio)' <&3 || true
+exec 3<&-
+
 if [ $RESULT -ne 0 ]; then
   say "FAILED: SlotConfirmed did not arrive or was not replayed, or a forged callback was taken; logs are in $STACK"
   exit 1
@@ -150,6 +157,8 @@ The stack keeps running until Ctrl-C. Logs: $STACK/*.log
     ${ESSCTL[*]} get --correlation VIS-78
     ${ESSCTL[*]} list --partner prison_calendar
     ${ESSCTL[*]} stats
+  The outbound lane's Prometheus metrics:
+    exec 3<>/dev/tcp/127.0.0.1/$METRICS_PORT; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3
   Replay what a partner missed:
     ${ESSCTL[*]} replay --partner prison_calendar --status dead --reason "partner was down" --dry_run
 MSG
