@@ -58,6 +58,19 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
   };
 }
 
+absl::StatusOr<std::unique_ptr<ReplayRecorder>> StartRecorder(const ess::v1::ReplayConfig& replay,
+                                                              std::string_view service) {
+  absl::StatusOr<ReplayRecorder::Options> options = RecorderOptions(replay);
+  if (!options.ok()) return options.status();
+  auto recorder = std::make_unique<ReplayRecorder>(*std::move(options));
+  if (absl::Status s = recorder->Ping(absl::Seconds(2));
+      absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the replay store refuses ", ToAbsl(service), ": ", s.message()));
+  }
+  return recorder;
+}
+
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view field) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream text;

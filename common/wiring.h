@@ -2,6 +2,7 @@
 #ifndef ESS_COMMON_WIRING_H_
 #define ESS_COMMON_WIRING_H_
 
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -17,6 +18,13 @@ amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string co
 // replay.tls.ca_file when set (FAILED_PRECONDITION naming the field when the variable is not
 // set or the file cannot be read).
 absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayConfig& replay);
+
+// A lane's recorder (RecorderOptions), checked against the store: a store that is down may
+// come later (the lane waits for it), one that refuses this lane's token will not.
+// FAILED_PRECONDITION naming the field or the store's refusal ("the replay store refuses
+// SERVICE: ...").
+absl::StatusOr<std::unique_ptr<ReplayRecorder>> StartRecorder(const ess::v1::ReplayConfig& replay,
+                                                              std::string_view service);
 
 // The text of the PEM file at `path`. FAILED_PRECONDITION "FIELD: ..." when it cannot be read
 // or holds no PEM block.

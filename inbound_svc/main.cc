@@ -106,21 +106,14 @@ int main(int argc, char** argv) {
   ess::amqp::Publisher publisher({.connection = ess::BusOptions(config->bus(), "inbound_svc"),
                                   .topology = std::move(topology)});
   ess::AuditSink audit(&publisher, audit_exchange);
-  absl::StatusOr<ess::ReplayRecorder::Options> recorder_options =
-      ess::RecorderOptions(config->replay());
-  if (!recorder_options.ok()) {
-    std::cerr << "error: " << ess::cli::RequiredConfigPath() << ": "
-              << recorder_options.status().message() << "\n";
+  absl::StatusOr<std::unique_ptr<ess::ReplayRecorder>> started =
+      ess::StartRecorder(config->replay(), "inbound_svc");
+  if (!started.ok()) {
+    std::cerr << "error: " << ess::cli::RequiredConfigPath() << ": " << started.status().message()
+              << "\n";
     return 2;
   }
-  ess::ReplayRecorder recorder(*std::move(recorder_options));
-  // A store that is down may come later (the lane waits for it); one that refuses this lane's
-  // token will not: stop here, with the store's reason.
-  if (absl::Status s = recorder.Ping(absl::Seconds(2));
-      absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s)) {
-    std::cerr << "error: the replay store refuses inbound_svc: " << s.message() << "\n";
-    return 2;
-  }
+  ess::ReplayRecorder& recorder = **started;
   std::vector<std::unique_ptr<ess::inbound::SftpPoller>> pollers;
   for (Poll& poll : polls) {
     pollers.push_back(std::make_unique<ess::inbound::SftpPoller>(

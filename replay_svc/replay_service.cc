@@ -96,20 +96,25 @@ absl::Status ValidateRecordRequest(const ess::v1::RecordRequest& request) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateLookupRequest(const ess::v1::LookupRequest& request) {
-  if (request.keys_size() > ReplayServiceImpl::kMaxLookupKeys) {
-    return absl::InvalidArgumentError(absl::StrCat("keys: ", request.keys_size(),
-                                                   " given, at most ",
-                                                   ReplayServiceImpl::kMaxLookupKeys, " per call"));
+// At most `max` keys, each valid; INVALID_ARGUMENT "keys...." naming the first bad one.
+absl::Status ValidateKeys(const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys,
+                          int max) {
+  if (keys.size() > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keys: ", keys.size(), " given, at most ", max, " per call"));
   }
-  for (int i = 0; i < request.keys_size(); ++i) {
-    const ess::v1::RecordKey& key = request.keys(i);
+  for (int i = 0; i < keys.size(); ++i) {
+    const ess::v1::RecordKey& key = keys[i];
     if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
         !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].", s.message()));
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateLookupRequest(const ess::v1::LookupRequest& request) {
+  return ValidateKeys(request.keys(), ReplayServiceImpl::kMaxLookupKeys);
 }
 
 absl::Status ValidateClaimRequest(const ess::v1::ClaimRequest& request) {
@@ -168,19 +173,7 @@ absl::Status ValidateReplayRequest(const ess::v1::ReplayRequest& request) {
   if (request.keys().empty() == !request.has_filter()) {
     return absl::InvalidArgumentError("set keys or filter, not both and not neither");
   }
-  if (request.keys_size() > static_cast<int>(ReplayServiceImpl::kMaxPageSize)) {
-    return absl::InvalidArgumentError(absl::StrCat("keys: ", request.keys_size(),
-                                                   " given, at most ",
-                                                   ReplayServiceImpl::kMaxPageSize, " per call"));
-  }
-  for (int i = 0; i < request.keys_size(); ++i) {
-    const ess::v1::RecordKey& key = request.keys(i);
-    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
-        !s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "].", s.message()));
-    }
-  }
-  return absl::OkStatus();
+  return ValidateKeys(request.keys(), static_cast<int>(ReplayServiceImpl::kMaxPageSize));
 }
 
 }  // namespace
