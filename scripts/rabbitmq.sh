@@ -11,7 +11,11 @@
 #  * node name ess-<hash of DIR>@localhost;
 #  * AMQP listener on 127.0.0.1 only, on a free port chosen at start;
 #  * its own Erlang distribution port and its own epmd (ERL_EPMD_PORT), both on loopback;
-#  * config, data (mnesia), logs, pid file and an empty enabled-plugins file under DIR.
+#  * config, data (mnesia), logs, pid file and an empty enabled-plugins file under DIR;
+#  * Erlang schedulers not bound to CPUs (RABBITMQ_SCHEDULER_BIND_TYPE=u unless set): the node
+#    shares its cores with the hub, the tests and the benchmark, and a scheduler pinned to a core
+#    that another process holds makes every process queued on it wait (bench/README.md,
+#    Profiling 18: webhook p99 at half load ~90 ms bound, ~14 ms unbound).
 # The system rabbitmq-server service is never started or stopped. Runs as root; the Erlang cookie
 # is $HOME/.erlang.cookie (created, mode 400, if missing).
 #
@@ -76,6 +80,7 @@ export_node_env() {
   export RABBITMQ_PLUGINS_EXPAND_DIR="$DIR/plugins-expand"
   export RABBITMQ_FEATURE_FLAGS_FILE="$DIR/feature_flags"
   export RABBITMQ_DIST_PORT="$DIST_PORT"
+  export RABBITMQ_SCHEDULER_BIND_TYPE="${RABBITMQ_SCHEDULER_BIND_TYPE:-u}"
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
   export ERL_EPMD_PORT="$EPMD_PORT"
   export ERL_EPMD_ADDRESS=127.0.0.1
