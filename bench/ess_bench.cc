@@ -1268,13 +1268,15 @@ void Bench::Inbound() {
       uint64_t answered = 0, ok = 0;
       std::vector<int64_t> lat;
       lat.reserve(count);
-      const int64_t warm_until = MonoNs() + 1'000'000'000;
+      // Ids unique to this run: a repeat of the previous run's ids would be answered from the
+      // lane's dedupe, unpublished.
+      const std::string prefix = absl::StrCat("O", getpid(), "-", lat_sc.name, "-");
+      // Every 2xx must reach the subscriber: consumed is counted against ok below.
+      Subscriber subscriber(broker_, kSinkQueue, count, s_.duration + absl::Seconds(40));
       CpuWindow cpu;
       cpu.Begin(Procs(st));
       const absl::Time start = absl::Now();
-      const std::string prefix = absl::StrCat("O", getpid(), "-");
-      // Every 2xx must reach the subscriber: consumed is counted against ok below.
-      Subscriber subscriber(broker_, kSinkQueue, count, s_.duration + absl::Seconds(40));
+      const int64_t warm_until = MonoNs() + 1'000'000'000;
       for (uint64_t i = 0; i < count; ++i) {
         const absl::Time due = start + absl::Seconds(static_cast<double>(i) / target);
         if (const absl::Duration wait = due - absl::Now(); wait > absl::ZeroDuration()) {
