@@ -196,13 +196,14 @@ struct Scenario {
   std::vector<std::pair<std::string, std::string>> notes;
   std::vector<std::pair<std::string, double>> cpu_percent;   // of one core, per process
   std::vector<std::pair<std::string, double>> peak_rss_mib;  // VmHWM per process
+  std::vector<std::string> errors;                           // why it failed
   bool ok = true;
 
   void Set(const std::string& key, double v) { figures.emplace_back(key, v); }
   void Note(const std::string& key, const std::string& v) { notes.emplace_back(key, v); }
   void Fail(const std::string& why) {
     ok = false;
-    notes.emplace_back("error", why);
+    errors.push_back(why);
     Say(absl::StrCat("  ", name, ": ", why));
   }
   std::optional<double> Get(const std::string& key) const {
@@ -1655,8 +1656,12 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   for (const Scenario& sc : b.scenarios()) {
     w.Key(sc.name.c_str());
     w.StartObject();
-    w.Key("ok");
+    w.Key("passed");
     w.Bool(sc.ok);
+    w.Key("errors");
+    w.StartArray();
+    for (const std::string& e : sc.errors) w.String(e.c_str());
+    w.EndArray();
     for (const auto& [k, v] : sc.figures) num(k.c_str(), std::isfinite(v) ? v : 0);
     for (const auto& [k, v] : sc.notes) {
       w.Key(k.c_str());
@@ -1851,9 +1856,7 @@ int Main(int argc, char** argv) {
     if (!sc.ok) {
       all_ok = false;
       std::cout << "\n" << sc.name << " FAILED:";
-      for (const auto& [k, v] : sc.notes) {
-        if (k == "error") std::cout << "\n  " << v.substr(0, 1500);
-      }
+      for (const std::string& e : sc.errors) std::cout << "\n  " << e.substr(0, 1500);
     }
   }
   std::filesystem::create_directories(results_dir);
