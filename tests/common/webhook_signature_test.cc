@@ -2,6 +2,10 @@
 // protection and the errors a partner sees.
 #include "common/webhook_signature.h"
 
+#include <atomic>
+#include <thread>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -32,6 +36,29 @@ TEST(WebhookSignatureTest, TheReferenceVectorVerifiesAndIsWhatSignProduces) {
   SignatureVerifier v = Make({kSecret});
   EXPECT_TRUE(v.Verify(kId, kTimestamp, kSignature, kBody, kSigned).ok());
   EXPECT_EQ(v.Sign(kId, kTimestamp, kBody), kSignature);
+}
+
+// The keyed contexts are shared by copies of a verifier and used from several threads at once:
+// every thread gets the reference answer, for good and for altered calls.
+TEST(WebhookSignatureTest, CopiesOfAVerifierVerifyFromSeveralThreadsAtOnce) {
+  const SignatureVerifier v = Make({kOtherSecret, kSecret});
+  std::atomic<int> good{0}, refused{0}, signed_right{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, copy = v] {
+      for (int i = 0; i < 2000; ++i) {
+        if (copy.Verify(kId, kTimestamp, kSignature, kBody, kSigned).ok()) ++good;
+        if (!copy.Verify(kId, kTimestamp, kSignature, "{}", kSigned).ok()) ++refused;
+      }
+    });
+  }
+  for (int i = 0; i < 2000; ++i) {
+    if (Make({kSecret}).Sign(kId, kTimestamp, kBody) == kSignature) ++signed_right;
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(good.load(), 8000);
+  EXPECT_EQ(refused.load(), 8000);
+  EXPECT_EQ(signed_right.load(), 2000);
 }
 
 TEST(WebhookSignatureTest, AnyChangeToIdTimestampOrBodyBreaksTheSignature) {
