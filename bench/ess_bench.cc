@@ -196,13 +196,12 @@ struct Scenario {
   std::vector<std::pair<std::string, std::string>> notes;
   std::vector<std::pair<std::string, double>> cpu_percent;   // of one core, per process
   std::vector<std::pair<std::string, double>> peak_rss_mib;  // VmHWM per process
-  std::vector<std::string> errors;                           // why it failed
-  bool ok = true;
+  std::vector<std::string> errors;                           // why it failed, if it did
 
   void Set(const std::string& key, double v) { figures.emplace_back(key, v); }
   void Note(const std::string& key, const std::string& v) { notes.emplace_back(key, v); }
+  bool ok() const { return errors.empty(); }
   void Fail(const std::string& why) {
-    ok = false;
     errors.push_back(why);
     Say(absl::StrCat("  ", name, ": ", why));
   }
@@ -1387,7 +1386,7 @@ std::vector<Row> BuildRows(const Bench& b) {
   // failure): a latency run that never got its samples must not read "p99 0.00 ms, PASS".
   auto fig = [&](const char* scenario, const char* key) -> std::optional<double> {
     const Scenario* sc = b.Find(scenario);
-    return sc != nullptr && sc->ok ? sc->Get(key) : std::nullopt;
+    return sc != nullptr && sc->ok() ? sc->Get(key) : std::nullopt;
   };
   auto busiest = [&](const char* scenario) {
     const Scenario* sc = b.Find(scenario);
@@ -1472,7 +1471,7 @@ std::vector<Row> BuildRows(const Bench& b) {
     rows.push_back(r);
   }
   for (const Scenario& sc : b.scenarios()) {
-    if (sc.name.rfind("outbound_replicas_", 0) != 0 || !sc.ok) continue;
+    if (sc.name.rfind("outbound_replicas_", 0) != 0 || !sc.ok()) continue;
     auto rate = sc.Get("events_per_s");
     if (!rate) continue;
     Row r{absl::StrCat("scaling: ", sc.Get("replicas").value_or(0), " lane replicas"),
@@ -1657,7 +1656,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
     w.Key(sc.name.c_str());
     w.StartObject();
     w.Key("passed");
-    w.Bool(sc.ok);
+    w.Bool(sc.ok());
     w.Key("errors");
     w.StartArray();
     for (const std::string& e : sc.errors) w.String(e.c_str());
@@ -1853,7 +1852,7 @@ int Main(int argc, char** argv) {
   PrintCpuPerMessage(bench);
   bool all_ok = true;
   for (const Scenario& sc : bench.scenarios()) {
-    if (!sc.ok) {
+    if (!sc.ok()) {
       all_ok = false;
       std::cout << "\n" << sc.name << " FAILED:";
       for (const std::string& e : sc.errors) std::cout << "\n  " << e.substr(0, 1500);

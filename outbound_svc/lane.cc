@@ -488,7 +488,6 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
          std::move(result.rendered), absl::OkStatus(), [this, &p, raw, dry](absl::Status s) {
            std::unique_ptr<Job> owned(raw);
            if (s.ok()) {
-             (dry ? counters_.dry_run : counters_.delivered).fetch_add(1);
              (dry ? p.dry_run : p.delivered).fetch_add(1, std::memory_order_relaxed);
              Audit(p, *owned,
                    dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
@@ -557,7 +556,6 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
         SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
         AppendHistory(msg.headers, owned->attempt, status);
         msg.expiration = absl::StrCat(delay_ms);
-        counters_.retried.fetch_add(1, std::memory_order_relaxed);
         p.retried.fetch_add(1, std::memory_order_relaxed);
         Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
         MoveAndAck(*owned, std::move(queue), std::move(msg));
@@ -579,7 +577,6 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
     SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
     AppendHistory(msg.headers, owned->attempt, reason);
     msg.expiration.clear();
-    counters_.parked.fetch_add(1, std::memory_order_relaxed);
     p.parked.fetch_add(1, std::memory_order_relaxed);
     Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
     MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
@@ -665,6 +662,17 @@ void Lane::Supervise() {
       }
     }
   }
+}
+
+Lane::Settled Lane::settled() const {
+  Settled all;
+  for (const auto& p : partners_) {
+    all.delivered += p->delivered.load(std::memory_order_relaxed);
+    all.dry_run += p->dry_run.load(std::memory_order_relaxed);
+    all.retried += p->retried.load(std::memory_order_relaxed);
+    all.parked += p->parked.load(std::memory_order_relaxed);
+  }
+  return all;
 }
 
 std::vector<prometheus::MetricFamily> Lane::Metrics() const {

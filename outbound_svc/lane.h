@@ -87,8 +87,12 @@ class Lane {
     std::string events_exchange = "events";
   };
   struct Counters {
-    std::atomic<uint64_t> received{0}, delivered{0}, dry_run{0}, retried{0}, parked{0},
-        duplicates{0}, requeued{0}, breaker_opened{0}, store_pauses{0};
+    std::atomic<uint64_t> received{0}, duplicates{0}, requeued{0}, breaker_opened{0},
+        store_pauses{0};
+  };
+  // Messages settled, all partners together (each partner counts its own, for the metrics).
+  struct Settled {
+    uint64_t delivered = 0, dry_run = 0, retried = 0, parked = 0;
   };
 
   // `recorder`, `publisher` (for synchronous confirmations; may be null when no adapter
@@ -104,6 +108,7 @@ class Lane {
   void Shutdown(absl::Duration deadline);
 
   const Counters& counters() const { return counters_; }
+  Settled settled() const;
   // Messages taken from the bus and not yet settled.
   int64_t in_flight() const { return live_.load(); }
   bool paused_for_store() const { return store_paused_.load(); }

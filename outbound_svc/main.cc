@@ -113,12 +113,13 @@ int main(int argc, char** argv) {
   recorder.Stop();
   http.Stop();
   const auto& c = lane.counters();
+  const ess::outbound::Lane::Settled settled = lane.settled();
   ess::log::Info("", "stopped",
                  {{"received", std::to_string(c.received.load())},
-                  {"delivered", std::to_string(c.delivered.load())},
-                  {"dry_run", std::to_string(c.dry_run.load())},
-                  {"retried", std::to_string(c.retried.load())},
-                  {"parked", std::to_string(c.parked.load())},
+                  {"delivered", std::to_string(settled.delivered)},
+                  {"dry_run", std::to_string(settled.dry_run)},
+                  {"retried", std::to_string(settled.retried)},
+                  {"parked", std::to_string(settled.parked)},
                   {"duplicates", std::to_string(c.duplicates.load())},
                   {"requeued", std::to_string(c.requeued.load())}});
   return 0;

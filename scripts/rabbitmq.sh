@@ -15,7 +15,7 @@
 #  * Erlang schedulers not bound to CPUs (RABBITMQ_SCHEDULER_BIND_TYPE=u unless set): the node
 #    shares its cores with the hub, the tests and the benchmark, and a scheduler pinned to a core
 #    that another process holds makes every process queued on it wait (bench/README.md,
-#    Profiling 18: webhook p99 at 3,000/s, median of nine runs, 110 ms bound, 20 ms unbound).
+#    Profiling 18: webhook p99 at 3,000/s, median of eight runs, 110 ms bound, 31 ms unbound).
 # The system rabbitmq-server service is never started or stopped. Runs as root; the Erlang cookie
 # is $HOME/.erlang.cookie (created, mode 400, if missing).
 #
