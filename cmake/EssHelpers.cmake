@@ -21,6 +21,24 @@ function(ess_binary name)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
 endfunction()
 
+# ess_service(NAME SRCS ... DEPS ...): an ess_binary that runs on the malloc chosen by
+# ESS_MALLOC (ess_link_malloc).
+function(ess_service name)
+  cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
+  ess_binary(${name} SRCS ${ARG_SRCS} DEPS ${ARG_DEPS})
+  ess_link_malloc(${name})
+endfunction()
+
+# ess_link_malloc(TARGET): links TARGET with the malloc chosen by ESS_MALLOC, kept even where
+# nothing names it (--no-as-needed). The C library comes last on every link line, so the
+# dynamic linker finds the allocator's malloc first, for every library of the process.
+function(ess_link_malloc target)
+  if(ESS_MALLOC STREQUAL "jemalloc")
+    target_link_options(${target} PRIVATE "LINKER:--no-as-needed")
+    target_link_libraries(${target} PRIVATE PkgConfig::JEMALLOC)
+  endif()
+endfunction()
+
 # ess_test(NAME SRCS ... DEPS ... [LABELS ...] [TIMEOUT s]): a GoogleTest binary registered
 # with ctest. Unit tests get the label "unit"; tests needing real servers pass LABELS integration.
 function(ess_test name)

@@ -1,9 +1,13 @@
 #include "common/cli.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
+#include <string>
+#include <string_view>
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
@@ -124,6 +128,17 @@ int WaitForTerminationSignal() {
   int sig = 0;
   sigwait(&set, &sig);
   return sig;
+}
+
+std::string MallocLibrary() {
+  // The first definition in the global scope is the one every library's call binds to.
+  void* malloc_fn = dlsym(RTLD_DEFAULT, "malloc");
+  Dl_info info{};
+  if (malloc_fn == nullptr || dladdr(malloc_fn, &info) == 0 || info.dli_fname == nullptr) {
+    return "unknown";
+  }
+  std::string_view path = info.dli_fname;
+  return std::string(path.substr(path.rfind('/') + 1));
 }
 
 }  // namespace ess::cli

@@ -28,6 +28,11 @@ void BlockTerminationSignals();
 // Waits for SIGINT or SIGTERM (blocked before) and returns its number.
 int WaitForTerminationSignal();
 
+// The file name of the library whose malloc this process uses, as the dynamic linker resolved
+// it: "libjemalloc.so.2" for a service built with ESS_MALLOC=jemalloc, "libc.so.6" otherwise.
+// The services log it when they start.
+std::string MallocLibrary();
+
 }  // namespace ess::cli
 
 #endif  // ESS_COMMON_CLI_H_

@@ -141,7 +141,8 @@ int main(int argc, char** argv) {
                  {{"listen", config->inbound().listen()},
                   {"port", std::to_string(lane.port())},
                   {"exchange", exchange},
-                  {"pollers", std::to_string(pollers.size())}});
+                  {"pollers", std::to_string(pollers.size())},
+                  {"malloc", ess::cli::MallocLibrary()}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   // Pollers first: a file they abandon stays in its folder; the publisher is still up for them.

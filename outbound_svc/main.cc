@@ -104,7 +104,8 @@ int main(int argc, char** argv) {
   ess::log::Info("", "outbound lane running",
                  {{"partners", std::to_string(config->partners_size())},
                   {"dry_run", dry_run ? "true" : "false"},
-                  {"metrics_port", metrics ? std::to_string(metrics->port()) : "off"}});
+                  {"metrics_port", metrics ? std::to_string(metrics->port()) : "off"},
+                  {"malloc", ess::cli::MallocLibrary()}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));

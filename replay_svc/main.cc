@@ -163,7 +163,8 @@ int main(int argc, char** argv) {
                           : replay.tls().client_ca_file().empty() ? "on"
                                                                   : "mutual"},
                   {"retention", sweeper ? "on" : "off"},
-                  {"metrics_port", metrics ? absl::StrCat(metrics->port()) : "off"}});
+                  {"metrics_port", metrics ? absl::StrCat(metrics->port()) : "off"},
+                  {"malloc", ess::cli::MallocLibrary()}});
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);

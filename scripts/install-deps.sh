@@ -16,6 +16,8 @@ PACKAGES=(
   libxml2-dev libcsv-dev
   # metrics: Prometheus client (counters, text format, the /metrics server of outbound_svc)
   prometheus-cpp-dev
+  # the services' malloc (CMake option ESS_MALLOC; bench/README.md, Profiling 22)
+  libjemalloc-dev
   # servers the stack and the tests run on loopback
   rabbitmq-server openssh-server openssh-client
   # tools the scripts use (openssl: the tests make their TLS certificates at test time)

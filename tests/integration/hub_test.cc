@@ -80,6 +80,17 @@ TEST_F(HubTest, ThousandEventsAreEachDeliveredOnceRecordedAndAcked) {
   EXPECT_EQ(trail.trail().stage(), "delivered");
 }
 
+// The services are linked with the malloc CMake chose (ESS_MALLOC), and the dynamic linker
+// resolves every library's malloc to it: each service says which one it runs on when it starts.
+TEST_F(HubTest, EachServiceRunsOnTheMallocItWasBuiltWith) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  const std::string expected = absl::StrCat(" malloc=", ESS_EXPECTED_MALLOC);
+  EXPECT_TRUE(replay_->WaitForLog(expected)) << replay_->Log();
+  EXPECT_TRUE(outbound_->WaitForLog(expected)) << outbound_->Log();
+  EXPECT_TRUE(inbound_->WaitForLog(expected)) << inbound_->Log();
+}
+
 TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
