@@ -15,7 +15,9 @@
 #  * Erlang schedulers not bound to CPUs (RABBITMQ_SCHEDULER_BIND_TYPE=u unless set): the node
 #    shares its cores with the hub, the tests and the benchmark, and a scheduler pinned to a core
 #    that another process holds makes every process queued on it wait (bench/README.md,
-#    Profiling 18: webhook p99 at 3,000/s, median of eight runs, 110 ms bound, 31 ms unbound).
+#    Profiling 18: webhook p99 at 3,000/s, median of eight runs, 110 ms bound, 31 ms unbound);
+#  * ESS_RABBITMQ_ERL_ARGS, when set, appended to the node's Erlang arguments (experiments such
+#    as "+S 1:1", Profiling 23).
 # The system rabbitmq-server service is never started or stopped. Runs as root; the Erlang cookie
 # is $HOME/.erlang.cookie (created, mode 400, if missing).
 #
@@ -81,7 +83,7 @@ export_node_env() {
   export RABBITMQ_FEATURE_FLAGS_FILE="$DIR/feature_flags"
   export RABBITMQ_DIST_PORT="$DIST_PORT"
   export RABBITMQ_SCHEDULER_BIND_TYPE="${RABBITMQ_SCHEDULER_BIND_TYPE:-u}"
-  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} ${ESS_RABBITMQ_ERL_ARGS:-}"
   export ERL_EPMD_PORT="$EPMD_PORT"
   export ERL_EPMD_ADDRESS=127.0.0.1
 }
