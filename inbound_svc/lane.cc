@@ -254,20 +254,25 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   }
   // Round 1: claim the ids in the store, which records each event RECEIVED unless it was
   // published lately (another replica, or before a restart) or is being published right now.
-  call->outcomes.assign(call->events.size(), ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
-  call->StartRound(call->events.size());
+  const size_t n = call->events.size();
+  call->outcomes.assign(n, ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
+  call->StartRound(n);
   const uint32_t window_seconds =
       static_cast<uint32_t>(absl::ToInt64Seconds(options_.dedupe_window));
   const uint32_t lease_ms = static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.claim_lease));
-  for (size_t i = 0; i < call->events.size(); ++i) {
-    ess::v1::Claim claim;
-    *claim.mutable_record() = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_RECEIVED, "");
-    claim.mutable_record()->set_payload(call->payload);
-    claim.mutable_record()->set_rendered(call->events[i].body);
-    claim.set_window_seconds(window_seconds);
-    claim.set_lease_ms(lease_ms);
+  std::vector<ess::v1::Claim> claims(n);
+  for (size_t i = 0; i < n; ++i) {
+    *claims[i].mutable_record() = call->MakeRecord(i, ess::v1::MESSAGE_STATUS_RECEIVED, "");
+    claims[i].mutable_record()->set_payload(call->payload);
+    claims[i].mutable_record()->set_rendered(call->events[i].body);
+    claims[i].set_window_seconds(window_seconds);
+    claims[i].set_lease_ms(lease_ms);
+  }
+  // From the first claim on, the answers run on the recorder's threads, and the last one moves
+  // on to OnClaimed, which rewrites `call->events`: nothing below may read `call`'s fields.
+  for (size_t i = 0; i < n; ++i) {
     recorder_->Claim(
-        std::move(claim), [this, call, i](absl::StatusOr<ess::v1::ClaimOutcome> outcome) {
+        std::move(claims[i]), [this, call, i](absl::StatusOr<ess::v1::ClaimOutcome> outcome) {
           absl::Status status;
           if (outcome.ok()) {
             call->outcomes[i] = *outcome;
@@ -323,15 +328,20 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
     return;
   }
   // Round 2: publish the claimed events; the 200 waits for every confirm.
-  call->StartRound(call->events.size());
-  for (size_t i = 0; i < call->events.size(); ++i) {
+  const size_t n = call->events.size();
+  call->StartRound(n);
+  std::vector<amqp::Message> messages(n);
+  for (size_t i = 0; i < n; ++i) {
     const adapters::InboundEvent& ev = call->events[i];
-    amqp::Message msg;
+    amqp::Message& msg = messages[i];
     msg.body = ev.body;
     msg.correlation_id = ev.correlation_id;
     msg.message_id = call->ids[i];
     msg.type = ev.event_type;
     msg.headers.emplace_back(bus::kPartnerHeader, call->partner);
+  }
+  // As with the claims: once the first publish is out, `call` belongs to the confirms.
+  for (amqp::Message& msg : messages) {
     publisher_->Publish(options_.events_exchange, "", std::move(msg),
                         [this, call](absl::Status s) { OnPublished(call, s); });
   }

@@ -470,13 +470,19 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
     Requeue(*round->job);
     return;
   }
-  for (const adapters::InboundEvent& ev : confirmations) {
-    amqp::Message msg;
+  std::vector<amqp::Message> messages(confirmations.size());
+  for (size_t i = 0; i < confirmations.size(); ++i) {
+    const adapters::InboundEvent& ev = confirmations[i];
+    amqp::Message& msg = messages[i];
     msg.body = ev.body;
     msg.correlation_id = ev.correlation_id;
     msg.message_id = absl::StrCat(ev.correlation_id, ":", ev.event_type);
     msg.type = ev.event_type;
     msg.headers.emplace_back(kPartnerHeader, p.partner.name);
+  }
+  // Once the first publish is out, the last confirm may settle the round on the publisher's
+  // thread and move `round->result` away: nothing below reads `round`.
+  for (amqp::Message& msg : messages) {
     publisher_->Publish(options_.events_exchange, "", std::move(msg), settle);
   }
 }
