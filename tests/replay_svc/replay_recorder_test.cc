@@ -517,6 +517,34 @@ TEST_F(ReplayRecorderBatchingTest, PartialBatchGoesWhenItsDelayRunsOut) {
   EXPECT_THAT(service_.batch_sizes(), ElementsAre(3));
 }
 
+// flush_when_idle (the lanes' setting): a record goes at once when nothing is in flight; the
+// records that arrive while a call is in flight go together as soon as it completes (group
+// commit), not when the (hour-long) delay runs out.
+TEST_F(ReplayRecorderBatchingTest, IdleFlushSendsAtOnceAndGroupsWhatArrivesMeanwhile) {
+  service_.Hold();
+  constexpr int kTotal = 6;
+  DoneTracker tracker(kTotal);
+  ReplayRecorder recorder({.address = address(),
+                           .batch_max = 100,
+                           .batch_delay = absl::Hours(1),
+                           .max_in_flight_batches = 4,
+                           .flush_when_idle = true});
+  recorder.Record(Outbound("prison", "m-0"), tracker.Make(0));
+  ASSERT_TRUE(service_.WaitForCalls(1, kWait));
+  for (int i = 1; i < kTotal; ++i) {
+    recorder.Record(Outbound("prison", absl::StrCat("m-", i)), tracker.Make(i));
+  }
+  // A call is in flight, so the five wait for it, though three call slots are free.
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_THAT(service_.batch_sizes(), ElementsAre(1));
+  ASSERT_TRUE(service_.ReleaseWhenHeld(1, kWait));
+  ASSERT_TRUE(service_.ReleaseWhenHeld(1, kWait));
+  ASSERT_TRUE(tracker.WaitForTotal(kTotal, kWait));
+  EXPECT_THAT(service_.batch_sizes(), ElementsAre(1, 5));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+  EXPECT_THAT(tracker.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, kTotal)));
+}
+
 TEST_F(ReplayRecorderBatchingTest, NoMoreThanMaxInFlightBatchesAtOnce) {
   service_.Hold();
   constexpr int kTotal = 6;
