@@ -523,7 +523,9 @@ void Bench::StopChild(std::unique_ptr<Child>& child, Scenario& sc) {
   const ProcSample p = Sample(child->pid());
   if (p.ok) sc.peak_rss_mib.emplace_back(child->name(), static_cast<double>(p.hwm_kib) / 1024.0);
   if (!child->Running()) {
-    sc.Fail(absl::StrCat(child->name(), " exited during the run:\n", child->LogTail()));
+    sc.Fail(absl::StrCat(child->name(), " exited during the run",
+                         child->DumpedCore() ? " (it dumped core beside its log)" : "", ":\n",
+                         child->LogTail()));
   } else if (const int rc = child->Stop(); rc != 0) {
     sc.Fail(absl::StrCat(child->name(), " exited with ", rc, " when stopped:\n", child->LogTail()));
   }
@@ -1761,6 +1763,9 @@ int Main(int argc, char** argv) {
   }
   std::string work_dir = absl::GetFlag(FLAGS_work_dir);
   if (work_dir.empty()) work_dir = s.source_dir + "/.stack/bench";
+  // Absolute: the services run in their own folders (Child).
+  work_dir = std::filesystem::absolute(work_dir).string();
+  s.bin_dir = std::filesystem::absolute(s.bin_dir).string();
   std::string results_dir = absl::GetFlag(FLAGS_results_dir);
   if (results_dir.empty()) results_dir = s.source_dir + "/bench/results";
   const std::string stamp = absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone());

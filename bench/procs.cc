@@ -47,6 +47,9 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
   for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   const int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  // The child runs in its log's folder, so that a core dump lands beside the log.
+  const size_t slash = log_path.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string() : log_path.substr(0, slash);
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid == 0) {
@@ -58,6 +61,12 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
     }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
+    if (!dir.empty() && chdir(dir.c_str()) != 0) _exit(126);
+    rlimit core{};
+    if (getrlimit(RLIMIT_CORE, &core) == 0) {
+      core.rlim_cur = core.rlim_max;
+      setrlimit(RLIMIT_CORE, &core);
+    }
     // The benchmark blocks the stop signals; the child starts with a clean mask.
     sigset_t none;
     sigemptyset(&none);

@@ -10,6 +10,7 @@
 #define ESS_BENCH_PROCS_H_
 
 #include <sys/types.h>
+#include <sys/wait.h>
 
 #include <cstdint>
 #include <string>
@@ -21,8 +22,10 @@ namespace ess::bench {
 
 class Child {
  public:
-  // Starts argv[0] with stdout and stderr appended to `log_path`. Call from the main thread:
-  // the death signal follows the thread that forked.
+  // Starts argv[0] with stdout and stderr appended to `log_path`, in the log's folder and with
+  // core dumps allowed up to the hard limit (where they go is the kernel's core_pattern; with
+  // its default, "core" in that folder). Paths in argv must be absolute. Call from the main
+  // thread: the death signal follows the thread that forked.
   Child(std::string name, std::vector<std::string> argv, std::string log_path);
   ~Child();  // SIGKILL if still running
   Child(const Child&) = delete;
@@ -37,6 +40,8 @@ class Child {
   int Stop(int sig = 15, absl::Duration timeout = absl::Seconds(20));
   // The last `bytes` of the log.
   std::string LogTail(size_t bytes = 2000) const;
+  // After the child ended: true if it died by a signal and the kernel wrote a core dump.
+  bool DumpedCore() const { return exited_ && WIFSIGNALED(status_) && WCOREDUMP(status_); }
 
  private:
   std::string name_;
