@@ -61,7 +61,11 @@ pid_t Spawn(const std::vector<std::string>& argv, const std::string& log_path) {
     }
     int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
-    if (!dir.empty() && chdir(dir.c_str()) != 0) _exit(126);
+    if (!dir.empty() && chdir(dir.c_str()) != 0) {
+      constexpr char kMessage[] = "ess_bench: cannot enter the log's folder\n";
+      (void)!write(2, kMessage, sizeof(kMessage) - 1);
+      _exit(126);
+    }
     rlimit core{};
     if (getrlimit(RLIMIT_CORE, &core) == 0) {
       core.rlim_cur = core.rlim_max;

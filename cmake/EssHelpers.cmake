@@ -22,20 +22,15 @@ function(ess_binary name)
 endfunction()
 
 # ess_service(NAME SRCS ... DEPS ...): an ess_binary that runs on the malloc chosen by
-# ESS_MALLOC (ess_link_malloc).
+# ESS_MALLOC, linked even where nothing names it (--no-as-needed). The C library comes last on
+# every link line, so the dynamic linker finds the allocator's malloc first, for every library
+# of the process.
 function(ess_service name)
   cmake_parse_arguments(ARG "" "" "SRCS;DEPS" ${ARGN})
   ess_binary(${name} SRCS ${ARG_SRCS} DEPS ${ARG_DEPS})
-  ess_link_malloc(${name})
-endfunction()
-
-# ess_link_malloc(TARGET): links TARGET with the malloc chosen by ESS_MALLOC, kept even where
-# nothing names it (--no-as-needed). The C library comes last on every link line, so the
-# dynamic linker finds the allocator's malloc first, for every library of the process.
-function(ess_link_malloc target)
   if(ESS_MALLOC STREQUAL "jemalloc")
-    target_link_options(${target} PRIVATE "LINKER:--no-as-needed")
-    target_link_libraries(${target} PRIVATE PkgConfig::JEMALLOC)
+    target_link_options(${name} PRIVATE "LINKER:--no-as-needed")
+    target_link_libraries(${name} PRIVATE PkgConfig::JEMALLOC)
   endif()
 endfunction()
 
