@@ -42,6 +42,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench/amqp_load.h"
+#include "bench/open_loop.h"
 #include "bench/partner.h"
 #include "bench/procs.h"
 #include "common/amqp.h"
@@ -1263,13 +1264,7 @@ void Bench::Inbound() {
         }
         DeleteQueues({queue});
       }
-      http::Client client({.max_connections_per_host = 256, .max_total_connections = 256});
       const uint64_t count = static_cast<uint64_t>(target * absl::ToDoubleSeconds(s_.duration));
-      std::mutex mu;
-      std::condition_variable cv;
-      uint64_t answered = 0, ok = 0;
-      std::vector<int64_t> lat;
-      lat.reserve(count);
       // Ids unique to this run: a repeat of the previous run's ids would be answered from the
       // lane's dedupe, unpublished.
       const std::string prefix = absl::StrCat("O", getpid(), "-", lat_sc.name, "-");
@@ -1277,45 +1272,35 @@ void Bench::Inbound() {
       Subscriber subscriber(broker_, kSinkQueue, count, s_.duration + absl::Seconds(40));
       CpuWindow cpu;
       cpu.Begin(Procs(st));
-      const absl::Time start = absl::Now();
-      const int64_t warm_until = MonoNs() + 1'000'000'000;
-      for (uint64_t i = 0; i < count; ++i) {
-        const absl::Time due = start + absl::Seconds(static_cast<double>(i) / target);
-        if (const absl::Duration wait = due - absl::Now(); wait > absl::ZeroDuration()) {
-          absl::SleepFor(wait);
-        }
-        const int64_t sent = MonoNs();
-        const std::string id = absl::StrCat(prefix, i);
-        std::string body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})");
-        http::HeaderList headers = {{"Content-Type", "application/json"}};
-        if (s_.signer) {  // signing is the partner's work, timed like the rest of its request
-          const std::string ts = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
-          headers.emplace_back("webhook-signature", s_.signer->Sign(id, ts, body));
-          headers.emplace_back("webhook-id", id);
-          headers.emplace_back("webhook-timestamp", ts);
-        }
-        client.Send({.url = url,
-                     .headers = std::move(headers),
-                     .body = std::move(body),
-                     .timeout = absl::Seconds(10)},
-                    [&, sent](absl::StatusOr<http::Response> resp) {
-                      const int64_t now = MonoNs();
-                      std::lock_guard lock(mu);
-                      ++answered;
-                      if (resp.ok() && resp->status / 100 == 2) {
-                        ++ok;
-                        if (sent >= warm_until) lat.push_back(now - sent);
-                      }
-                      cv.notify_all();
-                    });
-      }
-      const double send_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-      {
-        std::unique_lock lock(mu);
-        cv.wait_for(lock, std::chrono::seconds(30), [&] { return answered == count; });
-      }
+      OpenLoopResult sent = PostOpenLoop(
+          {.port = st.inbound_port,
+           .path = kWebhookPath,
+           .rate = target,
+           .count = count,
+           .max_connections = 256,
+           .request_timeout = absl::Seconds(10),
+           .drain = absl::Seconds(30)},
+          [&](uint64_t i, OpenLoopRequest* req) {
+            const std::string id = absl::StrCat(prefix, i);
+            req->body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})");
+            req->headers = {{"Content-Type", "application/json"}};
+            if (s_.signer) {  // signing is the partner's work, timed like the rest of its request
+              const std::string ts = absl::StrCat(absl::ToUnixSeconds(absl::Now()));
+              req->headers.emplace_back("webhook-signature", s_.signer->Sign(id, ts, req->body));
+              req->headers.emplace_back("webhook-id", id);
+              req->headers.emplace_back("webhook-timestamp", ts);
+            }
+          });
       cpu.End(lat_sc);
-      client.Stop();
+      const uint64_t ok = sent.ok;
+      const double send_seconds = sent.send_seconds;
+      // Without the first second (warm-up).
+      std::vector<int64_t> lat;
+      lat.reserve(sent.ok_latencies.size());
+      const int64_t warm_until = sent.start_ns + 1'000'000'000;
+      for (const auto& [sent_ns, latency_ns] : sent.ok_latencies) {
+        if (sent_ns >= warm_until) lat.push_back(latency_ns);
+      }
       std::sort(lat.begin(), lat.end());
       lat_sc.Set("sent", static_cast<double>(count));
       lat_sc.Set("achieved_rate", count / send_seconds);
@@ -1326,7 +1311,9 @@ void Bench::Inbound() {
       lat_sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
       const ConsumeResult& drained = subscriber.Join();
       lat_sc.Set("consumed", static_cast<double>(drained.consumed));
-      if (ok != count) lat_sc.Fail(absl::StrCat(ok, " of ", count, " answered 2xx"));
+      if (ok != count) {
+        lat_sc.Fail(absl::StrCat(ok, " of ", count, " answered 2xx; ", sent.first_error));
+      }
       if (drained.consumed < ok) {
         lat_sc.Fail(absl::StrCat(ok, " answered 2xx but ", drained.consumed,
                                  " reached the subscriber", drained.status.ok() ? "" : ": ",
