@@ -2,16 +2,13 @@
 // every request leaves once, with its headers and body, and each answer is counted as it was.
 #include "bench/open_loop.h"
 
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <map>
 #include <mutex>
 #include <string>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "bench/procs.h"
 #include "common/http_server.h"
 #include "common/sv.h"
 #include "gtest/gtest.h"
@@ -76,16 +73,8 @@ TEST(OpenLoopTest, SendsEveryRequestOnceAndCountsEachAnswer) {
 
 TEST(OpenLoopTest, RequestsToAClosedPortFailAndTheRunEnds) {
   // A loopback port that nobody listens on: bound, then closed.
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
-  const int port = ntohs(addr.sin_port);
-  close(fd);
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
 
   const OpenLoopResult r =
       PostOpenLoop({.port = port, .rate = 1000, .count = 20, .max_connections = 2},
