@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 scripts/install-deps.sh
-scripts/build.sh --target ess_bench replay_svc outbound_svc inbound_svc
+scripts/build.sh --target ess_bench bench_compare http_client_load replay_svc outbound_svc \
+  inbound_svc
 
 # ess_bench stops its broker itself, also on Ctrl-C; this catches a crash of ess_bench.
 cleanup() {
