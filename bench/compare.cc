@@ -27,6 +27,8 @@ constexpr const char* kFigures[] = {
     "p50_ms",
     "p99_ms",
     "p999_ms",
+    "p99_per_second_median_ms",
+    "p99_per_second_worst_ms",
     "p50_us",
     "p99_us",
     "target_rate",

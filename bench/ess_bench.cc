@@ -42,6 +42,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench/amqp_load.h"
+#include "bench/latency_stats.h"
 #include "bench/open_loop.h"
 #include "bench/partner.h"
 #include "bench/procs.h"
@@ -166,14 +167,6 @@ class Subscriber {
   ConsumeResult result_;
   std::thread thread_;
 };
-
-// Percentile (0..100) of sorted samples, nearest rank.
-double PercentileOf(const std::vector<int64_t>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  const double rank = std::ceil(p / 100.0 * static_cast<double>(sorted.size()));
-  const size_t i = static_cast<size_t>(std::clamp<double>(rank, 1, sorted.size())) - 1;
-  return static_cast<double>(sorted[i]);
-}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -879,8 +872,15 @@ void Bench::OutboundLatency(const std::string& name, double rate) {
                                  }});
   WaitUntil([&] { return partner_.count() >= p.published; }, absl::Seconds(30));
   cpu.End(sc);
-  std::vector<int64_t> lat = partner_.latencies();
+  const std::vector<std::pair<int64_t, int64_t>> samples = partner_.latencies();
+  std::vector<int64_t> lat;
+  lat.reserve(samples.size());
+  for (const auto& [sent_ns, latency_ns] : samples) lat.push_back(latency_ns);
   std::sort(lat.begin(), lat.end());
+  const SecondP99 per_second = PerSecondP99(samples, warm_until);
+  sc.Set("p99_per_second_median_ms", per_second.median_ms);
+  sc.Set("p99_per_second_worst_ms", per_second.worst_ms);
+  sc.Set("p99_seconds", static_cast<double>(per_second.seconds));
   sc.Set("published", static_cast<double>(p.published));
   sc.Set("achieved_rate", static_cast<double>(p.published) / absl::ToDoubleSeconds(p.elapsed));
   sc.Set("delivered", static_cast<double>(partner_.count()));
@@ -894,7 +894,9 @@ void Bench::OutboundLatency(const std::string& name, double rate) {
   }
   StopStack(st, sc);
   Say(absl::StrCat("  at ", Grouped(rate), " events/s: p50 ", Ms(PercentileOf(lat, 50)), " p99 ",
-                   Ms(PercentileOf(lat, 99)), " p99.9 ", Ms(PercentileOf(lat, 99.9))));
+                   Ms(PercentileOf(lat, 99)), " p99.9 ", Ms(PercentileOf(lat, 99.9)),
+                   "; p99 of each second: median ", absl::StrFormat("%.2f", per_second.median_ms),
+                   " ms, worst ", absl::StrFormat("%.2f", per_second.worst_ms), " ms"));
 }
 
 void Bench::BrokerLatency(double rate) {
@@ -1309,6 +1311,10 @@ void Bench::Inbound() {
       lat_sc.Set("p50_ms", PercentileOf(lat, 50) / 1e6);
       lat_sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
       lat_sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
+      const SecondP99 per_second = PerSecondP99(sent.ok_latencies, warm_until);
+      lat_sc.Set("p99_per_second_median_ms", per_second.median_ms);
+      lat_sc.Set("p99_per_second_worst_ms", per_second.worst_ms);
+      lat_sc.Set("p99_seconds", static_cast<double>(per_second.seconds));
       const ConsumeResult& drained = subscriber.Join();
       lat_sc.Set("consumed", static_cast<double>(drained.consumed));
       if (ok != count) {
@@ -1320,7 +1326,9 @@ void Bench::Inbound() {
                                  drained.status.message()));
       }
       Say(absl::StrCat("  at ", Grouped(target), " webhooks/s: p50 ", Ms(PercentileOf(lat, 50)),
-                       " p99 ", Ms(PercentileOf(lat, 99))));
+                       " p99 ", Ms(PercentileOf(lat, 99)), "; p99 of each second: median ",
+                       absl::StrFormat("%.2f", per_second.median_ms), " ms, worst ",
+                       absl::StrFormat("%.2f", per_second.worst_ms), " ms"));
     } else {
       lat_sc.Fail("no inbound rate to take a share of");
     }
@@ -1382,6 +1390,16 @@ std::vector<Row> BuildRows(const Bench& b) {
     return sc != nullptr ? sc->Busiest() : std::string();
   };
   auto verdict = [](bool pass) { return std::string(pass ? "PASS" : "MISS"); };
+  // Under a latency row: the p99 of each second of the run, its median and its worst.
+  auto per_second_row = [&](const char* scenario) {
+    const std::optional<double> seconds = fig(scenario, "p99_seconds");
+    if (!seconds || *seconds < 1) return;
+    rows.push_back(
+        {"  the p99 of each second: median / worst",
+         absl::StrFormat("%.2f / %.2f ms over %.0f s",
+                         fig(scenario, "p99_per_second_median_ms").value_or(0),
+                         fig(scenario, "p99_per_second_worst_ms").value_or(0), *seconds)});
+  };
   // RabbitMQ's CPU in a scenario, % of one core.
   auto broker_cpu = [&](const char* scenario) {
     const Scenario* sc = b.Find(scenario);
@@ -1439,6 +1457,7 @@ std::vector<Row> BuildRows(const Bench& b) {
                                *fig("broker_latency", "p99_ms"), broker_cpu("broker_latency"))
              : std::string(),
          "", "p99 <= 10 ms", verdict(*p99 <= 10), busiest("outbound_latency")});
+    per_second_row("outbound_latency");
   }
   if (auto p99 = fig("outbound_latency_quarter", "p99_ms")) {
     rows.push_back(
@@ -1501,6 +1520,7 @@ std::vector<Row> BuildRows(const Bench& b) {
                                *fig("inbound_latency", "broker_confirm_p99_ms"))
              : std::string(),
          "", "p99 <= 10 ms", verdict(*p99 <= 10), busiest("inbound_latency")});
+    per_second_row("inbound_latency");
   }
   if (auto p99 = fig("inbound_latency_quarter", "p99_ms")) {
     rows.push_back(

@@ -57,7 +57,7 @@ uint64_t Partner::duplicates() {
   return duplicates_;
 }
 
-std::vector<int64_t> Partner::latencies() {
+std::vector<std::pair<int64_t, int64_t>> Partner::latencies() {
   absl::MutexLock lock(&mu_);
   return latencies_;
 }
@@ -75,7 +75,7 @@ void Partner::Handle(http::ServerRequest request, http::Responder responder) {
       const std::string_view v = FindValue(request.body, "\"sentNs\"");
       if (absl::SimpleAtoi(absl::string_view(v.data(), v.size()), &sent) &&
           sent >= latency_from_ns_) {
-        latencies_.push_back(now - sent);
+        latencies_.emplace_back(sent, now - sent);
       }
     }
     if (count_.load() == 0) first_ns_ = now;

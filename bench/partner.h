@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
@@ -35,8 +36,9 @@ class Partner {
   int64_t first_ns() const { return first_ns_.load(); }
   int64_t last_ns() const { return last_ns_.load(); }
   uint64_t duplicates();
-  // Publish-to-receipt latencies (ns) kept so far.
-  std::vector<int64_t> latencies();
+  // Latency samples kept so far: when each event was published and its publish-to-receipt
+  // latency (ns), in receipt order.
+  std::vector<std::pair<int64_t, int64_t>> latencies();
 
  private:
   void Handle(http::ServerRequest request, http::Responder responder);
@@ -49,7 +51,7 @@ class Partner {
   int64_t latency_from_ns_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<std::string> ids_ ABSL_GUARDED_BY(mu_);
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
-  std::vector<int64_t> latencies_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<int64_t, int64_t>> latencies_ ABSL_GUARDED_BY(mu_);
   http::Server server_;  // last: its thread uses the members above
 };
 
