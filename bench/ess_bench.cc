@@ -1274,7 +1274,7 @@ void Bench::Inbound() {
       Subscriber subscriber(broker_, kSinkQueue, count, s_.duration + absl::Seconds(40));
       CpuWindow cpu;
       cpu.Begin(Procs(st));
-      OpenLoopResult sent = PostOpenLoop(
+      OpenLoopResult posted = PostOpenLoop(
           {.port = st.inbound_port,
            .path = kWebhookPath,
            .rate = target,
@@ -1294,13 +1294,13 @@ void Bench::Inbound() {
             }
           });
       cpu.End(lat_sc);
-      const uint64_t ok = sent.ok;
-      const double send_seconds = sent.send_seconds;
+      const uint64_t ok = posted.ok;
+      const double send_seconds = posted.send_seconds;
       // Without the first second (warm-up).
       std::vector<int64_t> lat;
-      lat.reserve(sent.ok_latencies.size());
-      const int64_t warm_until = sent.start_ns + 1'000'000'000;
-      for (const auto& [sent_ns, latency_ns] : sent.ok_latencies) {
+      lat.reserve(posted.ok_latencies.size());
+      const int64_t warm_until = posted.start_ns + 1'000'000'000;
+      for (const auto& [sent_ns, latency_ns] : posted.ok_latencies) {
         if (sent_ns >= warm_until) lat.push_back(latency_ns);
       }
       std::sort(lat.begin(), lat.end());
@@ -1311,14 +1311,14 @@ void Bench::Inbound() {
       lat_sc.Set("p50_ms", PercentileOf(lat, 50) / 1e6);
       lat_sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
       lat_sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
-      const SecondP99 per_second = PerSecondP99(sent.ok_latencies, warm_until);
+      const SecondP99 per_second = PerSecondP99(posted.ok_latencies, warm_until);
       lat_sc.Set("p99_per_second_median_ms", per_second.median_ms);
       lat_sc.Set("p99_per_second_worst_ms", per_second.worst_ms);
       lat_sc.Set("p99_seconds", static_cast<double>(per_second.seconds));
       const ConsumeResult& drained = subscriber.Join();
       lat_sc.Set("consumed", static_cast<double>(drained.consumed));
       if (ok != count) {
-        lat_sc.Fail(absl::StrCat(ok, " of ", count, " answered 2xx; ", sent.first_error));
+        lat_sc.Fail(absl::StrCat(ok, " of ", count, " answered 2xx; ", posted.first_error));
       }
       if (drained.consumed < ok) {
         lat_sc.Fail(absl::StrCat(ok, " answered 2xx but ", drained.consumed,
