@@ -12,8 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 scripts/install-deps.sh
-scripts/build.sh --target ess_bench bench_compare http_client_load replay_svc outbound_svc \
-  inbound_svc
+scripts/build.sh --target ess_bench bench_compare http_client_load wakeup_cost replay_svc \
+  outbound_svc inbound_svc
+
+# The Node.js baseline (--scenarios baseline) needs its two npm packages.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  bench/baseline/install.sh || echo "warning: the Node.js baseline is not installed" >&2
+fi
 
 # ess_bench stops its broker itself, also on Ctrl-C; this catches a crash of ess_bench.
 cleanup() {

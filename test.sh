@@ -10,6 +10,11 @@ cd "$(dirname "$0")"
 
 scripts/install-deps.sh
 scripts/build.sh
+# The benchmark's Node.js baseline lanes (bench_smoke_test runs them) need two npm packages.
+# Without node and npm, or without the npm registry, that test says so and skips.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  bench/baseline/install.sh || echo "warning: bench/baseline/install.sh failed; the Node.js baseline test will skip" >&2
+fi
 
 STACK="$PWD/.stack/test"
 cleanup() {

@@ -61,7 +61,9 @@ ABSL_FLAG(int, duration_s, 10, "Seconds of each timed run (latency runs, inbound
 ABSL_FLAG(bool, full, false,
           "The long run: --events=300000 --duration_s=30 unless those are given too.");
 ABSL_FLAG(std::string, scenarios, "all",
-          "Comma-separated subset of: ceilings,http,outbound,latency,info,scaling,replay,inbound.");
+          "Comma-separated subset of: ceilings,http,outbound,latency,info,scaling,replay,inbound "
+          "(all: every one), and baseline (the issue's Node.js lanes; not in all, needs Node.js "
+          "and bench/baseline/install.sh).");
 ABSL_FLAG(std::string, replicas, "1,2,3", "Outbound lane replica counts of the scaling run.");
 ABSL_FLAG(double, latency_rate, 0,
           "Events/s of the outbound latency run; 0: half the rate the outbound run measured.");
@@ -350,6 +352,8 @@ class Bench {
   void BrokerLatency(double rate);
   void Replay();
   void Inbound();
+  // The issue's straightforward Node.js lanes (bench/baseline), measured like ESS's.
+  void Baseline();
 
   const std::deque<Scenario>& scenarios() const { return scenarios_; }
   const Scenario* Find(const std::string& name) const {
@@ -1340,6 +1344,159 @@ void Bench::Inbound() {
   DeleteQueues({kSinkQueue});
 }
 
+// ---- the Node.js baseline ---------------------------------------------------------------
+
+// The first executable `name` on PATH; empty if none.
+std::string FindOnPath(const std::string& name) {
+  const char* path = getenv("PATH");
+  for (const std::string& dir : std::vector<std::string>(
+           absl::StrSplit(path == nullptr ? "" : path, ':', absl::SkipEmpty()))) {
+    const std::string candidate = absl::StrCat(dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// The lanes the issue measured ESS against, in the same run: amqplib with manual ack and a
+// confirm channel, undici's keep-alive pool. They do less per message than ESS's lanes (no
+// replay record, claim, signature check or retry schedule): the figures say what that costs.
+void Bench::Baseline() {
+  const std::string dir = s_.source_dir + "/bench/baseline";
+  const std::string node = FindOnPath("node");
+  if (node.empty() || access((dir + "/node_modules/amqplib").c_str(), R_OK) != 0 ||
+      access((dir + "/node_modules/undici").c_str(), R_OK) != 0) {
+    Add("baseline_outbound")
+        .Fail("the Node.js baseline is not installed: run bench/baseline/install.sh");
+    return;
+  }
+  const std::string amqp_url = absl::StrCat("amqp://guest:guest@", broker_.host, ":", broker_.port);
+  const std::string run_dir = absl::StrCat(s_.run_dir, "/", ++stacks_, "-baseline");
+  std::filesystem::create_directories(run_dir);
+
+  // Outbound: preloaded events, drained by the Node.js lane into the partner.
+  {
+    Scenario& sc = Add("baseline_outbound");
+    const std::string queue = "bench.baseline.visits";
+    DeleteQueues({queue});
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+      sc.Fail("cannot declare the baseline's queue");
+      return;
+    }
+    const uint64_t events = s_.events;
+    const std::string run = absl::StrCat("N", getpid());
+    PublishResult pre =
+        PublishConfirmed(broker_, {.routing_key = queue,
+                                   .type = "VisitScheduleUpdated",
+                                   .count = events,
+                                   .max_duration = absl::Seconds(120),
+                                   .window = s_.publish_window,
+                                   .make = [&run](uint64_t i, std::string* body, std::string* id) {
+                                     *id = absl::StrCat(run, "-", i);
+                                     *body = VisitEvent(*id, MonoNs());
+                                   }});
+    if (pre.confirmed != events) {
+      sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events, " confirmed"));
+      return;
+    }
+    WaitQuiet();
+    Say(absl::StrCat("  ", events, " events preloaded; starting the Node.js outbound lane"));
+    partner_.Reset(/*track_ids=*/true, 0);
+    auto lane = std::make_unique<Child>(
+        "node",
+        std::vector<std::string>{node, dir + "/outbound.js", amqp_url, queue,
+                                 absl::StrCat("http://127.0.0.1:", partner_.port(), "/api/slots"),
+                                 absl::StrCat(s_.prefetch), absl::StrCat(s_.max_in_flight)},
+        run_dir + "/outbound.js.log");
+    CpuWindow cpu;
+    cpu.Begin({{"rabbitmq", broker_pid_}, {"node", lane->pid()}, {"ess_bench", getpid()}});
+    const bool delivered =
+        WaitUntil([&] { return !lane->Running() || partner_.count() >= events; },
+                  absl::Seconds(std::max<double>(60, events / 1000.0)), absl::Milliseconds(2));
+    cpu.End(sc);
+    if (!delivered || partner_.count() < events) {
+      sc.Fail(absl::StrCat("the partner got ", partner_.count(), " of ", events, " events:\n",
+                           lane->LogTail()));
+    } else {
+      const double seconds = static_cast<double>(partner_.last_ns() - partner_.first_ns()) / 1e9;
+      sc.Set("events_per_s", seconds > 0 ? static_cast<double>(events) / seconds : 0);
+      sc.Set("window_messages", static_cast<double>(events));
+      sc.Set("partner_requests", static_cast<double>(partner_.count()));
+      sc.Set("duplicates", static_cast<double>(partner_.duplicates()));
+      Say(absl::StrCat("  ", Grouped(events / seconds), " events/s (Node.js lane)"));
+    }
+    // Every delivery acked: stopping the lane must return nothing to the queue.
+    StopChild(lane, sc);
+    absl::StatusOr<QueueState> after = QueueInfo(broker_, queue);
+    if (!after.ok() || after->messages != 0) {
+      sc.Fail("deliveries left unacked (returned to the queue when the lane stopped)");
+    }
+    DeleteQueues({queue});
+  }
+
+  // Inbound: webhooks at the fixed concurrency, each answered after its publish's confirm.
+  {
+    Scenario& sc = Add("baseline_inbound");
+    const std::string exchange = "bench.baseline.events";
+    const std::string sink = "bench.baseline.sink";
+    DeleteQueues({sink});
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    amqp::Topology t{.exchanges = {{.name = exchange, .type = "fanout"}},
+                     .queues = {{.name = sink}},
+                     .bindings = {{.queue = sink, .exchange = exchange}}};
+    if (!conn.ok() || !(*conn)->Apply(t).ok()) {
+      sc.Fail("cannot declare the baseline's events queue");
+      return;
+    }
+    const int port = FreePort();
+    auto lane = std::make_unique<Child>(
+        "node",
+        std::vector<std::string>{node, dir + "/inbound.js", amqp_url, exchange, absl::StrCat(port)},
+        run_dir + "/inbound.js.log");
+    const std::string url = absl::StrCat("http://127.0.0.1:", port, kWebhookPath);
+    http::Client client({});
+    const bool up = WaitUntil(
+        [&] {
+          if (!lane->Running()) return true;
+          return client.SendAndWait({.method = "GET", .url = url, .timeout = absl::Seconds(1)})
+              .ok();
+        },
+        absl::Seconds(20), absl::Milliseconds(50));
+    if (!up || !lane->Running()) {
+      sc.Fail(absl::StrCat("inbound.js did not come up:\n", lane->LogTail()));
+      StopChild(lane, sc);
+      return;
+    }
+    CpuWindow cpu;
+    cpu.Begin({{"rabbitmq", broker_pid_}, {"node", lane->pid()}, {"ess_bench", getpid()}});
+    double wrk_cpu = 0;
+    std::optional<std::string> r = RunWrk(sc, url, s_.wrk_connections, "webhook",
+                                          absl::StrCat("N", getpid()), s_.duration, &wrk_cpu);
+    cpu.End(sc, {{"wrk", wrk_cpu}});
+    if (r) {
+      const double seconds = JsonNumber(*r, "duration_us") / 1e6;
+      const double ok = JsonNumber(*r, "ok");
+      sc.Set("webhooks_per_s", seconds > 0 ? ok / seconds : 0);
+      sc.Set("ok", ok);
+      sc.Set("window_messages", ok);
+      sc.Set("non2xx", JsonNumber(*r, "non2xx"));
+      sc.Set("p50_ms", JsonNumber(*r, "p50") / 1e3);
+      sc.Set("p99_ms", JsonNumber(*r, "p99") / 1e3);
+      sc.Set("connections", s_.wrk_connections);
+      absl::StatusOr<QueueState> q = QueueInfo(broker_, sink);
+      const double on_bus = q.ok() ? static_cast<double>(q->messages) : -1.0;
+      sc.Set("on_bus", on_bus);
+      if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
+      Say(absl::StrCat("  ", Grouped(seconds > 0 ? ok / seconds : 0), " webhooks/s (Node.js lane, ",
+                       s_.wrk_connections, " connections)"));
+    }
+    StopChild(lane, sc);
+    DeleteQueues({sink});
+  }
+}
+
 // ---- report -------------------------------------------------------------------------------
 
 struct Row {
@@ -1562,6 +1719,37 @@ std::vector<Row> BuildRows(const Bench& b) {
       rows.push_back(replay);
     }
   }
+  // The Node.js baseline lanes, and ESS's figure against theirs in the same run.
+  if (auto base = fig("baseline_outbound", "events_per_s")) {
+    Row r{"baseline: Node.js outbound lane", Grouped(*base) + " ev/s"};
+    if (consume) {
+      r.ceiling = Grouped(*consume) + " consume+ack";
+      r.ratio = Percent(*base / *consume);
+    }
+    r.cpu = busiest("baseline_outbound");
+    rows.push_back(r);
+    if (out1) {
+      rows.push_back({"  ESS outbound / Node.js", absl::StrFormat("%.2fx", *out1 / *base)});
+    }
+  }
+  if (auto base = fig("baseline_inbound", "webhooks_per_s")) {
+    Row r{absl::StrCat("baseline: Node.js inbound lane (",
+                       fig("baseline_inbound", "connections").value_or(0), " connections)"),
+          Grouped(*base) + " req/s"};
+    if (publish) {
+      r.ceiling = Grouped(*publish) + " publish+confirm";
+      r.ratio = Percent(*base / *publish);
+    }
+    r.cpu = busiest("baseline_inbound");
+    rows.push_back(r);
+    if (auto in = fig("inbound", "webhooks_per_s")) {
+      const Scenario* sc = b.Find("inbound");
+      bool is_signed = false;
+      for (const auto& [key, value] : sc->notes) is_signed |= key == "signed" && value == "true";
+      rows.push_back({absl::StrCat("  ESS inbound", is_signed ? " (signed)" : "", " / Node.js"),
+                      absl::StrFormat("%.2fx", *in / *base)});
+    }
+  }
   // Peak RSS: the largest VmHWM of each service over the scenarios.
   std::map<std::string, std::pair<double, std::string>> peak;
   for (const Scenario& sc : b.scenarios()) {
@@ -1571,6 +1759,11 @@ std::vector<Row> BuildRows(const Bench& b) {
     }
   }
   for (const auto& [svc, v] : peak) {
+    if (svc == "node") {  // the baseline's lanes: no target
+      rows.push_back({"memory: node (baseline) peak RSS", absl::StrFormat("%.1f MiB", v.first),
+                      absl::StrCat("in ", v.second)});
+      continue;
+    }
     const double limit = svc == "replay_svc" ? 128 : 64;
     rows.push_back({absl::StrCat("memory: ", svc, " peak RSS"),
                     absl::StrFormat("%.1f MiB", v.first), absl::StrCat("in ", v.second), "",
@@ -1583,8 +1776,11 @@ std::vector<Row> BuildRows(const Bench& b) {
 // message costs whoever pays for it. At full load it is independent of how busy the machine
 // was; at a latency run's fixed rate it shows what the pace costs (fewer messages per wake-up).
 void PrintCpuPerMessage(const Bench& b) {
-  const std::vector<std::string> procs = {"rabbitmq",   "outbound_svc", "inbound_svc",
-                                          "replay_svc", "ess_bench",    "wrk"};
+  std::vector<std::string> procs = {"rabbitmq",   "outbound_svc", "inbound_svc",
+                                    "replay_svc", "ess_bench",    "wrk"};
+  if (b.Find("baseline_outbound") != nullptr || b.Find("baseline_inbound") != nullptr) {
+    procs.push_back("node");
+  }
   std::cout << "\nCPU time per message, microseconds (all replicas of a service added up; "
                "ess_bench is the partner server and the load generators)\n";
   std::vector<std::string> head = {"scenario"};
@@ -1858,6 +2054,8 @@ int Main(int argc, char** argv) {
   }
   if (want("replay")) bench.Replay();
   if (want("inbound")) bench.Inbound();
+  // Not part of "all": it needs Node.js and bench/baseline/install.sh.
+  if (std::find(wanted.begin(), wanted.end(), "baseline") != wanted.end()) bench.Baseline();
   bench.Stop();
   StopBroker();
 

@@ -91,5 +91,48 @@ TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
   }
 }
 
+// The Node.js lanes beside ESS's (--scenarios baseline): they move every event and
+// webhook, and the scenarios' own checks pass. They need Node.js and two npm packages, which
+// ./test.sh installs when the machine has node and npm.
+TEST(BenchSmokeTest, TheNodeJsBaselinePassesItsChecks) {
+  const std::string baseline = testing::RequiredEnv("ESS_SOURCE_DIR") + "/bench/baseline";
+  if (!std::filesystem::is_directory(baseline + "/node_modules/amqplib") ||
+      !std::filesystem::is_directory(baseline + "/node_modules/undici")) {
+    GTEST_SKIP() << "the Node.js baseline is not installed (bench/baseline/install.sh needs node "
+                    "and npm)";
+  }
+  testing::TempDir dir;
+  const std::string results = dir.File("results");
+  const testing::ToolRun run = testing::RunTool(
+      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
+       "--scenarios", "baseline", "--events", "2000", "--duration_s", "2", "--work_dir",
+       dir.File("work"), "--results_dir", results, "--source_dir",
+       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
+      dir.File("ess_bench.log"), absl::Seconds(120));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(results)) {
+    files.push_back(entry.path().string());
+  }
+  ASSERT_EQ(files.size(), 1u);
+  std::ifstream in(files[0]);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  rapidjson::Document doc;
+  doc.Parse(text.c_str(), text.size());
+  ASSERT_FALSE(doc.HasParseError()) << files[0];
+  const auto& scenarios = doc["scenarios"];
+  for (const char* name : {"baseline_outbound", "baseline_inbound"}) {
+    ASSERT_TRUE(scenarios.HasMember(name)) << name;
+    EXPECT_TRUE(scenarios[name]["passed"].GetBool()) << name << ": " << run.output;
+  }
+  const auto& out = scenarios["baseline_outbound"];
+  EXPECT_EQ(out["partner_requests"].GetDouble(), 2000);
+  EXPECT_EQ(out["duplicates"].GetDouble(), 0);
+  const auto& in_sc = scenarios["baseline_inbound"];
+  EXPECT_GT(in_sc["ok"].GetDouble(), 0);
+  EXPECT_GE(in_sc["on_bus"].GetDouble(), in_sc["ok"].GetDouble());
+}
+
 }  // namespace
 }  // namespace ess
