@@ -21,6 +21,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -62,8 +63,9 @@ ABSL_FLAG(bool, full, false,
           "The long run: --events=300000 --duration_s=30 unless those are given too.");
 ABSL_FLAG(std::string, scenarios, "all",
           "Comma-separated subset of: ceilings,http,outbound,latency,info,scaling,replay,inbound "
-          "(all: every one), and baseline (the issue's Node.js lanes; not in all, needs Node.js "
-          "and bench/baseline/install.sh).");
+          "(all: every one), and baseline (the issue's Node.js and Python lanes; not in all: "
+          "needs Node.js with bench/baseline/install.sh, and Debian's python3-pika, "
+          "python3-requests, python3-fastapi, python3-uvicorn).");
 ABSL_FLAG(std::string, replicas, "1,2,3", "Outbound lane replica counts of the scaling run.");
 ABSL_FLAG(double, latency_rate, 0,
           "Events/s of the outbound latency run; 0: half the rate the outbound run measured.");
@@ -352,7 +354,7 @@ class Bench {
   void BrokerLatency(double rate);
   void Replay();
   void Inbound();
-  // The issue's straightforward Node.js lanes (bench/baseline), measured like ESS's.
+  // The issue's Node.js and Python lanes (bench/baseline), measured like ESS's.
   void Baseline();
 
   const std::deque<Scenario>& scenarios() const { return scenarios_; }
@@ -1344,7 +1346,7 @@ void Bench::Inbound() {
   DeleteQueues({kSinkQueue});
 }
 
-// ---- the Node.js baseline ---------------------------------------------------------------
+// ---- the baselines ------------------------------------------------------------------------
 
 // The first executable `name` on PATH; empty if none.
 std::string FindOnPath(const std::string& name) {
@@ -1357,143 +1359,225 @@ std::string FindOnPath(const std::string& name) {
   return "";
 }
 
-// The lanes the issue measured ESS against, in the same run: amqplib with manual ack and a
-// confirm channel, undici's keep-alive pool. They do less per message than ESS's lanes (no
-// replay record, claim, signature check or retry schedule): the figures say what that costs.
-void Bench::Baseline() {
-  const std::string dir = s_.source_dir + "/bench/baseline";
+// A baseline's two lanes: how to start each, given the broker, the queue or exchange, the
+// partner's URL or the port to listen on.
+struct BaselineLanes {
+  std::string name;         // "node": the scenarios are baseline_<name>_outbound and _inbound
+  std::string process;      // its CPU column
+  std::string missing;      // why it cannot run here; empty if it can
+  uint64_t max_events = 0;  // outbound events at most (0: --events): a slow lane takes long
+  std::function<std::vector<std::string>(const std::string& queue, const std::string& partner)>
+      outbound;
+  std::function<std::vector<std::string>(const std::string& exchange, int port)> inbound;
+};
+
+std::vector<BaselineLanes> BaselinesFor(const Settings& s, const BrokerAddress& broker) {
+  const std::string dir = s.source_dir + "/bench/baseline";
+  const std::string amqp_url = absl::StrCat("amqp://guest:guest@", broker.host, ":", broker.port);
+  std::vector<BaselineLanes> lanes;
+
+  // The issue's straightforward Node.js lanes: amqplib with manual ack and a confirm channel,
+  // undici's keep-alive pool.
   const std::string node = FindOnPath("node");
+  BaselineLanes& js = lanes.emplace_back();
+  js.name = "node";
+  js.process = "node";
   if (node.empty() || access((dir + "/node_modules/amqplib").c_str(), R_OK) != 0 ||
       access((dir + "/node_modules/undici").c_str(), R_OK) != 0) {
-    Add("baseline_outbound")
-        .Fail("the Node.js baseline is not installed: run bench/baseline/install.sh");
-    return;
+    js.missing = "the Node.js baseline is not installed: run bench/baseline/install.sh";
   }
-  const std::string amqp_url = absl::StrCat("amqp://guest:guest@", broker_.host, ":", broker_.port);
-  const std::string run_dir = absl::StrCat(s_.run_dir, "/", ++stacks_, "-baseline");
-  std::filesystem::create_directories(run_dir);
+  js.outbound = [=, &s](const std::string& queue, const std::string& partner) {
+    return std::vector<std::string>{node,
+                                    dir + "/outbound.js",
+                                    amqp_url,
+                                    queue,
+                                    partner,
+                                    absl::StrCat(s.prefetch),
+                                    absl::StrCat(s.max_in_flight)};
+  };
+  js.inbound = [=](const std::string& exchange, int port) {
+    return std::vector<std::string>{node, dir + "/inbound.js", amqp_url, exchange,
+                                    absl::StrCat(port)};
+  };
 
-  // Outbound: preloaded events, drained by the Node.js lane into the partner.
-  {
-    Scenario& sc = Add("baseline_outbound");
-    const std::string queue = "bench.baseline.visits";
-    DeleteQueues({queue});
-    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
-        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
-      sc.Fail("cannot declare the baseline's queue");
-      return;
-    }
-    const uint64_t events = s_.events;
-    const std::string run = absl::StrCat("N", getpid());
-    PublishResult pre =
-        PublishConfirmed(broker_, {.routing_key = queue,
-                                   .type = "VisitScheduleUpdated",
-                                   .count = events,
-                                   .max_duration = absl::Seconds(120),
-                                   .window = s_.publish_window,
-                                   .make = [&run](uint64_t i, std::string* body, std::string* id) {
-                                     *id = absl::StrCat(run, "-", i);
-                                     *body = VisitEvent(*id, MonoNs());
-                                   }});
-    if (pre.confirmed != events) {
-      sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events, " confirmed"));
-      return;
-    }
-    WaitQuiet();
-    Say(absl::StrCat("  ", events, " events preloaded; starting the Node.js outbound lane"));
-    partner_.Reset(/*track_ids=*/true, 0);
-    auto lane = std::make_unique<Child>(
-        "node",
-        std::vector<std::string>{node, dir + "/outbound.js", amqp_url, queue,
-                                 absl::StrCat("http://127.0.0.1:", partner_.port(), "/api/slots"),
-                                 absl::StrCat(s_.prefetch), absl::StrCat(s_.max_in_flight)},
-        run_dir + "/outbound.js.log");
-    CpuWindow cpu;
-    cpu.Begin({{"rabbitmq", broker_pid_}, {"node", lane->pid()}, {"ess_bench", getpid()}});
-    const bool delivered =
-        WaitUntil([&] { return !lane->Running() || partner_.count() >= events; },
-                  absl::Seconds(std::max<double>(60, events / 1000.0)), absl::Milliseconds(2));
-    cpu.End(sc);
-    if (!delivered || partner_.count() < events) {
-      sc.Fail(absl::StrCat("the partner got ", partner_.count(), " of ", events, " events:\n",
-                           lane->LogTail()));
-    } else {
-      const double seconds = static_cast<double>(partner_.last_ns() - partner_.first_ns()) / 1e9;
-      sc.Set("events_per_s", seconds > 0 ? static_cast<double>(events) / seconds : 0);
-      sc.Set("window_messages", static_cast<double>(events));
-      sc.Set("partner_requests", static_cast<double>(partner_.count()));
-      sc.Set("duplicates", static_cast<double>(partner_.duplicates()));
-      Say(absl::StrCat("  ", Grouped(events / seconds), " events/s (Node.js lane)"));
-    }
-    // Every delivery acked: stopping the lane must return nothing to the queue.
-    StopChild(lane, sc);
-    absl::StatusOr<QueueState> after = QueueInfo(broker_, queue);
-    if (!after.ok() || after->messages != 0) {
-      sc.Fail("deliveries left unacked (returned to the queue when the lane stopped)");
-    }
-    DeleteQueues({queue});
+  // The original design's Python lanes, as it writes them: pika with auto-ack and one
+  // requests.post per event; FastAPI with a transient, unconfirmed publish per webhook.
+  // Debian's python3 and packages (scripts/install-deps.sh), not whatever python3 is first on
+  // PATH.
+  const std::string python = "/usr/bin/python3";
+  BaselineLanes& py = lanes.emplace_back();
+  py.name = "python";
+  py.process = "python3";
+  py.max_events = 20'000;
+  if (RunToCompletion({python, "-c", "import pika, requests, fastapi, uvicorn"},
+                      s.run_dir + "/python-check.log") != 0) {
+    py.missing =
+        "the Python baseline needs Debian's python3-pika, python3-requests, python3-fastapi and "
+        "python3-uvicorn (scripts/install-deps.sh)";
   }
+  py.outbound = [=](const std::string& queue, const std::string& partner) {
+    return std::vector<std::string>{
+        python, dir + "/outbound.py", broker.host, absl::StrCat(broker.port), queue, partner};
+  };
+  py.inbound = [=](const std::string& exchange, int port) {
+    return std::vector<std::string>{"/usr/bin/env",
+                                    absl::StrCat("ESS_AMQP_HOST=", broker.host),
+                                    absl::StrCat("ESS_AMQP_PORT=", broker.port),
+                                    absl::StrCat("ESS_EXCHANGE=", exchange),
+                                    python,
+                                    "-m",
+                                    "uvicorn",
+                                    "inbound:app",
+                                    "--app-dir",
+                                    dir,
+                                    "--host",
+                                    "127.0.0.1",
+                                    "--port",
+                                    absl::StrCat(port),
+                                    "--log-level",
+                                    "warning"};
+  };
+  return lanes;
+}
 
-  // Inbound: webhooks at the fixed concurrency, each answered after its publish's confirm.
-  {
-    Scenario& sc = Add("baseline_inbound");
-    const std::string exchange = "bench.baseline.events";
-    const std::string sink = "bench.baseline.sink";
-    DeleteQueues({sink});
-    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
-        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    amqp::Topology t{.exchanges = {{.name = exchange, .type = "fanout"}},
-                     .queues = {{.name = sink}},
-                     .bindings = {{.queue = sink, .exchange = exchange}}};
-    if (!conn.ok() || !(*conn)->Apply(t).ok()) {
-      sc.Fail("cannot declare the baseline's events queue");
-      return;
+// The lanes the issue measured ESS against, in the same run (bench/baseline). They do less per
+// message than ESS's lanes (no replay record, claim, signature check or retry schedule; the
+// Python ones no acks after delivery and no confirms either): the figures say what that costs.
+void Bench::Baseline() {
+  for (const BaselineLanes& lanes : BaselinesFor(s_, broker_)) {
+    const std::string prefix = absl::StrCat("baseline_", lanes.name);
+    if (!lanes.missing.empty()) {
+      Add(prefix + "_outbound").Fail(lanes.missing);
+      continue;
     }
-    const int port = FreePort();
-    auto lane = std::make_unique<Child>(
-        "node",
-        std::vector<std::string>{node, dir + "/inbound.js", amqp_url, exchange, absl::StrCat(port)},
-        run_dir + "/inbound.js.log");
-    const std::string url = absl::StrCat("http://127.0.0.1:", port, kWebhookPath);
-    http::Client client({});
-    const bool up = WaitUntil(
-        [&] {
-          if (!lane->Running()) return true;
-          return client.SendAndWait({.method = "GET", .url = url, .timeout = absl::Seconds(1)})
-              .ok();
-        },
-        absl::Seconds(20), absl::Milliseconds(50));
-    if (!up || !lane->Running()) {
-      sc.Fail(absl::StrCat("inbound.js did not come up:\n", lane->LogTail()));
+    const std::string run_dir = absl::StrCat(s_.run_dir, "/", ++stacks_, "-", prefix);
+    std::filesystem::create_directories(run_dir);
+
+    // Outbound: preloaded events, drained by the lane into the partner.
+    {
+      Scenario& sc = Add(prefix + "_outbound");
+      const std::string queue = absl::StrCat("bench.", prefix, ".visits");
+      DeleteQueues({queue});
+      absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+          amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+      if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+        sc.Fail("cannot declare the baseline's queue");
+        continue;
+      }
+      const uint64_t events =
+          lanes.max_events > 0 ? std::min<uint64_t>(s_.events, lanes.max_events) : s_.events;
+      sc.Set("events", static_cast<double>(events));
+      const std::string run = absl::StrCat("B", getpid(), lanes.name);
+      PublishResult pre = PublishConfirmed(
+          broker_, {.routing_key = queue,
+                    .type = "VisitScheduleUpdated",
+                    .count = events,
+                    .max_duration = absl::Seconds(120),
+                    .window = s_.publish_window,
+                    .make = [&run](uint64_t i, std::string* body, std::string* id) {
+                      *id = absl::StrCat(run, "-", i);
+                      *body = VisitEvent(*id, MonoNs());
+                    }});
+      if (pre.confirmed != events) {
+        sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events, " confirmed"));
+        continue;
+      }
+      WaitQuiet();
+      Say(absl::StrCat("  ", events, " events preloaded; starting the ", lanes.name,
+                       " outbound lane"));
+      partner_.Reset(/*track_ids=*/true, 0);
+      auto lane = std::make_unique<Child>(
+          lanes.process,
+          lanes.outbound(queue, absl::StrCat("http://127.0.0.1:", partner_.port(), "/api/slots")),
+          absl::StrCat(run_dir, "/outbound.log"));
+      CpuWindow cpu;
+      cpu.Begin({{"rabbitmq", broker_pid_}, {lanes.process, lane->pid()}, {"ess_bench", getpid()}});
+      const bool delivered =
+          WaitUntil([&] { return !lane->Running() || partner_.count() >= events; },
+                    absl::Seconds(std::max<double>(60, events / 500.0)), absl::Milliseconds(2));
+      cpu.End(sc);
+      if (!delivered || partner_.count() < events) {
+        sc.Fail(absl::StrCat("the partner got ", partner_.count(), " of ", events, " events:\n",
+                             lane->LogTail()));
+      } else {
+        const double seconds = static_cast<double>(partner_.last_ns() - partner_.first_ns()) / 1e9;
+        const double rate = seconds > 0 ? static_cast<double>(events) / seconds : 0;
+        sc.Set("events_per_s", rate);
+        sc.Set("window_messages", static_cast<double>(events));
+        sc.Set("partner_requests", static_cast<double>(partner_.count()));
+        sc.Set("duplicates", static_cast<double>(partner_.duplicates()));
+        Say(absl::StrCat("  ", Grouped(rate), " events/s (", lanes.name, " lane)"));
+      }
+      // Every delivery acked: stopping the lane must return nothing to the queue.
       StopChild(lane, sc);
-      return;
+      absl::StatusOr<QueueState> after = QueueInfo(broker_, queue);
+      if (!after.ok() || after->messages != 0) {
+        sc.Fail("deliveries left unacked (returned to the queue when the lane stopped)");
+      }
+      DeleteQueues({queue});
     }
-    CpuWindow cpu;
-    cpu.Begin({{"rabbitmq", broker_pid_}, {"node", lane->pid()}, {"ess_bench", getpid()}});
-    double wrk_cpu = 0;
-    std::optional<std::string> r = RunWrk(sc, url, s_.wrk_connections, "webhook",
-                                          absl::StrCat("N", getpid()), s_.duration, &wrk_cpu);
-    cpu.End(sc, {{"wrk", wrk_cpu}});
-    if (r) {
-      const double seconds = JsonNumber(*r, "duration_us") / 1e6;
-      const double ok = JsonNumber(*r, "ok");
-      sc.Set("webhooks_per_s", seconds > 0 ? ok / seconds : 0);
-      sc.Set("ok", ok);
-      sc.Set("window_messages", ok);
-      sc.Set("non2xx", JsonNumber(*r, "non2xx"));
-      sc.Set("p50_ms", JsonNumber(*r, "p50") / 1e3);
-      sc.Set("p99_ms", JsonNumber(*r, "p99") / 1e3);
-      sc.Set("connections", s_.wrk_connections);
-      absl::StatusOr<QueueState> q = QueueInfo(broker_, sink);
-      const double on_bus = q.ok() ? static_cast<double>(q->messages) : -1.0;
-      sc.Set("on_bus", on_bus);
-      if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
-      Say(absl::StrCat("  ", Grouped(seconds > 0 ? ok / seconds : 0), " webhooks/s (Node.js lane, ",
-                       s_.wrk_connections, " connections)"));
+
+    // Inbound: plain webhooks at the fixed concurrency; every 2xx must be on the bus.
+    {
+      Scenario& sc = Add(prefix + "_inbound");
+      const std::string exchange = absl::StrCat("bench.", prefix, ".events");
+      const std::string sink = absl::StrCat("bench.", prefix, ".sink");
+      DeleteQueues({sink});
+      absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+          amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+      amqp::Topology t{.exchanges = {{.name = exchange, .type = "fanout"}},
+                       .queues = {{.name = sink}},
+                       .bindings = {{.queue = sink, .exchange = exchange}}};
+      if (!conn.ok() || !(*conn)->Apply(t).ok()) {
+        sc.Fail("cannot declare the baseline's events queue");
+        continue;
+      }
+      const int port = FreePort();
+      auto lane = std::make_unique<Child>(lanes.process, lanes.inbound(exchange, port),
+                                          absl::StrCat(run_dir, "/inbound.log"));
+      const std::string url = absl::StrCat("http://127.0.0.1:", port, kWebhookPath);
+      http::Client client({});
+      const bool up = WaitUntil(
+          [&] {
+            if (!lane->Running()) return true;
+            return client.SendAndWait({.method = "GET", .url = url, .timeout = absl::Seconds(1)})
+                .ok();
+          },
+          absl::Seconds(20), absl::Milliseconds(50));
+      if (!up || !lane->Running()) {
+        sc.Fail(
+            absl::StrCat("the ", lanes.name, " inbound lane did not come up:\n", lane->LogTail()));
+        StopChild(lane, sc);
+        continue;
+      }
+      CpuWindow cpu;
+      cpu.Begin({{"rabbitmq", broker_pid_}, {lanes.process, lane->pid()}, {"ess_bench", getpid()}});
+      double wrk_cpu = 0;
+      std::optional<std::string> r =
+          RunWrk(sc, url, s_.wrk_connections, "webhook", absl::StrCat("B", getpid(), lanes.name),
+                 s_.duration, &wrk_cpu);
+      cpu.End(sc, {{"wrk", wrk_cpu}});
+      if (r) {
+        const double seconds = JsonNumber(*r, "duration_us") / 1e6;
+        const double ok = JsonNumber(*r, "ok");
+        const double rate = seconds > 0 ? ok / seconds : 0;
+        sc.Set("webhooks_per_s", rate);
+        sc.Set("ok", ok);
+        sc.Set("window_messages", ok);
+        sc.Set("non2xx", JsonNumber(*r, "non2xx"));
+        sc.Set("p50_ms", JsonNumber(*r, "p50") / 1e3);
+        sc.Set("p99_ms", JsonNumber(*r, "p99") / 1e3);
+        sc.Set("connections", s_.wrk_connections);
+        absl::StatusOr<QueueState> q = QueueInfo(broker_, sink);
+        const double on_bus = q.ok() ? static_cast<double>(q->messages) : -1.0;
+        sc.Set("on_bus", on_bus);
+        if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
+        Say(absl::StrCat("  ", Grouped(rate), " webhooks/s (", lanes.name, " lane, ",
+                         s_.wrk_connections, " connections)"));
+      }
+      StopChild(lane, sc);
+      DeleteQueues({sink});
     }
-    StopChild(lane, sc);
-    DeleteQueues({sink});
   }
 }
 
@@ -1719,35 +1803,42 @@ std::vector<Row> BuildRows(const Bench& b) {
       rows.push_back(replay);
     }
   }
-  // The Node.js baseline lanes, and ESS's figure against theirs in the same run.
-  if (auto base = fig("baseline_outbound", "events_per_s")) {
-    Row r{"baseline: Node.js outbound lane", Grouped(*base) + " ev/s"};
-    if (consume) {
-      r.ceiling = Grouped(*consume) + " consume+ack";
-      r.ratio = Percent(*base / *consume);
+  // The baseline lanes, and ESS's figure against theirs in the same run.
+  for (const auto& [lang, label] : {std::pair<const char*, const char*>{"node", "Node.js"},
+                                    std::pair<const char*, const char*>{"python", "Python"}}) {
+    const std::string out_name = absl::StrCat("baseline_", lang, "_outbound");
+    const std::string in_name = absl::StrCat("baseline_", lang, "_inbound");
+    if (auto base = fig(out_name.c_str(), "events_per_s")) {
+      Row r{absl::StrCat("baseline: ", label, " outbound lane"), Grouped(*base) + " ev/s"};
+      if (consume) {
+        r.ceiling = Grouped(*consume) + " consume+ack";
+        r.ratio = Percent(*base / *consume);
+      }
+      r.cpu = busiest(out_name.c_str());
+      rows.push_back(r);
+      if (out1) {
+        rows.push_back(
+            {absl::StrCat("  ESS outbound / ", label), absl::StrFormat("%.2fx", *out1 / *base)});
+      }
     }
-    r.cpu = busiest("baseline_outbound");
-    rows.push_back(r);
-    if (out1) {
-      rows.push_back({"  ESS outbound / Node.js", absl::StrFormat("%.2fx", *out1 / *base)});
-    }
-  }
-  if (auto base = fig("baseline_inbound", "webhooks_per_s")) {
-    Row r{absl::StrCat("baseline: Node.js inbound lane (",
-                       fig("baseline_inbound", "connections").value_or(0), " connections)"),
-          Grouped(*base) + " req/s"};
-    if (publish) {
-      r.ceiling = Grouped(*publish) + " publish+confirm";
-      r.ratio = Percent(*base / *publish);
-    }
-    r.cpu = busiest("baseline_inbound");
-    rows.push_back(r);
-    if (auto in = fig("inbound", "webhooks_per_s")) {
-      const Scenario* sc = b.Find("inbound");
-      bool is_signed = false;
-      for (const auto& [key, value] : sc->notes) is_signed |= key == "signed" && value == "true";
-      rows.push_back({absl::StrCat("  ESS inbound", is_signed ? " (signed)" : "", " / Node.js"),
-                      absl::StrFormat("%.2fx", *in / *base)});
+    if (auto base = fig(in_name.c_str(), "webhooks_per_s")) {
+      Row r{absl::StrCat("baseline: ", label, " inbound lane (",
+                         fig(in_name.c_str(), "connections").value_or(0), " connections)"),
+            Grouped(*base) + " req/s"};
+      if (publish) {
+        r.ceiling = Grouped(*publish) + " publish+confirm";
+        r.ratio = Percent(*base / *publish);
+      }
+      r.cpu = busiest(in_name.c_str());
+      rows.push_back(r);
+      if (auto in = fig("inbound", "webhooks_per_s")) {
+        bool is_signed = false;
+        for (const auto& [key, value] : b.Find("inbound")->notes) {
+          is_signed |= key == "signed" && value == "true";
+        }
+        rows.push_back({absl::StrCat("  ESS inbound", is_signed ? " (signed)" : "", " / ", label),
+                        absl::StrFormat("%.2fx", *in / *base)});
+      }
     }
   }
   // Peak RSS: the largest VmHWM of each service over the scenarios.
@@ -1759,9 +1850,9 @@ std::vector<Row> BuildRows(const Bench& b) {
     }
   }
   for (const auto& [svc, v] : peak) {
-    if (svc == "node") {  // the baseline's lanes: no target
-      rows.push_back({"memory: node (baseline) peak RSS", absl::StrFormat("%.1f MiB", v.first),
-                      absl::StrCat("in ", v.second)});
+    if (svc == "node" || svc == "python3") {  // the baselines' lanes: no target
+      rows.push_back({absl::StrCat("memory: ", svc, " (baseline) peak RSS"),
+                      absl::StrFormat("%.1f MiB", v.first), absl::StrCat("in ", v.second)});
       continue;
     }
     const double limit = svc == "replay_svc" ? 128 : 64;
@@ -1778,8 +1869,16 @@ std::vector<Row> BuildRows(const Bench& b) {
 void PrintCpuPerMessage(const Bench& b) {
   std::vector<std::string> procs = {"rabbitmq",   "outbound_svc", "inbound_svc",
                                     "replay_svc", "ess_bench",    "wrk"};
-  if (b.Find("baseline_outbound") != nullptr || b.Find("baseline_inbound") != nullptr) {
-    procs.push_back("node");
+  for (const char* baseline : {"node", "python3"}) {
+    for (const Scenario& sc : b.scenarios()) {
+      if (sc.name.rfind("baseline_", 0) != 0) continue;
+      bool has = false;
+      for (const auto& [name, pct] : sc.cpu_percent) has |= name == baseline;
+      if (has) {
+        procs.push_back(baseline);
+        break;
+      }
+    }
   }
   std::cout << "\nCPU time per message, microseconds (all replicas of a service added up; "
                "ess_bench is the partner server and the load generators)\n";
@@ -2054,7 +2153,8 @@ int Main(int argc, char** argv) {
   }
   if (want("replay")) bench.Replay();
   if (want("inbound")) bench.Inbound();
-  // Not part of "all": it needs Node.js and bench/baseline/install.sh.
+  // Not part of "all": it needs Node.js with bench/baseline/install.sh, and Debian's Python
+  // packages.
   if (std::find(wanted.begin(), wanted.end(), "baseline") != wanted.end()) bench.Baseline();
   bench.Stop();
   StopBroker();

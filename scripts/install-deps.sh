@@ -24,6 +24,9 @@ PACKAGES=(
   iproute2 procps ca-certificates openssl
   # the benchmark's HTTP load generator (./bench.sh)
   wrk
+  # the benchmark's Python baseline: the original design's lanes (bench/baseline, --scenarios
+  # baseline). The Node.js baseline uses the machine's node and npm when there are any.
+  python3 python3-pika python3-requests python3-fastapi python3-uvicorn
 )
 
 missing=()
