@@ -383,6 +383,9 @@ class Bench {
   std::vector<CpuWindow::Proc> Procs(const Stack& st) const;
   absl::StatusOr<ess::v1::PartnerStats> Stats(Stack& st, ess::v1::Direction direction);
   void DeleteQueues(const std::vector<std::string>& queues);
+  // Publishes `events` visit events with ids "RUN-i" to `queue`, persistent and confirmed: an
+  // outbound run's preloaded work.
+  PublishResult PreloadVisits(const std::string& queue, uint64_t events, const std::string& run);
   // Runs wrk against `url`; fills `sc` with its figures. Returns the WRK_RESULT JSON line.
   // `signatures`: the base path SignWebhooks() returned, for signed webhooks.
   std::optional<std::string> RunWrk(Scenario& sc, const std::string& url, int connections,
@@ -450,6 +453,19 @@ void Bench::DeleteQueues(const std::vector<std::string>& queues) {
       amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
   if (!conn.ok()) return;
   for (const std::string& q : queues) (void)(*conn)->DeleteQueue(q);
+}
+
+PublishResult Bench::PreloadVisits(const std::string& queue, uint64_t events,
+                                   const std::string& run) {
+  return PublishConfirmed(broker_, {.routing_key = queue,
+                                    .type = "VisitScheduleUpdated",
+                                    .count = events,
+                                    .max_duration = absl::Seconds(120),
+                                    .window = s_.publish_window,
+                                    .make = [&run](uint64_t i, std::string* body, std::string* id) {
+                                      *id = absl::StrCat(run, "-", i);
+                                      *body = VisitEvent(*id, MonoNs());
+                                    }});
 }
 
 absl::Status Bench::StartStack(Stack& st, const std::string& tag, const std::string& log_level) {
@@ -758,16 +774,7 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
     }
   }
   const std::string run = absl::StrCat("E", getpid(), "-", st.dir.substr(st.dir.rfind('/') + 1));
-  PublishResult pre =
-      PublishConfirmed(broker_, {.routing_key = st.queue,
-                                 .type = "VisitScheduleUpdated",
-                                 .count = events,
-                                 .max_duration = absl::Seconds(120),
-                                 .window = s_.publish_window,
-                                 .make = [&run](uint64_t i, std::string* body, std::string* id) {
-                                   *id = absl::StrCat(run, "-", i);
-                                   *body = VisitEvent(*id, MonoNs());
-                                 }});
+  PublishResult pre = PreloadVisits(st.queue, events, run);
   if (pre.confirmed != events) {
     sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events,
                          " confirmed: ", pre.status.message()));
@@ -1468,16 +1475,7 @@ void Bench::Baseline() {
           lanes.max_events > 0 ? std::min<uint64_t>(s_.events, lanes.max_events) : s_.events;
       sc.Set("events", static_cast<double>(events));
       const std::string run = absl::StrCat("B", getpid(), lanes.name);
-      PublishResult pre = PublishConfirmed(
-          broker_, {.routing_key = queue,
-                    .type = "VisitScheduleUpdated",
-                    .count = events,
-                    .max_duration = absl::Seconds(120),
-                    .window = s_.publish_window,
-                    .make = [&run](uint64_t i, std::string* body, std::string* id) {
-                      *id = absl::StrCat(run, "-", i);
-                      *body = VisitEvent(*id, MonoNs());
-                    }});
+      PublishResult pre = PreloadVisits(queue, events, run);
       if (pre.confirmed != events) {
         sc.Fail(absl::StrCat("preload: ", pre.confirmed, " of ", events, " confirmed"));
         continue;
