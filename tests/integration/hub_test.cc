@@ -367,8 +367,22 @@ TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
       },
       absl::Seconds(30)));
 
-  auto outbound = http_.SendAndWait(
-      {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics")});
+  // The lane counts a message when it settles it, just after its record is stored: the store's
+  // figures can be ahead of the lane's counters for a moment.
+  absl::StatusOr<http::Response> outbound;
+  WaitFor(
+      [&] {
+        outbound = http_.SendAndWait(
+            {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics")});
+        return outbound.ok() &&
+               absl::StrContains(
+                   outbound->body,
+                   R"(ess_outbound_messages_total{partner="prison_calendar",outcome="parked"} 1)") &&
+               absl::StrContains(
+                   outbound->body,
+                   R"(ess_outbound_messages_total{partner="prison_calendar",outcome="delivered"} 3)");
+      },
+      absl::Seconds(10));
   ASSERT_TRUE(outbound.ok()) << outbound.status();
   ASSERT_EQ(outbound->status, 200);
   EXPECT_THAT(Samples(outbound->body, "ess_outbound_messages_total"),
