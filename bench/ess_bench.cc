@@ -234,6 +234,19 @@ struct Scenario {
   }
 };
 
+// A latency run's p99 of each second (see latency_stats.h): its figures, and its words for the
+// progress line.
+void SetPerSecondP99(Scenario& sc, const SecondP99& p) {
+  sc.Set("p99_per_second_median_ms", p.median_ms);
+  sc.Set("p99_per_second_worst_ms", p.worst_ms);
+  sc.Set("p99_seconds", static_cast<double>(p.seconds));
+}
+
+std::string PerSecondP99Text(const SecondP99& p) {
+  return absl::StrFormat("; p99 of each second: median %.2f ms, worst %.2f ms", p.median_ms,
+                         p.worst_ms);
+}
+
 // Busy ticks of the whole machine (all CPUs) from /proc/stat.
 uint64_t MachineBusyTicks() {
   std::ifstream in("/proc/stat");
@@ -891,9 +904,7 @@ void Bench::OutboundLatency(const std::string& name, double rate) {
   for (const auto& [sent_ns, latency_ns] : samples) lat.push_back(latency_ns);
   std::sort(lat.begin(), lat.end());
   const SecondP99 per_second = PerSecondP99(samples, warm_until);
-  sc.Set("p99_per_second_median_ms", per_second.median_ms);
-  sc.Set("p99_per_second_worst_ms", per_second.worst_ms);
-  sc.Set("p99_seconds", static_cast<double>(per_second.seconds));
+  SetPerSecondP99(sc, per_second);
   sc.Set("published", static_cast<double>(p.published));
   sc.Set("window_messages", static_cast<double>(p.published));  // for the CPU per message
   sc.Set("achieved_rate", static_cast<double>(p.published) / absl::ToDoubleSeconds(p.elapsed));
@@ -909,8 +920,7 @@ void Bench::OutboundLatency(const std::string& name, double rate) {
   StopStack(st, sc);
   Say(absl::StrCat("  at ", Grouped(rate), " events/s: p50 ", Ms(PercentileOf(lat, 50)), " p99 ",
                    Ms(PercentileOf(lat, 99)), " p99.9 ", Ms(PercentileOf(lat, 99.9)),
-                   "; p99 of each second: median ", absl::StrFormat("%.2f", per_second.median_ms),
-                   " ms, worst ", absl::StrFormat("%.2f", per_second.worst_ms), " ms"));
+                   PerSecondP99Text(per_second)));
 }
 
 void Bench::BrokerLatency(double rate) {
@@ -1328,9 +1338,7 @@ void Bench::Inbound() {
       lat_sc.Set("p99_ms", PercentileOf(lat, 99) / 1e6);
       lat_sc.Set("p999_ms", PercentileOf(lat, 99.9) / 1e6);
       const SecondP99 per_second = PerSecondP99(posted.ok_latencies, warm_until);
-      lat_sc.Set("p99_per_second_median_ms", per_second.median_ms);
-      lat_sc.Set("p99_per_second_worst_ms", per_second.worst_ms);
-      lat_sc.Set("p99_seconds", static_cast<double>(per_second.seconds));
+      SetPerSecondP99(lat_sc, per_second);
       const ConsumeResult& drained = subscriber.Join();
       lat_sc.Set("consumed", static_cast<double>(drained.consumed));
       if (ok != count) {
@@ -1342,9 +1350,7 @@ void Bench::Inbound() {
                                  drained.status.message()));
       }
       Say(absl::StrCat("  at ", Grouped(target), " webhooks/s: p50 ", Ms(PercentileOf(lat, 50)),
-                       " p99 ", Ms(PercentileOf(lat, 99)), "; p99 of each second: median ",
-                       absl::StrFormat("%.2f", per_second.median_ms), " ms, worst ",
-                       absl::StrFormat("%.2f", per_second.worst_ms), " ms"));
+                       " p99 ", Ms(PercentileOf(lat, 99)), PerSecondP99Text(per_second)));
     } else {
       lat_sc.Fail("no inbound rate to take a share of");
     }
@@ -1381,12 +1387,12 @@ struct BaselineLanes {
 std::vector<BaselineLanes> BaselinesFor(const Settings& s, const BrokerAddress& broker) {
   const std::string dir = s.source_dir + "/bench/baseline";
   const std::string amqp_url = absl::StrCat("amqp://guest:guest@", broker.host, ":", broker.port);
-  std::vector<BaselineLanes> lanes;
+  std::vector<BaselineLanes> lanes(2);
 
   // The issue's straightforward Node.js lanes: amqplib with manual ack and a confirm channel,
   // undici's keep-alive pool.
   const std::string node = FindOnPath("node");
-  BaselineLanes& js = lanes.emplace_back();
+  BaselineLanes& js = lanes[0];
   js.name = "node";
   js.process = "node";
   if (node.empty() || access((dir + "/node_modules/amqplib").c_str(), R_OK) != 0 ||
@@ -1412,7 +1418,7 @@ std::vector<BaselineLanes> BaselinesFor(const Settings& s, const BrokerAddress& 
   // Debian's python3 and packages (scripts/install-deps.sh), not whatever python3 is first on
   // PATH.
   const std::string python = "/usr/bin/python3";
-  BaselineLanes& py = lanes.emplace_back();
+  BaselineLanes& py = lanes[1];
   py.name = "python";
   py.process = "python3";
   py.max_events = 20'000;
