@@ -164,6 +164,9 @@ std::string Authorization(const std::string& token) {
   return token.empty() ? std::string() : absl::StrCat("Bearer ", token);
 }
 
+// The done of a record whose outcome another record's done reports.
+void Ignore(absl::Status /*status*/) {}
+
 template <typename Calls>
 class Batcher {
  public:
@@ -194,15 +197,29 @@ class Batcher {
     {
       absl::MutexLock lock(&mu_);
       if (!stopping_) {
-        if (open_ == nullptr) {
-          open_ = std::make_unique<Batch>();
-          open_->opened_at = absl::Now();
-          Calls::Items(open_->request)->Reserve(static_cast<int>(batch_max_));
-          open_->dones.reserve(batch_max_);
+        AddLocked(std::move(item), std::move(done));
+        return;
+      }
+    }
+    std::move(done)(absl::CancelledError("replay recorder is stopped"));
+  }
+
+  // Queues `items` into one batch, in this order (a batch may then hold more than batch_max):
+  // `done` runs once, with that batch's outcome. Only for calls whose batch succeeds or fails
+  // whole (Record). After BeginStop(), completes `done` with CANCELLED at once instead.
+  void AddTogether(std::vector<Item> items, Done done) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stopping_) {
+        if (open_ != nullptr && open_->dones.size() + items.size() > batch_max_) {
+          full_.push_back(std::move(open_));
         }
-        *Calls::Items(open_->request)->Add() = std::move(item);
-        open_->dones.push_back(std::move(done));
-        if (open_->dones.size() >= batch_max_) full_.push_back(std::move(open_));
+        for (size_t i = 0; i + 1 < items.size(); ++i) {
+          OpenLocked();
+          *Calls::Items(open_->request)->Add() = std::move(items[i]);
+          open_->dones.emplace_back(&Ignore);  // the last item's done speaks for all
+        }
+        AddLocked(std::move(items.back()), std::move(done));
         return;
       }
     }
@@ -229,6 +246,21 @@ class Batcher {
   }
 
  private:
+  void OpenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (open_ != nullptr) return;
+    open_ = std::make_unique<Batch>();
+    open_->opened_at = absl::Now();
+    Calls::Items(open_->request)->Reserve(static_cast<int>(batch_max_));
+    open_->dones.reserve(batch_max_);
+  }
+
+  void AddLocked(Item item, Done done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    OpenLocked();
+    *Calls::Items(open_->request)->Add() = std::move(item);
+    open_->dones.push_back(std::move(done));
+    if (open_->dones.size() >= batch_max_) full_.push_back(std::move(open_));
+  }
+
   struct Batch {
     typename Calls::Request request;
     std::vector<Done> dones;
@@ -393,6 +425,14 @@ ReplayRecorder::~ReplayRecorder() { Stop(); }
 
 void ReplayRecorder::Record(ess::v1::MessageRecord record, Done done) {
   impl_->records.Add(std::move(record), std::move(done));
+}
+
+void ReplayRecorder::RecordTogether(std::vector<ess::v1::MessageRecord> records, Done done) {
+  if (records.empty()) {
+    std::move(done)(absl::OkStatus());
+    return;
+  }
+  impl_->records.AddTogether(std::move(records), std::move(done));
 }
 
 void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {

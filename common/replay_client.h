@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
@@ -69,6 +70,10 @@ class ReplayRecorder {
   ReplayRecorder& operator=(const ReplayRecorder&) = delete;
 
   void Record(ess::v1::MessageRecord record, Done done);
+  // Like Record, for records that belong together: they go in one Record call, in this order,
+  // so the store keeps all or none of them, and `done` runs once with that outcome (OK at once
+  // for none).
+  void RecordTogether(std::vector<ess::v1::MessageRecord> records, Done done);
 
   using LookupDone = absl::AnyInvocable<void(absl::StatusOr<ess::v1::MessageRecord>) &&>;
   // Thread-safe, asynchronous: `done` gets the stored record of `key`, NOT_FOUND if there is

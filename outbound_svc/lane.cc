@@ -449,20 +449,6 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
       Requeue(*round->job);
       return;
     }
-    for (const adapters::InboundEvent& ev : round->result.confirmations) {
-      ess::v1::MessageRecord rec;
-      rec.set_direction(ess::v1::DIRECTION_INBOUND);
-      rec.set_partner(p.partner.name);
-      rec.set_correlation_id(ev.correlation_id);
-      rec.set_message_id(absl::StrCat(ev.correlation_id, ":", ev.event_type));
-      rec.set_event_type(ev.event_type);
-      rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
-      rec.set_rendered(ev.body);
-      rec.set_source(absl::StrCat("response to ", round->job->delivery.queue));
-      rec.set_attempts(1);
-      *rec.mutable_received_at() = ToProto(absl::Now());
-      recorder_->Record(std::move(rec), [](absl::Status) {});
-    }
     Complete(p, std::move(round->job), std::move(round->result));
   };
   if (publisher_ == nullptr) {  // a wiring error: keep the message rather than drop the event
@@ -489,25 +475,49 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
 
 void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
   const bool dry = result.dry_run;
+  // The delivery first, then what the partner answered to it (published by Confirm): one Record
+  // call, so a trail never reads "confirmed" without "delivered", and no ack goes out unless
+  // all of them are stored.
+  std::vector<ess::v1::MessageRecord> records;
+  records.reserve(1 + result.confirmations.size());
+  records.push_back(
+      MakeRecord(p, *job, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
+                 std::move(result.rendered), absl::OkStatus()));
+  for (const adapters::InboundEvent& ev : result.confirmations) {
+    ess::v1::MessageRecord& rec = records.emplace_back();
+    rec.set_direction(ess::v1::DIRECTION_INBOUND);
+    rec.set_partner(p.partner.name);
+    rec.set_correlation_id(ev.correlation_id);
+    rec.set_message_id(absl::StrCat(ev.correlation_id, ":", ev.event_type));
+    rec.set_event_type(ev.event_type);
+    rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
+    rec.set_rendered(ev.body);
+    rec.set_source(absl::StrCat("response to ", job->delivery.queue));
+    rec.set_attempts(1);
+    *rec.mutable_received_at() = ToProto(absl::Now());
+  }
   Job* raw = job.release();
-  Record(p, *raw, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
-         std::move(result.rendered), absl::OkStatus(), [this, &p, raw, dry](absl::Status s) {
-           std::unique_ptr<Job> owned(raw);
-           if (s.ok()) {
-             (dry ? p.dry_run : p.delivered).fetch_add(1, std::memory_order_relaxed);
-             Audit(p, *owned,
-                   dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
-                   absl::OkStatus());
-             Ack(*owned);
-             return;
-           }
-           // No ack without its record: the broker redelivers it; the lane pauses until the
-           // store answers again.
-           log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
-                     {{"error", ToStd(s.message())}});
-           if (StoreUnreachable(s)) PauseForStore(s);
-           Requeue(*owned);
-         });
+  auto recorded = [this, &p, raw, dry](absl::Status s) {
+    std::unique_ptr<Job> owned(raw);
+    if (s.ok()) {
+      (dry ? p.dry_run : p.delivered).fetch_add(1, std::memory_order_relaxed);
+      Audit(p, *owned, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
+            absl::OkStatus());
+      Ack(*owned);
+      return;
+    }
+    // No ack without its record: the broker redelivers it; the lane pauses until the
+    // store answers again.
+    log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
+              {{"error", ToStd(s.message())}});
+    if (StoreUnreachable(s)) PauseForStore(s);
+    Requeue(*owned);
+  };
+  if (records.size() == 1) {
+    recorder_->Record(std::move(records.front()), std::move(recorded));
+  } else {
+    recorder_->RecordTogether(std::move(records), std::move(recorded));
+  }
 }
 
 void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
@@ -591,6 +601,11 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
 
 void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string rendered,
                   const absl::Status& error, ReplayRecorder::Done done) {
+  recorder_->Record(MakeRecord(p, job, status, std::move(rendered), error), std::move(done));
+}
+
+ess::v1::MessageRecord Lane::MakeRecord(PartnerState& p, Job& job, MessageStatus status,
+                                        std::string rendered, const absl::Status& error) {
   ess::v1::MessageRecord rec;
   rec.set_direction(ess::v1::DIRECTION_OUTBOUND);
   rec.set_partner(p.partner.name);
@@ -605,7 +620,7 @@ void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string r
   rec.set_dry_run(status == ess::v1::MESSAGE_STATUS_DRY_RUN);
   rec.set_source(job.delivery.queue);
   *rec.mutable_received_at() = ToProto(job.received_at);
-  recorder_->Record(std::move(rec), std::move(done));
+  return rec;
 }
 
 void Lane::Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,

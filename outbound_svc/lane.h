@@ -127,9 +127,10 @@ class Lane {
   void Pump(PartnerState& p);
   void Dispatch(PartnerState& p, std::unique_ptr<Job> job);
   void OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
-  // Records a delivered (or dry-run) job, then acks it.
+  // Records a delivered (or dry-run) job, with the confirmations it published after it in the
+  // same Record call, then acks it.
   void Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
-  // Publishes and records the confirmations of a delivered job, then completes it.
+  // Publishes the confirmations of a delivered job, then completes it.
   void Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result);
   void Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
              absl::Duration retry_after);
@@ -137,6 +138,8 @@ class Lane {
   void Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason);
   void Record(PartnerState& p, Job& job, ess::v1::MessageStatus status, std::string rendered,
               const absl::Status& error, ReplayRecorder::Done done);
+  ess::v1::MessageRecord MakeRecord(PartnerState& p, Job& job, ess::v1::MessageStatus status,
+                                    std::string rendered, const absl::Status& error);
   void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
              const absl::Status& error);
   // Breaker bookkeeping of one push outcome; true if the breaker just opened.
