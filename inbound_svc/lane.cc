@@ -100,6 +100,7 @@ struct Lane::Call {
   std::vector<adapters::InboundEvent> events;   // the events this call owns (not duplicates)
   std::vector<std::string> ids;                 // their message ids
   std::vector<ess::v1::ClaimOutcome> outcomes;  // round 1's answers
+  absl::Time round_started;                     // when the current round's first request went
   size_t duplicates = 0;
   bool finished = false;
 
@@ -270,6 +271,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   }
   // From the first claim on, the answers run on the recorder's threads, and the last one moves
   // on to OnClaimed, which rewrites `call->events`: nothing below may read `call`'s fields.
+  call->round_started = absl::Now();
   for (size_t i = 0; i < n; ++i) {
     recorder_->Claim(
         std::move(claims[i]), [this, call, i](absl::StatusOr<ess::v1::ClaimOutcome> outcome) {
@@ -287,6 +289,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
 }
 
 void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
+  claim_seconds_.Observe(absl::Now() - call->round_started);
   if (error.ok()) {
     // What the store holds for someone else is not this call's to publish.
     bool in_progress = false;
@@ -341,6 +344,7 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
     msg.headers.emplace_back(bus::kPartnerHeader, call->partner);
   }
   // As with the claims: once the first publish is out, `call` belongs to the confirms.
+  call->round_started = absl::Now();
   for (amqp::Message& msg : messages) {
     publisher_->Publish(options_.events_exchange, "", std::move(msg),
                         [this, call](absl::Status s) { OnPublished(call, s); });
@@ -350,6 +354,7 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
 void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
   absl::Status error;
   if (!call->Settle(status, &error)) return;
+  publish_seconds_.Observe(absl::Now() - call->round_started);
   if (!error.ok()) {
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
     log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
@@ -404,6 +409,7 @@ void Lane::Finish(Call& call, int status, std::string body) {
   http::ServerResponse resp{.status = status, .body = std::move(body)};
   if (status == 503) resp.headers.emplace_back("Retry-After", "1");
   std::move(call.responder).Send(std::move(resp));
+  call_seconds_.Observe(absl::Now() - call.received_at);
 }
 
 std::vector<prometheus::MetricFamily> Lane::Metrics() const {
@@ -423,9 +429,24 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   metrics::AddSample(refused, {{"reason", "rejected"}}, counters_.rejected.load());
   metrics::AddSample(refused, {{"reason", "unauthenticated"}}, counters_.unauthenticated.load());
   metrics::AddSample(refused, {{"reason", "unavailable"}}, counters_.unavailable.load());
+  prometheus::MetricFamily stages = metrics::Family(
+      "ess_inbound_stage_seconds",
+      "Time of a webhook's rounds: claim (its ids claimed in the replay store, first request to "
+      "last answer) and publish (its events published, first publish to last broker confirm).",
+      prometheus::MetricType::Histogram);
+  claim_seconds_.AddTo(stages, {{"stage", "claim"}});
+  publish_seconds_.AddTo(stages, {{"stage", "publish"}});
+  prometheus::MetricFamily calls = metrics::Family(
+      "ess_inbound_webhook_seconds",
+      "Time from a webhook's events being taken (the request read, verified and mapped) to its "
+      "answer (200, or 503 when the store or the bus failed it).",
+      prometheus::MetricType::Histogram);
+  call_seconds_.AddTo(calls, {});
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(events));
   families.push_back(std::move(refused));
+  families.push_back(std::move(stages));
+  families.push_back(std::move(calls));
   families.push_back(metrics::Single("ess_inbound_requests_total",
                                      "HTTP requests received (health checks and scrapes included).",
                                      prometheus::MetricType::Counter, counters_.requests.load()));

@@ -46,6 +46,7 @@
 #include "common/amqp.h"
 #include "common/audit.h"
 #include "common/http_server.h"
+#include "common/metrics.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
 #include "prometheus/metric_family.h"
@@ -135,6 +136,9 @@ class Lane {
   http::Server server_;
   RecentIds recent_;
   Counters counters_;
+  // Where a webhook's time goes: its claims in the store (first sent to last answered), its
+  // publishes (first sent to last confirmed), and the whole call (taken to answered).
+  metrics::Latency claim_seconds_, publish_seconds_, call_seconds_;
 };
 
 }  // namespace ess::inbound

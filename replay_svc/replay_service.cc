@@ -215,6 +215,10 @@ void ReplayServiceImpl::Finish(grpc::ServerUnaryReactor* reactor, Authorizer::Me
   reactor->Finish(status);
 }
 
+metrics::Latency* ReplayServiceImpl::Runs(Authorizer::Method method) {
+  return &runs_[static_cast<size_t>(method)];
+}
+
 std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   prometheus::MetricFamily calls = metrics::Family(
       "ess_replay_calls_total",
@@ -233,8 +237,25 @@ std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   metrics::AddSample(replays, {{"outcome", "replayed"}}, replayed_.load());
   metrics::AddSample(replays, {{"outcome", "skipped"}}, replay_skipped_.load());
   metrics::AddSample(replays, {{"outcome", "failed"}}, replay_failed_.load());
+  prometheus::MetricFamily runs = metrics::Family(
+      "ess_replay_store_seconds",
+      "Time a call's work took on a store thread (the store's reads or transaction), by method.",
+      prometheus::MetricType::Histogram);
+  for (size_t m = 0; m < kMethods; ++m) {
+    runs_[m].AddTo(runs, {{"method", Authorizer::MethodName(static_cast<Authorizer::Method>(m))}});
+  }
+  prometheus::MetricFamily waits = metrics::Family(
+      "ess_replay_queue_wait_seconds",
+      "Time a call's work waited for a store thread: read (one per reader connection), write "
+      "(the one writer: Record, Claim, UpdateStatus) or replay.",
+      prometheus::MetricType::Histogram);
+  reads_.waits().AddTo(waits, {{"queue", "read"}});
+  writes_.waits().AddTo(waits, {{"queue", "write"}});
+  replays_.waits().AddTo(waits, {{"queue", "replay"}});
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(calls));
+  families.push_back(std::move(runs));
+  families.push_back(std::move(waits));
   families.push_back(metrics::Single("ess_replay_records_stored_total",
                                      "Records stored by Record calls.",
                                      prometheus::MetricType::Counter, stored_.load()));
@@ -256,7 +277,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Record(grpc::CallbackServerContext*
   } else if (request->records().empty()) {
     Finish(reactor, Authorizer::Method::kRecord, grpc::Status::OK);
   } else {
-    writes_.Post([this, request, response, reactor] {
+    writes_.Post(Runs(Authorizer::Method::kRecord), [this, request, response, reactor] {
       absl::StatusOr<uint32_t> stored = store_.Record(request->records());
       if (stored.ok()) {
         response->set_stored(*stored);
@@ -284,7 +305,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
     Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(valid));
     return reactor;
   }
-  writes_.Post([this, request, response, reactor] {
+  writes_.Post(Runs(Authorizer::Method::kUpdateStatus), [this, request, response, reactor] {
     absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
     if (record.ok()) *response = *std::move(record);
     Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(record.status()));
@@ -308,7 +329,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
                ToGrpc(absl::InvalidArgumentError("correlation_id: must not be empty")));
         return reactor;
       }
-      reads_.Post([this, request, response, reactor] {
+      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor] {
         absl::StatusOr<std::vector<ess::v1::MessageRecord>> records =
             store_.GetByCorrelation(request->correlation_id());
         if (!records.ok()) {
@@ -333,7 +354,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
         Finish(reactor, Authorizer::Method::kGet, ToGrpc(s));
         return reactor;
       }
-      reads_.Post([this, request, response, reactor] {
+      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor] {
         absl::StatusOr<ess::v1::MessageRecord> record = store_.GetByKey(request->record());
         if (record.ok()) *response->add_records() = *std::move(record);
         Finish(reactor, Authorizer::Method::kGet, ToGrpc(record.status()));
@@ -362,7 +383,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
   } else if (request->keys().empty()) {
     Finish(reactor, Authorizer::Method::kLookup, grpc::Status::OK);
   } else {
-    reads_.Post([this, request, response, reactor] {
+    reads_.Post(Runs(Authorizer::Method::kLookup), [this, request, response, reactor] {
       absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
           store_.GetByKeys(request->keys());
       if (records.ok()) {
@@ -394,7 +415,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* 
   } else if (request->claims().empty()) {
     Finish(reactor, Authorizer::Method::kClaim, grpc::Status::OK);
   } else {
-    writes_.Post([this, request, response, reactor] {
+    writes_.Post(Runs(Authorizer::Method::kClaim), [this, request, response, reactor] {
       absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(request->claims());
       if (outcomes.ok()) {
         response->mutable_results()->Reserve(static_cast<int>(outcomes->size()));
@@ -420,19 +441,20 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* c
     Finish(reactor, Authorizer::Method::kList, ToGrpc(query.status()));
     return reactor;
   }
-  reads_.Post([this, request, response, reactor, q = *std::move(query)] {
-    absl::StatusOr<ListPage> page = store_.List(q);
-    if (!page.ok()) {
-      Finish(reactor, Authorizer::Method::kList, ToGrpc(page.status()));
-      return;
-    }
-    response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
-    for (ess::v1::MessageRecord& r : page->records) *response->add_records() = std::move(r);
-    if (page->next.has_value()) {
-      response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
-    }
-    Finish(reactor, Authorizer::Method::kList, grpc::Status::OK);
-  });
+  reads_.Post(
+      Runs(Authorizer::Method::kList), [this, request, response, reactor, q = *std::move(query)] {
+        absl::StatusOr<ListPage> page = store_.List(q);
+        if (!page.ok()) {
+          Finish(reactor, Authorizer::Method::kList, ToGrpc(page.status()));
+          return;
+        }
+        response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
+        for (ess::v1::MessageRecord& r : page->records) *response->add_records() = std::move(r);
+        if (page->next.has_value()) {
+          response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
+        }
+        Finish(reactor, Authorizer::Method::kList, grpc::Status::OK);
+      });
   return reactor;
 }
 
@@ -445,7 +467,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Stats(grpc::CallbackServerContext* 
     Finish(reactor, Authorizer::Method::kStats, ToGrpc(auth.status()));
     return reactor;
   }
-  reads_.Post([this, request, response, reactor] {
+  reads_.Post(Runs(Authorizer::Method::kStats), [this, request, response, reactor] {
     absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = store_.Stats(request->partner());
     if (stats.ok()) {
       for (ess::v1::PartnerStats& p : *stats) *response->add_partners() = std::move(p);
@@ -494,8 +516,9 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
   }
   // Leave the answer time to get back before the caller's deadline.
   const absl::Time deadline = absl::FromChrono(context->deadline()) - absl::Milliseconds(500);
-  replays_.Post([this, request, response, reactor, query = std::move(query), who = std::move(who),
-                 deadline] {
+  replays_.Post(Runs(Authorizer::Method::kReplay), [this, request, response, reactor,
+                                                    query = std::move(query), who = std::move(who),
+                                                    deadline] {
     std::vector<Replayer::Candidate> candidates;
     std::optional<ListCursor> next;
     if (query.has_value()) {

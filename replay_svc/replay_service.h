@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/metrics.h"
 #include "ess/v1/replay.grpc.pb.h"
 #include "prometheus/metric_family.h"
 #include "replay_svc/authorizer.h"
@@ -95,12 +96,16 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   absl::StatusOr<std::string> Authorize(grpc::CallbackServerContext* context,
                                         Authorizer::Method method);
 
+  // The run-time histogram of `method`'s store work, for WorkQueue::Post.
+  metrics::Latency* Runs(Authorizer::Method method);
+
   ReplayStore& store_;
   Replayer* const replayer_;
   const Authorizer* const authorizer_;
   std::atomic<uint64_t> refused_{0};
   std::array<std::atomic<uint64_t>, kMethods> ok_{}, errors_{};
   std::atomic<uint64_t> stored_{0}, replayed_{0}, replay_skipped_{0}, replay_failed_{0};
+  std::array<metrics::Latency, kMethods> runs_;  // before the queues, which use them
   WorkQueue reads_;
   WorkQueue writes_;
   WorkQueue replays_;

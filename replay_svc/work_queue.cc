@@ -23,24 +23,28 @@ WorkQueue::~WorkQueue() {
   for (std::thread& t : threads_) t.join();
 }
 
-void WorkQueue::Post(Task task) {
+void WorkQueue::Post(metrics::Latency* run, Task task) {
+  const absl::Time now = absl::Now();
   absl::MutexLock lock(&mu_);
-  tasks_.push_back(std::move(task));
+  tasks_.push_back({.task = std::move(task), .run = run, .at = now});
 }
 
 bool WorkQueue::HasTaskOrStopping() const { return stopping_ || !tasks_.empty(); }
 
 void WorkQueue::Loop() {
   for (;;) {
-    Task task;
+    Posted posted;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(this, &WorkQueue::HasTaskOrStopping));
       if (tasks_.empty()) return;  // Stopping, and nothing is left to run.
-      task = std::move(tasks_.front());
+      posted = std::move(tasks_.front());
       tasks_.pop_front();
     }
-    std::move(task)();
+    const absl::Time start = absl::Now();
+    waits_.Observe(start - posted.at);
+    std::move(posted.task)();
+    if (posted.run != nullptr) posted.run->Observe(absl::Now() - start);
   }
 }
 

@@ -5,7 +5,8 @@
 //   writes.Post([&] { store.Record(...); reactor->Finish(...); });
 //
 // Thread-safe. The destructor runs every task already posted, then joins the threads; Post()
-// after destruction has begun is a bug.
+// after destruction has begun is a bug. Each task's wait for a thread goes into waits(), and
+// its run time into the histogram given with it, if any.
 #ifndef ESS_REPLAY_SVC_WORK_QUEUE_H_
 #define ESS_REPLAY_SVC_WORK_QUEUE_H_
 
@@ -13,11 +14,14 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
 
 namespace ess::replay {
 
@@ -31,14 +35,25 @@ class WorkQueue {
   WorkQueue(const WorkQueue&) = delete;
   WorkQueue& operator=(const WorkQueue&) = delete;
 
-  void Post(Task task);
+  void Post(Task task) { Post(nullptr, std::move(task)); }
+  // Also observes the task's run time in `run` (if not null), which must outlive the queue.
+  void Post(metrics::Latency* run, Task task);
+
+  // How long tasks waited from Post() to a thread taking them.
+  const metrics::Latency& waits() const { return waits_; }
 
  private:
+  struct Posted {
+    Task task;
+    metrics::Latency* run;
+    absl::Time at;
+  };
   void Loop();
   bool HasTaskOrStopping() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
+  metrics::Latency waits_;
   absl::Mutex mu_;
-  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  std::deque<Posted> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

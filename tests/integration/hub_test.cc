@@ -411,6 +411,14 @@ TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
               ::testing::ElementsAre(R"(ess_inbound_refused_total{reason="rejected"} 1)",
                                      R"(ess_inbound_refused_total{reason="unauthenticated"} 0)",
                                      R"(ess_inbound_refused_total{reason="unavailable"} 0)"));
+  // One call went through the store's claim and the broker's confirm; the repeat was answered
+  // from the lane's memory, and the bad one before any of it.
+  EXPECT_THAT(Samples(inbound->body, "ess_inbound_stage_seconds_count"),
+              ::testing::ElementsAre(R"(ess_inbound_stage_seconds_count{stage="claim"} 1)",
+                                     R"(ess_inbound_stage_seconds_count{stage="publish"} 1)"));
+  EXPECT_THAT(Samples(inbound->body, "ess_inbound_webhook_seconds_count"),
+              ::testing::ElementsAre("ess_inbound_webhook_seconds_count 2"));
+  EXPECT_THAT(inbound->body, HasSubstr("# TYPE ess_inbound_stage_seconds histogram"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 

@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -36,6 +38,17 @@ using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
+
+// The value of the sample `series` (name and labels, as exposed) in a /metrics text; empty if
+// it is not there.
+std::string SampleValue(const std::string& text, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      return std::string(line);
+    }
+  }
+  return "";
+}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -216,6 +229,17 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
                 Not(HasSubstr(R"(ess_replay_calls_total{method="Record",result="ok"} 0)")));
     EXPECT_THAT(scrape->body,
                 HasSubstr(R"(ess_replay_calls_total{method="Replay",result="ok"} 0)"));
+    // Each Record call's transaction is timed, and so is its wait for the one writer thread,
+    // which nothing else used here.
+    const std::string record_calls =
+        SampleValue(scrape->body, R"(ess_replay_calls_total{method="Record",result="ok"})");
+    ASSERT_FALSE(record_calls.empty()) << scrape->body;
+    EXPECT_EQ(SampleValue(scrape->body, R"(ess_replay_store_seconds_count{method="Record"})"),
+              record_calls);
+    EXPECT_EQ(SampleValue(scrape->body, R"(ess_replay_queue_wait_seconds_count{queue="write"})"),
+              record_calls);
+    EXPECT_EQ(SampleValue(scrape->body, R"(ess_replay_store_seconds_count{method="Claim"})"), "0");
+    EXPECT_THAT(scrape->body, HasSubstr("# TYPE ess_replay_store_seconds histogram"));
     http.Stop();
 
     service->Signal(SIGTERM);
