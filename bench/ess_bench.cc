@@ -47,6 +47,7 @@
 #include "bench/open_loop.h"
 #include "bench/partner.h"
 #include "bench/procs.h"
+#include "bench/scraped_histogram.h"
 #include "common/amqp.h"
 #include "common/cli.h"
 #include "common/http_client.h"
@@ -342,6 +343,7 @@ struct Stack {
   std::string config;
   std::string queue;
   int replay_port = 0;
+  int replay_metrics_port = 0;
   int inbound_port = 0;
   std::unique_ptr<Child> replay;
   std::vector<std::unique_ptr<Child>> outbound;
@@ -405,6 +407,15 @@ class Bench {
                                     const std::string& kind, const std::string& prefix,
                                     absl::Duration duration, double* cpu_seconds,
                                     const std::string& signatures = "");
+  // The /metrics text of the inbound lane and of the store, for SetStages.
+  struct Scrape {
+    std::string inbound, replay;
+  };
+  Scrape ScrapeMetrics(const Stack& st) const;
+  // Where a webhook's time went between two scrapes, from the services' own histograms: the
+  // lane's claim and publish rounds and whole answer, the store's write-queue wait and its
+  // Claim and Record transactions. Sets stage_<name>_{p50,p99,mean}_ms and says them.
+  static void SetStages(Scenario& sc, const Scrape& before, const Scrape& after);
   // Writes the signatures of the webhooks wrk sends with `prefix` (see bench/post.lua) and
   // returns the files' base path. Done before a run, so its CPU is not counted in it.
   std::string SignWebhooks(const std::string& prefix, absl::Duration duration) const;
@@ -428,6 +439,7 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  database_path: replay.db\n",                                //
                       "  batch_max: ", s_.batch_max, "\n",                           //
                       "  batch_delay_ms: ", s_.batch_delay_ms, "\n",                 //
+                      "  metrics_listen: 127.0.0.1:", st.replay_metrics_port, "\n",  //
                       "outbound:\n",                                                 //
                       "  prefetch: ", s_.prefetch, "\n",                             //
                       "inbound:\n",                                                  //
@@ -486,6 +498,7 @@ absl::Status Bench::StartStack(Stack& st, const std::string& tag, const std::str
   std::filesystem::create_directories(st.dir);
   st.queue = absl::StrCat("bench.visits.", stacks_);
   st.replay_port = FreePort();
+  st.replay_metrics_port = FreePort();
   st.inbound_port = FreePort();
   st.config = st.dir + "/hub.yaml";
   std::ofstream(st.config) << HubConfig(st, log_level);
@@ -587,6 +600,57 @@ absl::StatusOr<ess::v1::PartnerStats> Bench::Stats(Stack& st, ess::v1::Direction
     if (p.direction() == direction) return p;
   }
   return ess::v1::PartnerStats();
+}
+
+Bench::Scrape Bench::ScrapeMetrics(const Stack& st) const {
+  http::Client client({});
+  auto get = [&](int port) {
+    absl::StatusOr<http::Response> r =
+        client.SendAndWait({.method = "GET",
+                            .url = absl::StrCat("http://127.0.0.1:", port, "/metrics"),
+                            .timeout = absl::Seconds(5)});
+    return r.ok() && r->status == 200 ? std::move(r->body) : std::string();
+  };
+  return {.inbound = get(st.inbound_port), .replay = get(st.replay_metrics_port)};
+}
+
+void Bench::SetStages(Scenario& sc, const Scrape& before, const Scrape& after) {
+  struct Stage {
+    const char* key;
+    bool inbound;  // from the lane, else from the store
+    const char* histogram;
+    std::vector<std::pair<std::string, std::string>> labels;
+  };
+  const Stage stages[] = {
+      {"claim", true, "ess_inbound_stage_seconds", {{"stage", "claim"}}},
+      {"publish", true, "ess_inbound_stage_seconds", {{"stage", "publish"}}},
+      {"answer", true, "ess_inbound_webhook_seconds", {}},
+      {"store_write_wait", false, "ess_replay_queue_wait_seconds", {{"queue", "write"}}},
+      {"store_claim", false, "ess_replay_store_seconds", {{"method", "Claim"}}},
+      {"store_record", false, "ess_replay_store_seconds", {{"method", "Record"}}},
+  };
+  std::string said;
+  for (const Stage& stage : stages) {
+    const std::string& b = stage.inbound ? before.inbound : before.replay;
+    const std::string& a = stage.inbound ? after.inbound : after.replay;
+    absl::StatusOr<ScrapedHistogram> hb = ScrapedHistogram::Parse(b, stage.histogram, stage.labels);
+    absl::StatusOr<ScrapedHistogram> ha = ScrapedHistogram::Parse(a, stage.histogram, stage.labels);
+    if (!hb.ok() || !ha.ok()) {
+      sc.Note(absl::StrCat("stage_", stage.key),
+              std::string((hb.ok() ? ha : hb).status().message()));
+      continue;
+    }
+    const ScrapedHistogram run = ha->Minus(*hb);
+    if (run.count <= 0) continue;
+    const std::string key = absl::StrCat("stage_", stage.key);
+    sc.Set(key + "_p50_ms", run.Quantile(0.5) * 1e3);
+    sc.Set(key + "_p99_ms", run.Quantile(0.99) * 1e3);
+    sc.Set(key + "_mean_ms", run.Mean() * 1e3);
+    absl::StrAppend(&said, said.empty() ? "" : "; ", stage.key,
+                    absl::StrFormat(" p50 %.2f p99 %.2f mean %.2f", run.Quantile(0.5) * 1e3,
+                                    run.Quantile(0.99) * 1e3, run.Mean() * 1e3));
+  }
+  if (!said.empty()) Say(absl::StrCat("  stages (ms, services' histograms): ", said));
 }
 
 std::string Bench::SignWebhooks(const std::string& prefix, absl::Duration duration) const {
@@ -1191,6 +1255,7 @@ void Bench::Inbound() {
     const std::string prefix = absl::StrCat("W", getpid(), "c", connections);
     const std::string signatures = s_.signer ? SignWebhooks(prefix, s_.duration) : "";
     sc.Note("signed", s_.signer ? "true" : "false");
+    const Scrape before = ScrapeMetrics(st);
     CpuWindow cpu;
     cpu.Begin(Procs(st));
     double wrk_cpu = 0;
@@ -1224,6 +1289,7 @@ void Bench::Inbound() {
       absl::SleepFor(absl::Milliseconds(100));
     }
     sc.Set("records_published", published >= 0 ? published - published_before : -1.0);
+    SetStages(sc, before, ScrapeMetrics(st));
     if (on_bus < ok) sc.Fail(absl::StrCat(ok, " answered 2xx but ", on_bus, " on the bus"));
     if (published - published_before < ok) {
       sc.Fail(absl::StrCat(ok, " answered 2xx but ", published - published_before,
@@ -1297,6 +1363,7 @@ void Bench::Inbound() {
       const std::string prefix = absl::StrCat("O", getpid(), "-", lat_sc.name, "-");
       // Every 2xx must reach the subscriber: consumed is counted against ok below.
       Subscriber subscriber(broker_, kSinkQueue, count, s_.duration + absl::Seconds(40));
+      const Scrape before = ScrapeMetrics(st);
       CpuWindow cpu;
       cpu.Begin(Procs(st));
       OpenLoopResult posted = PostOpenLoop(
@@ -1319,6 +1386,7 @@ void Bench::Inbound() {
             }
           });
       cpu.End(lat_sc);
+      SetStages(lat_sc, before, ScrapeMetrics(st));
       const uint64_t ok = posted.ok;
       const double send_seconds = posted.send_seconds;
       // Without the first second (warm-up).
@@ -1648,6 +1716,19 @@ std::vector<Row> BuildRows(const Bench& b) {
                          fig(scenario, "p99_per_second_median_ms").value_or(0),
                          fig(scenario, "p99_per_second_worst_ms").value_or(0), *seconds)});
   };
+  // Under an inbound row: where its webhooks' time went, from the services' histograms.
+  auto stages_row = [&](const char* scenario) {
+    const std::optional<double> claim = fig(scenario, "stage_claim_p50_ms");
+    const std::optional<double> publish = fig(scenario, "stage_publish_p50_ms");
+    if (!claim || !publish) return;
+    rows.push_back({"  in the lane, p50 / p99: claim, publish",
+                    absl::StrFormat("%.2f / %.2f, %.2f / %.2f ms", *claim,
+                                    fig(scenario, "stage_claim_p99_ms").value_or(0), *publish,
+                                    fig(scenario, "stage_publish_p99_ms").value_or(0)),
+                    absl::StrFormat("store, p50: write queue %.2f, Claim %.2f ms",
+                                    fig(scenario, "stage_store_write_wait_p50_ms").value_or(0),
+                                    fig(scenario, "stage_store_claim_p50_ms").value_or(0))});
+  };
   // RabbitMQ's CPU in a scenario, % of one core.
   auto broker_cpu = [&](const char* scenario) {
     const Scenario* sc = b.Find(scenario);
@@ -1753,6 +1834,7 @@ std::vector<Row> BuildRows(const Bench& b) {
     }
     r.cpu = busiest(name);
     rows.push_back(r);
+    stages_row(name);
   }
   if (auto p99 = fig("inbound_latency", "p99_ms")) {
     rows.push_back(
@@ -1769,6 +1851,7 @@ std::vector<Row> BuildRows(const Bench& b) {
              : std::string(),
          "", "p99 <= 10 ms", verdict(*p99 <= 10), busiest("inbound_latency")});
     per_second_row("inbound_latency");
+    stages_row("inbound_latency");
   }
   if (auto p99 = fig("inbound_latency_quarter", "p99_ms")) {
     rows.push_back(
@@ -1784,6 +1867,7 @@ std::vector<Row> BuildRows(const Bench& b) {
                                *fig("inbound_latency_quarter", "broker_confirm_p99_ms"))
              : std::string(),
          "", "", "", busiest("inbound_latency_quarter")});
+    stages_row("inbound_latency_quarter");
   }
   if (auto rec = fig("replay_store", "records_per_s")) {
     Row r{"replay store: Record (batched)", Grouped(*rec) + " rec/s"};
