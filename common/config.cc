@@ -274,6 +274,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   }
   if (replay->batch_max() == 0) replay->set_batch_max(256);
   if (replay->batch_delay_ms() == 0) replay->set_batch_delay_ms(2);
+  if (replay->record_delay_ms() == 0) replay->set_record_delay_ms(20);
   if (replay->deadline_ms() == 0) replay->set_deadline_ms(5000);
   if (replay->has_retention() && replay->retention().sweep_interval_seconds() == 0) {
     replay->mutable_retention()->set_sweep_interval_seconds(300);

@@ -174,10 +174,11 @@ class Batcher {
   using Done = typename Calls::Done;
 
   // `stub` must outlive the batcher.
-  Batcher(const ReplayRecorder::Options& options, size_t batch_max, Stub& stub)
-      : batch_delay_(options.batch_delay),
+  Batcher(const ReplayRecorder::Options& options, size_t batch_max, absl::Duration batch_delay,
+          bool flush_when_idle, Stub& stub)
+      : batch_delay_(batch_delay),
         deadline_(options.deadline),
-        flush_when_idle_(options.flush_when_idle),
+        flush_when_idle_(flush_when_idle),
         authorization_(Authorization(options.token)),
         batch_max_(std::max<size_t>(batch_max, 1)),
         max_in_flight_(std::max<size_t>(options.max_in_flight_batches, 1)),
@@ -393,9 +394,12 @@ struct ReplayRecorder::Impl {
   explicit Impl(Options opts)
       : options(std::move(opts)),
         stub(MakeReplayStub(options.address, options.tls)),
-        records(options, options.batch_max, *stub),
-        lookups(options, std::min(options.batch_max, kMaxLookupKeys), *stub),
-        claims(options, std::min(options.batch_max, kMaxLookupKeys), *stub) {}
+        records(options, options.batch_max, options.record_delay.value_or(options.batch_delay),
+                !options.record_delay.has_value() && options.flush_when_idle, *stub),
+        lookups(options, std::min(options.batch_max, kMaxLookupKeys), options.batch_delay,
+                options.flush_when_idle, *stub),
+        claims(options, std::min(options.batch_max, kMaxLookupKeys), options.batch_delay,
+               options.flush_when_idle, *stub) {}
 
   void Stop() {
     const absl::Time deadline = absl::Now() + options.deadline;

@@ -60,6 +60,8 @@ TEST(ConfigTest, LoadsAndFillsDefaults) {
   EXPECT_EQ(c->replay().address(), "127.0.0.1:50051");
   EXPECT_EQ(c->replay().database_path(), "/etc/ess/data/replay.db");
   EXPECT_EQ(c->replay().batch_max(), 256u);
+  EXPECT_EQ(c->replay().batch_delay_ms(), 2u);
+  EXPECT_EQ(c->replay().record_delay_ms(), 20u);
   EXPECT_EQ(c->outbound().prefetch(), 256u);
   ASSERT_EQ(c->partners_size(), 1);
   const auto& p = c->partners(0);

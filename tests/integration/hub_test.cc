@@ -155,7 +155,11 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   EXPECT_EQ(post(R"({"id":"VIS-2","status":"confirmed"})", ""),
             R"({"ok":true,"events":0,"duplicates":1})");
   EXPECT_EQ(post(R"({"id":"VIS-2","status":"cancelled"})", ""), R"({"ok":true,"events":1})");
-  // Memory holds the newest 2 ids (dedupe_memory_ids): msg_1 is forgotten there, not in the store.
+  // Memory holds the newest 2 ids (dedupe_memory_ids): msg_1 is forgotten there, not in the store,
+  // once its PUBLISHED record is stored (up to record_delay_ms after its answer; until then a
+  // repeat is answered 503, "in progress").
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_INBOUND).published() == 3; },
+                      absl::Seconds(10)));
   EXPECT_EQ(post(R"({"id":"VIS-1","status":"confirmed"})", "msg_1"),
             R"({"ok":true,"events":0,"duplicates":1})");
   // A new inbound_svc process has an empty memory: the replay store still knows msg_1.

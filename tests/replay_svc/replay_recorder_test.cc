@@ -26,6 +26,7 @@ namespace {
 using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::ElementsAre;
+using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAre;
 
 constexpr absl::Duration kWait = absl::Seconds(60);
@@ -592,6 +593,29 @@ TEST_F(ReplayRecorderBatchingTest, IdleFlushSendsAtOnceAndGroupsWhatArrivesMeanw
   EXPECT_THAT(service_.batch_sizes(), ElementsAre(1, 5));
   EXPECT_TRUE(tracker.EachExactlyOnce());
   EXPECT_THAT(tracker.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, kTotal)));
+}
+
+// record_delay (the lanes' setting): records wait for company even when the store is idle,
+// while lookups still go at once.
+TEST_F(ReplayRecorderBatchingTest, RecordDelayHoldsRecordsButNotLookups) {
+  DoneTracker records(3);
+  LookupTracker lookups(1);
+  ReplayRecorder recorder({.address = address(),
+                           .batch_max = 100,
+                           .batch_delay = absl::Hours(1),
+                           .flush_when_idle = true,
+                           .record_delay = absl::Hours(1)});
+  for (int i = 0; i < 3; ++i) {
+    recorder.Record(Outbound("prison", absl::StrCat("m-", i)), records.Make(i));
+  }
+  recorder.Lookup(OutboundKey("prison", "found-1"), lookups.Make(0));
+  ASSERT_TRUE(lookups.WaitForTotal(1, kWait));  // the store was idle: the lookup went at once
+  EXPECT_THAT(service_.batch_sizes(FakeReplayService::kLookup), ElementsAre(1));
+  EXPECT_THAT(service_.batch_sizes(), IsEmpty());  // the records still wait for company
+  recorder.Stop();
+  EXPECT_THAT(service_.batch_sizes(), ElementsAre(3));
+  ASSERT_TRUE(records.WaitForTotal(3, absl::ZeroDuration()));
+  EXPECT_THAT(records.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 3)));
 }
 
 TEST_F(ReplayRecorderBatchingTest, NoMoreThanMaxInFlightBatchesAtOnce) {
