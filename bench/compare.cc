@@ -34,6 +34,15 @@ constexpr const char* kFigures[] = {
     "target_rate",
     "broker_confirm_p50_ms",
     "broker_confirm_p99_ms",
+    // Where the inbound runs' time went (the services' histograms): the mean of each stage, and
+    // the tail of the claim.
+    "stage_claim_mean_ms",
+    "stage_claim_p99_ms",
+    "stage_publish_mean_ms",
+    "stage_answer_mean_ms",
+    "stage_store_write_wait_mean_ms",
+    "stage_store_claim_mean_ms",
+    "stage_store_record_mean_ms",
 };
 
 // One run's figures: scenario -> figure -> value, the scenarios in file order.
