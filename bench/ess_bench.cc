@@ -80,6 +80,7 @@ ABSL_FLAG(uint32_t, max_in_flight, 64,
           "outbound max_in_flight: partner requests in flight per lane (the config default).");
 ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call.");
 ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
+ABSL_FLAG(uint32_t, record_delay_ms, 20, "replay.record_delay_ms.");
 ABSL_FLAG(uint32_t, publish_window, 1024, "Unconfirmed publishes of the benchmark's publisher.");
 ABSL_FLAG(int, wrk_connections, 256,
           "Keep-alive connections of wrk: the fixed concurrency of the inbound run and of the HTTP "
@@ -324,7 +325,7 @@ struct Settings {
   absl::Duration duration;
   uint64_t info_events;
   std::vector<int> replicas;
-  uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, publish_window;
+  uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, record_delay_ms, publish_window;
   int wrk_connections, wrk_threads;
   std::string source_dir, bin_dir, run_dir, wrk;
   // Set when webhooks are signed: the partner's side of the inbound route's secret.
@@ -439,6 +440,7 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  database_path: replay.db\n",                                //
                       "  batch_max: ", s_.batch_max, "\n",                           //
                       "  batch_delay_ms: ", s_.batch_delay_ms, "\n",                 //
+                      "  record_delay_ms: ", s_.record_delay_ms, "\n",               //
                       "  metrics_listen: 127.0.0.1:", st.replay_metrics_port, "\n",  //
                       "outbound:\n",                                                 //
                       "  prefetch: ", s_.prefetch, "\n",                             //
@@ -2041,6 +2043,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("max_in_flight", s.max_in_flight);
   num("batch_max", s.batch_max);
   num("batch_delay_ms", s.batch_delay_ms);
+  num("record_delay_ms", s.record_delay_ms);
   num("publish_window", s.publish_window);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
@@ -2136,6 +2139,7 @@ int Main(int argc, char** argv) {
   s.max_in_flight = absl::GetFlag(FLAGS_max_in_flight);
   s.batch_max = absl::GetFlag(FLAGS_batch_max);
   s.batch_delay_ms = absl::GetFlag(FLAGS_batch_delay_ms);
+  s.record_delay_ms = absl::GetFlag(FLAGS_record_delay_ms);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
   s.wrk_threads = absl::GetFlag(FLAGS_wrk_threads);
