@@ -43,6 +43,8 @@ constexpr const char* kFigures[] = {
     "stage_store_write_wait_mean_ms",
     "stage_store_claim_mean_ms",
     "stage_store_record_mean_ms",
+    "stage_client_claim_wait_mean_ms",
+    "stage_client_claim_call_mean_ms",
 };
 
 // One run's figures: scenario -> figure -> value, the scenarios in file order.

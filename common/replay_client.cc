@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/metrics.h"
 #include "grpcpp/grpcpp.h"
 
 namespace ess {
@@ -246,6 +247,13 @@ class Batcher {
     mu_.Await(absl::Condition(this, &Batcher::NothingInFlight));
   }
 
+  // Appends this batcher's histograms, labelled call=`kind`.
+  void AddMetrics(prometheus::MetricFamily& waits, prometheus::MetricFamily& calls,
+                  const std::string& kind) const {
+    batch_waits_.AddTo(waits, {{"call", kind}});
+    call_times_.AddTo(calls, {{"call", kind}});
+  }
+
  private:
   void OpenLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (open_ != nullptr) return;
@@ -270,6 +278,7 @@ class Batcher {
   // One call; deleted when it completes.
   struct Call {
     std::unique_ptr<Batch> batch;
+    absl::Time sent_at;
     grpc::ClientContext context;
     typename Calls::Response response;
   };
@@ -321,7 +330,9 @@ class Batcher {
   }
 
   void Send(std::unique_ptr<Batch> batch) {
-    auto* call = new Call{.batch = std::move(batch)};
+    const absl::Time now = absl::Now();
+    batch_waits_.Observe(now - batch->opened_at);
+    auto* call = new Call{.batch = std::move(batch), .sent_at = now};
     call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
     if (!authorization_.empty()) call->context.AddMetadata("authorization", authorization_);
     Calls::Start(stub_, &call->context, &call->batch->request, &call->response,
@@ -329,6 +340,7 @@ class Batcher {
   }
 
   void OnCallDone(Call* call, const grpc::Status& status) {
+    call_times_.Observe(absl::Now() - call->sent_at);
     Calls::Complete(call->batch->request, call->response, FromGrpc(status), call->batch->dones);
     delete call;
     absl::MutexLock lock(&mu_);
@@ -354,6 +366,7 @@ class Batcher {
   const size_t batch_max_;
   const size_t max_in_flight_;
   Stub& stub_;
+  metrics::Latency batch_waits_, call_times_;
 
   absl::Mutex mu_;
   std::unique_ptr<Batch> open_ ABSL_GUARDED_BY(mu_);
@@ -456,6 +469,25 @@ void ReplayRecorder::Claim(ess::v1::Claim claim, ClaimDone done) {
 }
 
 void ReplayRecorder::Stop() { impl_->Stop(); }
+
+std::vector<prometheus::MetricFamily> ReplayRecorder::Metrics() const {
+  prometheus::MetricFamily waits = metrics::Family(
+      "ess_replay_client_batch_wait_seconds",
+      "Calls to the replay store by kind: how long a batch's first item waited for the call "
+      "to go out (the batch delay, or a free call slot).",
+      prometheus::MetricType::Histogram);
+  prometheus::MetricFamily calls = metrics::Family(
+      "ess_replay_client_call_seconds",
+      "Calls to the replay store by kind: from going out to the answer (network and store).",
+      prometheus::MetricType::Histogram);
+  impl_->records.AddMetrics(waits, calls, "record");
+  impl_->lookups.AddMetrics(waits, calls, "lookup");
+  impl_->claims.AddMetrics(waits, calls, "claim");
+  std::vector<prometheus::MetricFamily> families;
+  families.push_back(std::move(waits));
+  families.push_back(std::move(calls));
+  return families;
+}
 
 absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
   grpc::ClientContext context;

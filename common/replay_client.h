@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "ess/v1/replay.grpc.pb.h"
+#include "prometheus/metric_family.h"
 
 namespace ess {
 
@@ -93,6 +94,12 @@ class ReplayRecorder {
   // failed call's status. A record whose key the store would reject completes at once with
   // INVALID_ARGUMENT, as in Lookup.
   void Claim(ess::v1::Claim claim, ClaimDone done);
+
+  // Prometheus histograms of this recorder's calls, by kind (record, lookup, claim):
+  // ess_replay_client_batch_wait_seconds (a batch's first item from its arrival to the call
+  // going out: the batch delay, or a wait for a call slot) and ess_replay_client_call_seconds
+  // (the call from going out to its answer: the network and the store). Thread-safe.
+  std::vector<prometheus::MetricFamily> Metrics() const;
 
   // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
   // DEADLINE_EXCEEDED or CANCELLED means it is up), unless it refuses this recorder's token:

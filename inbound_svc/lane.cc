@@ -447,6 +447,9 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   families.push_back(std::move(refused));
   families.push_back(std::move(stages));
   families.push_back(std::move(calls));
+  if (recorder_ != nullptr) {
+    for (prometheus::MetricFamily& f : recorder_->Metrics()) families.push_back(std::move(f));
+  }
   families.push_back(metrics::Single("ess_inbound_requests_total",
                                      "HTTP requests received (health checks and scrapes included).",
                                      prometheus::MetricType::Counter, counters_.requests.load()));

@@ -12,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
 #include "common/replay_client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -26,6 +27,7 @@ namespace {
 using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAre;
 
@@ -616,6 +618,17 @@ TEST_F(ReplayRecorderBatchingTest, RecordDelayHoldsRecordsButNotLookups) {
   EXPECT_THAT(service_.batch_sizes(), ElementsAre(3));
   ASSERT_TRUE(records.WaitForTotal(3, absl::ZeroDuration()));
   EXPECT_THAT(records.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 3)));
+  // Each call is timed: one of records, one of lookups, none of claims.
+  const std::string text = metrics::Render(recorder.Metrics());
+  for (const char* family :
+       {"ess_replay_client_batch_wait_seconds", "ess_replay_client_call_seconds"}) {
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(family, R"(_count{call="record"} 1)")));
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(family, R"(_count{call="lookup"} 1)")));
+    EXPECT_THAT(text, HasSubstr(absl::StrCat(family, R"(_count{call="claim"} 0)")));
+  }
+  // The records' batch waited for Stop(), the lookup for nothing.
+  EXPECT_THAT(
+      text, HasSubstr(R"(ess_replay_client_batch_wait_seconds_bucket{call="lookup",le="0.1"} 1)"));
 }
 
 TEST_F(ReplayRecorderBatchingTest, NoMoreThanMaxInFlightBatchesAtOnce) {
