@@ -45,7 +45,7 @@ class WorkQueue {
  private:
   struct Posted {
     Task task;
-    metrics::Latency* run;
+    metrics::Latency* run = nullptr;
     absl::Time at;
   };
   void Loop();
