@@ -54,7 +54,7 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
       // Lookups and claims, which a message waits for, group-commit: a batch goes as soon as
       // the store is idle, so light load pays no delay. Records (they gate acks and trails)
       // wait for fuller batches, which costs both sides fewer calls (bench/README.md,
-      // Profiling 31).
+      // Profiling 32).
       .flush_when_idle = true,
       .record_delay = absl::Milliseconds(replay.record_delay_ms()),
       .token = std::move(token),

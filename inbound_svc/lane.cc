@@ -354,7 +354,8 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
 void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
   absl::Status error;
   if (!call->Settle(status, &error)) return;
-  publish_seconds_.Observe(absl::Now() - call->round_started);
+  const absl::Time now = absl::Now();
+  publish_seconds_.Observe(now - call->round_started);
   if (!error.ok()) {
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
     log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
@@ -364,7 +365,6 @@ void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
     Finish(*call, 503, ErrorBody(reason));
     return;
   }
-  const absl::Time now = absl::Now();
   for (const std::string& id : call->ids) recent_.Published(id, now);
   counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
   log::Info(call->events.front().correlation_id, "published",

@@ -513,11 +513,7 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     if (StoreUnreachable(s)) PauseForStore(s);
     Requeue(*owned);
   };
-  if (records.size() == 1) {
-    recorder_->Record(std::move(records.front()), std::move(recorded));
-  } else {
-    recorder_->RecordTogether(std::move(records), std::move(recorded));
-  }
+  recorder_->RecordTogether(std::move(records), std::move(recorded));
 }
 
 void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,
