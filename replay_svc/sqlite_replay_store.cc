@@ -72,6 +72,23 @@ ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   updated_at = excluded.updated_at
 )sql";
 
+// A claim's insert: kUpsertSql's row when the key is new, nothing otherwise (Changes() says
+// which), so that the common case (a new key) takes one index search instead of a read first.
+constexpr absl::string_view kInsertNewSql = R"sql(
+INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
+                     rendered, error, attempts, dry_run, source, received_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+ON CONFLICT (direction, partner, message_id) DO NOTHING
+)sql";
+
+// What kUpsertSql does to an existing row for a record without payload and rendered bytes (a
+// status mark such as PUBLISHED), as a plain UPDATE: it skips building the row to insert and the
+// conflict that turns it into an update, ~20% of such a write.
+constexpr absl::string_view kMarkSql = R"sql(
+UPDATE records SET status = ?1, attempts = ?2, error = ?3, dry_run = ?4, updated_at = ?5
+WHERE direction = ?6 AND partner = ?7 AND message_id = ?8
+)sql";
+
 // Returns the status of `expr` from the enclosing function unless it is OK (#undef at the end).
 #define STORE_RETURN_IF_ERROR(expr)           \
   do {                                        \
@@ -176,6 +193,8 @@ absl::Status Migrate(sqlite::Database& db, const std::string& path) {
 struct SqliteReplayStore::Writer {
   sqlite::Database db;
   sqlite::Statement upsert;
+  sqlite::Statement insert_new;  // kInsertNewSql (Claim)
+  sqlite::Statement mark;        // kMarkSql (Upsert of a record without bytes)
   sqlite::Statement update_status;
   sqlite::Statement select_state;   // status and updated_at of one key (Claim)
   sqlite::Statement mark_replayed;  // compare-and-set of the status (MarkReplayed)
@@ -253,6 +272,10 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
 
   absl::StatusOr<sqlite::Statement> upsert = db->Prepare(kUpsertSql);
   if (!upsert.ok()) return upsert.status();
+  absl::StatusOr<sqlite::Statement> insert_new = db->Prepare(kInsertNewSql);
+  if (!insert_new.ok()) return insert_new.status();
+  absl::StatusOr<sqlite::Statement> mark = db->Prepare(kMarkSql);
+  if (!mark.ok()) return mark.status();
   absl::StatusOr<sqlite::Statement> update_status = db->Prepare(
       absl::StrCat("UPDATE records SET status = ?1, error = ?2, updated_at = ?3 "
                    "WHERE direction = ?4 AND partner = ?5 AND message_id = ?6 RETURNING ",
@@ -268,9 +291,9 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
       "AND updated_at = ?7");
   if (!mark_replayed.ok()) return mark_replayed.status();
 
-  auto writer =
-      std::make_unique<Writer>(Writer{*std::move(db), *std::move(upsert), *std::move(update_status),
-                                      *std::move(select_state), *std::move(mark_replayed)});
+  auto writer = std::make_unique<Writer>(
+      Writer{*std::move(db), *std::move(upsert), *std::move(insert_new), *std::move(mark),
+             *std::move(update_status), *std::move(select_state), *std::move(mark_replayed)});
   return std::unique_ptr<SqliteReplayStore>(
       new SqliteReplayStore(path, std::move(options), std::move(writer)));
 }
@@ -332,27 +355,57 @@ absl::StatusOr<uint32_t> SqliteReplayStore::Record(
 
 absl::Status SqliteReplayStore::Upsert(const MessageRecord& r, ess::v1::MessageStatus status,
                                        int64_t now) {
-  sqlite::Statement& upsert = writer_->upsert;
+  if (r.payload().empty() && r.rendered().empty()) {
+    absl::StatusOr<bool> marked = Mark(r, status, now);
+    if (!marked.ok()) return marked.status();
+    if (*marked) return absl::OkStatus();
+  }
+  return Insert(writer_->upsert, r, status, now);
+}
+
+absl::StatusOr<bool> SqliteReplayStore::Mark(const MessageRecord& r, ess::v1::MessageStatus status,
+                                             int64_t now) {
+  sqlite::Statement& mark = writer_->mark;
+  absl::Status s = [&]() -> absl::Status {
+    STORE_RETURN_IF_ERROR(mark.Bind(1, static_cast<int>(status)));
+    STORE_RETURN_IF_ERROR(mark.Bind(2, r.attempts()));
+    STORE_RETURN_IF_ERROR(mark.Bind(3, r.error()));
+    STORE_RETURN_IF_ERROR(mark.Bind(4, r.dry_run()));
+    STORE_RETURN_IF_ERROR(mark.Bind(5, now));
+    STORE_RETURN_IF_ERROR(mark.Bind(6, static_cast<int>(r.direction())));
+    STORE_RETURN_IF_ERROR(mark.Bind(7, r.partner()));
+    STORE_RETURN_IF_ERROR(mark.Bind(8, r.message_id()));
+    return mark.Run();
+  }();
+  if (!s.ok()) {
+    mark.Reset();
+    return s;
+  }
+  return writer_->db.Changes() > 0;
+}
+
+absl::Status SqliteReplayStore::Insert(sqlite::Statement& insert, const MessageRecord& r,
+                                       ess::v1::MessageStatus status, int64_t now) {
   const int64_t received_at =
       r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
   absl::Status s = [&]() -> absl::Status {
-    STORE_RETURN_IF_ERROR(upsert.Bind(1, static_cast<int>(r.direction())));
-    STORE_RETURN_IF_ERROR(upsert.Bind(2, r.partner()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(3, r.message_id()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(4, r.correlation_id()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(5, r.event_type()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(6, static_cast<int>(status)));
-    STORE_RETURN_IF_ERROR(upsert.BindBlob(7, r.payload()));
-    STORE_RETURN_IF_ERROR(upsert.BindBlob(8, r.rendered()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(9, r.error()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(10, r.attempts()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(11, r.dry_run()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(12, r.source()));
-    STORE_RETURN_IF_ERROR(upsert.Bind(13, received_at));
-    STORE_RETURN_IF_ERROR(upsert.Bind(14, now));
-    return upsert.Run();
+    STORE_RETURN_IF_ERROR(insert.Bind(1, static_cast<int>(r.direction())));
+    STORE_RETURN_IF_ERROR(insert.Bind(2, r.partner()));
+    STORE_RETURN_IF_ERROR(insert.Bind(3, r.message_id()));
+    STORE_RETURN_IF_ERROR(insert.Bind(4, r.correlation_id()));
+    STORE_RETURN_IF_ERROR(insert.Bind(5, r.event_type()));
+    STORE_RETURN_IF_ERROR(insert.Bind(6, static_cast<int>(status)));
+    STORE_RETURN_IF_ERROR(insert.BindBlob(7, r.payload()));
+    STORE_RETURN_IF_ERROR(insert.BindBlob(8, r.rendered()));
+    STORE_RETURN_IF_ERROR(insert.Bind(9, r.error()));
+    STORE_RETURN_IF_ERROR(insert.Bind(10, r.attempts()));
+    STORE_RETURN_IF_ERROR(insert.Bind(11, r.dry_run()));
+    STORE_RETURN_IF_ERROR(insert.Bind(12, r.source()));
+    STORE_RETURN_IF_ERROR(insert.Bind(13, received_at));
+    STORE_RETURN_IF_ERROR(insert.Bind(14, now));
+    return insert.Run();
   }();
-  if (!s.ok()) upsert.Reset();
+  if (!s.ok()) insert.Reset();
   return s;
 }
 
@@ -375,7 +428,16 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
   for (int i = 0; i < claims.size(); ++i) {
     const ess::v1::Claim& claim = claims[i];
     const MessageRecord& r = claim.record();
-    // What the key holds now (this transaction's earlier claims included).
+    // A new key is claimed by its insert.
+    if (absl::Status s = Insert(writer_->insert_new, r, ess::v1::MESSAGE_STATUS_RECEIVED, now);
+        !s.ok()) {
+      return WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
+    }
+    if (writer_->db.Changes() > 0) {
+      outcomes.push_back(ess::v1::CLAIM_OUTCOME_CLAIMED);
+      continue;
+    }
+    // The key is stored: what it holds now (this transaction's earlier claims included) decides.
     ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
     {
       ResetOnExit reset(select);

@@ -79,6 +79,13 @@ class SqliteReplayStore final : public ReplayStore {
   // Inserts or updates one record with `status`, inside the caller's write transaction.
   absl::Status Upsert(const ess::v1::MessageRecord& record, ess::v1::MessageStatus status,
                       int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Upsert's update of an existing row for a record without bytes; false if there is no row.
+  absl::StatusOr<bool> Mark(const ess::v1::MessageRecord& record, ess::v1::MessageStatus status,
+                            int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Binds `record` with `status` to `insert` (kUpsertSql or kInsertNewSql) and runs it.
+  absl::Status Insert(sqlite::Statement& insert, const ess::v1::MessageRecord& record,
+                      ess::v1::MessageStatus status, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::StatusOr<ReaderLease> AcquireReader();
   void ReleaseReader(std::unique_ptr<Reader> reader);
 

@@ -141,6 +141,57 @@ TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
   EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->payload(), "new payload");
 }
 
+// A record without payload and rendered bytes (a status mark, such as the inbound lane's
+// PUBLISHED) takes the store's plain UPDATE when its key is stored, and must change what the
+// upsert would, nothing more; with no row yet it is inserted as any record is.
+TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) {
+  MessageRecord claimed = MakeRecord(kIn, "prison", "wh-1", "VIS-1");
+  claimed.set_status(ess::v1::MESSAGE_STATUS_RECEIVED);
+  claimed.set_rendered("rendered event");
+  claimed.set_source("/webhooks/prison");
+  claimed.set_attempts(1);
+  *claimed.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
+  Store({claimed});
+
+  MessageRecord mark =
+      MakeRecord(kIn, "prison", "wh-1", "VIS-other", ess::v1::MESSAGE_STATUS_FAILED);
+  mark.clear_payload();
+  mark.set_error("event bus: nacked");
+  mark.set_attempts(2);
+  mark.set_dry_run(true);
+  mark.set_event_type("Other");
+  mark.set_source("elsewhere");
+  *mark.mutable_received_at() = Ts(absl::FromUnixSeconds(2'000));
+  const absl::Time mark_write = clock_.Peek();
+  Store({mark});
+
+  absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kIn, "prison", "wh-1"));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status(), ess::v1::MESSAGE_STATUS_FAILED);
+  EXPECT_EQ(got->error(), "event bus: nacked");
+  EXPECT_EQ(got->attempts(), 2u);
+  EXPECT_TRUE(got->dry_run());
+  EXPECT_EQ(got->updated_at().seconds(), absl::ToUnixSeconds(mark_write));
+  // What only the first write sets stays.
+  EXPECT_EQ(got->payload(), claimed.payload());
+  EXPECT_EQ(got->rendered(), "rendered event");
+  EXPECT_EQ(got->correlation_id(), "VIS-1");
+  EXPECT_EQ(got->event_type(), claimed.event_type());
+  EXPECT_EQ(got->source(), "/webhooks/prison");
+  EXPECT_EQ(got->received_at().seconds(), 1'000);
+
+  MessageRecord unknown =
+      MakeRecord(kIn, "prison", "wh-2", "VIS-2", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  unknown.clear_payload();
+  Store({unknown});
+  got = store_->GetByKey(Key(kIn, "prison", "wh-2"));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(got->correlation_id(), "VIS-2");
+  EXPECT_EQ(got->payload(), "");
+  EXPECT_EQ(ListAll().size(), 2u);
+}
+
 TEST_F(SqliteReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
   Store({MakeRecord(kOut, "prison", "m-1", "C"), MakeRecord(kIn, "prison", "m-1", "C"),
          MakeRecord(kOut, "clinic", "m-1", "C"), MakeRecord(kOut, "prison", "m-2", "C"),
