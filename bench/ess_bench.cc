@@ -242,6 +242,9 @@ void SetPerSecondP99(Scenario& sc, const SecondP99& p) {
   sc.Set("p99_per_second_median_ms", p.median_ms);
   sc.Set("p99_per_second_worst_ms", p.worst_ms);
   sc.Set("p99_seconds", static_cast<double>(p.seconds));
+  sc.Note("p99_by_second_ms", absl::StrJoin(p.by_second_ms, " ", [](std::string* out, double ms) {
+            absl::StrAppend(out, absl::StrFormat("%.2f", ms));
+          }));
 }
 
 std::string PerSecondP99Text(const SecondP99& p) {

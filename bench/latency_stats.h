@@ -19,6 +19,8 @@ struct SecondP99 {
   double median_ms = 0;
   double worst_ms = 0;
   size_t seconds = 0;  // seconds counted
+  // Each counted second's p99, in time order: whether the tail was one stall or every second.
+  std::vector<double> by_second_ms;
 };
 
 // `samples`: (send time, latency) in ns, in any order. Seconds are counted from `from_ns` by

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace ess::bench {
@@ -44,6 +45,7 @@ TEST(LatencyStatsTest, TheP99OfEachSecondShowsOneBadSecond) {
   EXPECT_EQ(p.seconds, 4u);
   EXPECT_DOUBLE_EQ(p.median_ms, 1.0);
   EXPECT_DOUBLE_EQ(p.worst_ms, 20.0);
+  EXPECT_THAT(p.by_second_ms, ::testing::ElementsAre(1.0, 1.0, 20.0, 1.0));
 }
 
 TEST(LatencyStatsTest, NoSecondWithEnoughSamples) {
