@@ -216,8 +216,8 @@ class Batcher {
         if (open_ != nullptr && open_->dones.size() + items.size() > batch_max_) {
           full_.push_back(std::move(open_));
         }
+        OpenLocked();
         for (size_t i = 0; i + 1 < items.size(); ++i) {
-          OpenLocked();
           *Calls::Items(open_->request)->Add() = std::move(items[i]);
           open_->dones.emplace_back(&Ignore);  // the last item's done speaks for all
         }
@@ -333,7 +333,7 @@ class Batcher {
     const absl::Time now = absl::Now();
     batch_waits_.Observe(now - batch->opened_at);
     auto* call = new Call{.batch = std::move(batch), .sent_at = now};
-    call->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline_));
+    call->context.set_deadline(absl::ToChronoTime(now + deadline_));
     if (!authorization_.empty()) call->context.AddMetadata("authorization", authorization_);
     Calls::Start(stub_, &call->context, &call->batch->request, &call->response,
                  [this, call](grpc::Status status) { OnCallDone(call, status); });

@@ -747,6 +747,7 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
       metrics::Single("ess_outbound_store_paused",
                       "1 while consumption is paused because the replay store is unreachable.",
                       MetricType::Gauge, store_paused_.load() ? 1 : 0));
+  for (prometheus::MetricFamily& f : recorder_->Metrics()) families.push_back(std::move(f));
   return families;
 }
 

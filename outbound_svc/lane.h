@@ -18,9 +18,10 @@
 //   store shows it delivered
 //   with the same payload
 //   delivered, and the       each confirmation (e.g. the SlotConfirmed a SOAP answer maps to)
-//   answer confirms events   is published to the events exchange with confirm and recorded
-//                            (inbound, PUBLISHED) before the delivery is recorded and acked;
-//                            if that publish fails the delivery is requeued
+//   answer confirms events   is published to the events exchange with confirm, then recorded
+//                            (inbound, PUBLISHED) in the same Record call as the delivery,
+//                            after it, before the ack; if that publish fails the delivery is
+//                            requeued
 //
 // Moves to another queue are publish-with-confirm first, ack second, so a crash in between
 // duplicates a message and never loses one; a duplicate carries the same Idempotency-Key.
@@ -112,8 +113,8 @@ class Lane {
   // Messages taken from the bus and not yet settled.
   int64_t in_flight() const { return live_.load(); }
   bool paused_for_store() const { return store_paused_.load(); }
-  // The lane's Prometheus metrics now (per partner: outcomes, success ratio, breaker; and the
-  // lane's intake). Thread-safe.
+  // The lane's Prometheus metrics now (per partner: outcomes, success ratio, breaker; the
+  // lane's intake; its replay recorder's calls). Thread-safe.
   std::vector<prometheus::MetricFamily> Metrics() const;
 
  private:

@@ -93,11 +93,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<ess::metrics::Server> metrics;
   if (const std::string& listen = config->outbound().metrics_listen(); !listen.empty()) {
     absl::StatusOr<std::unique_ptr<ess::metrics::Server>> server =
-        ess::metrics::Server::Start(listen, [&lane, &recorder] {
-          std::vector<prometheus::MetricFamily> families = lane.Metrics();
-          for (prometheus::MetricFamily& f : recorder.Metrics()) families.push_back(std::move(f));
-          return families;
-        });
+        ess::metrics::Server::Start(listen, [&lane] { return lane.Metrics(); });
     if (!server.ok()) {
       ess::log::Error("", "cannot start", {{"error", std::string(server.status().message())}});
       lane.Shutdown(absl::ZeroDuration());

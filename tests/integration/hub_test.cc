@@ -406,6 +406,10 @@ TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
   EXPECT_THAT(Samples(outbound->body, "ess_outbound_received_total"),
               ::testing::ElementsAre("ess_outbound_received_total 4"));
   EXPECT_THAT(outbound->body, HasSubstr("# TYPE ess_outbound_messages_total counter"));
+  // The lane's recorder timed the Record calls that stored those four outcomes.
+  EXPECT_THAT(Samples(outbound->body, "ess_replay_client_call_seconds_count"),
+              ::testing::Contains(::testing::MatchesRegex(
+                  R"(ess_replay_client_call_seconds_count\{call="record"\} [1-4])")));
 
   ASSERT_EQ(PostWebhook(R"({"id":"OK-1","status":"confirmed"})")->status, 200);
   ASSERT_EQ(PostWebhook(R"({"id":"OK-1","status":"confirmed"})")->status, 200);  // a repeat
