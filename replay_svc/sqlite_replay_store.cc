@@ -1,5 +1,7 @@
 #include "replay_svc/sqlite_replay_store.h"
 
+#include <algorithm>
+#include <deque>
 #include <optional>
 #include <utility>
 #include <variant>
@@ -49,6 +51,13 @@ CREATE INDEX records_by_updated ON records (updated_at);
 CREATE INDEX records_by_partner_updated ON records (partner, updated_at);
 CREATE INDEX records_by_partner_status_updated ON records (partner, status, updated_at);
 DROP INDEX records_by_partner_status;
+)sql",
+    // 2 -> 3: a partner's records in any status are listed through
+    // (partner, status, updated_at), one walk per status merged (List), so (partner, updated_at)
+    // no longer pays for itself: each index costs every insert and every status mark an entry
+    // to move (bench/README.md, Profiling 39).
+    R"sql(
+DROP INDEX records_by_partner_updated;
 )sql",
 };
 static_assert(std::size(kMigrations) == SqliteReplayStore::kSchemaVersion);
@@ -254,6 +263,7 @@ class SqliteReplayStore::ReaderLease {
     store_->ReleaseReader(std::move(reader_));
   }
   Reader* operator->() { return reader_.get(); }
+  Reader& operator*() { return *reader_; }
 
  private:
   SqliteReplayStore* store_;
@@ -595,9 +605,17 @@ absl::StatusOr<uint64_t> SqliteReplayStore::Purge(const RetentionPolicy& policy)
           keys.emplace_back(std::string((*groups)->ColumnText(0)), (*groups)->ColumnInt64(1));
         }
       }
-      absl::StatusOr<sqlite::Statement*> nth = (*reader)->Prepared(
-          "SELECT updated_at, id FROM records WHERE partner = ?1 AND direction = ?2 AND status "
-          "IN (2, 3, 6) ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET ?3");
+      // The newest ?3 + 1 of each settled status, each read backwards along
+      // (partner, status, updated_at), merged: no sort of every settled record of the partner.
+      std::string nth_sql;
+      for (const int status : {2, 3, 6}) {
+        absl::StrAppend(&nth_sql, nth_sql.empty() ? "" : " UNION ALL ",
+                        "SELECT * FROM (SELECT updated_at, id FROM records WHERE partner = ?1 AND "
+                        "direction = ?2 AND status = ",
+                        status, " ORDER BY updated_at DESC, id DESC LIMIT ?3 + 1)");
+      }
+      absl::StrAppend(&nth_sql, " ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET ?3");
+      absl::StatusOr<sqlite::Statement*> nth = (*reader)->Prepared(nth_sql);
       if (!nth.ok()) return nth.status();
       for (const auto& [partner, direction] : keys) {
         ResetOnExit reset(**nth);
@@ -689,10 +707,10 @@ absl::StatusOr<std::vector<MessageRecord>> SqliteReplayStore::GetByCorrelation(
 
 absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   // The SQL depends only on which filters are set, so each shape is prepared once per reader.
-  std::string sql = absl::StrCat("SELECT ", kColumns, " FROM records WHERE 1 = 1");
+  std::string where = "1 = 1";
   int next_param = 1;
   auto condition = [&](absl::string_view clause) {
-    absl::StrAppend(&sql, " AND ", clause, " ?", next_param++);
+    absl::StrAppend(&where, " AND ", clause, " ?", next_param++);
   };
   if (!query.partner.empty()) condition("partner =");
   if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) condition("direction =");
@@ -702,37 +720,44 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   if (query.since_micros.has_value()) condition("updated_at >=");
   if (query.until_micros.has_value()) condition("updated_at <");
   if (query.after.has_value()) {
-    absl::StrAppend(&sql, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
+    absl::StrAppend(&where, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
     next_param += 2;
   }
-  absl::StrAppend(&sql, " ORDER BY updated_at DESC, id DESC LIMIT ?", next_param);
+  const std::string newest_first =
+      absl::StrCat(" ORDER BY updated_at DESC, id DESC LIMIT ?", next_param);
+  // One row more than asked tells whether another page follows.
+  const size_t limit = query.limit > 0 ? query.limit : 1;
+  auto bind = [&](sqlite::Statement& s) -> absl::Status {
+    int p = 1;
+    if (!query.partner.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.partner));
+    if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) {
+      STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.direction)));
+    }
+    if (query.status != ess::v1::MESSAGE_STATUS_UNSPECIFIED) {
+      STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.status)));
+    }
+    if (!query.event_type.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.event_type));
+    if (!query.correlation_id.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.correlation_id));
+    if (query.since_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.since_micros));
+    if (query.until_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.until_micros));
+    if (query.after.has_value()) {
+      STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->updated_at_micros));
+      STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->id));
+    }
+    return s.Bind(p++, static_cast<int64_t>(limit) + 1);
+  };
 
   absl::StatusOr<ReaderLease> reader = AcquireReader();
   if (!reader.ok()) return reader.status();
-  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(sql);
+  if (!query.partner.empty() && query.status == ess::v1::MESSAGE_STATUS_UNSPECIFIED) {
+    return ListAcrossStatuses(**reader, where, newest_first, bind, limit);
+  }
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(
+      absl::StrCat("SELECT ", kColumns, " FROM records WHERE ", where, newest_first));
   if (!select.ok()) return select.status();
   sqlite::Statement& s = **select;
   ResetOnExit reset(s);
-  int p = 1;
-  if (!query.partner.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.partner));
-  if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) {
-    STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.direction)));
-  }
-  if (query.status != ess::v1::MESSAGE_STATUS_UNSPECIFIED) {
-    STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int>(query.status)));
-  }
-  if (!query.event_type.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.event_type));
-  if (!query.correlation_id.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.correlation_id));
-  if (query.since_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.since_micros));
-  if (query.until_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.until_micros));
-  if (query.after.has_value()) {
-    STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->updated_at_micros));
-    STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->id));
-  }
-  // One row more than asked tells whether another page follows.
-  const size_t limit = query.limit > 0 ? query.limit : 1;
-  STORE_RETURN_IF_ERROR(s.Bind(p++, static_cast<int64_t>(limit) + 1));
-
+  STORE_RETURN_IF_ERROR(bind(s));
   ListPage page;
   page.records.reserve(limit);
   ListCursor last;
@@ -746,6 +771,55 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
     }
     last = {.updated_at_micros = s.ColumnInt64(14), .id = s.ColumnInt64(0)};
     page.records.push_back(RowToRecord(s));
+  }
+  return page;
+}
+
+// A partner's records in any status, newest first. No index orders them directly (a
+// (partner, updated_at) index would cost every write, Profiling 39), so each status is read
+// backwards along (partner, status, updated_at) and those walks are merged here, in one read
+// transaction. A merge in SQL (UNION ALL of the walks) sorts each walk's page again: 0.6x
+// the pages per second.
+absl::StatusOr<ListPage> SqliteReplayStore::ListAcrossStatuses(
+    Reader& reader, const std::string& where, const std::string& newest_first,
+    const std::function<absl::Status(sqlite::Statement&)>& bind, size_t limit) {
+  std::vector<sqlite::Statement*> walks;  // each on its newest row not yet taken
+  std::deque<ResetOnExit> resets;         // destroyed before the lease ends the read
+  STORE_RETURN_IF_ERROR(reader.BeginRead());
+  static_assert(ess::v1::MESSAGE_STATUS_RECEIVED == 1 && ess::v1::MessageStatus_MAX == 6,
+                "every status the records table's CHECK allows");
+  for (int status = ess::v1::MESSAGE_STATUS_RECEIVED; status <= ess::v1::MessageStatus_MAX;
+       ++status) {
+    absl::StatusOr<sqlite::Statement*> walk =
+        reader.Prepared(absl::StrCat("SELECT ", kColumns, " FROM records WHERE ", where,
+                                     " AND status = ", status, newest_first));
+    if (!walk.ok()) return walk.status();
+    resets.emplace_back(**walk);
+    STORE_RETURN_IF_ERROR(bind(**walk));
+    absl::StatusOr<bool> row = (*walk)->Step();
+    if (!row.ok()) return row.status();
+    if (*row) walks.push_back(*walk);
+  }
+  // Columns 14 and 0: updated_at and id.
+  auto at = [](const sqlite::Statement* s) {
+    return std::make_pair(s->ColumnInt64(14), s->ColumnInt64(0));
+  };
+  ListPage page;
+  page.records.reserve(limit);
+  ListCursor last;
+  while (!walks.empty()) {
+    auto newest = std::max_element(walks.begin(), walks.end(),
+                                   [&](const auto* a, const auto* b) { return at(a) < at(b); });
+    sqlite::Statement& s = **newest;
+    if (page.records.size() == limit) {  // one more: another page follows
+      page.next = last;
+      break;
+    }
+    last = {.updated_at_micros = s.ColumnInt64(14), .id = s.ColumnInt64(0)};
+    page.records.push_back(RowToRecord(s));
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) walks.erase(newest);
   }
   return page;
 }

@@ -29,7 +29,7 @@ namespace ess::replay {
 class SqliteReplayStore final : public ReplayStore {
  public:
   // The schema this binary writes (PRAGMA user_version).
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   struct Options {
     // The time written as updated_at (and as received_at when a record has none); absl::Now
@@ -88,6 +88,11 @@ class SqliteReplayStore final : public ReplayStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::StatusOr<ReaderLease> AcquireReader();
   void ReleaseReader(std::unique_ptr<Reader> reader);
+  // List for a partner without a status: `where` and `newest_first` are List's filters and
+  // its ORDER BY ... LIMIT, `bind` binds their parameters to a statement.
+  absl::StatusOr<ListPage> ListAcrossStatuses(
+      Reader& reader, const std::string& where, const std::string& newest_first,
+      const std::function<absl::Status(sqlite::Statement&)>& bind, size_t limit);
 
   const std::string path_;
   const Options options_;

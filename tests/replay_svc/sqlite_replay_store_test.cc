@@ -540,6 +540,57 @@ TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
   EXPECT_FALSE(exact->next.has_value());
 }
 
+TEST_F(SqliteReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
+  // A partner's List without a status reads each status apart and merges them: pages must
+  // still be newest first across statuses, with ties (one batch, one updated_at) broken by
+  // row id, and other partners and directions left out.
+  constexpr ess::v1::MessageStatus kStatuses[] = {
+      ess::v1::MESSAGE_STATUS_RECEIVED, ess::v1::MESSAGE_STATUS_DELIVERED,
+      ess::v1::MESSAGE_STATUS_DRY_RUN,  ess::v1::MESSAGE_STATUS_FAILED,
+      ess::v1::MESSAGE_STATUS_DEAD,     ess::v1::MESSAGE_STATUS_PUBLISHED};
+  std::vector<std::string> expected;  // Newest first.
+  const absl::Time t0 = clock_.Peek();
+  for (int b = 0; b < 4; ++b) {
+    std::vector<MessageRecord> batch;
+    for (int i = 0; i < 6; ++i) {
+      const std::string id = absl::StrCat("m", b, "-", i);
+      batch.push_back(MakeRecord(kOut, "prison", id, "C", kStatuses[(b + i) % 6]));
+      batch.push_back(MakeRecord(kOut, "clinic", id, "C", kStatuses[i]));
+      batch.push_back(MakeRecord(kIn, "prison", id, "C", ess::v1::MESSAGE_STATUS_PUBLISHED));
+    }
+    Store(std::move(batch));  // updated_at t0 + b seconds
+  }
+  for (int b = 3; b >= 0; --b) {
+    for (int i = 5; i >= 0; --i) expected.push_back(absl::StrCat("m", b, "-", i));
+  }
+
+  std::vector<std::string> paged;
+  ListQuery query{.partner = "prison", .direction = kOut, .limit = 5};
+  int pages = 0;
+  while (pages < 10) {
+    ++pages;
+    absl::StatusOr<ListPage> page = store_->List(query);
+    ASSERT_TRUE(page.ok()) << page.status();
+    for (const MessageRecord& r : page->records) {
+      EXPECT_EQ(r.partner(), "prison");
+      EXPECT_EQ(r.direction(), kOut);
+      paged.push_back(r.message_id());
+    }
+    if (!page->next.has_value()) break;
+    query.after = page->next;
+  }
+  EXPECT_EQ(pages, 5);  // 24 records in pages of 5.
+  EXPECT_THAT(paged, ElementsAreArray(expected));
+
+  // Both directions of the partner, and a time window, through the same merge.
+  EXPECT_EQ(ListAll({.partner = "prison"}).size(), 48u);
+  EXPECT_THAT(MessageIds(ListAll({.partner = "prison",
+                                  .direction = kOut,
+                                  .since_micros = absl::ToUnixMicros(t0 + absl::Seconds(1)),
+                                  .until_micros = absl::ToUnixMicros(t0 + absl::Seconds(2))})),
+              ElementsAre("m1-5", "m1-4", "m1-3", "m1-2", "m1-1", "m1-0"));
+}
+
 TEST_F(SqliteReplayStoreTest, StatsCountsPerPartnerDirectionAndStatus) {
   auto with_received = [](MessageRecord r, int64_t seconds) {
     *r.mutable_received_at() = Ts(absl::FromUnixSeconds(seconds));
@@ -606,6 +657,33 @@ TEST_F(SqliteReplayStoreTest, RecordsSurviveReopenAndTheSchemaIsVersioned) {
   ASSERT_TRUE(version.ok());
   ASSERT_EQ(version->Step().value(), true);
   EXPECT_EQ(version->ColumnInt64(0), SqliteReplayStore::kSchemaVersion);
+}
+
+TEST_F(SqliteReplayStoreTest, AVersion2DatabaseLosesThePartnerUpdatedIndexAndKeepsItsRecords) {
+  Store({Outbound("prison", "m-1")});
+  store_.reset();
+  {  // What schema version 2 left: its (partner, updated_at) index.
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(
+        db->Exec("CREATE INDEX records_by_partner_updated ON records (partner, updated_at)").ok());
+    ASSERT_TRUE(db->Exec("PRAGMA user_version = 2").ok());
+  }
+  Reopen();
+  EXPECT_THAT(MessageIds(ListAll({.partner = "prison"})), ElementsAre("m-1"));
+  store_.reset();
+
+  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+  ASSERT_TRUE(db.ok());
+  absl::StatusOr<sqlite::Statement> index =
+      db->Prepare("SELECT count(*) FROM sqlite_master WHERE name = 'records_by_partner_updated'");
+  ASSERT_TRUE(index.ok());
+  ASSERT_EQ(index->Step().value(), true);
+  EXPECT_EQ(index->ColumnInt64(0), 0);
+  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
+  ASSERT_TRUE(version.ok());
+  ASSERT_EQ(version->Step().value(), true);
+  EXPECT_EQ(version->ColumnInt64(0), 3);
 }
 
 TEST_F(SqliteReplayStoreTest, NewerSchemaIsRefused) {
