@@ -605,17 +605,11 @@ absl::StatusOr<uint64_t> SqliteReplayStore::Purge(const RetentionPolicy& policy)
           keys.emplace_back(std::string((*groups)->ColumnText(0)), (*groups)->ColumnInt64(1));
         }
       }
-      // The newest ?3 + 1 of each settled status, each read backwards along
-      // (partner, status, updated_at), merged: no sort of every settled record of the partner.
-      std::string nth_sql;
-      for (const int status : {2, 3, 6}) {
-        absl::StrAppend(&nth_sql, nth_sql.empty() ? "" : " UNION ALL ",
-                        "SELECT * FROM (SELECT updated_at, id FROM records WHERE partner = ?1 AND "
-                        "direction = ?2 AND status = ",
-                        status, " ORDER BY updated_at DESC, id DESC LIMIT ?3 + 1)");
-      }
-      absl::StrAppend(&nth_sql, " ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET ?3");
-      absl::StatusOr<sqlite::Statement*> nth = (*reader)->Prepared(nth_sql);
+      // Served by (partner, status, updated_at): SQLite reads the three settled statuses' entries
+      // and sorts them, as fast as merging three walks in SQL (Profiling 39).
+      absl::StatusOr<sqlite::Statement*> nth = (*reader)->Prepared(
+          "SELECT updated_at, id FROM records WHERE partner = ?1 AND direction = ?2 AND status "
+          "IN (2, 3, 6) ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET ?3");
       if (!nth.ok()) return nth.status();
       for (const auto& [partner, direction] : keys) {
         ResetOnExit reset(**nth);
