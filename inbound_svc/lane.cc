@@ -408,8 +408,10 @@ void Lane::Finish(Call& call, int status, std::string body) {
   }
   http::ServerResponse resp{.status = status, .body = std::move(body)};
   if (status == 503) resp.headers.emplace_back("Retry-After", "1");
-  std::move(call.responder).Send(std::move(resp));
+  // Observed before the answer goes: a client that reads /metrics right after its answer must
+  // find the call counted (the server may write the answer before this thread runs on).
   call_seconds_.Observe(absl::Now() - call.received_at);
+  std::move(call.responder).Send(std::move(resp));
 }
 
 std::vector<prometheus::MetricFamily> Lane::Metrics() const {
