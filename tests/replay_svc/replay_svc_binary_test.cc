@@ -216,11 +216,21 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
     EXPECT_EQ(done, kRecords + 1);
     EXPECT_EQ(ok, kRecords + 1);
 
-    // What the store says of itself to Prometheus.
+    // What the store says of itself to Prometheus. A call's run time is observed when its task
+    // returns, just after the task answered, so the last call's may still be on its way: scrape
+    // until the Record run times and calls agree, for at most 2 s.
     ess::http::Client http({});
-    absl::StatusOr<ess::http::Response> scrape = http.SendAndWait(
-        {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port_, "/metrics")});
-    ASSERT_TRUE(scrape.ok()) << scrape.status();
+    absl::StatusOr<ess::http::Response> scrape;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      scrape = http.SendAndWait(
+          {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port_, "/metrics")});
+      ASSERT_TRUE(scrape.ok()) << scrape.status();
+      if (SampleValue(scrape->body, R"(ess_replay_store_seconds_count{method="Record"})") ==
+          SampleValue(scrape->body, R"(ess_replay_calls_total{method="Record",result="ok"})")) {
+        break;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
     EXPECT_EQ(scrape->status, 200);
     EXPECT_THAT(scrape->body,
                 HasSubstr(absl::StrCat("\ness_replay_records_stored_total ", kRecords + 1, "\n")));
