@@ -262,9 +262,9 @@ struct Server::Impl {
     if (absl::Status s = ParseListen(options.listen, &host, &requested_port); !s.ok()) return s;
     InitLibeventOnce();
     // With the change list, libevent folds the event changes of one loop turn into one
-    // epoll_ctl per socket: a request's read-off, write-on, write-off, read-on took four, now
-    // two, and the server's CPU per request fell to 0.88x (bench/README.md, Profiling 40). Not
-    // safe with dup()ed descriptors; this server hands libevent only sockets it accepted itself.
+    // epoll_ctl per socket: a keep-alive request took four epoll_ctl calls (strace), now two,
+    // and the server's CPU per request fell to 0.88x (bench/README.md, Profiling 40). Not safe
+    // with dup()ed descriptors; this server hands libevent only sockets it accepted itself.
     event_config* config = event_config_new();
     if (config != nullptr) {
       event_config_set_flag(config, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);

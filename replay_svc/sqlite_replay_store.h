@@ -88,11 +88,6 @@ class SqliteReplayStore final : public ReplayStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   absl::StatusOr<ReaderLease> AcquireReader();
   void ReleaseReader(std::unique_ptr<Reader> reader);
-  // List for a partner without a status: `where` and `newest_first` are List's filters and
-  // its ORDER BY ... LIMIT, `bind` binds their parameters to a statement.
-  absl::StatusOr<ListPage> ListAcrossStatuses(
-      Reader& reader, const std::string& where, const std::string& newest_first,
-      const std::function<absl::Status(sqlite::Statement&)>& bind, size_t limit);
 
   const std::string path_;
   const Options options_;
