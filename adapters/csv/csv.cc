@@ -10,9 +10,13 @@
 namespace ess::adapters::csv {
 namespace {
 
+constexpr std::string_view kUtf8Bom = "\xEF\xBB\xBF";
+
 bool NeedsQuotes(std::string_view v) {
   if (v.empty()) return false;
   if (v.front() == ' ' || v.front() == '\t' || v.back() == ' ' || v.back() == '\t') return true;
+  // At the start of a file, readers (this one too) take these bytes for a byte order mark.
+  if (v.starts_with(kUtf8Bom)) return true;
   return v.find_first_of(",\"\r\n") != std::string_view::npos;
 }
 
@@ -80,6 +84,11 @@ void AppendField(std::string_view value, std::string* out) {
 }
 
 void AppendRecord(std::span<const std::string_view> fields, std::string* out) {
+  // A lone empty field would be an empty line, which readers skip: "" keeps the record.
+  if (fields.size() == 1 && fields[0].empty()) {
+    out->append("\"\"\r\n");
+    return;
+  }
   for (size_t i = 0; i < fields.size(); ++i) {
     if (i > 0) out->push_back(',');
     AppendField(fields[i], out);
@@ -92,7 +101,7 @@ void AppendRecord(std::initializer_list<std::string_view> fields, std::string* o
 }
 
 absl::Status Read(std::string_view data, RecordFn on_record, ErrorFn on_error) {
-  if (data.starts_with("\xEF\xBB\xBF")) data.remove_prefix(3);
+  if (data.starts_with(kUtf8Bom)) data.remove_prefix(kUtf8Bom.size());
   Parser parser;
   Reading r{.on_record = &on_record};
   // Fed one physical line at a time (CRLF, LF or a lone CR ends one), so that line numbers are

@@ -2,9 +2,10 @@
 // files with partners.
 //
 // Writing: fields separated by commas, records ended by CRLF; a field is quoted (with its quotes
-// doubled) when it holds a comma, a quote, CR or LF, or starts or ends with a space or tab (so
-// that readers which trim unquoted fields keep it whole). Bytes are written as given (UTF-8 in,
-// UTF-8 out).
+// doubled) when it holds a comma, a quote, CR or LF, starts or ends with a space or tab (so
+// that readers which trim unquoted fields keep it whole), or starts with U+FEFF (which a reader
+// takes for a byte order mark at the start of a file). A record of one empty field is written
+// "" (an empty line would be skipped). Bytes are written as given (UTF-8 in, UTF-8 out).
 //
 //   std::string out;
 //   csv::AppendRecord({"id", "name"}, &out);          // id,name\r\n

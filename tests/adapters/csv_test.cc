@@ -39,6 +39,29 @@ TEST(CsvWriteTest, QuotesOnlyWhatNeedsIt) {
   EXPECT_EQ(out, "plain,\"a,b\",\"say \"\"hi\"\"\",\"two\r\nlines\",\"lf\nonly\",,\" padded\"\r\n");
 }
 
+// Both found by fuzzing the round trip (AppendRecord, then Read): each record came back changed
+// or not at all.
+TEST(CsvWriteTest, ARecordOfOneEmptyFieldIsNotAnEmptyLine) {
+  std::string out;
+  AppendRecord({"value"}, &out);
+  AppendRecord({""}, &out);
+  AppendRecord({"last"}, &out);
+  EXPECT_EQ(out, "value\r\n\"\"\r\nlast\r\n");
+  EXPECT_THAT(Parse(out).records,
+              ElementsAre(Pair(1, Fields{"value"}), Pair(2, Fields{""}), Pair(3, Fields{"last"})));
+}
+
+TEST(CsvWriteTest, AFieldStartingWithAByteOrderMarkIsQuoted) {
+  const std::string bom_first =
+      "\xEF\xBB\xBF"
+      "id";
+  std::string out;
+  AppendRecord({bom_first, "x"}, &out);
+  EXPECT_EQ(out, "\"" + bom_first + "\",x\r\n");
+  // At the start of a file: the field keeps its U+FEFF.
+  EXPECT_THAT(Parse(out).records, ElementsAre(Pair(1, Fields{bom_first, "x"})));
+}
+
 TEST(CsvWriteTest, KeepsUtf8AsIs) {
   std::string out;
   AppendRecord({"Zoë", "名前", "emoji 🙂"}, &out);
