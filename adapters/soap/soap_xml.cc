@@ -468,7 +468,11 @@ absl::StatusOr<ResponseMapping> ResponseMapping::Compile(
   InitLibxml();
   auto impl = std::make_shared<Impl>();
   static constexpr std::string_view kBuiltin[] = {"soap", "env", "soap11", "soap12", "ess"};
-  for (const auto& [prefix, uri] : namespaces) {
+  for (const auto& entry : namespaces) {
+    // Named references, not a structured binding: lambdas may not capture those before C++20's
+    // P1091, which clang 14 lacks (the fuzzing build, tests/fuzz).
+    const std::string& prefix = entry.first;
+    const std::string& uri = entry.second;
     auto bad = [&](std::string_view what) {
       return absl::InvalidArgumentError(absl::StrCat("namespaces.", prefix, ": ", ToAbsl(what)));
     };
