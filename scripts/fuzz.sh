@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers partners' bytes reach (tests/fuzz: CSV, SOAP responses, signed JSON
-# webhooks) with libFuzzer, AddressSanitizer and UndefinedBehaviorSanitizer.
+# Fuzzes the parsers partners' bytes reach (tests/fuzz: CSV, CSV files through the sftp_csv
+# adapter, SOAP responses, signed JSON webhooks) with libFuzzer, AddressSanitizer and
+# UndefinedBehaviorSanitizer.
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     e.g. scripts/fuzz.sh 300 csv_fuzz
 #
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(csv_fuzz soap_fuzz webhook_fuzz)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(csv_fuzz sftp_csv_pull_fuzz soap_fuzz webhook_fuzz)
 
 scripts/install-deps.sh
 if ! command -v clang++ >/dev/null 2>&1; then
