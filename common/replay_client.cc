@@ -155,6 +155,17 @@ absl::Status CheckClaim(const ess::v1::MessageRecord& record) {
   return absl::OkStatus();
 }
 
+// The same for a record to store, which the store also wants with a status: one bad record
+// would fail every record of its batch.
+absl::Status CheckRecord(const ess::v1::MessageRecord& record) {
+  if (absl::Status s = CheckClaim(record); !s.ok()) return s;
+  if (record.status() == ess::v1::MESSAGE_STATUS_UNSPECIFIED ||
+      !ess::v1::MessageStatus_IsValid(record.status())) {
+    return absl::InvalidArgumentError("record.status: must be a specified MessageStatus");
+  }
+  return absl::OkStatus();
+}
+
 // ---- Batcher ------------------------------------------------------------------------------
 
 // Items collect in `open_` until it is full (then it moves to `full_`) or its delay ran out; one
@@ -441,6 +452,10 @@ ReplayRecorder::ReplayRecorder(Options options)
 ReplayRecorder::~ReplayRecorder() { Stop(); }
 
 void ReplayRecorder::Record(ess::v1::MessageRecord record, Done done) {
+  if (absl::Status s = CheckRecord(record); !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
+  }
   impl_->records.Add(std::move(record), std::move(done));
 }
 
@@ -448,6 +463,12 @@ void ReplayRecorder::RecordTogether(std::vector<ess::v1::MessageRecord> records,
   if (records.empty()) {
     std::move(done)(absl::OkStatus());
     return;
+  }
+  for (const ess::v1::MessageRecord& record : records) {
+    if (absl::Status s = CheckRecord(record); !s.ok()) {
+      std::move(done)(std::move(s));
+      return;
+    }
   }
   impl_->records.AddTogether(std::move(records), std::move(done));
 }

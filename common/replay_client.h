@@ -76,10 +76,13 @@ class ReplayRecorder {
   ReplayRecorder(const ReplayRecorder&) = delete;
   ReplayRecorder& operator=(const ReplayRecorder&) = delete;
 
+  // A record the store would reject (unspecified direction or status, empty partner,
+  // message_id or correlation_id) completes at once with INVALID_ARGUMENT, so it never fails
+  // the other records of a batch.
   void Record(ess::v1::MessageRecord record, Done done);
   // Like Record, for records that belong together: they go in one Record call, in this order,
   // so the store keeps all or none of them, and `done` runs once with that outcome (OK at once
-  // for none).
+  // for none; INVALID_ARGUMENT at once, none sent, if one of them would be rejected).
   void RecordTogether(std::vector<ess::v1::MessageRecord> records, Done done);
 
   using LookupDone = absl::AnyInvocable<void(absl::StatusOr<ess::v1::MessageRecord>) &&>;

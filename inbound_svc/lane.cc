@@ -1,15 +1,14 @@
 #include "inbound_svc/lane.h"
 
-#include <openssl/evp.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
 #include <utility>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/bus_headers.h"
+#include "common/ids.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
@@ -31,14 +30,6 @@ std::string ErrorBody(std::string_view message) {
 std::string OkBody(size_t events, size_t duplicates) {
   if (duplicates == 0) return absl::StrCat(R"({"ok":true,"events":)", events, "}");
   return absl::StrCat(R"({"ok":true,"events":)", events, R"(,"duplicates":)", duplicates, "}");
-}
-
-// The first 16 hex digits of SHA-256(text).
-std::string ShortHash(std::string_view text) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr);
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), 8));
 }
 
 google::protobuf::Timestamp ToProto(absl::Time t) {
@@ -222,7 +213,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   bool in_progress = false;
   for (size_t i = 0; i < events->size(); ++i) {
     adapters::InboundEvent& ev = (*events)[i];
-    std::string id = webhook_id.empty() ? absl::StrCat(ev.correlation_id, ":", ShortHash(ev.body))
+    std::string id = webhook_id.empty()    ? ids::ContentId(ev.correlation_id, ev.body)
                      : events->size() == 1 ? webhook_id
                                            : absl::StrCat(webhook_id, ":", i);
     switch (recent_.Take(id, now)) {

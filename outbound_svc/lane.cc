@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "adapters/http_status.h"
+#include "common/ids.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -132,7 +133,11 @@ struct Lane::Job {
   std::vector<MappedField> fields;
   std::string_view correlation_id;  // into `event` or `delivery`
   std::string_view event_type;
-  std::string_view message_id;
+  std::string_view message_id;  // into `delivery`, or `own_message_id`
+  // The message id the lane makes when the publisher set none: the event's id and a hash of
+  // the body, so that a redelivery keeps its id and a different update of the same id does not
+  // share it.
+  std::string own_message_id;
   uint32_t attempt = 1;
   absl::Time received_at;
 };
@@ -251,8 +256,14 @@ void Lane::Handle(amqp::Delivery delivery) {
     if (!type.empty()) job->event_type = type;
     s = p.partner.mapper.Apply(job->event, &job->fields);
   }
-  job->message_id =
-      !msg.message_id.empty() ? std::string_view(msg.message_id) : job->correlation_id;
+  if (!msg.message_id.empty()) {
+    job->message_id = msg.message_id;
+  } else {
+    job->own_message_id = ids::ContentId(job->correlation_id, msg.body);
+    job->message_id = job->own_message_id;
+  }
+  // An event that tells nothing about itself is known by that id in the logs and the store.
+  if (job->correlation_id.empty()) job->correlation_id = job->message_id;
   if (!s.ok()) {
     Park(p, std::move(job), s);
     return;
@@ -338,10 +349,11 @@ void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
 
 // --- outcomes --------------------------------------------------------------------------------
 
-bool Lane::NoteOutcome(PartnerState& p, bool failed) {
+bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
   const auto& cfg = p.partner.route.circuit_breaker();
   absl::MutexLock lock(&p.mu);
   --p.in_flight;
+  if (!counts) return false;
   using B = PartnerState::Breaker;
   if (p.breaker == B::kHalfOpen && p.probing) {
     p.probing = false;
@@ -389,7 +401,8 @@ void Lane::OpenBreaker(PartnerState& p) {
 
 void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
   const bool retryable = !result.status.ok() && adapters::IsRetryable(result.status);
-  if (!result.dry_run && NoteOutcome(p, retryable)) OpenBreaker(p);
+  // A dry run frees its slot too, but says nothing about the partner's health.
+  if (NoteOutcome(p, retryable, /*counts=*/!result.dry_run)) OpenBreaker(p);
   Pump(p);  // the slot this push held is free
 
   const std::string& partner = p.partner.name;
@@ -523,16 +536,18 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
   int64_t first_ms = absl::ToUnixMillis(job->received_at);
   HeaderNumber(job->delivery.message.headers, kFirstAttemptHeader, &first_ms);
   const absl::Duration age = now - absl::FromUnixMillis(first_ms);
+  // Each reason is built before the call: the order of a call's arguments is unspecified, and
+  // the job may be moved into Park before the reason would read it.
   if (job->attempt >= policy.max_attempts()) {
-    Park(p, std::move(job),
-         absl::Status(status.code(), absl::StrCat("gave up after ", job->attempt,
-                                                  " attempts: ", status.message())));
+    absl::Status reason(status.code(), absl::StrCat("gave up after ", job->attempt,
+                                                    " attempts: ", status.message()));
+    Park(p, std::move(job), reason);
     return;
   }
   if (age >= absl::Milliseconds(policy.max_age_ms())) {
-    Park(p, std::move(job),
-         absl::Status(status.code(), absl::StrCat("gave up after ", absl::FormatDuration(age),
-                                                  " (max_age): ", status.message())));
+    absl::Status reason(status.code(), absl::StrCat("gave up after ", absl::FormatDuration(age),
+                                                    " (max_age): ", status.message()));
+    Park(p, std::move(job), reason);
     return;
   }
   // Full jitter: uniform in [0, min(max, initial * 2^(attempt-1))]; a partner's Retry-After
@@ -562,14 +577,15 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
       [this, &p, raw, queue = std::move(queue), status, first_ms, delay_ms](absl::Status) mutable {
         // The message is safe in the retry queue whether or not the record was stored.
         std::unique_ptr<Job> owned(raw);
+        p.retried.fetch_add(1, std::memory_order_relaxed);
+        // Before the message moves: the job's ids may point into it.
+        Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
         amqp::Message msg = std::move(owned->delivery.message);
         SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
         SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
         SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
         AppendHistory(msg.headers, owned->attempt, status);
         msg.expiration = absl::StrCat(delay_ms);
-        p.retried.fetch_add(1, std::memory_order_relaxed);
-        Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
         MoveAndAck(*owned, std::move(queue), std::move(msg));
       });
 }
@@ -583,14 +599,15 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
   Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason, [this, raw, &p, reason](absl::Status) {
     // Parked whether or not the record was stored: the parked queue holds it.
     std::unique_ptr<Job> owned(raw);
+    p.parked.fetch_add(1, std::memory_order_relaxed);
+    // Before the message moves: the job's ids may point into it.
+    Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
     amqp::Message msg = std::move(owned->delivery.message);
     SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
     SetHeader(msg.headers, kPartnerHeader, p.partner.name);
     SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
     AppendHistory(msg.headers, owned->attempt, reason);
     msg.expiration.clear();
-    p.parked.fetch_add(1, std::memory_order_relaxed);
-    Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
     MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
   });
 }

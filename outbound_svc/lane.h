@@ -143,8 +143,9 @@ class Lane {
                                     std::string rendered, const absl::Status& error);
   void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
              const absl::Status& error);
-  // Breaker bookkeeping of one push outcome; true if the breaker just opened.
-  bool NoteOutcome(PartnerState& p, bool failed);
+  // Frees the push's slot and, when the outcome `counts` (not a dry run), keeps the breaker's
+  // books; true if the breaker just opened.
+  bool NoteOutcome(PartnerState& p, bool failed, bool counts);
   void OpenBreaker(PartnerState& p);
   void PauseForStore(const absl::Status& why);
   void Supervise();

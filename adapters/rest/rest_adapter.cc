@@ -4,6 +4,7 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -70,7 +71,10 @@ absl::StatusOr<http::Request> RestAdapter::Render(const PushRequest& request) co
   req.url = absl::StrCat(settings_.base_url(), *path);
   req.headers.reserve(4 + settings_.headers_size());
   req.headers.emplace_back("Content-Type", "application/json");
-  req.headers.emplace_back("Idempotency-Key", std::string(request.correlation_id));
+  // Per event, not per business id: a second update of the same visit is not a repeat.
+  req.headers.emplace_back(
+      "Idempotency-Key",
+      std::string(request.message_id.empty() ? request.correlation_id : request.message_id));
   req.headers.emplace_back(
       settings_.correlation_header().empty() ? "X-Correlation-ID" : settings_.correlation_header(),
       std::string(request.correlation_id));
@@ -131,6 +135,30 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
   }
   if (!settings.path().empty() && settings.path()[0] != '/')
     return bad("path", "must start with /");
+  // Every {placeholder} must be closed and, when the outbound mapping is given, name one of its
+  // targets: found here, not by parking every event the lane takes.
+  {
+    absl::flat_hash_set<std::string> targets;
+    if (partner.has_outbound()) {
+      for (const auto& f : partner.outbound().mapping()) targets.insert(f.target());
+    }
+    std::string_view path = settings.path();
+    for (size_t open = path.find('{'); open != std::string_view::npos;
+         open = path.find('{', open + 1)) {
+      const size_t close = path.find('}', open);
+      if (close == std::string_view::npos) {
+        return bad("path", absl::StrCat("placeholder at offset ", open, " has no closing }"));
+      }
+      const std::string name(path.substr(open + 1, close - open - 1));
+      if (name.empty() || name.find('{') != std::string::npos) {
+        return bad("path", absl::StrCat("placeholder at offset ", open, " has no name"));
+      }
+      if (partner.outbound().mapping_size() > 0 && !targets.contains(name)) {
+        return bad("path",
+                   absl::StrCat("placeholder {", name, "} is not a target of outbound.mapping"));
+      }
+    }
+  }
   std::string method = absl::AsciiStrToUpper(settings.method());
   if (!method.empty() && method != "POST" && method != "PUT" && method != "PATCH") {
     return bad("method", "must be POST, PUT or PATCH");

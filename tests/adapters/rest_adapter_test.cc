@@ -160,6 +160,32 @@ TEST(RestAdapterTest, FactoryRejectsBadSettings) {
   EXPECT_EQ(BuiltinRegistry().Create(p, {}).status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(RestAdapterTest, FactoryChecksThePathsPlaceholdersAgainstTheMapping) {
+  auto with_path = [](const std::string& path) {
+    ess::v1::PartnerConfig p = Partner("http://127.0.0.1:9");
+    ess::v1::RestAdapterConfig rest;
+    EXPECT_TRUE(p.settings().UnpackTo(&rest));
+    rest.set_path(path);
+    p.mutable_settings()->PackFrom(rest);
+    for (const char* target : {"ref", "inmate"}) {
+      auto* f = p.mutable_outbound()->add_mapping();
+      f->set_target(target);
+      f->set_source(target);
+    }
+    return BuiltinRegistry().Create(p, {}).status();
+  };
+  EXPECT_TRUE(with_path("/v2/visits/{ref}/inmates/{inmate}").ok());
+  absl::Status s = with_path("/v2/visits/{reference}");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "partners[prison].settings.path: placeholder {reference} is not a target of "
+            "outbound.mapping");
+  EXPECT_EQ(with_path("/v2/visits/{ref").message(),
+            "partners[prison].settings.path: placeholder at offset 11 has no closing }");
+  EXPECT_EQ(with_path("/v2/visits/{}").message(),
+            "partners[prison].settings.path: placeholder at offset 11 has no name");
+}
+
 TEST(HttpStatusTest, Classification) {
   std::vector<uint32_t> none;
   EXPECT_TRUE(ClassifyHttpStatus(204, none, "").ok());

@@ -334,6 +334,10 @@ TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
   EXPECT_THAT(seen["AU-1/DIRECTION_INBOUND"], HasSubstr(R"("eventType":"SlotConfirmed")"));
   EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr(R"("status":"MESSAGE_STATUS_DEAD")"));
   EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr("missing required field"));
+  // The ids of a parked event are read before its message moves to the parked queue.
+  EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr(R"("messageId":"AU-BAD")"));
+  EXPECT_THAT(seen["AU-BAD/DIRECTION_OUTBOUND"], HasSubstr(R"("correlationId":"AU-BAD")"));
+  EXPECT_THAT(seen["AU-1/DIRECTION_OUTBOUND"], HasSubstr(R"("messageId":"AU-1")"));
   for (const auto& [key, json] : seen) {
     EXPECT_THAT(json, ::testing::Not(HasSubstr("A123"))) << key;  // ids and outcome, no payload
   }
@@ -489,6 +493,55 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   EXPECT_EQ(Depth(queue_), 0u);
 }
 
+// Events published without an AMQP message id get one from their content: the event's id and
+// a hash of its body. A second update of the same visit is not a repeat of the first, and an
+// event with no id at all is still parked with a record of its own, without failing the
+// records batched with it.
+TEST_F(HubTest, EventsWithoutAMessageIdGetOneFromTheirContent) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const std::string first = VisitEvent("VIS-5");
+  std::string second = first;
+  second.replace(second.find("2026-12-01T15:00:00Z"), 20, "2026-12-02T09:30:00Z");
+  ASSERT_NE(first, second);
+  ASSERT_TRUE((*conn)->Publish("", queue_, {.body = first}).ok());
+  ASSERT_TRUE((*conn)->Publish("", queue_, {.body = "no json, no ids"}).ok());
+  ASSERT_TRUE((*conn)->Publish("", queue_, {.body = second}).ok());
+  for (int i = 0; i < 10; ++i) {
+    const std::string id = absl::StrCat("ANON-", i);
+    ASSERT_TRUE((*conn)->Publish("", queue_, {.body = VisitEvent(id)}).ok());
+  }
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 12; },
+                      absl::Seconds(30)))
+      << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString();
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(Depth(queue_), 0u);
+  EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
+  outbound_.reset();
+
+  // Every event pushed once (no batch of records failed and sent back), each with its own key.
+  std::vector<CapturePartner::Seen> seen = partner.seen();
+  ASSERT_EQ(seen.size(), 12u);
+  std::set<std::string> keys;
+  std::vector<std::string> vis5_keys;
+  for (const auto& s : seen) {
+    keys.insert(s.idempotency_key);
+    EXPECT_TRUE(absl::StartsWith(s.idempotency_key, s.correlation + ":")) << s.idempotency_key;
+    if (s.correlation == "VIS-5") vis5_keys.push_back(s.idempotency_key);
+  }
+  EXPECT_EQ(keys.size(), 12u);
+  ASSERT_EQ(vis5_keys.size(), 2u);
+  EXPECT_NE(vis5_keys[0], vis5_keys[1]);
+  // Both updates are in the store, under their own ids.
+  auto trail = Trail("VIS-5");
+  ASSERT_EQ(trail.records_size(), 2);
+  EXPECT_NE(trail.records(0).message_id(), trail.records(1).message_id());
+}
+
 TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) {
   CapturePartner partner;
   partner.set_status(422);
@@ -555,12 +608,15 @@ TEST_F(HubTest, QuorumQueuesCarryTheFlowToo) {
 TEST_F(HubTest, DryRunRecordsEverythingAndSendsNothing) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()), {"--dry_run"});
+  // More than the partner's 32 pushes in flight: each dry run must free its slot.
+  constexpr int kEvents = 100;
   std::vector<std::pair<std::string, std::string>> events;
-  for (int i = 0; i < 20; ++i)
+  for (int i = 0; i < kEvents; ++i)
     events.emplace_back(absl::StrCat("DRY-", i), VisitEvent(absl::StrCat("DRY-", i)));
   Publish(events);
-  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dry_run() == 20; },
-                      absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dry_run() == kEvents; },
+                      absl::Seconds(30)))
+      << Stats(ess::v1::DIRECTION_OUTBOUND).dry_run() << " dry runs";
   EXPECT_EQ(partner.count(), 0u);
   auto t = Trail("DRY-3");
   ASSERT_EQ(t.records_size(), 1);

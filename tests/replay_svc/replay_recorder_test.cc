@@ -727,6 +727,31 @@ TEST_F(ReplayRecorderBatchingTest, RecordsDoNotWaitBehindHeldLookupBatches) {
   EXPECT_THAT(lookups.codes(), UnorderedElementsAre(std::pair(absl::StatusCode::kOk, 3)));
 }
 
+TEST_F(ReplayRecorderBatchingTest, InvalidRecordIsRefusedAtOnceAndFailsNoOtherRecord) {
+  DoneTracker tracker(5);
+  ReplayRecorder recorder({.address = address(), .batch_max = 3, .batch_delay = absl::Hours(1)});
+  ess::v1::MessageRecord no_id = Outbound("prison", "");
+  ess::v1::MessageRecord no_status = Outbound("prison", "m-9");
+  no_status.clear_status();
+  recorder.Record(Outbound("prison", "m-1"), tracker.Make(0));
+  recorder.Record(no_id, tracker.Make(1));
+  recorder.Record(Outbound("prison", "m-2"), tracker.Make(2));
+  recorder.Record(no_status, tracker.Make(3));
+  // A group with one bad record is refused whole, before any of it is sent.
+  recorder.RecordTogether({Outbound("prison", "m-3"), no_id}, tracker.Make(4));
+  ASSERT_TRUE(tracker.WaitForTotal(3, absl::ZeroDuration()));  // Already, synchronously.
+  EXPECT_EQ(tracker.result(1)->message(), "record.message_id: must not be empty");
+  EXPECT_EQ(tracker.result(3)->message(), "record.status: must be a specified MessageStatus");
+  EXPECT_EQ(tracker.result(4)->message(), "record.message_id: must not be empty");
+  recorder.Stop();
+  ASSERT_TRUE(tracker.WaitForTotal(5, kWait));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+  EXPECT_EQ(*tracker.result(0), absl::OkStatus());
+  EXPECT_EQ(*tracker.result(2), absl::OkStatus());
+  using Ids = std::vector<std::string>;
+  EXPECT_THAT(service_.record_ids(), ElementsAre(Ids{"m-1", "m-2"}));
+}
+
 TEST_F(ReplayRecorderBatchingTest, InvalidKeyIsRefusedAtOnceAndSentNowhere) {
   LookupTracker tracker(3);
   ReplayRecorder recorder({.address = address()});
