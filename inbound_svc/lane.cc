@@ -40,7 +40,19 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
 
 // --- RecentIds -------------------------------------------------------------------------------
 
-Lane::RecentIds::Claim Lane::RecentIds::Take(const std::string& id, absl::Time now) {
+namespace {
+std::string MemoryKey(std::string_view partner, std::string_view id) {
+  std::string key;
+  key.reserve(partner.size() + 1 + id.size());
+  key.append(partner).push_back('\0');
+  key.append(id);
+  return key;
+}
+}  // namespace
+
+Lane::RecentIds::Claim Lane::RecentIds::Take(std::string_view partner, std::string_view id,
+                                             absl::Time now) {
+  std::string key = MemoryKey(partner, id);
   absl::MutexLock lock(&mu_);
   while (!order_.empty() && order_.front().first + window_ < now) {
     auto it = ids_.find(order_.front().second);
@@ -49,7 +61,7 @@ Lane::RecentIds::Claim Lane::RecentIds::Take(const std::string& id, absl::Time n
     }
     order_.pop_front();
   }
-  auto [it, inserted] = ids_.try_emplace(id, Entry{.published = false, .at = now});
+  auto [it, inserted] = ids_.try_emplace(std::move(key), Entry{.published = false, .at = now});
   if (inserted) return Claim::kClaimed;
   if (!it->second.published) return Claim::kInProgress;
   if (it->second.at + window_ >= now) return Claim::kPublished;
@@ -57,10 +69,11 @@ Lane::RecentIds::Claim Lane::RecentIds::Take(const std::string& id, absl::Time n
   return Claim::kClaimed;
 }
 
-void Lane::RecentIds::Published(const std::string& id, absl::Time at) {
+void Lane::RecentIds::Published(std::string_view partner, std::string_view id, absl::Time at) {
+  std::string key = MemoryKey(partner, id);
   absl::MutexLock lock(&mu_);
-  ids_[id] = Entry{.published = true, .at = at};
-  order_.emplace_back(at, id);
+  ids_[key] = Entry{.published = true, .at = at};
+  order_.emplace_back(at, std::move(key));
   // Past the cap the oldest published ids are forgotten here; the store still knows them.
   while (order_.size() > max_published_) {
     auto it = ids_.find(order_.front().second);
@@ -71,9 +84,10 @@ void Lane::RecentIds::Published(const std::string& id, absl::Time at) {
   }
 }
 
-void Lane::RecentIds::Release(const std::string& id) {
+void Lane::RecentIds::Release(std::string_view partner, std::string_view id) {
+  const std::string key = MemoryKey(partner, id);
   absl::MutexLock lock(&mu_);
-  auto it = ids_.find(id);
+  auto it = ids_.find(key);
   if (it != ids_.end() && !it->second.published) ids_.erase(it);
 }
 
@@ -91,6 +105,7 @@ struct Lane::Call {
   std::vector<adapters::InboundEvent> events;   // the events this call owns (not duplicates)
   std::vector<std::string> ids;                 // their message ids
   std::vector<ess::v1::ClaimOutcome> outcomes;  // round 1's answers
+  std::vector<bool> confirmed;                  // round 2's answers, per event (under `mu`)
   absl::Time round_started;                     // when the current round's first request went
   size_t duplicates = 0;
   bool finished = false;
@@ -200,9 +215,12 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
                            .content_type = request.Header("content-type"),
                            .correlation_id = header_cid});
   if (!events.ok()) {
-    log::Warn(header_cid, "webhook rejected",
+    // Only a payload the adapter found wrong is the partner's to fix (400, not retried); any
+    // other failure is ours, and the partner keeps the event and retries (503).
+    const bool bad_payload = events.status().code() == absl::StatusCode::kInvalidArgument;
+    log::Warn(header_cid, bad_payload ? "webhook rejected" : "webhook not taken",
               {{"partner", route.partner}, {"error", ToStd(events.status().message())}});
-    reply(400, absl::StrCat(route.partner, ": ", events.status().message()));
+    reply(bad_payload ? 400 : 503, absl::StrCat(route.partner, ": ", events.status().message()));
     return;
   }
 
@@ -216,7 +234,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     std::string id = webhook_id.empty()    ? ids::ContentId(ev.correlation_id, ev.body)
                      : events->size() == 1 ? webhook_id
                                            : absl::StrCat(webhook_id, ":", i);
-    switch (recent_.Take(id, now)) {
+    switch (recent_.Take(route.partner, id, now)) {
       case RecentIds::Claim::kPublished:
         ++call->duplicates;
         break;
@@ -280,7 +298,8 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
 }
 
 void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
-  claim_seconds_.Observe(absl::Now() - call->round_started);
+  const absl::Duration claim_took = absl::Now() - call->round_started;
+  claim_seconds_.Observe(claim_took);
   if (error.ok()) {
     // What the store holds for someone else is not this call's to publish.
     bool in_progress = false;
@@ -295,11 +314,11 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
         case ess::v1::CLAIM_OUTCOME_PUBLISHED:
           ++call->duplicates;
           counters_.duplicates.fetch_add(1, std::memory_order_relaxed);
-          recent_.Published(call->ids[i], call->received_at);
+          recent_.Published(call->partner, call->ids[i], call->received_at);
           break;
         default:  // another call holds the id's lease
           in_progress = true;
-          recent_.Release(call->ids[i]);
+          recent_.Release(call->partner, call->ids[i]);
           break;
       }
     }
@@ -321,8 +340,21 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
     Finish(*call, 200, OkBody(0, call->duplicates));
     return;
   }
+  if (claim_took > options_.claim_lease / 2) {
+    // Too little of the lease is left for the publish and its confirm: past it, a retry through
+    // another replica could publish the same id too. The partner retries; the claims go back.
+    counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
+    const std::string reason = absl::StrCat("replay store answered the claim after ",
+                                            absl::FormatDuration(claim_took), "; try again");
+    log::Warn(call->events.front().correlation_id, "claim answered too late; not published",
+              {{"partner", call->partner}, {"error", reason}});
+    Release(*call, reason);
+    Finish(*call, 503, ErrorBody(reason));
+    return;
+  }
   // Round 2: publish the claimed events; the 200 waits for every confirm.
   const size_t n = call->events.size();
+  call->confirmed.assign(n, false);
   call->StartRound(n);
   std::vector<amqp::Message> messages(n);
   for (size_t i = 0; i < n; ++i) {
@@ -336,13 +368,17 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
   }
   // As with the claims: once the first publish is out, `call` belongs to the confirms.
   call->round_started = absl::Now();
-  for (amqp::Message& msg : messages) {
-    publisher_->Publish(options_.events_exchange, "", std::move(msg),
-                        [this, call](absl::Status s) { OnPublished(call, s); });
+  for (size_t i = 0; i < n; ++i) {
+    publisher_->Publish(options_.events_exchange, "", std::move(messages[i]),
+                        [this, call, i](absl::Status s) { OnPublished(call, i, s); });
   }
 }
 
-void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
+void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status& status) {
+  if (status.ok()) {
+    absl::MutexLock lock(&call->mu);
+    call->confirmed[i] = true;
+  }
   absl::Status error;
   if (!call->Settle(status, &error)) return;
   const absl::Time now = absl::Now();
@@ -352,32 +388,49 @@ void Lane::OnPublished(std::shared_ptr<Call> call, const absl::Status& status) {
     log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
               {{"partner", call->partner}, {"error", ToStd(error.message())}});
     const std::string reason = absl::StrCat("event bus: ", error.message());
-    Release(*call, reason);
+    std::vector<bool> confirmed;
+    {
+      absl::MutexLock lock(&call->mu);
+      confirmed = call->confirmed;
+    }
+    // The events the broker did confirm are on the bus: recorded PUBLISHED, so that the
+    // partner's retry publishes only the others. Those go back, FAILED.
+    std::vector<bool> unconfirmed(confirmed.size());
+    for (size_t k = 0; k < confirmed.size(); ++k) {
+      unconfirmed[k] = !confirmed[k];
+      if (!confirmed[k]) continue;
+      recent_.Published(call->partner, call->ids[k], now);
+      RecordPublished(*call, k);
+    }
+    Release(*call, reason, &unconfirmed);
     Finish(*call, 503, ErrorBody(reason));
     return;
   }
-  for (const std::string& id : call->ids) recent_.Published(id, now);
+  for (const std::string& id : call->ids) recent_.Published(call->partner, id, now);
   counters_.published.fetch_add(call->events.size(), std::memory_order_relaxed);
   log::Info(call->events.front().correlation_id, "published",
             {{"partner", call->partner},
              {"type", call->events.front().event_type},
              {"events", absl::StrCat(call->events.size())}});
   Finish(*call, 200, OkBody(call->events.size(), call->duplicates));
-  // The claim (RECEIVED) was stored before the publish, so this write always lands after it.
-  for (size_t i = 0; i < call->events.size(); ++i) {
-    recorder_->Record(
-        call->MakeRecord(i, ess::v1::MESSAGE_STATUS_PUBLISHED, ""),
-        [this, cid = call->events[i].correlation_id, partner = call->partner](absl::Status s) {
-          if (s.ok()) return;
-          counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
-          log::Warn(cid, "published event stays RECEIVED in the replay store",
-                    {{"partner", partner}, {"error", ToStd(s.message())}});
-        });
-  }
+  for (size_t k = 0; k < call->events.size(); ++k) RecordPublished(*call, k);
 }
 
-void Lane::Release(const Call& call, std::string_view reason) {
+void Lane::RecordPublished(const Call& call, size_t i) {
+  // The claim (RECEIVED) was stored before the publish, so this write always lands after it.
+  recorder_->Record(
+      call.MakeRecord(i, ess::v1::MESSAGE_STATUS_PUBLISHED, ""),
+      [this, cid = call.events[i].correlation_id, partner = call.partner](absl::Status s) {
+        if (s.ok()) return;
+        counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
+        log::Warn(cid, "published event stays RECEIVED in the replay store",
+                  {{"partner", partner}, {"error", ToStd(s.message())}});
+      });
+}
+
+void Lane::Release(const Call& call, std::string_view reason, const std::vector<bool>* only) {
   for (size_t i = 0; i < call.events.size(); ++i) {
+    if (only != nullptr && !(*only)[i]) continue;
     recorder_->Record(call.MakeRecord(i, ess::v1::MESSAGE_STATUS_FAILED, reason),
                       [](absl::Status) {});
   }
@@ -385,7 +438,8 @@ void Lane::Release(const Call& call, std::string_view reason) {
 
 void Lane::Finish(Call& call, int status, std::string body) {
   if (status != 200) {
-    for (const std::string& id : call.ids) recent_.Release(id);
+    // Release leaves published ids alone: those a partial failure published stay remembered.
+    for (const std::string& id : call.ids) recent_.Release(call.partner, id);
   }
   // One audit event per event of the call: published, or failed with the answer's reason.
   if (audit_ != nullptr && audit_->enabled()) {

@@ -70,8 +70,10 @@ class Lane {
     // answered from the replay store (a batched lookup per webhook either way). Bounds the
     // lane's memory: ~180 bytes per id.
     size_t dedupe_memory_ids = 16384;
-    // How long a claimed id holds off repeats while it is published (ReplayService.Claim).
-    absl::Duration claim_lease = absl::Seconds(2);
+    // How long a claimed id holds off repeats while it is published (ReplayService.Claim):
+    // longer than a publish may wait for its confirm, or a retry through another replica may
+    // publish it a second time. A claim answered after half of it is not published (503).
+    absl::Duration claim_lease = absl::Seconds(35);
   };
   struct Counters {
     std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0},
@@ -95,16 +97,17 @@ class Lane {
  private:
   struct Call;
 
-  // Message ids published (or being published) lately, for idempotency.
+  // Message ids published (or being published) lately, for idempotency, by partner: as in the
+  // store, two partners' ids never collide.
   class RecentIds {
    public:
     enum class Claim { kClaimed, kInProgress, kPublished };
     RecentIds(absl::Duration window, size_t max_published)
         : window_(window), max_published_(std::max<size_t>(max_published, 1)) {}
-    // kClaimed: the caller now owns `id` until Published or Release.
-    Claim Take(const std::string& id, absl::Time now);
-    void Published(const std::string& id, absl::Time at);
-    void Release(const std::string& id);
+    // kClaimed: the caller now owns the partner's `id` until Published or Release.
+    Claim Take(std::string_view partner, std::string_view id, absl::Time now);
+    void Published(std::string_view partner, std::string_view id, absl::Time at);
+    void Release(std::string_view partner, std::string_view id);
 
    private:
     struct Entry {
@@ -121,10 +124,13 @@ class Lane {
   void Handle(http::ServerRequest request, http::Responder responder);
   // Round 1 ended: `error` if a claim call failed.
   void OnClaimed(std::shared_ptr<Call> call, const absl::Status& error);
-  void OnPublished(std::shared_ptr<Call> call, const absl::Status& status);
+  // Event `i`'s confirm (or failure); the last one of the call answers it.
+  void OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status& status);
+  // Records event `i` of the call PUBLISHED (after its claim's RECEIVED).
+  void RecordPublished(const Call& call, size_t i);
   // Gives the call's claims back (records them FAILED with `reason`), so a retry can claim
-  // them at once rather than after the lease.
-  void Release(const Call& call, std::string_view reason);
+  // them at once rather than after the lease; all of them, or those `only` says.
+  void Release(const Call& call, std::string_view reason, const std::vector<bool>* only = nullptr);
   // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
   void Finish(Call& call, int status, std::string body);
 

@@ -80,7 +80,12 @@ ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   payload = CASE WHEN length(excluded.payload) > 0 THEN excluded.payload ELSE payload END,
   rendered = CASE WHEN length(excluded.rendered) > 0 THEN excluded.rendered ELSE rendered END,
   updated_at = excluded.updated_at
+WHERE NOT (records.direction = 2 AND records.status = 6 AND excluded.status = 4)
 )sql";
+// The WHERE above, and in kMarkSql: an inbound event once PUBLISHED is never marked FAILED (2:
+// DIRECTION_INBOUND, 6: PUBLISHED, 4: FAILED). A FAILED mark comes from a lane whose own publish
+// failed; if the id is PUBLISHED, another call (a partner's retry after the first one's lease)
+// published it, and the mark would let the next repeat publish it again.
 
 // A claim's insert: kUpsertSql's row when the key is new, nothing otherwise (Changes() says
 // which), so that the common case (a new key) takes one index search instead of a read first.
@@ -97,6 +102,7 @@ ON CONFLICT (direction, partner, message_id) DO NOTHING
 constexpr absl::string_view kMarkSql = R"sql(
 UPDATE records SET status = ?1, attempts = ?2, error = ?3, dry_run = ?4, updated_at = ?5
 WHERE direction = ?6 AND partner = ?7 AND message_id = ?8
+  AND NOT (direction = 2 AND status = 6 AND ?1 = 4)
 )sql";
 
 // Returns the status of `expr` from the enclosing function unless it is OK (#undef at the end).

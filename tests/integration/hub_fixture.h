@@ -74,6 +74,7 @@ OUTBOUND_EXTRA
 inbound:
   listen: 127.0.0.1:INBOUND_PORT
   dedupe_memory_ids: 2  # the store answers for older ids
+  claim_lease_ms: 2000  # short, for the test of a lease that runs out
 logging:
   level: info
   pii_fields: [inmateId, inmate]
@@ -95,6 +96,15 @@ partners:
     inbound:
       webhook_path: /webhook/prison
       WEBHOOK_AUTH
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: id}
+        - {target: status, source: status}
+  - name: clinic  # a second partner, inbound only: its ids are its own
+    adapter: rest
+    settings: {base_url: PARTNER_URL}
+    inbound:
+      webhook_path: /webhook/clinic
       mapping:
         - {target: type, constant: SlotConfirmed}
         - {target: id, source: id}

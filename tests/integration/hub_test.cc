@@ -186,6 +186,43 @@ TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// Ids are a partner's own, in the lane's memory as in the store: the same webhook-id, or the
+// same event without one, from two partners is two events.
+TEST_F(HubTest, TwoPartnersSameIdsAreTwoEvents) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  auto post = [&](const std::string& path, const std::string& webhook_id, const std::string& body) {
+    http::HeaderList headers = {{"Content-Type", "application/json"}};
+    if (!webhook_id.empty()) headers.emplace_back("webhook-id", webhook_id);
+    return http_.SendAndWait({.url = Url(path), .headers = headers, .body = body});
+  };
+  for (const char* path : {"/webhook/prison", "/webhook/clinic"}) {
+    auto r = post(path, "1", R"({"id":"VIS-88","status":"cancelled"})");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << path;
+    EXPECT_EQ(r->body, R"({"ok":true,"events":1})") << path;
+    r = post(path, "", R"({"id":"VIS-5","status":"confirmed"})");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->body, R"({"ok":true,"events":1})") << path;
+  }
+  // And a repeat is still a repeat, per partner.
+  auto r = post("/webhook/clinic", "1", R"({"id":"VIS-88","status":"cancelled"})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->body, R"({"ok":true,"events":0,"duplicates":1})");
+  std::map<std::string, int> partners;
+  for (auto d = (*conn)->Get(sub); d.ok(); d = (*conn)->Get(sub)) {
+    for (const auto& [k, v] : d->message.headers) {
+      if (k == "x-ess-partner") ++partners[v];
+    }
+  }
+  EXPECT_EQ(partners["prison_calendar"], 2);
+  EXPECT_EQ(partners["clinic"], 2);
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, AnIdBeingPublishedElsewhereIsHeldForItsLeaseThenTaken) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));

@@ -192,6 +192,29 @@ TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) 
   EXPECT_EQ(ListAll().size(), 2u);
 }
 
+// A lane whose publish failed marks its claim FAILED; if a partner's retry has published the id
+// meanwhile (through another replica, after the first call's lease), the mark must not undo it.
+TEST_F(SqliteReplayStoreTest, APublishedInboundEventIsNeverMarkedFailed) {
+  for (bool with_bytes : {false, true}) {
+    const std::string id = with_bytes ? "wh-bytes" : "wh-mark";
+    Store({MakeRecord(kIn, "prison", id, "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+    MessageRecord failed = MakeRecord(kIn, "prison", id, "VIS-1", ess::v1::MESSAGE_STATUS_FAILED);
+    if (!with_bytes) failed.clear_payload();  // the lane's mark (kMarkSql), else the upsert
+    failed.set_error("event bus: nacked");
+    Store({failed});
+    absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kIn, "prison", id));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->status(), ess::v1::MESSAGE_STATUS_PUBLISHED) << id;
+    EXPECT_EQ(got->error(), "") << id;
+  }
+  // Outbound, a failure after a delivery is a later attempt's (an ops replay): it is stored.
+  Store({MakeRecord(kOut, "prison", "m-1", "VIS-1", ess::v1::MESSAGE_STATUS_DELIVERED)});
+  MessageRecord failed = MakeRecord(kOut, "prison", "m-1", "VIS-1", ess::v1::MESSAGE_STATUS_FAILED);
+  failed.clear_payload();
+  Store({failed});
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->status(), ess::v1::MESSAGE_STATUS_FAILED);
+}
+
 TEST_F(SqliteReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
   Store({MakeRecord(kOut, "prison", "m-1", "C"), MakeRecord(kIn, "prison", "m-1", "C"),
          MakeRecord(kOut, "clinic", "m-1", "C"), MakeRecord(kOut, "prison", "m-2", "C"),
