@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
 #include "common/sv.h"
 
 namespace ess::adapters {
@@ -18,7 +19,11 @@ absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_c
   if (ok) return absl::OkStatus();
   std::string msg = absl::StrCat("partner answered HTTP ", status);
   if (!body_excerpt.empty()) {
-    absl::StrAppend(&msg, ": ", std::string(body_excerpt.substr(0, 200)));
+    // Masked before it is cut: the message goes to logs, records and the parked message's
+    // x-ess-reason, and a partner's error often echoes the request.
+    std::string masked = log::MaskJson(body_excerpt.substr(0, 4096));
+    if (masked.size() > 200) masked.resize(200);
+    absl::StrAppend(&msg, ": ", masked);
   }
   if (status == 408) return absl::DeadlineExceededError(msg);
   if (status == 429) return absl::ResourceExhaustedError(msg);

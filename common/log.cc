@@ -84,7 +84,8 @@ void MaskValue(rapidjson::Value& v, rapidjson::Document::AllocatorType& alloc) {
   if (v.IsObject()) {
     for (auto& m : v.GetObject()) {
       std::string_view name(m.name.GetString(), m.name.GetStringLength());
-      if (IsPii(name) && !m.value.IsObject() && !m.value.IsArray() && !m.value.IsNull()) {
+      // The whole value of a PII field, whatever it holds: a list of names is names too.
+      if (IsPii(name) && !m.value.IsNull()) {
         m.value.SetString(kMask.data(), kMask.size(), alloc);
       } else {
         MaskValue(m.value, alloc);
@@ -109,6 +110,25 @@ std::string MaskText(std::string_view text) {
         end = i + 1;
         while (end < out.size() && out[end] != '"') end += (out[end] == '\\') ? 2 : 1;
         end = std::min(end + 1, out.size());
+      } else if (i < out.size() && (out[i] == '{' || out[i] == '[')) {
+        // An object or a list: up to its matching bracket (or the end of a cut text), strings
+        // skipped whole so that brackets inside them do not count.
+        int depth = 0;
+        end = i;
+        while (end < out.size()) {
+          const char c = out[end];
+          if (c == '"') {
+            ++end;
+            while (end < out.size() && out[end] != '"') end += (out[end] == '\\') ? 2 : 1;
+          } else if (c == '{' || c == '[') {
+            ++depth;
+          } else if ((c == '}' || c == ']') && --depth == 0) {
+            ++end;
+            break;
+          }
+          ++end;
+        }
+        end = std::min(end, out.size());
       } else {
         while (end < out.size() && out[end] != ',' && out[end] != '}' && out[end] != ']') ++end;
       }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/json.h"
+#include "common/log.h"
 
 namespace ess {
 
@@ -210,8 +211,11 @@ absl::StatusOr<std::string> Mapper::Transform(const Field& f, std::string text) 
     absl::Time t;
     std::string err;
     if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("field \"", f.source, "\": \"", text, "\" is not an RFC 3339 timestamp"));
+      // The value only when it is not personal data: errors reach logs and records.
+      const bool pii = log::IsPii(f.source) || log::IsPii(f.target);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "field \"", f.source, "\": ", pii ? "its value" : absl::StrCat("\"", text, "\""),
+          " is not an RFC 3339 timestamp"));
     }
     text = absl::FormatTime(f.timestamp_format, t, absl::UTCTimeZone());
   }

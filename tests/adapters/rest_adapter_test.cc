@@ -9,6 +9,7 @@
 #include "adapters/registry.h"
 #include "common/http_server.h"
 #include "common/json.h"
+#include "common/log.h"
 
 namespace ess::adapters::rest {
 namespace {
@@ -184,6 +185,20 @@ TEST(RestAdapterTest, FactoryChecksThePathsPlaceholdersAgainstTheMapping) {
             "partners[prison].settings.path: placeholder at offset 11 has no closing }");
   EXPECT_EQ(with_path("/v2/visits/{}").message(),
             "partners[prison].settings.path: placeholder at offset 11 has no name");
+}
+
+TEST(HttpStatusTest, ThePartnersAnswerInTheErrorIsMaskedThenCut) {
+  log::Init("test", log::Level::kInfo, {"inmateId"});
+  std::vector<uint32_t> none;
+  absl::Status s = ClassifyHttpStatus(422, none, R"({"error":"unknown inmate","inmateId":"A123"})");
+  EXPECT_EQ(s.message(),
+            R"(partner answered HTTP 422: {"error":"unknown inmate","inmateId":"***"})");
+  // Longer than the excerpt: masked whole first, so a value cut in half is masked too.
+  const std::string padding(190, 'x');
+  s = ClassifyHttpStatus(500, none, absl::StrCat(R"({"e":")", padding, R"(","inmateId":"A123"})"));
+  EXPECT_THAT(std::string(s.message()), ::testing::Not(HasSubstr("A1")));
+  EXPECT_EQ(s.message().size(), std::string_view("partner answered HTTP 500: ").size() + 200);
+  log::Init("test", log::Level::kInfo, {});
 }
 
 TEST(HttpStatusTest, Classification) {

@@ -10,12 +10,22 @@ TEST(LogTest, MasksPiiFieldsAtAnyDepth) {
   EXPECT_EQ(MaskJson(R"({"id":"VIS-1","inmateId":"A123","visitors":[{"name":"Ann","age":3}]})"),
             R"({"id":"VIS-1","inmateId":"***","visitors":[{"name":"***","age":3}]})");
   EXPECT_EQ(MaskJson(R"({"inmateId":12345})"), R"({"inmateId":"***"})");
+  // A PII field's whole value, when it is a list or an object.
+  EXPECT_EQ(
+      MaskJson(R"({"inmateId":["A123","B456"],"name":{"first":"Ann","last":"Smith"},"id":1})"),
+      R"({"inmateId":"***","name":"***","id":1})");
+  EXPECT_EQ(MaskJson(R"({"inmateId":null})"), R"({"inmateId":null})");
 }
 
 TEST(LogTest, MasksTextThatIsNotJson) {
   Init("test", Level::kInfo, {"inmateId"});
   EXPECT_EQ(MaskJson(R"(garbage {"inmateId": "A1\"23", "x":1)"),
             R"(garbage {"inmateId": "***", "x":1)");
+  // Lists and objects up to their closing bracket, or to the end of a text cut short.
+  EXPECT_EQ(MaskJson(R"(x {"inmateId": ["A1", "]B2"], "x":1)"), R"(x {"inmateId": "***", "x":1)");
+  EXPECT_EQ(MaskJson(R"(x {"inmateId": {"a": {"b": "A1"}}, "x":1)"),
+            R"(x {"inmateId": "***", "x":1)");
+  EXPECT_EQ(MaskJson(R"(x {"inmateId": ["A1", "B2)"), R"(x {"inmateId": "***")");
 }
 
 TEST(LogTest, NoPiiConfiguredLeavesTextAlone) {

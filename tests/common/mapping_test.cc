@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "common/json.h"
+#include "common/log.h"
 
 namespace ess {
 namespace {
@@ -164,6 +165,25 @@ TEST(MappingTest, TransformsTimestampsCaseAndWidth) {
   absl::Status s = m->Apply(doc, &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "field \"slotUtc\": \"tomorrow\" is not an RFC 3339 timestamp");
+}
+
+// The error of a personal field names the field, not its value: it reaches logs and records.
+TEST(MappingTest, ABadPersonalValueIsNotInTheError) {
+  log::Init("test", log::Level::kInfo, {"dob"});
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+  auto* f = fields.Add();
+  f->set_target("birth");
+  f->set_source("dob");
+  f->set_timestamp_format("%Y%m%d");
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"dob":"1990-05-01"})", doc).ok());
+  std::vector<MappedField> out;
+  absl::Status s = m->Apply(doc, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "field \"dob\": its value is not an RFC 3339 timestamp");
+  log::Init("test", log::Level::kInfo, {});
 }
 
 TEST(MappingTest, BadTransformsAreRejectedAtCompile) {
