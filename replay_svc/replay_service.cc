@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -160,6 +163,7 @@ absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
   query.limit = request.page_size() == 0
                     ? ReplayServiceImpl::kDefaultPageSize
                     : std::min(request.page_size(), ReplayServiceImpl::kMaxPageSize);
+  query.max_bytes = ReplayServiceImpl::kMaxPageBytes;
   if (!request.page_token().empty()) {
     absl::StatusOr<ListCursor> cursor =
         DecodePageToken(request.page_token(), FilterFingerprint(request));
@@ -173,7 +177,25 @@ absl::Status ValidateReplayRequest(const ess::v1::ReplayRequest& request) {
   if (request.keys().empty() == !request.has_filter()) {
     return absl::InvalidArgumentError("set keys or filter, not both and not neither");
   }
-  return ValidateKeys(request.keys(), static_cast<int>(ReplayServiceImpl::kMaxPageSize));
+  if (absl::Status s =
+          ValidateKeys(request.keys(), static_cast<int>(ReplayServiceImpl::kMaxPageSize));
+      !s.ok()) {
+    return s;
+  }
+  // A key given twice would be published twice (a replay skips the lanes' duplicate checks).
+  absl::flat_hash_map<std::tuple<int, std::string_view, std::string_view>, int> first;
+  for (int i = 0; i < request.keys_size(); ++i) {
+    const ess::v1::RecordKey& key = request.keys(i);
+    auto [it, inserted] = first.try_emplace(
+        std::make_tuple(static_cast<int>(key.direction()), std::string_view(key.partner()),
+                        std::string_view(key.message_id())),
+        i);
+    if (!inserted) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("keys[", i, "]: repeats keys[", it->second, "]"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -518,7 +540,16 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
   const absl::Time deadline = absl::FromChrono(context->deadline()) - absl::Milliseconds(500);
   replays_.Post(Runs(Authorizer::Method::kReplay), [this, request, response, reactor,
                                                     query = std::move(query), who = std::move(who),
-                                                    deadline] {
+                                                    deadline, context] {
+    // Queued behind another replay, the call may have run out of time or been given up: then
+    // it publishes nothing (its caller would not learn what went, and would run it again).
+    if (context->IsCancelled() || absl::Now() >= deadline) {
+      Finish(reactor, Authorizer::Method::kReplay,
+             grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "the replay waited for an earlier one past its deadline; nothing was "
+                          "published"));
+      return;
+    }
     std::vector<Replayer::Candidate> candidates;
     std::optional<ListCursor> next;
     if (query.has_value()) {

@@ -38,6 +38,9 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
  public:
   static constexpr uint32_t kDefaultPageSize = 100;
   static constexpr uint32_t kMaxPageSize = 1000;
+  // A page also ends before its bodies (payload and rendered) pass this, so that it fits the
+  // clients' 64 MiB messages (fewer records then, and a next_page_token).
+  static constexpr size_t kMaxPageBytes = 16 << 20;
   // Most keys in one Lookup call, and claims in one Claim call (more is INVALID_ARGUMENT).
   static constexpr int kMaxLookupKeys = 10'000;
 

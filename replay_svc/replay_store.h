@@ -50,6 +50,9 @@ struct ListQuery {
   std::optional<int64_t> until_micros;
   // Most records returned; at least 1.
   size_t limit = 100;
+  // Most bytes of payload and rendered bodies in a page (0: no cap): a page ends before the
+  // record that would pass it, though it always holds at least one record.
+  size_t max_bytes = 0;
   // Continue strictly after this position.
   std::optional<ListCursor> after;
 };

@@ -790,6 +790,7 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   ListPage page;
   page.records.reserve(limit);
   ListCursor last;
+  size_t bytes = 0;
   while (!walks.empty()) {
     auto newest = std::max_element(walks.begin(), walks.end(), older);
     sqlite::Statement& s = **newest;
@@ -797,6 +798,13 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
       page.next = last;
       break;
     }
+    // Columns 7 and 8: payload and rendered.
+    const size_t row_bytes = s.ColumnBlob(7).size() + s.ColumnBlob(8).size();
+    if (query.max_bytes > 0 && !page.records.empty() && bytes + row_bytes > query.max_bytes) {
+      page.next = last;
+      break;
+    }
+    bytes += row_bytes;
     last = cursor(s);
     page.records.push_back(RowToRecord(s));
     absl::StatusOr<bool> row = s.Step();

@@ -4,6 +4,7 @@
 #include "replay_svc/replayer.h"
 
 #include <functional>
+#include <future>
 #include <memory>
 #include <set>
 #include <string>
@@ -447,6 +448,12 @@ TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
          for (int i = 0; i < 1001; ++i) *r.add_keys() = Key(kOut, "prison", absl::StrCat(i));
        },
        "keys: 1001 given, at most 1000 per call"},
+      {[](ess::v1::ReplayRequest& r) {
+         *r.add_keys() = Key(kOut, "prison", "m-1");
+         *r.add_keys() = Key(kIn, "prison", "m-1");  // another key: the direction differs
+         *r.add_keys() = Key(kOut, "prison", "m-1");
+       },
+       "keys[2]: repeats keys[0]"},
   };
   for (const Case& c : cases) {
     ess::v1::ReplayRequest request;
@@ -457,6 +464,39 @@ TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
     EXPECT_EQ(status.error_message(), c.message);
   }
   EXPECT_TRUE(bus_.published().empty());
+}
+
+// Replays run one at a time. One that waited for an earlier one past its caller's deadline
+// publishes nothing: its caller has already given up, and would run it again.
+TEST_F(ReplayRpcTest, AReplayQueuedPastItsDeadlinePublishesNothing) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
+  bus_.Hold("m-1");  // the first replay waits for its confirm until its own deadline
+  auto replay = [&](const char* id, absl::Duration timeout) {
+    ess::v1::ReplayRequest request;
+    *request.add_keys() = Key(kOut, "prison", id);
+    request.set_reason("x");
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    ess::v1::ReplayResponse response;
+    return stub_->Replay(&context, request, &response);
+  };
+  auto first = std::async(std::launch::async, [&] { return replay("m-1", absl::Seconds(3)); });
+  for (absl::Time give_up = absl::Now() + absl::Seconds(5);
+       bus_.published().empty() && absl::Now() < give_up;) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  ASSERT_EQ(bus_.published().size(), 1u);
+  grpc::Status second = replay("m-2", absl::Seconds(1));
+  EXPECT_EQ(second.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::Status status = first.get();
+  ASSERT_TRUE(status.ok()) << status.error_message();  // answered, m-1 unconfirmed: failed
+  // The second call ran after the first and found its deadline gone: m-2 never went out.
+  absl::SleepFor(absl::Milliseconds(200));
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 1u);
+  EXPECT_EQ(published[0].message.message_id, "m-1");
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-2"))->status(), kDead);
+  bus_.Release();
 }
 
 TEST(ReplayRpcWithoutBusTest, IsFailedPrecondition) {

@@ -526,6 +526,31 @@ TEST_F(SqliteReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
   EXPECT_THAT(MessageIds(ListAll({.partner = "nobody"})), IsEmpty());
 }
 
+// Large bodies end a page early (it always holds one record), and the pages still cover every
+// record once.
+TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
+  std::vector<MessageRecord> batch;
+  for (int i = 0; i < 7; ++i) {
+    MessageRecord r = Outbound("prison", absl::StrCat("m-", i));
+    r.set_payload(std::string(600, 'p'));
+    r.set_rendered(std::string(i == 3 ? 5000 : 400, 'r'));  // m-3 alone passes the cap
+    batch.push_back(std::move(r));
+  }
+  Store(std::move(batch));
+  std::vector<std::vector<std::string>> pages;
+  ListQuery query{.partner = "prison", .limit = 100, .max_bytes = 2500};
+  for (int guard = 0; guard < 10; ++guard) {
+    absl::StatusOr<ListPage> page = store_->List(query);
+    ASSERT_TRUE(page.ok()) << page.status();
+    pages.push_back(MessageIds(page->records));
+    if (!page->next.has_value()) break;
+    query.after = page->next;
+  }
+  // 1,000 bytes a record: two fit in 2,500; m-3 (5,600) goes alone.
+  EXPECT_THAT(pages, ElementsAre(ElementsAre("m-6", "m-5"), ElementsAre("m-4"), ElementsAre("m-3"),
+                                 ElementsAre("m-2", "m-1"), ElementsAre("m-0")));
+}
+
 TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
   // 3 batches of 5 (records in a batch share updated_at: the row id breaks the tie).
   std::vector<std::string> expected;  // Newest first.
