@@ -99,6 +99,12 @@ class Adapter {
   // Delivers one event. `done` runs exactly once, on any thread, possibly before Push returns.
   virtual void Push(const PushRequest& request, PushDone done) = 0;
 
+  // For adapters that hold events (batches): completes every push it holds, by delivering it or
+  // with UNAVAILABLE, before it returns; pushes after it complete with UNAVAILABLE. The lane
+  // calls it while shutting down, while it can still settle what the callbacks tell it.
+  // Idempotent. Adapters that hold nothing (each push its own request) need not override it.
+  virtual void Stop() {}
+
   // Turns a partner payload into internal events, through the partner's inbound mapping.
   // INVALID_ARGUMENT naming what is wrong with the payload. For payloads of many records, a bad
   // record is reported through `request.errors` instead (see PullRequest).

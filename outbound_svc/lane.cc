@@ -199,6 +199,9 @@ void Lane::Shutdown(absl::Duration deadline) {
     log::Warn("", "shutdown deadline passed; unfinished messages return to their queues",
               {{"unfinished", absl::StrCat(live_.load())}});
   }
+  // What an adapter still holds (a batch not yet due) comes back now, while the consumer can
+  // still settle it: after the consumer stops, the broker requeues the rest.
+  for (const auto& p : partners_) p->partner.adapter->Stop();
   {
     absl::MutexLock lock(&supervisor_mu_);
     stop_supervisor_ = true;
@@ -424,6 +427,12 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
             {{"partner", partner},
              {"attempt", absl::StrCat(job->attempt)},
              {"error", ToStd(result.status.message())}});
+  if (draining_.load()) {
+    // Shutting down: the adapter or the HTTP client stopped under it. Not the partner's
+    // failure: back to the queue as it came, for the next lane.
+    Requeue(*job);
+    return;
+  }
   if (retryable) {
     Retry(p, std::move(job), result.status, result.retry_after);
   } else {

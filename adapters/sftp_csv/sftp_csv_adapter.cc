@@ -152,7 +152,9 @@ absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
   return a;
 }
 
-SftpCsvAdapter::~SftpCsvAdapter() {
+SftpCsvAdapter::~SftpCsvAdapter() { Stop(); }
+
+void SftpCsvAdapter::Stop() {
   std::thread worker;
   {
     absl::MutexLock lock(&mu_);

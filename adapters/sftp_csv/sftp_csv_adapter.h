@@ -67,8 +67,9 @@ class SftpCsvAdapter : public Adapter {
       const ess::v1::PartnerConfig& partner);
 
   // Stops the worker after the upload in progress; events of batches not yet uploaded complete
-  // with UNAVAILABLE (the lane retries them).
-  ~SftpCsvAdapter() override;
+  // with UNAVAILABLE (the lane retries them). Idempotent.
+  void Stop() override;
+  ~SftpCsvAdapter() override;  // Stop()
 
   void Push(const PushRequest& request, PushDone done) override;
   absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) override;

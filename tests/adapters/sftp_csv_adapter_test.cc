@@ -282,11 +282,22 @@ TEST(SftpCsvAdapterTest, StoppingCompletesUnsentEventsAsRetryable) {
   a->Push(
       {.correlation_id = "VIS-1", .fields = ev.Add(R"({"id":"VIS-1","inmate":"A","slot":"s"})")},
       results.Done(0));
-  a.reset();  // nothing was uploaded: no connection was ever attempted
+  a->Stop();  // nothing was uploaded: no connection was ever attempted
   auto got = results.Wait(1);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].second.status,
             absl::UnavailableError("sftp_csv adapter of \"prison\" stopped before the upload"));
+  // Stopped, it takes nothing more; stopping again (and destroying it) changes nothing.
+  a->Push(
+      {.correlation_id = "VIS-2", .fields = ev.Add(R"({"id":"VIS-2","inmate":"A","slot":"s"})")},
+      results.Done(1));
+  got = results.Wait(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].first, 1u);
+  EXPECT_EQ(got[0].second.status.code(), absl::StatusCode::kUnavailable);
+  a->Stop();
+  a.reset();
+  EXPECT_EQ(results.Count(), 0u);
 }
 
 TEST(SftpCsvAdapterTest, PushWithoutOutboundMappingFails) {

@@ -579,6 +579,50 @@ TEST_F(HubTest, EventsWithoutAMessageIdGetOneFromTheirContent) {
   EXPECT_NE(trail.records(0).message_id(), trail.records(1).message_id());
 }
 
+// An adapter that batches (CSV over SFTP) holds events the lane has not settled. When the lane
+// stops before the batch is due, they go back to the queue: not parked, not lost, no crash.
+TEST_F(HubTest, StoppingTheLaneReturnsWhatAnSftpBatchHeldToTheQueue) {
+  CapturePartner partner;
+  outbound_extra_ = "  shutdown_deadline_ms: 300";
+  const std::string rest =
+      absl::StrCat("    adapter: rest\n    settings:\n      base_url: ", partner.url(),
+                   "\n      path: /api/slots\n");
+  const std::string sftp = absl::StrCat(
+      "    adapter: sftp_csv\n    settings:\n      host: ", testing::RequiredEnv("ESS_SFTP_HOST"),
+      "\n      port: ", testing::RequiredEnv("ESS_SFTP_PORT"),
+      "\n      user: ", testing::RequiredEnv("ESS_SFTP_USER"),
+      "\n      private_key_file: ", testing::RequiredEnv("ESS_SFTP_KEY"),
+      "\n      known_hosts_file: ", testing::RequiredEnv("ESS_SFTP_KNOWN_HOSTS"),
+      "\n      remote_dir: /\n      max_rows: 100\n      max_age_ms: 600000\n");
+  std::string yaml = Config(partner.url());
+  ASSERT_TRUE(absl::StrContains(yaml, rest)) << yaml;
+  absl::StrReplaceAll({{rest, sftp}}, &yaml);
+  dir_.Write("hub.yaml", yaml);
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  outbound_ = std::make_unique<testing::Process>(
+      std::vector<std::string>{testing::BinaryPath("outbound_svc"), "--config",
+                               dir_.File("hub.yaml")},
+      dir_.File("outbound.log"));
+  ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < 5; ++i) {
+    events.emplace_back(absl::StrCat("HELD-", i), VisitEvent(absl::StrCat("HELD-", i)));
+  }
+  Publish(events);
+  // Taken by the lane (unacked, not ready), held in the adapter's open batch.
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_) == 0; }, absl::Seconds(10)));
+  EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("shutdown deadline passed"));
+  // Given back by the lane while it could settle them (before, the adapter failed them while
+  // the lane was being destroyed, into a consumer that was gone).
+  EXPECT_THAT(outbound_->Log(), HasSubstr("parked=0 duplicates=0 requeued=5"));
+  outbound_.reset();
+  EXPECT_EQ(Depth(queue_), 5u);
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  const ess::v1::PartnerStats stats = Stats(ess::v1::DIRECTION_OUTBOUND);
+  EXPECT_EQ(stats.dead() + stats.delivered() + stats.failed(), 0u) << stats.ShortDebugString();
+}
+
 TEST_F(HubTest, PermanentPartnerRefusalIsParkedAndRetryableIsRetriedThenParked) {
   CapturePartner partner;
   partner.set_status(422);
