@@ -290,6 +290,9 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     c.mutable_inbound()->set_dedupe_window_seconds(600);
   }
   if (c.inbound().claim_lease_ms() == 0) c.mutable_inbound()->set_claim_lease_ms(35000);
+  if (c.inbound().shutdown_deadline_ms() == 0) {
+    c.mutable_inbound()->set_shutdown_deadline_ms(20000);
+  }
   for (auto& p : *c.mutable_partners()) {
     if (p.has_inbound() && p.inbound().has_auth() && p.inbound().auth().tolerance_seconds() == 0) {
       p.mutable_inbound()->mutable_auth()->set_tolerance_seconds(300);

@@ -162,8 +162,14 @@ class Dispatcher {
     // libevent frees a connection's pending request when the connection goes away; the
     // close callback makes the state forget it first.
     inflight_.insert_or_assign(conn, std::move(state));
+    unanswered_.store(inflight_.size(), std::memory_order_release);
     evhttp_connection_set_closecb(conn, &Dispatcher::OnClose, this);
   }
+
+  // Any thread: requests handed to the handler and not answered yet (written or gone).
+  size_t Unanswered() const { return unanswered_.load(std::memory_order_acquire); }
+  // Loop thread: from now on every answer asks the client to close its connection.
+  void CloseAfterAnswers() { close_after_answers_ = true; }
 
   // Loop thread: answers 503 for every request whose handler did not answer in time.
   void ExpireOverdue(absl::Time now) {
@@ -209,6 +215,7 @@ class Dispatcher {
     }
     s.connection = nullptr;
     self->inflight_.erase(it);
+    self->unanswered_.store(self->inflight_.size(), std::memory_order_release);
   }
 
   void Reply(Responder::State& s) {
@@ -218,10 +225,12 @@ class Dispatcher {
     if (s.connection != nullptr) {
       auto it = inflight_.find(s.connection);
       if (it != inflight_.end() && it->second.get() == &s) inflight_.erase(it);
+      unanswered_.store(inflight_.size(), std::memory_order_release);
       s.connection = nullptr;
     }
     const ServerResponse& resp = s.response;
     evkeyvalq* out = evhttp_request_get_output_headers(req);
+    if (close_after_answers_) evhttp_add_header(out, "Connection", "close");
     if (!resp.content_type.empty()) {
       evhttp_add_header(out, "Content-Type", resp.content_type.c_str());
     }
@@ -239,7 +248,9 @@ class Dispatcher {
   absl::Mutex mu_;
   std::vector<std::shared_ptr<Responder::State>> queue_ ABSL_GUARDED_BY(mu_);
   event* wake_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::atomic<size_t> unanswered_{0};
   // Loop thread only.
+  bool close_after_answers_ = false;
   std::vector<std::shared_ptr<Responder::State>> batch_;
   std::vector<std::shared_ptr<Responder::State>> overdue_;
   absl::flat_hash_map<evhttp_connection*, std::shared_ptr<Responder::State>> inflight_;
@@ -306,8 +317,10 @@ struct Server::Impl {
     }
     wake = event_new(base, -1, 0, &Impl::OnWake, dispatcher.get());
     stop = event_new(base, -1, 0, &Impl::OnStop, base);
+    quiesce = event_new(base, -1, 0, &Impl::OnQuiesce, this);
+    listener = bound;
     sweep = event_new(base, -1, EV_PERSIST, &Impl::OnSweep, dispatcher.get());
-    if (wake == nullptr || stop == nullptr || sweep == nullptr) {
+    if (wake == nullptr || stop == nullptr || sweep == nullptr || quiesce == nullptr) {
       Cleanup();
       return absl::ResourceExhaustedError("cannot create libevent events");
     }
@@ -322,6 +335,19 @@ struct Server::Impl {
       Dispatcher::current = nullptr;
     });
     return absl::OkStatus();
+  }
+
+  bool Drain(absl::Duration timeout) {
+    if (base == nullptr) return true;
+    const absl::Time until = absl::Now() + timeout;
+    event_active(quiesce, EV_READ, 0);
+    while (dispatcher->Unanswered() > 0 && absl::Now() < until) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    // The last answers were handed to their sockets' buffers; give the loop a moment to
+    // write them out before Stop frees the connections.
+    absl::SleepFor(absl::Milliseconds(50));
+    return dispatcher->Unanswered() == 0;
   }
 
   void Stop() {
@@ -344,6 +370,8 @@ struct Server::Impl {
     wake = nullptr;
     if (stop != nullptr) event_free(stop);
     stop = nullptr;
+    if (quiesce != nullptr) event_free(quiesce);
+    quiesce = nullptr;
     if (sweep != nullptr) event_free(sweep);
     sweep = nullptr;
     if (base != nullptr) event_base_free(base);
@@ -393,6 +421,14 @@ struct Server::Impl {
     static_cast<Dispatcher*>(arg)->ExpireOverdue(absl::Now());
   }
 
+  // Loop thread (Drain): no new connections; open ones close after their next answer.
+  static void OnQuiesce(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Impl*>(arg);
+    if (self->listener != nullptr) evhttp_del_accept_socket(self->http, self->listener);
+    self->listener = nullptr;
+    self->dispatcher->CloseAfterAnswers();
+  }
+
   static void OnStop(evutil_socket_t, short, void* arg) {
     event_base_loopbreak(static_cast<event_base*>(arg));
   }
@@ -411,6 +447,8 @@ struct Server::Impl {
   event* wake = nullptr;
   event* stop = nullptr;
   event* sweep = nullptr;
+  event* quiesce = nullptr;
+  evhttp_bound_socket* listener = nullptr;
   int bound_port = 0;
   std::thread thread;
 };
@@ -447,6 +485,8 @@ Server::~Server() = default;
 absl::Status Server::Start() { return impl_->Start(); }
 
 int Server::port() const { return impl_->bound_port; }
+
+bool Server::Drain(absl::Duration timeout) { return impl_->Drain(timeout); }
 
 void Server::Stop() { impl_->Stop(); }
 

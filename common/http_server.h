@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "common/http_client.h"
 
 namespace ess::http {
@@ -83,6 +84,11 @@ class Server {
   absl::Status Start();
   // The bound port (after Start).
   int port() const;
+  // Graceful stop, first half: stops accepting connections, answers what is left with
+  // "Connection: close", and waits until every request handed to the handler is answered or
+  // `timeout` passed. True if nothing was left unanswered. Stop() must follow. Not from a
+  // handler.
+  bool Drain(absl::Duration timeout);
   // Stops accepting, answers nothing further, joins the thread. Not from a handler.
   // Responders still held afterwards may be sent or dropped safely; nothing happens.
   void Stop();

@@ -167,6 +167,8 @@ Lane::~Lane() { Stop(); }
 
 absl::Status Lane::Start() { return server_.Start(); }
 
+bool Lane::Drain(absl::Duration timeout) { return server_.Drain(timeout); }
+
 void Lane::Stop() { server_.Stop(); }
 
 void Lane::Handle(http::ServerRequest request, http::Responder responder) {

@@ -88,6 +88,9 @@ class Lane {
   ~Lane();
 
   absl::Status Start();
+  // Stops taking connections and waits (at most `timeout`) for the webhooks in progress to be
+  // answered; true if all were. Stop() follows.
+  bool Drain(absl::Duration timeout);
   void Stop();
   int port() const { return server_.port(); }
   const Counters& counters() const { return counters_; }

@@ -209,14 +209,101 @@ TEST(ServerTest, UnansweredRequestTimesOutWith503) {
   EXPECT_EQ(r->status, 503);
   EXPECT_EQ(r->Header("retry-after"), "1");
 
-  // The handler's late answer is ignored.
+  // The handler's late answer is ignored: written, it would be read on the keep-alive
+  // connection as the answer to the next request, which times out too.
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_EQ(held.size(), 1u);
+    std::move(held[0]).Send({.status = 200, .body = "late"});
+  }
+  absl::SleepFor(absl::Milliseconds(100));
+  r = client.SendAndWait({.url = Url(server, "/y"), .body = "y", .timeout = absl::Seconds(10)});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 503);
+  EXPECT_NE(r->body, "late");
   absl::MutexLock lock(&mu);
-  ASSERT_EQ(held.size(), 1u);
-  std::move(held[0]).Send({.status = 200});
+  EXPECT_EQ(held.size(), 2u);
   held.clear();
 }
 
-TEST(ServerTest, SecondSendIsIgnored) {
+// A graceful stop: no new connections, but the request in progress gets its answer (with
+// "Connection: close") before Drain returns.
+TEST(ServerTest, DrainRefusesNewConnectionsAndWaitsForTheAnswersInProgress) {
+  absl::Mutex mu;
+  std::vector<Responder> held;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest, Responder r) {
+    absl::MutexLock lock(&mu);
+    held.push_back(std::move(r));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection conn(server.port());
+  ASSERT_TRUE(conn.connected());
+  ASSERT_TRUE(conn.Write("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"));
+  auto one_held = [&] {
+    absl::MutexLock lock(&mu);
+    return held.size() == 1;
+  };
+  for (absl::Time until = absl::Now() + absl::Seconds(5); !one_held() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(one_held());
+
+  std::thread answer([&] {
+    absl::SleepFor(absl::Milliseconds(300));  // e.g. the broker's confirm
+    absl::MutexLock lock(&mu);
+    std::move(held[0]).Send({.status = 200, .body = "confirmed"});
+  });
+  const absl::Time started = absl::Now();
+  std::thread drain_in_background;
+  bool drained = false;
+  drain_in_background = std::thread([&] { drained = server.Drain(absl::Seconds(10)); });
+  // Meanwhile a new connection is refused (the listener is gone)...
+  bool refused = false;
+  for (absl::Time until = absl::Now() + absl::Seconds(2); !refused && absl::Now() < until;) {
+    RawConnection late(server.port());
+    refused = !late.connected();
+    if (!refused) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(refused);
+  drain_in_background.join();
+  answer.join();
+  EXPECT_TRUE(drained);
+  EXPECT_GE(absl::Now() - started, absl::Milliseconds(250));  // it waited for the answer
+  // ... and the one in progress got its answer, asking the client to close.
+  const std::string reply = conn.ReadUntil("confirmed", absl::Seconds(5));
+  EXPECT_THAT(reply, ::testing::StartsWith("HTTP/1.1 200"));
+  EXPECT_THAT(reply, ::testing::HasSubstr("Connection: close"));
+  EXPECT_THAT(reply, ::testing::HasSubstr("confirmed"));
+  server.Stop();
+}
+
+TEST(ServerTest, DrainGivesUpAfterItsTimeout) {
+  absl::Mutex mu;
+  std::vector<Responder> held;
+  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest, Responder r) {
+    absl::MutexLock lock(&mu);
+    held.push_back(std::move(r));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection conn(server.port());
+  ASSERT_TRUE(conn.Write("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"));
+  auto one_held = [&] {
+    absl::MutexLock lock(&mu);
+    return held.size() == 1;
+  };
+  for (absl::Time until = absl::Now() + absl::Seconds(5); !one_held() && absl::Now() < until;) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_TRUE(one_held());
+  EXPECT_FALSE(server.Drain(absl::Milliseconds(200)));
+  server.Stop();
+  absl::MutexLock lock(&mu);
+  held.clear();  // answered after the stop: dropped
+}
+
+// Send on a moved-from Responder does nothing (the answer that counts is the first, through
+// the Responder that holds the request; a late one after the server's 503 is tested above).
+TEST(ServerTest, MovedFromRespondersAreInert) {
   Server server({.listen = "127.0.0.1:0"}, [](ServerRequest, Responder r) {
     Responder moved = std::move(r);
     std::move(moved).Send({.status = 204});

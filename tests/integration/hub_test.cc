@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
+#include <signal.h>
 
 #include <future>
 #include <map>
@@ -710,6 +711,33 @@ TEST_F(HubTest, DryRunRecordsEverythingAndSendsNothing) {
   EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("A123")));
   outbound_.reset();
   EXPECT_EQ(Depth(queue_), 0u);
+}
+
+// SIGTERM (a rolling deploy) while a webhook is in progress: it still gets its 200 once its
+// claim and publish are done, rather than a reset connection.
+TEST_F(HubTest, InboundStoppedMidWebhookStillAnswersIt) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  // The store stops answering for a moment (our own child, by PID): the claim waits.
+  ASSERT_EQ(kill(replay_->pid(), SIGSTOP), 0);
+  auto call = std::async(std::launch::async,
+                         [&] { return PostWebhook(R"({"id":"VIS-DRAIN","status":"confirmed"})"); });
+  absl::SleepFor(absl::Milliseconds(300));  // the call has reached the lane
+  ASSERT_EQ(kill(inbound_->pid(), SIGTERM), 0);
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_EQ(kill(replay_->pid(), SIGCONT), 0);
+  absl::StatusOr<http::Response> r = call.get();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(inbound_->Wait(absl::Seconds(20)), 0) << inbound_->Log();
+  inbound_.reset();
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.correlation_id, "VIS-DRAIN");
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
 TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
