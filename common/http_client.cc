@@ -137,6 +137,7 @@ struct Transfer {
 struct Pending {
   Request request;
   Client::Callback done;
+  absl::Time deadline;  // Send + request.timeout
 };
 
 // Requests to one origin. Those beyond max_connections_per_host wait here, in order, rather
@@ -173,7 +174,8 @@ struct Client::Impl {
       absl::MutexLock lock(&mu);
       if (!stopping) {
         const bool first = incoming.empty();
-        incoming.push_back(Pending{std::move(request), std::move(done)});
+        const absl::Time deadline = absl::Now() + request.timeout;
+        incoming.push_back(Pending{std::move(request), std::move(done), deadline});
         if (std::this_thread::get_id() == thread_id) {
           // From a completion callback: the loop looks at the queue before it polls again.
           sent_from_callback = true;
@@ -252,6 +254,16 @@ struct Client::Impl {
     t.request = std::move(pending.request);
     t.done = std::move(pending.done);
     t.start = absl::Now();
+    // The timeout counts from Send: what the request waited for its slot is spent.
+    const absl::Duration left = pending.deadline - t.start;
+    if (left <= absl::ZeroDuration()) {
+      Complete(t, absl::DeadlineExceededError(
+                      absl::StrCat(t.request.method, " ", UrlForMessage(t.request.url), ": waited ",
+                                   absl::FormatDuration(t.request.timeout),
+                                   " for a free connection to the host and never started")));
+      return;
+    }
+    t.request.timeout = left;
     if (CURLcode rc = Configure(t); rc != CURLE_OK) {
       Finish(t, rc);
       return;

@@ -30,6 +30,7 @@ struct Request {
   std::string url;
   HeaderList headers;
   std::string body;
+  // From Send to the answer, time spent waiting for a connection slot included.
   absl::Duration timeout = absl::Seconds(5);
   absl::Duration connect_timeout = absl::Seconds(2);
   // CA bundle for TLS verification; the system store when empty.

@@ -242,6 +242,39 @@ TEST_F(ClientTest, SlowServerGivesDeadlineExceeded) {
   EXPECT_TRUE(WaitForHung(1));
 }
 
+// A request's timeout counts from Send: one that waited for a slot behind the per-host cap
+// does not get a fresh timeout when it starts.
+TEST_F(ClientTest, TheTimeoutIncludesTheWaitForAConnectionSlot) {
+  Client client({.max_connections_per_host = 2});
+  constexpr int kRequests = 6;
+  absl::Mutex mu;
+  std::vector<absl::Status> results;
+  std::vector<absl::Duration> took;
+  const absl::Time sent = absl::Now();
+  for (int i = 0; i < kRequests; ++i) {
+    client.Send({.url = Url("/hang"), .body = "x", .timeout = absl::Milliseconds(500)},
+                [&](absl::StatusOr<Response> r) {
+                  absl::MutexLock lock(&mu);
+                  results.push_back(r.status());
+                  took.push_back(absl::Now() - sent);
+                });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return results.size() == kRequests; };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(10)));
+  }
+  EXPECT_TRUE(WaitForHung(2));
+  absl::MutexLock lock(&mu);
+  for (int i = 0; i < kRequests; ++i) {
+    EXPECT_EQ(results[i].code(), absl::StatusCode::kDeadlineExceeded) << results[i];
+    // All end with the first two: before, each pair waited out a timeout of its own (0.5, 1.0,
+    // 1.5 s).
+    // (Those whose time ran out in the queue say so: "... never started".)
+    EXPECT_LT(took[i], absl::Milliseconds(900)) << i << ": " << results[i];
+  }
+}
+
 TEST_F(ClientTest, ClosedPortGivesUnavailable) {
   // A bound socket that does not listen refuses connections, and holds the port.
   int port = 0;
