@@ -40,11 +40,12 @@ void RetentionSweeper::Run() {
   for (;;) {
     const absl::Time started = absl::Now();
     absl::StatusOr<uint64_t> evicted = store_.Purge(policy_);
+    // The count of evictions first: whoever sees a sweep counted sees what it evicted.
+    if (evicted.ok()) evicted_.fetch_add(*evicted);
     sweeps_.fetch_add(1);
     if (!evicted.ok()) {
       log::Error("", "retention sweep failed", {{"error", ToStd(evicted.status().message())}});
     } else {
-      evicted_.fetch_add(*evicted);
       if (*evicted > 0) {
         log::Info("", "retention sweep",
                   {{"evicted", absl::StrCat(*evicted)},

@@ -3,7 +3,10 @@
 #include "replay_svc/authorizer.h"
 
 #include <cstdlib>
+#include <functional>
+#include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -183,6 +186,72 @@ TEST_F(AuthorizedServiceTest, EveryCallIsCheckedBeforeItTouchesTheStore) {
   EXPECT_EQ(Replay(kLaneToken), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Replay(kViewerToken), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(Replay(kOpsToken), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// Every method, every role: the table of README's "Access control", written out here rather
+// than read from the Authorizer, so that a handler that forgets its check fails.
+TEST_F(AuthorizedServiceTest, EachRoleReachesExactlyItsMethods) {
+  using Call = std::function<grpc::Status(grpc::ClientContext*)>;
+  const std::vector<std::pair<std::string, Call>> methods = {
+      {"Record",
+       [&](grpc::ClientContext* c) {
+         ess::v1::RecordResponse resp;
+         return stub_->Record(c, {}, &resp);
+       }},
+      {"UpdateStatus",
+       [&](grpc::ClientContext* c) {
+         ess::v1::MessageRecord resp;
+         return stub_->UpdateStatus(c, {}, &resp);
+       }},
+      {"Get",
+       [&](grpc::ClientContext* c) {
+         ess::v1::GetResponse resp;
+         return stub_->Get(c, {}, &resp);
+       }},
+      {"Lookup",
+       [&](grpc::ClientContext* c) {
+         ess::v1::LookupResponse resp;
+         return stub_->Lookup(c, {}, &resp);
+       }},
+      {"Claim",
+       [&](grpc::ClientContext* c) {
+         ess::v1::ClaimResponse resp;
+         return stub_->Claim(c, {}, &resp);
+       }},
+      {"List",
+       [&](grpc::ClientContext* c) {
+         ess::v1::ListResponse resp;
+         return stub_->List(c, {}, &resp);
+       }},
+      {"Stats",
+       [&](grpc::ClientContext* c) {
+         ess::v1::StatsResponse resp;
+         return stub_->Stats(c, {}, &resp);
+       }},
+      {"Replay",
+       [&](grpc::ClientContext* c) {
+         ess::v1::ReplayResponse resp;
+         return stub_->Replay(c, {}, &resp);
+       }},
+  };
+  const std::map<std::string, std::set<std::string>> allowed = {
+      {kLaneToken, {"Record", "UpdateStatus", "Get", "Lookup", "Claim"}},
+      {kViewerToken, {"Get", "List", "Stats"}},
+      {kOpsToken, {"Get", "List", "Stats", "Replay", "UpdateStatus"}},
+  };
+  for (const auto& [name, call] : methods) {
+    EXPECT_EQ(call(As("").get()).error_code(), grpc::StatusCode::UNAUTHENTICATED) << name;
+    for (const auto& [token, methods_of_role] : allowed) {
+      const grpc::StatusCode code = call(As(token).get()).error_code();
+      if (methods_of_role.contains(name)) {
+        // Past the check: whatever the (empty) request earns, not a refusal.
+        EXPECT_NE(code, grpc::StatusCode::UNAUTHENTICATED) << name << " as " << token;
+        EXPECT_NE(code, grpc::StatusCode::PERMISSION_DENIED) << name << " as " << token;
+      } else {
+        EXPECT_EQ(code, grpc::StatusCode::PERMISSION_DENIED) << name << " as " << token;
+      }
+    }
+  }
 }
 
 TEST_F(AuthorizedServiceTest, TheRecorderSendsItsTokenAndPingReportsARefusal) {

@@ -261,20 +261,30 @@ TEST_F(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
 }
 
 TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
-  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
-  // The lane takes m-1's replay and records it delivered before the broker's confirm arrives.
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead),
+         Outbound("prison", "m-3", kDead)});
+  // The lane takes m-1's replay and records it delivered before the broker's confirm arrives;
+  // it takes m-3's and parks it again, the status the replay read (only its time differs).
   bus_.BeforeAnswer([this](const amqp::Message& m) {
     if (m.message_id == "m-1")
       Store({Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_DELIVERED)});
+    if (m.message_id == "m-3") {
+      MessageRecord again = Outbound("prison", "m-3", kDead);
+      again.set_error("partner refused it again");
+      Store({again});
+    }
   });
   Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
 
   ess::v1::ReplayResponse r = replayer.Replay(
-      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-2"}}), {.reason = "x"}, *store_);
+      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-2"}, {kOut, "prison", "m-3"}}),
+      {.reason = "x"}, *store_);
 
-  EXPECT_EQ(r.replayed(), 2u);
+  EXPECT_EQ(r.replayed(), 3u);
   EXPECT_EQ(Read(kOut, "prison", "m-1").status(), ess::v1::MESSAGE_STATUS_DELIVERED);
   EXPECT_EQ(Read(kOut, "prison", "m-2").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(Read(kOut, "prison", "m-3").status(), kDead);
+  EXPECT_EQ(Read(kOut, "prison", "m-3").error(), "partner refused it again");
 }
 
 TEST_F(ReplayerTest, APublishUnconfirmedInTimeIsFailed) {
