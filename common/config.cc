@@ -379,6 +379,8 @@ absl::Status ValidateAuth(const Converter& conv, const std::string& path,
   return absl::OkStatus();
 }
 
+constexpr uint64_t kYearMs = uint64_t{365} * 24 * 3600 * 1000;
+
 absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                       const SettingsTypeResolver& resolver) {
   if (c.bus().port() > 65535) return conv.ErrorAt("bus.port", "must be at most 65535");
@@ -464,6 +466,11 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       if (retry.max_backoff_ms() < retry.initial_backoff_ms()) {
         return conv.ErrorAt(o + ".retry.max_backoff_ms", "must not be below initial_backoff_ms");
       }
+      // A year: past it a duration in milliseconds is a typo (and from 2^63 it turns negative).
+      if (retry.max_age_ms() > kYearMs) {
+        return conv.ErrorAt(o + ".retry.max_age_ms",
+                            absl::StrCat("must be at most a year (", kYearMs, ")"));
+      }
       const auto& breaker = p.outbound().circuit_breaker();
       if (breaker.failure_rate_percent() > 100) {
         return conv.ErrorAt(o + ".circuit_breaker.failure_rate_percent", "must be at most 100");
@@ -492,6 +499,16 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       if (route.has_auth()) {
         absl::Status s = ValidateAuth(conv, in + ".auth", route);
         if (!s.ok()) return s;
+        // A signed call is taken up to tolerance_seconds either side of its timestamp; only a
+        // dedupe window at least twice that long remembers every call that may be replayed.
+        const uint64_t tolerance = route.auth().tolerance_seconds();
+        if (2 * tolerance > c.inbound().dedupe_window_seconds()) {
+          return conv.ErrorAt(
+              in + ".auth.tolerance_seconds",
+              absl::StrCat("must be at most half of inbound.dedupe_window_seconds (",
+                           c.inbound().dedupe_window_seconds(),
+                           "), or a captured call could be replayed after its id was forgotten"));
+        }
       }
       absl::Status s = ValidateMapping(conv, in + ".mapping", route.mapping());
       if (!s.ok()) return s;

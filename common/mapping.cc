@@ -94,6 +94,9 @@ absl::StatusOr<Mapper> Mapper::Compile(
     } else if (!f.letter_case().empty()) {
       return err("letter_case", "must be upper or lower");
     }
+    // A fixed width is a column of a partner's format, not a buffer size: a typo of many
+    // digits would pad every field of every message to gigabytes.
+    if (f.width() > kMaxWidth) return err("width", absl::StrCat("must be at most ", kMaxWidth));
     out.width = f.width();
     if (!f.pad().empty()) {
       if (f.pad().size() != 1) return err("pad", "must be one ASCII character");

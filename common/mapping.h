@@ -42,6 +42,8 @@ struct MappedField {
 
 class Mapper {
  public:
+  // Longest fixed width of a field (FieldMapping.width).
+  static constexpr uint32_t kMaxWidth = 4096;
   // INVALID_ARGUMENT "[i].FIELD: what" for a bad entry (empty or duplicate target, neither or both
   // of source and constant, a malformed path).
   static absl::StatusOr<Mapper> Compile(

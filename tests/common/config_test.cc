@@ -269,6 +269,35 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentOfTheInboundLaneOnly) {
   c = with_auth("{tolerance_seconds: 60}");
   EXPECT_THAT(c.status().message(),
               HasSubstr("partners[0].inbound.auth.secrets_env: must name an environment variable"));
+
+  // A signed call is good for tolerance_seconds either side of its time: the dedupe window
+  // (600 by default) must remember it that long, twice over.
+  c = with_auth("{secrets_env: ESS_TEST_WEBHOOK_SECRETS, tolerance_seconds: 301}");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr(":28:"));  // the line of the auth map
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].inbound.auth.tolerance_seconds: must be at most half of "
+                        "inbound.dedupe_window_seconds (600)"));
+}
+
+TEST(ConfigTest, DurationsAndWidthsHaveBounds) {
+  std::string yaml = kGood;
+  const std::string queue = "      queue: visit_updates\n";
+  yaml.replace(yaml.find(queue), queue.size(),
+               queue + "      retry: {max_age_ms: 18446744073709551615}\n");
+  auto c = Load(yaml);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].outbound.retry.max_age_ms: must be at most a year"));
+
+  yaml = kGood;
+  yaml.replace(yaml.find("{target: inmate, source: inmateId}"), 34,
+               "{target: inmate, source: inmateId, width: 4000000000}");
+  c = Load(yaml);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].outbound.mapping[1].width: must be at most 4096"));
 }
 
 }  // namespace
