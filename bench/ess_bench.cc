@@ -81,6 +81,7 @@ ABSL_FLAG(uint32_t, max_in_flight, 64,
 ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call.");
 ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
 ABSL_FLAG(uint32_t, record_delay_ms, 20, "replay.record_delay_ms.");
+ABSL_FLAG(bool, full_sync, false, "replay.full_sync: the store's commits wait for the disk.");
 ABSL_FLAG(uint32_t, publish_window, 1024, "Unconfirmed publishes of the benchmark's publisher.");
 ABSL_FLAG(int, wrk_connections, 256,
           "Keep-alive connections of wrk: the fixed concurrency of the inbound run and of the HTTP "
@@ -330,6 +331,7 @@ struct Settings {
   std::vector<int> replicas;
   uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, record_delay_ms, publish_window;
   int wrk_connections, wrk_threads;
+  bool full_sync = false;
   std::string source_dir, bin_dir, run_dir, wrk;
   // Set when webhooks are signed: the partner's side of the inbound route's secret.
   std::optional<webhook::SignatureVerifier> signer;
@@ -444,6 +446,7 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  batch_max: ", s_.batch_max, "\n",                           //
                       "  batch_delay_ms: ", s_.batch_delay_ms, "\n",                 //
                       "  record_delay_ms: ", s_.record_delay_ms, "\n",               //
+                      "  full_sync: ", s_.full_sync ? "true" : "false", "\n",        //
                       "  metrics_listen: 127.0.0.1:", st.replay_metrics_port, "\n",  //
                       "outbound:\n",                                                 //
                       "  prefetch: ", s_.prefetch, "\n",                             //
@@ -2055,6 +2058,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("batch_delay_ms", s.batch_delay_ms);
   num("record_delay_ms", s.record_delay_ms);
   num("publish_window", s.publish_window);
+  num("full_sync", s.full_sync ? 1 : 0);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
   num("cpus", std::thread::hardware_concurrency());
@@ -2150,6 +2154,7 @@ int Main(int argc, char** argv) {
   s.batch_max = absl::GetFlag(FLAGS_batch_max);
   s.batch_delay_ms = absl::GetFlag(FLAGS_batch_delay_ms);
   s.record_delay_ms = absl::GetFlag(FLAGS_record_delay_ms);
+  s.full_sync = absl::GetFlag(FLAGS_full_sync);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
   s.wrk_threads = absl::GetFlag(FLAGS_wrk_threads);

@@ -47,9 +47,11 @@ class Database {
     bool create = true;
     // Reject every write on this connection (PRAGMA query_only); for reader connections.
     bool query_only = false;
+    // synchronous=FULL: each commit waits for the disk, and survives power loss.
+    bool full_sync = false;
   };
 
-  // Opens `path` in WAL mode with synchronous=NORMAL and the busy timeout. NOT_FOUND if the file
+  // Opens `path` in WAL mode with synchronous=NORMAL (FULL with full_sync) and the busy timeout. NOT_FOUND if the file
   // cannot be opened (missing folder, or missing file without `create`); the other codes as in
   // the file comment.
   static absl::StatusOr<Database> Open(const std::string& path, const Options& options);

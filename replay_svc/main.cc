@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
   }
 
   absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> store =
-      ess::replay::SqliteReplayStore::Open(replay.database_path());
+      ess::replay::SqliteReplayStore::Open(replay.database_path(),
+                                           {.full_sync = replay.full_sync()});
   if (!store.ok()) {
     ess::log::Error("", "cannot open the replay store",
                     {{"path", replay.database_path()}, {"error", store.status().ToString()}});

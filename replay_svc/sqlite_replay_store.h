@@ -39,6 +39,8 @@ class SqliteReplayStore final : public ReplayStore {
     int busy_timeout_ms = 5000;
     // Reader connections kept open between reads.
     size_t max_idle_readers = 4;
+    // Commits wait for the disk (replay.full_sync).
+    bool full_sync = false;
   };
 
   // Opens (creating if needed) the database file at `path`, whose folder must exist.

@@ -47,6 +47,15 @@ TEST_F(SqliteTest, OpensInWalMode) {
   EXPECT_EQ(sync->ColumnInt64(0), 1);  // NORMAL
 }
 
+TEST_F(SqliteTest, FullSyncMakesEveryCommitWaitForTheDisk) {
+  absl::StatusOr<Database> full = Database::Open(dir_.File("full.db"), {.full_sync = true});
+  ASSERT_TRUE(full.ok()) << full.status();
+  absl::StatusOr<Statement> sync = full->Prepare("PRAGMA synchronous");
+  ASSERT_TRUE(sync.ok());
+  ASSERT_EQ(sync->Step().value(), true);
+  EXPECT_EQ(sync->ColumnInt64(0), 2);  // FULL
+}
+
 TEST_F(SqliteTest, BindsAndReadsEveryType) {
   absl::StatusOr<Statement> insert = db_->Prepare("INSERT INTO t (k, s, b, d) VALUES (?, ?, ?, ?)");
   ASSERT_TRUE(insert.ok()) << insert.status();
