@@ -109,7 +109,8 @@ absl::StatusOr<Database> Database::Open(const std::string& path, const Options& 
           absl::StrCat("sqlite: cannot switch ", path, " to WAL mode (journal_mode=", mode, ")"));
     }
   }
-  std::string pragmas = options.full_sync ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;";
+  std::string pragmas =
+      options.full_sync ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;";
   if (options.query_only) pragmas += "PRAGMA query_only=ON;";
   if (absl::Status s = db.Exec(pragmas); !s.ok()) return s;
   return db;
