@@ -51,9 +51,9 @@ class Database {
     bool full_sync = false;
   };
 
-  // Opens `path` in WAL mode with synchronous=NORMAL (FULL with full_sync) and the busy timeout. NOT_FOUND if the file
-  // cannot be opened (missing folder, or missing file without `create`); the other codes as in
-  // the file comment.
+  // Opens `path` in WAL mode with synchronous=NORMAL (FULL with full_sync) and the busy timeout.
+  // NOT_FOUND if the file cannot be opened (missing folder, or missing file without `create`); the
+  // other codes as in the file comment.
   static absl::StatusOr<Database> Open(const std::string& path, const Options& options);
   static absl::StatusOr<Database> Open(const std::string& path) { return Open(path, Options()); }
 

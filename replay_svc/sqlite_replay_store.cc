@@ -281,9 +281,8 @@ class SqliteReplayStore::ReaderLease {
 absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const std::string& path,
                                                                            Options options) {
   if (path.empty()) return absl::InvalidArgumentError("database_path: must not be empty");
-  absl::StatusOr<sqlite::Database> db =
-      sqlite::Database::Open(path, {.busy_timeout_ms = options.busy_timeout_ms,
-                                    .full_sync = options.full_sync});
+  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(
+      path, {.busy_timeout_ms = options.busy_timeout_ms, .full_sync = options.full_sync});
   if (!db.ok()) return db.status();
   if (absl::Status s = Migrate(*db, path); !s.ok()) return s;
 
