@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <deque>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -226,41 +227,49 @@ TEST(ServerTest, UnansweredRequestTimesOutWith503) {
   held.clear();
 }
 
+// A server whose handler keeps every request unanswered, with one request of a raw
+// connection in progress: the state a graceful stop finds.
+class DrainTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(server_.Start().ok());
+    conn_ = std::make_unique<RawConnection>(server_.port());
+    ASSERT_TRUE(conn_->connected());
+    ASSERT_TRUE(conn_->Write("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"));
+    absl::MutexLock lock(&mu_);
+    auto one = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return held_.size() == 1; };
+    ASSERT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&one), absl::Seconds(5)));
+  }
+  void TearDown() override {
+    server_.Stop();
+    absl::MutexLock lock(&mu_);
+    held_.clear();  // answered after the stop, if at all: dropped
+  }
+
+  absl::Mutex mu_;
+  std::vector<Responder> held_ ABSL_GUARDED_BY(mu_);
+  Server server_{{.listen = "127.0.0.1:0"}, [this](ServerRequest, Responder r) {
+                   absl::MutexLock lock(&mu_);
+                   held_.push_back(std::move(r));
+                 }};
+  std::unique_ptr<RawConnection> conn_;
+};
+
 // A graceful stop: no new connections, but the request in progress gets its answer (with
 // "Connection: close") before Drain returns.
-TEST(ServerTest, DrainRefusesNewConnectionsAndWaitsForTheAnswersInProgress) {
-  absl::Mutex mu;
-  std::vector<Responder> held;
-  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest, Responder r) {
-    absl::MutexLock lock(&mu);
-    held.push_back(std::move(r));
-  });
-  ASSERT_TRUE(server.Start().ok());
-  RawConnection conn(server.port());
-  ASSERT_TRUE(conn.connected());
-  ASSERT_TRUE(conn.Write("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"));
-  auto one_held = [&] {
-    absl::MutexLock lock(&mu);
-    return held.size() == 1;
-  };
-  for (absl::Time until = absl::Now() + absl::Seconds(5); !one_held() && absl::Now() < until;) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(one_held());
-
+TEST_F(DrainTest, RefusesNewConnectionsAndWaitsForTheAnswersInProgress) {
   std::thread answer([&] {
     absl::SleepFor(absl::Milliseconds(300));  // e.g. the broker's confirm
-    absl::MutexLock lock(&mu);
-    std::move(held[0]).Send({.status = 200, .body = "confirmed"});
+    absl::MutexLock lock(&mu_);
+    std::move(held_[0]).Send({.status = 200, .body = "confirmed"});
   });
   const absl::Time started = absl::Now();
-  std::thread drain_in_background;
   bool drained = false;
-  drain_in_background = std::thread([&] { drained = server.Drain(absl::Seconds(10)); });
+  std::thread drain_in_background([&] { drained = server_.Drain(absl::Seconds(10)); });
   // Meanwhile a new connection is refused (the listener is gone)...
   bool refused = false;
   for (absl::Time until = absl::Now() + absl::Seconds(2); !refused && absl::Now() < until;) {
-    RawConnection late(server.port());
+    RawConnection late(server_.port());
     refused = !late.connected();
     if (!refused) absl::SleepFor(absl::Milliseconds(10));
   }
@@ -270,36 +279,13 @@ TEST(ServerTest, DrainRefusesNewConnectionsAndWaitsForTheAnswersInProgress) {
   EXPECT_TRUE(drained);
   EXPECT_GE(absl::Now() - started, absl::Milliseconds(250));  // it waited for the answer
   // ... and the one in progress got its answer, asking the client to close.
-  const std::string reply = conn.ReadUntil("confirmed", absl::Seconds(5));
+  const std::string reply = conn_->ReadUntil("confirmed", absl::Seconds(5));
   EXPECT_THAT(reply, ::testing::StartsWith("HTTP/1.1 200"));
   EXPECT_THAT(reply, ::testing::HasSubstr("Connection: close"));
   EXPECT_THAT(reply, ::testing::HasSubstr("confirmed"));
-  server.Stop();
 }
 
-TEST(ServerTest, DrainGivesUpAfterItsTimeout) {
-  absl::Mutex mu;
-  std::vector<Responder> held;
-  Server server({.listen = "127.0.0.1:0"}, [&](ServerRequest, Responder r) {
-    absl::MutexLock lock(&mu);
-    held.push_back(std::move(r));
-  });
-  ASSERT_TRUE(server.Start().ok());
-  RawConnection conn(server.port());
-  ASSERT_TRUE(conn.Write("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"));
-  auto one_held = [&] {
-    absl::MutexLock lock(&mu);
-    return held.size() == 1;
-  };
-  for (absl::Time until = absl::Now() + absl::Seconds(5); !one_held() && absl::Now() < until;) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  ASSERT_TRUE(one_held());
-  EXPECT_FALSE(server.Drain(absl::Milliseconds(200)));
-  server.Stop();
-  absl::MutexLock lock(&mu);
-  held.clear();  // answered after the stop: dropped
-}
+TEST_F(DrainTest, GivesUpAfterItsTimeout) { EXPECT_FALSE(server_.Drain(absl::Milliseconds(200))); }
 
 // Send on a moved-from Responder does nothing (the answer that counts is the first, through
 // the Responder that holds the request; a late one after the server's 503 is tested above).

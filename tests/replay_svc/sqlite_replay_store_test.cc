@@ -69,6 +69,20 @@ class SqliteReplayStoreTest : public ::testing::Test {
     return page.ok() ? page->records : std::vector<MessageRecord>();
   }
 
+  // The message ids of every page of `query`, page by page (at most 10 pages).
+  std::vector<std::vector<std::string>> Pages(ListQuery query) {
+    std::vector<std::vector<std::string>> pages;
+    for (int guard = 0; guard < 10; ++guard) {
+      absl::StatusOr<ListPage> page = store_->List(query);
+      EXPECT_TRUE(page.ok()) << page.status();
+      if (!page.ok()) break;
+      pages.push_back(MessageIds(page->records));
+      if (!page->next.has_value()) break;
+      query.after = page->next;
+    }
+    return pages;
+  }
+
   TempDir dir_;
   FakeClock clock_;
   std::unique_ptr<SqliteReplayStore> store_;
@@ -537,15 +551,8 @@ TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
     batch.push_back(std::move(r));
   }
   Store(std::move(batch));
-  std::vector<std::vector<std::string>> pages;
-  ListQuery query{.partner = "prison", .limit = 100, .max_bytes = 2500};
-  for (int guard = 0; guard < 10; ++guard) {
-    absl::StatusOr<ListPage> page = store_->List(query);
-    ASSERT_TRUE(page.ok()) << page.status();
-    pages.push_back(MessageIds(page->records));
-    if (!page->next.has_value()) break;
-    query.after = page->next;
-  }
+  std::vector<std::vector<std::string>> pages =
+      Pages({.partner = "prison", .limit = 100, .max_bytes = 2500});
   // 1,000 bytes a record: two fit in 2,500; m-3 (5,600) goes alone.
   EXPECT_THAT(pages, ElementsAre(ElementsAre("m-6", "m-5"), ElementsAre("m-4"), ElementsAre("m-3"),
                                  ElementsAre("m-2", "m-1"), ElementsAre("m-0")));
@@ -563,15 +570,7 @@ TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
     for (int i = 4; i >= 0; --i) expected.push_back(absl::StrCat("m", b, "-", i));
   }
 
-  std::vector<std::vector<std::string>> pages;
-  ListQuery query{.partner = "prison", .limit = 4};
-  for (int guard = 0; guard < 10; ++guard) {
-    absl::StatusOr<ListPage> page = store_->List(query);
-    ASSERT_TRUE(page.ok()) << page.status();
-    pages.push_back(MessageIds(page->records));
-    if (!page->next.has_value()) break;
-    query.after = page->next;
-  }
+  std::vector<std::vector<std::string>> pages = Pages({.partner = "prison", .limit = 4});
   ASSERT_EQ(pages.size(), 4u);
   EXPECT_THAT(pages[0], ElementsAre("m2-4", "m2-3", "m2-2", "m2-1"));
   EXPECT_THAT(pages[1], ElementsAre("m2-0", "m1-4", "m1-3", "m1-2"));
