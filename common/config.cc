@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -537,9 +538,35 @@ absl::StatusOr<webhook::SignatureVerifier> WebhookVerifier(const ess::v1::Webhoo
   return verifier;
 }
 
+namespace {
+
+// Runs `check` on each partner; its error, "partners[NAME].PATH: what", is placed at the
+// line of partners[INDEX].PATH.
+absl::Status CheckPartners(const Converter& conv, const ess::v1::HubConfig& config,
+                           const PartnerCheck& check) {
+  for (int i = 0; i < config.partners_size(); ++i) {
+    const ess::v1::PartnerConfig& p = config.partners(i);
+    absl::Status s = check(p);
+    if (s.ok()) continue;
+    const std::string named = absl::StrCat("partners[", p.name(), "]");
+    const std::string message(s.message());
+    const size_t colon = message.find(": ");
+    if (!absl::StartsWith(message, named) || colon == std::string::npos) {
+      return conv.ErrorAt(absl::StrCat("partners[", i, "]"), message);
+    }
+    return conv.ErrorAt(
+        absl::StrCat("partners[", i, "]", message.substr(named.size(), colon - named.size())),
+        message.substr(colon + 2));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string_view file_name,
                                               std::string_view base_dir,
-                                              const SettingsTypeResolver& resolver) {
+                                              const SettingsTypeResolver& resolver,
+                                              const PartnerCheck& check) {
   const std::string file(file_name);
   YAML::Node root;
   try {
@@ -560,6 +587,10 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
   ApplyDefaults(base_dir, config);
   absl::Status s = Validate(conv, config, resolver);
   if (!s.ok()) return s;
+  if (check) {
+    s = CheckPartners(conv, config, check);
+    if (!s.ok()) return s;
+  }
   if (!config.bus().password_env().empty()) {
     config.mutable_bus()->set_password(std::getenv(config.bus().password_env().c_str()));
   }
@@ -567,7 +598,8 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
 }
 
 absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
-                                            const SettingsTypeResolver& resolver) {
+                                            const SettingsTypeResolver& resolver,
+                                            const PartnerCheck& check) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(
@@ -576,7 +608,7 @@ absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
   std::stringstream buf;
   buf << in.rdbuf();
   std::string dir = std::filesystem::absolute(path).parent_path().string();
-  return LoadString(buf.str(), path, dir, resolver);
+  return LoadString(buf.str(), path, dir, resolver, check);
 }
 
 }  // namespace ess::config

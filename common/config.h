@@ -27,14 +27,21 @@ namespace ess::config {
 using SettingsTypeResolver =
     std::function<const google::protobuf::Descriptor*(std::string_view adapter)>;
 
+// A service's own check of a partner it will serve (e.g. building its adapter), run last for
+// each partner. An error "partners[NAME].settings.FIELD: what" (the adapters' form) comes back
+// from the loader as "FILE:LINE:COL: partners[INDEX].settings.FIELD: what".
+using PartnerCheck = std::function<absl::Status(const ess::v1::PartnerConfig& partner)>;
+
 // INVALID_ARGUMENT with "FILE:LINE:COL: FIELD: what" for a bad file; NOT_FOUND if it cannot
 // be read. With a null resolver, partner settings are not parsed (tools that do not need them).
 absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
-                                            const SettingsTypeResolver& resolver = nullptr);
+                                            const SettingsTypeResolver& resolver = nullptr,
+                                            const PartnerCheck& check = nullptr);
 // Same from text; `file_name` is used in messages and `base_dir` for relative paths.
 absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string_view file_name,
                                               std::string_view base_dir,
-                                              const SettingsTypeResolver& resolver = nullptr);
+                                              const SettingsTypeResolver& resolver = nullptr,
+                                              const PartnerCheck& check = nullptr);
 
 // The verifier of a route's webhook signatures, with the secrets of the environment variable
 // `auth.secrets_env` (FAILED_PRECONDITION when it is not set; INVALID_ARGUMENT naming a bad

@@ -23,7 +23,19 @@ int main(int argc, char** argv) {
                   "events exchange, confirmed and recorded before the answer (or the move).");
   const std::string path = ess::cli::RequiredConfigPath();
   const auto& registry = ess::adapters::BuiltinRegistry();
-  auto config = ess::config::LoadFile(path, registry.SettingsResolver());
+  // Each partner this lane serves gets its adapter built once while loading, so that a bad
+  // setting is reported at its line.
+  auto config = ess::config::LoadFile(
+      path, registry.SettingsResolver(), [&registry](const ess::v1::PartnerConfig& p) {
+        if (!p.has_inbound()) return absl::OkStatus();
+        if (!p.inbound().webhook_path().empty()) {
+          if (absl::Status s = registry.Create(p, {}).status(); !s.ok()) return s;
+        }
+        if (p.inbound().has_poll()) {
+          return ess::adapters::sftp_csv::SftpCsvAdapter::Create(p).status();
+        }
+        return absl::OkStatus();
+      });
   if (!config.ok()) {
     std::cerr << "error: " << config.status().message() << "\n";
     return 2;

@@ -23,7 +23,13 @@ int main(int argc, char** argv) {
                   "Consumes each partner's queue, maps and pushes events, records them in the "
                   "replay store, then acks.");
   const auto& registry = ess::adapters::BuiltinRegistry();
-  auto config = ess::config::LoadFile(ess::cli::RequiredConfigPath(), registry.SettingsResolver());
+  // Each partner this lane serves gets its adapter built once while loading, so that a bad
+  // setting is reported at its line.
+  auto config = ess::config::LoadFile(ess::cli::RequiredConfigPath(), registry.SettingsResolver(),
+                                      [&registry](const ess::v1::PartnerConfig& p) {
+                                        return p.has_outbound() ? registry.Create(p, {}).status()
+                                                                : absl::OkStatus();
+                                      });
   if (!config.ok()) {
     std::cerr << "error: " << config.status().message() << "\n";
     return 2;

@@ -281,6 +281,25 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentOfTheInboundLaneOnly) {
                         "inbound.dedupe_window_seconds (600)"));
 }
 
+// A service's own check of its partners (building each adapter) is reported like any other
+// error: at the line of the setting, with the partner's index.
+TEST(ConfigTest, AnAdapterSettingRefusedByTheServiceIsNamedAtItsLine) {
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("http://127.0.0.1:9000"), 21, "ftp://127.0.0.1:9000");
+  ASSERT_TRUE(Load(yaml).ok());  // the loader alone knows nothing of adapters' rules
+  const auto& registry = adapters::BuiltinRegistry();
+  auto c =
+      LoadString(yaml, "hub.yaml", "/etc/ess", registry.SettingsResolver(),
+                 [&](const ess::v1::PartnerConfig& p) { return registry.Create(p, {}).status(); });
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.status().message(),
+            "hub.yaml:16:17: partners[0].settings.base_url: must start with http:// or https://");
+  // An error in another form is placed at the partner.
+  c = LoadString(kGood, "hub.yaml", "/etc/ess", registry.SettingsResolver(),
+                 [](const ess::v1::PartnerConfig&) { return absl::UnavailableError("no route"); });
+  EXPECT_EQ(c.status().message(), "hub.yaml:13:5: partners[0]: no route");
+}
+
 TEST(ConfigTest, DurationsAndWidthsHaveBounds) {
   std::string yaml = kGood;
   const std::string queue = "      queue: visit_updates\n";

@@ -6,6 +6,7 @@
 #include <rapidjson/document.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <future>
 #include <map>
 #include <random>
@@ -272,6 +273,28 @@ TEST_F(HubTest, AnIdBeingPublishedElsewhereIsHeldForItsLeaseThenTaken) {
       },
       absl::Seconds(10)));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// A setting only the adapter can judge is still reported at its line, by each lane that
+// serves the partner; a lane that does not serve it does not care.
+TEST_F(HubTest, ABadAdapterSettingStopsTheLanesAtItsLine) {
+  std::string yaml = Config("http://127.0.0.1:9");
+  const std::string good = "      base_url: http://127.0.0.1:9\n";
+  ASSERT_THAT(yaml, HasSubstr(good));
+  absl::StrReplaceAll({{good, "      base_url: ftp://127.0.0.1:9\n"}}, &yaml);
+  dir_.Write("bad.yaml", yaml);
+  // The line of base_url in the file.
+  const std::string before = yaml.substr(0, yaml.find("base_url: ftp"));
+  const int line = 1 + static_cast<int>(std::count(before.begin(), before.end(), '\n'));
+  for (const char* lane : {"outbound_svc", "inbound_svc"}) {
+    testing::ToolRun run = testing::RunTool({BinaryPath(lane), "--config", dir_.File("bad.yaml")},
+                                            dir_.File(absl::StrCat(lane, ".log")));
+    EXPECT_EQ(run.exit_code, 2) << lane << ": " << run.output;
+    EXPECT_THAT(run.output, HasSubstr(absl::StrCat("bad.yaml:", line,
+                                                   ":17: partners[0].settings.base_url: "
+                                                   "must start with http:// or https://")))
+        << lane;
+  }
 }
 
 TEST_F(HubTest, ASignedRouteTakesOnlyFreshCallsSignedByThePartner) {
