@@ -763,6 +763,69 @@ TEST_F(HubTest, InboundStoppedMidWebhookStillAnswersIt) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// A call of two events (a CSV webhook) whose second publish the broker refuses: the first is on
+// the bus, so it is recorded PUBLISHED and the partner's retry publishes only the second.
+TEST_F(HubTest, APartlyPublishedCallIsRetriedForWhatWasNotPublished) {
+  CapturePartner partner;
+  std::string yaml = Config(partner.url());
+  absl::StrAppend(&yaml, "  - name: roster\n    adapter: sftp_csv\n    settings: {host: ",
+                  testing::RequiredEnv("ESS_SFTP_HOST"),
+                  ", user: u, private_key_file: ", testing::RequiredEnv("ESS_SFTP_KEY"),
+                  ", known_hosts_file: ", testing::RequiredEnv("ESS_SFTP_KNOWN_HOSTS"), R"(}
+    inbound:
+      webhook_path: /webhook/roster
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: id}
+        - {target: status, source: status}
+)");
+  dir_.Write("hub.yaml", yaml);
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  ASSERT_NO_FATAL_FAILURE(StartInbound("hub.yaml"));
+  // The only queue bound to the exchange takes one message and refuses the next (a nack).
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::UniqueName("one-slot");
+  ASSERT_TRUE((*conn)
+                  ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
+                           .queues = {{.name = sub,
+                                       .string_args = {{"x-overflow", "reject-publish"}},
+                                       .int_args = {{"x-max-length", 1}}}},
+                           .bindings = {{.queue = sub, .exchange = exchange_}}})
+                  .ok());
+  auto post = [&] {
+    return http_.SendAndWait({.url = Url("/webhook/roster"),
+                              .headers = {{"Content-Type", "text/csv"}, {"webhook-id", "roster-1"}},
+                              .body = "correlation_id,id,status\nVIS-1,VIS-1,confirmed\n"
+                                      "VIS-2,VIS-2,confirmed\n"});
+  };
+  auto r = post();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 503) << r->body;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto one = Trail("VIS-1"), two = Trail("VIS-2");
+        return one.records_size() == 1 && two.records_size() == 1 &&
+               one.records(0).status() == ess::v1::MESSAGE_STATUS_PUBLISHED &&
+               two.records(0).status() == ess::v1::MESSAGE_STATUS_FAILED;
+      },
+      absl::Seconds(10)))
+      << Trail("VIS-1").ShortDebugString() << " / " << Trail("VIS-2").ShortDebugString();
+  // The partner retries once the bus has room: only VIS-2 goes out.
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.message_id, "roster-1:0");
+  r = post();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(r->body, R"({"ok":true,"events":1,"duplicates":1})");
+  d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.message_id, "roster-1:1");
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
   int closed = testing::FreePort();
   dir_.Write("hub.yaml", Config("http://127.0.0.1:9"));
