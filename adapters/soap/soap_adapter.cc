@@ -75,6 +75,12 @@ absl::StatusOr<std::unique_ptr<SoapAdapter>> SoapAdapter::Create(
         absl::StrCat("partners[", partner.name(), "].settings.", mapping.status().message()));
   }
   a->response_mapping_ = *std::move(mapping);
+  // The partner's SOAP callbacks are read through the response mapping; without one every
+  // webhook would be answered 503 for ever.
+  if (partner.has_inbound() && !partner.inbound().webhook_path().empty() &&
+      a->response_mapping_.empty()) {
+    return bad("response_mapping", "is needed to read the callbacks of inbound.webhook_path");
+  }
   for (const auto& [name, value] : settings.headers()) {
     if (name.empty() || name.find_first_of(":\r\n") != std::string::npos ||
         value.find_first_of("\r\n") != std::string::npos) {

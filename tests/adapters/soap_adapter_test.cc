@@ -443,6 +443,17 @@ TEST(SoapAdapterTest, FactoryRejectsBadSettings) {
     return std::string(a.status().message());
   };
   using C = ess::v1::SoapAdapterConfig;
+  {
+    auto p = Partner("http://127.0.0.1:9/soap");
+    p.mutable_inbound()->set_webhook_path("/webhook/visits");
+    ess::v1::SoapAdapterConfig soap;
+    EXPECT_TRUE(p.settings().UnpackTo(&soap));
+    soap.clear_response_mapping();
+    p.mutable_settings()->PackFrom(soap);
+    EXPECT_EQ(BuiltinRegistry().Create(p, {}).status().message(),
+              "partners[visits].settings.response_mapping: is needed to read the callbacks of "
+              "inbound.webhook_path");
+  }
   EXPECT_EQ(with([](C& c) { c.set_endpoint("ftp://x"); }),
             "partners[visits].settings.endpoint: must start with http:// or https://");
   EXPECT_EQ(with([](C& c) { c.set_soap_version("2.0"); }),
