@@ -401,11 +401,12 @@ void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status&
     for (size_t k = 0; k < confirmed.size(); ++k) {
       unconfirmed[k] = !confirmed[k];
       if (!confirmed[k]) continue;
+      counters_.published.fetch_add(1, std::memory_order_relaxed);
       recent_.Published(call->partner, call->ids[k], now);
       RecordPublished(*call, k);
     }
     Release(*call, reason, &unconfirmed);
-    Finish(*call, 503, ErrorBody(reason));
+    Finish(*call, 503, ErrorBody(reason), &confirmed);
     return;
   }
   for (const std::string& id : call->ids) recent_.Published(call->partner, id, now);
@@ -438,19 +439,21 @@ void Lane::Release(const Call& call, std::string_view reason, const std::vector<
   }
 }
 
-void Lane::Finish(Call& call, int status, std::string body) {
+void Lane::Finish(Call& call, int status, std::string body, const std::vector<bool>* published) {
   if (status != 200) {
     // Release leaves published ids alone: those a partial failure published stay remembered.
     for (const std::string& id : call.ids) recent_.Release(call.partner, id);
   }
-  // One audit event per event of the call: published, or failed with the answer's reason.
+  // One audit event per event of the call: published (all of a 200, or those `published` says),
+  // or failed with the answer's reason.
   if (audit_ != nullptr && audit_->enabled()) {
     for (size_t i = 0; i < call.events.size() && i < call.ids.size(); ++i) {
       const adapters::InboundEvent& ev = call.events[i];
+      const bool ok = status == 200 || (published != nullptr && (*published)[i]);
       audit_->Emit(AuditSink::Make(
           ess::v1::DIRECTION_INBOUND, call.partner, ev.correlation_id, call.ids[i], ev.event_type,
-          status == 200 ? ess::v1::MESSAGE_STATUS_PUBLISHED : ess::v1::MESSAGE_STATUS_FAILED,
-          status == 200 ? std::string_view() : std::string_view(body), 1, call.received_at, false));
+          ok ? ess::v1::MESSAGE_STATUS_PUBLISHED : ess::v1::MESSAGE_STATUS_FAILED,
+          ok ? std::string_view() : std::string_view(body), 1, call.received_at, false));
     }
   }
   http::ServerResponse resp{.status = status, .body = std::move(body)};

@@ -135,7 +135,9 @@ class Lane {
   // them at once rather than after the lease; all of them, or those `only` says.
   void Release(const Call& call, std::string_view reason, const std::vector<bool>* only = nullptr);
   // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
-  void Finish(Call& call, int status, std::string body);
+  // With `published`, the events it marks were published all the same (a partial failure).
+  void Finish(Call& call, int status, std::string body,
+              const std::vector<bool>* published = nullptr);
 
   Options options_;
   absl::flat_hash_map<std::string, Route> routes_;

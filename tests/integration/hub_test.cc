@@ -785,6 +785,7 @@ TEST_F(HubTest, APartlyPublishedCallIsRetriedForWhatWasNotPublished) {
   // The only queue bound to the exchange takes one message and refuses the next (a nack).
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
   const std::string sub = testing::UniqueName("one-slot");
   ASSERT_TRUE((*conn)
                   ->Apply({.exchanges = {{.name = exchange_, .type = "fanout"}},
@@ -811,6 +812,20 @@ TEST_F(HubTest, APartlyPublishedCallIsRetriedForWhatWasNotPublished) {
       },
       absl::Seconds(10)))
       << Trail("VIS-1").ShortDebugString() << " / " << Trail("VIS-2").ShortDebugString();
+  // The audit says the same: VIS-1 published, VIS-2 failed with the reason.
+  std::map<std::string, std::string> audited;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto a = (*conn)->Get(audit); a.ok(); a = (*conn)->Get(audit)) {
+          audited[a->message.correlation_id] = a->message.body;
+        }
+        return audited.size() == 2;
+      },
+      absl::Seconds(10)));
+  EXPECT_THAT(audited["VIS-1"], HasSubstr(R"("status":"MESSAGE_STATUS_PUBLISHED")"));
+  EXPECT_THAT(audited["VIS-2"], HasSubstr(R"("status":"MESSAGE_STATUS_FAILED")"));
+  EXPECT_THAT(audited["VIS-2"], HasSubstr("event bus"));
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
   // The partner retries once the bus has room: only VIS-2 goes out.
   auto d = (*conn)->Get(sub);
   ASSERT_TRUE(d.ok()) << d.status();
