@@ -105,7 +105,6 @@ struct Lane::Call {
   std::vector<adapters::InboundEvent> events;   // the events this call owns (not duplicates)
   std::vector<std::string> ids;                 // their message ids
   std::vector<ess::v1::ClaimOutcome> outcomes;  // round 1's answers
-  std::vector<bool> confirmed;                  // round 2's answers, per event (under `mu`)
   absl::Time round_started;                     // when the current round's first request went
   size_t duplicates = 0;
   bool finished = false;
@@ -113,15 +112,19 @@ struct Lane::Call {
   absl::Mutex mu;
   size_t pending ABSL_GUARDED_BY(mu) = 0;
   absl::Status error ABSL_GUARDED_BY(mu);
+  std::vector<bool> confirmed ABSL_GUARDED_BY(mu);  // round 2's answers, per event
 
-  void StartRound(size_t n) {
+  void StartRound(size_t n, bool publishes = false) {
     absl::MutexLock lock(&mu);
     pending = n;
+    if (publishes) confirmed.assign(n, false);
   }
-  // Counts one answer in; true for the last one of the round, with `*first_error` set to the
-  // round's first failure.
-  bool Settle(const absl::Status& status, absl::Status* first_error) {
+  // Counts one answer in (event `confirm`'s publish, when given: OK marks it confirmed); true
+  // for the last one of the round, with `*first_error` set to the round's first failure.
+  bool Settle(const absl::Status& status, absl::Status* first_error,
+              std::optional<size_t> confirm = std::nullopt) {
     absl::MutexLock lock(&mu);
+    if (confirm.has_value() && status.ok()) confirmed[*confirm] = true;
     if (!status.ok() && error.ok()) error = status;
     if (--pending > 0) return false;
     *first_error = error;
@@ -356,8 +359,7 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
   }
   // Round 2: publish the claimed events; the 200 waits for every confirm.
   const size_t n = call->events.size();
-  call->confirmed.assign(n, false);
-  call->StartRound(n);
+  call->StartRound(n, /*publishes=*/true);
   std::vector<amqp::Message> messages(n);
   for (size_t i = 0; i < n; ++i) {
     const adapters::InboundEvent& ev = call->events[i];
@@ -377,12 +379,8 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
 }
 
 void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status& status) {
-  if (status.ok()) {
-    absl::MutexLock lock(&call->mu);
-    call->confirmed[i] = true;
-  }
   absl::Status error;
-  if (!call->Settle(status, &error)) return;
+  if (!call->Settle(status, &error, i)) return;
   const absl::Time now = absl::Now();
   publish_seconds_.Observe(now - call->round_started);
   if (!error.ok()) {
@@ -392,20 +390,18 @@ void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status&
     const std::string reason = absl::StrCat("event bus: ", error.message());
     std::vector<bool> confirmed;
     {
-      absl::MutexLock lock(&call->mu);
-      confirmed = call->confirmed;
+      absl::MutexLock lock(&call->mu);  // every answer is in: nobody writes it any more
+      confirmed = std::move(call->confirmed);
     }
     // The events the broker did confirm are on the bus: recorded PUBLISHED, so that the
     // partner's retry publishes only the others. Those go back, FAILED.
-    std::vector<bool> unconfirmed(confirmed.size());
     for (size_t k = 0; k < confirmed.size(); ++k) {
-      unconfirmed[k] = !confirmed[k];
       if (!confirmed[k]) continue;
       counters_.published.fetch_add(1, std::memory_order_relaxed);
       recent_.Published(call->partner, call->ids[k], now);
       RecordPublished(*call, k);
     }
-    Release(*call, reason, &unconfirmed);
+    Release(*call, reason, &confirmed);
     Finish(*call, 503, ErrorBody(reason), &confirmed);
     return;
   }
@@ -431,9 +427,9 @@ void Lane::RecordPublished(const Call& call, size_t i) {
       });
 }
 
-void Lane::Release(const Call& call, std::string_view reason, const std::vector<bool>* only) {
+void Lane::Release(const Call& call, std::string_view reason, const std::vector<bool>* published) {
   for (size_t i = 0; i < call.events.size(); ++i) {
-    if (only != nullptr && !(*only)[i]) continue;
+    if (published != nullptr && (*published)[i]) continue;
     recorder_->Record(call.MakeRecord(i, ess::v1::MESSAGE_STATUS_FAILED, reason),
                       [](absl::Status) {});
   }

@@ -132,8 +132,9 @@ class Lane {
   // Records event `i` of the call PUBLISHED (after its claim's RECEIVED).
   void RecordPublished(const Call& call, size_t i);
   // Gives the call's claims back (records them FAILED with `reason`), so a retry can claim
-  // them at once rather than after the lease; all of them, or those `only` says.
-  void Release(const Call& call, std::string_view reason, const std::vector<bool>* only = nullptr);
+  // them at once rather than after the lease; all of them, or those `published` does not mark.
+  void Release(const Call& call, std::string_view reason,
+               const std::vector<bool>* published = nullptr);
   // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
   // With `published`, the events it marks were published all the same (a partial failure).
   void Finish(Call& call, int status, std::string body,

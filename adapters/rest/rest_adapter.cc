@@ -11,6 +11,7 @@
 #include "adapters/http_status.h"
 #include "adapters/json_pull.h"
 #include "common/log.h"
+#include "common/sv.h"
 
 namespace ess::adapters::rest {
 namespace {
@@ -22,34 +23,51 @@ std::string UrlEscape(std::string_view s) {
   return out;
 }
 
+// Walks a path template: `literal(text)` for the text between placeholders, `name(name)` for
+// each {name}, in order; the first error of `name` stops it. INVALID_ARGUMENT for a placeholder
+// without its } or without a name.
+template <typename Literal, typename Name>
+absl::Status WalkPath(std::string_view tmpl, Literal literal, Name name) {
+  size_t i = 0;
+  while (i < tmpl.size()) {
+    const size_t open = tmpl.find('{', i);
+    if (open == std::string_view::npos) {
+      literal(tmpl.substr(i));
+      break;
+    }
+    const size_t close = tmpl.find('}', open);
+    if (close == std::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placeholder at offset ", open, " has no closing }"));
+    }
+    const std::string_view n = tmpl.substr(open + 1, close - open - 1);
+    if (n.empty() || n.find('{') != std::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("placeholder at offset ", open, " has no name"));
+    }
+    literal(tmpl.substr(i, open - i));
+    if (absl::Status s = name(n); !s.ok()) return s;
+    i = close + 1;
+  }
+  return absl::OkStatus();
+}
+
 // Fills {name} placeholders from the mapped fields. INVALID_ARGUMENT for an unknown name.
 absl::StatusOr<std::string> ExpandPath(std::string_view tmpl, std::span<const MappedField> fields) {
   std::string out;
-  size_t i = 0;
-  while (i < tmpl.size()) {
-    size_t open = tmpl.find('{', i);
-    if (open == std::string_view::npos) {
-      out.append(tmpl.substr(i));
-      break;
-    }
-    size_t close = tmpl.find('}', open);
-    if (close == std::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("path \"", std::string(tmpl), "\": missing }"));
-    }
-    out.append(tmpl.substr(i, open - i));
-    std::string_view name = tmpl.substr(open + 1, close - open - 1);
-    const MappedField* hit = nullptr;
-    for (const MappedField& f : fields) {
-      if (f.name == name) hit = &f;
-    }
-    if (hit == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("path placeholder {", std::string(name), "} is not a mapped field"));
-    }
-    out.append(UrlEscape(Mapper::Text(*hit)));
-    i = close + 1;
-  }
+  absl::Status s = WalkPath(
+      tmpl, [&](std::string_view text) { out.append(text); },
+      [&](std::string_view name) {
+        for (const MappedField& f : fields) {
+          if (f.name == name) {
+            out.append(UrlEscape(Mapper::Text(f)));
+            return absl::OkStatus();
+          }
+        }
+        return absl::InvalidArgumentError(
+            absl::StrCat("path placeholder {", std::string(name), "} is not a mapped field"));
+      });
+  if (!s.ok()) return s;
   return out;
 }
 
@@ -137,28 +155,16 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
     return bad("path", "must start with /");
   // Every {placeholder} must be closed and, when the outbound mapping is given, name one of its
   // targets: found here, not by parking every event the lane takes.
-  {
-    absl::flat_hash_set<std::string> targets;
-    if (partner.has_outbound()) {
-      for (const auto& f : partner.outbound().mapping()) targets.insert(f.target());
-    }
-    std::string_view path = settings.path();
-    for (size_t open = path.find('{'); open != std::string_view::npos;
-         open = path.find('{', open + 1)) {
-      const size_t close = path.find('}', open);
-      if (close == std::string_view::npos) {
-        return bad("path", absl::StrCat("placeholder at offset ", open, " has no closing }"));
-      }
-      const std::string name(path.substr(open + 1, close - open - 1));
-      if (name.empty() || name.find('{') != std::string::npos) {
-        return bad("path", absl::StrCat("placeholder at offset ", open, " has no name"));
-      }
-      if (partner.outbound().mapping_size() > 0 && !targets.contains(name)) {
-        return bad("path",
-                   absl::StrCat("placeholder {", name, "} is not a target of outbound.mapping"));
-      }
-    }
-  }
+  absl::flat_hash_set<std::string> targets;
+  for (const auto& f : partner.outbound().mapping()) targets.insert(f.target());
+  absl::Status path = WalkPath(
+      settings.path(), [](std::string_view) {},
+      [&](std::string_view name) {
+        if (targets.empty() || targets.contains(std::string(name))) return absl::OkStatus();
+        return absl::InvalidArgumentError(absl::StrCat("placeholder {", std::string(name),
+                                                       "} is not a target of outbound.mapping"));
+      });
+  if (!path.ok()) return bad("path", ToStd(path.message()));
   std::string method = absl::AsciiStrToUpper(settings.method());
   if (!method.empty() && method != "POST" && method != "PUT" && method != "PATCH") {
     return bad("method", "must be POST, PUT or PATCH");

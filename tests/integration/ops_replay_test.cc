@@ -58,8 +58,10 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
   Publish(events);
   ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DEAD).size() == kEvents; },
                       absl::Seconds(30)));
+  // 30 s, as for the records: beside bench_smoke_test on two cores, 10 s once ran out.
   ASSERT_TRUE(
-      WaitFor([&] { return DepthOrZero(queue_ + ".parked") == kEvents; }, absl::Seconds(10)));
+      WaitFor([&] { return DepthOrZero(queue_ + ".parked") == kEvents; }, absl::Seconds(30)))
+      << DepthOrZero(queue_ + ".parked") << " parked";
   EXPECT_EQ(partner.count(), static_cast<size_t>(kEvents));
 
   // Replayed while the partner still refuses, they are parked again, and --wait says so.
