@@ -29,15 +29,11 @@ namespace {
 
 // Channel of the consumer, of the publisher and of Connection's calls.
 constexpr amqp_channel_t kChannel = 1;
-// The consumer's second channel, in confirm mode, for ParkAndAck publishes.
-constexpr amqp_channel_t kParkChannel = 2;
 constexpr int kFrameMax = 131072;
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 // How long an ack held back by an older unsettled delivery waits to be coalesced.
 constexpr absl::Duration kStrandedAckDelay = absl::Milliseconds(5);
-// How long a stopping consumer waits for the confirms of its parks in flight.
-constexpr absl::Duration kParkConfirmWait = absl::Seconds(2);
 // Graceful close of a connection being shut down.
 constexpr absl::Duration kCloseTimeout = absl::Seconds(2);
 constexpr char kBlocked[] = "the amqp broker blocks publishing (memory or disk alarm)";
@@ -977,16 +973,13 @@ absl::Status Connection::DeleteQueue(std::string_view queue) {
 
 struct Consumer::Impl : public SessionLoop {
   struct Settlement {
-    enum class Kind { kAck, kReject, kPark };
+    enum class Kind { kAck, kReject };
     Kind kind;
     uint64_t tag;
     bool requeue = false;
-    std::string queue;
-    Message message;
   };
   // State of one delivery of the current connection, by broker tag.
-  enum class Slot : uint8_t { kPending, kParking, kAcked, kDone };
-  using Parks = ConfirmTracker<uint64_t>;  // payload: broker tag of the parked delivery
+  enum class Slot : uint8_t { kPending, kAcked, kDone };
 
   Impl(Options o, Handler h)
       : SessionLoop("consumer", o.connection), options(std::move(o)), handler(std::move(h)) {
@@ -1061,7 +1054,6 @@ struct Consumer::Impl : public SessionLoop {
   std::deque<Slot> slots;  // deliveries not yet covered by a basic.ack(multiple)
   size_t acked = 0;        // kAcked entries in `slots`
   absl::Time stranded_since = absl::InfiniteFuture();
-  Parks parks;
   std::vector<Settlement> batch;
 
   void Settle(Settlement s) {
@@ -1085,8 +1077,6 @@ struct Consumer::Impl : public SessionLoop {
       amqp_basic_qos(s.state(), kChannel, 0, options.prefetch, /*global=*/0);
       st = s.CheckLast(kChannel, "basic.qos");
     }
-    if (st.ok()) st = s.OpenChannel(kParkChannel);
-    if (st.ok()) st = s.SelectConfirms(kParkChannel);
     consuming.assign(options.queues.size(), 0);
     std::vector<char> want;
     {
@@ -1109,7 +1099,6 @@ struct Consumer::Impl : public SessionLoop {
     slots.clear();
     acked = 0;
     stranded_since = absl::InfiniteFuture();
-    parks.Reset();
   }
 
   absl::StatusOr<bool> Turn() override {
@@ -1129,18 +1118,10 @@ struct Consumer::Impl : public SessionLoop {
     settlements.clear();
   }
 
-  // Sends what was settled, once the parks in flight are confirmed (for up to
-  // kParkConfirmWait: a graceful stop should not leave a parked copy beside a requeued
-  // original); the broker requeues the rest when the connection closes.
+  // Sends what was settled; the broker requeues the rest when the connection closes.
   void Finish() override {
     if (session_ == nullptr || session_->broken()) return;
     absl::Status s = ApplySettlements();
-    const absl::Time until = absl::Now() + kParkConfirmWait;
-    while (s.ok() && !parks.empty() && absl::Now() < until) {
-      pollfd readable{.fd = session_->fd(), .events = POLLIN, .revents = 0};
-      poll(&readable, 1, 10);
-      s = ReadFrames().status();
-    }
     if (s.ok()) s = FlushAcks(/*force=*/true);
   }
 
@@ -1204,11 +1185,6 @@ struct Consumer::Impl : public SessionLoop {
         case Settlement::Kind::kReject:
           st = RejectNow(broker_tag, s.requeue, slot);
           break;
-        case Settlement::Kind::kPark:
-          *slot = Slot::kParking;
-          st = session_->Publish(kParkChannel, "", s.queue, s.message);
-          parks.Add("", std::move(s.queue), std::move(s.message.message_id), broker_tag);
-          break;
       }
       if (!st.ok()) return st;
     }
@@ -1247,33 +1223,9 @@ struct Consumer::Impl : public SessionLoop {
     return absl::OkStatus();
   }
 
-  absl::Status OnConfirm(uint64_t tag, bool multiple, bool ack) override {
-    absl::Status result;
-    parks.Settle(tag, multiple, ack,
-                 [&](uint64_t broker_tag, Parks::Outcome outcome, const std::string&,
-                     const std::string& queue) {
-                   Slot* slot = Find(broker_tag);
-                   if (slot == nullptr || *slot != Slot::kParking) return;
-                   if (outcome == Parks::Outcome::kAcked) {
-                     MarkAcked(slot);
-                     return;
-                   }
-                   ess::log::Warn(
-                       "", "amqp consumer: park failed; delivery requeued",
-                       {{"queue", queue},
-                        {"reason", outcome == Parks::Outcome::kNacked ? "nacked" : "unroutable"}});
-                   if (absl::Status s = RejectNow(broker_tag, /*requeue=*/true, slot);
-                       !s.ok() && result.ok()) {
-                     result = s;
-                   }
-                 });
-    return result;
-  }
-
-  void OnReturn(const std::string& exchange, const std::string& routing_key,
-                const Message& message) override {
-    parks.MarkReturned(exchange, routing_key, message.message_id);
-  }
+  // The consumer never publishes: no confirms nor returns come back to it.
+  absl::Status OnConfirm(uint64_t, bool, bool) override { return absl::OkStatus(); }
+  void OnReturn(const std::string&, const std::string&, const Message&) override {}
 
   absl::Status OnMethod(const amqp_frame_t& frame) override {
     const amqp_method_t& method = frame.payload.method;
@@ -1324,13 +1276,6 @@ void Consumer::Reject(uint64_t delivery_tag, bool requeue) {
   impl_->Settle({.kind = Impl::Settlement::Kind::kReject, .tag = delivery_tag, .requeue = requeue});
 }
 
-void Consumer::ParkAndAck(uint64_t delivery_tag, std::string queue, Message message) {
-  impl_->Settle({.kind = Impl::Settlement::Kind::kPark,
-                 .tag = delivery_tag,
-                 .queue = std::move(queue),
-                 .message = std::move(message)});
-}
-
 void Consumer::Pause(std::string_view queue) { impl_->SetPaused(queue, true); }
 
 void Consumer::Resume(std::string_view queue) { impl_->SetPaused(queue, false); }
@@ -1355,7 +1300,8 @@ struct Publisher::Impl : public SessionLoop {
   const Options options;
   std::vector<Request> requests ABSL_GUARDED_BY(mu_);
   // The broker blocked this connection (memory or disk alarm): it stops reading from the socket,
-  // so publishes fail fast instead of piling up behind it.
+  // so publishes fail fast, or wait in `requests` (hold_while_blocked), instead of piling up
+  // behind it.
   std::atomic<bool> blocked{false};
   std::atomic<size_t> in_flight{0};  // accepted and not yet completed
 
@@ -1377,7 +1323,7 @@ struct Publisher::Impl : public SessionLoop {
         fail = absl::UnavailableError("amqp publisher not running");
       } else if (!connected()) {
         fail = absl::UnavailableError("not connected to the amqp broker");
-      } else if (blocked.load(std::memory_order_relaxed)) {
+      } else if (blocked.load(std::memory_order_relaxed) && !options.hold_while_blocked) {
         fail = absl::UnavailableError(kBlocked);
       } else if (in_flight.load(std::memory_order_relaxed) >= options.max_in_flight) {
         fail = absl::ResourceExhaustedError(
@@ -1442,9 +1388,13 @@ struct Publisher::Impl : public SessionLoop {
     FailRequests(stopped);
   }
 
-  void OnBlocked(bool b) override { blocked = b; }
+  void OnBlocked(bool b) override {
+    blocked = b;
+    if (!b) Wake();  // what waited for the alarm to clear leaves on the next turn
+  }
 
   absl::Status SendRequests() {
+    if (blocked && options.hold_while_blocked) return absl::OkStatus();
     batch.clear();
     {
       absl::MutexLock lock(&mu_);

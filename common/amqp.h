@@ -7,9 +7,12 @@
 //    get, purge, queue depth). One thread at a time.
 //  * Consumer: the outbound lane's intake. A thread of its own consumes one or more queues with
 //    manual ack and a bounded prefetch and hands each delivery to a handler. Delivery contract:
-//    at-least-once. A delivery stays unacked until Ack/Reject/ParkAndAck is called for its tag
-//    (from any thread); on connection loss every unsettled delivery is redelivered by the broker,
-//    and the consumer reconnects with backoff, re-applies the topology and consumes again.
+//    at-least-once. A delivery stays unacked until Ack/Reject is called for its tag (from any
+//    thread); on connection loss every unsettled delivery is redelivered by the broker, and the
+//    consumer reconnects with backoff, re-applies the topology and consumes again. It never
+//    publishes, so a broker resource alarm (which stops the broker reading every connection that
+//    publishes) never holds up its acks: a message moved elsewhere (retry, park) is published
+//    through a Publisher, then acked here.
 //  * Publisher: the inbound lane's output. Thread-safe Publish() with a completion callback that
 //    runs once the broker confirmed (publisher confirms, persistent, mandatory), so many publishes
 //    are in flight at once and one confirm wait is never paid per message. The publishes queued
@@ -157,8 +160,7 @@ class Consumer {
     uint16_t prefetch = 256;          // basic.qos per consumer
   };
   // Called on the consumer's thread, one delivery at a time; must not block (hand the work
-  // off) nor call Stop(). Every delivery must be settled exactly once with Ack, Reject or
-  // ParkAndAck.
+  // off) nor call Stop(). Every delivery must be settled exactly once with Ack or Reject.
   using Handler = std::function<void(Delivery)>;
 
   Consumer(Options options, Handler handler);
@@ -181,10 +183,6 @@ class Consumer {
   // connection, is ignored.
   void Ack(uint64_t delivery_tag);
   void Reject(uint64_t delivery_tag, bool requeue);
-  // Publishes `message` to `queue` (default exchange, persistent, with confirm) and acks the
-  // delivery only once the broker confirmed it; if the publish fails the delivery is rejected
-  // with requeue, so nothing is lost.
-  void ParkAndAck(uint64_t delivery_tag, std::string queue, Message message);
 
   // Thread-safe. Stops consuming `queue` (basic.cancel): messages wait in RabbitMQ. Deliveries
   // already sent by the broker still reach the handler. Holds across reconnects until Resume.
@@ -208,13 +206,18 @@ class Publisher {
     // Publishes waiting for a confirm at most; Publish() fails fast with RESOURCE_EXHAUSTED
     // beyond it.
     size_t max_in_flight = 8192;
+    // While the broker blocks publishing (memory or disk alarm), publishes wait here (up to
+    // max_in_flight) and leave when the alarm clears, rather than failing fast. For a caller
+    // that holds the message meanwhile (the outbound lane's moves), not for one with a client
+    // waiting on the answer (the inbound lane's webhooks).
+    bool hold_while_blocked = false;
   };
   // Called exactly once per Publish, on the publisher's thread: OK once confirmed; UNAVAILABLE
   // if the broker nacked or the connection was lost before the confirm; FAILED_PRECONDITION
   // "unroutable: exchange=... routing_key=..." if the message was returned (mandatory).
   // When Publish fails fast (not started or stopped, not connected, or the broker blocks
-  // publishing during a resource alarm: UNAVAILABLE; max_in_flight reached:
-  // RESOURCE_EXHAUSTED) `done` runs inline, on the caller's thread.
+  // publishing during a resource alarm and hold_while_blocked is off: UNAVAILABLE;
+  // max_in_flight reached: RESOURCE_EXHAUSTED) `done` runs inline, on the caller's thread.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
 
   explicit Publisher(Options options);

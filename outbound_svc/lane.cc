@@ -161,8 +161,14 @@ struct Lane::PartnerState {
 };
 
 Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-           ReplayRecorder* recorder, amqp::Publisher* publisher, AuditSink* audit)
-    : options_(std::move(options)), recorder_(recorder), publisher_(publisher), audit_(audit) {
+           ReplayRecorder* recorder, AuditSink* audit)
+    : options_(std::move(options)), recorder_(recorder), audit_(audit) {
+  amqp::ConnectionOptions publishing = options_.connection;
+  publishing.connection_name = absl::StrCat(options_.connection.connection_name, "-publisher");
+  publisher_ = std::make_unique<amqp::Publisher>(amqp::Publisher::Options{
+      .connection = std::move(publishing),
+      .topology = {.exchanges = {{.name = options_.events_exchange, .type = "fanout"}}},
+      .hold_while_blocked = true});
   amqp::Consumer::Options copts{.connection = options_.connection,
                                 .topology = std::move(topology),
                                 .prefetch = options_.prefetch};
@@ -185,6 +191,10 @@ Lane::Lane(Options options, amqp::Topology topology, std::vector<Partner> partne
 Lane::~Lane() { Shutdown(absl::ZeroDuration()); }
 
 absl::Status Lane::Start() {
+  // Both keep connecting in the background: the consumer's answer is the one that matters.
+  if (absl::Status s = publisher_->Start(); !s.ok()) {
+    log::Warn("", "event bus not reachable yet", {{"error", ToStd(s.message())}});
+  }
   absl::Status s = consumer_->Start();
   supervisor_ = std::thread([this] { Supervise(); });
   return s;
@@ -207,6 +217,8 @@ void Lane::Shutdown(absl::Duration deadline) {
     stop_supervisor_ = true;
   }
   if (supervisor_.joinable()) supervisor_.join();
+  // Moves and confirmations not yet confirmed fail now, and their deliveries are requeued.
+  publisher_->Stop();
   consumer_->Stop();  // sends the acks settled so far; the broker requeues the rest
 }
 
@@ -224,8 +236,22 @@ void Lane::Requeue(Job& job) {
 }
 
 void Lane::MoveAndAck(Job& job, std::string queue, amqp::Message message) {
-  consumer_->ParkAndAck(job.delivery.delivery_tag, std::move(queue), std::move(message));
-  live_.fetch_sub(1);
+  // The job's own ids may point into the message, which has moved: log with the message's.
+  std::string correlation_id =
+      message.correlation_id.empty() ? message.message_id : message.correlation_id;
+  publisher_->Publish(
+      "", queue, std::move(message),
+      [this, tag = job.delivery.delivery_tag, queue, correlation_id](absl::Status s) {
+        if (s.ok()) {
+          consumer_->Ack(tag);
+        } else {
+          log::Warn(correlation_id, "move not published; delivery requeued",
+                    {{"queue", queue}, {"error", ToStd(s.message())}});
+          counters_.requeued.fetch_add(1, std::memory_order_relaxed);
+          consumer_->Reject(tag, /*requeue=*/true);
+        }
+        live_.fetch_sub(1);
+      });
 }
 
 // --- intake ----------------------------------------------------------------------------------
@@ -473,11 +499,6 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
     }
     Complete(p, std::move(round->job), std::move(round->result));
   };
-  if (publisher_ == nullptr) {  // a wiring error: keep the message rather than drop the event
-    log::Error(round->job->correlation_id, "no publisher for the partner's confirmations");
-    Requeue(*round->job);
-    return;
-  }
   std::vector<amqp::Message> messages(confirmations.size());
   for (size_t i = 0; i < confirmations.size(); ++i) {
     const adapters::InboundEvent& ev = confirmations[i];

@@ -24,7 +24,11 @@
 //                            requeued
 //
 // Moves to another queue are publish-with-confirm first, ack second, so a crash in between
-// duplicates a message and never loses one; a duplicate carries the same Idempotency-Key.
+// duplicates a message and never loses one; a duplicate carries the same Idempotency-Key. The
+// lane has two broker connections: its consumer, which only consumes and settles, and its
+// publisher, for moves and confirmations. During a broker resource alarm (memory, disk) the
+// broker stops reading connections that publish: deliveries go on being pushed and acked, and
+// moves and confirmations wait, their deliveries unacked, until the alarm clears.
 //
 // Many pushes are in flight at once: up to prefetch per queue and at most max_in_flight per
 // partner (the rest wait in the lane, in order). A partner whose recent pushes mostly failed
@@ -96,13 +100,12 @@ class Lane {
     uint64_t delivered = 0, dry_run = 0, retried = 0, parked = 0;
   };
 
-  // `recorder`, `publisher` (for synchronous confirmations; may be null when no adapter
-  // produces any) and `audit` (may be null) must outlive the lane.
+  // `recorder` and `audit` (may be null) must outlive the lane.
   Lane(Options options, amqp::Topology topology, std::vector<Partner> partners,
-       ReplayRecorder* recorder, amqp::Publisher* publisher = nullptr, AuditSink* audit = nullptr);
+       ReplayRecorder* recorder, AuditSink* audit = nullptr);
   ~Lane();
 
-  // Connects and starts consuming every partner's queue.
+  // Connects (publisher, then consumer) and starts consuming every partner's queue.
   absl::Status Start();
   // Graceful stop: stops consuming, lets what is in flight finish (pushed, recorded, acked) for
   // up to `deadline`, then closes; anything unfinished returns to its queue.
@@ -153,11 +156,14 @@ class Lane {
   // Settlement; each ends the job's life in the lane.
   void Ack(Job& job);
   void Requeue(Job& job);
+  // Publishes `message` to `queue` with confirm, then acks the job's delivery; requeues it if
+  // the publish fails.
   void MoveAndAck(Job& job, std::string queue, amqp::Message message);
 
   Options options_;
   ReplayRecorder* recorder_;
-  amqp::Publisher* publisher_;
+  // Moves (retry, park) and confirmations; holds them while the broker blocks publishing.
+  std::unique_ptr<amqp::Publisher> publisher_;
   AuditSink* audit_;
   std::vector<std::unique_ptr<PartnerState>> partners_;
   absl::flat_hash_map<std::string, PartnerState*> by_queue_;

@@ -71,27 +71,25 @@ int main(int argc, char** argv) {
               << ": partners: no partner has an outbound route\n";
     return 2;
   }
-  // Confirmations that partners' answers carry (SOAP) go to the events exchange.
-  const std::string& exchange = config->bus().events_exchange();
-  // So do the audit events, when an audit exchange is configured.
-  ess::amqp::Topology publish_topology{.exchanges = {{.name = exchange, .type = "fanout"}}};
+  // The lane publishes moves and the confirmations that partners' answers carry (SOAP) on a
+  // connection of its own; the audit events, when an audit exchange is configured, on another.
   const std::string& audit_exchange = config->bus().audit_exchange();
+  std::unique_ptr<ess::amqp::Publisher> audit_publisher;
   if (!audit_exchange.empty()) {
-    publish_topology.exchanges.push_back({.name = audit_exchange, .type = "fanout"});
+    audit_publisher = std::make_unique<ess::amqp::Publisher>(ess::amqp::Publisher::Options{
+        .connection = ess::BusOptions(config->bus(), "outbound_svc-audit"),
+        .topology = {.exchanges = {{.name = audit_exchange, .type = "fanout"}}}});
+    if (absl::Status s = audit_publisher->Start(); !s.ok()) {
+      ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
+    }
   }
-  ess::amqp::Publisher publisher(
-      {.connection = ess::BusOptions(config->bus(), "outbound_svc-publisher"),
-       .topology = std::move(publish_topology)});
-  ess::AuditSink audit(&publisher, audit_exchange);
+  ess::AuditSink audit(audit_publisher.get(), audit_exchange);
   ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
                             .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
                             .dry_run = dry_run,
-                            .events_exchange = exchange},
+                            .events_exchange = config->bus().events_exchange()},
                            ess::outbound::OutboundTopology(*config), std::move(partners), &recorder,
-                           &publisher, &audit);
-  if (absl::Status s = publisher.Start(); !s.ok()) {
-    ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
-  }
+                           &audit);
   if (absl::Status s = lane.Start(); !s.ok()) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
@@ -116,7 +114,7 @@ int main(int argc, char** argv) {
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
   metrics.reset();
-  publisher.Stop();
+  if (audit_publisher) audit_publisher->Stop();
   recorder.Stop();
   http.Stop();
   const auto& c = lane.counters();

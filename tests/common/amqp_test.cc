@@ -328,59 +328,6 @@ TEST_F(AmqpTest, ConsumerHandlesEveryMessageExactlyOnceAndAcksThemAll) {
   EXPECT_EQ(c->inbox.total(), kMessages);
 }
 
-TEST_F(AmqpTest, ParkAndAckMovesTheMessageWithItsHeaders) {
-  const std::string q = Queue("partner");
-  const std::string parked = Queue("partner.parked");
-  const Topology topology{.queues = {{.name = q}, {.name = parked}}};
-  ASSERT_TRUE(admin_->Apply(topology).ok());
-  Message m = Event("VIS-77");
-  m.headers = {{"x-ess-attempt", "3"}};
-  ASSERT_TRUE(admin_->Publish("", q, m).ok());
-
-  std::unique_ptr<Consuming> c = Consume(ConsumerOptions({q}, 10, topology));
-  ASSERT_NE(c, nullptr);
-  std::optional<Delivery> d = c->inbox.Pop();
-  ASSERT_TRUE(d.has_value());
-  EXPECT_THAT(d->message.headers, UnorderedElementsAre(Pair("x-ess-attempt", "3")));
-  Message park = d->message;
-  park.headers.emplace_back("x-ess-reason", "partner said 422");
-  c->consumer.ParkAndAck(d->delivery_tag, parked, std::move(park));
-
-  ASSERT_TRUE(Eventually([&] { return Depth(parked) == 1; }));
-  c->consumer.Stop();
-  EXPECT_EQ(Depth(q), 0u) << "the original was not acked";
-
-  absl::StatusOr<Delivery> moved = admin_->Get(parked);
-  ASSERT_TRUE(moved.ok()) << moved.status();
-  EXPECT_EQ(moved->message.body, m.body);
-  EXPECT_EQ(moved->message.correlation_id, "VIS-77");
-  EXPECT_EQ(moved->message.message_id, "VIS-77");
-  EXPECT_EQ(moved->message.type, "VisitScheduleUpdated");
-  EXPECT_TRUE(moved->message.persistent);
-  EXPECT_THAT(
-      moved->message.headers,
-      UnorderedElementsAre(Pair("x-ess-attempt", "3"), Pair("x-ess-reason", "partner said 422")));
-  EXPECT_EQ(c->inbox.total(), 1);
-}
-
-TEST_F(AmqpTest, ParkToAMissingQueueRequeuesTheDelivery) {
-  const std::string q = Queue("partner");
-  Seed(q, {"VIS-1"});
-  std::unique_ptr<Consuming> c = Consume(ConsumerOptions({q}, 10));
-  ASSERT_NE(c, nullptr);
-  std::optional<Delivery> first = c->inbox.Pop();
-  ASSERT_TRUE(first.has_value());
-  c->consumer.ParkAndAck(first->delivery_tag, absl::StrCat(q, ".nowhere"), first->message);
-
-  std::optional<Delivery> again = c->inbox.Pop();
-  ASSERT_TRUE(again.has_value()) << "not requeued after an unroutable park";
-  EXPECT_TRUE(again->redelivered);
-  EXPECT_EQ(again->message.message_id, "VIS-1");
-  c->consumer.Ack(again->delivery_tag);
-  c->consumer.Stop();
-  EXPECT_EQ(Depth(q), 0u);
-}
-
 TEST_F(AmqpTest, RejectWithRequeueRedelivers) {
   const std::string q = Queue("partner");
   Seed(q, {"VIS-2"});

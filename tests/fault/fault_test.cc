@@ -16,8 +16,10 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/amqp.h"
@@ -254,6 +256,31 @@ partners:
         absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/rabbitmq.sh ctl ",
                      testing::RequiredEnv("ESS_RABBITMQ_DIR"), " ", command, " >/dev/null 2>&1");
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
+  // Runs the broker's control tool and returns what it printed; "" if it failed.
+  std::string BrokerQuery(const std::string& command) {
+    const std::string cmd =
+        absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/rabbitmq.sh ctl ",
+                     testing::RequiredEnv("ESS_RABBITMQ_DIR"), " ", command, " 2>/dev/null");
+    std::string out;
+    FILE* f = popen(cmd.c_str(), "r");
+    if (f == nullptr) return out;
+    char buf[4096];
+    for (size_t n; (n = fread(buf, 1, sizeof(buf), f)) > 0;) out.append(buf, n);
+    return pclose(f) == 0 ? out : "";
+  }
+
+  // Deliveries of `queue` the broker has sent and not yet seen settled; -1 if it cannot tell.
+  int Unacked(const std::string& queue) {
+    const std::string out =
+        BrokerQuery("list_queues -q --no-table-headers name messages_unacknowledged");
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      std::vector<absl::string_view> cols = absl::StrSplit(line, '\t');
+      int n = 0;
+      if (cols.size() == 2 && cols[0] == queue && absl::SimpleAtoi(cols[1], &n)) return n;
+    }
+    return -1;
   }
 
   // Sends webhooks for `ids` with `concurrency` in flight, retrying each on anything but a 2xx
@@ -759,6 +786,102 @@ TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
     }
   }
   Report("circuit breaker: partner 503 then recovered", t);
+  EXPECT_EQ(t.lost, 0u);
+  EXPECT_EQ(t.duplicated, 0u);
+}
+
+// A memory or disk alarm on the broker: RabbitMQ stops reading every connection that
+// publishes until it clears. The outbound lane's consumer connection never publishes (its parks
+// and retries leave on the lane's publishing connection), so deliveries go on being pushed and
+// acked; a park waits, unacked, until the alarm clears. The inbound lane answers 503 and each
+// webhook the partner retries after the alarm is published once.
+TEST_F(FaultTest, BrokerResourceAlarmHoldsParksWhileDeliveriesFlowAndWebhooksAreRetried) {
+  CapturePartner partner;
+  partner.set_behaviour([](const CapturePartner::Seen& s, http::Responder r) {
+    const bool poison = s.correlation == "POISON";
+    std::move(r).Send({.status = poison ? 422 : 201, .body = poison ? R"({"error":"no"})" : "{}"});
+  });
+  const std::string queue = testing::UniqueName("alarm");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  // The poison first: its park is the lane's first publish, ahead of the 200 acks.
+  auto ids = Ids("M-", 200);
+  ids.insert(ids.begin(), "POISON");
+  Publish(queue, ids);
+  const std::string sub = Subscribe();
+  StartInbound();
+  // Whatever happens below, the alarm is cleared: the broker is shared with the other tests.
+  struct Alarm {
+    std::function<void(const std::string&)> ctl;
+    bool on = false;
+    void Set(bool raise) {
+      ctl(absl::StrCat("set_vm_memory_high_watermark ", raise ? "0" : "0.4"));
+      on = raise;
+    }
+    ~Alarm() {
+      if (on) Set(false);
+    }
+  } alarm{[this](const std::string& command) { BrokerCtl(command); }};
+  alarm.Set(true);
+  ASSERT_THAT(BrokerQuery("eval 'rabbit_alarm:get_alarms().'"), HasSubstr("memory"));
+  StartOutbound();
+  // The outbound prefetch is 64: a lane whose acks were stuck behind the blocked park would
+  // stop there.
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == 200; }, absl::Seconds(30)))
+      << "delivered during the alarm: " << Delivered("calendar");
+  ASSERT_TRUE(WaitFor([&] { return Unacked(queue) == 1; }, absl::Seconds(10)))
+      << "unacked: " << Unacked(queue);
+  EXPECT_EQ(Depth(queue + ".parked"), 0u);
+  EXPECT_EQ(Record("calendar", "POISON").status(), ess::v1::MESSAGE_STATUS_DEAD);
+
+  // The broker tells a connection it is blocked only once it publishes: the first webhook's
+  // publish waits for the alarm to clear (the partner's client gives up); from then on the lane
+  // knows, and answers 503 at once.
+  auto webhook = [&](const std::string& id, absl::Duration timeout) {
+    return http_.SendAndWait(
+        {.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
+         .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-" + id}},
+         .body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"),
+         .timeout = timeout});
+  };
+  auto first = webhook("ALARM-1", absl::Seconds(1));
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kDeadlineExceeded) << first.status();
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(inbound_->Log(), "blocks the connection"); },
+                      absl::Seconds(10)));
+  auto second = webhook("ALARM-2", absl::Seconds(10));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->status, 503) << second->body;
+
+  alarm.Set(false);
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue + ".parked") == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(WaitFor([&] { return Unacked(queue) == 0; }, absl::Seconds(10)))
+      << "unacked: " << Unacked(queue);
+  EXPECT_EQ(Depth(queue), 0u);
+  // The partner retries both: each is on the bus once.
+  for (const std::string id : {"ALARM-1", "ALARM-2"}) {
+    auto retry = webhook(id, absl::Seconds(10));
+    ASSERT_TRUE(retry.ok()) << retry.status();
+    EXPECT_EQ(retry->status, 200) << id << ": " << retry->body;
+  }
+  std::map<std::string, int> events;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto& [id, n] : Drain(sub)) events[id] += n;
+        return events.size() == 2;
+      },
+      absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(200));  // a second copy would be there by now
+  for (auto& [id, n] : Drain(sub)) events[id] += n;
+  EXPECT_EQ(events, (std::map<std::string, int>{{"ALARM-1", 1}, {"ALARM-2", 1}}));
+  std::set<std::string> unique;
+  for (const auto& s : partner.seen()) unique.insert(s.correlation);
+  Tally t;
+  t.lost = ids.size() - unique.size();
+  t.duplicated = partner.count() - unique.size();
+  Report("broker memory alarm: outbound flows, parks wait, webhooks retried", t);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.duplicated, 0u);
 }

@@ -554,6 +554,32 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   EXPECT_EQ(Depth(queue_), 0u);
 }
 
+// A park the broker refuses (its parked queue was deleted under the lane) leaves the event in
+// its queue: requeued, and parked once the queue is back, never acked and dropped.
+TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  const std::string parked = queue_ + ".parked";
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)->DeleteQueue(parked).ok());
+  Publish({{"BAD-1", "this is not json"}}, /*declare=*/false);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return outbound_->Log().find("move not published; delivery requeued") != std::string::npos;
+      },
+      absl::Seconds(10)));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("unroutable: exchange= routing_key=" + parked));
+  ASSERT_TRUE((*conn)->Apply({.queues = {{.name = parked}}}).ok());
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(parked) == 1; }, absl::Seconds(10)));
+  auto d = (*conn)->Get(parked);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.correlation_id, "BAD-1");
+  EXPECT_EQ(d->message.body, "this is not json");
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_) == 0u; }, absl::Seconds(10)));
+  EXPECT_EQ(partner.count(), 0u);
+}
+
 // Events published without an AMQP message id get one from their content: the event's id and
 // a hash of its body. A second update of the same visit is not a repeat of the first, and an
 // event with no id at all is still parked with a record of its own, without failing the
