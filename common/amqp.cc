@@ -984,28 +984,33 @@ struct Consumer::Impl : public SessionLoop {
   Impl(Options o, Handler h)
       : SessionLoop("consumer", o.connection), options(std::move(o)), handler(std::move(h)) {
     absl::MutexLock lock(&mu_);
-    want_paused.assign(options.queues.size(), 0);
+    want.assign(options.queues.size(), options.prefetch);
   }
 
-  // Thread-safe: records the wish; the loop applies it on its next turn.
-  void SetPaused(std::string_view queue, bool paused) {
+  // Thread-safe: records the wish (0: paused; else the prefetch to consume with); the loop
+  // applies it on its next turn.
+  void Want(std::string_view queue, uint16_t prefetch) {
     {
       absl::MutexLock lock(&mu_);
       for (size_t i = 0; i < options.queues.size(); ++i) {
-        if (options.queues[i] == queue) want_paused[i] = paused ? 1 : 0;
+        if (options.queues[i] == queue) want[i] = prefetch;
       }
-      pause_changed = true;
+      want_changed = true;
     }
     Wake();
   }
 
   static std::string ConsumerTag(size_t i) { return absl::StrCat("ess-", i); }
 
-  absl::Status StartConsuming(Session& s, size_t i) {
+  // basic.qos (per consumer) applies to the consumers the channel starts after it.
+  absl::Status StartConsuming(Session& s, size_t i, uint16_t prefetch) {
+    amqp_basic_qos(s.state(), kChannel, 0, prefetch, /*global=*/0);
+    absl::Status st = s.CheckLast(kChannel, "basic.qos");
+    if (!st.ok()) return st;
     amqp_basic_consume(s.state(), kChannel, Bytes(options.queues[i]), Bytes(ConsumerTag(i)),
                        /*no_local=*/0, /*no_ack=*/0, /*exclusive=*/0, amqp_empty_table);
-    absl::Status st = s.CheckLast(kChannel, absl::StrCat("basic.consume ", options.queues[i]));
-    if (st.ok()) consuming[i] = 1;
+    st = s.CheckLast(kChannel, absl::StrCat("basic.consume ", options.queues[i]));
+    if (st.ok()) consuming[i] = prefetch;
     return st;
   }
 
@@ -1018,20 +1023,22 @@ struct Consumer::Impl : public SessionLoop {
     return st;
   }
 
-  // Brings the consumers of the current connection in line with want_paused.
+  // Brings the consumers of the current connection in line with `want`.
   absl::Status ApplyPauses(bool force) {
-    std::vector<char> want;
+    std::vector<uint16_t> wanted;
     {
       absl::MutexLock lock(&mu_);
-      if (!pause_changed && !force) return absl::OkStatus();
-      pause_changed = false;
-      want = want_paused;
+      if (!want_changed && !force) return absl::OkStatus();
+      want_changed = false;
+      wanted = want;
     }
-    for (size_t i = 0; i < want.size(); ++i) {
-      if (want[i] && consuming[i]) {
+    for (size_t i = 0; i < wanted.size(); ++i) {
+      if (consuming[i] == wanted[i]) continue;
+      if (consuming[i] != 0) {
         if (absl::Status st = StopConsuming(*session_, i); !st.ok()) return st;
-      } else if (!want[i] && !consuming[i]) {
-        if (absl::Status st = StartConsuming(*session_, i); !st.ok()) return st;
+      }
+      if (wanted[i] != 0) {
+        if (absl::Status st = StartConsuming(*session_, i, wanted[i]); !st.ok()) return st;
       }
     }
     return absl::OkStatus();
@@ -1041,12 +1048,13 @@ struct Consumer::Impl : public SessionLoop {
   const Options options;
   const Handler handler;
   std::vector<Settlement> settlements ABSL_GUARDED_BY(mu_);
-  // Per queue (index of options.queues): whether the owner wants it paused, and whether that
-  // changed since the loop last looked.
-  std::vector<char> want_paused ABSL_GUARDED_BY(mu_);
-  bool pause_changed ABSL_GUARDED_BY(mu_) = false;
-  // Per queue: consuming on the current connection (loop-owned).
-  std::vector<char> consuming;
+  // Per queue (index of options.queues): the prefetch the owner wants it consumed with (0:
+  // paused), and whether that changed since the loop last looked.
+  std::vector<uint16_t> want ABSL_GUARDED_BY(mu_);
+  bool want_changed ABSL_GUARDED_BY(mu_) = false;
+  // Per queue: the prefetch it is consumed with on the current connection, 0 if it is not
+  // (loop-owned).
+  std::vector<uint16_t> consuming;
 
   // Owned by the loop (or by Start before the thread exists).
   uint64_t epoch = 0;
@@ -1073,19 +1081,15 @@ struct Consumer::Impl : public SessionLoop {
     Session& s = **opened;
     absl::Status st = s.OpenChannel(kChannel);
     if (st.ok()) st = s.Apply(kChannel, options.topology);
-    if (st.ok()) {
-      amqp_basic_qos(s.state(), kChannel, 0, options.prefetch, /*global=*/0);
-      st = s.CheckLast(kChannel, "basic.qos");
-    }
     consuming.assign(options.queues.size(), 0);
-    std::vector<char> want;
+    std::vector<uint16_t> wanted;
     {
       absl::MutexLock lock(&mu_);
-      want = want_paused;
-      pause_changed = false;
+      wanted = want;
+      want_changed = false;
     }
     for (size_t i = 0; st.ok() && i < options.queues.size(); ++i) {
-      if (!want[i]) st = StartConsuming(s, i);
+      if (wanted[i] != 0) st = StartConsuming(s, i, wanted[i]);
     }
     if (!st.ok()) return st;
     ++epoch;
@@ -1276,9 +1280,11 @@ void Consumer::Reject(uint64_t delivery_tag, bool requeue) {
   impl_->Settle({.kind = Impl::Settlement::Kind::kReject, .tag = delivery_tag, .requeue = requeue});
 }
 
-void Consumer::Pause(std::string_view queue) { impl_->SetPaused(queue, true); }
+void Consumer::Pause(std::string_view queue) { impl_->Want(queue, 0); }
 
-void Consumer::Resume(std::string_view queue) { impl_->SetPaused(queue, false); }
+void Consumer::Resume(std::string_view queue, uint16_t prefetch) {
+  impl_->Want(queue, prefetch != 0 ? prefetch : impl_->options.prefetch);
+}
 
 bool Consumer::connected() const { return impl_->connected(); }
 

@@ -187,8 +187,10 @@ class Consumer {
   // Thread-safe. Stops consuming `queue` (basic.cancel): messages wait in RabbitMQ. Deliveries
   // already sent by the broker still reach the handler. Holds across reconnects until Resume.
   void Pause(std::string_view queue);
-  // Thread-safe. Consumes `queue` again (basic.consume).
-  void Resume(std::string_view queue);
+  // Thread-safe. Consumes `queue` again (basic.consume), with `prefetch` unacked deliveries at
+  // most (0: Options::prefetch). Resuming a queue consumed with another prefetch restarts its
+  // consumer (basic.cancel, basic.qos, basic.consume). Holds across reconnects.
+  void Resume(std::string_view queue, uint16_t prefetch = 0);
 
   // True while a connection is up and consuming.
   bool connected() const;

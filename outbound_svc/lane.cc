@@ -25,6 +25,8 @@ using ess::v1::MessageStatus;
 
 // The history header keeps the last few attempts; older ones are dropped.
 constexpr size_t kMaxHistoryBytes = 2048;
+// A half-open breaker's probe takes one message at a time (lane.h).
+constexpr uint16_t kProbePrefetch = 1;
 
 void SetHeader(amqp::Headers& headers, std::string_view key, std::string value) {
   for (auto& [k, v] : headers) {
@@ -202,7 +204,10 @@ absl::Status Lane::Start() {
 
 void Lane::Shutdown(absl::Duration deadline) {
   if (draining_.exchange(true)) return;
-  for (const auto& p : partners_) consumer_->Pause(p->partner.route.queue());
+  for (const auto& p : partners_) {
+    absl::MutexLock lock(&p->mu);  // after any breaker's wish of consumption (NoteOutcome)
+    consumer_->Pause(p->partner.route.queue());
+  }
   const absl::Time until = absl::Now() + deadline;
   while (live_.load() > 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
   if (live_.load() > 0) {
@@ -378,11 +383,11 @@ void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
 
 // --- outcomes --------------------------------------------------------------------------------
 
-bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
+Lane::BreakerChange Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
   const auto& cfg = p.partner.route.circuit_breaker();
   absl::MutexLock lock(&p.mu);
   --p.in_flight;
-  if (!counts) return false;
+  if (!counts) return BreakerChange::kNone;
   using B = PartnerState::Breaker;
   if (p.breaker == B::kHalfOpen && p.probing) {
     p.probing = false;
@@ -390,16 +395,20 @@ bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
       p.open_for = std::min(2 * p.open_for, absl::Milliseconds(cfg.max_open_ms()));
       p.breaker = B::kOpen;
       p.probe_at = absl::Now() + p.open_for;
-      return true;
+      consumer_->Pause(p.partner.route.queue());
+      return BreakerChange::kOpened;
     }
     p.breaker = B::kClosed;
     p.open_for = absl::Milliseconds(cfg.open_ms());
     p.outcomes.clear();
     p.failures = 0;
+    // The probe's prefetch of 1 gives way to the full one. (Under p.mu, as every change of the
+    // breaker's consumption, so that the consumer's last wish is the breaker's last state.)
+    if (!store_paused_.load() && !draining_.load()) consumer_->Resume(p.partner.route.queue());
     log::Info("", "circuit closed: partner recovered", {{"partner", p.partner.name}});
-    return false;
+    return BreakerChange::kClosed;
   }
-  if (cfg.disabled() || p.breaker != B::kClosed) return false;
+  if (cfg.disabled() || p.breaker != B::kClosed) return BreakerChange::kNone;
   p.outcomes.push_back(failed);
   p.failures += failed ? 1 : 0;
   if (p.outcomes.size() > cfg.window()) {
@@ -408,16 +417,16 @@ bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
   }
   if (p.outcomes.size() < cfg.window() ||
       p.failures * 100 < cfg.failure_rate_percent() * p.outcomes.size()) {
-    return false;
+    return BreakerChange::kNone;
   }
   p.breaker = B::kOpen;
   p.probe_at = absl::Now() + p.open_for;
-  return true;
+  consumer_->Pause(p.partner.route.queue());
+  return BreakerChange::kOpened;
 }
 
 void Lane::OpenBreaker(PartnerState& p) {
   counters_.breaker_opened.fetch_add(1, std::memory_order_relaxed);
-  consumer_->Pause(p.partner.route.queue());
   absl::Duration wait;
   {
     absl::MutexLock lock(&p.mu);
@@ -431,7 +440,9 @@ void Lane::OpenBreaker(PartnerState& p) {
 void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
   const bool retryable = !result.status.ok() && adapters::IsRetryable(result.status);
   // A dry run frees its slot too, but says nothing about the partner's health.
-  if (NoteOutcome(p, retryable, /*counts=*/!result.dry_run)) OpenBreaker(p);
+  if (NoteOutcome(p, retryable, /*counts=*/!result.dry_run) == BreakerChange::kOpened) {
+    OpenBreaker(p);
+  }
   Pump(p);  // the slot this push held is free
 
   const std::string& partner = p.partner.name;
@@ -682,7 +693,10 @@ void Lane::PauseForStore(const absl::Status& why) {
   counters_.store_pauses.fetch_add(1, std::memory_order_relaxed);
   log::Warn("", "replay store unreachable: consumption paused until it answers",
             {{"error", ToStd(why.message())}});
-  for (const auto& p : partners_) consumer_->Pause(p->partner.route.queue());
+  for (const auto& p : partners_) {
+    absl::MutexLock lock(&p->mu);  // after any breaker's wish of consumption (NoteOutcome)
+    consumer_->Pause(p->partner.route.queue());
+  }
 }
 
 void Lane::Supervise() {
@@ -700,29 +714,25 @@ void Lane::Supervise() {
         store_paused_ = false;
         log::Info("", "replay store answers again: consumption resumed");
         for (const auto& p : partners_) {
-          bool open;
-          {
-            absl::MutexLock lock(&p->mu);
-            open = p->breaker == PartnerState::Breaker::kOpen;
+          absl::MutexLock lock(&p->mu);
+          if (p->breaker == PartnerState::Breaker::kClosed) {
+            consumer_->Resume(p->partner.route.queue());
+          } else if (p->breaker == PartnerState::Breaker::kHalfOpen) {
+            consumer_->Resume(p->partner.route.queue(), kProbePrefetch);
           }
-          if (!open) consumer_->Resume(p->partner.route.queue());
         }
       }
     }
     for (const auto& p : partners_) {
-      bool probe = false;
-      {
-        absl::MutexLock lock(&p->mu);
-        if (p->breaker == PartnerState::Breaker::kOpen && now >= p->probe_at) {
-          p->breaker = PartnerState::Breaker::kHalfOpen;
-          p->probe_at = absl::InfiniteFuture();
-          probe = true;
+      absl::MutexLock lock(&p->mu);
+      if (p->breaker == PartnerState::Breaker::kOpen && now >= p->probe_at) {
+        p->breaker = PartnerState::Breaker::kHalfOpen;
+        p->probe_at = absl::InfiniteFuture();
+        if (!store_paused_.load()) {
+          log::Info("", "circuit half-open: probing the partner with one message",
+                    {{"partner", p->partner.name}});
+          consumer_->Resume(p->partner.route.queue(), kProbePrefetch);
         }
-      }
-      if (probe && !store_paused_.load()) {
-        log::Info("", "circuit half-open: probing the partner with one message",
-                  {{"partner", p->partner.name}});
-        consumer_->Resume(p->partner.route.queue());
       }
     }
   }

@@ -33,7 +33,10 @@
 // Many pushes are in flight at once: up to prefetch per queue and at most max_in_flight per
 // partner (the rest wait in the lane, in order). A partner whose recent pushes mostly failed
 // (circuit_breaker) has its queue paused (basic.cancel: its messages wait in RabbitMQ), then
-// gets single probe pushes until one succeeds; other partners are unaffected.
+// gets single probe pushes until one succeeds; other partners are unaffected. A probe is
+// consumed with a prefetch of 1, so a failed one returns no other delivery to the queue: with
+// quorum queues, whose x-delivery-limit counts every return, a long outage costs each waiting
+// message one return (when the breaker opened), not one per probe.
 #ifndef ESS_OUTBOUND_SVC_LANE_H_
 #define ESS_OUTBOUND_SVC_LANE_H_
 
@@ -147,8 +150,9 @@ class Lane {
   void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
              const absl::Status& error);
   // Frees the push's slot and, when the outcome `counts` (not a dry run), keeps the breaker's
-  // books; true if the breaker just opened.
-  bool NoteOutcome(PartnerState& p, bool failed, bool counts);
+  // books; says whether the breaker just opened or closed.
+  enum class BreakerChange { kNone, kOpened, kClosed };
+  BreakerChange NoteOutcome(PartnerState& p, bool failed, bool counts);
   void OpenBreaker(PartnerState& p);
   void PauseForStore(const absl::Status& why);
   void Supervise();

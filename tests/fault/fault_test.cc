@@ -107,15 +107,15 @@ class FaultTest : public ::testing::Test {
   // The inbound lane's claim lease is 3 s rather than 35: the ids a killed lane held are free
   // for the partner's retries sooner, and the suite runs faster (the behaviour is the same).
   void WriteConfig(const std::vector<PartnerSpec>& partners) {
-    std::string yaml =
-        absl::StrCat(R"(
+    std::string yaml = absl::StrCat(R"(
 bus: {host: 127.0.0.1, port: )",
-                     broker_.port, R"(, events_exchange: )", exchange_, R"(, heartbeat_seconds: 5}
+                                    broker_.port, R"(, events_exchange: )", exchange_,
+                                    R"(, heartbeat_seconds: 5)", bus_extra_, R"(}
 replay: {listen: "127.0.0.1:)",
-                     replay_port_, R"(", database_path: replay.db, deadline_ms: 2000}
+                                    replay_port_, R"(", database_path: replay.db, deadline_ms: 2000}
 outbound: {prefetch: 64, shutdown_deadline_ms: 5000}
 inbound: {listen: "127.0.0.1:)",
-                     inbound_port_, R"(", claim_lease_ms: 3000}
+                                    inbound_port_, R"(", claim_lease_ms: 3000}
 logging: {level: info}
 partners:
 )");
@@ -176,11 +176,14 @@ partners:
         absl::Seconds(20)));
   }
 
-  // Publishes every event (confirmed) to `queue`.
-  void Publish(const std::string& queue, const std::vector<std::string>& ids) {
+  // Publishes every event (confirmed) to `queue`, declared first (classic) unless `declare` is
+  // false (the lane declared it).
+  void Publish(const std::string& queue, const std::vector<std::string>& ids, bool declare = true) {
     auto conn = amqp::Connection::Open(broker_);
     ASSERT_TRUE(conn.ok()) << conn.status();
-    ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue}}}).ok());
+    if (declare) {
+      ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue}}}).ok());
+    }
     amqp::Publisher pub({.connection = broker_});
     ASSERT_TRUE(pub.Start().ok());
     std::atomic<size_t> ok{0}, failed{0};
@@ -330,6 +333,7 @@ partners:
 
   amqp::ConnectionOptions broker_;
   std::string exchange_;
+  std::string bus_extra_;  // more settings of the bus section, e.g. ", quorum_queues: true"
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
   http::Client http_{{}};
@@ -884,6 +888,53 @@ TEST_F(FaultTest, BrokerResourceAlarmHoldsParksWhileDeliveriesFlowAndWebhooksAre
   Report("broker memory alarm: outbound flows, parks wait, webhooks retried", t);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.duplicated, 0u);
+}
+
+// With quorum queues the broker counts every return of a delivery towards x-delivery-limit and
+// dead-letters a message over it (into the parked queue, without a DEAD record). A half-open
+// breaker takes its probe one message at a time, so a partner down for many probe cycles costs
+// each waiting message one return (when the breaker opened), not one per cycle.
+TEST_F(FaultTest, ALongPartnerOutageOnQuorumQueuesCostsEachMessageOneReturnNotOnePerProbe) {
+  CapturePartner partner;
+  std::atomic<bool> healthy{false};
+  partner.set_behaviour([&](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send({.status = healthy ? 201 : 503, .body = "{}"});
+  });
+  const std::string queue = testing::UniqueName("quorumbreaker");
+  bus_extra_ = ", quorum_queues: true, delivery_limit: 3";
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .max_attempts = 50,
+                .initial_backoff_ms = 50,
+                .max_backoff_ms = 100,
+                .breaker = true}});
+  StartReplay();
+  StartOutbound();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto conn = amqp::Connection::Open(broker_);
+        return conn.ok() && (*conn)->MessageCount(queue).ok();
+      },
+      absl::Seconds(20)))
+      << "the lane did not declare its queue";
+  const std::vector<std::string> ids = Ids("QB-", 200);
+  Publish(queue, ids, /*declare=*/false);
+  // Six failed probe cycles (open 300 ms, doubling to 1 s), twice the delivery limit.
+  ASSERT_TRUE(WaitFor([&] { return CountOccurrences(outbound_->Log(), "circuit open") >= 6; },
+                      absl::Seconds(30)));
+  EXPECT_EQ(Depth(queue + ".parked"), 0u) << "messages the broker dead-lettered";
+  healthy = true;
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == ids.size(); }, absl::Seconds(30)))
+      << "delivered " << Delivered("calendar") << ", parked by the broker "
+      << Depth(queue + ".parked");
+  EXPECT_EQ(Depth(queue + ".parked"), 0u);
+  std::set<std::string> unique;
+  for (const auto& s : partner.seen()) unique.insert(s.correlation);
+  Tally t;
+  t.lost = ids.size() - unique.size();
+  Report("quorum queues, delivery limit 3: partner 503 for six probe cycles, then recovered", t);
+  EXPECT_EQ(t.lost, 0u);
 }
 
 TEST_F(FaultTest, GracefulShutdownFinishesInFlightWorkAndAcksIt) {
