@@ -107,6 +107,14 @@ absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
     a->name_pattern_.push_back({std::string(name), true});
     i = close + 1;
   }
+  // The name is the batch's identity: a file of that name on the server means "this batch was
+  // delivered" (step 2 above), so two batches must never share one.
+  if (std::none_of(a->name_pattern_.begin(), a->name_pattern_.end(),
+                   [](const auto& part) { return part.placeholder && part.text == "batch"; })) {
+    return bad("file_name_pattern",
+               "needs {batch}: without it two batches of a day get one name, and the second is "
+               "taken as delivered without being uploaded");
+  }
   std::string sample = a->FileName({}, absl::UnixEpoch());
   if (sample.empty() || sample[0] == '.' || sample.find('/') != std::string::npos ||
       HasControl(sample)) {

@@ -190,6 +190,9 @@ TEST(SftpCsvAdapterTest, FactoryRejectsBadSettings) {
   EXPECT_EQ(with([](S& s) { s.set_file_name_pattern("{partner}_{time}.csv"); }),
             "partners[prison].settings.file_name_pattern: placeholders are {partner}, {date} and "
             "{batch}");
+  EXPECT_EQ(with([](S& s) { s.set_file_name_pattern("{partner}_{date}.csv"); }),
+            "partners[prison].settings.file_name_pattern: needs {batch}: without it two batches "
+            "of a day get one name, and the second is taken as delivered without being uploaded");
   EXPECT_THAT(with([](S& s) { s.set_file_name_pattern("out/{batch}.csv"); }),
               StartsWith("partners[prison].settings.file_name_pattern: gives \"out/"));
   EXPECT_THAT(with([](S& s) { s.set_file_name_pattern(".{batch}"); }),
