@@ -108,8 +108,8 @@ const char* Authorizer::MethodName(Method method) {
 bool Authorizer::Allows(Role role, Method method) {
   switch (role) {
     case Role::kLane:
-      return method == Method::kRecord || method == Method::kUpdateStatus ||
-             method == Method::kLookup || method == Method::kClaim || method == Method::kGet;
+      return method == Method::kRecord || method == Method::kLookup || method == Method::kClaim ||
+             method == Method::kGet;
     case Role::kViewer:
       return method == Method::kGet || method == Method::kList || method == Method::kStats;
     case Role::kOps:

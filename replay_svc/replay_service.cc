@@ -99,6 +99,21 @@ absl::Status ValidateRecordRequest(const ess::v1::RecordRequest& request) {
   return absl::OkStatus();
 }
 
+// The guard rails essctl keeps, kept for every other client too (grpcurl, through reflection).
+absl::Status ValidateReplayIntent(const ess::v1::ReplayRequest& request) {
+  if (!request.dry_run() && request.reason().empty()) {
+    return absl::InvalidArgumentError(
+        "reason: required (it goes into the audit trail), or set dry_run");
+  }
+  if (request.has_filter() && request.filter().partner().empty() &&
+      request.filter().correlation_id().empty()) {
+    return absl::InvalidArgumentError(
+        "filter: name a partner or a correlation_id; a replay never republishes the whole store "
+        "by accident");
+  }
+  return absl::OkStatus();
+}
+
 // At most `max` keys, each valid; INVALID_ARGUMENT "keys...." naming the first bad one.
 absl::Status ValidateKeys(const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys,
                           int max) {
@@ -177,6 +192,7 @@ absl::Status ValidateReplayRequest(const ess::v1::ReplayRequest& request) {
   if (request.keys().empty() == !request.has_filter()) {
     return absl::InvalidArgumentError("set keys or filter, not both and not neither");
   }
+
   if (absl::Status s =
           ValidateKeys(request.keys(), static_cast<int>(ReplayServiceImpl::kMaxPageSize));
       !s.ok()) {
@@ -327,11 +343,22 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
     Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(valid));
     return reactor;
   }
-  writes_.Post(Runs(Authorizer::Method::kUpdateStatus), [this, request, response, reactor] {
-    absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
-    if (record.ok()) *response = *std::move(record);
-    Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(record.status()));
-  });
+  // An ops action on the history: logged with who did it.
+  std::string who = auth->empty() ? context->peer() : *std::move(auth);
+  writes_.Post(Runs(Authorizer::Method::kUpdateStatus),
+               [this, request, response, reactor, who = std::move(who)] {
+                 absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
+                 if (record.ok()) {
+                   *response = *std::move(record);
+                   ess::log::Info(response->correlation_id(), "record status changed",
+                                  {{"by", who},
+                                   {"direction", ess::v1::Direction_Name(request->direction())},
+                                   {"partner", request->partner()},
+                                   {"message_id", request->message_id()},
+                                   {"status", ess::v1::MessageStatus_Name(request->status())}});
+                 }
+                 Finish(reactor, Authorizer::Method::kUpdateStatus, ToGrpc(record.status()));
+               });
   return reactor;
 }
 
@@ -528,6 +555,10 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
       return reactor;
     }
     query = *std::move(q);
+  }
+  if (absl::Status s = ValidateReplayIntent(*request); !s.ok()) {
+    Finish(reactor, Authorizer::Method::kReplay, ToGrpc(s));
+    return reactor;
   }
   // The authenticated caller, with the name it gives; without either, its address.
   std::string who = request->requested_by();

@@ -530,6 +530,13 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_tls_cert_file).empty() != absl::GetFlag(FLAGS_tls_key_file).empty()) {
     return Usage("--tls_cert_file and --tls_key_file go together");
   }
+  // Without a CA the channel would be plaintext: the client certificate unused, the server
+  // unverified, the token sent in clear.
+  if (!absl::GetFlag(FLAGS_tls_cert_file).empty() && absl::GetFlag(FLAGS_tls_ca_file).empty()) {
+    return Usage(
+        "--tls_cert_file needs --tls_ca_file (TLS is on only with a CA to verify the "
+        "server)");
+  }
   for (auto [flag, name, out] :
        {std::tuple{absl::GetFlag(FLAGS_tls_ca_file), "--tls_ca_file", &tls.ca_pem},
         std::tuple{absl::GetFlag(FLAGS_tls_cert_file), "--tls_cert_file", &tls.cert_pem},

@@ -305,6 +305,11 @@ TEST_F(OpsReplayTest, OverMutualTlsOnlyCallersWithACertificateReachTheStore) {
   testing::ToolRun plaintext = Essctl({"--timeout", "3s", "list"});
   EXPECT_EQ(plaintext.exit_code, 1) << plaintext.output;
   EXPECT_THAT(plaintext.output, HasSubstr("UNAVAILABLE"));
+  // A client certificate without a CA would have been a plaintext call carrying the token.
+  testing::ToolRun no_ca = Essctl({"--tls_cert_file", dir_.File("client.pem"), "--tls_key_file",
+                                   dir_.File("client.key"), "list"});
+  EXPECT_EQ(no_ca.exit_code, 2) << no_ca.output;
+  EXPECT_THAT(no_ca.output, HasSubstr("--tls_cert_file needs --tls_ca_file"));
   testing::ToolRun no_file = Essctl({"--tls_ca_file", dir_.File("missing.pem"), "list"});
   EXPECT_EQ(no_file.exit_code, 2) << no_file.output;
   EXPECT_THAT(no_file.output, HasSubstr("--tls_ca_file: cannot read " + dir_.File("missing.pem")));

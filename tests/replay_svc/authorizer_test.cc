@@ -62,8 +62,7 @@ TEST(AuthorizerTest, EachRoleMayCallItsMethodsOnly) {
     }
     return names;
   };
-  EXPECT_THAT(allowed(Role::kLane),
-              ::testing::ElementsAre("Record", "UpdateStatus", "Get", "Lookup", "Claim"));
+  EXPECT_THAT(allowed(Role::kLane), ::testing::ElementsAre("Record", "Get", "Lookup", "Claim"));
   EXPECT_THAT(allowed(Role::kViewer), ::testing::ElementsAre("Get", "List", "Stats"));
   EXPECT_THAT(allowed(Role::kOps),
               ::testing::ElementsAre("UpdateStatus", "Get", "List", "Stats", "Replay"));
@@ -235,7 +234,7 @@ TEST_F(AuthorizedServiceTest, EachRoleReachesExactlyItsMethods) {
        }},
   };
   const std::map<std::string, std::set<std::string>> allowed = {
-      {kLaneToken, {"Record", "UpdateStatus", "Get", "Lookup", "Claim"}},
+      {kLaneToken, {"Record", "Get", "Lookup", "Claim"}},
       {kViewerToken, {"Get", "List", "Stats"}},
       {kOpsToken, {"Get", "List", "Stats", "Replay", "UpdateStatus"}},
   };

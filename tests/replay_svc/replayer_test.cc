@@ -464,6 +464,14 @@ TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
          *r.add_keys() = Key(kOut, "prison", "m-1");
        },
        "keys[2]: repeats keys[0]"},
+      {[](ess::v1::ReplayRequest& r) { r.mutable_filter()->set_partner("prison"); },
+       "reason: required (it goes into the audit trail), or set dry_run"},
+      {[](ess::v1::ReplayRequest& r) {
+         r.mutable_filter()->set_status(kDead);
+         r.set_reason("partner SFTP down overnight");
+       },
+       "filter: name a partner or a correlation_id; a replay never republishes the whole store "
+       "by accident"},
   };
   for (const Case& c : cases) {
     ess::v1::ReplayRequest request;
