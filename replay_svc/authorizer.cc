@@ -111,10 +111,12 @@ bool Authorizer::Allows(Role role, Method method) {
       return method == Method::kRecord || method == Method::kLookup || method == Method::kClaim ||
              method == Method::kGet;
     case Role::kViewer:
-      return method == Method::kGet || method == Method::kList || method == Method::kStats;
+      return method == Method::kGet || method == Method::kLookup || method == Method::kList ||
+             method == Method::kStats;
     case Role::kOps:
-      return method == Method::kGet || method == Method::kList || method == Method::kStats ||
-             method == Method::kReplay || method == Method::kUpdateStatus;
+      return method == Method::kGet || method == Method::kLookup || method == Method::kList ||
+             method == Method::kStats || method == Method::kReplay ||
+             method == Method::kUpdateStatus;
   }
   return false;
 }

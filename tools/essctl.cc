@@ -356,47 +356,49 @@ std::string Operator() {
 }
 
 struct Settled {
-  uint64_t delivered = 0, dead = 0, pending = 0;
+  uint64_t delivered = 0, dry_run = 0, dead = 0, pending = 0;
 };
 
 // Polls the store until every replayed outbound record (partner -> message ids) is settled
-// (delivered or dry-run, or dead again) or `wait` has passed: the records updated since
-// `started`, read by List.
+// (delivered, dry-run, or dead again) or `wait` has passed. Reads the records by key (Lookup),
+// so neither this machine's clock nor the number of other records matters.
 absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
                                         const std::map<std::string, std::set<std::string>>& keys,
-                                        absl::Time started, absl::Duration wait) {
+                                        absl::Duration wait) {
+  constexpr int kKeysPerCall = 10000;  // ReplayService's Lookup limit
+  std::vector<ess::v1::LookupRequest> requests;
+  for (const auto& [partner, ids] : keys) {
+    for (const std::string& id : ids) {
+      if (requests.empty() || requests.back().keys_size() == kKeysPerCall) requests.emplace_back();
+      ess::v1::RecordKey* key = requests.back().add_keys();
+      key->set_direction(ess::v1::DIRECTION_OUTBOUND);
+      key->set_partner(partner);
+      key->set_message_id(id);
+    }
+  }
   const absl::Time deadline = absl::Now() + wait;
   for (;;) {
     Settled settled;
-    for (const auto& [partner, ids] : keys) {
-      std::map<std::string, ess::v1::MessageStatus> status;
-      ess::v1::ListRequest request;
-      request.set_partner(partner);
-      request.set_direction(ess::v1::DIRECTION_OUTBOUND);
-      *request.mutable_since() = ess::replay::FromUnixMicros(absl::ToUnixMicros(started));
-      request.set_page_size(1000);
-      for (;;) {
-        ess::v1::ListResponse response;
-        grpc::Status s = stub.List(NewContext().get(), request, &response);
-        if (!s.ok()) {
-          return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-        }
-        for (const ess::v1::MessageRecord& r : response.records()) {
-          if (ids.contains(r.message_id())) status.emplace(r.message_id(), r.status());
-        }
-        if (response.next_page_token().empty()) break;
-        request.set_page_token(response.next_page_token());
+    for (const ess::v1::LookupRequest& request : requests) {
+      ess::v1::LookupResponse response;
+      grpc::Status s = stub.Lookup(NewContext().get(), request, &response);
+      if (!s.ok()) {
+        return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
       }
-      for (const std::string& id : ids) {
-        auto it = status.find(id);
-        const ess::v1::MessageStatus st =
-            it == status.end() ? ess::v1::MESSAGE_STATUS_RECEIVED : it->second;
-        if (st == ess::v1::MESSAGE_STATUS_DELIVERED || st == ess::v1::MESSAGE_STATUS_DRY_RUN) {
-          ++settled.delivered;
-        } else if (st == ess::v1::MESSAGE_STATUS_DEAD) {
-          ++settled.dead;
-        } else {
-          ++settled.pending;  // RECEIVED, or FAILED and waiting for its retry
+      for (const ess::v1::LookupResult& r : response.results()) {
+        switch (r.found() ? r.record().status() : ess::v1::MESSAGE_STATUS_RECEIVED) {
+          case ess::v1::MESSAGE_STATUS_DELIVERED:
+            ++settled.delivered;
+            break;
+          case ess::v1::MESSAGE_STATUS_DRY_RUN:  // the lane runs dry: nothing reached the partner
+            ++settled.dry_run;
+            break;
+          case ess::v1::MESSAGE_STATUS_DEAD:
+            ++settled.dead;
+            break;
+          default:
+            ++settled.pending;  // RECEIVED (as the replay marked it), or FAILED and retrying
+            break;
         }
       }
     }
@@ -447,7 +449,6 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   uint64_t replayed = 0, skipped = 0, failed = 0;
   int32_t seen = 0;
   bool more = false;
-  const absl::Time started = absl::Now();
   // partner -> message ids of the outbound records replayed, for --wait.
   std::map<std::string, std::set<std::string>> outbound;
   for (;;) {
@@ -492,14 +493,18 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   int exit_code = skipped + failed > 0 ? kExitCallFailed : 0;
   if (const absl::Duration wait = absl::GetFlag(FLAGS_wait);
       wait > absl::ZeroDuration() && !request.dry_run() && !outbound.empty()) {
-    absl::StatusOr<Settled> settled = WaitForOutcomes(stub, outbound, started, wait);
+    absl::StatusOr<Settled> settled = WaitForOutcomes(stub, outbound, wait);
     if (!settled.ok()) {
       std::cerr << "error: waiting for the outcomes: " << settled.status().message() << "\n";
       return kExitCallFailed;
     }
     std::cout << "(then: delivered " << settled->delivered << ", parked again " << settled->dead
-              << ", still pending " << settled->pending << ")\n";
-    if (settled->dead + settled->pending > 0) exit_code = kExitCallFailed;
+              << ", still pending " << settled->pending
+              << (settled->dry_run > 0
+                      ? absl::StrCat(", dry-run by the lane (not sent) ", settled->dry_run)
+                      : "")
+              << ")\n";
+    if (settled->dry_run + settled->dead + settled->pending > 0) exit_code = kExitCallFailed;
   }
   return exit_code;
 }

@@ -63,9 +63,9 @@ TEST(AuthorizerTest, EachRoleMayCallItsMethodsOnly) {
     return names;
   };
   EXPECT_THAT(allowed(Role::kLane), ::testing::ElementsAre("Record", "Get", "Lookup", "Claim"));
-  EXPECT_THAT(allowed(Role::kViewer), ::testing::ElementsAre("Get", "List", "Stats"));
+  EXPECT_THAT(allowed(Role::kViewer), ::testing::ElementsAre("Get", "Lookup", "List", "Stats"));
   EXPECT_THAT(allowed(Role::kOps),
-              ::testing::ElementsAre("UpdateStatus", "Get", "List", "Stats", "Replay"));
+              ::testing::ElementsAre("UpdateStatus", "Get", "Lookup", "List", "Stats", "Replay"));
 }
 
 TEST(AuthorizerTest, ChecksTheTokenThenTheRole) {
@@ -235,8 +235,8 @@ TEST_F(AuthorizedServiceTest, EachRoleReachesExactlyItsMethods) {
   };
   const std::map<std::string, std::set<std::string>> allowed = {
       {kLaneToken, {"Record", "Get", "Lookup", "Claim"}},
-      {kViewerToken, {"Get", "List", "Stats"}},
-      {kOpsToken, {"Get", "List", "Stats", "Replay", "UpdateStatus"}},
+      {kViewerToken, {"Get", "Lookup", "List", "Stats"}},
+      {kOpsToken, {"Get", "Lookup", "List", "Stats", "Replay", "UpdateStatus"}},
   };
   for (const auto& [name, call] : methods) {
     EXPECT_EQ(call(As("").get()).error_code(), grpc::StatusCode::UNAUTHENTICATED) << name;
