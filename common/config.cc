@@ -301,6 +301,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     if (p.has_inbound() && p.inbound().has_poll()) {
       auto* poll = p.mutable_inbound()->mutable_poll();
       if (poll->interval_ms() == 0) poll->set_interval_ms(60000);
+      if (poll->settle_ms() == 0) poll->set_settle_ms(2000);
       if (poll->suffix().empty()) poll->set_suffix(".csv");
     }
     if (!p.has_outbound()) continue;

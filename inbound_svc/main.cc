@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
                                    .processed_dir = poll.processed_dir(),
                                    .suffix = poll.suffix(),
                                    .interval = absl::Milliseconds(poll.interval_ms()),
+                                   .settle = absl::Milliseconds(poll.settle_ms()),
                                    .events_exchange = exchange},
                        .sftp = std::move(sftp),
                        .adapter = *std::move(adapter)});

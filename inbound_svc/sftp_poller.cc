@@ -140,6 +140,7 @@ struct SftpPoller::File {
   std::string marker;  // "file:NAME:SHA16"
   std::string source;  // "sftp://HOST/REMOTE_DIR/NAME"
   absl::Time received_at;
+  SftpClient::FileStat stat;  // as it settled
 };
 
 // What one row's audit event says.
@@ -191,7 +192,8 @@ void SftpPoller::Run() {
   SftpClient client(sftp_);
   while (!stop_.HasBeenNotified()) {
     if (Tick(client)) continue;  // files left behind: go on at once
-    stop_.WaitForNotificationWithTimeout(options_.interval);
+    stop_.WaitForNotificationWithTimeout(settling_ ? std::min(options_.interval, options_.settle)
+                                                   : options_.interval);
   }
 }
 
@@ -205,18 +207,34 @@ bool SftpPoller::Tick(SftpClient& client) {
     return false;
   }
   std::vector<std::string> names;
+  absl::flat_hash_set<std::string> present;
   for (std::string& name : *listed) {
     if (name.empty() || name[0] == '.' || !name.ends_with(options_.suffix) ||
-        name.find('/') != std::string::npos || HasControl(name) || deferred_.contains(name)) {
+        name.find('/') != std::string::npos || HasControl(name)) {
       continue;
     }
-    names.push_back(std::move(name));
+    present.insert(name);
+    if (!deferred_.contains(name)) names.push_back(std::move(name));
   }
+  absl::erase_if(watched_, [&](const auto& entry) { return !present.contains(entry.first); });
   std::sort(names.begin(), names.end());
   const size_t take = std::min(names.size(), options_.max_files_per_tick);
+  bool progressed = false;
+  settling_ = false;
   for (size_t i = 0; i < take; ++i) {
     if (stop_.HasBeenNotified()) return false;
-    absl::Status s = Process(client, names[i]);
+    absl::StatusOr<SftpClient::FileStat> stat =
+        client.Stat(JoinPath(options_.remote_dir, names[i]));
+    absl::Status s = stat.status();
+    if (absl::IsNotFound(s)) continue;  // gone since the listing
+    if (s.ok() && !Settled(names[i], *stat)) {
+      settling_ = true;
+      continue;
+    }
+    if (s.ok()) {
+      progressed = true;
+      s = Process(client, names[i], *stat);
+    }
     if (!s.ok()) {
       counters_.failures.fetch_add(1, std::memory_order_relaxed);
       deferred_.insert(names[i]);
@@ -224,17 +242,31 @@ bool SftpPoller::Tick(SftpClient& client) {
                 {{"partner", options_.partner}, {"file", names[i]}, {"error", ToStd(s.message())}});
     }
   }
-  if (names.size() > take) return true;
+  // Files left behind: at once, unless this tick only found files still settling.
+  if (names.size() > take) return progressed;
   // Every file of the folder had its turn: the ones that failed get another at the next tick.
   deferred_.clear();
   return false;
 }
 
-absl::Status SftpPoller::Process(SftpClient& client, const std::string& name) {
+bool SftpPoller::Settled(const std::string& name, const SftpClient::FileStat& stat) {
+  const absl::Time now = absl::Now();
+  auto [it, first] = watched_.try_emplace(name, Watched{.stat = stat, .since = now});
+  if (!first && it->second.stat != stat) it->second = Watched{.stat = stat, .since = now};
+  return now - it->second.since >= options_.settle;
+}
+
+absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
+                                 const SftpClient::FileStat& stat) {
   absl::StatusOr<std::string> data =
       client.Download(JoinPath(options_.remote_dir, name), options_.max_file_bytes);
   if (!data.ok()) return data.status();
-  File file{.name = name, .data = *std::move(data), .received_at = absl::Now()};
+  if (data->size() != stat.size) {
+    watched_.erase(name);  // it must settle again
+    return absl::UnavailableError(absl::StrCat(name, " changed while it was read (", stat.size,
+                                               " bytes settled, ", data->size(), " read)"));
+  }
+  File file{.name = name, .data = *std::move(data), .received_at = absl::Now(), .stat = stat};
   const std::string sha256 = Sha256Hex(file.data);
   file.sha16 = sha256.substr(0, 16);
   file.marker = absl::StrCat("file:", name, ":", file.sha16);
@@ -480,6 +512,14 @@ void SftpPoller::Audit(const File& file, const std::vector<RowOutcome>& outcomes
 
 absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, const File& file) {
   const std::string from = JoinPath(options_.remote_dir, file.name);
+  // Written to since it settled: what was read is settled (its marker is stored), and the file
+  // stays, to be read again whole once it settles anew (its new bytes get a marker of their own).
+  if (absl::StatusOr<SftpClient::FileStat> now = client.Stat(from); now.ok() && *now != file.stat) {
+    watched_.erase(file.name);
+    return absl::UnavailableError(absl::StrCat(file.name, " changed after it was read (",
+                                               file.stat.size, " bytes then, ", now->size,
+                                               " now); left in place to be read again"));
+  }
   std::string to = JoinPath(options_.processed_dir, file.name);
   absl::Status s = client.Rename(from, to);
   if (absl::IsAlreadyExists(s)) {

@@ -8,9 +8,12 @@
 //
 // Every `interval` the poller lists `remote_dir` and takes, in name order, up to
 // `max_files_per_tick` names that end with `suffix` and do not start with "." (uploads in
-// progress, by convention). For each file:
-//  1. it is downloaded (at most `max_file_bytes`) and hashed: SHA-256, whose first 16 hex digits
-//     are SHA16 below;
+// progress, by convention). A file is read only once it has settled: its size and modification
+// time (an SFTP stat) stayed the same for `settle`, by this poller's clock across listings, so a
+// partner still writing a file under its final name is not read half-written (while one waits,
+// the next listing comes after `settle` rather than `interval`). For each settled file:
+//  1. it is downloaded (at most `max_file_bytes`; a size other than the stat's leaves it for the
+//     next tick) and hashed: SHA-256, whose first 16 hex digits are SHA16 below;
 //  2. its marker is looked up in the replay store (INBOUND, partner, "file:NAME:SHA16"); if it is
 //     PUBLISHED, these bytes were processed before (a crash before the move, or the same file
 //     dropped again) and the poller goes straight to step 6;
@@ -24,8 +27,10 @@
 //     "NAME:SHA16:LLINE" and error "NAME:LINE: reason";
 //  5. once every confirm and record is in, the marker is recorded PUBLISHED (rendered:
 //     "N events, M parked"), which settles the file's outcome; then its rows are audited (below);
-//  6. the file is renamed to PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is
-//     taken; when that is taken too, the same bytes are already there and the file is removed.
+//  6. the file is stat'ed again: if it changed since it settled (the partner wrote more), it
+//     stays for the next tick, to be read again whole; else it is renamed to
+//     PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is taken; when that is
+//     taken too, the same bytes are already there and the file is removed.
 // A file whose header row is unusable yields no event: its header row is parked (one message,
 // the reason from Pull) and the file is moved like any other.
 //
@@ -55,8 +60,9 @@
 // the recorder's threads.
 //
 // Not covered: two replicas polling the same folder may both process a file before either moves
-// it (same message ids); a file rewritten in place between its download and its move is moved
-// unread (partners upload under a "." name and rename, which is what the skip rule expects).
+// it (same message ids); a partner that pauses longer than `settle` in the middle of writing a
+// file under its final name, or rewrites it within the same second and size between the last
+// stat and the move, is not detected (partners should upload under a "." name and rename).
 #ifndef ESS_INBOUND_SVC_SFTP_POLLER_H_
 #define ESS_INBOUND_SVC_SFTP_POLLER_H_
 
@@ -69,6 +75,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -92,6 +99,8 @@ class SftpPoller {
     std::string processed_dir;
     std::string suffix = ".csv";
     absl::Duration interval = absl::Seconds(60);
+    // How long a file's size and modification time must stay the same before it is read.
+    absl::Duration settle = absl::Seconds(2);
     std::string events_exchange = "events";
     // Larger files are left in place with an error (each tick).
     size_t max_file_bytes = size_t{64} << 20;
@@ -139,7 +148,10 @@ class SftpPoller {
   void Run();
   // Lists and processes up to max_files_per_tick files; true if more were waiting.
   bool Tick(adapters::sftp_csv::SftpClient& client);
-  absl::Status Process(adapters::sftp_csv::SftpClient& client, const std::string& name);
+  // Whether `name`, as `stat` says it is now, has stayed so for options_.settle.
+  bool Settled(const std::string& name, const adapters::sftp_csv::SftpClient::FileStat& stat);
+  absl::Status Process(adapters::sftp_csv::SftpClient& client, const std::string& name,
+                       const adapters::sftp_csv::SftpClient::FileStat& stat);
   // OK(true) if the store holds the file's PUBLISHED marker.
   absl::StatusOr<bool> Processed(const File& file);
   // Pulls the file; publishes and records each event and parks and records each bad row; OK
@@ -170,8 +182,17 @@ class SftpPoller {
   Counters counters_;
   absl::Notification stop_;
   std::thread thread_;
-  // Files that failed since the folder was last gone through; the poller thread's only.
+  // The poller thread's only:
+  // files that failed since the folder was last gone through;
   absl::flat_hash_set<std::string> deferred_;
+  // each listed file's size and time as last seen, and since when they were so;
+  struct Watched {
+    adapters::sftp_csv::SftpClient::FileStat stat;
+    absl::Time since;
+  };
+  absl::flat_hash_map<std::string, Watched> watched_;
+  // whether the last tick left a file waiting to settle.
+  bool settling_ = false;
 };
 
 }  // namespace ess::inbound

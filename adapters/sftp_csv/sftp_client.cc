@@ -73,6 +73,9 @@ struct SftpClient::Transfer {
   std::vector<std::string> postquote;  // after it, in the same session
   CURLcode code = CURLE_OK;
   bool dirlistonly = false;
+  // Stat: ask for the file's time, and read its size and time back.
+  bool filetime = false;
+  curl_off_t size = -1, mtime = -1;
   // Downloads and listings: where the bytes go, and how many at most.
   std::string* sink = nullptr;
   size_t max_bytes = 0;
@@ -168,7 +171,12 @@ absl::Status SftpClient::Perform(Transfer& t) {
     }
   }
   if (t.dirlistonly) curl_easy_setopt(c, CURLOPT_DIRLISTONLY, 1L);
+  if (t.filetime) curl_easy_setopt(c, CURLOPT_FILETIME, 1L);
   t.code = curl_easy_perform(c);
+  if (t.code == CURLE_OK && t.filetime) {
+    curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t.size);
+    curl_easy_getinfo(c, CURLINFO_FILETIME_T, &t.mtime);
+  }
   // The lists and the error buffer die with this frame: unhook them from the handle.
   curl_easy_setopt(c, CURLOPT_QUOTE, nullptr);
   curl_easy_setopt(c, CURLOPT_POSTQUOTE, nullptr);
@@ -209,6 +217,22 @@ absl::StatusOr<bool> SftpClient::Exists(std::string_view path) {
   if (s.ok()) return true;
   if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return false;
   return s;
+}
+
+absl::StatusOr<SftpClient::FileStat> SftpClient::Stat(std::string_view path) {
+  Transfer t{.what = absl::StrCat("stat of ", ToAbsl(path)),
+             .url = Url(path),
+             .nobody = true,
+             .filetime = true};
+  absl::Status s = Perform(t);
+  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return absl::NotFoundError(s.message());
+  if (!s.ok()) return s;
+  if (t.size < 0 || t.mtime < 0) {
+    return absl::UnavailableError(absl::StrCat("sftp stat of ", ToAbsl(path), " on ", options_.host,
+                                               ":", options_.port,
+                                               ": the server did not give its size and time"));
+  }
+  return FileStat{.size = static_cast<uint64_t>(t.size), .mtime = static_cast<int64_t>(t.mtime)};
 }
 
 absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view name,

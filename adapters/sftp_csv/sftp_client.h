@@ -73,6 +73,15 @@ class SftpClient {
   // True if the absolute `path` exists on the server, false if it does not.
   absl::StatusOr<bool> Exists(std::string_view path);
 
+  struct FileStat {
+    uint64_t size = 0;
+    int64_t mtime = 0;  // Unix seconds, by the server's clock
+    bool operator==(const FileStat&) const = default;
+  };
+  // The size and modification time of the absolute `path` (one SFTP stat). NOT_FOUND if it is
+  // not there.
+  absl::StatusOr<FileStat> Stat(std::string_view path);
+
   // Uploads `data` as DIR/NAME through DIR/.NAME.part (see the file comment). `dir` is absolute;
   // `name` has no '/'. On a failed rename the part file is removed (best effort).
   absl::Status UploadAtomically(std::string_view dir, std::string_view name, std::string_view data);

@@ -10,8 +10,10 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -128,6 +130,15 @@ TEST(SftpClientTest, ListsDownloadsRenamesAndRemoves) {
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(client.Download((d / "missing.csv").string(), 1000).status().code(),
             absl::StatusCode::kNotFound);
+  // Stat: the size and the modification time (whole seconds) the file system has.
+  fs::last_write_time(d / "b name.csv", fs::file_time_type::clock::now() - std::chrono::hours(30));
+  auto stat = client.Stat((d / "b name.csv").string());
+  ASSERT_TRUE(stat.ok()) << stat.status();
+  EXPECT_EQ(stat->size, 1000u);
+  struct stat local;
+  ASSERT_EQ(::stat((d / "b name.csv").c_str(), &local), 0);
+  EXPECT_EQ(stat->mtime, static_cast<int64_t>(local.st_mtime));
+  EXPECT_EQ(client.Stat((d / "missing.csv").string()).status().code(), absl::StatusCode::kNotFound);
 
   // Rename never overwrites.
   EXPECT_EQ(client.Rename((d / "a.csv").string(), (d / "b name.csv").string()).code(),
@@ -195,6 +206,7 @@ TEST(SftpPollConfigTest, PollRoutesAreValidated) {
       "hub.yaml", "/tmp", adapters::BuiltinRegistry().SettingsResolver());
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   EXPECT_EQ(loaded->partners(0).inbound().poll().interval_ms(), 60000u);
+  EXPECT_EQ(loaded->partners(0).inbound().poll().settle_ms(), 2000u);
   EXPECT_EQ(loaded->partners(0).inbound().poll().suffix(), ".csv");
 }
 
@@ -324,6 +336,7 @@ partners:
         remote_dir: DROP
         processed_dir: PROCESSED
         interval_ms: 200
+        settle_ms: SETTLE_MS
       mapping:
         - {target: type, constant: SlotConfirmed}
         - {target: id, source: visit_id}
@@ -341,6 +354,7 @@ partners:
          {"SFTP_USER", RequiredEnv("ESS_SFTP_USER")},
          {"SFTP_KEY", RequiredEnv("ESS_SFTP_KEY")},
          {"SFTP_KNOWN_HOSTS", RequiredEnv("ESS_SFTP_KNOWN_HOSTS")},
+         {"SETTLE_MS", absl::StrCat(settle_ms_)},
          {"DROP", drop_.string()},
          {"PROCESSED", processed_.string()}});
   }
@@ -450,6 +464,7 @@ partners:
   std::string partner_, exchange_, subscriber_;
   std::string audit_exchange_, audit_queue_;  // set by UseAudit()
   int replay_port_ = 0, inbound_port_ = 0;
+  int settle_ms_ = 100;
   testing::TempDir dir_;
   std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
   std::unique_ptr<Process> replay_, inbound_;
@@ -501,6 +516,34 @@ TEST_F(SftpPollTest, ThousandRowsBecomeThousandEventsAndTheFileMoves) {
   // The poller logs the move after it returns.
   EXPECT_TRUE(inbound_->WaitForLog("events=1000 parked=0")) << inbound_->Log();
   EXPECT_THAT(inbound_->Log(), HasSubstr("file processed"));
+}
+
+// A partner that writes a file under its final name, a row at a time, is not read half-written:
+// the file is read once its size and time stayed the same for settle_ms (here 1.5 s, while the
+// poller lists every 200 ms and a row comes every 600 ms).
+TEST_F(SftpPollTest, AFileStillBeingWrittenIsReadOnceItSettles) {
+  settle_ms_ = 1500;
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits_growing.csv";
+  std::string csv = "visit_id,status\r\n";
+  {
+    std::ofstream out(drop_ / name, std::ios::binary);
+    out << csv << std::flush;
+    for (int i = 1; i <= 3; ++i) {
+      absl::SleepFor(absl::Milliseconds(600));
+      const std::string row = absl::StrCat("VIS-G", i, ",confirmed\r\n");
+      out << row << std::flush;
+      csv += row;
+    }
+  }
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / name), csv);
+  std::set<std::string> ids;
+  for (const amqp::Delivery& d : Take(subscriber_, 3)) ids.insert(d.message.correlation_id);
+  EXPECT_EQ(ids, (std::set<std::string>{"VIS-G1", "VIS-G2", "VIS-G3"}));
+  auto marker = Record(absl::StrCat("file:", name, ":", Sha16(csv)));
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(marker->rendered(), "3 events, 0 parked");
 }
 
 TEST_F(SftpPollTest, MalformedRowsAreParkedWithFileAndLineAndTheOthersGoThrough) {
