@@ -158,14 +158,16 @@ int main(int argc, char** argv) {
                   {"malloc", ess::cli::MallocLibrary()}});
   int sig = ess::cli::WaitForTerminationSignal();
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
-  // Pollers first: a file they abandon stays in its folder; the publisher is still up for them.
-  for (auto& poller : pollers) poller->Stop();
+  // Pollers stop meanwhile, all at once: a file they abandon stays in its folder; the publisher
+  // is still up for them.
+  for (auto& poller : pollers) poller->RequestStop();
   // Webhooks in progress get their answer (the bus and the store are still up) before the
   // server goes; new connections are refused meanwhile.
   if (!lane.Drain(absl::Milliseconds(config->inbound().shutdown_deadline_ms()))) {
     ess::log::Warn("",
                    "shutdown deadline passed; unanswered webhooks are cut off (partners retry)");
   }
+  for (auto& poller : pollers) poller->Stop();
   lane.Stop();
   publisher.Stop();
   recorder.Stop();

@@ -183,13 +183,18 @@ void SftpPoller::Start() {
   thread_ = std::thread([this] { Run(); });
 }
 
-void SftpPoller::Stop() {
+void SftpPoller::RequestStop() {
+  absl::MutexLock lock(&stop_mu_);
   if (!stop_.HasBeenNotified()) stop_.Notify();
+}
+
+void SftpPoller::Stop() {
+  RequestStop();
   if (thread_.joinable()) thread_.join();
 }
 
 void SftpPoller::Run() {
-  SftpClient client(sftp_);
+  SftpClient client(sftp_, &stop_);
   while (!stop_.HasBeenNotified()) {
     if (Tick(client)) continue;  // files left behind: go on at once
     stop_.WaitForNotificationWithTimeout(settling_ ? std::min(options_.interval, options_.settle)

@@ -131,8 +131,10 @@ class SftpPoller {
   // Starts the thread; the first tick runs at once.
   void Start();
   // Abandons the file in progress at its next step (it stays in remote_dir) and joins the
-  // thread; an SFTP call under way finishes first (bounded by its deadline). Idempotent.
+  // thread; an SFTP call under way is cut off within about a second. Idempotent.
   void Stop();
+  // As Stop, without waiting: lets a process stop many pollers at once (thread-safe).
+  void RequestStop();
 
   const std::string& partner() const { return options_.partner; }
   const Counters& counters() const { return counters_; }
@@ -180,6 +182,7 @@ class SftpPoller {
   ReplayRecorder* const recorder_;
   AuditSink* const audit_;  // null when no audit sink is enabled
   Counters counters_;
+  absl::Mutex stop_mu_;  // RequestStop may race with itself from two threads
   absl::Notification stop_;
   std::thread thread_;
   // The poller thread's only:

@@ -82,7 +82,10 @@ struct SftpClient::Transfer {
   bool too_large = false;  // set when the transfer was cut at max_bytes
 };
 
-SftpClient::SftpClient(Options options) : options_(std::move(options)) { GlobalInit(); }
+SftpClient::SftpClient(Options options, const absl::Notification* cancel)
+    : options_(std::move(options)), cancel_(cancel) {
+  GlobalInit();
+}
 
 SftpClient::~SftpClient() {
   if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
@@ -102,6 +105,9 @@ std::string SftpClient::Url(std::string_view path) const {
 }
 
 absl::Status SftpClient::Perform(Transfer& t) {
+  if (cancel_ != nullptr && cancel_->HasBeenNotified()) {
+    return absl::CancelledError(absl::StrCat("sftp ", t.what, ": stopping"));
+  }
   if (curl_ == nullptr) {
     curl_ = curl_easy_init();
     if (curl_ == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
@@ -172,6 +178,15 @@ absl::Status SftpClient::Perform(Transfer& t) {
   }
   if (t.dirlistonly) curl_easy_setopt(c, CURLOPT_DIRLISTONLY, 1L);
   if (t.filetime) curl_easy_setopt(c, CURLOPT_FILETIME, 1L);
+  if (cancel_ != nullptr) {
+    curl_xferinfo_callback cancelled = [](void* arg, curl_off_t, curl_off_t, curl_off_t,
+                                          curl_off_t) -> int {
+      return static_cast<const absl::Notification*>(arg)->HasBeenNotified() ? 1 : 0;
+    };
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, cancelled);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, cancel_);
+  }
   t.code = curl_easy_perform(c);
   if (t.code == CURLE_OK && t.filetime) {
     curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t.size);
@@ -189,6 +204,8 @@ absl::Status SftpClient::Perform(Transfer& t) {
   switch (t.code) {
     case CURLE_OPERATION_TIMEDOUT:
       return absl::DeadlineExceededError(msg);
+    case CURLE_ABORTED_BY_CALLBACK:
+      return absl::CancelledError(absl::StrCat("sftp ", t.what, ": stopping"));
     case CURLE_PEER_FAILED_VERIFICATION:
       if (host_key.match == CURLKHMATCH_MISSING) {
         absl::StrAppend(&msg, " (host key not in ", options_.known_hosts_file, ")");

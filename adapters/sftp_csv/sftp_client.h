@@ -45,6 +45,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 
 namespace ess::adapters::sftp_csv {
@@ -65,7 +66,10 @@ class SftpClient {
     absl::Duration connect_timeout = absl::Seconds(5);
   };
 
-  explicit SftpClient(Options options);
+  // `cancel`, if given, must outlive the client: once it is notified, a call under way stops
+  // within about a second (libcurl's progress callback) with CANCELLED, and so does every
+  // later call.
+  explicit SftpClient(Options options, const absl::Notification* cancel = nullptr);
   ~SftpClient();
   SftpClient(const SftpClient&) = delete;
   SftpClient& operator=(const SftpClient&) = delete;
@@ -111,6 +115,7 @@ class SftpClient {
   std::string Url(std::string_view path) const;
 
   Options options_;
+  const absl::Notification* const cancel_;
   void* curl_ = nullptr;  // CURL*, created on first use
 };
 

@@ -139,6 +139,13 @@ TEST(SftpClientTest, ListsDownloadsRenamesAndRemoves) {
   ASSERT_EQ(::stat((d / "b name.csv").c_str(), &local), 0);
   EXPECT_EQ(stat->mtime, static_cast<int64_t>(local.st_mtime));
   EXPECT_EQ(client.Stat((d / "missing.csv").string()).status().code(), absl::StatusCode::kNotFound);
+  // Once its stop is notified, a client's calls end with CANCELLED.
+  absl::Notification stop;
+  SftpClient stopping(ClientOptions(), &stop);
+  ASSERT_TRUE(stopping.Exists(d.string()).ok());
+  stop.Notify();
+  EXPECT_EQ(stopping.Download((d / "b name.csv").string(), 1000).status().code(),
+            absl::StatusCode::kCancelled);
 
   // Rename never overwrites.
   EXPECT_EQ(client.Rename((d / "a.csv").string(), (d / "b name.csv").string()).code(),
