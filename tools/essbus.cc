@@ -1,16 +1,19 @@
 // essbus: publish to, subscribe to and inspect the RabbitMQ bus from a shell.
 //
 //   essbus --amqp 127.0.0.1:5672 publish --queue visit_updates
-//   '{"type":"VisitScheduleUpdated","id":"VIS-77"}' essbus publish --exchange events --routing_key
-//   rk '{"type":"SlotConfirmed","id":"VIS-77"}' essbus subscribe --exchange events --count 1
-//   --timeout_s 30 essbus depth --queue visit_updates
+//       '{"type":"VisitScheduleUpdated","id":"VIS-77"}'
+//   essbus publish --exchange events --routing_key rk '{"type":"SlotConfirmed","id":"VIS-77"}'
+//   essbus subscribe --exchange events --count 1 --timeout_s 30
+//   essbus depth --queue visit_updates
 //
-// publish: the body is a JSON event; its "id" becomes correlation_id and message_id and its
-// "type" the AMQP type. Persistent, mandatory, and exits 0 only once the broker confirmed it. A
-// missing --queue is declared durable first (an existing one is used as it is).
-// subscribe: binds a private (exclusive, auto-delete) queue to the fanout exchange (declared
-// if missing), prints "subscribed ..." on stderr once bound, then one line per message on
-// stdout: `type=SlotConfirmed cid=VIS-77 body={...}`. Exits 0 after --count messages, 1 if
+// publish: the body is a JSON event; its "id" becomes the correlation_id and its "type" the AMQP
+// type; the message_id is --message_id, or none (an event's id names the visit, not one message
+// about it: two updates of VIS-77 are two messages, which the outbound lane then knows by
+// "ID:HASH" of their content). Persistent, mandatory, and exits 0 only once the broker confirmed
+// it. A missing --queue is declared durable first (an existing one is used as it is). subscribe:
+// binds a private (exclusive, auto-delete) queue to the fanout exchange (declared if missing),
+// prints "subscribed ..." on stderr once bound, then one line per message on stdout:
+// `type=SlotConfirmed cid=VIS-77 body={...}`. Exits 0 after --count messages, 1 if
 // --timeout_s passes first (with --count 0 it runs until the timeout, then exits 0).
 // depth: prints the number of ready messages of a queue.
 //
@@ -46,6 +49,9 @@ ABSL_FLAG(std::string, password, "guest", "RabbitMQ password.");
 ABSL_FLAG(std::string, queue, "", "publish, depth: the queue.");
 ABSL_FLAG(std::string, exchange, "", "publish: the exchange; subscribe: the fanout exchange.");
 ABSL_FLAG(std::string, routing_key, "", "publish --exchange: the routing key.");
+ABSL_FLAG(std::string, message_id, "",
+          "publish: the AMQP message_id (none when empty: the outbound lane then derives one from "
+          "the event's id and content).");
 ABSL_FLAG(int, count, 0, "subscribe: exit 0 after this many messages (0: until --timeout_s).");
 ABSL_FLAG(int, timeout_s, 0, "subscribe: give up after this many seconds (0: never).");
 
@@ -106,13 +112,13 @@ absl::StatusOr<ess::amqp::Message> EventMessage(std::string body) {
   ess::amqp::Message m;
   if (auto id = doc.FindMember("id"); id != doc.MemberEnd() && id->value.IsString()) {
     m.correlation_id = std::string(id->value.GetString(), id->value.GetStringLength());
-    m.message_id = m.correlation_id;
   } else {
     std::cerr << "essbus: warning: the event has no string \"id\"; no correlation id set\n";
   }
   if (auto type = doc.FindMember("type"); type != doc.MemberEnd() && type->value.IsString()) {
     m.type = std::string(type->value.GetString(), type->value.GetStringLength());
   }
+  m.message_id = absl::GetFlag(FLAGS_message_id);
   m.body = std::move(body);
   return m;
 }
