@@ -32,12 +32,18 @@ using google::protobuf::Reflection;
 
 std::string Sv(std::string_view s) { return std::string(s); }
 
+std::string Resolve(std::string_view base_dir, const std::string& path) {
+  if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
+  return (std::filesystem::path(std::string(base_dir)) / path).lexically_normal().string();
+}
+
 // Walks a YAML document against a proto schema, remembering where each field path was written
 // so that validation errors after parsing can point at the line too.
 class Converter {
  public:
-  Converter(std::string file, const SettingsTypeResolver& resolver)
-      : file_(std::move(file)), resolver_(resolver) {}
+  // `base_dir`: where relative file settings of the adapters are taken from.
+  Converter(std::string file, std::string base_dir, const SettingsTypeResolver& resolver)
+      : file_(std::move(file)), base_dir_(std::move(base_dir)), resolver_(resolver) {}
 
   absl::Status Convert(const YAML::Node& node, const std::string& path, Message* msg) {
     if (!node.IsMap()) {
@@ -236,6 +242,16 @@ class Converter {
         google::protobuf::MessageFactory::generated_factory()->GetPrototype(type)->New());
     absl::Status s = Convert(node, path, typed.get());
     if (!s.ok()) return s;
+    // Files the adapter reads (ca_file, private_key_file, known_hosts_file...), relative to the
+    // config file's folder as every other path of the file.
+    const google::protobuf::Reflection* r = typed->GetReflection();
+    for (int i = 0; i < type->field_count(); ++i) {
+      const FieldDescriptor* f = type->field(i);
+      if (f->type() == FieldDescriptor::TYPE_STRING && !f->is_repeated() &&
+          absl::EndsWith(f->name(), "_file")) {
+        r->SetString(typed.get(), f, Resolve(base_dir_, r->GetString(*typed, f)));
+      }
+    }
     auto* any =
         static_cast<google::protobuf::Any*>(msg->GetReflection()->MutableMessage(msg, field));
     any->PackFrom(*typed);
@@ -243,14 +259,10 @@ class Converter {
   }
 
   std::string file_;
+  std::string base_dir_;
   const SettingsTypeResolver& resolver_;
   absl::flat_hash_map<std::string, std::pair<int, int>> marks_;
 };
-
-std::string Resolve(std::string_view base_dir, const std::string& path) {
-  if (path.empty() || std::filesystem::path(path).is_absolute()) return path;
-  return (std::filesystem::path(std::string(base_dir)) / path).lexically_normal().string();
-}
 
 void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   auto* bus = c.mutable_bus();
@@ -577,7 +589,7 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
         absl::StrCat(file, ":", e.mark.line + 1, ":", e.mark.column + 1, ": ", e.msg));
   }
   ess::v1::HubConfig config;
-  Converter conv(file, resolver);
+  Converter conv(file, std::string(base_dir), resolver);
   try {
     absl::Status s = conv.Convert(root, "", &config);
     if (!s.ok()) return s;

@@ -49,6 +49,31 @@ partners:
         - {target: status, source: status}
 )";
 
+// Every relative path of the file is taken from the file's folder, the adapters' files too
+// (ca_file, private_key_file, known_hosts_file); absolute ones are kept.
+TEST(ConfigTest, RelativeFilesOfTheAdaptersAreTakenFromTheConfigFolder) {
+  std::string yaml = kGood;
+  yaml += R"(
+  - name: probation
+    adapter: sftp_csv
+    settings: {host: h, user: u, private_key_file: keys/probation, known_hosts_file: /k/hosts}
+    inbound: {poll: {remote_dir: /out, processed_dir: /done}, mapping: [{target: id, source: id}]}
+  - name: calendar
+    adapter: soap
+    settings: {endpoint: "https://calendar.example/ws", ca_file: ../certs/ca.pem}
+    inbound: {webhook_path: /soap, mapping: [{target: id, source: id}]}
+)";
+  auto c = Load(yaml);
+  ASSERT_TRUE(c.ok()) << c.status();
+  ess::v1::SftpCsvAdapterConfig sftp;
+  ASSERT_TRUE(c->partners(1).settings().UnpackTo(&sftp));
+  EXPECT_EQ(sftp.private_key_file(), "/etc/ess/keys/probation");
+  EXPECT_EQ(sftp.known_hosts_file(), "/k/hosts");
+  ess::v1::SoapAdapterConfig soap;
+  ASSERT_TRUE(c->partners(2).settings().UnpackTo(&soap));
+  EXPECT_EQ(soap.ca_file(), "/etc/certs/ca.pem");
+}
+
 TEST(ConfigTest, LoadsAndFillsDefaults) {
   auto c = Load(kGood);
   ASSERT_TRUE(c.ok()) << c.status();
