@@ -5,7 +5,7 @@
 # scenario bounded in count and time, prints one table, writes bench/results/<time>.json, and
 # stops everything it started. See bench/README.md.
 #
-#   ./bench.sh                                  the quick run (about 3 minutes)
+#   ./bench.sh                                  the quick run (about 5 minutes)
 #   ./bench.sh --full                           the long run (300,000 events, 30 s timed runs)
 #   ./bench.sh --events 50000 --scenarios outbound,inbound    (any ess_bench flag; --help)
 set -euo pipefail

@@ -10,20 +10,34 @@
 #   ./run.sh          walk the flow, then keep the stack running until Ctrl-C
 #   ./run.sh --once   walk the flow, stop everything, exit 0 only if SlotConfirmed arrived, the
 #                     forged callback was refused and the replay reached the late subscriber
+#
+# Environment (all optional):
+#   ESS_BUILD_DIR=DIR         the build tree, as for scripts/build.sh (default build); the
+#                             binaries run from DIR/bin
+#   ESS_RUN_STACK_DIR=DIR     where the stack keeps its state and logs (default .stack/run): the
+#                             private RabbitMQ node, replay.db, *.log, hub.yaml, ops.token
+#   ESS_RUN_SKIP_SETUP=1      skip scripts/install-deps.sh and scripts/build.sh (for a tree that
+#                             test.sh or the caller has already installed and built; the
+#                             run_sh_test ctest runs ./run.sh --once this way)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
 ONCE=0
 [ "${1:-}" = "--once" ] && ONCE=1
 
-scripts/install-deps.sh
-scripts/build.sh
+if [ "${ESS_RUN_SKIP_SETUP:-0}" != 1 ]; then
+  scripts/install-deps.sh
+  scripts/build.sh
+fi
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
-STACK="$ROOT/.stack/run"
-BIN="$ROOT/build/bin"
+BUILD_DIR=${ESS_BUILD_DIR:-build}
+[[ $BUILD_DIR == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"  # relative to the checkout, as build.sh
+BIN="$BUILD_DIR/bin"
+STACK=${ESS_RUN_STACK_DIR:-$ROOT/.stack/run}
 mkdir -p "$STACK"
+STACK=$(cd "$STACK" && pwd)
 PIDS=()
 cleanup() {
   local pid
@@ -71,6 +85,22 @@ start() {  # start NAME COMMAND...: runs it in the background, logging to $STACK
   PIDS+=($!)
 }
 
+# wait_subscribed NAME PID: waits until the subscriber NAME (essbus subscribe, PID) has bound its
+# queue to the exchange, which it says on stderr ("subscribed exchange=..."), so that nothing
+# published after this is missed. Fails the run if it exits first or takes more than 15 s.
+wait_subscribed() {
+  local name=$1 pid=$2 deadline=$((SECONDS + 15))
+  until grep -q '^subscribed exchange=' "$STACK/$name.log" 2>/dev/null; do
+    if ! pid_alive "$pid" || [ $SECONDS -ge $deadline ]; then
+      grep -q '^subscribed exchange=' "$STACK/$name.log" 2>/dev/null && return 0
+      say "FAILED: essbus subscribe ($name) exited or took over 15 s without binding its queue; its log:"
+      cat "$STACK/$name.log"
+      exit 1
+    fi
+    sleep 0.05
+  done
+}
+
 say "starting replay_svc, inbound_svc, outbound_svc and the demo partner (config $STACK/hub.yaml)"
 start replay_svc "$BIN/replay_svc" --config "$STACK/hub.yaml"
 wait_for 20 "${ESSCTL[@]}" stats || { cat "$STACK/replay_svc.log"; exit 1; }
@@ -85,7 +115,7 @@ wait_for 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PARTNER_PORT" || { cat "$STACK/
 say "a subscriber listens on the events exchange"
 start subscriber "${ESSBUS[@]}" subscribe --exchange events --count 1 --timeout_s 30
 SUB_PID=${PIDS[-1]}
-sleep 0.5
+wait_subscribed subscriber "$SUB_PID"
 
 EVENT='{"type":"VisitScheduleUpdated","id":"VIS-77","inmateId":"A123","slotUtc":"2026-12-01T15:00:00Z"}'
 say "the scheduling service publishes VisitScheduleUpdated to visit_updates"
@@ -120,7 +150,7 @@ esac
 say "a billing service subscribes late; ops replay VIS-77's SlotConfirmed to it from the store"
 start billing "${ESSBUS[@]}" subscribe --exchange events --count 1 --timeout_s 30
 BILLING_PID=${PIDS[-1]}
-sleep 0.5
+wait_subscribed billing "$BILLING_PID"
 "${ESSCTL[@]}" replay --correlation VIS-77 --direction inbound \
   --reason "billing subscribed after VIS-77 was confirmed" --requested_by "$(id -un)@run.sh" ||
   RESULT=1

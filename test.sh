@@ -5,6 +5,8 @@
 #
 #   ./test.sh                 every test
 #   ./test.sh -L unit         only unit tests (any ctest arguments pass through)
+#
+# ESS_BUILD_DIR=DIR builds into and tests DIR instead of build/ (as scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,4 +32,4 @@ source "$STACK/rabbitmq/env"
 # shellcheck disable=SC1091
 source "$STACK/sshd/env"
 
-ctest --test-dir build --output-on-failure --timeout 600 -j2 "$@"
+ctest --test-dir "${ESS_BUILD_DIR:-build}" --output-on-failure --timeout 600 -j2 "$@"

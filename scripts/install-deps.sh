@@ -2,6 +2,14 @@
 # Installs the Debian 12 packages ESS needs to build, test and run, and nothing else.
 # Idempotent: packages already installed are left alone, and apt is not touched at all when
 # nothing is missing. Needs root (or sudo) only when something must be installed.
+#
+# ESS runs only private RabbitMQ nodes and sshd servers of its own, on loopback (scripts/rabbitmq.sh,
+# scripts/sshd.sh). The system services that the packages rabbitmq-server and openssh-server
+# bring (RabbitMQ on 0.0.0.0:5672, 25672 and epmd's 4369; sshd on :22) are never started by this
+# script: while it installs, a temporary /usr/sbin/policy-rc.d denies every service start
+# (Debian's policy layer, which invoke-rc.d and deb-systemd-invoke obey), and on a host running
+# systemd the services of the packages this run installed are then disabled at boot. Services
+# of packages that were installed before are left as they are, running or not.
 set -euo pipefail
 
 PACKAGES=(
@@ -50,9 +58,62 @@ fi
 echo "install-deps: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# The packages whose systemd units this run disables once it has installed them, each with its
+# units: the two servers, and erlang-base (pulled in by rabbitmq-server), whose epmd.socket
+# listens on every interface at 4369. Only those not installed before this run count.
+declare -A UNITS=(
+  [rabbitmq-server]="rabbitmq-server.service"
+  [openssh-server]="ssh.service"
+  [erlang-base]="epmd.socket epmd.service"
+)
+absent_before=()
+for p in "${!UNITS[@]}"; do
+  installed "$p" || absent_before+=("$p")
+done
+
+# No service starts while apt installs: policy-rc.d exits 101 ("action forbidden"), so the
+# packages' maintainer scripts skip starting their services and the install succeeds even when
+# a port such as 5672 is taken. The file is made only if there is none (an existing one, e.g. a
+# container image's, is the machine's policy and stays), and removed on any exit. A file left
+# by a run of this script that was killed (it carries MARKER) counts as ours.
+POLICY=/usr/sbin/policy-rc.d
+MARKER="made by ESS scripts/install-deps.sh"
+own_policy=0
+remove_policy() {
+  if [ $own_policy -eq 1 ]; then
+    $SUDO rm -f "$POLICY" || echo "install-deps: could not remove $POLICY; remove it by hand" >&2
+  fi
+}
+trap remove_policy EXIT
+trap 'exit 130' INT TERM HUP
+if [ -e "$POLICY" ] && grep -qF "$MARKER" "$POLICY" 2>/dev/null; then
+  own_policy=1
+elif [ ! -e "$POLICY" ]; then
+  own_policy=1
+  printf '#!/bin/sh\n# %s while it installs packages: no service starts.\nexit 101\n' "$MARKER" |
+    $SUDO tee "$POLICY" >/dev/null
+  $SUDO chmod 755 "$POLICY"
+fi
+
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-# The packaged RabbitMQ and sshd services are not needed (ESS runs its own on loopback ports);
-# their install scripts may try to start them, which is harmless.
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+remove_policy
+own_policy=0
+
+# Installing enabled the new services at boot (the packages' postinst does); undo that where
+# systemd runs. Nothing is stopped: nothing was started.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  for p in "${absent_before[@]}"; do
+    installed "$p" || continue
+    for unit in ${UNITS[$p]}; do
+      echo "install-deps: $p was installed by this run: systemctl disable $unit"
+      $SUDO systemctl disable --quiet "$unit" ||
+        echo "install-deps: warning: systemctl disable $unit failed" >&2
+    done
+  done
+fi
 echo "install-deps: done"

@@ -1,17 +1,21 @@
 // The Kubernetes manifests (deploy/k8s) as kubectl renders them, per overlay: each lane its own
-// Deployment with its own autoscaler, the store a single replica with a volume, and every
-// setting the hub config relies on (its secrets' variables, its ports, its addresses) present in
-// the pods that need it and absent from those that do not. The ConfigMap's hub.yaml goes
-// through the real config loader.
+// Deployment whose replica count its autoscaler alone sets, the store a single replica with a
+// volume its retention cannot let fill, every setting the hub config relies on (its secrets'
+// variables, its ports, its addresses) present in the pods that need it and absent from those
+// that do not, the store's private key on no lane, and every container within the restricted
+// Pod Security Standard on a read-only root filesystem. The ConfigMap's hub.yaml goes through
+// the real config loader.
 #include <stdio.h>
 #include <sys/wait.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "adapters/registry.h"
 #include "common/config.h"
@@ -78,6 +82,33 @@ std::set<std::string> EnvNames(const YAML::Node& container) {
   return names;
 }
 
+// Every Deployment and StatefulSet of the render.
+std::vector<const YAML::Node*> Workloads(const Rendered& r) {
+  std::vector<const YAML::Node*> out;
+  for (const YAML::Node& d : r.docs) {
+    const std::string kind = d["kind"].as<std::string>();
+    if (kind == "Deployment" || kind == "StatefulSet") out.push_back(&d);
+  }
+  return out;
+}
+
+// A quantity in bytes, for the binary suffixes the manifests use ("10Gi"); -1 if unparsed.
+int64_t Bytes(const std::string& quantity) {
+  static const std::map<std::string, int64_t> kSuffixes = {
+      {"Ki", int64_t{1} << 10}, {"Mi", int64_t{1} << 20}, {"Gi", int64_t{1} << 30},
+      {"Ti", int64_t{1} << 40}};
+  for (const auto& [suffix, factor] : kSuffixes) {
+    if (quantity.size() > suffix.size() &&
+        quantity.compare(quantity.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      int64_t n;
+      if (absl::SimpleAtoi(quantity.substr(0, quantity.size() - suffix.size()), &n)) {
+        return n * factor;
+      }
+    }
+  }
+  return -1;
+}
+
 class ManifestsTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ManifestsTest, EachLaneScalesOnItsOwnAndTheStoreIsOneWriter) {
@@ -91,7 +122,6 @@ TEST_P(ManifestsTest, EachLaneScalesOnItsOwnAndTheStoreIsOneWriter) {
   for (const std::string lane : {"outbound-svc", "inbound-svc"}) {
     const YAML::Node* deployment = Find(r, "Deployment", lane);
     ASSERT_NE(deployment, nullptr) << lane;
-    EXPECT_EQ((*deployment)["spec"]["replicas"].as<int>(), lane_min) << lane;
     const YAML::Node* hpa = Find(r, "HorizontalPodAutoscaler", lane);
     ASSERT_NE(hpa, nullptr) << lane;
     EXPECT_EQ((*hpa)["spec"]["scaleTargetRef"]["kind"].as<std::string>(), "Deployment");
@@ -107,9 +137,23 @@ TEST_P(ManifestsTest, EachLaneScalesOnItsOwnAndTheStoreIsOneWriter) {
     EXPECT_EQ(
         (*Find(r, "HorizontalPodAutoscaler", "outbound-svc"))["spec"]["maxReplicas"].as<int>(), 10);
   }
+  // An autoscaler alone sets its target's count: a Deployment that also sets spec.replicas is
+  // reset to that number by every `kubectl apply`, undoing a scale-out in the middle of a burst.
+  int autoscaled = 0;
+  for (const YAML::Node& d : r.docs) {
+    if (d["kind"].as<std::string>() != "HorizontalPodAutoscaler") continue;
+    const YAML::Node target = d["spec"]["scaleTargetRef"];
+    const YAML::Node* workload =
+        Find(r, target["kind"].as<std::string>(), target["name"].as<std::string>());
+    ASSERT_NE(workload, nullptr) << d["metadata"]["name"] << " scales nothing that is rendered";
+    EXPECT_FALSE((*workload)["spec"]["replicas"].IsDefined())
+        << target["name"] << " sets spec.replicas, which its autoscaler owns";
+    ++autoscaled;
+  }
+  EXPECT_EQ(autoscaled, 2);
   const YAML::Node* store = Find(r, "StatefulSet", "replay-svc");
   ASSERT_NE(store, nullptr);
-  EXPECT_EQ((*store)["spec"]["replicas"].as<int>(), 1);  // one SQLite writer
+  EXPECT_EQ((*store)["spec"]["replicas"].as<int>(), 1);  // one SQLite writer, by design
   EXPECT_EQ((*store)["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].as<std::string>(),
             "data");
   EXPECT_EQ(Find(r, "HorizontalPodAutoscaler", "replay-svc"), nullptr);
@@ -189,13 +233,132 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   const YAML::Node outbound = Container(*Find(r, "Deployment", "outbound-svc"));
   EXPECT_EQ(outbound["ports"][0]["containerPort"].as<int>(), 9464);
   EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/metrics");
-  // The store's volume is bounded by retention.
-  EXPECT_GE(config->replay().retention().max_age_seconds(),
-            config->inbound().dedupe_window_seconds());
-  EXPECT_GT(config->replay().retention().max_age_seconds(), 0u);
+  // Retention by age keeps the lanes' idempotency window...
+  const ess::v1::ReplayRetention& retention = config->replay().retention();
+  EXPECT_GE(retention.max_age_seconds(), config->inbound().dedupe_window_seconds());
+  EXPECT_GT(retention.max_age_seconds(), 0u);
+  // ...but age alone does not bound the store's volume (a busy fortnight can hold any number of
+  // records): a count per partner and direction does. Sized as hub.yaml's comment states, at
+  // an assumed 2 KiB per record: every partner's two directions at the cap take at most half
+  // the volume, the rest being for what no cap evicts, the WAL and free pages.
+  constexpr int64_t kAssumedBytesPerRecord = 2048;
+  ASSERT_GT(retention.max_records_per_partner(), 0u) << "replay.retention has no count cap";
+  const YAML::Node* store = Find(r, "StatefulSet", "replay-svc");
+  ASSERT_NE(store, nullptr);
+  int64_t volume = -1;
+  for (const YAML::Node& claim : (*store)["spec"]["volumeClaimTemplates"]) {
+    if (claim["metadata"]["name"].as<std::string>() == "data") {
+      volume = Bytes(claim["spec"]["resources"]["requests"]["storage"].as<std::string>());
+    }
+  }
+  ASSERT_GT(volume, 0) << "the store's data volume and its size";
+  const int64_t capped = static_cast<int64_t>(config->partners_size()) * 2 *
+                         static_cast<int64_t>(retention.max_records_per_partner()) *
+                         kAssumedBytesPerRecord;
+  EXPECT_LE(capped, volume / 2) << config->partners_size() << " partners x 2 directions x "
+                                << retention.max_records_per_partner() << " records x "
+                                << kAssumedBytesPerRecord << " bytes against a volume of "
+                                << volume << " bytes";
+  // The store's files on its data volume (the only writable place besides /tmp; checked below).
+  EXPECT_EQ(config->replay().database_path(), "/var/lib/ess/replay.db");
   // TLS files where the config expects them.
   EXPECT_EQ(config->replay().tls().cert_file(), "/etc/ess/tls/tls.crt");
   EXPECT_EQ(config->replay().tls().ca_file(), "/etc/ess/tls/ca.crt");
+}
+
+// Each lane checks replay-svc's certificate against ca.crt of the Secret ess-replay-tls, which
+// also holds the store's tls.key: a lane's volume projects ca.crt alone, so the key is written to
+// no lane's node (a Secret volume without items puts every key of the Secret there).
+TEST_P(ManifestsTest, TheLanesGetOnlyTheStoresCaNotItsKey) {
+  Rendered r = Render(GetParam());
+  ASSERT_EQ(r.error, "");
+  int lanes = 0;
+  for (const YAML::Node* w : Workloads(r)) {
+    const std::string name = (*w)["metadata"]["name"].as<std::string>();
+    if (name == "replay-svc") continue;
+    ++lanes;
+    bool mounted = false;
+    for (const YAML::Node& v : (*w)["spec"]["template"]["spec"]["volumes"]) {
+      if (!v["secret"] || v["secret"]["secretName"].as<std::string>() != "ess-replay-tls") continue;
+      const YAML::Node items = v["secret"]["items"];
+      ASSERT_TRUE(items.IsDefined() && items.IsSequence())
+          << name << ": ess-replay-tls mounted without items";
+      ASSERT_EQ(items.size(), 1u) << name;
+      EXPECT_EQ(items[0]["key"].as<std::string>(), "ca.crt") << name;
+      EXPECT_EQ(items[0]["path"].as<std::string>(), "ca.crt") << name;
+      // Where the config's replay.tls.ca_file expects it.
+      for (const YAML::Node& m : Container(*w)["volumeMounts"]) {
+        if (m["name"].as<std::string>() != v["name"].as<std::string>()) continue;
+        mounted = true;
+        EXPECT_EQ(m["mountPath"].as<std::string>(), "/etc/ess/tls") << name;
+        EXPECT_FALSE(m["subPath"].IsDefined()) << name;
+      }
+    }
+    EXPECT_TRUE(mounted) << name << " mounts the store's CA";
+  }
+  EXPECT_EQ(lanes, 2);
+}
+
+// The restricted Pod Security Standard (non-root, no privilege escalation, every capability
+// dropped, the runtime's seccomp profile) for every container, on a read-only root filesystem;
+// what a service writes is on a writable volume: the store's SQLite files on its data volume,
+// SQLite's temporary files on /tmp.
+TEST_P(ManifestsTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
+  Rendered r = Render(GetParam());
+  ASSERT_EQ(r.error, "");
+  int containers = 0;
+  for (const YAML::Node* w : Workloads(r)) {
+    const YAML::Node pod = (*w)["spec"]["template"]["spec"];
+    const std::string name = (*w)["metadata"]["name"].as<std::string>();
+    EXPECT_TRUE(pod["securityContext"]["runAsNonRoot"].as<bool>(false)) << name;
+    EXPECT_FALSE(pod["hostNetwork"].as<bool>(false)) << name;
+    EXPECT_FALSE(pod["hostPID"].as<bool>(false)) << name;
+    for (const YAML::Node& v : pod["volumes"]) EXPECT_FALSE(v["hostPath"].IsDefined()) << name;
+    std::map<std::string, bool> volumes_writable;  // volume name -> may be written
+    for (const YAML::Node& v : pod["volumes"]) {
+      volumes_writable[v["name"].as<std::string>()] = !v["secret"] && !v["configMap"];
+    }
+    for (const YAML::Node& claim : (*w)["spec"]["volumeClaimTemplates"]) {
+      volumes_writable[claim["metadata"]["name"].as<std::string>()] = true;
+    }
+    for (const char* list : {"initContainers", "containers"}) {
+      for (const YAML::Node& c : pod[list]) {
+        ++containers;
+        const std::string where = absl::StrCat(name, "/", c["name"].as<std::string>());
+        const YAML::Node sc = c["securityContext"];
+        ASSERT_TRUE(sc.IsDefined() && sc.IsMap()) << where << " has no securityContext";
+        EXPECT_FALSE(sc["allowPrivilegeEscalation"].as<bool>(true)) << where;
+        EXPECT_FALSE(sc["privileged"].as<bool>(false)) << where;
+        EXPECT_TRUE(sc["readOnlyRootFilesystem"].as<bool>(false)) << where;
+        std::vector<std::string> dropped;
+        for (const YAML::Node& d : sc["capabilities"]["drop"]) dropped.push_back(d.as<std::string>());
+        EXPECT_THAT(dropped, Contains("ALL")) << where;
+        EXPECT_FALSE(sc["capabilities"]["add"].IsDefined()) << where;
+        const YAML::Node seccomp =
+            sc["seccompProfile"] ? sc["seccompProfile"] : pod["securityContext"]["seccompProfile"];
+        EXPECT_EQ(seccomp["type"].as<std::string>(""), "RuntimeDefault") << where;
+        if (sc["runAsNonRoot"]) {
+          EXPECT_TRUE(sc["runAsNonRoot"].as<bool>()) << where;
+        }
+        if (sc["runAsUser"]) {
+          EXPECT_NE(sc["runAsUser"].as<int>(), 0) << where;
+        }
+
+        std::set<std::string> writable;
+        for (const YAML::Node& m : c["volumeMounts"]) {
+          const std::string volume = m["name"].as<std::string>();
+          if (volumes_writable[volume] && !m["readOnly"].as<bool>(false)) {
+            writable.insert(m["mountPath"].as<std::string>());
+          }
+        }
+        if (name == "replay-svc") {
+          EXPECT_THAT(writable, Contains("/var/lib/ess")) << where << ": database_path's folder";
+          EXPECT_THAT(writable, Contains("/tmp")) << where << ": SQLite's temporary files";
+        }
+      }
+    }
+  }
+  EXPECT_EQ(containers, 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Overlays, ManifestsTest, ::testing::Values("dev", "prod"));
