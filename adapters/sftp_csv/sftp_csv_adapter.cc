@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -392,16 +392,18 @@ absl::StatusOr<std::vector<InboundEvent>> SftpCsvAdapter::Pull(const PullRequest
   auto on_record = [&](uint64_t line, std::span<const std::string> fields) {
     if (!fatal.ok()) return;
     if (!have_header) {
-      absl::flat_hash_set<std::string> seen;
-      for (const std::string& name : fields) {
-        if (name.empty()) {
+      // Columns are named by position: a file without a header row has data here, and the
+      // reason goes to logs and records, where a value (a name, a date of birth) must not.
+      absl::flat_hash_map<std::string_view, size_t> seen;  // name -> column, from 1
+      for (size_t i = 0; i < fields.size(); ++i) {
+        if (fields[i].empty()) {
           fatal = absl::InvalidArgumentError(
               absl::StrCat("line ", line, ": the header has an empty column name"));
           return;
         }
-        if (!seen.insert(name).second) {
-          fatal = absl::InvalidArgumentError(
-              absl::StrCat("line ", line, ": the header repeats column \"", name, "\""));
+        if (auto [it, inserted] = seen.try_emplace(fields[i], i + 1); !inserted) {
+          fatal = absl::InvalidArgumentError(absl::StrCat("line ", line, ": the header's column ",
+                                                          i + 1, " repeats column ", it->second));
           return;
         }
       }

@@ -360,7 +360,7 @@ TEST(SftpCsvAdapterTest, PullRejectsAnUnusableHeaderAndAcceptsAnEmptyFile) {
   EXPECT_EQ(a->Pull({.body = "correlation_id,,note\r\nx,y,z\r\n"}).status(),
             absl::InvalidArgumentError("line 1: the header has an empty column name"));
   EXPECT_EQ(a->Pull({.body = "a,b,a\r\n"}).status(),
-            absl::InvalidArgumentError("line 1: the header repeats column \"a\""));
+            absl::InvalidArgumentError("line 1: the header's column 3 repeats column 1"));
   EXPECT_EQ(a->Pull({.body = "\r\na,\"b\r\n"}).status(),
             absl::InvalidArgumentError(
                 "line 2: malformed header: quoted field not closed before the end of the file"));
