@@ -341,6 +341,17 @@ partners:
   std::unique_ptr<Process> replay_, outbound_, inbound_;
 };
 
+// A partner behind a circuit breaker, with retries that outlast the tests' outages.
+PartnerSpec BreakerPartner(const std::string& queue, const std::string& url) {
+  return {.name = "calendar",
+          .queue = queue,
+          .url = url,
+          .max_attempts = 50,
+          .initial_backoff_ms = 50,
+          .max_backoff_ms = 100,
+          .breaker = true};
+}
+
 std::vector<std::string> Ids(const std::string& prefix, int n) {
   std::vector<std::string> ids;
   for (int i = 0; i < n; ++i) ids.push_back(absl::StrCat(prefix, i));
@@ -759,13 +770,7 @@ TEST_F(FaultTest, CircuitBreakerPausesAFailingPartnerAndProbesUntilItRecovers) {
     std::move(r).Send({.status = 201, .body = "{}"});
   });
   const std::string queue = testing::UniqueName("breaker");
-  WriteConfig({{.name = "calendar",
-                .queue = queue,
-                .url = partner.url(),
-                .max_attempts = 50,
-                .initial_backoff_ms = 50,
-                .max_backoff_ms = 100,
-                .breaker = true}});
+  WriteConfig({BreakerPartner(queue, partner.url())});
   StartReplay();
   Publish(queue, Ids("CB-", 200));
   StartOutbound();
@@ -902,13 +907,7 @@ TEST_F(FaultTest, ALongPartnerOutageOnQuorumQueuesCostsEachMessageOneReturnNotOn
   });
   const std::string queue = testing::UniqueName("quorumbreaker");
   bus_extra_ = ", quorum_queues: true, delivery_limit: 3";
-  WriteConfig({{.name = "calendar",
-                .queue = queue,
-                .url = partner.url(),
-                .max_attempts = 50,
-                .initial_backoff_ms = 50,
-                .max_backoff_ms = 100,
-                .breaker = true}});
+  WriteConfig({BreakerPartner(queue, partner.url())});
   StartReplay();
   StartOutbound();
   ASSERT_TRUE(WaitFor(
