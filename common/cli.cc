@@ -47,17 +47,37 @@ bool OwnFlagFile(absl::string_view file) {
   std::exit(0);
 }
 
-// An unknown flag is a usage error: exit 2 naming it.
-void CheckKnownFlags(int argc, char** argv) {
+// An unknown flag, or a value its flag cannot take, is a usage error: exit 2 naming it
+// (Abseil's own parsing exits 1 on a bad value, which reads as a failure to scripts).
+void CheckFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--") break;
     if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
-    absl::string_view name = arg.substr(0, arg.find('='));
-    if (absl::FindCommandLineFlag(name) != nullptr) continue;
-    if (absl::ConsumePrefix(&name, "no") && absl::FindCommandLineFlag(name) != nullptr) continue;
-    std::cerr << "error: unknown flag --" << arg.substr(0, arg.find('=')) << " (see --help)\n";
-    std::exit(2);
+    const size_t eq = arg.find('=');
+    absl::string_view name = arg.substr(0, eq);
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) {
+      if (absl::ConsumePrefix(&name, "no") && absl::FindCommandLineFlag(name) != nullptr) continue;
+      std::cerr << "error: unknown flag --" << name << " (see --help)\n";
+      std::exit(2);
+    }
+    std::string value;
+    if (eq != absl::string_view::npos) {
+      value = std::string(arg.substr(eq + 1));
+    } else if (flag->IsOfType<bool>()) {
+      continue;
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      std::cerr << "error: --" << name << " needs a value (see --help)\n";
+      std::exit(2);
+    }
+    // Parsed here only to be checked; Abseil's parse below sets the same value.
+    if (std::string error; !flag->ParseFrom(value, &error)) {
+      std::cerr << "error: --" << name << " " << value << ": " << error << " (see --help)\n";
+      std::exit(2);
+    }
   }
 }
 
@@ -87,7 +107,7 @@ std::vector<std::string> Parse(int argc, char** argv, const std::string& usage) 
     if (arg == "--") break;
     if (arg == "--help" || arg == "-help" || arg == "-h") PrintHelp(usage);
   }
-  CheckKnownFlags(argc, argv);
+  CheckFlags(argc, argv);
   absl::FlagsUsageConfig usage_config;
   // --helpfull still lists everything; --helpshort lists this project's flags.
   usage_config.contains_help_flags = OwnFlagFile;

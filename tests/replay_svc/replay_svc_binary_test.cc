@@ -314,6 +314,13 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
 
   ToolResult bad_status = RunEssctl({"list", "--status", "lost"});
   EXPECT_EQ(bad_status.exit_code, 2);
+  // A value a flag cannot take is a usage error too, named (Abseil alone exits 1).
+  ToolResult bad_time = RunEssctl({"--since", "yesterday", "list"});
+  EXPECT_EQ(bad_time.exit_code, 2) << bad_time.err;
+  EXPECT_THAT(bad_time.err, HasSubstr("error: --since yesterday: "));
+  ToolResult bad_wait = RunEssctl({"replay", "--wait=60", "--partner", "prison"});
+  EXPECT_EQ(bad_wait.exit_code, 2) << bad_wait.err;
+  EXPECT_THAT(bad_wait.err, HasSubstr("error: --wait 60: "));
 
   // An idle client answers the server's shutdown GOAWAY/ping only at its next backup poll (up
   // to 5 s), which the server's graceful shutdown waits for; close it first to stay quick.
