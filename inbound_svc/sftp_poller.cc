@@ -372,9 +372,15 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
   const CsvRows rows(file.data);
   if (!events.ok()) {
     if (!absl::IsInvalidArgument(events.status())) return events.status();
-    // The header row is unusable, so no row can be read: the header row is parked.
-    const uint64_t line = rows.starts().empty() ? 1 : rows.starts().front();
-    errors = {{.line = line, .message = std::string(events.status().message())}};
+    // The header row is unusable, so no row can be read: every row is parked, the header row
+    // with the reason, each data row with the header's, so that none is only in the moved file.
+    const uint64_t header = rows.starts().empty() ? 1 : rows.starts().front();
+    errors = {{.line = header, .message = std::string(events.status().message())}};
+    for (size_t i = 1; i < rows.starts().size(); ++i) {
+      errors.push_back({.line = rows.starts()[i],
+                        .message = absl::StrCat("the header row (line ", header,
+                                                ") is unusable: ", events.status().message())});
+    }
     events = std::vector<adapters::InboundEvent>();
   }
   // Pull keeps the rows' order: the events come from the records after the header that it did

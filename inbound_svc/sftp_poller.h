@@ -31,8 +31,9 @@
 //     stays for the next tick, to be read again whole; else it is renamed to
 //     PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is taken; when that is
 //     taken too, the same bytes are already there and the file is removed.
-// A file whose header row is unusable yields no event: its header row is parked (one message,
-// the reason from Pull) and the file is moved like any other.
+// A file whose header row is unusable yields no event: its header row is parked (the reason from
+// Pull), and so is each data row (the reason: "the header row (line 1) is unusable: ..."), each
+// recorded DEAD as any bad row; then the file is moved like any other.
 //
 // Audit (when an enabled AuditSink is given): one SyncAudit per row of a file, emitted in step 5
 // once the marker is recorded: INBOUND, the partner, attempt 1, started_at when the file was

@@ -600,18 +600,31 @@ TEST_F(SftpPollTest, MalformedRowsAreParkedWithFileAndLineAndTheOthersGoThrough)
   EXPECT_TRUE(inbound_->WaitForLog("events=3 parked=2")) << inbound_->Log();
 }
 
+// No row of a file with an unusable header can be read: each is parked and recorded, the header
+// row with the reason, the data rows with the header's, so none is only in the moved file.
 TEST_F(SftpPollTest, AFileWithAnUnusableHeaderIsParkedWholeAndMoved) {
   ASSERT_NO_FATAL_FAILURE(StartHub());
   const std::string name = "no_header.csv";
-  const std::string csv = "visit_id,visit_id\r\nVIS-1,confirmed\r\n";
+  const std::string csv = "visit_id,visit_id\r\nVIS-1,confirmed\r\nVIS-2,cancelled\r\n";
   Drop(drop_, name, csv);
   ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
-  std::vector<amqp::Delivery> parked = Take(ParkedQueue(), 1);
-  ASSERT_EQ(parked.size(), 1u);
-  EXPECT_EQ(parked[0].message.body, "visit_id,visit_id");
-  EXPECT_EQ(Header(parked[0].message, "x-ess-line"), "1");
-  EXPECT_THAT(Header(parked[0].message, "x-ess-reason"), HasSubstr("repeats column"));
+  std::vector<amqp::Delivery> parked = Take(ParkedQueue(), 3);
+  ASSERT_EQ(parked.size(), 3u);
+  std::map<std::string, std::pair<std::string, std::string>> by_line;  // line -> body, reason
+  for (const amqp::Delivery& d : parked) {
+    by_line[Header(d.message, "x-ess-line")] = {d.message.body, Header(d.message, "x-ess-reason")};
+  }
+  const std::string reason = "line 1: the header's column 2 repeats column 1";
+  EXPECT_EQ(by_line["1"], std::make_pair(std::string("visit_id,visit_id"), reason));
+  EXPECT_EQ(by_line["2"], std::make_pair(std::string("VIS-1,confirmed"),
+                                         "the header row (line 1) is unusable: " + reason));
+  EXPECT_EQ(by_line["3"], std::make_pair(std::string("VIS-2,cancelled"),
+                                         "the header row (line 1) is unusable: " + reason));
   EXPECT_EQ(Depth(subscriber_), 0u);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), 3u);
+  auto marker = Record(absl::StrCat("file:", name, ":", Sha16(csv)));
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(marker->rendered(), "0 events, 3 parked");
 }
 
 TEST_F(SftpPollTest, TheSameFileDroppedAgainIsMovedWithoutPublishing) {
