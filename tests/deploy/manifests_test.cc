@@ -94,9 +94,10 @@ std::vector<const YAML::Node*> Workloads(const Rendered& r) {
 
 // A quantity in bytes, for the binary suffixes the manifests use ("10Gi"); -1 if unparsed.
 int64_t Bytes(const std::string& quantity) {
-  static const std::map<std::string, int64_t> kSuffixes = {
-      {"Ki", int64_t{1} << 10}, {"Mi", int64_t{1} << 20}, {"Gi", int64_t{1} << 30},
-      {"Ti", int64_t{1} << 40}};
+  static const std::map<std::string, int64_t> kSuffixes = {{"Ki", int64_t{1} << 10},
+                                                           {"Mi", int64_t{1} << 20},
+                                                           {"Gi", int64_t{1} << 30},
+                                                           {"Ti", int64_t{1} << 40}};
   for (const auto& [suffix, factor] : kSuffixes) {
     if (quantity.size() > suffix.size() &&
         quantity.compare(quantity.size() - suffix.size(), suffix.size(), suffix) == 0) {
@@ -257,8 +258,8 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
                          kAssumedBytesPerRecord;
   EXPECT_LE(capped, volume / 2) << config->partners_size() << " partners x 2 directions x "
                                 << retention.max_records_per_partner() << " records x "
-                                << kAssumedBytesPerRecord << " bytes against a volume of "
-                                << volume << " bytes";
+                                << kAssumedBytesPerRecord << " bytes against a volume of " << volume
+                                << " bytes";
   // The store's files on its data volume (the only writable place besides /tmp; checked below).
   EXPECT_EQ(config->replay().database_path(), "/var/lib/ess/replay.db");
   // TLS files where the config expects them.
@@ -331,7 +332,8 @@ TEST_P(ManifestsTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
         EXPECT_FALSE(sc["privileged"].as<bool>(false)) << where;
         EXPECT_TRUE(sc["readOnlyRootFilesystem"].as<bool>(false)) << where;
         std::vector<std::string> dropped;
-        for (const YAML::Node& d : sc["capabilities"]["drop"]) dropped.push_back(d.as<std::string>());
+        for (const YAML::Node& d : sc["capabilities"]["drop"])
+          dropped.push_back(d.as<std::string>());
         EXPECT_THAT(dropped, Contains("ALL")) << where;
         EXPECT_FALSE(sc["capabilities"]["add"].IsDefined()) << where;
         const YAML::Node seccomp =
