@@ -435,9 +435,6 @@ struct ReplayRecorder::Impl {
     claims.AwaitStopped();
   }
 
-  // The most keys ReplayService takes in one Lookup call (see replay.proto).
-  static constexpr size_t kMaxLookupKeys = 10'000;
-
   const Options options;
   // Declared before the batchers, which use it until they are destroyed.
   const std::unique_ptr<Stub> stub;

@@ -32,6 +32,9 @@
 
 namespace ess {
 
+// The most keys ReplayService takes in one Lookup (or claims in one Claim) call (replay.proto).
+inline constexpr size_t kMaxLookupKeys = 10'000;
+
 // How a client dials ReplayService (PEM text). Without a CA: plaintext.
 struct ReplayTls {
   // The store's certificate is checked against these CA certificates.

@@ -266,8 +266,7 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
   absl::StatusOr<std::string> data =
       client.Download(JoinPath(options_.remote_dir, name), options_.max_file_bytes);
   if (!data.ok()) return data.status();
-  if (data->size() != stat.size) {
-    watched_.erase(name);  // it must settle again
+  if (data->size() != stat.size) {  // the next stat differs, so it must settle again
     return absl::UnavailableError(absl::StrCat(name, " changed while it was read (", stat.size,
                                                " bytes settled, ", data->size(), " read)"));
   }
@@ -526,7 +525,6 @@ absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, cons
   // Written to since it settled: what was read is settled (its marker is stored), and the file
   // stays, to be read again whole once it settles anew (its new bytes get a marker of their own).
   if (absl::StatusOr<SftpClient::FileStat> now = client.Stat(from); now.ok() && *now != file.stat) {
-    watched_.erase(file.name);
     return absl::UnavailableError(absl::StrCat(file.name, " changed after it was read (",
                                                file.stat.size, " bytes then, ", now->size,
                                                " now); left in place to be read again"));

@@ -383,11 +383,11 @@ void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
 
 // --- outcomes --------------------------------------------------------------------------------
 
-Lane::BreakerChange Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
+bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
   const auto& cfg = p.partner.route.circuit_breaker();
   absl::MutexLock lock(&p.mu);
   --p.in_flight;
-  if (!counts) return BreakerChange::kNone;
+  if (!counts) return false;
   using B = PartnerState::Breaker;
   if (p.breaker == B::kHalfOpen && p.probing) {
     p.probing = false;
@@ -396,7 +396,7 @@ Lane::BreakerChange Lane::NoteOutcome(PartnerState& p, bool failed, bool counts)
       p.breaker = B::kOpen;
       p.probe_at = absl::Now() + p.open_for;
       consumer_->Pause(p.partner.route.queue());
-      return BreakerChange::kOpened;
+      return true;
     }
     p.breaker = B::kClosed;
     p.open_for = absl::Milliseconds(cfg.open_ms());
@@ -406,9 +406,9 @@ Lane::BreakerChange Lane::NoteOutcome(PartnerState& p, bool failed, bool counts)
     // breaker's consumption, so that the consumer's last wish is the breaker's last state.)
     if (!store_paused_.load() && !draining_.load()) consumer_->Resume(p.partner.route.queue());
     log::Info("", "circuit closed: partner recovered", {{"partner", p.partner.name}});
-    return BreakerChange::kClosed;
+    return false;
   }
-  if (cfg.disabled() || p.breaker != B::kClosed) return BreakerChange::kNone;
+  if (cfg.disabled() || p.breaker != B::kClosed) return false;
   p.outcomes.push_back(failed);
   p.failures += failed ? 1 : 0;
   if (p.outcomes.size() > cfg.window()) {
@@ -417,12 +417,12 @@ Lane::BreakerChange Lane::NoteOutcome(PartnerState& p, bool failed, bool counts)
   }
   if (p.outcomes.size() < cfg.window() ||
       p.failures * 100 < cfg.failure_rate_percent() * p.outcomes.size()) {
-    return BreakerChange::kNone;
+    return false;
   }
   p.breaker = B::kOpen;
   p.probe_at = absl::Now() + p.open_for;
   consumer_->Pause(p.partner.route.queue());
-  return BreakerChange::kOpened;
+  return true;
 }
 
 void Lane::OpenBreaker(PartnerState& p) {
@@ -440,9 +440,7 @@ void Lane::OpenBreaker(PartnerState& p) {
 void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResult result) {
   const bool retryable = !result.status.ok() && adapters::IsRetryable(result.status);
   // A dry run frees its slot too, but says nothing about the partner's health.
-  if (NoteOutcome(p, retryable, /*counts=*/!result.dry_run) == BreakerChange::kOpened) {
-    OpenBreaker(p);
-  }
+  if (NoteOutcome(p, retryable, /*counts=*/!result.dry_run)) OpenBreaker(p);
   Pump(p);  // the slot this push held is free
 
   const std::string& partner = p.partner.name;

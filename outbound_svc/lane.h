@@ -150,9 +150,8 @@ class Lane {
   void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
              const absl::Status& error);
   // Frees the push's slot and, when the outcome `counts` (not a dry run), keeps the breaker's
-  // books; says whether the breaker just opened or closed.
-  enum class BreakerChange { kNone, kOpened, kClosed };
-  BreakerChange NoteOutcome(PartnerState& p, bool failed, bool counts);
+  // books; true if the breaker just opened.
+  bool NoteOutcome(PartnerState& p, bool failed, bool counts);
   void OpenBreaker(PartnerState& p);
   void PauseForStore(const absl::Status& why);
   void Supervise();

@@ -10,11 +10,13 @@
 // type; the message_id is --message_id, or none (an event's id names the visit, not one message
 // about it: two updates of VIS-77 are two messages, which the outbound lane then knows by
 // "ID:HASH" of their content). Persistent, mandatory, and exits 0 only once the broker confirmed
-// it. A missing --queue is declared durable first (an existing one is used as it is). subscribe:
-// binds a private (exclusive, auto-delete) queue to the fanout exchange (declared if missing),
-// prints "subscribed ..." on stderr once bound, then one line per message on stdout:
+// it. A missing --queue is declared durable first (an existing one is used as it is).
+//
+// subscribe: binds a private (exclusive, auto-delete) queue to the fanout exchange (declared if
+// missing), prints "subscribed ..." on stderr once bound, then one line per message on stdout:
 // `type=SlotConfirmed cid=VIS-77 body={...}`. Exits 0 after --count messages, 1 if
 // --timeout_s passes first (with --count 0 it runs until the timeout, then exits 0).
+//
 // depth: prints the number of ready messages of a queue.
 //
 // Without --amqp the broker is $ESS_AMQP_HOST:$ESS_AMQP_PORT (as written by

@@ -365,11 +365,13 @@ struct Settled {
 absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
                                         const std::map<std::string, std::set<std::string>>& keys,
                                         absl::Duration wait) {
-  constexpr int kKeysPerCall = 10000;  // ReplayService's Lookup limit
   std::vector<ess::v1::LookupRequest> requests;
   for (const auto& [partner, ids] : keys) {
     for (const std::string& id : ids) {
-      if (requests.empty() || requests.back().keys_size() == kKeysPerCall) requests.emplace_back();
+      if (requests.empty() ||
+          static_cast<size_t>(requests.back().keys_size()) == ess::kMaxLookupKeys) {
+        requests.emplace_back();
+      }
       ess::v1::RecordKey* key = requests.back().add_keys();
       key->set_direction(ess::v1::DIRECTION_OUTBOUND);
       key->set_partner(partner);
