@@ -10,7 +10,9 @@
 #  * its host key, the client key pair, sshd_config, authorized_keys, known_hosts, pid file and
 #    log are generated under DIR at the first start (throwaway ed25519 keys, never committed);
 #  * public-key login only, for the current user (root: PermitRootLogin prohibit-password);
-#  * SFTP through internal-sftp; uploads go to DIR/sftp-root (an absolute path: no chroot).
+#  * SFTP through internal-sftp; uploads go to DIR/sftp-root (an absolute path: no chroot);
+#  * ESS_SSHD_SFTP_SUBSYSTEM, if set when it starts, is the SFTP subsystem's command instead
+#    (the fault tests' relay, tests/fault/sftp_fault_relay.cc).
 #
 # DIR/env holds shell exports for clients and tests:
 #   ESS_SFTP_HOST ESS_SFTP_PORT ESS_SFTP_USER ESS_SFTP_KEY ESS_SFTP_PUBKEY
@@ -95,7 +97,7 @@ X11Forwarding no
 PermitTTY no
 PrintMotd no
 LogLevel INFO
-Subsystem sftp internal-sftp
+Subsystem sftp ${ESS_SSHD_SFTP_SUBSYSTEM:-internal-sftp}
 EOF
   # known_hosts for [127.0.0.1]:PORT (the form ssh and libssh2 look up for a non-22 port).
   printf '[127.0.0.1]:%s %s\n' "$PORT" "$(cut -d' ' -f1,2 "$HOST_KEY.pub")" >"$KNOWN_HOSTS"

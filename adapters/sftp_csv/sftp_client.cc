@@ -80,6 +80,7 @@ struct SftpClient::Transfer {
   std::string* sink = nullptr;
   size_t max_bytes = 0;
   bool too_large = false;  // set when the transfer was cut at max_bytes
+  bool sent_all = false;   // uploads: every byte was handed to libcurl
 };
 
 SftpClient::SftpClient(Options options, const absl::Notification* cancel)
@@ -178,16 +179,35 @@ absl::Status SftpClient::Perform(Transfer& t) {
   }
   if (t.dirlistonly) curl_easy_setopt(c, CURLOPT_DIRLISTONLY, 1L);
   if (t.filetime) curl_easy_setopt(c, CURLOPT_FILETIME, 1L);
-  if (cancel_ != nullptr) {
-    curl_xferinfo_callback cancelled = [](void* arg, curl_off_t, curl_off_t, curl_off_t,
-                                          curl_off_t) -> int {
-      return static_cast<const absl::Notification*>(arg)->HasBeenNotified() ? 1 : 0;
-    };
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, cancelled);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, cancel_);
-  }
+  // libcurl calls this at least about once a second in every step of the call (connecting,
+  // SFTP requests, the transfer, the rename after it): it stops the call when asked to, and when
+  // no byte moved for stall_timeout. libcurl's own low-speed limit only watches the transfer.
+  struct Progress {
+    const absl::Notification* cancel;
+    absl::Duration stall_timeout;
+    curl_off_t moved = 0;
+    absl::Time since = absl::Now();
+    bool stalled = false;
+  } progress{.cancel = cancel_, .stall_timeout = options_.stall_timeout};
+  curl_xferinfo_callback watch = [](void* arg, curl_off_t, curl_off_t dlnow, curl_off_t,
+                                    curl_off_t ulnow) -> int {
+    auto* p = static_cast<Progress*>(arg);
+    if (p->cancel != nullptr && p->cancel->HasBeenNotified()) return 1;
+    const absl::Time now = absl::Now();
+    if (dlnow + ulnow != p->moved) {
+      p->moved = dlnow + ulnow;
+      p->since = now;
+    } else if (now - p->since >= p->stall_timeout) {
+      p->stalled = true;
+      return 1;
+    }
+    return 0;
+  };
+  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, watch);
+  curl_easy_setopt(c, CURLOPT_XFERINFODATA, &progress);
   t.code = curl_easy_perform(c);
+  t.sent_all = t.upload && t.offset == t.data.size();
   if (t.code == CURLE_OK && t.filetime) {
     curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t.size);
     curl_easy_getinfo(c, CURLINFO_FILETIME_T, &t.mtime);
@@ -197,7 +217,20 @@ absl::Status SftpClient::Perform(Transfer& t) {
   curl_easy_setopt(c, CURLOPT_POSTQUOTE, nullptr);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
   curl_easy_setopt(c, CURLOPT_SSH_KEYDATA, nullptr);
+  curl_easy_setopt(c, CURLOPT_XFERINFODATA, nullptr);
   if (t.code == CURLE_OK) return absl::OkStatus();
+  // A refusal of the server's leaves a sound connection; anything else may leave one in the
+  // middle of an exchange (libcurl keeps a connection a callback stopped), so the next call
+  // starts on a new one.
+  if (t.code != CURLE_QUOTE_ERROR && t.code != CURLE_REMOTE_FILE_NOT_FOUND) {
+    curl_easy_cleanup(c);
+    curl_ = nullptr;
+  }
+  if (progress.stalled) {
+    return absl::DeadlineExceededError(absl::StrCat("sftp ", t.what, " on ", options_.host, ":",
+                                                    options_.port, ": stalled, no byte moved for ",
+                                                    absl::FormatDuration(options_.stall_timeout)));
+  }
 
   std::string msg = absl::StrCat("sftp ", t.what, " on ", options_.host, ":", options_.port, ": ",
                                  error[0] != '\0' ? error : curl_easy_strerror(t.code));
@@ -265,19 +298,41 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
              .data = data,
              .postquote = {absl::StrCat("rename ", QuotePath(part), " ", QuotePath(final_path))}};
   absl::Status s = Perform(t);
-  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
-  // The upload went through but the rename did not. Either the file appeared meanwhile (the
-  // rename never overwrites), or the server failed; either way the part file goes.
-  absl::StatusOr<bool> there = Exists(final_path);
-  Transfer cleanup{.what = absl::StrCat("removal of ", part),
-                   .url = Url(JoinPath(dir, "")),
-                   .nobody = true,
-                   .quote = {absl::StrCat("*rm ", QuotePath(part))}};
-  (void)Perform(cleanup);
-  if (there.ok() && *there) {
-    return absl::AlreadyExistsError(absl::StrCat(final_path, " already exists"));
+  if (s.ok()) return s;
+  auto remove_part = [&] {
+    Transfer cleanup{.what = absl::StrCat("removal of ", part),
+                     .url = Url(JoinPath(dir, "")),
+                     .nobody = true,
+                     .quote = {absl::StrCat("*rm ", QuotePath(part))}};
+    (void)Perform(cleanup);
+  };
+  if (t.code == CURLE_QUOTE_ERROR) {
+    // The upload went through but the server refused the rename. Either the file appeared
+    // meanwhile (the rename never overwrites), or the server failed; either way the part goes.
+    absl::StatusOr<bool> there = Exists(final_path);
+    remove_part();
+    if (there.ok() && *there) {
+      return absl::AlreadyExistsError(absl::StrCat(final_path, " already exists"));
+    }
+    return absl::UnavailableError(absl::StrCat(s.message(), " (renaming ", part, ")"));
   }
-  return absl::UnavailableError(absl::StrCat(s.message(), " (renaming ", part, ")"));
+  if (!t.sent_all || absl::IsCancelled(s) || absl::IsPermissionDenied(s) ||
+      absl::IsUnauthenticated(s) || absl::IsInvalidArgument(s)) {
+    return s;
+  }
+  // Every byte was sent and then the connection failed or stalled: the server may have renamed
+  // the part file without the answer reaching us. Look again, on a new connection (libcurl drops
+  // a failed one): NAME there and the part file gone is that rename, so the upload is done.
+  // Without this the caller would retry, and a batch retried under another name would reach the
+  // partner twice.
+  absl::StatusOr<bool> there = Exists(final_path);
+  if (!there.ok()) return s;
+  absl::StatusOr<bool> part_there = *there ? Exists(part) : absl::StatusOr<bool>(true);
+  if (!part_there.ok()) return s;
+  if (*there && !*part_there) return absl::OkStatus();
+  remove_part();
+  if (*there) return absl::AlreadyExistsError(absl::StrCat(final_path, " already exists"));
+  return s;
 }
 
 absl::StatusOr<std::vector<std::string>> SftpClient::List(std::string_view dir, size_t max_bytes) {

@@ -14,14 +14,18 @@
 //  * the server's host key must be in known_hosts: unknown and mismatched keys are rejected
 //    before anything is sent (no trust on first use);
 //  * public-key authentication only;
-//  * every call has a deadline (`timeout`, connecting included) and is bounded in time;
+//  * every call is bounded in time: it fails when no byte moved for `stall_timeout` (a server
+//    or link that stopped answering, at any step of the call) and, however slowly bytes still
+//    move, after `timeout` in all (connecting included);
 //  * UploadAtomically writes DIR/.NAME.part and renames it to DIR/NAME in the same session, so a
-//    reader of DIR never sees a partial NAME; an existing NAME is never overwritten.
+//    reader of DIR never sees a partial NAME; an existing NAME is never overwritten. When the
+//    connection fails after the whole file was sent, the rename may have happened unheard: the
+//    client looks again on a new connection, and NAME there with the part file gone is success.
 //
 // Status codes (what they mean for a caller that retries):
 //   UNAVAILABLE         the server cannot be reached or failed the transfer, the remote folder is
 //                       missing, the rename failed (retryable)
-//   DEADLINE_EXCEEDED   the deadline passed (retryable)
+//   DEADLINE_EXCEEDED   the call stalled for stall_timeout, or ran out of timeout (retryable)
 //   PERMISSION_DENIED   the host key is unknown or does not match known_hosts, or the server
 //                       refused access to the path (permanent: configuration)
 //   UNAUTHENTICATED     the server refused the key (permanent: configuration)
@@ -62,7 +66,12 @@ class SftpClient {
     // Passphrase of the private key; none when empty.
     std::string passphrase;
     std::string known_hosts_file;
-    absl::Duration timeout = absl::Seconds(30);
+    // The longest a call may take in all, and the longest it may go without moving a byte of a
+    // file or listing (checked about once a second). Bytes count as a whole SFTP data packet
+    // (~30 KB) arrives, so on a link slower than 30 KB per stall_timeout a moving transfer
+    // looks stalled.
+    absl::Duration timeout = absl::Minutes(10);
+    absl::Duration stall_timeout = absl::Seconds(30);
     absl::Duration connect_timeout = absl::Seconds(5);
   };
 
@@ -87,7 +96,8 @@ class SftpClient {
   absl::StatusOr<FileStat> Stat(std::string_view path);
 
   // Uploads `data` as DIR/NAME through DIR/.NAME.part (see the file comment). `dir` is absolute;
-  // `name` has no '/'. On a failed rename the part file is removed (best effort).
+  // `name` has no '/'. On a failed rename the part file is removed (best effort), and so it is
+  // when the connection failed and NAME is not there.
   absl::Status UploadAtomically(std::string_view dir, std::string_view name, std::string_view data);
 
   // The names in the absolute folder `dir`, in the server's order, without "." and "..";

@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
       .public_key_file = s.public_key_file(),
       .passphrase = std::move(passphrase),
       .known_hosts_file = s.known_hosts_file(),
-      .timeout = absl::Milliseconds(s.timeout_ms() ? s.timeout_ms() : 30000),
+      .timeout = absl::Milliseconds(s.timeout_ms() ? s.timeout_ms() : 600000),
+      .stall_timeout = absl::Milliseconds(s.stall_timeout_ms() ? s.stall_timeout_ms() : 30000),
       .connect_timeout = absl::Milliseconds(s.connect_timeout_ms() ? s.connect_timeout_ms() : 5000),
   };
   return a;

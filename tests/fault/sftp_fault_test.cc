@@ -1,0 +1,289 @@
+// SFTP faults on a real OpenSSH server: a private sshd of this test (scripts/sshd.sh in a
+// temporary folder) whose SFTP subsystem is sftp_fault_relay, which runs OpenSSH's sftp-server
+// and injects the fault its mode file names (a server that stops answering at one request, an
+// answer lost after the server acted, a slow link). Each test writes the mode, then connects.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "adapters/sftp_csv/sftp_client.h"
+#include "adapters/sftp_csv/sftp_csv_adapter.h"
+#include "tests/integration/harness.h"
+
+namespace ess::adapters::sftp_csv {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// SFTP packet types (draft-ietf-secsh-filexfer-02, version 3).
+constexpr int kOpen = 3, kRead = 5, kWrite = 6, kStat = 17, kRename = 18;
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void WriteFile(const fs::path& p, const std::string& data) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+// Bytes that compress badly and differ at every offset.
+std::string Bytes(size_t n) {
+  std::string s(n, '\0');
+  uint32_t x = 2463534242u;
+  for (char& c : s) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    c = static_cast<char>(x);
+  }
+  return s;
+}
+
+class SftpFaultTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    stack_ = new testing::TempDir();
+    mode_file_ = stack_->File("mode");
+    WriteFile(mode_file_, "pass\n");
+    const std::string relay =
+        (fs::read_symlink("/proc/self/exe").parent_path() / "sftp_fault_relay").string();
+    ASSERT_TRUE(fs::exists(relay)) << relay;
+    setenv("ESS_SSHD_SFTP_SUBSYSTEM", absl::StrCat(relay, " ", mode_file_).c_str(), 1);
+    testing::ToolRun run = testing::RunTool(
+        {"/bin/bash", absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/sshd.sh"),
+         "start", stack_->File("sshd")},
+        stack_->File("sshd-start.log"));
+    unsetenv("ESS_SSHD_SFTP_SUBSYSTEM");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    // DIR/env: "export NAME=VALUE" lines.
+    for (absl::string_view line : absl::StrSplit(ReadFile(stack_->File("sshd/env")), '\n')) {
+      if (!absl::ConsumePrefix(&line, "export ")) continue;
+      std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
+      env_[kv.first] = kv.second;
+    }
+  }
+
+  static void TearDownTestSuite() {
+    testing::ToolRun run = testing::RunTool(
+        {"/bin/bash", absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/sshd.sh"),
+         "stop", stack_->File("sshd")},
+        stack_->File("sshd-stop.log"));
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    delete stack_;
+    stack_ = nullptr;
+  }
+
+  void SetUp() override {
+    ASSERT_FALSE(env_["ESS_SFTP_ROOT"].empty()) << "the test's sshd did not start";
+    dir_ = fs::path(env_["ESS_SFTP_ROOT"]) /
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    SetMode("pass");
+  }
+
+  // The fault of every SFTP session from now on (sftp_fault_relay.cc lists the modes).
+  static void SetMode(const std::string& mode) { WriteFile(mode_file_, mode + "\n"); }
+
+  static SftpClient::Options Options() {
+    return {.host = env_["ESS_SFTP_HOST"],
+            .port = static_cast<uint32_t>(std::stoul(env_["ESS_SFTP_PORT"])),
+            .user = env_["ESS_SFTP_USER"],
+            .private_key_file = env_["ESS_SFTP_KEY"],
+            .known_hosts_file = env_["ESS_SFTP_KNOWN_HOSTS"],
+            .timeout = absl::Seconds(120),
+            .stall_timeout = absl::Seconds(1)};
+  }
+
+  std::vector<std::string> Files() const {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  static testing::TempDir* stack_;
+  static std::string mode_file_;
+  static std::map<std::string, std::string> env_;
+  fs::path dir_;
+};
+
+testing::TempDir* SftpFaultTest::stack_ = nullptr;
+std::string SftpFaultTest::mode_file_;
+std::map<std::string, std::string> SftpFaultTest::env_;
+
+TEST_F(SftpFaultTest, TheRelayPassesEverythingWhenNoFaultIsSet) {
+  const std::string data = Bytes(300 << 10);
+  WriteFile(dir_ / "in.bin", data);
+  SftpClient client(Options());
+  absl::StatusOr<std::string> got = client.Download((dir_ / "in.bin").string(), 1 << 20);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, data);
+  ASSERT_TRUE(client.UploadAtomically(dir_.string(), "out.bin", data).ok());
+  EXPECT_EQ(ReadFile(dir_ / "out.bin"), data);
+}
+
+// The whole-call deadline is two minutes: the stall timeout (1 s) is what ends these calls, and
+// the message says so ("stalled"), where a whole-call deadline would say "timed out".
+TEST_F(SftpFaultTest, ADownloadTheServerStopsAnsweringFailsAsStalled) {
+  WriteFile(dir_ / "in.bin", Bytes(100 << 10));
+  SetMode(absl::StrCat("stall_at ", kRead));
+  SftpClient client(Options());
+  absl::StatusOr<std::string> got = client.Download((dir_ / "in.bin").string(), 1 << 20);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  EXPECT_THAT(got.status().message(), HasSubstr("stalled, no byte moved for 1s"));
+  EXPECT_THAT(got.status().message(), HasSubstr("download of " + (dir_ / "in.bin").string()));
+
+  // The same client works again once the server does (a new connection).
+  SetMode("pass");
+  got = client.Download((dir_ / "in.bin").string(), 1 << 20);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->size(), size_t{100} << 10);
+}
+
+// Steps that move no byte of the file (opening it, a stat) are watched too.
+TEST_F(SftpFaultTest, AStallBeforeAnyByteOfTheFileIsCaughtToo) {
+  WriteFile(dir_ / "in.bin", "x");
+  SetMode(absl::StrCat("stall_at ", kOpen));
+  SftpClient downloader(Options());
+  absl::StatusOr<std::string> got = downloader.Download((dir_ / "in.bin").string(), 1 << 20);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  EXPECT_THAT(got.status().message(), HasSubstr("stalled"));
+
+  SetMode(absl::StrCat("stall_at ", kStat));
+  SftpClient stater(Options());
+  absl::StatusOr<SftpClient::FileStat> stat = stater.Stat((dir_ / "in.bin").string());
+  EXPECT_EQ(stat.status().code(), absl::StatusCode::kDeadlineExceeded) << stat.status();
+  EXPECT_THAT(stat.status().message(), HasSubstr("stalled"));
+}
+
+TEST_F(SftpFaultTest, ASlowLinkThatStillMovesIsNotAStall) {
+  // 600 KiB at 100 KiB/s: three times the stall timeout. The client sees bytes arrive a whole
+  // SFTP data packet (~30 KB) at a time, every ~0.3 s here.
+  const std::string data = Bytes(600 << 10);
+  WriteFile(dir_ / "in.bin", data);
+  SetMode(absl::StrCat("throttle ", 100 << 10));
+  SftpClient::Options options = Options();
+  options.stall_timeout = absl::Seconds(2);
+  SftpClient client(options);
+  absl::StatusOr<std::string> got = client.Download((dir_ / "in.bin").string(), 1 << 20);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, data);
+}
+
+TEST_F(SftpFaultTest, TheWholeCallDeadlineStillBoundsASlowLink) {
+  WriteFile(dir_ / "in.bin", Bytes(300 << 10));
+  SetMode(absl::StrCat("throttle ", 50 << 10));
+  SftpClient::Options options = Options();
+  options.timeout = absl::Seconds(2);
+  options.stall_timeout = absl::Seconds(60);
+  SftpClient client(options);
+  absl::StatusOr<std::string> got = client.Download((dir_ / "in.bin").string(), 1 << 20);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDeadlineExceeded) << got.status();
+  EXPECT_THAT(std::string(got.status().message()), Not(HasSubstr("stalled")));
+}
+
+TEST_F(SftpFaultTest, AnUploadWhoseRenameAnswerIsLostIsDoneOnce) {
+  const std::string data = Bytes(50 << 10);
+  SetMode(absl::StrCat("drop_reply ", kRename));
+  SftpClient client(Options());
+  absl::Status s = client.UploadAtomically(dir_.string(), "visits.csv", data);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_THAT(Files(), ::testing::ElementsAre("visits.csv"));
+  EXPECT_EQ(ReadFile(dir_ / "visits.csv"), data);
+}
+
+TEST_F(SftpFaultTest, AnUploadWhoseRenameNeverReachedTheServerFailsAndLeavesNothing) {
+  SetMode(absl::StrCat("stall_at ", kRename));
+  SftpClient client(Options());
+  absl::Status s = client.UploadAtomically(dir_.string(), "visits.csv", Bytes(50 << 10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(s.message(), HasSubstr("stalled"));
+  EXPECT_THAT(Files(), ::testing::IsEmpty());  // no file, and no part file left behind
+}
+
+TEST_F(SftpFaultTest, AnUploadTheServerStopsTakingFailsAndLeavesNothing) {
+  SetMode(absl::StrCat("stall_at ", kWrite));
+  SftpClient client(Options());
+  absl::Status s = client.UploadAtomically(dir_.string(), "visits.csv", Bytes(50 << 10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  EXPECT_THAT(s.message(), HasSubstr("stalled"));
+  EXPECT_THAT(Files(), ::testing::IsEmpty());
+}
+
+// The adapter end to end: a batch whose rename answer is lost is delivered, once, and every
+// event of it is done. Before, the batch failed, its events were retried one by one and came
+// back in other batches, under other names: the partner got the rows twice.
+TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAreDone) {
+  ess::v1::SftpCsvAdapterConfig s;
+  s.set_host(env_["ESS_SFTP_HOST"]);
+  s.set_port(std::stoul(env_["ESS_SFTP_PORT"]));
+  s.set_user(env_["ESS_SFTP_USER"]);
+  s.set_private_key_file(env_["ESS_SFTP_KEY"]);
+  s.set_known_hosts_file(env_["ESS_SFTP_KNOWN_HOSTS"]);
+  s.set_remote_dir(dir_.string());
+  s.set_max_rows(3);
+  s.set_max_age_ms(600000);
+  s.set_stall_timeout_ms(1000);
+  ess::v1::PartnerConfig partner;
+  partner.set_name("probation");
+  partner.set_adapter("sftp_csv");
+  partner.mutable_settings()->PackFrom(s);
+  auto* f = partner.mutable_outbound()->add_mapping();
+  f->set_target("visit_id");
+  f->set_source("id");
+  absl::Mutex mu;  // before the adapter: its thread calls back until the adapter is gone
+  std::vector<PushResult> results;
+  absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> adapter = SftpCsvAdapter::Create(partner);
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+
+  SetMode(absl::StrCat("drop_reply ", kRename));
+  std::vector<std::vector<MappedField>> fields;
+  const std::vector<std::string> ids = {"VIS-1", "VIS-2", "VIS-3"};
+  for (const std::string& id : ids) fields.push_back({MappedField{.name = "visit_id", .text = id}});
+  for (size_t i = 0; i < ids.size(); ++i) {
+    (*adapter)->Push({.correlation_id = ids[i], .message_id = ids[i], .fields = fields[i]},
+                     [&](PushResult r) {
+                       absl::MutexLock lock(&mu);
+                       results.push_back(std::move(r));
+                     });
+  }
+  {
+    absl::MutexLock lock(&mu);
+    auto all = [&] { return results.size() == ids.size(); };
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)));
+    for (const PushResult& r : results) {
+      EXPECT_TRUE(r.status.ok()) << r.status;
+      EXPECT_THAT(r.detail, HasSubstr("(3 rows)"));
+    }
+  }
+  const std::vector<std::string> files = Files();
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_EQ(files[0], (*adapter)->FileName(ids, absl::Now()));
+  EXPECT_EQ(ReadFile(dir_ / files[0]),
+            "correlation_id,visit_id\r\nVIS-1,VIS-1\r\nVIS-2,VIS-2\r\n"
+            "VIS-3,VIS-3\r\n");
+}
+
+}  // namespace
+}  // namespace ess::adapters::sftp_csv
