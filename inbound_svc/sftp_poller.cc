@@ -288,7 +288,16 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
   }
   if (*processed) {
     absl::StatusOr<std::string> moved = MoveToProcessed(client, file);
-    if (!moved.ok()) return moved.status();
+    if (!moved.ok()) {
+      // The file stays, so its marker must too: recorded again, it is as new as the last look
+      // at the file, and retention (by age or by count) takes it only after the file is gone.
+      // Its summary, left empty, stays as stored.
+      if (absl::Status s = RecordMarker(file, ""); !s.ok()) {
+        log::Warn("", "file marker not refreshed",
+                  {{"partner", options_.partner}, {"file", name}, {"error", s.ToString()}});
+      }
+      return moved.status();
+    }
     counters_.repeated.fetch_add(1, std::memory_order_relaxed);
     log::Info("", "file already processed; moved",
               {{"partner", options_.partner}, {"file", name}, {"to", *moved}});

@@ -30,7 +30,9 @@
 //  6. the file is stat'ed again: if it changed since it settled (the partner wrote more), it
 //     stays for the next tick, to be read again whole; else it is renamed to
 //     PROCESSED_DIR/NAME, or PROCESSED_DIR/NAME.SHA16 when that name is taken; when that is
-//     taken too, the same bytes are already there and the file is removed.
+//     taken too, the same bytes are already there and the file is removed. A file whose marker
+//     was already there (step 2) and that still cannot be moved has its marker recorded again,
+//     so that retention keeps the marker as long as the file stays.
 // A file whose header row is unusable yields no event: its header row is parked (the reason from
 // Pull), and so is each data row (the reason: "the header row (line 1) is unusable: ..."), each
 // recorded DEAD as any bad row; then the file is moved like any other.

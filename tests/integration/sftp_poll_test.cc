@@ -324,8 +324,10 @@ AUDIT_EXCHANGE_SETTING
 replay:
   listen: 127.0.0.1:REPLAY_PORT
   database_path: replay.db
+RETENTION
 inbound:
   listen: 127.0.0.1:INBOUND_PORT
+DEDUPE_WINDOW
 logging:
   level: info
 partners:
@@ -362,6 +364,12 @@ partners:
          {"SFTP_KEY", RequiredEnv("ESS_SFTP_KEY")},
          {"SFTP_KNOWN_HOSTS", RequiredEnv("ESS_SFTP_KNOWN_HOSTS")},
          {"SETTLE_MS", absl::StrCat(settle_ms_)},
+         {"RETENTION", retention_s_ == 0
+                           ? ""
+                           : absl::StrCat("  retention: {max_age_seconds: ", retention_s_,
+                                          ", sweep_interval_seconds: 1}")},
+         {"DEDUPE_WINDOW",
+          retention_s_ == 0 ? "" : absl::StrCat("  dedupe_window_seconds: ", retention_s_)},
          {"DROP", drop_.string()},
          {"PROCESSED", processed_.string()}});
   }
@@ -472,6 +480,8 @@ partners:
   std::string audit_exchange_, audit_queue_;  // set by UseAudit()
   int replay_port_ = 0, inbound_port_ = 0;
   int settle_ms_ = 100;
+  // Set: the store evicts settled records this many seconds old, and sweeps every second.
+  int retention_s_ = 0;
   testing::TempDir dir_;
   std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
   std::unique_ptr<Process> replay_, inbound_;
@@ -698,6 +708,36 @@ TEST_F(SftpPollTest, AFileThatCannotBeMovedStaysAndIsMovedLaterWithoutRepublishi
   ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
   EXPECT_EQ(Depth(subscriber_), 0u);
   EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 2u);  // the event and the marker
+}
+
+// Its marker outlives retention while the file stays: every look at the file records the marker
+// again. Before, retention evicted it with the file's other records, and the next listing
+// published the rows a second time.
+TEST_F(SftpPollTest, AFileThatCannotBeMovedKeepsItsMarkerThroughRetention) {
+  retention_s_ = 2;
+  fs::remove(processed_);
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string name = "visits.csv";
+  const std::string csv = "visit_id,status\r\nVIS-1,confirmed\r\n";
+  Drop(drop_, name, csv);
+  ASSERT_TRUE(inbound_->WaitForLog("does not exist")) << inbound_->Log();
+  EXPECT_EQ(Take(subscriber_, 1).size(), 1u);
+
+  // The event's own record, settled and not touched since, goes once it is 2 s old.
+  const std::string event_id = absl::StrCat(name, ":", Sha16(csv), ":2");
+  ASSERT_TRUE(Record(event_id).ok());
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::IsNotFound(Record(event_id).status()); }, absl::Seconds(60)))
+      << replay_->Log();
+  absl::StatusOr<ess::v1::MessageRecord> marker =
+      Record(absl::StrCat("file:", name, ":", Sha16(csv)));
+  ASSERT_TRUE(marker.ok()) << marker.status();
+  EXPECT_EQ(marker->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_EQ(marker->rendered(), "1 events, 0 parked");  // the refresh keeps the summary
+
+  fs::create_directories(processed_);
+  ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
+  EXPECT_EQ(Depth(subscriber_), 0u);  // not published again
 }
 
 TEST_F(SftpPollTest, AFileStaysWhileTheStoreIsDownAndGoesThroughOnceItIsBack) {
