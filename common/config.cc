@@ -306,6 +306,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (c.inbound().shutdown_deadline_ms() == 0) {
     c.mutable_inbound()->set_shutdown_deadline_ms(20000);
   }
+  if (c.inbound().max_connections() == 0) c.mutable_inbound()->set_max_connections(10000);
   for (auto& p : *c.mutable_partners()) {
     if (p.has_inbound() && p.inbound().has_auth() && p.inbound().auth().tolerance_seconds() == 0) {
       p.mutable_inbound()->mutable_auth()->set_tolerance_seconds(300);

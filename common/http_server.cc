@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/thread.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -25,6 +27,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 
 namespace ess::http {
 
@@ -157,13 +160,28 @@ class Dispatcher {
     batch_.clear();
   }
 
-  // Loop thread: remembers the unanswered request of `conn`.
+  // Loop thread: remembers the unanswered request of `conn`. libevent frees a connection's
+  // pending request when the connection goes away; the server's close callback
+  // (OnConnectionClosed) makes the state forget it first.
   void Track(evhttp_connection* conn, std::shared_ptr<Responder::State> state) {
-    // libevent frees a connection's pending request when the connection goes away; the
-    // close callback makes the state forget it first.
     inflight_.insert_or_assign(conn, std::move(state));
     unanswered_.store(inflight_.size(), std::memory_order_release);
-    evhttp_connection_set_closecb(conn, &Dispatcher::OnClose, this);
+  }
+
+  // Loop thread: `conn` is about to be freed.
+  void OnConnectionClosed(evhttp_connection* conn) {
+    auto it = inflight_.find(conn);
+    if (it == inflight_.end()) return;
+    Responder::State& s = *it->second;
+    // A request still attached to the connection is freed right after this callback. One
+    // already detached (libevent does that on EOF/timeout) stays ours until we reply,
+    // which frees it without writing.
+    if (s.request != nullptr && evhttp_request_get_connection(s.request) != nullptr) {
+      s.request = nullptr;
+    }
+    s.connection = nullptr;
+    inflight_.erase(it);
+    unanswered_.store(inflight_.size(), std::memory_order_release);
   }
 
   // Any thread: requests handed to the handler and not answered yet (written or gone).
@@ -193,7 +211,6 @@ class Dispatcher {
     for (auto& [conn, state] : inflight_) {
       state->request = nullptr;
       state->connection = nullptr;
-      evhttp_connection_set_closecb(conn, nullptr, nullptr);
     }
     inflight_.clear();
   }
@@ -202,22 +219,6 @@ class Dispatcher {
   static thread_local const Dispatcher* current;
 
  private:
-  static void OnClose(evhttp_connection* conn, void* arg) {
-    auto* self = static_cast<Dispatcher*>(arg);
-    auto it = self->inflight_.find(conn);
-    if (it == self->inflight_.end()) return;
-    Responder::State& s = *it->second;
-    // A request still attached to the connection is freed right after this callback. One
-    // already detached (libevent does that on EOF/timeout) stays ours until we reply,
-    // which frees it without writing.
-    if (s.request != nullptr && evhttp_request_get_connection(s.request) != nullptr) {
-      s.request = nullptr;
-    }
-    s.connection = nullptr;
-    self->inflight_.erase(it);
-    self->unanswered_.store(self->inflight_.size(), std::memory_order_release);
-  }
-
   void Reply(Responder::State& s) {
     evhttp_request* req = s.request;
     if (req == nullptr) return;  // the client went away
@@ -299,6 +300,7 @@ struct Server::Impl {
     // instead of a connection reset.
     evhttp_set_flags(http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_gencb(http, &Impl::OnRequest, this);
+    evhttp_set_bevcb(http, &Impl::OnAccept, this);
 
     evhttp_bound_socket* bound = evhttp_bind_socket_with_handle(http, host.c_str(), requested_port);
     if (bound == nullptr) {
@@ -319,19 +321,25 @@ struct Server::Impl {
     stop = event_new(base, -1, 0, &Impl::OnStop, base);
     quiesce = event_new(base, -1, 0, &Impl::OnQuiesce, this);
     listener = bound;
-    sweep = event_new(base, -1, EV_PERSIST, &Impl::OnSweep, dispatcher.get());
-    if (wake == nullptr || stop == nullptr || sweep == nullptr || quiesce == nullptr) {
+    sweep = event_new(base, -1, EV_PERSIST, &Impl::OnSweep, this);
+    adopt = event_new(base, -1, 0, &Impl::OnAdopt, this);
+    resume = evtimer_new(base, &Impl::OnResume, this);
+    if (wake == nullptr || stop == nullptr || sweep == nullptr || quiesce == nullptr ||
+        adopt == nullptr || resume == nullptr) {
       Cleanup();
       return absl::ResourceExhaustedError("cannot create libevent events");
     }
-    if (options.request_timeout_seconds > 0) {
-      const timeval every = {kSweepSeconds, 0};
-      event_add(sweep, &every);
-    }
+    const timeval every = {kSweepSeconds, 0};
+    event_add(sweep, &every);
+    // libevent's listener retries a failed accept() at once, so a process out of file
+    // descriptors would spin on it: OnAcceptError pauses accepting for a second instead.
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bound), &Impl::OnAcceptError);
     dispatcher->Open(wake);
     thread = std::thread([this] {
       Dispatcher::current = dispatcher.get();
+      current = this;
       event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+      current = nullptr;
       Dispatcher::current = nullptr;
     });
     return absl::OkStatus();
@@ -362,8 +370,17 @@ struct Server::Impl {
 
   // Frees libevent state; the loop thread is not running.
   void Cleanup() {
-    // evhttp_free frees every connection and its pending request.
+    // evhttp_free frees every connection and its pending request, without our callbacks.
     dispatcher->ForgetAll();
+    for (auto& [evcon, conn] : connections) {
+      evhttp_connection_set_closecb(evcon, nullptr, nullptr);
+      Release(*conn);
+    }
+    connections.clear();
+    for (bufferevent* bev : unadopted) bufferevent_decref(bev);
+    unadopted.clear();
+    open_connections.store(0, std::memory_order_relaxed);
+    listener = nullptr;  // evhttp_free frees it
     if (http != nullptr) evhttp_free(http);
     http = nullptr;
     if (wake != nullptr) event_free(wake);
@@ -374,12 +391,176 @@ struct Server::Impl {
     quiesce = nullptr;
     if (sweep != nullptr) event_free(sweep);
     sweep = nullptr;
+    if (adopt != nullptr) event_free(adopt);
+    adopt = nullptr;
+    if (resume != nullptr) event_free(resume);
+    resume = nullptr;
     if (base != nullptr) event_base_free(base);
     base = nullptr;
   }
 
+  // --- Connections -----------------------------------------------------------------------
+  // libevent 2.1's evhttp has no hook for a new or a closed connection, nor for a request that
+  // is still arriving. It does let us make each connection's bufferevent (OnAccept), so we
+  // hold a reference to it and, once evhttp set it up (OnAdopt, later in the same turn of
+  // the loop), read its evhttp_connection back from its callback argument: then a close
+  // callback counts the connection out, and a callback on its input buffer sees a request's
+  // first byte arrive. The reference keeps the bufferevent, and with BEV_OPT_CLOSE_ON_FREE its
+  // socket, until we let go, so nothing we hold can be freed or reused under us.
+  struct Connection {
+    bufferevent* bev = nullptr;
+    evbuffer_cb_entry* watch = nullptr;
+    // When the first byte of a request evhttp has not handed over yet arrived.
+    absl::Time request_since = absl::InfiniteFuture();
+  };
+
+  // Loop thread (evhttp's bevcb, for each accepted socket).
+  static bufferevent* OnAccept(event_base* base, void* arg) {
+    auto* self = static_cast<Impl*>(arg);
+    bufferevent* bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == nullptr) return nullptr;  // evhttp then tries one of its own
+    bufferevent_incref(bev);
+    self->unadopted.push_back(bev);
+    if (self->unadopted.size() == 1) event_active(self->adopt, EV_READ, 0);
+    self->CountConnections();
+    if (self->AtCap()) self->PauseAccepting("at its connection cap");
+    return bev;
+  }
+
+  static void OnAdopt(evutil_socket_t, short, void* arg) { static_cast<Impl*>(arg)->Adopt(); }
+
+  void Adopt() {
+    for (bufferevent* bev : unadopted) {
+      bufferevent_data_cb read_cb = nullptr;
+      void* evcon = nullptr;
+      bufferevent_getcb(bev, &read_cb, nullptr, nullptr, &evcon);
+      if (read_cb == nullptr || evcon == nullptr) {  // evhttp already let it go
+        bufferevent_decref(bev);
+        continue;
+      }
+      auto conn = std::make_unique<Connection>();
+      conn->bev = bev;
+      conn->watch = evbuffer_add_cb(bufferevent_get_input(bev), &Impl::OnInput, conn.get());
+      evhttp_connection_set_closecb(static_cast<evhttp_connection*>(evcon), &Impl::OnClosed, this);
+      connections.emplace(static_cast<evhttp_connection*>(evcon), std::move(conn));
+    }
+    unadopted.clear();
+    CountConnections();
+  }
+
+  static void OnInput(evbuffer*, const evbuffer_cb_info* info, void* arg) {
+    auto* conn = static_cast<Connection*>(arg);
+    if (info->n_added > 0 && conn->request_since == absl::InfiniteFuture()) {
+      conn->request_since = absl::Now();
+    }
+  }
+
+  // Loop thread: evhttp is about to free `evcon` (and then its bufferevent).
+  static void OnClosed(evhttp_connection* evcon, void* arg) {
+    auto* self = static_cast<Impl*>(arg);
+    self->dispatcher->OnConnectionClosed(evcon);
+    if (auto it = self->connections.find(evcon); it != self->connections.end()) {
+      self->Release(*it->second);
+      self->connections.erase(it);
+      self->CountConnections();
+    }
+    if (self->paused && !self->backing_off && !self->AtCap()) self->ResumeAccepting();
+  }
+
+  void Release(Connection& conn) {
+    if (conn.watch != nullptr)
+      evbuffer_remove_cb_entry(bufferevent_get_input(conn.bev), conn.watch);
+    conn.watch = nullptr;
+    bufferevent_decref(conn.bev);  // evhttp's bufferevent_free is the last
+  }
+
+  void CountConnections() {
+    open_connections.store(connections.size() + unadopted.size(), std::memory_order_relaxed);
+  }
+
+  bool AtCap() const {
+    return options.max_connections > 0 &&
+           connections.size() + unadopted.size() >= options.max_connections;
+  }
+
+  void PauseAccepting(std::string_view why) {
+    if (listener == nullptr || paused) return;
+    evconnlistener_disable(evhttp_bound_socket_get_listener(listener));
+    paused = true;
+    // One line a minute at most: a server held at its cap pauses and resumes all the time.
+    const absl::Time now = absl::Now();
+    if (now - last_pause_log >= absl::Minutes(1)) {
+      last_pause_log = now;
+      log::Warn("", "HTTP server not accepting connections for now",
+                {{"listen", options.listen},
+                 {"why", std::string(why)},
+                 {"open_connections", absl::StrCat(connections.size() + unadopted.size())}});
+    }
+  }
+
+  void ResumeAccepting() {
+    paused = false;
+    if (listener != nullptr) evconnlistener_enable(evhttp_bound_socket_get_listener(listener));
+  }
+
+  // Loop thread: accept() failed with an error libevent does not retry (EMFILE, ENFILE,
+  // ENOBUFS...). The listener's own argument is evhttp's, hence `current`.
+  static void OnAcceptError(evconnlistener*, void*) {
+    const int err = EVUTIL_SOCKET_ERROR();
+    Impl* self = current;
+    if (self == nullptr || self->backing_off) return;
+    self->PauseAccepting(
+        absl::StrCat("accept() failed: ", evutil_socket_error_to_string(err), "; again in 1 s"));
+    self->backing_off = true;
+    const timeval one_second = {1, 0};
+    evtimer_add(self->resume, &one_second);
+  }
+
+  static void OnResume(evutil_socket_t, short, void* arg) {
+    auto* self = static_cast<Impl*>(arg);
+    self->backing_off = false;
+    if (self->paused && !self->AtCap()) self->ResumeAccepting();
+  }
+
+  // Loop thread, once a second: closes each connection whose request began arriving longer
+  // than the request timeout ago, the way evhttp closes one that its own timeout struck; and
+  // lets go of any connection evhttp freed without its close callback.
+  void SweepConnections(absl::Time now) {
+    const absl::Time too_old = options.request_timeout_seconds > 0
+                                   ? now - absl::Seconds(options.request_timeout_seconds)
+                                   : absl::InfinitePast();
+    swept.clear();
+    for (const auto& [evcon, conn] : connections) {
+      bufferevent_data_cb read_cb = nullptr;
+      bufferevent_getcb(conn->bev, &read_cb, nullptr, nullptr, nullptr);
+      if (read_cb == nullptr || conn->request_since <= too_old) swept.push_back(evcon);
+    }
+    for (evhttp_connection* evcon : swept) {
+      auto it = connections.find(evcon);
+      if (it == connections.end()) continue;
+      bufferevent_data_cb read_cb = nullptr;
+      bufferevent_getcb(it->second->bev, &read_cb, nullptr, nullptr, nullptr);
+      if (read_cb == nullptr) {
+        Release(*it->second);
+        connections.erase(it);
+        continue;
+      }
+      // Runs evhttp's error callback at once: it frees the connection, and OnClosed runs.
+      bufferevent_trigger_event(it->second->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, 0);
+    }
+    swept.clear();
+    CountConnections();
+    if (paused && !backing_off && !AtCap()) ResumeAccepting();
+  }
+
   static void OnRequest(evhttp_request* req, void* arg) {
     auto* self = static_cast<Impl*>(arg);
+    evhttp_connection* conn = evhttp_request_get_connection(req);
+    if (!self->unadopted.empty()) self->Adopt();
+    // Arrived whole: from here the request's deadline is the dispatcher's.
+    if (auto it = self->connections.find(conn); it != self->connections.end()) {
+      it->second->request_since = absl::InfiniteFuture();
+    }
     ServerRequest r;
     r.method = MethodName(evhttp_request_get_command(req));
     if (const evhttp_uri* uri = evhttp_request_get_evhttp_uri(req); uri != nullptr) {
@@ -398,7 +579,6 @@ struct Server::Impl {
       r.body.resize(n);
       evbuffer_remove(body, r.body.data(), n);
     }
-    evhttp_connection* conn = evhttp_request_get_connection(req);
     char* address = nullptr;
     ev_uint16_t port = 0;
     evhttp_connection_get_peer(conn, &address, &port);
@@ -418,7 +598,10 @@ struct Server::Impl {
   }
 
   static void OnSweep(evutil_socket_t, short, void* arg) {
-    static_cast<Dispatcher*>(arg)->ExpireOverdue(absl::Now());
+    auto* self = static_cast<Impl*>(arg);
+    const absl::Time now = absl::Now();
+    if (self->options.request_timeout_seconds > 0) self->dispatcher->ExpireOverdue(now);
+    self->SweepConnections(now);
   }
 
   // Loop thread (Drain): no new connections; open ones close after their next answer.
@@ -451,7 +634,21 @@ struct Server::Impl {
   evhttp_bound_socket* listener = nullptr;
   int bound_port = 0;
   std::thread thread;
+  // Loop thread only (and Cleanup, after it):
+  absl::flat_hash_map<evhttp_connection*, std::unique_ptr<Connection>> connections;
+  std::vector<bufferevent*> unadopted;  // accepted in this turn of the loop
+  std::vector<evhttp_connection*> swept;
+  event* adopt = nullptr;
+  event* resume = nullptr;
+  bool paused = false;       // not accepting: at the cap, or backing off
+  bool backing_off = false;  // after a failed accept(), until `resume` fires
+  absl::Time last_pause_log = absl::InfinitePast();
+  std::atomic<size_t> open_connections{0};
+  // Set on the loop thread to its server.
+  static thread_local Impl* current;
 };
+
+thread_local Server::Impl* Server::Impl::current = nullptr;
 
 Responder::Responder(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
@@ -485,6 +682,10 @@ Server::~Server() = default;
 absl::Status Server::Start() { return impl_->Start(); }
 
 int Server::port() const { return impl_->bound_port; }
+
+size_t Server::connections() const {
+  return impl_->open_connections.load(std::memory_order_relaxed);
+}
 
 bool Server::Drain(absl::Duration timeout) { return impl_->Drain(timeout); }
 

@@ -2,7 +2,8 @@
 //
 // The handler runs on the server's event-loop thread and gets a Responder; it may answer at
 // once or later from any thread (e.g. after a broker confirm), so a slow answer never holds a
-// thread. Keep-alive, a body size limit (413) and a request deadline are built in.
+// thread. Keep-alive, a body size limit (413), request deadlines and a cap on open connections
+// are built in.
 //
 //   ess::http::Server server({.listen = "127.0.0.1:0"},
 //       [](ess::http::ServerRequest req, ess::http::Responder r) {
@@ -66,10 +67,16 @@ class Server {
   struct Options {
     std::string listen = "127.0.0.1:0";  // host:port; port 0 picks a free one
     size_t max_body_bytes = 1 << 20;
-    // Bounds reading a request, writing its reply, an idle keep-alive connection, and the
-    // handler: a request not answered within it (checked once a second) gets 503 with
-    // Retry-After, and a later Send is ignored. 0 or less: no limit.
+    // Bounds, each on its own: a request's arrival, from its first byte to its last (a client
+    // that trickles a request byte by byte is closed then); a pause while reading or writing;
+    // an idle keep-alive connection; and the handler: a request not answered within it gets 503
+    // with Retry-After, and a later Send is ignored. Checked about once a second. 0 or less: no
+    // limit.
     int request_timeout_seconds = 30;
+    // Connections open at once, at most. At the cap the server stops accepting: new
+    // connections wait in the kernel's listen queue until one closes. So does it for a second
+    // when accept() fails (e.g. out of file descriptors), instead of retrying at once. 0: no cap.
+    size_t max_connections = 10000;
   };
   using Handler = std::function<void(ServerRequest, Responder)>;
 
@@ -84,6 +91,8 @@ class Server {
   absl::Status Start();
   // The bound port (after Start).
   int port() const;
+  // Connections open right now (any thread; for metrics and tests).
+  size_t connections() const;
   // Graceful stop, first half: stops accepting connections, answers what is left with
   // "Connection: close", and waits until every request handed to the handler is answered or
   // `timeout` passed. True if nothing was left unanswered. Stop() must follow. Not from a

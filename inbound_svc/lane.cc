@@ -502,6 +502,10 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
                                      "HTTP requests received (health checks and scrapes included).",
                                      prometheus::MetricType::Counter, counters_.requests.load()));
   families.push_back(metrics::Single(
+      "ess_inbound_http_connections",
+      "HTTP connections open now (inbound.max_connections at most: at the cap new ones wait).",
+      prometheus::MetricType::Gauge, static_cast<double>(server_.connections())));
+  families.push_back(metrics::Single(
       "ess_inbound_unrecorded_total",
       "Webhooks published and answered 200 whose PUBLISHED record failed (the store still says "
       "RECEIVED).",

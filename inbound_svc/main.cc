@@ -1,9 +1,12 @@
 // inbound_svc: serves partner webhooks and polls partners' SFTP drop folders, and publishes
 // what they bring as internal events. Wiring only; the behaviour lives in lane.h and
 // sftp_poller.h.
+#include <sys/resource.h>
+
 #include <iostream>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "adapters/registry.h"
 #include "adapters/sftp_csv/sftp_csv_adapter.h"
 #include "common/amqp.h"
@@ -133,9 +136,28 @@ int main(int argc, char** argv) {
         std::move(poll.options), std::move(poll.sftp), std::move(poll.adapter), &publisher,
         &recorder, &audit));
   }
+  // Each webhook connection takes a file descriptor: the soft limit is raised to the hard one,
+  // and the connection cap kept below it, with room for the broker, the store and SFTP.
+  size_t max_connections = config->inbound().max_connections();
+  if (rlimit nofile{}; getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    if (nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) getrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    constexpr rlim_t kReserved = 256;
+    const rlim_t room = nofile.rlim_cur > 2 * kReserved ? nofile.rlim_cur - kReserved : kReserved;
+    if (nofile.rlim_cur != RLIM_INFINITY && max_connections > room) {
+      ess::log::Warn("", "inbound.max_connections lowered to fit the file descriptor limit",
+                     {{"max_connections", absl::StrCat(max_connections)},
+                      {"limit", absl::StrCat(nofile.rlim_cur)},
+                      {"now", absl::StrCat(room)}});
+      max_connections = room;
+    }
+  }
   ess::inbound::Lane lane(
       {.server = {.listen = config->inbound().listen(),
-                  .max_body_bytes = config->inbound().max_body_bytes()},
+                  .max_body_bytes = config->inbound().max_body_bytes(),
+                  .max_connections = max_connections},
        .events_exchange = exchange,
        .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds()),
        .dedupe_memory_ids = config->inbound().dedupe_memory_ids(),

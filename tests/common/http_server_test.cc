@@ -2,13 +2,18 @@
 #include "common/http_server.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <deque>
+#include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,6 +68,18 @@ class RawConnection {
     }
     return out;
   }
+  // True once the server closed the connection (a read sees its end), within `timeout`.
+  bool ClosedByPeer(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0) return true;
+    }
+    return false;
+  }
   void Close() {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
@@ -72,6 +89,15 @@ class RawConnection {
   int fd_;
   bool connected_ = false;
 };
+
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
+}
 
 TEST(ServerTest, StartPicksAPortAndParsesTheRequest) {
   absl::Mutex mu;
@@ -437,6 +463,150 @@ TEST(ServerTest, ManyConcurrentRequestsAnsweredFromWorkerThreads) {
     done = true;
   }
   for (std::thread& t : workers) t.join();
+}
+
+}  // namespace
+}  // namespace ess::http
+
+namespace ess::http {
+namespace {
+
+constexpr std::string_view kGet = "GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+
+Server::Handler Echo() {
+  return [](ServerRequest req, Responder r) {
+    std::move(r).Send({.status = 200, .content_type = "text/plain", .body = req.path});
+  };
+}
+
+TEST(ServerConnectionsTest, AreCountedFromAcceptToClose) {
+  Server server({.listen = "127.0.0.1:0"}, Echo());
+  ASSERT_TRUE(server.Start().ok());
+  std::vector<std::unique_ptr<RawConnection>> conns;
+  for (int i = 0; i < 3; ++i) {
+    conns.push_back(std::make_unique<RawConnection>(server.port()));
+    ASSERT_TRUE(conns.back()->connected());
+  }
+  ASSERT_TRUE(WaitFor([&] { return server.connections() == 3; }, absl::Seconds(10)))
+      << server.connections();
+  ASSERT_TRUE(conns[0]->Write(kGet));
+  EXPECT_TRUE(absl::StartsWith(conns[0]->ReadUntil("/x", absl::Seconds(5)), "HTTP/1.1 200"));
+  conns[0]->Close();
+  conns[1]->Close();
+  ASSERT_TRUE(WaitFor([&] { return server.connections() == 1; }, absl::Seconds(10)))
+      << server.connections();
+  conns[2]->Close();
+  ASSERT_TRUE(WaitFor([&] { return server.connections() == 0; }, absl::Seconds(10)))
+      << server.connections();
+}
+
+TEST(ServerConnectionsTest, AtTheCapNewConnectionsWaitUntilOneCloses) {
+  Server server({.listen = "127.0.0.1:0", .max_connections = 2}, Echo());
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection first(server.port()), second(server.port());
+  ASSERT_TRUE(first.connected() && second.connected());
+  ASSERT_TRUE(WaitFor([&] { return server.connections() == 2; }, absl::Seconds(10)));
+
+  // The kernel completes the third connection, but the server does not take it.
+  RawConnection third(server.port());
+  ASSERT_TRUE(third.connected());
+  ASSERT_TRUE(third.Write(kGet));
+  EXPECT_EQ(third.ReadUntil("/x", absl::Seconds(1)), "");
+  EXPECT_EQ(server.connections(), 2u);
+  // The two it holds are served as ever.
+  ASSERT_TRUE(second.Write(kGet));
+  EXPECT_TRUE(absl::StartsWith(second.ReadUntil("/x", absl::Seconds(5)), "HTTP/1.1 200"));
+
+  first.Close();
+  EXPECT_TRUE(absl::StartsWith(third.ReadUntil("/x", absl::Seconds(10)), "HTTP/1.1 200"));
+  EXPECT_EQ(server.connections(), 2u);
+}
+
+// A client that sends a request a byte at a time, each byte well within the idle timeout,
+// is closed once the request has been arriving for the request timeout.
+TEST(ServerConnectionsTest, ARequestTrickledByteByByteIsCutOffAtTheRequestTimeout) {
+  int requests = 0;
+  Server server({.listen = "127.0.0.1:0", .request_timeout_seconds = 2},
+                [&](ServerRequest, Responder r) {
+                  ++requests;  // the loop thread's only
+                  std::move(r).Send({.status = 200});
+                });
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection conn(server.port());
+  ASSERT_TRUE(conn.connected());
+  ASSERT_TRUE(conn.Write("POST /x HTTP/1.1\r\nHost: a\r\n"));
+  // An endless header, one byte per half second: 40 bytes, 20 s, unless the server cuts it.
+  bool closed = false;
+  int sent = 0;
+  for (; sent < 40 && !closed; ++sent) {
+    closed = !conn.Write("a") || conn.ClosedByPeer(absl::Milliseconds(500));
+  }
+  EXPECT_TRUE(closed) << "still open after " << sent << " bytes";
+  EXPECT_LT(sent, 40);
+  EXPECT_EQ(requests, 0);
+  EXPECT_TRUE(WaitFor([&] { return server.connections() == 0; }, absl::Seconds(10)));
+}
+
+// A keep-alive connection between requests is not a request in progress: only the idle
+// timeout ends it.
+TEST(ServerConnectionsTest, AnIdleKeepAliveConnectionOutlivesNoRequestOfItsOwn) {
+  Server server({.listen = "127.0.0.1:0", .request_timeout_seconds = 3}, Echo());
+  ASSERT_TRUE(server.Start().ok());
+  RawConnection conn(server.port());
+  ASSERT_TRUE(conn.connected());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(conn.Write(kGet));
+    ASSERT_TRUE(absl::StartsWith(conn.ReadUntil("/x", absl::Seconds(5)), "HTTP/1.1 200")) << i;
+    absl::SleepFor(absl::Seconds(1));  // idle, within the timeout
+  }
+}
+
+// Out of file descriptors, the server stops accepting for a second at a time (one log line)
+// instead of retrying accept() at once, and takes the waiting connection once it can.
+TEST(ServerConnectionsTest, OutOfFileDescriptorsItBacksOffAndRecovers) {
+  Server server({.listen = "127.0.0.1:0"}, Echo());
+  ASSERT_TRUE(server.Start().ok());
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  ::testing::internal::CaptureStderr();
+  // Room for five more descriptors (the five lowest free numbers): three clients and two of
+  // the server's accepts.
+  std::set<int> open_fds;
+  if (DIR* d = opendir("/proc/self/fd"); d != nullptr) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') open_fds.insert(std::atoi(e->d_name));
+    }
+    open_fds.erase(dirfd(d));
+    closedir(d);
+  }
+  int fifth_free = -1;
+  for (int fd = 0, free = 0; free < 5; ++fd) {
+    if (!open_fds.contains(fd) && ++free == 5) fifth_free = fd;
+  }
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(fifth_free + 1);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  std::string third_reply;
+  {
+    RawConnection first(server.port()), second(server.port()), third(server.port());
+    const bool connected = first.connected() && second.connected() && third.connected();
+    const bool two = WaitFor([&] { return server.connections() == 2; }, absl::Seconds(10));
+    if (connected && two) {
+      third.Write(kGet);
+      absl::SleepFor(absl::Milliseconds(1500));  // at least one failed accept() and a retry
+      first.Close();
+      third_reply = third.ReadUntil("/x", absl::Seconds(10));
+    }
+    setrlimit(RLIMIT_NOFILE, &saved);
+    EXPECT_TRUE(connected);
+    EXPECT_TRUE(two) << server.connections();
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(absl::StartsWith(third_reply, "HTTP/1.1 200")) << third_reply;
+  EXPECT_TRUE(absl::StrContains(log, "accept() failed: Too many open files; again in 1 s")) << log;
+  // libevent's own line for each immediate retry.
+  EXPECT_FALSE(absl::StrContains(log, "Error from accept() call")) << log;
 }
 
 }  // namespace

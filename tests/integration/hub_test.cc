@@ -497,6 +497,10 @@ TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
   EXPECT_THAT(Samples(inbound->body, "ess_inbound_webhook_seconds_count"),
               ::testing::ElementsAre("ess_inbound_webhook_seconds_count 2"));
   EXPECT_THAT(inbound->body, HasSubstr("# TYPE ess_inbound_stage_seconds histogram"));
+  // At least the connection this scrape came on.
+  EXPECT_THAT(
+      Samples(inbound->body, "ess_inbound_http_connections"),
+      ::testing::ElementsAre(::testing::MatchesRegex("ess_inbound_http_connections [1-9]")));
   // That claim was one call to the store, timed by the lane's recorder.
   EXPECT_THAT(inbound->body, HasSubstr(R"(ess_replay_client_call_seconds_count{call="claim"} 1)"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
