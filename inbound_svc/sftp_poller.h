@@ -134,7 +134,7 @@ class SftpPoller {
   // Starts the thread; the first tick runs at once.
   void Start();
   // Abandons the file in progress at its next step (it stays in remote_dir) and joins the
-  // thread; an SFTP call under way is cut off within about a second. Idempotent.
+  // thread; an SFTP call under way is cut off within about 200 ms. Idempotent.
   void Stop();
   // As Stop, without waiting: lets a process stop many pollers at once (thread-safe).
   void RequestStop();

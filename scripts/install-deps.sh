@@ -18,8 +18,8 @@ PACKAGES=(
   # libraries (the stack: gRPC + Protobuf, Abseil, librabbitmq-c, OpenSSL, GoogleTest)
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   librabbitmq-dev libssl-dev libgtest-dev libgmock-dev
-  # libraries chosen from Debian: HTTP client, HTTP server, store, config, JSON
-  libcurl4-openssl-dev libevent-dev libsqlite3-dev libyaml-cpp-dev rapidjson-dev
+  # libraries chosen from Debian: HTTP client, SFTP client, HTTP server, store, config, JSON
+  libcurl4-openssl-dev libssh2-1-dev libevent-dev libsqlite3-dev libyaml-cpp-dev rapidjson-dev
   # libraries of the SOAP and CSV adapters: XML with XPath, CSV parsing
   libxml2-dev libcsv-dev
   # metrics: Prometheus client (counters, text format, the /metrics server of outbound_svc)

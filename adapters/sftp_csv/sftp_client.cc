@@ -1,15 +1,20 @@
 #include "adapters/sftp_csv/sftp_client.h"
 
-#include <curl/curl.h>
+#include <fcntl.h>
+#include <libssh2.h>
+#include <libssh2_sftp.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <utility>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/sv.h"
 
 namespace ess::adapters::sftp_csv {
@@ -17,29 +22,7 @@ namespace {
 
 void GlobalInit() {
   static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
-
-// Host key verdict, remembered for the error message.
-struct HostKeyCheck {
-  curl_khmatch match = CURLKHMATCH_LAST;  // not called yet
-};
-
-int CheckHostKey(CURL*, const curl_khkey*, const curl_khkey*, curl_khmatch match, void* arg) {
-  static_cast<HostKeyCheck*>(arg)->match = match;
-  // Only a key that known_hosts holds for this host passes; nothing is ever added to the file.
-  return match == CURLKHMATCH_OK ? CURLKHSTAT_FINE : CURLKHSTAT_REJECT;
-}
-
-// A path inside a libcurl QUOTE command, quoted the way libcurl's SFTP quote parser reads it.
-std::string QuotePath(std::string_view path) {
-  std::string out = "\"";
-  for (char c : path) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
+  std::call_once(once, [] { libssh2_init(0); });
 }
 
 std::string JoinPath(std::string_view dir, std::string_view name) {
@@ -49,38 +32,150 @@ std::string JoinPath(std::string_view dir, std::string_view name) {
   return out;
 }
 
-struct SlistFree {
-  void operator()(curl_slist* l) const { curl_slist_free_all(l); }
-};
-using Slist = std::unique_ptr<curl_slist, SlistFree>;
-
-Slist MakeSlist(const std::vector<std::string>& items) {
-  curl_slist* l = nullptr;
-  for (const std::string& s : items) l = curl_slist_append(l, s.c_str());
-  return Slist(l);
+// The SFTP status codes a server answers with, in words.
+const char* FxName(unsigned long code) {
+  switch (code) {
+    case LIBSSH2_FX_NO_SUCH_FILE:
+      return "no such file";
+    case LIBSSH2_FX_PERMISSION_DENIED:
+      return "permission denied";
+    case LIBSSH2_FX_FAILURE:
+      return "failure";
+    case LIBSSH2_FX_NO_SUCH_PATH:
+      return "no such path";
+    case LIBSSH2_FX_FILE_ALREADY_EXISTS:
+      return "file already exists";
+    case LIBSSH2_FX_NO_SPACE_ON_FILESYSTEM:
+      return "no space left";
+    case LIBSSH2_FX_QUOTA_EXCEEDED:
+      return "quota exceeded";
+    case LIBSSH2_FX_OP_UNSUPPORTED:
+      return "operation unsupported";
+    default:
+      return "error";
+  }
 }
+
+int KnownHostKeyType(int hostkey_type) {
+  switch (hostkey_type) {
+    case LIBSSH2_HOSTKEY_TYPE_RSA:
+      return LIBSSH2_KNOWNHOST_KEY_SSHRSA;
+    case LIBSSH2_HOSTKEY_TYPE_DSS:
+      return LIBSSH2_KNOWNHOST_KEY_SSHDSS;
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_256:
+      return LIBSSH2_KNOWNHOST_KEY_ECDSA_256;
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_384:
+      return LIBSSH2_KNOWNHOST_KEY_ECDSA_384;
+    case LIBSSH2_HOSTKEY_TYPE_ECDSA_521:
+      return LIBSSH2_KNOWNHOST_KEY_ECDSA_521;
+    case LIBSSH2_HOSTKEY_TYPE_ED25519:
+      return LIBSSH2_KNOWNHOST_KEY_ED25519;
+    default:
+      return LIBSSH2_KNOWNHOST_KEY_UNKNOWN;
+  }
+}
+
+constexpr size_t kChunk = 64 * 1024;
+// An idle connection older than this is not reused: servers and firewalls drop idle
+// connections, some without a word, and a new one costs a handshake (tens of ms).
+constexpr absl::Duration kMaxIdle = absl::Seconds(50);
+// One idle longer than this is asked whether it still answers before it is reused, and one
+// that does not answer within kProbeStall is replaced.
+constexpr absl::Duration kProbeAfterIdle = absl::Seconds(1);
+constexpr absl::Duration kProbeStall = absl::Seconds(2);
 
 }  // namespace
 
-struct SftpClient::Transfer {
-  std::string what;  // "upload of /dir/.x.part", for messages
-  std::string url;
-  bool nobody = false;
-  bool upload = false;
-  std::string_view data;
-  size_t offset = 0;
-  std::vector<std::string> quote;      // before the transfer
-  std::vector<std::string> postquote;  // after it, in the same session
-  CURLcode code = CURLE_OK;
-  bool dirlistonly = false;
-  // Stat: ask for the file's time, and read its size and time back.
-  bool filetime = false;
-  curl_off_t size = -1, mtime = -1;
-  // Downloads and listings: where the bytes go, and how many at most.
-  std::string* sink = nullptr;
-  size_t max_bytes = 0;
-  bool too_large = false;  // set when the transfer was cut at max_bytes
-  bool sent_all = false;   // uploads: every byte was handed to libcurl
+// One SSH connection with its SFTP channel, non-blocking: every libssh2 call that would block
+// returns EAGAIN, and Call::Wait waits on the socket, watching the stop, the stall timeout and
+// the deadline.
+struct SftpClient::Session {
+  int fd = -1;
+  LIBSSH2_SESSION* ssh = nullptr;
+  LIBSSH2_SFTP* sftp = nullptr;
+  // Set when a call failed at the transport (or stalled, or was stopped): the session may be
+  // in the middle of an exchange and is never used again.
+  bool broken = false;
+  absl::Time last_used;
+
+  // Whether the server may still be there: an end of stream or an error waiting on the socket
+  // says it closed the connection (an idle timeout of its own, a restart).
+  bool Alive() const {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 0) == 0) return true;
+    if (p.revents & (POLLERR | POLLHUP | POLLNVAL)) return false;
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+  }
+
+  ~Session() {
+    // The socket goes first: libssh2's teardown then fails at once instead of waiting for
+    // answers (a polite close of a healthy session is not worth waiting for either).
+    if (fd >= 0) shutdown(fd, SHUT_RDWR);
+    if (sftp != nullptr) libssh2_sftp_shutdown(sftp);
+    if (ssh != nullptr) libssh2_session_free(ssh);
+    if (fd >= 0) close(fd);
+  }
+};
+
+// The time limits and the description of one public call.
+class SftpClient::Call {
+ public:
+  Call(const SftpClient& client, std::string what)
+      : client_(client),
+        what_(std::move(what)),
+        start_(absl::Now()),
+        deadline_(start_ + client.options_.timeout),
+        stall_timeout_(client.options_.stall_timeout),
+        progress_(start_) {}
+
+  // A shorter stall timeout from here on (at most the client's).
+  void LimitStall(absl::Duration d) { stall_timeout_ = std::min(stall_timeout_, d); }
+
+  const std::string& what() const { return what_; }
+  // Something moved: a request answered, bytes read or written.
+  void Progress() { progress_ = absl::Now(); }
+
+  std::string Message(std::string_view detail) const {
+    return absl::StrCat("sftp ", what_, " on ", client_.options_.host, ":", client_.options_.port,
+                        ": ", ToAbsl(detail));
+  }
+
+  // Waits for the socket as libssh2 asks (at most 200 ms at a time). CANCELLED once stopping,
+  // DEADLINE_EXCEEDED when nothing moved for stall_timeout or the call ran out of timeout.
+  absl::Status Wait(Session& s) const {
+    if (client_.cancel_ != nullptr && client_.cancel_->HasBeenNotified()) {
+      return absl::CancelledError(absl::StrCat("sftp ", what_, ": stopping"));
+    }
+    const absl::Time now = absl::Now();
+    if (now - progress_ >= stall_timeout_) {
+      return absl::DeadlineExceededError(Message(
+          absl::StrCat("stalled, no byte moved for ", absl::FormatDuration(stall_timeout_))));
+    }
+    if (now >= deadline_) {
+      return absl::DeadlineExceededError(Message(
+          absl::StrCat("timed out after ", absl::FormatDuration(client_.options_.timeout))));
+    }
+    const int dir = libssh2_session_block_directions(s.ssh);
+    pollfd p{s.fd, 0, 0};
+    if (dir & LIBSSH2_SESSION_BLOCK_INBOUND) p.events |= POLLIN;
+    if (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND) p.events |= POLLOUT;
+    if (p.events == 0) p.events = POLLIN;
+    const absl::Duration left =
+        std::min({absl::Milliseconds(200), deadline_ - now, stall_timeout_ - (now - progress_)});
+    poll(&p, 1, static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(left))));
+    return absl::OkStatus();
+  }
+
+  absl::Time deadline() const { return deadline_; }
+
+ private:
+  const SftpClient& client_;
+  std::string what_;
+  absl::Time start_, deadline_;
+  absl::Duration stall_timeout_;
+  absl::Time progress_;
 };
 
 SftpClient::SftpClient(Options options, const absl::Notification* cancel)
@@ -88,201 +183,265 @@ SftpClient::SftpClient(Options options, const absl::Notification* cancel)
   GlobalInit();
 }
 
-SftpClient::~SftpClient() {
-  if (curl_ != nullptr) curl_easy_cleanup(static_cast<CURL*>(curl_));
-}
+SftpClient::~SftpClient() = default;
 
-std::string SftpClient::Url(std::string_view path) const {
-  std::string url = absl::StrCat("sftp://", options_.host, ":", options_.port);
-  // Each segment percent-encoded; the slashes kept. A trailing '/' stays (a folder URL).
-  for (absl::string_view seg : absl::StrSplit(ToAbsl(path), '/')) {
-    if (seg.empty()) continue;
-    char* e = curl_easy_escape(nullptr, seg.data(), static_cast<int>(seg.size()));
-    absl::StrAppend(&url, "/", e ? e : "");
-    curl_free(e);
+// A failed libssh2 call: the server's SFTP refusal (the session stays usable) or a transport
+// failure (it does not).
+absl::Status SftpClient::Failure(Call& call, long rc) {
+  if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL && session_ != nullptr) {
+    const unsigned long fx = libssh2_sftp_last_error(session_->sftp);
+    const std::string msg = call.Message(absl::StrCat("the server answered: ", FxName(fx)));
+    switch (fx) {
+      case LIBSSH2_FX_NO_SUCH_FILE:
+      case LIBSSH2_FX_NO_SUCH_PATH:
+        return absl::NotFoundError(msg);
+      case LIBSSH2_FX_PERMISSION_DENIED:
+        return absl::PermissionDeniedError(msg);
+      default:
+        return absl::UnavailableError(msg);
+    }
   }
-  if (!path.empty() && path.back() == '/') url.push_back('/');
-  return url;
+  std::string detail = "connection failed";
+  if (session_ != nullptr && session_->ssh != nullptr) {
+    char* text = nullptr;
+    libssh2_session_last_error(session_->ssh, &text, nullptr, 0);
+    if (text != nullptr && *text != '\0') detail = text;
+    session_->broken = true;
+  }
+  return absl::UnavailableError(call.Message(detail));
 }
 
-absl::Status SftpClient::Perform(Transfer& t) {
+// Runs `step` until it stops answering EAGAIN. Its result, or the wait's failure (the session
+// is then broken).
+template <typename Step>
+absl::StatusOr<long> SftpClient::Run(Call& call, Step step) {
+  for (;;) {
+    const long rc = step();
+    if (rc != LIBSSH2_ERROR_EAGAIN) {
+      if (rc >= 0) call.Progress();
+      session_->last_used = absl::Now();
+      return rc;
+    }
+    if (absl::Status s = call.Wait(*session_); !s.ok()) {
+      session_->broken = true;
+      return s;
+    }
+  }
+}
+
+absl::Status SftpClient::Connect(Call& call) {
   if (cancel_ != nullptr && cancel_->HasBeenNotified()) {
-    return absl::CancelledError(absl::StrCat("sftp ", t.what, ": stopping"));
+    return absl::CancelledError(absl::StrCat("sftp ", call.what(), ": stopping"));
   }
-  if (curl_ == nullptr) {
-    curl_ = curl_easy_init();
-    if (curl_ == nullptr) return absl::ResourceExhaustedError("curl_easy_init failed");
+  // A connection is reused while it was used recently and still answers: one that sat idle
+  // for a while is asked first (a stat of "."), since a server may have closed its SFTP
+  // channel, or the whole connection, meanwhile.
+  if (session_ != nullptr && !session_->broken && session_->Alive()) {
+    const absl::Duration idle = absl::Now() - session_->last_used;
+    if (idle < kProbeAfterIdle) return absl::OkStatus();
+    if (idle < kMaxIdle) {
+      // libssh2 learns that the server closed the channel only by waiting for an answer that
+      // never comes: a short wait decides.
+      Call probe(*this, call.what());
+      probe.LimitStall(kProbeStall);
+      LIBSSH2_SFTP_ATTRIBUTES attrs{};
+      absl::StatusOr<long> rc = Run(probe, [&] {
+        return libssh2_sftp_stat_ex(session_->sftp, ".", 1, LIBSSH2_SFTP_STAT, &attrs);
+      });
+      if (rc.ok() && (*rc >= 0 || *rc == LIBSSH2_ERROR_SFTP_PROTOCOL)) return absl::OkStatus();
+      if (!rc.ok() && absl::IsCancelled(rc.status())) return rc.status();
+    }
   }
-  CURL* c = static_cast<CURL*>(curl_);
-  // Reset drops the options of the previous call but keeps the SSH connection for reuse.
-  curl_easy_reset(c);
-  char error[CURL_ERROR_SIZE] = {0};
-  HostKeyCheck host_key;
-  Slist quote = MakeSlist(t.quote);
-  Slist postquote = MakeSlist(t.postquote);
-  curl_easy_setopt(c, CURLOPT_URL, t.url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "sftp");
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(c, CURLOPT_USERNAME, options_.user.c_str());
-  curl_easy_setopt(c, CURLOPT_SSH_AUTH_TYPES, static_cast<long>(CURLSSH_AUTH_PUBLICKEY));
-  curl_easy_setopt(c, CURLOPT_SSH_PRIVATE_KEYFILE, options_.private_key_file.c_str());
-  // An empty string makes libssh2 derive the public key from the private one.
-  curl_easy_setopt(c, CURLOPT_SSH_PUBLIC_KEYFILE, options_.public_key_file.c_str());
-  if (!options_.passphrase.empty()) {
-    curl_easy_setopt(c, CURLOPT_KEYPASSWD, options_.passphrase.c_str());
+  session_.reset();
+  auto s = std::make_unique<Session>();
+
+  // TCP, bounded by connect_timeout.
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* addrs = nullptr;
+  const std::string port = absl::StrCat(options_.port);
+  if (int rc = getaddrinfo(options_.host.c_str(), port.c_str(), &hints, &addrs); rc != 0) {
+    return absl::UnavailableError(call.Message(gai_strerror(rc)));
   }
-  curl_easy_setopt(c, CURLOPT_SSH_KNOWNHOSTS, options_.known_hosts_file.c_str());
-  curl_easy_setopt(c, CURLOPT_SSH_KEYFUNCTION, CheckHostKey);
-  curl_easy_setopt(c, CURLOPT_SSH_KEYDATA, &host_key);
-  curl_easy_setopt(
-      c, CURLOPT_TIMEOUT_MS,
-      static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.timeout))));
-  curl_easy_setopt(
-      c, CURLOPT_CONNECTTIMEOUT_MS,
-      static_cast<long>(std::max<int64_t>(1, absl::ToInt64Milliseconds(options_.connect_timeout))));
-  if (quote) curl_easy_setopt(c, CURLOPT_QUOTE, quote.get());
-  if (postquote) curl_easy_setopt(c, CURLOPT_POSTQUOTE, postquote.get());
-  if (t.nobody) curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-  if (t.upload) {
-    t.offset = 0;
-    curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
-    curl_read_callback read = [](char* buf, size_t size, size_t n, void* arg) -> size_t {
-      auto* tr = static_cast<Transfer*>(arg);
-      size_t len = std::min(size * n, tr->data.size() - tr->offset);
-      std::memcpy(buf, tr->data.data() + tr->offset, len);
-      tr->offset += len;
-      return len;
-    };
-    curl_easy_setopt(c, CURLOPT_READFUNCTION, read);
-    curl_easy_setopt(c, CURLOPT_READDATA, &t);
-    curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(t.data.size()));
-  }
-  if (t.sink != nullptr) {
-    t.too_large = false;
-    curl_write_callback write = [](char* buf, size_t size, size_t n, void* arg) -> size_t {
-      auto* tr = static_cast<Transfer*>(arg);
-      const size_t len = size * n;
-      if (len > tr->max_bytes - tr->sink->size()) {
-        tr->too_large = true;
-        return 0;  // aborts the transfer (CURLE_WRITE_ERROR)
+  const absl::Time connect_by = std::min(absl::Now() + options_.connect_timeout, call.deadline());
+  std::string error = "no address";
+  bool timed_out = false;
+  for (addrinfo* a = addrs; a != nullptr && s->fd < 0; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      error = std::strerror(errno);
+      continue;
+    }
+    int err = connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
+    while (err == EINPROGRESS) {
+      if (cancel_ != nullptr && cancel_->HasBeenNotified()) break;
+      const absl::Duration left = connect_by - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        timed_out = true;
+        break;
       }
-      tr->sink->append(buf, len);
-      return len;
-    };
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &t);
-    if (!t.dirlistonly) {
-      // Lets libcurl refuse a file whose size it learns up front, before any byte moves.
-      curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_bytes));
+      pollfd p{fd, POLLOUT, 0};
+      const int ms = static_cast<int>(std::clamp<int64_t>(absl::ToInt64Milliseconds(left), 1, 200));
+      if (poll(&p, 1, ms) > 0) {
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+      }
+    }
+    if (err == 0) {
+      s->fd = fd;
+    } else {
+      if (err != EINPROGRESS) error = std::strerror(err);
+      close(fd);
     }
   }
-  if (t.dirlistonly) curl_easy_setopt(c, CURLOPT_DIRLISTONLY, 1L);
-  if (t.filetime) curl_easy_setopt(c, CURLOPT_FILETIME, 1L);
-  // libcurl calls this at least about once a second in every step of the call (connecting,
-  // SFTP requests, the transfer, the rename after it): it stops the call when asked to, and when
-  // no byte moved for stall_timeout. libcurl's own low-speed limit only watches the transfer.
-  struct Progress {
-    const absl::Notification* cancel;
-    absl::Duration stall_timeout;
-    curl_off_t moved = 0;
-    absl::Time since = absl::Now();
-    bool stalled = false;
-  } progress{.cancel = cancel_, .stall_timeout = options_.stall_timeout};
-  curl_xferinfo_callback watch = [](void* arg, curl_off_t, curl_off_t dlnow, curl_off_t,
-                                    curl_off_t ulnow) -> int {
-    auto* p = static_cast<Progress*>(arg);
-    if (p->cancel != nullptr && p->cancel->HasBeenNotified()) return 1;
-    const absl::Time now = absl::Now();
-    if (dlnow + ulnow != p->moved) {
-      p->moved = dlnow + ulnow;
-      p->since = now;
-    } else if (now - p->since >= p->stall_timeout) {
-      p->stalled = true;
-      return 1;
+  freeaddrinfo(addrs);
+  if (cancel_ != nullptr && cancel_->HasBeenNotified()) {
+    return absl::CancelledError(absl::StrCat("sftp ", call.what(), ": stopping"));
+  }
+  if (s->fd < 0) {
+    if (timed_out) {
+      return absl::DeadlineExceededError(call.Message(
+          absl::StrCat("no connection within ", absl::FormatDuration(options_.connect_timeout))));
     }
-    return 0;
-  };
-  curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-  curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, watch);
-  curl_easy_setopt(c, CURLOPT_XFERINFODATA, &progress);
-  t.code = curl_easy_perform(c);
-  t.sent_all = t.upload && t.offset == t.data.size();
-  if (t.code == CURLE_OK && t.filetime) {
-    curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &t.size);
-    curl_easy_getinfo(c, CURLINFO_FILETIME_T, &t.mtime);
+    return absl::UnavailableError(call.Message(absl::StrCat("cannot connect: ", error)));
   }
-  // The lists and the error buffer die with this frame: unhook them from the handle.
-  curl_easy_setopt(c, CURLOPT_QUOTE, nullptr);
-  curl_easy_setopt(c, CURLOPT_POSTQUOTE, nullptr);
-  curl_easy_setopt(c, CURLOPT_ERRORBUFFER, nullptr);
-  curl_easy_setopt(c, CURLOPT_SSH_KEYDATA, nullptr);
-  curl_easy_setopt(c, CURLOPT_XFERINFODATA, nullptr);
-  if (t.code == CURLE_OK) return absl::OkStatus();
-  // A refusal of the server's leaves a sound connection; anything else may leave one in the
-  // middle of an exchange (libcurl keeps a connection a callback stopped), so the next call
-  // starts on a new one.
-  if (t.code != CURLE_QUOTE_ERROR && t.code != CURLE_REMOTE_FILE_NOT_FOUND) {
-    curl_easy_cleanup(c);
-    curl_ = nullptr;
+  call.Progress();
+
+  s->ssh = libssh2_session_init();
+  if (s->ssh == nullptr) return absl::ResourceExhaustedError("libssh2_session_init failed");
+  libssh2_session_set_blocking(s->ssh, 0);
+  session_ = std::move(s);
+  Session& ss = *session_;
+  auto run = [&](auto step) { return Run(call, step); };
+
+  absl::StatusOr<long> rc = run([&] { return libssh2_session_handshake(ss.ssh, ss.fd); });
+  if (!rc.ok()) return rc.status();
+  if (*rc < 0) return Failure(call, *rc);
+
+  // The host key must be in known_hosts: nothing is sent before it is checked.
+  size_t key_len = 0;
+  int key_type = 0;
+  const char* key = libssh2_session_hostkey(ss.ssh, &key_len, &key_type);
+  LIBSSH2_KNOWNHOSTS* known = libssh2_knownhost_init(ss.ssh);
+  int check = LIBSSH2_KNOWNHOST_CHECK_FAILURE;
+  if (key != nullptr && known != nullptr &&
+      libssh2_knownhost_readfile(known, options_.known_hosts_file.c_str(),
+                                 LIBSSH2_KNOWNHOST_FILE_OPENSSH) >= 0) {
+    check = libssh2_knownhost_checkp(
+        known, options_.host.c_str(), static_cast<int>(options_.port), key, key_len,
+        LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW | KnownHostKeyType(key_type),
+        nullptr);
   }
-  if (progress.stalled) {
-    return absl::DeadlineExceededError(absl::StrCat("sftp ", t.what, " on ", options_.host, ":",
-                                                    options_.port, ": stalled, no byte moved for ",
-                                                    absl::FormatDuration(options_.stall_timeout)));
+  if (known != nullptr) libssh2_knownhost_free(known);
+  if (check != LIBSSH2_KNOWNHOST_CHECK_MATCH) {
+    ss.broken = true;
+    const std::string why = check == LIBSSH2_KNOWNHOST_CHECK_MISMATCH ? "host key does not match "
+                            : check == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND
+                                ? "host key not in "
+                                : "host key not checked against ";
+    return absl::PermissionDeniedError(call.Message(absl::StrCat(why, options_.known_hosts_file)));
   }
 
-  std::string msg = absl::StrCat("sftp ", t.what, " on ", options_.host, ":", options_.port, ": ",
-                                 error[0] != '\0' ? error : curl_easy_strerror(t.code));
-  switch (t.code) {
-    case CURLE_OPERATION_TIMEDOUT:
-      return absl::DeadlineExceededError(msg);
-    case CURLE_ABORTED_BY_CALLBACK:
-      return absl::CancelledError(absl::StrCat("sftp ", t.what, ": stopping"));
-    case CURLE_PEER_FAILED_VERIFICATION:
-      if (host_key.match == CURLKHMATCH_MISSING) {
-        absl::StrAppend(&msg, " (host key not in ", options_.known_hosts_file, ")");
-      } else if (host_key.match == CURLKHMATCH_MISMATCH) {
-        absl::StrAppend(&msg, " (host key does not match ", options_.known_hosts_file, ")");
-      }
-      return absl::PermissionDeniedError(msg);
-    case CURLE_LOGIN_DENIED:
-      return absl::UnauthenticatedError(msg);
-    case CURLE_REMOTE_ACCESS_DENIED:
-      return absl::PermissionDeniedError(msg);
-    case CURLE_URL_MALFORMAT:
-    case CURLE_UNSUPPORTED_PROTOCOL:
-      return absl::InvalidArgumentError(msg);
-    case CURLE_OUT_OF_MEMORY:
-      return absl::ResourceExhaustedError(msg);
-    default:
-      // Connection refused or reset, SSH or SFTP errors, a missing folder, a failed rename.
-      return absl::UnavailableError(msg);
+  rc = run([&] {
+    return libssh2_userauth_publickey_fromfile_ex(
+        ss.ssh, options_.user.c_str(), static_cast<unsigned>(options_.user.size()),
+        options_.public_key_file.empty() ? nullptr : options_.public_key_file.c_str(),
+        options_.private_key_file.c_str(),
+        options_.passphrase.empty() ? nullptr : options_.passphrase.c_str());
+  });
+  if (!rc.ok()) return rc.status();
+  if (*rc < 0) {
+    char* text = nullptr;
+    libssh2_session_last_error(ss.ssh, &text, nullptr, 0);
+    ss.broken = true;
+    return absl::UnauthenticatedError(call.Message(
+        absl::StrCat("public key of ", options_.user, " refused: ", text != nullptr ? text : "")));
   }
+
+  for (;;) {
+    ss.sftp = libssh2_sftp_init(ss.ssh);
+    if (ss.sftp != nullptr) break;
+    if (libssh2_session_last_errno(ss.ssh) != LIBSSH2_ERROR_EAGAIN) {
+      return Failure(call, libssh2_session_last_errno(ss.ssh));
+    }
+    if (absl::Status w = call.Wait(ss); !w.ok()) {
+      ss.broken = true;
+      return w;
+    }
+  }
+  call.Progress();
+  ss.last_used = absl::Now();
+  return absl::OkStatus();
+}
+
+// Opens `path`; null with the failure in `status`.
+LIBSSH2_SFTP_HANDLE* SftpClient::Open(Call& call, std::string_view path, unsigned long flags,
+                                      long mode, int type, absl::Status* status) {
+  for (;;) {
+    LIBSSH2_SFTP_HANDLE* h = libssh2_sftp_open_ex(
+        session_->sftp, path.data(), static_cast<unsigned>(path.size()), flags, mode, type);
+    if (h != nullptr) {
+      call.Progress();
+      return h;
+    }
+    const int err = libssh2_session_last_errno(session_->ssh);
+    if (err != LIBSSH2_ERROR_EAGAIN) {
+      *status = Failure(call, err);
+      return nullptr;
+    }
+    if (absl::Status w = call.Wait(*session_); !w.ok()) {
+      session_->broken = true;
+      *status = w;
+      return nullptr;
+    }
+  }
+}
+
+// Closes `h`; on a broken session only its memory is let go of.
+absl::Status SftpClient::CloseHandle(Call& call, LIBSSH2_SFTP_HANDLE* h) {
+  if (session_->broken) {
+    // Nothing more can be said to the server; libssh2 frees the handle when the close
+    // cannot be sent, which the dead socket makes immediate.
+    shutdown(session_->fd, SHUT_RDWR);
+    libssh2_sftp_close_handle(h);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<long> rc = Run(call, [&] { return libssh2_sftp_close_handle(h); });
+  if (!rc.ok()) {
+    shutdown(session_->fd, SHUT_RDWR);
+    libssh2_sftp_close_handle(h);
+    return rc.status();
+  }
+  return *rc < 0 ? Failure(call, *rc) : absl::OkStatus();
+}
+
+absl::StatusOr<SftpClient::FileStat> SftpClient::StatPath(Call& call, std::string_view path) {
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+  LIBSSH2_SFTP_ATTRIBUTES attrs{};
+  absl::StatusOr<long> rc = Run(call, [&] {
+    return libssh2_sftp_stat_ex(session_->sftp, path.data(), static_cast<unsigned>(path.size()),
+                                LIBSSH2_SFTP_STAT, &attrs);
+  });
+  if (!rc.ok()) return rc.status();
+  if (*rc < 0) return Failure(call, *rc);
+  if (!(attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) || !(attrs.flags & LIBSSH2_SFTP_ATTR_ACMODTIME)) {
+    return absl::UnavailableError(call.Message("the server did not give its size and time"));
+  }
+  return FileStat{.size = attrs.filesize, .mtime = static_cast<int64_t>(attrs.mtime)};
 }
 
 absl::StatusOr<bool> SftpClient::Exists(std::string_view path) {
-  Transfer t{.what = absl::StrCat("check of ", ToAbsl(path)), .url = Url(path), .nobody = true};
-  absl::Status s = Perform(t);
-  if (s.ok()) return true;
-  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return false;
-  return s;
+  Call call(*this, absl::StrCat("check of ", ToAbsl(path)));
+  absl::StatusOr<FileStat> st = StatPath(call, path);
+  if (st.ok()) return true;
+  if (absl::IsNotFound(st.status())) return false;
+  return st.status();
 }
 
 absl::StatusOr<SftpClient::FileStat> SftpClient::Stat(std::string_view path) {
-  Transfer t{.what = absl::StrCat("stat of ", ToAbsl(path)),
-             .url = Url(path),
-             .nobody = true,
-             .filetime = true};
-  absl::Status s = Perform(t);
-  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return absl::NotFoundError(s.message());
-  if (!s.ok()) return s;
-  if (t.size < 0 || t.mtime < 0) {
-    return absl::UnavailableError(absl::StrCat("sftp stat of ", ToAbsl(path), " on ", options_.host,
-                                               ":", options_.port,
-                                               ": the server did not give its size and time"));
-  }
-  return FileStat{.size = static_cast<uint64_t>(t.size), .mtime = static_cast<int64_t>(t.mtime)};
+  Call call(*this, absl::StrCat("stat of ", ToAbsl(path)));
+  return StatPath(call, path);
 }
 
 absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view name,
@@ -292,23 +451,62 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
   }
   const std::string part = JoinPath(dir, absl::StrCat(".", ToAbsl(name), ".part"));
   const std::string final_path = JoinPath(dir, name);
-  Transfer t{.what = absl::StrCat("upload of ", part),
-             .url = Url(part),
-             .upload = true,
-             .data = data,
-             .postquote = {absl::StrCat("rename ", QuotePath(part), " ", QuotePath(final_path))}};
-  absl::Status s = Perform(t);
+  Call call(*this, absl::StrCat("upload of ", part));
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+
+  // Writes the part file, then renames it; `sent_all` once the server took every byte.
+  bool sent_all = false;
+  absl::Status s = [&]() -> absl::Status {
+    absl::Status open_failed;
+    LIBSSH2_SFTP_HANDLE* h =
+        Open(call, part, LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC, 0644,
+             LIBSSH2_SFTP_OPENFILE, &open_failed);
+    if (h == nullptr) {
+      // A missing folder is the partner's to fix, and may be fixed: retryable.
+      if (absl::IsNotFound(open_failed)) {
+        return absl::UnavailableError(
+            absl::StrCat(open_failed.message(), " (is ", ToAbsl(dir), " there?)"));
+      }
+      return open_failed;
+    }
+    size_t off = 0;
+    while (off < data.size()) {
+      absl::StatusOr<long> n = Run(call, [&] {
+        return static_cast<long>(
+            libssh2_sftp_write(h, data.data() + off, std::min(kChunk, data.size() - off)));
+      });
+      if (!n.ok() || *n < 0) {
+        const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+        (void)CloseHandle(call, h);
+        return failed;
+      }
+      off += static_cast<size_t>(*n);
+    }
+    // The close answers once the server wrote everything.
+    if (absl::Status c = CloseHandle(call, h); !c.ok()) return c;
+    sent_all = true;
+    absl::StatusOr<long> rc = Run(call, [&] {
+      return libssh2_sftp_rename_ex(session_->sftp, part.data(), static_cast<unsigned>(part.size()),
+                                    final_path.data(), static_cast<unsigned>(final_path.size()),
+                                    LIBSSH2_SFTP_RENAME_ATOMIC | LIBSSH2_SFTP_RENAME_NATIVE);
+    });
+    if (!rc.ok()) return rc.status();
+    return *rc < 0 ? Failure(call, *rc) : absl::OkStatus();
+  }();
   if (s.ok()) return s;
   auto remove_part = [&] {
-    Transfer cleanup{.what = absl::StrCat("removal of ", part),
-                     .url = Url(JoinPath(dir, "")),
-                     .nobody = true,
-                     .quote = {absl::StrCat("*rm ", QuotePath(part))}};
-    (void)Perform(cleanup);
+    Call cleanup(*this, absl::StrCat("removal of ", part));
+    if (Connect(cleanup).ok()) {
+      (void)Run(cleanup, [&] {
+        return libssh2_sftp_unlink_ex(session_->sftp, part.data(),
+                                      static_cast<unsigned>(part.size()));
+      });
+    }
   };
-  if (t.code == CURLE_QUOTE_ERROR) {
-    // The upload went through but the server refused the rename. Either the file appeared
-    // meanwhile (the rename never overwrites), or the server failed; either way the part goes.
+  const bool broken = session_ == nullptr || session_->broken;
+  if (!broken && sent_all) {
+    // The server refused the rename. Either the file appeared meanwhile (a rename never
+    // overwrites), or the server failed; either way the part file goes.
     absl::StatusOr<bool> there = Exists(final_path);
     remove_part();
     if (there.ok() && *there) {
@@ -316,15 +514,15 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
     }
     return absl::UnavailableError(absl::StrCat(s.message(), " (renaming ", part, ")"));
   }
-  if (!t.sent_all || absl::IsCancelled(s) || absl::IsPermissionDenied(s) ||
-      absl::IsUnauthenticated(s) || absl::IsInvalidArgument(s)) {
+  if (absl::IsCancelled(s) || absl::IsPermissionDenied(s) || absl::IsUnauthenticated(s)) return s;
+  if (!sent_all) {
+    remove_part();  // best effort, on a new connection if this one failed
     return s;
   }
-  // Every byte was sent and then the connection failed or stalled: the server may have renamed
-  // the part file without the answer reaching us. Look again, on a new connection (libcurl drops
-  // a failed one): NAME there and the part file gone is that rename, so the upload is done.
-  // Without this the caller would retry, and a batch retried under another name would reach the
-  // partner twice.
+  // Every byte was taken and then the connection failed or stalled: the server may have
+  // renamed the part file without the answer reaching us. Look again, on a new connection:
+  // NAME there and the part file gone is that rename, so the upload is done. Without this the
+  // caller would retry, and a batch retried under another name would reach the partner twice.
   absl::StatusOr<bool> there = Exists(final_path);
   if (!there.ok()) return s;
   absl::StatusOr<bool> part_there = *there ? Exists(part) : absl::StatusOr<bool>(true);
@@ -336,52 +534,103 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
 }
 
 absl::StatusOr<std::vector<std::string>> SftpClient::List(std::string_view dir, size_t max_bytes) {
-  std::string listing;
-  Transfer t{.what = absl::StrCat("listing of ", ToAbsl(dir)),
-             .url = Url(JoinPath(dir, "")),
-             .dirlistonly = true,
-             .sink = &listing,
-             .max_bytes = max_bytes};
-  absl::Status s = Perform(t);
-  if (t.too_large) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("sftp listing of ", ToAbsl(dir), " is larger than ", max_bytes, " bytes"));
+  Call call(*this, absl::StrCat("listing of ", ToAbsl(dir)));
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+  absl::Status open_failed;
+  LIBSSH2_SFTP_HANDLE* h = Open(call, dir, 0, 0, LIBSSH2_SFTP_OPENDIR, &open_failed);
+  if (h == nullptr) {
+    // A missing folder is retryable: the partner may create it.
+    if (absl::IsNotFound(open_failed)) return absl::UnavailableError(open_failed.message());
+    return open_failed;
   }
-  if (!s.ok()) return s;
   std::vector<std::string> names;
-  // libcurl writes one name per line.
-  for (absl::string_view name : absl::StrSplit(listing, '\n', absl::SkipEmpty())) {
-    if (name == "." || name == "..") continue;
-    names.emplace_back(name);
+  size_t bytes = 0;
+  char name[4096];
+  for (;;) {
+    LIBSSH2_SFTP_ATTRIBUTES attrs{};
+    absl::StatusOr<long> n = Run(call, [&] {
+      return static_cast<long>(
+          libssh2_sftp_readdir_ex(h, name, sizeof(name) - 1, nullptr, 0, &attrs));
+    });
+    if (!n.ok() || *n < 0) {
+      const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+      (void)CloseHandle(call, h);
+      return failed;
+    }
+    if (*n == 0) break;  // the end
+    const std::string_view entry(name, static_cast<size_t>(*n));
+    if (entry == "." || entry == "..") continue;
+    bytes += entry.size() + 1;
+    if (bytes > max_bytes) {
+      (void)CloseHandle(call, h);
+      return absl::ResourceExhaustedError(
+          absl::StrCat("sftp listing of ", ToAbsl(dir), " is larger than ", max_bytes, " bytes"));
+    }
+    names.emplace_back(entry);
   }
+  if (absl::Status c = CloseHandle(call, h); !c.ok()) return c;
   return names;
 }
 
 absl::StatusOr<std::string> SftpClient::Download(std::string_view path, size_t max_bytes) {
-  std::string data;
-  Transfer t{.what = absl::StrCat("download of ", ToAbsl(path)),
-             .url = Url(path),
-             .sink = &data,
-             .max_bytes = max_bytes};
-  absl::Status s = Perform(t);
-  if (t.too_large || t.code == CURLE_FILESIZE_EXCEEDED) {
+  Call call(*this, absl::StrCat("download of ", ToAbsl(path)));
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+  absl::Status open_failed;
+  LIBSSH2_SFTP_HANDLE* h =
+      Open(call, path, LIBSSH2_FXF_READ, 0, LIBSSH2_SFTP_OPENFILE, &open_failed);
+  if (h == nullptr) return open_failed;
+  auto too_large = [&] {
     return absl::FailedPreconditionError(
-        absl::StrCat("sftp download of ", ToAbsl(path), " on ", options_.host, ":", options_.port,
-                     ": the file is larger than ", max_bytes, " bytes"));
+        call.Message(absl::StrCat("the file is larger than ", max_bytes, " bytes")));
+  };
+  // The size up front, so that a file too large is refused before any byte moves.
+  LIBSSH2_SFTP_ATTRIBUTES attrs{};
+  absl::StatusOr<long> rc = Run(call, [&] { return libssh2_sftp_fstat_ex(h, &attrs, 0); });
+  if (!rc.ok() || *rc < 0) {
+    const absl::Status failed = rc.ok() ? Failure(call, *rc) : rc.status();
+    (void)CloseHandle(call, h);
+    return failed;
   }
-  if (t.code == CURLE_REMOTE_FILE_NOT_FOUND) return absl::NotFoundError(s.message());
-  if (!s.ok()) return s;
+  if ((attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) && attrs.filesize > max_bytes) {
+    (void)CloseHandle(call, h);
+    return too_large();
+  }
+  std::string data;
+  if (attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) data.reserve(attrs.filesize);
+  char buf[kChunk];
+  for (;;) {
+    absl::StatusOr<long> n =
+        Run(call, [&] { return static_cast<long>(libssh2_sftp_read(h, buf, sizeof(buf))); });
+    if (!n.ok() || *n < 0) {
+      const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+      (void)CloseHandle(call, h);
+      return failed;
+    }
+    if (*n == 0) break;
+    if (static_cast<size_t>(*n) > max_bytes - data.size()) {
+      // It grew past the limit while being read.
+      session_->broken = true;  // reads still in flight: start over on a new connection
+      (void)CloseHandle(call, h);
+      return too_large();
+    }
+    data.append(buf, static_cast<size_t>(*n));
+  }
+  if (absl::Status c = CloseHandle(call, h); !c.ok()) return c;
   return data;
 }
 
 absl::Status SftpClient::Rename(std::string_view from, std::string_view to) {
-  const std::string_view dir = from.substr(0, from.rfind('/') + 1);
-  Transfer t{.what = absl::StrCat("rename of ", ToAbsl(from), " to ", ToAbsl(to)),
-             .url = Url(dir.empty() ? "/" : dir),
-             .nobody = true,
-             .quote = {absl::StrCat("rename ", QuotePath(from), " ", QuotePath(to))}};
-  absl::Status s = Perform(t);
-  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
+  Call call(*this, absl::StrCat("rename of ", ToAbsl(from), " to ", ToAbsl(to)));
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+  absl::StatusOr<long> rc = Run(call, [&] {
+    return libssh2_sftp_rename_ex(session_->sftp, from.data(), static_cast<unsigned>(from.size()),
+                                  to.data(), static_cast<unsigned>(to.size()),
+                                  LIBSSH2_SFTP_RENAME_ATOMIC | LIBSSH2_SFTP_RENAME_NATIVE);
+  });
+  if (!rc.ok()) return rc.status();
+  if (*rc >= 0) return absl::OkStatus();
+  absl::Status s = Failure(call, *rc);
+  if (session_ == nullptr || session_->broken) return s;
   // The server refused: say why when it is one of the two expected reasons.
   if (absl::StatusOr<bool> there = Exists(to); there.ok() && *there) {
     return absl::AlreadyExistsError(absl::StrCat(ToAbsl(to), " already exists"));
@@ -389,20 +638,21 @@ absl::Status SftpClient::Rename(std::string_view from, std::string_view to) {
   if (absl::StatusOr<bool> there = Exists(from); there.ok() && !*there) {
     return absl::NotFoundError(absl::StrCat(ToAbsl(from), " is not there"));
   }
+  // `from` is there: "no such file" is the target's folder, which may yet be made.
+  if (absl::IsNotFound(s)) return absl::UnavailableError(s.message());
   return s;
 }
 
 absl::Status SftpClient::Remove(std::string_view path) {
-  const std::string_view dir = path.substr(0, path.rfind('/') + 1);
-  Transfer t{.what = absl::StrCat("removal of ", ToAbsl(path)),
-             .url = Url(dir.empty() ? "/" : dir),
-             .nobody = true,
-             .quote = {absl::StrCat("rm ", QuotePath(path))}};
-  absl::Status s = Perform(t);
-  if (s.ok() || t.code != CURLE_QUOTE_ERROR) return s;
-  if (absl::StatusOr<bool> there = Exists(path); there.ok() && !*there) {
-    return absl::NotFoundError(absl::StrCat(ToAbsl(path), " is not there"));
-  }
+  Call call(*this, absl::StrCat("removal of ", ToAbsl(path)));
+  if (absl::Status s = Connect(call); !s.ok()) return s;
+  absl::StatusOr<long> rc = Run(call, [&] {
+    return libssh2_sftp_unlink_ex(session_->sftp, path.data(), static_cast<unsigned>(path.size()));
+  });
+  if (!rc.ok()) return rc.status();
+  if (*rc >= 0) return absl::OkStatus();
+  absl::Status s = Failure(call, *rc);
+  if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat(ToAbsl(path), " is not there"));
   return s;
 }
 

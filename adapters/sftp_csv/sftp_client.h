@@ -1,5 +1,5 @@
-// A small blocking SFTP client (libcurl over libssh2) for one server: checks whether a file
-// exists, uploads a file atomically, lists a folder, downloads, renames and removes files.
+// A small blocking SFTP client (libssh2) for one server: checks whether a file exists, uploads
+// a file atomically, lists a folder, downloads, renames and removes files.
 //
 //   SftpClient client({.host = "127.0.0.1", .port = 2222, .user = "ess",
 //                      .private_key_file = "/keys/id_ed25519",
@@ -34,15 +34,21 @@
 //   NOT_FOUND           Download, Rename, Remove: the file is not there
 //   FAILED_PRECONDITION Download: the file is larger than the limit (nothing returned)
 //   RESOURCE_EXHAUSTED  List: the listing is larger than its limit
-//   INVALID_ARGUMENT    a path libcurl cannot express
+//   INVALID_ARGUMENT    a bad file name
 //
 // Not thread-safe: one thread uses a client. Its SSH connection is kept and reused between
-// calls (libcurl reconnects when it has dropped).
+// calls; after a call failed at the transport (or stalled, or was stopped) the next one starts
+// on a new connection.
+//
+// libssh2 directly, not through libcurl: Debian 12's libcurl (7.88) leaks the SSH session of
+// every SFTP call that fails mid-transfer (curl/curl#16656, fixed in 8.13), and it keeps a
+// connection a callback stopped for the next call, in the middle of an exchange.
 #ifndef ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
 #define ESS_ADAPTERS_SFTP_CSV_SFTP_CLIENT_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,6 +57,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+
+struct _LIBSSH2_SFTP_HANDLE;
 
 namespace ess::adapters::sftp_csv {
 
@@ -66,18 +74,17 @@ class SftpClient {
     // Passphrase of the private key; none when empty.
     std::string passphrase;
     std::string known_hosts_file;
-    // The longest a call may take in all, and the longest it may go without moving a byte of a
-    // file or listing (checked about once a second). Bytes count as a whole SFTP data packet
-    // (~30 KB) arrives, so on a link slower than 30 KB per stall_timeout a moving transfer
-    // looks stalled.
+    // The longest a call may take in all, and the longest it may wait for the server without
+    // anything moving (an answer, a packet of the file). A file's bytes count as a whole SFTP
+    // data packet (~30 KB) arrives, so on a link slower than 30 KB per stall_timeout a moving
+    // transfer looks stalled.
     absl::Duration timeout = absl::Minutes(10);
     absl::Duration stall_timeout = absl::Seconds(30);
     absl::Duration connect_timeout = absl::Seconds(5);
   };
 
   // `cancel`, if given, must outlive the client: once it is notified, a call under way stops
-  // within about a second (libcurl's progress callback) with CANCELLED, and so does every
-  // later call.
+  // within about 200 ms with CANCELLED, and so does every later call.
   explicit SftpClient(Options options, const absl::Notification* cancel = nullptr);
   ~SftpClient();
   SftpClient(const SftpClient&) = delete;
@@ -120,13 +127,22 @@ class SftpClient {
   absl::Status Remove(std::string_view path);
 
  private:
-  struct Transfer;
-  absl::Status Perform(Transfer& t);
-  std::string Url(std::string_view path) const;
+  struct Session;
+  class Call;
+
+  // (Re)connects unless the session is sound: TCP, SSH handshake, host key, key, SFTP.
+  absl::Status Connect(Call& call);
+  template <typename Step>
+  absl::StatusOr<long> Run(Call& call, Step step);
+  absl::Status Failure(Call& call, long rc);
+  _LIBSSH2_SFTP_HANDLE* Open(Call& call, std::string_view path, unsigned long flags, long mode,
+                             int type, absl::Status* status);
+  absl::Status CloseHandle(Call& call, _LIBSSH2_SFTP_HANDLE* handle);
+  absl::StatusOr<FileStat> StatPath(Call& call, std::string_view path);
 
   Options options_;
   const absl::Notification* const cancel_;
-  void* curl_ = nullptr;  // CURL*, created on first use
+  std::unique_ptr<Session> session_;  // made by the first call
 };
 
 }  // namespace ess::adapters::sftp_csv

@@ -18,6 +18,8 @@
 //                     connection lost after the server did the work
 //   throttle BYTES    relay the server's bytes at BYTES per second at most (in slices of a
 //                     tenth of a second): a slow link that still moves
+//   idle_close MS     end the session once the client sent nothing for MS milliseconds: a
+//                     server that closes idle SFTP sessions
 //
 // An SFTP packet is a uint32 length (big-endian) and that many bytes: a type byte, then (in all
 // but INIT and VERSION) a uint32 request id. Only this framing is read; the rest is relayed as is.
@@ -42,7 +44,7 @@ namespace {
 constexpr const char* kSftpServer = "/usr/lib/openssh/sftp-server";
 
 struct Mode {
-  enum Kind { kPass, kStallAt, kDropReply, kThrottle } kind = kPass;
+  enum Kind { kPass, kStallAt, kDropReply, kThrottle, kIdleClose } kind = kPass;
   long value = 0;
 };
 
@@ -58,6 +60,8 @@ Mode ReadMode(const char* path) {
     m.kind = Mode::kDropReply;
   } else if (word == "throttle" && m.value > 0) {
     m.kind = Mode::kThrottle;
+  } else if (word == "idle_close" && m.value > 0) {
+    m.kind = Mode::kIdleClose;
   } else {
     std::fprintf(stderr, "sftp_fault_relay: unknown mode \"%s\" in %s\n", word.c_str(), path);
     std::exit(2);
@@ -133,10 +137,13 @@ int main(int argc, char** argv) {
   char chunk[64 * 1024];
   while (true) {
     pollfd fds[2] = {{client_open ? 0 : -1, POLLIN, 0}, {server_out, POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0) {
+    const int ready =
+        poll(fds, 2, mode.kind == Mode::kIdleClose ? static_cast<int>(mode.value) : -1);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       break;
     }
+    if (ready == 0) break;  // idle_close: quiet for long enough
     if (fds[0].revents != 0) {
       ssize_t n = read(0, chunk, sizeof chunk);
       if (n <= 0) break;      // the client is gone: the session ends

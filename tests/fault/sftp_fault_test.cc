@@ -203,6 +203,19 @@ TEST_F(SftpFaultTest, TheWholeCallDeadlineStillBoundsASlowLink) {
   EXPECT_THAT(std::string(got.status().message()), Not(HasSubstr("stalled")));
 }
 
+// A server that closed an idle session: the next call asks first, and goes on a new one.
+TEST_F(SftpFaultTest, ASessionTheServerClosedWhileIdleIsReplaced) {
+  WriteFile(dir_ / "in.bin", "x");
+  SetMode("idle_close 300");
+  SftpClient client(Options());
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<bool> there = client.Exists((dir_ / "in.bin").string());
+    ASSERT_TRUE(there.ok()) << i << ": " << there.status();
+    EXPECT_TRUE(*there);
+    absl::SleepFor(absl::Milliseconds(1500));  // the relay ends the session after 300 ms
+  }
+}
+
 TEST_F(SftpFaultTest, AnUploadWhoseRenameAnswerIsLostIsDoneOnce) {
   const std::string data = Bytes(50 << 10);
   SetMode(absl::StrCat("drop_reply ", kRename));
