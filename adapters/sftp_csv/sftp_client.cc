@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -132,6 +133,13 @@ class SftpClient::Call {
 
   // A shorter stall timeout from here on (at most the client's).
   void LimitStall(absl::Duration d) { stall_timeout_ = std::min(stall_timeout_, d); }
+  // Until SetupDone(), the connection is being set up: it must be done by `by`
+  // (connect_timeout), however long a step of it takes.
+  void SetupUntil(absl::Time by) { setup_by_ = by; }
+  void SetupDone() {
+    setup_by_.reset();
+    Progress();
+  }
 
   const std::string& what() const { return what_; }
   // Something moved: a request answered, bytes read or written.
@@ -149,7 +157,11 @@ class SftpClient::Call {
       return absl::CancelledError(absl::StrCat("sftp ", what_, ": stopping"));
     }
     const absl::Time now = absl::Now();
-    if (now - progress_ >= stall_timeout_) {
+    if (setup_by_.has_value() && now >= *setup_by_) {
+      return absl::DeadlineExceededError(Message(absl::StrCat(
+          "no SSH session within ", absl::FormatDuration(client_.options_.connect_timeout))));
+    }
+    if (!setup_by_.has_value() && now - progress_ >= stall_timeout_) {
       return absl::DeadlineExceededError(Message(
           absl::StrCat("stalled, no byte moved for ", absl::FormatDuration(stall_timeout_))));
     }
@@ -163,7 +175,8 @@ class SftpClient::Call {
     if (dir & LIBSSH2_SESSION_BLOCK_OUTBOUND) p.events |= POLLOUT;
     if (p.events == 0) p.events = POLLIN;
     const absl::Duration left =
-        std::min({absl::Milliseconds(200), deadline_ - now, stall_timeout_ - (now - progress_)});
+        std::min({absl::Milliseconds(200), deadline_ - now,
+                  setup_by_.has_value() ? *setup_by_ - now : stall_timeout_ - (now - progress_)});
     poll(&p, 1, static_cast<int>(std::max<int64_t>(1, absl::ToInt64Milliseconds(left))));
     return absl::OkStatus();
   }
@@ -176,6 +189,7 @@ class SftpClient::Call {
   absl::Time start_, deadline_;
   absl::Duration stall_timeout_;
   absl::Time progress_;
+  std::optional<absl::Time> setup_by_;
 };
 
 SftpClient::SftpClient(Options options, const absl::Notification* cancel)
@@ -265,6 +279,7 @@ absl::Status SftpClient::Connect(Call& call) {
     return absl::UnavailableError(call.Message(gai_strerror(rc)));
   }
   const absl::Time connect_by = std::min(absl::Now() + options_.connect_timeout, call.deadline());
+  call.SetupUntil(connect_by);
   std::string error = "no address";
   bool timed_out = false;
   for (addrinfo* a = addrs; a != nullptr && s->fd < 0; a = a->ai_next) {
@@ -370,7 +385,7 @@ absl::Status SftpClient::Connect(Call& call) {
       return w;
     }
   }
-  call.Progress();
+  call.SetupDone();
   ss.last_used = absl::Now();
   return absl::OkStatus();
 }

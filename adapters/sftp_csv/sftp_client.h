@@ -80,6 +80,8 @@ class SftpClient {
     // transfer looks stalled.
     absl::Duration timeout = absl::Minutes(10);
     absl::Duration stall_timeout = absl::Seconds(30);
+    // The longest setting up a connection may take: TCP, the SSH handshake, the login and the
+    // SFTP channel (the stall timeout applies after it).
     absl::Duration connect_timeout = absl::Seconds(5);
   };
 
