@@ -175,6 +175,7 @@ int main(int argc, char** argv) {
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
   publisher.Stop();
+  replayer.Stop();  // marks the late confirms already in, before the store closes
   store->reset();
   ess::log::Info("", "stopped");
   return 0;

@@ -270,11 +270,13 @@ std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   }
   prometheus::MetricFamily replays = metrics::Family(
       "ess_replay_replayed_records_total",
-      "Records handled by ops replays, by outcome (replayed, skipped, failed); dry runs excluded.",
+      "Records handled by ops replays, by outcome (replayed, skipped, failed, unconfirmed: "
+      "published, its confirm after the call answered); dry runs excluded.",
       prometheus::MetricType::Counter);
   metrics::AddSample(replays, {{"outcome", "replayed"}}, replayed_.load());
   metrics::AddSample(replays, {{"outcome", "skipped"}}, replay_skipped_.load());
   metrics::AddSample(replays, {{"outcome", "failed"}}, replay_failed_.load());
+  metrics::AddSample(replays, {{"outcome", "unconfirmed"}}, replay_unconfirmed_.load());
   prometheus::MetricFamily runs = metrics::Family(
       "ess_replay_store_seconds",
       "Time a call's work took on a store thread (the store's reads or transaction), by method.",
@@ -621,6 +623,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
       replayed_.fetch_add(response->replayed(), std::memory_order_relaxed);
       replay_skipped_.fetch_add(response->skipped(), std::memory_order_relaxed);
       replay_failed_.fetch_add(response->failed(), std::memory_order_relaxed);
+      replay_unconfirmed_.fetch_add(response->unconfirmed(), std::memory_order_relaxed);
     }
     if (next.has_value()) {
       response->set_next_page_token(EncodePageToken(FilterFingerprint(request->filter()), *next));

@@ -107,7 +107,8 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   const Authorizer* const authorizer_;
   std::atomic<uint64_t> refused_{0};
   std::array<std::atomic<uint64_t>, kMethods> ok_{}, errors_{};
-  std::atomic<uint64_t> stored_{0}, replayed_{0}, replay_skipped_{0}, replay_failed_{0};
+  std::atomic<uint64_t> stored_{0}, replayed_{0}, replay_skipped_{0}, replay_failed_{0},
+      replay_unconfirmed_{0};
   std::array<metrics::Latency, kMethods> runs_;  // before the queues, which use them
   WorkQueue reads_;
   WorkQueue writes_;

@@ -1,7 +1,9 @@
 #include "replay_svc/replayer.h"
 
 #include <algorithm>
+#include <deque>
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -19,12 +21,68 @@ namespace {
 using ess::v1::MessageRecord;
 using ess::v1::ReplayedRecord;
 
+}  // namespace
+
+class Replayer::LateMarks {
+ public:
+  explicit LateMarks(Replayer* replayer) : replayer_(replayer) {
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  // Any thread. False once stopped.
+  bool Push(Confirmed c) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return false;
+    queue_.push_back(std::move(c));
+    return true;
+  }
+
+  // Settles what is queued, then joins. Idempotent.
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::vector<Confirmed> batch;
+      {
+        absl::MutexLock lock(&mu_);
+        auto ready = [this]()
+                         ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); };
+        mu_.Await(absl::Condition(&ready));
+        if (queue_.empty()) return;  // stopping
+        batch.assign(std::make_move_iterator(queue_.begin()),
+                     std::make_move_iterator(queue_.end()));
+        queue_.clear();
+      }
+      replayer_->Settle(std::move(batch), /*late=*/true);
+    }
+  }
+
+  Replayer* const replayer_;
+  absl::Mutex mu_;
+  std::deque<Confirmed> queue_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+namespace {
+
 // The confirms of one call. Shared with the publish callbacks, which may outlive the call when
-// it gave up waiting.
+// it gave up waiting: from then on (`closed`) a confirm goes to the late marks with what
+// `late` holds for it.
+template <typename Confirmed>
 struct Confirms {
   absl::Mutex mu;
   std::vector<std::optional<absl::Status>> results ABSL_GUARDED_BY(mu);
   size_t pending ABSL_GUARDED_BY(mu) = 0;
+  bool closed ABSL_GUARDED_BY(mu) = false;
+  std::vector<std::optional<Confirmed>> late ABSL_GUARDED_BY(mu);
 };
 
 }  // namespace
@@ -43,7 +101,14 @@ Replayer::Options Replayer::FromConfig(const ess::v1::HubConfig& config) {
 }
 
 Replayer::Replayer(Options options, PublishFn publish, AuditSink* audit)
-    : options_(std::move(options)), publish_(std::move(publish)), audit_(audit) {}
+    : options_(std::move(options)),
+      publish_(std::move(publish)),
+      audit_(audit),
+      late_(std::make_shared<LateMarks>(this)) {}
+
+Replayer::~Replayer() { Stop(); }
+
+void Replayer::Stop() { late_->Stop(); }
 
 absl::StatusOr<Replayer::Target> Replayer::TargetOf(const MessageRecord& record) const {
   if (record.direction() == ess::v1::DIRECTION_OUTBOUND) {
@@ -76,10 +141,11 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
   const std::string& who = request.requested_by;
   ess::v1::ReplayResponse response;
   response.mutable_records()->Reserve(static_cast<int>(candidates.size()));
-  auto confirms = std::make_shared<Confirms>();
+  auto confirms = std::make_shared<Confirms<Confirmed>>();
   {
     absl::MutexLock lock(&confirms->mu);
     confirms->results.resize(candidates.size());
+    confirms->late.resize(candidates.size());
   }
 
   // Plan every candidate, and publish the replayable ones (all in flight at once).
@@ -122,14 +188,53 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     }
     published.push_back(i);
     publish_(std::move(target->exchange), std::move(target->routing_key), std::move(msg),
-             [confirms, i](absl::Status s) {
-               absl::MutexLock lock(&confirms->mu);
-               confirms->results[i] = std::move(s);
-               --confirms->pending;
+             [confirms, i, late = late_](absl::Status s) {
+               std::optional<Confirmed> late_one;
+               {
+                 absl::MutexLock lock(&confirms->mu);
+                 --confirms->pending;
+                 if (!confirms->closed) {
+                   confirms->results[i] = std::move(s);
+                   return;
+                 }
+                 late_one = std::move(confirms->late[i]);
+               }
+               if (!late_one.has_value()) return;
+               if (!s.ok()) {
+                 ess::log::Warn(late_one->record.correlation_id(),
+                                "replay not confirmed after all; the record stays as it was",
+                                {{"partner", late_one->record.partner()},
+                                 {"message_id", late_one->record.message_id()},
+                                 {"error", s.ToString()}});
+               } else {
+                 const std::string message_id = late_one->record.message_id();
+                 if (!late->Push(*std::move(late_one))) {
+                   ess::log::Warn("", "replay confirmed while stopping; the record is not marked",
+                                  {{"message_id", message_id}});
+                 }
+               }
              });
   }
 
-  // Wait for the confirms.
+  // What marking record i says once it is confirmed.
+  auto confirmed = [&](size_t i) {
+    const MessageRecord& r = *candidates[i].record;
+    const bool outbound = r.direction() == ess::v1::DIRECTION_OUTBOUND;
+    return Confirmed{
+        .record = r,
+        .mark = {.key = candidates[i].key,
+                 .expected_status = r.status(),
+                 .expected_updated_at_micros = ToUnixMicros(r.updated_at()).value_or(0),
+                 .status = outbound ? ess::v1::MESSAGE_STATUS_RECEIVED
+                                    : ess::v1::MESSAGE_STATUS_PUBLISHED},
+        .target = response.records(static_cast<int>(i)).target(),
+        .requested_by = who,
+        .reason = request.reason,
+        .started = started,
+        .store = &store};
+  };
+
+  // Wait for the confirms; those still out are settled when they come.
   std::vector<std::optional<absl::Status>> results;
   {
     absl::MutexLock lock(&confirms->mu);
@@ -138,17 +243,21 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     confirms->mu.AwaitWithDeadline(absl::Condition(&answered),
                                    std::min(request.deadline, started + options_.confirm_timeout));
     results = confirms->results;
+    confirms->closed = true;
+    for (size_t i : published) {
+      if (!results[i].has_value()) confirms->late[i] = confirmed(i);
+    }
   }
 
   // Mark what the broker confirmed, then audit and log it.
-  std::vector<ReplayMark> marks;
-  std::vector<size_t> marked;
+  std::vector<Confirmed> now;
   for (size_t i : published) {
     ReplayedRecord* out = response.mutable_records(static_cast<int>(i));
     if (!results[i].has_value()) {
-      out->set_outcome(ReplayedRecord::OUTCOME_FAILED);
-      out->set_error(absl::StrCat("no confirm from the broker within ",
-                                  absl::FormatDuration(absl::Now() - started)));
+      out->set_outcome(ReplayedRecord::OUTCOME_UNCONFIRMED);
+      out->set_error(absl::StrCat("published; no confirm from the broker within ",
+                                  absl::FormatDuration(absl::Now() - started),
+                                  ": marked when it comes"));
       continue;
     }
     if (!results[i]->ok()) {
@@ -157,41 +266,9 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
       continue;
     }
     out->set_outcome(ReplayedRecord::OUTCOME_REPLAYED);
-    const MessageRecord& r = *candidates[i].record;
-    const bool outbound = r.direction() == ess::v1::DIRECTION_OUTBOUND;
-    marks.push_back({.key = candidates[i].key,
-                     .expected_status = r.status(),
-                     .expected_updated_at_micros = ToUnixMicros(r.updated_at()).value_or(0),
-                     .status = outbound ? ess::v1::MESSAGE_STATUS_RECEIVED
-                                        : ess::v1::MESSAGE_STATUS_PUBLISHED});
-    marked.push_back(i);
+    now.push_back(confirmed(i));
   }
-  if (absl::StatusOr<std::vector<bool>> changed = store.MarkReplayed(marks); !changed.ok()) {
-    // The messages are on their way; the lanes' records will follow them.
-    ess::log::Error(
-        "", "replayed records not marked",
-        {{"records", absl::StrCat(marks.size())}, {"error", ToStd(changed.status().message())}});
-  }
-  for (size_t n = 0; n < marked.size(); ++n) {
-    const MessageRecord& r = *candidates[marked[n]].record;
-    const ess::v1::MessageStatus status = marks[n].status;
-    if (audit_ != nullptr) {
-      ess::v1::SyncAudit event =
-          AuditSink::Make(r.direction(), r.partner(), r.correlation_id(), r.message_id(),
-                          r.event_type(), status, "", r.attempts(), started, r.dry_run());
-      event.set_replayed_by(who);
-      event.set_replay_reason(request.reason);
-      audit_->Emit(event);
-    }
-    ess::log::Info(r.correlation_id(), "replayed",
-                   {{"direction", DirectionName(r.direction())},
-                    {"partner", r.partner()},
-                    {"message_id", r.message_id()},
-                    {"was", StatusName(r.status())},
-                    {"to", response.records(static_cast<int>(marked[n])).target()},
-                    {"by", who},
-                    {"reason", request.reason}});
-  }
+  Settle(std::move(now), /*late=*/false);
 
   for (const ReplayedRecord& out : response.records()) {
     switch (out.outcome()) {
@@ -201,12 +278,57 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
       case ReplayedRecord::OUTCOME_SKIPPED:
         response.set_skipped(response.skipped() + 1);
         break;
+      case ReplayedRecord::OUTCOME_UNCONFIRMED:
+        response.set_unconfirmed(response.unconfirmed() + 1);
+        break;
       default:
         response.set_failed(response.failed() + 1);
         break;
     }
   }
   return response;
+}
+
+void Replayer::Settle(std::vector<Confirmed> confirmed, bool late) {
+  if (confirmed.empty()) return;
+  // One MarkReplayed per store (a call has one; late ones may come from several calls).
+  std::vector<ReplayMark> marks;
+  for (size_t from = 0; from < confirmed.size();) {
+    ReplayStore* store = confirmed[from].store;
+    size_t to = from;
+    marks.clear();
+    while (to < confirmed.size() && confirmed[to].store == store) {
+      marks.push_back(confirmed[to].mark);
+      ++to;
+    }
+    if (absl::StatusOr<std::vector<bool>> changed = store->MarkReplayed(marks); !changed.ok()) {
+      // The messages are on their way; the lanes' records will follow them.
+      ess::log::Error(
+          "", "replayed records not marked",
+          {{"records", absl::StrCat(marks.size())}, {"error", ToStd(changed.status().message())}});
+    }
+    from = to;
+  }
+  for (const Confirmed& c : confirmed) {
+    const MessageRecord& r = c.record;
+    if (audit_ != nullptr) {
+      ess::v1::SyncAudit event =
+          AuditSink::Make(r.direction(), r.partner(), r.correlation_id(), r.message_id(),
+                          r.event_type(), c.mark.status, "", r.attempts(), c.started, r.dry_run());
+      event.set_replayed_by(c.requested_by);
+      event.set_replay_reason(c.reason);
+      audit_->Emit(event);
+    }
+    ess::log::Info(r.correlation_id(),
+                   late ? "replayed (confirmed after the call answered)" : "replayed",
+                   {{"direction", DirectionName(r.direction())},
+                    {"partner", r.partner()},
+                    {"message_id", r.message_id()},
+                    {"was", StatusName(r.status())},
+                    {"to", c.target},
+                    {"by", c.requested_by},
+                    {"reason", c.reason}});
+  }
 }
 
 }  // namespace ess::replay

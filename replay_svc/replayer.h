@@ -10,13 +10,15 @@
 // changes only after its confirm, and only if nothing wrote the record since it was read
 // (ReplayStore::MarkReplayed): a lane that already recorded the outcome of the replayed push
 // keeps it. A crash between the confirm and the mark leaves the record as it was and the
-// message on its way; the lane's record follows.
+// message on its way; the lane's record follows. A confirm that comes after the call answered
+// (UNCONFIRMED) is marked, audited and logged then, by the Replayer's own thread.
 //
 //   Replayer replayer(Replayer::FromConfig(config), publish, &audit);
 //   ess::v1::ReplayResponse r = replayer.Replay(candidates, {.requested_by = "alice"}, store);
 #ifndef ESS_REPLAY_SVC_REPLAYER_H_
 #define ESS_REPLAY_SVC_REPLAYER_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -72,11 +74,18 @@ class Replayer {
 
   // `audit` may be null (no audit events). Both must outlive the Replayer.
   Replayer(Options options, PublishFn publish, AuditSink* audit);
+  ~Replayer();  // Stop()
+  Replayer(const Replayer&) = delete;
+  Replayer& operator=(const Replayer&) = delete;
+
+  // Marks the late confirms already in, then stops marking: a confirm after it is only logged.
+  // Call it before the stores of past calls go away. Idempotent.
+  void Stop();
 
   // Replays `candidates` in order (only says what it would do when request.dry_run), marks
   // the replayed records in `store`, and returns one ReplayedRecord per candidate with the
   // counts; next_page_token is left to the caller. Blocks until every publish is answered or
-  // confirm_timeout has passed. One call at a time.
+  // confirm_timeout has passed. One call at a time. `store` must outlive Stop() (late marks).
   ess::v1::ReplayResponse Replay(const std::vector<Candidate>& candidates, const Request& request,
                                  ReplayStore& store);
 
@@ -89,9 +98,26 @@ class Replayer {
   // Where `record` goes, or why it cannot be replayed (the error of a SKIPPED outcome).
   absl::StatusOr<Target> TargetOf(const ess::v1::MessageRecord& record) const;
 
+  // A confirmed replay: its mark, and what its audit event and log line say.
+  struct Confirmed {
+    ess::v1::MessageRecord record;
+    ReplayMark mark;
+    std::string target;
+    std::string requested_by;
+    std::string reason;
+    absl::Time started;
+    ReplayStore* store = nullptr;
+  };
+  // The thread that settles confirms which came after their call answered.
+  class LateMarks;
+
+  // Marks `confirmed` in their store, then audits and logs each.
+  void Settle(std::vector<Confirmed> confirmed, bool late);
+
   const Options options_;
   PublishFn publish_;
   AuditSink* const audit_;
+  std::shared_ptr<LateMarks> late_;
 };
 
 }  // namespace ess::replay

@@ -341,6 +341,8 @@ std::string OutcomeName(ess::v1::ReplayedRecord::Outcome outcome) {
       return "skipped";
     case ess::v1::ReplayedRecord::OUTCOME_FAILED:
       return "failed";
+    case ess::v1::ReplayedRecord::OUTCOME_UNCONFIRMED:
+      return "unconfirmed";
     default:
       return "unspecified";
   }
@@ -448,7 +450,7 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
 
   std::vector<std::vector<std::string>> rows = {
       {"DIRECTION", "PARTNER", "MESSAGE_ID", "CORRELATION", "WAS", "OUTCOME", "TARGET / REASON"}};
-  uint64_t replayed = 0, skipped = 0, failed = 0;
+  uint64_t replayed = 0, skipped = 0, failed = 0, unconfirmed = 0;
   int32_t seen = 0;
   bool more = false;
   // partner -> message ids of the outbound records replayed, for --wait.
@@ -462,8 +464,8 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
     grpc::Status status = stub.Replay(NewContext().get(), request, &response);
     if (!status.ok()) {
       if (seen > 0) {
-        std::cerr << "after " << replayed << " replayed, " << skipped << " skipped and " << failed
-                  << " failed:\n";
+        std::cerr << "after " << replayed << " replayed, " << skipped << " skipped, " << failed
+                  << " failed and " << unconfirmed << " unconfirmed:\n";
       }
       return CallFailed(status);
     }
@@ -474,7 +476,9 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
                           ? "-"
                           : StatusName(r.previous_status()),
                       OutcomeName(r.outcome()), r.error().empty() ? r.target() : r.error()});
-      if (r.outcome() == ess::v1::ReplayedRecord::OUTCOME_REPLAYED &&
+      // An unconfirmed publish is most likely on the queue all the same: wait for it too.
+      if ((r.outcome() == ess::v1::ReplayedRecord::OUTCOME_REPLAYED ||
+           r.outcome() == ess::v1::ReplayedRecord::OUTCOME_UNCONFIRMED) &&
           r.key().direction() == ess::v1::DIRECTION_OUTBOUND) {
         outbound[r.key().partner()].insert(r.key().message_id());
       }
@@ -482,6 +486,7 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
     replayed += response.replayed();
     skipped += response.skipped();
     failed += response.failed();
+    unconfirmed += response.unconfirmed();
     seen += response.records_size();
     more = !response.next_page_token().empty();
     if (!more || response.records().empty() || (max_records > 0 && seen >= max_records)) break;
@@ -491,8 +496,11 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   std::cout << "("
             << (request.dry_run() ? "dry run, nothing published: would replay " : "replayed ")
             << replayed << ", skipped " << skipped << ", failed " << failed
+            << (unconfirmed > 0 ? absl::StrCat(", unconfirmed ", unconfirmed,
+                                               " (published; marked when the broker confirms)")
+                                : "")
             << (more ? "; more match, raise --max_records" : "") << ")\n";
-  int exit_code = skipped + failed > 0 ? kExitCallFailed : 0;
+  int exit_code = skipped + failed + unconfirmed > 0 ? kExitCallFailed : 0;
   if (const absl::Duration wait = absl::GetFlag(FLAGS_wait);
       wait > absl::ZeroDuration() && !request.dry_run() && !outbound.empty()) {
     absl::StatusOr<Settled> settled = WaitForOutcomes(stub, outbound, wait);

@@ -80,14 +80,14 @@ class FakeBus {
     absl::MutexLock lock(&mu_);
     held_ids_.insert(message_id);
   }
-  // Answers the held publishes (late: after their call gave up).
-  void Release() {
+  // Answers the held publishes (late: after their call gave up) with `answer`.
+  void Release(absl::Status answer = absl::OkStatus()) {
     std::vector<amqp::Publisher::Done> held;
     {
       absl::MutexLock lock(&mu_);
       held.swap(held_);
     }
-    for (auto& done : held) std::move(done)(absl::OkStatus());
+    for (auto& done : held) std::move(done)(answer);
   }
   // Runs before each answer (to write the store as a lane would in the meantime).
   void BeforeAnswer(std::function<void(const amqp::Message&)> f) { before_answer_ = std::move(f); }
@@ -287,7 +287,9 @@ TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
   EXPECT_EQ(Read(kOut, "prison", "m-3").error(), "partner refused it again");
 }
 
-TEST_F(ReplayerTest, APublishUnconfirmedInTimeIsFailed) {
+// The call answers at its deadline; a confirm after that marks the record all the same, so that
+// running the replay again does not publish it a second time.
+TEST_F(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
   Replayer::Options options = ReplayerOptions();
@@ -298,10 +300,47 @@ TEST_F(ReplayerTest, APublishUnconfirmedInTimeIsFailed) {
       Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
 
   EXPECT_EQ(r.replayed(), 1u);
-  EXPECT_EQ(r.failed(), 1u);
-  EXPECT_THAT(r.records(1).error(), HasSubstr("no confirm from the broker within"));
+  EXPECT_EQ(r.unconfirmed(), 1u);
+  EXPECT_EQ(r.failed(), 0u);
+  EXPECT_EQ(r.records(1).outcome(), ess::v1::ReplayedRecord::OUTCOME_UNCONFIRMED);
+  EXPECT_THAT(r.records(1).error(), HasSubstr("marked when it comes"));
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
-  bus_.Release();  // the late confirm finds the call gone, and nothing breaks
+
+  bus_.Release();
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (Read(kOut, "prison", "m-slow").status() == kDead && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+}
+
+TEST_F(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
+  Store({Outbound("prison", "m-slow", kDead)});
+  bus_.Hold("m-slow");
+  Replayer::Options options = ReplayerOptions();
+  options.confirm_timeout = absl::Milliseconds(200);
+  Replayer replayer(options, bus_.Fn(), nullptr);
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
+  EXPECT_EQ(r.unconfirmed(), 1u);
+  bus_.Release(absl::UnavailableError("the broker refused it"));
+  replayer.Stop();  // whatever was queued is marked by now
+  EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
+}
+
+// A confirm after Stop (replay_svc shutting down) changes nothing and breaks nothing.
+TEST_F(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
+  Store({Outbound("prison", "m-slow", kDead)});
+  bus_.Hold("m-slow");
+  Replayer::Options options = ReplayerOptions();
+  options.confirm_timeout = absl::Milliseconds(200);
+  {
+    Replayer replayer(options, bus_.Fn(), nullptr);
+    EXPECT_EQ(replayer.Replay(Candidates({{kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_)
+                  .unconfirmed(),
+              1u);
+  }
+  bus_.Release();  // the Replayer is gone
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
 }
 
