@@ -24,6 +24,8 @@ namespace {
 
 constexpr std::string_view kDefaultPattern = "{partner}_{date}_{batch}.csv";
 constexpr std::string_view kPiiMask = "***";
+// Uploads of unknown outcome remembered at most (SftpCsvAdapter::unsure_).
+constexpr size_t kMaxUnsure = 1000;
 
 bool Readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
@@ -312,7 +314,60 @@ void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
   }
 }
 
+absl::Status SftpCsvAdapter::SettleUnsure(Batch& batch) {
+  const absl::Time now = absl::Now();
+  // A day is as long as the lane retries an event (its retry policy's max_age_ms).
+  while (!unsure_.empty() &&
+         (unsure_.size() > kMaxUnsure || now - unsure_.front().since > absl::Hours(24))) {
+    unsure_.pop_front();
+  }
+  for (auto u = unsure_.begin(); u != unsure_.end() && !batch.rows.empty();) {
+    const bool overlaps = std::any_of(batch.rows.begin(), batch.rows.end(), [&](const Row& row) {
+      return u->message_ids.contains(row.message_id);
+    });
+    if (!overlaps) {
+      ++u;
+      continue;
+    }
+    absl::StatusOr<bool> there = client_->Exists(u->path);
+    if (!there.ok()) return there.status();
+    if (*there) {
+      const std::string detail =
+          absl::StrCat("delivered as ", u->path, " (the answer to its upload was lost)");
+      std::vector<Row> left;
+      for (Row& row : batch.rows) {
+        if (!u->message_ids.contains(row.message_id)) {
+          left.push_back(std::move(row));
+          continue;
+        }
+        std::move(row.done)(PushResult{.status = absl::OkStatus(),
+                                       .rendered = absl::StrCat(header_, row.line),
+                                       .detail = detail});
+      }
+      log::Info("", "CSV rows found delivered by an earlier upload",
+                {{"partner", partner_},
+                 {"file", u->path},
+                 {"rows", absl::StrCat(batch.rows.size() - left.size())}});
+      batch.rows = std::move(left);
+    }
+    u = unsure_.erase(u);  // settled either way
+  }
+  return absl::OkStatus();
+}
+
 void SftpCsvAdapter::Deliver(Batch& batch) {
+  if (!batch.dry_run && !unsure_.empty()) {
+    if (client_ == nullptr) client_ = std::make_unique<SftpClient>(client_options_);
+    if (absl::Status s = SettleUnsure(batch); !s.ok()) {
+      log::Warn("", "CSV batch not delivered",
+                {{"partner", partner_},
+                 {"rows", absl::StrCat(batch.rows.size())},
+                 {"error", std::string(s.message())}});
+      Fail(batch, s);
+      return;
+    }
+    if (batch.rows.empty()) return;
+  }
   const absl::Time start = absl::Now();
   std::vector<std::string> ids;
   ids.reserve(batch.rows.size());
@@ -354,6 +409,10 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
         detail = absl::StrCat("already delivered as ", path);
       } else if (status.ok()) {
         detail = absl::StrCat("uploaded ", path, " (", rows, " rows)");
+      } else if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
+        // The server was there a moment ago: the file may have been made all the same.
+        Unsure& u = unsure_.emplace_back(Unsure{.path = path, .since = absl::Now()});
+        for (const std::string& id : ids) u.message_ids.insert(id);
       }
     }
     if (!status.ok()) detail = std::string(status.message());

@@ -15,6 +15,13 @@
 //  3. otherwise it is uploaded as ".NAME.part" and renamed to NAME in the same SFTP session
 //     (adapters/sftp_csv/sftp_client.h), so the partner never reads a partial file;
 //  4. then, and only then, every event's PushDone runs with the batch's outcome.
+// An upload that failed after the server was reached may still have made its file (the answer
+// to the rename lost, and the server gone before SftpClient could look again): the adapter
+// remembers its name and message ids, and before it uploads a later batch with any of those
+// ids it looks for that file. There, those rows are done ("delivered as"), and only the others
+// go in the new file; not there, they go in it too. So a batch retried in other company does not
+// reach the partner twice. The memory is the process's own (the newest 1,000 such files, each
+// for a day): another replica, or this one after a restart, may still send such rows again.
 // The outcome's status is SftpClient's (UNAVAILABLE / DEADLINE_EXCEEDED retryable; host key or
 // access problems PERMISSION_DENIED and a refused key UNAUTHENTICATED, which are permanent:
 // they are configuration errors that no retry fixes). Each event's PushResult carries its own
@@ -50,6 +57,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/adapter.h"
@@ -118,6 +126,17 @@ class SftpCsvAdapter : public Adapter {
   std::optional<Mapper> inbound_;
   SftpClient::Options client_options_;
   std::unique_ptr<SftpClient> client_;  // the worker's only
+  // The worker's only: uploads whose outcome is unknown, oldest first.
+  struct Unsure {
+    std::string path;
+    absl::flat_hash_set<std::string> message_ids;
+    absl::Time since;
+  };
+  std::deque<Unsure> unsure_;
+  // Settles the rows of `batch` that an unsure upload may have delivered (see the file
+  // comment): those found delivered are done and removed from the batch. Fails when the server
+  // cannot say; the batch is then not uploaded.
+  absl::Status SettleUnsure(Batch& batch);
 
   absl::Mutex mu_;
   absl::CondVar cv_;

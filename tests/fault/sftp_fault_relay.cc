@@ -16,6 +16,9 @@
 //   drop_reply TYPE   relay the request of type TYPE, wait for the server's answer to it (so the
 //                     server has acted), then end the session without relaying that answer: a
 //                     connection lost after the server did the work
+//   drop_reply_then_refuse TYPE
+//                     the same, and then every new session ends at once until MODE_FILE.refuse
+//                     is removed: the server gone right after the lost answer
 //   throttle BYTES    relay the server's bytes at BYTES per second at most (in slices of a
 //                     tenth of a second): a slow link that still moves
 //   idle_close MS     end the session once the client sent nothing for MS milliseconds: a
@@ -46,6 +49,7 @@ constexpr const char* kSftpServer = "/usr/lib/openssh/sftp-server";
 struct Mode {
   enum Kind { kPass, kStallAt, kDropReply, kThrottle, kIdleClose } kind = kPass;
   long value = 0;
+  bool then_refuse = false;
 };
 
 Mode ReadMode(const char* path) {
@@ -58,6 +62,9 @@ Mode ReadMode(const char* path) {
     m.kind = Mode::kStallAt;
   } else if (word == "drop_reply") {
     m.kind = Mode::kDropReply;
+  } else if (word == "drop_reply_then_refuse") {
+    m.kind = Mode::kDropReply;
+    m.then_refuse = true;
   } else if (word == "throttle" && m.value > 0) {
     m.kind = Mode::kThrottle;
   } else if (word == "idle_close" && m.value > 0) {
@@ -109,6 +116,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: sftp_fault_relay MODE_FILE\n");
     return 2;
   }
+  const std::string refuse = std::string(argv[1]) + ".refuse";
+  if (access(refuse.c_str(), F_OK) == 0) return 0;  // the server is "gone"
   const Mode mode = ReadMode(argv[1]);
   signal(SIGPIPE, SIG_IGN);
 
@@ -171,7 +180,10 @@ int main(int argc, char** argv) {
       if (mode.kind == Mode::kDropReply) {
         server_buf.append(chunk, static_cast<size_t>(n));
         while (NextPacket(server_buf, packet)) {
-          if (dropped_id >= 0 && PacketId(packet) == dropped_id) goto done;  // acted, not told
+          if (dropped_id >= 0 && PacketId(packet) == dropped_id) {  // acted, not told
+            if (mode.then_refuse) std::ofstream(refuse) << "gone\n";
+            goto done;
+          }
           if (!WriteAll(1, packet.data(), packet.size())) goto done;
         }
         continue;

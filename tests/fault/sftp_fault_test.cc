@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -242,19 +243,19 @@ TEST_F(SftpFaultTest, AnUploadTheServerStopsTakingFailsAndLeavesNothing) {
   EXPECT_THAT(Files(), ::testing::IsEmpty());
 }
 
-// The adapter end to end: a batch whose rename answer is lost is delivered, once, and every
-// event of it is done. Before, the batch failed, its events were retried one by one and came
-// back in other batches, under other names: the partner got the rows twice.
-TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAreDone) {
+// An sftp_csv adapter of the test's server, its files in dir_; `max_rows` rows close a batch,
+// and so does `max_age_ms` after its first row.
+std::unique_ptr<SftpCsvAdapter> MakeAdapter(const fs::path& dir, int max_rows, int max_age_ms,
+                                            std::map<std::string, std::string>& env) {
   ess::v1::SftpCsvAdapterConfig s;
-  s.set_host(env_["ESS_SFTP_HOST"]);
-  s.set_port(std::stoul(env_["ESS_SFTP_PORT"]));
-  s.set_user(env_["ESS_SFTP_USER"]);
-  s.set_private_key_file(env_["ESS_SFTP_KEY"]);
-  s.set_known_hosts_file(env_["ESS_SFTP_KNOWN_HOSTS"]);
-  s.set_remote_dir(dir_.string());
-  s.set_max_rows(3);
-  s.set_max_age_ms(600000);
+  s.set_host(env["ESS_SFTP_HOST"]);
+  s.set_port(std::stoul(env["ESS_SFTP_PORT"]));
+  s.set_user(env["ESS_SFTP_USER"]);
+  s.set_private_key_file(env["ESS_SFTP_KEY"]);
+  s.set_known_hosts_file(env["ESS_SFTP_KNOWN_HOSTS"]);
+  s.set_remote_dir(dir.string());
+  s.set_max_rows(max_rows);
+  s.set_max_age_ms(max_age_ms);
   s.set_stall_timeout_ms(2000);
   ess::v1::PartnerConfig partner;
   partner.set_name("probation");
@@ -263,37 +264,103 @@ TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAr
   auto* f = partner.mutable_outbound()->add_mapping();
   f->set_target("visit_id");
   f->set_source("id");
-  absl::Mutex mu;  // before the adapter: its thread calls back until the adapter is gone
-  std::vector<PushResult> results;
   absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> adapter = SftpCsvAdapter::Create(partner);
-  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  EXPECT_TRUE(adapter.ok()) << adapter.status();
+  return adapter.ok() ? *std::move(adapter) : nullptr;
+}
 
-  SetMode(absl::StrCat("drop_reply ", kRename));
-  std::vector<std::vector<MappedField>> fields;
-  const std::vector<std::string> ids = {"VIS-1", "VIS-2", "VIS-3"};
-  for (const std::string& id : ids) fields.push_back({MappedField{.name = "visit_id", .text = id}});
-  for (size_t i = 0; i < ids.size(); ++i) {
-    (*adapter)->Push({.correlation_id = ids[i], .message_id = ids[i], .fields = fields[i]},
-                     [&](PushResult r) {
-                       absl::MutexLock lock(&mu);
-                       results.push_back(std::move(r));
-                     });
-  }
-  {
-    absl::MutexLock lock(&mu);
-    auto all = [&] { return results.size() == ids.size(); };
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60)));
-    for (const PushResult& r : results) {
-      EXPECT_TRUE(r.status.ok()) << r.status;
-      EXPECT_THAT(r.detail, HasSubstr("(3 rows)"));
+// Pushes one event per id (its message id and correlation id), and collects the results.
+class Pushes {
+ public:
+  void Push(SftpCsvAdapter& adapter, const std::vector<std::string>& ids) {
+    for (const std::string& id : ids) {
+      fields_.push_back({MappedField{.name = "visit_id", .text = id}});
+      adapter.Push({.correlation_id = id, .message_id = id, .fields = fields_.back()},
+                   [this, id](PushResult r) {
+                     absl::MutexLock lock(&mu_);
+                     results_[id] = std::move(r);
+                   });
     }
+  }
+  // Waits (at most a minute) for `n` results in all, and returns them by id.
+  std::map<std::string, PushResult> Wait(size_t n) {
+    absl::MutexLock lock(&mu_);
+    auto all = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return results_.size() >= n; };
+    mu_.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(60));
+    return results_;
+  }
+  void Clear() {
+    absl::MutexLock lock(&mu_);
+    results_.clear();
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, PushResult> results_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::vector<MappedField>> fields_;  // stable addresses
+};
+
+// The adapter end to end: a batch whose rename answer is lost is delivered, once, and every
+// event of it is done. Before, the batch failed, its events were retried one by one and came
+// back in other batches, under other names: the partner got the rows twice.
+TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAreDone) {
+  Pushes pushes;  // before the adapter: its thread calls back until the adapter is gone
+  std::unique_ptr<SftpCsvAdapter> adapter = MakeAdapter(dir_, 3, 600000, env_);
+  ASSERT_NE(adapter, nullptr);
+  SetMode(absl::StrCat("drop_reply ", kRename));
+  const std::vector<std::string> ids = {"VIS-1", "VIS-2", "VIS-3"};
+  pushes.Push(*adapter, ids);
+  std::map<std::string, PushResult> results = pushes.Wait(3);
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& [id, r] : results) {
+    EXPECT_TRUE(r.status.ok()) << id << ": " << r.status;
+    EXPECT_THAT(r.detail, HasSubstr("(3 rows)"));
   }
   const std::vector<std::string> files = Files();
   ASSERT_EQ(files.size(), 1u);
-  EXPECT_EQ(files[0], (*adapter)->FileName(ids, absl::Now()));
+  EXPECT_EQ(files[0], adapter->FileName(ids, absl::Now()));
   EXPECT_EQ(ReadFile(dir_ / files[0]),
             "correlation_id,visit_id\r\nVIS-1,VIS-1\r\nVIS-2,VIS-2\r\n"
             "VIS-3,VIS-3\r\n");
+}
+
+// The answer lost and the server gone before the client could look again: the batch fails, and
+// when its events come back in other company (here with VIS-4), the adapter first looks for the
+// file of that failed upload. Before, VIS-1..3 went out a second time, in VIS-4's file.
+TEST_F(SftpFaultTest, RowsOfAnUploadOfUnknownOutcomeAreNotSentAgainInAnotherBatch) {
+  Pushes pushes;
+  std::unique_ptr<SftpCsvAdapter> adapter = MakeAdapter(dir_, 4, 300, env_);
+  ASSERT_NE(adapter, nullptr);
+  SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
+  pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3"});  // a batch of 3, closed by its age
+  std::map<std::string, PushResult> results = pushes.Wait(3);
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& [id, r] : results) {
+    EXPECT_FALSE(r.status.ok()) << id;  // the outcome is unknown: the lane retries
+  }
+  ASSERT_EQ(Files().size(), 1u);  // the server did make the file
+
+  // The server is back; the lane's retries come with a new event.
+  fs::remove(mode_file_ + ".refuse");
+  SetMode("pass");
+  pushes.Clear();
+  pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3", "VIS-4"});
+  results = pushes.Wait(4);
+  ASSERT_EQ(results.size(), 4u);
+  for (const auto& [id, r] : results) {
+    EXPECT_TRUE(r.status.ok()) << id << ": " << r.status;
+    EXPECT_THAT(r.detail, HasSubstr(id == "VIS-4" ? "uploaded" : "delivered as")) << id;
+  }
+  std::string all;
+  for (const std::string& name : Files()) all += ReadFile(dir_ / name);
+  EXPECT_EQ(Files().size(), 2u);
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
+    size_t rows = 0;
+    for (size_t at = all.find(id + ","); at != std::string::npos; at = all.find(id + ",", at + 1)) {
+      ++rows;
+    }
+    EXPECT_EQ(rows, 1u) << id << " in\n" << all;
+  }
 }
 
 }  // namespace
