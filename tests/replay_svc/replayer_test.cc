@@ -123,6 +123,12 @@ class ReplayerTest : public ::testing::Test {
     options.confirm_timeout = absl::Seconds(5);
     return options;
   }
+  // The same, with calls that wait 200 ms for their confirms.
+  Replayer::Options ImpatientOptions() {
+    Replayer::Options options = ReplayerOptions();
+    options.confirm_timeout = absl::Milliseconds(200);
+    return options;
+  }
 
   void Store(std::vector<MessageRecord> records) {
     google::protobuf::RepeatedPtrField<MessageRecord> batch(records.begin(), records.end());
@@ -292,9 +298,7 @@ TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
 TEST_F(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
-  Replayer::Options options = ReplayerOptions();
-  options.confirm_timeout = absl::Milliseconds(200);
-  Replayer replayer(options, bus_.Fn(), nullptr);
+  Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
 
   ess::v1::ReplayResponse r = replayer.Replay(
       Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
@@ -317,9 +321,7 @@ TEST_F(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
 TEST_F(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
   Store({Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
-  Replayer::Options options = ReplayerOptions();
-  options.confirm_timeout = absl::Milliseconds(200);
-  Replayer replayer(options, bus_.Fn(), nullptr);
+  Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
   ess::v1::ReplayResponse r =
       replayer.Replay(Candidates({{kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
   EXPECT_EQ(r.unconfirmed(), 1u);
@@ -332,10 +334,8 @@ TEST_F(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
 TEST_F(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
   Store({Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
-  Replayer::Options options = ReplayerOptions();
-  options.confirm_timeout = absl::Milliseconds(200);
   {
-    Replayer replayer(options, bus_.Fn(), nullptr);
+    Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
     EXPECT_EQ(replayer.Replay(Candidates({{kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_)
                   .unconfirmed(),
               1u);
