@@ -530,25 +530,27 @@ struct Server::Impl {
                                    ? now - absl::Seconds(options.request_timeout_seconds)
                                    : absl::InfinitePast();
     swept.clear();
+    slow.clear();
     for (const auto& [evcon, conn] : connections) {
       bufferevent_data_cb read_cb = nullptr;
       bufferevent_getcb(conn->bev, &read_cb, nullptr, nullptr, nullptr);
-      if (read_cb == nullptr || conn->request_since <= too_old) swept.push_back(evcon);
+      if (read_cb == nullptr) {
+        swept.push_back(evcon);
+      } else if (conn->request_since <= too_old) {
+        slow.push_back(evcon);
+      }
     }
     for (evhttp_connection* evcon : swept) {
       auto it = connections.find(evcon);
+      Release(*it->second);
+      connections.erase(it);
+    }
+    for (evhttp_connection* evcon : slow) {
+      // Runs evhttp's error callback at once: it frees this connection (OnClosed), no other.
+      auto it = connections.find(evcon);
       if (it == connections.end()) continue;
-      bufferevent_data_cb read_cb = nullptr;
-      bufferevent_getcb(it->second->bev, &read_cb, nullptr, nullptr, nullptr);
-      if (read_cb == nullptr) {
-        Release(*it->second);
-        connections.erase(it);
-        continue;
-      }
-      // Runs evhttp's error callback at once: it frees the connection, and OnClosed runs.
       bufferevent_trigger_event(it->second->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, 0);
     }
-    swept.clear();
     CountConnections();
     if (paused && !backing_off && !AtCap()) ResumeAccepting();
   }
@@ -637,7 +639,9 @@ struct Server::Impl {
   // Loop thread only (and Cleanup, after it):
   absl::flat_hash_map<evhttp_connection*, std::unique_ptr<Connection>> connections;
   std::vector<bufferevent*> unadopted;  // accepted in this turn of the loop
-  std::vector<evhttp_connection*> swept;
+  // SweepConnections' lists: connections evhttp freed without its close callback, and those
+  // whose request is too slow.
+  std::vector<evhttp_connection*> swept, slow;
   event* adopt = nullptr;
   event* resume = nullptr;
   bool paused = false;       // not accepting: at the cap, or backing off

@@ -71,21 +71,16 @@ class Replayer::LateMarks {
   std::thread thread_;
 };
 
-namespace {
-
 // The confirms of one call. Shared with the publish callbacks, which may outlive the call when
 // it gave up waiting: from then on (`closed`) a confirm goes to the late marks with what
 // `late` holds for it.
-template <typename Confirmed>
-struct Confirms {
+struct Replayer::Confirms {
   absl::Mutex mu;
   std::vector<std::optional<absl::Status>> results ABSL_GUARDED_BY(mu);
   size_t pending ABSL_GUARDED_BY(mu) = 0;
   bool closed ABSL_GUARDED_BY(mu) = false;
   std::vector<std::optional<Confirmed>> late ABSL_GUARDED_BY(mu);
 };
-
-}  // namespace
 
 Replayer::Options Replayer::FromConfig(const ess::v1::HubConfig& config) {
   Options options;
@@ -141,7 +136,7 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
   const std::string& who = request.requested_by;
   ess::v1::ReplayResponse response;
   response.mutable_records()->Reserve(static_cast<int>(candidates.size()));
-  auto confirms = std::make_shared<Confirms<Confirmed>>();
+  auto confirms = std::make_shared<Confirms>();
   {
     absl::MutexLock lock(&confirms->mu);
     confirms->results.resize(candidates.size());

@@ -110,6 +110,7 @@ class Replayer {
   };
   // The thread that settles confirms which came after their call answered.
   class LateMarks;
+  struct Confirms;
 
   // Marks `confirmed` in their store, then audits and logs each.
   void Settle(std::vector<Confirmed> confirmed, bool late);

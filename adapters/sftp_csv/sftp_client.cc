@@ -1,6 +1,5 @@
 #include "adapters/sftp_csv/sftp_client.h"
 
-#include <fcntl.h>
 #include <libssh2.h>
 #include <libssh2_sftp.h>
 #include <netdb.h>
@@ -225,15 +224,16 @@ absl::Status SftpClient::Failure(Call& call, long rc) {
   return absl::UnavailableError(call.Message(detail));
 }
 
-// Runs `step` until it stops answering EAGAIN. Its result, or the wait's failure (the session
-// is then broken).
+// Runs `step` (a libssh2 call) until it stops answering EAGAIN. Its result when it succeeded
+// (zero or more); else Failure's status, or the wait's (the session is then broken).
 template <typename Step>
 absl::StatusOr<long> SftpClient::Run(Call& call, Step step) {
   for (;;) {
     const long rc = step();
     if (rc != LIBSSH2_ERROR_EAGAIN) {
-      if (rc >= 0) call.Progress();
       session_->last_used = absl::Now();
+      if (rc < 0) return Failure(call, rc);
+      call.Progress();
       return rc;
     }
     if (absl::Status s = call.Wait(*session_); !s.ok()) {
@@ -262,8 +262,9 @@ absl::Status SftpClient::Connect(Call& call) {
       absl::StatusOr<long> rc = Run(probe, [&] {
         return libssh2_sftp_stat_ex(session_->sftp, ".", 1, LIBSSH2_SFTP_STAT, &attrs);
       });
-      if (rc.ok() && (*rc >= 0 || *rc == LIBSSH2_ERROR_SFTP_PROTOCOL)) return absl::OkStatus();
-      if (!rc.ok() && absl::IsCancelled(rc.status())) return rc.status();
+      // Any answer, a refusal included, says the session works.
+      if (rc.ok() || !session_->broken) return absl::OkStatus();
+      if (absl::IsCancelled(rc.status())) return rc.status();
     }
   }
   session_.reset();
@@ -332,7 +333,6 @@ absl::Status SftpClient::Connect(Call& call) {
 
   absl::StatusOr<long> rc = run([&] { return libssh2_session_handshake(ss.ssh, ss.fd); });
   if (!rc.ok()) return rc.status();
-  if (*rc < 0) return Failure(call, *rc);
 
   // The host key must be in known_hosts: nothing is sent before it is checked.
   size_t key_len = 0;
@@ -365,11 +365,15 @@ absl::Status SftpClient::Connect(Call& call) {
         options_.private_key_file.c_str(),
         options_.passphrase.empty() ? nullptr : options_.passphrase.c_str());
   });
-  if (!rc.ok()) return rc.status();
-  if (*rc < 0) {
+  if (!rc.ok()) {
+    // A refused key (or one that cannot be read) is permanent; a dropped connection is not.
+    const int err = libssh2_session_last_errno(ss.ssh);
+    if (err != LIBSSH2_ERROR_AUTHENTICATION_FAILED && err != LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED &&
+        err != LIBSSH2_ERROR_FILE) {
+      return rc.status();
+    }
     char* text = nullptr;
     libssh2_session_last_error(ss.ssh, &text, nullptr, 0);
-    ss.broken = true;
     return absl::UnauthenticatedError(call.Message(
         absl::StrCat("public key of ", options_.user, " refused: ", text != nullptr ? text : "")));
   }
@@ -423,12 +427,11 @@ absl::Status SftpClient::CloseHandle(Call& call, LIBSSH2_SFTP_HANDLE* h) {
     return absl::OkStatus();
   }
   absl::StatusOr<long> rc = Run(call, [&] { return libssh2_sftp_close_handle(h); });
-  if (!rc.ok()) {
+  if (!rc.ok() && session_->broken) {  // a server's refusal frees the handle; nothing else does
     shutdown(session_->fd, SHUT_RDWR);
     libssh2_sftp_close_handle(h);
-    return rc.status();
   }
-  return *rc < 0 ? Failure(call, *rc) : absl::OkStatus();
+  return rc.status();
 }
 
 absl::StatusOr<SftpClient::FileStat> SftpClient::StatPath(Call& call, std::string_view path) {
@@ -439,7 +442,6 @@ absl::StatusOr<SftpClient::FileStat> SftpClient::StatPath(Call& call, std::strin
                                 LIBSSH2_SFTP_STAT, &attrs);
   });
   if (!rc.ok()) return rc.status();
-  if (*rc < 0) return Failure(call, *rc);
   if (!(attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) || !(attrs.flags & LIBSSH2_SFTP_ATTR_ACMODTIME)) {
     return absl::UnavailableError(call.Message("the server did not give its size and time"));
   }
@@ -490,10 +492,9 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
         return static_cast<long>(
             libssh2_sftp_write(h, data.data() + off, std::min(kChunk, data.size() - off)));
       });
-      if (!n.ok() || *n < 0) {
-        const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+      if (!n.ok()) {
         (void)CloseHandle(call, h);
-        return failed;
+        return n.status();
       }
       off += static_cast<size_t>(*n);
     }
@@ -505,8 +506,7 @@ absl::Status SftpClient::UploadAtomically(std::string_view dir, std::string_view
                                     final_path.data(), static_cast<unsigned>(final_path.size()),
                                     LIBSSH2_SFTP_RENAME_ATOMIC | LIBSSH2_SFTP_RENAME_NATIVE);
     });
-    if (!rc.ok()) return rc.status();
-    return *rc < 0 ? Failure(call, *rc) : absl::OkStatus();
+    return rc.status();
   }();
   if (s.ok()) return s;
   auto remove_part = [&] {
@@ -567,10 +567,9 @@ absl::StatusOr<std::vector<std::string>> SftpClient::List(std::string_view dir, 
       return static_cast<long>(
           libssh2_sftp_readdir_ex(h, name, sizeof(name) - 1, nullptr, 0, &attrs));
     });
-    if (!n.ok() || *n < 0) {
-      const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+    if (!n.ok()) {
       (void)CloseHandle(call, h);
-      return failed;
+      return n.status();
     }
     if (*n == 0) break;  // the end
     const std::string_view entry(name, static_cast<size_t>(*n));
@@ -601,10 +600,9 @@ absl::StatusOr<std::string> SftpClient::Download(std::string_view path, size_t m
   // The size up front, so that a file too large is refused before any byte moves.
   LIBSSH2_SFTP_ATTRIBUTES attrs{};
   absl::StatusOr<long> rc = Run(call, [&] { return libssh2_sftp_fstat_ex(h, &attrs, 0); });
-  if (!rc.ok() || *rc < 0) {
-    const absl::Status failed = rc.ok() ? Failure(call, *rc) : rc.status();
+  if (!rc.ok()) {
     (void)CloseHandle(call, h);
-    return failed;
+    return rc.status();
   }
   if ((attrs.flags & LIBSSH2_SFTP_ATTR_SIZE) && attrs.filesize > max_bytes) {
     (void)CloseHandle(call, h);
@@ -616,10 +614,9 @@ absl::StatusOr<std::string> SftpClient::Download(std::string_view path, size_t m
   for (;;) {
     absl::StatusOr<long> n =
         Run(call, [&] { return static_cast<long>(libssh2_sftp_read(h, buf, sizeof(buf))); });
-    if (!n.ok() || *n < 0) {
-      const absl::Status failed = n.ok() ? Failure(call, *n) : n.status();
+    if (!n.ok()) {
       (void)CloseHandle(call, h);
-      return failed;
+      return n.status();
     }
     if (*n == 0) break;
     if (static_cast<size_t>(*n) > max_bytes - data.size()) {
@@ -642,10 +639,9 @@ absl::Status SftpClient::Rename(std::string_view from, std::string_view to) {
                                   to.data(), static_cast<unsigned>(to.size()),
                                   LIBSSH2_SFTP_RENAME_ATOMIC | LIBSSH2_SFTP_RENAME_NATIVE);
   });
-  if (!rc.ok()) return rc.status();
-  if (*rc >= 0) return absl::OkStatus();
-  absl::Status s = Failure(call, *rc);
-  if (session_ == nullptr || session_->broken) return s;
+  if (rc.ok()) return absl::OkStatus();
+  const absl::Status s = rc.status();
+  if (session_->broken) return s;
   // The server refused: say why when it is one of the two expected reasons.
   if (absl::StatusOr<bool> there = Exists(to); there.ok() && *there) {
     return absl::AlreadyExistsError(absl::StrCat(ToAbsl(to), " already exists"));
@@ -664,11 +660,10 @@ absl::Status SftpClient::Remove(std::string_view path) {
   absl::StatusOr<long> rc = Run(call, [&] {
     return libssh2_sftp_unlink_ex(session_->sftp, path.data(), static_cast<unsigned>(path.size()));
   });
-  if (!rc.ok()) return rc.status();
-  if (*rc >= 0) return absl::OkStatus();
-  absl::Status s = Failure(call, *rc);
-  if (absl::IsNotFound(s)) return absl::NotFoundError(absl::StrCat(ToAbsl(path), " is not there"));
-  return s;
+  if (absl::IsNotFound(rc.status())) {
+    return absl::NotFoundError(absl::StrCat(ToAbsl(path), " is not there"));
+  }
+  return rc.status();
 }
 
 }  // namespace ess::adapters::sftp_csv
