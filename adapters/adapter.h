@@ -44,6 +44,10 @@ struct PushRequest {
   std::span<const MappedField> fields;
   // Render and log, send nothing; the result is OK with `dry_run` set.
   bool dry_run = false;
+  // Where an earlier push of this event may have landed after all (PushResult's field of the
+  // same name, carried by the lane with the retry): the adapter looks there before sending it
+  // again. Empty for a first push, and for adapters that never set it.
+  std::string_view maybe_delivered_as;
 };
 
 // One internal event produced by Pull: the JSON to publish and its ids.
@@ -68,6 +72,11 @@ struct PushResult {
   // SlotConfirmed a SOAP partner's synchronous response maps to). Only ever set with an OK
   // status; empty for partners that confirm later (webhooks, files) or not at all.
   std::vector<InboundEvent> confirmations;
+  // With a retryable failure whose outcome the partner alone knows (an SFTP upload whose
+  // answer was lost with the connection): where the event may have landed all the same, e.g.
+  // the file's path. The lane keeps it on the message (header "x-ess-maybe-delivered-as") and
+  // hands it back with the retry, in whichever replica or process takes it.
+  std::string maybe_delivered_as;
 };
 
 // A record of a multi-record payload (a CSV row) that Pull could not turn into an event.

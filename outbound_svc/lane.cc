@@ -38,6 +38,10 @@ void SetHeader(amqp::Headers& headers, std::string_view key, std::string value) 
   headers.emplace_back(std::string(key), std::move(value));
 }
 
+void EraseHeader(amqp::Headers& headers, std::string_view key) {
+  std::erase_if(headers, [&](const auto& kv) { return kv.first == key; });
+}
+
 std::string_view FindHeader(const amqp::Headers& headers, std::string_view key) {
   for (const auto& [k, v] : headers) {
     if (k == key) return v;
@@ -370,11 +374,13 @@ void Lane::Pump(PartnerState& p) {
 }
 
 void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
-  adapters::PushRequest req{.correlation_id = job->correlation_id,
-                            .message_id = job->message_id,
-                            .event_type = job->event_type,
-                            .fields = job->fields,
-                            .dry_run = options_.dry_run};
+  adapters::PushRequest req{
+      .correlation_id = job->correlation_id,
+      .message_id = job->message_id,
+      .event_type = job->event_type,
+      .fields = job->fields,
+      .dry_run = options_.dry_run,
+      .maybe_delivered_as = FindHeader(job->delivery.message.headers, kMaybeDeliveredAsHeader)};
   Job* raw = job.release();  // owned by the callback from here on
   p.partner.adapter->Push(req, [this, &p, raw](adapters::PushResult result) {
     OnPushed(p, std::unique_ptr<Job>(raw), std::move(result));
@@ -467,6 +473,14 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     // failure: back to the queue as it came, for the next lane.
     Requeue(*job);
     return;
+  }
+  // The retry or the parked message takes it along (the job's ids point into the message's
+  // other fields, never into its headers).
+  amqp::Headers& headers = job->delivery.message.headers;
+  if (result.maybe_delivered_as.empty()) {
+    EraseHeader(headers, kMaybeDeliveredAsHeader);
+  } else {
+    SetHeader(headers, kMaybeDeliveredAsHeader, std::move(result.maybe_delivered_as));
   }
   if (retryable) {
     Retry(p, std::move(job), result.status, result.retry_after);

@@ -9,7 +9,10 @@
 //   retryable failure        record FAILED -> moved to the delay queue "<queue>.retry.<ms>ms"
 //                            (TTL, dead-lettered back to the queue), waiting a full-jitter
 //                            backoff or the partner's Retry-After -> ack; once max_attempts or
-//                            max_age is spent: parked as below
+//                            max_age is spent: parked as below. Where the adapter says the push
+//                            may have landed all the same (an SFTP upload whose answer was
+//                            lost), the message carries that ("x-ess-maybe-delivered-as") to
+//                            the adapter with its retry, which looks there first
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store
@@ -66,6 +69,9 @@ inline constexpr char kAttemptHeader[] = "x-ess-attempt";
 inline constexpr char kFirstAttemptHeader[] = "x-ess-first-attempt-ms";  // Unix ms
 inline constexpr char kReasonHeader[] = "x-ess-reason";
 inline constexpr char kHistoryHeader[] = "x-ess-history";
+// Where a failed push may have landed all the same (adapters::PushResult::maybe_delivered_as),
+// kept on the message through its retries and handed back to the adapter with each.
+inline constexpr char kMaybeDeliveredAsHeader[] = "x-ess-maybe-delivered-as";
 using bus::kPartnerHeader;
 using bus::kReplayHeader;  // an explicit replay: push again
 

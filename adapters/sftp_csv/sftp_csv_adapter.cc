@@ -24,8 +24,6 @@ namespace {
 
 constexpr std::string_view kDefaultPattern = "{partner}_{date}_{batch}.csv";
 constexpr std::string_view kPiiMask = "***";
-// Uploads of unknown outcome remembered at most (SftpCsvAdapter::unsure_).
-constexpr size_t kMaxUnsure = 1000;
 
 bool Readable(const std::string& path) { return access(path.c_str(), R_OK) == 0; }
 
@@ -39,6 +37,15 @@ std::string JoinPath(std::string_view dir, std::string_view name) {
   if (out.back() != '/') out.push_back('/');
   out.append(name);
   return out;
+}
+
+// True if `path` names a file directly in `dir` (as JoinPath makes them), not a dot file.
+bool FileOf(std::string_view dir, std::string_view path) {
+  const std::string prefix = JoinPath(dir, "");
+  if (!path.starts_with(prefix)) return false;
+  const std::string_view name = path.substr(prefix.size());
+  return !name.empty() && name.front() != '.' && name.find('/') == std::string_view::npos &&
+         !HasControl(name);
 }
 
 }  // namespace
@@ -243,6 +250,16 @@ void SftpCsvAdapter::Push(const PushRequest& request, PushDone done) {
           .message_id =
               std::string(request.message_id.empty() ? request.correlation_id : request.message_id),
           .done = std::move(done)};
+  if (!request.maybe_delivered_as.empty() && !dry) {
+    if (FileOf(settings_.remote_dir(), request.maybe_delivered_as)) {
+      row.maybe_delivered_as = std::string(request.maybe_delivered_as);
+    } else {
+      log::Warn(request.correlation_id, "ignored where an earlier push may have landed",
+                {{"partner", partner_},
+                 {"path", std::string(request.maybe_delivered_as)},
+                 {"why", "not a file of remote_dir"}});
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
@@ -310,55 +327,51 @@ void SftpCsvAdapter::Work() {
 
 void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
   for (Row& row : batch.rows) {
-    std::move(row.done)(PushResult{.status = status, .detail = std::string(status.message())});
+    // Still unsettled: the next retry looks again.
+    std::move(row.done)(PushResult{.status = status,
+                                   .detail = std::string(status.message()),
+                                   .maybe_delivered_as = std::move(row.maybe_delivered_as)});
   }
 }
 
-absl::Status SftpCsvAdapter::SettleUnsure(Batch& batch) {
-  const absl::Time now = absl::Now();
-  // A day is as long as the lane retries an event (its retry policy's max_age_ms).
-  while (!unsure_.empty() &&
-         (unsure_.size() > kMaxUnsure || now - unsure_.front().since > absl::Hours(24))) {
-    unsure_.pop_front();
+absl::Status SftpCsvAdapter::SettleEarlierUploads(Batch& batch) {
+  absl::flat_hash_map<std::string, bool> made;  // path -> the file is there
+  for (const Row& row : batch.rows) {
+    if (!row.maybe_delivered_as.empty()) made.try_emplace(row.maybe_delivered_as, false);
   }
-  for (auto u = unsure_.begin(); u != unsure_.end() && !batch.rows.empty();) {
-    const bool overlaps = std::any_of(batch.rows.begin(), batch.rows.end(), [&](const Row& row) {
-      return u->message_ids.contains(row.message_id);
-    });
-    if (!overlaps) {
-      ++u;
+  if (made.empty()) return absl::OkStatus();
+  if (client_ == nullptr) client_ = std::make_unique<SftpClient>(client_options_);
+  for (auto& [path, there] : made) {
+    absl::StatusOr<bool> found = client_->Exists(path);
+    if (!found.ok()) return found.status();
+    there = *found;
+  }
+  std::vector<Row> left;
+  left.reserve(batch.rows.size());
+  absl::flat_hash_map<std::string, size_t> settled;  // path -> rows found in it
+  for (Row& row : batch.rows) {
+    if (row.maybe_delivered_as.empty() || !made[row.maybe_delivered_as]) {
+      row.maybe_delivered_as.clear();  // not there: the row goes in this batch's file
+      left.push_back(std::move(row));
       continue;
     }
-    absl::StatusOr<bool> there = client_->Exists(u->path);
-    if (!there.ok()) return there.status();
-    if (*there) {
-      const std::string detail =
-          absl::StrCat("delivered as ", u->path, " (the answer to its upload was lost)");
-      std::vector<Row> left;
-      for (Row& row : batch.rows) {
-        if (!u->message_ids.contains(row.message_id)) {
-          left.push_back(std::move(row));
-          continue;
-        }
-        std::move(row.done)(PushResult{.status = absl::OkStatus(),
-                                       .rendered = absl::StrCat(header_, row.line),
-                                       .detail = detail});
-      }
-      log::Info("", "CSV rows found delivered by an earlier upload",
-                {{"partner", partner_},
-                 {"file", u->path},
-                 {"rows", absl::StrCat(batch.rows.size() - left.size())}});
-      batch.rows = std::move(left);
-    }
-    u = unsure_.erase(u);  // settled either way
+    ++settled[row.maybe_delivered_as];
+    std::move(row.done)(PushResult{.status = absl::OkStatus(),
+                                   .rendered = absl::StrCat(header_, row.line),
+                                   .detail = absl::StrCat("delivered as ", row.maybe_delivered_as,
+                                                          " (the answer to its upload was lost)")});
   }
+  for (const auto& [path, rows] : settled) {
+    log::Info("", "CSV rows found delivered by an earlier upload",
+              {{"partner", partner_}, {"file", path}, {"rows", absl::StrCat(rows)}});
+  }
+  batch.rows = std::move(left);
   return absl::OkStatus();
 }
 
 void SftpCsvAdapter::Deliver(Batch& batch) {
-  if (!batch.dry_run && !unsure_.empty()) {
-    if (client_ == nullptr) client_ = std::make_unique<SftpClient>(client_options_);
-    if (absl::Status s = SettleUnsure(batch); !s.ok()) {
+  if (!batch.dry_run) {
+    if (absl::Status s = SettleEarlierUploads(batch); !s.ok()) {
       log::Warn("", "CSV batch not delivered",
                 {{"partner", partner_},
                  {"rows", absl::StrCat(batch.rows.size())},
@@ -382,6 +395,7 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
 
   absl::Status status;
   std::string detail;
+  bool unsure = false;  // the upload failed, but the file may have been made all the same
   if (batch.dry_run) {
     std::string masked = header_;
     for (const Row& row : batch.rows) masked.append(row.masked);
@@ -411,8 +425,11 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
         detail = absl::StrCat("uploaded ", path, " (", rows, " rows)");
       } else if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) {
         // The server was there a moment ago: the file may have been made all the same.
-        Unsure& u = unsure_.emplace_back(Unsure{.path = path, .since = absl::Now()});
-        for (const std::string& id : ids) u.message_ids.insert(id);
+        unsure = true;
+        status = absl::Status(status.code(),
+                              absl::StrCat(status.message(), "; ", path,
+                                           " may have been made all the same: the retry looks "
+                                           "for it before it sends these rows again"));
       }
     }
     if (!status.ok()) detail = std::string(status.message());
@@ -433,7 +450,8 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
                                    .rendered = absl::StrCat(header_, row.line),
                                    .detail = detail,
                                    .dry_run = batch.dry_run,
-                                   .elapsed = elapsed});
+                                   .elapsed = elapsed,
+                                   .maybe_delivered_as = unsure ? path : std::string()});
   }
 }
 

@@ -16,12 +16,15 @@
 //     (adapters/sftp_csv/sftp_client.h), so the partner never reads a partial file;
 //  4. then, and only then, every event's PushDone runs with the batch's outcome.
 // An upload that failed after the server was reached may still have made its file (the answer
-// to the rename lost, and the server gone before SftpClient could look again): the adapter
-// remembers its name and message ids, and before it uploads a later batch with any of those
-// ids it looks for that file. There, those rows are done ("delivered as"), and only the others
-// go in the new file; not there, they go in it too. So a batch retried in other company does not
-// reach the partner twice. The memory is the process's own (the newest 1,000 such files, each
-// for a day): another replica, or this one after a restart, may still send such rows again.
+// to the rename lost, and the server gone before SftpClient could look again): each of its
+// events fails retryably with the file's path as PushResult::maybe_delivered_as, and the path
+// in the status message. The lane carries that path with the event's retry, so whichever
+// replica or process retries it hands it back in PushRequest::maybe_delivered_as. Before it
+// uploads a batch, the adapter looks for each such file once (only files directly in
+// `remote_dir`; another path is ignored): there, those rows are done ("delivered as"); not
+// there, they go in the new file. So a batch retried in other company, after a restart or by
+// another replica, does not reach the partner twice. When the server cannot say, the batch
+// fails and each row keeps its path for the next retry.
 // The outcome's status is SftpClient's (UNAVAILABLE / DEADLINE_EXCEEDED retryable; host key or
 // access problems PERMISSION_DENIED and a refused key UNAUTHENTICATED, which are permanent:
 // they are configuration errors that no retry fixes). Each event's PushResult carries its own
@@ -57,7 +60,6 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/adapter.h"
@@ -97,6 +99,8 @@ class SftpCsvAdapter : public Adapter {
     std::string line;    // the CSV record, CRLF included
     std::string masked;  // the same with PII cells masked (dry-run only)
     std::string message_id;
+    // PushRequest::maybe_delivered_as, when it names a file of remote_dir.
+    std::string maybe_delivered_as;
     PushDone done;
   };
   struct Batch {
@@ -126,17 +130,10 @@ class SftpCsvAdapter : public Adapter {
   std::optional<Mapper> inbound_;
   SftpClient::Options client_options_;
   std::unique_ptr<SftpClient> client_;  // the worker's only
-  // The worker's only: uploads whose outcome is unknown, oldest first.
-  struct Unsure {
-    std::string path;
-    absl::flat_hash_set<std::string> message_ids;
-    absl::Time since;
-  };
-  std::deque<Unsure> unsure_;
-  // Settles the rows of `batch` that an unsure upload may have delivered (see the file
-  // comment): those found delivered are done and removed from the batch. Fails when the server
-  // cannot say; the batch is then not uploaded.
-  absl::Status SettleUnsure(Batch& batch);
+  // Settles the rows of `batch` that an earlier upload may have delivered (their
+  // maybe_delivered_as; see the file comment): those found delivered are done and removed from
+  // the batch. Fails when the server cannot say; the batch is then not uploaded.
+  absl::Status SettleEarlierUploads(Batch& batch);
 
   absl::Mutex mu_;
   absl::CondVar cv_;

@@ -2,6 +2,8 @@
 // temporary folder) whose SFTP subsystem is sftp_fault_relay, which runs OpenSSH's sftp-server
 // and injects the fault its mode file names (a server that stops answering at one request, an
 // answer lost after the server acted, a slow link). Each test writes the mode, then connects.
+// SftpLaneFaultTest runs the lane's binaries against it, with the RabbitMQ that ./test.sh
+// started (ESS_AMQP_*).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -21,9 +23,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
+#include "adapters/http_status.h"
 #include "adapters/sftp_csv/sftp_client.h"
 #include "adapters/sftp_csv/sftp_csv_adapter.h"
 #include "tests/integration/harness.h"
+#include "tests/integration/hub_fixture.h"
 
 namespace ess::adapters::sftp_csv {
 namespace {
@@ -60,20 +64,19 @@ std::string Bytes(size_t n) {
   return s;
 }
 
-class SftpFaultTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    stack_ = new testing::TempDir();
+// The test suite's own sshd, whose SFTP subsystem is sftp_fault_relay with a mode file.
+class FaultySshd {
+ public:
+  // Call with ASSERT_NO_FATAL_FAILURE.
+  void Start() {
+    stack_ = std::make_unique<testing::TempDir>();
     mode_file_ = stack_->File("mode");
-    WriteFile(mode_file_, "pass\n");
+    SetMode("pass");
     const std::string relay =
         (fs::read_symlink("/proc/self/exe").parent_path() / "sftp_fault_relay").string();
     ASSERT_TRUE(fs::exists(relay)) << relay;
     setenv("ESS_SSHD_SFTP_SUBSYSTEM", absl::StrCat(relay, " ", mode_file_).c_str(), 1);
-    testing::ToolRun run = testing::RunTool(
-        {"/bin/bash", absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/sshd.sh"),
-         "start", stack_->File("sshd")},
-        stack_->File("sshd-start.log"));
+    testing::ToolRun run = Script("start");
     unsetenv("ESS_SSHD_SFTP_SUBSYSTEM");
     ASSERT_EQ(run.exit_code, 0) << run.output;
     // DIR/env: "export NAME=VALUE" lines.
@@ -84,14 +87,52 @@ class SftpFaultTest : public ::testing::Test {
     }
   }
 
-  static void TearDownTestSuite() {
-    testing::ToolRun run = testing::RunTool(
-        {"/bin/bash", absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/sshd.sh"),
-         "stop", stack_->File("sshd")},
-        stack_->File("sshd-stop.log"));
+  void Stop() {
+    if (stack_ == nullptr) return;
+    testing::ToolRun run = Script("stop");
     EXPECT_EQ(run.exit_code, 0) << run.output;
-    delete stack_;
-    stack_ = nullptr;
+    stack_.reset();
+  }
+
+  // The fault of every SFTP session from now on (sftp_fault_relay.cc lists the modes).
+  void SetMode(const std::string& mode) const { WriteFile(mode_file_, mode + "\n"); }
+  // Ends the refusal that drop_reply_then_refuse starts: the server is back.
+  void Unrefuse() const { fs::remove(mode_file_ + ".refuse"); }
+  // ESS_SFTP_* of its env file, empty when it did not start.
+  std::string Env(const std::string& name) const {
+    auto it = env_.find(name);
+    return it == env_.end() ? "" : it->second;
+  }
+
+ private:
+  testing::ToolRun Script(const std::string& command) const {
+    return testing::RunTool(
+        {"/bin/bash", absl::StrCat(testing::RequiredEnv("ESS_SOURCE_DIR"), "/scripts/sshd.sh"),
+         command, stack_->File("sshd")},
+        stack_->File(absl::StrCat("sshd-", command, ".log")));
+  }
+
+  std::unique_ptr<testing::TempDir> stack_;
+  std::string mode_file_;
+  std::map<std::string, std::string> env_;
+};
+
+class SftpFaultTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    sshd_ = new FaultySshd();
+    sshd_->Start();
+    env_ = {};
+    for (const char* name : {"ESS_SFTP_HOST", "ESS_SFTP_PORT", "ESS_SFTP_USER", "ESS_SFTP_KEY",
+                             "ESS_SFTP_KNOWN_HOSTS", "ESS_SFTP_ROOT"}) {
+      env_[name] = sshd_->Env(name);
+    }
+  }
+
+  static void TearDownTestSuite() {
+    sshd_->Stop();
+    delete sshd_;
+    sshd_ = nullptr;
   }
 
   void SetUp() override {
@@ -103,8 +144,7 @@ class SftpFaultTest : public ::testing::Test {
     SetMode("pass");
   }
 
-  // The fault of every SFTP session from now on (sftp_fault_relay.cc lists the modes).
-  static void SetMode(const std::string& mode) { WriteFile(mode_file_, mode + "\n"); }
+  static void SetMode(const std::string& mode) { sshd_->SetMode(mode); }
 
   static SftpClient::Options Options() {
     return {.host = env_["ESS_SFTP_HOST"],
@@ -123,14 +163,12 @@ class SftpFaultTest : public ::testing::Test {
     return names;
   }
 
-  static testing::TempDir* stack_;
-  static std::string mode_file_;
+  static FaultySshd* sshd_;
   static std::map<std::string, std::string> env_;
   fs::path dir_;
 };
 
-testing::TempDir* SftpFaultTest::stack_ = nullptr;
-std::string SftpFaultTest::mode_file_;
+FaultySshd* SftpFaultTest::sshd_ = nullptr;
 std::map<std::string, std::string> SftpFaultTest::env_;
 
 TEST_F(SftpFaultTest, TheRelayPassesEverythingWhenNoFaultIsSet) {
@@ -272,10 +310,15 @@ std::unique_ptr<SftpCsvAdapter> MakeAdapter(const fs::path& dir, int max_rows, i
 // Pushes one event per id (its message id and correlation id), and collects the results.
 class Pushes {
  public:
-  void Push(SftpCsvAdapter& adapter, const std::vector<std::string>& ids) {
+  // `maybe_delivered_as`: as the lane hands back a failed push's with its retry.
+  void Push(SftpCsvAdapter& adapter, const std::vector<std::string>& ids,
+            const std::string& maybe_delivered_as = "") {
     for (const std::string& id : ids) {
       fields_.push_back({MappedField{.name = "visit_id", .text = id}});
-      adapter.Push({.correlation_id = id, .message_id = id, .fields = fields_.back()},
+      adapter.Push({.correlation_id = id,
+                    .message_id = id,
+                    .fields = fields_.back(),
+                    .maybe_delivered_as = maybe_delivered_as},
                    [this, id](PushResult r) {
                      absl::MutexLock lock(&mu_);
                      results_[id] = std::move(r);
@@ -324,43 +367,199 @@ TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAr
             "VIS-3,VIS-3\r\n");
 }
 
-// The answer lost and the server gone before the client could look again: the batch fails, and
-// when its events come back in other company (here with VIS-4), the adapter first looks for the
-// file of that failed upload. Before, VIS-1..3 went out a second time, in VIS-4's file.
-TEST_F(SftpFaultTest, RowsOfAnUploadOfUnknownOutcomeAreNotSentAgainInAnotherBatch) {
-  Pushes pushes;
-  std::unique_ptr<SftpCsvAdapter> adapter = MakeAdapter(dir_, 4, 300, env_);
-  ASSERT_NE(adapter, nullptr);
-  SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
-  pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3"});  // a batch of 3, closed by its age
-  std::map<std::string, PushResult> results = pushes.Wait(3);
-  ASSERT_EQ(results.size(), 3u);
-  for (const auto& [id, r] : results) {
-    EXPECT_FALSE(r.status.ok()) << id;  // the outcome is unknown: the lane retries
-  }
-  ASSERT_EQ(Files().size(), 1u);  // the server did make the file
+// The answer lost and the server gone before the client could look again: each event of the
+// batch fails with the file's path, which the lane carries with its retry. The events come back
+// to an adapter that never saw them (another replica, or this one after a restart) and in other
+// company: it first looks for that file, and sends only what is not there. Before, the adapter
+// remembered such files itself, so rows retried by another process went out a second time.
+TEST_F(SftpFaultTest, RowsOfAnUploadOfUnknownOutcomeAreNotSentAgainByAnotherProcess) {
+  std::string made;
+  {
+    Pushes pushes;
+    std::unique_ptr<SftpCsvAdapter> adapter = MakeAdapter(dir_, 4, 300, env_);
+    ASSERT_NE(adapter, nullptr);
+    SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
+    pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3"});  // a batch of 3, closed by its age
+    std::map<std::string, PushResult> results = pushes.Wait(3);
+    ASSERT_EQ(results.size(), 3u);
+    const std::vector<std::string> files = Files();
+    ASSERT_EQ(files.size(), 1u);  // the server did make the file
+    made = (dir_ / files[0]).string();
+    for (const auto& [id, r] : results) {
+      EXPECT_TRUE(IsRetryable(r.status)) << id << ": " << r.status;  // the lane retries
+      EXPECT_EQ(r.maybe_delivered_as, made) << id;
+      EXPECT_THAT(r.status.message(), HasSubstr(made + " may have been made all the same")) << id;
+    }
+  }  // that adapter, and whatever it knew, is gone
 
-  // The server is back; the lane's retries come with a new event.
-  fs::remove(mode_file_ + ".refuse");
+  std::unique_ptr<SftpCsvAdapter> adapter = MakeAdapter(dir_, 10, 300, env_);
+  ASSERT_NE(adapter, nullptr);
+  // While the server refuses, the retry cannot tell, and keeps the path for the next one.
+  {
+    Pushes pushes;
+    pushes.Push(*adapter, {"VIS-1"}, made);
+    std::map<std::string, PushResult> results = pushes.Wait(1);
+    ASSERT_EQ(results.size(), 1u);
+    EXPECT_FALSE(results["VIS-1"].status.ok());
+    EXPECT_EQ(results["VIS-1"].maybe_delivered_as, made);
+  }
+
+  // The server is back. VIS-5 may have landed in a file that is not there, and VIS-6 names a
+  // file outside remote_dir (which exists: a path from a message header is not trusted to
+  // settle a row anywhere else); both go out with VIS-4 in one new file.
+  sshd_->Unrefuse();
   SetMode("pass");
-  pushes.Clear();
-  pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3", "VIS-4"});
-  results = pushes.Wait(4);
-  ASSERT_EQ(results.size(), 4u);
+  const fs::path outside = dir_.parent_path() / "elsewhere.csv";
+  WriteFile(outside, "correlation_id,visit_id\r\nVIS-6,VIS-6\r\n");
+  Pushes pushes;
+  pushes.Push(*adapter, {"VIS-1", "VIS-2", "VIS-3"}, made);
+  pushes.Push(*adapter, {"VIS-4"});
+  pushes.Push(*adapter, {"VIS-5"}, (dir_ / "probation_20261201_0000000000000000.csv").string());
+  pushes.Push(*adapter, {"VIS-6"}, outside.string());
+  std::map<std::string, PushResult> results = pushes.Wait(6);
+  fs::remove(outside);
+  ASSERT_EQ(results.size(), 6u);
   for (const auto& [id, r] : results) {
     EXPECT_TRUE(r.status.ok()) << id << ": " << r.status;
-    EXPECT_THAT(r.detail, HasSubstr(id == "VIS-4" ? "uploaded" : "delivered as")) << id;
+    const bool earlier = id == "VIS-1" || id == "VIS-2" || id == "VIS-3";
+    EXPECT_THAT(r.detail, HasSubstr(earlier ? "delivered as " + made : "uploaded")) << id;
+    EXPECT_EQ(r.maybe_delivered_as, "") << id;
   }
   std::string all;
   for (const std::string& name : Files()) all += ReadFile(dir_ / name);
   EXPECT_EQ(Files().size(), 2u);
-  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4", "VIS-5", "VIS-6"}) {
     size_t rows = 0;
     for (size_t at = all.find(id + ","); at != std::string::npos; at = all.find(id + ",", at + 1)) {
       ++rows;
     }
     EXPECT_EQ(rows, 1u) << id << " in\n" << all;
   }
+}
+
+// The same through the lane, on the real binaries and broker: the path travels with the
+// event's retry (a message header), so a restarted outbound_svc does not send again the rows
+// the stopped one may have delivered.
+class SftpLaneFaultTest : public HubTest {
+ protected:
+  static void SetUpTestSuite() {
+    sshd_ = new FaultySshd();
+    sshd_->Start();
+  }
+  static void TearDownTestSuite() {
+    sshd_->Stop();
+    delete sshd_;
+    sshd_ = nullptr;
+  }
+
+  void SetUp() override {
+    HubTest::SetUp();
+    ASSERT_FALSE(sshd_->Env("ESS_SFTP_ROOT").empty()) << "the test's sshd did not start";
+    remote_ = fs::path(sshd_->Env("ESS_SFTP_ROOT")) / queue_;
+    fs::create_directories(remote_);
+    sshd_->SetMode("pass");
+  }
+  void TearDown() override {
+    HubTest::TearDown();
+    fs::remove_all(remote_);
+  }
+
+  // The hub config with the partner on the test's sshd: batches close 300 ms after their first
+  // row, a call that stalls fails after 2 s, and retries come back within a second.
+  std::string SftpConfig() const {
+    const std::string rest =
+        "    adapter: rest\n    settings:\n      base_url: http://127.0.0.1:9\n"
+        "      path: /api/slots\n      timeout_ms: 3000\n";
+    const std::string sftp = absl::StrCat(
+        "    adapter: sftp_csv\n    settings:\n      host: ", sshd_->Env("ESS_SFTP_HOST"),
+        "\n      port: ", sshd_->Env("ESS_SFTP_PORT"),
+        "\n      user: ", sshd_->Env("ESS_SFTP_USER"),
+        "\n      private_key_file: ", sshd_->Env("ESS_SFTP_KEY"),
+        "\n      known_hosts_file: ", sshd_->Env("ESS_SFTP_KNOWN_HOSTS"),
+        "\n      remote_dir: ", remote_.string(),
+        "\n      max_rows: 10\n      max_age_ms: 300\n      stall_timeout_ms: 2000\n");
+    const std::string retry =
+        "retry: {max_attempts: 2, initial_backoff_ms: 200, max_backoff_ms: 3000}";
+    std::string yaml = Config("http://127.0.0.1:9");
+    EXPECT_TRUE(absl::StrContains(yaml, rest)) << yaml;
+    EXPECT_TRUE(absl::StrContains(yaml, retry)) << yaml;
+    absl::StrReplaceAll({{rest, sftp},
+                         {retry,
+                          "retry: {max_attempts: 50, initial_backoff_ms: 200, "
+                          "max_backoff_ms: 1000}"}},
+                        &yaml);
+    return yaml;
+  }
+
+  void StartOutbound(const std::string& log) {
+    outbound_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{testing::BinaryPath("outbound_svc"), "--config",
+                                 dir_.File("hub.yaml")},
+        dir_.File(log));
+    ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  }
+
+  std::vector<std::string> Files() const {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(remote_)) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+
+  static FaultySshd* sshd_;
+  fs::path remote_;
+};
+
+FaultySshd* SftpLaneFaultTest::sshd_ = nullptr;
+
+TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOutcomeMade) {
+  dir_.Write("hub.yaml", SftpConfig());
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
+  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
+  Publish({{"VIS-1", VisitEvent("VIS-1")},
+           {"VIS-2", VisitEvent("VIS-2")},
+           {"VIS-3", VisitEvent("VIS-3")}});
+  // The server made the file, its answer was lost, and it refuses every session since: the
+  // first attempt failed, recorded with the path.
+  ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).failed() == 3; },
+                               absl::Seconds(30)))
+      << outbound_->Log();
+  const ess::v1::GetResponse trail = Trail("VIS-1");
+  ASSERT_EQ(trail.records_size(), 1);
+  EXPECT_THAT(trail.records(0).error(), HasSubstr("may have been made all the same"));
+  ASSERT_EQ(Files().size(), 1u);
+  const std::string made = Files()[0];
+  EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
+  outbound_.reset();
+
+  // The server is back. The three retries wait in the queue beside a new event, VIS-4, for
+  // a lane that never saw them.
+  sshd_->Unrefuse();
+  sshd_->SetMode("pass");
+  Publish({{"VIS-4", VisitEvent("VIS-4")}});
+  ASSERT_TRUE(testing::WaitFor([&] { return Depth(queue_) == 4; }, absl::Seconds(10)))
+      << Depth(queue_);
+  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-2.log"));
+  ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 4; },
+                               absl::Seconds(30)))
+      << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString() << "\n"
+      << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("CSV rows found delivered by an earlier upload"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("rows=3"));
+
+  const std::vector<std::string> files = Files();
+  EXPECT_EQ(files.size(), 2u);
+  EXPECT_THAT(files, ::testing::Contains(made));
+  std::string all;
+  for (const std::string& name : files) all += ReadFile(remote_ / name);
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
+    size_t rows = 0;
+    const std::string row = absl::StrCat("\n", id, ",");  // a row starts with its id
+    for (size_t at = all.find(row); at != std::string::npos; at = all.find(row, at + 1)) ++rows;
+    EXPECT_EQ(rows, 1u) << id << " in\n" << all;
+  }
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
 }
 
 }  // namespace
