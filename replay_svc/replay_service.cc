@@ -59,6 +59,12 @@ uint64_t FilterFingerprint(const ess::v1::ListRequest& request) {
   mix(request.correlation_id());
   mix(absl::StrCat(request.since().seconds(), ".", request.since().nanos(), "/",
                    request.until().seconds(), ".", request.until().nanos()));
+  // Only when set, so that the tokens of filters without it are what they were before it.
+  if (request.has_received_since() || request.has_received_until()) {
+    mix(absl::StrCat("received ", request.received_since().seconds(), ".",
+                     request.received_since().nanos(), "/", request.received_until().seconds(), ".",
+                     request.received_until().nanos()));
+  }
   return hash;
 }
 
@@ -173,6 +179,18 @@ absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
     query.until_micros = ToUnixMicros(request.until());
     if (!query.until_micros.has_value()) {
       return absl::InvalidArgumentError("until: is not a valid timestamp");
+    }
+  }
+  if (request.has_received_since()) {
+    query.received_since_micros = ToUnixMicros(request.received_since());
+    if (!query.received_since_micros.has_value()) {
+      return absl::InvalidArgumentError("received_since: is not a valid timestamp");
+    }
+  }
+  if (request.has_received_until()) {
+    query.received_until_micros = ToUnixMicros(request.received_until());
+    if (!query.received_until_micros.has_value()) {
+      return absl::InvalidArgumentError("received_until: is not a valid timestamp");
     }
   }
   query.limit = request.page_size() == 0

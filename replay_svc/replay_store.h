@@ -48,6 +48,9 @@ struct ListQuery {
   // updated_at within [since, until), in Unix microseconds.
   std::optional<int64_t> since_micros;
   std::optional<int64_t> until_micros;
+  // received_at within [received_since, received_until), in Unix microseconds.
+  std::optional<int64_t> received_since_micros;
+  std::optional<int64_t> received_until_micros;
   // Most records returned; at least 1.
   size_t limit = 100;
   // Most bytes of payload and rendered bodies in a page (0: no cap): a page ends before the

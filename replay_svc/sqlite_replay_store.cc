@@ -719,6 +719,8 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   if (!query.correlation_id.empty()) condition("correlation_id =");
   if (query.since_micros.has_value()) condition("updated_at >=");
   if (query.until_micros.has_value()) condition("updated_at <");
+  if (query.received_since_micros.has_value()) condition("received_at >=");
+  if (query.received_until_micros.has_value()) condition("received_at <");
   if (query.after.has_value()) {
     absl::StrAppend(&where, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
     next_param += 2;
@@ -769,6 +771,12 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
     if (!query.correlation_id.empty()) STORE_RETURN_IF_ERROR(s.Bind(p++, query.correlation_id));
     if (query.since_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.since_micros));
     if (query.until_micros.has_value()) STORE_RETURN_IF_ERROR(s.Bind(p++, *query.until_micros));
+    if (query.received_since_micros.has_value()) {
+      STORE_RETURN_IF_ERROR(s.Bind(p++, *query.received_since_micros));
+    }
+    if (query.received_until_micros.has_value()) {
+      STORE_RETURN_IF_ERROR(s.Bind(p++, *query.received_until_micros));
+    }
     if (query.after.has_value()) {
       STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->updated_at_micros));
       STORE_RETURN_IF_ERROR(s.Bind(p++, query.after->id));

@@ -3,10 +3,12 @@
 //   essctl --addr 127.0.0.1:50051 get --correlation VIS-77
 //   essctl --addr 127.0.0.1:50051 get --direction outbound --partner prison --message_id m-1
 //   essctl --addr 127.0.0.1:50051 list [--partner P] [--status delivered] [--direction outbound]
-//                                      [--event_type T] [--since T] [--until T] [--limit N]
+//                                      [--event_type T] [--since T] [--until T]
+//                                      [--received_since T] [--received_until T] [--limit N]
 //   essctl --addr 127.0.0.1:50051 stats [--partner P]
 //   essctl --addr 127.0.0.1:50051 replay --partner probation --status dead
-//          --since 2026-11-29T22:00:00Z --reason "partner SFTP down overnight" [--dry_run]
+//          --received_since 2026-11-29T22:00:00Z --received_until 2026-11-30T06:00:00Z
+//          --reason "partner SFTP down overnight" [--dry_run]
 //   essctl --addr 127.0.0.1:50051 replay --direction outbound --partner prison
 //          --message_id m-1,m-2 --reason "partner lost them"
 //
@@ -64,6 +66,11 @@ ABSL_FLAG(std::string, event_type, "", "list: the event type, e.g. VisitSchedule
 ABSL_FLAG(absl::Time, since, absl::InfinitePast(),
           "list: updated at or after this RFC 3339 time, e.g. 2024-05-01T00:00:00Z.");
 ABSL_FLAG(absl::Time, until, absl::InfiniteFuture(), "list: updated before this RFC 3339 time.");
+ABSL_FLAG(absl::Time, received_since, absl::InfinitePast(),
+          "list: entered the hub at or after this RFC 3339 time (a window that retries and "
+          "replays do not move).");
+ABSL_FLAG(absl::Time, received_until, absl::InfiniteFuture(),
+          "list: entered the hub before this RFC 3339 time.");
 ABSL_FLAG(int32_t, limit, 50, "list: most records shown (fetched in pages of up to 1000).");
 ABSL_FLAG(bool, dry_run, false, "replay: say what would be replayed; publish nothing.");
 ABSL_FLAG(std::string, reason, "", "replay: why (required unless --dry_run; audited).");
@@ -86,13 +93,16 @@ constexpr char kUsage[] =
     "trail\n"
     "  get --direction D --partner P --message_id M   one record in full\n"
     "  list [--partner P] [--direction D] [--status S] [--event_type T] [--correlation ID]\n"
-    "       [--since T] [--until T] [--limit N]       records, newest first\n"
+    "       [--since T] [--until T] [--received_since T] [--received_until T] [--limit N]\n"
+    "                                                 records, newest first (since/until: the\n"
+    "                                                 last change; received_*: entering the hub)\n"
     "  stats [--partner P]                            counts per partner and direction\n"
     "  replay --reason R [--dry_run] [--max_records N] [--wait 60s] (--direction D --partner P "
     "--message_id "
     "M[,M...]\n"
     "       | --partner P | --correlation ID [--direction D] [--status S] [--event_type T]\n"
-    "         [--since T] [--until T])            send records through the hub again\n";
+    "         [--since T] [--until T] [--received_since T] [--received_until T])\n"
+    "                                                 send records through the hub again\n";
 
 constexpr int kExitCallFailed = 1;
 constexpr int kExitUsage = 2;
@@ -276,6 +286,12 @@ std::optional<std::string> BuildFilter(ess::v1::ListRequest& request) {
   }
   if (const absl::Time until = absl::GetFlag(FLAGS_until); until != absl::InfiniteFuture()) {
     *request.mutable_until() = ess::replay::FromUnixMicros(absl::ToUnixMicros(until));
+  }
+  if (const absl::Time t = absl::GetFlag(FLAGS_received_since); t != absl::InfinitePast()) {
+    *request.mutable_received_since() = ess::replay::FromUnixMicros(absl::ToUnixMicros(t));
+  }
+  if (const absl::Time t = absl::GetFlag(FLAGS_received_until); t != absl::InfiniteFuture()) {
+    *request.mutable_received_until() = ess::replay::FromUnixMicros(absl::ToUnixMicros(t));
   }
   return std::nullopt;
 }

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "tests/integration/hub_fixture.h"
 
 namespace ess {
@@ -55,9 +57,14 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
     events.emplace_back(id, VisitEvent(id));
     ids.insert(id);
   }
+  auto rfc3339 = [](absl::Time t) {
+    return absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
+  };
+  const std::string outage_began = rfc3339(absl::Now());
   Publish(events);
   ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DEAD).size() == kEvents; },
                       absl::Seconds(30)));
+  const std::string outage_ended = rfc3339(absl::Now());
   // 30 s, as for the records: beside bench_smoke_test on two cores, 10 s once ran out.
   ASSERT_TRUE(
       WaitFor([&] { return DepthOrZero(queue_ + ".parked") == kEvents; }, absl::Seconds(30)))
@@ -82,6 +89,13 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
   EXPECT_THAT(dry.output, HasSubstr("queue " + queue_));
   EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), static_cast<size_t>(kEvents));
 
+  // By their last change, the outage's window no longer finds them: the early replay moved it.
+  // By when they entered the hub, it finds all of them.
+  testing::ToolRun by_change = Essctl({"replay", "--partner", "prison_calendar", "--since",
+                                       outage_began, "--until", outage_ended, "--dry_run"});
+  EXPECT_EQ(by_change.exit_code, 0) << by_change.output;
+  EXPECT_THAT(by_change.output, HasSubstr("would replay 0, skipped 0"));
+
   // A real replay needs a reason, for the audit trail.
   testing::ToolRun unreasoned =
       Essctl({"replay", "--partner", "prison_calendar", "--status", "dead"});
@@ -90,7 +104,8 @@ TEST_F(OpsReplayTest, ParkedEventsAreReplayedToThePartnerOnceItIsBack) {
 
   testing::ToolRun run =
       Essctl({"replay", "--partner", "prison_calendar", "--direction", "outbound", "--status",
-              "dead", "--reason", "partner refused while its calendar was locked", "--requested_by",
+              "dead", "--received_since", outage_began, "--received_until", outage_ended,
+              "--reason", "partner refused while its calendar was locked", "--requested_by",
               "alice@ops", "--wait", "30s"});
   EXPECT_EQ(run.exit_code, 0) << run.output;
   EXPECT_THAT(run.output, HasSubstr("replayed 25, skipped 0, failed 0"));

@@ -397,6 +397,12 @@ TEST_F(ReplayServiceTest, ListRejectsForeignAndMalformedTokens) {
   grpc::Status status = stub_->List(Context().get(), other_filter, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message(), "page_token: issued for a different filter");
+  ess::v1::ListRequest other_window;  // the received window is part of the filter too
+  other_window.mutable_received_since()->set_seconds(1);
+  other_window.set_page_token(response.next_page_token());
+  status = stub_->List(Context().get(), other_window, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "page_token: issued for a different filter");
 
   ess::v1::ListRequest garbage;
   garbage.set_page_token("not a token!");
@@ -439,6 +445,11 @@ TEST_F(ReplayServiceTest, ListFiltersAndValidatesEnums) {
   status = stub_->List(Context().get(), bad_time, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message(), "since: is not a valid timestamp");
+  bad_time.clear_since();
+  bad_time.mutable_received_until()->set_nanos(-1);
+  status = stub_->List(Context().get(), bad_time, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "received_until: is not a valid timestamp");
 }
 
 TEST_F(ReplayServiceTest, StatsPerPartner) {

@@ -299,6 +299,16 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
   EXPECT_THAT(list.out, HasSubstr("m-299"));
   EXPECT_THAT(list.out, HasSubstr("(5 records; more match, raise --limit)"));
 
+  // Every record entered the hub when the test wrote it: none before the epoch's second day.
+  ToolResult received =
+      RunEssctl({"list", "--partner", "prison", "--received_until", "1970-01-02T00:00:00Z"});
+  EXPECT_EQ(received.exit_code, 0) << received.err;
+  EXPECT_THAT(received.out, HasSubstr("(0 records)"));
+  received = RunEssctl(
+      {"list", "--partner", "prison", "--received_since", "1970-01-02T00:00:00Z", "--limit", "5"});
+  EXPECT_EQ(received.exit_code, 0) << received.err;
+  EXPECT_THAT(received.out, HasSubstr("(5 records; more match, raise --limit)"));
+
   ToolResult stats = RunEssctl({"stats"});
   EXPECT_EQ(stats.exit_code, 0) << stats.err;
   EXPECT_THAT(stats.out, HasSubstr("OLDEST_PENDING"));

@@ -540,6 +540,51 @@ TEST_F(SqliteReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
   EXPECT_THAT(MessageIds(ListAll({.partner = "nobody"})), IsEmpty());
 }
 
+// received_at is when the message entered the hub. A later write (a retry, the lane's DEAD
+// after the last one, a replay's mark) moves updated_at only, so a received window finds an
+// outage's messages whenever they last changed, and an updated_at window does not.
+TEST_F(SqliteReplayStoreTest, AReceivedWindowFindsMessagesByWhenTheyEnteredTheHub) {
+  const absl::Time night = absl::FromUnixSeconds(1'700'000'000);
+  auto entered = [](const char* id, absl::Time at,
+                    ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_FAILED) {
+    MessageRecord r = MakeRecord(kOut, "probation", id, id, status);
+    *r.mutable_received_at() = Ts(at);
+    return r;
+  };
+  const absl::Time t0 = clock_.Peek();
+  Store({entered("before", night - absl::Hours(1))});  // updated t0
+  Store({entered("in-1", night + absl::Hours(1))});    // t0+1
+  Store({entered("in-2", night + absl::Hours(2))});    // t0+2
+  Store({entered("after", night + absl::Hours(9))});   // t0+3
+  // in-1 given up on later: DEAD at t0+4. The write's own received_at (its last attempt) does
+  // not replace the first one.
+  Store({entered("in-1", night + absl::Hours(10), ess::v1::MESSAGE_STATUS_DEAD)});
+
+  const ListQuery outage{
+      .partner = "probation",
+      .received_since_micros = absl::ToUnixMicros(night),
+      .received_until_micros = absl::ToUnixMicros(night + absl::Hours(8)),
+  };
+  EXPECT_THAT(MessageIds(ListAll(outage)), ElementsAre("in-1", "in-2"));  // newest change first
+  ListQuery one_per_page = outage;
+  one_per_page.limit = 1;
+  EXPECT_THAT(Pages(one_per_page), ElementsAre(ElementsAre("in-1"), ElementsAre("in-2")));
+  ListQuery dead = outage;
+  dead.status = ess::v1::MESSAGE_STATUS_DEAD;
+  EXPECT_THAT(MessageIds(ListAll(dead)), ElementsAre("in-1"));
+  EXPECT_THAT(MessageIds(ListAll({.received_since_micros = absl::ToUnixMicros(night)})),
+              ElementsAre("in-1", "after", "in-2"));
+  // The same outage by last change misses in-1, which changed after it.
+  EXPECT_THAT(MessageIds(ListAll({.partner = "probation",
+                                  .since_micros = absl::ToUnixMicros(t0 + absl::Seconds(1)),
+                                  .until_micros = absl::ToUnixMicros(t0 + absl::Seconds(3))})),
+              ElementsAre("in-2"));
+  absl::StatusOr<MessageRecord> in1 = store_->GetByKey(Key(kOut, "probation", "in-1"));
+  ASSERT_TRUE(in1.ok()) << in1.status();
+  EXPECT_EQ(in1->received_at().seconds(), absl::ToUnixSeconds(night + absl::Hours(1)));
+  EXPECT_EQ(in1->status(), ess::v1::MESSAGE_STATUS_DEAD);
+}
+
 // Large bodies end a page early (it always holds one record), and the pages still cover every
 // record once.
 TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
