@@ -169,29 +169,22 @@ absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat("status: unknown value ", request.status()));
   }
   query.status = request.status();
-  if (request.has_since()) {
-    query.since_micros = ToUnixMicros(request.since());
-    if (!query.since_micros.has_value()) {
-      return absl::InvalidArgumentError("since: is not a valid timestamp");
-    }
-  }
-  if (request.has_until()) {
-    query.until_micros = ToUnixMicros(request.until());
-    if (!query.until_micros.has_value()) {
-      return absl::InvalidArgumentError("until: is not a valid timestamp");
-    }
-  }
-  if (request.has_received_since()) {
-    query.received_since_micros = ToUnixMicros(request.received_since());
-    if (!query.received_since_micros.has_value()) {
-      return absl::InvalidArgumentError("received_since: is not a valid timestamp");
-    }
-  }
-  if (request.has_received_until()) {
-    query.received_until_micros = ToUnixMicros(request.received_until());
-    if (!query.received_until_micros.has_value()) {
-      return absl::InvalidArgumentError("received_until: is not a valid timestamp");
-    }
+  // A time bound, when set, in Unix microseconds.
+  auto bound = [](bool set, const google::protobuf::Timestamp& t, absl::string_view field,
+                  std::optional<int64_t>* out) {
+    if (!set) return absl::OkStatus();
+    *out = ToUnixMicros(t);
+    return out->has_value()
+               ? absl::OkStatus()
+               : absl::InvalidArgumentError(absl::StrCat(field, ": is not a valid timestamp"));
+  };
+  for (absl::Status s : {bound(request.has_since(), request.since(), "since", &query.since_micros),
+                         bound(request.has_until(), request.until(), "until", &query.until_micros),
+                         bound(request.has_received_since(), request.received_since(),
+                               "received_since", &query.received_since_micros),
+                         bound(request.has_received_until(), request.received_until(),
+                               "received_until", &query.received_until_micros)}) {
+    if (!s.ok()) return s;
   }
   query.limit = request.page_size() == 0
                     ? ReplayServiceImpl::kDefaultPageSize

@@ -64,6 +64,22 @@ std::string Bytes(size_t n) {
   return s;
 }
 
+// The names in `dir`, sorted.
+std::vector<std::string> FilesIn(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Rows of `csv` whose first cell is `id`.
+size_t RowsOf(const std::string& csv, const std::string& id) {
+  const std::string row = absl::StrCat("\n", id, ",");  // a row starts with its id
+  size_t rows = 0;
+  for (size_t at = csv.find(row); at != std::string::npos; at = csv.find(row, at + 1)) ++rows;
+  return rows;
+}
+
 // The test suite's own sshd, whose SFTP subsystem is sftp_fault_relay with a mode file.
 class FaultySshd {
  public:
@@ -156,12 +172,7 @@ class SftpFaultTest : public ::testing::Test {
             .stall_timeout = absl::Seconds(2)};
   }
 
-  std::vector<std::string> Files() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
+  std::vector<std::string> Files() const { return FilesIn(dir_); }
 
   static FaultySshd* sshd_;
   static std::map<std::string, std::string> env_;
@@ -429,11 +440,7 @@ TEST_F(SftpFaultTest, RowsOfAnUploadOfUnknownOutcomeAreNotSentAgainByAnotherProc
   for (const std::string& name : Files()) all += ReadFile(dir_ / name);
   EXPECT_EQ(Files().size(), 2u);
   for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4", "VIS-5", "VIS-6"}) {
-    size_t rows = 0;
-    for (size_t at = all.find(id + ","); at != std::string::npos; at = all.find(id + ",", at + 1)) {
-      ++rows;
-    }
-    EXPECT_EQ(rows, 1u) << id << " in\n" << all;
+    EXPECT_EQ(RowsOf(all, id), 1u) << id << " in\n" << all;
   }
 }
 
@@ -499,12 +506,7 @@ class SftpLaneFaultTest : public HubTest {
     ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
   }
 
-  std::vector<std::string> Files() const {
-    std::vector<std::string> names;
-    for (const auto& e : fs::directory_iterator(remote_)) names.push_back(e.path().filename());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
+  std::vector<std::string> Files() const { return FilesIn(remote_); }
 
   static FaultySshd* sshd_;
   fs::path remote_;
@@ -554,10 +556,7 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
   std::string all;
   for (const std::string& name : files) all += ReadFile(remote_ / name);
   for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
-    size_t rows = 0;
-    const std::string row = absl::StrCat("\n", id, ",");  // a row starts with its id
-    for (size_t at = all.find(row); at != std::string::npos; at = all.find(row, at + 1)) ++rows;
-    EXPECT_EQ(rows, 1u) << id << " in\n" << all;
+    EXPECT_EQ(RowsOf(all, id), 1u) << id << " in\n" << all;
   }
   EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
 }
