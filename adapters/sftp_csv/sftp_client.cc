@@ -135,6 +135,9 @@ class SftpClient::Call {
   // Until SetupDone(), the connection is being set up: it must be done by `by`
   // (connect_timeout), however long a step of it takes.
   void SetupUntil(absl::Time by) { setup_by_ = by; }
+  // What the setup waits for now, for the message when it runs out of time: "the SSH
+  // handshake did not finish".
+  void SetupStep(std::string_view what_failed) { setup_step_ = what_failed; }
   void SetupDone() {
     setup_by_.reset();
     Progress();
@@ -158,7 +161,8 @@ class SftpClient::Call {
     const absl::Time now = absl::Now();
     if (setup_by_.has_value() && now >= *setup_by_) {
       return absl::DeadlineExceededError(Message(absl::StrCat(
-          "no SSH session within ", absl::FormatDuration(client_.options_.connect_timeout))));
+          "no SFTP session within ", absl::FormatDuration(client_.options_.connect_timeout), ": ",
+          ToAbsl(setup_step_))));
     }
     if (!setup_by_.has_value() && now - progress_ >= stall_timeout_) {
       return absl::DeadlineExceededError(Message(
@@ -189,6 +193,7 @@ class SftpClient::Call {
   absl::Duration stall_timeout_;
   absl::Time progress_;
   std::optional<absl::Time> setup_by_;
+  std::string_view setup_step_ = "the connection was not set up";
 };
 
 SftpClient::SftpClient(Options options, const absl::Notification* cancel)
@@ -331,6 +336,7 @@ absl::Status SftpClient::Connect(Call& call) {
   Session& ss = *session_;
   auto run = [&](auto step) { return Run(call, step); };
 
+  call.SetupStep("the SSH handshake did not finish");
   absl::StatusOr<long> rc = run([&] { return libssh2_session_handshake(ss.ssh, ss.fd); });
   if (!rc.ok()) return rc.status();
 
@@ -358,6 +364,7 @@ absl::Status SftpClient::Connect(Call& call) {
     return absl::PermissionDeniedError(call.Message(absl::StrCat(why, options_.known_hosts_file)));
   }
 
+  call.SetupStep("the login did not finish");
   rc = run([&] {
     return libssh2_userauth_publickey_fromfile_ex(
         ss.ssh, options_.user.c_str(), static_cast<unsigned>(options_.user.size()),
@@ -378,6 +385,11 @@ absl::Status SftpClient::Connect(Call& call) {
         absl::StrCat("public key of ", options_.user, " refused: ", text != nullptr ? text : "")));
   }
 
+  // A server whose SFTP subsystem is missing or exits at once closes the channel, which
+  // libssh2 1.10 does not notice: it waits for the version packet until connect_timeout.
+  call.SetupStep(
+      "logged in, but the server's SFTP subsystem did not start (is it enabled, and does it "
+      "run?)");
   for (;;) {
     ss.sftp = libssh2_sftp_init(ss.ssh);
     if (ss.sftp != nullptr) break;

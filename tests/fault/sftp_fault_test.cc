@@ -112,7 +112,9 @@ class FaultySshd {
 
   // The fault of every SFTP session from now on (sftp_fault_relay.cc lists the modes).
   void SetMode(const std::string& mode) const { WriteFile(mode_file_, mode + "\n"); }
-  // Ends the refusal that drop_reply_then_refuse starts: the server is back.
+  // Every new SFTP session ends at once (the relay exits), as after drop_reply_then_refuse,
+  // until Unrefuse: the server is back.
+  void Refuse() const { WriteFile(mode_file_ + ".refuse", "gone\n"); }
   void Unrefuse() const { fs::remove(mode_file_ + ".refuse"); }
   // ESS_SFTP_* of its env file, empty when it did not start.
   std::string Env(const std::string& name) const {
@@ -262,6 +264,29 @@ TEST_F(SftpFaultTest, ASessionTheServerClosedWhileIdleIsReplaced) {
     EXPECT_TRUE(*there);
     absl::SleepFor(absl::Milliseconds(1500));  // the relay ends the session after 300 ms
   }
+}
+
+// A server that takes the login but whose SFTP subsystem ends at once (missing, or failing):
+// the call fails after connect_timeout and says which step never finished. Before, it said
+// "no SSH session", which sent ops looking at the network.
+TEST_F(SftpFaultTest, ASubsystemThatDoesNotStartIsNamedAsTheCause) {
+  sshd_->Refuse();
+  SftpClient::Options options = Options();
+  options.connect_timeout = absl::Seconds(2);  // the SSH handshake and login fit in it
+  SftpClient client(options);
+  absl::StatusOr<bool> there = client.Exists((dir_ / "in.bin").string());
+  sshd_->Unrefuse();
+  EXPECT_EQ(there.status().code(), absl::StatusCode::kDeadlineExceeded) << there.status();
+  EXPECT_THAT(there.status().message(),
+              HasSubstr("no SFTP session within 2s: logged in, but the server's SFTP subsystem "
+                        "did not start"));
+
+  // Nothing listens: the TCP step says so, at once.
+  options.port = 1;
+  SftpClient nowhere(options);
+  there = nowhere.Exists((dir_ / "in.bin").string());
+  EXPECT_EQ(there.status().code(), absl::StatusCode::kUnavailable) << there.status();
+  EXPECT_THAT(there.status().message(), HasSubstr("cannot connect"));
 }
 
 TEST_F(SftpFaultTest, AnUploadWhoseRenameAnswerIsLostIsDoneOnce) {
