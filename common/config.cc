@@ -511,6 +511,22 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
         absl::Status s = ValidatePoll(conv, in + ".poll", p.adapter(), route.poll());
         if (!s.ok()) return s;
       }
+      if (const std::string& h = route.id_header(); !h.empty()) {
+        if (route.webhook_path().empty()) {
+          return conv.ErrorAt(in + ".id_header", "names a webhook header: needs a webhook_path");
+        }
+        if (route.has_auth()) {
+          return conv.ErrorAt(in + ".id_header",
+                              "a signed route's calls are known by their signed webhook-id");
+        }
+        // RFC 9110 token characters.
+        if (!std::all_of(h.begin(), h.end(), [](char ch) {
+              return absl::ascii_isalnum(static_cast<unsigned char>(ch)) ||
+                     std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
+            })) {
+          return conv.ErrorAt(in + ".id_header", absl::StrCat("\"", h, "\" is not a header name"));
+        }
+      }
       if (route.has_auth()) {
         absl::Status s = ValidateAuth(conv, in + ".auth", route);
         if (!s.ok()) return s;

@@ -3,6 +3,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +17,9 @@
 
 namespace ess::inbound {
 namespace {
+
+// The longest id a partner's id header may carry (InboundRoute.id_header).
+constexpr size_t kMaxCallIdBytes = 256;
 
 std::string ErrorBody(std::string_view message) {
   rapidjson::StringBuffer buf;
@@ -229,8 +233,24 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     return;
   }
 
+  // The call's own id: its webhook-id, or the partner's id header; none: its content.
+  std::string_view call_id = request.Header("webhook-id");
+  if (call_id.empty() && !route.id_header.empty()) {
+    call_id = request.Header(route.id_header);
+    if (!call_id.empty() && (call_id.size() > kMaxCallIdBytes ||
+                             !std::all_of(call_id.begin(), call_id.end(), [](char c) {
+                               return c > 0x20 && c < 0x7f;  // visible ASCII
+                             }))) {
+      log::Warn(header_cid, "webhook rejected",
+                {{"partner", route.partner}, {"error", "bad id header"}});
+      reply(400, absl::StrCat(route.partner, ": header ", route.id_header, ": must be 1-",
+                              kMaxCallIdBytes, " visible ASCII characters"));
+      return;
+    }
+  }
+  const std::string webhook_id(call_id);
+
   // Claim each event's id; drop the ones published lately.
-  const std::string webhook_id(request.Header("webhook-id"));
   const absl::Time now = absl::Now();
   auto call = std::make_shared<Call>();
   bool in_progress = false;

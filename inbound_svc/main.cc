@@ -6,6 +6,7 @@
 #include <iostream>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "adapters/registry.h"
 #include "adapters/sftp_csv/sftp_csv_adapter.h"
@@ -85,7 +86,8 @@ int main(int argc, char** argv) {
       routes.push_back({.partner = p.name(),
                         .path = p.inbound().webhook_path(),
                         .adapter = *std::move(adapter),
-                        .verifier = std::move(verifier)});
+                        .verifier = std::move(verifier),
+                        .id_header = absl::AsciiStrToLower(p.inbound().id_header())});
     }
     if (p.inbound().has_poll()) {
       // The config loader admits polls of sftp_csv partners only.

@@ -308,6 +308,30 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentOfTheInboundLaneOnly) {
 
 // A service's own check of its partners (building each adapter) is reported like any other
 // error: at the line of the setting, with the partner's index.
+TEST(ConfigTest, AnIdHeaderIsAHeaderNameOfAnUnsignedWebhookRoute) {
+  auto with = [](std::string_view lines) {
+    std::string yaml = kGood;
+    const std::string path = "      webhook_path: /webhook/prison\n";
+    yaml.replace(yaml.find(path), path.size(), path + std::string(lines));
+    return Load(yaml);
+  };
+  auto c = with("      id_header: X-Delivery-Id\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(0).inbound().id_header(), "X-Delivery-Id");
+
+  c = with("      id_header: X Delivery\n");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[0].inbound.id_header: \"X Delivery\" is "
+                                              "not a header name"));
+  setenv("ESS_TEST_ID_HEADER_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1);
+  c = with(
+      "      id_header: X-Delivery-Id\n      auth: {secrets_env: ESS_TEST_ID_HEADER_SECRETS}\n");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].inbound.id_header: a signed route's calls are known by "
+                        "their signed webhook-id"));
+}
+
 TEST(ConfigTest, AnAdapterSettingRefusedByTheServiceIsNamedAtItsLine) {
   std::string yaml = kGood;
   yaml.replace(yaml.find("http://127.0.0.1:9000"), 21, "ftp://127.0.0.1:9000");

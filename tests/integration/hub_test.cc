@@ -225,6 +225,62 @@ TEST_F(HubTest, TwoPartnersSameIdsAreTwoEvents) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// A partner without webhook-id but with an id of its own per call (InboundRoute.id_header):
+// its retry is a repeat, and a new call with the same content (a status that flips back) is a
+// new event. Known by content instead, the second "confirmed" would be taken for a repeat.
+TEST_F(HubTest, AnIdHeaderTellsARetryFromANewCallWithTheSameContent) {
+  CapturePartner partner;
+  std::string yaml = Config(partner.url());
+  const std::string path = "      webhook_path: /webhook/clinic\n";
+  ASSERT_NE(yaml.find(path), std::string::npos);
+  yaml.replace(yaml.find(path), path.size(), path + "      id_header: X-Delivery-Id\n");
+  dir_.Write("hub.yaml", yaml);
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  ASSERT_NO_FATAL_FAILURE(StartInbound("hub.yaml"));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  auto post = [&](const std::string& delivery_id, const std::string& body) {
+    http::HeaderList headers = {{"Content-Type", "application/json"}};
+    if (!delivery_id.empty()) headers.emplace_back("X-Delivery-Id", delivery_id);
+    return http_.SendAndWait({.url = Url("/webhook/clinic"), .headers = headers, .body = body});
+  };
+  const std::string confirmed = R"({"id":"VIS-61","status":"confirmed"})";
+  const std::string cancelled = R"({"id":"VIS-61","status":"cancelled"})";
+  const std::vector<std::tuple<std::string, std::string, std::string>> calls = {
+      {"d-1", confirmed, R"({"ok":true,"events":1})"},
+      {"d-1", confirmed, R"({"ok":true,"events":0,"duplicates":1})"},  // its retry
+      {"d-2", cancelled, R"({"ok":true,"events":1})"},
+      {"d-3", confirmed, R"({"ok":true,"events":1})"},  // confirmed again: a new call
+  };
+  for (const auto& [id, body, answer] : calls) {
+    auto r = post(id, body);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 200) << id;
+    EXPECT_EQ(r->body, answer) << id;
+  }
+  // Without the header, content decides, as before: the same content twice is one event.
+  for (const char* answer :
+       {R"({"ok":true,"events":1})", R"({"ok":true,"events":0,"duplicates":1})"}) {
+    auto r = post("", R"({"id":"VIS-62","status":"confirmed"})");
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->body, answer);
+  }
+  auto bad = post(std::string(257, 'x'), confirmed);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_THAT(bad->body, HasSubstr("header x-delivery-id: must be 1-256 visible ASCII"));
+
+  std::vector<std::string> statuses;
+  for (auto d = (*conn)->Get(sub); d.ok(); d = (*conn)->Get(sub)) {
+    rapidjson::Document doc;
+    doc.Parse(d->message.body.c_str());
+    if (doc.IsObject() && doc.HasMember("status")) statuses.push_back(doc["status"].GetString());
+  }
+  EXPECT_THAT(statuses, ::testing::ElementsAre("confirmed", "cancelled", "confirmed", "confirmed"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, AnIdBeingPublishedElsewhereIsHeldForItsLeaseThenTaken) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
