@@ -166,9 +166,11 @@ partners:
   }
 
   absl::StatusOr<http::Response> PostWebhook(const std::string& body,
-                                             const std::string& path = "/webhook/prison") {
-    return http_.SendAndWait(
-        {.url = Url(path), .headers = {{"Content-Type", "application/json"}}, .body = body});
+                                             const std::string& path = "/webhook/prison",
+                                             const http::HeaderList& more_headers = {}) {
+    http::HeaderList headers = {{"Content-Type", "application/json"}};
+    headers.insert(headers.end(), more_headers.begin(), more_headers.end());
+    return http_.SendAndWait({.url = Url(path), .headers = std::move(headers), .body = body});
   }
 
   static std::string VisitEvent(const std::string& id) {

@@ -241,9 +241,9 @@ TEST_F(HubTest, AnIdHeaderTellsARetryFromANewCallWithTheSameContent) {
   ASSERT_TRUE(conn.ok());
   const std::string sub = testing::BindSubscriber(**conn, exchange_);
   auto post = [&](const std::string& delivery_id, const std::string& body) {
-    http::HeaderList headers = {{"Content-Type", "application/json"}};
-    if (!delivery_id.empty()) headers.emplace_back("X-Delivery-Id", delivery_id);
-    return http_.SendAndWait({.url = Url("/webhook/clinic"), .headers = headers, .body = body});
+    return PostWebhook(body, "/webhook/clinic",
+                       delivery_id.empty() ? http::HeaderList{}
+                                           : http::HeaderList{{"X-Delivery-Id", delivery_id}});
   };
   const std::string confirmed = R"({"id":"VIS-61","status":"confirmed"})";
   const std::string cancelled = R"({"id":"VIS-61","status":"cancelled"})";
