@@ -468,15 +468,18 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
             {{"partner", partner},
              {"attempt", absl::StrCat(job->attempt)},
              {"error", ToStd(result.status.message())}});
-  if (draining_.load()) {
+  amqp::Headers& headers = job->delivery.message.headers;
+  if (draining_.load() &&
+      result.maybe_delivered_as == FindHeader(headers, kMaybeDeliveredAsHeader)) {
     // Shutting down: the adapter or the HTTP client stopped under it. Not the partner's
-    // failure: back to the queue as it came, for the next lane.
+    // failure: back to the queue as it came, for the next lane. Unless the push may have
+    // landed somewhere the message does not say yet: then it goes the way of a retry, which
+    // carries that along.
     Requeue(*job);
     return;
   }
   // The retry or the parked message takes it along (the job's ids point into the message's
   // other fields, never into its headers).
-  amqp::Headers& headers = job->delivery.message.headers;
   if (result.maybe_delivered_as.empty()) {
     EraseHeader(headers, kMaybeDeliveredAsHeader);
   } else {

@@ -12,7 +12,8 @@
 //                            max_age is spent: parked as below. Where the adapter says the push
 //                            may have landed all the same (an SFTP upload whose answer was
 //                            lost), the message carries that ("x-ess-maybe-delivered-as") to
-//                            the adapter with its retry, which looks there first
+//                            the adapter with its retry, which looks there first; so does one
+//                            that fails so while the lane stops (not requeued as it came)
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store

@@ -6,6 +6,7 @@
 // started (ESS_AMQP_*).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -497,7 +498,8 @@ class SftpLaneFaultTest : public HubTest {
   }
 
   // The hub config with the partner on the test's sshd: batches close 300 ms after their first
-  // row, a call that stalls fails after 2 s, and retries come back within a second.
+  // row, a call that stalls, or a connection not set up, fails after 2 s, and retries come back
+  // within a second.
   std::string SftpConfig() const {
     const std::string rest =
         "    adapter: rest\n    settings:\n      base_url: http://127.0.0.1:9\n"
@@ -509,7 +511,8 @@ class SftpLaneFaultTest : public HubTest {
         "\n      private_key_file: ", sshd_->Env("ESS_SFTP_KEY"),
         "\n      known_hosts_file: ", sshd_->Env("ESS_SFTP_KNOWN_HOSTS"),
         "\n      remote_dir: ", remote_.string(),
-        "\n      max_rows: 10\n      max_age_ms: 300\n      stall_timeout_ms: 2000\n");
+        "\n      max_rows: 10\n      max_age_ms: 300\n      stall_timeout_ms: 2000"
+        "\n      connect_timeout_ms: 2000\n");
     const std::string retry =
         "retry: {max_attempts: 2, initial_backoff_ms: 200, max_backoff_ms: 3000}";
     std::string yaml = Config("http://127.0.0.1:9");
@@ -532,6 +535,33 @@ class SftpLaneFaultTest : public HubTest {
   }
 
   std::vector<std::string> Files() const { return FilesIn(remote_); }
+
+  // The server is back. The three retries of VIS-1..3 wait in the queue beside a new event,
+  // VIS-4, for a lane that never saw them: it finds their rows in `made`, and sends VIS-4 alone.
+  void ExpectTheRetriesToFind(const std::string& made) {
+    sshd_->Unrefuse();
+    sshd_->SetMode("pass");
+    Publish({{"VIS-4", VisitEvent("VIS-4")}});
+    ASSERT_TRUE(testing::WaitFor([&] { return Depth(queue_) == 4; }, absl::Seconds(10)))
+        << Depth(queue_);
+    ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-2.log"));
+    ASSERT_TRUE(testing::WaitFor(
+        [&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 4; }, absl::Seconds(30)))
+        << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString() << "\n"
+        << outbound_->Log();
+    EXPECT_THAT(outbound_->Log(), HasSubstr("CSV rows found delivered by an earlier upload"));
+    EXPECT_THAT(outbound_->Log(), HasSubstr("rows=3"));
+
+    const std::vector<std::string> files = Files();
+    EXPECT_EQ(files.size(), 2u);
+    EXPECT_THAT(files, ::testing::Contains(made));
+    std::string all;
+    for (const std::string& name : files) all += ReadFile(remote_ / name);
+    for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
+      EXPECT_EQ(RowsOf(all, id), 1u) << id << " in\n" << all;
+    }
+    EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  }
 
   static FaultySshd* sshd_;
   fs::path remote_;
@@ -559,31 +589,31 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
   const std::string made = Files()[0];
   EXPECT_EQ(outbound_->Stop(), 0) << outbound_->Log();
   outbound_.reset();
+  ExpectTheRetriesToFind(made);
+}
 
-  // The server is back. The three retries wait in the queue beside a new event, VIS-4, for
-  // a lane that never saw them.
-  sshd_->Unrefuse();
-  sshd_->SetMode("pass");
-  Publish({{"VIS-4", VisitEvent("VIS-4")}});
-  ASSERT_TRUE(testing::WaitFor([&] { return Depth(queue_) == 4; }, absl::Seconds(10)))
-      << Depth(queue_);
-  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-2.log"));
-  ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 4; },
-                               absl::Seconds(30)))
-      << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString() << "\n"
+// The lane is told to stop while the upload waits for the lost answer. The upload fails only
+// then, while the lane drains: its events go the way of a retry, with the path, instead of back
+// to the queue as they came. Before, they came back without it, and the next lane sent the rows
+// again.
+TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePathOn) {
+  outbound_extra_ = "  shutdown_deadline_ms: 20000";
+  dir_.Write("hub.yaml", SftpConfig());
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
+  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
+  Publish({{"VIS-1", VisitEvent("VIS-1")},
+           {"VIS-2", VisitEvent("VIS-2")},
+           {"VIS-3", VisitEvent("VIS-3")}});
+  // The server renamed the file into place; the client waits for the answer (2 s).
+  ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
       << outbound_->Log();
-  EXPECT_THAT(outbound_->Log(), HasSubstr("CSV rows found delivered by an earlier upload"));
-  EXPECT_THAT(outbound_->Log(), HasSubstr("rows=3"));
-
-  const std::vector<std::string> files = Files();
-  EXPECT_EQ(files.size(), 2u);
-  EXPECT_THAT(files, ::testing::Contains(made));
-  std::string all;
-  for (const std::string& name : files) all += ReadFile(remote_ / name);
-  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3", "VIS-4"}) {
-    EXPECT_EQ(RowsOf(all, id), 1u) << id << " in\n" << all;
-  }
-  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  const std::string made = Files()[0];
+  EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("retried=3 parked=0 duplicates=0 requeued=0"));
+  outbound_.reset();
+  EXPECT_EQ(Stats(ess::v1::DIRECTION_OUTBOUND).failed(), 3u);
+  ExpectTheRetriesToFind(made);
 }
 
 }  // namespace
