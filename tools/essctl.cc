@@ -158,12 +158,13 @@ void PrintTable(const std::vector<std::vector<std::string>>& rows) {
 }
 
 std::vector<std::string> RecordHeader() {
-  return {"UPDATED",     "DIRECTION",  "PARTNER", "STATUS", "ATTEMPTS",
-          "CORRELATION", "MESSAGE_ID", "EVENT",   "ERROR"};
+  return {"RECEIVED", "UPDATED",     "DIRECTION",  "PARTNER", "STATUS",
+          "ATTEMPTS", "CORRELATION", "MESSAGE_ID", "EVENT",   "ERROR"};
 }
 
 std::vector<std::string> RecordRow(const ess::v1::MessageRecord& r) {
-  return {FormatTimestamp(r.updated_at()),
+  return {FormatTimestamp(r.received_at()),
+          FormatTimestamp(r.updated_at()),
           DirectionName(r.direction()),
           r.partner(),
           StatusName(r.status()) +

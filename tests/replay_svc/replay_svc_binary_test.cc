@@ -298,6 +298,8 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
   EXPECT_EQ(list.exit_code, 0) << list.err;
   EXPECT_THAT(list.out, HasSubstr("m-299"));
   EXPECT_THAT(list.out, HasSubstr("(5 records; more match, raise --limit)"));
+  EXPECT_THAT(list.out,
+              ::testing::StartsWith("RECEIVED"));  // the column the received_* filters read
 
   // Every record entered the hub when the test wrote it: none before the epoch's second day.
   ToolResult received =
