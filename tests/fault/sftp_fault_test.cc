@@ -536,6 +536,18 @@ class SftpLaneFaultTest : public HubTest {
 
   std::vector<std::string> Files() const { return FilesIn(remote_); }
 
+  // The hub with the lane, VIS-1..3 published to it; the server will make their file, lose the
+  // answer to the rename, and refuse every session after that.
+  void PushThroughALostRenameAnswer() {
+    dir_.Write("hub.yaml", SftpConfig());
+    ASSERT_NO_FATAL_FAILURE(StartReplay());
+    sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
+    ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
+    Publish({{"VIS-1", VisitEvent("VIS-1")},
+             {"VIS-2", VisitEvent("VIS-2")},
+             {"VIS-3", VisitEvent("VIS-3")}});
+  }
+
   // The server is back. The three retries of VIS-1..3 wait in the queue beside a new event,
   // VIS-4, for a lane that never saw them: it finds their rows in `made`, and sends VIS-4 alone.
   void ExpectTheRetriesToFind(const std::string& made) {
@@ -570,13 +582,7 @@ class SftpLaneFaultTest : public HubTest {
 FaultySshd* SftpLaneFaultTest::sshd_ = nullptr;
 
 TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOutcomeMade) {
-  dir_.Write("hub.yaml", SftpConfig());
-  ASSERT_NO_FATAL_FAILURE(StartReplay());
-  sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
-  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
-  Publish({{"VIS-1", VisitEvent("VIS-1")},
-           {"VIS-2", VisitEvent("VIS-2")},
-           {"VIS-3", VisitEvent("VIS-3")}});
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
   // The server made the file, its answer was lost, and it refuses every session since: the
   // first attempt failed, recorded with the path.
   ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).failed() == 3; },
@@ -598,13 +604,7 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
 // again.
 TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePathOn) {
   outbound_extra_ = "  shutdown_deadline_ms: 20000";
-  dir_.Write("hub.yaml", SftpConfig());
-  ASSERT_NO_FATAL_FAILURE(StartReplay());
-  sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
-  ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
-  Publish({{"VIS-1", VisitEvent("VIS-1")},
-           {"VIS-2", VisitEvent("VIS-2")},
-           {"VIS-3", VisitEvent("VIS-3")}});
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
   // The server renamed the file into place; the client waits for the answer (2 s).
   ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
       << outbound_->Log();
