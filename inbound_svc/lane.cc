@@ -234,13 +234,13 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   }
 
   // The call's own id: its webhook-id, or the partner's id header; none: its content.
-  std::string_view call_id = request.Header("webhook-id");
-  if (call_id.empty() && !route.id_header.empty()) {
-    call_id = request.Header(route.id_header);
-    if (!call_id.empty() && (call_id.size() > kMaxCallIdBytes ||
-                             !std::all_of(call_id.begin(), call_id.end(), [](char c) {
-                               return c > 0x20 && c < 0x7f;  // visible ASCII
-                             }))) {
+  std::string_view own_id = request.Header("webhook-id");
+  if (own_id.empty() && !route.id_header.empty()) {
+    own_id = request.Header(route.id_header);
+    if (!own_id.empty() &&
+        (own_id.size() > kMaxCallIdBytes || !std::all_of(own_id.begin(), own_id.end(), [](char c) {
+           return c > 0x20 && c < 0x7f;  // visible ASCII
+         }))) {
       log::Warn(header_cid, "webhook rejected",
                 {{"partner", route.partner}, {"error", "bad id header"}});
       reply(400, absl::StrCat(route.partner, ": header ", route.id_header, ": must be 1-",
@@ -248,7 +248,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
       return;
     }
   }
-  const std::string webhook_id(call_id);
+  const std::string call_id(own_id);
 
   // Claim each event's id; drop the ones published lately.
   const absl::Time now = absl::Now();
@@ -256,9 +256,9 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   bool in_progress = false;
   for (size_t i = 0; i < events->size(); ++i) {
     adapters::InboundEvent& ev = (*events)[i];
-    std::string id = webhook_id.empty()    ? ids::ContentId(ev.correlation_id, ev.body)
-                     : events->size() == 1 ? webhook_id
-                                           : absl::StrCat(webhook_id, ":", i);
+    std::string id = call_id.empty()       ? ids::ContentId(ev.correlation_id, ev.body)
+                     : events->size() == 1 ? call_id
+                                           : absl::StrCat(call_id, ":", i);
     switch (recent_.Take(route.partner, id, now)) {
       case RecentIds::Claim::kPublished:
         ++call->duplicates;

@@ -470,7 +470,8 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
              {"error", ToStd(result.status.message())}});
   amqp::Headers& headers = job->delivery.message.headers;
   if (draining_.load() &&
-      result.maybe_delivered_as == FindHeader(headers, kMaybeDeliveredAsHeader)) {
+      (result.maybe_delivered_as.empty() ||
+       result.maybe_delivered_as == FindHeader(headers, kMaybeDeliveredAsHeader))) {
     // Shutting down: the adapter or the HTTP client stopped under it. Not the partner's
     // failure: back to the queue as it came, for the next lane. Unless the push may have
     // landed somewhere the message does not say yet: then it goes the way of a retry, which

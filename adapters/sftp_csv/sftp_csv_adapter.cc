@@ -335,35 +335,40 @@ void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
 }
 
 absl::Status SftpCsvAdapter::SettleEarlierUploads(Batch& batch) {
-  absl::flat_hash_map<std::string, bool> made;  // path -> the file is there
+  struct Earlier {
+    bool there = false;  // the file is on the server
+    size_t rows = 0;     // rows of this batch found in it
+  };
+  absl::flat_hash_map<std::string, Earlier> earlier;  // by path
   for (const Row& row : batch.rows) {
-    if (!row.maybe_delivered_as.empty()) made.try_emplace(row.maybe_delivered_as, false);
+    if (!row.maybe_delivered_as.empty()) earlier.try_emplace(row.maybe_delivered_as);
   }
-  if (made.empty()) return absl::OkStatus();
+  if (earlier.empty()) return absl::OkStatus();
   if (client_ == nullptr) client_ = std::make_unique<SftpClient>(client_options_);
-  for (auto& [path, there] : made) {
+  for (auto& [path, e] : earlier) {
     absl::StatusOr<bool> found = client_->Exists(path);
     if (!found.ok()) return found.status();
-    there = *found;
+    e.there = *found;
   }
   std::vector<Row> left;
   left.reserve(batch.rows.size());
-  absl::flat_hash_map<std::string, size_t> settled;  // path -> rows found in it
   for (Row& row : batch.rows) {
-    if (row.maybe_delivered_as.empty() || !made[row.maybe_delivered_as]) {
+    auto it = earlier.find(row.maybe_delivered_as);
+    if (it == earlier.end() || !it->second.there) {
       row.maybe_delivered_as.clear();  // not there: the row goes in this batch's file
       left.push_back(std::move(row));
       continue;
     }
-    ++settled[row.maybe_delivered_as];
+    ++it->second.rows;
     std::move(row.done)(PushResult{.status = absl::OkStatus(),
                                    .rendered = absl::StrCat(header_, row.line),
                                    .detail = absl::StrCat("delivered as ", row.maybe_delivered_as,
                                                           " (the answer to its upload was lost)")});
   }
-  for (const auto& [path, rows] : settled) {
+  for (const auto& [path, e] : earlier) {
+    if (e.rows == 0) continue;
     log::Info("", "CSV rows found delivered by an earlier upload",
-              {{"partner", partner_}, {"file", path}, {"rows", absl::StrCat(rows)}});
+              {{"partner", partner_}, {"file", path}, {"rows", absl::StrCat(e.rows)}});
   }
   batch.rows = std::move(left);
   return absl::OkStatus();
