@@ -9,6 +9,10 @@ inline constexpr char kPartnerHeader[] = "x-ess-partner";
 // Set on a message that ops replayed (ReplayService.Replay): who asked. The outbound lane
 // pushes such a message even when the store shows it delivered.
 inline constexpr char kReplayHeader[] = "x-ess-replay";
+// Where a failed push may have landed all the same (adapters::PushResult::maybe_delivered_as):
+// kept on the message through its retries, recorded with its FAILED or DEAD record, and set by
+// an ops replay of that record; the outbound lane hands it back to the adapter with each push.
+inline constexpr char kMaybeDeliveredAsHeader[] = "x-ess-maybe-delivered-as";
 
 }  // namespace ess::bus
 

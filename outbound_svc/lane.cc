@@ -690,6 +690,12 @@ ess::v1::MessageRecord Lane::MakeRecord(PartnerState& p, Job& job, MessageStatus
   rec.set_dry_run(status == ess::v1::MESSAGE_STATUS_DRY_RUN);
   rec.set_source(job.delivery.queue);
   *rec.mutable_received_at() = ToProto(job.received_at);
+  // A failure's record keeps where the push may have landed (OnPushed set the header first), so
+  // that an ops replay of it takes that along as the retry does.
+  if (status == ess::v1::MESSAGE_STATUS_FAILED || status == ess::v1::MESSAGE_STATUS_DEAD) {
+    rec.set_maybe_delivered_as(
+        std::string(FindHeader(job.delivery.message.headers, kMaybeDeliveredAsHeader)));
+  }
   return rec;
 }
 

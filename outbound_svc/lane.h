@@ -13,7 +13,8 @@
 //                            may have landed all the same (an SFTP upload whose answer was
 //                            lost), the message carries that ("x-ess-maybe-delivered-as") to
 //                            the adapter with its retry, which looks there first; so does one
-//                            that fails so while the lane stops (not requeued as it came)
+//                            that fails so while the lane stops (not requeued as it came). The
+//                            FAILED or DEAD record keeps it too, for an ops replay
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store
@@ -70,9 +71,7 @@ inline constexpr char kAttemptHeader[] = "x-ess-attempt";
 inline constexpr char kFirstAttemptHeader[] = "x-ess-first-attempt-ms";  // Unix ms
 inline constexpr char kReasonHeader[] = "x-ess-reason";
 inline constexpr char kHistoryHeader[] = "x-ess-history";
-// Where a failed push may have landed all the same (adapters::PushResult::maybe_delivered_as),
-// kept on the message through its retries and handed back to the adapter with each.
-inline constexpr char kMaybeDeliveredAsHeader[] = "x-ess-maybe-delivered-as";
+using bus::kMaybeDeliveredAsHeader;
 using bus::kPartnerHeader;
 using bus::kReplayHeader;  // an explicit replay: push again
 

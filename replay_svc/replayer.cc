@@ -177,6 +177,10 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     msg.type = r.event_type();
     if (!outbound) msg.headers.emplace_back(bus::kPartnerHeader, r.partner());
     msg.headers.emplace_back(bus::kReplayHeader, who.empty() ? "ops" : who);
+    // The adapter looks there first: rows an upload of unknown outcome made are not sent again.
+    if (outbound && !r.maybe_delivered_as().empty()) {
+      msg.headers.emplace_back(bus::kMaybeDeliveredAsHeader, r.maybe_delivered_as());
+    }
     {
       absl::MutexLock lock(&confirms->mu);
       ++confirms->pending;

@@ -60,18 +60,25 @@ DROP INDEX records_by_partner_status;
     R"sql(
 DROP INDEX records_by_partner_updated;
 )sql",
+    // 3 -> 4: where a FAILED or DEAD outbound push may have landed all the same, for a replay to
+    // hand back to the adapter (MessageRecord.maybe_delivered_as). Adding a column with a
+    // constant default rewrites no row.
+    R"sql(
+ALTER TABLE records ADD COLUMN maybe_delivered_as TEXT NOT NULL DEFAULT '';
+)sql",
 };
 static_assert(std::size(kMigrations) == SqliteReplayStore::kSchemaVersion);
 
 // Column order of every SELECT that RowToRecord reads.
 constexpr absl::string_view kColumns =
     "id, direction, partner, message_id, correlation_id, event_type, status, payload, rendered, "
-    "error, attempts, dry_run, source, received_at, updated_at";
+    "error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as";
 
 constexpr absl::string_view kUpsertSql = R"sql(
 INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
-                     rendered, error, attempts, dry_run, source, received_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     rendered, error, attempts, dry_run, source, received_at, updated_at,
+                     maybe_delivered_as)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   status = excluded.status,
   attempts = excluded.attempts,
@@ -79,7 +86,8 @@ ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   dry_run = excluded.dry_run,
   payload = CASE WHEN length(excluded.payload) > 0 THEN excluded.payload ELSE payload END,
   rendered = CASE WHEN length(excluded.rendered) > 0 THEN excluded.rendered ELSE rendered END,
-  updated_at = excluded.updated_at
+  updated_at = excluded.updated_at,
+  maybe_delivered_as = excluded.maybe_delivered_as
 WHERE NOT (records.direction = 2 AND records.status = 6 AND excluded.status = 4)
 )sql";
 // The WHERE above, and in kMarkSql: an inbound event once PUBLISHED is never marked FAILED (2:
@@ -91,8 +99,9 @@ WHERE NOT (records.direction = 2 AND records.status = 6 AND excluded.status = 4)
 // which), so that the common case (a new key) takes one index search instead of a read first.
 constexpr absl::string_view kInsertNewSql = R"sql(
 INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
-                     rendered, error, attempts, dry_run, source, received_at, updated_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     rendered, error, attempts, dry_run, source, received_at, updated_at,
+                     maybe_delivered_as)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
 ON CONFLICT (direction, partner, message_id) DO NOTHING
 )sql";
 
@@ -100,7 +109,8 @@ ON CONFLICT (direction, partner, message_id) DO NOTHING
 // status mark such as PUBLISHED), as a plain UPDATE: it skips building the row to insert and the
 // conflict that turns it into an update, ~20% of such a write.
 constexpr absl::string_view kMarkSql = R"sql(
-UPDATE records SET status = ?1, attempts = ?2, error = ?3, dry_run = ?4, updated_at = ?5
+UPDATE records SET status = ?1, attempts = ?2, error = ?3, dry_run = ?4, updated_at = ?5,
+  maybe_delivered_as = ?9
 WHERE direction = ?6 AND partner = ?7 AND message_id = ?8
   AND NOT (direction = 2 AND status = 6 AND ?1 = 4)
 )sql";
@@ -129,6 +139,7 @@ MessageRecord RowToRecord(const sqlite::Statement& row) {
   record.set_source(std::string(row.ColumnText(12)));
   *record.mutable_received_at() = FromUnixMicros(row.ColumnInt64(13));
   *record.mutable_updated_at() = FromUnixMicros(row.ColumnInt64(14));
+  record.set_maybe_delivered_as(std::string(row.ColumnText(15)));
   return record;
 }
 
@@ -391,6 +402,7 @@ absl::StatusOr<bool> SqliteReplayStore::Mark(const MessageRecord& r, ess::v1::Me
     STORE_RETURN_IF_ERROR(mark.Bind(6, static_cast<int>(r.direction())));
     STORE_RETURN_IF_ERROR(mark.Bind(7, r.partner()));
     STORE_RETURN_IF_ERROR(mark.Bind(8, r.message_id()));
+    STORE_RETURN_IF_ERROR(mark.Bind(9, r.maybe_delivered_as()));
     return mark.Run();
   }();
   if (!s.ok()) {
@@ -419,6 +431,7 @@ absl::Status SqliteReplayStore::Insert(sqlite::Statement& insert, const MessageR
     STORE_RETURN_IF_ERROR(insert.Bind(12, r.source()));
     STORE_RETURN_IF_ERROR(insert.Bind(13, received_at));
     STORE_RETURN_IF_ERROR(insert.Bind(14, now));
+    STORE_RETURN_IF_ERROR(insert.Bind(15, r.maybe_delivered_as()));
     return insert.Run();
   }();
   if (!s.ok()) insert.Reset();

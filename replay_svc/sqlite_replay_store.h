@@ -29,7 +29,7 @@ namespace ess::replay {
 class SqliteReplayStore final : public ReplayStore {
  public:
   // The schema this binary writes (PRAGMA user_version).
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   struct Options {
     // The time written as updated_at (and as received_at when a record has none); absl::Now

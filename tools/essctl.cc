@@ -187,6 +187,7 @@ void PrintRecordInFull(const ess::v1::MessageRecord& r) {
       {"dry_run", r.dry_run() ? "yes" : "no"},
       {"attempts", absl::StrCat(r.attempts())},
       {"error", r.error().empty() ? "-" : r.error()},
+      {"maybe_delivered_as", r.maybe_delivered_as().empty() ? "-" : r.maybe_delivered_as()},
       {"source", r.source().empty() ? "-" : r.source()},
       {"received_at", FormatTimestamp(r.received_at())},
       {"updated_at", FormatTimestamp(r.updated_at())},

@@ -15,12 +15,14 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -499,8 +501,8 @@ class SftpLaneFaultTest : public HubTest {
 
   // The hub config with the partner on the test's sshd: batches close 300 ms after their first
   // row, a call that stalls, or a connection not set up, fails after 2 s, and retries come back
-  // within a second.
-  std::string SftpConfig() const {
+  // within a second; an event is parked after `max_attempts`.
+  std::string SftpConfig(int max_attempts) const {
     const std::string rest =
         "    adapter: rest\n    settings:\n      base_url: http://127.0.0.1:9\n"
         "      path: /api/slots\n      timeout_ms: 3000\n";
@@ -519,9 +521,8 @@ class SftpLaneFaultTest : public HubTest {
     EXPECT_TRUE(absl::StrContains(yaml, rest)) << yaml;
     EXPECT_TRUE(absl::StrContains(yaml, retry)) << yaml;
     absl::StrReplaceAll({{rest, sftp},
-                         {retry,
-                          "retry: {max_attempts: 50, initial_backoff_ms: 200, "
-                          "max_backoff_ms: 1000}"}},
+                         {retry, absl::StrCat("retry: {max_attempts: ", max_attempts,
+                                              ", initial_backoff_ms: 200, max_backoff_ms: 1000}")}},
                         &yaml);
     return yaml;
   }
@@ -537,12 +538,15 @@ class SftpLaneFaultTest : public HubTest {
   std::vector<std::string> Files() const { return FilesIn(remote_); }
 
   // The hub with the lane, VIS-1..3 published to it; the server will make their file, lose the
-  // answer to the rename, and refuse every session after that.
-  void PushThroughALostRenameAnswer() {
-    dir_.Write("hub.yaml", SftpConfig());
+  // answer to the rename, and refuse every session after that. `before_publish` runs once the
+  // lane is up.
+  void PushThroughALostRenameAnswer(int max_attempts = 50,
+                                    const std::function<void()>& before_publish = {}) {
+    dir_.Write("hub.yaml", SftpConfig(max_attempts));
     ASSERT_NO_FATAL_FAILURE(StartReplay());
     sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
     ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
+    if (before_publish) ASSERT_NO_FATAL_FAILURE(before_publish());
     Publish({{"VIS-1", VisitEvent("VIS-1")},
              {"VIS-2", VisitEvent("VIS-2")},
              {"VIS-3", VisitEvent("VIS-3")}});
@@ -614,6 +618,68 @@ TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePath
   outbound_.reset();
   EXPECT_EQ(Stats(ess::v1::DIRECTION_OUTBOUND).failed(), 3u);
   ExpectTheRetriesToFind(made);
+}
+
+// The retries run out while the server still refuses: the events are parked, and their DEAD
+// records keep the file's path. Once the server is back, ops replay them from the store, in two
+// runs: VIS-1 and VIS-2, then the rest. Neither batch is the first one, so neither file name is
+// the first file's. Each replay carries the path as the retry did, and the lane finds the rows
+// in the file the first upload made. Before, both replays sent their rows again, in new files.
+TEST_F(SftpLaneFaultTest, AnOpsReplayOfEventsParkedAfterAnUploadOfUnknownOutcomeFindsTheirRows) {
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer(/*max_attempts=*/2));
+  ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 3; },
+                               absl::Seconds(30)))
+      << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString() << "\n"
+      << outbound_->Log();
+  ASSERT_EQ(Files().size(), 1u);
+  const std::string made = Files()[0];
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
+    const ess::v1::GetResponse trail = Trail(id);
+    ASSERT_EQ(trail.records_size(), 1) << id;
+    EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD) << id;
+    EXPECT_EQ(trail.records(0).maybe_delivered_as(), (remote_ / made).string()) << id;
+  }
+  EXPECT_EQ(Depth(queue_ + ".parked"), 3u);
+
+  sshd_->Unrefuse();
+  sshd_->SetMode("pass");
+  auto replay = [&](std::vector<std::string> selection) {
+    std::vector<std::string> argv = {testing::BinaryPath("essctl"),
+                                     "--addr",
+                                     absl::StrCat("127.0.0.1:", replay_port_),
+                                     "replay",
+                                     "--partner",
+                                     "prison_calendar",
+                                     "--direction",
+                                     "outbound",
+                                     "--reason",
+                                     "SFTP server was down",
+                                     "--requested_by",
+                                     "alice@ops",
+                                     "--wait",
+                                     "30s"};
+    argv.insert(argv.end(), selection.begin(), selection.end());
+    return testing::RunTool(std::move(argv), dir_.File("essctl.log"));
+  };
+  testing::ToolRun some = replay({"--message_id", "VIS-1,VIS-2"});
+  EXPECT_EQ(some.exit_code, 0) << some.output << outbound_->Log();
+  EXPECT_THAT(some.output, HasSubstr("replayed 2, skipped 0, failed 0"));
+  EXPECT_THAT(some.output, HasSubstr("(then: delivered 2, parked again 0, still pending 0)"));
+  testing::ToolRun rest = replay({"--status", "dead"});
+  EXPECT_EQ(rest.exit_code, 0) << rest.output << outbound_->Log();
+  EXPECT_THAT(rest.output, HasSubstr("replayed 1, skipped 0, failed 0"));
+  EXPECT_THAT(rest.output, HasSubstr("(then: delivered 1, parked again 0, still pending 0)"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("CSV rows found delivered by an earlier upload"));
+
+  EXPECT_THAT(Files(), ::testing::ElementsAre(made));
+  const std::string csv = ReadFile(remote_ / made);
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
+    EXPECT_EQ(RowsOf(csv, id), 1u) << id << " in\n" << csv;
+    const ess::v1::GetResponse trail = Trail(id);
+    ASSERT_EQ(trail.records_size(), 1) << id;
+    EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_DELIVERED) << id;
+    EXPECT_EQ(trail.records(0).maybe_delivered_as(), "") << id;
+  }
 }
 
 }  // namespace

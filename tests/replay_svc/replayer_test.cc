@@ -214,6 +214,31 @@ TEST_F(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange
   EXPECT_EQ(Read(kIn, "prison", "w-1").status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
 }
 
+// A push that failed after its CSV upload's outcome became unknown: the replay hands the file's
+// path back to the lane as the retry did, so the adapter looks there before sending the row.
+TEST_F(ReplayerTest, WhereAFailedPushMayHaveLandedGoesWithItsReplay) {
+  MessageRecord dead = Outbound("prison", "m-1", kDead);
+  dead.set_maybe_delivered_as("/upload/visits-20261201-0900-1.csv");
+  Store({dead, Outbound("prison", "m-2", kDead)});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-2"}}),
+                      {.requested_by = "alice"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 2u);
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 2u);
+  EXPECT_THAT(published[0].message.headers,
+              ElementsAre(Pair("x-ess-replay", "alice"),
+                          Pair("x-ess-maybe-delivered-as", "/upload/visits-20261201-0900-1.csv")));
+  EXPECT_THAT(published[1].message.headers, ElementsAre(Pair("x-ess-replay", "alice")));
+  // Kept by the replay's mark, for a replay run again before the lane writes what followed.
+  MessageRecord out = Read(kOut, "prison", "m-1");
+  EXPECT_EQ(out.status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(out.maybe_delivered_as(), "/upload/visits-20261201-0900-1.csv");
+}
+
 TEST_F(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPublished) {
   MessageRecord no_payload = Outbound("prison", "m-empty", kDead);
   no_payload.clear_payload();

@@ -96,6 +96,7 @@ TEST_F(SqliteReplayStoreTest, RecordsAndReadsBackEveryField) {
   r.set_dry_run(true);
   r.set_source("outbound.prison");
   *r.mutable_received_at() = Ts(absl::FromUnixMillis(1'600'000'000'123));
+  r.set_maybe_delivered_as("/upload/visits-1.csv");
   const absl::Time write_time = clock_.Peek();
   Store({r});
 
@@ -123,6 +124,7 @@ TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
   first.set_attempts(1);
   first.set_source("q1");
   *first.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
+  first.set_maybe_delivered_as("/upload/visits-1.csv");
   Store({first});
 
   MessageRecord second =
@@ -148,6 +150,7 @@ TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
   EXPECT_EQ(got.updated_at().seconds(), absl::ToUnixSeconds(second_write));
   EXPECT_EQ(got.source(), "q1");
   EXPECT_EQ(got.event_type(), "VisitScheduleUpdated");
+  EXPECT_EQ(got.maybe_delivered_as(), "");  // each write says where the push may have landed
 
   MessageRecord third = second;
   third.set_payload("new payload");
@@ -165,6 +168,7 @@ TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) 
   claimed.set_source("/webhooks/prison");
   claimed.set_attempts(1);
   *claimed.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
+  claimed.set_maybe_delivered_as("/upload/visits-1.csv");
   Store({claimed});
 
   MessageRecord mark =
@@ -176,6 +180,7 @@ TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) 
   mark.set_event_type("Other");
   mark.set_source("elsewhere");
   *mark.mutable_received_at() = Ts(absl::FromUnixSeconds(2'000));
+  mark.set_maybe_delivered_as("/upload/visits-2.csv");
   const absl::Time mark_write = clock_.Peek();
   Store({mark});
 
@@ -186,6 +191,7 @@ TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) 
   EXPECT_EQ(got->attempts(), 2u);
   EXPECT_TRUE(got->dry_run());
   EXPECT_EQ(got->updated_at().seconds(), absl::ToUnixSeconds(mark_write));
+  EXPECT_EQ(got->maybe_delivered_as(), "/upload/visits-2.csv");
   // What only the first write sets stays.
   EXPECT_EQ(got->payload(), claimed.payload());
   EXPECT_EQ(got->rendered(), "rendered event");
@@ -372,7 +378,9 @@ TEST_F(SqliteReplayStoreTest, EmptyBatchStoresNothing) {
 }
 
 TEST_F(SqliteReplayStoreTest, UpdateStatusChangesStatusAndError) {
-  Store({Outbound("prison", "m-1")});
+  MessageRecord failed = Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_FAILED);
+  failed.set_maybe_delivered_as("/upload/visits-1.csv");
+  Store({failed});
   ess::v1::UpdateStatusRequest request;
   request.set_direction(kOut);
   request.set_partner("prison");
@@ -386,6 +394,7 @@ TEST_F(SqliteReplayStoreTest, UpdateStatusChangesStatusAndError) {
   EXPECT_EQ(updated->error(), "HTTP 400: bad slot");
   EXPECT_EQ(updated->updated_at().seconds(), absl::ToUnixSeconds(update_time));
   EXPECT_EQ(updated->payload(), Outbound("prison", "m-1").payload());
+  EXPECT_EQ(updated->maybe_delivered_as(), "/upload/visits-1.csv");  // an ops mark keeps it
 
   absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kOut, "prison", "m-1"));
   ASSERT_TRUE(stored.ok());
@@ -754,11 +763,12 @@ TEST_F(SqliteReplayStoreTest, RecordsSurviveReopenAndTheSchemaIsVersioned) {
 TEST_F(SqliteReplayStoreTest, AVersion2DatabaseLosesThePartnerUpdatedIndexAndKeepsItsRecords) {
   Store({Outbound("prison", "m-1")});
   store_.reset();
-  {  // What schema version 2 left: its (partner, updated_at) index.
+  {  // What schema version 2 left: its (partner, updated_at) index, no maybe_delivered_as.
     absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
     ASSERT_TRUE(db.ok());
     ASSERT_TRUE(
         db->Exec("CREATE INDEX records_by_partner_updated ON records (partner, updated_at)").ok());
+    ASSERT_TRUE(db->Exec("ALTER TABLE records DROP COLUMN maybe_delivered_as").ok());
     ASSERT_TRUE(db->Exec("PRAGMA user_version = 2").ok());
   }
   Reopen();
@@ -775,7 +785,37 @@ TEST_F(SqliteReplayStoreTest, AVersion2DatabaseLosesThePartnerUpdatedIndexAndKee
   absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
   ASSERT_TRUE(version.ok());
   ASSERT_EQ(version->Step().value(), true);
-  EXPECT_EQ(version->ColumnInt64(0), 3);
+  EXPECT_EQ(version->ColumnInt64(0), SqliteReplayStore::kSchemaVersion);
+}
+
+TEST_F(SqliteReplayStoreTest, AVersion3DatabaseKeepsItsRecordsAndStoresWhereAPushMayHaveLanded) {
+  Store({Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_DEAD)});
+  store_.reset();
+  {  // What schema version 3 left: no maybe_delivered_as.
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE(db->Exec("ALTER TABLE records DROP COLUMN maybe_delivered_as").ok());
+    ASSERT_TRUE(db->Exec("PRAGMA user_version = 3").ok());
+  }
+  Reopen();
+  absl::StatusOr<MessageRecord> old = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(old->maybe_delivered_as(), "");
+
+  MessageRecord failed = Outbound("prison", "m-2", ess::v1::MESSAGE_STATUS_FAILED);
+  failed.set_maybe_delivered_as("/upload/visits-1.csv");
+  Store({failed});
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-2"))->maybe_delivered_as(),
+            "/upload/visits-1.csv");
+  store_.reset();
+
+  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+  ASSERT_TRUE(db.ok());
+  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
+  ASSERT_TRUE(version.ok());
+  ASSERT_EQ(version->Step().value(), true);
+  EXPECT_EQ(version->ColumnInt64(0), 4);
 }
 
 TEST_F(SqliteReplayStoreTest, NewerSchemaIsRefused) {
