@@ -331,6 +331,16 @@ void Lane::Handle(amqp::Delivery delivery) {
       Requeue(*owned);
       return;
     }
+    amqp::Headers& headers = owned->delivery.message.headers;
+    if (rec.ok() && !rec->maybe_delivered_as().empty() &&
+        (rec->status() == ess::v1::MESSAGE_STATUS_FAILED ||
+         rec->status() == ess::v1::MESSAGE_STATUS_DEAD) &&
+        rec->payload() == owned->delivery.message.body &&
+        FindHeader(headers, kMaybeDeliveredAsHeader).empty()) {
+      // A push that may have landed, whose move to the delay (or parked) queue then failed: the
+      // message came back as it was, and only its record says where to look first.
+      SetHeader(headers, kMaybeDeliveredAsHeader, rec->maybe_delivered_as());
+    }
     Enqueue(p, std::move(owned));
   });
 }

@@ -14,7 +14,8 @@
 //                            lost), the message carries that ("x-ess-maybe-delivered-as") to
 //                            the adapter with its retry, which looks there first; so does one
 //                            that fails so while the lane stops (not requeued as it came). The
-//                            FAILED or DEAD record keeps it too, for an ops replay
+//                            FAILED or DEAD record keeps it too, for an ops replay, and for a
+//                            redelivery of a message whose move to the delay queue failed
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store

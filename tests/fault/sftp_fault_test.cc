@@ -620,6 +620,44 @@ TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePath
   ExpectTheRetriesToFind(made);
 }
 
+// The lane cannot move the failed events to a delay queue (the test deleted them): they go back
+// to their queue as they came, without the path, and come back redelivered. Their FAILED
+// records have the path: the lane that takes them (this one while the server refuses, the next
+// one once it is back) reads it there. Before, the next lane sent the rows again.
+TEST_F(SftpLaneFaultTest, EventsWhoseMoveToTheDelayQueueFailedTakeThePathFromTheirRecords) {
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer(50, [&] {
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    for (const int ms : {200, 400, 800, 1000}) {
+      ASSERT_TRUE((*conn)->DeleteQueue(absl::StrCat(queue_, ".retry.", ms, "ms")).ok()) << ms;
+    }
+  }));
+  ASSERT_TRUE(testing::WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).failed() == 3; },
+                               absl::Seconds(30)))
+      << outbound_->Log();
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return absl::StrContains(outbound_->Log(), "delivery requeued"); }, absl::Seconds(10)))
+      << outbound_->Log();
+  ASSERT_EQ(Files().size(), 1u);
+  const std::string made = Files()[0];
+  // Pushed again, redelivered, while the server still refuses: the lane looks for the file first,
+  // cannot, and the failure keeps the path in the records.
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const std::vector<std::string> requeued =
+            absl::StrSplit(outbound_->Log(), "delivery requeued");
+        return requeued.size() > 6;  // each of the three, twice
+      },
+      absl::Seconds(15)))
+      << outbound_->Log();
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
+    EXPECT_EQ(Trail(id).records(0).maybe_delivered_as(), (remote_ / made).string()) << id;
+  }
+  EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
+  outbound_.reset();
+  ExpectTheRetriesToFind(made);
+}
+
 // The retries run out while the server still refuses: the events are parked, and their DEAD
 // records keep the file's path. Once the server is back, ops replay them from the store, in two
 // runs: VIS-1 and VIS-2, then the rest. Neither batch is the first one, so neither file name is
