@@ -306,8 +306,6 @@ TEST(ConfigTest, WebhookSecretsComeFromTheEnvironmentOfTheInboundLaneOnly) {
                         "inbound.dedupe_window_seconds (600)"));
 }
 
-// A service's own check of its partners (building each adapter) is reported like any other
-// error: at the line of the setting, with the partner's index.
 TEST(ConfigTest, AnIdHeaderIsAHeaderNameOfAnUnsignedWebhookRoute) {
   auto with = [](std::string_view lines) {
     std::string yaml = kGood;
@@ -330,8 +328,27 @@ TEST(ConfigTest, AnIdHeaderIsAHeaderNameOfAnUnsignedWebhookRoute) {
   EXPECT_THAT(c.status().message(),
               HasSubstr("partners[0].inbound.id_header: a signed route's calls are known by "
                         "their signed webhook-id"));
+
+  // A pulled file has no headers to read an id from.
+  std::string pulled = kGood;
+  pulled += R"(
+  - name: probation
+    adapter: sftp_csv
+    settings: {host: h, user: u, private_key_file: /k/probation, known_hosts_file: /k/hosts}
+    inbound:
+      poll: {remote_dir: /out, processed_dir: /done}
+      id_header: X-Delivery-Id
+      mapping: [{target: id, source: id}]
+)";
+  c = Load(pulled);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("partners[1].inbound.id_header: names a webhook header: needs a "
+                        "webhook_path"));
 }
 
+// A service's own check of its partners (building each adapter) is reported like any other
+// error: at the line of the setting, with the partner's index.
 TEST(ConfigTest, AnAdapterSettingRefusedByTheServiceIsNamedAtItsLine) {
   std::string yaml = kGood;
   yaml.replace(yaml.find("http://127.0.0.1:9000"), 21, "ftp://127.0.0.1:9000");
