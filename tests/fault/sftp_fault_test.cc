@@ -620,6 +620,30 @@ TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePath
   ExpectTheRetriesToFind(made);
 }
 
+// The same with a shutdown deadline shorter than the wait for the lost answer: the upload fails
+// after the deadline, its events are recorded FAILED with the path, and their moves to the delay
+// queue race the lane's publisher, which stops then. A move that loses gives the event back to
+// the broker as it came (in every run so far, all three did); the next lane sees it redelivered
+// and takes the path from its record. Before, it sent those rows again.
+TEST_F(SftpLaneFaultTest,
+       ALaneWhoseShutdownDeadlinePassesDuringSuchAnUploadLeavesThePathInTheRecords) {
+  outbound_extra_ = "  shutdown_deadline_ms: 100";
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
+  ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
+      << outbound_->Log();
+  const std::string made = Files()[0];
+  EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("shutdown deadline passed"));
+  outbound_.reset();
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
+    const ess::v1::GetResponse trail = Trail(id);
+    ASSERT_EQ(trail.records_size(), 1) << id;
+    EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_FAILED) << id;
+    EXPECT_EQ(trail.records(0).maybe_delivered_as(), (remote_ / made).string()) << id;
+  }
+  ExpectTheRetriesToFind(made);
+}
+
 // The lane cannot move the failed events to a delay queue (the test deleted them): they go back
 // to their queue as they came, without the path, and come back redelivered. Their FAILED
 // records have the path: the lane that takes them (this one while the server refuses, the next
