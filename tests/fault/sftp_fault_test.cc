@@ -546,7 +546,9 @@ class SftpLaneFaultTest : public HubTest {
     ASSERT_NO_FATAL_FAILURE(StartReplay());
     sshd_->SetMode(absl::StrCat("drop_reply_then_refuse ", kRename));
     ASSERT_NO_FATAL_FAILURE(StartOutbound("outbound-1.log"));
-    if (before_publish) ASSERT_NO_FATAL_FAILURE(before_publish());
+    if (before_publish) {
+      ASSERT_NO_FATAL_FAILURE(before_publish());
+    }
     Publish({{"VIS-1", VisitEvent("VIS-1")},
              {"VIS-2", VisitEvent("VIS-2")},
              {"VIS-3", VisitEvent("VIS-3")}});
