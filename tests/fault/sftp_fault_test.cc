@@ -554,6 +554,21 @@ class SftpLaneFaultTest : public HubTest {
              {"VIS-3", VisitEvent("VIS-3")}});
   }
 
+  // PushThroughALostRenameAnswer, then SIGTERM to the lane while the upload waits for the lost
+  // answer, with `deadline_ms` to finish. Sets the file the server made and the stopped lane's
+  // log.
+  void StopDuringTheUpload(int deadline_ms, std::string* made, std::string* log) {
+    outbound_extra_ = absl::StrCat("  shutdown_deadline_ms: ", deadline_ms);
+    ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
+    // The server renamed the file into place; the client waits for the answer (2 s).
+    ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
+        << outbound_->Log();
+    *made = Files()[0];
+    EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
+    *log = outbound_->Log();
+    outbound_.reset();
+  }
+
   // The server is back. The three retries of VIS-1..3 wait in the queue beside a new event,
   // VIS-4, for a lane that never saw them: it finds their rows in `made`, and sends VIS-4 alone.
   void ExpectTheRetriesToFind(const std::string& made) {
@@ -609,15 +624,9 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
 // to the queue as they came. Before, they came back without it, and the next lane sent the rows
 // again.
 TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePathOn) {
-  outbound_extra_ = "  shutdown_deadline_ms: 20000";
-  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
-  // The server renamed the file into place; the client waits for the answer (2 s).
-  ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
-      << outbound_->Log();
-  const std::string made = Files()[0];
-  EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
-  EXPECT_THAT(outbound_->Log(), HasSubstr("retried=3 parked=0 duplicates=0 requeued=0"));
-  outbound_.reset();
+  std::string made, log;
+  ASSERT_NO_FATAL_FAILURE(StopDuringTheUpload(20000, &made, &log));
+  EXPECT_THAT(log, HasSubstr("retried=3 parked=0 duplicates=0 requeued=0"));
   EXPECT_EQ(Stats(ess::v1::DIRECTION_OUTBOUND).failed(), 3u);
   ExpectTheRetriesToFind(made);
 }
@@ -629,14 +638,9 @@ TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePath
 // and takes the path from its record. Before, it sent those rows again.
 TEST_F(SftpLaneFaultTest,
        ALaneWhoseShutdownDeadlinePassesDuringSuchAnUploadLeavesThePathInTheRecords) {
-  outbound_extra_ = "  shutdown_deadline_ms: 100";
-  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
-  ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
-      << outbound_->Log();
-  const std::string made = Files()[0];
-  EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
-  EXPECT_THAT(outbound_->Log(), HasSubstr("shutdown deadline passed"));
-  outbound_.reset();
+  std::string made, log;
+  ASSERT_NO_FATAL_FAILURE(StopDuringTheUpload(100, &made, &log));
+  EXPECT_THAT(log, HasSubstr("shutdown deadline passed"));
   for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
     const ess::v1::GetResponse trail = Trail(id);
     ASSERT_EQ(trail.records_size(), 1) << id;

@@ -54,6 +54,28 @@ class SqliteReplayStoreTest : public ::testing::Test {
 
   std::string path() const { return dir_.File("replay.db"); }
 
+  // Closes the store and runs `sql` on its file directly: what an older version left.
+  void CloseAndRun(const std::vector<std::string>& sql) {
+    store_.reset();
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    ASSERT_TRUE(db.ok()) << db.status();
+    for (const std::string& statement : sql) {
+      ASSERT_TRUE(db->Exec(statement).ok()) << statement;
+    }
+  }
+
+  // The first column of the first row of `sql`, run on the closed store's file.
+  int64_t CloseAndQuery(const std::string& sql) {
+    store_.reset();
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    EXPECT_TRUE(db.ok()) << db.status();
+    if (!db.ok()) return -1;
+    absl::StatusOr<sqlite::Statement> row = db->Prepare(sql);
+    EXPECT_TRUE(row.ok()) << row.status();
+    if (!row.ok() || !row->Step().value_or(false)) return -1;
+    return row->ColumnInt64(0);
+  }
+
   // Records one batch and expects it stored whole.
   void Store(std::vector<MessageRecord> records) {
     const size_t n = records.size();
@@ -750,53 +772,28 @@ TEST_F(SqliteReplayStoreTest, RecordsSurviveReopenAndTheSchemaIsVersioned) {
   Store({Outbound("prison", "m-1"), Outbound("prison", "m-2")});
   Reopen();
   EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-2", "m-1"));
-
-  store_.reset();
-  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-  ASSERT_TRUE(db.ok());
-  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
-  ASSERT_TRUE(version.ok());
-  ASSERT_EQ(version->Step().value(), true);
-  EXPECT_EQ(version->ColumnInt64(0), SqliteReplayStore::kSchemaVersion);
+  EXPECT_EQ(CloseAndQuery("PRAGMA user_version"), SqliteReplayStore::kSchemaVersion);
 }
 
 TEST_F(SqliteReplayStoreTest, AVersion2DatabaseLosesThePartnerUpdatedIndexAndKeepsItsRecords) {
   Store({Outbound("prison", "m-1")});
-  store_.reset();
-  {  // What schema version 2 left: its (partner, updated_at) index, no maybe_delivered_as.
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(
-        db->Exec("CREATE INDEX records_by_partner_updated ON records (partner, updated_at)").ok());
-    ASSERT_TRUE(db->Exec("ALTER TABLE records DROP COLUMN maybe_delivered_as").ok());
-    ASSERT_TRUE(db->Exec("PRAGMA user_version = 2").ok());
-  }
+  // What schema version 2 left: its (partner, updated_at) index, no maybe_delivered_as.
+  ASSERT_NO_FATAL_FAILURE(CloseAndRun(
+      {"CREATE INDEX records_by_partner_updated ON records (partner, updated_at)",
+       "ALTER TABLE records DROP COLUMN maybe_delivered_as", "PRAGMA user_version = 2"}));
   Reopen();
   EXPECT_THAT(MessageIds(ListAll({.partner = "prison"})), ElementsAre("m-1"));
-  store_.reset();
-
-  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-  ASSERT_TRUE(db.ok());
-  absl::StatusOr<sqlite::Statement> index =
-      db->Prepare("SELECT count(*) FROM sqlite_master WHERE name = 'records_by_partner_updated'");
-  ASSERT_TRUE(index.ok());
-  ASSERT_EQ(index->Step().value(), true);
-  EXPECT_EQ(index->ColumnInt64(0), 0);
-  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
-  ASSERT_TRUE(version.ok());
-  ASSERT_EQ(version->Step().value(), true);
-  EXPECT_EQ(version->ColumnInt64(0), SqliteReplayStore::kSchemaVersion);
+  EXPECT_EQ(
+      CloseAndQuery("SELECT count(*) FROM sqlite_master WHERE name = 'records_by_partner_updated'"),
+      0);
+  EXPECT_EQ(CloseAndQuery("PRAGMA user_version"), SqliteReplayStore::kSchemaVersion);
 }
 
 TEST_F(SqliteReplayStoreTest, AVersion3DatabaseKeepsItsRecordsAndStoresWhereAPushMayHaveLanded) {
   Store({Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_DEAD)});
-  store_.reset();
-  {  // What schema version 3 left: no maybe_delivered_as.
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(db->Exec("ALTER TABLE records DROP COLUMN maybe_delivered_as").ok());
-    ASSERT_TRUE(db->Exec("PRAGMA user_version = 3").ok());
-  }
+  // What schema version 3 left: no maybe_delivered_as.
+  ASSERT_NO_FATAL_FAILURE(CloseAndRun(
+      {"ALTER TABLE records DROP COLUMN maybe_delivered_as", "PRAGMA user_version = 3"}));
   Reopen();
   absl::StatusOr<MessageRecord> old = store_->GetByKey(Key(kOut, "prison", "m-1"));
   ASSERT_TRUE(old.ok()) << old.status();
@@ -808,23 +805,11 @@ TEST_F(SqliteReplayStoreTest, AVersion3DatabaseKeepsItsRecordsAndStoresWhereAPus
   Store({failed});
   EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-2"))->maybe_delivered_as(),
             "/upload/visits-1.csv");
-  store_.reset();
-
-  absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-  ASSERT_TRUE(db.ok());
-  absl::StatusOr<sqlite::Statement> version = db->Prepare("PRAGMA user_version");
-  ASSERT_TRUE(version.ok());
-  ASSERT_EQ(version->Step().value(), true);
-  EXPECT_EQ(version->ColumnInt64(0), 4);
+  EXPECT_EQ(CloseAndQuery("PRAGMA user_version"), 4);
 }
 
 TEST_F(SqliteReplayStoreTest, NewerSchemaIsRefused) {
-  store_.reset();
-  {
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(db->Exec("PRAGMA user_version = 99").ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(CloseAndRun({"PRAGMA user_version = 99"}));
   absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store = SqliteReplayStore::Open(path());
   EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(store.status().message()), HasSubstr("schema version 99 is newer"));
