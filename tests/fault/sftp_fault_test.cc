@@ -560,8 +560,14 @@ class SftpLaneFaultTest : public HubTest {
   void StopDuringTheUpload(int deadline_ms, std::string* made, std::string* log) {
     outbound_extra_ = absl::StrCat("  shutdown_deadline_ms: ", deadline_ms);
     ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
-    // The server renamed the file into place; the client waits for the answer (2 s).
-    ASSERT_TRUE(testing::WaitFor([&] { return Files().size() == 1; }, absl::Seconds(30)))
+    // The server renamed the file into place (not just began its part file); the client waits
+    // for the answer (2 s).
+    ASSERT_TRUE(testing::WaitFor(
+        [&] {
+          const std::vector<std::string> files = Files();
+          return files.size() == 1 && !files[0].starts_with(".");
+        },
+        absl::Seconds(30)))
         << outbound_->Log();
     *made = Files()[0];
     EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
