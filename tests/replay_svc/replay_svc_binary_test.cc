@@ -334,6 +334,31 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
   EXPECT_EQ(bad_wait.exit_code, 2) << bad_wait.err;
   EXPECT_THAT(bad_wait.err, HasSubstr("error: --wait 60: "));
 
+  // One record in full: a failed push that may have landed all the same says where.
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ess::v1::RecordRequest request;
+    ess::v1::MessageRecord* failed = request.add_records();
+    *failed = Outbound("prison", "m-unsure", ess::v1::MESSAGE_STATUS_FAILED);
+    failed->set_error("sftp upload: stalled");
+    failed->set_maybe_delivered_as("/upload/prison_20261201_146a2f7c4b8b866d.csv");
+    ess::v1::RecordResponse response;
+    grpc::Status status = stub->Record(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  ToolResult full = RunEssctl(
+      {"get", "--direction", "outbound", "--partner", "prison", "--message_id", "m-unsure"});
+  EXPECT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_THAT(full.out, HasSubstr("status              failed"));
+  EXPECT_THAT(full.out, HasSubstr("error               sftp upload: stalled"));
+  EXPECT_THAT(full.out,
+              HasSubstr("maybe_delivered_as  /upload/prison_20261201_146a2f7c4b8b866d.csv"));
+  full =
+      RunEssctl({"get", "--direction", "outbound", "--partner", "prison", "--message_id", "m-1"});
+  EXPECT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_THAT(full.out, HasSubstr("maybe_delivered_as  -"));
+
   // An idle client answers the server's shutdown GOAWAY/ping only at its next backup poll (up
   // to 5 s), which the server's graceful shutdown waits for; close it first to stay quick.
   stub.reset();
