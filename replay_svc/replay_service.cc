@@ -65,6 +65,7 @@ uint64_t FilterFingerprint(const ess::v1::ListRequest& request) {
                      request.received_since().nanos(), "/", request.received_until().seconds(), ".",
                      request.received_until().nanos()));
   }
+  if (request.unconfirmed()) mix("unconfirmed");
   return hash;
 }
 
@@ -169,6 +170,7 @@ absl::StatusOr<ListQuery> MakeListQuery(const ess::v1::ListRequest& request) {
     return absl::InvalidArgumentError(absl::StrCat("status: unknown value ", request.status()));
   }
   query.status = request.status();
+  query.unconfirmed = request.unconfirmed();
   // A time bound, when set, in Unix microseconds.
   auto bound = [](bool set, const google::protobuf::Timestamp& t, absl::string_view field,
                   std::optional<int64_t>* out) {

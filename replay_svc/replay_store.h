@@ -51,6 +51,8 @@ struct ListQuery {
   // received_at within [received_since, received_until), in Unix microseconds.
   std::optional<int64_t> received_since_micros;
   std::optional<int64_t> received_until_micros;
+  // Only records whose correlation id has no inbound record PUBLISHED.
+  bool unconfirmed = false;
   // Most records returned; at least 1.
   size_t limit = 100;
   // Most bytes of payload and rendered bodies in a page (0: no cap): a page ends before the

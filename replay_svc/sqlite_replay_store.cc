@@ -734,6 +734,13 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   if (query.until_micros.has_value()) condition("updated_at <");
   if (query.received_since_micros.has_value()) condition("received_at >=");
   if (query.received_until_micros.has_value()) condition("received_at <");
+  if (query.unconfirmed) {
+    // 2: DIRECTION_INBOUND, 6: PUBLISHED; each candidate row is one search of the correlation
+    // index.
+    absl::StrAppend(&where,
+                    " AND NOT EXISTS (SELECT 1 FROM records AS c WHERE c.correlation_id = "
+                    "records.correlation_id AND c.direction = 2 AND c.status = 6)");
+  }
   if (query.after.has_value()) {
     absl::StrAppend(&where, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
     next_param += 2;

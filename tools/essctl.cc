@@ -4,7 +4,8 @@
 //   essctl --addr 127.0.0.1:50051 get --direction outbound --partner prison --message_id m-1
 //   essctl --addr 127.0.0.1:50051 list [--partner P] [--status delivered] [--direction outbound]
 //                                      [--event_type T] [--since T] [--until T]
-//                                      [--received_since T] [--received_until T] [--limit N]
+//                                      [--received_since T] [--received_until T] [--unconfirmed]
+//                                      [--limit N]
 //   essctl --addr 127.0.0.1:50051 stats [--partner P]
 //   essctl --addr 127.0.0.1:50051 replay --partner probation --status dead
 //          --received_since 2026-11-29T22:00:00Z --received_until 2026-11-30T06:00:00Z
@@ -71,6 +72,10 @@ ABSL_FLAG(absl::Time, received_since, absl::InfinitePast(),
           "replays do not move).");
 ABSL_FLAG(absl::Time, received_until, absl::InfiniteFuture(),
           "list: entered the hub before this RFC 3339 time.");
+ABSL_FLAG(bool, unconfirmed, false,
+          "list/replay: only records whose correlation id no inbound event has confirmed yet "
+          "(with --direction outbound --status delivered --until T: what partners accepted "
+          "before T and never confirmed).");
 ABSL_FLAG(int32_t, limit, 50, "list: most records shown (fetched in pages of up to 1000).");
 ABSL_FLAG(bool, dry_run, false, "replay: say what would be replayed; publish nothing.");
 ABSL_FLAG(std::string, reason, "", "replay: why (required unless --dry_run; audited).");
@@ -93,15 +98,18 @@ constexpr char kUsage[] =
     "trail\n"
     "  get --direction D --partner P --message_id M   one record in full\n"
     "  list [--partner P] [--direction D] [--status S] [--event_type T] [--correlation ID]\n"
-    "       [--since T] [--until T] [--received_since T] [--received_until T] [--limit N]\n"
-    "                                                 records, newest first (since/until: the\n"
-    "                                                 last change; received_*: entering the hub)\n"
+    "       [--since T] [--until T] [--received_since T] [--received_until T] [--unconfirmed]\n"
+    "       [--limit N]                               records, newest first (since/until: the\n"
+    "                                                 last change; received_*: entering the hub;\n"
+    "                                                 unconfirmed: no inbound event confirmed\n"
+    "                                                 their correlation id yet)\n"
     "  stats [--partner P]                            counts per partner and direction\n"
     "  replay --reason R [--dry_run] [--max_records N] [--wait 60s] (--direction D --partner P "
     "--message_id "
     "M[,M...]\n"
     "       | --partner P | --correlation ID [--direction D] [--status S] [--event_type T]\n"
-    "         [--since T] [--until T] [--received_since T] [--received_until T])\n"
+    "         [--since T] [--until T] [--received_since T] [--received_until T]\n"
+    "         [--unconfirmed])\n"
     "                                                 send records through the hub again\n";
 
 constexpr int kExitCallFailed = 1;
@@ -295,6 +303,7 @@ std::optional<std::string> BuildFilter(ess::v1::ListRequest& request) {
   if (const absl::Time t = absl::GetFlag(FLAGS_received_until); t != absl::InfiniteFuture()) {
     *request.mutable_received_until() = ess::replay::FromUnixMicros(absl::ToUnixMicros(t));
   }
+  request.set_unconfirmed(absl::GetFlag(FLAGS_unconfirmed));
   return std::nullopt;
 }
 

@@ -140,6 +140,47 @@ TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// The two sides' drift: the partner took three visits and confirmed one. The store lists the
+// other two as delivered and unconfirmed, and the list follows when the next confirmation comes.
+TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);  // events are routable
+  Publish({{"VIS-1", VisitEvent("VIS-1")},
+           {"VIS-2", VisitEvent("VIS-2")},
+           {"VIS-3", VisitEvent("VIS-3")}});
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 3; },
+                      absl::Seconds(30)))
+      << outbound_->Log();
+  auto confirm = [&](const std::string& id) {
+    auto resp = PostWebhook(absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"));
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    ASSERT_EQ(resp->status, 200) << resp->body;
+    ASSERT_TRUE(
+        WaitFor([&] { return Trail(id).trail().stage() == "confirmed"; }, absl::Seconds(10)));
+  };
+  auto unconfirmed = [&] {
+    ess::v1::ListRequest request;
+    request.set_partner("prison_calendar");
+    request.set_direction(ess::v1::DIRECTION_OUTBOUND);
+    request.set_status(ess::v1::MESSAGE_STATUS_DELIVERED);
+    request.set_unconfirmed(true);
+    ess::v1::ListResponse response;
+    EXPECT_TRUE(stub_->List(Call().get(), request, &response).ok());
+    std::vector<std::string> ids;
+    for (const auto& r : response.records()) ids.push_back(r.correlation_id());
+    std::sort(ids.begin(), ids.end());
+    return ids;
+  };
+  ASSERT_NO_FATAL_FAILURE(confirm("VIS-2"));
+  EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1", "VIS-3"));
+  ASSERT_NO_FATAL_FAILURE(confirm("VIS-3"));
+  EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));

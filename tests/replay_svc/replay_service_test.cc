@@ -403,6 +403,12 @@ TEST_F(ReplayServiceTest, ListRejectsForeignAndMalformedTokens) {
   status = stub_->List(Context().get(), other_window, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message(), "page_token: issued for a different filter");
+  ess::v1::ListRequest unconfirmed;  // and so is asking for unconfirmed records only
+  unconfirmed.set_unconfirmed(true);
+  unconfirmed.set_page_token(response.next_page_token());
+  status = stub_->List(Context().get(), unconfirmed, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(status.error_message(), "page_token: issued for a different filter");
 
   ess::v1::ListRequest garbage;
   garbage.set_page_token("not a token!");

@@ -334,6 +334,28 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
   EXPECT_EQ(bad_wait.exit_code, 2) << bad_wait.err;
   EXPECT_THAT(bad_wait.err, HasSubstr("error: --wait 60: "));
 
+  // What a partner accepted and never confirmed: VIS-77, until its confirmation is recorded.
+  const std::vector<std::string> drift = {
+      "list",    "--direction",          "outbound",     "--status", "delivered",
+      "--until", "2100-01-01T00:00:00Z", "--unconfirmed"};
+  ToolResult unconfirmed = RunEssctl(drift);
+  EXPECT_EQ(unconfirmed.exit_code, 0) << unconfirmed.err;
+  EXPECT_THAT(unconfirmed.out, HasSubstr("VIS-77"));
+  EXPECT_THAT(unconfirmed.out, HasSubstr("(1 record"));
+  {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ess::v1::RecordRequest request;
+    *request.add_records() = MakeRecord(ess::v1::DIRECTION_INBOUND, "prison", "wh-77", "VIS-77",
+                                        ess::v1::MESSAGE_STATUS_PUBLISHED);
+    ess::v1::RecordResponse response;
+    grpc::Status status = stub->Record(&context, request, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  unconfirmed = RunEssctl(drift);
+  EXPECT_EQ(unconfirmed.exit_code, 0) << unconfirmed.err;
+  EXPECT_THAT(unconfirmed.out, HasSubstr("(0 records)"));
+
   // One record in full: a failed push that may have landed all the same says where.
   {
     grpc::ClientContext context;

@@ -616,6 +616,40 @@ TEST_F(SqliteReplayStoreTest, AReceivedWindowFindsMessagesByWhenTheyEnteredTheHu
   EXPECT_EQ(in1->status(), ess::v1::MESSAGE_STATUS_DEAD);
 }
 
+// Where the two sides may have drifted apart: deliveries whose correlation id no inbound event
+// confirmed (the trail's confirmed stage: an inbound record PUBLISHED, from any partner).
+TEST_F(SqliteReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed) {
+  constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
+  const absl::Time t0 = clock_.Peek();
+  Store({MakeRecord(kOut, "prison", "m-1", "VIS-1", kDelivered)});  // t0, confirmed below
+  Store({MakeRecord(kOut, "prison", "m-2", "VIS-2", kDelivered)});  // t0+1
+  Store({MakeRecord(kOut, "prison", "m-3", "VIS-3", kDelivered)});  // t0+2, its callback failed
+  Store({MakeRecord(kOut, "clinic", "m-4", "VIS-4", kDelivered)});  // t0+3
+  Store({MakeRecord(kOut, "prison", "m-5", "VIS-5", kDelivered)});  // t0+4: too recent
+  Store({MakeRecord(kIn, "prison", "wh-1", "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED),
+         MakeRecord(kIn, "prison", "wh-3", "VIS-3", ess::v1::MESSAGE_STATUS_FAILED)});
+
+  ListQuery drift{.direction = kOut,
+                  .status = kDelivered,
+                  .until_micros = absl::ToUnixMicros(t0 + absl::Seconds(4)),
+                  .unconfirmed = true};
+  EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-4", "m-3", "m-2"));
+  drift.partner = "prison";
+  EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-3", "m-2"));
+  ListQuery one_per_page = drift;
+  one_per_page.limit = 1;
+  EXPECT_THAT(Pages(one_per_page), ElementsAre(ElementsAre("m-3"), ElementsAre("m-2")));
+  // Any status, any direction: an inbound record is its own confirmation or not one at all.
+  EXPECT_THAT(MessageIds(ListAll({.partner = "prison", .unconfirmed = true})),
+              ElementsAre("wh-3", "m-5", "m-3", "m-2"));
+
+  // VIS-2's confirmation comes, from another partner: the trail counts it, and so does this.
+  Store({MakeRecord(kIn, "clinic", "wh-2", "VIS-2", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-3"));
+  drift.unconfirmed = false;
+  EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-3", "m-2", "m-1"));
+}
+
 // Large bodies end a page early (it always holds one record), and the pages still cover every
 // record once.
 TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
