@@ -640,7 +640,8 @@ TEST_F(SftpLaneFaultTest, ALaneStoppedDuringAnUploadOfUnknownOutcomeHandsThePath
 // The same with a shutdown deadline shorter than the wait for the lost answer: the upload fails
 // after the deadline, its events are recorded FAILED with the path, and their moves to the delay
 // queue race the lane's publisher, which stops then. A move that loses gives the event back to
-// the broker as it came (in every run so far, all three did); the next lane sees it redelivered
+// the broker as it came (in the two runs whose log I read, all three did: "requeued=3"; a run
+// where the moves win passes without the redelivery lookup); the next lane sees it redelivered
 // and takes the path from its record. Before, it sent those rows again.
 TEST_F(SftpLaneFaultTest,
        ALaneWhoseShutdownDeadlinePassesDuringSuchAnUploadLeavesThePathInTheRecords) {
