@@ -91,6 +91,12 @@ struct RetentionPolicy {
   size_t batch = 5000;
 };
 
+// What CountUnconfirmed found: how many deliveries, and the earliest updated_at among them.
+struct UnconfirmedDeliveries {
+  uint64_t count = 0;
+  std::optional<int64_t> oldest_micros;
+};
+
 class ReplayStore {
  public:
   virtual ~ReplayStore() = default;
@@ -141,6 +147,12 @@ class ReplayStore {
   // `partner` when it is not empty. Counts are of records currently in each status;
   // oldest_pending is the earliest received_at among records received, failed or dead.
   virtual absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) = 0;
+
+  // The outbound records of `partner` DELIVERED with updated_at within [since, until) whose
+  // correlation id no inbound record PUBLISHED confirms (the drift of ListQuery.unconfirmed).
+  virtual absl::StatusOr<UnconfirmedDeliveries> CountUnconfirmed(absl::string_view partner,
+                                                                 int64_t since_micros,
+                                                                 int64_t until_micros) = 0;
 };
 
 }  // namespace ess::replay

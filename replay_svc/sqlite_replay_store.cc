@@ -886,6 +886,35 @@ absl::StatusOr<std::vector<ess::v1::PartnerStats>> SqliteReplayStore::Stats(
   return stats;
 }
 
+absl::StatusOr<UnconfirmedDeliveries> SqliteReplayStore::CountUnconfirmed(absl::string_view partner,
+                                                                          int64_t since_micros,
+                                                                          int64_t until_micros) {
+  absl::StatusOr<ReaderLease> reader = AcquireReader();
+  if (!reader.ok()) return reader.status();
+  // A range of (partner, status, updated_at), then one search of the correlation index per row.
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      "SELECT COUNT(*), MIN(updated_at) FROM records WHERE partner = ?1 AND status = ",
+      ess::v1::MESSAGE_STATUS_DELIVERED, " AND updated_at >= ?2 AND updated_at < ?3",
+      " AND direction = ", ess::v1::DIRECTION_OUTBOUND,
+      " AND NOT EXISTS (SELECT 1 FROM records AS c WHERE c.correlation_id = "
+      "records.correlation_id AND c.direction = ",
+      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED, ")"));
+  absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
+  if (!select.ok()) return select.status();
+  sqlite::Statement& s = **select;
+  ResetOnExit reset(s);
+  STORE_RETURN_IF_ERROR(s.Bind(1, partner));
+  STORE_RETURN_IF_ERROR(s.Bind(2, since_micros));
+  STORE_RETURN_IF_ERROR(s.Bind(3, until_micros));
+  absl::StatusOr<bool> row = s.Step();
+  if (!row.ok()) return row.status();
+  if (!*row) return absl::InternalError("counting unconfirmed deliveries gave no row");
+  UnconfirmedDeliveries found;
+  found.count = static_cast<uint64_t>(s.ColumnInt64(0));
+  if (!s.ColumnIsNull(1)) found.oldest_micros = s.ColumnInt64(1);
+  return found;
+}
+
 }  // namespace ess::replay
 
 #undef STORE_RETURN_IF_ERROR

@@ -69,6 +69,9 @@ class SqliteReplayStore final : public ReplayStore {
   absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) override;
   absl::StatusOr<uint64_t> Purge(const RetentionPolicy& policy) override;
   absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override;
+  absl::StatusOr<UnconfirmedDeliveries> CountUnconfirmed(absl::string_view partner,
+                                                         int64_t since_micros,
+                                                         int64_t until_micros) override;
 
  private:
   struct Writer;

@@ -172,6 +172,11 @@ class CountingStore final : public ReplayStore {
   absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override {
     return store_.Stats(partner);
   }
+  absl::StatusOr<UnconfirmedDeliveries> CountUnconfirmed(absl::string_view partner,
+                                                         int64_t since_micros,
+                                                         int64_t until_micros) override {
+    return store_.CountUnconfirmed(partner, since_micros, until_micros);
+  }
 
   int get_by_key_calls() const { return get_by_key_calls_.load(); }
   int get_by_keys_calls() const { return get_by_keys_calls_.load(); }

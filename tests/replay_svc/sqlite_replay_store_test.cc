@@ -650,6 +650,62 @@ TEST_F(SqliteReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed)
   EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-3", "m-2", "m-1"));
 }
 
+// The drift watch's count: a partner's deliveries updated within [since, until) that no inbound
+// event confirmed, the same rows as the list above, and the oldest of them.
+TEST_F(SqliteReplayStoreTest, CountUnconfirmedCountsAPartnersDeliveriesInARange) {
+  constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
+  constexpr auto kPublished = ess::v1::MESSAGE_STATUS_PUBLISHED;
+  const absl::Time t0 = clock_.Peek();
+  Store({MakeRecord(kOut, "prison", "m-1", "VIS-1", kDelivered)});  // t0
+  Store({MakeRecord(kOut, "prison", "m-2", "VIS-2", kDelivered)});  // t0+1
+  Store({MakeRecord(kOut, "prison", "m-3", "VIS-3", kDelivered)});  // t0+2, confirmed below
+  Store({MakeRecord(kOut, "prison", "m-4", "VIS-4", ess::v1::MESSAGE_STATUS_FAILED)});   // t0+3
+  Store({MakeRecord(kOut, "prison", "m-5", "VIS-5", ess::v1::MESSAGE_STATUS_DRY_RUN)});  // t0+4
+  Store({MakeRecord(kOut, "clinic", "m-6", "VIS-6", kDelivered)});                       // t0+5
+  Store({MakeRecord(kIn, "prison", "wh-7", "VIS-7", kPublished)});  // t0+6: not a delivery
+  Store({MakeRecord(kOut, "prison", "m-8", "VIS-8", kDelivered)});  // t0+7
+  Store({MakeRecord(kIn, "clinic", "wh-3", "VIS-3", kPublished),
+         MakeRecord(kIn, "prison", "wh-2", "VIS-2", ess::v1::MESSAGE_STATUS_FAILED)});  // t0+8
+  auto count = [&](const std::string& partner, int since, int until) {
+    absl::StatusOr<UnconfirmedDeliveries> found =
+        store_->CountUnconfirmed(partner, absl::ToUnixMicros(t0 + absl::Seconds(since)),
+                                 absl::ToUnixMicros(t0 + absl::Seconds(until)));
+    EXPECT_TRUE(found.ok()) << found.status();
+    return found.ok() ? *found : UnconfirmedDeliveries{.count = 999};
+  };
+  auto seconds_after_t0 = [&](const UnconfirmedDeliveries& found) {
+    return found.oldest_micros.has_value()
+               ? absl::ToInt64Seconds(absl::FromUnixMicros(*found.oldest_micros) - t0)
+               : -1;
+  };
+
+  // [t0+1, t0+7): m-2 (m-3 is confirmed, m-1 and m-8 are outside).
+  UnconfirmedDeliveries found = count("prison", 1, 7);
+  EXPECT_EQ(found.count, 1u);
+  EXPECT_EQ(seconds_after_t0(found), 1);
+  found = count("prison", 0, 8);  // and m-1, m-8
+  EXPECT_EQ(found.count, 3u);
+  EXPECT_EQ(seconds_after_t0(found), 0);
+  EXPECT_THAT(MessageIds(ListAll({.partner = "prison",
+                                  .direction = kOut,
+                                  .status = kDelivered,
+                                  .since_micros = absl::ToUnixMicros(t0),
+                                  .until_micros = absl::ToUnixMicros(t0 + absl::Seconds(8)),
+                                  .unconfirmed = true})),
+              ElementsAre("m-8", "m-2", "m-1"));
+  found = count("clinic", 0, 100);
+  EXPECT_EQ(found.count, 1u);
+  EXPECT_EQ(seconds_after_t0(found), 5);
+  found = count("nobody", 0, 100);
+  EXPECT_EQ(found.count, 0u);
+  EXPECT_EQ(seconds_after_t0(found), -1);
+
+  Store({MakeRecord(kIn, "prison", "wh-2b", "VIS-2", kPublished)});
+  found = count("prison", 1, 7);
+  EXPECT_EQ(found.count, 0u);
+  EXPECT_FALSE(found.oldest_micros.has_value());
+}
+
 // Large bodies end a page early (it always holds one record), and the pages still cover every
 // record once.
 TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
