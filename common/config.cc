@@ -292,6 +292,10 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (replay->has_retention() && replay->retention().sweep_interval_seconds() == 0) {
     replay->mutable_retention()->set_sweep_interval_seconds(300);
   }
+  if (replay->drift().check_interval_seconds() == 0) {
+    replay->mutable_drift()->set_check_interval_seconds(60);
+  }
+  if (replay->drift().window_seconds() == 0) replay->mutable_drift()->set_window_seconds(86400);
   if (bus->delivery_limit() == 0) bus->set_delivery_limit(20);
   if (c.outbound().prefetch() == 0) c.mutable_outbound()->set_prefetch(256);
   if (c.outbound().shutdown_deadline_ms() == 0) {
@@ -411,6 +415,10 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                                      c.inbound().dedupe_window_seconds(),
                                      "): the lanes' idempotency reads those records"));
   }
+  if (c.replay().drift().window_seconds() > kYearMs / 1000) {
+    return conv.ErrorAt("replay.drift.window_seconds",
+                        absl::StrCat("must be at most a year (", kYearMs / 1000, ")"));
+  }
   if (const auto& tls = c.replay().tls();
       tls.client_cert_file().empty() != tls.client_key_file().empty()) {
     return conv.ErrorAt(tls.client_cert_file().empty() ? "replay.tls.client_cert_file"
@@ -492,6 +500,22 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       }
       if (breaker.max_open_ms() < breaker.open_ms()) {
         return conv.ErrorAt(o + ".circuit_breaker.max_open_ms", "must not be below open_ms");
+      }
+      if (const uint64_t within = p.outbound().confirm_within_seconds(); within > 0) {
+        // Deliveries are counted from confirm_within_seconds to window_seconds after them.
+        if (within >= c.replay().drift().window_seconds()) {
+          return conv.ErrorAt(o + ".confirm_within_seconds",
+                              absl::StrCat("must be below replay.drift.window_seconds (",
+                                           c.replay().drift().window_seconds(),
+                                           "), or no delivery is ever counted"));
+        }
+        if (const uint64_t max_age = c.replay().retention().max_age_seconds();
+            max_age > 0 && within >= max_age) {
+          return conv.ErrorAt(
+              o + ".confirm_within_seconds",
+              absl::StrCat("must be below replay.retention.max_age_seconds (", max_age,
+                           "): deliveries would be evicted before they could be counted"));
+        }
       }
     }
     if (p.has_inbound()) {

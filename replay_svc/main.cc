@@ -22,6 +22,7 @@
 #include "common/metrics.h"
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
+#include "replay_svc/drift.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/replayer.h"
 #include "replay_svc/retention.h"
@@ -136,17 +137,29 @@ int main(int argc, char** argv) {
         **store, ess::replay::RetentionSweeper::PolicyFromConfig(*config),
         absl::Seconds(replay.retention().sweep_interval_seconds()));
   }
+  std::unique_ptr<ess::replay::DriftWatch> drift;
+  std::vector<ess::replay::DriftWatch::Partner> watched =
+      ess::replay::DriftWatch::PartnersFromConfig(*config);
+  const size_t watched_partners = watched.size();
+  if (!watched.empty()) {
+    drift = std::make_unique<ess::replay::DriftWatch>(
+        **store, std::move(watched), ess::replay::DriftWatch::OptionsFromConfig(*config));
+  }
   std::unique_ptr<ess::metrics::Server> metrics;
   if (!replay.metrics_listen().empty()) {
     const ess::replay::ReplayServer& served = **server;
     const ess::replay::RetentionSweeper* swept = sweeper.get();
+    const ess::replay::DriftWatch* watch = drift.get();
     absl::StatusOr<std::unique_ptr<ess::metrics::Server>> m =
-        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept] {
+        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept, watch] {
           std::vector<prometheus::MetricFamily> families = served.service().Metrics();
           if (swept != nullptr) {
             families.push_back(ess::metrics::Single(
                 "ess_replay_retention_evicted_total", "Settled records evicted by retention.",
                 prometheus::MetricType::Counter, static_cast<double>(swept->evicted())));
+          }
+          if (watch != nullptr) {
+            for (prometheus::MetricFamily& f : watch->Metrics()) families.push_back(std::move(f));
           }
           return families;
         });
@@ -164,6 +177,7 @@ int main(int argc, char** argv) {
                           : replay.tls().client_ca_file().empty() ? "on"
                                                                   : "mutual"},
                   {"retention", sweeper ? "on" : "off"},
+                  {"drift_watched", absl::StrCat(watched_partners)},
                   {"metrics_port", metrics ? absl::StrCat(metrics->port()) : "off"},
                   {"malloc", ess::cli::MallocLibrary()}});
 
@@ -172,6 +186,7 @@ int main(int argc, char** argv) {
   ess::log::Info("", "stopping", {{"signal", absl::StrCat("SIG", sigabbrev_np(signal_number))}});
   metrics.reset();
   if (sweeper) sweeper->Stop();
+  if (drift) drift->Stop();
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
   publisher.Stop();

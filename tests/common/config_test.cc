@@ -233,6 +233,46 @@ TEST(ConfigTest, RetentionNeverReachesIntoTheDedupeWindow) {
   EXPECT_EQ(c->replay().retention().sweep_interval_seconds(), 300u);
 }
 
+// Drift: a partner that says how soon it confirms is watched over replay.drift's window, which
+// must reach past that delay, and retention must keep its deliveries at least that long.
+TEST(ConfigTest, HowSoonAPartnerConfirmsFitsTheDriftWindowAndRetention) {
+  auto c = Load(kGood);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().drift().check_interval_seconds(), 60u);
+  EXPECT_EQ(c->replay().drift().window_seconds(), 86400u);
+  EXPECT_EQ(c->partners(0).outbound().confirm_within_seconds(), 0u);  // not watched
+
+  const std::string queue = "      queue: visit_updates\n";
+  const std::string database = "  database_path: data/replay.db\n";
+  std::string watched = kGood;
+  watched.replace(watched.find(queue), queue.size(),
+                  queue + "      confirm_within_seconds: 3600\n");
+  c = Load(watched);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(0).outbound().confirm_within_seconds(), 3600u);
+
+  auto with_replay = [&](const std::string& line) {
+    std::string yaml = watched;
+    yaml.replace(yaml.find(database), database.size(), database + line);
+    return Load(yaml);
+  };
+  c = with_replay("  drift: {window_seconds: 3600, check_interval_seconds: 5}\n");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("hub.yaml:23:31: partners[0].outbound.confirm_within_seconds: must be "
+                        "below replay.drift.window_seconds (3600)"));
+  c = with_replay("  drift: {window_seconds: 3601, check_interval_seconds: 5}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().drift().check_interval_seconds(), 5u);
+  c = with_replay("  retention: {max_age_seconds: 1800}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].outbound.confirm_within_seconds: must be below "
+                        "replay.retention.max_age_seconds (1800)"));
+  c = with_replay("  drift: {window_seconds: 40000000}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.drift.window_seconds: must be at most a year (31536000)"));
+}
+
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {
   auto c = Load("bus:\n  host: [unclosed\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);

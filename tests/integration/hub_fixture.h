@@ -89,6 +89,7 @@ partners:
       queue: QUEUE
       max_in_flight: 32
       retry: {max_attempts: 2, initial_backoff_ms: 200, max_backoff_ms: 3000}
+ROUTE_EXTRA
       mapping:
         - {target: id, source: id}
         - {target: inmate, source: inmateId}
@@ -121,6 +122,7 @@ partners:
          {"AUDIT", exchange_ + ".audit"},
          {"REPLAY_EXTRA", replay_extra_},
          {"OUTBOUND_EXTRA", outbound_extra_},
+         {"ROUTE_EXTRA", route_extra_},
          {"WEBHOOK_AUTH",
           webhook_auth_.empty() ? std::string("# no auth") : "auth: " + webhook_auth_}});
     return yaml;
@@ -247,6 +249,8 @@ partners:
   std::string replay_extra_;
   // More lines of the `outbound` section (indented two spaces).
   std::string outbound_extra_;
+  // More lines of prison_calendar's outbound route (indented six spaces).
+  std::string route_extra_;
   // The token of the test's own calls to the store (with an `auth` in replay_extra_).
   std::string replay_token_;
   // How the test's own calls reach the store (with a `tls` in replay_extra_); plaintext

@@ -181,6 +181,61 @@ TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// The drift, watched: the partner says it confirms within a second (its route's
+// confirm_within_seconds), and replay_svc counts the visits it took and has not confirmed, in its
+// metrics and its log, as the confirmations come.
+TEST_F(HubTest, ReplaySvcCountsTheVisitsThePartnerDidNotConfirmInTime) {
+  const int metrics_port = testing::FreePort();
+  replay_extra_ = absl::StrCat("  metrics_listen: 127.0.0.1:", metrics_port,
+                               "\n  drift: {check_interval_seconds: 1}");
+  route_extra_ = "      confirm_within_seconds: 1";
+  CapturePartner partner;
+  StartHub(partner.url());
+  EXPECT_THAT(replay_->Log(), HasSubstr("drift_watched=1"));
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);  // events are routable
+  Publish({{"VIS-1", VisitEvent("VIS-1")},
+           {"VIS-2", VisitEvent("VIS-2")},
+           {"VIS-3", VisitEvent("VIS-3")}});
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 3; },
+                      absl::Seconds(30)))
+      << outbound_->Log();
+  auto confirm = [&](const std::string& id) {
+    auto resp = PostWebhook(absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"));
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    ASSERT_EQ(resp->status, 200) << resp->body;
+  };
+  // Waits (up to 15 s) until replay_svc serves `sample`.
+  auto serves = [&](const std::string& sample) {
+    std::string body;
+    const bool seen = WaitFor(
+        [&] {
+          auto r = http_.SendAndWait(
+              {.method = "GET",
+               .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics")});
+          body = r.ok() ? r->body : r.status().ToString();
+          return absl::StrContains(body, sample);
+        },
+        absl::Seconds(15));
+    EXPECT_TRUE(seen) << sample << " not in:\n" << body;
+    return seen;
+  };
+  const std::string gauge = R"(ess_replay_unconfirmed_deliveries{partner="prison_calendar"} )";
+  ASSERT_NO_FATAL_FAILURE(confirm("VIS-2"));
+  ASSERT_TRUE(serves(gauge + "2"));
+  EXPECT_TRUE(replay_->WaitForLog("partner=prison_calendar unconfirmed=2 confirm_within_s=1 "))
+      << replay_->Log();
+  ASSERT_NO_FATAL_FAILURE(confirm("VIS-3"));
+  ASSERT_TRUE(serves(gauge + "1"));
+  EXPECT_TRUE(replay_->WaitForLog("partner=prison_calendar unconfirmed=1 "));
+  ASSERT_NO_FATAL_FAILURE(confirm("VIS-1"));
+  ASSERT_TRUE(serves(gauge + "0"));
+  EXPECT_TRUE(replay_->WaitForLog(R"(msg="no unconfirmed deliveries" partner=prison_calendar)"));
+  EXPECT_TRUE(serves(R"(ess_replay_drift_checks_total{result="error"} 0)"));
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
 TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
