@@ -3,13 +3,15 @@
 # Idempotent: packages already installed are left alone, and apt is not touched at all when
 # nothing is missing. Needs root (or sudo) only when something must be installed.
 #
-# ESS runs only private RabbitMQ nodes and sshd servers of its own, on loopback (scripts/rabbitmq.sh,
-# scripts/sshd.sh). The system services that the packages rabbitmq-server and openssh-server
-# bring (RabbitMQ on 0.0.0.0:5672, 25672 and epmd's 4369; sshd on :22) are never started by this
-# script: while it installs, a temporary /usr/sbin/policy-rc.d denies every service start
-# (Debian's policy layer, which invoke-rc.d and deb-systemd-invoke obey), and on a host running
-# systemd the services of the packages this run installed are then disabled at boot. Services
-# of packages that were installed before are left as they are, running or not.
+# ESS runs only private RabbitMQ nodes, sshd servers and PostgreSQL servers of its own, on
+# loopback (scripts/rabbitmq.sh, scripts/sshd.sh, scripts/postgres.sh). The system services that
+# the packages rabbitmq-server, openssh-server and postgresql-15 bring (RabbitMQ on 0.0.0.0:5672,
+# 25672 and epmd's 4369; sshd on :22; the cluster 15/main that postgresql-15 creates, on
+# localhost:5432) are never started by this script: while it installs, a temporary
+# /usr/sbin/policy-rc.d denies every service start (Debian's policy layer, which invoke-rc.d and
+# deb-systemd-invoke obey), and on a host running systemd the services of the packages this run
+# installed are then disabled at boot. Services of packages that were installed before are left
+# as they are, running or not.
 set -euo pipefail
 
 PACKAGES=(
@@ -28,6 +30,9 @@ PACKAGES=(
   libjemalloc-dev
   # servers the stack and the tests run on loopback
   rabbitmq-server openssh-server openssh-client
+  # the store's shared backend: the PostgreSQL 15 server (the tests run a private one on
+  # loopback, scripts/postgres.sh) and its client library libpq
+  postgresql-15 libpq-dev
   # tools the scripts use (openssl: the tests make their TLS certificates at test time)
   iproute2 procps ca-certificates openssl
   # the benchmark's HTTP load generator (./bench.sh)
@@ -62,12 +67,15 @@ SUDO=""
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # The packages whose systemd units this run disables once it has installed them, each with its
-# units: the two servers, and erlang-base (pulled in by rabbitmq-server), whose epmd.socket
-# listens on every interface at 4369. Only those not installed before this run count.
+# units: the servers, erlang-base (pulled in by rabbitmq-server), whose epmd.socket listens on
+# every interface at 4369, and postgresql-common (pulled in by postgresql-15), whose
+# postgresql.service starts every cluster (postgresql@15-main.service, through its systemd
+# generator); postgresql-15 itself has no unit. Only those not installed before this run count.
 declare -A UNITS=(
   [rabbitmq-server]="rabbitmq-server.service"
   [openssh-server]="ssh.service"
   [erlang-base]="epmd.socket epmd.service"
+  [postgresql-common]="postgresql.service"
 )
 absent_before=()
 for p in "${!UNITS[@]}"; do
