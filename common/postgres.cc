@@ -1,0 +1,141 @@
+#include "common/postgres.h"
+
+#include <libpq-fe.h>
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace ess::pg {
+namespace {
+
+absl::StatusCode CodeOf(absl::string_view sqlstate) {
+  if (absl::StartsWith(sqlstate, "08")) return absl::StatusCode::kUnavailable;
+  if (sqlstate == "40001" || sqlstate == "40P01") return absl::StatusCode::kAborted;
+  if (sqlstate == "23505") return absl::StatusCode::kAlreadyExists;
+  if (absl::StartsWith(sqlstate, "23")) return absl::StatusCode::kFailedPrecondition;
+  if (absl::StartsWith(sqlstate, "53")) return absl::StatusCode::kResourceExhausted;
+  // Data exceptions: a value the column cannot hold (e.g. a NUL character in text).
+  if (absl::StartsWith(sqlstate, "22")) return absl::StatusCode::kInvalidArgument;
+  if (sqlstate == "57014") return absl::StatusCode::kCancelled;
+  // 57P01-57P03: the server is shutting down or starting.
+  if (absl::StartsWith(sqlstate, "57P")) return absl::StatusCode::kUnavailable;
+  return absl::StatusCode::kInternal;
+}
+
+}  // namespace
+
+void Result::Free::operator()(pg_result* r) const { PQclear(r); }
+
+int Result::rows() const { return PQntuples(result_.get()); }
+
+int64_t Result::affected() const {
+  int64_t n = 0;
+  return absl::SimpleAtoi(PQcmdTuples(result_.get()), &n) ? n : 0;
+}
+
+bool Result::IsNull(int row, int column) const {
+  return PQgetisnull(result_.get(), row, column) != 0;
+}
+
+absl::string_view Result::Text(int row, int column) const {
+  return absl::string_view(PQgetvalue(result_.get(), row, column),
+                           static_cast<size_t>(PQgetlength(result_.get(), row, column)));
+}
+
+int64_t Result::Int64(int row, int column) const {
+  int64_t n = 0;
+  return absl::SimpleAtoi(Text(row, column), &n) ? n : 0;
+}
+
+bool Result::Bool(int row, int column) const { return Text(row, column) == "t"; }
+
+std::string Result::Bytes(int row, int column) const {
+  size_t length = 0;
+  unsigned char* bytes = PQunescapeBytea(
+      reinterpret_cast<const unsigned char*>(PQgetvalue(result_.get(), row, column)), &length);
+  if (bytes == nullptr) return std::string();
+  std::string out(reinterpret_cast<const char*>(bytes), length);
+  PQfreemem(bytes);
+  return out;
+}
+
+void Connection::Free::operator()(pg_conn* c) const { PQfinish(c); }
+
+absl::StatusOr<Connection> Connection::Open(const std::string& conninfo) {
+  Connection connection(PQconnectdb(conninfo.c_str()));
+  if (connection.conn_ == nullptr) {
+    return absl::ResourceExhaustedError("postgres: out of memory for a connection");
+  }
+  if (PQstatus(connection.conn_.get()) != CONNECTION_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("postgres: cannot connect: ",
+                     absl::StripTrailingAsciiWhitespace(PQerrorMessage(connection.conn_.get()))));
+  }
+  // NOTICEs (e.g. "relation already exists, skipping") are not errors; keep them off stderr.
+  PQsetNoticeProcessor(
+      connection.conn_.get(), [](void*, const char*) {}, nullptr);
+  return connection;
+}
+
+absl::StatusOr<Result> Connection::Check(pg_result* raw, absl::string_view sql) {
+  Result result(raw);
+  if (raw == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("postgres: ", absl::StripTrailingAsciiWhitespace(PQerrorMessage(conn_.get())),
+                     " [in: ", sql, "]"));
+  }
+  const ExecStatusType status = PQresultStatus(raw);
+  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
+  const char* sqlstate = PQresultErrorField(raw, PG_DIAG_SQLSTATE);
+  absl::string_view state = sqlstate != nullptr ? sqlstate : "";
+  // No SQLSTATE: libpq's own failure, which for a statement means the connection went.
+  const absl::StatusCode code =
+      state.empty() || IsBroken() ? absl::StatusCode::kUnavailable : CodeOf(state);
+  return absl::Status(code,
+                      absl::StrCat("postgres: ", state.empty() ? "" : absl::StrCat(state, ": "),
+                                   absl::StripTrailingAsciiWhitespace(PQresultErrorMessage(raw)),
+                                   " [in: ", absl::StripAsciiWhitespace(sql), "]"));
+}
+
+absl::Status Connection::Exec(absl::string_view sql) {
+  const std::string text(sql);
+  return Check(PQexec(conn_.get(), text.c_str()), sql).status();
+}
+
+absl::StatusOr<Result> Connection::Query(absl::string_view sql, const std::vector<Param>& params) {
+  const std::string text(sql);
+  std::vector<std::string> storage(params.size());
+  std::vector<const char*> values(params.size());
+  std::vector<int> lengths(params.size()), formats(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (const auto* s = std::get_if<absl::string_view>(&params[i])) {
+      storage[i] = std::string(*s);
+    } else if (const auto* n = std::get_if<int64_t>(&params[i])) {
+      storage[i] = absl::StrCat(*n);
+    } else if (const auto* b = std::get_if<bool>(&params[i])) {
+      storage[i].assign(1, *b ? 't' : 'f');
+    } else {
+      storage[i] = std::string(std::get<pg::Bytes>(params[i]).bytes);
+      formats[i] = 1;  // binary: the bytes as they are
+    }
+    values[i] = storage[i].c_str();
+    lengths[i] = static_cast<int>(storage[i].size());
+  }
+  return Check(PQexecParams(conn_.get(), text.c_str(), static_cast<int>(params.size()), nullptr,
+                            values.data(), lengths.data(), formats.data(), 0),
+               sql);
+}
+
+bool Connection::IsBroken() const { return PQstatus(conn_.get()) == CONNECTION_BAD; }
+
+bool Connection::InTransaction() const {
+  const PGTransactionStatusType t = PQtransactionStatus(conn_.get());
+  return t == PQTRANS_INTRANS || t == PQTRANS_INERROR || t == PQTRANS_ACTIVE;
+}
+
+}  // namespace ess::pg
