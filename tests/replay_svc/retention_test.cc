@@ -12,15 +12,19 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "replay_svc/sqlite_replay_store.h"
+#include "tests/replay_svc/test_store.h"
 #include "tests/replay_svc/test_util.h"
 
 namespace ess::replay {
 namespace {
 
+using ::ess::replay::testing::Backend;
+using ::ess::replay::testing::BackendName;
 using ::ess::replay::testing::FakeClock;
+using ::ess::replay::testing::kBackends;
 using ::ess::replay::testing::MakeRecord;
 using ::ess::replay::testing::MessageIds;
-using ::ess::replay::testing::TempDir;
+using ::ess::replay::testing::TestStore;
 using ::ess::v1::MessageRecord;
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
@@ -30,12 +34,11 @@ constexpr auto kIn = ess::v1::DIRECTION_INBOUND;
 constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
 const absl::Time kStart = absl::FromUnixSeconds(1'700'000'000);
 
-class RetentionTest : public ::testing::Test {
+// Each test runs on SQLite and on PostgreSQL (tests/replay_svc/test_store.h).
+class RetentionTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
-    SqliteReplayStore::Options options;
-    options.clock = [this] { return clock_.Now(); };
-    auto store = SqliteReplayStore::Open(dir_.File("replay.db"), std::move(options));
+    auto store = db_.Open([this] { return clock_.Now(); });
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
   }
@@ -59,12 +62,14 @@ class RetentionTest : public ::testing::Test {
     return ids;
   }
 
-  TempDir dir_;
+  TestStore db_{GetParam()};
   FakeClock clock_{kStart, absl::Seconds(1)};
-  std::unique_ptr<SqliteReplayStore> store_;
+  std::unique_ptr<ReplayStore> store_;
 };
 
-TEST_F(RetentionTest, ByAgeOnlySettledRecordsGoAndRecordsInPlayStay) {
+INSTANTIATE_TEST_SUITE_P(Backends, RetentionTest, ::testing::ValuesIn(kBackends), BackendName);
+
+TEST_P(RetentionTest, ByAgeOnlySettledRecordsGoAndRecordsInPlayStay) {
   for (int i = 0; i < 10; ++i) Write(kOut, "prison", absl::StrCat("d-", i), kDelivered);  // 0..9 s
   Write(kOut, "prison", "dead", ess::v1::MESSAGE_STATUS_DEAD);                            // 10 s
   Write(kOut, "prison", "received", ess::v1::MESSAGE_STATUS_RECEIVED);                    // 11 s
@@ -87,7 +92,7 @@ TEST_F(RetentionTest, ByAgeOnlySettledRecordsGoAndRecordsInPlayStay) {
   EXPECT_THAT(Ids("prison", kOut, ess::v1::MESSAGE_STATUS_DEAD), ElementsAre("dead"));
 }
 
-TEST_F(RetentionTest, NothingUpdatedWithinMinAgeGoes) {
+TEST_P(RetentionTest, NothingUpdatedWithinMinAgeGoes) {
   for (int i = 0; i < 10; ++i) Write(kOut, "prison", absl::StrCat("d-", i), kDelivered);  // 0..9 s
   // At 10 s: max_age 1 s would take 0..8 s, min_age 6 s keeps everything from 4 s on.
   EXPECT_EQ(store_->Purge({.max_age = absl::Seconds(1), .min_age = absl::Seconds(6)}).value(), 4u);
@@ -98,7 +103,7 @@ TEST_F(RetentionTest, NothingUpdatedWithinMinAgeGoes) {
   EXPECT_THAT(Ids("prison", kOut, kDelivered), ElementsAre("d-5", "d-6", "d-7", "d-8", "d-9"));
 }
 
-TEST_F(RetentionTest, ByCountEachPartnerAndDirectionKeepsItsNewest) {
+TEST_P(RetentionTest, ByCountEachPartnerAndDirectionKeepsItsNewest) {
   for (int i = 0; i < 6; ++i) Write(kOut, "a", absl::StrCat("a-", i), kDelivered);
   Write(kOut, "a", "a-dead", ess::v1::MESSAGE_STATUS_DEAD);
   for (int i = 0; i < 2; ++i) Write(kOut, "b", absl::StrCat("b-", i), kDelivered);
@@ -116,7 +121,7 @@ TEST_F(RetentionTest, ByCountEachPartnerAndDirectionKeepsItsNewest) {
   EXPECT_EQ(store_->Purge({.max_per_partner = 3}).value(), 0u);  // nothing more to do
 }
 
-TEST_F(RetentionTest, TheSweeperSweepsAtOnceThenEveryIntervalAndStopsPromptly) {
+TEST_P(RetentionTest, TheSweeperSweepsAtOnceThenEveryIntervalAndStopsPromptly) {
   for (int i = 0; i < 5; ++i) Write(kOut, "prison", absl::StrCat("d-", i), kDelivered);
   RetentionSweeper sweeper(*store_, {.max_per_partner = 2}, absl::Hours(1));
   const absl::Time deadline = absl::Now() + absl::Seconds(10);

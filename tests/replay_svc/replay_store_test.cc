@@ -1,7 +1,11 @@
-// Tests of SqliteReplayStore on a real temp file, with a fake clock for updated_at.
-#include "replay_svc/sqlite_replay_store.h"
-
+// Tests of the ReplayStore backends on real parts (a SQLite file; a PostgreSQL schema of the
+// server ./test.sh starts), with a fake clock for updated_at. What replay_store.h promises runs
+// on both; the SQLite file's schema versions on SQLite alone.
+#include <algorithm>
+#include <atomic>
+#include <map>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -10,18 +14,24 @@
 #include "common/sqlite.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "replay_svc/postgres_replay_store.h"
+#include "replay_svc/sqlite_replay_store.h"
+#include "tests/replay_svc/test_store.h"
 #include "tests/replay_svc/test_util.h"
 
 namespace ess::replay {
 namespace {
 
+using ::ess::replay::testing::Backend;
+using ::ess::replay::testing::BackendName;
 using ::ess::replay::testing::FakeClock;
 using ::ess::replay::testing::InvalidKeyCase;
+using ::ess::replay::testing::kBackends;
 using ::ess::replay::testing::Key;
 using ::ess::replay::testing::MakeRecord;
 using ::ess::replay::testing::MessageIds;
 using ::ess::replay::testing::Outbound;
-using ::ess::replay::testing::TempDir;
+using ::ess::replay::testing::TestStore;
 using ::ess::replay::testing::Ts;
 using ::ess::v1::MessageRecord;
 using ::testing::ElementsAre;
@@ -38,42 +48,18 @@ google::protobuf::RepeatedPtrField<MessageRecord> Batch(std::vector<MessageRecor
   return batch;
 }
 
-class SqliteReplayStoreTest : public ::testing::Test {
+// A store on one backend, with a fake clock for updated_at.
+class StoreTest : public ::testing::Test {
  protected:
+  explicit StoreTest(Backend backend) : db_(backend) {}
+
   void SetUp() override { Reopen(); }
 
   void Reopen() {
     store_.reset();
-    SqliteReplayStore::Options options;
-    options.clock = [this] { return clock_.Now(); };
-    absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store =
-        SqliteReplayStore::Open(path(), std::move(options));
+    absl::StatusOr<std::unique_ptr<ReplayStore>> store = db_.Open([this] { return clock_.Now(); });
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
-  }
-
-  std::string path() const { return dir_.File("replay.db"); }
-
-  // Closes the store and runs `sql` on its file directly: what an older version left.
-  void CloseAndRun(const std::vector<std::string>& sql) {
-    store_.reset();
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    ASSERT_TRUE(db.ok()) << db.status();
-    for (const std::string& statement : sql) {
-      ASSERT_TRUE(db->Exec(statement).ok()) << statement;
-    }
-  }
-
-  // The first column of the first row of `sql`, run on the closed store's file.
-  int64_t CloseAndQuery(const std::string& sql) {
-    store_.reset();
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    EXPECT_TRUE(db.ok()) << db.status();
-    if (!db.ok()) return -1;
-    absl::StatusOr<sqlite::Statement> row = db->Prepare(sql);
-    EXPECT_TRUE(row.ok()) << row.status();
-    if (!row.ok() || !row->Step().value_or(false)) return -1;
-    return row->ColumnInt64(0);
   }
 
   // Records one batch and expects it stored whole.
@@ -105,12 +91,48 @@ class SqliteReplayStoreTest : public ::testing::Test {
     return pages;
   }
 
-  TempDir dir_;
+  TestStore db_;
   FakeClock clock_;
-  std::unique_ptr<SqliteReplayStore> store_;
+  std::unique_ptr<ReplayStore> store_;
 };
 
-TEST_F(SqliteReplayStoreTest, RecordsAndReadsBackEveryField) {
+// What every backend must do alike (replay_store.h): each test runs on SQLite and on PostgreSQL.
+class ReplayStoreTest : public StoreTest, public ::testing::WithParamInterface<Backend> {
+ protected:
+  ReplayStoreTest() : StoreTest(GetParam()) {}
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, ReplayStoreTest, ::testing::ValuesIn(kBackends), BackendName);
+
+// What only the SQLite file shows: its schema versions and migrations.
+class SqliteReplayStoreTest : public StoreTest {
+ protected:
+  SqliteReplayStoreTest() : StoreTest(Backend::kSqlite) {}
+
+  std::string path() const { return db_.location(); }
+
+  // Closes the store and runs `sql` on its file directly: what an older version left.
+  void CloseAndRun(const std::vector<std::string>& sql) {
+    store_.reset();
+    for (const std::string& statement : sql) {
+      ASSERT_TRUE(db_.Exec(statement).ok()) << statement;
+    }
+  }
+
+  // The first column of the first row of `sql`, run on the closed store's file.
+  int64_t CloseAndQuery(const std::string& sql) {
+    store_.reset();
+    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
+    EXPECT_TRUE(db.ok()) << db.status();
+    if (!db.ok()) return -1;
+    absl::StatusOr<sqlite::Statement> row = db->Prepare(sql);
+    EXPECT_TRUE(row.ok()) << row.status();
+    if (!row.ok() || !row->Step().value_or(false)) return -1;
+    return row->ColumnInt64(0);
+  }
+};
+
+TEST_P(ReplayStoreTest, RecordsAndReadsBackEveryField) {
   MessageRecord r = MakeRecord(kOut, "prison", "m-1", "VIS-77");
   r.set_rendered(std::string("{\"x\":1}\0\xff", 9));
   r.set_error("none yet");
@@ -129,7 +151,7 @@ TEST_F(SqliteReplayStoreTest, RecordsAndReadsBackEveryField) {
   EXPECT_EQ(got->SerializeAsString(), expected.SerializeAsString()) << got->DebugString();
 }
 
-TEST_F(SqliteReplayStoreTest, UnsetReceivedAtIsTheWriteTime) {
+TEST_P(ReplayStoreTest, UnsetReceivedAtIsTheWriteTime) {
   const absl::Time write_time = clock_.Peek();
   Store({Outbound("prison", "m-1")});
   absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", "m-1"));
@@ -138,7 +160,7 @@ TEST_F(SqliteReplayStoreTest, UnsetReceivedAtIsTheWriteTime) {
   EXPECT_EQ(got->updated_at().seconds(), absl::ToUnixSeconds(write_time));
 }
 
-TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
+TEST_P(ReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
   MessageRecord first = MakeRecord(kOut, "prison", "m-1", "VIS-77");
   first.set_payload("original payload");
   first.set_rendered("first render");
@@ -183,7 +205,7 @@ TEST_F(SqliteReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
 // A record without payload and rendered bytes (a status mark, such as the inbound lane's
 // PUBLISHED) takes the store's plain UPDATE when its key is stored, and must change what the
 // upsert would, nothing more; with no row yet it is inserted as any record is.
-TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) {
+TEST_P(ReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) {
   MessageRecord claimed = MakeRecord(kIn, "prison", "wh-1", "VIS-1");
   claimed.set_status(ess::v1::MESSAGE_STATUS_RECEIVED);
   claimed.set_rendered("rendered event");
@@ -236,7 +258,7 @@ TEST_F(SqliteReplayStoreTest, ARecordWithoutBytesMarksTheStoredRowOrIsInserted) 
 
 // A lane whose publish failed marks its claim FAILED; if a partner's retry has published the id
 // meanwhile (through another replica, after the first call's lease), the mark must not undo it.
-TEST_F(SqliteReplayStoreTest, APublishedInboundEventIsNeverMarkedFailed) {
+TEST_P(ReplayStoreTest, APublishedInboundEventIsNeverMarkedFailed) {
   for (bool with_bytes : {false, true}) {
     const std::string id = with_bytes ? "wh-bytes" : "wh-mark";
     Store({MakeRecord(kIn, "prison", id, "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
@@ -257,7 +279,7 @@ TEST_F(SqliteReplayStoreTest, APublishedInboundEventIsNeverMarkedFailed) {
   EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->status(), ess::v1::MESSAGE_STATUS_FAILED);
 }
 
-TEST_F(SqliteReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
+TEST_P(ReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
   Store({MakeRecord(kOut, "prison", "m-1", "C"), MakeRecord(kIn, "prison", "m-1", "C"),
          MakeRecord(kOut, "clinic", "m-1", "C"), MakeRecord(kOut, "prison", "m-2", "C"),
          MakeRecord(kOut, "prison", "m-1", "C", ess::v1::MESSAGE_STATUS_FAILED)});
@@ -265,7 +287,7 @@ TEST_F(SqliteReplayStoreTest, KeyIsDirectionPartnerAndMessageId) {
   EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->status(), ess::v1::MESSAGE_STATUS_FAILED);
 }
 
-TEST_F(SqliteReplayStoreTest, InvalidRecordRejectsTheWholeBatch) {
+TEST_P(ReplayStoreTest, InvalidRecordRejectsTheWholeBatch) {
   MessageRecord bad = Outbound("prison", "m-2");
   bad.clear_message_id();
   absl::StatusOr<uint32_t> stored =
@@ -292,7 +314,7 @@ google::protobuf::RepeatedPtrField<ess::v1::Claim> Claims(std::vector<ess::v1::C
   return batch;
 }
 
-TEST_F(SqliteReplayStoreTest, ClaimStoresReceivedUnlessTheIdIsPublishedOrLeased) {
+TEST_P(ReplayStoreTest, ClaimStoresReceivedUnlessTheIdIsPublishedOrLeased) {
   // The fake clock steps 1 s per call.
   auto claim = [&](uint32_t window_seconds, uint32_t lease_ms) {
     absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out =
@@ -329,7 +351,7 @@ TEST_F(SqliteReplayStoreTest, ClaimStoresReceivedUnlessTheIdIsPublishedOrLeased)
   EXPECT_EQ(claim(600, 60'000), ess::v1::CLAIM_OUTCOME_CLAIMED);
 }
 
-TEST_F(SqliteReplayStoreTest, ClaimsOfOneCallAreDecidedInOrder) {
+TEST_P(ReplayStoreTest, ClaimsOfOneCallAreDecidedInOrder) {
   absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out = store_->Claim(
       Claims({MakeClaim("a", 600, 2000), MakeClaim("a", 600, 2000), MakeClaim("b", 600, 2000),
               MakeClaim("c", 600, 0), MakeClaim("c", 600, 0)}));
@@ -344,7 +366,7 @@ TEST_F(SqliteReplayStoreTest, ClaimsOfOneCallAreDecidedInOrder) {
   EXPECT_THAT(*out, IsEmpty());
 }
 
-TEST_F(SqliteReplayStoreTest, AClaimedRecordIsStoredReceivedWhateverItsStatusSays) {
+TEST_P(ReplayStoreTest, AClaimedRecordIsStoredReceivedWhateverItsStatusSays) {
   ess::v1::Claim unset = MakeClaim("no-status", 600, 2000);
   unset.mutable_record()->clear_status();
   ess::v1::Claim other = MakeClaim("says-published", 600, 2000);
@@ -359,7 +381,7 @@ TEST_F(SqliteReplayStoreTest, AClaimedRecordIsStoredReceivedWhateverItsStatusSay
   }
 }
 
-TEST_F(SqliteReplayStoreTest, InvalidClaimRejectsTheWholeCall) {
+TEST_P(ReplayStoreTest, InvalidClaimRejectsTheWholeCall) {
   ess::v1::Claim bad = MakeClaim("m-2", 600, 2000);
   bad.mutable_record()->clear_message_id();
   absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out =
@@ -369,22 +391,34 @@ TEST_F(SqliteReplayStoreTest, InvalidClaimRejectsTheWholeCall) {
   EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
 }
 
-TEST_F(SqliteReplayStoreTest, FailureHalfwayThroughABatchRollsBackTheEarlierRecords) {
+TEST_P(ReplayStoreTest, FailureHalfwayThroughABatchRollsBackTheEarlierRecords) {
   // A trigger makes the database itself fail on the second record, after the first was written
   // inside the transaction.
-  {
-    absl::StatusOr<sqlite::Database> db = sqlite::Database::Open(path());
-    ASSERT_TRUE(db.ok());
-    ASSERT_TRUE(db->Exec("CREATE TRIGGER poison BEFORE INSERT ON records "
+  if (GetParam() == Backend::kSqlite) {
+    ASSERT_TRUE(db_.Exec("CREATE TRIGGER poison BEFORE INSERT ON records "
                          "WHEN NEW.message_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); "
                          "END")
+                    .ok());
+  } else {
+    ASSERT_TRUE(db_.Exec(R"sql(
+CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.message_id = 'poison' THEN
+    RAISE EXCEPTION 'poisoned' USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER poison BEFORE INSERT ON ess_replay_records
+  FOR EACH ROW EXECUTE FUNCTION poison();
+)sql")
                     .ok());
   }
   absl::StatusOr<uint32_t> stored = store_->Record(
       Batch({Outbound("prison", "m-1"), Outbound("prison", "poison"), Outbound("prison", "m-3")}));
   EXPECT_EQ(stored.status().code(), absl::StatusCode::kFailedPrecondition) << stored.status();
   EXPECT_THAT(std::string(stored.status().message()),
-              HasSubstr("records[1]: sqlite: SQLITE_CONSTRAINT"));
+              HasSubstr(GetParam() == Backend::kSqlite ? "records[1]: sqlite: SQLITE_CONSTRAINT"
+                                                       : "records[1]: postgres: 23514: "));
   EXPECT_THAT(std::string(stored.status().message()), HasSubstr("poisoned"));
   EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
 
@@ -393,13 +427,13 @@ TEST_F(SqliteReplayStoreTest, FailureHalfwayThroughABatchRollsBackTheEarlierReco
   EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-1"));
 }
 
-TEST_F(SqliteReplayStoreTest, EmptyBatchStoresNothing) {
+TEST_P(ReplayStoreTest, EmptyBatchStoresNothing) {
   absl::StatusOr<uint32_t> stored = store_->Record({});
   ASSERT_TRUE(stored.ok());
   EXPECT_EQ(*stored, 0u);
 }
 
-TEST_F(SqliteReplayStoreTest, UpdateStatusChangesStatusAndError) {
+TEST_P(ReplayStoreTest, UpdateStatusChangesStatusAndError) {
   MessageRecord failed = Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_FAILED);
   failed.set_maybe_delivered_as("/upload/visits-1.csv");
   Store({failed});
@@ -423,7 +457,7 @@ TEST_F(SqliteReplayStoreTest, UpdateStatusChangesStatusAndError) {
   EXPECT_EQ(stored->SerializeAsString(), updated->SerializeAsString());
 }
 
-TEST_F(SqliteReplayStoreTest, UnknownKeysAreNotFound) {
+TEST_P(ReplayStoreTest, UnknownKeysAreNotFound) {
   Store({Outbound("prison", "m-1")});
   ess::v1::UpdateStatusRequest request;
   request.set_direction(kIn);  // Same partner and id, other direction.
@@ -456,7 +490,7 @@ std::vector<std::string> FoundIds(const std::vector<std::optional<MessageRecord>
   return ids;
 }
 
-TEST_F(SqliteReplayStoreTest, GetByKeysAnswersEachKeyInOrder) {
+TEST_P(ReplayStoreTest, GetByKeysAnswersEachKeyInOrder) {
   MessageRecord delivered =
       MakeRecord(kOut, "prison", "m-1", "VIS-1", ess::v1::MESSAGE_STATUS_DELIVERED);
   delivered.set_rendered("rendered");
@@ -484,7 +518,7 @@ TEST_F(SqliteReplayStoreTest, GetByKeysAnswersEachKeyInOrder) {
   EXPECT_EQ((*got)[0]->direction(), kIn);
 }
 
-TEST_F(SqliteReplayStoreTest, GetByKeysOfNothingFoundAndOfNoKeys) {
+TEST_P(ReplayStoreTest, GetByKeysOfNothingFoundAndOfNoKeys) {
   absl::StatusOr<std::vector<std::optional<MessageRecord>>> got =
       store_->GetByKeys(Keys({Key(kOut, "prison", "m-1"), Key(kIn, "prison", "m-1")}));
   ASSERT_TRUE(got.ok()) << got.status();
@@ -497,7 +531,7 @@ TEST_F(SqliteReplayStoreTest, GetByKeysOfNothingFoundAndOfNoKeys) {
 
 // Readers go back to the pool between calls: a read transaction left open would pin the old
 // snapshot (or make the next BEGIN fail).
-TEST_F(SqliteReplayStoreTest, EachGetByKeysSeesTheLatestCommit) {
+TEST_P(ReplayStoreTest, EachGetByKeysSeesTheLatestCommit) {
   for (int i = 0; i < 10; ++i) {
     const std::string id = absl::StrCat("m-", i);
     absl::StatusOr<std::vector<std::optional<MessageRecord>>> before =
@@ -530,7 +564,7 @@ INSTANTIATE_TEST_SUITE_P(Fields, GetByKeysInvalidKeyTest,
                          ::testing::ValuesIn(testing::InvalidKeyCases()),
                          testing::InvalidKeyCaseName);
 
-TEST_F(SqliteReplayStoreTest, GetByCorrelationReturnsBothDirectionsInReceivedOrder) {
+TEST_P(ReplayStoreTest, GetByCorrelationReturnsBothDirectionsInReceivedOrder) {
   MessageRecord in = MakeRecord(kIn, "prison", "wh-1", "VIS-77", ess::v1::MESSAGE_STATUS_PUBLISHED);
   *in.mutable_received_at() = Ts(absl::FromUnixSeconds(300));
   MessageRecord out =
@@ -543,7 +577,7 @@ TEST_F(SqliteReplayStoreTest, GetByCorrelationReturnsBothDirectionsInReceivedOrd
   EXPECT_THAT(MessageIds(*trail), ElementsAre("m-1", "wh-1"));
 }
 
-TEST_F(SqliteReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
+TEST_P(ReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
   // One batch per record, so each has its own updated_at (the clock steps 1 s per write).
   const absl::Time t0 = clock_.Peek();
   Store({MakeRecord(kOut, "prison", "o1", "C1")});                                     // t0
@@ -574,7 +608,7 @@ TEST_F(SqliteReplayStoreTest, ListFiltersNarrowTheResultNewestFirst) {
 // received_at is when the message entered the hub. A later write (a retry, the lane's DEAD
 // after the last one, a replay's mark) moves updated_at only, so a received window finds an
 // outage's messages whenever they last changed, and an updated_at window does not.
-TEST_F(SqliteReplayStoreTest, AReceivedWindowFindsMessagesByWhenTheyEnteredTheHub) {
+TEST_P(ReplayStoreTest, AReceivedWindowFindsMessagesByWhenTheyEnteredTheHub) {
   const absl::Time night = absl::FromUnixSeconds(1'700'000'000);
   auto entered = [](const char* id, absl::Time at,
                     ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_FAILED) {
@@ -618,7 +652,7 @@ TEST_F(SqliteReplayStoreTest, AReceivedWindowFindsMessagesByWhenTheyEnteredTheHu
 
 // Where the two sides may have drifted apart: deliveries whose correlation id no inbound event
 // confirmed (the trail's confirmed stage: an inbound record PUBLISHED, from any partner).
-TEST_F(SqliteReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed) {
+TEST_P(ReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed) {
   constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
   const absl::Time t0 = clock_.Peek();
   Store({MakeRecord(kOut, "prison", "m-1", "VIS-1", kDelivered)});  // t0, confirmed below
@@ -652,7 +686,7 @@ TEST_F(SqliteReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed)
 
 // The drift watch's count: a partner's deliveries updated within [since, until) that no inbound
 // event confirmed, the same rows as the list above, and the oldest of them.
-TEST_F(SqliteReplayStoreTest, CountUnconfirmedCountsAPartnersDeliveriesInARange) {
+TEST_P(ReplayStoreTest, CountUnconfirmedCountsAPartnersDeliveriesInARange) {
   constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
   constexpr auto kPublished = ess::v1::MESSAGE_STATUS_PUBLISHED;
   const absl::Time t0 = clock_.Peek();
@@ -708,7 +742,7 @@ TEST_F(SqliteReplayStoreTest, CountUnconfirmedCountsAPartnersDeliveriesInARange)
 
 // Large bodies end a page early (it always holds one record), and the pages still cover every
 // record once.
-TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
+TEST_P(ReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
   std::vector<MessageRecord> batch;
   for (int i = 0; i < 7; ++i) {
     MessageRecord r = Outbound("prison", absl::StrCat("m-", i));
@@ -724,7 +758,7 @@ TEST_F(SqliteReplayStoreTest, APageEndsBeforeItsBodiesPassMaxBytes) {
                                  ElementsAre("m-2", "m-1"), ElementsAre("m-0")));
 }
 
-TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
+TEST_P(ReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
   // 3 batches of 5 (records in a batch share updated_at: the row id breaks the tie).
   std::vector<std::string> expected;  // Newest first.
   for (int b = 0; b < 3; ++b) {
@@ -753,7 +787,7 @@ TEST_F(SqliteReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
   EXPECT_FALSE(exact->next.has_value());
 }
 
-TEST_F(SqliteReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
+TEST_P(ReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
   // A partner's List without a status reads each status apart and merges them: pages must
   // still be newest first across statuses, with ties (one batch, one updated_at) broken by
   // row id, and other partners and directions left out.
@@ -804,7 +838,7 @@ TEST_F(SqliteReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
               ElementsAre("m1-5", "m1-4", "m1-3", "m1-2", "m1-1", "m1-0"));
 }
 
-TEST_F(SqliteReplayStoreTest, StatsCountsPerPartnerDirectionAndStatus) {
+TEST_P(ReplayStoreTest, StatsCountsPerPartnerDirectionAndStatus) {
   auto with_received = [](MessageRecord r, int64_t seconds) {
     *r.mutable_received_at() = Ts(absl::FromUnixSeconds(seconds));
     return r;
@@ -858,10 +892,13 @@ TEST_F(SqliteReplayStoreTest, StatsCountsPerPartnerDirectionAndStatus) {
   EXPECT_EQ((*clinic_only)[0].partner(), "clinic");
 }
 
-TEST_F(SqliteReplayStoreTest, RecordsSurviveReopenAndTheSchemaIsVersioned) {
+TEST_P(ReplayStoreTest, RecordsSurviveReopen) {
   Store({Outbound("prison", "m-1"), Outbound("prison", "m-2")});
   Reopen();
   EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-2", "m-1"));
+}
+
+TEST_F(SqliteReplayStoreTest, TheSchemaIsVersioned) {
   EXPECT_EQ(CloseAndQuery("PRAGMA user_version"), SqliteReplayStore::kSchemaVersion);
 }
 
@@ -909,7 +946,7 @@ TEST(SqliteReplayStoreOpenTest, EmptyPathIsInvalid) {
   EXPECT_EQ(SqliteReplayStore::Open("").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(SqliteReplayStoreTest, ConcurrentWritersAndReadersSeeEveryRecord) {
+TEST_P(ReplayStoreTest, ConcurrentWritersAndReadersSeeEveryRecord) {
   constexpr int kThreads = 4;
   constexpr int kBatches = 25;
   constexpr int kPerBatch = 20;
@@ -934,6 +971,113 @@ TEST_F(SqliteReplayStoreTest, ConcurrentWritersAndReadersSeeEveryRecord) {
   ASSERT_TRUE(stats.ok());
   ASSERT_EQ(stats->size(), static_cast<size_t>(kThreads));
   for (const ess::v1::PartnerStats& p : *stats) EXPECT_EQ(p.received(), kBatches * kPerBatch);
+}
+
+// What only PostgreSQL shows: its schema's version, a server that ends connections, and
+// several replay_svc replicas on one database.
+class PostgresReplayStoreTest : public StoreTest {
+ protected:
+  PostgresReplayStoreTest() : StoreTest(Backend::kPostgres) {}
+};
+
+TEST_F(PostgresReplayStoreTest, NewerSchemaIsRefused) {
+  store_.reset();
+  ASSERT_TRUE(db_.Exec("UPDATE ess_replay_schema SET version = 99").ok());
+  absl::StatusOr<std::unique_ptr<PostgresReplayStore>> store =
+      PostgresReplayStore::Open(db_.location());
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("schema version 99 is newer"));
+}
+
+TEST(PostgresReplayStoreOpenTest, AnEmptyConninfoIsInvalidAndAServerNotThereUnavailable) {
+  EXPECT_EQ(PostgresReplayStore::Open("").status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<std::unique_ptr<PostgresReplayStore>> store =
+      PostgresReplayStore::Open(absl::StrCat("host=127.0.0.1 port=", testing::PickFreePort(),
+                                             " dbname=ess connect_timeout=5"));
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(store.status().message()), HasSubstr("postgres: cannot connect"));
+}
+
+// Two replicas, two threads each, claim the same ids in different orders at once: every id is
+// claimed exactly once, the others are told it is in progress. Half the ids are new (the
+// replicas race to insert them); half were received an hour ago by a publisher that crashed, so
+// their lease ran out (the replicas race to take the stored row over).
+TEST_F(PostgresReplayStoreTest, ReplicasClaimEachIdOnce) {
+  const absl::Time t0 = clock_.Peek();
+  std::atomic<bool> an_hour_later{false};
+  auto clock = [&] { return an_hour_later ? t0 + absl::Hours(1) : t0; };
+  absl::StatusOr<std::unique_ptr<ReplayStore>> a = db_.Open(clock);
+  absl::StatusOr<std::unique_ptr<ReplayStore>> b = db_.Open(clock);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  constexpr int kIds = 100;
+  constexpr int kBatch = 10;
+  std::vector<std::string> ids;
+  std::vector<MessageRecord> crashed;
+  for (int i = 0; i < kIds / 2; ++i) {
+    ids.push_back(absl::StrCat("new-", i));
+    ids.push_back(absl::StrCat("old-", i));
+    crashed.push_back(MakeRecord(kIn, "prison", absl::StrCat("old-", i), "VIS-1",
+                                 ess::v1::MESSAGE_STATUS_RECEIVED));
+  }
+  ASSERT_TRUE((*a)->Record(Batch(crashed)).ok());
+  an_hour_later = true;
+
+  absl::Mutex mu;
+  std::map<std::string, int> claimed;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      ReplayStore& store = t < 2 ? **a : **b;
+      std::vector<std::string> order = ids;
+      std::shuffle(order.begin(), order.end(), std::mt19937(t));
+      for (int first = 0; first < kIds; first += kBatch) {
+        std::vector<ess::v1::Claim> batch;
+        for (int i = first; i < first + kBatch; ++i) {
+          batch.push_back(MakeClaim(order[i], 600, 600'000));  // a 10-minute lease
+        }
+        absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> out = store.Claim(Claims(batch));
+        ASSERT_TRUE(out.ok()) << out.status();
+        absl::MutexLock lock(&mu);
+        for (int i = 0; i < kBatch; ++i) {
+          if ((*out)[i] == ess::v1::CLAIM_OUTCOME_CLAIMED) ++claimed[order[first + i]];
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(claimed.size(), static_cast<size_t>(kIds));
+  for (const auto& [id, n] : claimed) EXPECT_EQ(n, 1) << id;
+  absl::StatusOr<std::vector<ess::v1::PartnerStats>> stats = (*a)->Stats("");
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  ASSERT_EQ(stats->size(), 1u);
+  EXPECT_EQ((*stats)[0].received(), static_cast<uint64_t>(kIds));
+}
+
+// The server ends the store's connections (a restart, a failover): at most the next call fails,
+// UNAVAILABLE, and the calls after it run on new connections.
+TEST_F(PostgresReplayStoreTest, ConnectionsTheServerEndedAreReplaced) {
+  Store({Outbound("prison", "m-1")});
+  // Several connections in the pool: reads from threads at once.
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&] { EXPECT_TRUE(store_->Stats("").ok()); });
+  }
+  for (std::thread& t : readers) t.join();
+  ASSERT_TRUE(db_.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = current_setting('application_name') "
+                       "AND pid <> pg_backend_pid()")
+                  .ok());
+  int failed = 0;
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", "m-1"));
+    if (got.ok()) continue;
+    ++failed;
+    EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  }
+  EXPECT_LE(failed, 1);
+  Store({Outbound("prison", "m-2")});
+  EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-2", "m-1"));
 }
 
 }  // namespace

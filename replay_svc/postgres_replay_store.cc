@@ -1,0 +1,690 @@
+#include "replay_svc/postgres_replay_store.h"
+
+#include <algorithm>
+#include <functional>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "replay_svc/records.h"
+
+namespace ess::replay {
+namespace {
+
+using ess::v1::MessageRecord;
+
+// kMigrations[v] takes a database from schema version v to v + 1. Times are Unix
+// microseconds; enums are their proto numbers (as in the SQLite store).
+constexpr const char* kMigrations[] = {
+    // 0 -> 1
+    R"sql(
+CREATE TABLE ess_replay_records (
+  id                 BIGINT   GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  direction          SMALLINT NOT NULL CHECK (direction IN (1, 2)),
+  partner            TEXT     NOT NULL CHECK (partner <> ''),
+  message_id         TEXT     NOT NULL CHECK (message_id <> ''),
+  correlation_id     TEXT     NOT NULL,
+  event_type         TEXT     NOT NULL,
+  status             SMALLINT NOT NULL CHECK (status BETWEEN 1 AND 6),
+  payload            BYTEA    NOT NULL,
+  rendered           BYTEA    NOT NULL,
+  error              TEXT     NOT NULL,
+  attempts           BIGINT   NOT NULL,
+  dry_run            BOOLEAN  NOT NULL,
+  source             TEXT     NOT NULL,
+  received_at        BIGINT   NOT NULL,
+  updated_at         BIGINT   NOT NULL,
+  maybe_delivered_as TEXT     NOT NULL DEFAULT '',
+  UNIQUE (direction, partner, message_id)
+);
+CREATE INDEX ess_replay_records_by_correlation ON ess_replay_records (correlation_id);
+CREATE INDEX ess_replay_records_by_updated ON ess_replay_records (updated_at, id);
+CREATE INDEX ess_replay_records_by_partner_status_updated
+  ON ess_replay_records (partner, status, updated_at, id);
+CREATE INDEX ess_replay_records_by_partner_updated ON ess_replay_records (partner, updated_at, id);
+)sql",
+};
+static_assert(std::size(kMigrations) == PostgresReplayStore::kSchemaVersion);
+
+// Any 64-bit number, the same for every replica: the advisory lock of the schema's creation.
+constexpr int64_t kMigrationLock = 0x455353'5245504C;  // "ESSREPL"
+
+// Column order of every SELECT that RowToRecord reads.
+constexpr absl::string_view kColumns =
+    "id, direction, partner, message_id, correlation_id, event_type, status, payload, rendered, "
+    "error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as";
+
+constexpr absl::string_view kInsertColumns =
+    "INSERT INTO ess_replay_records AS r (direction, partner, message_id, correlation_id, "
+    "event_type, status, payload, rendered, error, attempts, dry_run, source, received_at, "
+    "updated_at, maybe_delivered_as) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ";
+
+// An inbound event once PUBLISHED is never marked FAILED (2: DIRECTION_INBOUND, 6: PUBLISHED,
+// 4: FAILED); see the SQLite store's kUpsertSql for why.
+constexpr absl::string_view kUpsertSql =
+    "ON CONFLICT (direction, partner, message_id) DO UPDATE SET "
+    "status = excluded.status, attempts = excluded.attempts, error = excluded.error, "
+    "dry_run = excluded.dry_run, "
+    "payload = CASE WHEN length(excluded.payload) > 0 THEN excluded.payload ELSE r.payload END, "
+    "rendered = CASE WHEN length(excluded.rendered) > 0 THEN excluded.rendered "
+    "ELSE r.rendered END, "
+    "updated_at = excluded.updated_at, maybe_delivered_as = excluded.maybe_delivered_as "
+    "WHERE NOT (r.direction = 2 AND r.status = 6 AND excluded.status = 4)";
+
+// Returns the status of `expr` from the enclosing function unless it is OK (#undef at the end).
+#define STORE_RETURN_IF_ERROR(expr)           \
+  do {                                        \
+    if (absl::Status _s = (expr); !_s.ok()) { \
+      return _s;                              \
+    }                                         \
+  } while (0)
+
+MessageRecord RowToRecord(const pg::Result& rows, int r) {
+  MessageRecord record;
+  record.set_direction(static_cast<ess::v1::Direction>(rows.Int64(r, 1)));
+  record.set_partner(std::string(rows.Text(r, 2)));
+  record.set_message_id(std::string(rows.Text(r, 3)));
+  record.set_correlation_id(std::string(rows.Text(r, 4)));
+  record.set_event_type(std::string(rows.Text(r, 5)));
+  record.set_status(static_cast<ess::v1::MessageStatus>(rows.Int64(r, 6)));
+  record.set_payload(rows.Bytes(r, 7));
+  record.set_rendered(rows.Bytes(r, 8));
+  record.set_error(std::string(rows.Text(r, 9)));
+  record.set_attempts(static_cast<uint32_t>(rows.Int64(r, 10)));
+  record.set_dry_run(rows.Bool(r, 11));
+  record.set_source(std::string(rows.Text(r, 12)));
+  *record.mutable_received_at() = FromUnixMicros(rows.Int64(r, 13));
+  *record.mutable_updated_at() = FromUnixMicros(rows.Int64(r, 14));
+  record.set_maybe_delivered_as(std::string(rows.Text(r, 15)));
+  return record;
+}
+
+// The indexes 0..n-1 ordered by the key that `key_of(i)` gives, equal keys in their given order.
+// Every transaction writes its rows in this one order, so two replicas' batches over the same
+// keys queue behind each other instead of deadlocking (which the server breaks only after
+// deadlock_timeout, a second by default).
+template <typename KeyOf>
+std::vector<int> InKeyOrder(int n, KeyOf key_of) {
+  std::vector<int> order(n);
+  for (int i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    const auto& ka = key_of(a);
+    const auto& kb = key_of(b);
+    return std::make_tuple(ka.direction(), std::cref(ka.partner()), std::cref(ka.message_id())) <
+           std::make_tuple(kb.direction(), std::cref(kb.partner()), std::cref(kb.message_id()));
+  });
+  return order;
+}
+
+absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+absl::Status NoRecord(ess::v1::Direction direction, absl::string_view partner,
+                      absl::string_view message_id) {
+  return absl::NotFoundError(absl::StrCat("no record direction=", DirectionName(direction),
+                                          " partner=", partner, " message_id=", message_id));
+}
+
+const std::string& SelectByKeySql() {
+  static const std::string* const kSql = new std::string(
+      absl::StrCat("SELECT ", kColumns,
+                   " FROM ess_replay_records WHERE direction = $1 AND partner = $2 AND "
+                   "message_id = $3"));
+  return *kSql;
+}
+
+absl::StatusOr<std::optional<MessageRecord>> SelectByKey(pg::Connection& db,
+                                                         const ess::v1::RecordKey& key) {
+  absl::StatusOr<pg::Result> rows =
+      db.Query(SelectByKeySql(), {int64_t{key.direction()}, absl::string_view(key.partner()),
+                                  absl::string_view(key.message_id())});
+  if (!rows.ok()) return rows.status();
+  if (rows->rows() == 0) return std::nullopt;
+  return RowToRecord(*rows, 0);
+}
+
+absl::Status Migrate(pg::Connection& db) {
+  STORE_RETURN_IF_ERROR(db.Exec("BEGIN"));
+  absl::Status s = [&]() -> absl::Status {
+    // Replicas that start together wait here for the first one's migration.
+    STORE_RETURN_IF_ERROR(
+        db.Query("SELECT pg_advisory_xact_lock($1)", {int64_t{kMigrationLock}}).status());
+    STORE_RETURN_IF_ERROR(
+        db.Exec("CREATE TABLE IF NOT EXISTS ess_replay_schema (version INTEGER NOT NULL)"));
+    absl::StatusOr<pg::Result> row = db.Query("SELECT max(version) FROM ess_replay_schema");
+    if (!row.ok()) return row.status();
+    const int64_t version = row->IsNull(0, 0) ? 0 : row->Int64(0, 0);
+    if (version > PostgresReplayStore::kSchemaVersion) {
+      return absl::FailedPreconditionError(absl::StrCat("postgres: schema version ", version,
+                                                        " is newer than this binary's (",
+                                                        PostgresReplayStore::kSchemaVersion, ")"));
+    }
+    for (int64_t v = version; v < PostgresReplayStore::kSchemaVersion; ++v) {
+      if (absl::Status m = db.Exec(kMigrations[v]); !m.ok()) {
+        return WithPrefix(absl::StrCat("migrating to schema ", v + 1, ": "), m);
+      }
+    }
+    STORE_RETURN_IF_ERROR(db.Exec("DELETE FROM ess_replay_schema"));
+    STORE_RETURN_IF_ERROR(db.Query("INSERT INTO ess_replay_schema (version) VALUES ($1)",
+                                   {int64_t{PostgresReplayStore::kSchemaVersion}})
+                              .status());
+    return db.Exec("COMMIT");
+  }();
+  if (!s.ok() && !db.IsBroken()) db.Exec("ROLLBACK").IgnoreError();
+  return s;
+}
+
+}  // namespace
+
+// ---- Connections -------------------------------------------------------------------------
+
+// A pooled connection, given back when it goes out of scope (dropped if the server ended it).
+class PostgresReplayStore::Lease {
+ public:
+  Lease(PostgresReplayStore* store, std::unique_ptr<pg::Connection> c)
+      : store_(store), c_(std::move(c)) {}
+  Lease(Lease&& other) noexcept = default;
+  Lease& operator=(Lease&&) = delete;
+  ~Lease() {
+    if (c_ != nullptr) store_->Release(std::move(c_));
+  }
+  pg::Connection& operator*() { return *c_; }
+  pg::Connection* operator->() { return c_.get(); }
+
+ private:
+  PostgresReplayStore* store_;
+  std::unique_ptr<pg::Connection> c_;
+};
+
+absl::StatusOr<std::unique_ptr<PostgresReplayStore>> PostgresReplayStore::Open(
+    const std::string& conninfo, Options options) {
+  if (conninfo.empty()) return absl::InvalidArgumentError("postgres: conninfo must not be empty");
+  absl::StatusOr<pg::Connection> db = pg::Connection::Open(conninfo);
+  if (!db.ok()) return db.status();
+  STORE_RETURN_IF_ERROR(Migrate(*db));
+  std::unique_ptr<PostgresReplayStore> store(new PostgresReplayStore(conninfo, std::move(options)));
+  store->Release(std::make_unique<pg::Connection>(*std::move(db)));
+  {
+    absl::MutexLock lock(&store->mu_);
+    store->open_ = 1;
+  }
+  return store;
+}
+
+PostgresReplayStore::PostgresReplayStore(std::string conninfo, Options options)
+    : conninfo_(std::move(conninfo)), options_(std::move(options)) {}
+
+PostgresReplayStore::~PostgresReplayStore() = default;
+
+int64_t PostgresReplayStore::NowMicros() const {
+  return absl::ToUnixMicros(options_.clock ? options_.clock() : absl::Now());
+}
+
+absl::StatusOr<PostgresReplayStore::Lease> PostgresReplayStore::Acquire() {
+  const size_t max = std::max<size_t>(options_.max_connections, 1);
+  {
+    absl::MutexLock lock(&mu_);
+    auto available = [&]()
+                         ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !idle_.empty() || open_ < max; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&available), options_.acquire_timeout)) {
+      return absl::UnavailableError(absl::StrCat("postgres: all ", max, " connections busy for ",
+                                                 absl::FormatDuration(options_.acquire_timeout)));
+    }
+    if (!idle_.empty()) {
+      std::unique_ptr<pg::Connection> c = std::move(idle_.back());
+      idle_.pop_back();
+      return Lease(this, std::move(c));
+    }
+    ++open_;  // this call's, opened below outside the lock
+  }
+  absl::StatusOr<pg::Connection> db = pg::Connection::Open(conninfo_);
+  if (!db.ok()) {
+    absl::MutexLock lock(&mu_);
+    --open_;
+    return db.status();
+  }
+  return Lease(this, std::make_unique<pg::Connection>(*std::move(db)));
+}
+
+void PostgresReplayStore::Release(std::unique_ptr<pg::Connection> c) {
+  // A call that failed inside a transaction has rolled it back; this is the last guard.
+  if (!c->IsBroken() && c->InTransaction()) c->Exec("ROLLBACK").IgnoreError();
+  absl::MutexLock lock(&mu_);
+  if (c->IsBroken()) {
+    // Dropped, and so are the idle ones: a server that ended one connection (a restart, a
+    // failover) most likely ended them all, and each would cost a call to find out.
+    open_ -= 1 + idle_.size();
+    idle_.clear();
+    return;
+  }
+  idle_.push_back(std::move(c));
+}
+
+absl::Status PostgresReplayStore::InTransaction(
+    absl::string_view begin, const std::function<absl::Status(pg::Connection&)>& body) {
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  absl::Status s;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    s = (*db)->Exec(begin);
+    if (s.ok()) s = body(**db);
+    if (s.ok()) s = (*db)->Exec("COMMIT");
+    if (s.ok()) return s;
+    if (!(*db)->IsBroken() && (*db)->InTransaction()) (*db)->Exec("ROLLBACK").IgnoreError();
+    if (!absl::IsAborted(s)) return s;  // deadlock or serialization failure: again
+  }
+  return s;
+}
+
+// ---- Writes ------------------------------------------------------------------------------
+
+absl::Status PostgresReplayStore::Upsert(pg::Connection& db, const MessageRecord& r,
+                                         ess::v1::MessageStatus status, int64_t now) {
+  if (r.payload().empty() && r.rendered().empty()) {
+    // A status mark: a plain update of the stored row, the upsert only for an unknown key.
+    absl::StatusOr<pg::Result> marked = db.Query(
+        "UPDATE ess_replay_records SET status = $1, attempts = $2, error = $3, dry_run = $4, "
+        "updated_at = $5, maybe_delivered_as = $9 "
+        "WHERE direction = $6 AND partner = $7 AND message_id = $8 "
+        "AND NOT (direction = 2 AND status = 6 AND $1 = 4)",
+        {int64_t{status}, int64_t{r.attempts()}, absl::string_view(r.error()), r.dry_run(), now,
+         int64_t{r.direction()}, absl::string_view(r.partner()), absl::string_view(r.message_id()),
+         absl::string_view(r.maybe_delivered_as())});
+    if (!marked.ok()) return marked.status();
+    if (marked->affected() > 0) return absl::OkStatus();
+  }
+  static const std::string* const kSql = new std::string(absl::StrCat(kInsertColumns, kUpsertSql));
+  const int64_t received_at =
+      r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+  return db
+      .Query(*kSql, {int64_t{r.direction()}, absl::string_view(r.partner()),
+                     absl::string_view(r.message_id()), absl::string_view(r.correlation_id()),
+                     absl::string_view(r.event_type()), int64_t{status}, pg::Bytes{r.payload()},
+                     pg::Bytes{r.rendered()}, absl::string_view(r.error()), int64_t{r.attempts()},
+                     r.dry_run(), absl::string_view(r.source()), received_at, now,
+                     absl::string_view(r.maybe_delivered_as())})
+      .status();
+}
+
+absl::StatusOr<uint32_t> PostgresReplayStore::Record(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
+  for (int i = 0; i < records.size(); ++i) {
+    if (absl::Status s = ValidateRecord(records[i], ""); !s.ok()) {
+      return WithPrefix(absl::StrCat("records[", i, "]."), s);
+    }
+  }
+  if (records.empty()) return 0u;
+  STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
+    const int64_t now = NowMicros();
+    for (int i :
+         InKeyOrder(records.size(), [&](int i) -> const MessageRecord& { return records[i]; })) {
+      if (absl::Status s = Upsert(db, records[i], records[i].status(), now); !s.ok()) {
+        return WithPrefix(absl::StrCat("records[", i, "]: "), s);
+      }
+    }
+    return absl::OkStatus();
+  }));
+  return static_cast<uint32_t>(records.size());
+}
+
+absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
+    const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
+  for (int i = 0; i < claims.size(); ++i) {
+    if (absl::Status s = ValidateClaimedRecord(claims[i].record(), "record"); !s.ok()) {
+      return WithPrefix(absl::StrCat("claims[", i, "]."), s);
+    }
+  }
+  std::vector<ess::v1::ClaimOutcome> outcomes;
+  if (claims.empty()) return outcomes;
+  static const std::string* const kInsertNewSql = new std::string(
+      absl::StrCat(kInsertColumns, "ON CONFLICT (direction, partner, message_id) DO NOTHING"));
+  STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
+    outcomes.assign(claims.size(), ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
+    const int64_t now = NowMicros();
+    for (int i : InKeyOrder(claims.size(),
+                            [&](int i) -> const MessageRecord& { return claims[i].record(); })) {
+      const ess::v1::Claim& claim = claims[i];
+      const MessageRecord& r = claim.record();
+      const std::string prefix = absl::StrCat("claims[", i, "].record: ");
+      const int64_t received_at =
+          r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+      // A new key is claimed by its insert (which waits for a replica inserting it meanwhile).
+      absl::StatusOr<pg::Result> inserted =
+          db.Query(*kInsertNewSql,
+                   {int64_t{r.direction()}, absl::string_view(r.partner()),
+                    absl::string_view(r.message_id()), absl::string_view(r.correlation_id()),
+                    absl::string_view(r.event_type()), int64_t{ess::v1::MESSAGE_STATUS_RECEIVED},
+                    pg::Bytes{r.payload()}, pg::Bytes{r.rendered()}, absl::string_view(r.error()),
+                    int64_t{r.attempts()}, r.dry_run(), absl::string_view(r.source()), received_at,
+                    now, absl::string_view(r.maybe_delivered_as())});
+      if (!inserted.ok()) return WithPrefix(prefix, inserted.status());
+      if (inserted->affected() > 0) {
+        outcomes[i] = ess::v1::CLAIM_OUTCOME_CLAIMED;
+        continue;
+      }
+      // The key is stored: what it holds now decides, with its row locked until the commit.
+      absl::StatusOr<pg::Result> state = db.Query(
+          "SELECT status, updated_at FROM ess_replay_records "
+          "WHERE direction = $1 AND partner = $2 AND message_id = $3 FOR UPDATE",
+          {int64_t{r.direction()}, absl::string_view(r.partner()),
+           absl::string_view(r.message_id())});
+      if (!state.ok()) return WithPrefix(prefix, state.status());
+      ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
+      if (state->rows() > 0) {
+        const auto status = static_cast<ess::v1::MessageStatus>(state->Int64(0, 0));
+        const int64_t age = now - state->Int64(0, 1);
+        if (status == ess::v1::MESSAGE_STATUS_PUBLISHED &&
+            age <= int64_t{claim.window_seconds()} * 1'000'000) {
+          outcome = ess::v1::CLAIM_OUTCOME_PUBLISHED;
+        } else if (status == ess::v1::MESSAGE_STATUS_RECEIVED && claim.lease_ms() > 0 &&
+                   age <= int64_t{claim.lease_ms()} * 1'000) {
+          outcome = ess::v1::CLAIM_OUTCOME_IN_PROGRESS;
+        }
+      }
+      if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
+        if (absl::Status s = Upsert(db, r, ess::v1::MESSAGE_STATUS_RECEIVED, now); !s.ok()) {
+          return WithPrefix(prefix, s);
+        }
+      }
+      outcomes[i] = outcome;
+    }
+    return absl::OkStatus();
+  }));
+  return outcomes;
+}
+
+absl::StatusOr<MessageRecord> PostgresReplayStore::UpdateStatus(
+    const ess::v1::UpdateStatusRequest& request) {
+  STORE_RETURN_IF_ERROR(
+      ValidateKey(request.direction(), request.partner(), request.message_id(), ""));
+  STORE_RETURN_IF_ERROR(ValidateStatus(request.status(), ""));
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  static const std::string* const kSql = new std::string(
+      absl::StrCat("UPDATE ess_replay_records SET status = $1, error = $2, updated_at = $3 "
+                   "WHERE direction = $4 AND partner = $5 AND message_id = $6 RETURNING ",
+                   kColumns));
+  absl::StatusOr<pg::Result> row = (*db)->Query(
+      *kSql, {int64_t{request.status()}, absl::string_view(request.error()), NowMicros(),
+              int64_t{request.direction()}, absl::string_view(request.partner()),
+              absl::string_view(request.message_id())});
+  if (!row.ok()) return row.status();
+  if (row->rows() == 0) {
+    return NoRecord(request.direction(), request.partner(), request.message_id());
+  }
+  return RowToRecord(*row, 0);
+}
+
+absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
+    const std::vector<ReplayMark>& marks) {
+  for (size_t i = 0; i < marks.size(); ++i) {
+    const ess::v1::RecordKey& key = marks[i].key;
+    const std::string path = absl::StrCat("marks[", i, "]");
+    STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), path));
+    STORE_RETURN_IF_ERROR(ValidateStatus(marks[i].status, absl::StrCat(path, ".status")));
+  }
+  std::vector<bool> changed;
+  if (marks.empty()) return changed;
+  STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
+    changed.assign(marks.size(), false);
+    const int64_t now = NowMicros();
+    for (int i : InKeyOrder(static_cast<int>(marks.size()),
+                            [&](int i) -> const ess::v1::RecordKey& { return marks[i].key; })) {
+      const ReplayMark& mark = marks[i];
+      absl::StatusOr<pg::Result> updated = db.Query(
+          "UPDATE ess_replay_records SET status = $1, error = '', updated_at = $2 "
+          "WHERE direction = $3 AND partner = $4 AND message_id = $5 AND status = $6 "
+          "AND updated_at = $7",
+          {int64_t{mark.status}, now, int64_t{mark.key.direction()},
+           absl::string_view(mark.key.partner()), absl::string_view(mark.key.message_id()),
+           int64_t{mark.expected_status}, mark.expected_updated_at_micros});
+      if (!updated.ok()) return updated.status();
+      changed[i] = updated->affected() > 0;
+    }
+    return absl::OkStatus();
+  }));
+  return changed;
+}
+
+absl::StatusOr<uint64_t> PostgresReplayStore::Purge(const RetentionPolicy& policy) {
+  // Settled: DELIVERED (2), DRY_RUN (3), PUBLISHED (6).
+  static_assert(ess::v1::MESSAGE_STATUS_DELIVERED == 2 && ess::v1::MESSAGE_STATUS_DRY_RUN == 3 &&
+                ess::v1::MESSAGE_STATUS_PUBLISHED == 6);
+  const int64_t batch = static_cast<int64_t>(std::max<size_t>(policy.batch, 1));
+  uint64_t purged = 0;
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  // Runs `sql` (a DELETE of at most $2 rows) until it deletes fewer than that; each run is a
+  // transaction of its own, so the lanes' writes wait little.
+  auto drain = [&](absl::string_view sql, const std::vector<pg::Param>& params) -> absl::Status {
+    for (;;) {
+      absl::StatusOr<pg::Result> deleted = (*db)->Query(sql, params);
+      if (!deleted.ok()) return deleted.status();
+      purged += static_cast<uint64_t>(deleted->affected());
+      if (deleted->affected() < batch) return absl::OkStatus();
+    }
+  };
+  const int64_t now = NowMicros();
+  const int64_t protect_before = now - absl::ToInt64Microseconds(policy.min_age);
+  if (policy.max_age > absl::ZeroDuration()) {
+    const int64_t before =
+        std::min(protect_before, now - absl::ToInt64Microseconds(policy.max_age));
+    STORE_RETURN_IF_ERROR(
+        drain("DELETE FROM ess_replay_records WHERE id IN (SELECT id FROM ess_replay_records "
+              "WHERE updated_at < $1 AND status IN (2, 3, 6) LIMIT $2)",
+              {before, batch}));
+  }
+  if (policy.max_per_partner > 0) {
+    // Per (partner, direction): the position of its max_per_partner-th newest settled record,
+    // read once; then everything settled older than that position goes.
+    absl::StatusOr<pg::Result> groups =
+        (*db)->Query("SELECT DISTINCT partner, direction FROM ess_replay_records");
+    if (!groups.ok()) return groups.status();
+    for (int g = 0; g < groups->rows(); ++g) {
+      const std::string partner(groups->Text(g, 0));
+      const int64_t direction = groups->Int64(g, 1);
+      absl::StatusOr<pg::Result> nth = (*db)->Query(
+          "SELECT updated_at, id FROM ess_replay_records WHERE partner = $1 AND direction = $2 "
+          "AND status IN (2, 3, 6) ORDER BY updated_at DESC, id DESC LIMIT 1 OFFSET $3",
+          {absl::string_view(partner), direction,
+           static_cast<int64_t>(policy.max_per_partner - 1)});
+      if (!nth.ok()) return nth.status();
+      if (nth->rows() == 0) continue;
+      STORE_RETURN_IF_ERROR(
+          drain("DELETE FROM ess_replay_records WHERE id IN (SELECT id FROM ess_replay_records "
+                "WHERE partner = $3 AND direction = $4 AND status IN (2, 3, 6) "
+                "AND (updated_at, id) < ($5::BIGINT, $6::BIGINT) AND updated_at < $1 LIMIT $2)",
+                {protect_before, batch, absl::string_view(partner), direction, nth->Int64(0, 0),
+                 nth->Int64(0, 1)}));
+    }
+  }
+  return purged;
+}
+
+// ---- Reads -------------------------------------------------------------------------------
+
+absl::StatusOr<MessageRecord> PostgresReplayStore::GetByKey(const ess::v1::RecordKey& key) {
+  STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), ""));
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**db, key);
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) return NoRecord(key.direction(), key.partner(), key.message_id());
+  return **std::move(record);
+}
+
+absl::StatusOr<std::vector<std::optional<MessageRecord>>> PostgresReplayStore::GetByKeys(
+    const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) {
+  for (int i = 0; i < keys.size(); ++i) {
+    const ess::v1::RecordKey& key = keys[i];
+    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
+        !s.ok()) {
+      return WithPrefix(absl::StrCat("keys[", i, "]."), s);
+    }
+  }
+  std::vector<std::optional<MessageRecord>> records;
+  if (keys.empty()) return records;
+  // One snapshot for every key.
+  STORE_RETURN_IF_ERROR(InTransaction(
+      "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", [&](pg::Connection& db) -> absl::Status {
+        records.clear();
+        for (int i = 0; i < keys.size(); ++i) {
+          absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(db, keys[i]);
+          if (!record.ok()) return WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
+          records.push_back(*std::move(record));
+        }
+        return absl::OkStatus();
+      }));
+  return records;
+}
+
+absl::StatusOr<std::vector<MessageRecord>> PostgresReplayStore::GetByCorrelation(
+    absl::string_view correlation_id) {
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  static const std::string* const kSql = new std::string(
+      absl::StrCat("SELECT ", kColumns,
+                   " FROM ess_replay_records WHERE correlation_id = $1 ORDER BY received_at, id"));
+  absl::StatusOr<pg::Result> rows = (*db)->Query(*kSql, {correlation_id});
+  if (!rows.ok()) return rows.status();
+  std::vector<MessageRecord> records;
+  records.reserve(rows->rows());
+  for (int r = 0; r < rows->rows(); ++r) records.push_back(RowToRecord(*rows, r));
+  return records;
+}
+
+absl::StatusOr<ListPage> PostgresReplayStore::List(const ListQuery& query) {
+  std::string where = "TRUE";
+  std::vector<pg::Param> params;
+  auto condition = [&](absl::string_view clause, pg::Param value) {
+    params.push_back(std::move(value));
+    absl::StrAppend(&where, " AND ", clause, " $", params.size());
+  };
+  if (!query.partner.empty()) condition("partner =", absl::string_view(query.partner));
+  if (query.direction != ess::v1::DIRECTION_UNSPECIFIED) {
+    condition("direction =", int64_t{query.direction});
+  }
+  if (query.status != ess::v1::MESSAGE_STATUS_UNSPECIFIED) {
+    condition("status =", int64_t{query.status});
+  }
+  if (!query.event_type.empty()) condition("event_type =", absl::string_view(query.event_type));
+  if (!query.correlation_id.empty()) {
+    condition("correlation_id =", absl::string_view(query.correlation_id));
+  }
+  if (query.since_micros.has_value()) condition("updated_at >=", *query.since_micros);
+  if (query.until_micros.has_value()) condition("updated_at <", *query.until_micros);
+  if (query.received_since_micros.has_value()) {
+    condition("received_at >=", *query.received_since_micros);
+  }
+  if (query.received_until_micros.has_value()) {
+    condition("received_at <", *query.received_until_micros);
+  }
+  if (query.unconfirmed) {
+    absl::StrAppend(&where,
+                    " AND NOT EXISTS (SELECT 1 FROM ess_replay_records AS c WHERE "
+                    "c.correlation_id = ess_replay_records.correlation_id AND c.direction = 2 AND "
+                    "c.status = 6)");
+  }
+  if (query.after.has_value()) {
+    params.push_back(query.after->updated_at_micros);
+    params.push_back(query.after->id);
+    absl::StrAppend(&where, " AND (updated_at, id) < ($", params.size() - 1, "::BIGINT, $",
+                    params.size(), "::BIGINT)");
+  }
+  const size_t limit = query.limit > 0 ? query.limit : 1;
+  params.push_back(static_cast<int64_t>(limit) + 1);  // one more tells whether a page follows
+  const std::string sql =
+      absl::StrCat("SELECT ", kColumns, " FROM ess_replay_records WHERE ", where,
+                   " ORDER BY updated_at DESC, id DESC LIMIT $", params.size());
+
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  absl::StatusOr<pg::Result> rows = (*db)->Query(sql, params);
+  if (!rows.ok()) return rows.status();
+  ListPage page;
+  page.records.reserve(std::min<size_t>(limit, static_cast<size_t>(rows->rows())));
+  ListCursor last;
+  size_t bytes = 0;
+  for (int r = 0; r < rows->rows(); ++r) {
+    if (page.records.size() == limit) {
+      page.next = last;
+      break;
+    }
+    MessageRecord record = RowToRecord(*rows, r);
+    const size_t row_bytes = record.payload().size() + record.rendered().size();
+    if (query.max_bytes > 0 && !page.records.empty() && bytes + row_bytes > query.max_bytes) {
+      page.next = last;
+      break;
+    }
+    bytes += row_bytes;
+    last = {.updated_at_micros = rows->Int64(r, 14), .id = rows->Int64(r, 0)};
+    page.records.push_back(std::move(record));
+  }
+  return page;
+}
+
+absl::StatusOr<std::vector<ess::v1::PartnerStats>> PostgresReplayStore::Stats(
+    absl::string_view partner) {
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  auto count = [](ess::v1::MessageStatus status) {
+    return absl::StrCat("COUNT(*) FILTER (WHERE status = ", status, ")");
+  };
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      "SELECT partner, direction, ", count(ess::v1::MESSAGE_STATUS_RECEIVED), ", ",
+      count(ess::v1::MESSAGE_STATUS_DELIVERED), ", ", count(ess::v1::MESSAGE_STATUS_DRY_RUN), ", ",
+      count(ess::v1::MESSAGE_STATUS_FAILED), ", ", count(ess::v1::MESSAGE_STATUS_DEAD), ", ",
+      count(ess::v1::MESSAGE_STATUS_PUBLISHED), ", MIN(received_at) FILTER (WHERE status IN (",
+      ess::v1::MESSAGE_STATUS_RECEIVED, ", ", ess::v1::MESSAGE_STATUS_FAILED, ", ",
+      ess::v1::MESSAGE_STATUS_DEAD,
+      ")) FROM ess_replay_records WHERE $1::TEXT = '' OR partner = $1::TEXT "
+      "GROUP BY partner, direction ORDER BY partner COLLATE \"C\", direction"));
+  absl::StatusOr<pg::Result> rows = (*db)->Query(*kSql, {partner});
+  if (!rows.ok()) return rows.status();
+  std::vector<ess::v1::PartnerStats> stats;
+  for (int r = 0; r < rows->rows(); ++r) {
+    ess::v1::PartnerStats& p = stats.emplace_back();
+    p.set_partner(std::string(rows->Text(r, 0)));
+    p.set_direction(static_cast<ess::v1::Direction>(rows->Int64(r, 1)));
+    p.set_received(static_cast<uint64_t>(rows->Int64(r, 2)));
+    p.set_delivered(static_cast<uint64_t>(rows->Int64(r, 3)));
+    p.set_dry_run(static_cast<uint64_t>(rows->Int64(r, 4)));
+    p.set_failed(static_cast<uint64_t>(rows->Int64(r, 5)));
+    p.set_dead(static_cast<uint64_t>(rows->Int64(r, 6)));
+    p.set_published(static_cast<uint64_t>(rows->Int64(r, 7)));
+    if (!rows->IsNull(r, 8)) *p.mutable_oldest_pending() = FromUnixMicros(rows->Int64(r, 8));
+    const uint64_t attempted = p.delivered() + p.failed() + p.dead();
+    if (p.direction() == ess::v1::DIRECTION_OUTBOUND && attempted > 0) {
+      p.set_success_rate(static_cast<double>(p.delivered()) / static_cast<double>(attempted));
+    }
+  }
+  return stats;
+}
+
+absl::StatusOr<UnconfirmedDeliveries> PostgresReplayStore::CountUnconfirmed(
+    absl::string_view partner, int64_t since_micros, int64_t until_micros) {
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  static const std::string* const kSql = new std::string(absl::StrCat(
+      "SELECT COUNT(*), MIN(updated_at) FROM ess_replay_records WHERE partner = $1 AND status = ",
+      ess::v1::MESSAGE_STATUS_DELIVERED, " AND updated_at >= $2 AND updated_at < $3",
+      " AND direction = ", ess::v1::DIRECTION_OUTBOUND,
+      " AND NOT EXISTS (SELECT 1 FROM ess_replay_records AS c WHERE c.correlation_id = "
+      "ess_replay_records.correlation_id AND c.direction = ",
+      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED, ")"));
+  absl::StatusOr<pg::Result> row = (*db)->Query(*kSql, {partner, since_micros, until_micros});
+  if (!row.ok()) return row.status();
+  if (row->rows() == 0) return absl::InternalError("counting unconfirmed deliveries gave no row");
+  UnconfirmedDeliveries found;
+  found.count = static_cast<uint64_t>(row->Int64(0, 0));
+  if (!row->IsNull(0, 1)) found.oldest_micros = row->Int64(0, 1);
+  return found;
+}
+
+}  // namespace ess::replay
+
+#undef STORE_RETURN_IF_ERROR
