@@ -296,6 +296,9 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
     replay->mutable_drift()->set_check_interval_seconds(60);
   }
   if (replay->drift().window_seconds() == 0) replay->mutable_drift()->set_window_seconds(86400);
+  if (replay->has_postgres() && replay->postgres().max_connections() == 0) {
+    replay->mutable_postgres()->set_max_connections(8);
+  }
   if (bus->delivery_limit() == 0) bus->set_delivery_limit(20);
   if (c.outbound().prefetch() == 0) c.mutable_outbound()->set_prefetch(256);
   if (c.outbound().shutdown_deadline_ms() == 0) {
@@ -414,6 +417,16 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                         absl::StrCat("must be at least inbound.dedupe_window_seconds (",
                                      c.inbound().dedupe_window_seconds(),
                                      "): the lanes' idempotency reads those records"));
+  }
+  if (c.replay().has_postgres()) {
+    // Read by replay_svc at start (only it needs the connection string).
+    if (c.replay().postgres().dsn_env().empty()) {
+      return conv.ErrorAt("replay.postgres.dsn_env", "must name an environment variable");
+    }
+    if (!c.replay().database_path().empty()) {
+      return conv.ErrorAt("replay.database_path",
+                          "the store is on PostgreSQL (replay.postgres): drop database_path");
+    }
   }
   if (c.replay().drift().window_seconds() > kYearMs / 1000) {
     return conv.ErrorAt("replay.drift.window_seconds",

@@ -10,6 +10,7 @@
 // config; exit 1: the store could not be opened or the address could not be bound.
 #include <signal.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -23,6 +24,7 @@
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
 #include "replay_svc/drift.h"
+#include "replay_svc/postgres_replay_store.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/replayer.h"
 #include "replay_svc/retention.h"
@@ -87,12 +89,39 @@ int main(int argc, char** argv) {
     tls_client_ca_pem = *std::move(ca);
   }
 
-  absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> store =
-      ess::replay::SqliteReplayStore::Open(replay.database_path(),
-                                           {.full_sync = replay.full_sync()});
+  // The store: SQLite by default, PostgreSQL when several replicas must share it.
+  absl::StatusOr<std::unique_ptr<ess::replay::ReplayStore>> store;
+  std::string store_name;  // for the log; never the connection string, which may hold a password
+  if (replay.has_postgres()) {
+    const char* dsn = std::getenv(replay.postgres().dsn_env().c_str());
+    if (dsn == nullptr || *dsn == '\0') {
+      std::cerr << "error: " << config_path << ": replay.postgres.dsn_env: environment variable "
+                << replay.postgres().dsn_env() << " is not set\n";
+      return 2;
+    }
+    store_name = absl::StrCat("postgres (", replay.postgres().dsn_env(), ")");
+    absl::StatusOr<std::unique_ptr<ess::replay::PostgresReplayStore>> pg =
+        ess::replay::PostgresReplayStore::Open(
+            dsn, {.max_connections = replay.postgres().max_connections()});
+    if (pg.ok()) {
+      store = std::move(*pg);
+    } else {
+      store = pg.status();
+    }
+  } else {
+    store_name = replay.database_path();
+    absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> sqlite =
+        ess::replay::SqliteReplayStore::Open(replay.database_path(),
+                                             {.full_sync = replay.full_sync()});
+    if (sqlite.ok()) {
+      store = std::move(*sqlite);
+    } else {
+      store = sqlite.status();
+    }
+  }
   if (!store.ok()) {
     ess::log::Error("", "cannot open the replay store",
-                    {{"path", replay.database_path()}, {"error", store.status().ToString()}});
+                    {{"store", store_name}, {"error", store.status().ToString()}});
     return 1;
   }
   // Replays go out through a publisher of their own, with confirms.
@@ -171,7 +200,7 @@ int main(int argc, char** argv) {
   }
   ess::log::Info("", "listening",
                  {{"address", (*server)->address()},
-                  {"database", replay.database_path()},
+                  {"store", store_name},
                   {"callers", absl::StrCat(authorizer->callers())},
                   {"tls", replay.tls().cert_file().empty()        ? "off"
                           : replay.tls().client_ca_file().empty() ? "on"

@@ -273,6 +273,23 @@ TEST(ConfigTest, HowSoonAPartnerConfirmsFitsTheDriftWindowAndRetention) {
               HasSubstr("replay.drift.window_seconds: must be at most a year (31536000)"));
 }
 
+// The store on PostgreSQL: its connection string comes from the environment (only replay_svc
+// reads it), and a database_path beside it is refused rather than silently ignored.
+TEST(ConfigTest, APostgresStoreNamesItsConnectionStringVariableAndNoFile) {
+  auto c = Load("replay: {postgres: {dsn_env: ESS_REPLAY_DSN}}\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->replay().postgres().dsn_env(), "ESS_REPLAY_DSN");
+  EXPECT_EQ(c->replay().postgres().max_connections(), 8u);
+  EXPECT_EQ(c->replay().database_path(), "");
+  c = Load("replay: {postgres: {max_connections: 4}}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("replay.postgres.dsn_env: must name an environment variable"));
+  c = Load("replay:\n  database_path: replay.db\n  postgres: {dsn_env: ESS_REPLAY_DSN}\n");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("hub.yaml:2:18: replay.database_path: the store is on PostgreSQL"));
+}
+
 TEST(ConfigTest, YamlSyntaxErrorHasALine) {
   auto c = Load("bus:\n  host: [unclosed\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);

@@ -26,6 +26,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/replay_svc/test_store.h"
 #include "tests/replay_svc/test_util.h"
 
 extern char** environ;
@@ -143,7 +144,12 @@ class ReplaySvcBinaryTest : public ::testing::Test {
 
   // Starts replay_svc and waits until it answers a call.
   std::unique_ptr<Child> StartService(const std::string& log_name) {
-    auto child = std::make_unique<Child>(std::vector<std::string>{replay_svc_, "--config", config_},
+    return StartService(log_name, config_, address_);
+  }
+  // The same, with `config`, which makes it listen on `address`.
+  std::unique_ptr<Child> StartService(const std::string& log_name, const std::string& config,
+                                      const std::string& address) {
+    auto child = std::make_unique<Child>(std::vector<std::string>{replay_svc_, "--config", config},
                                          dir_.File(log_name + ".out"), dir_.File(log_name));
     EXPECT_TRUE(child->started());
     // Short reconnect backoff: the first attempts are refused until the child listens.
@@ -152,7 +158,7 @@ class ReplaySvcBinaryTest : public ::testing::Test {
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
     std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::v1::ReplayService::NewStub(
-        grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
     grpc::ClientContext context;
     context.set_wait_for_ready(true);
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
@@ -163,8 +169,9 @@ class ReplaySvcBinaryTest : public ::testing::Test {
     return child;
   }
 
-  ToolResult RunEssctl(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {essctl_, "--addr", address_};
+  ToolResult RunEssctl(const std::vector<std::string>& args) { return RunEssctl(address_, args); }
+  ToolResult RunEssctl(const std::string& address, const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {essctl_, "--addr", address};
     argv.insert(argv.end(), args.begin(), args.end());
     const std::string out = dir_.File("essctl.out");
     const std::string err = dir_.File("essctl.err");
@@ -403,6 +410,105 @@ TEST_F(ReplaySvcBinaryTest, UnopenableDatabaseExitsWithOne) {
   ASSERT_TRUE(child.started());
   EXPECT_EQ(child.WaitForExit(absl::Seconds(30)), std::optional<int>(1));
   EXPECT_THAT(ReadFile(dir_.File("x.err")), HasSubstr("cannot open the replay store"));
+}
+
+// The shared backend: two replay_svc replicas on one PostgreSQL database (a schema of the
+// server ./test.sh starts). What one stores the other serves, and an id one of them claimed is
+// in progress for the other: what lets the store scale out behind one Service.
+TEST_F(ReplaySvcBinaryTest, TwoReplicasOnOnePostgresServeTheSameRecordsAndClaims) {
+  testing::TestStore db(testing::Backend::kPostgres);
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(setenv("ESS_TEST_REPLAY_DSN", db.location().c_str(), 1), 0);
+  std::vector<std::string> addresses;
+  std::vector<std::unique_ptr<Child>> replicas;
+  for (int r = 0; r < 2; ++r) {
+    const int port = testing::PickFreePort();
+    ASSERT_GT(port, 0);
+    addresses.push_back(absl::StrCat("127.0.0.1:", port));
+    const std::string config = dir_.File(absl::StrCat("hub-", r, ".yaml"));
+    std::ofstream(config) << "replay:\n"
+                          << "  listen: \"" << addresses[r] << "\"\n"
+                          << "  postgres: {dsn_env: ESS_TEST_REPLAY_DSN, max_connections: 4}\n";
+    replicas.push_back(StartService(absl::StrCat("replica-", r, ".log"), config, addresses[r]));
+    ASSERT_FALSE(HasFailure());
+  }
+  EXPECT_THAT(ReadFile(dir_.File("replica-0.log")),
+              HasSubstr("store=\"postgres (ESS_TEST_REPLAY_DSN)\""));
+
+  constexpr int kRecords = 50;
+  {
+    ReplayRecorder recorder({.address = addresses[0], .batch_max = 16});
+    absl::Mutex mu;
+    int ok = 0;
+    for (int i = 0; i < kRecords; ++i) {
+      recorder.Record(Outbound("prison", absl::StrCat("m-", i)), [&](absl::Status s) {
+        absl::MutexLock lock(&mu);
+        if (s.ok()) ++ok;
+      });
+    }
+    recorder.Stop();
+    EXPECT_EQ(ok, kRecords);
+  }
+  ToolResult stats = RunEssctl(addresses[1], {"stats"});
+  EXPECT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_THAT(stats.out, HasSubstr("prison"));
+  ToolResult got = RunEssctl(addresses[1], {"get", "--direction", "outbound", "--partner", "prison",
+                                            "--message_id", "m-49"});
+  EXPECT_EQ(got.exit_code, 0) << got.err;
+  EXPECT_THAT(got.out, HasSubstr("m-49"));
+
+  // A webhook's id, claimed through one replica, is in progress for the other.
+  auto claim = [&](const std::string& address) {
+    std::unique_ptr<ess::v1::ReplayService::Stub> stub = ess::v1::ReplayService::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    ess::v1::ClaimRequest request;
+    ess::v1::Claim* c = request.add_claims();
+    *c->mutable_record() = MakeRecord(ess::v1::DIRECTION_INBOUND, "prison", "wh-1", "VIS-1");
+    c->set_window_seconds(600);
+    c->set_lease_ms(60'000);
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    ess::v1::ClaimResponse response;
+    grpc::Status status = stub->Claim(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.results_size() == 1 ? response.results(0) : ess::v1::CLAIM_OUTCOME_UNSPECIFIED;
+  };
+  EXPECT_EQ(claim(addresses[0]), ess::v1::CLAIM_OUTCOME_CLAIMED);
+  EXPECT_EQ(claim(addresses[1]), ess::v1::CLAIM_OUTCOME_IN_PROGRESS);
+
+  for (auto& replica : replicas) {
+    replica->Signal(SIGTERM);
+    EXPECT_EQ(replica->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+  }
+  unsetenv("ESS_TEST_REPLAY_DSN");
+}
+
+TEST_F(ReplaySvcBinaryTest, APostgresStoreNeedsItsConnectionString) {
+  unsetenv("ESS_TEST_UNSET_DSN");
+  std::ofstream(config_) << "replay:\n"
+                         << "  listen: \"" << address_ << "\"\n"
+                         << "  postgres: {dsn_env: ESS_TEST_UNSET_DSN}\n";
+  {
+    Child child({replay_svc_, "--config", config_}, dir_.File("x.out"), dir_.File("x.err"));
+    ASSERT_TRUE(child.started());
+    EXPECT_EQ(child.WaitForExit(absl::Seconds(30)), std::optional<int>(2));
+    EXPECT_THAT(ReadFile(dir_.File("x.err")),
+                HasSubstr("replay.postgres.dsn_env: environment variable ESS_TEST_UNSET_DSN is "
+                          "not set"));
+  }
+  // Set, to a server that is not there: the store cannot be opened.
+  ASSERT_EQ(setenv("ESS_TEST_UNSET_DSN",
+                   absl::StrCat("host=127.0.0.1 port=", testing::PickFreePort(),
+                                " dbname=ess connect_timeout=5")
+                       .c_str(),
+                   1),
+            0);
+  Child child({replay_svc_, "--config", config_}, dir_.File("y.out"), dir_.File("y.err"));
+  ASSERT_TRUE(child.started());
+  EXPECT_EQ(child.WaitForExit(absl::Seconds(30)), std::optional<int>(1));
+  EXPECT_THAT(ReadFile(dir_.File("y.err")), HasSubstr("cannot open the replay store"));
+  EXPECT_THAT(ReadFile(dir_.File("y.err")), HasSubstr("postgres: cannot connect"));
+  unsetenv("ESS_TEST_UNSET_DSN");
 }
 
 }  // namespace
