@@ -66,7 +66,7 @@ bus:
 replay:
   listen: 127.0.0.1:REPLAY_LISTEN
   address: 127.0.0.1:REPLAY_PORT
-  database_path: replay.db
+REPLAY_STORE
 REPLAY_EXTRA
 outbound:
   prefetch: 128
@@ -120,6 +120,7 @@ ROUTE_EXTRA
          {"QUEUE", queue_},
          {"QUORUM", quorum_ ? "true" : "false"},
          {"AUDIT", exchange_ + ".audit"},
+         {"REPLAY_STORE", replay_store_},
          {"REPLAY_EXTRA", replay_extra_},
          {"OUTBOUND_EXTRA", outbound_extra_},
          {"ROUTE_EXTRA", route_extra_},
@@ -245,6 +246,8 @@ ROUTE_EXTRA
 
   amqp::ConnectionOptions broker_;
   bool quorum_ = false;
+  // Where the store keeps its records (a line of the `replay` section).
+  std::string replay_store_ = "  database_path: replay.db";
   // More lines of the `replay` section (indented two spaces), e.g. its `auth`.
   std::string replay_extra_;
   // More lines of the `outbound` section (indented two spaces).

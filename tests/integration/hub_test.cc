@@ -26,6 +26,7 @@
 #include "tests/integration/capture_partner.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/hub_fixture.h"
+#include "tests/replay_svc/test_store.h"
 
 namespace ess {
 namespace {
@@ -234,6 +235,74 @@ TEST_F(HubTest, ReplaySvcCountsTheVisitsThePartnerDidNotConfirmInTime) {
   EXPECT_TRUE(replay_->WaitForLog(R"(msg="no unconfirmed deliveries" partner=prison_calendar)"));
   EXPECT_TRUE(serves(R"(ess_replay_drift_checks_total{result="error"} 0)"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// The store on PostgreSQL, in two replay_svc replicas: the outbound lane records through one,
+// the inbound lane through the other. A visit's trail joins both lanes' records, and a
+// partner's repeated callback is a duplicate however the replicas share the work.
+TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
+  replay::testing::TestStore db(replay::testing::Backend::kPostgres);
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(setenv("ESS_TEST_HUB_DSN", db.location().c_str(), 1), 0);
+  replay_store_ = "  postgres: {dsn_env: ESS_TEST_HUB_DSN}";
+  CapturePartner partner;
+  StartHub(partner.url());  // replay_svc A; both lanes record through it
+  ASSERT_FALSE(HasFailure());
+  EXPECT_THAT(replay_->Log(), HasSubstr("store=\"postgres (ESS_TEST_HUB_DSN)\""));
+  // Replica B, and the inbound lane moved over to it.
+  const int port_b = testing::FreePort();
+  dir_.Write("hub-b.yaml", absl::StrReplaceAll(Config(partner.url(), 0, port_b),
+                                               {{absl::StrCat("listen: 127.0.0.1:", replay_port_),
+                                                 absl::StrCat("listen: 127.0.0.1:", port_b)}}));
+  Process replica_b({BinaryPath("replay_svc"), "--config", dir_.File("hub-b.yaml")},
+                    dir_.File("replay-b.log"));
+  auto stub_b = MakeReplayStub(absl::StrCat("127.0.0.1:", port_b), replay_tls_);
+  ASSERT_TRUE(testing::WaitForReplay(*stub_b, absl::Seconds(20))) << replica_b.Log();
+  EXPECT_EQ(inbound_->Stop(), 0);
+  ASSERT_NO_FATAL_FAILURE(StartInbound("hub-b.yaml"));
+
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < 20; ++i) {
+    const std::string id = absl::StrCat("VIS-", i);
+    events.emplace_back(id, VisitEvent(id));
+  }
+  Publish(events);
+  ASSERT_TRUE(WaitFor([&] {
+    return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 20; },
+                      absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(partner.count(), 20);
+
+  auto confirm = [&](const std::string& webhook_id) {
+    auto r = PostWebhook(R"({"id":"VIS-5","status":"confirmed"})", "/webhook/prison",
+                         {{"webhook-id", webhook_id}});
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->body : std::string();
+  };
+  EXPECT_EQ(confirm("msg-5"), R"({"ok":true,"events":1})");
+  // Through replica A, the visit's trail holds the outbound delivery and B's confirmation.
+  ASSERT_TRUE(WaitFor([&] {
+    return Trail("VIS-5").trail().stage() == "confirmed"; },
+                      absl::Seconds(10)))
+      << Trail("VIS-5").DebugString();
+  EXPECT_EQ(Trail("VIS-5").records_size(), 2);
+  // The partner's retry of the same call: a duplicate, not a second SlotConfirmed.
+  EXPECT_EQ(confirm("msg-5"), R"({"ok":true,"events":0,"duplicates":1})");
+  // An inbound lane without memory of it, on replica A: the store still knows msg-5.
+  EXPECT_EQ(inbound_->Stop(), 0);
+  ASSERT_NO_FATAL_FAILURE(StartInbound("hub.yaml"));
+  EXPECT_EQ(confirm("msg-5"), R"({"ok":true,"events":0,"duplicates":1})");
+  auto d = (*conn)->Get(sub);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.correlation_id, "VIS-5");
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);  // only one
+
+  EXPECT_EQ(replica_b.Stop(), 0) << replica_b.Log();
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+  unsetenv("ESS_TEST_HUB_DSN");
 }
 
 TEST_F(HubTest, RepeatedWebhooksArePublishedOnceEvenAcrossARestart) {
