@@ -1,8 +1,10 @@
-// replay_svc: serves ReplayService over the SQLite replay store.
+// replay_svc: serves ReplayService over the replay store: the SQLite file at
+// replay.database_path, or a PostgreSQL database shared by several replicas (replay.postgres,
+// or --postgres_dsn_env).
 //
-//   replay_svc --config hub.yaml
+//   replay_svc --config hub.yaml [--postgres_dsn_env NAME]
 //
-// Uses replay.listen and replay.database_path of the hub config, and the bus (bus.*) to publish
+// Uses replay.listen and the store's settings of the hub config, and the bus (bus.*) to publish
 // ops replays (ReplayService.Replay) and their audit events; the store serves whether or not the
 // broker is up (the publisher keeps reconnecting, and a replay meanwhile fails). Callers are
 // checked against replay.auth (see authorizer.h). SIGTERM or SIGINT
@@ -15,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/cli.h"
@@ -29,6 +32,11 @@
 #include "replay_svc/replayer.h"
 #include "replay_svc/retention.h"
 #include "replay_svc/sqlite_replay_store.h"
+
+ABSL_FLAG(std::string, postgres_dsn_env, "",
+          "Keep the store on PostgreSQL, with the libpq connection string in this environment "
+          "variable (replay.postgres.dsn_env), whatever the config says of database_path: one "
+          "hub config then serves a single SQLite replica and a shared store alike.");
 
 namespace {
 
@@ -50,6 +58,12 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     std::cerr << "error: " << config.status().message() << "\n";
     return 2;
+  }
+  if (const std::string env = absl::GetFlag(FLAGS_postgres_dsn_env); !env.empty()) {
+    ess::v1::ReplayPostgres* postgres = config->mutable_replay()->mutable_postgres();
+    postgres->set_dsn_env(env);
+    if (postgres->max_connections() == 0) postgres->set_max_connections(8);
+    config->mutable_replay()->clear_database_path();
   }
   ess::log::Init("replay_svc", config->logging());
   const ess::v1::ReplayConfig& replay = config->replay();

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -110,7 +111,10 @@ int64_t Bytes(const std::string& quantity) {
   return -1;
 }
 
+// The overlays whose store is one SQLite replica (dev, prod).
 class ManifestsTest : public ::testing::TestWithParam<std::string> {};
+// Every overlay, the store on PostgreSQL (shared-store) too.
+class EveryOverlayTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ManifestsTest, EachLaneScalesOnItsOwnAndTheStoreIsOneWriter) {
   Rendered r = Render(GetParam());
@@ -270,7 +274,7 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
 // Each lane checks replay-svc's certificate against ca.crt of the Secret ess-replay-tls, which
 // also holds the store's tls.key: a lane's volume projects ca.crt alone, so the key is written to
 // no lane's node (a Secret volume without items puts every key of the Secret there).
-TEST_P(ManifestsTest, TheLanesGetOnlyTheStoresCaNotItsKey) {
+TEST_P(EveryOverlayTest, TheLanesGetOnlyTheStoresCaNotItsKey) {
   Rendered r = Render(GetParam());
   ASSERT_EQ(r.error, "");
   int lanes = 0;
@@ -304,7 +308,7 @@ TEST_P(ManifestsTest, TheLanesGetOnlyTheStoresCaNotItsKey) {
 // dropped, the runtime's seccomp profile) for every container, on a read-only root filesystem;
 // what a service writes is on a writable volume: the store's SQLite files on its data volume,
 // SQLite's temporary files on /tmp.
-TEST_P(ManifestsTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
+TEST_P(EveryOverlayTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
   Rendered r = Render(GetParam());
   ASSERT_EQ(r.error, "");
   int containers = 0;
@@ -353,7 +357,7 @@ TEST_P(ManifestsTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
             writable.insert(m["mountPath"].as<std::string>());
           }
         }
-        if (name == "replay-svc") {
+        if (name == "replay-svc" && (*w)["spec"]["volumeClaimTemplates"].IsDefined()) {
           EXPECT_THAT(writable, Contains("/var/lib/ess")) << where << ": database_path's folder";
           EXPECT_THAT(writable, Contains("/tmp")) << where << ": SQLite's temporary files";
         }
@@ -364,6 +368,57 @@ TEST_P(ManifestsTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Overlays, ManifestsTest, ::testing::Values("dev", "prod"));
+INSTANTIATE_TEST_SUITE_P(Overlays, EveryOverlayTest,
+                         ::testing::Values("dev", "prod", "shared-store"),
+                         [](const ::testing::TestParamInfo<std::string>& overlay) {
+                           std::string name = overlay.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+// The store on PostgreSQL (overlays/shared-store): prod with replay-svc as several
+// interchangeable replicas without a volume claim, the base's hub.yaml put on PostgreSQL by
+// --postgres_dsn_env, whose variable comes from the Secret; the lanes exactly prod's.
+TEST(SharedStoreManifestsTest, TheStoreRunsSeveralReplicasOverPostgres) {
+  Rendered r = Render("shared-store");
+  Rendered prod = Render("prod");
+  ASSERT_EQ(r.error, "");
+  ASSERT_EQ(prod.error, "");
+  const YAML::Node* store = Find(r, "StatefulSet", "replay-svc");
+  ASSERT_NE(store, nullptr);
+  EXPECT_EQ((*store)["metadata"]["namespace"].as<std::string>(), "ess");
+  EXPECT_GE((*store)["spec"]["replicas"].as<int>(), 2);
+  EXPECT_EQ((*store)["spec"]["podManagementPolicy"].as<std::string>(), "Parallel");
+  EXPECT_FALSE((*store)["spec"]["volumeClaimTemplates"].IsDefined());
+  const YAML::Node c = Container(*store);
+  std::vector<std::string> command;
+  for (const YAML::Node& a : c["command"]) command.push_back(a.as<std::string>());
+  EXPECT_EQ(command,
+            (std::vector<std::string>{"/usr/local/bin/replay_svc", "--config", "/etc/ess/hub.yaml",
+                                      "--postgres_dsn_env", "ESS_REPLAY_DSN"}));
+  std::set<std::string> expected_env =
+      EnvNames(Container(*Find(prod, "StatefulSet", "replay-svc")));
+  expected_env.insert("ESS_REPLAY_DSN");
+  EXPECT_EQ(EnvNames(c), expected_env);
+  for (const YAML::Node& e : c["env"]) {
+    if (e["name"].as<std::string>() != "ESS_REPLAY_DSN") continue;
+    EXPECT_EQ(e["valueFrom"]["secretKeyRef"]["name"].as<std::string>(), "ess-secrets");
+    EXPECT_EQ(e["valueFrom"]["secretKeyRef"]["key"].as<std::string>(), "replay-postgres-dsn");
+  }
+  std::set<std::string> mounts;
+  for (const YAML::Node& m : c["volumeMounts"]) mounts.insert(m["mountPath"].as<std::string>());
+  EXPECT_EQ(mounts, (std::set<std::string>{"/etc/ess/hub.yaml", "/etc/ess/tls", "/tmp"}));
+  // Everything else is prod's, document for document.
+  ASSERT_EQ(r.docs.size(), prod.docs.size());
+  for (const YAML::Node& d : prod.docs) {
+    const std::string kind = d["kind"].as<std::string>();
+    const std::string name = d["metadata"]["name"].as<std::string>();
+    if (kind == "StatefulSet") continue;
+    const YAML::Node* same = Find(r, kind, name);
+    ASSERT_NE(same, nullptr) << kind << " " << name;
+    EXPECT_EQ(YAML::Dump(*same), YAML::Dump(d)) << kind << " " << name;
+  }
+}
 
 }  // namespace
 }  // namespace ess

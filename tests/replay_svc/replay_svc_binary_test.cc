@@ -146,11 +146,13 @@ class ReplaySvcBinaryTest : public ::testing::Test {
   std::unique_ptr<Child> StartService(const std::string& log_name) {
     return StartService(log_name, config_, address_);
   }
-  // The same, with `config`, which makes it listen on `address`.
+  // The same, with `config`, which makes it listen on `address`, and more flags.
   std::unique_ptr<Child> StartService(const std::string& log_name, const std::string& config,
-                                      const std::string& address) {
-    auto child = std::make_unique<Child>(std::vector<std::string>{replay_svc_, "--config", config},
-                                         dir_.File(log_name + ".out"), dir_.File(log_name));
+                                      const std::string& address,
+                                      const std::vector<std::string>& flags = {}) {
+    std::vector<std::string> argv = {replay_svc_, "--config", config};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    auto child = std::make_unique<Child>(argv, dir_.File(log_name + ".out"), dir_.File(log_name));
     EXPECT_TRUE(child->started());
     // Short reconnect backoff: the first attempts are refused until the child listens.
     grpc::ChannelArguments args;
@@ -414,7 +416,9 @@ TEST_F(ReplaySvcBinaryTest, UnopenableDatabaseExitsWithOne) {
 
 // The shared backend: two replay_svc replicas on one PostgreSQL database (a schema of the
 // server ./test.sh starts). What one stores the other serves, and an id one of them claimed is
-// in progress for the other: what lets the store scale out behind one Service.
+// in progress for the other: what lets the store scale out behind one Service. The first
+// replica's config says replay.postgres; the second's names a SQLite file, which
+// --postgres_dsn_env overrides (how deploy/k8s/overlays/shared-store keeps the base's config).
 TEST_F(ReplaySvcBinaryTest, TwoReplicasOnOnePostgresServeTheSameRecordsAndClaims) {
   testing::TestStore db(testing::Backend::kPostgres);
   ASSERT_FALSE(HasFailure());
@@ -428,12 +432,17 @@ TEST_F(ReplaySvcBinaryTest, TwoReplicasOnOnePostgresServeTheSameRecordsAndClaims
     const std::string config = dir_.File(absl::StrCat("hub-", r, ".yaml"));
     std::ofstream(config) << "replay:\n"
                           << "  listen: \"" << addresses[r] << "\"\n"
-                          << "  postgres: {dsn_env: ESS_TEST_REPLAY_DSN, max_connections: 4}\n";
-    replicas.push_back(StartService(absl::StrCat("replica-", r, ".log"), config, addresses[r]));
+                          << (r == 0 ? "  postgres: {dsn_env: ESS_TEST_REPLAY_DSN}\n"
+                                     : "  database_path: replay.db\n");
+    replicas.push_back(StartService(
+        absl::StrCat("replica-", r, ".log"), config, addresses[r],
+        r == 0 ? std::vector<std::string>{}
+               : std::vector<std::string>{"--postgres_dsn_env", "ESS_TEST_REPLAY_DSN"}));
     ASSERT_FALSE(HasFailure());
+    EXPECT_THAT(ReadFile(dir_.File(absl::StrCat("replica-", r, ".log"))),
+                HasSubstr("store=\"postgres (ESS_TEST_REPLAY_DSN)\""));
   }
-  EXPECT_THAT(ReadFile(dir_.File("replica-0.log")),
-              HasSubstr("store=\"postgres (ESS_TEST_REPLAY_DSN)\""));
+  EXPECT_NE(access(dir_.File("replay.db").c_str(), F_OK), 0) << "no SQLite file was made";
 
   constexpr int kRecords = 50;
   {
