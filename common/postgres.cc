@@ -67,7 +67,13 @@ std::string Result::Bytes(int row, int column) const {
 void Connection::Free::operator()(pg_conn* c) const { PQfinish(c); }
 
 absl::StatusOr<Connection> Connection::Open(const std::string& conninfo) {
-  Connection connection(PQconnectdb(conninfo.c_str()));
+  // Defaults that the caller's string overrides (it is expanded after them): a bounded connect,
+  // and TCP keepalives that find a server gone silent (a network partition) within a minute
+  // rather than the kernel's two hours.
+  const char* const keywords[] = {"connect_timeout",  "keepalives_idle", "keepalives_interval",
+                                  "keepalives_count", "dbname",          nullptr};
+  const char* const values[] = {"10", "30", "10", "3", conninfo.c_str(), nullptr};
+  Connection connection(PQconnectdbParams(keywords, values, /*expand_dbname=*/1));
   if (connection.conn_ == nullptr) {
     return absl::ResourceExhaustedError("postgres: out of memory for a connection");
   }
@@ -114,6 +120,12 @@ absl::StatusOr<Result> Connection::Query(absl::string_view sql, const std::vecto
   std::vector<int> lengths(params.size()), formats(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (const auto* s = std::get_if<absl::string_view>(&params[i])) {
+      // Text goes as a C string: a NUL would end it there, and the rest would be lost unseen.
+      if (s->find('\0') != absl::string_view::npos) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "postgres: parameter $", i + 1, " holds a NUL character, which text cannot [in: ",
+            absl::StripAsciiWhitespace(sql), "]"));
+      }
       storage[i] = std::string(*s);
     } else if (const auto* n = std::get_if<int64_t>(&params[i])) {
       storage[i] = absl::StrCat(*n);

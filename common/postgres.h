@@ -70,8 +70,9 @@ class Result {
 class Connection {
  public:
   // Connects with a libpq connection string ("host=... port=... dbname=... user=..." or a
-  // postgresql:// URI). UNAVAILABLE if the server cannot be reached or refuses; the message
-  // names what libpq said, never the password.
+  // postgresql:// URI). Unless the string says otherwise, a connect gives up after 10 s and TCP
+  // keepalives find a silent server within a minute. UNAVAILABLE if the server cannot be reached
+  // or refuses; the message names what libpq said, never the password.
   static absl::StatusOr<Connection> Open(const std::string& conninfo);
 
   Connection(Connection&& other) noexcept = default;
@@ -80,7 +81,8 @@ class Connection {
 
   // Runs one or more statements without parameters (DDL, BEGIN, COMMIT).
   absl::Status Exec(absl::string_view sql);
-  // Runs one statement with $1, $2... bound to `params`.
+  // Runs one statement with $1, $2... bound to `params`. INVALID_ARGUMENT, before anything is
+  // sent, for a text parameter holding a NUL character (PostgreSQL's text cannot).
   absl::StatusOr<Result> Query(absl::string_view sql, const std::vector<Param>& params);
   absl::StatusOr<Result> Query(absl::string_view sql, std::initializer_list<Param> params = {}) {
     return Query(sql, std::vector<Param>(params));

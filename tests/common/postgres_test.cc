@@ -1,0 +1,130 @@
+// common/postgres on the PostgreSQL server that ./test.sh starts (ESS_POSTGRES_DSN): parameters
+// and results, bytes that text cannot carry, errors by SQLSTATE, and a connection the server
+// ends.
+#include "common/postgres.h"
+
+#include <cstdlib>
+#include <optional>
+#include <random>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace ess::pg {
+namespace {
+
+using ::testing::HasSubstr;
+
+class PostgresTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* dsn = std::getenv("ESS_POSTGRES_DSN");
+    ASSERT_NE(dsn, nullptr) << "ESS_POSTGRES_DSN is not set: run the tests through ./test.sh, "
+                               "which starts the PostgreSQL they need";
+    std::random_device random;
+    schema_ = absl::StrFormat("ess_pg_test_%08x", random());
+    dsn_ =
+        absl::StrCat(dsn, " application_name=", schema_, " options='-c search_path=", schema_, "'");
+    absl::StatusOr<Connection> db = Connection::Open(dsn);
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE(db->Exec(absl::StrCat("CREATE SCHEMA ", schema_)).ok());
+    absl::StatusOr<Connection> c = Connection::Open(dsn_);
+    ASSERT_TRUE(c.ok()) << c.status();
+    db_.emplace(*std::move(c));
+    ASSERT_TRUE(db_->Exec("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT NOT NULL, "
+                          "body BYTEA NOT NULL, ok BOOLEAN NOT NULL)")
+                    .ok());
+  }
+  void TearDown() override {
+    db_.reset();
+    absl::StatusOr<Connection> db = Connection::Open(std::getenv("ESS_POSTGRES_DSN"));
+    if (db.ok()) db->Exec(absl::StrCat("DROP SCHEMA ", schema_, " CASCADE")).IgnoreError();
+  }
+
+  std::string schema_, dsn_;
+  std::optional<Connection> db_;
+};
+
+TEST_F(PostgresTest, ParametersAndResultsKeepEveryByteAndType) {
+  std::string every_byte;
+  for (int b = 0; b < 256; ++b) every_byte.push_back(static_cast<char>(b));
+  absl::StatusOr<Result> inserted =
+      db_->Query("INSERT INTO t (id, name, body, ok) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)",
+                 {int64_t{-9'000'000'000}, absl::string_view("Ünïcode 'quoted' $1"),
+                  Bytes{every_byte}, true, int64_t{7}, absl::string_view(""), Bytes{""}, false});
+  ASSERT_TRUE(inserted.ok()) << inserted.status();
+  EXPECT_EQ(inserted->affected(), 2);
+  absl::StatusOr<Result> rows = db_->Query("SELECT id, name, body, ok FROM t ORDER BY id");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->rows(), 2);
+  EXPECT_EQ(rows->Int64(0, 0), -9'000'000'000);
+  EXPECT_EQ(rows->Text(0, 1), "Ünïcode 'quoted' $1");
+  EXPECT_EQ(rows->Bytes(0, 2), every_byte);
+  EXPECT_TRUE(rows->Bool(0, 3));
+  EXPECT_EQ(rows->Int64(1, 0), 7);
+  EXPECT_EQ(rows->Text(1, 1), "");
+  EXPECT_EQ(rows->Bytes(1, 2), "");
+  EXPECT_FALSE(rows->Bool(1, 3));
+  absl::StatusOr<Result> none = db_->Query("SELECT max(id) FROM t WHERE id > $1", {int64_t{100}});
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->IsNull(0, 0));
+}
+
+TEST_F(PostgresTest, ErrorsCarryTheirSqlstateAndCode) {
+  ASSERT_TRUE(db_->Query("INSERT INTO t VALUES (1, 'a', '', true)").ok());
+  absl::StatusOr<Result> again = db_->Query("INSERT INTO t VALUES (1, 'b', '', true)");
+  EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(again.status().message(), HasSubstr("postgres: 23505: ERROR:  duplicate key"));
+  EXPECT_THAT(again.status().message(), HasSubstr("[in: INSERT INTO t VALUES (1, 'b', '', true)]"));
+  absl::StatusOr<Result> null = db_->Query("INSERT INTO t VALUES (2, NULL, '', true)");
+  EXPECT_EQ(null.status().code(), absl::StatusCode::kFailedPrecondition);  // 23502
+  absl::StatusOr<Result> nul =
+      db_->Query("INSERT INTO t VALUES (3, $1, '', true)", {absl::string_view("a\0b", 3)});
+  EXPECT_EQ(nul.status().code(), absl::StatusCode::kInvalidArgument) << nul.status();
+  EXPECT_THAT(nul.status().message(), HasSubstr("parameter $1 holds a NUL character"));
+  // Not valid UTF-8: the server refuses it (22021).
+  absl::StatusOr<Result> latin1 =
+      db_->Query("INSERT INTO t VALUES (3, $1, '', true)", {absl::string_view("caf\xe9")});
+  EXPECT_EQ(latin1.status().code(), absl::StatusCode::kInvalidArgument) << latin1.status();
+  absl::StatusOr<Result> typo = db_->Query("SELEC 1");
+  EXPECT_EQ(typo.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(typo.status().message(), HasSubstr("42601"));
+  EXPECT_FALSE(db_->IsBroken());
+}
+
+TEST_F(PostgresTest, ATransactionIsSeenUntilItEnds) {
+  EXPECT_FALSE(db_->InTransaction());
+  ASSERT_TRUE(db_->Exec("BEGIN").ok());
+  EXPECT_TRUE(db_->InTransaction());
+  EXPECT_FALSE(db_->Query("SELEC 1").ok());
+  EXPECT_TRUE(db_->InTransaction());  // failed, until ROLLBACK
+  ASSERT_TRUE(db_->Exec("ROLLBACK").ok());
+  EXPECT_FALSE(db_->InTransaction());
+}
+
+TEST_F(PostgresTest, AConnectionTheServerEndedIsBrokenAndUnavailable) {
+  absl::StatusOr<Connection> other = Connection::Open(dsn_);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE(other
+                  ->Query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                          {absl::string_view(schema_)})
+                  .ok());
+  absl::StatusOr<Result> after = db_->Query("SELECT 1");
+  EXPECT_EQ(after.status().code(), absl::StatusCode::kUnavailable) << after.status();
+  EXPECT_TRUE(db_->IsBroken());
+}
+
+TEST(PostgresOpenTest, NoServerIsUnavailableAndNamesWhy) {
+  absl::StatusOr<Connection> db =
+      Connection::Open("host=127.0.0.1 port=1 dbname=ess user=nobody connect_timeout=5");
+  EXPECT_EQ(db.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(db.status().message(), HasSubstr("postgres: cannot connect: "));
+  EXPECT_THAT(db.status().message(), HasSubstr("127.0.0.1"));
+}
+
+}  // namespace
+}  // namespace ess::pg
