@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "replay_svc/records.h"
+#include "replay_svc/store_rules.h"
 
 namespace ess::replay {
 namespace {
@@ -119,16 +120,6 @@ std::vector<int> InKeyOrder(int n, KeyOf key_of) {
   return order;
 }
 
-absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
-  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
-}
-
-absl::Status NoRecord(ess::v1::Direction direction, absl::string_view partner,
-                      absl::string_view message_id) {
-  return absl::NotFoundError(absl::StrCat("no record direction=", DirectionName(direction),
-                                          " partner=", partner, " message_id=", message_id));
-}
-
 const std::string& SelectByKeySql() {
   static const std::string* const kSql = new std::string(
       absl::StrCat("SELECT ", kColumns,
@@ -165,7 +156,7 @@ absl::Status Migrate(pg::Connection& db) {
     }
     for (int64_t v = version; v < PostgresReplayStore::kSchemaVersion; ++v) {
       if (absl::Status m = db.Exec(kMigrations[v]); !m.ok()) {
-        return WithPrefix(absl::StrCat("migrating to schema ", v + 1, ": "), m);
+        return rules::WithPrefix(absl::StrCat("migrating to schema ", v + 1, ": "), m);
       }
     }
     STORE_RETURN_IF_ERROR(db.Exec("DELETE FROM ess_replay_schema"));
@@ -298,8 +289,7 @@ absl::Status PostgresReplayStore::Upsert(pg::Connection& db, const MessageRecord
     if (marked->affected() > 0) return absl::OkStatus();
   }
   static const std::string* const kSql = new std::string(absl::StrCat(kInsertColumns, kUpsertSql));
-  const int64_t received_at =
-      r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+  const int64_t received_at = rules::ReceivedAtOr(r, now);
   return db
       .Query(*kSql, {int64_t{r.direction()}, absl::string_view(r.partner()),
                      absl::string_view(r.message_id()), absl::string_view(r.correlation_id()),
@@ -312,18 +302,14 @@ absl::Status PostgresReplayStore::Upsert(pg::Connection& db, const MessageRecord
 
 absl::StatusOr<uint32_t> PostgresReplayStore::Record(
     const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
-  for (int i = 0; i < records.size(); ++i) {
-    if (absl::Status s = ValidateRecord(records[i], ""); !s.ok()) {
-      return WithPrefix(absl::StrCat("records[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateRecords(records));
   if (records.empty()) return 0u;
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
     for (int i :
          InKeyOrder(records.size(), [&](int i) -> const MessageRecord& { return records[i]; })) {
       if (absl::Status s = Upsert(db, records[i], records[i].status(), now); !s.ok()) {
-        return WithPrefix(absl::StrCat("records[", i, "]: "), s);
+        return rules::WithPrefix(absl::StrCat("records[", i, "]: "), s);
       }
     }
     return absl::OkStatus();
@@ -333,11 +319,7 @@ absl::StatusOr<uint32_t> PostgresReplayStore::Record(
 
 absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
     const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
-  for (int i = 0; i < claims.size(); ++i) {
-    if (absl::Status s = ValidateClaimedRecord(claims[i].record(), "record"); !s.ok()) {
-      return WithPrefix(absl::StrCat("claims[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateClaims(claims));
   std::vector<ess::v1::ClaimOutcome> outcomes;
   if (claims.empty()) return outcomes;
   static const std::string* const kInsertNewSql = new std::string(
@@ -350,8 +332,7 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
       const ess::v1::Claim& claim = claims[i];
       const MessageRecord& r = claim.record();
       const std::string prefix = absl::StrCat("claims[", i, "].record: ");
-      const int64_t received_at =
-          r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+      const int64_t received_at = rules::ReceivedAtOr(r, now);
       // A new key is claimed by its insert (which waits for a replica inserting it meanwhile).
       absl::StatusOr<pg::Result> inserted =
           db.Query(*kInsertNewSql,
@@ -361,7 +342,7 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
                     pg::Bytes{r.payload()}, pg::Bytes{r.rendered()}, absl::string_view(r.error()),
                     int64_t{r.attempts()}, r.dry_run(), absl::string_view(r.source()), received_at,
                     now, absl::string_view(r.maybe_delivered_as())});
-      if (!inserted.ok()) return WithPrefix(prefix, inserted.status());
+      if (!inserted.ok()) return rules::WithPrefix(prefix, inserted.status());
       if (inserted->affected() > 0) {
         outcomes[i] = ess::v1::CLAIM_OUTCOME_CLAIMED;
         continue;
@@ -372,22 +353,16 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
           "WHERE direction = $1 AND partner = $2 AND message_id = $3 FOR UPDATE",
           {int64_t{r.direction()}, absl::string_view(r.partner()),
            absl::string_view(r.message_id())});
-      if (!state.ok()) return WithPrefix(prefix, state.status());
+      if (!state.ok()) return rules::WithPrefix(prefix, state.status());
       ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
       if (state->rows() > 0) {
-        const auto status = static_cast<ess::v1::MessageStatus>(state->Int64(0, 0));
-        const int64_t age = now - state->Int64(0, 1);
-        if (status == ess::v1::MESSAGE_STATUS_PUBLISHED &&
-            age <= int64_t{claim.window_seconds()} * 1'000'000) {
-          outcome = ess::v1::CLAIM_OUTCOME_PUBLISHED;
-        } else if (status == ess::v1::MESSAGE_STATUS_RECEIVED && claim.lease_ms() > 0 &&
-                   age <= int64_t{claim.lease_ms()} * 1'000) {
-          outcome = ess::v1::CLAIM_OUTCOME_IN_PROGRESS;
-        }
+        outcome =
+            rules::ClaimOfStored(claim, static_cast<ess::v1::MessageStatus>(state->Int64(0, 0)),
+                                 state->Int64(0, 1), now);
       }
       if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
         if (absl::Status s = Upsert(db, r, ess::v1::MESSAGE_STATUS_RECEIVED, now); !s.ok()) {
-          return WithPrefix(prefix, s);
+          return rules::WithPrefix(prefix, s);
         }
       }
       outcomes[i] = outcome;
@@ -399,9 +374,7 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
 
 absl::StatusOr<MessageRecord> PostgresReplayStore::UpdateStatus(
     const ess::v1::UpdateStatusRequest& request) {
-  STORE_RETURN_IF_ERROR(
-      ValidateKey(request.direction(), request.partner(), request.message_id(), ""));
-  STORE_RETURN_IF_ERROR(ValidateStatus(request.status(), ""));
+  STORE_RETURN_IF_ERROR(rules::ValidateUpdate(request));
   absl::StatusOr<Lease> db = Acquire();
   if (!db.ok()) return db.status();
   static const std::string* const kSql = new std::string(
@@ -414,19 +387,14 @@ absl::StatusOr<MessageRecord> PostgresReplayStore::UpdateStatus(
               absl::string_view(request.message_id())});
   if (!row.ok()) return row.status();
   if (row->rows() == 0) {
-    return NoRecord(request.direction(), request.partner(), request.message_id());
+    return rules::NoRecord(request.direction(), request.partner(), request.message_id());
   }
   return RowToRecord(*row, 0);
 }
 
 absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
     const std::vector<ReplayMark>& marks) {
-  for (size_t i = 0; i < marks.size(); ++i) {
-    const ess::v1::RecordKey& key = marks[i].key;
-    const std::string path = absl::StrCat("marks[", i, "]");
-    STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), path));
-    STORE_RETURN_IF_ERROR(ValidateStatus(marks[i].status, absl::StrCat(path, ".status")));
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateMarks(marks));
   std::vector<bool> changed;
   if (marks.empty()) return changed;
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
@@ -513,19 +481,14 @@ absl::StatusOr<MessageRecord> PostgresReplayStore::GetByKey(const ess::v1::Recor
   if (!db.ok()) return db.status();
   absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**db, key);
   if (!record.ok()) return record.status();
-  if (!record->has_value()) return NoRecord(key.direction(), key.partner(), key.message_id());
+  if (!record->has_value())
+    return rules::NoRecord(key.direction(), key.partner(), key.message_id());
   return **std::move(record);
 }
 
 absl::StatusOr<std::vector<std::optional<MessageRecord>>> PostgresReplayStore::GetByKeys(
     const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) {
-  for (int i = 0; i < keys.size(); ++i) {
-    const ess::v1::RecordKey& key = keys[i];
-    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
-        !s.ok()) {
-      return WithPrefix(absl::StrCat("keys[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateKeys(keys));
   std::vector<std::optional<MessageRecord>> records;
   if (keys.empty()) return records;
   // One snapshot for every key.
@@ -534,7 +497,8 @@ absl::StatusOr<std::vector<std::optional<MessageRecord>>> PostgresReplayStore::G
         records.clear();
         for (int i = 0; i < keys.size(); ++i) {
           absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(db, keys[i]);
-          if (!record.ok()) return WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
+          if (!record.ok())
+            return rules::WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
           records.push_back(*std::move(record));
         }
         return absl::OkStatus();
@@ -657,10 +621,7 @@ absl::StatusOr<std::vector<ess::v1::PartnerStats>> PostgresReplayStore::Stats(
     p.set_dead(static_cast<uint64_t>(rows->Int64(r, 6)));
     p.set_published(static_cast<uint64_t>(rows->Int64(r, 7)));
     if (!rows->IsNull(r, 8)) *p.mutable_oldest_pending() = FromUnixMicros(rows->Int64(r, 8));
-    const uint64_t attempted = p.delivered() + p.failed() + p.dead();
-    if (p.direction() == ess::v1::DIRECTION_OUTBOUND && attempted > 0) {
-      p.set_success_rate(static_cast<double>(p.delivered()) / static_cast<double>(attempted));
-    }
+    rules::SetSuccessRate(p);
   }
   return stats;
 }

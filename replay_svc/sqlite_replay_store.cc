@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "replay_svc/records.h"
+#include "replay_svc/store_rules.h"
 
 namespace ess::replay {
 namespace {
@@ -156,12 +157,6 @@ class ResetOnExit {
   sqlite::Statement& statement_;
 };
 
-absl::Status NoRecord(ess::v1::Direction direction, absl::string_view partner,
-                      absl::string_view message_id) {
-  return absl::NotFoundError(absl::StrCat("no record direction=", DirectionName(direction),
-                                          " partner=", partner, " message_id=", message_id));
-}
-
 // The SQL that SelectByKey runs.
 const std::string& SelectByKeySql() {
   static const std::string* const kSql = new std::string(
@@ -184,10 +179,6 @@ absl::StatusOr<std::optional<MessageRecord>> SelectByKey(sqlite::Statement& sele
   return RowToRecord(select);
 }
 
-absl::Status WithPrefix(absl::string_view prefix, const absl::Status& status) {
-  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
-}
-
 absl::Status Migrate(sqlite::Database& db, const std::string& path) {
   absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(db);
   if (!tx.ok()) return tx.status();
@@ -205,7 +196,7 @@ absl::Status Migrate(sqlite::Database& db, const std::string& path) {
   if (version == SqliteReplayStore::kSchemaVersion) return absl::OkStatus();
   for (int64_t v = version; v < SqliteReplayStore::kSchemaVersion; ++v) {
     if (absl::Status s = db.Exec(kMigrations[v]); !s.ok()) {
-      return WithPrefix(absl::StrCat(path, ": migrating to schema ", v + 1, ": "), s);
+      return rules::WithPrefix(absl::StrCat(path, ": migrating to schema ", v + 1, ": "), s);
     }
   }
   STORE_RETURN_IF_ERROR(
@@ -359,11 +350,7 @@ void SqliteReplayStore::ReleaseReader(std::unique_ptr<Reader> reader) {
 
 absl::StatusOr<uint32_t> SqliteReplayStore::Record(
     const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
-  for (int i = 0; i < records.size(); ++i) {
-    if (absl::Status s = ValidateRecord(records[i], ""); !s.ok()) {
-      return WithPrefix(absl::StrCat("records[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateRecords(records));
   if (records.empty()) return 0u;
 
   absl::MutexLock lock(&write_mu_);
@@ -373,7 +360,7 @@ absl::StatusOr<uint32_t> SqliteReplayStore::Record(
   if (!tx.ok()) return tx.status();
   for (int i = 0; i < records.size(); ++i) {
     if (absl::Status s = Upsert(records[i], records[i].status(), now); !s.ok()) {
-      return WithPrefix(absl::StrCat("records[", i, "]: "), s);  // ~Transaction rolls back.
+      return rules::WithPrefix(absl::StrCat("records[", i, "]: "), s);  // ~Transaction rolls back.
     }
   }
   if (absl::Status s = tx->Commit(); !s.ok()) return s;
@@ -414,8 +401,7 @@ absl::StatusOr<bool> SqliteReplayStore::Mark(const MessageRecord& r, ess::v1::Me
 
 absl::Status SqliteReplayStore::Insert(sqlite::Statement& insert, const MessageRecord& r,
                                        ess::v1::MessageStatus status, int64_t now) {
-  const int64_t received_at =
-      r.has_received_at() && !IsUnset(r.received_at()) ? *ToUnixMicros(r.received_at()) : now;
+  const int64_t received_at = rules::ReceivedAtOr(r, now);
   absl::Status s = [&]() -> absl::Status {
     STORE_RETURN_IF_ERROR(insert.Bind(1, static_cast<int>(r.direction())));
     STORE_RETURN_IF_ERROR(insert.Bind(2, r.partner()));
@@ -440,11 +426,7 @@ absl::Status SqliteReplayStore::Insert(sqlite::Statement& insert, const MessageR
 
 absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
     const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
-  for (int i = 0; i < claims.size(); ++i) {
-    if (absl::Status s = ValidateClaimedRecord(claims[i].record(), "record"); !s.ok()) {
-      return WithPrefix(absl::StrCat("claims[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateClaims(claims));
   std::vector<ess::v1::ClaimOutcome> outcomes;
   if (claims.empty()) return outcomes;
   outcomes.reserve(claims.size());
@@ -460,7 +442,7 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
     // A new key is claimed by its insert.
     if (absl::Status s = Insert(writer_->insert_new, r, ess::v1::MESSAGE_STATUS_RECEIVED, now);
         !s.ok()) {
-      return WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
+      return rules::WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
     }
     if (writer_->db.Changes() > 0) {
       outcomes.push_back(ess::v1::CLAIM_OUTCOME_CLAIMED);
@@ -476,20 +458,14 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
       absl::StatusOr<bool> row = select.Step();
       if (!row.ok()) return row.status();
       if (*row) {
-        const auto status = static_cast<ess::v1::MessageStatus>(select.ColumnInt64(0));
-        const int64_t age = now - select.ColumnInt64(1);
-        if (status == ess::v1::MESSAGE_STATUS_PUBLISHED &&
-            age <= int64_t{claim.window_seconds()} * 1'000'000) {
-          outcome = ess::v1::CLAIM_OUTCOME_PUBLISHED;
-        } else if (status == ess::v1::MESSAGE_STATUS_RECEIVED && claim.lease_ms() > 0 &&
-                   age <= int64_t{claim.lease_ms()} * 1'000) {
-          outcome = ess::v1::CLAIM_OUTCOME_IN_PROGRESS;
-        }
+        outcome =
+            rules::ClaimOfStored(claim, static_cast<ess::v1::MessageStatus>(select.ColumnInt64(0)),
+                                 select.ColumnInt64(1), now);
       }
     }
     if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
       if (absl::Status s = Upsert(r, ess::v1::MESSAGE_STATUS_RECEIVED, now); !s.ok()) {
-        return WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
+        return rules::WithPrefix(absl::StrCat("claims[", i, "].record: "), s);
       }
     }
     outcomes.push_back(outcome);
@@ -500,9 +476,7 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> SqliteReplayStore::Claim(
 
 absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
     const ess::v1::UpdateStatusRequest& request) {
-  STORE_RETURN_IF_ERROR(
-      ValidateKey(request.direction(), request.partner(), request.message_id(), ""));
-  STORE_RETURN_IF_ERROR(ValidateStatus(request.status(), ""));
+  STORE_RETURN_IF_ERROR(rules::ValidateUpdate(request));
 
   absl::MutexLock lock(&write_mu_);
   sqlite::Statement& update = writer_->update_status;
@@ -516,7 +490,7 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
   absl::StatusOr<bool> row = update.Step();
   if (!row.ok()) return row.status();
   if (!*row) {
-    return NoRecord(request.direction(), request.partner(), request.message_id());
+    return rules::NoRecord(request.direction(), request.partner(), request.message_id());
   }
   MessageRecord record = RowToRecord(update);
   // The change is committed when the statement runs to completion.
@@ -527,12 +501,7 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
 
 absl::StatusOr<std::vector<bool>> SqliteReplayStore::MarkReplayed(
     const std::vector<ReplayMark>& marks) {
-  for (size_t i = 0; i < marks.size(); ++i) {
-    const ess::v1::RecordKey& key = marks[i].key;
-    const std::string path = absl::StrCat("marks[", i, "]");
-    STORE_RETURN_IF_ERROR(ValidateKey(key.direction(), key.partner(), key.message_id(), path));
-    STORE_RETURN_IF_ERROR(ValidateStatus(marks[i].status, absl::StrCat(path, ".status")));
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateMarks(marks));
   std::vector<bool> changed;
   if (marks.empty()) return changed;
   changed.reserve(marks.size());
@@ -663,7 +632,8 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::GetByKey(const ess::v1::RecordK
   if (!select.ok()) return select.status();
   absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**select, key);
   if (!record.ok()) return record.status();
-  if (!record->has_value()) return NoRecord(key.direction(), key.partner(), key.message_id());
+  if (!record->has_value())
+    return rules::NoRecord(key.direction(), key.partner(), key.message_id());
   return **std::move(record);
 }
 
@@ -673,13 +643,7 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::GetByKey(const ess::v1::RecordK
 // without a statement per batch size or keys to escape.
 absl::StatusOr<std::vector<std::optional<MessageRecord>>> SqliteReplayStore::GetByKeys(
     const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys) {
-  for (int i = 0; i < keys.size(); ++i) {
-    const ess::v1::RecordKey& key = keys[i];
-    if (absl::Status s = ValidateKey(key.direction(), key.partner(), key.message_id(), "");
-        !s.ok()) {
-      return WithPrefix(absl::StrCat("keys[", i, "]."), s);
-    }
-  }
+  STORE_RETURN_IF_ERROR(rules::ValidateKeys(keys));
   std::vector<std::optional<MessageRecord>> records;
   if (keys.empty()) return records;
   records.reserve(keys.size());
@@ -691,7 +655,7 @@ absl::StatusOr<std::vector<std::optional<MessageRecord>>> SqliteReplayStore::Get
   STORE_RETURN_IF_ERROR((*reader)->BeginRead());  // The lease ends it on every path.
   for (int i = 0; i < keys.size(); ++i) {
     absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**select, keys[i]);
-    if (!record.ok()) return WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
+    if (!record.ok()) return rules::WithPrefix(absl::StrCat("keys[", i, "]: "), record.status());
     records.push_back(*std::move(record));
   }
   return records;
@@ -878,10 +842,7 @@ absl::StatusOr<std::vector<ess::v1::PartnerStats>> SqliteReplayStore::Stats(
     p.set_dead(static_cast<uint64_t>(s.ColumnInt64(6)));
     p.set_published(static_cast<uint64_t>(s.ColumnInt64(7)));
     if (!s.ColumnIsNull(8)) *p.mutable_oldest_pending() = FromUnixMicros(s.ColumnInt64(8));
-    const uint64_t attempted = p.delivered() + p.failed() + p.dead();
-    if (p.direction() == ess::v1::DIRECTION_OUTBOUND && attempted > 0) {
-      p.set_success_rate(static_cast<double>(p.delivered()) / static_cast<double>(attempted));
-    }
+    rules::SetSuccessRate(p);
   }
   return stats;
 }
