@@ -481,8 +481,9 @@ absl::StatusOr<MessageRecord> PostgresReplayStore::GetByKey(const ess::v1::Recor
   if (!db.ok()) return db.status();
   absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**db, key);
   if (!record.ok()) return record.status();
-  if (!record->has_value())
+  if (!record->has_value()) {
     return rules::NoRecord(key.direction(), key.partner(), key.message_id());
+  }
   return **std::move(record);
 }
 

@@ -632,8 +632,9 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::GetByKey(const ess::v1::RecordK
   if (!select.ok()) return select.status();
   absl::StatusOr<std::optional<MessageRecord>> record = SelectByKey(**select, key);
   if (!record.ok()) return record.status();
-  if (!record->has_value())
+  if (!record->has_value()) {
     return rules::NoRecord(key.direction(), key.partner(), key.message_id());
+  }
   return **std::move(record);
 }
 
