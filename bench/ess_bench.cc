@@ -52,6 +52,7 @@
 #include "common/cli.h"
 #include "common/http_client.h"
 #include "common/log.h"
+#include "common/postgres.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
 #include "google/protobuf/util/time_util.h"
@@ -82,6 +83,10 @@ ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call."
 ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
 ABSL_FLAG(uint32_t, record_delay_ms, 20, "replay.record_delay_ms.");
 ABSL_FLAG(bool, full_sync, false, "replay.full_sync: the store's commits wait for the disk.");
+ABSL_FLAG(std::string, postgres_dsn, "",
+          "Run replay_svc on PostgreSQL (replay.postgres) with this libpq connection string "
+          "instead of SQLite, each scenario in a fresh schema of its own (e.g. the DSN that "
+          "scripts/postgres.sh writes to DIR/env).");
 ABSL_FLAG(uint32_t, publish_window, 1024, "Unconfirmed publishes of the benchmark's publisher.");
 ABSL_FLAG(int, wrk_connections, 256,
           "Keep-alive connections of wrk: the fixed concurrency of the inbound run and of the HTTP "
@@ -332,6 +337,8 @@ struct Settings {
   uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, record_delay_ms, publish_window;
   int wrk_connections, wrk_threads;
   bool full_sync = false;
+  // Set: the store is on PostgreSQL (--postgres_dsn).
+  std::string postgres_dsn;
   std::string source_dir, bin_dir, run_dir, wrk;
   // Set when webhooks are signed: the partner's side of the inbound route's secret.
   std::optional<webhook::SignatureVerifier> signer;
@@ -339,6 +346,8 @@ struct Settings {
 
 // The environment variable through which inbound_svc gets the run's webhook secret.
 constexpr char kSecretsEnv[] = "ESS_BENCH_WEBHOOK_SECRETS";
+// The one through which replay_svc gets its scenario's PostgreSQL schema (--postgres_dsn).
+constexpr char kPostgresDsnEnv[] = "ESS_BENCH_REPLAY_DSN";
 // Most webhooks/s one wrk thread is given signatures for; a faster run would send unsigned
 // ones (answered 401, counted as non-2xx).
 constexpr double kMaxSignedRate = 30000;
@@ -435,18 +444,20 @@ class Bench {
 };
 
 std::string Bench::HubConfig(const Stack& st, const std::string& log_level) const {
-  return absl::StrCat("# Written by ess_bench for one scenario.\n",                  //
-                      "bus:\n",                                                      //
-                      "  host: 127.0.0.1\n",                                         //
-                      "  port: ", broker_.port, "\n",                                //
-                      "  events_exchange: ", kEventsExchange, "\n",                  //
-                      "replay:\n",                                                   //
-                      "  listen: 127.0.0.1:", st.replay_port, "\n",                  //
-                      "  database_path: replay.db\n",                                //
+  return absl::StrCat("# Written by ess_bench for one scenario.\n",  //
+                      "bus:\n",                                      //
+                      "  host: 127.0.0.1\n",                         //
+                      "  port: ", broker_.port, "\n",                //
+                      "  events_exchange: ", kEventsExchange, "\n",  //
+                      "replay:\n",                                   //
+                      "  listen: 127.0.0.1:", st.replay_port, "\n",  //
+                      s_.postgres_dsn.empty()
+                          ? absl::StrCat("  database_path: replay.db\n  full_sync: ",
+                                         s_.full_sync ? "true" : "false", "\n")
+                          : absl::StrCat("  postgres: {dsn_env: ", kPostgresDsnEnv, "}\n"),
                       "  batch_max: ", s_.batch_max, "\n",                           //
                       "  batch_delay_ms: ", s_.batch_delay_ms, "\n",                 //
                       "  record_delay_ms: ", s_.record_delay_ms, "\n",               //
-                      "  full_sync: ", s_.full_sync ? "true" : "false", "\n",        //
                       "  metrics_listen: 127.0.0.1:", st.replay_metrics_port, "\n",  //
                       "outbound:\n",                                                 //
                       "  prefetch: ", s_.prefetch, "\n",                             //
@@ -510,6 +521,19 @@ absl::Status Bench::StartStack(Stack& st, const std::string& tag, const std::str
   st.inbound_port = FreePort();
   st.config = st.dir + "/hub.yaml";
   std::ofstream(st.config) << HubConfig(st, log_level);
+  if (!s_.postgres_dsn.empty()) {
+    // A fresh schema per scenario, as SQLite gets a fresh file; replay_svc makes its tables.
+    const std::string schema = absl::StrCat("ess_bench_", stacks_);
+    absl::StatusOr<ess::pg::Connection> db = ess::pg::Connection::Open(s_.postgres_dsn);
+    if (!db.ok()) return db.status();
+    if (absl::Status s = db->Exec(
+            absl::StrCat("DROP SCHEMA IF EXISTS ", schema, " CASCADE; CREATE SCHEMA ", schema));
+        !s.ok()) {
+      return s;
+    }
+    setenv(kPostgresDsnEnv,
+           absl::StrCat(s_.postgres_dsn, " options='-c search_path=", schema, "'").c_str(), 1);
+  }
   DeleteQueues({st.queue, st.queue + ".parked", st.queue + ".retry.1000ms"});
   st.replay = std::make_unique<Child>(
       "replay_svc", std::vector<std::string>{s_.bin_dir + "/replay_svc", "--config", st.config},
@@ -2067,6 +2091,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("record_delay_ms", s.record_delay_ms);
   num("publish_window", s.publish_window);
   num("full_sync", s.full_sync ? 1 : 0);
+  num("postgres", s.postgres_dsn.empty() ? 0 : 1);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
   num("cpus", std::thread::hardware_concurrency());
@@ -2163,6 +2188,7 @@ int Main(int argc, char** argv) {
   s.batch_delay_ms = absl::GetFlag(FLAGS_batch_delay_ms);
   s.record_delay_ms = absl::GetFlag(FLAGS_record_delay_ms);
   s.full_sync = absl::GetFlag(FLAGS_full_sync);
+  s.postgres_dsn = absl::GetFlag(FLAGS_postgres_dsn);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
   s.wrk_threads = absl::GetFlag(FLAGS_wrk_threads);
