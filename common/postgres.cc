@@ -2,6 +2,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -113,11 +114,13 @@ absl::Status Connection::Exec(absl::string_view sql) {
   return Check(PQexec(conn_.get(), text.c_str()), sql).status();
 }
 
-absl::StatusOr<Result> Connection::Query(absl::string_view sql, const std::vector<Param>& params) {
-  const std::string text(sql);
-  std::vector<std::string> storage(params.size());
-  std::vector<const char*> values(params.size());
-  std::vector<int> lengths(params.size()), formats(params.size());
+absl::StatusOr<Connection::Bound> Connection::Bind(absl::string_view sql,
+                                                   const std::vector<Param>& params) {
+  Bound b;
+  b.storage.resize(params.size());
+  b.values.resize(params.size());
+  b.lengths.resize(params.size());
+  b.formats.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (const auto* s = std::get_if<absl::string_view>(&params[i])) {
       // Text goes as a C string: a NUL would end it there, and the rest would be lost unseen.
@@ -126,21 +129,98 @@ absl::StatusOr<Result> Connection::Query(absl::string_view sql, const std::vecto
             "postgres: parameter $", i + 1, " holds a NUL character, which text cannot [in: ",
             absl::StripAsciiWhitespace(sql), "]"));
       }
-      storage[i] = std::string(*s);
+      b.storage[i] = std::string(*s);
     } else if (const auto* n = std::get_if<int64_t>(&params[i])) {
-      storage[i] = absl::StrCat(*n);
-    } else if (const auto* b = std::get_if<bool>(&params[i])) {
-      storage[i].assign(1, *b ? 't' : 'f');
+      b.storage[i] = absl::StrCat(*n);
+    } else if (const auto* f = std::get_if<bool>(&params[i])) {
+      b.storage[i].assign(1, *f ? 't' : 'f');
     } else {
-      storage[i] = std::string(std::get<pg::Bytes>(params[i]).bytes);
-      formats[i] = 1;  // binary: the bytes as they are
+      b.storage[i] = std::string(std::get<pg::Bytes>(params[i]).bytes);
+      b.formats[i] = 1;  // binary: the bytes as they are
     }
-    values[i] = storage[i].c_str();
-    lengths[i] = static_cast<int>(storage[i].size());
+    b.values[i] = b.storage[i].c_str();
+    b.lengths[i] = static_cast<int>(b.storage[i].size());
   }
+  return b;
+}
+
+absl::StatusOr<Result> Connection::Query(absl::string_view sql, const std::vector<Param>& params) {
+  absl::StatusOr<Bound> b = Bind(sql, params);
+  if (!b.ok()) return b.status();
+  const std::string text(sql);
   return Check(PQexecParams(conn_.get(), text.c_str(), static_cast<int>(params.size()), nullptr,
-                            values.data(), lengths.data(), formats.data(), 0),
+                            b->values.data(), b->lengths.data(), b->formats.data(), 0),
                sql);
+}
+
+absl::StatusOr<std::vector<Result>> Connection::Pipeline(
+    absl::string_view sql, const std::vector<std::vector<Param>>& params, size_t* failed_at) {
+  auto with_index = [failed_at](size_t i, const absl::Status& s) {
+    if (failed_at != nullptr) {
+      *failed_at = i;
+      return s;
+    }
+    return absl::Status(s.code(), absl::StrCat("statement ", i, ": ", s.message()));
+  };
+  // A pipeline's statements go out before any answer is read: a bounded number of them, so
+  // that neither side's socket buffer fills while the other waits (libpq blocks on writes).
+  constexpr size_t kDepth = 64;
+  const std::string text(sql);
+  std::vector<Result> results;
+  results.reserve(params.size());
+  for (size_t first = 0; first < params.size(); first += kDepth) {
+    const size_t last = std::min(params.size(), first + kDepth);
+    std::vector<Bound> bound;
+    bound.reserve(last - first);
+    for (size_t i = first; i < last; ++i) {
+      absl::StatusOr<Bound> b = Bind(sql, params[i]);
+      if (!b.ok()) return with_index(i, b.status());
+      bound.push_back(*std::move(b));
+    }
+    if (PQenterPipelineMode(conn_.get()) != 1) {
+      return Check(nullptr, sql).status();
+    }
+    absl::Status failed;
+    size_t sent = 0;
+    for (size_t i = first; i < last; ++i, ++sent) {
+      const Bound& b = bound[i - first];
+      if (PQsendQueryParams(conn_.get(), text.c_str(), static_cast<int>(params[i].size()), nullptr,
+                            b.values.data(), b.lengths.data(), b.formats.data(), 0) != 1) {
+        failed = with_index(i, Check(nullptr, sql).status());
+        break;
+      }
+    }
+    if (PQpipelineSync(conn_.get()) != 1 && failed.ok()) {
+      failed = Check(nullptr, sql).status();
+    }
+    // Every statement sent has a result (PIPELINE_ABORTED after a failure), then a NULL; the
+    // sync point ends the pipeline.
+    for (size_t i = first; i < first + sent && !IsBroken(); ++i) {
+      absl::StatusOr<Result> r = Check(PQgetResult(conn_.get()), sql);
+      while (pg_result* more = PQgetResult(conn_.get())) PQclear(more);
+      if (r.ok()) {
+        if (failed.ok()) results.push_back(*std::move(r));
+      } else if (failed.ok()) {
+        failed = with_index(i, r.status());
+      }
+    }
+    for (int nulls = 0; nulls < 2 && !IsBroken();) {
+      pg_result* r = PQgetResult(conn_.get());
+      if (r == nullptr) {  // the end of a statement's results, before the sync point's
+        ++nulls;
+        continue;
+      }
+      nulls = 0;
+      const bool sync = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+      PQclear(r);
+      if (sync) break;
+    }
+    if (PQexitPipelineMode(conn_.get()) != 1 && failed.ok()) {
+      failed = Check(nullptr, sql).status();
+    }
+    if (!failed.ok()) return failed;
+  }
+  return results;
 }
 
 bool Connection::IsBroken() const { return PQstatus(conn_.get()) == CONNECTION_BAD; }

@@ -88,6 +88,15 @@ class Connection {
     return Query(sql, std::vector<Param>(params));
   }
 
+  // Runs `sql` once per element of `params`, in order, in pipelines of up to 64 statements:
+  // one round trip per pipeline instead of one per statement. The server runs them one after
+  // another as usual; inside a transaction (BEGIN) they belong to it. The first failure is
+  // returned, and the statements after it do not run; `failed_at` (if given) is then set to its
+  // index, else the message starts "statement i: ".
+  absl::StatusOr<std::vector<Result>> Pipeline(absl::string_view sql,
+                                               const std::vector<std::vector<Param>>& params,
+                                               size_t* failed_at = nullptr);
+
   // True once the connection is gone (the server ended it, or the network did): drop it.
   bool IsBroken() const;
   // True inside a transaction block (BEGIN without COMMIT or ROLLBACK yet), or in a failed one.
@@ -99,6 +108,13 @@ class Connection {
   };
   explicit Connection(pg_conn* c) : conn_(c) {}
   absl::StatusOr<Result> Check(pg_result* result, absl::string_view sql);
+  // The strings, lengths and formats of `params`, for PQexecParams or PQsendQueryParams.
+  struct Bound {
+    std::vector<std::string> storage;
+    std::vector<const char*> values;
+    std::vector<int> lengths, formats;
+  };
+  static absl::StatusOr<Bound> Bind(absl::string_view sql, const std::vector<Param>& params);
   std::unique_ptr<pg_conn, Free> conn_;
 };
 

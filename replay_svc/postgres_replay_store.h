@@ -89,9 +89,6 @@ class PostgresReplayStore final : public ReplayStore {
   // three times in all, so `body` must start from scratch each time.
   absl::Status InTransaction(absl::string_view begin,
                              const std::function<absl::Status(pg::Connection&)>& body);
-  // Inserts or updates one record with `status`, inside the caller's transaction.
-  absl::Status Upsert(pg::Connection& db, const ess::v1::MessageRecord& record,
-                      ess::v1::MessageStatus status, int64_t now);
 
   const std::string conninfo_;
   const Options options_;

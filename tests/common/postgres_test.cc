@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -17,6 +18,7 @@ namespace ess::pg {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class PostgresTest : public ::testing::Test {
  protected:
@@ -93,6 +95,58 @@ TEST_F(PostgresTest, ErrorsCarryTheirSqlstateAndCode) {
   EXPECT_EQ(typo.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(typo.status().message(), HasSubstr("42601"));
   EXPECT_FALSE(db_->IsBroken());
+}
+
+// More statements than one pipeline holds (64): every one runs, in order, with its own result.
+TEST_F(PostgresTest, APipelineRunsEveryStatementInOrder) {
+  std::vector<std::vector<Param>> params;
+  for (int64_t i = 0; i < 150; ++i) {
+    params.push_back({i, absl::string_view("n"), Bytes{std::string(i % 7, '\0')}, i % 2 == 0});
+  }
+  absl::StatusOr<std::vector<Result>> done = db_->Pipeline(
+      "INSERT INTO t (id, name, body, ok) VALUES ($1, $2, $3, $4) RETURNING id", params);
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->size(), 150u);
+  for (int i = 0; i < 150; ++i) EXPECT_EQ((*done)[i].Int64(0, 0), i);
+  absl::StatusOr<Result> rows = db_->Query("SELECT count(*), sum(length(body)) FROM t");
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  EXPECT_EQ(rows->Int64(0, 0), 150);
+  absl::StatusOr<std::vector<Result>> reads = db_->Pipeline(
+      "SELECT name FROM t WHERE id = $1", {{int64_t{3}}, {int64_t{1000}}, {int64_t{149}}});
+  ASSERT_TRUE(reads.ok()) << reads.status();
+  EXPECT_EQ((*reads)[0].rows(), 1);
+  EXPECT_EQ((*reads)[1].rows(), 0);
+  EXPECT_EQ((*reads)[2].rows(), 1);
+}
+
+// A statement that fails stops the pipeline there: the index is told, the statements after it
+// do not run, the transaction rolls back whole, and the connection serves the next call.
+TEST_F(PostgresTest, APipelineStopsAtItsFirstFailure) {
+  std::vector<std::vector<Param>> params;
+  for (int64_t i = 0; i < 100; ++i) params.push_back({i == 70 ? int64_t{5} : i});
+  ASSERT_TRUE(db_->Exec("BEGIN").ok());
+  size_t failed = 0;
+  absl::StatusOr<std::vector<Result>> done = db_->Pipeline(
+      "INSERT INTO t (id, name, body, ok) VALUES ($1, 'n', '', true)", params, &failed);
+  EXPECT_EQ(done.status().code(), absl::StatusCode::kAlreadyExists) << done.status();
+  EXPECT_EQ(failed, 70u);
+  EXPECT_THAT(done.status().message(), Not(HasSubstr("statement")));
+  EXPECT_TRUE(db_->InTransaction());
+  ASSERT_TRUE(db_->Exec("ROLLBACK").ok());
+  absl::StatusOr<Result> count = db_->Query("SELECT count(*) FROM t");
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(count->Int64(0, 0), 0);
+  // Without an index to fill in, the message says which statement.
+  done = db_->Pipeline("SELECT 1 / $1::INT", {{int64_t{1}}, {int64_t{0}}, {int64_t{2}}});
+  EXPECT_THAT(done.status().message(), HasSubstr("statement 1: postgres: 22012: "));
+  // A text parameter that cannot be sent fails before anything is.
+  done =
+      db_->Pipeline("SELECT $1::TEXT", {{absl::string_view("ok")}, {absl::string_view("a\0b", 3)}});
+  EXPECT_THAT(done.status().message(),
+              HasSubstr("statement 1: postgres: parameter $1 holds a NUL"));
+  absl::StatusOr<Result> after = db_->Query("SELECT 41 + 1");
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->Int64(0, 0), 42);
 }
 
 TEST_F(PostgresTest, ATransactionIsSeenUntilItEnds) {
