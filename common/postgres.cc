@@ -30,6 +30,43 @@ absl::StatusCode CodeOf(absl::string_view sqlstate) {
 
 }  // namespace
 
+absl::Status Array::AddText(absl::string_view text) {
+  if (text.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("postgres: a NUL character, which text cannot hold");
+  }
+  Next();
+  // Quoted, with the two characters that end or escape a quoted element escaped.
+  literal_.push_back('"');
+  for (char c : text) {
+    if (c == '"' || c == '\\') literal_.push_back('\\');
+    literal_.push_back(c);
+  }
+  literal_.push_back('"');
+  return absl::OkStatus();
+}
+
+void Array::AddBytes(absl::string_view bytes) {
+  // bytea's hex form, \x..., whose backslash the quoted element escapes.
+  static constexpr char kHex[] = "0123456789abcdef";
+  Next();
+  literal_.append("\"\\\\x");
+  for (unsigned char c : bytes) {
+    literal_.push_back(kHex[c >> 4]);
+    literal_.push_back(kHex[c & 15]);
+  }
+  literal_.push_back('"');
+}
+
+void Array::AddInt(int64_t n) {
+  Next();
+  absl::StrAppend(&literal_, n);
+}
+
+void Array::AddBool(bool b) {
+  Next();
+  literal_.push_back(b ? 't' : 'f');
+}
+
 void Result::Free::operator()(pg_result* r) const { PQclear(r); }
 
 int Result::rows() const { return PQntuples(result_.get()); }

@@ -45,6 +45,26 @@ struct Bytes {
 // A parameter of a statement: text, a number (sent as its decimal text), a bool or bytes.
 using Param = std::variant<absl::string_view, int64_t, bool, Bytes>;
 
+// An array parameter in PostgreSQL's text form ("{...}"), built element by element, for
+// statements that take a whole batch at once (e.g. INSERT ... SELECT * FROM unnest($1::TEXT[],
+// $2::BYTEA[], ...)).
+class Array {
+ public:
+  // INVALID_ARGUMENT for text holding a NUL character (text cannot).
+  absl::Status AddText(absl::string_view text);
+  void AddBytes(absl::string_view bytes);
+  void AddInt(int64_t n);
+  void AddBool(bool b);
+  // The literal, e.g. {"a","b\"c"}; pass it as a text parameter cast to the array type.
+  std::string Literal() const { return literal_ + "}"; }
+
+ private:
+  void Next() {
+    if (literal_.size() > 1) literal_.push_back(',');
+  }
+  std::string literal_ = "{";
+};
+
 // The rows of one statement, or what it changed.
 class Result {
  public:

@@ -57,11 +57,19 @@ constexpr absl::string_view kColumns =
     "id, direction, partner, message_id, correlation_id, event_type, status, payload, rendered, "
     "error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as";
 
+#define ESS_INSERT_INTO                                                                    \
+  "INSERT INTO ess_replay_records AS r (direction, partner, message_id, correlation_id, "  \
+  "event_type, status, payload, rendered, error, attempts, dry_run, source, received_at, " \
+  "updated_at, maybe_delivered_as) "
+// One row.
 constexpr absl::string_view kInsertColumns =
-    "INSERT INTO ess_replay_records AS r (direction, partner, message_id, correlation_id, "
-    "event_type, status, payload, rendered, error, attempts, dry_run, source, received_at, "
-    "updated_at, maybe_delivered_as) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ";
+    ESS_INSERT_INTO "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ";
+// Many rows: each parameter an array of one column (see ManyParams).
+constexpr absl::string_view kInsertMany = ESS_INSERT_INTO
+    "SELECT * FROM unnest($1::SMALLINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], "
+    "$6::SMALLINT[], $7::BYTEA[], $8::BYTEA[], $9::TEXT[], $10::BIGINT[], $11::BOOLEAN[], "
+    "$12::TEXT[], $13::BIGINT[], $14::BIGINT[], $15::TEXT[]) ";
+#undef ESS_INSERT_INTO
 
 // An inbound event once PUBLISHED is never marked FAILED (2: DIRECTION_INBOUND, 6: PUBLISHED,
 // 4: FAILED); see the SQLite store's kUpsertSql for why.
@@ -156,6 +164,69 @@ std::vector<pg::Param> InsertParams(const MessageRecord& r, ess::v1::MessageStat
           rules::ReceivedAtOr(r, now),
           now,
           absl::string_view(r.maybe_delivered_as())};
+}
+
+// kInsertMany's parameters for `records[i]` for each i of `rows`, each stored with its own
+// status at `now`: one array per column. INVALID_ARGUMENT "records[i]: ..." for text that an
+// array cannot carry.
+absl::StatusOr<std::vector<std::string>> ManyParams(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records, const std::vector<int>& rows,
+    int64_t now) {
+  pg::Array direction, partner, message_id, correlation_id, event_type, status, payload, rendered,
+      error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as;
+  for (int i : rows) {
+    const MessageRecord& r = records[i];
+    direction.AddInt(r.direction());
+    status.AddInt(r.status());
+    payload.AddBytes(r.payload());
+    rendered.AddBytes(r.rendered());
+    attempts.AddInt(r.attempts());
+    dry_run.AddBool(r.dry_run());
+    received_at.AddInt(rules::ReceivedAtOr(r, now));
+    updated_at.AddInt(now);
+    const std::pair<pg::Array*, const std::string*> texts[] = {
+        {&partner, &r.partner()},
+        {&message_id, &r.message_id()},
+        {&correlation_id, &r.correlation_id()},
+        {&event_type, &r.event_type()},
+        {&error, &r.error()},
+        {&source, &r.source()},
+        {&maybe_delivered_as, &r.maybe_delivered_as()}};
+    for (const auto& [array, text] : texts) {
+      if (absl::Status s = array->AddText(*text); !s.ok()) {
+        return rules::WithPrefix(absl::StrCat("records[", i, "]: "), s);
+      }
+    }
+  }
+  std::vector<std::string> params;
+  for (const pg::Array* a : {&direction, &partner, &message_id, &correlation_id, &event_type,
+                             &status, &payload, &rendered, &error, &attempts, &dry_run, &source,
+                             &received_at, &updated_at, &maybe_delivered_as}) {
+    params.push_back(a->Literal());
+  }
+  return params;
+}
+
+// `order` (indexes sorted by key, equal keys adjacent) cut into rounds of distinct keys: the
+// n-th record of a key goes into round n. Run one after another, the rounds apply each key's
+// records in their order, and a round can be one statement (an upsert may not touch a row
+// twice).
+std::vector<std::vector<int>> Rounds(const std::vector<int>& order,
+                                     const google::protobuf::RepeatedPtrField<MessageRecord>& r) {
+  std::vector<std::vector<int>> rounds;
+  size_t n = 0;  // this record's place among its key's
+  for (size_t k = 0; k < order.size(); ++k) {
+    const MessageRecord& a = r[order[k]];
+    if (k > 0) {
+      const MessageRecord& b = r[order[k - 1]];
+      const bool same = a.direction() == b.direction() && a.partner() == b.partner() &&
+                        a.message_id() == b.message_id();
+      n = same ? n + 1 : 0;
+    }
+    if (rounds.size() <= n) rounds.emplace_back();
+    rounds[n].push_back(order[k]);
+  }
+  return rounds;
 }
 
 const std::string& UpsertSql() {
@@ -302,12 +373,31 @@ absl::StatusOr<uint32_t> PostgresReplayStore::Record(
     const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
   STORE_RETURN_IF_ERROR(rules::ValidateRecords(records));
   if (records.empty()) return 0u;
-  // Every record is one upsert (a status mark too: the upsert keeps the stored bytes), sent in
-  // pipelines: a round trip per 64 records rather than one per record.
+  // Every record is an upsert (a status mark too: the upsert keeps the stored bytes), the whole
+  // batch one statement per round of distinct keys (usually one), its columns as arrays.
+  const std::vector<int> order =
+      InKeyOrder(records.size(), [&](int i) -> const MessageRecord& { return records[i]; });
+  static const std::string* const kUpsertManySql =
+      new std::string(absl::StrCat(kInsertMany, kUpsertSql));
+  absl::Status s = InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
+    const int64_t now = NowMicros();
+    for (const std::vector<int>& round : Rounds(order, records)) {
+      absl::StatusOr<std::vector<std::string>> columns = ManyParams(records, round, now);
+      if (!columns.ok()) return columns.status();
+      std::vector<pg::Param> params(columns->begin(), columns->end());
+      absl::StatusOr<pg::Result> done = db.Query(*kUpsertManySql, params);
+      if (!done.ok()) return done.status();
+    }
+    return absl::OkStatus();
+  });
+  if (s.ok() || absl::IsInvalidArgument(s) || absl::IsUnavailable(s) || absl::IsAborted(s)) {
+    STORE_RETURN_IF_ERROR(s);
+    return static_cast<uint32_t>(records.size());
+  }
+  // The database refused a row (a constraint, a trigger): nothing was stored. The same batch
+  // again, a statement per record in pipelines, says which one.
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
-    const std::vector<int> order =
-        InKeyOrder(records.size(), [&](int i) -> const MessageRecord& { return records[i]; });
     std::vector<std::vector<pg::Param>> params;
     params.reserve(order.size());
     for (int i : order) params.push_back(InsertParams(records[i], records[i].status(), now));

@@ -149,6 +149,43 @@ TEST_F(PostgresTest, APipelineStopsAtItsFirstFailure) {
   EXPECT_EQ(after->Int64(0, 0), 42);
 }
 
+// Array literals carry any text but NUL, and any bytes, through to the server and back.
+TEST_F(PostgresTest, ArraysCarryTextAndBytesOfAnyContent) {
+  const std::vector<std::string> texts = {"",         "plain",       "a,b",
+                                          "{braces}", R"("quoted")", R"(back\slash)",
+                                          "NULL",     "ünïcode – ✓", " spaces "};
+  std::string every_byte;
+  for (int b = 0; b < 256; ++b) every_byte.push_back(static_cast<char>(b));
+  Array names, bodies, ids;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ASSERT_TRUE(names.AddText(texts[i]).ok());
+    bodies.AddBytes(i == 0 ? every_byte : texts[i]);
+    ids.AddInt(static_cast<int64_t>(i) - 3);
+  }
+  const std::string names_literal = names.Literal(), bodies_literal = bodies.Literal(),
+                    ids_literal = ids.Literal();
+  absl::StatusOr<Result> rows =
+      db_->Query("SELECT * FROM unnest($1::TEXT[], $2::BYTEA[], $3::BIGINT[])",
+                 {absl::string_view(names_literal), absl::string_view(bodies_literal),
+                  absl::string_view(ids_literal)});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->rows(), static_cast<int>(texts.size()));
+  for (int i = 0; i < rows->rows(); ++i) {
+    EXPECT_FALSE(rows->IsNull(i, 0)) << i;  // the text NULL is not SQL's NULL
+    EXPECT_EQ(rows->Text(i, 0), texts[i]);
+    EXPECT_EQ(rows->Bytes(i, 1), i == 0 ? every_byte : texts[i]);
+    EXPECT_EQ(rows->Int64(i, 2), i - 3);
+  }
+  Array empty;
+  EXPECT_EQ(empty.Literal(), "{}");
+  Array flags;
+  flags.AddBool(true);
+  flags.AddBool(false);
+  EXPECT_EQ(flags.Literal(), "{t,f}");
+  EXPECT_EQ(Array().AddText(absl::string_view("a\0b", 3)).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(PostgresTest, ATransactionIsSeenUntilItEnds) {
   EXPECT_FALSE(db_->InTransaction());
   ASSERT_TRUE(db_->Exec("BEGIN").ok());

@@ -202,6 +202,55 @@ TEST_P(ReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
   EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "m-1"))->payload(), "new payload");
 }
 
+// One batch that holds a key several times is applied as if its records came one after
+// another (the PostgreSQL store writes such a batch in rounds of distinct keys), and text and
+// bytes of any content come back as they went in.
+TEST_P(ReplayStoreTest, ABatchThatRepeatsAKeyAppliesItsRecordsInOrder) {
+  MessageRecord received = Outbound("prison", "m-1");
+  received.set_payload(std::string("payload \0 with \xff bytes", 24));
+  received.set_rendered("render 1");
+  *received.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
+  MessageRecord failed = Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_FAILED);
+  failed.clear_payload();
+  failed.set_error(R"(HTTP 503: "busy" \ {retry}, later)");
+  failed.set_attempts(1);
+  failed.set_maybe_delivered_as("/upload/a b,\"c\".csv");
+  MessageRecord delivered = Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_DELIVERED);
+  delivered.clear_payload();
+  delivered.set_rendered("render 2 – ünïcode");
+  delivered.set_attempts(2);
+  // An inbound event once PUBLISHED is not marked FAILED, within one batch too.
+  MessageRecord published =
+      MakeRecord(kIn, "prison", "wh-1", "VIS-1", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  MessageRecord publish_failed =
+      MakeRecord(kIn, "prison", "wh-1", "VIS-1", ess::v1::MESSAGE_STATUS_FAILED);
+  publish_failed.clear_payload();
+  Store({received, Outbound("prison", "m-0"), failed, published, Outbound("prison", "m-2"),
+         delivered, publish_failed});
+
+  absl::StatusOr<MessageRecord> m1 = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(m1.ok()) << m1.status();
+  EXPECT_EQ(m1->status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+  EXPECT_EQ(m1->payload(), received.payload());
+  EXPECT_EQ(m1->rendered(), "render 2 – ünïcode");
+  EXPECT_EQ(m1->attempts(), 2u);
+  EXPECT_EQ(m1->error(), "");
+  EXPECT_EQ(m1->maybe_delivered_as(), "");
+  EXPECT_EQ(m1->received_at().seconds(), 1'000);
+  absl::StatusOr<MessageRecord> wh1 = store_->GetByKey(Key(kIn, "prison", "wh-1"));
+  ASSERT_TRUE(wh1.ok()) << wh1.status();
+  EXPECT_EQ(wh1->status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  EXPECT_THAT(MessageIds(ListAll()), ::testing::UnorderedElementsAre("m-0", "m-1", "m-2", "wh-1"));
+
+  // The failed attempt alone, in a batch of its own: its text comes back whole.
+  Store({failed});
+  m1 = store_->GetByKey(Key(kOut, "prison", "m-1"));
+  ASSERT_TRUE(m1.ok()) << m1.status();
+  EXPECT_EQ(m1->error(), R"(HTTP 503: "busy" \ {retry}, later)");
+  EXPECT_EQ(m1->maybe_delivered_as(), "/upload/a b,\"c\".csv");
+  EXPECT_EQ(m1->payload(), received.payload());
+}
+
 // A record without payload and rendered bytes (a status mark, such as the inbound lane's
 // PUBLISHED) takes the store's plain UPDATE when its key is stored, and must change what the
 // upsert would, nothing more; with no row yet it is inserted as any record is.
