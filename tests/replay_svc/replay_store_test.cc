@@ -207,7 +207,8 @@ TEST_P(ReplayStoreTest, UpsertUpdatesStateAndKeepsFirstReceivedAt) {
 // bytes of any content come back as they went in.
 TEST_P(ReplayStoreTest, ABatchThatRepeatsAKeyAppliesItsRecordsInOrder) {
   MessageRecord received = Outbound("prison", "m-1");
-  received.set_payload(std::string("payload \0 with \xff bytes", 24));
+  constexpr char kPayload[] = "payload \0 with \xff bytes";
+  received.set_payload(std::string(kPayload, sizeof(kPayload) - 1));
   received.set_rendered("render 1");
   *received.mutable_received_at() = Ts(absl::FromUnixSeconds(1'000));
   MessageRecord failed = Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_FAILED);
