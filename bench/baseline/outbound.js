@@ -20,8 +20,10 @@ async function main() {
   const conn = await amqp.connect(amqpUrl);
   const ch = await conn.createChannel();
   await ch.prefetch(Number(prefetch));
-  await ch.consume(queue, async (msg) => {
+  let inFlight = 0;
+  const { consumerTag } = await ch.consume(queue, async (msg) => {
     if (msg === null) return;  // consumer cancelled by the broker
+    inFlight++;
     try {
       const ev = JSON.parse(msg.content.toString());
       const body = JSON.stringify({ id: ev.id, inmate: ev.inmateId, slot: ev.slotUtc,
@@ -36,11 +38,21 @@ async function main() {
       }
     } catch (err) {
       console.error(`outbound: ${err.message}`);
-      ch.nack(msg, false, true);
+      try { ch.nack(msg, false, true); } catch (e) { /* the channel is closing */ }
+    } finally {
+      inFlight--;
     }
   }, { noAck: false });
+  // Stop taking deliveries, let those in flight finish and be acked (at most 10 s), then close:
+  // a stop right after the partner saw the last request must not return it to the queue.
   const stop = async () => {
-    try { await ch.close(); await conn.close(); await pool.close(); } finally { process.exit(0); }
+    try {
+      await ch.cancel(consumerTag);
+      for (let waited = 0; inFlight > 0 && waited < 10000; waited += 10) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await ch.close(); await conn.close(); await pool.close();
+    } finally { process.exit(0); }
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
