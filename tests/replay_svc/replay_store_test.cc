@@ -1039,6 +1039,17 @@ TEST_F(PostgresReplayStoreTest, NewerSchemaIsRefused) {
   EXPECT_THAT(std::string(store.status().message()), HasSubstr("schema version 99 is newer"));
 }
 
+// PostgreSQL's text cannot hold a NUL character: such a record is refused, named, and nothing
+// of its batch is stored (SQLite would store it).
+TEST_F(PostgresReplayStoreTest, TextWithANulCharacterIsRefusedByName) {
+  MessageRecord bad = Outbound("prison", "m-2", ess::v1::MESSAGE_STATUS_FAILED);
+  bad.set_error(std::string("HTTP 500: a\0b", 13));
+  absl::StatusOr<uint32_t> stored = store_->Record(Batch({Outbound("prison", "m-1"), bad}));
+  EXPECT_EQ(stored.status().code(), absl::StatusCode::kInvalidArgument) << stored.status();
+  EXPECT_THAT(std::string(stored.status().message()), HasSubstr("records[1]: postgres: a NUL"));
+  EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
+}
+
 TEST(PostgresReplayStoreOpenTest, AnEmptyConninfoIsInvalidAndAServerNotThereUnavailable) {
   EXPECT_EQ(PostgresReplayStore::Open("").status().code(), absl::StatusCode::kInvalidArgument);
   absl::StatusOr<std::unique_ptr<PostgresReplayStore>> store =
