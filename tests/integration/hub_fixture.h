@@ -203,6 +203,31 @@ ROUTE_EXTRA
     pub.Stop();
   }
 
+  // Publishes the visits VIS-1..VIS-n and waits (up to 30 s) until the store has each of them
+  // delivered.
+  void DeliverVisits(int n) {
+    std::vector<std::pair<std::string, std::string>> events;
+    for (int i = 1; i <= n; ++i) {
+      const std::string id = absl::StrCat("VIS-", i);
+      events.emplace_back(id, VisitEvent(id));
+    }
+    ASSERT_NO_FATAL_FAILURE(Publish(events));
+    ASSERT_TRUE(testing::WaitFor(
+        [&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == static_cast<uint64_t>(n); },
+        absl::Seconds(30)))
+        << outbound_->Log();
+  }
+
+  // The partner's callback confirming visit `id`, answered 200, and its trail confirmed (up to
+  // 10 s).
+  void ConfirmVisit(const std::string& id) {
+    auto resp = PostWebhook(absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"));
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    ASSERT_EQ(resp->status, 200) << resp->body;
+    ASSERT_TRUE(testing::WaitFor([&] { return Trail(id).trail().stage() == "confirmed"; },
+                                 absl::Seconds(10)));
+  }
+
   // A context for a call of the test's own to the store, with replay_token_ when set.
   std::unique_ptr<grpc::ClientContext> Call() const {
     auto ctx = std::make_unique<grpc::ClientContext>();

@@ -149,19 +149,7 @@ TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
   const std::string sub = testing::BindSubscriber(**conn, exchange_);  // events are routable
-  Publish({{"VIS-1", VisitEvent("VIS-1")},
-           {"VIS-2", VisitEvent("VIS-2")},
-           {"VIS-3", VisitEvent("VIS-3")}});
-  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 3; },
-                      absl::Seconds(30)))
-      << outbound_->Log();
-  auto confirm = [&](const std::string& id) {
-    auto resp = PostWebhook(absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"));
-    ASSERT_TRUE(resp.ok()) << resp.status();
-    ASSERT_EQ(resp->status, 200) << resp->body;
-    ASSERT_TRUE(
-        WaitFor([&] { return Trail(id).trail().stage() == "confirmed"; }, absl::Seconds(10)));
-  };
+  ASSERT_NO_FATAL_FAILURE(DeliverVisits(3));
   auto unconfirmed = [&] {
     ess::v1::ListRequest request;
     request.set_partner("prison_calendar");
@@ -175,9 +163,9 @@ TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
     std::sort(ids.begin(), ids.end());
     return ids;
   };
-  ASSERT_NO_FATAL_FAILURE(confirm("VIS-2"));
+  ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-2"));
   EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1", "VIS-3"));
-  ASSERT_NO_FATAL_FAILURE(confirm("VIS-3"));
+  ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-3"));
   EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
@@ -196,17 +184,7 @@ TEST_F(HubTest, ReplaySvcCountsTheVisitsThePartnerDidNotConfirmInTime) {
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
   const std::string sub = testing::BindSubscriber(**conn, exchange_);  // events are routable
-  Publish({{"VIS-1", VisitEvent("VIS-1")},
-           {"VIS-2", VisitEvent("VIS-2")},
-           {"VIS-3", VisitEvent("VIS-3")}});
-  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 3; },
-                      absl::Seconds(30)))
-      << outbound_->Log();
-  auto confirm = [&](const std::string& id) {
-    auto resp = PostWebhook(absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"));
-    ASSERT_TRUE(resp.ok()) << resp.status();
-    ASSERT_EQ(resp->status, 200) << resp->body;
-  };
+  ASSERT_NO_FATAL_FAILURE(DeliverVisits(3));
   // Waits (up to 15 s) until replay_svc serves `sample`.
   auto serves = [&](const std::string& sample) {
     std::string body;
@@ -223,14 +201,14 @@ TEST_F(HubTest, ReplaySvcCountsTheVisitsThePartnerDidNotConfirmInTime) {
     return seen;
   };
   const std::string gauge = R"(ess_replay_unconfirmed_deliveries{partner="prison_calendar"} )";
-  ASSERT_NO_FATAL_FAILURE(confirm("VIS-2"));
+  ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-2"));
   ASSERT_TRUE(serves(gauge + "2"));
   EXPECT_TRUE(replay_->WaitForLog("partner=prison_calendar unconfirmed=2 confirm_within_s=1 "))
       << replay_->Log();
-  ASSERT_NO_FATAL_FAILURE(confirm("VIS-3"));
+  ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-3"));
   ASSERT_TRUE(serves(gauge + "1"));
   EXPECT_TRUE(replay_->WaitForLog("partner=prison_calendar unconfirmed=1 "));
-  ASSERT_NO_FATAL_FAILURE(confirm("VIS-1"));
+  ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-1"));
   ASSERT_TRUE(serves(gauge + "0"));
   EXPECT_TRUE(replay_->WaitForLog(R"(msg="no unconfirmed deliveries" partner=prison_calendar)"));
   EXPECT_TRUE(serves(R"(ess_replay_drift_checks_total{result="error"} 0)"));
@@ -270,8 +248,7 @@ TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
     events.emplace_back(id, VisitEvent(id));
   }
   Publish(events);
-  ASSERT_TRUE(WaitFor([&] {
-    return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 20; },
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 20; },
                       absl::Seconds(30)))
       << outbound_->Log();
   EXPECT_EQ(partner.count(), 20);
@@ -284,9 +261,8 @@ TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
   };
   EXPECT_EQ(confirm("msg-5"), R"({"ok":true,"events":1})");
   // Through replica A, the visit's trail holds the outbound delivery and B's confirmation.
-  ASSERT_TRUE(WaitFor([&] {
-    return Trail("VIS-5").trail().stage() == "confirmed"; },
-                      absl::Seconds(10)))
+  ASSERT_TRUE(
+      WaitFor([&] { return Trail("VIS-5").trail().stage() == "confirmed"; }, absl::Seconds(10)))
       << Trail("VIS-5").DebugString();
   EXPECT_EQ(Trail("VIS-5").records_size(), 2);
   // The partner's retry of the same call: a duplicate, not a second SlotConfirmed.
