@@ -294,11 +294,11 @@ absl::StatusOr<std::unique_ptr<PostgresReplayStore>> PostgresReplayStore::Open(
   if (!db.ok()) return db.status();
   STORE_RETURN_IF_ERROR(Migrate(*db));
   std::unique_ptr<PostgresReplayStore> store(new PostgresReplayStore(conninfo, std::move(options)));
-  store->Release(std::make_unique<pg::Connection>(*std::move(db)));
   {
     absl::MutexLock lock(&store->mu_);
-    store->open_ = 1;
+    store->open_ = 1;  // counted before Release, which uncounts it if the server ended it
   }
+  store->Release(std::make_unique<pg::Connection>(*std::move(db)));
   return store;
 }
 
