@@ -91,9 +91,12 @@ absl::Status DriftWatch::Check() {
     const std::string within = absl::StrCat(absl::ToInt64Seconds(partner.confirm_within));
     const std::string oldest = absl::FormatTime(
         "%Y-%m-%dT%H:%M:%SZ", absl::FromUnixMicros(*found->oldest_micros), absl::UTCTimeZone());
+    // The rows this count read: [now - window, now - confirm_within).
     const std::string list = absl::StrCat(
         "essctl list --partner ", partner.name,
-        " --direction outbound --status delivered --unconfirmed --until ",
+        " --direction outbound --status delivered --unconfirmed --since ",
+        absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", now - options_.window, absl::UTCTimeZone()),
+        " --until ",
         absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", now - partner.confirm_within, absl::UTCTimeZone()));
     log::Warn("", "deliveries not confirmed in time",
               {{"partner", partner.name},

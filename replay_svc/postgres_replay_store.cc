@@ -1,7 +1,6 @@
 #include "replay_svc/postgres_replay_store.h"
 
 #include <algorithm>
-#include <functional>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -122,8 +121,8 @@ std::vector<int> InKeyOrder(int n, KeyOf key_of) {
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
     const auto& ka = key_of(a);
     const auto& kb = key_of(b);
-    return std::make_tuple(ka.direction(), std::cref(ka.partner()), std::cref(ka.message_id())) <
-           std::make_tuple(kb.direction(), std::cref(kb.partner()), std::cref(kb.message_id()));
+    return std::forward_as_tuple(ka.direction(), ka.partner(), ka.message_id()) <
+           std::forward_as_tuple(kb.direction(), kb.partner(), kb.message_id());
   });
   return order;
 }

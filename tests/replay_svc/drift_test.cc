@@ -155,7 +155,8 @@ TEST_F(DriftWatchTest, CountsEachPartnersDeliveriesThatNoEventConfirmedInTime) {
   EXPECT_THAT(logged, HasSubstr("partner=prison unconfirmed=3 confirm_within_s=600 "
                                 "oldest_delivered=2023-11-14T22:13:20Z"));
   EXPECT_THAT(logged, HasSubstr("essctl list --partner prison --direction outbound --status "
-                                "delivered --unconfirmed --until 2023-11-14T22:15:20Z"));
+                                "delivered --unconfirmed --since 2023-11-13T22:25:20Z --until "
+                                "2023-11-14T22:15:20Z"));
   EXPECT_THAT(logged, Not(HasSubstr("partner=clinic")));
 
   // VIS-2 is confirmed, by another partner's webhook: the trail counts it, and so does this.
