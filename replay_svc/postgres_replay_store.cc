@@ -206,18 +206,18 @@ absl::StatusOr<std::vector<std::string>> ManyParams(
   return params;
 }
 
-// `order` (indexes sorted by key, equal keys adjacent) cut into rounds of distinct keys: the
-// n-th record of a key goes into round n. Run one after another, the rounds apply each key's
-// records in their order, and a round can be one statement (an upsert may not touch a row
-// twice).
-std::vector<std::vector<int>> Rounds(const std::vector<int>& order,
-                                     const google::protobuf::RepeatedPtrField<MessageRecord>& r) {
+// `order` (indexes sorted by the key that `key_of(i)` gives, equal keys adjacent) cut into
+// rounds of distinct keys: the n-th index of a key goes into round n. Run one after another,
+// the rounds apply each key's writes in their order, and a round can be one statement (an
+// upsert or a joined update may not touch a row twice).
+template <typename KeyOf>
+std::vector<std::vector<int>> Rounds(const std::vector<int>& order, KeyOf key_of) {
   std::vector<std::vector<int>> rounds;
-  size_t n = 0;  // this record's place among its key's
+  size_t n = 0;  // this index's place among its key's
   for (size_t k = 0; k < order.size(); ++k) {
-    const MessageRecord& a = r[order[k]];
     if (k > 0) {
-      const MessageRecord& b = r[order[k - 1]];
+      const auto& a = key_of(order[k]);
+      const auto& b = key_of(order[k - 1]);
       const bool same = a.direction() == b.direction() && a.partner() == b.partner() &&
                         a.message_id() == b.message_id();
       n = same ? n + 1 : 0;
@@ -380,7 +380,8 @@ absl::StatusOr<uint32_t> PostgresReplayStore::Record(
       new std::string(absl::StrCat(kInsertMany, kUpsertSql));
   absl::Status s = InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
-    for (const std::vector<int>& round : Rounds(order, records)) {
+    for (const std::vector<int>& round :
+         Rounds(order, [&](int i) -> const MessageRecord& { return records[i]; })) {
       absl::StatusOr<std::vector<std::string>> columns = ManyParams(records, round, now);
       if (!columns.ok()) return columns.status();
       std::vector<pg::Param> params(columns->begin(), columns->end());
@@ -496,28 +497,50 @@ absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
   STORE_RETURN_IF_ERROR(rules::ValidateMarks(marks));
   std::vector<bool> changed;
   if (marks.empty()) return changed;
+  // One statement per round of distinct keys (usually one): the rows that still hold what each
+  // mark expects are locked in key order, as every transaction of the store locks them, and
+  // marked; it returns the marks that changed a row.
+  static const std::string* const kMarkSql = new std::string(
+      "WITH m AS (SELECT * FROM unnest($2::SMALLINT[], $3::TEXT[], $4::TEXT[], $5::SMALLINT[], "
+      "$6::BIGINT[], $7::SMALLINT[], $8::INTEGER[]) "
+      "AS m(direction, partner, message_id, expected_status, expected_updated_at, status, i)), "
+      "locked AS (SELECT r.id, m.status, m.i FROM ess_replay_records AS r JOIN m ON "
+      "r.direction = m.direction AND r.partner = m.partner AND r.message_id = m.message_id AND "
+      "r.status = m.expected_status AND r.updated_at = m.expected_updated_at "
+      "ORDER BY r.direction, r.partner COLLATE \"C\", r.message_id COLLATE \"C\" FOR UPDATE OF r) "
+      "UPDATE ess_replay_records AS r SET status = locked.status, error = '', updated_at = $1 "
+      "FROM locked WHERE r.id = locked.id RETURNING locked.i");
+  const std::vector<int> order =
+      InKeyOrder(static_cast<int>(marks.size()),
+                 [&](int i) -> const ess::v1::RecordKey& { return marks[i].key; });
+  const std::vector<std::vector<int>> rounds =
+      Rounds(order, [&](int i) -> const ess::v1::RecordKey& { return marks[i].key; });
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
-    const std::vector<int> order =
-        InKeyOrder(static_cast<int>(marks.size()),
-                   [&](int i) -> const ess::v1::RecordKey& { return marks[i].key; });
-    std::vector<std::vector<pg::Param>> params;
-    params.reserve(order.size());
-    for (int i : order) {
-      const ReplayMark& mark = marks[i];
-      params.push_back({int64_t{mark.status}, now, int64_t{mark.key.direction()},
-                        absl::string_view(mark.key.partner()),
-                        absl::string_view(mark.key.message_id()), int64_t{mark.expected_status},
-                        mark.expected_updated_at_micros});
-    }
-    absl::StatusOr<std::vector<pg::Result>> updated = db.Pipeline(
-        "UPDATE ess_replay_records SET status = $1, error = '', updated_at = $2 "
-        "WHERE direction = $3 AND partner = $4 AND message_id = $5 AND status = $6 "
-        "AND updated_at = $7",
-        params);
-    if (!updated.ok()) return updated.status();
     changed.assign(marks.size(), false);
-    for (size_t k = 0; k < order.size(); ++k) changed[order[k]] = (*updated)[k].affected() > 0;
+    for (const std::vector<int>& round : rounds) {
+      pg::Array direction, partner, message_id, expected_status, expected_updated_at, status, index;
+      for (int i : round) {
+        const ReplayMark& mark = marks[i];
+        direction.AddInt(mark.key.direction());
+        expected_status.AddInt(mark.expected_status);
+        expected_updated_at.AddInt(mark.expected_updated_at_micros);
+        status.AddInt(mark.status);
+        index.AddInt(i);
+        for (const auto& [array, text] : {std::pair{&partner, &mark.key.partner()},
+                                          std::pair{&message_id, &mark.key.message_id()}}) {
+          if (absl::Status s = array->AddText(*text); !s.ok()) {
+            return rules::WithPrefix(absl::StrCat("marks[", i, "]: "), s);
+          }
+        }
+      }
+      absl::StatusOr<pg::Result> updated =
+          db.Query(*kMarkSql, {now, direction.Literal(), partner.Literal(), message_id.Literal(),
+                               expected_status.Literal(), expected_updated_at.Literal(),
+                               status.Literal(), index.Literal()});
+      if (!updated.ok()) return updated.status();
+      for (int r = 0; r < updated->rows(); ++r) changed[updated->Int64(r, 0)] = true;
+    }
     return absl::OkStatus();
   }));
   return changed;

@@ -507,6 +507,81 @@ TEST_P(ReplayStoreTest, UpdateStatusChangesStatusAndError) {
   EXPECT_EQ(stored->SerializeAsString(), updated->SerializeAsString());
 }
 
+int64_t Micros(const google::protobuf::Timestamp& t) {
+  return t.seconds() * 1'000'000 + t.nanos() / 1000;
+}
+
+// A replay's marks: each changes its row only if the row still holds the status and updated_at
+// the replay read, as if the marks ran one after another in their order.
+TEST_P(ReplayStoreTest, MarkReplayedChangesOnlyRowsThatStillHoldWhatTheMarkRead) {
+  MessageRecord failed = Outbound("prison", "a", ess::v1::MESSAGE_STATUS_FAILED);
+  failed.set_error("HTTP 503");
+  Store({failed, Outbound("prison", "b", ess::v1::MESSAGE_STATUS_FAILED),
+         Outbound("prison", "c", ess::v1::MESSAGE_STATUS_DEAD),
+         Outbound("prison", "d", ess::v1::MESSAGE_STATUS_FAILED),
+         MakeRecord(kIn, "prison", "a", "a", ess::v1::MESSAGE_STATUS_FAILED)});
+  absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kOut, "prison", "a"));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  const int64_t read_at = Micros(stored->updated_at());
+  const int64_t mark_at = absl::ToUnixMicros(clock_.Peek());
+  auto mark = [](ess::v1::Direction direction, const std::string& id,
+                 ess::v1::MessageStatus expected, int64_t expected_at,
+                 ess::v1::MessageStatus status) {
+    return ReplayMark{.key = Key(direction, "prison", id),
+                      .expected_status = expected,
+                      .expected_updated_at_micros = expected_at,
+                      .status = status};
+  };
+  constexpr auto kFailed = ess::v1::MESSAGE_STATUS_FAILED;
+  constexpr auto kReceived = ess::v1::MESSAGE_STATUS_RECEIVED;
+  constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
+  absl::StatusOr<std::vector<bool>> changed = store_->MarkReplayed({
+      mark(kOut, "d", kFailed, read_at, kReceived),      // 0: holds what was read
+      mark(kOut, "a", kFailed, read_at, kReceived),      // 1: holds what was read
+      mark(kOut, "b", kFailed, read_at - 1, kReceived),  // 2: updated since
+      mark(kOut, "c", kFailed, read_at, kReceived),      // 3: another status
+      mark(kOut, "zz", kFailed, read_at, kReceived),     // 4: no such record
+      mark(kOut, "a", kFailed, read_at, kReceived),      // 5: mark 1 changed it
+      mark(kOut, "d", kReceived, mark_at, kDelivered),   // 6: holds what mark 0 wrote
+      mark(kIn, "a", ess::v1::MESSAGE_STATUS_PUBLISHED, read_at, kReceived),  // 7: another status
+  });
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_THAT(*changed, ElementsAre(true, true, false, false, false, false, true, false));
+
+  auto status_of = [&](ess::v1::Direction direction, const std::string& id) {
+    absl::StatusOr<MessageRecord> r = store_->GetByKey(Key(direction, "prison", id));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? absl::StrCat(ess::v1::MessageStatus_Name(r->status()), " ", r->error(), "@",
+                                 Micros(r->updated_at()) == mark_at ? "mark" : "read")
+                  : "";
+  };
+  EXPECT_EQ(status_of(kOut, "a"), "MESSAGE_STATUS_RECEIVED @mark");  // the error is cleared
+  EXPECT_EQ(status_of(kOut, "b"), "MESSAGE_STATUS_FAILED @read");
+  EXPECT_EQ(status_of(kOut, "c"), "MESSAGE_STATUS_DEAD @read");
+  EXPECT_EQ(status_of(kOut, "d"), "MESSAGE_STATUS_DELIVERED @mark");
+  EXPECT_EQ(status_of(kIn, "a"), "MESSAGE_STATUS_FAILED @read");
+
+  // Many marks at once: a replay's page of 1000.
+  std::vector<MessageRecord> page;
+  for (int i = 0; i < 1000; ++i) {
+    page.push_back(Outbound("prison", absl::StrCat("p-", i), ess::v1::MESSAGE_STATUS_FAILED));
+  }
+  const int64_t page_at = absl::ToUnixMicros(clock_.Peek());
+  Store(page);
+  std::vector<ReplayMark> marks;
+  for (int i = 999; i >= 0; --i) {  // not in key order
+    marks.push_back(
+        mark(kOut, absl::StrCat("p-", i), kFailed, i % 3 == 0 ? page_at - 1 : page_at, kReceived));
+  }
+  changed = store_->MarkReplayed(marks);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  ASSERT_EQ(changed->size(), 1000u);
+  for (int k = 0; k < 1000; ++k)
+    EXPECT_EQ((*changed)[k], (999 - k) % 3 != 0) << "marks[" << k << "]";
+  ListQuery received{.partner = "prison", .status = kReceived};
+  EXPECT_EQ(ListAll(received).size(), 666u + 1u);  // and "a"
+}
+
 TEST_P(ReplayStoreTest, UnknownKeysAreNotFound) {
   Store({Outbound("prison", "m-1")});
   ess::v1::UpdateStatusRequest request;
