@@ -165,18 +165,20 @@ std::vector<pg::Param> InsertParams(const MessageRecord& r, ess::v1::MessageStat
           absl::string_view(r.maybe_delivered_as())};
 }
 
-// kInsertMany's parameters for `records[i]` for each i of `rows`, each stored with its own
-// status at `now`: one array per column. INVALID_ARGUMENT "records[i]: ..." for text that an
-// array cannot carry.
-absl::StatusOr<std::vector<std::string>> ManyParams(
-    const google::protobuf::RepeatedPtrField<MessageRecord>& records, const std::vector<int>& rows,
-    int64_t now) {
+// kInsertMany's parameters for the record `record_of(i)` for each i of `rows`, each stored at
+// `now` with `status`, or with its own: one array per column. INVALID_ARGUMENT "<name(i)>: ..."
+// for text that an array cannot carry.
+template <typename RecordOf, typename NameOf>
+absl::StatusOr<std::vector<std::string>> ManyParams(const std::vector<int>& rows,
+                                                    RecordOf record_of,
+                                                    std::optional<ess::v1::MessageStatus> status_of,
+                                                    int64_t now, NameOf name) {
   pg::Array direction, partner, message_id, correlation_id, event_type, status, payload, rendered,
       error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as;
   for (int i : rows) {
-    const MessageRecord& r = records[i];
+    const MessageRecord& r = record_of(i);
     direction.AddInt(r.direction());
-    status.AddInt(r.status());
+    status.AddInt(status_of.value_or(r.status()));
     payload.AddBytes(r.payload());
     rendered.AddBytes(r.rendered());
     attempts.AddInt(r.attempts());
@@ -193,7 +195,7 @@ absl::StatusOr<std::vector<std::string>> ManyParams(
         {&maybe_delivered_as, &r.maybe_delivered_as()}};
     for (const auto& [array, text] : texts) {
       if (absl::Status s = array->AddText(*text); !s.ok()) {
-        return rules::WithPrefix(absl::StrCat("records[", i, "]: "), s);
+        return rules::WithPrefix(absl::StrCat(name(i), ": "), s);
       }
     }
   }
@@ -382,7 +384,9 @@ absl::StatusOr<uint32_t> PostgresReplayStore::Record(
     const int64_t now = NowMicros();
     for (const std::vector<int>& round :
          Rounds(order, [&](int i) -> const MessageRecord& { return records[i]; })) {
-      absl::StatusOr<std::vector<std::string>> columns = ManyParams(records, round, now);
+      absl::StatusOr<std::vector<std::string>> columns = ManyParams(
+          round, [&](int i) -> const MessageRecord& { return records[i]; }, std::nullopt, now,
+          [](int i) { return absl::StrCat("records[", i, "]"); });
       if (!columns.ok()) return columns.status();
       std::vector<pg::Param> params(columns->begin(), columns->end());
       absl::StatusOr<pg::Result> done = db.Query(*kUpsertManySql, params);
@@ -418,57 +422,95 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
   if (claims.empty()) return outcomes;
   static const std::string* const kInsertNewSql = new std::string(
       absl::StrCat(kInsertColumns, "ON CONFLICT (direction, partner, message_id) DO NOTHING"));
-  STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
-    outcomes.assign(claims.size(), ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
-    const int64_t now = NowMicros();
-    const std::vector<int> order = InKeyOrder(
-        claims.size(), [&](int i) -> const MessageRecord& { return claims[i].record(); });
-    // A new key is claimed by its insert (which waits for a replica inserting it meanwhile):
-    // every claim's insert goes first, in pipelines. The claims whose key was there already are
-    // then decided one by one, in the same order, so a claim of a key that an earlier claim of
-    // this call stored sees that record, as if each claim ran whole before the next.
-    std::vector<std::vector<pg::Param>> params;
-    params.reserve(order.size());
-    for (int i : order) {
-      params.push_back(InsertParams(claims[i].record(), ess::v1::MESSAGE_STATUS_RECEIVED, now));
-    }
-    size_t failed = 0;
-    absl::StatusOr<std::vector<pg::Result>> inserted = db.Pipeline(*kInsertNewSql, params, &failed);
-    if (!inserted.ok()) {
-      return rules::WithPrefix(absl::StrCat("claims[", order[failed], "].record: "),
-                               inserted.status());
-    }
-    for (size_t k = 0; k < order.size(); ++k) {
-      const int i = order[k];
-      if ((*inserted)[k].affected() > 0) {
-        outcomes[i] = ess::v1::CLAIM_OUTCOME_CLAIMED;
-        continue;
+  static const std::string* const kInsertManyNewSql =
+      new std::string(absl::StrCat(kInsertMany,
+                                   "ON CONFLICT (direction, partner, message_id) DO NOTHING "
+                                   "RETURNING direction, partner, message_id"));
+  auto record_of = [&](int i) -> const MessageRecord& { return claims[i].record(); };
+  auto name_of = [](int i) { return absl::StrCat("claims[", i, "].record"); };
+  const std::vector<int> order = InKeyOrder(claims.size(), record_of);
+  // A new key is claimed by its insert (which waits for a replica inserting it meanwhile):
+  // every claim's insert goes first, as one statement (`batched`) or as one per claim, which
+  // names the claim a refused insert was. The claims whose key was there already are then
+  // decided one by one, in the same order, so a claim of a key that an earlier claim of this
+  // call stored sees that record, as if each claim ran whole before the next.
+  auto claim = [&](bool batched) {
+    return [&, batched](pg::Connection& db) -> absl::Status {
+      outcomes.assign(claims.size(), ess::v1::CLAIM_OUTCOME_UNSPECIFIED);
+      const int64_t now = NowMicros();
+      std::vector<bool> inserted(order.size(), false);  // by place in `order`
+      if (batched) {
+        absl::StatusOr<std::vector<std::string>> columns =
+            ManyParams(order, record_of, ess::v1::MESSAGE_STATUS_RECEIVED, now, name_of);
+        if (!columns.ok()) return columns.status();
+        absl::StatusOr<pg::Result> rows =
+            db.Query(*kInsertManyNewSql, std::vector<pg::Param>(columns->begin(), columns->end()));
+        if (!rows.ok()) return rows.status();
+        // Each inserted key is its first claim's (equal keys are adjacent in `order`).
+        for (int r = 0; r < rows->rows(); ++r) {
+          const auto key = std::make_tuple(rows->Int64(r, 0), rows->Text(r, 1), rows->Text(r, 2));
+          auto first = std::lower_bound(order.begin(), order.end(), key, [&](int i, const auto& k) {
+            const MessageRecord& a = record_of(i);
+            return std::make_tuple(int64_t{a.direction()}, absl::string_view(a.partner()),
+                                   absl::string_view(a.message_id())) < k;
+          });
+          if (first == order.end() || record_of(*first).message_id() != std::get<2>(key)) {
+            return absl::InternalError("claim: the database inserted a key no claim has");
+          }
+          inserted[first - order.begin()] = true;
+        }
+      } else {
+        std::vector<std::vector<pg::Param>> params;
+        params.reserve(order.size());
+        for (int i : order) {
+          params.push_back(InsertParams(record_of(i), ess::v1::MESSAGE_STATUS_RECEIVED, now));
+        }
+        size_t failed = 0;
+        absl::StatusOr<std::vector<pg::Result>> done = db.Pipeline(*kInsertNewSql, params, &failed);
+        if (!done.ok()) {
+          return rules::WithPrefix(absl::StrCat(name_of(order[failed]), ": "), done.status());
+        }
+        for (size_t k = 0; k < order.size(); ++k) inserted[k] = (*done)[k].affected() > 0;
       }
-      // The key is stored: what it holds now decides, with its row locked until the commit.
-      const ess::v1::Claim& claim = claims[i];
-      const MessageRecord& r = claim.record();
-      const std::string prefix = absl::StrCat("claims[", i, "].record: ");
-      absl::StatusOr<pg::Result> state = db.Query(
-          "SELECT status, updated_at FROM ess_replay_records "
-          "WHERE direction = $1 AND partner = $2 AND message_id = $3 FOR UPDATE",
-          {int64_t{r.direction()}, absl::string_view(r.partner()),
-           absl::string_view(r.message_id())});
-      if (!state.ok()) return rules::WithPrefix(prefix, state.status());
-      ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
-      if (state->rows() > 0) {
-        outcome =
-            rules::ClaimOfStored(claim, static_cast<ess::v1::MessageStatus>(state->Int64(0, 0)),
-                                 state->Int64(0, 1), now);
+      for (size_t k = 0; k < order.size(); ++k) {
+        const int i = order[k];
+        if (inserted[k]) {
+          outcomes[i] = ess::v1::CLAIM_OUTCOME_CLAIMED;
+          continue;
+        }
+        // The key is stored: what it holds now decides, with its row locked until the commit.
+        const MessageRecord& r = record_of(i);
+        const std::string prefix = absl::StrCat(name_of(i), ": ");
+        absl::StatusOr<pg::Result> state = db.Query(
+            "SELECT status, updated_at FROM ess_replay_records "
+            "WHERE direction = $1 AND partner = $2 AND message_id = $3 FOR UPDATE",
+            {int64_t{r.direction()}, absl::string_view(r.partner()),
+             absl::string_view(r.message_id())});
+        if (!state.ok()) return rules::WithPrefix(prefix, state.status());
+        ess::v1::ClaimOutcome outcome = ess::v1::CLAIM_OUTCOME_CLAIMED;
+        if (state->rows() > 0) {
+          outcome = rules::ClaimOfStored(claims[i],
+                                         static_cast<ess::v1::MessageStatus>(state->Int64(0, 0)),
+                                         state->Int64(0, 1), now);
+        }
+        if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
+          absl::StatusOr<pg::Result> upserted =
+              db.Query(UpsertSql(), InsertParams(r, ess::v1::MESSAGE_STATUS_RECEIVED, now));
+          if (!upserted.ok()) return rules::WithPrefix(prefix, upserted.status());
+        }
+        outcomes[i] = outcome;
       }
-      if (outcome == ess::v1::CLAIM_OUTCOME_CLAIMED) {
-        absl::StatusOr<pg::Result> upserted =
-            db.Query(UpsertSql(), InsertParams(r, ess::v1::MESSAGE_STATUS_RECEIVED, now));
-        if (!upserted.ok()) return rules::WithPrefix(prefix, upserted.status());
-      }
-      outcomes[i] = outcome;
-    }
-    return absl::OkStatus();
-  }));
+      return absl::OkStatus();
+    };
+  };
+  absl::Status s = InTransaction("BEGIN", claim(/*batched=*/true));
+  if (s.ok() || absl::IsInvalidArgument(s) || absl::IsUnavailable(s) || absl::IsAborted(s)) {
+    STORE_RETURN_IF_ERROR(s);
+    return outcomes;
+  }
+  // The database refused an insert (a constraint, a trigger): nothing was stored. The same
+  // claims again, an insert per claim, say which one.
+  STORE_RETURN_IF_ERROR(InTransaction("BEGIN", claim(/*batched=*/false)));
   return outcomes;
 }
 

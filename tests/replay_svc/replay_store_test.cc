@@ -472,6 +472,16 @@ CREATE TRIGGER poison BEFORE INSERT ON ess_replay_records
   EXPECT_THAT(std::string(stored.status().message()), HasSubstr("poisoned"));
   EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
 
+  // A claim the database refuses is named too, and the call claims nothing.
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> claimed = store_->Claim(
+      Claims({MakeClaim("c-1", 600, 0), MakeClaim("z", 600, 0), MakeClaim("poison", 600, 0)}));
+  EXPECT_EQ(claimed.status().code(), absl::StatusCode::kFailedPrecondition) << claimed.status();
+  EXPECT_THAT(
+      std::string(claimed.status().message()),
+      HasSubstr(GetParam() == Backend::kSqlite ? "claims[2].record: sqlite: SQLITE_CONSTRAINT"
+                                               : "claims[2].record: postgres: 23514: "));
+  EXPECT_THAT(MessageIds(ListAll()), IsEmpty());
+
   // The writer is usable afterwards.
   Store({Outbound("prison", "m-1")});
   EXPECT_THAT(MessageIds(ListAll()), ElementsAre("m-1"));
