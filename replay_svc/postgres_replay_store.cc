@@ -82,6 +82,16 @@ constexpr absl::string_view kUpsertSql =
     "updated_at = excluded.updated_at, maybe_delivered_as = excluded.maybe_delivered_as "
     "WHERE NOT (r.direction = 2 AND r.status = 6 AND excluded.status = 4)";
 
+// An imported record (Import) replaces a stored one only if it was updated later.
+constexpr absl::string_view kImportSql =
+    "ON CONFLICT (direction, partner, message_id) DO UPDATE SET "
+    "correlation_id = excluded.correlation_id, event_type = excluded.event_type, "
+    "status = excluded.status, payload = excluded.payload, rendered = excluded.rendered, "
+    "error = excluded.error, attempts = excluded.attempts, dry_run = excluded.dry_run, "
+    "source = excluded.source, received_at = excluded.received_at, "
+    "updated_at = excluded.updated_at, maybe_delivered_as = excluded.maybe_delivered_as "
+    "WHERE excluded.updated_at > r.updated_at RETURNING 1";
+
 // Returns the status of `expr` from the enclosing function unless it is OK (#undef at the end).
 #define STORE_RETURN_IF_ERROR(expr)           \
   do {                                        \
@@ -165,14 +175,14 @@ std::vector<pg::Param> InsertParams(const MessageRecord& r, ess::v1::MessageStat
           absl::string_view(r.maybe_delivered_as())};
 }
 
-// kInsertMany's parameters for the record `record_of(i)` for each i of `rows`, each stored at
-// `now` with `status`, or with its own: one array per column. INVALID_ARGUMENT "<name(i)>: ..."
-// for text that an array cannot carry.
+// kInsertMany's parameters for the record `record_of(i)` for each i of `rows`, each stored
+// with `status` (or its own) at `now` (or with its own received_at and updated_at): one array
+// per column. INVALID_ARGUMENT "<name(i)>: ..." for text that an array cannot carry.
 template <typename RecordOf, typename NameOf>
 absl::StatusOr<std::vector<std::string>> ManyParams(const std::vector<int>& rows,
                                                     RecordOf record_of,
                                                     std::optional<ess::v1::MessageStatus> status_of,
-                                                    int64_t now, NameOf name) {
+                                                    std::optional<int64_t> now, NameOf name) {
   pg::Array direction, partner, message_id, correlation_id, event_type, status, payload, rendered,
       error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as;
   for (int i : rows) {
@@ -183,8 +193,9 @@ absl::StatusOr<std::vector<std::string>> ManyParams(const std::vector<int>& rows
     rendered.AddBytes(r.rendered());
     attempts.AddInt(r.attempts());
     dry_run.AddBool(r.dry_run());
-    received_at.AddInt(rules::ReceivedAtOr(r, now));
-    updated_at.AddInt(now);
+    const int64_t at = now.has_value() ? *now : *ToUnixMicros(r.updated_at());
+    received_at.AddInt(rules::ReceivedAtOr(r, at));
+    updated_at.AddInt(at);
     const std::pair<pg::Array*, const std::string*> texts[] = {
         {&partner, &r.partner()},
         {&message_id, &r.message_id()},
@@ -373,46 +384,78 @@ absl::Status PostgresReplayStore::InTransaction(
 absl::StatusOr<uint32_t> PostgresReplayStore::Record(
     const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
   STORE_RETURN_IF_ERROR(rules::ValidateRecords(records));
+  return Write(records, /*import=*/false);
+}
+
+absl::StatusOr<uint32_t> PostgresReplayStore::Import(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
+  STORE_RETURN_IF_ERROR(rules::ValidateImport(records));
+  return Write(records, /*import=*/true);
+}
+
+absl::StatusOr<uint32_t> PostgresReplayStore::Write(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records, bool import) {
   if (records.empty()) return 0u;
   // Every record is an upsert (a status mark too: the upsert keeps the stored bytes), the whole
   // batch one statement per round of distinct keys (usually one), its columns as arrays.
-  const std::vector<int> order =
-      InKeyOrder(records.size(), [&](int i) -> const MessageRecord& { return records[i]; });
+  auto record_of = [&](int i) -> const MessageRecord& { return records[i]; };
+  auto name_of = [](int i) { return absl::StrCat("records[", i, "]"); };
+  std::vector<int> order = InKeyOrder(records.size(), record_of);
+  std::vector<std::vector<int>> rounds = Rounds(order, record_of);
+  if (import) {
+    // In the given order instead: the rows' ids, which break ties of updated_at in List, keep
+    // the source's order. Such a batch may deadlock with a lane's over the same keys (old ones,
+    // for an import: rare); the server breaks it, and InTransaction runs the batch again.
+    for (std::vector<int>& round : rounds) std::sort(round.begin(), round.end());
+    std::sort(order.begin(), order.end());
+  }
+  const absl::string_view conflict = import ? kImportSql : kUpsertSql;
   static const std::string* const kUpsertManySql =
       new std::string(absl::StrCat(kInsertMany, kUpsertSql));
+  static const std::string* const kImportManySql =
+      new std::string(absl::StrCat(kInsertMany, kImportSql));
+  uint32_t written = 0;
   absl::Status s = InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
-    for (const std::vector<int>& round :
-         Rounds(order, [&](int i) -> const MessageRecord& { return records[i]; })) {
-      absl::StatusOr<std::vector<std::string>> columns = ManyParams(
-          round, [&](int i) -> const MessageRecord& { return records[i]; }, std::nullopt, now,
-          [](int i) { return absl::StrCat("records[", i, "]"); });
+    written = 0;
+    for (const std::vector<int>& round : rounds) {
+      absl::StatusOr<std::vector<std::string>> columns =
+          ManyParams(round, record_of, std::nullopt,
+                     import ? std::nullopt : std::optional<int64_t>(now), name_of);
       if (!columns.ok()) return columns.status();
-      std::vector<pg::Param> params(columns->begin(), columns->end());
-      absl::StatusOr<pg::Result> done = db.Query(*kUpsertManySql, params);
+      absl::StatusOr<pg::Result> done =
+          db.Query(import ? *kImportManySql : *kUpsertManySql,
+                   std::vector<pg::Param>(columns->begin(), columns->end()));
       if (!done.ok()) return done.status();
+      written += import ? static_cast<uint32_t>(done->rows()) : round.size();
     }
     return absl::OkStatus();
   });
   if (s.ok() || absl::IsInvalidArgument(s) || absl::IsUnavailable(s) || absl::IsAborted(s)) {
     STORE_RETURN_IF_ERROR(s);
-    return static_cast<uint32_t>(records.size());
+    return written;
   }
   // The database refused a row (a constraint, a trigger): nothing was stored. The same batch
   // again, a statement per record in pipelines, says which one.
+  const std::string one_sql = absl::StrCat(kInsertColumns, conflict);
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
     std::vector<std::vector<pg::Param>> params;
     params.reserve(order.size());
-    for (int i : order) params.push_back(InsertParams(records[i], records[i].status(), now));
-    size_t failed = 0;
-    absl::StatusOr<std::vector<pg::Result>> done = db.Pipeline(UpsertSql(), params, &failed);
-    if (!done.ok()) {
-      return rules::WithPrefix(absl::StrCat("records[", order[failed], "]: "), done.status());
+    for (int i : order) {
+      const MessageRecord& r = records[i];
+      params.push_back(InsertParams(r, r.status(), import ? *ToUnixMicros(r.updated_at()) : now));
     }
+    size_t failed = 0;
+    absl::StatusOr<std::vector<pg::Result>> done = db.Pipeline(one_sql, params, &failed);
+    if (!done.ok()) {
+      return rules::WithPrefix(absl::StrCat(name_of(order[failed]), ": "), done.status());
+    }
+    written = 0;
+    for (const pg::Result& row : *done) written += import ? row.rows() : 1;
     return absl::OkStatus();
   }));
-  return static_cast<uint32_t>(records.size());
+  return written;
 }
 
 absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
@@ -740,14 +783,15 @@ absl::StatusOr<ListPage> PostgresReplayStore::List(const ListQuery& query) {
   if (query.after.has_value()) {
     params.push_back(query.after->updated_at_micros);
     params.push_back(query.after->id);
-    absl::StrAppend(&where, " AND (updated_at, id) < ($", params.size() - 1, "::BIGINT, $",
-                    params.size(), "::BIGINT)");
+    absl::StrAppend(&where, " AND (updated_at, id) ", query.oldest_first ? ">" : "<", " ($",
+                    params.size() - 1, "::BIGINT, $", params.size(), "::BIGINT)");
   }
   const size_t limit = query.limit > 0 ? query.limit : 1;
   params.push_back(static_cast<int64_t>(limit) + 1);  // one more tells whether a page follows
-  const std::string sql =
-      absl::StrCat("SELECT ", kColumns, " FROM ess_replay_records WHERE ", where,
-                   " ORDER BY updated_at DESC, id DESC LIMIT $", params.size());
+  const std::string sql = absl::StrCat(
+      "SELECT ", kColumns, " FROM ess_replay_records WHERE ", where,
+      query.oldest_first ? " ORDER BY updated_at, id" : " ORDER BY updated_at DESC, id DESC",
+      " LIMIT $", params.size());
 
   absl::StatusOr<Lease> db = Acquire();
   if (!db.ok()) return db.status();

@@ -59,6 +59,8 @@ class PostgresReplayStore final : public ReplayStore {
 
   absl::StatusOr<uint32_t> Record(
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override;
+  absl::StatusOr<uint32_t> Import(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override;
   absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) override;
   absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> Claim(
@@ -82,6 +84,9 @@ class PostgresReplayStore final : public ReplayStore {
   PostgresReplayStore(std::string conninfo, Options options);
 
   int64_t NowMicros() const;
+  // Record's writes, or (`import`) Import's; the records are valid.
+  absl::StatusOr<uint32_t> Write(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records, bool import);
   absl::StatusOr<Lease> Acquire();
   void Release(std::unique_ptr<pg::Connection> connection);
   // Runs `body` between BEGIN (`begin`, e.g. "BEGIN" or a read-only snapshot) and COMMIT on one

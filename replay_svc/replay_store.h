@@ -30,8 +30,8 @@
 
 namespace ess::replay {
 
-// Position in the newest-first order of List: the last row of a page. `id` is the store's
-// own row id, which breaks ties between equal updated_at values.
+// Position in the order of List (newest first, or oldest first): the last row of a page. `id`
+// is the store's own row id, which breaks ties between equal updated_at values.
 struct ListCursor {
   int64_t updated_at_micros = 0;
   int64_t id = 0;
@@ -60,10 +60,13 @@ struct ListQuery {
   size_t max_bytes = 0;
   // Continue strictly after this position.
   std::optional<ListCursor> after;
+  // Oldest first (updated_at, then row id, ascending): the order they were written in, for a
+  // copy into another store (replay_svc --import_from).
+  bool oldest_first = false;
 };
 
 struct ListPage {
-  // Newest first: updated_at descending, then row id descending.
+  // Newest first: updated_at descending, then row id descending; or the reverse (oldest_first).
   std::vector<ess::v1::MessageRecord> records;
   // Set when more records match after the last one returned.
   std::optional<ListCursor> next;
@@ -107,6 +110,14 @@ class ReplayStore {
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) = 0;
 
   // Sets status and error of one record and returns it as stored. NOT_FOUND if there is none.
+  // Stores `records` as they are, their received_at and updated_at too: a copy from another
+  // store (replay_svc --import_from). A key not stored is inserted; a stored one is replaced
+  // only by a record updated later, so a copy run again, or into a store the lanes write
+  // already, never replaces anything newer. Returns how many records were written.
+  // INVALID_ARGUMENT as Record, and for a record without received_at or updated_at.
+  virtual absl::StatusOr<uint32_t> Import(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) = 0;
+
   virtual absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) = 0;
 

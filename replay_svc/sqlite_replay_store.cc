@@ -96,6 +96,22 @@ WHERE NOT (records.direction = 2 AND records.status = 6 AND excluded.status = 4)
 // failed; if the id is PUBLISHED, another call (a partner's retry after the first one's lease)
 // published it, and the mark would let the next repeat publish it again.
 
+// An imported record (Import): inserted, or replacing a stored one updated earlier; ?14 is
+// the record's own updated_at.
+constexpr absl::string_view kImportSql = R"sql(
+INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
+                     rendered, error, attempts, dry_run, source, received_at, updated_at,
+                     maybe_delivered_as)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+ON CONFLICT (direction, partner, message_id) DO UPDATE SET
+  correlation_id = excluded.correlation_id, event_type = excluded.event_type,
+  status = excluded.status, payload = excluded.payload, rendered = excluded.rendered,
+  error = excluded.error, attempts = excluded.attempts, dry_run = excluded.dry_run,
+  source = excluded.source, received_at = excluded.received_at, updated_at = excluded.updated_at,
+  maybe_delivered_as = excluded.maybe_delivered_as
+WHERE excluded.updated_at > records.updated_at
+)sql";
+
 // A claim's insert: kUpsertSql's row when the key is new, nothing otherwise (Changes() says
 // which), so that the common case (a new key) takes one index search instead of a read first.
 constexpr absl::string_view kInsertNewSql = R"sql(
@@ -212,6 +228,7 @@ struct SqliteReplayStore::Writer {
   sqlite::Database db;
   sqlite::Statement upsert;
   sqlite::Statement insert_new;  // kInsertNewSql (Claim)
+  sqlite::Statement import;      // kImportSql (Import)
   sqlite::Statement mark;        // kMarkSql (Upsert of a record without bytes)
   sqlite::Statement update_status;
   sqlite::Statement select_state;   // status and updated_at of one key (Claim)
@@ -292,6 +309,8 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
   if (!upsert.ok()) return upsert.status();
   absl::StatusOr<sqlite::Statement> insert_new = db->Prepare(kInsertNewSql);
   if (!insert_new.ok()) return insert_new.status();
+  absl::StatusOr<sqlite::Statement> import = db->Prepare(kImportSql);
+  if (!import.ok()) return import.status();
   absl::StatusOr<sqlite::Statement> mark = db->Prepare(kMarkSql);
   if (!mark.ok()) return mark.status();
   absl::StatusOr<sqlite::Statement> update_status = db->Prepare(
@@ -310,8 +329,9 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
   if (!mark_replayed.ok()) return mark_replayed.status();
 
   auto writer = std::make_unique<Writer>(
-      Writer{*std::move(db), *std::move(upsert), *std::move(insert_new), *std::move(mark),
-             *std::move(update_status), *std::move(select_state), *std::move(mark_replayed)});
+      Writer{*std::move(db), *std::move(upsert), *std::move(insert_new), *std::move(import),
+             *std::move(mark), *std::move(update_status), *std::move(select_state),
+             *std::move(mark_replayed)});
   return std::unique_ptr<SqliteReplayStore>(
       new SqliteReplayStore(path, std::move(options), std::move(writer)));
 }
@@ -365,6 +385,26 @@ absl::StatusOr<uint32_t> SqliteReplayStore::Record(
   }
   if (absl::Status s = tx->Commit(); !s.ok()) return s;
   return static_cast<uint32_t>(records.size());
+}
+
+absl::StatusOr<uint32_t> SqliteReplayStore::Import(
+    const google::protobuf::RepeatedPtrField<MessageRecord>& records) {
+  STORE_RETURN_IF_ERROR(rules::ValidateImport(records));
+  uint32_t written = 0;
+  absl::MutexLock lock(&write_mu_);
+  absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
+  if (!tx.ok()) return tx.status();
+  for (int i = 0; i < records.size(); ++i) {
+    const MessageRecord& r = records[i];
+    // Insert binds its `now` as updated_at: here, the record's own.
+    if (absl::Status s = Insert(writer_->import, r, r.status(), *ToUnixMicros(r.updated_at()));
+        !s.ok()) {
+      return rules::WithPrefix(absl::StrCat("records[", i, "]: "), s);  // ~Transaction rolls back.
+    }
+    if (writer_->db.Changes() > 0) ++written;
+  }
+  if (absl::Status s = tx->Commit(); !s.ok()) return s;
+  return written;
 }
 
 absl::Status SqliteReplayStore::Upsert(const MessageRecord& r, ess::v1::MessageStatus status,
@@ -707,14 +747,17 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
                     "records.correlation_id AND c.direction = 2 AND c.status = 6)");
   }
   if (query.after.has_value()) {
-    absl::StrAppend(&where, " AND (updated_at, id) < (?", next_param, ", ?", next_param + 1, ")");
+    absl::StrAppend(&where, " AND (updated_at, id) ", query.oldest_first ? ">" : "<", " (?",
+                    next_param, ", ?", next_param + 1, ")");
     next_param += 2;
   }
-  const std::string newest_first =
-      absl::StrCat(" ORDER BY updated_at DESC, id DESC LIMIT ?", next_param);
+  const std::string order_by = absl::StrCat(
+      query.oldest_first ? " ORDER BY updated_at, id" : " ORDER BY updated_at DESC, id DESC",
+      " LIMIT ?", next_param);
 
-  // The statements whose rows, merged newest first, make the page: one; or, for a partner in
-  // any status, one per status, each read backwards along (partner, status, updated_at). No
+  // The statements whose rows, merged in order, make the page: one; or, for a partner in any
+  // status, one per status, each read along (partner, status, updated_at) (backwards for
+  // newest first). No
   // index orders a partner's records across statuses (a (partner, updated_at) index would cost
   // every write, Profiling 39), and SQLite would otherwise sort all of them for each page. A
   // merge in SQL (UNION ALL of the walks) sorts each walk's page again: 0.6x the pages/s.
@@ -725,10 +768,10 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
     for (int status = ess::v1::MESSAGE_STATUS_RECEIVED; status <= ess::v1::MessageStatus_MAX;
          ++status) {
       sqls.push_back(absl::StrCat("SELECT ", kColumns, " FROM records WHERE ", where,
-                                  " AND status = ", status, newest_first));
+                                  " AND status = ", status, order_by));
     }
   } else {
-    sqls.push_back(absl::StrCat("SELECT ", kColumns, " FROM records WHERE ", where, newest_first));
+    sqls.push_back(absl::StrCat("SELECT ", kColumns, " FROM records WHERE ", where, order_by));
   }
   // One row more than asked tells whether another page follows.
   const size_t limit = query.limit > 0 ? query.limit : 1;
@@ -737,7 +780,7 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   if (!reader.ok()) return reader.status();
   // Several statements read one snapshot; the lease ends the read after `resets` went.
   if (sqls.size() > 1) STORE_RETURN_IF_ERROR((*reader)->BeginRead());
-  std::vector<sqlite::Statement*> walks;  // each on its newest row not yet taken
+  std::vector<sqlite::Statement*> walks;  // each on its next row not yet taken
   std::deque<ResetOnExit> resets;
   for (const std::string& sql : sqls) {
     absl::StatusOr<sqlite::Statement*> walk = (*reader)->Prepared(sql);
@@ -776,17 +819,20 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   auto cursor = [](const sqlite::Statement& s) {
     return ListCursor{.updated_at_micros = s.ColumnInt64(14), .id = s.ColumnInt64(0)};
   };
-  auto older = [&](const sqlite::Statement* a, const sqlite::Statement* b) {
+  // Whether a's row comes after b's in the page's order.
+  auto later = [&](const sqlite::Statement* a, const sqlite::Statement* b) {
     const ListCursor ca = cursor(*a), cb = cursor(*b);
-    return std::tie(ca.updated_at_micros, ca.id) < std::tie(cb.updated_at_micros, cb.id);
+    return query.oldest_first
+               ? std::tie(ca.updated_at_micros, ca.id) > std::tie(cb.updated_at_micros, cb.id)
+               : std::tie(ca.updated_at_micros, ca.id) < std::tie(cb.updated_at_micros, cb.id);
   };
   ListPage page;
   page.records.reserve(limit);
   ListCursor last;
   size_t bytes = 0;
   while (!walks.empty()) {
-    auto newest = std::max_element(walks.begin(), walks.end(), older);
-    sqlite::Statement& s = **newest;
+    auto next = std::max_element(walks.begin(), walks.end(), later);
+    sqlite::Statement& s = **next;
     if (page.records.size() == limit) {  // one more: another page follows
       page.next = last;
       break;
@@ -802,7 +848,7 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
     page.records.push_back(RowToRecord(s));
     absl::StatusOr<bool> row = s.Step();
     if (!row.ok()) return row.status();
-    if (!*row) walks.erase(newest);
+    if (!*row) walks.erase(next);
   }
   return page;
 }

@@ -56,6 +56,8 @@ class SqliteReplayStore final : public ReplayStore {
 
   absl::StatusOr<uint32_t> Record(
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override;
+  absl::StatusOr<uint32_t> Import(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override;
   absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) override;
   absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> Claim(

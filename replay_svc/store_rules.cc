@@ -17,6 +17,23 @@ absl::Status ValidateRecords(
   return absl::OkStatus();
 }
 
+absl::Status ValidateImport(
+    const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) {
+  if (absl::Status s = ValidateRecords(records); !s.ok()) return s;
+  for (int i = 0; i < records.size(); ++i) {
+    const ess::v1::MessageRecord& r = records[i];
+    if (!r.has_received_at() || !ToUnixMicros(r.received_at()).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("records[", i, "].received_at: must be set (an import keeps it)"));
+    }
+    if (!r.has_updated_at() || !ToUnixMicros(r.updated_at()).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("records[", i, "].updated_at: must be set (an import keeps it)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateClaims(const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims) {
   for (int i = 0; i < claims.size(); ++i) {
     if (absl::Status s = ValidateClaimedRecord(claims[i].record(), "record"); !s.ok()) {

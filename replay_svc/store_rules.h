@@ -18,6 +18,9 @@ namespace ess::replay::rules {
 
 absl::Status ValidateRecords(
     const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records);
+// ValidateRecords, and each record's received_at and updated_at set (an import keeps them).
+absl::Status ValidateImport(
+    const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records);
 absl::Status ValidateClaims(const google::protobuf::RepeatedPtrField<ess::v1::Claim>& claims);
 absl::Status ValidateKeys(const google::protobuf::RepeatedPtrField<ess::v1::RecordKey>& keys);
 absl::Status ValidateMarks(const std::vector<ReplayMark>& marks);

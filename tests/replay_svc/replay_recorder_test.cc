@@ -140,6 +140,10 @@ class CountingStore final : public ReplayStore {
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override {
     return store_.Record(records);
   }
+  absl::StatusOr<uint32_t> Import(
+      const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) override {
+    return store_.Import(records);
+  }
   absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) override {
     return store_.UpdateStatus(request);

@@ -592,6 +592,79 @@ TEST_P(ReplayStoreTest, MarkReplayedChangesOnlyRowsThatStillHoldWhatTheMarkRead)
   EXPECT_EQ(ListAll(received).size(), 666u + 1u);  // and "a"
 }
 
+// A copy from another store: records keep their own times, and a stored record is replaced
+// only by one updated later.
+TEST_P(ReplayStoreTest, ImportKeepsTheRecordsTimesAndNeverReplacesANewerRecord) {
+  MessageRecord newer = Outbound("prison", "kept", ess::v1::MESSAGE_STATUS_DELIVERED);
+  Store({newer, Outbound("prison", "replaced", ess::v1::MESSAGE_STATUS_RECEIVED)});
+  absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kOut, "prison", "kept"));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  const absl::Time stored_at = absl::FromUnixMicros(Micros(stored->updated_at()));
+
+  auto imported = [&](const std::string& id, ess::v1::MessageStatus status, absl::Time received,
+                      absl::Time updated) {
+    MessageRecord r = MakeRecord(kOut, "prison", id, "VIS-" + id, status);
+    r.set_rendered("rendered " + id);
+    r.set_error("HTTP 503");
+    r.set_attempts(3);
+    r.set_source("visits");
+    r.set_maybe_delivered_as("/upload/" + id + ".csv");
+    *r.mutable_received_at() = Ts(received);
+    *r.mutable_updated_at() = Ts(updated);
+    return r;
+  };
+  const absl::Time t = absl::FromUnixSeconds(1'600'000'000);
+  const std::vector<MessageRecord> batch = {
+      imported("new", ess::v1::MESSAGE_STATUS_FAILED, t, t + absl::Seconds(5)),
+      imported("kept", ess::v1::MESSAGE_STATUS_FAILED, t, stored_at),  // not later: kept
+      imported("replaced", ess::v1::MESSAGE_STATUS_DEAD, t, stored_at + absl::Seconds(1)),
+      imported("twice", ess::v1::MESSAGE_STATUS_FAILED, t, t + absl::Seconds(1)),
+      imported("twice", ess::v1::MESSAGE_STATUS_DEAD, t, t + absl::Seconds(2)),
+      imported("twice", ess::v1::MESSAGE_STATUS_FAILED, t, t),  // older than the one before
+  };
+  absl::StatusOr<uint32_t> written = store_->Import(Batch(batch));
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(*written, 4u);
+
+  for (const auto& [id, want] : std::vector<std::pair<std::string, MessageRecord>>{
+           {"new", batch[0]}, {"replaced", batch[2]}, {"twice", batch[4]}}) {
+    absl::StatusOr<MessageRecord> got = store_->GetByKey(Key(kOut, "prison", id));
+    ASSERT_TRUE(got.ok()) << id << ": " << got.status();
+    EXPECT_EQ(got->SerializeAsString(), want.SerializeAsString())
+        << id << ": " << got->ShortDebugString();
+  }
+  stored = store_->GetByKey(Key(kOut, "prison", "kept"));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+
+  // The same copy again writes nothing.
+  written = store_->Import(Batch(batch));
+  ASSERT_TRUE(written.ok()) << written.status();
+  EXPECT_EQ(*written, 0u);
+
+  // Listed by their own times: "new" is the oldest record of the store.
+  std::vector<std::vector<std::string>> oldest = Pages({.limit = 2, .oldest_first = true});
+  ASSERT_FALSE(oldest.empty());
+  EXPECT_THAT(oldest[0], ElementsAre("twice", "new"));
+
+  // A record without its times is refused by name, and nothing of the batch is written.
+  std::vector<MessageRecord> bad = {imported("a", ess::v1::MESSAGE_STATUS_FAILED, t, t),
+                                    imported("b", ess::v1::MESSAGE_STATUS_FAILED, t, t)};
+  bad[1].clear_updated_at();
+  written = store_->Import(Batch(bad));
+  EXPECT_EQ(written.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(written.status().message(), "records[1].updated_at: must be set (an import keeps it)");
+  bad[1] = imported("b", ess::v1::MESSAGE_STATUS_FAILED, t, t);
+  bad[0].clear_received_at();
+  written = store_->Import(Batch(bad));
+  EXPECT_EQ(written.status().message(), "records[0].received_at: must be set (an import keeps it)");
+  bad[0].set_partner("");
+  written = store_->Import(Batch(bad));
+  EXPECT_EQ(written.status().message(), "records[0].partner: must not be empty");
+  EXPECT_EQ(store_->GetByKey(Key(kOut, "prison", "b")).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 TEST_P(ReplayStoreTest, UnknownKeysAreNotFound) {
   Store({Outbound("prison", "m-1")});
   ess::v1::UpdateStatusRequest request;
@@ -920,6 +993,15 @@ TEST_P(ReplayStoreTest, ListPagesThroughEveryRecordExactlyOnce) {
   ASSERT_TRUE(exact.ok());
   EXPECT_EQ(exact->records.size(), 15u);
   EXPECT_FALSE(exact->next.has_value());
+
+  // Oldest first: the same records in the reverse order, in the order they were written.
+  pages = Pages({.partner = "prison", .limit = 4, .oldest_first = true});
+  ASSERT_EQ(pages.size(), 4u);
+  EXPECT_THAT(pages[0], ElementsAre("m0-0", "m0-1", "m0-2", "m0-3"));
+  EXPECT_THAT(pages[3], ElementsAre("m2-2", "m2-3", "m2-4"));
+  all.clear();
+  for (const auto& p : pages) all.insert(all.end(), p.begin(), p.end());
+  EXPECT_THAT(all, ElementsAreArray(expected.rbegin(), expected.rend()));
 }
 
 TEST_P(ReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
@@ -963,6 +1045,14 @@ TEST_P(ReplayStoreTest, APartnersPagesMergeEveryStatusInOrder) {
   }
   EXPECT_EQ(pages, 5);  // 24 records in pages of 5.
   EXPECT_THAT(paged, ElementsAreArray(expected));
+
+  // Oldest first through the same merge.
+  std::vector<std::vector<std::string>> oldest_first =
+      Pages({.partner = "prison", .direction = kOut, .limit = 5, .oldest_first = true});
+  ASSERT_EQ(oldest_first.size(), 5u);
+  paged.clear();
+  for (const auto& p : oldest_first) paged.insert(paged.end(), p.begin(), p.end());
+  EXPECT_THAT(paged, ElementsAreArray(expected.rbegin(), expected.rend()));
 
   // Both directions of the partner, and a time window, through the same merge.
   EXPECT_EQ(ListAll({.partner = "prison"}).size(), 48u);
