@@ -3,6 +3,11 @@
 // or --postgres_dsn_env).
 //
 //   replay_svc --config hub.yaml [--postgres_dsn_env NAME]
+//   replay_svc --config hub.yaml [--postgres_dsn_env NAME] --import_from /old/replay.db
+//
+// With --import_from it serves nothing: it copies every record of that SQLite store into the
+// configured one (store_copy.h), prints what it copied and exits 0 (1: the copy stopped; run it
+// again, it skips what is there already).
 //
 // Uses replay.listen and the store's settings of the hub config, and the bus (bus.*) to publish
 // ops replays (ReplayService.Replay) and their audit events; the store serves whether or not the
@@ -12,13 +17,17 @@
 // config; exit 1: the store could not be opened or the address could not be bound.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/cli.h"
 #include "common/config.h"
@@ -32,15 +41,64 @@
 #include "replay_svc/replayer.h"
 #include "replay_svc/retention.h"
 #include "replay_svc/sqlite_replay_store.h"
+#include "replay_svc/store_copy.h"
 
 ABSL_FLAG(std::string, postgres_dsn_env, "",
           "Keep the store on PostgreSQL, with the libpq connection string in this environment "
           "variable (replay.postgres.dsn_env), whatever the config says of database_path: one "
           "hub config then serves a single SQLite replica and a shared store alike.");
 
+ABSL_FLAG(std::string, import_from, "",
+          "Serve nothing: copy every record of the SQLite replay store at this path into the "
+          "store the config names (e.g. PostgreSQL, moving to several replicas), then exit. "
+          "Records keep their times; one the target holds already is replaced only by a newer "
+          "one, so the copy can run again.");
+
 namespace {
 
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
+
+// --import_from: copies the SQLite store at `path` (a file) into `target`. Exit 0 when every
+// record was read, 2 when `path` is no replay store, 1 when the copy stopped.
+int ImportFrom(const std::string& path, ess::replay::ReplayStore& target,
+               const std::string& target_name) {
+  absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> source =
+      ess::replay::SqliteReplayStore::Open(path);
+  if (!source.ok()) {
+    std::cerr << "error: --import_from " << path << ": " << source.status().message() << "\n";
+    return 2;
+  }
+  ess::log::Info("", "importing", {{"from", path}, {"into", target_name}});
+  const absl::Time started = absl::Now();
+  absl::Time logged = started;
+  ess::replay::CopyCount so_far;
+  absl::StatusOr<ess::replay::CopyCount> copied = ess::replay::CopyStore(
+      **source, target, {.progress = [&](const ess::replay::CopyCount& count) {
+        so_far = count;
+        if (absl::Now() - logged < absl::Seconds(5)) return;
+        logged = absl::Now();
+        ess::log::Info(
+            "", "importing",
+            {{"read", absl::StrCat(count.read)}, {"written", absl::StrCat(count.written)}});
+      }});
+  if (!copied.ok()) {
+    std::cerr << "error: importing " << path << " into " << target_name << ": "
+              << copied.status().message() << " (after " << so_far.read
+              << " records; run it again to go on: what was copied is skipped)\n";
+    return 1;
+  }
+  const double seconds = std::max(absl::ToDoubleSeconds(absl::Now() - started), 1e-3);
+  std::cout << "imported " << path << " into " << target_name << ": " << copied->read
+            << " records read, " << copied->written << " written, "
+            << copied->read - copied->written << " held already (the same or newer), in "
+            << absl::StrFormat("%.1f", seconds) << " s\n";
+  ess::log::Info("", "imported",
+                 {{"from", path},
+                  {"read", absl::StrCat(copied->read)},
+                  {"written", absl::StrCat(copied->written)},
+                  {"records_per_s", absl::StrFormat("%.0f", copied->read / seconds)}});
+  return 0;
+}
 
 }  // namespace
 
@@ -74,7 +132,8 @@ int main(int argc, char** argv) {
     std::cerr << "error: " << config_path << ": " << authorizer.status().message() << "\n";
     return 2;
   }
-  if (!authorizer->enabled()) {
+  const std::string import_from = absl::GetFlag(FLAGS_import_from);
+  if (!authorizer->enabled() && import_from.empty()) {
     ess::log::Warn("", "ReplayService is open to every caller: replay.auth names no callers");
   }
 
@@ -101,6 +160,20 @@ int main(int argc, char** argv) {
       return 2;
     }
     tls_client_ca_pem = *std::move(ca);
+  }
+
+  if (std::error_code error;
+      !import_from.empty() && !std::filesystem::is_regular_file(import_from, error)) {
+    std::cerr << "error: --import_from: no such file: " << import_from << "\n";
+    return 2;
+  }
+  if (!import_from.empty() && !replay.has_postgres()) {
+    std::error_code error;
+    if (std::filesystem::equivalent(import_from, replay.database_path(), error)) {
+      std::cerr << "error: --import_from " << import_from
+                << " is the store the config names (replay.database_path)\n";
+      return 2;
+    }
   }
 
   // The store: SQLite by default, PostgreSQL when several replicas must share it.
@@ -138,6 +211,8 @@ int main(int argc, char** argv) {
                     {{"store", store_name}, {"error", store.status().ToString()}});
     return 1;
   }
+  if (!import_from.empty()) return ImportFrom(import_from, **store, store_name);
+
   // Replays go out through a publisher of their own, with confirms.
   ess::replay::Replayer::Options replayer_options = ess::replay::Replayer::FromConfig(*config);
   ess::amqp::Topology topology{

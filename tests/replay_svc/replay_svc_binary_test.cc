@@ -492,6 +492,110 @@ TEST_F(ReplaySvcBinaryTest, TwoReplicasOnOnePostgresServeTheSameRecordsAndClaims
   unsetenv("ESS_TEST_REPLAY_DSN");
 }
 
+// Moving a hub from its SQLite file to PostgreSQL: replay_svc --import_from copies the file's
+// records into the configured store and exits; served from there, essctl shows the same records
+// (times and order included) and the same stats. Run again, it writes nothing.
+TEST_F(ReplaySvcBinaryTest, ImportFromCopiesASqliteStoreIntoPostgres) {
+  constexpr int kRecords = 240;
+  {
+    std::unique_ptr<Child> service = StartService("sqlite.log");
+    ASSERT_FALSE(HasFailure());
+    ReplayRecorder recorder({.address = address_, .batch_max = 16});
+    absl::Mutex mu;
+    int ok = 0;
+    for (int i = 0; i < kRecords; ++i) {
+      ess::v1::MessageRecord r =
+          i % 4 == 3 ? MakeRecord(ess::v1::DIRECTION_INBOUND, "prison", absl::StrCat("wh-", i),
+                                  absl::StrCat("VIS-", i - 1), ess::v1::MESSAGE_STATUS_PUBLISHED)
+                     : Outbound(i % 2 == 0 ? "prison" : "probation", absl::StrCat("m-", i),
+                                i % 5 == 0 ? ess::v1::MESSAGE_STATUS_FAILED
+                                           : ess::v1::MESSAGE_STATUS_DELIVERED);
+      recorder.Record(std::move(r), [&](absl::Status s) {
+        absl::MutexLock lock(&mu);
+        if (s.ok()) ++ok;
+      });
+    }
+    recorder.Stop();
+    EXPECT_EQ(ok, kRecords);
+    service->Signal(SIGTERM);
+    EXPECT_EQ(service->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+  }
+
+  testing::TestStore db(testing::Backend::kPostgres);
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(setenv("ESS_TEST_REPLAY_DSN", db.location().c_str(), 1), 0);
+  const int pg_port = testing::PickFreePort();
+  ASSERT_GT(pg_port, 0);
+  const std::string pg_address = absl::StrCat("127.0.0.1:", pg_port);
+  const std::string pg_config = dir_.File("hub-pg.yaml");
+  std::ofstream(pg_config) << "replay:\n"
+                           << "  listen: \"" << pg_address << "\"\n"
+                           << "  postgres: {dsn_env: ESS_TEST_REPLAY_DSN}\n";
+  auto import = [&](const std::string& from, const std::string& name) {
+    ToolResult result;
+    {
+      Child child({replay_svc_, "--config", pg_config, "--import_from", from},
+                  dir_.File(name + ".out"), dir_.File(name + ".err"));
+      result.exit_code = child.WaitForExit(absl::Seconds(60)).value_or(-1);
+    }
+    result.out = ReadFile(dir_.File(name + ".out"));
+    result.err = ReadFile(dir_.File(name + ".err"));
+    return result;
+  };
+  const std::string file = dir_.File("replay.db");
+  ToolResult first = import(file, "import-1");
+  EXPECT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_THAT(first.out, HasSubstr(absl::StrCat("imported ", file,
+                                                " into postgres (ESS_TEST_REPLAY_DSN): 240 records "
+                                                "read, 240 written, 0 held already")));
+  ToolResult again = import(file, "import-2");
+  EXPECT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_THAT(again.out, HasSubstr("240 records read, 0 written, 240 held already"));
+
+  // What each store serves, through essctl.
+  auto shown = [&](const std::string& address) {
+    std::vector<std::string> out;
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"list", "--limit", "1000"},
+          std::vector<std::string>{"list", "--partner", "prison", "--status", "failed"},
+          std::vector<std::string>{"stats"}}) {
+      ToolResult r = RunEssctl(address, args);
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      out.push_back(r.out);
+    }
+    return out;
+  };
+  std::vector<std::string> from_sqlite, from_postgres;
+  {
+    std::unique_ptr<Child> service = StartService("sqlite-2.log");
+    from_sqlite = shown(address_);
+  }
+  {
+    std::unique_ptr<Child> service = StartService("pg.log", pg_config, pg_address);
+    from_postgres = shown(pg_address);
+  }
+  ASSERT_EQ(from_sqlite.size(), 3u);
+  EXPECT_THAT(from_sqlite[0], HasSubstr("m-238"));
+  EXPECT_THAT(from_sqlite[1], HasSubstr("m-230"));
+  EXPECT_THAT(from_sqlite[2], HasSubstr("probation"));
+  EXPECT_EQ(from_postgres, from_sqlite);
+
+  // What is no replay store, or is the target itself, is refused.
+  ToolResult missing = import(dir_.File("nope.db"), "import-3");
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_THAT(missing.err, HasSubstr("--import_from: no such file: " + dir_.File("nope.db")));
+  std::ofstream(dir_.File("notes.txt")) << "not a database, but long enough to be read as one\n";
+  ToolResult junk = import(dir_.File("notes.txt"), "import-4");
+  EXPECT_EQ(junk.exit_code, 2);
+  EXPECT_THAT(junk.err, HasSubstr("--import_from " + dir_.File("notes.txt") + ": "));
+  Child itself({replay_svc_, "--config", config_, "--import_from", file}, dir_.File("x.out"),
+               dir_.File("x.err"));
+  EXPECT_EQ(itself.WaitForExit(absl::Seconds(30)), std::optional<int>(2));
+  EXPECT_THAT(ReadFile(dir_.File("x.err")),
+              HasSubstr("is the store the config names (replay.database_path)"));
+  unsetenv("ESS_TEST_REPLAY_DSN");
+}
+
 TEST_F(ReplaySvcBinaryTest, APostgresStoreNeedsItsConnectionString) {
   unsetenv("ESS_TEST_UNSET_DSN");
   std::ofstream(config_) << "replay:\n"
