@@ -35,16 +35,16 @@ struct Rendered {
   std::string error;
 };
 
-// `kubectl kustomize deploy/k8s/overlays/NAME`, parsed.
-Rendered Render(const std::string& overlay) {
+// `kubectl kustomize deploy/k8s/PATH`, parsed.
+Rendered RenderPath(const std::string& path) {
   const char* source = std::getenv("ESS_SOURCE_DIR");
   Rendered r;
   if (source == nullptr) {
     r.error = "ESS_SOURCE_DIR is not set (ctest sets it)";
     return r;
   }
-  const std::string cmd = absl::StrCat("kubectl kustomize '", source, "/deploy/k8s/overlays/",
-                                       overlay, "' 2>/dev/null");
+  const std::string cmd =
+      absl::StrCat("kubectl kustomize '", source, "/deploy/k8s/", path, "' 2>/dev/null");
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) {
     r.error = "popen failed";
@@ -62,6 +62,9 @@ Rendered Render(const std::string& overlay) {
   r.docs = YAML::LoadAll(out);
   return r;
 }
+
+// `kubectl kustomize deploy/k8s/overlays/NAME`, parsed.
+Rendered Render(const std::string& overlay) { return RenderPath("overlays/" + overlay); }
 
 const YAML::Node* Find(const Rendered& r, const std::string& kind, const std::string& name) {
   for (const YAML::Node& d : r.docs) {
@@ -88,7 +91,7 @@ std::vector<const YAML::Node*> Workloads(const Rendered& r) {
   std::vector<const YAML::Node*> out;
   for (const YAML::Node& d : r.docs) {
     const std::string kind = d["kind"].as<std::string>();
-    if (kind == "Deployment" || kind == "StatefulSet") out.push_back(&d);
+    if (kind == "Deployment" || kind == "StatefulSet" || kind == "Job") out.push_back(&d);
   }
   return out;
 }
@@ -308,9 +311,8 @@ TEST_P(EveryOverlayTest, TheLanesGetOnlyTheStoresCaNotItsKey) {
 // dropped, the runtime's seccomp profile) for every container, on a read-only root filesystem;
 // what a service writes is on a writable volume: the store's SQLite files on its data volume,
 // SQLite's temporary files on /tmp.
-TEST_P(EveryOverlayTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
-  Rendered r = Render(GetParam());
-  ASSERT_EQ(r.error, "");
+// The containers of `r`'s workloads, each checked.
+int ExpectRestricted(const Rendered& r) {
   int containers = 0;
   for (const YAML::Node* w : Workloads(r)) {
     const YAML::Node pod = (*w)["spec"]["template"]["spec"];
@@ -331,7 +333,10 @@ TEST_P(EveryOverlayTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) 
         ++containers;
         const std::string where = absl::StrCat(name, "/", c["name"].as<std::string>());
         const YAML::Node sc = c["securityContext"];
-        ASSERT_TRUE(sc.IsDefined() && sc.IsMap()) << where << " has no securityContext";
+        if (!sc.IsDefined() || !sc.IsMap()) {
+          ADD_FAILURE() << where << " has no securityContext";
+          continue;
+        }
         EXPECT_FALSE(sc["allowPrivilegeEscalation"].as<bool>(true)) << where;
         EXPECT_FALSE(sc["privileged"].as<bool>(false)) << where;
         EXPECT_TRUE(sc["readOnlyRootFilesystem"].as<bool>(false)) << where;
@@ -357,14 +362,21 @@ TEST_P(EveryOverlayTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) 
             writable.insert(m["mountPath"].as<std::string>());
           }
         }
-        if (name == "replay-svc" && (*w)["spec"]["volumeClaimTemplates"].IsDefined()) {
+        if ((name == "replay-svc" && (*w)["spec"]["volumeClaimTemplates"].IsDefined()) ||
+            name == "replay-store-import") {
           EXPECT_THAT(writable, Contains("/var/lib/ess")) << where << ": database_path's folder";
           EXPECT_THAT(writable, Contains("/tmp")) << where << ": SQLite's temporary files";
         }
       }
     }
   }
-  EXPECT_EQ(containers, 3);
+  return containers;
+}
+
+TEST_P(EveryOverlayTest, EveryContainerIsRestrictedWithAReadOnlyRootFilesystem) {
+  Rendered r = Render(GetParam());
+  ASSERT_EQ(r.error, "");
+  EXPECT_EQ(ExpectRestricted(r), 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Overlays, ManifestsTest, ::testing::Values("dev", "prod"));
@@ -418,6 +430,87 @@ TEST(SharedStoreManifestsTest, TheStoreRunsSeveralReplicasOverPostgres) {
     ASSERT_NE(same, nullptr) << kind << " " << name;
     EXPECT_EQ(YAML::Dump(*same), YAML::Dump(d)) << kind << " " << name;
   }
+}
+
+// The one-off copy of prod's SQLite store into shared-store's database (jobs/import-sqlite-store):
+// replay_svc --import_from on the volume prod's store StatefulSet made, writing where
+// shared-store's replicas read, restricted as every pod is.
+TEST(ImportJobManifestsTest, CopiesProdsStoreVolumeIntoSharedStoresDatabase) {
+  Rendered job = RenderPath("jobs/import-sqlite-store");
+  Rendered prod = Render("prod");
+  Rendered shared = Render("shared-store");
+  ASSERT_EQ(job.error, "");
+  ASSERT_EQ(prod.error, "");
+  ASSERT_EQ(shared.error, "");
+  const YAML::Node* import = Find(job, "Job", "replay-store-import");
+  ASSERT_NE(import, nullptr);
+  EXPECT_EQ((*import)["metadata"]["namespace"].as<std::string>(), "ess");
+  EXPECT_EQ(ExpectRestricted(job), 1);
+  const YAML::Node c = Container(*import);
+  std::vector<std::string> command;
+  for (const YAML::Node& a : c["command"]) command.push_back(a.as<std::string>());
+
+  // It reads the file prod's store writes: replay.database_path of the base's hub.yaml, on the
+  // claim of the StatefulSet's first pod (<template>-<statefulset>-0), mounted where prod
+  // mounts it.
+  const YAML::Node* store = Find(prod, "StatefulSet", "replay-svc");
+  ASSERT_NE(store, nullptr);
+  const std::string template_name =
+      (*store)["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].as<std::string>();
+  std::string prod_mount;
+  for (const YAML::Node& m : Container(*store)["volumeMounts"]) {
+    if (m["name"].as<std::string>() == template_name) prod_mount = m["mountPath"].as<std::string>();
+  }
+  std::string database_path;
+  for (const YAML::Node& d : prod.docs) {
+    if (d["kind"].as<std::string>() == "ConfigMap") {
+      database_path = YAML::Load(d["data"]["hub.yaml"].as<std::string>())["replay"]["database_path"]
+                          .as<std::string>("");
+    }
+  }
+  ASSERT_FALSE(prod_mount.empty());
+  ASSERT_EQ(database_path, prod_mount + "/replay.db");
+  EXPECT_EQ(command, (std::vector<std::string>{"/usr/local/bin/replay_svc", "--config",
+                                               "/etc/ess/hub.yaml", "--postgres_dsn_env",
+                                               "ESS_REPLAY_DSN", "--import_from", database_path}));
+  const YAML::Node pod = (*import)["spec"]["template"]["spec"];
+  EXPECT_EQ(pod["restartPolicy"].as<std::string>(), "Never");
+  std::string claim, data_volume;
+  for (const YAML::Node& v : pod["volumes"]) {
+    if (v["persistentVolumeClaim"]) {
+      claim = v["persistentVolumeClaim"]["claimName"].as<std::string>();
+      data_volume = v["name"].as<std::string>();
+    }
+  }
+  EXPECT_EQ(claim, absl::StrCat(template_name, "-replay-svc-0"));
+  bool mounted = false;
+  for (const YAML::Node& m : c["volumeMounts"]) {
+    if (m["name"].as<std::string>() == data_volume) {
+      mounted = m["mountPath"].as<std::string>() == prod_mount;
+    }
+  }
+  EXPECT_TRUE(mounted) << "the claim is mounted at " << prod_mount;
+  // The same database as shared-store's replicas, and no other secret.
+  const YAML::Node* replicas = Find(shared, "StatefulSet", "replay-svc");
+  ASSERT_NE(replicas, nullptr);
+  std::string shared_key;
+  for (const YAML::Node& e : Container(*replicas)["env"]) {
+    if (e["name"].as<std::string>() == "ESS_REPLAY_DSN") {
+      shared_key = e["valueFrom"]["secretKeyRef"]["key"].as<std::string>();
+    }
+  }
+  EXPECT_EQ(EnvNames(c), (std::set<std::string>{"ESS_REPLAY_DSN"}));
+  EXPECT_EQ(c["env"][0]["valueFrom"]["secretKeyRef"]["name"].as<std::string>(), "ess-secrets");
+  EXPECT_EQ(c["env"][0]["valueFrom"]["secretKeyRef"]["key"].as<std::string>(), shared_key);
+  // Its config loads.
+  std::string hub_yaml;
+  for (const YAML::Node& d : job.docs) {
+    if (d["kind"].as<std::string>() == "ConfigMap")
+      hub_yaml = d["data"]["hub.yaml"].as<std::string>();
+  }
+  absl::StatusOr<ess::v1::HubConfig> config = config::LoadString(
+      hub_yaml, "hub.yaml", "/etc/ess", adapters::BuiltinRegistry().SettingsResolver());
+  EXPECT_TRUE(config.ok()) << config.status();
 }
 
 }  // namespace
