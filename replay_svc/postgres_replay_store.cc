@@ -557,6 +557,12 @@ absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> PostgresReplayStore::Claim(
   return outcomes;
 }
 
+absl::Status PostgresReplayStore::RefreshStatistics() {
+  absl::StatusOr<Lease> db = Acquire();
+  if (!db.ok()) return db.status();
+  return (*db)->Exec("ANALYZE ess_replay_records");
+}
+
 absl::StatusOr<MessageRecord> PostgresReplayStore::UpdateStatus(
     const ess::v1::UpdateStatusRequest& request) {
   STORE_RETURN_IF_ERROR(rules::ValidateUpdate(request));

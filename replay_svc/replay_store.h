@@ -118,6 +118,11 @@ class ReplayStore {
   virtual absl::StatusOr<uint32_t> Import(
       const google::protobuf::RepeatedPtrField<ess::v1::MessageRecord>& records) = 0;
 
+  // Brings what the database's planner knows of the records up to date after a bulk change (a
+  // copy from another store), so that it walks the indexes it should from the first read on
+  // rather than after its own next sampling. OK, doing nothing, where there is no such thing.
+  virtual absl::Status RefreshStatistics() { return absl::OkStatus(); }
+
   virtual absl::StatusOr<ess::v1::MessageRecord> UpdateStatus(
       const ess::v1::UpdateStatusRequest& request) = 0;
 

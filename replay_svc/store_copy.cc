@@ -41,9 +41,15 @@ absl::StatusOr<CopyCount> CopyStore(ReplayStore& from, ReplayStore& to,
     count.read += static_cast<uint64_t>(batch.size());
     count.written += *written;
     if (options.progress) options.progress(count);
-    if (!page->next.has_value()) return count;
+    if (!page->next.has_value()) break;
     query.after = page->next;
   }
+  if (count.written > 0) {
+    if (absl::Status s = to.RefreshStatistics(); !s.ok()) {
+      return rules::WithPrefix("refreshing the target's statistics: ", s);
+    }
+  }
+  return count;
 }
 
 }  // namespace ess::replay

@@ -29,7 +29,8 @@ struct CopyOptions {
   std::function<void(const CopyCount&)> progress;
 };
 
-// The counts once every record was read. An error names the record the target refused
+// The counts once every record was read (and, when any was written, the target's statistics
+// refreshed: ReplayStore::RefreshStatistics). An error names the record the target refused
 // (direction, partner, message id); the pages before it stay copied.
 absl::StatusOr<CopyCount> CopyStore(ReplayStore& from, ReplayStore& to, const CopyOptions& options);
 
