@@ -270,6 +270,141 @@ metrics::Latency* ReplayServiceImpl::Runs(Authorizer::Method method) {
   return &runs_[static_cast<size_t>(method)];
 }
 
+// ---- The writer --------------------------------------------------------------------------
+
+// Most records, or claims, in one batch of calls (a call with more runs alone).
+constexpr int kMaxBatchItems = 4096;
+
+struct ReplayServiceImpl::WriteBatch {
+  struct Call {
+    const google::protobuf::Message* request;
+    google::protobuf::Message* response;
+    grpc::ServerUnaryReactor* reactor;
+  };
+  bool claim = false;  // Claim calls; else Record calls
+  std::vector<Call> calls;
+  int items = 0;
+  bool started = false;  // guarded by the service's write_mu_
+};
+
+void ReplayServiceImpl::Write(bool claim, const google::protobuf::Message* request,
+                              google::protobuf::Message* response,
+                              grpc::ServerUnaryReactor* reactor, int items) {
+  absl::MutexLock lock(&write_mu_);
+  queued_writes_.fetch_add(1, std::memory_order_relaxed);
+  if (open_batch_ != nullptr && open_batch_->claim == claim && !open_batch_->started &&
+      open_batch_->items + items <= kMaxBatchItems) {
+    open_batch_->calls.push_back({request, response, reactor});
+    open_batch_->items += items;
+    return;
+  }
+  auto batch = std::make_shared<WriteBatch>();
+  batch->claim = claim;
+  batch->calls.push_back({request, response, reactor});
+  batch->items = items;
+  open_batch_ = batch;
+  writes_.Post(Runs(claim ? Authorizer::Method::kClaim : Authorizer::Method::kRecord), [this,
+                                                                                        batch] {
+    {
+      absl::MutexLock lock(&write_mu_);
+      batch->started = true;
+      if (open_batch_ == batch) open_batch_ = nullptr;
+    }
+    queued_writes_.fetch_sub(static_cast<int64_t>(batch->calls.size()), std::memory_order_relaxed);
+    merged_.fetch_add(batch->calls.size() - 1, std::memory_order_relaxed);
+    if (batch->claim) {
+      RunClaims(*batch);
+    } else {
+      RunRecords(*batch);
+    }
+  });
+}
+
+void ReplayServiceImpl::RunRecords(const WriteBatch& batch) {
+  auto record = [&](const WriteBatch::Call& call, absl::StatusOr<uint32_t> stored) {
+    if (stored.ok()) {
+      static_cast<ess::v1::RecordResponse*>(call.response)->set_stored(*stored);
+      stored_.fetch_add(*stored, std::memory_order_relaxed);
+    }
+    Finish(call.reactor, Authorizer::Method::kRecord, ToGrpc(stored.status()));
+  };
+  auto request = [](const WriteBatch::Call& call) -> const ess::v1::RecordRequest& {
+    return *static_cast<const ess::v1::RecordRequest*>(call.request);
+  };
+  if (batch.calls.size() == 1) {
+    record(batch.calls[0], store_.Record(request(batch.calls[0]).records()));
+    return;
+  }
+  // The calls' records, borrowed for the one store call (no copies), given back after.
+  google::protobuf::RepeatedPtrField<ess::v1::MessageRecord> all;
+  all.Reserve(batch.items);
+  for (const WriteBatch::Call& call : batch.calls) {
+    for (const ess::v1::MessageRecord& r : request(call).records()) {
+      all.UnsafeArenaAddAllocated(const_cast<ess::v1::MessageRecord*>(&r));
+    }
+  }
+  absl::StatusOr<uint32_t> stored = store_.Record(all);
+  all.UnsafeArenaExtractSubrange(0, all.size(), nullptr);
+  if (stored.ok() || absl::IsUnavailable(stored.status())) {
+    for (const WriteBatch::Call& call : batch.calls) {
+      record(call, stored.ok() ? absl::StatusOr<uint32_t>(request(call).records_size())
+                               : stored.status());
+    }
+    return;
+  }
+  for (const WriteBatch::Call& call : batch.calls) {
+    record(call, store_.Record(request(call).records()));
+  }
+}
+
+void ReplayServiceImpl::RunClaims(const WriteBatch& batch) {
+  auto answer = [&](const WriteBatch::Call& call, const absl::Status& status,
+                    const ess::v1::ClaimOutcome* outcomes, int n) {
+    if (status.ok()) {
+      auto* response = static_cast<ess::v1::ClaimResponse*>(call.response);
+      response->mutable_results()->Reserve(n);
+      for (int i = 0; i < n; ++i) response->add_results(outcomes[i]);
+    }
+    Finish(call.reactor, Authorizer::Method::kClaim, ToGrpc(status));
+  };
+  auto request = [](const WriteBatch::Call& call) -> const ess::v1::ClaimRequest& {
+    return *static_cast<const ess::v1::ClaimRequest*>(call.request);
+  };
+  auto alone = [&](const WriteBatch::Call& call) {
+    absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes =
+        store_.Claim(request(call).claims());
+    answer(call, outcomes.status(), outcomes.ok() ? outcomes->data() : nullptr,
+           outcomes.ok() ? static_cast<int>(outcomes->size()) : 0);
+  };
+  if (batch.calls.size() == 1) {
+    alone(batch.calls[0]);
+    return;
+  }
+  google::protobuf::RepeatedPtrField<ess::v1::Claim> all;
+  all.Reserve(batch.items);
+  for (const WriteBatch::Call& call : batch.calls) {
+    for (const ess::v1::Claim& c : request(call).claims()) {
+      all.UnsafeArenaAddAllocated(const_cast<ess::v1::Claim*>(&c));
+    }
+  }
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(all);
+  all.UnsafeArenaExtractSubrange(0, all.size(), nullptr);
+  if (outcomes.ok() && outcomes->size() == static_cast<size_t>(batch.items)) {
+    int from = 0;
+    for (const WriteBatch::Call& call : batch.calls) {
+      const int n = request(call).claims_size();
+      answer(call, absl::OkStatus(), outcomes->data() + from, n);
+      from += n;
+    }
+    return;
+  }
+  if (!outcomes.ok() && absl::IsUnavailable(outcomes.status())) {
+    for (const WriteBatch::Call& call : batch.calls) answer(call, outcomes.status(), nullptr, 0);
+    return;
+  }
+  for (const WriteBatch::Call& call : batch.calls) alone(call);
+}
+
 std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   prometheus::MetricFamily calls = metrics::Family(
       "ess_replay_calls_total",
@@ -292,7 +427,8 @@ std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   metrics::AddSample(replays, {{"outcome", "unconfirmed"}}, replay_unconfirmed_.load());
   prometheus::MetricFamily runs = metrics::Family(
       "ess_replay_store_seconds",
-      "Time a call's work took on a store thread (the store's reads or transaction), by method.",
+      "Time a call's work took on a store thread (the store's reads or transaction), by method; "
+      "Record or Claim calls run as one batch count once.",
       prometheus::MetricType::Histogram);
   for (size_t m = 0; m < kMethods; ++m) {
     runs_[m].AddTo(runs, {{"method", Authorizer::MethodName(static_cast<Authorizer::Method>(m))}});
@@ -300,7 +436,8 @@ std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   prometheus::MetricFamily waits = metrics::Family(
       "ess_replay_queue_wait_seconds",
       "Time a call's work waited for a store thread: read (one per reader connection), write "
-      "(the one writer: Record, Claim, UpdateStatus) or replay.",
+      "(the one writer: Record, Claim, UpdateStatus; a batch of calls from its first call's "
+      "arrival) or replay.",
       prometheus::MetricType::Histogram);
   reads_.waits().AddTo(waits, {{"queue", "read"}});
   writes_.waits().AddTo(waits, {{"queue", "write"}});
@@ -312,6 +449,15 @@ std::vector<prometheus::MetricFamily> ReplayServiceImpl::Metrics() const {
   families.push_back(metrics::Single("ess_replay_records_stored_total",
                                      "Records stored by Record calls.",
                                      prometheus::MetricType::Counter, stored_.load()));
+  families.push_back(metrics::Single(
+      "ess_replay_writes_batched_total",
+      "Record and Claim calls that went to the store in the batch of an earlier call (one "
+      "transaction for consecutive calls queued while the writer was busy).",
+      prometheus::MetricType::Counter, merged_.load()));
+  families.push_back(
+      metrics::Single("ess_replay_writes_queued",
+                      "Write calls (Record, Claim, UpdateStatus) waiting for the writer.",
+                      prometheus::MetricType::Gauge, static_cast<double>(queued_writes_.load())));
   families.push_back(std::move(replays));
   return families;
 }
@@ -330,14 +476,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Record(grpc::CallbackServerContext*
   } else if (request->records().empty()) {
     Finish(reactor, Authorizer::Method::kRecord, grpc::Status::OK);
   } else {
-    writes_.Post(Runs(Authorizer::Method::kRecord), [this, request, response, reactor] {
-      absl::StatusOr<uint32_t> stored = store_.Record(request->records());
-      if (stored.ok()) {
-        response->set_stored(*stored);
-        stored_.fetch_add(*stored, std::memory_order_relaxed);
-      }
-      Finish(reactor, Authorizer::Method::kRecord, ToGrpc(stored.status()));
-    });
+    Write(/*claim=*/false, request, response, reactor, request->records_size());
   }
   return reactor;
 }
@@ -360,8 +499,12 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::UpdateStatus(
   }
   // An ops action on the history: logged with who did it.
   std::string who = auth->empty() ? context->peer() : *std::move(auth);
+  absl::MutexLock lock(&write_mu_);
+  open_batch_ = nullptr;  // calls after this one do not join a batch queued before it
+  queued_writes_.fetch_add(1, std::memory_order_relaxed);
   writes_.Post(Runs(Authorizer::Method::kUpdateStatus),
                [this, request, response, reactor, who = std::move(who)] {
+                 queued_writes_.fetch_sub(1, std::memory_order_relaxed);
                  absl::StatusOr<ess::v1::MessageRecord> record = store_.UpdateStatus(*request);
                  if (record.ok()) {
                    *response = *std::move(record);
@@ -479,14 +622,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Claim(grpc::CallbackServerContext* 
   } else if (request->claims().empty()) {
     Finish(reactor, Authorizer::Method::kClaim, grpc::Status::OK);
   } else {
-    writes_.Post(Runs(Authorizer::Method::kClaim), [this, request, response, reactor] {
-      absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(request->claims());
-      if (outcomes.ok()) {
-        response->mutable_results()->Reserve(static_cast<int>(outcomes->size()));
-        for (ess::v1::ClaimOutcome outcome : *outcomes) response->add_results(outcome);
-      }
-      Finish(reactor, Authorizer::Method::kClaim, ToGrpc(outcomes.status()));
-    });
+    Write(/*claim=*/true, request, response, reactor, request->claims_size());
   }
   return reactor;
 }

@@ -5,7 +5,11 @@
 // unknown key or correlation id (Lookup answers found = false instead). Store calls block, so
 // they run on the service's own threads rather than gRPC's: writes on one thread, in arrival
 // order (Record, UpdateStatus, Claim); reads (Get, Lookup, List, Stats) on `reader_threads`, so
-// they never queue behind writes.
+// they never queue behind writes. Record calls that arrive one after another while the writer
+// is busy go to the store as one batch, one transaction, and so do Claim calls: as if each ran
+// whole before the next (a store applies a batch's items in order), each answered with its own
+// part. If such a batch fails for another reason than an unreachable store, its calls run again
+// one by one, so that each gets its own answer and error.
 // With an Authorizer, every call is checked first: UNAUTHENTICATED or PERMISSION_DENIED before
 // anything is read or written.
 // Replay runs on a thread of its own, one call at a time (see replayer.h); without a Replayer it
@@ -22,8 +26,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "common/metrics.h"
 #include "ess/v1/replay.grpc.pb.h"
 #include "prometheus/metric_family.h"
@@ -102,6 +109,15 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   // The run-time histogram of `method`'s store work, for WorkQueue::Post.
   metrics::Latency* Runs(Authorizer::Method method);
 
+  // Record and Claim calls queued for the writer as one store call (see the top).
+  struct WriteBatch;
+  // Adds the call to the last write queued if it is a batch of its kind not yet started and
+  // with room, or queues a new batch.
+  void Write(bool claim, const google::protobuf::Message* request,
+             google::protobuf::Message* response, grpc::ServerUnaryReactor* reactor, int items);
+  void RunRecords(const WriteBatch& batch);
+  void RunClaims(const WriteBatch& batch);
+
   ReplayStore& store_;
   Replayer* const replayer_;
   const Authorizer* const authorizer_;
@@ -109,8 +125,13 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   std::array<std::atomic<uint64_t>, kMethods> ok_{}, errors_{};
   std::atomic<uint64_t> stored_{0}, replayed_{0}, replay_skipped_{0}, replay_failed_{0},
       replay_unconfirmed_{0};
+  std::atomic<uint64_t> merged_{0};
+  std::atomic<int64_t> queued_writes_{0};        // write calls not yet taken by the writer
   std::array<metrics::Latency, kMethods> runs_;  // before the queues, which use them
   WorkQueue reads_;
+  // Held while posting a write, so that the queue's order is the calls' order.
+  absl::Mutex write_mu_;
+  std::shared_ptr<WriteBatch> open_batch_ ABSL_GUARDED_BY(write_mu_);
   WorkQueue writes_;
   WorkQueue replays_;
 };

@@ -7,9 +7,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/metrics.h"
 #include "common/replay_client.h"
+#include "common/sqlite.h"
 #include "gmock/gmock.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
@@ -508,6 +512,168 @@ TEST_F(ReplayServiceTest, SecondServerOnTheSamePortFailsToStart) {
   absl::StatusOr<std::unique_ptr<ReplayServer>> second =
       ReplayServer::Start(*store_, {.listen = server_->address()});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+// Consecutive Record calls, and consecutive Claim calls, that queue while the writer is busy
+// go to the store as one batch: each call still gets its own answer, in the order the calls
+// came, an UpdateStatus between them is not jumped, and a batch the database refuses is run
+// again call by call, so only the call that holds the refused record fails. The writer is kept
+// busy by another connection holding the file's write lock, so the calls queue behind its
+// first call.
+TEST(ReplayServiceWriterTest, CallsQueuedTogetherShareATransactionAndKeepTheirOrder) {
+  TempDir dir;
+  SqliteReplayStore::Options options;
+  options.busy_timeout_ms = 60'000;
+  absl::StatusOr<std::unique_ptr<SqliteReplayStore>> store =
+      SqliteReplayStore::Open(dir.File("replay.db"), std::move(options));
+  ASSERT_TRUE(store.ok()) << store.status();
+  absl::StatusOr<std::unique_ptr<ReplayServer>> server =
+      ReplayServer::Start(**store, {.listen = "127.0.0.1:0"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub = MakeReplayStub((*server)->address());
+  auto metric = [&](const std::string& name) {
+    for (absl::string_view line :
+         absl::StrSplit(metrics::Render((*server)->service().Metrics()), '\n')) {
+      if (absl::ConsumePrefix(&line, name + " ")) return std::string(line);
+    }
+    return std::string("?");
+  };
+
+  absl::StatusOr<sqlite::Database> holder = sqlite::Database::Open(dir.File("replay.db"));
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  ASSERT_TRUE(holder
+                  ->Exec("CREATE TRIGGER poison BEFORE INSERT ON records "
+                         "WHEN NEW.message_id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); "
+                         "END")
+                  .ok());
+  ASSERT_TRUE(holder->Exec("BEGIN IMMEDIATE").ok());
+
+  // Each call is sent once the one before it is queued, so their order is known.
+  struct Call {
+    std::unique_ptr<grpc::ClientContext> context = Context();
+    grpc::Status status;
+    absl::Notification done;
+  };
+  std::vector<std::unique_ptr<Call>> calls;
+  std::vector<std::unique_ptr<google::protobuf::Message>> messages;  // requests, responses
+  auto sent = [&](int queued) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (metric("ess_replay_writes_queued") != absl::StrCat(queued) && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    EXPECT_EQ(metric("ess_replay_writes_queued"), absl::StrCat(queued));
+  };
+  auto record = [&](std::vector<MessageRecord> records) {
+    auto request = std::make_unique<ess::v1::RecordRequest>();
+    for (MessageRecord& r : records) *request->add_records() = std::move(r);
+    auto response = std::make_unique<ess::v1::RecordResponse>();
+    Call* call = calls.emplace_back(std::make_unique<Call>()).get();
+    stub->async()->Record(call->context.get(), request.get(), response.get(),
+                          [call](grpc::Status s) {
+                            call->status = std::move(s);
+                            call->done.Notify();
+                          });
+    messages.push_back(std::move(request));
+    messages.push_back(std::move(response));
+    return static_cast<ess::v1::RecordResponse*>(messages.back().get());
+  };
+  auto claim = [&](const std::string& id) {
+    auto request = std::make_unique<ess::v1::ClaimRequest>();
+    ess::v1::Claim* c = request->add_claims();
+    *c->mutable_record() = MakeRecord(kIn, "prison", id, "VIS-" + id);
+    c->set_window_seconds(600);
+    c->set_lease_ms(60'000);
+    auto response = std::make_unique<ess::v1::ClaimResponse>();
+    Call* call = calls.emplace_back(std::make_unique<Call>()).get();
+    stub->async()->Claim(call->context.get(), request.get(), response.get(),
+                         [call](grpc::Status s) {
+                           call->status = std::move(s);
+                           call->done.Notify();
+                         });
+    messages.push_back(std::move(request));
+    messages.push_back(std::move(response));
+    return static_cast<ess::v1::ClaimResponse*>(messages.back().get());
+  };
+
+  // The first call takes the writer (which counts its wait) and waits for the lock.
+  record({Outbound("prison", "k0")});
+  const std::string taken = R"(ess_replay_queue_wait_seconds_count{queue="write"})";
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (metric(taken) != "1" && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(metric(taken), "1");
+  ASSERT_EQ(metric("ess_replay_writes_queued"), "0");
+  ess::v1::RecordResponse* r1 = record({Outbound("prison", "k1", ess::v1::MESSAGE_STATUS_FAILED)});
+  sent(1);
+  ess::v1::UpdateStatusRequest update;
+  update.set_direction(kOut);
+  update.set_partner("prison");
+  update.set_message_id("k1");
+  update.set_status(ess::v1::MESSAGE_STATUS_DEAD);
+  ess::v1::MessageRecord updated;
+  Call* update_call = calls.emplace_back(std::make_unique<Call>()).get();
+  stub->async()->UpdateStatus(update_call->context.get(), &update, &updated,
+                              [update_call](grpc::Status s) {
+                                update_call->status = std::move(s);
+                                update_call->done.Notify();
+                              });
+  sent(2);
+  ess::v1::RecordResponse* r2 = record(
+      {Outbound("prison", "k1", ess::v1::MESSAGE_STATUS_DELIVERED), Outbound("prison", "k2")});
+  sent(3);
+  ess::v1::RecordResponse* r3 = record({Outbound("prison", "k3")});
+  sent(4);
+  record({Outbound("prison", "k4"), Outbound("prison", "poison")});
+  sent(5);
+  ess::v1::ClaimResponse* c1 = claim("wh-1");
+  sent(6);
+  ess::v1::ClaimResponse* c2 = claim("wh-1");
+  sent(7);
+  ess::v1::ClaimResponse* c3 = claim("wh-2");
+  sent(8);
+  claim("poison");
+  sent(9);
+  ASSERT_TRUE(holder->Exec("COMMIT").ok());
+  for (const auto& call : calls) {
+    ASSERT_TRUE(call->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  }
+
+  ASSERT_EQ(calls.size(), 10u);
+  for (int i : {0, 1}) EXPECT_TRUE(calls[i]->status.ok()) << calls[i]->status.error_message();
+  EXPECT_EQ(r1->stored(), 1u);
+  // UpdateStatus ran after the Record of k1 queued before it and before the one queued after
+  // it: k1 was FAILED, then DEAD, then DELIVERED.
+  EXPECT_TRUE(update_call->status.ok()) << update_call->status.error_message();
+  EXPECT_EQ(updated.status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_TRUE(calls[3]->status.ok()) << calls[3]->status.error_message();
+  EXPECT_EQ(r2->stored(), 2u);
+  EXPECT_TRUE(calls[4]->status.ok()) << calls[4]->status.error_message();
+  EXPECT_EQ(r3->stored(), 1u);
+  // The batch of the three Record calls was refused for "poison", and each ran again alone.
+  EXPECT_EQ(calls[5]->status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(calls[5]->status.error_message(), HasSubstr("records[1]: sqlite: SQLITE_CONSTRAINT"));
+  for (int i = 6; i < 9; ++i) {
+    EXPECT_TRUE(calls[i]->status.ok()) << calls[i]->status.error_message();
+  }
+  EXPECT_THAT(c1->results(), ElementsAre(ess::v1::CLAIM_OUTCOME_CLAIMED));
+  EXPECT_THAT(c2->results(), ElementsAre(ess::v1::CLAIM_OUTCOME_IN_PROGRESS));
+  EXPECT_THAT(c3->results(), ElementsAre(ess::v1::CLAIM_OUTCOME_CLAIMED));
+  // So was the batch of the four Claim calls, for its "poison".
+  EXPECT_EQ(calls[9]->status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(calls[9]->status.error_message(), HasSubstr("claims[0].record: sqlite: "));
+
+  absl::StatusOr<MessageRecord> k1 = (*store)->GetByKey(Key(kOut, "prison", "k1"));
+  ASSERT_TRUE(k1.ok());
+  EXPECT_EQ(k1->status(), ess::v1::MESSAGE_STATUS_DELIVERED);
+  for (const char* id : {"k0", "k2", "k3"})
+    EXPECT_TRUE((*store)->GetByKey(Key(kOut, "prison", id)).ok());
+  for (const char* id : {"k4", "poison"}) {
+    EXPECT_EQ((*store)->GetByKey(Key(kOut, "prison", id)).status().code(),
+              absl::StatusCode::kNotFound);
+  }
+  // Two calls joined the second Record's batch, three the first Claim's.
+  EXPECT_EQ(metric("ess_replay_writes_batched_total"), "5");
+  EXPECT_EQ(metric("ess_replay_writes_queued"), "0");
+  (*server)->Shutdown(absl::Seconds(5));
 }
 
 TEST(ReplayServerTest, MalformedListenAddressIsInvalid) {
