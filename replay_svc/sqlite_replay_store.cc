@@ -75,11 +75,14 @@ constexpr absl::string_view kColumns =
     "id, direction, partner, message_id, correlation_id, event_type, status, payload, rendered, "
     "error, attempts, dry_run, source, received_at, updated_at, maybe_delivered_as";
 
-constexpr absl::string_view kUpsertSql = R"sql(
-INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
-                     rendered, error, attempts, dry_run, source, received_at, updated_at,
-                     maybe_delivered_as)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+// One record's row, ?1 to ?15 (see Insert); each statement below adds what a stored key does.
+#define ESS_INSERT_RECORD                                                                     \
+  "INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, " \
+  "payload, rendered, error, attempts, dry_run, source, received_at, updated_at, "            \
+  "maybe_delivered_as)\n"                                                                     \
+  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+
+constexpr absl::string_view kUpsertSql = ESS_INSERT_RECORD R"sql(
 ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   status = excluded.status,
   attempts = excluded.attempts,
@@ -98,11 +101,7 @@ WHERE NOT (records.direction = 2 AND records.status = 6 AND excluded.status = 4)
 
 // An imported record (Import): inserted, or replacing a stored one updated earlier; ?14 is
 // the record's own updated_at.
-constexpr absl::string_view kImportSql = R"sql(
-INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
-                     rendered, error, attempts, dry_run, source, received_at, updated_at,
-                     maybe_delivered_as)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+constexpr absl::string_view kImportSql = ESS_INSERT_RECORD R"sql(
 ON CONFLICT (direction, partner, message_id) DO UPDATE SET
   correlation_id = excluded.correlation_id, event_type = excluded.event_type,
   status = excluded.status, payload = excluded.payload, rendered = excluded.rendered,
@@ -114,13 +113,10 @@ WHERE excluded.updated_at > records.updated_at
 
 // A claim's insert: kUpsertSql's row when the key is new, nothing otherwise (Changes() says
 // which), so that the common case (a new key) takes one index search instead of a read first.
-constexpr absl::string_view kInsertNewSql = R"sql(
-INSERT INTO records (direction, partner, message_id, correlation_id, event_type, status, payload,
-                     rendered, error, attempts, dry_run, source, received_at, updated_at,
-                     maybe_delivered_as)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+constexpr absl::string_view kInsertNewSql = ESS_INSERT_RECORD R"sql(
 ON CONFLICT (direction, partner, message_id) DO NOTHING
 )sql";
+#undef ESS_INSERT_RECORD
 
 // What kUpsertSql does to an existing row for a record without payload and rendered bytes (a
 // status mark such as PUBLISHED), as a plain UPDATE: it skips building the row to insert and the
