@@ -1,6 +1,7 @@
-// Ops replay: the Replayer over a real SQLite store with a fake bus (the one piece replaced: it
-// records each publish and answers as the test says), then ReplayService.Replay through a real
-// in-process gRPC server. The real broker path is tests/integration/ops_replay_test.cc.
+// Ops replay: the Replayer over a real store (SQLite and PostgreSQL) with a fake bus (the one piece
+// replaced: it records each publish and answers as the test says), then ReplayService.Replay
+// through a real in-process gRPC server. The real broker path is
+// tests/integration/ops_replay_test.cc.
 #include "replay_svc/replayer.h"
 
 #include <functional>
@@ -23,6 +24,7 @@
 #include "gtest/gtest.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/sqlite_replay_store.h"
+#include "tests/replay_svc/test_store.h"
 #include "tests/replay_svc/test_util.h"
 
 namespace ess::replay {
@@ -106,12 +108,11 @@ class FakeBus {
   std::function<void(const amqp::Message&)> before_answer_;
 };
 
-class ReplayerTest : public ::testing::Test {
+// Each test runs on a SQLite file and on a PostgreSQL schema (test_store.h).
+class ReplayerTest : public ::testing::TestWithParam<testing::Backend> {
  protected:
   void SetUp() override {
-    SqliteReplayStore::Options options;
-    options.clock = [this] { return clock_.Now(); };
-    auto store = SqliteReplayStore::Open(dir_.File("replay.db"), std::move(options));
+    auto store = db_.Open([this] { return clock_.Now(); });
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
   }
@@ -162,13 +163,16 @@ class ReplayerTest : public ::testing::Test {
     return r;
   }
 
-  TempDir dir_;
+  testing::TestStore db_{GetParam()};
   FakeClock clock_;
-  std::unique_ptr<SqliteReplayStore> store_;
+  std::unique_ptr<ReplayStore> store_;
   FakeBus bus_;
 };
 
-TEST_F(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange) {
+INSTANTIATE_TEST_SUITE_P(Backends, ReplayerTest, ::testing::ValuesIn(testing::kBackends),
+                         testing::BackendName);
+
+TEST_P(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange) {
   MessageRecord dead = Outbound("prison", "m-1", kDead);
   dead.set_error("partner answered HTTP 422");
   Store({dead, Inbound("w-1", ess::v1::MESSAGE_STATUS_FAILED)});
@@ -216,7 +220,7 @@ TEST_F(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange
 
 // A push that failed after its CSV upload's outcome became unknown: the replay hands the file's
 // path back to the lane as the retry did, so the adapter looks there before sending the row.
-TEST_F(ReplayerTest, WhereAFailedPushMayHaveLandedGoesWithItsReplay) {
+TEST_P(ReplayerTest, WhereAFailedPushMayHaveLandedGoesWithItsReplay) {
   MessageRecord dead = Outbound("prison", "m-1", kDead);
   dead.set_maybe_delivered_as("/upload/visits-20261201-0900-1.csv");
   Store({dead, Outbound("prison", "m-2", kDead)});
@@ -239,7 +243,7 @@ TEST_F(ReplayerTest, WhereAFailedPushMayHaveLandedGoesWithItsReplay) {
   EXPECT_EQ(out.maybe_delivered_as(), "/upload/visits-20261201-0900-1.csv");
 }
 
-TEST_F(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPublished) {
+TEST_P(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPublished) {
   MessageRecord no_payload = Outbound("prison", "m-empty", kDead);
   no_payload.clear_payload();
   MessageRecord marker = Inbound("file-marker", ess::v1::MESSAGE_STATUS_PUBLISHED);
@@ -273,7 +277,7 @@ TEST_F(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPubli
   EXPECT_EQ(Read(kOut, "court", "m-court").status(), kDead);
 }
 
-TEST_F(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
+TEST_P(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
   bus_.Fail("m-2",
             absl::FailedPreconditionError("unroutable: exchange= routing_key=visit_updates"));
@@ -291,7 +295,7 @@ TEST_F(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
   EXPECT_EQ(Read(kOut, "prison", "m-2").status(), kDead);
 }
 
-TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
+TEST_P(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead),
          Outbound("prison", "m-3", kDead)});
   // The lane takes m-1's replay and records it delivered before the broker's confirm arrives;
@@ -320,7 +324,7 @@ TEST_F(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
 
 // The call answers at its deadline; a confirm after that marks the record all the same, so that
 // running the replay again does not publish it a second time.
-TEST_F(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
+TEST_P(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
   Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
@@ -343,7 +347,7 @@ TEST_F(ReplayerTest, APublishConfirmedAfterTheCallAnsweredIsMarkedThen) {
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
 }
 
-TEST_F(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
+TEST_P(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
   Store({Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
   Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
@@ -356,7 +360,7 @@ TEST_F(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
 }
 
 // A confirm after Stop (replay_svc shutting down) changes nothing and breaks nothing.
-TEST_F(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
+TEST_P(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
   Store({Outbound("prison", "m-slow", kDead)});
   bus_.Hold("m-slow");
   {
@@ -369,7 +373,7 @@ TEST_F(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
 }
 
-TEST_F(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
+TEST_P(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
   Store({Outbound("prison", "m-1", kDead), Inbound("w-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
   Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
 
@@ -383,7 +387,7 @@ TEST_F(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
   EXPECT_EQ(Read(kOut, "prison", "m-1").status(), kDead);
 }
 
-TEST_F(ReplayerTest, FromConfigTakesTheEventsExchangeAndEveryOutboundQueue) {
+TEST_P(ReplayerTest, FromConfigTakesTheEventsExchangeAndEveryOutboundQueue) {
   ess::v1::HubConfig config;
   config.mutable_bus()->set_events_exchange("ess.events");
   ess::v1::PartnerConfig* prison = config.add_partners();
@@ -440,7 +444,10 @@ class ReplayRpcTest : public ReplayerTest {
   std::unique_ptr<ess::v1::ReplayService::Stub> stub_;
 };
 
-TEST_F(ReplayRpcTest, AFilterIsReplayedPageByPageUntilNothingMatches) {
+INSTANTIATE_TEST_SUITE_P(Backends, ReplayRpcTest, ::testing::ValuesIn(testing::kBackends),
+                         testing::BackendName);
+
+TEST_P(ReplayRpcTest, AFilterIsReplayedPageByPageUntilNothingMatches) {
   std::vector<MessageRecord> records;
   for (int i = 0; i < 250; ++i) records.push_back(Outbound("prison", absl::StrCat("m-", i), kDead));
   records.push_back(Outbound("prison", "m-delivered", ess::v1::MESSAGE_STATUS_DELIVERED));
@@ -473,7 +480,7 @@ TEST_F(ReplayRpcTest, AFilterIsReplayedPageByPageUntilNothingMatches) {
   EXPECT_TRUE(store_->List(dead).value().records.empty());
 }
 
-TEST_F(ReplayRpcTest, KeysAreReplayedInTheirOrderAndTheCallerIsNamedWhenItGaveNoName) {
+TEST_P(ReplayRpcTest, KeysAreReplayedInTheirOrderAndTheCallerIsNamedWhenItGaveNoName) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
   ess::v1::ReplayRequest request;
   *request.add_keys() = Key(kOut, "prison", "m-2");
@@ -492,7 +499,7 @@ TEST_F(ReplayRpcTest, KeysAreReplayedInTheirOrderAndTheCallerIsNamedWhenItGaveNo
   EXPECT_THAT(published[0].message.headers[0].second, HasSubstr("127.0.0.1:"));  // its address
 }
 
-TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
+TEST_P(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
   struct Case {
     std::function<void(ess::v1::ReplayRequest&)> build;
     std::string message;
@@ -550,7 +557,7 @@ TEST_F(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
 
 // Replays run one at a time. One that waited for an earlier one past its caller's deadline
 // publishes nothing: its caller has already given up, and would run it again.
-TEST_F(ReplayRpcTest, AReplayQueuedPastItsDeadlinePublishesNothing) {
+TEST_P(ReplayRpcTest, AReplayQueuedPastItsDeadlinePublishesNothing) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
   bus_.Hold("m-1");  // the first replay waits for its confirm until its own deadline
   auto replay = [&](const char* id, absl::Duration timeout) {
