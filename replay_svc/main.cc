@@ -33,6 +33,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/sqlite.h"
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
 #include "replay_svc/drift.h"
@@ -62,6 +63,24 @@ constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 // record was read, 2 when `path` is no replay store, 1 when the copy stopped.
 int ImportFrom(const std::string& path, ess::replay::ReplayStore& target,
                const std::string& target_name) {
+  // A replay store's file has a schema version; opening any other SQLite file as a store would
+  // make the store's tables in it.
+  {
+    absl::StatusOr<ess::sqlite::Database> db = ess::sqlite::Database::Open(path);
+    absl::StatusOr<ess::sqlite::Statement> version =
+        db.ok() ? db->Prepare("PRAGMA user_version")
+                : absl::StatusOr<ess::sqlite::Statement>(db.status());
+    absl::StatusOr<bool> row = version.ok() ? version->Step() : version.status();
+    if (!row.ok()) {
+      std::cerr << "error: --import_from " << path << ": " << row.status().message() << "\n";
+      return 2;
+    }
+    if (!*row || version->ColumnInt64(0) == 0) {
+      std::cerr << "error: --import_from " << path
+                << ": not a replay store (its SQLite schema version is 0)\n";
+      return 2;
+    }
+  }
   absl::StatusOr<std::unique_ptr<ess::replay::SqliteReplayStore>> source =
       ess::replay::SqliteReplayStore::Open(path);
   if (!source.ok()) {

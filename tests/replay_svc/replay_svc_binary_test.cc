@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "common/http_client.h"
 #include "common/replay_client.h"
+#include "common/sqlite.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -588,6 +589,23 @@ TEST_F(ReplaySvcBinaryTest, ImportFromCopiesASqliteStoreIntoPostgres) {
   ToolResult junk = import(dir_.File("notes.txt"), "import-4");
   EXPECT_EQ(junk.exit_code, 2);
   EXPECT_THAT(junk.err, HasSubstr("--import_from " + dir_.File("notes.txt") + ": "));
+  {
+    absl::StatusOr<sqlite::Database> other = sqlite::Database::Open(dir_.File("other.db"));
+    ASSERT_TRUE(other.ok());
+    ASSERT_TRUE(other->Exec("CREATE TABLE notes (text TEXT)").ok());
+  }
+  ToolResult other = import(dir_.File("other.db"), "import-5");
+  EXPECT_EQ(other.exit_code, 2);
+  EXPECT_THAT(other.err, HasSubstr("--import_from " + dir_.File("other.db") +
+                                   ": not a replay store (its SQLite schema version is 0)"));
+  {
+    absl::StatusOr<sqlite::Database> untouched = sqlite::Database::Open(dir_.File("other.db"));
+    ASSERT_TRUE(untouched.ok());
+    absl::StatusOr<sqlite::Statement> tables =
+        untouched->Prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table'");
+    ASSERT_TRUE(tables.ok() && tables->Step().value_or(false));
+    EXPECT_EQ(tables->ColumnInt64(0), 1) << "the store's tables were made in it";
+  }
   Child itself({replay_svc_, "--config", config_, "--import_from", file}, dir_.File("x.out"),
                dir_.File("x.err"));
   EXPECT_EQ(itself.WaitForExit(absl::Seconds(30)), std::optional<int>(2));
