@@ -83,8 +83,13 @@ absl::Status Error(sqlite3* db, int rc, absl::string_view sql = {}) {
 // ---- Database ----------------------------------------------------------------------------
 
 absl::StatusOr<Database> Database::Open(const std::string& path, const Options& options) {
-  int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
-  if (options.create) flags |= SQLITE_OPEN_CREATE;
+  int flags = SQLITE_OPEN_NOMUTEX;
+  if (options.read_only) {
+    flags |= SQLITE_OPEN_READONLY;
+  } else {
+    flags |= SQLITE_OPEN_READWRITE;
+    if (options.create) flags |= SQLITE_OPEN_CREATE;
+  }
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &raw, flags, nullptr);
   // Owned from here on, even on failure (sqlite3_open_v2 allocates a handle for the message).
@@ -95,6 +100,7 @@ absl::StatusOr<Database> Database::Open(const std::string& path, const Options& 
   }
   sqlite3_extended_result_codes(raw, 1);
   sqlite3_busy_timeout(raw, options.busy_timeout_ms);
+  if (options.read_only) return db;
 
   // journal_mode answers with the mode in effect; anything but "wal" means WAL is unavailable
   // (e.g. an in-memory database), which the callers of this layer do not expect.

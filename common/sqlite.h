@@ -49,9 +49,14 @@ class Database {
     bool query_only = false;
     // synchronous=FULL: each commit waits for the disk, and survives power loss.
     bool full_sync = false;
+    // Open the file read-only and change nothing of it, not even its journal mode (no WAL
+    // switch, no pragmas): for a look at a file that may not be this program's. Implies no
+    // `create`.
+    bool read_only = false;
   };
 
-  // Opens `path` in WAL mode with synchronous=NORMAL (FULL with full_sync) and the busy timeout.
+  // Opens `path` in WAL mode with synchronous=NORMAL (FULL with full_sync) and the busy timeout;
+  // with read_only, as it is.
   // NOT_FOUND if the file cannot be opened (missing folder, or missing file without `create`); the
   // other codes as in the file comment.
   static absl::StatusOr<Database> Open(const std::string& path, const Options& options);

@@ -64,9 +64,10 @@ constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 int ImportFrom(const std::string& path, ess::replay::ReplayStore& target,
                const std::string& target_name) {
   // A replay store's file has a schema version; opening any other SQLite file as a store would
-  // make the store's tables in it.
+  // make the store's tables in it. The look is read-only: it changes nothing of such a file.
   {
-    absl::StatusOr<ess::sqlite::Database> db = ess::sqlite::Database::Open(path);
+    absl::StatusOr<ess::sqlite::Database> db =
+        ess::sqlite::Database::Open(path, {.read_only = true});
     absl::StatusOr<ess::sqlite::Statement> version =
         db.ok() ? db->Prepare("PRAGMA user_version")
                 : absl::StatusOr<ess::sqlite::Statement>(db.status());

@@ -592,19 +592,24 @@ TEST_F(ReplaySvcBinaryTest, ImportFromCopiesASqliteStoreIntoPostgres) {
   {
     absl::StatusOr<sqlite::Database> other = sqlite::Database::Open(dir_.File("other.db"));
     ASSERT_TRUE(other.ok());
-    ASSERT_TRUE(other->Exec("CREATE TABLE notes (text TEXT)").ok());
+    // Another program's file, in SQLite's default rollback-journal mode.
+    ASSERT_TRUE(other->Exec("PRAGMA journal_mode=DELETE; CREATE TABLE notes (text TEXT)").ok());
   }
   ToolResult other = import(dir_.File("other.db"), "import-5");
   EXPECT_EQ(other.exit_code, 2);
   EXPECT_THAT(other.err, HasSubstr("--import_from " + dir_.File("other.db") +
                                    ": not a replay store (its SQLite schema version is 0)"));
   {
-    absl::StatusOr<sqlite::Database> untouched = sqlite::Database::Open(dir_.File("other.db"));
-    ASSERT_TRUE(untouched.ok());
+    absl::StatusOr<sqlite::Database> untouched =
+        sqlite::Database::Open(dir_.File("other.db"), {.read_only = true});
+    ASSERT_TRUE(untouched.ok()) << untouched.status();
     absl::StatusOr<sqlite::Statement> tables =
         untouched->Prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table'");
     ASSERT_TRUE(tables.ok() && tables->Step().value_or(false));
     EXPECT_EQ(tables->ColumnInt64(0), 1) << "the store's tables were made in it";
+    absl::StatusOr<sqlite::Statement> mode = untouched->Prepare("PRAGMA journal_mode");
+    ASSERT_TRUE(mode.ok() && mode->Step().value_or(false));
+    EXPECT_EQ(mode->ColumnText(0), "delete") << "its journal mode was changed";
   }
   Child itself({replay_svc_, "--config", config_, "--import_from", file}, dir_.File("x.out"),
                dir_.File("x.err"));

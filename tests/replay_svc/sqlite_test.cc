@@ -145,6 +145,25 @@ TEST(SqliteOpenTest, WithoutCreateAMissingFileIsNotFound) {
   EXPECT_EQ(db.status().code(), absl::StatusCode::kNotFound) << db.status();
 }
 
+TEST(SqliteOpenTest, ReadOnlyChangesNothingOfTheFile) {
+  replay::testing::TempDir dir;
+  {
+    absl::StatusOr<Database> db = Database::Open(dir.File("x.db"));
+    ASSERT_TRUE(db.ok()) << db.status();
+    ASSERT_TRUE(db->Exec("PRAGMA journal_mode=DELETE; CREATE TABLE t (k INTEGER)").ok());
+  }
+  absl::StatusOr<Database> db = Database::Open(dir.File("x.db"), {.read_only = true});
+  ASSERT_TRUE(db.ok()) << db.status();
+  absl::StatusOr<Statement> mode = db->Prepare("PRAGMA journal_mode");
+  ASSERT_TRUE(mode.ok() && mode->Step().value_or(false));
+  EXPECT_EQ(mode->ColumnText(0), "delete");  // not switched to WAL
+  EXPECT_EQ(db->Exec("INSERT INTO t (k) VALUES (1)").code(), absl::StatusCode::kPermissionDenied)
+      << "a write on a read-only connection";
+  EXPECT_EQ(Database::Open(dir.File("y.db"), {.read_only = true}).status().code(),
+            absl::StatusCode::kNotFound)
+      << "a read-only open creates nothing";
+}
+
 TEST(SqliteOpenTest, InMemoryDatabaseIsRefusedForWantOfWal) {
   absl::StatusOr<Database> db = Database::Open(":memory:");
   EXPECT_EQ(db.status().code(), absl::StatusCode::kFailedPrecondition) << db.status();
