@@ -23,6 +23,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace ess::amqp {
 namespace {
@@ -636,7 +637,10 @@ class SessionLoop {
     }
     stop_ = false;
     absl::Status first = Connect();
-    thread_ = std::thread([this, retry = !first.ok()] { Run(retry); });
+    thread_ = std::thread([this, retry = !first.ok()] {
+      NameThisThread(absl::StrCat("amqp-", role_));
+      Run(retry);
+    });
     return first;
   }
   // From its call on no more work is accepted; the loop finishes and the thread is joined.

@@ -20,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/thread_name.h"
 
 namespace ess::http {
 
@@ -158,7 +159,10 @@ struct Client::Impl {
     curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, options.max_total_connections);
     // Keep as many idle connections as may be open, so bursts do not churn connections.
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, options.max_total_connections);
-    thread = std::thread([this] { Run(); });
+    thread = std::thread([this] {
+      NameThisThread("ess-http-client");
+      Run();
+    });
     thread_id = thread.get_id();
   }
 

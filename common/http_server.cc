@@ -28,6 +28,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "common/thread_name.h"
 
 namespace ess::http {
 
@@ -336,6 +337,7 @@ struct Server::Impl {
     evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(bound), &Impl::OnAcceptError);
     dispatcher->Open(wake);
     thread = std::thread([this] {
+      NameThisThread("ess-http-server");
       Dispatcher::current = dispatcher.get();
       current = this;
       event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);

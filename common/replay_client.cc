@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/metrics.h"
+#include "common/thread_name.h"
 #include "grpcpp/grpcpp.h"
 
 namespace ess {
@@ -195,7 +196,10 @@ class Batcher {
         batch_max_(std::max<size_t>(batch_max, 1)),
         max_in_flight_(std::max<size_t>(options.max_in_flight_batches, 1)),
         stub_(stub),
-        sender_([this] { RunSender(); }) {}
+        sender_([this] {
+          NameThisThread("ess-recorder");
+          RunSender();
+        }) {}
 
   ~Batcher() {
     BeginStop(absl::Now() + deadline_);

@@ -15,6 +15,7 @@
 #include "common/bus_headers.h"
 #include "common/log.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess::inbound {
@@ -180,7 +181,10 @@ void SftpPoller::Start() {
              {"dir", options_.remote_dir},
              {"processed_dir", options_.processed_dir},
              {"interval_ms", absl::StrCat(absl::ToInt64Milliseconds(options_.interval))}});
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    NameThisThread("ess-sftp-poller");
+    Run();
+  });
 }
 
 void SftpPoller::RequestStop() {

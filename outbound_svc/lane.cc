@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess::outbound {
@@ -202,7 +203,10 @@ absl::Status Lane::Start() {
     log::Warn("", "event bus not reachable yet", {{"error", ToStd(s.message())}});
   }
   absl::Status s = consumer_->Start();
-  supervisor_ = std::thread([this] { Supervise(); });
+  supervisor_ = std::thread([this] {
+    NameThisThread("ess-supervisor");
+    Supervise();
+  });
   return s;
 }
 

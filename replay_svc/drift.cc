@@ -7,6 +7,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 
 namespace ess::replay {
 
@@ -33,7 +34,10 @@ DriftWatch::DriftWatch(ReplayStore& store, std::vector<Partner> partners, Option
       partners_(std::move(partners)),
       options_(std::move(options)),
       figures_(partners_.size()),
-      thread_([this] { Run(); }) {}
+      thread_([this] {
+        NameThisThread("replay-drift");
+        Run();
+      }) {}
 
 DriftWatch::~DriftWatch() { Stop(); }
 

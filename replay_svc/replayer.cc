@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 #include "replay_svc/records.h"
 
 namespace ess::replay {
@@ -26,7 +27,10 @@ using ess::v1::ReplayedRecord;
 class Replayer::LateMarks {
  public:
   explicit LateMarks(Replayer* replayer) : replayer_(replayer) {
-    thread_ = std::thread([this] { Run(); });
+    thread_ = std::thread([this] {
+      NameThisThread("replay-late");
+      Run();
+    });
   }
 
   // Any thread. False once stopped.

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 
 namespace ess::replay {
 
@@ -24,7 +25,10 @@ bool RetentionSweeper::Enabled(const ess::v1::HubConfig& config) {
 
 RetentionSweeper::RetentionSweeper(ReplayStore& store, RetentionPolicy policy,
                                    absl::Duration interval)
-    : store_(store), policy_(policy), interval_(interval), thread_([this] { Run(); }) {}
+    : store_(store), policy_(policy), interval_(interval), thread_([this] {
+        NameThisThread("replay-retain");
+        Run();
+      }) {}
 
 RetentionSweeper::~RetentionSweeper() { Stop(); }
 

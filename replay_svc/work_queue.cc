@@ -1,17 +1,18 @@
 #include "replay_svc/work_queue.h"
 
-#include <pthread.h>
-
 #include <utility>
+
+#include "common/thread_name.h"
 
 namespace ess::replay {
 
 WorkQueue::WorkQueue(const std::string& name, size_t threads) {
-  const std::string thread_name = name.substr(0, 15);  // The kernel's limit.
   threads_.reserve(threads);
   for (size_t i = 0; i < threads; ++i) {
-    threads_.emplace_back([this] { Loop(); });
-    pthread_setname_np(threads_.back().native_handle(), thread_name.c_str());
+    threads_.emplace_back([this, name] {
+      NameThisThread(name);
+      Loop();
+    });
   }
 }
 
