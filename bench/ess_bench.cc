@@ -5,10 +5,12 @@
 // runs each scenario bounded in count and time; prints one table in which every figure stands
 // beside a ceiling measured in the same run; writes every figure to bench/results/<time>.json.
 // Stops every process it started, by PID, and the broker it started.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -50,12 +52,14 @@
 #include "bench/scraped_histogram.h"
 #include "common/amqp.h"
 #include "common/cli.h"
+#include "common/config.h"
 #include "common/http_client.h"
 #include "common/log.h"
 #include "common/postgres.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
 #include "google/protobuf/util/time_util.h"
+#include "outbound_svc/lane.h"
 
 ABSL_FLAG(uint64_t, events, 100000,
           "Events per outbound run (preloaded), messages per broker ceiling run, records per "
@@ -83,6 +87,9 @@ ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call."
 ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
 ABSL_FLAG(uint32_t, record_delay_ms, 20, "replay.record_delay_ms.");
 ABSL_FLAG(bool, full_sync, false, "replay.full_sync: the store's commits wait for the disk.");
+ABSL_FLAG(bool, quorum_queues, false,
+          "Every queue of the run is a quorum queue (the ceilings' too, and bus.quorum_queues of "
+          "the lanes); default: classic queues.");
 ABSL_FLAG(std::string, postgres_dsn, "",
           "Run replay_svc on PostgreSQL (replay.postgres) with this libpq connection string "
           "instead of SQLite, each scenario in a fresh schema of its own (e.g. the DSN that "
@@ -337,6 +344,7 @@ struct Settings {
   uint32_t prefetch, max_in_flight, batch_max, batch_delay_ms, record_delay_ms, publish_window;
   int wrk_connections, wrk_threads;
   bool full_sync = false;
+  bool quorum_queues = false;
   // Set: the store is on PostgreSQL (--postgres_dsn).
   std::string postgres_dsn;
   std::string source_dir, bin_dir, run_dir, wrk;
@@ -413,6 +421,12 @@ class Bench {
   std::vector<CpuWindow::Proc> Procs(const Stack& st) const;
   absl::StatusOr<ess::v1::PartnerStats> Stats(Stack& st, ess::v1::Direction direction);
   void DeleteQueues(const std::vector<std::string>& queues);
+  // A durable queue of the benchmark's own (a ceiling's, the events sink): a quorum queue
+  // with --quorum_queues, else a classic one.
+  amqp::QueueSpec Queue(const std::string& name) const;
+  // The queues of the stack's outbound lane, declared as the lane will declare them (with
+  // --quorum_queues, quorum queues with a delivery limit and dead-lettering to parked).
+  absl::StatusOr<amqp::Topology> LaneQueues(const Stack& st) const;
   // Publishes `events` visit events with ids "RUN-i" to `queue`, persistent and confirmed: an
   // outbound run's preloaded work.
   PublishResult PreloadVisits(const std::string& queue, uint64_t events, const std::string& run);
@@ -449,6 +463,7 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  host: 127.0.0.1\n",                         //
                       "  port: ", broker_.port, "\n",                //
                       "  events_exchange: ", kEventsExchange, "\n",  //
+                      "  quorum_queues: ", s_.quorum_queues ? "true" : "false", "\n",
                       "replay:\n",                                   //
                       "  listen: 127.0.0.1:", st.replay_port, "\n",  //
                       s_.postgres_dsn.empty()
@@ -497,6 +512,18 @@ void Bench::DeleteQueues(const std::vector<std::string>& queues) {
       amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
   if (!conn.ok()) return;
   for (const std::string& q : queues) (void)(*conn)->DeleteQueue(q);
+}
+
+amqp::QueueSpec Bench::Queue(const std::string& name) const {
+  amqp::QueueSpec q{.name = name};
+  if (s_.quorum_queues) q.string_args = {{"x-queue-type", "quorum"}};
+  return q;
+}
+
+absl::StatusOr<amqp::Topology> Bench::LaneQueues(const Stack& st) const {
+  absl::StatusOr<ess::v1::HubConfig> config = config::LoadFile(st.config);
+  if (!config.ok()) return config.status();
+  return outbound::OutboundTopology(*config);
 }
 
 PublishResult Bench::PreloadVisits(const std::string& queue, uint64_t events,
@@ -757,7 +784,7 @@ void Bench::Ceilings() {
   {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+    if (!conn.ok() || !(*conn)->Apply({.queues = {Queue(queue)}}).ok()) {
       Add("broker_publish").Fail("cannot declare the ceiling queue");
       return;
     }
@@ -879,7 +906,8 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
   {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = st.queue}}}).ok()) {
+    absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
+    if (!conn.ok() || !lane.ok() || !(*conn)->Apply(*lane).ok()) {
       sc.Fail("cannot declare the lane's queue");
       StopStack(st, sc);
       return 0;
@@ -1030,7 +1058,7 @@ void Bench::BrokerLatency(double rate) {
   {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+    if (!conn.ok() || !(*conn)->Apply({.queues = {Queue(queue)}}).ok()) {
       sc.Fail("cannot declare the latency queue");
       return;
     }
@@ -1202,7 +1230,8 @@ void Bench::Replay() {
   {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = st.queue}}}).ok()) {
+    absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
+    if (!conn.ok() || !lane.ok() || !(*conn)->Apply(*lane).ok()) {
       sc.Fail("Replay: cannot declare the partner's queue");
       StopStack(st, sc);
       return;
@@ -1256,13 +1285,14 @@ void Bench::Inbound() {
     Add("inbound").Fail(std::string(s.message()));
     return;
   }
+  DeleteQueues({kSinkQueue});  // a run of another queue type may have left it
   {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
     amqp::Topology t{.exchanges = {{.name = kEventsExchange, .type = "fanout"}},
-                     .queues = {{.name = kSinkQueue}},
+                     .queues = {Queue(kSinkQueue)},
                      .bindings = {{.queue = kSinkQueue, .exchange = kEventsExchange}}};
-    if (!conn.ok() || !(*conn)->Apply(t).ok() || !(*conn)->Purge(kSinkQueue).ok()) {
+    if (!conn.ok() || !(*conn)->Apply(t).ok()) {
       Scenario& sc = Add("inbound");
       sc.Fail("cannot declare the events sink queue");
       StopStack(st, sc);
@@ -1364,7 +1394,7 @@ void Bench::Inbound() {
         const std::string queue = "bench.confirm_latency";
         DeleteQueues({queue});
         if (auto conn = amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-            conn.ok() && (*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+            conn.ok() && (*conn)->Apply({.queues = {Queue(queue)}}).ok()) {
           const uint64_t count = static_cast<uint64_t>(target * absl::ToDoubleSeconds(s_.duration));
           Subscriber subscriber(broker_, queue, count, s_.duration + absl::Seconds(20));
           PublishResult p = PublishConfirmed(
@@ -1539,9 +1569,14 @@ std::vector<BaselineLanes> BaselinesFor(const Settings& s, const BrokerAddress& 
         "the Python baseline needs Debian's python3-pika, python3-requests, python3-fastapi and "
         "python3-uvicorn (scripts/install-deps.sh)";
   }
-  py.outbound = [=](const std::string& queue, const std::string& partner) {
-    return std::vector<std::string>{
-        python, dir + "/outbound.py", broker.host, absl::StrCat(broker.port), queue, partner};
+  py.outbound = [=, &s](const std::string& queue, const std::string& partner) {
+    return std::vector<std::string>{python,
+                                    dir + "/outbound.py",
+                                    broker.host,
+                                    absl::StrCat(broker.port),
+                                    queue,
+                                    partner,
+                                    s.quorum_queues ? "quorum" : "classic"};
   };
   py.inbound = [=](const std::string& exchange, int port) {
     return std::vector<std::string>{"/usr/bin/env",
@@ -1584,7 +1619,7 @@ void Bench::Baseline() {
       DeleteQueues({queue});
       absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
           amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-      if (!conn.ok() || !(*conn)->Apply({.queues = {{.name = queue}}}).ok()) {
+      if (!conn.ok() || !(*conn)->Apply({.queues = {Queue(queue)}}).ok()) {
         sc.Fail("cannot declare the baseline's queue");
         continue;
       }
@@ -1641,7 +1676,7 @@ void Bench::Baseline() {
       absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
           amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
       amqp::Topology t{.exchanges = {{.name = exchange, .type = "fanout"}},
-                       .queues = {{.name = sink}},
+                       .queues = {Queue(sink)},
                        .bindings = {{.queue = sink, .exchange = exchange}}};
       if (!conn.ok() || !(*conn)->Apply(t).ok()) {
         sc.Fail("cannot declare the baseline's events queue");
@@ -2196,6 +2231,7 @@ int Main(int argc, char** argv) {
   s.batch_delay_ms = absl::GetFlag(FLAGS_batch_delay_ms);
   s.record_delay_ms = absl::GetFlag(FLAGS_record_delay_ms);
   s.full_sync = absl::GetFlag(FLAGS_full_sync);
+  s.quorum_queues = absl::GetFlag(FLAGS_quorum_queues);
   s.postgres_dsn = absl::GetFlag(FLAGS_postgres_dsn);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
@@ -2221,6 +2257,17 @@ int Main(int argc, char** argv) {
   // Absolute: the services run in their own folders (Child).
   work_dir = std::filesystem::absolute(work_dir).string();
   s.bin_dir = std::filesystem::absolute(s.bin_dir).string();
+  // One run per work folder: a second would share the first's RabbitMQ node (the script finds
+  // it running) and the first would stop it under the second when it ends, and each would load
+  // the machine the other measures. Held until this process exits.
+  std::filesystem::create_directories(work_dir);
+  const int lock = open((work_dir + "/.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {
+    std::cerr << "error: another ess_bench is running in " << work_dir << " (its lock " << work_dir
+              << "/.lock is held); wait for it to end, or give this "
+              << "one --work_dir (and keep in mind that both load the same machine)\n";
+    return 2;
+  }
   std::string results_dir = absl::GetFlag(FLAGS_results_dir);
   if (results_dir.empty()) results_dir = s.source_dir + "/bench/results";
   const std::string stamp = absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::LocalTimeZone());

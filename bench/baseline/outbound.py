@@ -2,8 +2,10 @@
 # but for the broker's address, the queue and the partner's URL, which come from the command
 # line: pika with auto-ack (a message is gone once delivered, pushed or not), one requests.post
 # per event without a session (a new connection each time). A baseline for the benchmark.
+# QUEUE_TYPE (classic, the default, or quorum) is the type the benchmark declared the queue
+# with, which a declare must repeat.
 #
-#   python3 outbound.py AMQP_HOST AMQP_PORT QUEUE PARTNER_URL
+#   python3 outbound.py AMQP_HOST AMQP_PORT QUEUE PARTNER_URL [QUEUE_TYPE]
 import json
 import signal
 import sys
@@ -12,8 +14,9 @@ import pika
 import requests
 
 host, port, queue, partner_url = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+quorum = len(sys.argv) > 5 and sys.argv[5] == "quorum"
 BUS = pika.BlockingConnection(pika.ConnectionParameters(host=host, port=port)).channel()
-BUS.queue_declare(queue=queue, durable=True)
+BUS.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"} if quorum else None)
 
 
 def send_to_prison(ev):

@@ -4,7 +4,10 @@
 // when a check fails. This test fails with it and names the scenario and its errors, so a
 // change that breaks the benchmark, or a guarantee the benchmark checks, shows in ./test.sh.
 // No figure is judged here: speed is for ./bench.sh on a quiet machine.
+#include <fcntl.h>
 #include <rapidjson/document.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -21,6 +24,27 @@
 namespace ess {
 namespace {
 
+// The one results file a run wrote into `results`, parsed.
+::testing::AssertionResult ReadResults(const std::string& results, rapidjson::Document* doc) {
+  std::vector<std::string> files;
+  if (std::filesystem::is_directory(results)) {
+    for (const auto& entry : std::filesystem::directory_iterator(results)) {
+      files.push_back(entry.path().string());
+    }
+  }
+  if (files.size() != 1) {
+    return ::testing::AssertionFailure()
+           << files.size() << " results files in " << results << ", one expected";
+  }
+  std::ifstream in(files[0]);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  doc->Parse(text.c_str(), text.size());
+  if (doc->HasParseError() || !doc->HasMember("scenarios") || !(*doc)["scenarios"].IsObject()) {
+    return ::testing::AssertionFailure() << files[0] << " is no results file";
+  }
+  return ::testing::AssertionSuccess();
+}
+
 TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
   testing::TempDir dir;
   const std::string results = dir.File("results");
@@ -31,20 +55,8 @@ TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
        testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
       dir.File("ess_bench.log"), absl::Seconds(280));
   EXPECT_EQ(run.exit_code, 0) << run.output;
-
-  std::vector<std::string> files;
-  if (std::filesystem::is_directory(results)) {
-    for (const auto& entry : std::filesystem::directory_iterator(results)) {
-      files.push_back(entry.path().string());
-    }
-  }
-  ASSERT_EQ(files.size(), 1u) << "one results file expected in " << results;
-  std::ifstream in(files[0]);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   rapidjson::Document doc;
-  doc.Parse(text.c_str(), text.size());
-  ASSERT_FALSE(doc.HasParseError()) << files[0];
-  ASSERT_TRUE(doc.HasMember("scenarios") && doc["scenarios"].IsObject());
+  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
   const auto& scenarios = doc["scenarios"];
 
   const std::set<std::string> expected = {"broker_publish",
@@ -109,16 +121,8 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
        dir.File("work"), "--results_dir", results, "--source_dir",
        testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
       dir.File("ess_bench.log"), absl::Seconds(150));
-  std::vector<std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(results)) {
-    files.push_back(entry.path().string());
-  }
-  ASSERT_EQ(files.size(), 1u) << run.output;
-  std::ifstream in(files[0]);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   rapidjson::Document doc;
-  doc.Parse(text.c_str(), text.size());
-  ASSERT_FALSE(doc.HasParseError()) << files[0];
+  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
   const auto& scenarios = doc["scenarios"];
   std::vector<std::string> langs = {"python"};
   if (node) {
@@ -144,6 +148,65 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
     EXPECT_GT(in_sc["ok"].GetDouble(), 0) << in_name;
     EXPECT_GE(in_sc["on_bus"].GetDouble(), in_sc["ok"].GetDouble()) << in_name;
   }
+}
+
+// Production's configuration (deploy/k8s/base/hub.yaml) runs the lanes on quorum queues:
+// --quorum_queues declares every queue of the run as one, the lanes' own too, and the lanes
+// declare theirs with the same arguments (a difference would be PRECONDITION_FAILED and fail
+// the scenario). The same checks as the classic run: every event delivered once and recorded,
+// every 2xx webhook on the bus, every replayed record on the partner's queue.
+TEST(BenchSmokeTest, QuorumQueuesRunPassesItsChecks) {
+  testing::TempDir dir;
+  const std::string results = dir.File("results");
+  const testing::ToolRun run = testing::RunTool(
+      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
+       "--quorum_queues", "--scenarios", "ceilings,outbound,replay,inbound", "--events", "2000",
+       "--duration_s", "2", "--work_dir", dir.File("work"), "--results_dir", results,
+       "--source_dir", testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir",
+       testing::RequiredEnv("ESS_BIN_DIR")},
+      dir.File("ess_bench.log"), absl::Seconds(200));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  rapidjson::Document doc;
+  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  const auto& scenarios = doc["scenarios"];
+  std::set<std::string> seen;
+  for (const auto& m : scenarios.GetObject()) {
+    const std::string name = m.name.GetString();
+    seen.insert(name);
+    EXPECT_TRUE(m.value["passed"].GetBool()) << name << ": " << run.output;
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"broker_publish", "broker_consume", "broker_publish_lane",
+                                         "outbound", "replay_store", "inbound", "inbound_window",
+                                         "inbound_latency_quarter", "inbound_latency"}));
+  ASSERT_TRUE(scenarios.HasMember("outbound"));
+  const auto& out = scenarios["outbound"];
+  EXPECT_EQ(out["partner_requests"].GetDouble(), 2000);
+  EXPECT_EQ(out["duplicates"].GetDouble(), 0);
+  EXPECT_EQ(out["records_delivered"].GetDouble(), 2000);
+  EXPECT_EQ(scenarios["broker_consume"]["messages"].GetDouble(),
+            scenarios["broker_publish"]["messages"].GetDouble());
+}
+
+// Two runs in one work folder would share one RabbitMQ node, and the first to end would stop
+// it under the other: a run takes the folder's lock, and a second is refused before it starts
+// anything.
+TEST(BenchSmokeTest, ASecondRunInTheSameWorkFolderIsRefused) {
+  testing::TempDir dir;
+  const std::string work = dir.File("work");
+  std::filesystem::create_directories(work);
+  const int held = open((work + "/.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  ASSERT_GE(held, 0);
+  ASSERT_EQ(flock(held, LOCK_EX | LOCK_NB), 0);
+  const testing::ToolRun run = testing::RunTool(
+      {testing::BinaryPath("ess_bench"), "--scenarios", "ceilings", "--events", "100", "--work_dir",
+       work, "--results_dir", dir.File("results"), "--source_dir",
+       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
+      dir.File("ess_bench.log"), absl::Seconds(30));
+  close(held);
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_THAT(run.output, ::testing::HasSubstr("another ess_bench is running in " + work));
+  EXPECT_FALSE(std::filesystem::exists(work + "/rabbitmq")) << "started a broker";
+  EXPECT_FALSE(std::filesystem::exists(dir.File("results")));
 }
 
 }  // namespace
