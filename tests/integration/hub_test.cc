@@ -7,6 +7,8 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <map>
 #include <random>
@@ -15,6 +17,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
@@ -97,6 +100,37 @@ TEST_F(HubTest, EachServiceRunsOnTheMallocItWasBuiltWith) {
   EXPECT_TRUE(replay_->WaitForLog(expected)) << replay_->Log();
   EXPECT_TRUE(outbound_->WaitForLog(expected)) << outbound_->Log();
   EXPECT_TRUE(inbound_->WaitForLog(expected)) << inbound_->Log();
+}
+
+// The names of a process's threads, as `top -H` and `perf` show them.
+std::set<std::string> ThreadNames(pid_t pid) {
+  std::set<std::string> names;
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    std::string name;
+    std::getline(std::ifstream(task.path() / "comm"), name);
+    names.insert(name);
+  }
+  return names;
+}
+
+// Each busy thread of a lane carries the name of its work, so that an operator's `top -H` says
+// which side of the lane is saturated.
+TEST_F(HubTest, ServiceThreadsAreNamedForTheirWork) {
+  CapturePartner partner;
+  StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
+  const std::set<std::string> outbound = ThreadNames(outbound_->pid());
+  for (const char* name : {"ess-http-client", "amqp-consumer", "amqp-publisher", "ess-recorder"}) {
+    EXPECT_TRUE(outbound.contains(name)) << name << " in " << absl::StrJoin(outbound, ", ");
+  }
+  const std::set<std::string> inbound = ThreadNames(inbound_->pid());
+  for (const char* name : {"ess-http-server", "amqp-publisher", "ess-recorder"}) {
+    EXPECT_TRUE(inbound.contains(name)) << name << " in " << absl::StrJoin(inbound, ", ");
+  }
+  const std::set<std::string> replay = ThreadNames(replay_->pid());
+  for (const char* name : {"replay-write", "replay-read"}) {
+    EXPECT_TRUE(replay.contains(name)) << name << " in " << absl::StrJoin(replay, ", ");
+  }
 }
 
 TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
