@@ -2135,6 +2135,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("publish_window", s.publish_window);
   num("full_sync", s.full_sync ? 1 : 0);
   num("postgres", s.postgres_dsn.empty() ? 0 : 1);
+  num("quorum_queues", s.quorum_queues ? 1 : 0);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
   num("cpus", std::thread::hardware_concurrency());
@@ -2357,7 +2358,8 @@ int Main(int argc, char** argv) {
 
   std::cout << "\nESS benchmark, " << started << ", " << std::thread::hardware_concurrency()
             << " CPUs; " << s.events << " events per outbound run, "
-            << absl::ToInt64Seconds(s.duration) << " s timed runs\n\n";
+            << absl::ToInt64Seconds(s.duration) << " s timed runs; "
+            << (s.quorum_queues ? "quorum" : "classic") << " queues\n\n";
   PrintTable(BuildRows(bench));
   PrintCpuPerMessage(bench);
   bool all_ok = true;

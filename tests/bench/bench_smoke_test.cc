@@ -85,6 +85,8 @@ TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
     EXPECT_TRUE(sc["passed"].GetBool()) << name << " failed:" << errors;
   }
   EXPECT_EQ(seen, expected);
+  EXPECT_EQ(doc["settings"]["quorum_queues"].GetDouble(), 0);
+  EXPECT_THAT(run.output, ::testing::HasSubstr(" s timed runs; classic queues"));
 
   // What the checks counted is what was asked for.
   auto figure = [&](const char* scenario, const char* key) {
@@ -185,6 +187,8 @@ TEST(BenchSmokeTest, QuorumQueuesRunPassesItsChecks) {
   EXPECT_EQ(out["records_delivered"].GetDouble(), 2000);
   EXPECT_EQ(scenarios["broker_consume"]["messages"].GetDouble(),
             scenarios["broker_publish"]["messages"].GetDouble());
+  EXPECT_EQ(doc["settings"]["quorum_queues"].GetDouble(), 1);
+  EXPECT_THAT(run.output, ::testing::HasSubstr(" s timed runs; quorum queues"));
 }
 
 // Two runs in one work folder would share one RabbitMQ node, and the first to end would stop
