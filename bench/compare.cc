@@ -108,6 +108,26 @@ absl::StatusOr<Run> ReadRun(const Results& results) {
       }
     }
     if (others >= 0) out.emplace_back("cpu_percent.others", others);
+    // The same per thread ("outbound_svc/ess-http-client"), replicas added up likewise.
+    std::map<std::string, double> threads;
+    if (sc.HasMember("thread_cpu_percent") && sc["thread_cpu_percent"].IsObject()) {
+      for (const auto& [key, pct] : sc["thread_cpu_percent"].GetObject()) {
+        if (!pct.IsNumber()) continue;
+        const std::string k = key.GetString();
+        const size_t slash = k.find('/');
+        if (slash == std::string::npos) continue;
+        const std::string proc = k.substr(0, slash);
+        threads[absl::StrCat(proc.substr(0, proc.find('#')), k.substr(slash))] += pct.GetDouble();
+      }
+    }
+    for (const auto& [thread, pct] : threads) {
+      if (per_message) {
+        out.emplace_back(absl::StrCat("thread_cpu_us_per_msg.", thread),
+                         pct / 100 * *wall / *messages * 1e6);
+      } else {
+        out.emplace_back(absl::StrCat("thread_cpu_percent.", thread), pct);
+      }
+    }
     if (sc.HasMember("peak_rss_mib") && sc["peak_rss_mib"].IsObject()) {
       for (const auto& [proc, mib] : sc["peak_rss_mib"].GetObject()) {
         if (mib.IsNumber()) {

@@ -35,8 +35,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -57,6 +59,7 @@
 #include "common/log.h"
 #include "common/postgres.h"
 #include "common/replay_client.h"
+#include "common/thread_name.h"
 #include "common/webhook_signature.h"
 #include "google/protobuf/util/time_util.h"
 #include "outbound_svc/lane.h"
@@ -158,6 +161,7 @@ class Subscriber {
   Subscriber(const BrokerAddress& broker, std::string queue, uint64_t count,
              absl::Duration max_duration)
       : thread_([this, broker, queue, count, max_duration] {
+          NameThisThread("subscriber");
           result_ = ConsumeAcked(
               broker,
               {.queue = queue, .count = count, .max_duration = max_duration, .prefetch = 1024});
@@ -209,7 +213,10 @@ struct Scenario {
   std::vector<std::pair<std::string, std::string>> notes;
   std::vector<std::pair<std::string, double>> cpu_percent;   // of one core, per process
   std::vector<std::pair<std::string, double>> peak_rss_mib;  // VmHWM per process
-  std::vector<std::string> errors;                           // why it failed, if it did
+  // Of one core, per "process/thread name" (threads of one name added up), busiest first; the
+  // broker's threads are not sampled.
+  std::vector<std::pair<std::string, double>> thread_cpu_percent;
+  std::vector<std::string> errors;  // why it failed, if it did
 
   void Set(const std::string& key, double v) { figures.emplace_back(key, v); }
   void Note(const std::string& key, const std::string& v) { notes.emplace_back(key, v); }
@@ -241,7 +248,18 @@ struct Scenario {
     std::vector<std::string> parts;
     for (size_t i = 0; i < sorted.size() && i < n; ++i) {
       if (sorted[i].second < 1) break;
-      parts.push_back(absl::StrFormat("%s %.0f%%", sorted[i].first, sorted[i].second));
+      std::string part = absl::StrFormat("%s %.0f%%", sorted[i].first, sorted[i].second);
+      // Its busiest thread, when one thread is most of the process's load.
+      const std::string prefix = sorted[i].first + "/";
+      for (const auto& [thread, pct] : thread_cpu_percent) {
+        if (!absl::StartsWith(thread, prefix)) continue;
+        if (pct >= 10 && pct >= sorted[i].second / 2) {
+          absl::StrAppend(&part,
+                          absl::StrFormat(" (%s %.0f%%)", thread.substr(prefix.size()), pct));
+        }
+        break;  // busiest first
+      }
+      parts.push_back(std::move(part));
     }
     std::string out = absl::StrJoin(parts, ", ");
     if (others >= 0) absl::StrAppend(&out, absl::StrFormat(" | others %.0f%%", others));
@@ -300,7 +318,13 @@ class CpuWindow {
   void Begin(std::vector<Proc> procs) {
     procs_ = std::move(procs);
     start_ticks_.clear();
-    for (const Proc& p : procs_) start_ticks_.push_back(Sample(p.pid).cpu_ticks);
+    start_threads_.clear();
+    for (const Proc& p : procs_) {
+      start_ticks_.push_back(Sample(p.pid).cpu_ticks);
+      absl::flat_hash_map<pid_t, uint64_t>& threads = start_threads_.emplace_back();
+      if (p.name == "rabbitmq") continue;
+      for (const ThreadSample& t : SampleThreads(p.pid)) threads[t.tid] = t.cpu_ticks;
+    }
     machine_start_ = MachineBusyTicks();
     start_ = absl::Now();
   }
@@ -318,7 +342,21 @@ class CpuWindow {
           static_cast<double>(now.cpu_ticks - start_ticks_[i]) / TicksPerSecond();
       ours += seconds;
       s.cpu_percent.emplace_back(procs_[i].name, 100.0 * seconds / wall);
+      if (procs_[i].name == "rabbitmq") continue;
+      // A thread started in the window counts from zero; one that ended in it is not seen.
+      absl::flat_hash_map<std::string, uint64_t> by_name;
+      for (const ThreadSample& t : SampleThreads(procs_[i].pid)) {
+        const auto start = start_threads_[i].find(t.tid);
+        const uint64_t from = start == start_threads_[i].end() ? 0 : start->second;
+        by_name[t.name] += t.cpu_ticks >= from ? t.cpu_ticks - from : 0;
+      }
+      for (const auto& [name, ticks] : by_name) {
+        const double pct = 100.0 * static_cast<double>(ticks) / TicksPerSecond() / wall;
+        if (pct >= 0.5) s.thread_cpu_percent.emplace_back(procs_[i].name + "/" + name, pct);
+      }
     }
+    std::sort(s.thread_cpu_percent.begin(), s.thread_cpu_percent.end(),
+              [](const auto& a, const auto& b) { return a.second > b.second; });
     for (const auto& [name, seconds] : extra) {
       ours += seconds;
       s.cpu_percent.emplace_back(name, 100.0 * seconds / wall);
@@ -330,6 +368,7 @@ class CpuWindow {
  private:
   std::vector<Proc> procs_;
   std::vector<uint64_t> start_ticks_;
+  std::vector<absl::flat_hash_map<pid_t, uint64_t>> start_threads_;  // per proc: tid -> ticks
   uint64_t machine_start_ = 0;
   absl::Time start_;
 };
@@ -2156,6 +2195,10 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
       w.Key(k.c_str());
       w.String(v.c_str());
     }
+    w.Key("thread_cpu_percent");
+    w.StartObject();
+    for (const auto& [k, v] : sc.thread_cpu_percent) num(k.c_str(), v);
+    w.EndObject();
     w.Key("cpu_percent");
     w.StartObject();
     for (const auto& [k, v] : sc.cpu_percent) num(k.c_str(), v);

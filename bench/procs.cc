@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -136,25 +138,34 @@ void KillAllChildren() {
   }
 }
 
+namespace {
+
+// utime + stime of a /proc stat file (a process's or a thread's), in clock ticks.
+std::optional<uint64_t> CpuTicks(const std::string& stat_path) {
+  std::ifstream in(stat_path);
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  // The command name (field 2) may hold spaces: fields are counted after its ')'.
+  const size_t close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::vector<absl::string_view> f =
+      absl::StrSplit(absl::string_view(line).substr(close + 2), ' ', absl::SkipEmpty());
+  // f[0] is field 3 (state); utime is field 14, stime field 15.
+  uint64_t utime = 0, stime = 0;
+  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime)) {
+    return std::nullopt;
+  }
+  return utime + stime;
+}
+
+}  // namespace
+
 ProcSample Sample(pid_t pid) {
   ProcSample s;
   const std::string base = "/proc/" + std::to_string(pid);
-  {
-    std::ifstream in(base + "/stat");
-    std::string line;
-    if (!std::getline(in, line)) return s;
-    // The command name (field 2) may hold spaces: fields are counted after its ')'.
-    const size_t close = line.rfind(')');
-    if (close == std::string::npos) return s;
-    std::vector<absl::string_view> f =
-        absl::StrSplit(absl::string_view(line).substr(close + 2), ' ', absl::SkipEmpty());
-    // f[0] is field 3 (state); utime is field 14, stime field 15.
-    uint64_t utime = 0, stime = 0;
-    if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime)) {
-      return s;
-    }
-    s.cpu_ticks = utime + stime;
-  }
+  const std::optional<uint64_t> ticks = CpuTicks(base + "/stat");
+  if (!ticks) return s;
+  s.cpu_ticks = *ticks;
   std::ifstream in(base + "/status");
   std::string line;
   while (std::getline(in, line)) {
@@ -169,6 +180,22 @@ ProcSample Sample(pid_t pid) {
   }
   s.ok = true;
   return s;
+}
+
+std::vector<ThreadSample> SampleThreads(pid_t pid) {
+  std::vector<ThreadSample> threads;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator(tasks, error)) {
+    ThreadSample t;
+    if (!absl::SimpleAtoi(task.path().filename().string(), &t.tid)) continue;
+    const std::optional<uint64_t> ticks = CpuTicks(task.path() / "stat");
+    if (!ticks) continue;  // ended meanwhile
+    t.cpu_ticks = *ticks;
+    std::getline(std::ifstream(task.path() / "comm"), t.name);
+    threads.push_back(std::move(t));
+  }
+  return threads;
 }
 
 double TicksPerSecond() {

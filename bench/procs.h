@@ -61,6 +61,15 @@ struct ProcSample {
   uint64_t rss_kib = 0;    // VmRSS
 };
 ProcSample Sample(pid_t pid);
+
+// One thread of a process: its name (what the process named it, else the program's) and its
+// CPU so far. A thread that ends while it is read is left out.
+struct ThreadSample {
+  pid_t tid = 0;
+  std::string name;
+  uint64_t cpu_ticks = 0;  // utime + stime, in clock ticks
+};
+std::vector<ThreadSample> SampleThreads(pid_t pid);
 // Clock ticks per second (sysconf(_SC_CLK_TCK)).
 double TicksPerSecond();
 

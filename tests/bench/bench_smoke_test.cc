@@ -93,7 +93,27 @@ TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
     const auto& sc = scenarios[scenario];
     return sc.HasMember(key) && sc[key].IsNumber() ? sc[key].GetDouble() : -1.0;
   };
+  auto figure_in = [&](const char* scenario, const char* object, const char* key) {
+    const auto& sc = scenarios[scenario];
+    if (!sc.HasMember(object) || !sc[object].IsObject()) return -1.0;
+    const auto& o = sc[object];
+    return o.HasMember(key) && o[key].IsNumber() ? o[key].GetDouble() : -1.0;
+  };
   if (scenarios.HasMember("outbound")) {
+    // CPU per thread, by the names the services give them: the partner requests' thread is
+    // there, and no thread of the lane used more than the whole lane.
+    const auto& threads = scenarios["outbound"]["thread_cpu_percent"];
+    ASSERT_TRUE(threads.IsObject());
+    ASSERT_TRUE(threads.HasMember("outbound_svc/ess-http-client"));
+    double lane_threads = 0;
+    for (const auto& t : threads.GetObject()) {
+      if (std::string(t.name.GetString()).starts_with("outbound_svc/")) {
+        EXPECT_LE(t.value.GetDouble(), figure_in("outbound", "cpu_percent", "outbound_svc") + 1)
+            << t.name.GetString();
+        lane_threads += t.value.GetDouble();
+      }
+    }
+    EXPECT_GT(lane_threads, 0);
     EXPECT_EQ(figure("outbound", "partner_requests"), 2000);
     EXPECT_EQ(figure("outbound", "duplicates"), 0);
     EXPECT_EQ(figure("outbound", "records_delivered"), 2000);

@@ -27,6 +27,9 @@ Results Result(const std::string& source, double events_per_s, double lane1_pct,
       "cpu_percent": {"rabbitmq": 50, "outbound_svc#1": )",
                                   lane1_pct, R"(, "outbound_svc#2": )", lane2_pct,
                                   R"(, "others": 3},
+      "thread_cpu_percent": {"outbound_svc#1/ess-http-client": )",
+                                  lane1_pct / 2, R"(, "outbound_svc#2/ess-http-client": )",
+                                  lane2_pct / 2, R"(, "ess_bench/ess-http-server": 20},
       "peak_rss_mib": {"outbound_svc": 40}},
     "inbound_latency": {"passed": true, "errors": [], "p99_ms": )",
                                   p99, R"(, "cpu_window_s": 10, "cpu_percent": {"inbound_svc": 52}}
@@ -62,6 +65,16 @@ TEST(CompareTest, MediansRangesAndCpuPerMessageOfEachSide) {
   ASSERT_NE(lane, nullptr);
   EXPECT_DOUBLE_EQ(lane->base.values[0], 100.0);
   EXPECT_DOUBLE_EQ(lane->test.values[0], 80.0);
+  // Threads likewise, by name: half of each replica's CPU, so 50 and 40 us.
+  const CompareRow* client =
+      Find(*rows, "outbound", "thread_cpu_us_per_msg.outbound_svc/ess-http-client");
+  ASSERT_NE(client, nullptr);
+  EXPECT_DOUBLE_EQ(client->base.values[0], 50.0);
+  EXPECT_DOUBLE_EQ(client->test.values[0], 40.0);
+  const CompareRow* partner =
+      Find(*rows, "outbound", "thread_cpu_us_per_msg.ess_bench/ess-http-server");
+  ASSERT_NE(partner, nullptr);
+  EXPECT_DOUBLE_EQ(partner->base.values[0], 40.0);
   ASSERT_NE(Find(*rows, "outbound", "cpu_percent.others"), nullptr);
   ASSERT_NE(Find(*rows, "outbound", "peak_rss_mib.outbound_svc"), nullptr);
   // Without a message count, CPU stays in % of a core.
