@@ -99,14 +99,19 @@ absl::StatusOr<Run> ReadRun(const Results& results) {
     const std::optional<double> messages = number("window_messages");
     const std::optional<double> wall = number("cpu_window_s");
     const bool per_message = messages && wall && *messages > 0 && *wall > 0;
-    for (const auto& [proc, pct] : cpu) {
-      if (per_message) {
-        out.emplace_back(absl::StrCat("cpu_us_per_msg.", proc),
-                         pct / 100 * *wall / *messages * 1e6);
-      } else {
-        out.emplace_back(absl::StrCat("cpu_percent.", proc), pct);
+    // "<prefix>cpu_us_per_msg.<name>" when the scenario counts its messages, else
+    // "<prefix>cpu_percent.<name>".
+    auto add_cpu = [&](const std::string& prefix, const std::map<std::string, double>& by_name) {
+      for (const auto& [name, pct] : by_name) {
+        if (per_message) {
+          out.emplace_back(absl::StrCat(prefix, "cpu_us_per_msg.", name),
+                           pct / 100 * *wall / *messages * 1e6);
+        } else {
+          out.emplace_back(absl::StrCat(prefix, "cpu_percent.", name), pct);
+        }
       }
-    }
+    };
+    add_cpu("", cpu);
     if (others >= 0) out.emplace_back("cpu_percent.others", others);
     // The same per thread ("outbound_svc/ess-http-client"), replicas added up likewise.
     std::map<std::string, double> threads;
@@ -120,14 +125,7 @@ absl::StatusOr<Run> ReadRun(const Results& results) {
         threads[absl::StrCat(proc.substr(0, proc.find('#')), k.substr(slash))] += pct.GetDouble();
       }
     }
-    for (const auto& [thread, pct] : threads) {
-      if (per_message) {
-        out.emplace_back(absl::StrCat("thread_cpu_us_per_msg.", thread),
-                         pct / 100 * *wall / *messages * 1e6);
-      } else {
-        out.emplace_back(absl::StrCat("thread_cpu_percent.", thread), pct);
-      }
-    }
+    add_cpu("thread_", threads);
     if (sc.HasMember("peak_rss_mib") && sc["peak_rss_mib"].IsObject()) {
       for (const auto& [proc, mib] : sc["peak_rss_mib"].GetObject()) {
         if (mib.IsNumber()) {
