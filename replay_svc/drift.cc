@@ -7,7 +7,6 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
-#include "common/thread_name.h"
 
 namespace ess::replay {
 
@@ -34,29 +33,11 @@ DriftWatch::DriftWatch(ReplayStore& store, std::vector<Partner> partners, Option
       partners_(std::move(partners)),
       options_(std::move(options)),
       figures_(partners_.size()),
-      thread_([this] {
-        NameThisThread("replay-drift");
-        Run();
-      }) {}
+      thread_("replay-drift", options_.interval, [this] { CheckAndLog(); }) {}
 
-DriftWatch::~DriftWatch() { Stop(); }
-
-void DriftWatch::Stop() {
-  {
-    absl::MutexLock lock(&stop_mu_);
-    stopping_ = true;
-  }
-  if (thread_.joinable()) thread_.join();
-}
-
-void DriftWatch::Run() {
-  for (;;) {
-    if (absl::Status s = Check(); !s.ok()) {
-      log::Error("", "drift check failed", {{"error", ToStd(s.message())}});
-    }
-    absl::MutexLock lock(&stop_mu_);
-    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(stop_mu_) { return stopping_; };
-    if (stop_mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.interval)) return;
+void DriftWatch::CheckAndLog() {
+  if (absl::Status s = Check(); !s.ok()) {
+    log::Error("", "drift check failed", {{"error", ToStd(s.message())}});
   }
 }
 

@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -27,6 +26,7 @@
 #include "absl/time/time.h"
 #include "ess/v1/config.pb.h"
 #include "prometheus/metric_family.h"
+#include "replay_svc/periodic_thread.h"
 #include "replay_svc/replay_store.h"
 
 namespace ess::replay {
@@ -50,14 +50,13 @@ class DriftWatch {
   static std::vector<Partner> PartnersFromConfig(const ess::v1::HubConfig& config);
   static Options OptionsFromConfig(const ess::v1::HubConfig& config);
 
-  // Starts the thread. `store` must outlive the watch.
+  // Starts the thread. `store` must outlive the watch. Destroying it stops it.
   DriftWatch(ReplayStore& store, std::vector<Partner> partners, Options options);
-  ~DriftWatch();  // Stop()
   DriftWatch(const DriftWatch&) = delete;
   DriftWatch& operator=(const DriftWatch&) = delete;
 
   // Waits for a check in progress, then stops. Later calls do nothing.
-  void Stop();
+  void Stop() { thread_.Stop(); }
 
   // Counts every partner now, as the thread does at each interval. A partner whose count fails
   // keeps its last figures; the first failure is returned once every partner was tried.
@@ -75,7 +74,8 @@ class DriftWatch {
     absl::Duration oldest_age;
   };
 
-  void Run();
+  // The thread's work: Check(), its failure logged.
+  void CheckAndLog();
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
   ReplayStore& store_;
@@ -88,9 +88,7 @@ class DriftWatch {
   std::vector<Figures> figures_ ABSL_GUARDED_BY(figures_mu_);  // one per partner
   std::atomic<uint64_t> checks_ok_{0}, checks_failed_{0};
 
-  absl::Mutex stop_mu_;
-  bool stopping_ ABSL_GUARDED_BY(stop_mu_) = false;
-  std::thread thread_;  // last: starts once everything it uses exists
+  PeriodicThread thread_;  // last: starts once everything it uses exists
 };
 
 }  // namespace ess::replay

@@ -5,7 +5,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/sv.h"
-#include "common/thread_name.h"
 
 namespace ess::replay {
 
@@ -25,40 +24,20 @@ bool RetentionSweeper::Enabled(const ess::v1::HubConfig& config) {
 
 RetentionSweeper::RetentionSweeper(ReplayStore& store, RetentionPolicy policy,
                                    absl::Duration interval)
-    : store_(store), policy_(policy), interval_(interval), thread_([this] {
-        NameThisThread("replay-retain");
-        Run();
-      }) {}
+    : store_(store), policy_(policy), thread_("replay-retain", interval, [this] { Sweep(); }) {}
 
-RetentionSweeper::~RetentionSweeper() { Stop(); }
-
-void RetentionSweeper::Stop() {
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-  }
-  if (thread_.joinable()) thread_.join();
-}
-
-void RetentionSweeper::Run() {
-  for (;;) {
-    const absl::Time started = absl::Now();
-    absl::StatusOr<uint64_t> evicted = store_.Purge(policy_);
-    // The count of evictions first: whoever sees a sweep counted sees what it evicted.
-    if (evicted.ok()) evicted_.fetch_add(*evicted);
-    sweeps_.fetch_add(1);
-    if (!evicted.ok()) {
-      log::Error("", "retention sweep failed", {{"error", ToStd(evicted.status().message())}});
-    } else {
-      if (*evicted > 0) {
-        log::Info("", "retention sweep",
-                  {{"evicted", absl::StrCat(*evicted)},
-                   {"ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - started))}});
-      }
-    }
-    absl::MutexLock lock(&mu_);
-    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stopping_; };
-    if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval_)) return;
+void RetentionSweeper::Sweep() {
+  const absl::Time started = absl::Now();
+  absl::StatusOr<uint64_t> evicted = store_.Purge(policy_);
+  // The count of evictions first: whoever sees a sweep counted sees what it evicted.
+  if (evicted.ok()) evicted_.fetch_add(*evicted);
+  sweeps_.fetch_add(1);
+  if (!evicted.ok()) {
+    log::Error("", "retention sweep failed", {{"error", ToStd(evicted.status().message())}});
+  } else if (*evicted > 0) {
+    log::Info("", "retention sweep",
+              {{"evicted", absl::StrCat(*evicted)},
+               {"ms", absl::StrCat(absl::ToInt64Milliseconds(absl::Now() - started))}});
   }
 }
 

@@ -11,12 +11,10 @@
 
 #include <atomic>
 #include <cstdint>
-#include <thread>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "ess/v1/config.pb.h"
+#include "replay_svc/periodic_thread.h"
 #include "replay_svc/replay_store.h"
 
 namespace ess::replay {
@@ -28,28 +26,24 @@ class RetentionSweeper {
   // True when the config asks for any eviction at all.
   static bool Enabled(const ess::v1::HubConfig& config);
 
-  // `store` must outlive the sweeper.
+  // `store` must outlive the sweeper. Destroying it stops it.
   RetentionSweeper(ReplayStore& store, RetentionPolicy policy, absl::Duration interval);
-  ~RetentionSweeper();  // Stop()
   RetentionSweeper(const RetentionSweeper&) = delete;
   RetentionSweeper& operator=(const RetentionSweeper&) = delete;
 
   // Waits for a sweep in progress, then stops. Later calls do nothing.
-  void Stop();
+  void Stop() { thread_.Stop(); }
   // Sweeps done so far, and records evicted by them.
   uint64_t sweeps() const { return sweeps_.load(); }
   uint64_t evicted() const { return evicted_.load(); }
 
  private:
-  void Run();
+  void Sweep();
 
   ReplayStore& store_;
   const RetentionPolicy policy_;
-  const absl::Duration interval_;
-  absl::Mutex mu_;
-  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> sweeps_{0}, evicted_{0};
-  std::thread thread_;  // last: starts once everything it uses exists
+  PeriodicThread thread_;  // last: starts once everything it uses exists
 };
 
 }  // namespace ess::replay
