@@ -9,7 +9,6 @@
 #include <thread>
 
 #include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 
@@ -26,59 +25,58 @@ std::set<std::string> ThreadNames() {
   return names;
 }
 
-TEST(PeriodicThreadTest, WorksAtOnceThenEveryIntervalUntilStopped) {
-  absl::Mutex mu;
-  int runs = 0;
-  PeriodicThread thread("periodic-test", absl::Milliseconds(10), [&] {
-    absl::MutexLock lock(&mu);
-    ++runs;
-  });
-  {
-    absl::MutexLock lock(&mu);
-    auto three = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return runs >= 3; };
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&three), absl::Seconds(10))) << runs;
+// The work of the tests: counts its runs.
+class Runs {
+ public:
+  void Add() {
+    absl::MutexLock lock(&mu_);
+    ++runs_;
   }
+  int Get() {
+    absl::MutexLock lock(&mu_);
+    return runs_;
+  }
+  // True once there were `n` runs, false after 10 s without.
+  bool AwaitAtLeast(int n) {
+    absl::MutexLock lock(&mu_);
+    auto enough = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return runs_ >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(10));
+  }
+
+ private:
+  absl::Mutex mu_;
+  int runs_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+TEST(PeriodicThreadTest, WorksAtOnceThenEveryIntervalUntilStopped) {
+  Runs runs;
+  PeriodicThread thread("periodic-test", absl::Milliseconds(10), [&] { runs.Add(); });
+  ASSERT_TRUE(runs.AwaitAtLeast(3)) << runs.Get();
   EXPECT_TRUE(ThreadNames().contains("periodic-test"));
   thread.Stop();
-  int after_stop = 0;
-  {
-    absl::MutexLock lock(&mu);
-    after_stop = runs;
-  }
+  const int after_stop = runs.Get();
   absl::SleepFor(absl::Milliseconds(50));
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(runs, after_stop) << "work ran after Stop() returned";
+  EXPECT_EQ(runs.Get(), after_stop) << "work ran after Stop() returned";
   EXPECT_FALSE(ThreadNames().contains("periodic-test"));
 }
 
 TEST(PeriodicThreadTest, StopDoesNotWaitOutTheInterval) {
-  absl::Mutex mu;
-  int runs = 0;
-  PeriodicThread thread("periodic-long", absl::Hours(1), [&] {
-    absl::MutexLock lock(&mu);
-    ++runs;
-  });
-  {
-    absl::MutexLock lock(&mu);
-    auto ran = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu) { return runs >= 1; };
-    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&ran), absl::Seconds(10)));
-  }
+  Runs runs;
+  PeriodicThread thread("periodic-long", absl::Hours(1), [&] { runs.Add(); });
+  ASSERT_TRUE(runs.AwaitAtLeast(1));
   const absl::Time stop = absl::Now();
   // Two callers at once, and the destructor after them: one join, no wait for the hour.
   std::thread other([&] { thread.Stop(); });
   thread.Stop();
   other.join();
   EXPECT_LT(absl::Now() - stop, absl::Seconds(5));
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(runs.Get(), 1);
 }
 
 TEST(PeriodicThreadTest, ANameIsCutAtTheKernelsFifteenCharacters) {
-  absl::Notification ran;
-  PeriodicThread thread("periodic-name-too-long", absl::Hours(1), [&] {
-    if (!ran.HasBeenNotified()) ran.Notify();
-  });
-  ASSERT_TRUE(ran.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  Runs runs;
+  PeriodicThread thread("periodic-name-too-long", absl::Hours(1), [&] { runs.Add(); });
+  ASSERT_TRUE(runs.AwaitAtLeast(1));
   EXPECT_TRUE(ThreadNames().contains("periodic-name-t"));  // 15 characters
 }
 
