@@ -946,8 +946,11 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
     absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
-    if (!conn.ok() || !lane.ok() || !(*conn)->Apply(*lane).ok()) {
-      sc.Fail("cannot declare the lane's queue");
+    const absl::Status declared = !conn.ok()   ? conn.status()
+                                  : !lane.ok() ? lane.status()
+                                               : (*conn)->Apply(*lane);
+    if (!declared.ok()) {
+      sc.Fail(absl::StrCat("cannot declare the lane's queue: ", declared.message()));
       StopStack(st, sc);
       return 0;
     }
@@ -1270,8 +1273,11 @@ void Bench::Replay() {
     absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
         amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
     absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
-    if (!conn.ok() || !lane.ok() || !(*conn)->Apply(*lane).ok()) {
-      sc.Fail("Replay: cannot declare the partner's queue");
+    const absl::Status declared = !conn.ok()   ? conn.status()
+                                  : !lane.ok() ? lane.status()
+                                               : (*conn)->Apply(*lane);
+    if (!declared.ok()) {
+      sc.Fail(absl::StrCat("Replay: cannot declare the partner's queue: ", declared.message()));
       StopStack(st, sc);
       return;
     }
