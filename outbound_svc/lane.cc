@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -102,6 +103,24 @@ std::string RetryQueueName(const std::string& queue, uint32_t delay_ms) {
 }
 
 std::string ParkedQueueName(const std::string& queue) { return absl::StrCat(queue, ".parked"); }
+
+absl::Status ExplainStartError(absl::Status start, const ess::v1::BusConfig& bus) {
+  if (start.ok() || !absl::StrContains(start.message(), "PRECONDITION_FAILED - inequivalent arg")) {
+    return start;
+  }
+  const std::string settings =
+      bus.quorum_queues()
+          ? absl::StrCat("bus.quorum_queues: true, bus.delivery_limit: ", bus.delivery_limit())
+          : std::string("bus.quorum_queues: false");
+  return absl::Status(
+      start.code(),
+      absl::StrCat(start.message(),
+                   " -- the queue was declared with other arguments than this config gives it (",
+                   settings,
+                   "), and a queue's arguments cannot change: let the lane drain the partner's "
+                   "work and parked queues with the old settings, delete them, then start it "
+                   "with the new ones (README, Delivery guarantees)"));
+}
 
 amqp::Topology OutboundTopology(const ess::v1::HubConfig& config) {
   amqp::Topology t;

@@ -84,6 +84,12 @@ std::string ParkedQueueName(const std::string& queue);
 // Queues (work, retry levels, parked) the lane needs for these partners.
 amqp::Topology OutboundTopology(const ess::v1::HubConfig& config);
 
+// The lane's start error, with what to do when the broker refused a queue for its arguments: a
+// queue declared classic cannot be declared quorum (nor the other way round), nor with another
+// delivery limit, so a change of bus.quorum_queues or bus.delivery_limit needs the old work and
+// parked queues drained and deleted first. Any other error comes back as it is.
+absl::Status ExplainStartError(absl::Status start, const ess::v1::BusConfig& bus);
+
 class Lane {
  public:
   struct Partner {

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
                             .events_exchange = config->bus().events_exchange()},
                            ess::outbound::OutboundTopology(*config), std::move(partners), &recorder,
                            &audit);
-  if (absl::Status s = lane.Start(); !s.ok()) {
+  if (absl::Status s = ess::outbound::ExplainStartError(lane.Start(), config->bus()); !s.ok()) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
   }

@@ -133,6 +133,33 @@ TEST_F(HubTest, ServiceThreadsAreNamedForTheirWork) {
   }
 }
 
+// A queue's type and arguments are fixed when it is first declared: a lane configured for
+// quorum queues, started against the classic work queue an earlier setting declared, exits 1
+// and says what to do about it.
+TEST_F(HubTest, ALaneStartedAgainstQueuesOfTheOtherTypeSaysWhatToDo) {
+  CapturePartner partner;
+  {
+    auto conn = amqp::Connection::Open(broker_);
+    ASSERT_TRUE(conn.ok()) << conn.status();
+    ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue_}}}).ok());  // classic
+  }
+  quorum_ = true;
+  dir_.Write("hub.yaml", Config(absl::StrCat("http://127.0.0.1:", partner.port())));
+  testing::Process outbound(
+      {testing::BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+      dir_.File("outbound.log"));
+  EXPECT_EQ(outbound.Wait(absl::Seconds(30)), 1) << outbound.Log();
+  // The broker names the first argument that differs, here the dead-lettering quorum queues
+  // get; the lane names the settings behind them and what to do.
+  EXPECT_THAT(outbound.Log(), HasSubstr(absl::StrCat("406 PRECONDITION_FAILED - inequivalent "
+                                                     "arg 'x-dead-letter-exchange' for queue '",
+                                                     queue_, "'")));
+  EXPECT_THAT(outbound.Log(), HasSubstr("declared with other arguments than this config gives it "
+                                        "(bus.quorum_queues: true, bus.delivery_limit: 20)"));
+  EXPECT_THAT(outbound.Log(), HasSubstr("drain the partner's work and parked queues"));
+  EXPECT_EQ(partner.count(), 0u);
+}
+
 TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
