@@ -90,6 +90,9 @@ ABSL_FLAG(uint32_t, batch_max, 256, "replay.batch_max: records per Record call."
 ABSL_FLAG(uint32_t, batch_delay_ms, 2, "replay.batch_delay_ms.");
 ABSL_FLAG(uint32_t, record_delay_ms, 20, "replay.record_delay_ms.");
 ABSL_FLAG(bool, full_sync, false, "replay.full_sync: the store's commits wait for the disk.");
+ABSL_FLAG(bool, audit, false,
+          "The lanes publish a SyncAudit event per outcome (bus.audit_exchange, as production's "
+          "hub.yaml sets it) to an exchange with a queue bound; default: no audit events.");
 ABSL_FLAG(bool, quorum_queues, false,
           "Every queue of the run is a quorum queue (the ceilings' too, and bus.quorum_queues of "
           "the lanes); default: classic queues.");
@@ -118,6 +121,10 @@ namespace {
 constexpr char kPartnerName[] = "bench_partner";
 constexpr char kEventsExchange[] = "bench.events";
 constexpr char kSinkQueue[] = "bench.events.sink";
+// With --audit: the lanes' audit exchange, and the queue that stands for its subscriber (a new
+// one per scenario, not consumed: counted at the end of an outbound run).
+constexpr char kAuditExchange[] = "bench.audit";
+constexpr char kAuditQueue[] = "bench.audit.sink";
 constexpr char kWebhookPath[] = "/webhook/bench";
 
 // ---- small helpers --------------------------------------------------------------------------
@@ -384,6 +391,7 @@ struct Settings {
   int wrk_connections, wrk_threads;
   bool full_sync = false;
   bool quorum_queues = false;
+  bool audit = false;
   // Set: the store is on PostgreSQL (--postgres_dsn).
   std::string postgres_dsn;
   std::string source_dir, bin_dir, run_dir, wrk;
@@ -503,6 +511,7 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  port: ", broker_.port, "\n",                //
                       "  events_exchange: ", kEventsExchange, "\n",  //
                       "  quorum_queues: ", s_.quorum_queues ? "true" : "false", "\n",
+                      s_.audit ? absl::StrCat("  audit_exchange: ", kAuditExchange, "\n") : "",
                       "replay:\n",                                   //
                       "  listen: 127.0.0.1:", st.replay_port, "\n",  //
                       s_.postgres_dsn.empty()
@@ -601,6 +610,19 @@ absl::Status Bench::StartStack(Stack& st, const std::string& tag, const std::str
            absl::StrCat(s_.postgres_dsn, " options='-c search_path=", schema, "'").c_str(), 1);
   }
   DeleteQueues({st.queue, st.queue + ".parked", st.queue + ".retry.1000ms"});
+  if (s_.audit) {
+    DeleteQueues({kAuditQueue});
+    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+    if (!conn.ok()) return conn.status();
+    if (absl::Status s =
+            (*conn)->Apply({.exchanges = {{.name = kAuditExchange, .type = "fanout"}},
+                            .queues = {Queue(kAuditQueue)},
+                            .bindings = {{.queue = kAuditQueue, .exchange = kAuditExchange}}});
+        !s.ok()) {
+      return s;
+    }
+  }
   st.replay = std::make_unique<Child>(
       "replay_svc", std::vector<std::string>{s_.bin_dir + "/replay_svc", "--config", st.config},
       st.dir + "/replay_svc.log");
@@ -679,6 +701,7 @@ void Bench::StopStack(Stack& st, Scenario& sc) {
   st.stub.reset();  // an idle channel would hold replay_svc's graceful shutdown
   StopChild(st.replay, sc);
   DeleteQueues({st.queue, st.queue + ".parked", st.queue + ".retry.1000ms"});
+  if (s_.audit) DeleteQueues({kAuditQueue});
   // Logs and config stay for a look afterwards; the database (up to hundreds of MB) goes.
   for (const char* suffix : {"", "-wal", "-shm"}) {
     std::error_code ignored;
@@ -1010,6 +1033,19 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
   sc.Set("duplicates", static_cast<double>(partner_.duplicates()));
   sc.Set("records_delivered", static_cast<double>(recorded));
   sc.Set("window_messages", static_cast<double>(events));
+  if (s_.audit) {
+    // One DELIVERED audit event per event, published with confirm after its outcome.
+    uint64_t audited = 0;
+    WaitUntil(
+        [&] {
+          absl::StatusOr<QueueState> q = QueueInfo(broker_, kAuditQueue);
+          audited = q.ok() ? q->messages : 0;
+          return audited >= events;
+        },
+        absl::Seconds(30), absl::Milliseconds(20));
+    sc.Set("audit_events", static_cast<double>(audited));
+    if (audited != events) sc.Fail(absl::StrCat(audited, " audit events for ", events, " events"));
+  }
 
   // Acks: nothing may be left ready now, and stopping the lanes must return nothing to the
   // queue (the broker requeues every delivery its consumer did not ack).
@@ -2181,6 +2217,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("full_sync", s.full_sync ? 1 : 0);
   num("postgres", s.postgres_dsn.empty() ? 0 : 1);
   num("quorum_queues", s.quorum_queues ? 1 : 0);
+  num("audit", s.audit ? 1 : 0);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
   num("cpus", std::thread::hardware_concurrency());
@@ -2282,6 +2319,7 @@ int Main(int argc, char** argv) {
   s.record_delay_ms = absl::GetFlag(FLAGS_record_delay_ms);
   s.full_sync = absl::GetFlag(FLAGS_full_sync);
   s.quorum_queues = absl::GetFlag(FLAGS_quorum_queues);
+  s.audit = absl::GetFlag(FLAGS_audit);
   s.postgres_dsn = absl::GetFlag(FLAGS_postgres_dsn);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
@@ -2408,7 +2446,8 @@ int Main(int argc, char** argv) {
   std::cout << "\nESS benchmark, " << started << ", " << std::thread::hardware_concurrency()
             << " CPUs; " << s.events << " events per outbound run, "
             << absl::ToInt64Seconds(s.duration) << " s timed runs; "
-            << (s.quorum_queues ? "quorum" : "classic") << " queues\n\n";
+            << (s.quorum_queues ? "quorum" : "classic") << " queues"
+            << (s.audit ? "; audit events on" : "") << "\n\n";
   PrintTable(BuildRows(bench));
   PrintCpuPerMessage(bench);
   bool all_ok = true;

@@ -172,18 +172,20 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
   }
 }
 
-// Production's configuration (deploy/k8s/base/hub.yaml) runs the lanes on quorum queues:
-// --quorum_queues declares every queue of the run as one, the lanes' own too, and the lanes
+// Production's configuration (deploy/k8s/base/hub.yaml) runs the lanes on quorum queues with
+// audit events: --quorum_queues declares every queue of the run as one, the lanes' own too
+// (--audit adds an audit exchange with a queue bound, which must get one event per delivered
+// event), and the lanes
 // declare theirs with the same arguments (a difference would be PRECONDITION_FAILED and fail
 // the scenario). The same checks as the classic run: every event delivered once and recorded,
 // every 2xx webhook on the bus, every replayed record on the partner's queue.
-TEST(BenchSmokeTest, QuorumQueuesRunPassesItsChecks) {
+TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
   testing::TempDir dir;
   const std::string results = dir.File("results");
   const testing::ToolRun run = testing::RunTool(
       {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
-       "--quorum_queues", "--scenarios", "ceilings,outbound,replay,inbound", "--events", "2000",
-       "--duration_s", "2", "--work_dir", dir.File("work"), "--results_dir", results,
+       "--quorum_queues", "--audit", "--scenarios", "ceilings,outbound,replay,inbound", "--events",
+       "2000", "--duration_s", "2", "--work_dir", dir.File("work"), "--results_dir", results,
        "--source_dir", testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir",
        testing::RequiredEnv("ESS_BIN_DIR")},
       dir.File("ess_bench.log"), absl::Seconds(200));
@@ -205,10 +207,12 @@ TEST(BenchSmokeTest, QuorumQueuesRunPassesItsChecks) {
   EXPECT_EQ(out["partner_requests"].GetDouble(), 2000);
   EXPECT_EQ(out["duplicates"].GetDouble(), 0);
   EXPECT_EQ(out["records_delivered"].GetDouble(), 2000);
+  EXPECT_EQ(out["audit_events"].GetDouble(), 2000);  // --audit: one per delivered event
   EXPECT_EQ(scenarios["broker_consume"]["messages"].GetDouble(),
             scenarios["broker_publish"]["messages"].GetDouble());
   EXPECT_EQ(doc["settings"]["quorum_queues"].GetDouble(), 1);
-  EXPECT_THAT(run.output, ::testing::HasSubstr(" s timed runs; quorum queues"));
+  EXPECT_EQ(doc["settings"]["audit"].GetDouble(), 1);
+  EXPECT_THAT(run.output, ::testing::HasSubstr(" s timed runs; quorum queues; audit events on"));
 }
 
 // Two runs in one work folder would share one RabbitMQ node, and the first to end would stop
