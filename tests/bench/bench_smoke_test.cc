@@ -173,12 +173,12 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
 }
 
 // Production's configuration (deploy/k8s/base/hub.yaml) runs the lanes on quorum queues with
-// audit events: --quorum_queues declares every queue of the run as one, the lanes' own too
-// (--audit adds an audit exchange with a queue bound, which must get one event per delivered
-// event), and the lanes
-// declare theirs with the same arguments (a difference would be PRECONDITION_FAILED and fail
-// the scenario). The same checks as the classic run: every event delivered once and recorded,
-// every 2xx webhook on the bus, every replayed record on the partner's queue.
+// audit events. --quorum_queues declares every queue of the run as one, the lanes' own too,
+// and the lanes declare theirs with the same arguments (a difference would be
+// PRECONDITION_FAILED and fail the scenario); --audit adds an audit exchange with a queue
+// bound, which must get one event per delivered event. The same checks as the classic run:
+// every event delivered once and recorded, every 2xx webhook on the bus, every replayed record
+// on the partner's queue.
 TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
   testing::TempDir dir;
   const std::string results = dir.File("results");
