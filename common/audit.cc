@@ -1,10 +1,12 @@
 #include "common/audit.h"
 
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/sv.h"
-#include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess {
@@ -36,6 +38,46 @@ ess::v1::SyncAudit AuditSink::Make(ess::v1::Direction direction, std::string_vie
   return a;
 }
 
+absl::StatusOr<std::string> AuditSink::Json(const ess::v1::SyncAudit& event) {
+  rapidjson::StringBuffer out;
+  rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::UTF8<>,
+                    rapidjson::CrtAllocator, rapidjson::kWriteValidateEncodingFlag>
+      w(out);
+  bool ok = w.StartObject();
+  auto text = [&](const char* key, const std::string& value) {
+    if (value.empty()) return;
+    ok = ok && w.Key(key) && w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+  };
+  // An enum by its name; a value with no name (from a newer writer) by its number.
+  auto enumerated = [&](const char* key, int value, const std::string& name) {
+    if (value == 0) return;
+    ok = ok && w.Key(key) && (name.empty() ? w.Int(value) : w.String(name.c_str()));
+  };
+  auto time = [&](const char* key, bool has, const google::protobuf::Timestamp& t) {
+    if (!has) return;
+    const std::string rfc3339 = google::protobuf::util::TimeUtil::ToString(t);
+    ok = ok && w.Key(key) && w.String(rfc3339.c_str());
+  };
+  text("correlationId", event.correlation_id());
+  text("messageId", event.message_id());
+  text("partner", event.partner());
+  enumerated("direction", event.direction(), ess::v1::Direction_Name(event.direction()));
+  text("eventType", event.event_type());
+  enumerated("status", event.status(), ess::v1::MessageStatus_Name(event.status()));
+  text("error", event.error());
+  if (event.attempt() != 0) ok = ok && w.Key("attempt") && w.Uint(event.attempt());
+  time("startedAt", event.has_started_at(), event.started_at());
+  time("finishedAt", event.has_finished_at(), event.finished_at());
+  if (event.dry_run()) ok = ok && w.Key("dryRun") && w.Bool(true);
+  text("replayedBy", event.replayed_by());
+  text("replayReason", event.replay_reason());
+  ok = ok && w.EndObject();
+  if (!ok) {
+    return absl::InvalidArgumentError("audit event has a field that is not UTF-8 text");
+  }
+  return std::string(out.GetString(), out.GetSize());
+}
+
 void AuditSink::Emit(const ess::v1::SyncAudit& event) { Emit(event, nullptr); }
 
 void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done) {
@@ -44,10 +86,12 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
     return;
   }
   amqp::Message msg;
-  if (!google::protobuf::util::MessageToJsonString(event, &msg.body).ok()) {
-    if (done) std::move(done)(absl::InternalError("audit event not serialisable"));
+  absl::StatusOr<std::string> json = Json(event);
+  if (!json.ok()) {
+    if (done) std::move(done)(json.status());
     return;
   }
+  msg.body = *std::move(json);
   msg.correlation_id = event.correlation_id();
   msg.message_id = absl::StrCat(event.message_id(), ":",
                                 ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
