@@ -471,9 +471,9 @@ class Bench {
   // A durable queue of the benchmark's own (a ceiling's, the events sink): a quorum queue
   // with --quorum_queues, else a classic one.
   amqp::QueueSpec Queue(const std::string& name) const;
-  // The queues of the stack's outbound lane, declared as the lane will declare them (with
+  // Declares the queues of the stack's outbound lane as the lane will declare them (with
   // --quorum_queues, quorum queues with a delivery limit and dead-lettering to parked).
-  absl::StatusOr<amqp::Topology> LaneQueues(const Stack& st) const;
+  absl::Status DeclareLaneQueues(const Stack& st) const;
   // Publishes `events` visit events with ids "RUN-i" to `queue`, persistent and confirmed: an
   // outbound run's preloaded work.
   PublishResult PreloadVisits(const std::string& queue, uint64_t events, const std::string& run);
@@ -568,10 +568,13 @@ amqp::QueueSpec Bench::Queue(const std::string& name) const {
   return q;
 }
 
-absl::StatusOr<amqp::Topology> Bench::LaneQueues(const Stack& st) const {
+absl::Status Bench::DeclareLaneQueues(const Stack& st) const {
   absl::StatusOr<ess::v1::HubConfig> config = config::LoadFile(st.config);
   if (!config.ok()) return config.status();
-  return outbound::OutboundTopology(*config);
+  absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
+      amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
+  if (!conn.ok()) return conn.status();
+  return (*conn)->Apply(outbound::OutboundTopology(*config));
 }
 
 PublishResult Bench::PreloadVisits(const std::string& queue, uint64_t events,
@@ -965,18 +968,10 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
     sc.Fail(std::string(s.message()));
     return 0;
   }
-  {
-    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
-        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
-    const absl::Status declared = !conn.ok()   ? conn.status()
-                                  : !lane.ok() ? lane.status()
-                                               : (*conn)->Apply(*lane);
-    if (!declared.ok()) {
-      sc.Fail(absl::StrCat("cannot declare the lane's queue: ", declared.message()));
-      StopStack(st, sc);
-      return 0;
-    }
+  if (absl::Status declared = DeclareLaneQueues(st); !declared.ok()) {
+    sc.Fail(absl::StrCat("cannot declare the lane's queue: ", declared.message()));
+    StopStack(st, sc);
+    return 0;
   }
   const std::string run = absl::StrCat("E", getpid(), "-", st.dir.substr(st.dir.rfind('/') + 1));
   PublishResult pre = PreloadVisits(st.queue, events, run);
@@ -1305,18 +1300,10 @@ void Bench::Replay() {
   // Replay (ops): the records above, by filter, a page of 1000 per call: each record read,
   // published to the partner's queue with confirm and marked, for a bounded time. Counted on
   // the queue afterwards, so every replayed record is a message there.
-  {
-    absl::StatusOr<std::unique_ptr<amqp::Connection>> conn =
-        amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
-    absl::StatusOr<amqp::Topology> lane = LaneQueues(st);
-    const absl::Status declared = !conn.ok()   ? conn.status()
-                                  : !lane.ok() ? lane.status()
-                                               : (*conn)->Apply(*lane);
-    if (!declared.ok()) {
-      sc.Fail(absl::StrCat("Replay: cannot declare the partner's queue: ", declared.message()));
-      StopStack(st, sc);
-      return;
-    }
+  if (absl::Status declared = DeclareLaneQueues(st); !declared.ok()) {
+    sc.Fail(absl::StrCat("Replay: cannot declare the partner's queue: ", declared.message()));
+    StopStack(st, sc);
+    return;
   }
   const absl::Time replay_start = absl::Now();
   const absl::Time replay_end = replay_start + std::min(s_.duration, absl::Seconds(10));
