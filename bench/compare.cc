@@ -99,15 +99,15 @@ absl::StatusOr<Run> ReadRun(const Results& results) {
     const std::optional<double> messages = number("window_messages");
     const std::optional<double> wall = number("cpu_window_s");
     const bool per_message = messages && wall && *messages > 0 && *wall > 0;
-    // "<prefix>cpu_us_per_msg.<name>" when the scenario counts its messages, else
-    // "<prefix>cpu_percent.<name>".
+    // "<prefix>cpu_us_per_msg.<who>" when the scenario counts its messages, else
+    // "<prefix>cpu_percent.<who>".
     auto add_cpu = [&](const std::string& prefix, const std::map<std::string, double>& by_name) {
-      for (const auto& [name, pct] : by_name) {
+      for (const auto& [who, pct] : by_name) {
         if (per_message) {
-          out.emplace_back(absl::StrCat(prefix, "cpu_us_per_msg.", name),
+          out.emplace_back(absl::StrCat(prefix, "cpu_us_per_msg.", who),
                            pct / 100 * *wall / *messages * 1e6);
         } else {
-          out.emplace_back(absl::StrCat(prefix, "cpu_percent.", name), pct);
+          out.emplace_back(absl::StrCat(prefix, "cpu_percent.", who), pct);
         }
       }
     };

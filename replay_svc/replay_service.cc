@@ -306,7 +306,7 @@ void ReplayServiceImpl::Write(bool claim, const google::protobuf::Message* reque
   writes_.Post(Runs(claim ? Authorizer::Method::kClaim : Authorizer::Method::kRecord), [this,
                                                                                         batch] {
     {
-      absl::MutexLock lock(&write_mu_);
+      absl::MutexLock taken(&write_mu_);
       batch->started = true;
       if (open_batch_ == batch) open_batch_ = nullptr;
     }

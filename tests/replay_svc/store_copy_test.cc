@@ -100,12 +100,12 @@ INSTANTIATE_TEST_SUITE_P(Backends, StoreCopyTest,
                          ::testing::Values(std::make_tuple(Backend::kSqlite, Backend::kPostgres),
                                            std::make_tuple(Backend::kPostgres, Backend::kSqlite),
                                            std::make_tuple(Backend::kSqlite, Backend::kSqlite)),
-                         [](const ::testing::TestParamInfo<std::tuple<Backend, Backend>>& info) {
+                         [](const ::testing::TestParamInfo<std::tuple<Backend, Backend>>& param) {
                            auto name = [](Backend b) {
                              return b == Backend::kSqlite ? "Sqlite" : "Postgres";
                            };
-                           return absl::StrCat(name(std::get<0>(info.param)), "To",
-                                               name(std::get<1>(info.param)));
+                           return absl::StrCat(name(std::get<0>(param.param)), "To",
+                                               name(std::get<1>(param.param)));
                          });
 
 TEST_P(StoreCopyTest, CopiesEveryRecordWithItsTimesInOrder) {
