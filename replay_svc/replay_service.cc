@@ -320,6 +320,33 @@ void ReplayServiceImpl::Write(bool claim, const google::protobuf::Message* reque
   });
 }
 
+namespace {
+
+// The items of a batch's calls in one field for one store call, borrowed from the calls'
+// messages (no copies) and given back when it goes: a temporary lends them for the
+// full-expression that makes it.
+template <typename T>
+class Borrowed {
+ public:
+  template <typename Calls, typename ItemsOf>
+  Borrowed(const Calls& calls, int items, ItemsOf items_of) {
+    all_.Reserve(items);
+    for (const auto& call : calls) {
+      for (const T& item : items_of(call)) all_.UnsafeArenaAddAllocated(const_cast<T*>(&item));
+    }
+  }
+  ~Borrowed() { all_.UnsafeArenaExtractSubrange(0, all_.size(), nullptr); }
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+
+  const google::protobuf::RepeatedPtrField<T>& all() const { return all_; }
+
+ private:
+  google::protobuf::RepeatedPtrField<T> all_;
+};
+
+}  // namespace
+
 void ReplayServiceImpl::RunRecords(const WriteBatch& batch) {
   auto record = [&](const WriteBatch::Call& call, absl::StatusOr<uint32_t> stored) {
     if (stored.ok()) {
@@ -335,16 +362,11 @@ void ReplayServiceImpl::RunRecords(const WriteBatch& batch) {
     record(batch.calls[0], store_.Record(request(batch.calls[0]).records()));
     return;
   }
-  // The calls' records, borrowed for the one store call (no copies), given back after.
-  google::protobuf::RepeatedPtrField<ess::v1::MessageRecord> all;
-  all.Reserve(batch.items);
-  for (const WriteBatch::Call& call : batch.calls) {
-    for (const ess::v1::MessageRecord& r : request(call).records()) {
-      all.UnsafeArenaAddAllocated(const_cast<ess::v1::MessageRecord*>(&r));
-    }
-  }
-  absl::StatusOr<uint32_t> stored = store_.Record(all);
-  all.UnsafeArenaExtractSubrange(0, all.size(), nullptr);
+  absl::StatusOr<uint32_t> stored = store_.Record(
+      Borrowed<ess::v1::MessageRecord>(
+          batch.calls, batch.items,
+          [&](const WriteBatch::Call& c) -> const auto& { return request(c).records(); })
+          .all());
   if (stored.ok() || absl::IsUnavailable(stored.status())) {
     for (const WriteBatch::Call& call : batch.calls) {
       record(call, stored.ok() ? absl::StatusOr<uint32_t>(request(call).records_size())
@@ -380,15 +402,11 @@ void ReplayServiceImpl::RunClaims(const WriteBatch& batch) {
     alone(batch.calls[0]);
     return;
   }
-  google::protobuf::RepeatedPtrField<ess::v1::Claim> all;
-  all.Reserve(batch.items);
-  for (const WriteBatch::Call& call : batch.calls) {
-    for (const ess::v1::Claim& c : request(call).claims()) {
-      all.UnsafeArenaAddAllocated(const_cast<ess::v1::Claim*>(&c));
-    }
-  }
-  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(all);
-  all.UnsafeArenaExtractSubrange(0, all.size(), nullptr);
+  absl::StatusOr<std::vector<ess::v1::ClaimOutcome>> outcomes = store_.Claim(
+      Borrowed<ess::v1::Claim>(
+          batch.calls, batch.items,
+          [&](const WriteBatch::Call& c) -> const auto& { return request(c).claims(); })
+          .all());
   if (outcomes.ok() && outcomes->size() == static_cast<size_t>(batch.items)) {
     int from = 0;
     for (const WriteBatch::Call& call : batch.calls) {
