@@ -3,9 +3,13 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <iterator>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/sv.h"
 #include "google/protobuf/util/time_util.h"
 
@@ -78,6 +82,20 @@ absl::StatusOr<std::string> AuditSink::Json(const ess::v1::SyncAudit& event) {
   return std::string(out.GetString(), out.GetSize());
 }
 
+std::string AuditSink::BatchJson(const std::vector<std::string>& documents) {
+  size_t size = 13;
+  for (const std::string& d : documents) size += d.size() + 1;
+  std::string out;
+  out.reserve(size);
+  out += "{\"events\":[";
+  for (size_t i = 0; i < documents.size(); ++i) {
+    if (i > 0) out += ',';
+    out += documents[i];
+  }
+  out += "]}";
+  return out;
+}
+
 void AuditSink::Emit(const ess::v1::SyncAudit& event) { Emit(event, nullptr); }
 
 void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done) {
@@ -85,34 +103,123 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
     if (done) std::move(done)(absl::OkStatus());
     return;
   }
-  amqp::Message msg;
   absl::StatusOr<std::string> json = Json(event);
   if (!json.ok()) {
     if (done) std::move(done)(json.status());
     return;
   }
-  msg.body = *std::move(json);
-  msg.correlation_id = event.correlation_id();
-  msg.message_id = absl::StrCat(event.message_id(), ":",
-                                ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
+  std::string message_id = absl::StrCat(
+      event.message_id(), ":", ess::v1::MessageStatus_Name(event.status()), ":", event.attempt());
   if (!event.replayed_by().empty()) {
     // A replay repeats an outcome's status and attempt: its own id, so that a consumer that
     // drops repeated ids keeps it.
-    absl::StrAppend(&msg.message_id, ":replay-", event.started_at().seconds(), ".",
+    absl::StrAppend(&message_id, ":replay-", event.started_at().seconds(), ".",
                     event.started_at().nanos());
   }
-  msg.type = "SyncAudit";
-  std::string cid = event.correlation_id();
-  publisher_->Publish(
-      exchange_, "", std::move(msg), [this, cid, done = std::move(done)](absl::Status s) mutable {
-        if (!s.ok() && failures_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
-          // Logged on the first failure and every 1000th after: an audit exchange nobody is
-          // bound to must not flood the log.
-          log::Warn(cid, "audit event not published",
-                    {{"error", ToStd(s.message())}, {"failures", absl::StrCat(failures_.load())}});
-        }
-        if (done) std::move(done)(std::move(s));
-      });
+  Pending p{.json = *std::move(json),
+            .message_id = std::move(message_id),
+            .correlation_id = event.correlation_id(),
+            .done = std::move(done)};
+  if (batch_max_ <= 1) {
+    amqp::Message msg;
+    msg.body = std::move(p.json);
+    msg.correlation_id = p.correlation_id;
+    msg.message_id = std::move(p.message_id);
+    msg.type = "SyncAudit";
+    messages_.fetch_add(1, std::memory_order_relaxed);
+    publisher_->Publish(exchange_, "", std::move(msg),
+                        [this, cid = std::move(p.correlation_id), done = std::move(p.done)](
+                            absl::Status s) mutable { Settle(cid, s, std::move(done)); });
+    return;
+  }
+  std::vector<Pending> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    queued_.push_back(std::move(p));
+    if (batches_in_flight_ == 0 || queued_.size() >= batch_max_) {
+      batch = TakeBatch();
+      ++batches_in_flight_;
+    }
+  }
+  if (!batch.empty()) PublishBatch(std::move(batch));
+}
+
+std::vector<AuditSink::Pending> AuditSink::TakeBatch() {
+  std::vector<Pending> batch;
+  if (queued_.size() <= batch_max_) {
+    batch.swap(queued_);
+    return batch;
+  }
+  auto end = queued_.begin() + batch_max_;
+  batch.assign(std::make_move_iterator(queued_.begin()), std::make_move_iterator(end));
+  queued_.erase(queued_.begin(), end);
+  return batch;
+}
+
+void AuditSink::PublishBatch(std::vector<Pending> batch) {
+  std::vector<std::string> documents;
+  documents.reserve(batch.size());
+  for (Pending& p : batch) documents.push_back(std::move(p.json));
+  amqp::Message msg;
+  msg.body = BatchJson(documents);
+  // The first event's id and how many follow it: an event is in one batch only, so no two
+  // batches share an id.
+  msg.message_id = absl::StrCat("batch:", batch.front().message_id, "+", batch.size() - 1);
+  msg.type = "SyncAuditBatch";
+  messages_.fetch_add(1, std::memory_order_relaxed);
+  // `done` may run inline (Publish failed fast), so no lock is held here.
+  publisher_->Publish(exchange_, "", std::move(msg),
+                      [this, batch = std::move(batch)](absl::Status s) mutable {
+                        BatchSettled(std::move(batch), s);
+                      });
+}
+
+void AuditSink::BatchSettled(std::vector<Pending> batch, const absl::Status& status) {
+  for (Pending& p : batch) Settle(p.correlation_id, status, std::move(p.done));
+  std::vector<Pending> next;
+  {
+    absl::MutexLock lock(&mu_);
+    --batches_in_flight_;
+    if (batches_in_flight_ == 0 && !queued_.empty()) {
+      next = TakeBatch();
+      ++batches_in_flight_;
+    }
+  }
+  if (!next.empty()) PublishBatch(std::move(next));
+}
+
+void AuditSink::Settle(const std::string& correlation_id, const absl::Status& status,
+                       amqp::Publisher::Done done) {
+  if (status.ok()) published_.fetch_add(1, std::memory_order_relaxed);
+  if (!status.ok() && failures_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
+    // Logged on the first failure and every 1000th after: an audit exchange nobody is bound to
+    // must not flood the log.
+    log::Warn(correlation_id, "audit event not published",
+              {{"error", ToStd(status.message())}, {"failures", absl::StrCat(failures_.load())}});
+  }
+  if (done) std::move(done)(status);
+}
+
+std::vector<prometheus::MetricFamily> AuditSink::Metrics() const {
+  std::vector<prometheus::MetricFamily> families;
+  if (!enabled()) return families;
+  prometheus::MetricFamily events = metrics::Family(
+      "ess_audit_events_total",
+      "Audit events by outcome: published (confirmed by the broker) or failed (refused, "
+      "unroutable or lost with the connection; logged).",
+      prometheus::MetricType::Counter);
+  metrics::AddSample(events, {{"outcome", "published"}},
+                     static_cast<double>(published_.load(std::memory_order_relaxed)));
+  metrics::AddSample(events, {{"outcome", "failed"}},
+                     static_cast<double>(failures_.load(std::memory_order_relaxed)));
+  families.push_back(std::move(events));
+  families.push_back(metrics::Single(
+      "ess_audit_messages_total",
+      "Messages that carried audit events: one per event, or one per SyncAuditBatch with "
+      "bus.audit_batch_max.",
+      prometheus::MetricType::Counter,
+      static_cast<double>(messages_.load(std::memory_order_relaxed))));
+  return families;
 }
 
 }  // namespace ess

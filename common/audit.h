@@ -5,7 +5,14 @@
 // Publishing uses the lane's Publisher: persistent, mandatory, confirmed. An audit event that
 // cannot be published is logged and counted; it never holds up or fails the sync it describes.
 //
-//   AuditSink audit(&publisher, "audit");
+// With batch_max > 1 (bus.audit_batch_max) the events go out as SyncAuditBatch messages of up
+// to batch_max events each. A batch never waits for company: an event is published at once
+// when no batch is unconfirmed, and the events that come while one is go out together when its
+// confirm (or failure) arrives, or as soon as batch_max of them are waiting. At a low rate every
+// batch holds one event; at a high rate one publish and confirm carries many, which is what
+// the broker charges for (bench/README, Profiling 53).
+//
+//   AuditSink audit(&publisher, "audit", /*batch_max=*/0);
 //   audit.Emit(record);  // from any thread
 #ifndef ESS_COMMON_AUDIT_H_
 #define ESS_COMMON_AUDIT_H_
@@ -13,27 +20,32 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/amqp.h"
 #include "ess/v1/event.pb.h"
+#include "prometheus/metric_family.h"
 
 namespace ess {
 
 class AuditSink {
  public:
-  // `publisher` may be null or `exchange` empty: then Emit does nothing.
-  AuditSink(amqp::Publisher* publisher, std::string exchange)
-      : publisher_(publisher), exchange_(std::move(exchange)) {}
+  // `publisher` may be null or `exchange` empty: then Emit does nothing. `batch_max` 0 or 1:
+  // one SyncAudit message per event; more: SyncAuditBatch messages of up to that many.
+  AuditSink(amqp::Publisher* publisher, std::string exchange, uint32_t batch_max = 0)
+      : publisher_(publisher), exchange_(std::move(exchange)), batch_max_(batch_max) {}
 
   bool enabled() const { return publisher_ != nullptr && !exchange_.empty(); }
 
   // Thread-safe.
   void Emit(const ess::v1::SyncAudit& event);
-  // As Emit(event), and `done` runs exactly once: with the publish's outcome (see
-  // Publisher::Done), or OK at once when the sink is off. Lets a caller that emits many events
-  // at a time bound how many are unconfirmed.
+  // As Emit(event), and `done` runs exactly once: with the outcome of the publish that carried
+  // the event (see Publisher::Done), or OK at once when the sink is off. Lets a caller that
+  // emits many events at a time bound how many are unconfirmed.
   void Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done);
 
   // The SyncAudit of one outcome.
@@ -49,13 +61,43 @@ class AuditSink {
   // resolver and cost ~10 us an event (bench/README, Profiling 52). INVALID_ARGUMENT for a
   // string that is not UTF-8.
   static absl::StatusOr<std::string> Json(const ess::v1::SyncAudit& event);
+  // The JSON of a SyncAuditBatch of these events' documents (each one Json's), as protobuf's
+  // JSON mapping writes it: {"events":[...]}.
+  static std::string BatchJson(const std::vector<std::string>& documents);
 
+  // Events that could not be published (each event of a failed batch counts).
   uint64_t failures() const { return failures_.load(); }
+  // ess_audit_events_total{outcome="published"|"failed"} and ess_audit_messages_total (the
+  // publishes that carried them); none when the sink is off.
+  std::vector<prometheus::MetricFamily> Metrics() const;
 
  private:
+  struct Pending {
+    std::string json;
+    std::string message_id;
+    std::string correlation_id;
+    amqp::Publisher::Done done;
+  };
+
+  // The first batch_max_ of queued_ (all when fewer); mu_ held.
+  std::vector<Pending> TakeBatch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Publishes `batch` as one SyncAuditBatch.
+  void PublishBatch(std::vector<Pending> batch);
+  // A batch's publish settled: each event's done, then what queued meanwhile goes out.
+  void BatchSettled(std::vector<Pending> batch, const absl::Status& status);
+  // Runs an event's done with its publish's outcome, counting and logging a failure.
+  void Settle(const std::string& correlation_id, const absl::Status& status,
+              amqp::Publisher::Done done);
+
   amqp::Publisher* publisher_;
   std::string exchange_;
+  const uint32_t batch_max_;
   std::atomic<uint64_t> failures_{0};
+  std::atomic<uint64_t> published_{0};  // events confirmed
+  std::atomic<uint64_t> messages_{0};   // publishes, settled or not
+  absl::Mutex mu_;
+  std::vector<Pending> queued_ ABSL_GUARDED_BY(mu_);  // waiting for the batch in flight
+  int batches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;    // when 0, queued_ is empty
 };
 
 }  // namespace ess

@@ -406,6 +406,9 @@ constexpr uint64_t kYearMs = uint64_t{365} * 24 * 3600 * 1000;
 absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
                       const SettingsTypeResolver& resolver) {
   if (c.bus().port() > 65535) return conv.ErrorAt("bus.port", "must be at most 65535");
+  if (c.bus().audit_batch_max() > 1000) {
+    return conv.ErrorAt("bus.audit_batch_max", "must be at most 1000");
+  }
   if (!c.bus().password_env().empty() && std::getenv(c.bus().password_env().c_str()) == nullptr) {
     return conv.ErrorAt("bus.password_env", absl::StrCat("environment variable ",
                                                          c.bus().password_env(), " is not set"));

@@ -518,6 +518,9 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   if (recorder_ != nullptr) {
     for (prometheus::MetricFamily& f : recorder_->Metrics()) families.push_back(std::move(f));
   }
+  if (audit_ != nullptr) {
+    for (prometheus::MetricFamily& f : audit_->Metrics()) families.push_back(std::move(f));
+  }
   families.push_back(metrics::Single("ess_inbound_requests_total",
                                      "HTTP requests received (health checks and scrapes included).",
                                      prometheus::MetricType::Counter, counters_.requests.load()));

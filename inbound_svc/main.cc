@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
   }
   ess::amqp::Publisher publisher({.connection = ess::BusOptions(config->bus(), "inbound_svc"),
                                   .topology = std::move(topology)});
-  ess::AuditSink audit(&publisher, audit_exchange);
+  ess::AuditSink audit(&publisher, audit_exchange, config->bus().audit_batch_max());
   absl::StatusOr<std::unique_ptr<ess::ReplayRecorder>> started =
       ess::StartRecorder(config->replay(), "inbound_svc");
   if (!started.ok()) {

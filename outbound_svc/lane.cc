@@ -860,6 +860,9 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
                       "1 while consumption is paused because the replay store is unreachable.",
                       MetricType::Gauge, store_paused_.load() ? 1 : 0));
   for (prometheus::MetricFamily& f : recorder_->Metrics()) families.push_back(std::move(f));
+  if (audit_ != nullptr) {
+    for (prometheus::MetricFamily& f : audit_->Metrics()) families.push_back(std::move(f));
+  }
   return families;
 }
 

@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
       ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
     }
   }
-  ess::AuditSink audit(audit_publisher.get(), audit_exchange);
+  ess::AuditSink audit(audit_publisher.get(), audit_exchange, config->bus().audit_batch_max());
   ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
                             .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
                             .dry_run = dry_run,

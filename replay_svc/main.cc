@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
   }
   ess::amqp::Publisher publisher({.connection = ess::BusOptions(config->bus(), "replay_svc"),
                                   .topology = std::move(topology)});
-  ess::AuditSink audit(&publisher, audit_exchange);
+  ess::AuditSink audit(&publisher, audit_exchange, config->bus().audit_batch_max());
   ess::replay::Replayer replayer(
       std::move(replayer_options),
       [&publisher](std::string exchange, std::string routing_key, ess::amqp::Message message,
@@ -289,7 +289,7 @@ int main(int argc, char** argv) {
     const ess::replay::RetentionSweeper* swept = sweeper.get();
     const ess::replay::DriftWatch* watch = drift.get();
     absl::StatusOr<std::unique_ptr<ess::metrics::Server>> m =
-        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept, watch] {
+        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept, watch, &audit] {
           std::vector<prometheus::MetricFamily> families = served.service().Metrics();
           if (swept != nullptr) {
             families.push_back(ess::metrics::Single(
@@ -299,6 +299,7 @@ int main(int argc, char** argv) {
           if (watch != nullptr) {
             for (prometheus::MetricFamily& f : watch->Metrics()) families.push_back(std::move(f));
           }
+          for (prometheus::MetricFamily& f : audit.Metrics()) families.push_back(std::move(f));
           return families;
         });
     if (!m.ok()) {

@@ -75,6 +75,27 @@ TEST(AuditJsonTest, KeepsProtobufsFieldOrder) {
   }
 }
 
+// A batch (bus.audit_batch_max) is protobuf's JSON of a SyncAuditBatch of the same events.
+TEST(AuditJsonTest, ABatchIsTheDocumentOfASyncAuditBatch) {
+  ess::v1::SyncAuditBatch batch;
+  std::vector<std::string> documents;
+  for (const ess::v1::SyncAudit& event : Events()) {
+    *batch.add_events() = event;
+    documents.push_back(AuditSink::Json(event).value());
+    std::string expected;
+    ASSERT_TRUE(google::protobuf::util::MessageToJsonString(batch, &expected).ok());
+    const std::string json = AuditSink::BatchJson(documents);
+    rapidjson::Document want, got;
+    want.Parse(expected.c_str(), expected.size());
+    got.Parse(json.c_str(), json.size());
+    ASSERT_FALSE(got.HasParseError()) << json;
+    EXPECT_TRUE(got == want) << "ours:     " << json << "\nprotobuf: " << expected;
+    ess::v1::SyncAuditBatch parsed;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &parsed).ok()) << json;
+    EXPECT_EQ(parsed.SerializeAsString(), batch.SerializeAsString()) << json;
+  }
+}
+
 TEST(AuditJsonTest, TextThatIsNotUtf8IsAnError) {
   ess::v1::SyncAudit event = Events()[0];
   event.set_error("bad \xff\xfe bytes");

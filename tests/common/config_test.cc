@@ -440,6 +440,17 @@ TEST(ConfigTest, DurationsAndWidthsHaveBounds) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(c.status().message(),
               HasSubstr("partners[0].outbound.mapping[1].width: must be at most 4096"));
+
+  yaml = kGood;
+  yaml.replace(yaml.find("bus:\n"), 5, "bus:\n  audit_batch_max: 1001\n");
+  c = Load(yaml);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("bus.audit_batch_max: must be at most 1000"));
+  yaml = kGood;
+  yaml.replace(yaml.find("bus:\n"), 5, "bus:\n  audit_batch_max: 1000\n");
+  c = Load(yaml);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->bus().audit_batch_max(), 1000u);
 }
 
 }  // namespace

@@ -63,6 +63,7 @@ bus:
   events_exchange: EXCHANGE
   quorum_queues: QUORUM
   audit_exchange: AUDIT
+  audit_batch_max: AUDIT_BATCH_MAX
 replay:
   listen: 127.0.0.1:REPLAY_LISTEN
   address: 127.0.0.1:REPLAY_PORT
@@ -120,6 +121,7 @@ ROUTE_EXTRA
          {"QUEUE", queue_},
          {"QUORUM", quorum_ ? "true" : "false"},
          {"AUDIT", exchange_ + ".audit"},
+         {"AUDIT_BATCH_MAX", absl::StrCat(audit_batch_max_)},
          {"REPLAY_STORE", replay_store_},
          {"REPLAY_EXTRA", replay_extra_},
          {"OUTBOUND_EXTRA", outbound_extra_},
@@ -271,6 +273,7 @@ ROUTE_EXTRA
 
   amqp::ConnectionOptions broker_;
   bool quorum_ = false;
+  uint32_t audit_batch_max_ = 0;  // bus.audit_batch_max
   // Where the store keeps its records (a line of the `replay` section).
   std::string replay_store_ = "  database_path: replay.db";
   // More lines of the `replay` section (indented two spaces), e.g. its `auth`.

@@ -26,6 +26,8 @@
 #include "common/http_server.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
+#include "ess/v1/event.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "tests/integration/capture_partner.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/hub_fixture.h"
@@ -660,6 +662,65 @@ TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
   for (const auto& [key, json] : seen) {
     EXPECT_THAT(json, ::testing::Not(HasSubstr("A123"))) << key;  // ids and outcome, no payload
   }
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// With bus.audit_batch_max the same events reach the audit exchange in SyncAuditBatch messages:
+// every outcome once, in fewer messages than events when they come faster than confirms.
+TEST_F(HubTest, AuditEventsInBatchesCarryEveryOutcomeOnce) {
+  audit_batch_max_ = 50;
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  CapturePartner partner;
+  StartHub(partner.url());
+  constexpr int kEvents = 300;
+  std::vector<std::pair<std::string, std::string>> events;
+  for (int i = 0; i < kEvents; ++i) {
+    const std::string id = absl::StrCat("AB-", i);
+    events.push_back({id, VisitEvent(id)});
+  }
+  Publish(events);
+  auto r = PostWebhook(R"({"id":"AB-0","status":"confirmed"})");
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->status, 200);
+  std::map<std::string, int> seen;  // correlation id + direction + status -> times seen
+  size_t messages = 0;
+  int audited = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto d = (*conn)->Get(audit); d.ok(); d = (*conn)->Get(audit)) {
+          ++messages;
+          EXPECT_EQ(d->message.type, "SyncAuditBatch");
+          ess::v1::SyncAuditBatch batch;
+          EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(d->message.body, &batch).ok())
+              << d->message.body;
+          EXPECT_LE(batch.events_size(), 50);
+          for (const ess::v1::SyncAudit& e : batch.events()) {
+            ++seen[absl::StrCat(e.correlation_id(), "/", ess::v1::Direction_Name(e.direction()),
+                                "/", ess::v1::MessageStatus_Name(e.status()))];
+            ++audited;
+          }
+        }
+        return audited >= kEvents + 1;
+      },
+      absl::Seconds(30)))
+      << audited << " audit events";
+  EXPECT_EQ(audited, kEvents + 1);
+  for (int i = 0; i < kEvents; ++i) {
+    EXPECT_EQ((seen[absl::StrCat("AB-", i, "/DIRECTION_OUTBOUND/MESSAGE_STATUS_DELIVERED")]), 1)
+        << i;
+  }
+  EXPECT_EQ(seen["AB-0/DIRECTION_INBOUND/MESSAGE_STATUS_PUBLISHED"], 1);
+  EXPECT_LT(messages, static_cast<size_t>(kEvents)) << "no two events shared a message";
+  // The inbound lane's metrics count its one event and the message that carried it.
+  auto scraped = http_.SendAndWait({.method = "GET", .url = Url("/metrics")});
+  ASSERT_TRUE(scraped.ok());
+  EXPECT_THAT(scraped->body, HasSubstr("ess_audit_events_total{outcome=\"published\"} 1\n"));
+  EXPECT_THAT(scraped->body, HasSubstr("ess_audit_events_total{outcome=\"failed\"} 0\n"));
+  EXPECT_THAT(scraped->body, HasSubstr("ess_audit_messages_total 1\n"));
   ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
