@@ -7,6 +7,7 @@
 // Stops every process it started, by PID, and the broker it started.
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <rapidjson/document.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
 #include <signal.h>
@@ -93,6 +94,9 @@ ABSL_FLAG(bool, full_sync, false, "replay.full_sync: the store's commits wait fo
 ABSL_FLAG(bool, audit, false,
           "The lanes publish a SyncAudit event per outcome (bus.audit_exchange, as production's "
           "hub.yaml sets it) to an exchange with a queue bound; default: no audit events.");
+ABSL_FLAG(uint32_t, audit_batch_max, 0,
+          "With --audit: bus.audit_batch_max, audit events per SyncAuditBatch message (0: one "
+          "SyncAudit message per event, the default).");
 ABSL_FLAG(bool, quorum_queues, false,
           "Every queue of the run is a quorum queue (the ceilings' too, and bus.quorum_queues of "
           "the lanes); default: classic queues.");
@@ -392,6 +396,7 @@ struct Settings {
   bool full_sync = false;
   bool quorum_queues = false;
   bool audit = false;
+  uint32_t audit_batch_max = 0;
   // Set: the store is on PostgreSQL (--postgres_dsn).
   std::string postgres_dsn;
   std::string source_dir, bin_dir, run_dir, wrk;
@@ -495,6 +500,13 @@ class Bench {
   // Writes the signatures of the webhooks wrk sends with `prefix` (see bench/post.lua) and
   // returns the files' base path. Done before a run, so its CPU is not counted in it.
   std::string SignWebhooks(const std::string& prefix, absl::Duration duration) const;
+  // The audit events in the audit queue once `expected` are there (or after 30 s): with
+  // batches, the queue is consumed and the events in each SyncAuditBatch counted.
+  struct AuditCount {
+    uint64_t events = 0, messages = 0;
+    std::string error;  // a message that is not what the lanes publish
+  };
+  AuditCount CountAuditEvents(uint64_t expected) const;
 
   Settings s_;
   BrokerAddress broker_;
@@ -511,7 +523,9 @@ std::string Bench::HubConfig(const Stack& st, const std::string& log_level) cons
                       "  port: ", broker_.port, "\n",                //
                       "  events_exchange: ", kEventsExchange, "\n",  //
                       "  quorum_queues: ", s_.quorum_queues ? "true" : "false", "\n",
-                      s_.audit ? absl::StrCat("  audit_exchange: ", kAuditExchange, "\n") : "",
+                      s_.audit ? absl::StrCat("  audit_exchange: ", kAuditExchange,
+                                              "\n  audit_batch_max: ", s_.audit_batch_max, "\n")
+                               : "",
                       "replay:\n",                                   //
                       "  listen: 127.0.0.1:", st.replay_port, "\n",  //
                       s_.postgres_dsn.empty()
@@ -780,6 +794,48 @@ void Bench::SetStages(Scenario& sc, const Scrape& before, const Scrape& after) {
   if (!said.empty()) Say(absl::StrCat("  stages (ms, services' histograms): ", said));
 }
 
+Bench::AuditCount Bench::CountAuditEvents(uint64_t expected) const {
+  AuditCount count;
+  if (s_.audit_batch_max <= 1) {  // a message per event
+    WaitUntil(
+        [&] {
+          absl::StatusOr<QueueState> q = QueueInfo(broker_, kAuditQueue);
+          count.messages = count.events = q.ok() ? q->messages : 0;
+          return count.events >= expected;
+        },
+        absl::Seconds(30), absl::Milliseconds(20));
+    return count;
+  }
+  auto on_message = [&count](std::string_view body) {
+    ++count.messages;
+    rapidjson::Document doc;
+    doc.Parse(body.data(), body.size());
+    if (doc.HasParseError() || !doc.IsObject() || !doc.HasMember("events") ||
+        !doc["events"].IsArray()) {
+      if (count.error.empty()) {
+        count.error = absl::StrCat("an audit message is not a SyncAuditBatch: ",
+                                   std::string(body.substr(0, 120)));
+      }
+      return;
+    }
+    count.events += doc["events"].Size();
+  };
+  WaitUntil(
+      [&] {
+        absl::StatusOr<QueueState> q = QueueInfo(broker_, kAuditQueue);
+        if (q.ok() && q->messages > 0) {
+          const ConsumeResult r = ConsumeAcked(
+              broker_, {.queue = kAuditQueue, .count = q->messages, .on_message = on_message});
+          if (!r.status.ok() && count.error.empty()) {
+            count.error = absl::StrCat("consuming the audit queue: ", r.status.message());
+          }
+        }
+        return count.events >= expected || !count.error.empty();
+      },
+      absl::Seconds(30), absl::Milliseconds(20));
+  return count;
+}
+
 std::string Bench::SignWebhooks(const std::string& prefix, absl::Duration duration) const {
   // wrk's Lua has no HMAC: each thread reads the signatures of its requests from a file.
   const std::string base = absl::StrCat(s_.run_dir, "/signatures-", prefix);
@@ -1030,16 +1086,13 @@ double Bench::Outbound(const std::string& name, int replicas, uint64_t events,
   sc.Set("window_messages", static_cast<double>(events));
   if (s_.audit) {
     // One DELIVERED audit event per event, published with confirm after its outcome.
-    uint64_t audited = 0;
-    WaitUntil(
-        [&] {
-          absl::StatusOr<QueueState> q = QueueInfo(broker_, kAuditQueue);
-          audited = q.ok() ? q->messages : 0;
-          return audited >= events;
-        },
-        absl::Seconds(30), absl::Milliseconds(20));
-    sc.Set("audit_events", static_cast<double>(audited));
-    if (audited != events) sc.Fail(absl::StrCat(audited, " audit events for ", events, " events"));
+    const AuditCount audited = CountAuditEvents(events);
+    sc.Set("audit_events", static_cast<double>(audited.events));
+    sc.Set("audit_messages", static_cast<double>(audited.messages));
+    if (!audited.error.empty()) sc.Fail(audited.error);
+    if (audited.events != events) {
+      sc.Fail(absl::StrCat(audited.events, " audit events for ", events, " events"));
+    }
   }
 
   // Acks: nothing may be left ready now, and stopping the lanes must return nothing to the
@@ -2205,6 +2258,7 @@ std::string ToJson(const Bench& b, const Settings& s, const std::string& started
   num("postgres", s.postgres_dsn.empty() ? 0 : 1);
   num("quorum_queues", s.quorum_queues ? 1 : 0);
   num("audit", s.audit ? 1 : 0);
+  num("audit_batch_max", s.audit_batch_max);
   num("wrk_connections", s.wrk_connections);
   num("wrk_threads", s.wrk_threads);
   num("cpus", std::thread::hardware_concurrency());
@@ -2307,6 +2361,7 @@ int Main(int argc, char** argv) {
   s.full_sync = absl::GetFlag(FLAGS_full_sync);
   s.quorum_queues = absl::GetFlag(FLAGS_quorum_queues);
   s.audit = absl::GetFlag(FLAGS_audit);
+  s.audit_batch_max = absl::GetFlag(FLAGS_audit_batch_max);
   s.postgres_dsn = absl::GetFlag(FLAGS_postgres_dsn);
   s.publish_window = absl::GetFlag(FLAGS_publish_window);
   s.wrk_connections = absl::GetFlag(FLAGS_wrk_connections);
@@ -2434,7 +2489,11 @@ int Main(int argc, char** argv) {
             << " CPUs; " << s.events << " events per outbound run, "
             << absl::ToInt64Seconds(s.duration) << " s timed runs; "
             << (s.quorum_queues ? "quorum" : "classic") << " queues"
-            << (s.audit ? "; audit events on" : "") << "\n\n";
+            << (s.audit ? "; audit events on" : "")
+            << (s.audit && s.audit_batch_max > 1
+                    ? absl::StrCat(", in batches of up to ", s.audit_batch_max)
+                    : "")
+            << "\n\n";
   PrintTable(BuildRows(bench));
   PrintCpuPerMessage(bench);
   bool all_ok = true;

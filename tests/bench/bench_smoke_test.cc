@@ -215,6 +215,31 @@ TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
   EXPECT_THAT(run.output, ::testing::HasSubstr(" s timed runs; quorum queues; audit events on"));
 }
 
+// With --audit_batch_max the lane's audit events come in SyncAuditBatch messages: the run
+// counts the events inside them, every delivered event's once.
+TEST(BenchSmokeTest, AuditBatchesRunCountsTheEventsInThem) {
+  testing::TempDir dir;
+  const std::string results = dir.File("results");
+  const testing::ToolRun run = testing::RunTool(
+      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
+       "--audit", "--audit_batch_max", "64", "--scenarios", "outbound", "--events", "2000",
+       "--work_dir", dir.File("work"), "--results_dir", results, "--source_dir",
+       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
+      dir.File("ess_bench.log"), absl::Seconds(200));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  rapidjson::Document doc;
+  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  ASSERT_TRUE(doc["scenarios"].HasMember("outbound")) << run.output;
+  const auto& out = doc["scenarios"]["outbound"];
+  EXPECT_TRUE(out["passed"].GetBool()) << run.output;
+  EXPECT_EQ(out["partner_requests"].GetDouble(), 2000);
+  EXPECT_EQ(out["audit_events"].GetDouble(), 2000);
+  EXPECT_GE(out["audit_messages"].GetDouble(), 2000.0 / 64);
+  EXPECT_LT(out["audit_messages"].GetDouble(), 2000);
+  EXPECT_EQ(doc["settings"]["audit_batch_max"].GetDouble(), 64);
+  EXPECT_THAT(run.output, ::testing::HasSubstr("audit events on, in batches of up to 64"));
+}
+
 // Two runs in one work folder would share one RabbitMQ node, and the first to end would stop
 // it under the other: a run takes the folder's lock, and a second is refused before it starts
 // anything.
