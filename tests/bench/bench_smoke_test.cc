@@ -24,8 +24,9 @@
 namespace ess {
 namespace {
 
-// The one results file a run wrote into `results`, parsed.
-::testing::AssertionResult ReadResults(const std::string& results, rapidjson::Document* doc) {
+// The one results file a run (RunBench) wrote into `dir`, parsed.
+::testing::AssertionResult ReadResults(const testing::TempDir& dir, rapidjson::Document* doc) {
+  const std::string results = dir.File("results");
   std::vector<std::string> files;
   if (std::filesystem::is_directory(results)) {
     for (const auto& entry : std::filesystem::directory_iterator(results)) {
@@ -45,18 +46,33 @@ namespace {
   return ::testing::AssertionSuccess();
 }
 
+// Runs ess_bench with `args` against the test broker, with its work folder, results and log
+// in `dir` ("work", "results", "ess_bench.log").
+testing::ToolRun RunBench(const testing::TempDir& dir, const std::vector<std::string>& args,
+                          absl::Duration timeout) {
+  std::vector<std::string> argv = {testing::BinaryPath("ess_bench"),
+                                   "--amqp_port",
+                                   testing::RequiredEnv("ESS_AMQP_PORT"),
+                                   "--work_dir",
+                                   dir.File("work"),
+                                   "--results_dir",
+                                   dir.File("results"),
+                                   "--source_dir",
+                                   testing::RequiredEnv("ESS_SOURCE_DIR"),
+                                   "--bin_dir",
+                                   testing::RequiredEnv("ESS_BIN_DIR")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return testing::RunTool(argv, dir.File("ess_bench.log"), timeout);
+}
+
 TEST(BenchSmokeTest, EveryScenarioPassesItsChecks) {
   testing::TempDir dir;
-  const std::string results = dir.File("results");
-  const testing::ToolRun run = testing::RunTool(
-      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
-       "--events", "2000", "--info_events", "1000", "--duration_s", "2", "--replicas", "2",
-       "--work_dir", dir.File("work"), "--results_dir", results, "--source_dir",
-       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
-      dir.File("ess_bench.log"), absl::Seconds(280));
+  const testing::ToolRun run = RunBench(
+      dir, {"--events", "2000", "--info_events", "1000", "--duration_s", "2", "--replicas", "2"},
+      absl::Seconds(280));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   rapidjson::Document doc;
-  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  ASSERT_TRUE(ReadResults(dir, &doc)) << run.output;
   const auto& scenarios = doc["scenarios"];
 
   const std::set<std::string> expected = {"broker_publish",
@@ -136,15 +152,11 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
   const bool node = std::filesystem::is_directory(node_modules + "/amqplib") &&
                     std::filesystem::is_directory(node_modules + "/undici");
   testing::TempDir dir;
-  const std::string results = dir.File("results");
-  const testing::ToolRun run = testing::RunTool(
-      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
-       "--scenarios", "baseline", "--events", "1000", "--duration_s", "2", "--work_dir",
-       dir.File("work"), "--results_dir", results, "--source_dir",
-       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
-      dir.File("ess_bench.log"), absl::Seconds(150));
+  const testing::ToolRun run =
+      RunBench(dir, {"--scenarios", "baseline", "--events", "1000", "--duration_s", "2"},
+               absl::Seconds(150));
   rapidjson::Document doc;
-  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  ASSERT_TRUE(ReadResults(dir, &doc)) << run.output;
   const auto& scenarios = doc["scenarios"];
   std::vector<std::string> langs = {"python"};
   if (node) {
@@ -181,17 +193,14 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
 // on the partner's queue.
 TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
   testing::TempDir dir;
-  const std::string results = dir.File("results");
-  const testing::ToolRun run = testing::RunTool(
-      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
-       "--quorum_queues", "--audit", "--scenarios", "ceilings,outbound,replay,inbound", "--events",
-       "2000", "--duration_s", "2", "--work_dir", dir.File("work"), "--results_dir", results,
-       "--source_dir", testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir",
-       testing::RequiredEnv("ESS_BIN_DIR")},
-      dir.File("ess_bench.log"), absl::Seconds(200));
+  const testing::ToolRun run =
+      RunBench(dir,
+               {"--quorum_queues", "--audit", "--scenarios", "ceilings,outbound,replay,inbound",
+                "--events", "2000", "--duration_s", "2"},
+               absl::Seconds(200));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   rapidjson::Document doc;
-  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  ASSERT_TRUE(ReadResults(dir, &doc)) << run.output;
   const auto& scenarios = doc["scenarios"];
   std::set<std::string> seen;
   for (const auto& m : scenarios.GetObject()) {
@@ -219,16 +228,12 @@ TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
 // counts the events inside them, every delivered event's once.
 TEST(BenchSmokeTest, AuditBatchesRunCountsTheEventsInThem) {
   testing::TempDir dir;
-  const std::string results = dir.File("results");
-  const testing::ToolRun run = testing::RunTool(
-      {testing::BinaryPath("ess_bench"), "--amqp_port", testing::RequiredEnv("ESS_AMQP_PORT"),
-       "--audit", "--audit_batch_max", "64", "--scenarios", "outbound", "--events", "2000",
-       "--work_dir", dir.File("work"), "--results_dir", results, "--source_dir",
-       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
-      dir.File("ess_bench.log"), absl::Seconds(200));
+  const testing::ToolRun run = RunBench(
+      dir, {"--audit", "--audit_batch_max", "64", "--scenarios", "outbound", "--events", "2000"},
+      absl::Seconds(200));
   EXPECT_EQ(run.exit_code, 0) << run.output;
   rapidjson::Document doc;
-  ASSERT_TRUE(ReadResults(results, &doc)) << run.output;
+  ASSERT_TRUE(ReadResults(dir, &doc)) << run.output;
   ASSERT_TRUE(doc["scenarios"].HasMember("outbound")) << run.output;
   const auto& out = doc["scenarios"]["outbound"];
   EXPECT_TRUE(out["passed"].GetBool()) << run.output;
@@ -250,11 +255,8 @@ TEST(BenchSmokeTest, ASecondRunInTheSameWorkFolderIsRefused) {
   const int held = open((work + "/.lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
   ASSERT_GE(held, 0);
   ASSERT_EQ(flock(held, LOCK_EX | LOCK_NB), 0);
-  const testing::ToolRun run = testing::RunTool(
-      {testing::BinaryPath("ess_bench"), "--scenarios", "ceilings", "--events", "100", "--work_dir",
-       work, "--results_dir", dir.File("results"), "--source_dir",
-       testing::RequiredEnv("ESS_SOURCE_DIR"), "--bin_dir", testing::RequiredEnv("ESS_BIN_DIR")},
-      dir.File("ess_bench.log"), absl::Seconds(30));
+  const testing::ToolRun run =
+      RunBench(dir, {"--scenarios", "ceilings", "--events", "100"}, absl::Seconds(30));
   close(held);
   EXPECT_EQ(run.exit_code, 2) << run.output;
   EXPECT_THAT(run.output, ::testing::HasSubstr("another ess_bench is running in " + work));
