@@ -121,6 +121,10 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
             .correlation_id = event.correlation_id(),
             .done = std::move(done)};
   if (batch_max_ <= 1) {
+    {
+      absl::MutexLock lock(&mu_);
+      ++unsettled_;
+    }
     amqp::Message msg;
     msg.body = std::move(p.json);
     msg.correlation_id = p.correlation_id;
@@ -128,13 +132,18 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
     msg.type = "SyncAudit";
     messages_.fetch_add(1, std::memory_order_relaxed);
     publisher_->Publish(exchange_, "", std::move(msg),
-                        [this, cid = std::move(p.correlation_id), done = std::move(p.done)](
-                            absl::Status s) mutable { Settle(cid, s, std::move(done)); });
+                        [this, cid = std::move(p.correlation_id),
+                         done = std::move(p.done)](absl::Status s) mutable {
+                          Settle(cid, s, std::move(done));
+                          absl::MutexLock lock(&mu_);
+                          --unsettled_;
+                        });
     return;
   }
   std::vector<Pending> batch;
   {
     absl::MutexLock lock(&mu_);
+    ++unsettled_;
     queued_.push_back(std::move(p));
     if (batches_in_flight_ == 0 || queued_.size() >= batch_max_) {
       batch = TakeBatch();
@@ -179,6 +188,7 @@ void AuditSink::BatchSettled(std::vector<Pending> batch, const absl::Status& sta
   std::vector<Pending> next;
   {
     absl::MutexLock lock(&mu_);
+    unsettled_ -= static_cast<int64_t>(batch.size());
     --batches_in_flight_;
     if (batches_in_flight_ == 0 && !queued_.empty()) {
       next = TakeBatch();
@@ -186,6 +196,12 @@ void AuditSink::BatchSettled(std::vector<Pending> batch, const absl::Status& sta
     }
   }
   if (!next.empty()) PublishBatch(std::move(next));
+}
+
+bool AuditSink::Drain(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return unsettled_ == 0; };
+  return mu_.AwaitWithTimeout(absl::Condition(&settled), timeout);
 }
 
 void AuditSink::Settle(const std::string& correlation_id, const absl::Status& status,

@@ -34,8 +34,9 @@ namespace ess {
 
 class AuditSink {
  public:
-  // `publisher` may be null or `exchange` empty: then Emit does nothing. `batch_max` 0 or 1:
-  // one SyncAudit message per event; more: SyncAuditBatch messages of up to that many.
+  // `publisher` may be null or `exchange` empty: then Emit does nothing. The publisher's
+  // callbacks use the sink: stop the publisher (Drain first) before the sink goes. `batch_max` 0 or
+  // 1: one SyncAudit message per event; more: SyncAuditBatch messages of up to that many.
   AuditSink(amqp::Publisher* publisher, std::string exchange, uint32_t batch_max = 0)
       : publisher_(publisher), exchange_(std::move(exchange)), batch_max_(batch_max) {}
 
@@ -64,6 +65,12 @@ class AuditSink {
   // The JSON of a SyncAuditBatch of these events' documents (each one Json's), as protobuf's
   // JSON mapping writes it: {"events":[...]}.
   static std::string BatchJson(const std::vector<std::string>& documents);
+
+  // Waits until every event emitted so far is settled (its done ran: confirmed or failed), at
+  // most `timeout`; true when all are. For a clean stop, after the last Emit and before the
+  // publisher stops: a stopping publisher fails what is unconfirmed, and a batch that has not
+  // gone out yet would never go.
+  bool Drain(absl::Duration timeout);
 
   // Events that could not be published (each event of a failed batch counts).
   uint64_t failures() const { return failures_.load(); }
@@ -98,6 +105,7 @@ class AuditSink {
   absl::Mutex mu_;
   std::vector<Pending> queued_ ABSL_GUARDED_BY(mu_);  // waiting for the batch in flight
   int batches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;    // when 0, queued_ is empty
+  int64_t unsettled_ ABSL_GUARDED_BY(mu_) = 0;        // emitted, done not yet run
 };
 
 }  // namespace ess

@@ -114,6 +114,9 @@ int main(int argc, char** argv) {
   ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
   metrics.reset();
+  if (!audit.Drain(absl::Seconds(5))) {
+    ess::log::Warn("", "audit events still unconfirmed at stop are counted as failed");
+  }
   if (audit_publisher) audit_publisher->Stop();
   recorder.Stop();
   http.Stop();

@@ -223,6 +223,32 @@ TEST_F(AuditSinkTest, AnEventAloneIsPublishedAtOnce) {
   }
 }
 
+// Drain waits for every event emitted so far, those still queued behind an unconfirmed batch
+// included: after it, stopping the publisher fails none of them.
+TEST_F(AuditSinkTest, DrainWaitsUntilEveryEventIsSettled) {
+  StartPublisher(/*bind=*/true);
+  for (uint32_t batch_max : {0u, 64u}) {
+    AuditSink sink(publisher_.get(), exchange_, batch_max);
+    Outcomes outcomes;
+    for (int i = 0; i < 500; ++i) sink.Emit(Event(i), outcomes.Track());
+    ASSERT_TRUE(sink.Drain(kWait)) << "batch_max " << batch_max;
+    EXPECT_EQ(outcomes.ok(), 500) << "batch_max " << batch_max;  // no waiting on the dones
+    EXPECT_TRUE(sink.Drain(absl::ZeroDuration()));               // nothing left
+  }
+  publisher_->Stop();
+  size_t events = 0;
+  for (const amqp::Delivery& d : Drain()) {
+    if (d.message.type == "SyncAudit") {
+      ++events;
+    } else {
+      ess::v1::SyncAuditBatch batch;
+      ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(d.message.body, &batch).ok());
+      events += batch.events_size();
+    }
+  }
+  EXPECT_EQ(events, 1000u);
+}
+
 // A batch the broker returns (nobody bound to the exchange) fails each of its events: each done
 // hears why, and each counts as a failure.
 TEST_F(AuditSinkTest, ARefusedBatchFailsEachOfItsEvents) {
