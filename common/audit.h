@@ -34,9 +34,9 @@ namespace ess {
 
 class AuditSink {
  public:
-  // `publisher` may be null or `exchange` empty: then Emit does nothing. The publisher's
-  // callbacks use the sink: stop the publisher (Drain first) before the sink goes. `batch_max` 0 or
-  // 1: one SyncAudit message per event; more: SyncAuditBatch messages of up to that many.
+  // `publisher` may be null or `exchange` empty: then Emit does nothing. `batch_max` 0 or 1:
+  // one SyncAudit message per event; more: SyncAuditBatch messages of up to that many. The
+  // publisher's callbacks use the sink: stop the publisher (Drain first) before the sink goes.
   AuditSink(amqp::Publisher* publisher, std::string exchange, uint32_t batch_max = 0)
       : publisher_(publisher), exchange_(std::move(exchange)), batch_max_(batch_max) {}
 
