@@ -14,8 +14,11 @@
 //
 // subscribe: binds a private (exclusive, auto-delete) queue to the fanout exchange (declared if
 // missing), prints "subscribed ..." on stderr once bound, then one line per message on stdout:
-// `type=SlotConfirmed cid=VIS-77 body={...}`. Exits 0 after --count messages, 1 if
-// --timeout_s passes first (with --count 0 it runs until the timeout, then exits 0).
+// `type=SlotConfirmed cid=VIS-77 body={...}`. A SyncAuditBatch (audit events in batches,
+// bus.audit_batch_max) prints one line per event it carries, as a SyncAudit message of its own
+// would, with the batch's message id: `type=SyncAudit cid=VIS-77 batch=batch:... body={...}`.
+// Exits 0 after --count lines, 1 if --timeout_s passes first (with --count 0 it runs until the
+// timeout, then exits 0).
 //
 // depth: prints the number of ready messages of a queue.
 //
@@ -28,6 +31,7 @@
 #include <iterator>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -42,6 +46,8 @@
 #include "common/cli.h"
 #include "common/log.h"
 #include "rapidjson/document.h"
+#include "rapidjson/stringbuffer.h"
+#include "rapidjson/writer.h"
 
 ABSL_FLAG(std::string, amqp, "",
           "Broker as HOST:PORT (default: $ESS_AMQP_HOST:$ESS_AMQP_PORT, else 127.0.0.1:5672).");
@@ -54,7 +60,9 @@ ABSL_FLAG(std::string, routing_key, "", "publish --exchange: the routing key.");
 ABSL_FLAG(std::string, message_id, "",
           "publish: the AMQP message_id (none when empty: the outbound lane then derives one from "
           "the event's id and content).");
-ABSL_FLAG(int, count, 0, "subscribe: exit 0 after this many messages (0: until --timeout_s).");
+ABSL_FLAG(int, count, 0,
+          "subscribe: exit 0 after this many lines, one per message or per audit event of a "
+          "SyncAuditBatch (0: until --timeout_s).");
 ABSL_FLAG(int, timeout_s, 0, "subscribe: give up after this many seconds (0: never).");
 
 namespace {
@@ -162,6 +170,27 @@ std::string OneLine(const std::string& text) {
   return absl::StrReplaceAll(text, {{"\\", "\\\\"}, {"\n", "\\n"}, {"\r", "\\r"}});
 }
 
+// The events of a SyncAuditBatch's body as {correlation id, the event's JSON}; false when the
+// body is no such batch.
+bool AuditBatchEvents(const std::string& body,
+                      std::vector<std::pair<std::string, std::string>>* events) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject() || !doc.HasMember("events") ||
+      !doc["events"].IsArray()) {
+    return false;
+  }
+  for (const rapidjson::Value& e : doc["events"].GetArray()) {
+    rapidjson::StringBuffer json;
+    rapidjson::Writer<rapidjson::StringBuffer> w(json);
+    e.Accept(w);
+    const bool has_cid =
+        e.IsObject() && e.HasMember("correlationId") && e["correlationId"].IsString();
+    events->emplace_back(has_cid ? e["correlationId"].GetString() : "", json.GetString());
+  }
+  return true;
+}
+
 int Subscribe(const ess::amqp::ConnectionOptions& options) {
   const std::string exchange = absl::GetFlag(FLAGS_exchange);
   const int count = absl::GetFlag(FLAGS_count);
@@ -189,10 +218,20 @@ int Subscribe(const ess::amqp::ConnectionOptions& options) {
         absl::MutexLock lock(&mu);
         if (count > 0 && printed >= count) return;  // dropped with the queue on exit
         const ess::amqp::Message& m = d.message;
-        std::cout << "type=" << m.type
-                  << " cid=" << (m.correlation_id.empty() ? m.message_id : m.correlation_id)
-                  << " body=" << OneLine(m.body) << std::endl;
-        ++printed;
+        std::vector<std::pair<std::string, std::string>> events;
+        if (m.type == "SyncAuditBatch" && AuditBatchEvents(m.body, &events)) {
+          for (const auto& [cid, json] : events) {
+            if (count > 0 && printed >= count) break;
+            std::cout << "type=SyncAudit cid=" << cid << " batch=" << m.message_id
+                      << " body=" << json << std::endl;
+            ++printed;
+          }
+        } else {
+          std::cout << "type=" << m.type
+                    << " cid=" << (m.correlation_id.empty() ? m.message_id : m.correlation_id)
+                    << " body=" << OneLine(m.body) << std::endl;
+          ++printed;
+        }
         consumer_ptr->Ack(d.delivery_tag);
       });
   consumer_ptr = &consumer;

@@ -670,13 +670,20 @@ TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
 // every outcome once, in fewer messages than events when they come faster than confirms.
 TEST_F(HubTest, AuditEventsInBatchesCarryEveryOutcomeOnce) {
   audit_batch_max_ = 50;
+  constexpr int kEvents = 300;
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
   const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
   const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  // An operator's view: essbus prints one line per audit event, batched or not.
+  testing::Process essbus(
+      {testing::BinaryPath("essbus"), "--amqp", absl::StrCat(broker_.host, ":", broker_.port),
+       "subscribe", "--exchange", exchange_ + ".audit", "--count", absl::StrCat(kEvents + 1),
+       "--timeout_s", "60"},
+      dir_.File("essbus.log"));
+  ASSERT_TRUE(essbus.WaitForLog("subscribed exchange=")) << essbus.Log();
   CapturePartner partner;
   StartHub(partner.url());
-  constexpr int kEvents = 300;
   std::vector<std::pair<std::string, std::string>> events;
   for (int i = 0; i < kEvents; ++i) {
     const std::string id = absl::StrCat("AB-", i);
@@ -715,6 +722,12 @@ TEST_F(HubTest, AuditEventsInBatchesCarryEveryOutcomeOnce) {
   }
   EXPECT_EQ(seen["AB-0/DIRECTION_INBOUND/MESSAGE_STATUS_PUBLISHED"], 1);
   EXPECT_LT(messages, static_cast<size_t>(kEvents)) << "no two events shared a message";
+  ASSERT_EQ(essbus.Wait(absl::Seconds(60)), 0) << essbus.Log();
+  const std::string lines = essbus.Log();
+  std::vector<std::string> printed = absl::StrSplit(lines, "type=SyncAudit cid=");
+  EXPECT_EQ(printed.size(), static_cast<size_t>(kEvents + 2)) << lines;  // a line per event
+  EXPECT_THAT(lines, HasSubstr("type=SyncAudit cid=AB-299 batch=batch:AB-"));
+  EXPECT_THAT(lines, HasSubstr(R"(body={"correlationId":"AB-299","messageId":"AB-299")"));
   // The inbound lane's metrics count its one event and the message that carried it.
   auto scraped = http_.SendAndWait({.method = "GET", .url = Url("/metrics")});
   ASSERT_TRUE(scraped.ok());
