@@ -125,7 +125,7 @@ class AuditSinkTest : public ::testing::Test {
   }
 
   // Every message in the queue, got one by one.
-  std::vector<amqp::Delivery> Drain() {
+  std::vector<amqp::Delivery> ReadQueue() {
     std::vector<amqp::Delivery> out;
     for (auto d = admin_->Get(queue_); d.ok(); d = admin_->Get(queue_)) out.push_back(*d);
     return out;
@@ -144,7 +144,7 @@ TEST_F(AuditSinkTest, WithoutBatchingEachEventIsASyncAuditMessage) {
   for (int i = 0; i < 3; ++i) sink.Emit(Event(i), outcomes.Track());
   ASSERT_TRUE(outcomes.WaitFor(3));
   EXPECT_EQ(outcomes.ok(), 3);
-  std::vector<amqp::Delivery> got = Drain();
+  std::vector<amqp::Delivery> got = ReadQueue();
   ASSERT_EQ(got.size(), 3u);
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(got[i].message.type, "SyncAudit");
@@ -175,7 +175,7 @@ TEST_F(AuditSinkTest, EventsThatComeWhileABatchIsUnconfirmedGoTogether) {
   EXPECT_EQ(outcomes.ok(), 2 * kPerThread);
   EXPECT_EQ(sink.failures(), 0u);
 
-  std::vector<amqp::Delivery> got = Drain();
+  std::vector<amqp::Delivery> got = ReadQueue();
   std::set<std::string> ids;
   size_t events = 0;
   for (const amqp::Delivery& d : got) {
@@ -213,7 +213,7 @@ TEST_F(AuditSinkTest, AnEventAloneIsPublishedAtOnce) {
     sink.Emit(Event(i), outcomes.Track());
     ASSERT_TRUE(outcomes.WaitFor(i + 1)) << "event " << i << " waits for company";
   }
-  std::vector<amqp::Delivery> got = Drain();
+  std::vector<amqp::Delivery> got = ReadQueue();
   ASSERT_EQ(got.size(), 3u);
   for (int i = 0; i < 3; ++i) {
     ess::v1::SyncAuditBatch batch;
@@ -237,7 +237,7 @@ TEST_F(AuditSinkTest, DrainWaitsUntilEveryEventIsSettled) {
   }
   publisher_->Stop();
   size_t events = 0;
-  for (const amqp::Delivery& d : Drain()) {
+  for (const amqp::Delivery& d : ReadQueue()) {
     if (d.message.type == "SyncAudit") {
       ++events;
     } else {
