@@ -153,6 +153,20 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
   if (!batch.empty()) PublishBatch(std::move(batch));
 }
 
+void AuditSink::EmitOrWait(const ess::v1::SyncAudit& event, absl::AnyInvocable<void() &&> proceed) {
+  bool room = true;
+  if (enabled()) {
+    absl::MutexLock lock(&mu_);
+    room = unsettled_ < max_unsettled_;
+  }
+  if (room) {
+    Emit(event);
+    std::move(proceed)();
+    return;
+  }
+  Emit(event, [proceed = std::move(proceed)](absl::Status) mutable { std::move(proceed)(); });
+}
+
 std::vector<AuditSink::Pending> AuditSink::TakeBatch() {
   std::vector<Pending> batch;
   if (queued_.size() <= batch_max_) {

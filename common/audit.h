@@ -3,7 +3,8 @@
 // never payloads, so they hold no PII.
 //
 // Publishing uses the lane's Publisher: persistent, mandatory, confirmed. An audit event that
-// cannot be published is logged and counted; it never holds up or fails the sync it describes.
+// cannot be published is logged and counted; it never fails the sync it describes. A caller
+// that must not outrun the broker's confirms uses EmitOrWait (the outbound lane's acks).
 //
 // With batch_max > 1 (bus.audit_batch_max) the events go out as SyncAuditBatch messages of up
 // to batch_max events each. A batch never waits for company: an event is published at once
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -34,11 +36,19 @@ namespace ess {
 
 class AuditSink {
  public:
+  // Unsettled events beyond which EmitOrWait's callers wait: half the publisher's default
+  // max_in_flight, past which it refuses publishes.
+  static constexpr int64_t kMaxUnsettled = 4096;
+
   // `publisher` may be null or `exchange` empty: then Emit does nothing. `batch_max` 0 or 1:
   // one SyncAudit message per event; more: SyncAuditBatch messages of up to that many. The
   // publisher's callbacks use the sink: stop the publisher (Drain first) before the sink goes.
-  AuditSink(amqp::Publisher* publisher, std::string exchange, uint32_t batch_max = 0)
-      : publisher_(publisher), exchange_(std::move(exchange)), batch_max_(batch_max) {}
+  AuditSink(amqp::Publisher* publisher, std::string exchange, uint32_t batch_max = 0,
+            int64_t max_unsettled = kMaxUnsettled)
+      : publisher_(publisher),
+        exchange_(std::move(exchange)),
+        batch_max_(batch_max),
+        max_unsettled_(max_unsettled) {}
 
   bool enabled() const { return publisher_ != nullptr && !exchange_.empty(); }
 
@@ -48,6 +58,12 @@ class AuditSink {
   // the event (see Publisher::Done), or OK at once when the sink is off. Lets a caller that
   // emits many events at a time bound how many are unconfirmed.
   void Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done);
+  // As Emit(event), for a caller that holds what the event describes until it may go on (the
+  // outbound lane holds the delivery's ack): `proceed` runs at once, on this thread, while
+  // fewer than max_unsettled events are unsettled, else once this event is settled. A caller
+  // that outruns the broker's confirms is so held back by its own window (the lane's prefetch)
+  // instead of its events being refused by a publisher with no room left.
+  void EmitOrWait(const ess::v1::SyncAudit& event, absl::AnyInvocable<void() &&> proceed);
 
   // The SyncAudit of one outcome.
   static ess::v1::SyncAudit Make(ess::v1::Direction direction, std::string_view partner,
@@ -99,6 +115,7 @@ class AuditSink {
   amqp::Publisher* publisher_;
   std::string exchange_;
   const uint32_t batch_max_;
+  const int64_t max_unsettled_;
   std::atomic<uint64_t> failures_{0};
   std::atomic<uint64_t> published_{0};  // events confirmed
   std::atomic<uint64_t> messages_{0};   // publishes, settled or not

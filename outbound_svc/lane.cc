@@ -604,9 +604,8 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     std::unique_ptr<Job> owned(raw);
     if (s.ok()) {
       (dry ? p.dry_run : p.delivered).fetch_add(1, std::memory_order_relaxed);
-      Audit(p, *owned, dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED,
-            absl::OkStatus());
-      Ack(*owned);
+      AuditAndAck(p, std::move(owned),
+                  dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED);
       return;
     }
     // No ack without its record: the broker redelivers it; the lane pauses until the
@@ -732,13 +731,30 @@ ess::v1::MessageRecord Lane::MakeRecord(PartnerState& p, Job& job, MessageStatus
   return rec;
 }
 
+ess::v1::SyncAudit Lane::AuditEvent(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
+                                    const absl::Status& error) const {
+  return AuditSink::Make(ess::v1::DIRECTION_OUTBOUND, p.partner.name, job.correlation_id,
+                         job.message_id, job.event_type, status, ToStd(error.message()),
+                         job.attempt, job.received_at, status == ess::v1::MESSAGE_STATUS_DRY_RUN);
+}
+
 void Lane::Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
                  const absl::Status& error) {
   if (audit_ == nullptr || !audit_->enabled()) return;
-  audit_->Emit(AuditSink::Make(ess::v1::DIRECTION_OUTBOUND, p.partner.name, job.correlation_id,
-                               job.message_id, job.event_type, status, ToStd(error.message()),
-                               job.attempt, job.received_at,
-                               status == ess::v1::MESSAGE_STATUS_DRY_RUN));
+  audit_->Emit(AuditEvent(p, job, status, error));
+}
+
+void Lane::AuditAndAck(PartnerState& p, std::unique_ptr<Job> job, ess::v1::MessageStatus status) {
+  if (audit_ == nullptr || !audit_->enabled()) {
+    Ack(*job);
+    return;
+  }
+  const ess::v1::SyncAudit event = AuditEvent(p, *job, status, absl::OkStatus());
+  Job* raw = job.release();
+  audit_->EmitOrWait(event, [this, raw] {
+    std::unique_ptr<Job> owned(raw);
+    Ack(*owned);
+  });
 }
 
 // --- the supervisor: breaker probes and store outages -----------------------------------------

@@ -160,8 +160,14 @@ class Lane {
               const absl::Status& error, ReplayRecorder::Done done);
   ess::v1::MessageRecord MakeRecord(PartnerState& p, Job& job, ess::v1::MessageStatus status,
                                     std::string rendered, const absl::Status& error);
+  ess::v1::SyncAudit AuditEvent(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
+                                const absl::Status& error) const;
   void Audit(PartnerState& p, const Job& job, ess::v1::MessageStatus status,
              const absl::Status& error);
+  // Audits a delivery and acks it: at once while the audit publisher keeps up, else once its
+  // audit event is settled (AuditSink::EmitOrWait), so that the prefetch window holds the lane
+  // back rather than audit events being refused.
+  void AuditAndAck(PartnerState& p, std::unique_ptr<Job> job, ess::v1::MessageStatus status);
   // Frees the push's slot and, when the outcome `counts` (not a dry run), keeps the breaker's
   // books; true if the breaker just opened.
   bool NoteOutcome(PartnerState& p, bool failed, bool counts);

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/amqp.h"
 #include "common/audit.h"
@@ -247,6 +248,34 @@ TEST_F(AuditSinkTest, DrainWaitsUntilEveryEventIsSettled) {
     }
   }
   EXPECT_EQ(events, 1000u);
+}
+
+// EmitOrWait lets its caller go on at once while the publisher keeps up, and only once the
+// event is settled when too many are unsettled (the outbound lane's acks wait then).
+TEST_F(AuditSinkTest, EmitOrWaitHoldsTheCallerOnlyWhileTooManyAreUnsettled) {
+  StartPublisher(/*bind=*/true);
+  {
+    AuditSink sink(publisher_.get(), exchange_, /*batch_max=*/0);
+    std::thread::id ran_on;
+    sink.EmitOrWait(Event(0), [&] { ran_on = std::this_thread::get_id(); });
+    EXPECT_EQ(ran_on, std::this_thread::get_id()) << "room: proceed runs at once, here";
+    ASSERT_TRUE(sink.Drain(kWait));
+  }
+  for (uint32_t batch_max : {0u, 64u}) {
+    AuditSink sink(publisher_.get(), exchange_, batch_max, /*max_unsettled=*/0);
+    absl::Notification proceeded;
+    std::string metrics_then;
+    sink.EmitOrWait(Event(1), [&] {
+      metrics_then = metrics::Render(sink.Metrics());
+      proceeded.Notify();
+    });
+    ASSERT_TRUE(proceeded.WaitForNotificationWithTimeout(kWait)) << "batch_max " << batch_max;
+    // No room: proceed waited until the broker confirmed the event.
+    EXPECT_THAT(metrics_then, HasSubstr("ess_audit_events_total{outcome=\"published\"} 1\n"))
+        << "batch_max " << batch_max;
+    ASSERT_TRUE(sink.Drain(kWait));
+  }
+  EXPECT_EQ(ReadQueue().size(), 3u);
 }
 
 // A batch the broker returns (nobody bound to the exchange) fails each of its events: each done
