@@ -120,37 +120,18 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
             .message_id = std::move(message_id),
             .correlation_id = event.correlation_id(),
             .done = std::move(done)};
-  if (batch_max_ <= 1) {
-    {
-      absl::MutexLock lock(&mu_);
-      ++unsettled_;
-    }
-    amqp::Message msg;
-    msg.body = std::move(p.json);
-    msg.correlation_id = p.correlation_id;
-    msg.message_id = std::move(p.message_id);
-    msg.type = "SyncAudit";
-    messages_.fetch_add(1, std::memory_order_relaxed);
-    publisher_->Publish(exchange_, "", std::move(msg),
-                        [this, cid = std::move(p.correlation_id),
-                         done = std::move(p.done)](absl::Status s) mutable {
-                          Settle(cid, s, std::move(done));
-                          absl::MutexLock lock(&mu_);
-                          --unsettled_;
-                        });
-    return;
-  }
   std::vector<Pending> batch;
   {
     absl::MutexLock lock(&mu_);
     ++unsettled_;
     queued_.push_back(std::move(p));
-    if (batches_in_flight_ == 0 || queued_.size() >= batch_max_) {
+    // Without batches (batch_max_ 1) this is always true: every event goes at once.
+    if (publishes_in_flight_ == 0 || queued_.size() >= batch_max_) {
       batch = TakeBatch();
-      ++batches_in_flight_;
+      ++publishes_in_flight_;
     }
   }
-  if (!batch.empty()) PublishBatch(std::move(batch));
+  if (!batch.empty()) Publish(std::move(batch));
 }
 
 void AuditSink::EmitOrWait(const ess::v1::SyncAudit& event, absl::AnyInvocable<void() &&> proceed) {
@@ -179,43 +160,58 @@ std::vector<AuditSink::Pending> AuditSink::TakeBatch() {
   return batch;
 }
 
-void AuditSink::PublishBatch(std::vector<Pending> batch) {
-  std::vector<std::string> documents;
-  documents.reserve(batch.size());
-  for (Pending& p : batch) documents.push_back(std::move(p.json));
+void AuditSink::Publish(std::vector<Pending> batch) {
   amqp::Message msg;
-  msg.body = BatchJson(documents);
-  // The first event's id and how many follow it: an event is in one batch only, so no two
-  // batches share an id.
-  msg.message_id = absl::StrCat("batch:", batch.front().message_id, "+", batch.size() - 1);
-  msg.type = "SyncAuditBatch";
+  if (!batched_) {  // a batch of one, as the event's own message
+    Pending& p = batch.front();
+    msg.body = std::move(p.json);
+    msg.correlation_id = p.correlation_id;
+    msg.message_id = p.message_id;
+    msg.type = "SyncAudit";
+  } else {
+    std::vector<std::string> documents;
+    documents.reserve(batch.size());
+    for (Pending& p : batch) documents.push_back(std::move(p.json));
+    msg.body = BatchJson(documents);
+    // The first event's id and how many follow it: an event is in one batch only, so no two
+    // batches share an id.
+    msg.message_id = absl::StrCat("batch:", batch.front().message_id, "+", batch.size() - 1);
+    msg.type = "SyncAuditBatch";
+  }
   messages_.fetch_add(1, std::memory_order_relaxed);
   // `done` may run inline (Publish failed fast), so no lock is held here.
   publisher_->Publish(exchange_, "", std::move(msg),
                       [this, batch = std::move(batch)](absl::Status s) mutable {
-                        BatchSettled(std::move(batch), s);
+                        PublishSettled(std::move(batch), s);
                       });
 }
 
-void AuditSink::BatchSettled(std::vector<Pending> batch, const absl::Status& status) {
+void AuditSink::PublishSettled(std::vector<Pending> batch, const absl::Status& status) {
   for (Pending& p : batch) Settle(p.correlation_id, status, std::move(p.done));
   std::vector<Pending> next;
   {
     absl::MutexLock lock(&mu_);
     unsettled_ -= static_cast<int64_t>(batch.size());
-    --batches_in_flight_;
-    if (batches_in_flight_ == 0 && !queued_.empty()) {
+    --publishes_in_flight_;
+    if (publishes_in_flight_ == 0 && !queued_.empty()) {
       next = TakeBatch();
-      ++batches_in_flight_;
+      ++publishes_in_flight_;
     }
   }
-  if (!next.empty()) PublishBatch(std::move(next));
+  if (!next.empty()) Publish(std::move(next));
 }
 
 bool AuditSink::Drain(absl::Duration timeout) {
-  absl::MutexLock lock(&mu_);
-  auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return unsettled_ == 0; };
-  return mu_.AwaitWithTimeout(absl::Condition(&settled), timeout);
+  int64_t left;
+  {
+    absl::MutexLock lock(&mu_);
+    auto settled = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return unsettled_ == 0; };
+    if (mu_.AwaitWithTimeout(absl::Condition(&settled), timeout)) return true;
+    left = unsettled_;
+  }
+  log::Warn("", "audit events still unconfirmed; a stop now counts them as failed",
+            {{"events", absl::StrCat(left)}, {"waited", absl::FormatDuration(timeout)}});
+  return false;
 }
 
 void AuditSink::Settle(const std::string& correlation_id, const absl::Status& status,

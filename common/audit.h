@@ -18,6 +18,7 @@
 #ifndef ESS_COMMON_AUDIT_H_
 #define ESS_COMMON_AUDIT_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -47,7 +48,8 @@ class AuditSink {
             int64_t max_unsettled = kMaxUnsettled)
       : publisher_(publisher),
         exchange_(std::move(exchange)),
-        batch_max_(batch_max),
+        batch_max_(std::max<uint32_t>(batch_max, 1)),
+        batched_(batch_max > 1),
         max_unsettled_(max_unsettled) {}
 
   bool enabled() const { return publisher_ != nullptr && !exchange_.empty(); }
@@ -83,9 +85,9 @@ class AuditSink {
   static std::string BatchJson(const std::vector<std::string>& documents);
 
   // Waits until every event emitted so far is settled (its done ran: confirmed or failed), at
-  // most `timeout`; true when all are. For a clean stop, after the last Emit and before the
-  // publisher stops: a stopping publisher fails what is unconfirmed, and a batch that has not
-  // gone out yet would never go.
+  // most `timeout`; true when all are, else logs how many are not. For a clean stop, after the last
+  // Emit and before the publisher stops: a stopping publisher fails what is unconfirmed, and a
+  // batch that has not gone out yet would never go.
   bool Drain(absl::Duration timeout);
 
   // Events that could not be published (each event of a failed batch counts).
@@ -104,24 +106,25 @@ class AuditSink {
 
   // The first batch_max_ of queued_ (all when fewer); mu_ held.
   std::vector<Pending> TakeBatch() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Publishes `batch` as one SyncAuditBatch.
-  void PublishBatch(std::vector<Pending> batch);
-  // A batch's publish settled: each event's done, then what queued meanwhile goes out.
-  void BatchSettled(std::vector<Pending> batch, const absl::Status& status);
+  // Publishes `batch` as one SyncAuditBatch, or, without batches, its one event as a SyncAudit.
+  void Publish(std::vector<Pending> batch);
+  // A publish settled: each of its events' done, then what queued meanwhile goes out.
+  void PublishSettled(std::vector<Pending> batch, const absl::Status& status);
   // Runs an event's done with its publish's outcome, counting and logging a failure.
   void Settle(const std::string& correlation_id, const absl::Status& status,
               amqp::Publisher::Done done);
 
   amqp::Publisher* publisher_;
   std::string exchange_;
-  const uint32_t batch_max_;
+  const uint32_t batch_max_;  // at least 1
+  const bool batched_;        // SyncAuditBatch messages, not one SyncAudit each
   const int64_t max_unsettled_;
   std::atomic<uint64_t> failures_{0};
   std::atomic<uint64_t> published_{0};  // events confirmed
   std::atomic<uint64_t> messages_{0};   // publishes, settled or not
   absl::Mutex mu_;
-  std::vector<Pending> queued_ ABSL_GUARDED_BY(mu_);  // waiting for the batch in flight
-  int batches_in_flight_ ABSL_GUARDED_BY(mu_) = 0;    // when 0, queued_ is empty
+  std::vector<Pending> queued_ ABSL_GUARDED_BY(mu_);  // waiting for the publishes in flight
+  int publishes_in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // when 0, queued_ is empty
   int64_t unsettled_ ABSL_GUARDED_BY(mu_) = 0;        // emitted, done not yet run
 };
 

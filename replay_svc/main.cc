@@ -328,9 +328,7 @@ int main(int argc, char** argv) {
   if (drift) drift->Stop();
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
-  if (!audit.Drain(absl::Seconds(5))) {
-    ess::log::Warn("", "audit events still unconfirmed at stop are counted as failed");
-  }
+  audit.Drain(absl::Seconds(5));  // logs what is left unconfirmed
   publisher.Stop();
   replayer.Stop();  // marks the late confirms already in, before the store closes
   store->reset();
