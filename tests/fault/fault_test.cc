@@ -25,6 +25,8 @@
 #include "common/amqp.h"
 #include "common/http_client.h"
 #include "common/replay_client.h"
+#include "ess/v1/event.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "tests/integration/capture_partner.h"
 #include "tests/integration/harness.h"
 
@@ -260,6 +262,24 @@ partners:
                      testing::RequiredEnv("ESS_RABBITMQ_DIR"), " ", command, " >/dev/null 2>&1");
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
+
+  // A memory alarm on the broker, raised and cleared by the test; whatever happens, it is
+  // cleared at the end of the scope: the broker is shared with the other tests.
+  class MemoryAlarm {
+   public:
+    explicit MemoryAlarm(FaultTest* test) : test_(test) {}
+    ~MemoryAlarm() {
+      if (on_) Set(false);
+    }
+    void Set(bool raise) {
+      test_->BrokerCtl(absl::StrCat("set_vm_memory_high_watermark ", raise ? "0" : "0.4"));
+      on_ = raise;
+    }
+
+   private:
+    FaultTest* test_;
+    bool on_ = false;
+  };
 
   // Runs the broker's control tool and returns what it printed; "" if it failed.
   std::string BrokerQuery(const std::string& command) {
@@ -822,18 +842,7 @@ TEST_F(FaultTest, BrokerResourceAlarmHoldsParksWhileDeliveriesFlowAndWebhooksAre
   Publish(queue, ids);
   const std::string sub = Subscribe();
   StartInbound();
-  // Whatever happens below, the alarm is cleared: the broker is shared with the other tests.
-  struct Alarm {
-    std::function<void(const std::string&)> ctl;
-    bool on = false;
-    void Set(bool raise) {
-      ctl(absl::StrCat("set_vm_memory_high_watermark ", raise ? "0" : "0.4"));
-      on = raise;
-    }
-    ~Alarm() {
-      if (on) Set(false);
-    }
-  } alarm{[this](const std::string& command) { BrokerCtl(command); }};
+  MemoryAlarm alarm(this);
   alarm.Set(true);
   ASSERT_THAT(BrokerQuery("eval 'rabbit_alarm:get_alarms().'"), HasSubstr("memory"));
   StartOutbound();
@@ -961,6 +970,91 @@ TEST_F(FaultTest, GracefulShutdownFinishesInFlightWorkAndAcksIt) {
   Report("SIGTERM mid-flow, then a new lane", t);
   EXPECT_EQ(t.duplicated, 0u);
   EXPECT_LT(took, absl::Seconds(6));
+}
+
+// A lane stopped with SIGTERM still publishes the audit event of every delivery it finishes,
+// even while a memory alarm keeps the broker from reading its audit connection. The partner
+// holds 32 answers. Under the alarm it lets one go, whose audit event blocks the connection;
+// then the lane gets SIGTERM, and the 32 it holds then go at once, more than a batch of 8. The lane
+// holds their audit events instead of failing them, and waits for them before it stops its
+// publisher (`AuditSink::Drain`), until the alarm clears.
+TEST_F(FaultTest, GracefulShutdownPublishesTheAuditEventOfEveryDeliveryItFinished) {
+  const std::string audit_exchange = exchange_ + ".audit";
+  bus_extra_ = absl::StrCat(", audit_exchange: ", audit_exchange, ", audit_batch_max: 8");
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const std::string audit = testing::BindSubscriber(**conn, audit_exchange);
+  constexpr size_t kAnswered = 200, kInFlight = 32;  // the partner's max_in_flight
+  CapturePartner partner;
+  absl::Mutex held_mu;
+  std::vector<http::Responder> held;
+  size_t answered = 0;
+  partner.set_behaviour([&](const CapturePartner::Seen&, http::Responder r) {
+    absl::MutexLock lock(&held_mu);
+    if (answered < kAnswered) {
+      ++answered;
+      std::move(r).Send({.status = 201, .body = "{}"});
+    } else {
+      held.push_back(std::move(r));
+    }
+  });
+  const std::string queue = testing::UniqueName("drain-audit");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  Publish(queue, Ids("GA-", 1000));
+  StartOutbound();
+  auto held_count = [&] {
+    absl::MutexLock lock(&held_mu);
+    return held.size();
+  };
+  ASSERT_TRUE(WaitFor([&] { return held_count() == kInFlight; }, absl::Seconds(30)))
+      << held_count() << " requests held";
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == kAnswered; }, absl::Seconds(10)));
+  MemoryAlarm alarm(this);
+  alarm.Set(true);
+  auto release = [&](size_t n) {
+    absl::MutexLock lock(&held_mu);
+    for (size_t i = 0; i < n; ++i) std::move(held[i]).Send({.status = 201, .body = "{}"});
+    held.erase(held.begin(), held.begin() + n);
+  };
+  release(1);
+  ASSERT_TRUE(outbound_->WaitForLog(
+      "blocks the connection (resource alarm)\" role=publisher connection=outbound_svc-audit"))
+      << outbound_->Log();
+  // The lane fills the slot again before it stops taking deliveries: 32 are held at SIGTERM.
+  ASSERT_TRUE(WaitFor([&] { return held_count() == kInFlight; }, absl::Seconds(10)));
+  ASSERT_EQ(kill(outbound_->pid(), SIGTERM), 0);
+  ASSERT_TRUE(outbound_->WaitForLog("msg=stopping", absl::Seconds(10))) << outbound_->Log();
+  release(kInFlight);
+  constexpr size_t kDelivered = kAnswered + 1 + kInFlight;
+  // The replay store is no broker client: the deliveries finish and are recorded.
+  ASSERT_TRUE(WaitFor([&] { return Delivered("calendar") == kDelivered; }, absl::Seconds(10)));
+  absl::SleepFor(absl::Milliseconds(500));  // the lane waits in Drain meanwhile
+  alarm.Set(false);
+  ASSERT_EQ(outbound_->Wait(absl::Seconds(20)), 0);
+  EXPECT_EQ(Depth(queue), 1000 - kDelivered);
+  // The lane has exited: every audit event it had confirmed is on the queue by now.
+  std::map<std::string, int> audited;  // correlation id -> DELIVERED audit events
+  size_t events = 0;
+  for (auto d = (*conn)->Get(audit); d.ok(); d = (*conn)->Get(audit)) {
+    ASSERT_EQ(d->message.type, "SyncAuditBatch");
+    ess::v1::SyncAuditBatch batch;
+    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(d->message.body, &batch).ok())
+        << d->message.body;
+    for (const ess::v1::SyncAudit& e : batch.events()) {
+      ++events;
+      if (e.status() == ess::v1::MESSAGE_STATUS_DELIVERED) ++audited[e.correlation_id()];
+    }
+  }
+  Tally t;  // of audit events
+  t.lost = kDelivered - std::min(audited.size(), kDelivered);
+  t.duplicated = events - audited.size();
+  Report("SIGTERM under a memory alarm, audit events", t);
+  EXPECT_EQ(events, kDelivered);
+  EXPECT_EQ(audited.size(), kDelivered);
+  for (const auto& [id, n] : audited) EXPECT_EQ(n, 1) << id;
+  EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("audit event")));  // none failed
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
 }
 
 }  // namespace
