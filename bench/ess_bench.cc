@@ -1445,6 +1445,7 @@ void Bench::Inbound() {
     if (auto conn = amqp::Connection::Open({.host = broker_.host, .port = broker_.port});
         conn.ok()) {
       (void)(*conn)->Purge(kSinkQueue);
+      if (s_.audit) (void)(*conn)->Purge(kAuditQueue);
     }
     const std::string prefix = absl::StrCat("W", getpid(), "c", connections);
     const std::string signatures = s_.signer ? SignWebhooks(prefix, s_.duration) : "";
@@ -1490,6 +1491,16 @@ void Bench::Inbound() {
                            " recorded PUBLISHED"));
     }
     published_before = published;
+    if (s_.audit) {
+      // At least one audit event per 2xx (a PUBLISHED one; a refused webhook has its own too).
+      const AuditCount audited = CountAuditEvents(static_cast<uint64_t>(ok));
+      sc.Set("audit_events", static_cast<double>(audited.events));
+      sc.Set("audit_messages", static_cast<double>(audited.messages));
+      if (!audited.error.empty()) sc.Fail(audited.error);
+      if (static_cast<double>(audited.events) < ok) {
+        sc.Fail(absl::StrCat(audited.events, " audit events for ", ok, " webhooks answered 2xx"));
+      }
+    }
     Say(absl::StrCat("  ", Grouped(run_rate), " webhooks/s at ", connections, " connections; p99 ",
                      JsonNumber(*r, "p99") / 1e3, " ms; ", on_bus, " on the bus for ", ok, " 2xx"));
   }

@@ -188,7 +188,8 @@ TEST(BenchSmokeTest, TheBaselinesPassTheirChecks) {
 // audit events. --quorum_queues declares every queue of the run as one, the lanes' own too,
 // and the lanes declare theirs with the same arguments (a difference would be
 // PRECONDITION_FAILED and fail the scenario); --audit adds an audit exchange with a queue
-// bound, which must get one event per delivered event. The same checks as the classic run:
+// bound, which must get one event per delivered event and at least one per webhook answered
+// 2xx. The same checks as the classic run:
 // every event delivered once and recorded, every 2xx webhook on the bus, every replayed record
 // on the partner's queue.
 TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
@@ -217,6 +218,9 @@ TEST(BenchSmokeTest, ProductionsQueuesAndAuditRunPassesItsChecks) {
   EXPECT_EQ(out["duplicates"].GetDouble(), 0);
   EXPECT_EQ(out["records_delivered"].GetDouble(), 2000);
   EXPECT_EQ(out["audit_events"].GetDouble(), 2000);  // --audit: one per delivered event
+  const auto& in = scenarios["inbound"];             // and at least one per webhook answered 2xx
+  EXPECT_GT(in["ok"].GetDouble(), 0);
+  EXPECT_GE(in["audit_events"].GetDouble(), in["ok"].GetDouble());
   EXPECT_EQ(scenarios["broker_consume"]["messages"].GetDouble(),
             scenarios["broker_publish"]["messages"].GetDouble());
   EXPECT_EQ(doc["settings"]["quorum_queues"].GetDouble(), 1);
