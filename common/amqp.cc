@@ -1301,6 +1301,7 @@ struct Publisher::Impl : public SessionLoop {
     std::string routing_key;
     Message message;
     Done done;
+    bool hold_while_blocked = false;
   };
   using Tracker = ConfirmTracker<Done>;
 
@@ -1318,6 +1319,9 @@ struct Publisher::Impl : public SessionLoop {
   // Owned by the loop (or by Start before the thread exists).
   Tracker tracker;
   std::vector<Request> batch;
+  // Publishes that came while the broker blocked the connection and wait for it to clear, in
+  // their order (those of Publish(..., kHold) on a publisher that fails the others fast).
+  std::vector<Request> held;
 
   void Complete(Done done, absl::Status status) {
     in_flight.fetch_sub(1, std::memory_order_relaxed);
@@ -1333,7 +1337,7 @@ struct Publisher::Impl : public SessionLoop {
         fail = absl::UnavailableError("amqp publisher not running");
       } else if (!connected()) {
         fail = absl::UnavailableError("not connected to the amqp broker");
-      } else if (blocked.load(std::memory_order_relaxed) && !options.hold_while_blocked) {
+      } else if (blocked.load(std::memory_order_relaxed) && !r.hold_while_blocked) {
         fail = absl::UnavailableError(kBlocked);
       } else if (in_flight.load(std::memory_order_relaxed) >= options.max_in_flight) {
         fail = absl::ResourceExhaustedError(
@@ -1353,6 +1357,8 @@ struct Publisher::Impl : public SessionLoop {
   }
 
   void FailRequests(const absl::Status& why) {
+    for (Request& r : held) Complete(std::move(r.done), why);
+    held.clear();
     batch.clear();
     {
       absl::MutexLock lock(&mu_);
@@ -1406,15 +1412,25 @@ struct Publisher::Impl : public SessionLoop {
   absl::Status SendRequests() {
     if (blocked && options.hold_while_blocked) return absl::OkStatus();
     batch.clear();
+    if (!blocked && !held.empty()) batch.swap(held);  // the alarm cleared: they go first
     {
       absl::MutexLock lock(&mu_);
-      batch.swap(requests);
+      if (batch.empty()) {
+        batch.swap(requests);
+      } else {
+        std::move(requests.begin(), requests.end(), std::back_inserter(batch));
+        requests.clear();
+      }
     }
     absl::Status status;
     Cork cork(session_->fd(), batch.size() > 1);
     for (Request& r : batch) {
       if (blocked) {
-        Complete(std::move(r.done), absl::UnavailableError(kBlocked));
+        if (r.hold_while_blocked) {
+          held.push_back(std::move(r));
+        } else {
+          Complete(std::move(r.done), absl::UnavailableError(kBlocked));
+        }
         continue;
       }
       if (!status.ok()) {
@@ -1467,11 +1483,14 @@ absl::Status Publisher::Start() { return impl_->Start(); }
 // Publish() fails inline from here on, so the loop's final sweep completes every request.
 void Publisher::Stop() { impl_->Stop(); }
 
-void Publisher::Publish(std::string exchange, std::string routing_key, Message message, Done done) {
+void Publisher::Publish(std::string exchange, std::string routing_key, Message message, Done done,
+                        WhileBlocked while_blocked) {
   impl_->Enqueue(Impl::Request{.exchange = std::move(exchange),
                                .routing_key = std::move(routing_key),
                                .message = std::move(message),
-                               .done = std::move(done)});
+                               .done = std::move(done),
+                               .hold_while_blocked = impl_->options.hold_while_blocked ||
+                                                     while_blocked == WhileBlocked::kHold});
 }
 
 bool Publisher::connected() const { return impl_->connected(); }

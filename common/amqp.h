@@ -218,9 +218,13 @@ class Publisher {
   // if the broker nacked or the connection was lost before the confirm; FAILED_PRECONDITION
   // "unroutable: exchange=... routing_key=..." if the message was returned (mandatory).
   // When Publish fails fast (not started or stopped, not connected, or the broker blocks
-  // publishing during a resource alarm and hold_while_blocked is off: UNAVAILABLE;
+  // publishing during a resource alarm and the publish is not held: UNAVAILABLE;
   // max_in_flight reached: RESOURCE_EXHAUSTED) `done` runs inline, on the caller's thread.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
+  // What one publish does while the broker blocks publishing: what Options::hold_while_blocked
+  // says, or wait for the alarm to clear whatever it says (a publisher's audit events, which
+  // share it with publishes that must fail fast).
+  enum class WhileBlocked { kAsConfigured, kHold };
 
   explicit Publisher(Options options);
   ~Publisher();  // Stop()
@@ -231,7 +235,8 @@ class Publisher {
   absl::Status Start();
   void Stop();  // fails every pending publish with UNAVAILABLE
   // Thread-safe. Persistent, mandatory.
-  void Publish(std::string exchange, std::string routing_key, Message message, Done done);
+  void Publish(std::string exchange, std::string routing_key, Message message, Done done,
+               WhileBlocked while_blocked = WhileBlocked::kAsConfigured);
   bool connected() const;
 
  private:

@@ -179,11 +179,15 @@ void AuditSink::Publish(std::vector<Pending> batch) {
     msg.type = "SyncAuditBatch";
   }
   messages_.fetch_add(1, std::memory_order_relaxed);
-  // `done` may run inline (Publish failed fast), so no lock is held here.
-  publisher_->Publish(exchange_, "", std::move(msg),
-                      [this, batch = std::move(batch)](absl::Status s) mutable {
-                        PublishSettled(std::move(batch), s);
-                      });
+  // `done` may run inline (Publish failed fast), so no lock is held here. During a broker's
+  // resource alarm the publish waits for it to clear, even on a publisher whose other
+  // publishes fail fast (the inbound lane's webhooks): the sync it tells of happened.
+  publisher_->Publish(
+      exchange_, "", std::move(msg),
+      [this, batch = std::move(batch)](absl::Status s) mutable {
+        PublishSettled(std::move(batch), s);
+      },
+      amqp::Publisher::WhileBlocked::kHold);
 }
 
 void AuditSink::PublishSettled(std::vector<Pending> batch, const absl::Status& status) {

@@ -74,15 +74,14 @@ int main(int argc, char** argv) {
   // The lane publishes moves and the confirmations that partners' answers carry (SOAP) on a
   // connection of its own; the audit events, when an audit exchange is configured, on another.
   // The deliveries go on during a broker's resource alarm (the consumer's connection does not
-  // publish), so their audit events wait for it to clear instead of failing; the lane's acks
-  // wait for them once too many are unsettled (AuditSink::EmitOrWait).
+  // publish); their audit events wait for it to clear (AuditSink holds its publishes), and the
+  // lane's acks wait for them once too many are unsettled (AuditSink::EmitOrWait).
   const std::string& audit_exchange = config->bus().audit_exchange();
   std::unique_ptr<ess::amqp::Publisher> audit_publisher;
   if (!audit_exchange.empty()) {
     audit_publisher = std::make_unique<ess::amqp::Publisher>(ess::amqp::Publisher::Options{
         .connection = ess::BusOptions(config->bus(), "outbound_svc-audit"),
-        .topology = {.exchanges = {{.name = audit_exchange, .type = "fanout"}}},
-        .hold_while_blocked = true});
+        .topology = {.exchanges = {{.name = audit_exchange, .type = "fanout"}}}});
     if (absl::Status s = audit_publisher->Start(); !s.ok()) {
       ess::log::Warn("", "event bus not reachable yet", {{"error", std::string(s.message())}});
     }

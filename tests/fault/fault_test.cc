@@ -222,6 +222,35 @@ partners:
     return seen;
   }
 
+  // The partner's call to the inbound lane's /webhook/prison route for `id`, with its
+  // webhook-id.
+  http::Request Webhook(const std::string& id, absl::Duration timeout) const {
+    return {.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
+            .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-" + id}},
+            .body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"),
+            .timeout = timeout};
+  }
+
+  // Every audit event in `queue` (drained), whether each came alone (SyncAudit) or in a
+  // SyncAuditBatch.
+  std::vector<ess::v1::SyncAudit> AuditEvents(const std::string& queue) {
+    std::vector<ess::v1::SyncAudit> events;
+    auto conn = amqp::Connection::Open(broker_);
+    EXPECT_TRUE(conn.ok());
+    if (!conn.ok()) return events;
+    for (auto d = (*conn)->Get(queue); d.ok(); d = (*conn)->Get(queue)) {
+      ess::v1::SyncAuditBatch batch;
+      const bool alone = d->message.type == "SyncAudit";
+      EXPECT_TRUE(alone || d->message.type == "SyncAuditBatch") << d->message.type;
+      google::protobuf::Message* into = &batch;
+      if (alone) into = batch.add_events();
+      const auto parsed = google::protobuf::util::JsonStringToMessage(d->message.body, into);
+      EXPECT_TRUE(parsed.ok()) << parsed.ToString() << ": " << d->message.body;
+      for (ess::v1::SyncAudit& e : *batch.mutable_events()) events.push_back(std::move(e));
+    }
+    return events;
+  }
+
   ess::v1::MessageRecord Record(const std::string& partner, const std::string& id) {
     grpc::ClientContext ctx;
     ess::v1::GetRequest req;
@@ -330,12 +359,9 @@ partners:
             id = ids[next++];
           }
           while (absl::Now() < deadline) {
-            auto r = client.SendAndWait(
-                {.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
-                 .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-" + id}},
-                 .body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"),
-                 .timeout = absl::Seconds(5),
-                 .connect_timeout = absl::Milliseconds(500)});
+            http::Request request = Webhook(id, absl::Seconds(5));
+            request.connect_timeout = absl::Milliseconds(500);
+            auto r = client.SendAndWait(std::move(request));
             if (r.ok() && r->status / 100 == 2) {
               absl::MutexLock lock(&mu);
               acked.insert(id);
@@ -859,11 +885,7 @@ TEST_F(FaultTest, BrokerResourceAlarmHoldsParksWhileDeliveriesFlowAndWebhooksAre
   // publish waits for the alarm to clear (the partner's client gives up); from then on the lane
   // knows, and answers 503 at once.
   auto webhook = [&](const std::string& id, absl::Duration timeout) {
-    return http_.SendAndWait(
-        {.url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/webhook/prison"),
-         .headers = {{"Content-Type", "application/json"}, {"webhook-id", "wh-" + id}},
-         .body = absl::StrCat(R"({"id":")", id, R"(","status":"confirmed"})"),
-         .timeout = timeout});
+    return http_.SendAndWait(Webhook(id, timeout));
   };
   auto first = webhook("ALARM-1", absl::Seconds(1));
   EXPECT_EQ(first.status().code(), absl::StatusCode::kDeadlineExceeded) << first.status();
@@ -1035,26 +1057,90 @@ TEST_F(FaultTest, GracefulShutdownPublishesTheAuditEventOfEveryDeliveryItFinishe
   EXPECT_EQ(Depth(queue), 1000 - kDelivered);
   // The lane has exited: every audit event it had confirmed is on the queue by now.
   std::map<std::string, int> audited;  // correlation id -> DELIVERED audit events
-  size_t events = 0;
-  for (auto d = (*conn)->Get(audit); d.ok(); d = (*conn)->Get(audit)) {
-    ASSERT_EQ(d->message.type, "SyncAuditBatch");
-    ess::v1::SyncAuditBatch batch;
-    ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(d->message.body, &batch).ok())
-        << d->message.body;
-    for (const ess::v1::SyncAudit& e : batch.events()) {
-      ++events;
-      if (e.status() == ess::v1::MESSAGE_STATUS_DELIVERED) ++audited[e.correlation_id()];
-    }
+  const std::vector<ess::v1::SyncAudit> events = AuditEvents(audit);
+  for (const ess::v1::SyncAudit& e : events) {
+    if (e.status() == ess::v1::MESSAGE_STATUS_DELIVERED) ++audited[e.correlation_id()];
   }
   Tally t;  // of audit events
   t.lost = kDelivered - std::min(audited.size(), kDelivered);
-  t.duplicated = events - audited.size();
+  t.duplicated = events.size() - audited.size();
   Report("SIGTERM under a memory alarm, audit events", t);
-  EXPECT_EQ(events, kDelivered);
+  EXPECT_EQ(events.size(), kDelivered);
   EXPECT_EQ(audited.size(), kDelivered);
   for (const auto& [id, n] : audited) EXPECT_EQ(n, 1) << id;
   EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("audit event")));  // none failed
   ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+}
+
+// The inbound lane's audit events share its publisher with the webhooks' events, which fail
+// fast during a broker's resource alarm (the partner gets 503 and retries). Its audit events wait
+// for the alarm to clear instead, so the refusal of a webhook during the alarm is audited too.
+TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
+  const std::string audit_exchange = exchange_ + ".audit";
+  bus_extra_ = absl::StrCat(", audit_exchange: ", audit_exchange);
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const std::string audit = testing::BindSubscriber(**conn, audit_exchange);
+  CapturePartner partner;
+  WriteConfig({{.name = "calendar", .url = partner.url(), .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  const std::string sub = Subscribe();
+  StartInbound();
+  auto webhook = [&](const std::string& id, absl::Duration timeout) {
+    return http_.SendAndWait(Webhook(id, timeout));
+  };
+  auto before = webhook("AUD-1", absl::Seconds(10));
+  ASSERT_TRUE(before.ok()) << before.status();
+  ASSERT_EQ(before->status, 200);
+  std::vector<ess::v1::SyncAudit> events;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
+        return !events.empty();
+      },
+      absl::Seconds(10)));
+  MemoryAlarm alarm(this);
+  alarm.Set(true);
+  // The first publish under the alarm waits for it (the partner's client gives up); from then
+  // on the lane knows, and answers 503 at once.
+  auto first = webhook("AUD-2", absl::Seconds(1));
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kDeadlineExceeded) << first.status();
+  ASSERT_TRUE(inbound_->WaitForLog("blocks the connection", absl::Seconds(10))) << inbound_->Log();
+  auto refused = webhook("AUD-3", absl::Seconds(10));
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  ASSERT_EQ(refused->status, 503) << refused->body;
+  absl::SleepFor(absl::Milliseconds(300));  // the refusal's audit event waits meanwhile
+  for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
+  EXPECT_EQ(events.size(), 1u) << "published during the alarm";
+  alarm.Set(false);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
+        return events.size() >= 3;
+      },
+      absl::Seconds(10)))
+      << events.size() << " audit events\n"
+      << inbound_->Log();
+  absl::SleepFor(absl::Milliseconds(200));  // a fourth would be there by now
+  for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
+  std::map<std::string, std::string> outcome;  // correlation id -> status
+  for (const ess::v1::SyncAudit& e : events) {
+    EXPECT_EQ(e.direction(), ess::v1::DIRECTION_INBOUND);
+    outcome[e.correlation_id()] += ess::v1::MessageStatus_Name(e.status());
+  }
+  EXPECT_EQ(outcome, (std::map<std::string, std::string>{
+                         {"AUD-1", "MESSAGE_STATUS_PUBLISHED"},
+                         {"AUD-2", "MESSAGE_STATUS_PUBLISHED"},  // once the alarm cleared
+                         {"AUD-3", "MESSAGE_STATUS_FAILED"},
+                     }));
+  for (const ess::v1::SyncAudit& e : events) {
+    if (e.correlation_id() == "AUD-3") {
+      EXPECT_THAT(e.error(), HasSubstr("alarm")) << e.ShortDebugString();
+    }
+  }
+  EXPECT_THAT(inbound_->Log(), ::testing::Not(HasSubstr("audit event not published")));
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
 }  // namespace
