@@ -222,6 +222,8 @@ partners:
     return seen;
   }
 
+  void WebhooksAuditedAcrossAnAlarm(bool stop_during_it);
+
   // The partner's call to the inbound lane's /webhook/prison route for `id`, with its
   // webhook-id.
   http::Request Webhook(const std::string& id, absl::Duration timeout) const {
@@ -1072,10 +1074,10 @@ TEST_F(FaultTest, GracefulShutdownPublishesTheAuditEventOfEveryDeliveryItFinishe
   ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
 }
 
-// The inbound lane's audit events share its publisher with the webhooks' events, which fail
-// fast during a broker's resource alarm (the partner gets 503 and retries). Its audit events wait
-// for the alarm to clear instead, so the refusal of a webhook during the alarm is audited too.
-TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
+// Webhooks before and during a memory alarm (the first one then waits, the next is refused
+// with 503), the alarm cleared, optionally with SIGTERM to the lane meanwhile: each webhook is
+// audited once, with its outcome.
+void FaultTest::WebhooksAuditedAcrossAnAlarm(bool stop_during_it) {
   const std::string audit_exchange = exchange_ + ".audit";
   bus_extra_ = absl::StrCat(", audit_exchange: ", audit_exchange);
   auto conn = amqp::Connection::Open(broker_);
@@ -1112,7 +1114,16 @@ TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
   absl::SleepFor(absl::Milliseconds(300));  // the refusal's audit event waits meanwhile
   for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
   EXPECT_EQ(events.size(), 1u) << "published during the alarm";
+  if (stop_during_it) {
+    ASSERT_EQ(kill(inbound_->pid(), SIGTERM), 0);
+    ASSERT_TRUE(inbound_->WaitForLog("msg=stopping", absl::Seconds(10))) << inbound_->Log();
+    absl::SleepFor(absl::Milliseconds(300));
+    ASSERT_TRUE(inbound_->Running()) << "stopped with AUD-2 unanswered\n" << inbound_->Log();
+  }
   alarm.Set(false);
+  if (stop_during_it) {
+    ASSERT_EQ(inbound_->Wait(absl::Seconds(20)), 0) << inbound_->Log();
+  }
   ASSERT_TRUE(WaitFor(
       [&] {
         for (auto& e : AuditEvents(audit)) events.push_back(std::move(e));
@@ -1141,6 +1152,19 @@ TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
   EXPECT_THAT(inbound_->Log(), ::testing::Not(HasSubstr("audit event not published")));
   ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// The inbound lane's audit events share its publisher with the webhooks' events, which fail
+// fast during a broker's resource alarm (the partner gets 503 and retries). Its audit events wait
+// for the alarm to clear instead, so the refusal of a webhook during the alarm is audited too.
+TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
+  WebhooksAuditedAcrossAnAlarm(/*stop_during_it=*/false);
+}
+
+// The same with SIGTERM during the alarm: the lane stays up until the webhook whose publish
+// waits for the alarm is answered, once it clears, and no audit event is lost to the stop.
+TEST_F(FaultTest, AnInboundLaneStoppedDuringAnAlarmStillPublishesItsAuditEvents) {
+  WebhooksAuditedAcrossAnAlarm(/*stop_during_it=*/true);
 }
 
 }  // namespace
