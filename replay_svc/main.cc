@@ -328,9 +328,12 @@ int main(int argc, char** argv) {
   if (drift) drift->Stop();
   (*server)->Shutdown(kShutdownGrace);
   server->reset();
-  audit.Drain(absl::Seconds(5));  // logs what is left unconfirmed
+  // A replay the broker confirms after its call answered is marked then: its confirm gets a
+  // moment still, and the marks their audit events, before the publisher goes.
+  replayer.Drain(absl::Seconds(5));  // logs what is left unconfirmed
+  replayer.Stop();                   // marks the late confirms, before the store closes
+  audit.Drain(absl::Seconds(5));
   publisher.Stop();
-  replayer.Stop();  // marks the late confirms already in, before the store closes
   store->reset();
   ess::log::Info("", "stopped");
   return 0;

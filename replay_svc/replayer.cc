@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -41,6 +42,30 @@ class Replayer::LateMarks {
     return true;
   }
 
+  // Around each publish: Sent before it, Answered once its confirm (or failure) was handled.
+  void Sent() {
+    absl::MutexLock lock(&mu_);
+    ++unanswered_;
+  }
+  void Answered() {
+    absl::MutexLock lock(&mu_);
+    --unanswered_;
+  }
+
+  // Waits up to `timeout` for every publish to be answered; false (and logged) if some are not.
+  bool Drain(absl::Duration timeout) {
+    size_t left;
+    {
+      absl::MutexLock lock(&mu_);
+      auto answered = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return unanswered_ == 0; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&answered), timeout)) return true;
+      left = unanswered_;
+    }
+    ess::log::Warn("", "replays still unconfirmed; their records stay as they were",
+                   {{"publishes", absl::StrCat(left)}, {"waited", absl::FormatDuration(timeout)}});
+    return false;
+  }
+
   // Settles what is queued, then joins. Idempotent.
   void Stop() {
     {
@@ -72,6 +97,7 @@ class Replayer::LateMarks {
   absl::Mutex mu_;
   std::deque<Confirmed> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;  // publishes of every call
   std::thread thread_;
 };
 
@@ -106,6 +132,8 @@ Replayer::Replayer(Options options, PublishFn publish, AuditSink* audit)
       late_(std::make_shared<LateMarks>(this)) {}
 
 Replayer::~Replayer() { Stop(); }
+
+bool Replayer::Drain(absl::Duration timeout) { return late_->Drain(timeout); }
 
 void Replayer::Stop() { late_->Stop(); }
 
@@ -190,8 +218,10 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
       ++confirms->pending;
     }
     published.push_back(i);
+    late_->Sent();
     publish_(std::move(target->exchange), std::move(target->routing_key), std::move(msg),
              [confirms, i, late = late_](absl::Status s) {
+               absl::Cleanup answered = [&late] { late->Answered(); };
                std::optional<Confirmed> late_one;
                {
                  absl::MutexLock lock(&confirms->mu);

@@ -78,6 +78,10 @@ class Replayer {
   Replayer(const Replayer&) = delete;
   Replayer& operator=(const Replayer&) = delete;
 
+  // Waits up to `timeout` for the confirms of every publish of past calls, those a call gave up
+  // waiting for included (they are marked at Stop()); false, and logged, if some are still out.
+  // For a clean stop: a replay confirmed after it is published but never marked.
+  bool Drain(absl::Duration timeout);
   // Marks the late confirms already in, then stops marking: a confirm after it is only logged.
   // Call it before the stores of past calls go away. Idempotent.
   void Stop();

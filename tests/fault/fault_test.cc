@@ -12,6 +12,7 @@
 #include <signal.h>
 
 #include <map>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -223,6 +224,23 @@ partners:
   }
 
   void WebhooksAuditedAcrossAnAlarm(bool stop_during_it);
+
+  // essctl's command line that replays every DEAD record of the partner "calendar", each
+  // call waiting up to `timeout`.
+  std::vector<std::string> ReplayDeadCommand(const std::string& timeout) const {
+    return {BinaryPath("essctl"),
+            "--addr",
+            absl::StrCat("127.0.0.1:", replay_port_),
+            "--timeout",
+            timeout,
+            "replay",
+            "--partner",
+            "calendar",
+            "--status",
+            "dead",
+            "--reason",
+            "fault test"};
+  }
 
   // The partner's call to the inbound lane's /webhook/prison route for `id`, with its
   // webhook-id.
@@ -758,18 +776,7 @@ TEST_F(FaultTest, ReplayStoreKilledMidReplayLosesNothingAndASecondReplayFinishes
   const size_t refused = partner.count();
 
   // Ops replay them all; the store is killed as soon as the first replayed ones are settled.
-  const std::vector<std::string> replay = {BinaryPath("essctl"),
-                                           "--addr",
-                                           absl::StrCat("127.0.0.1:", replay_port_),
-                                           "--timeout",
-                                           "30s",
-                                           "replay",
-                                           "--partner",
-                                           "calendar",
-                                           "--status",
-                                           "dead",
-                                           "--reason",
-                                           "fault test"};
+  const std::vector<std::string> replay = ReplayDeadCommand("30s");
   auto essctl = std::make_unique<Process>(replay, dir_.File("essctl1.log"));
   uint64_t left = kEvents;
   ASSERT_TRUE(
@@ -1165,6 +1172,60 @@ TEST_F(FaultTest, AuditEventsOfWebhooksDuringAnAlarmArePublishedOnceItClears) {
 // waits for the alarm is answered, once it clears, and no audit event is lost to the stop.
 TEST_F(FaultTest, AnInboundLaneStoppedDuringAnAlarmStillPublishesItsAuditEvents) {
   WebhooksAuditedAcrossAnAlarm(/*stop_during_it=*/true);
+}
+
+// A replay the broker confirms only after its call answered (a memory alarm holds the store's
+// publishes) is marked when the confirm comes. replay_svc stopped meanwhile waits for it, so the
+// records are marked before it exits, and a second replay publishes none of them again. (The
+// broker tells the store's connection it is blocked once it reads its first publish: the ones
+// the store sends before it knows stay unconfirmed, the later ones fail at once and stay DEAD.)
+TEST_F(FaultTest, AStoreStoppedBeforeItsReplaysAreConfirmedStillMarksThem) {
+  constexpr int kEvents = 20;
+  CapturePartner partner;
+  partner.set_status(422);  // refused: every event parked and recorded DEAD
+  const std::string queue = testing::UniqueName("replayalarm");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  Publish(queue, Ids("RA-", kEvents));
+  StartOutbound();
+  auto dead = [&] { return OutboundStats("calendar").dead(); };
+  ASSERT_TRUE(WaitFor([&] { return dead() == kEvents; }, absl::Seconds(60))) << dead();
+  ASSERT_EQ(outbound_->Stop(), 0);  // the replayed events stay in the queue, to be counted
+  ASSERT_EQ(Depth(queue), 0u);
+
+  MemoryAlarm alarm(this);
+  alarm.Set(true);
+  const std::vector<std::string> replay = ReplayDeadCommand("3s");
+  testing::ToolRun first = testing::RunTool(replay, dir_.File("essctl1.log"));
+  EXPECT_EQ(first.exit_code, 1) << first.output;
+  std::smatch counts;
+  ASSERT_TRUE(std::regex_search(first.output, counts,
+                                std::regex(R"(failed (\d+), unconfirmed (\d+) \(published;)")))
+      << first.output;
+  const int failed = std::stoi(counts[1]), unconfirmed = std::stoi(counts[2]);
+  EXPECT_EQ(failed + unconfirmed, kEvents);
+  EXPECT_GE(unconfirmed, 1);
+  EXPECT_EQ(dead(), kEvents);  // none marked before its confirm
+  ASSERT_EQ(kill(replay_->pid(), SIGTERM), 0);
+  ASSERT_TRUE(replay_->WaitForLog("msg=stopping", absl::Seconds(10))) << replay_->Log();
+  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE(replay_->Running()) << "stopped with its replays unconfirmed\n" << replay_->Log();
+  alarm.Set(false);
+  ASSERT_EQ(replay_->Wait(absl::Seconds(20)), 0) << replay_->Log();
+  EXPECT_THAT(replay_->Log(), HasSubstr("replayed (confirmed after the call answered)"));
+  EXPECT_THAT(replay_->Log(), ::testing::Not(HasSubstr("stay as they were")));
+
+  StartReplay();                                     // same database
+  EXPECT_EQ(dead(), static_cast<uint64_t>(failed));  // the unconfirmed ones were marked
+  testing::ToolRun second = testing::RunTool(replay, dir_.File("essctl2.log"));
+  EXPECT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_THAT(second.output, HasSubstr(absl::StrCat("(replayed ", failed, ",")));
+  Tally t;
+  const uint32_t queued = Depth(queue);
+  t.lost = kEvents - std::min<uint32_t>(queued, kEvents);
+  t.duplicated = queued - std::min<uint32_t>(queued, kEvents);
+  Report("replay_svc stopped before its replays were confirmed (memory alarm)", t);
+  EXPECT_EQ(queued, static_cast<uint32_t>(kEvents));  // each once
 }
 
 }  // namespace

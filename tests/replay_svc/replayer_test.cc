@@ -9,6 +9,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -357,6 +358,27 @@ TEST_P(ReplayerTest, APublishRefusedAfterTheCallAnsweredLeavesItsRecord) {
   bus_.Release(absl::UnavailableError("the broker refused it"));
   replayer.Stop();  // whatever was queued is marked by now
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
+}
+
+// Drain waits for the confirms a call gave up waiting for, and Stop then marks them: what
+// replay_svc does on SIGTERM.
+TEST_P(ReplayerTest, DrainWaitsForTheConfirmsOfPastCallsAndStopMarksThem) {
+  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-slow", kDead)});
+  bus_.Hold("m-slow");
+  Replayer replayer(ImpatientOptions(), bus_.Fn(), nullptr);
+  ess::v1::ReplayResponse r = replayer.Replay(
+      Candidates({{kOut, "prison", "m-1"}, {kOut, "prison", "m-slow"}}), {.reason = "x"}, *store_);
+  EXPECT_EQ(r.unconfirmed(), 1u);
+  EXPECT_FALSE(replayer.Drain(absl::Milliseconds(50)));  // m-slow is still out
+  std::thread confirm([this] {
+    absl::SleepFor(absl::Milliseconds(100));
+    bus_.Release();
+  });
+  EXPECT_TRUE(replayer.Drain(absl::Seconds(10)));
+  confirm.join();
+  replayer.Stop();
+  EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_TRUE(replayer.Drain(absl::ZeroDuration()));  // nothing out
 }
 
 // A confirm after Stop (replay_svc shutting down) changes nothing and breaks nothing.
