@@ -96,6 +96,7 @@ class AuditSinkTest : public ::testing::Test {
 
   void TearDown() override {
     if (publisher_) publisher_->Stop();
+    sinks_.clear();  // after the publisher's thread, which runs their callbacks, has stopped
     if (bound_) {
       EXPECT_TRUE(admin_->DeleteQueue(queue_).ok());
     }
@@ -125,6 +126,14 @@ class AuditSinkTest : public ::testing::Test {
     ASSERT_TRUE(publisher_->Start().ok());
   }
 
+  // A sink on the publisher, alive until TearDown has stopped the publisher: its publishes'
+  // callbacks use it, the last of them possibly still running when a done or Drain returned.
+  AuditSink& NewSink(uint32_t batch_max, int64_t max_unsettled = AuditSink::kMaxUnsettled) {
+    sinks_.push_back(
+        std::make_unique<AuditSink>(publisher_.get(), exchange_, batch_max, max_unsettled));
+    return *sinks_.back();
+  }
+
   // Every message in the queue, got one by one.
   std::vector<amqp::Delivery> ReadQueue() {
     std::vector<amqp::Delivery> out;
@@ -135,12 +144,13 @@ class AuditSinkTest : public ::testing::Test {
   std::string prefix_, exchange_, queue_;
   std::unique_ptr<amqp::Connection> admin_;
   std::unique_ptr<amqp::Publisher> publisher_;
+  std::vector<std::unique_ptr<AuditSink>> sinks_;
   bool bound_ = false;
 };
 
 TEST_F(AuditSinkTest, WithoutBatchingEachEventIsASyncAuditMessage) {
   StartPublisher(/*bind=*/true);
-  AuditSink sink(publisher_.get(), exchange_, /*batch_max=*/0);
+  AuditSink& sink = NewSink(/*batch_max=*/0);
   Outcomes outcomes;
   for (int i = 0; i < 3; ++i) sink.Emit(Event(i), outcomes.Track());
   ASSERT_TRUE(outcomes.WaitFor(3));
@@ -163,7 +173,7 @@ TEST_F(AuditSinkTest, EventsThatComeWhileABatchIsUnconfirmedGoTogether) {
   StartPublisher(/*bind=*/true);
   constexpr int kBatchMax = 64;
   constexpr int kPerThread = 1000;
-  AuditSink sink(publisher_.get(), exchange_, kBatchMax);
+  AuditSink& sink = NewSink(kBatchMax);
   Outcomes outcomes;
   std::vector<std::thread> threads;
   for (int t = 0; t < 2; ++t) {
@@ -208,7 +218,7 @@ TEST_F(AuditSinkTest, EventsThatComeWhileABatchIsUnconfirmedGoTogether) {
 // An event emitted while nothing is unconfirmed goes out at once, alone: no batch waits to fill.
 TEST_F(AuditSinkTest, AnEventAloneIsPublishedAtOnce) {
   StartPublisher(/*bind=*/true);
-  AuditSink sink(publisher_.get(), exchange_, /*batch_max=*/64);
+  AuditSink& sink = NewSink(/*batch_max=*/64);
   Outcomes outcomes;
   for (int i = 0; i < 3; ++i) {
     sink.Emit(Event(i), outcomes.Track());
@@ -229,7 +239,7 @@ TEST_F(AuditSinkTest, AnEventAloneIsPublishedAtOnce) {
 TEST_F(AuditSinkTest, DrainWaitsUntilEveryEventIsSettled) {
   StartPublisher(/*bind=*/true);
   for (uint32_t batch_max : {0u, 64u}) {
-    AuditSink sink(publisher_.get(), exchange_, batch_max);
+    AuditSink& sink = NewSink(batch_max);
     Outcomes outcomes;
     for (int i = 0; i < 500; ++i) sink.Emit(Event(i), outcomes.Track());
     ASSERT_TRUE(sink.Drain(kWait)) << "batch_max " << batch_max;
@@ -255,14 +265,14 @@ TEST_F(AuditSinkTest, DrainWaitsUntilEveryEventIsSettled) {
 TEST_F(AuditSinkTest, EmitOrWaitHoldsTheCallerOnlyWhileTooManyAreUnsettled) {
   StartPublisher(/*bind=*/true);
   {
-    AuditSink sink(publisher_.get(), exchange_, /*batch_max=*/0);
+    AuditSink& sink = NewSink(/*batch_max=*/0);
     std::thread::id ran_on;
     sink.EmitOrWait(Event(0), [&] { ran_on = std::this_thread::get_id(); });
     EXPECT_EQ(ran_on, std::this_thread::get_id()) << "room: proceed runs at once, here";
     ASSERT_TRUE(sink.Drain(kWait));
   }
   for (uint32_t batch_max : {0u, 64u}) {
-    AuditSink sink(publisher_.get(), exchange_, batch_max, /*max_unsettled=*/0);
+    AuditSink& sink = NewSink(batch_max, /*max_unsettled=*/0);
     absl::Notification proceeded;
     std::string metrics_then;
     sink.EmitOrWait(Event(1), [&] {
@@ -282,7 +292,7 @@ TEST_F(AuditSinkTest, EmitOrWaitHoldsTheCallerOnlyWhileTooManyAreUnsettled) {
 // hears why, and each counts as a failure.
 TEST_F(AuditSinkTest, ARefusedBatchFailsEachOfItsEvents) {
   StartPublisher(/*bind=*/false);
-  AuditSink sink(publisher_.get(), exchange_, /*batch_max=*/8);
+  AuditSink& sink = NewSink(/*batch_max=*/8);
   Outcomes outcomes;
   for (int i = 0; i < 50; ++i) sink.Emit(Event(i), outcomes.Track());
   ASSERT_TRUE(outcomes.WaitFor(50));
