@@ -162,7 +162,7 @@ std::vector<AuditSink::Pending> AuditSink::TakeBatch() {
 
 void AuditSink::Publish(std::vector<Pending> batch) {
   amqp::Message msg;
-  if (!batched_) {  // a batch of one, as the event's own message
+  if (batch_max_ == 1) {  // a batch of one, as the event's own message
     Pending& p = batch.front();
     msg.body = std::move(p.json);
     msg.correlation_id = p.correlation_id;

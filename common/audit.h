@@ -49,7 +49,6 @@ class AuditSink {
       : publisher_(publisher),
         exchange_(std::move(exchange)),
         batch_max_(std::max<uint32_t>(batch_max, 1)),
-        batched_(batch_max > 1),
         max_unsettled_(max_unsettled) {}
 
   bool enabled() const { return publisher_ != nullptr && !exchange_.empty(); }
@@ -116,8 +115,7 @@ class AuditSink {
 
   amqp::Publisher* publisher_;
   std::string exchange_;
-  const uint32_t batch_max_;  // at least 1
-  const bool batched_;        // SyncAuditBatch messages, not one SyncAudit each
+  const uint32_t batch_max_;  // at least 1; above 1, SyncAuditBatch messages
   const int64_t max_unsettled_;
   std::atomic<uint64_t> failures_{0};
   std::atomic<uint64_t> published_{0};  // events confirmed
