@@ -4,6 +4,7 @@
 
 #include <rapidjson/document.h>
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -11,7 +12,12 @@
 
 namespace ess::json {
 
-// Parses `text` into `doc`. INVALID_ARGUMENT "invalid JSON at offset N: REASON" on error.
+// The deepest nesting of objects and arrays Parse takes. Real events use a few levels; the limit
+// keeps a hostile body from exhausting a thread's stack in any code that walks the document.
+inline constexpr size_t kMaxDepth = 64;
+
+// Parses `text` into `doc`: strict JSON (RFC 8259) in well-formed UTF-8, nested at most
+// kMaxDepth levels. INVALID_ARGUMENT "invalid JSON at offset N: REASON" on error.
 absl::Status Parse(std::string_view text, rapidjson::Document& doc);
 
 // Compact serialization.

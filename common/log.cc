@@ -13,6 +13,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/json.h"
 #include "ess/v1/config.pb.h"
 
 namespace ess::log {
@@ -168,8 +169,7 @@ bool IsPii(std::string_view field) {
 std::string MaskJson(std::string_view json) {
   if (GetState().pii.empty()) return std::string(json);
   rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
-  if (doc.HasParseError()) return MaskText(json);
+  if (!json::Parse(json, doc).ok()) return MaskText(json);
   MaskValue(doc, doc.GetAllocator());
   rapidjson::StringBuffer buf;
   rapidjson::Writer<rapidjson::StringBuffer> writer(buf);

@@ -48,5 +48,15 @@ TEST(LogTest, WritesOneLogfmtLineWithCidAndMaskedFields) {
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);
 }
 
+// Masking parses what it is given: a hostile nesting depth is masked as text, not a crash.
+TEST(LogTest, MasksDeeplyNestedTextWithoutParsingItAsJson) {
+  Init("test", Level::kInfo, {"inmateId"});
+  const std::string deep = std::string(100000, '[') + R"({"inmateId":"A123"})";
+  const std::string masked = MaskJson(deep);
+  EXPECT_EQ(masked.find("A123"), std::string::npos);
+  EXPECT_NE(masked.find(R"({"inmateId":"***"})"), std::string::npos) << masked.substr(99990);
+  Init("test", Level::kInfo, {});
+}
+
 }  // namespace
 }  // namespace ess::log

@@ -198,12 +198,5 @@ TEST(MappingTest, BadTransformsAreRejectedAtCompile) {
   EXPECT_EQ(Mapper::Compile(fields).status().message(), "[0].pad: must be one ASCII character");
 }
 
-TEST(JsonTest, ParseErrorNamesTheOffset) {
-  rapidjson::Document doc;
-  absl::Status s = json::Parse("{\"id\": nope}", doc);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("invalid JSON at offset 8: Invalid value."));
-}
-
 }  // namespace
 }  // namespace ess

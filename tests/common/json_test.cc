@@ -1,0 +1,56 @@
+#include "common/json.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace ess {
+namespace {
+
+std::string Nested(size_t levels) {
+  return std::string(levels, '[') + "1" + std::string(levels, ']');
+}
+
+TEST(JsonTest, ParsesWhatEventsLookLike) {
+  rapidjson::Document doc;
+  ASSERT_TRUE(
+      json::Parse(R"({"id":"VIS-77","slot":{"rooms":[{"name":"Zo\u00eb"}]},"n":12})", doc).ok());
+  EXPECT_EQ(json::GetString(doc, "id"), "VIS-77");
+  EXPECT_EQ(doc["n"].GetInt(), 12);
+  EXPECT_EQ(json::Serialize(doc["slot"]), R"({"rooms":[{"name":"Zoë"}]})");
+}
+
+TEST(JsonTest, RefusesNestingDeeperThanTheLimitWithoutExhaustingTheStack) {
+  rapidjson::Document doc;
+  EXPECT_TRUE(json::Parse(Nested(json::kMaxDepth), doc).ok());
+  absl::Status s = json::Parse(Nested(json::kMaxDepth + 1), doc);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "invalid JSON at offset 64: nested deeper than 64 levels");
+  // A body of 150,000 '[' (150 KB) crashed the recursive parser of the inbound lane's HTTP
+  // thread; objects count too.
+  EXPECT_EQ(json::Parse(std::string(150000, '['), doc).code(), absl::StatusCode::kInvalidArgument);
+  std::string objects;
+  for (int i = 0; i < 100000; ++i) objects += R"({"a":)";
+  EXPECT_EQ(json::Parse(objects, doc).message(),
+            "invalid JSON at offset 320: nested deeper than 64 levels");
+}
+
+TEST(JsonTest, RefusesTextThatIsNotUtf8) {
+  rapidjson::Document doc;
+  absl::Status s = json::Parse("{\"id\":\"U8-\xff\"}", doc);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "invalid JSON at offset 10: Invalid encoding in string.");
+  EXPECT_TRUE(json::Parse("{\"id\":\"Zo\xC3\xAB\"}", doc).ok());
+}
+
+TEST(JsonTest, NamesTheOffsetOfOtherErrors) {
+  rapidjson::Document doc;
+  EXPECT_EQ(json::Parse(R"({"id":"A"} trailing)", doc).message(),
+            "invalid JSON at offset 11: The document root must not be followed by other values.");
+  EXPECT_EQ(json::Parse("", doc).message(), "invalid JSON at offset 0: The document is empty.");
+  EXPECT_EQ(json::Parse("{\"id\": nope}", doc).message(),
+            "invalid JSON at offset 8: Invalid value.");
+}
+
+}  // namespace
+}  // namespace ess
