@@ -46,11 +46,17 @@ std::string_view LevelName(Level level) {
   return "info";
 }
 
-// Appends `v` as a logfmt value: bare when it has no space, quote or '=', quoted otherwise.
+// Whether `c` must be escaped in a log line: control characters could forge a line or a
+// terminal's display (a CR, an ESC sequence) and a NUL makes tools take the file for binary.
+bool IsControl(char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }
+
+// Appends `v` as a logfmt value: bare when it has no space, quote, '=', backslash or control
+// character; else quoted, with '"' and '\\' escaped, "\n", "\r" and "\t" as such and any other
+// control character as "\u00XX".
 void AppendValue(std::string& out, std::string_view v) {
   bool bare = !v.empty();
   for (char c : v) {
-    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\t' || c == '\\') {
+    if (c == ' ' || c == '"' || c == '=' || c == '\\' || IsControl(c)) {
       bare = false;
       break;
     }
@@ -71,11 +77,22 @@ void AppendValue(std::string& out, std::string_view v) {
       case '\n':
         out.append("\\n");
         break;
+      case '\r':
+        out.append("\\r");
+        break;
       case '\t':
         out.append("\\t");
         break;
       default:
-        out.push_back(c);
+        if (IsControl(c)) {
+          constexpr char kHex[] = "0123456789abcdef";
+          const auto b = static_cast<unsigned char>(c);
+          out.append("\\u00");
+          out.push_back(kHex[b >> 4]);
+          out.push_back(kHex[b & 0xf]);
+        } else {
+          out.push_back(c);
+        }
     }
   }
   out.push_back('"');

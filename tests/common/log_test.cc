@@ -48,6 +48,25 @@ TEST(LogTest, WritesOneLogfmtLineWithCidAndMaskedFields) {
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);
 }
 
+// A value from outside (an id in a partner's payload) cannot forge a line, rewrite a terminal or
+// turn the file binary: every control character is escaped.
+TEST(LogTest, EscapesControlCharactersInValues) {
+  Init("inbound_svc", Level::kInfo, {});
+  testing::internal::CaptureStderr();
+  const char cid[] = "CR\r level=error msg=forged\x1b[2J\0!";
+  Warn(std::string_view(cid, sizeof(cid) - 1), "webhook rejected", {{"error", "tab\there\x7f"}});
+  std::string out = testing::internal::GetCapturedStderr();
+  EXPECT_NE(out.find(R"( cid="CR\r level=error msg=forged\u001b[2J\u0000!" msg="webhook rejected")"
+                     R"( error="tab\there\u007f")"
+                     "\n"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);
+  for (char c : out.substr(0, out.size() - 1)) {
+    EXPECT_FALSE(static_cast<unsigned char>(c) < 0x20 || c == 0x7f) << static_cast<int>(c);
+  }
+}
+
 // Masking parses what it is given: a hostile nesting depth is masked as text, not a crash.
 TEST(LogTest, MasksDeeplyNestedTextWithoutParsingItAsJson) {
   Init("test", Level::kInfo, {"inmateId"});
