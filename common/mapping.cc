@@ -3,6 +3,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -214,8 +216,11 @@ absl::StatusOr<std::string> Mapper::Transform(const Field& f, std::string text) 
     absl::Time t;
     std::string err;
     if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
-      // The value only when it is not personal data: errors reach logs and records.
-      const bool pii = log::IsPii(f.source) || log::IsPii(f.target);
+      // The value only when it is not personal data: errors reach logs and records. A path is
+      // personal when any member on it is (the logs mask a PII member's whole value).
+      const bool pii =
+          log::IsPii(f.target) || std::any_of(f.path.begin(), f.path.end(),
+                                              [](const Step& s) { return log::IsPii(s.key); });
       return absl::InvalidArgumentError(absl::StrCat(
           "field \"", f.source, "\": ", pii ? "its value" : absl::StrCat("\"", text, "\""),
           " is not an RFC 3339 timestamp"));

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/json.h"
 #include "common/log.h"
 
@@ -183,6 +184,36 @@ TEST(MappingTest, ABadPersonalValueIsNotInTheError) {
   absl::Status s = m->Apply(doc, &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "field \"dob\": its value is not an RFC 3339 timestamp");
+
+  // Deeper in the payload: a personal member anywhere on the path (the logs mask a personal
+  // member's whole value, so a member under one is personal too).
+  log::Init("test", log::Level::kInfo, {"dateOfBirth", "visitor"});
+  struct Case {
+    const char* source;
+    const char* payload;
+  } cases[] = {
+      {"guest.dateOfBirth", R"({"guest":{"dateOfBirth":"12/31/1980 Jane Doe"}})"},
+      {"visitor.born", R"({"visitor":{"born":"12/31/1980 Jane Doe"}})"},
+      {"visitors[0].dateOfBirth", R"({"visitors":[{"dateOfBirth":"12/31/1980 Jane Doe"}]})"},
+  };
+  for (const Case& c : cases) {
+    f->set_source(c.source);
+    auto deep = Mapper::Compile(fields);
+    ASSERT_TRUE(deep.ok()) << deep.status();
+    ASSERT_TRUE(json::Parse(c.payload, doc).ok());
+    out.clear();
+    s = deep->Apply(doc, &out);
+    EXPECT_EQ(s.message(),
+              absl::StrCat("field \"", c.source, "\": its value is not an RFC 3339 timestamp"));
+  }
+  // A path with no personal member still shows the value, which helps the partner fix it.
+  f->set_source("slot.start");
+  auto plain = Mapper::Compile(fields);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  ASSERT_TRUE(json::Parse(R"({"slot":{"start":"noon"}})", doc).ok());
+  out.clear();
+  EXPECT_EQ(plain->Apply(doc, &out).message(),
+            "field \"slot.start\": \"noon\" is not an RFC 3339 timestamp");
   log::Init("test", log::Level::kInfo, {});
 }
 
