@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <deque>
 #include <thread>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/numbers.h"
@@ -51,6 +52,35 @@ amqp_bytes_t Bytes(std::string_view s) {
   b.len = s.size();
   b.bytes = const_cast<char*>(s.data());
   return b;
+}
+
+// AMQP "short strings" (exchange, routing key, the properties below, header names) hold at most
+// 255 bytes; librabbitmq-c cannot encode a longer one, and its error would look like a broken
+// connection. INVALID_ARGUMENT naming the field, for that publish alone.
+absl::Status CheckEncodable(std::string_view exchange, std::string_view routing_key,
+                            const Message& m) {
+  constexpr size_t kMax = 255;
+  const std::pair<std::string_view, std::string_view> fields[] = {
+      {"exchange", exchange},
+      {"routing key", routing_key},
+      {"message_id", m.message_id},
+      {"correlation_id", m.correlation_id},
+      {"type", m.type},
+      {"content_type", m.content_type},
+      {"expiration", m.expiration}};
+  for (const auto& [name, value] : fields) {
+    if (value.size() > kMax) {
+      return absl::InvalidArgumentError(absl::StrCat("amqp: the message's ", View(name), " has ",
+                                                     value.size(), " bytes; at most ", kMax));
+    }
+  }
+  for (const auto& [name, value] : m.headers) {
+    if (name.size() > kMax) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("amqp: a header name has ", name.size(), " bytes; at most ", kMax));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string_view ViewOf(amqp_bytes_t b) {
@@ -916,6 +946,7 @@ absl::Status Connection::Apply(const Topology& topology) {
 
 absl::Status Connection::Publish(std::string_view exchange, std::string_view routing_key,
                                  const Message& message) {
+  if (absl::Status s = CheckEncodable(exchange, routing_key, message); !s.ok()) return s;
   if (absl::Status s = impl_->Usable(); !s.ok()) return s;
   return impl_->Publish(exchange, routing_key, message);
 }
@@ -1485,6 +1516,10 @@ void Publisher::Stop() { impl_->Stop(); }
 
 void Publisher::Publish(std::string exchange, std::string routing_key, Message message, Done done,
                         WhileBlocked while_blocked) {
+  if (absl::Status s = CheckEncodable(exchange, routing_key, message); !s.ok()) {
+    std::move(done)(std::move(s));
+    return;
+  }
   impl_->Enqueue(Impl::Request{.exchange = std::move(exchange),
                                .routing_key = std::move(routing_key),
                                .message = std::move(message),

@@ -134,7 +134,8 @@ class Connection {
 
   absl::Status Apply(const Topology& topology);
   // Publishes and waits for the broker's confirm (mandatory: an unroutable message is an
-  // error, FAILED_PRECONDITION "unroutable").
+  // error, FAILED_PRECONDITION "unroutable"; a field longer than AMQP's 255 bytes,
+  // INVALID_ARGUMENT before anything is sent).
   absl::Status Publish(std::string_view exchange, std::string_view routing_key,
                        const Message& message);
   // basic.get with auto-ack; std::nullopt-like empty StatusOr value when the queue is empty is
@@ -219,7 +220,9 @@ class Publisher {
   // "unroutable: exchange=... routing_key=..." if the message was returned (mandatory).
   // When Publish fails fast (not started or stopped, not connected, or the broker blocks
   // publishing during a resource alarm and the publish is not held: UNAVAILABLE;
-  // max_in_flight reached: RESOURCE_EXHAUSTED) `done` runs inline, on the caller's thread.
+  // max_in_flight reached: RESOURCE_EXHAUSTED; a property, the exchange or the routing key
+  // longer than AMQP's 255 bytes: INVALID_ARGUMENT, and the connection is left alone) `done`
+  // runs inline, on the caller's thread.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
   // What one publish does while the broker blocks publishing: what Options::hold_while_blocked
   // says, or wait for the alarm to clear whatever it says (a publisher's audit events, which

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/ids.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
@@ -116,9 +117,10 @@ void AuditSink::Emit(const ess::v1::SyncAudit& event, amqp::Publisher::Done done
     absl::StrAppend(&message_id, ":replay-", event.started_at().seconds(), ".",
                     event.started_at().nanos());
   }
+  // The AMQP properties hold 255 bytes; the event's JSON keeps the ids whole.
   Pending p{.json = *std::move(json),
-            .message_id = std::move(message_id),
-            .correlation_id = event.correlation_id(),
+            .message_id = ids::Fit(message_id),
+            .correlation_id = ids::Fit(event.correlation_id()),
             .done = std::move(done)};
   std::vector<Pending> batch;
   {
@@ -175,7 +177,8 @@ void AuditSink::Publish(std::vector<Pending> batch) {
     msg.body = BatchJson(documents);
     // The first event's id and how many follow it: an event is in one batch only, so no two
     // batches share an id.
-    msg.message_id = absl::StrCat("batch:", batch.front().message_id, "+", batch.size() - 1);
+    msg.message_id =
+        ids::Fit(absl::StrCat("batch:", batch.front().message_id, "+", batch.size() - 1));
     msg.type = "SyncAuditBatch";
   }
   messages_.fetch_add(1, std::memory_order_relaxed);

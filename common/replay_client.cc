@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/metrics.h"
 #include "common/thread_name.h"
+#include "common/utf8.h"
 #include "grpcpp/grpcpp.h"
 
 namespace ess {
@@ -137,6 +138,9 @@ absl::Status CheckKey(ess::v1::Direction direction, const std::string& partner,
   }
   if (partner.empty()) return absl::InvalidArgumentError("partner: must not be empty");
   if (message_id.empty()) return absl::InvalidArgumentError("message_id: must not be empty");
+  // The store's strings are UTF-8, and the server refuses a whole call over one that is not.
+  if (!utf8::Valid(partner)) return absl::InvalidArgumentError("partner: not UTF-8");
+  if (!utf8::Valid(message_id)) return absl::InvalidArgumentError("message_id: not UTF-8");
   return absl::OkStatus();
 }
 
@@ -153,7 +157,23 @@ absl::Status CheckClaim(const ess::v1::MessageRecord& record) {
   if (record.correlation_id().empty()) {
     return absl::InvalidArgumentError("record.correlation_id: must not be empty");
   }
+  if (!utf8::Valid(record.correlation_id())) {
+    return absl::InvalidArgumentError("record.correlation_id: not UTF-8");
+  }
+  if (!utf8::Valid(record.event_type())) {
+    return absl::InvalidArgumentError("record.event_type: not UTF-8");
+  }
   return absl::OkStatus();
+}
+
+// A record's free text (why it failed, where it came from) may quote what a partner sent in
+// any encoding: made UTF-8 rather than refused, as an id would be.
+void RepairText(ess::v1::MessageRecord& record) {
+  if (!utf8::Valid(record.error())) record.set_error(utf8::Repair(record.error()));
+  if (!utf8::Valid(record.source())) record.set_source(utf8::Repair(record.source()));
+  if (!utf8::Valid(record.maybe_delivered_as())) {
+    record.set_maybe_delivered_as(utf8::Repair(record.maybe_delivered_as()));
+  }
 }
 
 // The same for a record to store, which the store also wants with a status: one bad record
@@ -453,6 +473,7 @@ ReplayRecorder::ReplayRecorder(Options options)
 ReplayRecorder::~ReplayRecorder() { Stop(); }
 
 void ReplayRecorder::Record(ess::v1::MessageRecord record, Done done) {
+  RepairText(record);
   if (absl::Status s = CheckRecord(record); !s.ok()) {
     std::move(done)(std::move(s));
     return;
@@ -465,7 +486,8 @@ void ReplayRecorder::RecordTogether(std::vector<ess::v1::MessageRecord> records,
     std::move(done)(absl::OkStatus());
     return;
   }
-  for (const ess::v1::MessageRecord& record : records) {
+  for (ess::v1::MessageRecord& record : records) {
+    RepairText(record);
     if (absl::Status s = CheckRecord(record); !s.ok()) {
       std::move(done)(std::move(s));
       return;
@@ -483,6 +505,7 @@ void ReplayRecorder::Lookup(const ess::v1::RecordKey& key, LookupDone done) {
 }
 
 void ReplayRecorder::Claim(ess::v1::Claim claim, ClaimDone done) {
+  RepairText(*claim.mutable_record());
   if (absl::Status s = CheckClaim(claim.record()); !s.ok()) {
     std::move(done)(std::move(s));
     return;

@@ -440,6 +440,64 @@ TEST_F(AmqpTest, UnroutablePublishIsFailedPrecondition) {
   EXPECT_TRUE(admin_->Publish("", q, Event("e")).ok());
 }
 
+// AMQP short strings (message-id, correlation-id, type, header names) hold 255 bytes. A longer
+// one fails its own publish, named; librabbitmq-c's encoding error used to pass for a broken
+// socket, and the connection went down with every publish in flight on it.
+TEST_F(AmqpTest, APropertyTooLongForAmqpFailsThatPublishAlone) {
+  const std::string q = Queue("long");
+  Publisher publisher({.connection = Options("publisher"), .topology = {.queues = {{.name = q}}}});
+  ASSERT_TRUE(publisher.Start().ok());
+  Outcomes outcomes;
+  std::map<std::string, std::string> want;  // id of a bad publish -> the error it must get
+  for (int i = 0; i < 200; ++i) {
+    const std::string id = absl::StrCat("ok-", i);
+    publisher.Publish("", q, Event(id), outcomes.Track(id));
+    if (i % 50 != 25) continue;
+    const std::string key = absl::StrCat("bad-", i);
+    Message bad = Event(key);
+    switch (i / 50) {
+      case 0:
+        bad.message_id = std::string(256, 'm');
+        want[key] = "amqp: the message's message_id has 256 bytes; at most 255";
+        break;
+      case 1:
+        bad.correlation_id = std::string(300, 'c');
+        want[key] = "amqp: the message's correlation_id has 300 bytes; at most 255";
+        break;
+      case 2:
+        bad.type = std::string(256, 't');
+        want[key] = "amqp: the message's type has 256 bytes; at most 255";
+        break;
+      default:
+        bad.headers.emplace_back(std::string(256, 'h'), "v");
+        want[key] = "amqp: a header name has 256 bytes; at most 255";
+    }
+    publisher.Publish("", q, std::move(bad), outcomes.Track(key));
+  }
+  ASSERT_TRUE(outcomes.WaitFor(204));
+  std::map<std::string, absl::Status> s = outcomes.statuses();
+  int ok = 0;
+  for (const auto& [id, status] : s) {
+    if (auto it = want.find(id); it != want.end()) {
+      EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << id;
+      EXPECT_EQ(Str(status.message()), it->second);
+    } else {
+      EXPECT_TRUE(status.ok()) << id << ": " << status;  // none lost with a dropped connection
+      ok += status.ok() ? 1 : 0;
+    }
+  }
+  EXPECT_EQ(ok, 200);
+  EXPECT_EQ(Depth(q), 200u);
+
+  // Connection::Publish refuses it before sending, and stays usable.
+  Message bad = Event("bad-blocking");
+  bad.message_id = std::string(256, 'm');
+  absl::Status blocking = admin_->Publish("", q, bad);
+  EXPECT_EQ(blocking.code(), absl::StatusCode::kInvalidArgument) << blocking;
+  EXPECT_TRUE(admin_->Publish("", q, Event("after")).ok());
+  EXPECT_EQ(Depth(q), 201u);
+}
+
 TEST_F(AmqpTest, ConnectionErrorsHaveSpecificCodes) {
   const std::string missing = absl::StrCat(prefix_, ".missing");
   EXPECT_EQ(admin_->MessageCount(missing).status().code(), absl::StatusCode::kNotFound);

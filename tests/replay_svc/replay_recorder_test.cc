@@ -737,28 +737,38 @@ TEST_F(ReplayRecorderBatchingTest, RecordsDoNotWaitBehindHeldLookupBatches) {
 }
 
 TEST_F(ReplayRecorderBatchingTest, InvalidRecordIsRefusedAtOnceAndFailsNoOtherRecord) {
-  DoneTracker tracker(5);
-  ReplayRecorder recorder({.address = address(), .batch_max = 3, .batch_delay = absl::Hours(1)});
+  DoneTracker tracker(7);
+  ReplayRecorder recorder({.address = address(), .batch_max = 4, .batch_delay = absl::Hours(1)});
   ess::v1::MessageRecord no_id = Outbound("prison", "");
   ess::v1::MessageRecord no_status = Outbound("prison", "m-9");
   no_status.clear_status();
+  // Text that is not UTF-8 in a string field makes the server refuse the whole call, and so
+  // every record batched with it: an id so is refused here, alone; free text is repaired.
+  ess::v1::MessageRecord latin1_id = Outbound("prison", "m-8");
+  latin1_id.set_correlation_id("caf\xe9");
+  ess::v1::MessageRecord latin1_error = Outbound("prison", "m-4");
+  latin1_error.set_error("partner said: caf\xe9 ferm\xe9");
   recorder.Record(Outbound("prison", "m-1"), tracker.Make(0));
   recorder.Record(no_id, tracker.Make(1));
   recorder.Record(Outbound("prison", "m-2"), tracker.Make(2));
   recorder.Record(no_status, tracker.Make(3));
   // A group with one bad record is refused whole, before any of it is sent.
   recorder.RecordTogether({Outbound("prison", "m-3"), no_id}, tracker.Make(4));
-  ASSERT_TRUE(tracker.WaitForTotal(3, absl::ZeroDuration()));  // Already, synchronously.
+  recorder.Record(latin1_id, tracker.Make(5));
+  recorder.Record(latin1_error, tracker.Make(6));
+  ASSERT_TRUE(tracker.WaitForTotal(4, absl::ZeroDuration()));  // Already, synchronously.
   EXPECT_EQ(tracker.result(1)->message(), "record.message_id: must not be empty");
   EXPECT_EQ(tracker.result(3)->message(), "record.status: must be a specified MessageStatus");
   EXPECT_EQ(tracker.result(4)->message(), "record.message_id: must not be empty");
+  EXPECT_EQ(tracker.result(5)->message(), "record.correlation_id: not UTF-8");
   recorder.Stop();
-  ASSERT_TRUE(tracker.WaitForTotal(5, kWait));
+  ASSERT_TRUE(tracker.WaitForTotal(7, kWait));
   EXPECT_TRUE(tracker.EachExactlyOnce());
   EXPECT_EQ(*tracker.result(0), absl::OkStatus());
   EXPECT_EQ(*tracker.result(2), absl::OkStatus());
+  EXPECT_EQ(*tracker.result(6), absl::OkStatus());
   using Ids = std::vector<std::string>;
-  EXPECT_THAT(service_.record_ids(), ElementsAre(Ids{"m-1", "m-2"}));
+  EXPECT_THAT(service_.record_ids(), ElementsAre(Ids{"m-1", "m-2", "m-4"}));
 }
 
 TEST_F(ReplayRecorderBatchingTest, InvalidKeyIsRefusedAtOnceAndSentNowhere) {
