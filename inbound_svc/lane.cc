@@ -194,7 +194,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     }
     if (request.path == "/metrics") {
       std::move(responder).Send({.status = 200,
-                                 .headers = {{"Content-Type", metrics::kContentType}},
+                                 .content_type = std::string(metrics::kContentType),
                                  .body = metrics::Render(Metrics())});
       return;
     }
@@ -202,7 +202,8 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     return;
   }
   if (request.method != "POST") {
-    reply(405, "webhooks take POST");
+    std::move(responder).Send(
+        {.status = 405, .headers = {{"Allow", "POST"}}, .body = ErrorBody("webhooks take POST")});
     return;
   }
   const Route& route = it->second;

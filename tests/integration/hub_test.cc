@@ -814,6 +814,9 @@ TEST_F(HubTest, MetricsCountEachOutcomeAndTheSuccessRatio) {
   auto inbound = http_.SendAndWait({.method = "GET", .url = Url("/metrics")});
   ASSERT_TRUE(inbound.ok()) << inbound.status();
   ASSERT_EQ(inbound->status, 200);
+  // One Content-Type, Prometheus' text format (scrapers take the first one they see).
+  EXPECT_THAT(inbound->headers, ::testing::Contains(::testing::Key("content-type")).Times(1));
+  EXPECT_EQ(inbound->Header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
   EXPECT_THAT(Samples(inbound->body, "ess_inbound_events_total"),
               ::testing::ElementsAre(R"(ess_inbound_events_total{outcome="published"} 1)",
                                      R"(ess_inbound_events_total{outcome="duplicate"} 1)"));
@@ -856,6 +859,7 @@ TEST_F(HubTest, BadWebhooksGetTheRightStatusAndReason) {
   auto g = http_.SendAndWait({.method = "GET", .url = Url("/webhook/prison")});
   ASSERT_TRUE(g.ok());
   EXPECT_EQ(g->status, 405);
+  EXPECT_EQ(g->Header("allow"), "POST");
 }
 
 TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
