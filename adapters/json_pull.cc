@@ -1,5 +1,6 @@
 #include "adapters/json_pull.h"
 
+#include "common/ids.h"
 #include "common/json.h"
 
 namespace ess::adapters {
@@ -23,14 +24,22 @@ absl::StatusOr<InboundEvent> EventFromFields(std::span<const MappedField> fields
   InboundEvent event;
   event.correlation_id = Mapper::StringOf(fields, "id");
   event.event_type = Mapper::StringOf(fields, "type");
+  if (absl::Status s = CheckIds(event); !s.ok()) return s;
+  Mapper::AppendJson(fields, &event.body);
+  return event;
+}
+
+absl::Status CheckIds(const InboundEvent& event) {
   if (event.correlation_id.empty()) {
     return absl::InvalidArgumentError("the mapped event has no string \"id\" (its correlation id)");
   }
   if (event.event_type.empty()) {
     return absl::InvalidArgumentError("the mapped event has no string \"type\"");
   }
-  Mapper::AppendJson(fields, &event.body);
-  return event;
+  if (absl::Status s = ids::Check(event.correlation_id, "the mapped event's \"id\""); !s.ok()) {
+    return s;
+  }
+  return ids::Check(event.event_type, "the mapped event's \"type\"");
 }
 
 }  // namespace ess::adapters

@@ -18,8 +18,12 @@ absl::StatusOr<std::vector<InboundEvent>> PullJson(const Mapper& mapper,
                                                    const PullRequest& request);
 
 // The internal event made of mapped fields: its JSON, its "id" (correlation id) and "type".
-// INVALID_ARGUMENT when "id" or "type" is missing or not a string. Shared by every adapter's Pull.
+// INVALID_ARGUMENT as CheckIds says. Shared by every adapter's Pull.
 absl::StatusOr<InboundEvent> EventFromFields(std::span<const MappedField> fields);
+
+// INVALID_ARGUMENT when the event's "id" or "type" is missing (not a string) or is not an id
+// the hub can carry (ids::Check), naming which.
+absl::Status CheckIds(const InboundEvent& event);
 
 }  // namespace ess::adapters
 

@@ -18,9 +18,6 @@
 namespace ess::inbound {
 namespace {
 
-// The longest id a partner's id header may carry (InboundRoute.id_header).
-constexpr size_t kMaxCallIdBytes = 256;
-
 std::string ErrorBody(std::string_view message) {
   rapidjson::StringBuffer buf;
   rapidjson::Writer<rapidjson::StringBuffer> w(buf);
@@ -235,17 +232,18 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   }
 
   // The call's own id: its webhook-id, or the partner's id header; none: its content.
-  std::string_view own_id = request.Header("webhook-id");
+  std::string_view id_header = webhook::kIdHeader;
+  std::string_view own_id = request.Header(webhook::kIdHeader);
   if (own_id.empty() && !route.id_header.empty()) {
+    id_header = route.id_header;
     own_id = request.Header(route.id_header);
-    if (!own_id.empty() &&
-        (own_id.size() > kMaxCallIdBytes || !std::all_of(own_id.begin(), own_id.end(), [](char c) {
-           return c > 0x20 && c < 0x7f;  // visible ASCII
-         }))) {
+  }
+  if (!own_id.empty()) {
+    if (absl::Status bad = ids::Check(own_id, absl::StrCat("header ", ToAbsl(id_header)));
+        !bad.ok()) {
       log::Warn(header_cid, "webhook rejected",
-                {{"partner", route.partner}, {"error", "bad id header"}});
-      reply(400, absl::StrCat(route.partner, ": header ", route.id_header, ": must be 1-",
-                              kMaxCallIdBytes, " visible ASCII characters"));
+                {{"partner", route.partner}, {"error", ToStd(bad.message())}});
+      reply(400, absl::StrCat(route.partner, ": ", bad.message()));
       return;
     }
   }
@@ -259,7 +257,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     adapters::InboundEvent& ev = (*events)[i];
     std::string id = call_id.empty()       ? ids::ContentId(ev.correlation_id, ev.body)
                      : events->size() == 1 ? call_id
-                                           : absl::StrCat(call_id, ":", i);
+                                           : ids::Fit(absl::StrCat(call_id, ":", i));
     switch (recent_.Take(route.partner, id, now)) {
       case RecentIds::Claim::kPublished:
         ++call->duplicates;

@@ -13,9 +13,11 @@
 #include "absl/time/clock.h"
 #include "adapters/csv/csv.h"
 #include "common/bus_headers.h"
+#include "common/ids.h"
 #include "common/log.h"
 #include "common/sv.h"
 #include "common/thread_name.h"
+#include "common/utf8.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess::inbound {
@@ -136,9 +138,13 @@ class SftpPoller::Pending {
 // One downloaded file.
 struct SftpPoller::File {
   std::string name;
+  // The name as UTF-8 (a byte that is not becomes U+FFFD), for ids, records and headers: SFTP
+  // names are bytes, the store's text and ids are UTF-8.
+  std::string text_name;
   std::string data;
-  std::string sha16;   // first 16 hex digits of its SHA-256
-  std::string marker;  // "file:NAME:SHA16"
+  std::string sha16;  // first 16 hex digits of its SHA-256
+  // "file:NAME:SHA16", through ids::Fit; each row's message id is "NAME:SHA16:LINE" so too.
+  std::string marker;
   std::string source;  // "sftp://HOST/REMOTE_DIR/NAME"
   absl::Time received_at;
   SftpClient::FileStat stat;  // as it settled
@@ -274,11 +280,15 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
     return absl::UnavailableError(absl::StrCat(name, " changed while it was read (", stat.size,
                                                " bytes settled, ", data->size(), " read)"));
   }
-  File file{.name = name, .data = *std::move(data), .received_at = absl::Now(), .stat = stat};
+  File file{.name = name,
+            .text_name = utf8::Repair(name),
+            .data = *std::move(data),
+            .received_at = absl::Now(),
+            .stat = stat};
   const std::string sha256 = Sha256Hex(file.data);
   file.sha16 = sha256.substr(0, 16);
-  file.marker = absl::StrCat("file:", name, ":", file.sha16);
-  file.source = absl::StrCat(source_prefix_, name);
+  file.marker = ids::Fit(absl::StrCat("file:", file.text_name, ":", file.sha16));
+  file.source = absl::StrCat(source_prefix_, file.text_name);
   log::Info("", "file received",
             {{"partner", options_.partner},
              {"file", name},
@@ -431,8 +441,9 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
   for (size_t i = 0; i < events->size(); ++i) {
     if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
     adapters::InboundEvent& ev = (*events)[i];
-    const std::string id = by_line ? absl::StrCat(file.name, ":", file.sha16, ":", lines[i])
-                                   : absl::StrCat(file.name, ":", file.sha16, ":#", i + 1);
+    const std::string id =
+        ids::Fit(by_line ? absl::StrCat(file.text_name, ":", file.sha16, ":", lines[i])
+                         : absl::StrCat(file.text_name, ":", file.sha16, ":#", i + 1));
     ess::v1::MessageRecord rec = base_record(id, ess::v1::MESSAGE_STATUS_PUBLISHED);
     rec.set_correlation_id(ev.correlation_id);
     rec.set_event_type(ev.event_type);
@@ -449,7 +460,7 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
         .correlation_id = std::move(ev.correlation_id),
         .message_id = id,
         .type = std::move(ev.event_type),
-        .headers = {{bus::kPartnerHeader, options_.partner}, {"x-ess-file", file.name}}};
+        .headers = {{bus::kPartnerHeader, options_.partner}, {"x-ess-file", file.text_name}}};
     PublishThenRecord(options_.events_exchange, "", std::move(msg), std::move(rec), pending);
   }
 
@@ -457,12 +468,12 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
   for (const adapters::PullError& e : errors) {
     if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
     const std::string line = absl::StrCat(e.line);
-    const std::string id = absl::StrCat(file.name, ":", file.sha16, ":L", line);
+    const std::string id = ids::Fit(absl::StrCat(file.text_name, ":", file.sha16, ":L", line));
     const std::string text(rows.Text(e.line));
     ess::v1::MessageRecord rec = base_record(id, ess::v1::MESSAGE_STATUS_DEAD);
     rec.set_correlation_id(id);
     rec.set_payload(text);
-    rec.set_error(absl::StrCat(file.name, ":", line, ": ", e.message));
+    rec.set_error(absl::StrCat(file.text_name, ":", line, ": ", e.message));
     if (outcomes != nullptr) {
       outcomes->push_back({.message_id = id,
                            .correlation_id = id,
@@ -474,7 +485,7 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
                       .message_id = id,
                       .content_type = "text/csv",
                       .headers = {{bus::kPartnerHeader, options_.partner},
-                                  {"x-ess-file", file.name},
+                                  {"x-ess-file", file.text_name},
                                   {"x-ess-line", line},
                                   {"x-ess-reason", e.message}}};
     PublishThenRecord("", parked_queue, std::move(msg), std::move(rec), pending);

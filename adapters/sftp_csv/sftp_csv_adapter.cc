@@ -18,6 +18,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/sv.h"
+#include "common/utf8.h"
 
 namespace ess::adapters::sftp_csv {
 namespace {
@@ -484,6 +485,11 @@ absl::StatusOr<std::vector<InboundEvent>> SftpCsvAdapter::Pull(const PullRequest
               absl::StrCat("line ", line, ": the header has an empty column name"));
           return;
         }
+        if (const size_t at = utf8::FirstInvalid(fields[i]); at != std::string_view::npos) {
+          fatal = absl::InvalidArgumentError(absl::StrCat(
+              "line ", line, ": the header's column ", i + 1, " is not UTF-8 (byte ", at + 1, ")"));
+          return;
+        }
         if (auto [it, inserted] = seen.try_emplace(fields[i], i + 1); !inserted) {
           fatal = absl::InvalidArgumentError(absl::StrCat("line ", line, ": the header's column ",
                                                           i + 1, " repeats column ", it->second));
@@ -498,6 +504,15 @@ absl::StatusOr<std::vector<InboundEvent>> SftpCsvAdapter::Pull(const PullRequest
       errors.push_back(
           {line, absl::StrCat(fields.size(), " fields, the header has ", header.size())});
       return;
+    }
+    // Events are JSON, which is UTF-8: a cell in another encoding (a partner exporting Latin-1)
+    // fails its row. The column's name, not the value, which may be personal.
+    for (size_t i = 0; i < fields.size(); ++i) {
+      if (const size_t at = utf8::FirstInvalid(fields[i]); at != std::string_view::npos) {
+        errors.push_back({line, absl::StrCat("column \"", header[i], "\" is not UTF-8 (byte ",
+                                             at + 1, " of the cell)")});
+        return;
+      }
     }
     // Names and values are referenced, not copied: both outlive the mapping of this row.
     rapidjson::Document row(rapidjson::kObjectType);

@@ -17,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "adapters/json_pull.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/sv.h"
@@ -618,12 +619,7 @@ absl::StatusOr<InboundEvent> ResponseMapping::Apply(const Response& response,
   InboundEvent out;
   out.correlation_id = std::string(json::GetString(event, "id"));
   out.event_type = std::string(json::GetString(event, "type"));
-  if (out.correlation_id.empty()) {
-    return absl::InvalidArgumentError("the mapped event has no string \"id\" (its correlation id)");
-  }
-  if (out.event_type.empty()) {
-    return absl::InvalidArgumentError("the mapped event has no string \"type\"");
-  }
+  if (absl::Status s = CheckIds(out); !s.ok()) return s;
   out.body = json::Serialize(event);
   return out;
 }

@@ -317,14 +317,16 @@ TEST(SftpCsvAdapterTest, PullMapsEveryGoodRowAndReportsTheBadOnesWithLines) {
   auto a = Make();
   ASSERT_NE(a, nullptr);
   std::vector<PullError> errors;
-  auto events = a->Pull({.body = "correlation_id,status,note\r\n"            // line 1
-                                 "VIS-1,confirmed,\"bring ID, please\"\r\n"  // 2
-                                 "VIS-2,bad\"quote,x\r\n"                    // 3: quoting
-                                 "VIS-3,confirmed\r\n"                       // 4: 2 fields
-                                 "VIS-4,,x\r\n"                              // 5: status empty
-                                 "VIS-5,\"multi\r\nline\",\r\n"              // 6-7
-                                 ",confirmed,x\r\n"                          // 8: no id
-                                 "VIS-6,cancelled,Zoë 🙂\r\n",            // 9
+  auto events = a->Pull({.body = "correlation_id,status,note\r\n"               // line 1
+                                 "VIS-1,confirmed,\"bring ID, please\"\r\n"     // 2
+                                 "VIS-2,bad\"quote,x\r\n"                       // 3: quoting
+                                 "VIS-3,confirmed\r\n"                          // 4: 2 fields
+                                 "VIS-4,,x\r\n"                                 // 5: status empty
+                                 "VIS-5,\"multi\r\nline\",\r\n"                 // 6-7
+                                 ",confirmed,x\r\n"                             // 8: no id
+                                 "VIS-6,cancelled,Zoë 🙂\r\n"                // 9
+                                 "VIS-7,confirmed,caf\xe9\r\n"                  // 10: Latin-1
+                                 + std::string(300, 'L') + ",confirmed,x\r\n",  // 11: id too long
                          .errors = &errors});
   ASSERT_TRUE(events.ok()) << events.status();
   std::vector<std::string> bodies;
@@ -349,9 +351,13 @@ TEST(SftpCsvAdapterTest, PullMapsEveryGoodRowAndReportsTheBadOnesWithLines) {
                 Field(&PullError::message, "2 fields, the header has 3")),
           AllOf(Field(&PullError::line, 5),
                 Field(&PullError::message, "missing required field \"status\" (for \"status\")")),
-          AllOf(Field(&PullError::line, 8),
-                Field(&PullError::message,
-                      "missing required field \"correlation_id\" (for \"id\")"))));
+          AllOf(
+              Field(&PullError::line, 8),
+              Field(&PullError::message, "missing required field \"correlation_id\" (for \"id\")")),
+          AllOf(Field(&PullError::line, 10),
+                Field(&PullError::message, "column \"note\" is not UTF-8 (byte 4 of the cell)")),
+          AllOf(Field(&PullError::line, 11),
+                Field(&PullError::message, "the mapped event's \"id\": 300 bytes; at most 255"))));
 }
 
 TEST(SftpCsvAdapterTest, PullRejectsAnUnusableHeaderAndAcceptsAnEmptyFile) {
@@ -361,6 +367,8 @@ TEST(SftpCsvAdapterTest, PullRejectsAnUnusableHeaderAndAcceptsAnEmptyFile) {
             absl::InvalidArgumentError("line 1: the header has an empty column name"));
   EXPECT_EQ(a->Pull({.body = "a,b,a\r\n"}).status(),
             absl::InvalidArgumentError("line 1: the header's column 3 repeats column 1"));
+  EXPECT_EQ(a->Pull({.body = "correlation_id,st\xe4tus\r\nVIS-1,ok\r\n"}).status(),
+            absl::InvalidArgumentError("line 1: the header's column 2 is not UTF-8 (byte 3)"));
   EXPECT_EQ(a->Pull({.body = "\r\na,\"b\r\n"}).status(),
             absl::InvalidArgumentError(
                 "line 2: malformed header: quoted field not closed before the end of the file"));
