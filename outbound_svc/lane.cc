@@ -18,6 +18,7 @@
 #include "common/metrics.h"
 #include "common/sv.h"
 #include "common/thread_name.h"
+#include "common/utf8.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess::outbound {
@@ -164,6 +165,9 @@ struct Lane::Job {
   // the body, so that a redelivery keeps its id and a different update of the same id does not
   // share it.
   std::string own_message_id;
+  // Stand-ins for ids the hub cannot carry (see UsableIds).
+  std::string own_correlation_id;
+  std::string own_event_type;
   uint32_t attempt = 1;
   absl::Time received_at;
 };
@@ -325,6 +329,7 @@ void Lane::Handle(amqp::Delivery delivery) {
   }
   // An event that tells nothing about itself is known by that id in the logs and the store.
   if (job->correlation_id.empty()) job->correlation_id = job->message_id;
+  if (absl::Status usable = UsableIds(*job); s.ok()) s = std::move(usable);
   if (!s.ok()) {
     Park(p, std::move(job), s);
     return;
@@ -616,6 +621,22 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     Requeue(*owned);
   };
   recorder_->RecordTogether(std::move(records), std::move(recorded));
+}
+
+absl::Status Lane::UsableIds(Job& job) {
+  absl::Status first;
+  auto check = [&first](std::string_view& id, std::string& own, std::string_view what) {
+    if (id.empty()) return;
+    absl::Status s = ids::Check(id, what);
+    if (s.ok()) return;
+    if (first.ok()) first = std::move(s);
+    own = ids::Fit(utf8::Repair(id));  // may read `own` itself (a derived message id)
+    id = own;
+  };
+  check(job.correlation_id, job.own_correlation_id, "the event's id");
+  check(job.event_type, job.own_event_type, "the event's type");
+  check(job.message_id, job.own_message_id, "the message's message_id");
+  return first;
 }
 
 void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& status,

@@ -141,6 +141,11 @@ class Lane {
   struct Job;
 
   void Handle(amqp::Delivery delivery);
+  // Whether the job's correlation id, event type and message id pass ids::Check (they go into
+  // AMQP properties, partner requests' headers, the store and the logs): the first failure.
+  // Each failing id is replaced by a stand-in the store and the logs can hold (made UTF-8, then
+  // ids::Fit), under which the event is parked.
+  static absl::Status UsableIds(Job& job);
   void Enqueue(PartnerState& p, std::unique_ptr<Job> job);
   // Dispatches waiting jobs as far as the partner's limit and breaker allow, or returns them
   // to the broker while the partner or the store is paused.

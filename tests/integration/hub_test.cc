@@ -932,6 +932,54 @@ TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   EXPECT_EQ(Depth(queue_), 0u);
 }
 
+// An event whose id the hub cannot carry (too long for an AMQP property, not UTF-8, a control
+// character that would forge a partner's header) is parked with the reason, and recorded DEAD
+// under a stand-in id the store can hold. Before, the first dropped the lane's publisher
+// connection, the second failed the store's whole batch of records (other events pushed twice)
+// and stalled the lane, the third reached the partner as a header of its own.
+TEST_F(HubTest, EventsWithIdsTheHubCannotCarryAreParkedAndRecorded) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)->Apply({.queues = {{.name = queue_}}}).ok());
+  const std::vector<amqp::Message> events = {
+      {.body = VisitEvent("VIS-2\\r\\nX-Injected: yes"), .message_id = "m-crlf"},
+      {.body = VisitEvent(std::string(300, 'L')), .message_id = "m-long"},
+      {.body = VisitEvent("VIS-U8"), .message_id = "m-\xff"},
+      {.body = VisitEvent("GOOD-1"), .message_id = "m-good"},
+  };
+  for (const amqp::Message& m : events) ASSERT_TRUE((*conn)->Publish("", queue_, m).ok());
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 3; }, absl::Seconds(30)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto s = Stats(ess::v1::DIRECTION_OUTBOUND);
+        return s.dead() == 3 && s.delivered() == 1;
+      },
+      absl::Seconds(10)))
+      << Stats(ess::v1::DIRECTION_OUTBOUND).ShortDebugString();
+  ASSERT_EQ(partner.count(), 1u);
+  EXPECT_EQ(partner.seen()[0].correlation, "GOOD-1");
+  EXPECT_EQ(Depth(queue_), 0u);
+
+  ess::v1::ListRequest req;
+  req.set_partner("prison_calendar");
+  req.set_status(ess::v1::MESSAGE_STATUS_DEAD);
+  ess::v1::ListResponse resp;
+  ASSERT_TRUE(stub_->List(Call().get(), req, &resp).ok());
+  std::map<std::string, std::string> errors;  // correlation id -> error
+  for (const auto& r : resp.records()) errors[r.correlation_id()] = r.error();
+  ASSERT_EQ(errors.size(), 3u);
+  EXPECT_EQ(errors["VIS-2\r\nX-Injected: yes"], "the event's id: control character 0x0d at byte 5");
+  EXPECT_EQ(errors["VIS-U8"], "the message's message_id: not UTF-8 (byte 2 is 0xff)");
+  const auto long_one = std::find_if(errors.begin(), errors.end(), [](const auto& e) {
+    return absl::StartsWith(e.first, std::string(200, 'L'));
+  });
+  ASSERT_NE(long_one, errors.end());
+  EXPECT_LE(long_one->first.size(), 255u);
+  EXPECT_EQ(long_one->second, "the event's id: 300 bytes; at most 255");
+}
+
 // A park the broker refuses (its parked queue was deleted under the lane) leaves the event in
 // its queue: requeued, and parked once the queue is back, never acked and dropped.
 TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
