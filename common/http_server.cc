@@ -573,9 +573,11 @@ struct Server::Impl {
       if (const char* query = evhttp_uri_get_query(uri); query != nullptr) r.query = query;
     }
     const evkeyvalq* in = evhttp_request_get_input_headers(req);
+    int lengths = 0;
     for (const evkeyval* h = in->tqh_first; h != nullptr; h = h->next.tqe_next) {
       std::string name(h->key);
       absl::AsciiStrToLower(&name);
+      lengths += name == "content-length" ? 1 : 0;
       r.headers.emplace_back(std::move(name), h->value);
     }
     evbuffer* body = evhttp_request_get_input_buffer(req);
@@ -598,6 +600,17 @@ struct Server::Impl {
       state->deadline = absl::Now() + absl::Seconds(self->options.request_timeout_seconds);
     }
     self->dispatcher->Track(conn, state);
+    // A body whose length two parsers could read differently lets a request hide in another's
+    // body behind a proxy that reads it the other way: refused, and the connection closed (RFC
+    // 9112, 6.3). libevent takes the first of several Content-Length headers (and refuses one
+    // beside Transfer-Encoding itself).
+    if (lengths > 1) {
+      Responder(std::move(state))
+          .Send({.status = 400,
+                 .headers = {{"Connection", "close"}},
+                 .body = R"({"error":"more than one Content-Length header"})"});
+      return;
+    }
     self->handler(std::move(r), Responder(std::move(state)));
   }
 
