@@ -53,6 +53,9 @@ class Converter {
     Remember(path, node);
     const Descriptor* desc = msg->GetDescriptor();
     std::vector<std::pair<const FieldDescriptor*, YAML::Node>> deferred_any;
+    // YAML takes a repeated key, the last one winning: a second `port:` or `partners:` would
+    // quietly override the first.
+    absl::flat_hash_map<const FieldDescriptor*, YAML::Mark> seen;
     for (const auto& kv : node) {
       std::string key = kv.first.as<std::string>();
       const FieldDescriptor* field = desc->FindFieldByName(key);
@@ -62,6 +65,9 @@ class Converter {
         return Error(
             kv.first, field_path,
             absl::StrCat("unknown field (", desc->name(), " has: ", FieldNames(desc), ")"));
+      }
+      if (auto [it, first] = seen.try_emplace(field, kv.first.Mark()); !first) {
+        return Repeated(kv.first, field_path, it->second);
       }
       if (field->message_type() != nullptr &&
           field->message_type()->full_name() == "google.protobuf.Any") {
@@ -120,16 +126,28 @@ class Converter {
     return ErrorAt(path, what);
   }
 
+  // At the second time a key is written.
+  absl::Status Repeated(const YAML::Node& key, const std::string& path, const YAML::Mark& first) {
+    marks_.erase(path);  // point at the repeat, not the first
+    return Error(key, path,
+                 absl::StrCat("repeated (first at line ", first.line + 1, ", column ",
+                              first.column + 1, ")"));
+  }
+
   absl::Status ConvertField(const YAML::Node& node, const std::string& path,
                             const FieldDescriptor* field, Message* msg) {
     Remember(path, node);
     if (field->is_map()) {
       if (!node.IsMap()) return Error(node, path, "expected a map");
       const Descriptor* entry = field->message_type();
+      absl::flat_hash_map<std::string, YAML::Mark> seen;
       for (const auto& kv : node) {
-        Message* e = msg->GetReflection()->AddMessage(msg, field);
         std::string key = kv.first.as<std::string>();
         std::string epath = absl::StrCat(path, ".", key);
+        if (auto [it, first] = seen.try_emplace(key, kv.first.Mark()); !first) {
+          return Repeated(kv.first, epath, it->second);
+        }
+        Message* e = msg->GetReflection()->AddMessage(msg, field);
         absl::Status s = SetScalar(kv.first, epath, entry->map_key(), e);
         if (s.ok()) s = SetValue(kv.second, epath, entry->map_value(), e);
         if (!s.ok()) return s;

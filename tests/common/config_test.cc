@@ -114,6 +114,27 @@ TEST(ConfigTest, UnknownFieldNamesFileLineAndPath) {
   EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:3:3: bus.prot: unknown field"));
 }
 
+// YAML lets a key be written twice, the last one winning; a hub file that does so was quietly
+// half ignored (a second `port:`, a second `partners:` list).
+TEST(ConfigTest, AKeyWrittenTwiceIsNamedAtItsRepeat) {
+  auto c = Load("bus:\n  port: 1\n  port: 5672\n");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.status().message(), "hub.yaml:3:3: bus.port: repeated (first at line 2, column 3)");
+  // Under its JSON name too.
+  c = Load("bus: {events_exchange: a, eventsExchange: b}\n");
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("bus.eventsExchange: repeated (first at line 1, column 7)"));
+  std::string twice = kGood;
+  twice += twice.substr(twice.find("partners:"));
+  c = Load(twice);
+  EXPECT_THAT(c.status().message(), HasSubstr(": partners: repeated (first at line "));
+  std::string header = kGood;
+  header.replace(header.find("base_url"), 8, "headers: {X-Key: a, X-Key: b}\n      base_url");
+  c = Load(header);
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].settings.headers.X-Key: repeated (first at line "));
+}
+
 TEST(ConfigTest, WrongTypeNamesTheField) {
   auto c = Load("bus:\n  port: lots\n");
   ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
