@@ -14,12 +14,14 @@
 #include "absl/container/node_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/sv.h"
 #include "common/thread_name.h"
 
 namespace ess::http {
@@ -268,6 +270,16 @@ struct Client::Impl {
       return;
     }
     t.request.timeout = left;
+    // Whatever the caller put in a header (event data included) never becomes a header line of
+    // its own, nor a header cut short at a NUL.
+    for (const auto& [name, value] : t.request.headers) {
+      if (absl::Status s = CheckHeader(name, value); !s.ok()) {
+        Complete(t, absl::Status(s.code(),
+                                 absl::StrCat(t.request.method, " ", UrlForMessage(t.request.url),
+                                              ": ", s.message(), "; request not sent")));
+        return;
+      }
+    }
     if (CURLcode rc = Configure(t); rc != CURLE_OK) {
       Finish(t, rc);
       return;
@@ -504,5 +516,19 @@ absl::StatusOr<Response> Client::SendAndWait(Request request) {
 }
 
 void Client::Stop() { impl_->Stop(); }
+
+absl::Status CheckHeader(std::string_view name, std::string_view value) {
+  constexpr std::string_view kLineBreaks("\r\n\0", 3);
+  if (name.empty()) return absl::InvalidArgumentError("a header has an empty name");
+  if (name.find_first_of(kLineBreaks) != std::string_view::npos || name.find(':') != name.npos) {
+    return absl::InvalidArgumentError(absl::StrCat("header name \"", absl::CHexEscape(ToAbsl(name)),
+                                                   "\" holds a CR, LF, NUL or ':'"));
+  }
+  if (value.find_first_of(kLineBreaks) != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header ", ToAbsl(name), ": value holds a CR, LF or NUL"));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace ess::http

@@ -50,11 +50,19 @@ struct Response {
   std::string_view Header(std::string_view lower_name) const;
 };
 
+// OK if `name: value` is one header line: a name that is not empty and holds no ':', and
+// neither holding a CR, LF or NUL (which would end the line early and let the rest be read as
+// another header). Otherwise INVALID_ARGUMENT naming the header (never its value, which may be
+// event data). The client refuses any request with such a header (below); adapters check their
+// configured headers with it when they are built.
+absl::Status CheckHeader(std::string_view name, std::string_view value);
+
 // Transport failures (no HTTP status at all) come back as a status:
 //   DEADLINE_EXCEEDED  the timeout or connect timeout passed
 //   UNAVAILABLE        connection refused/reset, DNS failure, TLS handshake failure, a reply
 //                      that is not HTTP
-//   INVALID_ARGUMENT   malformed URL or unsupported scheme
+//   INVALID_ARGUMENT   malformed URL or unsupported scheme, or a header CheckHeader refuses
+//                      (nothing is sent)
 //   FAILED_PRECONDITION the local TLS setup is unusable (e.g. unreadable CA file)
 //   CANCELLED          the client was stopped first
 //   UNKNOWN            any other transport failure (the message has curl's text)

@@ -170,6 +170,18 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
     return bad("method", "must be POST, PUT or PATCH");
   }
   settings.set_method(method);
+  // A configured header must be one header line; the HTTP client would refuse every request
+  // with it, so it is refused here, at its line, rather than by parking every event.
+  for (const auto& [name, value] : settings.headers()) {
+    if (absl::Status h = http::CheckHeader(name, value); !h.ok()) {
+      return bad(absl::StrCat("headers.", name), ToStd(h.message()));
+    }
+  }
+  if (!settings.correlation_header().empty()) {
+    if (absl::Status h = http::CheckHeader(settings.correlation_header(), ""); !h.ok()) {
+      return bad("correlation_header", ToStd(h.message()));
+    }
+  }
   for (uint32_t code : settings.success_codes()) {
     if (code < 100 || code > 599) return bad("success_codes", "must be HTTP status codes");
   }

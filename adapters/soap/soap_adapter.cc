@@ -82,9 +82,8 @@ absl::StatusOr<std::unique_ptr<SoapAdapter>> SoapAdapter::Create(
     return bad("response_mapping", "is needed to read the callbacks of inbound.webhook_path");
   }
   for (const auto& [name, value] : settings.headers()) {
-    if (name.empty() || name.find_first_of(":\r\n") != std::string::npos ||
-        value.find_first_of("\r\n") != std::string::npos) {
-      return bad(absl::StrCat("headers.", name), "not a valid HTTP header");
+    if (absl::Status h = http::CheckHeader(name, value); !h.ok()) {
+      return bad(absl::StrCat("headers.", name), ToStd(h.message()));
     }
     const std::string lower = absl::AsciiStrToLower(name);
     if (lower == "content-type" || lower == "soapaction") {

@@ -112,6 +112,42 @@ TEST(RestAdapterTest, PushesOverRealHttpAndClassifiesAnswers) {
   server.Stop();
 }
 
+// Ids from the event go into headers; one that would break its header line is refused by the
+// HTTP client, naming the header: a permanent error (parked by the lane), and nothing is sent.
+TEST(RestAdapterTest, AnIdThatWouldInjectAHeaderIsRefusedAndNothingIsSent) {
+  std::atomic<int> hits{0};
+  http::Server server({}, [&](http::ServerRequest, http::Responder r) {
+    ++hits;
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      Partner("http://127.0.0.1:" + std::to_string(server.port())), {.http = &client});
+  ASSERT_TRUE(adapter.ok());
+  auto ev = MapVisit();
+  auto push = [&](std::string_view cid, std::string_view mid) {
+    std::promise<PushResult> p;
+    (*adapter)->Push({.correlation_id = cid, .message_id = mid, .fields = ev->fields},
+                     [&](PushResult r) { p.set_value(std::move(r)); });
+    return p.get_future().get();
+  };
+  PushResult r = push("VIS-2\r\nX-Injected: yes", "");
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  EXPECT_THAT(std::string(r.status.message()),
+              HasSubstr("header Idempotency-Key: value holds a CR, LF or NUL"));
+  EXPECT_FALSE(IsRetryable(r.status));
+  r = push("VIS-2", std::string_view("VIS-2\0b", 7));
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  r = push("VIS-2\nX-Injected: yes", "MSG-1");
+  EXPECT_THAT(std::string(r.status.message()),
+              HasSubstr("header X-Correlation-ID: value holds a CR, LF or NUL"));
+  EXPECT_EQ(hits.load(), 0);
+  EXPECT_TRUE(push("VIS-2", "MSG-1").status.ok());
+  EXPECT_EQ(hits.load(), 1);
+  server.Stop();
+}
+
 TEST(RestAdapterTest, DryRunSendsNothing) {
   std::atomic<int> hits{0};
   http::Server server({}, [&](http::ServerRequest, http::Responder r) {
@@ -157,6 +193,28 @@ TEST(RestAdapterTest, FactoryRejectsBadSettings) {
   EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(a.status().message()),
               HasSubstr("partners[prison].settings.base_url: must start with http"));
+  // A configured header must be one header line.
+  auto with_settings = [](auto change) {
+    ess::v1::PartnerConfig partner = Partner("http://127.0.0.1:9");
+    ess::v1::RestAdapterConfig rest;
+    EXPECT_TRUE(partner.settings().UnpackTo(&rest));
+    change(rest);
+    partner.mutable_settings()->PackFrom(rest);
+    return BuiltinRegistry().Create(partner, {}).status();
+  };
+  absl::Status s = with_settings([](ess::v1::RestAdapterConfig& r) {
+    (*r.mutable_headers())["X-Api-Key"] = "k1\r\nX-Injected: yes";
+  });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "partners[prison].settings.headers.X-Api-Key: header X-Api-Key: value holds a CR, LF "
+            "or NUL");
+  s = with_settings([](ess::v1::RestAdapterConfig& r) { (*r.mutable_headers())["X-A:B"] = "k"; });
+  EXPECT_THAT(std::string(s.message()), HasSubstr("partners[prison].settings.headers.X-A:B: "));
+  s = with_settings(
+      [](ess::v1::RestAdapterConfig& r) { r.set_correlation_header("X-Cid\nX-Injected"); });
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("partners[prison].settings.correlation_header: header name"));
   p.set_adapter("fax");
   EXPECT_EQ(BuiltinRegistry().Create(p, {}).status().code(), absl::StatusCode::kNotFound);
 }

@@ -71,6 +71,7 @@ class ClientTest : public ::testing::Test {
       absl::MutexLock lock(&mu_);
       peers_.insert(req.peer);
       last_ = req;
+      ++requests_;
     }
     if (req.path == "/echo") {
       std::move(r).Send({.status = 200,
@@ -112,6 +113,7 @@ class ClientTest : public ::testing::Test {
   absl::Mutex mu_;
   absl::flat_hash_set<std::string> peers_ ABSL_GUARDED_BY(mu_);
   ServerRequest last_ ABSL_GUARDED_BY(mu_);
+  int requests_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<Responder> hung_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Server> server_;
 };
@@ -318,6 +320,43 @@ TEST_F(ClientTest, BadUrlsGiveInvalidArgument) {
     absl::StatusOr<Response> r = client.SendAndWait({.url = url, .body = "x"});
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << url << ": " << r.status();
   }
+}
+
+// A header whose name or value holds a CR, LF or NUL (e.g. from event data) would add header
+// lines of its own or be cut short: the request is refused, naming the header, and never sent.
+TEST_F(ClientTest, HeadersThatWouldBreakTheirLineAreRefusedAndNothingIsSent) {
+  Client client({});
+  const HeaderList bad[] = {
+      {{"Idempotency-Key", "VIS-2\r\nX-Injected: yes"}},
+      {{"X-Correlation-ID", "VIS-2\nX-Injected: yes"}},
+      {{"X-Correlation-ID", "VIS-2\rX-Injected: yes"}},
+      {{"Idempotency-Key", std::string("VIS-2\0tail", 10)}},
+      {{"X-Injected\r\nX-Api-Key", "k"}},
+      {{"X-A:B", "k"}},
+      {{"", "k"}},
+  };
+  for (const HeaderList& headers : bad) {
+    absl::StatusOr<Response> r =
+        client.SendAndWait({.url = Url("/echo"), .headers = headers, .body = "x"});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+    const std::string message(r.status().message());
+    EXPECT_THAT(message, ::testing::HasSubstr("request not sent"));
+    EXPECT_THAT(message, ::testing::Not(::testing::HasSubstr("yes")));  // never the value
+  }
+  absl::StatusOr<Response> r = client.SendAndWait(
+      {.url = Url("/echo"), .headers = {{"Idempotency-Key", "VIS-2\r\nX-Injected: yes"}}});
+  EXPECT_EQ(
+      r.status().message(),
+      absl::StrCat("POST ", Url("/echo"),
+                   ": header Idempotency-Key: value holds a CR, LF or NUL; request not sent"));
+  {
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(requests_, 0);
+  }
+  // The client goes on: a good request after them is sent.
+  r = client.SendAndWait({.url = Url("/echo"), .headers = {{"Idempotency-Key", "VIS-2"}}});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, 200);
 }
 
 TEST_F(ClientTest, StopCancelsPendingAndLaterRequests) {
