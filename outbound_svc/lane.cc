@@ -557,9 +557,16 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
       error = round->error;
     }
     if (!error.ok()) {
-      log::Warn(round->job->correlation_id, "confirmation not published; requeued",
+      // A failure of this delivery like any other: recorded FAILED, through the delay queue
+      // with backoff, parked once its attempts are spent. (Requeued at once, it came straight
+      // back, the store knew nothing of it, and the partner got it again and again.)
+      log::Warn(round->job->correlation_id, "confirmation not published; delivery retried",
                 {{"partner", p.partner.name}, {"error", ToStd(error.message())}});
-      Requeue(*round->job);
+      Retry(
+          p, std::move(round->job),
+          absl::UnavailableError(absl::StrCat(
+              "the partner accepted it but its confirmation was not published: ", error.message())),
+          absl::ZeroDuration());
       return;
     }
     Complete(p, std::move(round->job), std::move(round->result));

@@ -26,8 +26,10 @@
 //   delivered, and the       each confirmation (e.g. the SlotConfirmed a SOAP answer maps to)
 //   answer confirms events   is published to the events exchange with confirm, then recorded
 //                            (inbound, PUBLISHED) in the same Record call as the delivery,
-//                            after it, before the ack; if that publish fails the delivery is
-//                            requeued
+//                            after it, before the ack; if that publish fails (unroutable, the
+//                            publisher down) the delivery is a retryable failure as above
+//                            (FAILED "the partner accepted it but its confirmation was not
+//                            published", the delay queue, parked once its attempts are spent)
 //
 // Moves to another queue are publish-with-confirm first, ack second, so a crash in between
 // duplicates a message and never loses one; a duplicate carries the same Idempotency-Key. The

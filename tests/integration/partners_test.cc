@@ -184,5 +184,69 @@ TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// A SOAP answer whose confirmation cannot be published (nothing is bound to the events
+// exchange, so the broker returns it) fails the delivery like any retryable failure: recorded
+// FAILED, retried through the delay queue, then parked after max_attempts, with a reason that
+// says the partner took it. The partner sees one request per attempt, not a hot loop.
+TEST_F(PartnersTest, AConfirmationThatCannotBePublishedIsRetriedThenParked) {
+  CapturePartner medical;
+  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send(
+        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
+  });
+  const std::string queue = testing::UniqueName("medical");
+  Start(absl::StrCat(R"yaml(
+  - name: medical
+    adapter: soap
+    settings:
+      endpoint: ")yaml",
+                     medical.url(), R"yaml(/soap/Visits"
+      soap_action: "urn:medical/BookVisit"
+      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id></m:BookVisit>"
+      namespaces: {m: "urn:medical"}
+      response_mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
+    outbound:
+      queue: )yaml",
+                     queue, R"yaml(
+      retry: {max_attempts: 3, initial_backoff_ms: 50, max_backoff_ms: 200}
+      circuit_breaker: {disabled: true}
+      mapping: [{target: id, source: id}]
+)yaml"));
+  // Nothing is bound to exchange_: every confirmation is returned as unroutable.
+  Publish(queue, "VIS-90", R"({"type":"VisitScheduleUpdated","id":"VIS-90"})");
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  absl::StatusOr<amqp::Delivery> d;
+  ASSERT_TRUE(
+      WaitFor([&] { return (d = (*conn)->Get(queue + ".parked")).ok(); }, absl::Seconds(30)))
+      << outbound_->Log();
+  // Parked after its third attempt: three requests, and none after it (the delivery is acked).
+  EXPECT_EQ(medical.count(), 3u) << outbound_->Log();
+  std::string reason;
+  for (const auto& [k, v] : d->message.headers) {
+    if (k == "x-ess-reason") reason = v;
+  }
+  EXPECT_THAT(reason, HasSubstr("gave up after 3 attempts: the partner accepted it but its "
+                                "confirmation was not published: unroutable"));
+  ess::v1::GetResponse t;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        t = Trail("VIS-90");
+        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
+      },
+      absl::Seconds(10)))
+      << t.DebugString();
+  EXPECT_EQ(t.records(0).direction(), ess::v1::DIRECTION_OUTBOUND);
+  EXPECT_EQ(t.records(0).attempts(), 3u);
+  EXPECT_THAT(t.records(0).error(),
+              HasSubstr("the partner accepted it but its confirmation was not published"));
+  EXPECT_EQ(medical.count(), 3u);
+  auto depth = (*conn)->MessageCount(queue);
+  ASSERT_TRUE(depth.ok());
+  EXPECT_EQ(*depth, 0u);
+}
+
 }  // namespace
 }  // namespace ess
