@@ -77,6 +77,23 @@ void AppendHistory(amqp::Headers& headers, uint32_t attempt, const absl::Status&
   SetHeader(headers, kHistoryHeader, std::move(history));
 }
 
+// The message id of a confirmation a delivery's answer carried: the delivery's own message id
+// and the event type, so that each update of a visit has its own, and a redelivery of the same
+// delivery keeps it. At most 255 bytes (an AMQP short string): a longer one keeps a prefix, cut
+// on a UTF-8 boundary, and a hash of the whole.
+std::string ConfirmationId(std::string_view delivery_message_id, std::string_view event_type) {
+  std::string id = absl::StrCat(ToAbsl(delivery_message_id), ":", ToAbsl(event_type));
+  // ids::Fit -- TODO: return ids::Fit(id) once common/ids.h has it; a minimal stand-in till then.
+  constexpr size_t kMaxIdBytes = 255;
+  if (id.size() <= kMaxIdBytes) return id;
+  const std::string hash = ids::ShortHash(id);
+  size_t keep = kMaxIdBytes - 1 - hash.size();
+  while (keep > 0 && (static_cast<unsigned char>(id[keep]) & 0xC0) == 0x80) --keep;
+  id.resize(keep);
+  absl::StrAppend(&id, "~", hash);
+  return id;
+}
+
 bool StoreUnreachable(const absl::Status& s) {
   return s.code() == absl::StatusCode::kUnavailable ||
          s.code() == absl::StatusCode::kDeadlineExceeded ||
@@ -577,7 +594,7 @@ void Lane::Confirm(PartnerState& p, std::unique_ptr<Job> job, adapters::PushResu
     amqp::Message& msg = messages[i];
     msg.body = ev.body;
     msg.correlation_id = ev.correlation_id;
-    msg.message_id = absl::StrCat(ev.correlation_id, ":", ev.event_type);
+    msg.message_id = ConfirmationId(round->job->message_id, ev.event_type);
     msg.type = ev.event_type;
     msg.headers.emplace_back(kPartnerHeader, p.partner.name);
   }
@@ -603,7 +620,7 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     rec.set_direction(ess::v1::DIRECTION_INBOUND);
     rec.set_partner(p.partner.name);
     rec.set_correlation_id(ev.correlation_id);
-    rec.set_message_id(absl::StrCat(ev.correlation_id, ":", ev.event_type));
+    rec.set_message_id(ConfirmationId(job->message_id, ev.event_type));
     rec.set_event_type(ev.event_type);
     rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
     rec.set_rendered(ev.body);

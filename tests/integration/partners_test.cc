@@ -5,6 +5,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "absl/strings/str_cat.h"
 #include "common/amqp.h"
 #include "common/replay_client.h"
@@ -64,11 +66,17 @@ class PartnersTest : public ::testing::Test {
     ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
   }
 
-  void Publish(const std::string& queue, const std::string& id, const std::string& body) {
+  // With `message_id` empty, the event's id is its message id too.
+  void Publish(const std::string& queue, const std::string& id, const std::string& body,
+               const std::string& message_id = "") {
     auto conn = amqp::Connection::Open(broker_);
     ASSERT_TRUE(conn.ok());
-    ASSERT_TRUE(
-        (*conn)->Publish("", queue, {.body = body, .correlation_id = id, .message_id = id}).ok());
+    ASSERT_TRUE((*conn)
+                    ->Publish("", queue,
+                              {.body = body,
+                               .correlation_id = id,
+                               .message_id = message_id.empty() ? id : message_id})
+                    .ok());
   }
 
   ess::v1::GetResponse Trail(const std::string& cid) {
@@ -181,6 +189,71 @@ TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
       },
       absl::Seconds(10)))
       << t.DebugString();
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// Two updates of one visit, each confirmed by the SOAP answer: each confirmation has its own
+// message id (the delivery's, plus the event type), so both are on the bus under their own ids
+// and both stay in the store; one from a message id near the 255-byte limit still fits.
+TEST_F(PartnersTest, EachDeliverysConfirmationHasAMessageIdOfItsOwn) {
+  CapturePartner medical;
+  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send(
+        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
+  });
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  const std::string queue = testing::UniqueName("medical");
+  Start(absl::StrCat(R"yaml(
+  - name: medical
+    adapter: soap
+    settings:
+      endpoint: ")yaml",
+                     medical.url(), R"yaml(/soap/Visits"
+      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id></m:BookVisit>"
+      namespaces: {m: "urn:medical"}
+      response_mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
+    outbound:
+      queue: )yaml",
+                     queue, R"yaml(
+      mapping: [{target: id, source: id}]
+)yaml"));
+  // 250 bytes of two-byte characters: with ":SlotConfirmed" the id would pass 255 bytes.
+  std::string long_id;
+  while (long_id.size() < 250) long_id += "\xc3\xa9";
+  const std::vector<std::string> message_ids = {"VIS-91-update-1", "VIS-91-update-2", long_id};
+  for (const std::string& mid : message_ids) {
+    Publish(queue, "VIS-91", R"({"type":"VisitScheduleUpdated","id":"VIS-91"})", mid);
+  }
+  std::vector<std::string> seen;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (auto d = (*conn)->Get(sub); d.ok()) seen.push_back(d->message.message_id);
+        return seen.size() == message_ids.size();
+      },
+      absl::Seconds(20)))
+      << outbound_->Log();
+  EXPECT_EQ(seen[0], "VIS-91-update-1:SlotConfirmed");
+  EXPECT_EQ(seen[1], "VIS-91-update-2:SlotConfirmed");
+  EXPECT_LE(seen[2].size(), 255u);
+  EXPECT_NE(seen[2], seen[0]);
+  // Every delivery and every confirmation has its record: none overwrote another.
+  ess::v1::GetResponse t;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        t = Trail("VIS-91");
+        return t.records_size() == 6;
+      },
+      absl::Seconds(10)))
+      << t.DebugString();
+  std::multiset<std::string> inbound;
+  for (const auto& r : t.records()) {
+    if (r.direction() == ess::v1::DIRECTION_INBOUND) inbound.insert(r.message_id());
+  }
+  EXPECT_EQ(inbound, std::multiset<std::string>(seen.begin(), seen.end()));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
