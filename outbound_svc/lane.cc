@@ -639,9 +639,9 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     }
     // No ack without its record: the broker redelivers it; the lane pauses until the
     // store answers again.
+    if (RequeuedForStore(*owned, s)) return;
     log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
               {{"error", ToStd(s.message())}});
-    if (StoreUnreachable(s)) PauseForStore(s);
     Requeue(*owned);
   };
   recorder_->RecordTogether(std::move(records), std::move(recorded));
@@ -706,22 +706,23 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
   }
   std::string queue = RetryQueueName(p.partner.route.queue(), level);
   Job* raw = job.release();
-  Record(
-      p, *raw, ess::v1::MESSAGE_STATUS_FAILED, "", status,
-      [this, &p, raw, queue = std::move(queue), status, first_ms, delay_ms](absl::Status) mutable {
-        // The message is safe in the retry queue whether or not the record was stored.
-        std::unique_ptr<Job> owned(raw);
-        p.retried.fetch_add(1, std::memory_order_relaxed);
-        // Before the message moves: the job's ids may point into it.
-        Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
-        amqp::Message msg = std::move(owned->delivery.message);
-        SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
-        SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
-        SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
-        AppendHistory(msg.headers, owned->attempt, status);
-        msg.expiration = absl::StrCat(delay_ms);
-        MoveAndAck(*owned, std::move(queue), std::move(msg));
-      });
+  Record(p, *raw, ess::v1::MESSAGE_STATUS_FAILED, "", status,
+         [this, &p, raw, queue = std::move(queue), status, first_ms,
+          delay_ms](absl::Status recorded) mutable {
+           std::unique_ptr<Job> owned(raw);
+           if (RequeuedForStore(*owned, recorded)) return;
+           // Moved also when the store refused the record for good: the retry queue holds it.
+           p.retried.fetch_add(1, std::memory_order_relaxed);
+           // Before the message moves: the job's ids may point into it.
+           Audit(p, *owned, ess::v1::MESSAGE_STATUS_FAILED, status);
+           amqp::Message msg = std::move(owned->delivery.message);
+           SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
+           SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
+           SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
+           AppendHistory(msg.headers, owned->attempt, status);
+           msg.expiration = absl::StrCat(delay_ms);
+           MoveAndAck(*owned, std::move(queue), std::move(msg));
+         });
 }
 
 void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason) {
@@ -730,20 +731,22 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
              {"queue", ParkedQueueName(p.partner.route.queue())},
              {"reason", ToStd(reason.message())}});
   Job* raw = job.release();
-  Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason, [this, raw, &p, reason](absl::Status) {
-    // Parked whether or not the record was stored: the parked queue holds it.
-    std::unique_ptr<Job> owned(raw);
-    p.parked.fetch_add(1, std::memory_order_relaxed);
-    // Before the message moves: the job's ids may point into it.
-    Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
-    amqp::Message msg = std::move(owned->delivery.message);
-    SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
-    SetHeader(msg.headers, kPartnerHeader, p.partner.name);
-    SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
-    AppendHistory(msg.headers, owned->attempt, reason);
-    msg.expiration.clear();
-    MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
-  });
+  Record(p, *raw, ess::v1::MESSAGE_STATUS_DEAD, "", reason,
+         [this, raw, &p, reason](absl::Status recorded) {
+           std::unique_ptr<Job> owned(raw);
+           if (RequeuedForStore(*owned, recorded)) return;
+           // Parked also when the store refused the record for good: the parked queue holds it.
+           p.parked.fetch_add(1, std::memory_order_relaxed);
+           // Before the message moves: the job's ids may point into it.
+           Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
+           amqp::Message msg = std::move(owned->delivery.message);
+           SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
+           SetHeader(msg.headers, kPartnerHeader, p.partner.name);
+           SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
+           AppendHistory(msg.headers, owned->attempt, reason);
+           msg.expiration.clear();
+           MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
+         });
 }
 
 void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string rendered,
@@ -803,6 +806,15 @@ void Lane::AuditAndAck(PartnerState& p, std::unique_ptr<Job> job, ess::v1::Messa
 }
 
 // --- the supervisor: breaker probes and store outages -----------------------------------------
+
+bool Lane::RequeuedForStore(Job& job, const absl::Status& recorded) {
+  if (recorded.ok() || !StoreUnreachable(recorded)) return false;
+  log::Warn(job.correlation_id, "replay store did not take the record; requeued",
+            {{"error", ToStd(recorded.message())}});
+  PauseForStore(recorded);
+  Requeue(job);
+  return true;
+}
 
 void Lane::PauseForStore(const absl::Status& why) {
   if (store_paused_.exchange(true)) return;

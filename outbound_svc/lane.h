@@ -19,7 +19,9 @@
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store
-//                            answers again: no ack without its record
+//                            answers again: no ack without its record (and no move to a delay
+//                            or parked queue: a record the store refused for good does not
+//                            hold a retry or park back)
 //   redelivered, and the     ack without a second push (unless it carries "x-ess-replay")
 //   store shows it delivered
 //   with the same payload
@@ -180,6 +182,9 @@ class Lane {
   bool NoteOutcome(PartnerState& p, bool failed, bool counts);
   void OpenBreaker(PartnerState& p);
   void PauseForStore(const absl::Status& why);
+  // No ack without its record: when `recorded` says the store is unreachable, requeues the job
+  // and pauses consumption until the store answers (true); otherwise does nothing (false).
+  bool RequeuedForStore(Job& job, const absl::Status& recorded);
   void Supervise();
 
   // Settlement; each ends the job's life in the lane.

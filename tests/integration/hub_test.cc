@@ -980,6 +980,68 @@ TEST_F(HubTest, EventsWithIdsTheHubCannotCarryAreParkedAndRecorded) {
   EXPECT_EQ(long_one->second, "the event's id: 300 bytes; at most 255");
 }
 
+// No ack without its record, for a park too: a poison event taken while the store is down is
+// not parked and acked away unrecorded; it stays on its queue (requeued, consumption paused)
+// and, once the store is back, is parked and recorded DEAD, so ops replay finds it.
+TEST_F(HubTest, APoisonEventWhileTheStoreIsDownIsParkedAndRecordedOnceItIsBack) {
+  CapturePartner partner;
+  StartHub(partner.url());
+  stub_.reset();
+  ASSERT_EQ(replay_->Stop(SIGKILL), 128 + SIGKILL);
+  replay_.reset();
+  Publish({{"BAD-9", R"({"type":"VisitScheduleUpdated","id":"BAD-9","slotUtc":"x"})"}},
+          /*declare=*/false);
+  // Not moved: back on its queue (not parked unrecorded), consumption paused for the store.
+  ASSERT_TRUE(
+      WaitFor([&] { return DepthOrZero(queue_) == 1 || DepthOrZero(queue_ + ".parked") == 1; },
+              absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("consumption paused"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("replay store did not take the record; requeued"));
+  ASSERT_NO_FATAL_FAILURE(StartReplay());  // same database, same port
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
+      << outbound_->Log();
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  auto t = Trail("BAD-9");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(t.records(0).error(), "missing required field \"inmateId\" (for \"inmate\")");
+  EXPECT_EQ(Depth(queue_), 0u);
+  EXPECT_EQ(partner.count(), 0u);
+}
+
+// The same for a retry: a failed push whose FAILED record the store cannot take is requeued,
+// not moved to the delay queue unrecorded; once the store is back it is retried, recorded and
+// parked after its attempts.
+TEST_F(HubTest, ARetryWhileTheStoreIsDownIsRecordedOnceItIsBack) {
+  CapturePartner partner;
+  partner.set_status(503);
+  StartHub(partner.url());
+  stub_.reset();
+  ASSERT_EQ(replay_->Stop(SIGKILL), 128 + SIGKILL);
+  replay_.reset();
+  Publish({{"DOWN-9", VisitEvent("DOWN-9")}}, /*declare=*/false);
+  // Not moved: back on its queue (not parked unrecorded), consumption paused for the store.
+  ASSERT_TRUE(
+      WaitFor([&] { return DepthOrZero(queue_) == 1 || DepthOrZero(queue_ + ".parked") == 1; },
+              absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("consumption paused"));
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  // max_attempts 2: parked after its second attempt, recorded DEAD with both.
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
+      << outbound_->Log();
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  auto t = Trail("DOWN-9");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(t.records(0).attempts(), 2u);
+}
+
 // A park the broker refuses (its parked queue was deleted under the lane) leaves the event in
 // its queue: requeued, and parked once the queue is back, never acked and dropped.
 TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
