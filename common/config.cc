@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/mapping.h"
+#include "common/queue_names.h"
 #include "google/protobuf/any.pb.h"
 #include "google/protobuf/message.h"
 
@@ -601,6 +602,28 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       }
       absl::Status s = ValidateMapping(conv, in + ".mapping", route.mapping());
       if (!s.ok()) return s;
+    }
+  }
+  // The lane consumes each work queue and moves failures to the partner's delay and parked
+  // queues: a work queue that is another partner's delay or parked queue would have that
+  // partner's parked (or waiting) events delivered to this one.
+  absl::flat_hash_map<std::string, std::string> moves;  // delay or parked queue -> its partner
+  for (const auto& p : c.partners()) {
+    if (!p.has_outbound()) continue;
+    const std::string& q = p.outbound().queue();
+    moves.emplace(queues::ParkedQueueName(q), p.name());
+    for (uint32_t delay : queues::RetryDelaysMs(p.outbound().retry())) {
+      moves.emplace(queues::RetryQueueName(q, delay), p.name());
+    }
+  }
+  for (int i = 0; i < c.partners_size(); ++i) {
+    const auto& p = c.partners(i);
+    if (!p.has_outbound()) continue;
+    if (auto it = moves.find(p.outbound().queue()); it != moves.end()) {
+      return conv.ErrorAt(
+          absl::StrCat("partners[", i, "].outbound.queue"),
+          absl::StrCat("queue \"", p.outbound().queue(),
+                       "\" is a delay or parked queue of partner \"", it->second, "\""));
     }
   }
   return absl::OkStatus();

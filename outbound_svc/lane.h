@@ -65,6 +65,7 @@
 #include "common/audit.h"
 #include "common/bus_headers.h"
 #include "common/mapping.h"
+#include "common/queue_names.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
 #include "prometheus/metric_family.h"
@@ -80,10 +81,10 @@ using bus::kMaybeDeliveredAsHeader;
 using bus::kPartnerHeader;
 using bus::kReplayHeader;  // an explicit replay: push again
 
-// The delay queues of a retry policy, shortest first: initial, 2*initial, ..., max.
-std::vector<uint32_t> RetryDelaysMs(const ess::v1::RetryPolicy& policy);
-std::string RetryQueueName(const std::string& queue, uint32_t delay_ms);
-std::string ParkedQueueName(const std::string& queue);
+// The delay queues of a retry policy and the queue names (common/queue_names.h).
+using queues::ParkedQueueName;
+using queues::RetryDelaysMs;
+using queues::RetryQueueName;
 
 // Queues (work, retry levels, parked) the lane needs for these partners.
 amqp::Topology OutboundTopology(const ess::v1::HubConfig& config);

@@ -180,6 +180,39 @@ partners:
   EXPECT_THAT(c.status().message(), HasSubstr("partners[1].name: duplicate partner name \"a\""));
 }
 
+// A work queue that is another partner's parked or delay queue would have that partner's
+// parked (or waiting) events delivered to this one: refused, at the queue's line.
+TEST(ConfigTest, AWorkQueueThatIsAnotherPartnersParkedOrDelayQueueIsRejected) {
+  auto c = Load(R"(
+partners:
+  - {name: za, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za, mapping: [{target: id, source: id}]}}
+  - {name: zb, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za.parked, mapping: [{target: id, source: id}]}}
+)");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:4:"));
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[1].outbound.queue: queue \"za.parked\" is a delay or parked "
+                        "queue of partner \"za\""));
+  // The first partner's delay queue (default retry: 1000 ms first), named before its owner.
+  c = Load(R"(
+partners:
+  - {name: zb, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za.retry.1000ms, mapping: [{target: id, source: id}]}}
+  - {name: za, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za, mapping: [{target: id, source: id}]}}
+)");
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("hub.yaml:3:"));
+  EXPECT_THAT(c.status().message(),
+              HasSubstr("partners[0].outbound.queue: queue \"za.retry.1000ms\" is a delay or "
+                        "parked queue of partner \"za\""));
+  // Names alike but not the same are fine.
+  EXPECT_TRUE(Load(R"(
+partners:
+  - {name: za, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za, mapping: [{target: id, source: id}]}}
+  - {name: zb, adapter: rest, settings: {base_url: "http://x"}, outbound: {queue: za.parked2, mapping: [{target: id, source: id}]}}
+)")
+                  .ok());
+}
+
 TEST(ConfigTest, MissingSettingsAndRoutesAreRejected) {
   auto c = Load(
       "partners:\n  - {name: a, adapter: rest, outbound: {queue: q, mapping: [{target: id, source: "
