@@ -4,6 +4,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <ctime>
@@ -157,6 +158,37 @@ std::string MaskText(std::string_view text) {
   return out;
 }
 
+// Appends to `out` the leaves (strings, numbers as JSON writes them) of `v`, at any depth.
+void CollectLeaves(const rapidjson::Value& v, std::vector<std::string>& out) {
+  if (v.IsString()) {
+    if (v.GetStringLength() > 0) out.emplace_back(v.GetString(), v.GetStringLength());
+  } else if (v.IsNumber()) {
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
+    v.Accept(writer);
+    out.emplace_back(buf.GetString(), buf.GetSize());
+  } else if (v.IsArray()) {
+    for (const auto& e : v.GetArray()) CollectLeaves(e, out);
+  } else if (v.IsObject()) {
+    for (const auto& m : v.GetObject()) CollectLeaves(m.value, out);
+  }
+}
+
+// Appends the leaves of every PII field's value in `v`, at any depth.
+void CollectPiiValues(const rapidjson::Value& v, std::vector<std::string>& out) {
+  if (v.IsObject()) {
+    for (const auto& m : v.GetObject()) {
+      if (IsPii(std::string_view(m.name.GetString(), m.name.GetStringLength()))) {
+        CollectLeaves(m.value, out);
+      } else {
+        CollectPiiValues(m.value, out);
+      }
+    }
+  } else if (v.IsArray()) {
+    for (const auto& e : v.GetArray()) CollectPiiValues(e, out);
+  }
+}
+
 }  // namespace
 
 void Init(std::string_view service, const ess::v1::LoggingConfig& config) {
@@ -192,6 +224,23 @@ std::string MaskJson(std::string_view json) {
   rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
   doc.Accept(writer);
   return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::string MaskPiiValues(std::string_view text, const rapidjson::Value& event) {
+  if (GetState().pii.empty()) return std::string(text);
+  std::vector<std::string> values;
+  CollectPiiValues(event, values);
+  std::sort(values.begin(), values.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  std::string out(text);
+  for (const std::string& value : values) {
+    size_t pos = 0;
+    while ((pos = out.find(value, pos)) != std::string::npos) {
+      out.replace(pos, value.size(), kMask);
+      pos += kMask.size();
+    }
+  }
+  return out;
 }
 
 void Write(Level level, std::string_view cid, std::string_view msg, Fields fields) {

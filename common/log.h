@@ -2,13 +2,16 @@
 //
 // Every line is logfmt: `ts=... level=info svc=outbound_svc cid=VIS-77 msg="pushed" k=v ...`.
 // Values of the fields named in LoggingConfig.pii_fields are masked wherever they appear as
-// key=value pairs or inside JSON text handed to MaskJson(), so a payload can be logged safely.
+// key=value pairs or inside JSON text handed to MaskJson(), so a payload can be logged safely;
+// MaskPiiValues() masks the values an event's PII fields hold in free text (a partner's error).
 //
 //   ess::log::Init("outbound_svc", config.logging());
 //   ESS_LOG(kInfo, cid) << "pushed partner=" << partner << " status=" << code;
 //   ess::log::Info(cid, "delivered", {{"partner", "prison"}, {"status", "200"}});
 #ifndef ESS_COMMON_LOG_H_
 #define ESS_COMMON_LOG_H_
+
+#include <rapidjson/fwd.h>
 
 #include <initializer_list>
 #include <sstream>
@@ -57,6 +60,13 @@ std::string MaskJson(std::string_view json);
 
 // True if `field` is configured as PII.
 bool IsPii(std::string_view field);
+
+// Returns `text` (e.g. a partner's error message, which often echoes the request) with every
+// value that a PII field holds anywhere in `event` replaced by "***": each string, and each
+// number as JSON writes it, inside such a field's value at any depth. Longer values first, so
+// one that holds another is masked whole. `text` as it is when no PII field is configured or
+// none is in `event`.
+std::string MaskPiiValues(std::string_view text, const rapidjson::Value& event);
 
 // Streaming form: ESS_LOG(kInfo, cid) << "text";  The text is the msg of the line.
 class LineBuilder {

@@ -499,6 +499,11 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     }
     return;
   }
+  // The partner's error text may echo the event (a SOAP faultstring, a plain-text 400): its PII
+  // values are masked here, before the text reaches the log, the record, the retried or parked
+  // message's headers and the audit event.
+  result.status = absl::Status(result.status.code(),
+                               log::MaskPiiValues(ToStd(result.status.message()), job->event));
   log::Warn(job->correlation_id, "push failed",
             {{"partner", partner},
              {"attempt", absl::StrCat(job->attempt)},

@@ -1,6 +1,7 @@
 #include "common/log.h"
 
 #include <gtest/gtest.h>
+#include <rapidjson/document.h>
 
 namespace ess::log {
 namespace {
@@ -26,6 +27,27 @@ TEST(LogTest, MasksTextThatIsNotJson) {
   EXPECT_EQ(MaskJson(R"(x {"inmateId": {"a": {"b": "A1"}}, "x":1)"),
             R"(x {"inmateId": "***", "x":1)");
   EXPECT_EQ(MaskJson(R"(x {"inmateId": ["A1", "B2)"), R"(x {"inmateId": "***")");
+}
+
+// A partner's error text often echoes a PII value in plain words: each value the event's PII
+// fields hold (at any depth, strings and numbers, longer first) is masked in it.
+TEST(LogTest, MasksTheEventsPiiValuesInFreeText) {
+  Init("test", Level::kInfo, {"inmateId", "inmate", "name"});
+  rapidjson::Document event;
+  event.Parse(R"({"id":"VIS-1","inmateId":"B4242","slot":"A1",)"
+              R"("visitors":[{"name":"Ann Smith","age":31}],"inmate":{"no":12345,"alias":"B42"}})");
+  ASSERT_FALSE(event.HasParseError());
+  EXPECT_EQ(MaskPiiValues("Patient B4242 unknown", event), "Patient *** unknown");
+  EXPECT_EQ(
+      MaskPiiValues("B4242 (alias B42) and visitor Ann Smith, no 12345; slot A1; VIS-1", event),
+      "*** (alias ***) and visitor ***, no ***; slot A1; VIS-1");
+  EXPECT_EQ(MaskPiiValues("inmate B4242B4242 twice", event), "inmate ****** twice");
+  EXPECT_EQ(MaskPiiValues("nothing to mask: 31", event), "nothing to mask: 31");
+  rapidjson::Document none;
+  none.Parse(R"({"id":"VIS-2","inmateId":null,"inmate":""})");
+  EXPECT_EQ(MaskPiiValues("Patient B4242 unknown", none), "Patient B4242 unknown");
+  Init("test", Level::kInfo, {});
+  EXPECT_EQ(MaskPiiValues("Patient B4242 unknown", event), "Patient B4242 unknown");
 }
 
 TEST(LogTest, NoPiiConfiguredLeavesTextAlone) {

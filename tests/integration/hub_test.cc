@@ -666,6 +666,50 @@ TEST_F(HubTest, EverySyncEmitsAnAuditEventWithoutPayload) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// A partner's plain-text error that echoes the event's PII (here the inmateId, a configured
+// pii_fields member) is masked before it is logged, recorded, put in the parked message's
+// x-ess-reason and x-ess-history, or audited.
+TEST_F(HubTest, APartnersErrorTextIsMaskedOfTheEventsPiiValues) {
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
+  CapturePartner partner;
+  partner.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send({.status = 400, .content_type = "text/plain", .body = "inmate A123 unknown"});
+  });
+  StartHub(partner.url());
+  Publish({{"PII-1", VisitEvent("PII-1")}});
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
+      << outbound_->Log();
+  auto d = (*conn)->Get(queue_ + ".parked");
+  ASSERT_TRUE(d.ok()) << d.status();
+  std::string reason, history;
+  for (const auto& [k, v] : d->message.headers) {
+    if (k == "x-ess-reason") reason = v;
+    if (k == "x-ess-history") history = v;
+  }
+  EXPECT_EQ(reason, "partner answered HTTP 400: inmate *** unknown");
+  EXPECT_THAT(history, HasSubstr("partner answered HTTP 400: inmate *** unknown"));
+  EXPECT_THAT(history, ::testing::Not(HasSubstr("A123")));
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  auto t = Trail("PII-1");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).error(), "partner answered HTTP 400: inmate *** unknown");
+  std::string audited;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (auto a = (*conn)->Get(audit); a.ok()) audited = a->message.body;
+        return !audited.empty();
+      },
+      absl::Seconds(20)));
+  EXPECT_THAT(audited, HasSubstr("inmate *** unknown"));
+  EXPECT_THAT(audited, ::testing::Not(HasSubstr("A123")));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("inmate *** unknown"));
+  EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("A123")));
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+}
+
 // With bus.audit_batch_max the same events reach the audit exchange in SyncAuditBatch messages:
 // every outcome once, in fewer messages than events when they come faster than confirms.
 TEST_F(HubTest, AuditEventsInBatchesCarryEveryOutcomeOnce) {

@@ -53,7 +53,8 @@ class PartnersTest : public ::testing::Test {
     dir_.Write("hub.yaml", absl::StrCat("bus: {port: ", broker_.port, ", events_exchange: ",
                                         exchange_, "}\nreplay: {listen: \"127.0.0.1:", replay_port_,
                                         "\", database_path: replay.db}\n"
-                                        "logging: {level: info}\npartners:\n",
+                                        "logging: {level: info, pii_fields: [inmateId, inmate]}\n"
+                                        "partners:\n",
                                         partners_yaml));
     replay_ = std::make_unique<Process>(
         std::vector<std::string>{BinaryPath("replay_svc"), "--config", dir_.File("hub.yaml")},
@@ -255,6 +256,62 @@ TEST_F(PartnersTest, EachDeliverysConfirmationHasAMessageIdOfItsOwn) {
   }
   EXPECT_EQ(inbound, std::multiset<std::string>(seen.begin(), seen.end()));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// A SOAP fault whose faultstring echoes the event's PII (the inmateId, a pii_fields member) is
+// masked before it reaches the log, the store's record and the parked message's reason.
+TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
+  CapturePartner medical;
+  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send({.status = 500,
+                       .content_type = "text/xml; charset=utf-8",
+                       .body = R"(<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/">
+  <soap:Body>
+    <soap:Fault>
+      <faultcode>soap:Client</faultcode>
+      <faultstring>Patient B4242 unknown</faultstring>
+    </soap:Fault>
+  </soap:Body>
+</soap:Envelope>)"});
+  });
+  const std::string queue = testing::UniqueName("medical");
+  Start(absl::StrCat(R"yaml(
+  - name: medical
+    adapter: soap
+    settings:
+      endpoint: ")yaml",
+                     medical.url(), R"yaml(/soap/Visits"
+      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id><m:Patient>{inmate}</m:Patient></m:BookVisit>"
+    outbound:
+      queue: )yaml",
+                     queue, R"yaml(
+      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}]
+)yaml"));
+  Publish(queue, "VIS-92", R"({"type":"VisitScheduleUpdated","id":"VIS-92","inmateId":"B4242"})");
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  absl::StatusOr<amqp::Delivery> d;
+  ASSERT_TRUE(
+      WaitFor([&] { return (d = (*conn)->Get(queue + ".parked")).ok(); }, absl::Seconds(30)))
+      << outbound_->Log();
+  std::string reason;
+  for (const auto& [k, v] : d->message.headers) {
+    if (k == "x-ess-reason") reason = v;
+  }
+  EXPECT_THAT(reason, HasSubstr("Patient *** unknown"));
+  EXPECT_THAT(reason, ::testing::Not(HasSubstr("B4242")));
+  ess::v1::GetResponse t;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        t = Trail("VIS-92");
+        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
+      },
+      absl::Seconds(10)))
+      << t.DebugString();
+  EXPECT_THAT(t.records(0).error(), HasSubstr("Patient *** unknown"));
+  EXPECT_THAT(t.records(0).error(), ::testing::Not(HasSubstr("B4242")));
+  EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("B4242")));
 }
 
 // A SOAP answer whose confirmation cannot be published (nothing is bound to the events
