@@ -79,19 +79,9 @@ void AppendHistory(amqp::Headers& headers, uint32_t attempt, const absl::Status&
 
 // The message id of a confirmation a delivery's answer carried: the delivery's own message id
 // and the event type, so that each update of a visit has its own, and a redelivery of the same
-// delivery keeps it. At most 255 bytes (an AMQP short string): a longer one keeps a prefix, cut
-// on a UTF-8 boundary, and a hash of the whole.
+// delivery keeps it; through ids::Fit, since an AMQP message id holds 255 bytes.
 std::string ConfirmationId(std::string_view delivery_message_id, std::string_view event_type) {
-  std::string id = absl::StrCat(ToAbsl(delivery_message_id), ":", ToAbsl(event_type));
-  // ids::Fit -- TODO: return ids::Fit(id) once common/ids.h has it; a minimal stand-in till then.
-  constexpr size_t kMaxIdBytes = 255;
-  if (id.size() <= kMaxIdBytes) return id;
-  const std::string hash = ids::ShortHash(id);
-  size_t keep = kMaxIdBytes - 1 - hash.size();
-  while (keep > 0 && (static_cast<unsigned char>(id[keep]) & 0xC0) == 0x80) --keep;
-  id.resize(keep);
-  absl::StrAppend(&id, "~", hash);
-  return id;
+  return ids::Fit(absl::StrCat(ToAbsl(delivery_message_id), ":", ToAbsl(event_type)));
 }
 
 bool StoreUnreachable(const absl::Status& s) {
