@@ -60,7 +60,8 @@ ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event
 ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
 ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
 ABSL_FLAG(std::string, message_id, "",
-          "get: the message id of one record; replay: one or more, comma-separated.");
+          "get: the message id of one record; replay: one or more, comma-separated (with "
+          "--direction and --partner only: no filter flag).");
 ABSL_FLAG(std::string, status, "",
           "list: received, delivered, dry_run, failed, dead or published.");
 ABSL_FLAG(std::string, event_type, "", "list: the event type, e.g. VisitScheduleUpdated.");
@@ -307,7 +308,30 @@ std::optional<std::string> BuildFilter(ess::v1::ListRequest& request) {
   return std::nullopt;
 }
 
+// The filter flags given beyond --direction and --partner (which a key takes too), by name.
+std::vector<std::string> FilterFlagsSet() {
+  std::vector<std::string> set;
+  if (!absl::GetFlag(FLAGS_status).empty()) set.push_back("--status");
+  if (!absl::GetFlag(FLAGS_event_type).empty()) set.push_back("--event_type");
+  if (!absl::GetFlag(FLAGS_correlation).empty()) set.push_back("--correlation");
+  if (absl::GetFlag(FLAGS_since) != absl::InfinitePast()) set.push_back("--since");
+  if (absl::GetFlag(FLAGS_until) != absl::InfiniteFuture()) set.push_back("--until");
+  if (absl::GetFlag(FLAGS_received_since) != absl::InfinitePast()) {
+    set.push_back("--received_since");
+  }
+  if (absl::GetFlag(FLAGS_received_until) != absl::InfiniteFuture()) {
+    set.push_back("--received_until");
+  }
+  if (absl::GetFlag(FLAGS_unconfirmed)) set.push_back("--unconfirmed");
+  return set;
+}
+
 int List(ess::v1::ReplayService::Stub& stub) {
+  if (!absl::GetFlag(FLAGS_message_id).empty()) {
+    return Usage(
+        "list does not take --message_id; show one record with get --direction D --partner P "
+        "--message_id M");
+  }
   ess::v1::ListRequest request;
   if (std::optional<std::string> error = BuildFilter(request); error.has_value()) {
     return Usage(*error);
@@ -451,6 +475,12 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   const int32_t max_records = absl::GetFlag(FLAGS_max_records);
   if (max_records < 0) return Usage("--max_records must not be negative");
   if (!message_ids.empty()) {
+    if (std::vector<std::string> filters = FilterFlagsSet(); !filters.empty()) {
+      return Usage(absl::StrCat(
+          "replay --message_id selects records by key only; it cannot be "
+          "combined with ",
+          absl::StrJoin(filters, ", "), " (drop them, or select by filter without --message_id)"));
+    }
     std::optional<ess::v1::Direction> direction =
         ess::replay::ParseDirection(absl::GetFlag(FLAGS_direction));
     if (!direction.has_value()) {

@@ -200,6 +200,40 @@ TEST_F(OpsReplayTest, AWebhooksEventIsPublishedAgainAndUnknownIdsAreNamed) {
   ASSERT_TRUE((*conn)->DeleteQueue(early).ok());
 }
 
+// A replay by key takes no filter flag: it would have been ignored, and the key replayed
+// whatever its status (a delivered visit pushed again). Refused before any call.
+TEST_F(OpsReplayTest, MessageIdsTakeNoFilterFlagAndListTakesNoMessageId) {
+  const std::vector<std::string> by_key = {"replay", "--direction",  "outbound", "--partner",
+                                           "prison", "--message_id", "m-1",      "--dry_run"};
+  const std::vector<std::vector<std::string>> filters = {
+      {"--status", "dead"},
+      {"--event_type", "VisitScheduleUpdated"},
+      {"--since", "2030-01-01T00:00:00Z"},
+      {"--until", "2030-01-01T00:00:00Z"},
+      {"--received_since", "2030-01-01T00:00:00Z"},
+      {"--received_until", "2030-01-01T00:00:00Z"},
+      {"--unconfirmed"},
+      {"--correlation", "VIS-1"}};
+  for (const std::vector<std::string>& filter : filters) {
+    std::vector<std::string> args = by_key;
+    args.insert(args.end(), filter.begin(), filter.end());
+    testing::ToolRun run = Essctl(args);
+    EXPECT_EQ(run.exit_code, 2) << filter[0] << ": " << run.output;
+    EXPECT_THAT(run.output, HasSubstr("replay --message_id selects records by key only; it "
+                                      "cannot be combined with " +
+                                      filter[0]));
+  }
+  testing::ToolRun several =
+      Essctl({"replay", "--direction", "outbound", "--partner", "prison", "--message_id", "m-1",
+              "--status", "dead", "--received_since", "2030-01-01T00:00:00Z", "--dry_run"});
+  EXPECT_EQ(several.exit_code, 2) << several.output;
+  EXPECT_THAT(several.output, HasSubstr("combined with --status, --received_since ("));
+
+  testing::ToolRun list = Essctl({"list", "--message_id", "m-1"});
+  EXPECT_EQ(list.exit_code, 2) << list.output;
+  EXPECT_THAT(list.output, HasSubstr("list does not take --message_id"));
+}
+
 TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
   setenv("ESS_TEST_REPLAY_LANE_TOKEN", "lane-0123456789abcdef0123", 1);
   setenv("ESS_TEST_REPLAY_OPS_TOKEN", "ops-0123456789abcdef0123", 1);
