@@ -121,6 +121,10 @@ Replayer::Options Replayer::FromConfig(const ess::v1::HubConfig& config) {
     if (partner.has_outbound() && !partner.outbound().queue().empty()) {
       options.outbound_queues[partner.name()] = partner.outbound().queue();
     }
+    if (partner.has_inbound() &&
+        (!partner.inbound().webhook_path().empty() || partner.inbound().has_poll())) {
+      options.inbound_partners.insert(partner.name());
+    }
   }
   return options;
 }
@@ -150,6 +154,10 @@ absl::StatusOr<Replayer::Target> Replayer::TargetOf(const MessageRecord& record)
     return Target{.exchange = "",
                   .routing_key = it->second,
                   .description = absl::StrCat("queue ", it->second)};
+  }
+  if (!options_.inbound_partners.contains(record.partner())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("partner ", record.partner(), " has no inbound route in the hub config"));
   }
   if (record.event_type().empty()) {
     return absl::FailedPreconditionError("not an event (a pulled file's marker has no type)");

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "common/amqp.h"
@@ -47,6 +48,9 @@ class Replayer {
     std::string events_exchange = "events";
     // Partner name -> the queue its outbound lane consumes (partners[].outbound.queue).
     absl::flat_hash_map<std::string, std::string> outbound_queues;
+    // Partners with an inbound route (partners[].inbound: a webhook_path or an SFTP poll); an
+    // inbound record of any other partner is skipped.
+    absl::flat_hash_set<std::string> inbound_partners;
     // How long one call waits for its confirms; a publish unanswered by then is FAILED.
     absl::Duration confirm_timeout = absl::Seconds(30);
   };
@@ -69,7 +73,8 @@ class Replayer {
     absl::Time deadline = absl::InfiniteFuture();
   };
 
-  // The events exchange and every partner's outbound queue from the hub config.
+  // The events exchange, every partner's outbound queue and the partners with an inbound route
+  // from the hub config.
   static Options FromConfig(const ess::v1::HubConfig& config);
 
   // `audit` may be null (no audit events). Both must outlive the Replayer.

@@ -122,6 +122,7 @@ class ReplayerTest : public ::testing::TestWithParam<testing::Backend> {
     Replayer::Options options;
     options.events_exchange = "events";
     options.outbound_queues["prison"] = "visit_updates";
+    options.inbound_partners.insert("prison");
     options.confirm_timeout = absl::Seconds(5);
     return options;
   }
@@ -278,6 +279,30 @@ TEST_P(ReplayerTest, WhatCannotBeReplayedIsSkippedWithTheReasonAndNothingIsPubli
   EXPECT_EQ(Read(kOut, "court", "m-court").status(), kDead);
 }
 
+// A partner renamed or removed from the config: its inbound records are skipped as its outbound
+// ones are, not published as events of a partner the hub no longer knows.
+TEST_P(ReplayerTest, AnInboundRecordOfAPartnerWithoutAnInboundRouteIsSkipped) {
+  MessageRecord gone = Inbound("w-gone", ess::v1::MESSAGE_STATUS_PUBLISHED);
+  gone.set_partner("court");
+  Store({gone, Inbound("w-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kIn, "court", "w-gone"}, {kIn, "prison", "w-1"}}),
+                      {.requested_by = "alice", .reason = "test"}, *store_);
+
+  EXPECT_EQ(r.replayed(), 1u);
+  EXPECT_EQ(r.skipped(), 1u);
+  ASSERT_EQ(r.records_size(), 2);
+  EXPECT_EQ(r.records(0).outcome(), ReplayedRecord::OUTCOME_SKIPPED);
+  EXPECT_EQ(r.records(0).error(), "partner court has no inbound route in the hub config");
+  EXPECT_EQ(r.records(0).target(), "");
+  EXPECT_EQ(r.records(1).outcome(), ReplayedRecord::OUTCOME_REPLAYED);
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 1u);
+  EXPECT_EQ(published[0].message.message_id, "w-1");
+}
+
 TEST_P(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
   Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
   bus_.Fail("m-2",
@@ -409,17 +434,25 @@ TEST_P(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
   EXPECT_EQ(Read(kOut, "prison", "m-1").status(), kDead);
 }
 
-TEST_P(ReplayerTest, FromConfigTakesTheEventsExchangeAndEveryOutboundQueue) {
+TEST_P(ReplayerTest, FromConfigTakesTheEventsExchangeEveryOutboundQueueAndInboundPartner) {
   ess::v1::HubConfig config;
   config.mutable_bus()->set_events_exchange("ess.events");
   ess::v1::PartnerConfig* prison = config.add_partners();
   prison->set_name("prison");
   prison->mutable_outbound()->set_queue("visit_updates");
-  config.add_partners()->set_name("webhook_only");
+  ess::v1::PartnerConfig* webhook_only = config.add_partners();
+  webhook_only->set_name("webhook_only");
+  webhook_only->mutable_inbound()->set_webhook_path("/webhook/clinic");
+  ess::v1::PartnerConfig* sftp = config.add_partners();
+  sftp->set_name("sftp_poll");
+  sftp->mutable_inbound()->mutable_poll()->set_remote_dir("/outbound/ess");
+  config.add_partners()->set_name("neither");
   Replayer::Options options = Replayer::FromConfig(config);
   EXPECT_EQ(options.events_exchange, "ess.events");
   ASSERT_EQ(options.outbound_queues.size(), 1u);
   EXPECT_EQ(options.outbound_queues.at("prison"), "visit_updates");
+  EXPECT_THAT(options.inbound_partners,
+              ::testing::UnorderedElementsAre("webhook_only", "sftp_poll"));
 }
 
 TEST(MarkReplayedTest, ValidatesEveryMarkAndNamesTheFirstBadOne) {
