@@ -784,6 +784,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
                                   {.dry_run = request->dry_run(),
                                    .requested_by = who,
                                    .reason = request->reason(),
+                                   .include_in_flight = request->include_in_flight(),
                                    .deadline = deadline},
                                   store_);
     if (!request->dry_run()) {

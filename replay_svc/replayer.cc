@@ -117,6 +117,9 @@ Replayer::Options Replayer::FromConfig(const ess::v1::HubConfig& config) {
   if (!config.bus().events_exchange().empty()) {
     options.events_exchange = config.bus().events_exchange();
   }
+  if (config.inbound().claim_lease_ms() > 0) {
+    options.inbound_claim_lease = absl::Milliseconds(config.inbound().claim_lease_ms());
+  }
   for (const ess::v1::PartnerConfig& partner : config.partners()) {
     if (partner.has_outbound() && !partner.outbound().queue().empty()) {
       options.outbound_queues[partner.name()] = partner.outbound().queue();
@@ -170,6 +173,27 @@ absl::StatusOr<Replayer::Target> Replayer::TargetOf(const MessageRecord& record)
                 .description = absl::StrCat("exchange ", options_.events_exchange)};
 }
 
+std::optional<std::string> Replayer::InFlight(const MessageRecord& record) const {
+  constexpr absl::string_view kOverride = "; include_in_flight to replay it all the same";
+  if (record.direction() == ess::v1::DIRECTION_OUTBOUND) {
+    if (record.status() == ess::v1::MESSAGE_STATUS_RECEIVED) {
+      return absl::StrCat("in flight: RECEIVED, the outbound lane or an earlier replay has it",
+                          kOverride);
+    }
+    if (record.status() == ess::v1::MESSAGE_STATUS_FAILED) {
+      return absl::StrCat("in flight: FAILED, its next attempt waits in a retry queue", kOverride);
+    }
+    return std::nullopt;
+  }
+  if (record.status() != ess::v1::MESSAGE_STATUS_RECEIVED) return std::nullopt;
+  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
+  const absl::Time updated = absl::FromUnixMicros(ToUnixMicros(record.updated_at()).value_or(0));
+  if (now - updated >= options_.inbound_claim_lease) return std::nullopt;
+  return absl::StrCat("in flight: RECEIVED ", absl::FormatDuration(now - updated),
+                      " ago, the inbound lane's claim is being published (lease ",
+                      absl::FormatDuration(options_.inbound_claim_lease), ")", kOverride);
+}
+
 ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidates,
                                          const Request& request, ReplayStore& store) {
   const absl::Time started = absl::Now();
@@ -198,6 +222,13 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     out->set_correlation_id(r.correlation_id());
     out->set_event_type(r.event_type());
     out->set_previous_status(r.status());
+    if (!request.include_in_flight) {
+      if (std::optional<std::string> in_flight = InFlight(r); in_flight.has_value()) {
+        out->set_outcome(ReplayedRecord::OUTCOME_SKIPPED);
+        out->set_error(*std::move(in_flight));
+        continue;
+      }
+    }
     absl::StatusOr<Target> target = TargetOf(r);
     if (!target.ok()) {
       out->set_outcome(ReplayedRecord::OUTCOME_SKIPPED);

@@ -18,6 +18,7 @@
 #ifndef ESS_REPLAY_SVC_REPLAYER_H_
 #define ESS_REPLAY_SVC_REPLAYER_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,11 @@ class Replayer {
     absl::flat_hash_set<std::string> inbound_partners;
     // How long one call waits for its confirms; a publish unanswered by then is FAILED.
     absl::Duration confirm_timeout = absl::Seconds(30);
+    // The inbound lane's claim lease (inbound.claim_lease_ms): an inbound RECEIVED record
+    // updated within it is a claim being published.
+    absl::Duration inbound_claim_lease = absl::Seconds(35);
+    // The clock that records' updated_at came from (the store's); absl::Now when unset.
+    std::function<absl::Time()> clock;
   };
 
   // A selected record: its key, and the record as read (nullopt when the key has none).
@@ -68,6 +74,8 @@ class Replayer {
     // Who asks, and why: in the audit events, the log and the x-ess-replay header (who).
     std::string requested_by;
     std::string reason;
+    // Replay records in flight too (see InFlight); by default they are skipped.
+    bool include_in_flight = false;
     // Confirms are waited for until this time or confirm_timeout, whichever comes first (the
     // caller's deadline, less a margin to answer in).
     absl::Time deadline = absl::InfiniteFuture();
@@ -106,6 +114,13 @@ class Replayer {
   };
   // Where `record` goes, or why it cannot be replayed (the error of a SKIPPED outcome).
   absl::StatusOr<Target> TargetOf(const ess::v1::MessageRecord& record) const;
+  // Why `record` is in flight (a replay would send it a second time), or nullopt:
+  //   outbound RECEIVED  the lane, or an earlier replay, has it on its way
+  //   outbound FAILED    its next attempt waits in a retry queue
+  //   inbound RECEIVED   updated within the claim lease: the inbound lane is publishing it (past
+  //                      the lease nobody holds the claim: its publish may never have happened)
+  // An inbound FAILED record was given back unpublished: never in flight.
+  std::optional<std::string> InFlight(const ess::v1::MessageRecord& record) const;
 
   // A confirmed replay: its mark, and what its audit event and log line say.
   struct Confirmed {

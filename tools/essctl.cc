@@ -80,6 +80,10 @@ ABSL_FLAG(bool, unconfirmed, false,
 ABSL_FLAG(int32_t, limit, 50, "list: most records shown (fetched in pages of up to 1000).");
 ABSL_FLAG(bool, dry_run, false, "replay: say what would be replayed; publish nothing.");
 ABSL_FLAG(std::string, reason, "", "replay: why (required unless --dry_run; audited).");
+ABSL_FLAG(bool, include_in_flight, false,
+          "replay: also records the hub has on their way, which are skipped by default (a "
+          "second copy would reach the partner): outbound RECEIVED or FAILED (in a retry "
+          "queue), inbound RECEIVED within the claim lease. For a record known to be stuck.");
 ABSL_FLAG(std::string, requested_by, "", "replay: who asks (default $USER@host; audited).");
 ABSL_FLAG(int32_t, max_records, 0, "replay: stop after this many records (0: all that match).");
 ABSL_FLAG(absl::Duration, wait, absl::ZeroDuration(),
@@ -105,13 +109,16 @@ constexpr char kUsage[] =
     "                                                 unconfirmed: no inbound event confirmed\n"
     "                                                 their correlation id yet)\n"
     "  stats [--partner P]                            counts per partner and direction\n"
-    "  replay --reason R [--dry_run] [--max_records N] [--wait 60s] (--direction D --partner P "
-    "--message_id "
-    "M[,M...]\n"
+    "  replay --reason R [--dry_run] [--max_records N] [--wait 60s] [--include_in_flight]\n"
+    "       (--direction D --partner P --message_id M[,M...]\n"
     "       | --partner P | --correlation ID [--direction D] [--status S] [--event_type T]\n"
     "         [--since T] [--until T] [--received_since T] [--received_until T]\n"
     "         [--unconfirmed])\n"
-    "                                                 send records through the hub again\n";
+    "                                                 send records through the hub again;\n"
+    "                                                 records in flight (outbound RECEIVED or\n"
+    "                                                 FAILED, inbound RECEIVED within the claim\n"
+    "                                                 lease) are skipped unless\n"
+    "                                                 --include_in_flight\n";
 
 constexpr int kExitCallFailed = 1;
 constexpr int kExitUsage = 2;
@@ -465,6 +472,7 @@ absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
 int Replay(ess::v1::ReplayService::Stub& stub) {
   ess::v1::ReplayRequest request;
   request.set_dry_run(absl::GetFlag(FLAGS_dry_run));
+  request.set_include_in_flight(absl::GetFlag(FLAGS_include_in_flight));
   request.set_reason(absl::GetFlag(FLAGS_reason));
   request.set_requested_by(
       absl::GetFlag(FLAGS_requested_by).empty() ? Operator() : absl::GetFlag(FLAGS_requested_by));

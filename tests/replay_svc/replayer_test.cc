@@ -123,6 +123,7 @@ class ReplayerTest : public ::testing::TestWithParam<testing::Backend> {
     options.events_exchange = "events";
     options.outbound_queues["prison"] = "visit_updates";
     options.inbound_partners.insert("prison");
+    options.clock = [this] { return clock_.Peek(); };  // the store's clock, not moved
     options.confirm_timeout = absl::Seconds(5);
     return options;
   }
@@ -301,6 +302,90 @@ TEST_P(ReplayerTest, AnInboundRecordOfAPartnerWithoutAnInboundRouteIsSkipped) {
   std::vector<FakeBus::Published> published = bus_.published();
   ASSERT_EQ(published.size(), 1u);
   EXPECT_EQ(published[0].message.message_id, "w-1");
+}
+
+// What the hub has on its way is not sent a second time unless ops insist: an outbound record
+// the lane (or an earlier replay) holds, or one waiting in a retry queue, and an inbound claim
+// being published. An inbound record given back (FAILED) was never published: replayed.
+TEST_P(ReplayerTest, RecordsInFlightAreSkippedUnlessIncludedExplicitly) {
+  Store({Outbound("prison", "m-received"),
+         Outbound("prison", "m-failed", ess::v1::MESSAGE_STATUS_FAILED),
+         Outbound("prison", "m-dead", kDead),
+         Inbound("w-claimed", ess::v1::MESSAGE_STATUS_RECEIVED),
+         Inbound("w-failed", ess::v1::MESSAGE_STATUS_FAILED)});
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+  const std::vector<std::tuple<ess::v1::Direction, std::string, std::string>> keys = {
+      {kOut, "prison", "m-received"},
+      {kOut, "prison", "m-failed"},
+      {kOut, "prison", "m-dead"},
+      {kIn, "prison", "w-claimed"},
+      {kIn, "prison", "w-failed"}};
+
+  ess::v1::ReplayResponse dry = replayer.Replay(Candidates(keys), {.dry_run = true}, *store_);
+  EXPECT_EQ(dry.replayed(), 2u);
+  EXPECT_EQ(dry.skipped(), 3u);
+
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates(keys), {.requested_by = "alice", .reason = "x"}, *store_);
+  EXPECT_EQ(r.replayed(), 2u);
+  EXPECT_EQ(r.skipped(), 3u);
+  ASSERT_EQ(r.records_size(), 5);
+  EXPECT_EQ(r.records(0).outcome(), ReplayedRecord::OUTCOME_SKIPPED);
+  EXPECT_EQ(r.records(0).error(),
+            "in flight: RECEIVED, the outbound lane or an earlier replay has it; "
+            "include_in_flight to replay it all the same");
+  EXPECT_EQ(r.records(1).outcome(), ReplayedRecord::OUTCOME_SKIPPED);
+  EXPECT_EQ(r.records(1).error(),
+            "in flight: FAILED, its next attempt waits in a retry queue; include_in_flight to "
+            "replay it all the same");
+  EXPECT_EQ(r.records(2).outcome(), ReplayedRecord::OUTCOME_REPLAYED);
+  EXPECT_EQ(r.records(3).outcome(), ReplayedRecord::OUTCOME_SKIPPED);
+  EXPECT_THAT(r.records(3).error(), HasSubstr("in flight: RECEIVED "));
+  EXPECT_THAT(r.records(3).error(),
+              HasSubstr(" ago, the inbound lane's claim is being published (lease 35s)"));
+  EXPECT_EQ(r.records(4).outcome(), ReplayedRecord::OUTCOME_REPLAYED);
+  for (int i : {0, 1, 3}) EXPECT_EQ(r.records(i).target(), "") << i;
+  std::vector<FakeBus::Published> published = bus_.published();
+  ASSERT_EQ(published.size(), 2u);
+  EXPECT_EQ(published[0].message.message_id, "m-dead");
+  EXPECT_EQ(published[1].message.message_id, "w-failed");
+  EXPECT_EQ(Read(kOut, "prison", "m-failed").status(), ess::v1::MESSAGE_STATUS_FAILED);
+
+  // The same again: m-dead is RECEIVED now (the lane has the replay), so it is skipped too,
+  // where a second operator's replay would have sent the partner a second copy.
+  r = replayer.Replay(Candidates({{kOut, "prison", "m-dead"}}), {.reason = "again"}, *store_);
+  EXPECT_EQ(r.skipped(), 1u);
+  EXPECT_EQ(r.records(0).previous_status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(bus_.published().size(), 2u);
+
+  // Asked explicitly, each goes.
+  r = replayer.Replay(Candidates(keys),
+                      {.requested_by = "alice", .reason = "stuck", .include_in_flight = true},
+                      *store_);
+  EXPECT_EQ(r.replayed(), 5u);
+  EXPECT_EQ(r.skipped(), 0u);
+  EXPECT_EQ(bus_.published().size(), 7u);
+}
+
+// Past the claim lease nobody holds an inbound claim (a lane that died before its publish, or
+// after it but before recording PUBLISHED): the replay publishes it.
+TEST_P(ReplayerTest, AnInboundClaimPastItsLeaseIsReplayed) {
+  Store({Inbound("w-stale", ess::v1::MESSAGE_STATUS_RECEIVED)});
+  Replayer::Options options = ReplayerOptions();
+  options.inbound_claim_lease = absl::Milliseconds(500);  // the fake clock moved 1 s since
+  Replayer replayer(std::move(options), bus_.Fn(), nullptr);
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kIn, "prison", "w-stale"}}), {.reason = "x"}, *store_);
+  EXPECT_EQ(r.replayed(), 1u);
+  EXPECT_EQ(bus_.published().size(), 1u);
+  EXPECT_EQ(Read(kIn, "prison", "w-stale").status(), ess::v1::MESSAGE_STATUS_PUBLISHED);
+}
+
+TEST_P(ReplayerTest, FromConfigTakesTheClaimLease) {
+  ess::v1::HubConfig config;
+  EXPECT_EQ(Replayer::FromConfig(config).inbound_claim_lease, absl::Seconds(35));
+  config.mutable_inbound()->set_claim_lease_ms(2000);
+  EXPECT_EQ(Replayer::FromConfig(config).inbound_claim_lease, absl::Seconds(2));
 }
 
 TEST_P(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
@@ -552,6 +637,26 @@ TEST_P(ReplayRpcTest, KeysAreReplayedInTheirOrderAndTheCallerIsNamedWhenItGaveNo
   ASSERT_EQ(published.size(), 2u);
   ASSERT_EQ(published[0].message.headers.size(), 1u);
   EXPECT_THAT(published[0].message.headers[0].second, HasSubstr("127.0.0.1:"));  // its address
+}
+
+TEST_P(ReplayRpcTest, ARecordInFlightIsSkippedUnlessTheRequestIncludesIt) {
+  Store({Outbound("prison", "m-1", ess::v1::MESSAGE_STATUS_FAILED)});
+  ess::v1::ReplayRequest request;
+  *request.add_keys() = Key(kOut, "prison", "m-1");
+  request.set_reason("x");
+  ess::v1::ReplayResponse response;
+  grpc::Status status = stub_->Replay(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.skipped(), 1u);
+  EXPECT_THAT(response.records(0).error(), HasSubstr("in flight: FAILED"));
+  EXPECT_TRUE(bus_.published().empty());
+
+  request.set_include_in_flight(true);
+  response.Clear();
+  status = stub_->Replay(Context().get(), request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.replayed(), 1u);
+  EXPECT_EQ(bus_.published().size(), 1u);
 }
 
 TEST_P(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
