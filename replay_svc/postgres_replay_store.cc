@@ -667,9 +667,12 @@ absl::StatusOr<uint64_t> PostgresReplayStore::Purge(const RetentionPolicy& polic
   }
   if (policy.max_per_partner > 0) {
     // Per (partner, direction): the position of its max_per_partner-th newest settled record,
-    // read once; then everything settled older than that position goes.
-    absl::StatusOr<pg::Result> groups =
-        (*db)->Query("SELECT DISTINCT partner, direction FROM ess_replay_records");
+    // read once; then everything settled older than that position goes. Outbound first: a
+    // confirmation (inbound PUBLISHED, 2 and 6) stays while its correlation id has an outbound
+    // record (1), or the delivery it confirms would look unconfirmed (drift alerts,
+    // --unconfirmed); the same sweep then takes those whose delivery it evicted.
+    absl::StatusOr<pg::Result> groups = (*db)->Query(
+        "SELECT DISTINCT partner, direction FROM ess_replay_records ORDER BY direction");
     if (!groups.ok()) return groups.status();
     for (int g = 0; g < groups->rows(); ++g) {
       const std::string partner(groups->Text(g, 0));
@@ -684,7 +687,10 @@ absl::StatusOr<uint64_t> PostgresReplayStore::Purge(const RetentionPolicy& polic
       STORE_RETURN_IF_ERROR(
           drain("DELETE FROM ess_replay_records WHERE id IN (SELECT id FROM ess_replay_records "
                 "WHERE partner = $3 AND direction = $4 AND status IN (2, 3, 6) "
-                "AND (updated_at, id) < ($5::BIGINT, $6::BIGINT) AND updated_at < $1 LIMIT $2)",
+                "AND (updated_at, id) < ($5::BIGINT, $6::BIGINT) AND updated_at < $1 AND NOT "
+                "(direction = 2 AND status = 6 AND EXISTS (SELECT 1 FROM ess_replay_records AS o "
+                "WHERE o.correlation_id = ess_replay_records.correlation_id AND o.direction = 1)) "
+                "LIMIT $2)",
                 {protect_before, batch, absl::string_view(partner), direction, nth->Int64(0, 0),
                  nth->Int64(0, 1)}));
     }

@@ -647,11 +647,18 @@ absl::StatusOr<uint64_t> SqliteReplayStore::Purge(const RetentionPolicy& policy)
         }
       }
     }
+    // Outbound first: a confirmation (inbound PUBLISHED, 2 and 6) stays while its correlation
+    // id has an outbound record (1), or the delivery it confirms would look unconfirmed (drift
+    // alerts, --unconfirmed); the same sweep then takes those whose delivery it evicted.
+    std::stable_sort(cutoffs.begin(), cutoffs.end(),
+                     [](const Cutoff& a, const Cutoff& b) { return a.direction < b.direction; });
     for (const Cutoff& c : cutoffs) {
       STORE_RETURN_IF_ERROR(
           drain("DELETE FROM records WHERE id IN (SELECT id FROM records WHERE partner = ?3 AND "
                 "direction = ?4 AND status IN (2, 3, 6) AND (updated_at, id) < (?5, ?6) AND "
-                "updated_at < ?1 LIMIT ?2)",
+                "updated_at < ?1 AND NOT (direction = 2 AND status = 6 AND EXISTS (SELECT 1 FROM "
+                "records AS o WHERE o.correlation_id = records.correlation_id AND o.direction = "
+                "1)) LIMIT ?2)",
                 protect_before, {c.partner, c.direction, c.updated_at, c.id}));
     }
   }

@@ -46,8 +46,12 @@ class RetentionTest : public ::testing::TestWithParam<Backend> {
   // One Record call per record: each is written one (fake) second after the previous one.
   void Write(ess::v1::Direction direction, const std::string& partner, const std::string& id,
              ess::v1::MessageStatus status) {
+    Write(direction, partner, id, id, status);
+  }
+  void Write(ess::v1::Direction direction, const std::string& partner, const std::string& id,
+             const std::string& correlation_id, ess::v1::MessageStatus status) {
     google::protobuf::RepeatedPtrField<MessageRecord> batch;
-    *batch.Add() = MakeRecord(direction, partner, id, id, status);
+    *batch.Add() = MakeRecord(direction, partner, id, correlation_id, status);
     ASSERT_TRUE(store_->Record(batch).ok());
   }
 
@@ -118,6 +122,35 @@ TEST_P(RetentionTest, ByCountEachPartnerAndDirectionKeepsItsNewest) {
   EXPECT_THAT(Ids("b", kOut, kDelivered), ElementsAre("b-0", "b-1"));
   EXPECT_THAT(Ids("a", kIn, ess::v1::MESSAGE_STATUS_PUBLISHED),
               ElementsAre("in-1", "in-2", "in-3"));
+  EXPECT_EQ(store_->Purge({.max_per_partner = 3}).value(), 0u);  // nothing more to do
+}
+
+// A partner's confirmations are inbound records of their visits' correlation ids. Counted apart
+// from the deliveries, newer inbound events would push out the confirmations of deliveries that
+// stay, and those would look unconfirmed (drift alerts, --unconfirmed, a replay pushing them
+// again). A confirmation stays while its delivery does, and goes in the sweep that takes it.
+TEST_P(RetentionTest, ByCountAConfirmationStaysWhileItsCorrelationIdHasAnOutboundRecord) {
+  for (int i = 1; i <= 5; ++i) {
+    const std::string visit = absl::StrCat("VIS-", i);
+    Write(kOut, "prison", visit, kDelivered);
+    Write(kIn, "prison", absl::StrCat("wh-", i), visit, ess::v1::MESSAGE_STATUS_PUBLISHED);
+  }
+  for (int i = 1; i <= 3; ++i) {  // newer inbound events of the partner's own
+    Write(kIn, "prison", absl::StrCat("own-", i), ess::v1::MESSAGE_STATUS_PUBLISHED);
+  }
+  absl::StatusOr<uint64_t> purged = store_->Purge({.max_per_partner = 3, .batch = 2});
+  ASSERT_TRUE(purged.ok()) << purged.status();
+  EXPECT_EQ(*purged, 4u);
+  EXPECT_THAT(Ids("prison", kOut, kDelivered), ElementsAre("VIS-3", "VIS-4", "VIS-5"));
+  EXPECT_THAT(Ids("prison", kIn, ess::v1::MESSAGE_STATUS_PUBLISHED),
+              ElementsAre("wh-3", "wh-4", "wh-5", "own-1", "own-2", "own-3"));
+  absl::StatusOr<ListPage> unconfirmed = store_->List({.partner = "prison",
+                                                       .direction = kOut,
+                                                       .status = kDelivered,
+                                                       .unconfirmed = true,
+                                                       .limit = 1000});
+  ASSERT_TRUE(unconfirmed.ok()) << unconfirmed.status();
+  EXPECT_THAT(MessageIds(unconfirmed->records), IsEmpty());
   EXPECT_EQ(store_->Purge({.max_per_partner = 3}).value(), 0u);  // nothing more to do
 }
 
