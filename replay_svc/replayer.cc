@@ -222,6 +222,7 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     out->set_correlation_id(r.correlation_id());
     out->set_event_type(r.event_type());
     out->set_previous_status(r.status());
+    *out->mutable_previous_updated_at() = r.updated_at();
     if (!request.include_in_flight) {
       if (std::optional<std::string> in_flight = InFlight(r); in_flight.has_value()) {
         out->set_outcome(ReplayedRecord::OUTCOME_SKIPPED);

@@ -419,15 +419,22 @@ struct Settled {
   uint64_t delivered = 0, dry_run = 0, dead = 0, pending = 0;
 };
 
-// Polls the store until every replayed outbound record (partner -> message ids) is settled
-// (delivered, dry-run, or dead again) or `wait` has passed. Reads the records by key (Lookup),
-// so neither this machine's clock nor the number of other records matters.
+// partner -> message id -> the record's updated_at (Unix micros) when the replay read it.
+using ReplayedKeys = std::map<std::string, std::map<std::string, int64_t>>;
+
+// Polls the store until every replayed outbound record is settled (delivered, dry-run, or dead
+// again) or `wait` has passed. A record counts as settled only once it was written after the
+// replay read it (its updated_at moved, in the store's own clock): until the replay's mark, or
+// the lane, writes it, a record keeps its old status (DEAD when the broker's confirm is late).
+// Reads the records by key (Lookup), so neither this machine's clock nor the number of other
+// records matters.
 absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
-                                        const std::map<std::string, std::set<std::string>>& keys,
-                                        absl::Duration wait) {
+                                        const ReplayedKeys& keys, absl::Duration wait) {
   std::vector<ess::v1::LookupRequest> requests;
+  std::vector<int64_t> read_at;  // per key, in the order of the requests' keys
   for (const auto& [partner, ids] : keys) {
-    for (const std::string& id : ids) {
+    for (const auto& [id, updated_at] : ids) {
+      read_at.push_back(updated_at);
       if (requests.empty() ||
           static_cast<size_t>(requests.back().keys_size()) == ess::kMaxLookupKeys) {
         requests.emplace_back();
@@ -441,6 +448,7 @@ absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
   const absl::Time deadline = absl::Now() + wait;
   for (;;) {
     Settled settled;
+    size_t k = 0;
     for (const ess::v1::LookupRequest& request : requests) {
       ess::v1::LookupResponse response;
       grpc::Status s = stub.Lookup(NewContext().get(), request, &response);
@@ -448,7 +456,10 @@ absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
         return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
       }
       for (const ess::v1::LookupResult& r : response.results()) {
-        switch (r.found() ? r.record().status() : ess::v1::MESSAGE_STATUS_RECEIVED) {
+        const bool written_since =
+            r.found() &&
+            ess::replay::ToUnixMicros(r.record().updated_at()).value_or(0) != read_at[k++];
+        switch (written_since ? r.record().status() : ess::v1::MESSAGE_STATUS_RECEIVED) {
           case ess::v1::MESSAGE_STATUS_DELIVERED:
             ++settled.delivered;
             break;
@@ -459,7 +470,9 @@ absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
             ++settled.dead;
             break;
           default:
-            ++settled.pending;  // RECEIVED (as the replay marked it), or FAILED and retrying
+            // RECEIVED (as the replay marked it), FAILED and retrying, or not written since the
+            // replay read it (its confirm not yet marked)
+            ++settled.pending;
             break;
         }
       }
@@ -518,8 +531,8 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   uint64_t replayed = 0, skipped = 0, failed = 0, unconfirmed = 0;
   int32_t seen = 0;
   bool more = false;
-  // partner -> message ids of the outbound records replayed, for --wait.
-  std::map<std::string, std::set<std::string>> outbound;
+  // The outbound records replayed, for --wait.
+  ReplayedKeys outbound;
   for (;;) {
     if (request.has_filter()) {
       const int32_t left = max_records == 0 ? 1000 : std::min(max_records - seen, 1000);
@@ -545,7 +558,8 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
       if ((r.outcome() == ess::v1::ReplayedRecord::OUTCOME_REPLAYED ||
            r.outcome() == ess::v1::ReplayedRecord::OUTCOME_UNCONFIRMED) &&
           r.key().direction() == ess::v1::DIRECTION_OUTBOUND) {
-        outbound[r.key().partner()].insert(r.key().message_id());
+        outbound[r.key().partner()][r.key().message_id()] =
+            ess::replay::ToUnixMicros(r.previous_updated_at()).value_or(0);
       }
     }
     replayed += response.replayed();
@@ -568,6 +582,7 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   int exit_code = skipped + failed + unconfirmed > 0 ? kExitCallFailed : 0;
   if (const absl::Duration wait = absl::GetFlag(FLAGS_wait);
       wait > absl::ZeroDuration() && !request.dry_run() && !outbound.empty()) {
+    std::cout << std::flush;  // what was replayed, while the outcomes are awaited
     absl::StatusOr<Settled> settled = WaitForOutcomes(stub, outbound, wait);
     if (!settled.ok()) {
       std::cerr << "error: waiting for the outcomes: " << settled.status().message() << "\n";

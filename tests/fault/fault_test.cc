@@ -1228,5 +1228,37 @@ TEST_F(FaultTest, AStoreStoppedBeforeItsReplaysAreConfirmedStillMarksThem) {
   EXPECT_EQ(queued, static_cast<uint32_t>(kEvents));  // each once
 }
 
+// `essctl replay --wait` of a replay the broker confirms late: until the confirm is marked, the
+// record keeps the DEAD it had, which is not the outcome of the replay. essctl waits for the
+// record to be written after the replay read it, and reports the delivery that follows.
+TEST_F(FaultTest, ReplayWaitFollowsARecordWhoseConfirmCameLateToItsDelivery) {
+  CapturePartner partner;
+  partner.set_status(422);  // refused: parked and recorded DEAD
+  const std::string queue = testing::UniqueName("replaywait");
+  WriteConfig({{.name = "calendar", .queue = queue, .url = partner.url()}});
+  StartReplay();
+  Publish(queue, Ids("RW-", 1));
+  StartOutbound();
+  auto dead = [&] { return OutboundStats("calendar").dead(); };
+  ASSERT_TRUE(WaitFor([&] { return dead() == 1; }, absl::Seconds(60))) << dead();
+  partner.set_status(201);
+
+  MemoryAlarm alarm(this);
+  alarm.Set(true);  // the store's publish waits: the call answers it unconfirmed
+  std::vector<std::string> replay = ReplayDeadCommand("3s");
+  replay.insert(replay.end(), {"--wait", "60s"});
+  Process essctl(replay, dir_.File("essctl.log"));
+  ASSERT_TRUE(
+      WaitFor([&] { return absl::StrContains(essctl.Log(), "unconfirmed 1") || !essctl.Running(); },
+              absl::Seconds(30)))
+      << essctl.Log();
+  alarm.Set(false);
+  EXPECT_EQ(essctl.Wait(absl::Seconds(90)), 1) << essctl.Log();  // 1: a publish was unconfirmed
+  EXPECT_THAT(essctl.Log(), HasSubstr("unconfirmed 1 (published; marked when the broker "
+                                      "confirms)"));
+  EXPECT_THAT(essctl.Log(), HasSubstr("(then: delivered 1, parked again 0, still pending 0)"));
+  EXPECT_EQ(partner.count(), 2u);
+}
+
 }  // namespace
 }  // namespace ess

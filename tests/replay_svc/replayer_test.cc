@@ -179,6 +179,7 @@ TEST_P(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange
   MessageRecord dead = Outbound("prison", "m-1", kDead);
   dead.set_error("partner answered HTTP 422");
   Store({dead, Inbound("w-1", ess::v1::MESSAGE_STATUS_FAILED)});
+  const MessageRecord as_read = Read(kOut, "prison", "m-1");
   Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
 
   ess::v1::ReplayResponse r =
@@ -192,6 +193,10 @@ TEST_P(ReplayerTest, OutboundGoesToItsPartnersQueueAndInboundToTheEventsExchange
   EXPECT_EQ(r.records(0).outcome(), ReplayedRecord::OUTCOME_REPLAYED);
   EXPECT_EQ(r.records(0).target(), "queue visit_updates");
   EXPECT_EQ(r.records(0).previous_status(), kDead);
+  // What essctl --wait compares with: the lane's outcome is a later write.
+  EXPECT_EQ(r.records(0).previous_updated_at().seconds(), as_read.updated_at().seconds());
+  EXPECT_EQ(r.records(0).previous_updated_at().nanos(), as_read.updated_at().nanos());
+  EXPECT_TRUE(r.records(0).has_previous_updated_at());
   EXPECT_EQ(r.records(0).correlation_id(), "m-1");
   EXPECT_EQ(r.records(1).target(), "exchange events");
   EXPECT_EQ(r.records(1).previous_status(), ess::v1::MESSAGE_STATUS_FAILED);
