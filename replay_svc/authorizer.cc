@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace ess::replay {
@@ -61,8 +62,13 @@ absl::StatusOr<Authorizer> Authorizer::FromConfig(const ess::v1::ReplayAuth& aut
 absl::StatusOr<std::string> Authorizer::Check(std::string_view authorization, Method method) const {
   if (!enabled()) return std::string();
   std::string_view token = authorization;
+  // RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"), then one or more spaces.
   constexpr std::string_view kScheme = "Bearer ";
-  if (token.starts_with(kScheme)) token.remove_prefix(kScheme.size());
+  if (absl::StartsWithIgnoreCase(absl::string_view(token.data(), token.size()),
+                                 absl::string_view(kScheme.data(), kScheme.size()))) {
+    token.remove_prefix(kScheme.size());
+    while (token.starts_with(' ')) token.remove_prefix(1);
+  }
   if (token.size() == authorization.size() || token.empty()) {
     return absl::UnauthenticatedError(
         "ReplayService needs a bearer token (metadata \"authorization: Bearer TOKEN\")");

@@ -86,6 +86,20 @@ TEST(AuthorizerTest, ChecksTheTokenThenTheRole) {
   }
 }
 
+// RFC 7235: the auth scheme is case-insensitive, and one or more spaces follow it.
+TEST(AuthorizerTest, TheSchemeIsMatchedWhateverItsCase) {
+  absl::StatusOr<Authorizer> auth = Authorizer::FromConfig(ThreeCallers());
+  ASSERT_TRUE(auth.ok()) << auth.status();
+  for (std::string scheme : {"bearer ", "BEARER ", "bEaReR ", "Bearer   "}) {
+    EXPECT_EQ(auth->Check(scheme + kOpsToken, Method::kReplay).value(), "oncall") << scheme;
+  }
+  for (std::string bad : {std::string("bearer "), std::string("BEARER   "),
+                          "Bearer" + std::string(kOpsToken), "Bearerx " + std::string(kOpsToken)}) {
+    EXPECT_EQ(auth->Check(bad, Method::kGet).status().code(), absl::StatusCode::kUnauthenticated)
+        << bad;
+  }
+}
+
 TEST(AuthorizerTest, WithoutCallersEveryCallPasses) {
   absl::StatusOr<Authorizer> auth = Authorizer::FromConfig({});
   ASSERT_TRUE(auth.ok());
