@@ -736,8 +736,20 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Replay(grpc::CallbackServerContext*
   } else if (who.empty()) {
     who = context->peer();
   }
-  // Leave the answer time to get back before the caller's deadline.
-  const absl::Time deadline = absl::FromChrono(context->deadline()) - absl::Milliseconds(500);
+  // Leave the answer time to get back before the caller's deadline. A deadline closer than
+  // that leaves no time to replay anything: said so, rather than "waited past its deadline".
+  constexpr absl::Duration kAnswerMargin = absl::Milliseconds(500);
+  const absl::Duration left = absl::FromChrono(context->deadline()) - absl::Now();
+  if (left <= kAnswerMargin) {
+    Finish(reactor, Authorizer::Method::kReplay,
+           ToGrpc(absl::InvalidArgumentError(absl::StrCat(
+               "deadline: ", absl::FormatDuration(absl::Trunc(left, absl::Milliseconds(1))),
+               " left; a replay needs more than ", absl::FormatDuration(kAnswerMargin),
+               " (it answers that long before the deadline): call with a longer one (essctl "
+               "--timeout)"))));
+    return reactor;
+  }
+  const absl::Time deadline = absl::FromChrono(context->deadline()) - kAnswerMargin;
   replays_.Post(Runs(Authorizer::Method::kReplay), [this, request, response, reactor,
                                                     query = std::move(query), who = std::move(who),
                                                     deadline, context] {

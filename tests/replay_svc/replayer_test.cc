@@ -720,6 +720,25 @@ TEST_P(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
   EXPECT_TRUE(bus_.published().empty());
 }
 
+// A deadline within the 500 ms a replay keeps to answer in leaves it no time at all: refused at
+// once, saying so, not "waited for an earlier one past its deadline".
+TEST_P(ReplayRpcTest, ADeadlineTooShortToReplayIsInvalidArgumentNamingIt) {
+  Store({Outbound("prison", "m-1", kDead)});
+  ess::v1::ReplayRequest request;
+  *request.add_keys() = Key(kOut, "prison", "m-1");
+  request.set_dry_run(true);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(400)));
+  ess::v1::ReplayResponse response;
+  grpc::Status status = stub_->Replay(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("deadline: "));
+  EXPECT_THAT(status.error_message(),
+              HasSubstr(" left; a replay needs more than 500ms (it answers that long before the "
+                        "deadline): call with a longer one (essctl --timeout)"));
+  EXPECT_TRUE(bus_.published().empty());
+}
+
 // Replays run one at a time. One that waited for an earlier one past its caller's deadline
 // publishes nothing: its caller has already given up, and would run it again.
 TEST_P(ReplayRpcTest, AReplayQueuedPastItsDeadlinePublishesNothing) {
