@@ -34,6 +34,9 @@ namespace ess {
 
 // The most keys ReplayService takes in one Lookup (or claims in one Claim) call (replay.proto).
 inline constexpr size_t kMaxLookupKeys = 10'000;
+// The most keys ReplayService takes in one Replay call, and its largest filter page
+// (replay.proto).
+inline constexpr size_t kMaxReplayKeys = 1'000;
 
 // How a client dials ReplayService (PEM text). Without a CA: plaintext.
 struct ReplayTls {

@@ -60,7 +60,8 @@ ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event
 ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
 ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
 ABSL_FLAG(std::string, message_id, "",
-          "get: the message id of one record; replay: one or more, comma-separated (with "
+          "get: the message id of one record; replay: one or more, comma-separated (any number, "
+          "sent 1000 per call; with "
           "--direction and --partner only: no filter flag).");
 ABSL_FLAG(std::string, status, "",
           "list: received, delivered, dry_run, failed, dead or published.");
@@ -493,6 +494,9 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
     return Usage("replay needs --reason (it goes into the audit trail), or --dry_run");
   }
   const std::string message_ids = absl::GetFlag(FLAGS_message_id);
+  // The keys of --message_id, replayed in calls of up to kMaxReplayKeys.
+  std::vector<ess::v1::RecordKey> keys;
+  size_t sent_keys = 0;
   const int32_t max_records = absl::GetFlag(FLAGS_max_records);
   if (max_records < 0) return Usage("--max_records must not be negative");
   if (!message_ids.empty()) {
@@ -508,11 +512,16 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
       return Usage("replay --message_id needs --direction outbound|inbound");
     }
     if (absl::GetFlag(FLAGS_partner).empty()) return Usage("replay --message_id needs --partner");
+    std::set<std::string> given;
     for (absl::string_view id : absl::StrSplit(message_ids, ',', absl::SkipWhitespace())) {
-      ess::v1::RecordKey* key = request.add_keys();
-      key->set_direction(*direction);
-      key->set_partner(absl::GetFlag(FLAGS_partner));
-      key->set_message_id(std::string(absl::StripAsciiWhitespace(id)));
+      ess::v1::RecordKey& key = keys.emplace_back();
+      key.set_direction(*direction);
+      key.set_partner(absl::GetFlag(FLAGS_partner));
+      key.set_message_id(std::string(absl::StripAsciiWhitespace(id)));
+      // Sent in calls of up to 1000 keys, a repeated id would be replayed twice.
+      if (!given.insert(key.message_id()).second) {
+        return Usage(absl::StrCat("--message_id: ", key.message_id(), " is given twice"));
+      }
     }
   } else {
     if (std::optional<std::string> error = BuildFilter(*request.mutable_filter());
@@ -533,17 +542,27 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   bool more = false;
   // The outbound records replayed, for --wait.
   ReplayedKeys outbound;
+  constexpr int32_t kPage = static_cast<int32_t>(ess::kMaxReplayKeys);
   for (;;) {
     if (request.has_filter()) {
-      const int32_t left = max_records == 0 ? 1000 : std::min(max_records - seen, 1000);
+      const int32_t left = max_records == 0 ? kPage : std::min(max_records - seen, kPage);
       request.mutable_filter()->set_page_size(static_cast<uint32_t>(left));
+    } else {
+      request.clear_keys();
+      for (; sent_keys < keys.size() && request.keys_size() < kPage; ++sent_keys) {
+        *request.add_keys() = keys[sent_keys];
+      }
     }
     ess::v1::ReplayResponse response;
     grpc::Status status = stub.Replay(NewContext().get(), request, &response);
     if (!status.ok()) {
       if (seen > 0) {
+        // What the earlier calls did is done: show it, as after a complete replay.
+        std::cout << std::flush;
+        PrintTable(rows);
+        std::cout << std::flush;
         std::cerr << "after " << replayed << " replayed, " << skipped << " skipped, " << failed
-                  << " failed and " << unconfirmed << " unconfirmed:\n";
+                  << " failed and " << unconfirmed << " unconfirmed (above), the next call:\n";
       }
       return CallFailed(status);
     }
@@ -567,6 +586,10 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
     failed += response.failed();
     unconfirmed += response.unconfirmed();
     seen += response.records_size();
+    if (!request.has_filter()) {
+      if (sent_keys >= keys.size()) break;
+      continue;
+    }
     more = !response.next_page_token().empty();
     if (!more || response.records().empty() || (max_records > 0 && seen >= max_records)) break;
     request.mutable_filter()->set_page_token(response.next_page_token());

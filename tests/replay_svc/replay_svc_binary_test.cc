@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
@@ -396,6 +397,123 @@ TEST_F(ReplaySvcBinaryTest, RecordsSurviveARestartAndEssctlReadsThem) {
   stub.reset();
   service->Signal(SIGINT);
   EXPECT_EQ(service->WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+}
+
+// essctl's replay against a ReplayService of the test's own on loopback, which answers (or
+// fails) each call as the test says: what essctl sends, and what it prints when a call fails.
+class FakeReplayService final : public ess::v1::ReplayService::Service {
+ public:
+  grpc::Status Replay(grpc::ServerContext*, const ess::v1::ReplayRequest* request,
+                      ess::v1::ReplayResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    requests_.push_back(*request);
+    if (fail_call_ >= 0 && static_cast<int>(requests_.size()) - 1 == fail_call_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the store went away");
+    }
+    auto replayed = [&](const std::string& id) {
+      ess::v1::ReplayedRecord* r = response->add_records();
+      r->mutable_key()->set_direction(ess::v1::DIRECTION_OUTBOUND);
+      r->mutable_key()->set_partner("prison");
+      r->mutable_key()->set_message_id(id);
+      r->set_correlation_id(id);
+      r->set_previous_status(ess::v1::MESSAGE_STATUS_DEAD);
+      r->set_target("queue visit_updates");
+      r->set_outcome(ess::v1::ReplayedRecord::OUTCOME_REPLAYED);
+      response->set_replayed(response->replayed() + 1);
+    };
+    if (request->keys_size() > 1000) {  // what replay_svc answers
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("keys: ", request->keys_size(), " given, at most 1000"));
+    }
+    for (const ess::v1::RecordKey& key : request->keys()) replayed(key.message_id());
+    if (request->has_filter()) {  // pages of two, without end
+      const int page = static_cast<int>(requests_.size());
+      replayed(absl::StrCat("page", page, "-a"));
+      replayed(absl::StrCat("page", page, "-b"));
+      response->set_next_page_token(absl::StrCat("after-page-", page));
+    }
+    return grpc::Status::OK;
+  }
+
+  void FailCall(int index) {
+    absl::MutexLock lock(&mu_);
+    fail_call_ = index;
+  }
+  std::vector<ess::v1::ReplayRequest> requests() {
+    absl::MutexLock lock(&mu_);
+    return requests_;
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<ess::v1::ReplayRequest> requests_ ABSL_GUARDED_BY(mu_);
+  int fail_call_ ABSL_GUARDED_BY(mu_) = -1;
+};
+
+class EssctlReplayTest : public ReplaySvcBinaryTest {
+ protected:
+  void SetUp() override {
+    ReplaySvcBinaryTest::SetUp();
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_GT(port, 0);
+    fake_address_ = absl::StrCat("127.0.0.1:", port);
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  }
+
+  FakeReplayService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string fake_address_;
+};
+
+// More ids than one call takes go in calls of 1000, in their order, each id once.
+TEST_F(EssctlReplayTest, MessageIdsGoInCallsOfAThousand) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 2500; ++i) ids.push_back(absl::StrCat("m-", i));
+  ToolResult run = RunEssctl(
+      fake_address_, {"replay", "--direction", "outbound", "--partner", "prison", "--message_id",
+                      absl::StrJoin(ids, ","), "--reason", "partner lost them"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("(replayed 2500, skipped 0, failed 0)"));
+  std::vector<ess::v1::ReplayRequest> requests = service_.requests();
+  ASSERT_EQ(requests.size(), 3u) << run.err;
+  std::vector<std::string> sent;
+  for (const ess::v1::ReplayRequest& r : requests) {
+    EXPECT_EQ(r.reason(), "partner lost them");
+    for (const ess::v1::RecordKey& key : r.keys()) sent.push_back(key.message_id());
+  }
+  EXPECT_EQ(requests[0].keys_size(), 1000);
+  EXPECT_EQ(requests[1].keys_size(), 1000);
+  EXPECT_EQ(requests[2].keys_size(), 500);
+  EXPECT_EQ(sent, ids);
+
+  // An id given twice would be replayed twice (the store sees one call at a time).
+  ToolResult twice =
+      RunEssctl(fake_address_, {"replay", "--direction", "outbound", "--partner", "prison",
+                                "--message_id", "m-1,m-2,m-1", "--reason", "x"});
+  EXPECT_EQ(twice.exit_code, 2) << twice.err;
+  EXPECT_THAT(twice.err, HasSubstr("--message_id: m-1 is given twice"));
+  EXPECT_EQ(service_.requests().size(), 3u);
+}
+
+// A call failing after earlier pages were replayed: their rows are printed, then the error.
+TEST_F(EssctlReplayTest, WhenALaterPageFailsTheRowsAlreadyReplayedAreShown) {
+  service_.FailCall(2);  // the third call
+  ToolResult run = RunEssctl(fake_address_, {"replay", "--partner", "prison", "--status", "dead",
+                                             "--reason", "partner SFTP down overnight"});
+  EXPECT_EQ(run.exit_code, 1) << run.err;
+  for (const char* id : {"page1-a", "page1-b", "page2-a", "page2-b"}) {
+    EXPECT_THAT(run.out, HasSubstr(id)) << run.out;
+  }
+  EXPECT_THAT(run.err, HasSubstr("after 4 replayed, 0 skipped, 0 failed and 0 unconfirmed"));
+  EXPECT_THAT(run.err, HasSubstr("UNAVAILABLE: the store went away"));
+  EXPECT_EQ(service_.requests().size(), 3u);
 }
 
 TEST_F(ReplaySvcBinaryTest, MissingConfigFlagIsAUsageError) {
