@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "common/metrics.h"
@@ -108,7 +109,7 @@ absl::Status ValidateRecordRequest(const ess::v1::RecordRequest& request) {
 
 // The guard rails essctl keeps, kept for every other client too (grpcurl, through reflection).
 absl::Status ValidateReplayIntent(const ess::v1::ReplayRequest& request) {
-  if (!request.dry_run() && request.reason().empty()) {
+  if (!request.dry_run() && absl::StripAsciiWhitespace(request.reason()).empty()) {
     return absl::InvalidArgumentError(
         "reason: required (it goes into the audit trail), or set dry_run");
   }

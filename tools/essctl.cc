@@ -490,7 +490,7 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
   request.set_reason(absl::GetFlag(FLAGS_reason));
   request.set_requested_by(
       absl::GetFlag(FLAGS_requested_by).empty() ? Operator() : absl::GetFlag(FLAGS_requested_by));
-  if (!request.dry_run() && request.reason().empty()) {
+  if (!request.dry_run() && absl::StripAsciiWhitespace(request.reason()).empty()) {
     return Usage("replay needs --reason (it goes into the audit trail), or --dry_run");
   }
   const std::string message_ids = absl::GetFlag(FLAGS_message_id);

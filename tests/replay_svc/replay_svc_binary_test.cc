@@ -516,6 +516,15 @@ TEST_F(EssctlReplayTest, WhenALaterPageFailsTheRowsAlreadyReplayedAreShown) {
   EXPECT_EQ(service_.requests().size(), 3u);
 }
 
+// A blank reason is no reason: refused before any call (replay_svc refuses it too).
+TEST_F(EssctlReplayTest, ABlankReasonIsAUsageError) {
+  ToolResult run = RunEssctl(
+      fake_address_, {"replay", "--partner", "prison", "--status", "dead", "--reason", "   "});
+  EXPECT_EQ(run.exit_code, 2) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("replay needs --reason"));
+  EXPECT_TRUE(service_.requests().empty());
+}
+
 TEST_F(ReplaySvcBinaryTest, MissingConfigFlagIsAUsageError) {
   Child child({replay_svc_}, dir_.File("x.out"), dir_.File("x.err"));
   ASSERT_TRUE(child.started());

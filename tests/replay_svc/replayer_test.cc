@@ -703,6 +703,11 @@ TEST_P(ReplayRpcTest, BadRequestsAreInvalidArgumentNamingTheField) {
       {[](ess::v1::ReplayRequest& r) { r.mutable_filter()->set_partner("prison"); },
        "reason: required (it goes into the audit trail), or set dry_run"},
       {[](ess::v1::ReplayRequest& r) {
+         r.mutable_filter()->set_partner("prison");
+         r.set_reason(" \t\n ");  // blank: no reason
+       },
+       "reason: required (it goes into the audit trail), or set dry_run"},
+      {[](ess::v1::ReplayRequest& r) {
          r.mutable_filter()->set_status(kDead);
          r.set_reason("partner SFTP down overnight");
        },
