@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -184,11 +185,15 @@ void SftpCsvAdapter::Stop() {
   if (worker.joinable()) worker.join();
 }
 
-std::string SftpCsvAdapter::BatchId(std::span<const std::string> message_ids) {
-  std::vector<std::string_view> ids(message_ids.begin(), message_ids.end());
-  std::sort(ids.begin(), ids.end());
+std::string SftpCsvAdapter::BatchId(std::span<const BatchRow> rows) {
+  std::vector<BatchRow> sorted(rows.begin(), rows.end());
+  std::sort(sorted.begin(), sorted.end(), [](const BatchRow& a, const BatchRow& b) {
+    return std::tie(a.message_id, a.line) < std::tie(b.message_id, b.line);
+  });
   std::string joined;
-  for (std::string_view id : ids) absl::StrAppend(&joined, ToAbsl(id), "\n");
+  for (const BatchRow& row : sorted) {
+    absl::StrAppend(&joined, ToAbsl(row.message_id), "\n", ToAbsl(row.line));
+  }
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(joined.data(), joined.size(), digest, &len, EVP_sha256(), nullptr);
@@ -196,8 +201,7 @@ std::string SftpCsvAdapter::BatchId(std::span<const std::string> message_ids) {
       absl::string_view(reinterpret_cast<const char*>(digest), std::min(len, 8u)));
 }
 
-std::string SftpCsvAdapter::FileName(std::span<const std::string> message_ids,
-                                     absl::Time now) const {
+std::string SftpCsvAdapter::FileName(std::span<const BatchRow> rows, absl::Time now) const {
   std::string out;
   for (const NamePart& p : name_pattern_) {
     if (!p.placeholder) {
@@ -207,7 +211,7 @@ std::string SftpCsvAdapter::FileName(std::span<const std::string> message_ids,
     } else if (p.text == "date") {
       out.append(absl::FormatTime("%Y%m%d", now, absl::UTCTimeZone()));
     } else {
-      out.append(BatchId(message_ids));
+      out.append(BatchId(rows));
     }
   }
   return out;
@@ -388,14 +392,14 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
     if (batch.rows.empty()) return;
   }
   const absl::Time start = absl::Now();
-  std::vector<std::string> ids;
-  ids.reserve(batch.rows.size());
+  std::vector<BatchRow> named;
+  named.reserve(batch.rows.size());
   size_t bytes = header_.size();
   for (const Row& row : batch.rows) {
-    ids.push_back(row.message_id);
+    named.push_back({.message_id = row.message_id, .line = row.line});
     bytes += row.line.size();
   }
-  const std::string name = FileName(ids, start);
+  const std::string name = FileName(named, start);
   const std::string path = JoinPath(settings_.remote_dir(), name);
   const std::string rows = absl::StrCat(batch.rows.size());
 

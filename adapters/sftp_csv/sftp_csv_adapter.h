@@ -8,8 +8,9 @@
 // first row, whichever comes first; the adapter's own worker thread closes batches and uploads
 // them, one at a time, so Push never blocks on the network. Then, for each closed batch:
 //  1. its name is the configured pattern with {partner}, {date} (UTC yyyymmdd) and {batch}
-//     (SHA-256 of the batch's sorted message ids, first 16 hex digits: the same events give the
-//     same name);
+//     (SHA-256 of the batch's rows, each as its message id and its CSV record, first 16 hex
+//     digits: the same events with the same content give the same name, and an event changed
+//     under the same message id, or replayed changed, gives another);
 //  2. if that file already exists on the server the batch counts as delivered (a crash after the
 //     rename, then a redelivery of the same events, produces no second file);
 //  3. otherwise it is uploaded as ".NAME.part" and renamed to NAME in the same SFTP session
@@ -89,10 +90,18 @@ class SftpCsvAdapter : public Adapter {
   const SftpClient::Options& client_options() const { return client_options_; }
   // The header row of every file, CRLF included.
   const std::string& header() const { return header_; }
-  // The file name of a batch of these message ids, closed at `now`.
-  std::string FileName(std::span<const std::string> message_ids, absl::Time now) const;
-  // First 16 hex digits of the SHA-256 of the sorted ids, each followed by '\n'.
-  static std::string BatchId(std::span<const std::string> message_ids);
+  // A row of a batch as its name sees it: the event's message id and its CSV record (CRLF
+  // included, as in the file).
+  struct BatchRow {
+    std::string_view message_id;
+    std::string_view line;
+  };
+  // The file name of a batch of these rows, closed at `now`.
+  std::string FileName(std::span<const BatchRow> rows, absl::Time now) const;
+  // First 16 hex digits of the SHA-256 of the rows sorted by message id, then record: each row
+  // as its message id, '\n', then its record. (Message ids carry no control character and a
+  // record ends at its first unquoted CRLF, so the bytes hashed name exactly one set of rows.)
+  static std::string BatchId(std::span<const BatchRow> rows);
 
  private:
   struct Row {

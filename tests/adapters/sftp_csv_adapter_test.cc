@@ -148,21 +148,31 @@ TEST(SftpCsvAdapterTest, HeaderIsCorrelationColumnThenMappingTargets) {
   EXPECT_EQ(a->header(), "ess_id,id,inmate,slot,note\r\n");
 }
 
-TEST(SftpCsvAdapterTest, FileNamesAreDeterministicPerSetOfMessageIds) {
+TEST(SftpCsvAdapterTest, FileNamesAreDeterministicPerSetOfRows) {
   auto a = Make();
   ASSERT_NE(a, nullptr);
   const absl::Time t =
       absl::FromCivil(absl::CivilSecond(2026, 12, 1, 23, 59, 0), absl::UTCTimeZone());
-  std::vector<std::string> ab = {"a", "b"}, ba = {"b", "a"}, abc = {"a", "b", "c"};
-  EXPECT_EQ(SftpCsvAdapter::BatchId(ab), "911169ddaaf146af");  // sha256("a\nb\n")
-  EXPECT_EQ(a->FileName(ab, t), "prison_20261201_911169ddaaf146af.csv");
+  using R = SftpCsvAdapter::BatchRow;
+  const std::vector<R> ab = {{"a", "x\r\n"}, {"b", "y\r\n"}};
+  const std::vector<R> ba = {{"b", "y\r\n"}, {"a", "x\r\n"}};
+  const std::vector<R> abc = {{"a", "x\r\n"}, {"b", "y\r\n"}, {"c", "z\r\n"}};
+  EXPECT_EQ(SftpCsvAdapter::BatchId(ab), "3503d3b9821ea937");  // sha256("a\nx\r\nb\ny\r\n")
+  EXPECT_EQ(a->FileName(ab, t), "prison_20261201_3503d3b9821ea937.csv");
   EXPECT_EQ(a->FileName(ba, t), a->FileName(ab, t));
   EXPECT_NE(a->FileName(abc, t), a->FileName(ab, t));
+  // The same message ids with a row changed: another batch, another name. Before, the name
+  // hashed the ids only, and the changed batch was taken as delivered without being uploaded.
+  const std::vector<R> changed = {{"a", "x\r\n"}, {"b", "y, changed\r\n"}};
+  EXPECT_NE(a->FileName(changed, t), a->FileName(ab, t));
+  // The same rows under other ids, and a row moved between ids, are other batches too.
+  EXPECT_NE(a->FileName(std::vector<R>{{"a", "y\r\n"}, {"b", "x\r\n"}}, t), a->FileName(ab, t));
+  EXPECT_NE(a->FileName(std::vector<R>{{"c", "x\r\n"}, {"b", "y\r\n"}}, t), a->FileName(ab, t));
   auto s = Settings();
   s.set_file_name_pattern("ess-{batch}-{date}.txt");
   a = Make(Partner(s));
   ASSERT_NE(a, nullptr);
-  EXPECT_EQ(a->FileName(ab, t), "ess-911169ddaaf146af-20261201.txt");
+  EXPECT_EQ(a->FileName(ab, t), "ess-3503d3b9821ea937-20261201.txt");
 }
 
 TEST(SftpCsvAdapterTest, FactoryRejectsBadSettings) {
@@ -233,13 +243,14 @@ TEST(SftpCsvAdapterTest, DryRunBatchClosesAtMaxRowsAndRendersTheExactRows) {
   std::string logged = ::testing::internal::GetCapturedStderr();
   log::Init("sftp_csv_test");
   ASSERT_EQ(got.size(), 3u);
-  std::vector<std::string> ids = {"m1", "m2", "m3"};
-  const std::string name = a->FileName(ids, absl::Now());
   const std::string rows[] = {
       "VIS-1,VIS-1,A123,2026-12-01T15:00:00Z,\r\n",
       "VIS-2,VIS-2,\"B, \"\"the\"\" 2nd\",s,\"two\r\nlines\"\r\n",
       "VIS-3,VIS-3,Zoë,s,\r\n",
   };
+  const std::vector<SftpCsvAdapter::BatchRow> batch = {
+      {"m1", rows[0]}, {"m2", rows[1]}, {"m3", rows[2]}};
+  const std::string name = a->FileName(batch, absl::Now());
   for (auto& [i, r] : got) {
     EXPECT_TRUE(r.status.ok()) << r.status;
     EXPECT_TRUE(r.dry_run);

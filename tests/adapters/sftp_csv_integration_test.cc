@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -259,8 +260,15 @@ TEST_F(SftpCsvIntegrationTest, ThousandEventsBecomeTwoCompleteFilesAndARepeatAdd
     }
   }
   EXPECT_EQ(seen, visits.expected);
-  // The first batch (events 0..499) is the file named after their ids.
-  std::vector<std::string> first(visits.ids.begin(), visits.ids.begin() + 500);
+  // The first batch (events 0..499) is the file named after their ids and rows.
+  std::vector<SftpCsvAdapter::BatchRow> first;
+  for (const auto& [i, r] : got) {
+    if (i < 500) {
+      first.push_back({.message_id = visits.ids[i],
+                       .line = std::string_view(r.rendered).substr(a->header().size())});
+    }
+  }
+  ASSERT_EQ(first.size(), 500u);
   const std::string first_name = a->FileName(first, absl::Now());
   EXPECT_TRUE(fs::exists(dir_ / first_name)) << first_name;
   const auto first_mtime = fs::last_write_time(dir_ / first_name);
@@ -276,6 +284,47 @@ TEST_F(SftpCsvIntegrationTest, ThousandEventsBecomeTwoCompleteFilesAndARepeatAdd
   }
   EXPECT_EQ(Files(dir_), files);
   EXPECT_EQ(fs::last_write_time(dir_ / first_name), first_mtime);
+}
+
+// An event changed under the same message id (a publisher reusing it, or `essctl replay` of a
+// changed record) is another batch: it is uploaded in a file of its own, and each file holds its
+// row as it was sent. Before, the file name hashed the message ids only: the changed event was
+// taken as "already delivered" and the partner kept the old row.
+TEST_F(SftpCsvIntegrationTest, AChangedEventUnderTheSameMessageIdIsUploadedAgain) {
+  auto s = Settings();
+  s.set_max_rows(1);
+  auto a = Make(s);
+  ASSERT_NE(a, nullptr);
+  Mapper mapper = *Mapper::Compile(Partner(s).outbound().mapping());
+  std::vector<std::string> files_seen;
+  std::vector<std::string> rows;
+  for (const char* note : {"slot 10:00", "CHANGED to 14:00", "slot 10:00"}) {
+    rapidjson::Document d;
+    ASSERT_TRUE(
+        json::Parse(
+            absl::StrCat(R"({"id":"VIS-9","inmate":"A1","slot":"s","note":")", note, R"("})"), d)
+            .ok());
+    std::vector<MappedField> fields;
+    ASSERT_TRUE(mapper.Apply(d, &fields).ok());
+    Results results;
+    a->Push({.correlation_id = "VIS-9", .message_id = "UPD-1", .fields = fields}, results.Done(0));
+    auto got = results.Wait(1);
+    ASSERT_EQ(got.size(), 1u);
+    ASSERT_TRUE(got[0].second.status.ok()) << got[0].second.status;
+    rows.push_back(absl::StrCat("VIS-9,VIS-9,A1,s,", note, "\r\n"));
+    EXPECT_EQ(got[0].second.rendered, a->header() + rows.back());
+    files_seen.push_back(got[0].second.detail);
+  }
+  EXPECT_THAT(files_seen[0], StartsWith("uploaded "));
+  EXPECT_THAT(files_seen[1], StartsWith("uploaded "));  // not "already delivered as ..."
+  // The first content again is the first file: delivered, not uploaded a second time.
+  EXPECT_THAT(files_seen[2], StartsWith("already delivered as "));
+  const std::vector<std::string> files = Files(dir_);
+  ASSERT_EQ(files.size(), 2u) << ::testing::PrintToString(files);
+  std::vector<std::string> contents;
+  for (const std::string& name : files) contents.push_back(ReadFile(dir_ / name));
+  std::sort(contents.begin(), contents.end());
+  EXPECT_EQ(contents, (std::vector<std::string>{a->header() + rows[1], a->header() + rows[0]}));
 }
 
 TEST_F(SftpCsvIntegrationTest, ClientNeverOverwritesAndLeavesNoPartFile) {

@@ -400,7 +400,9 @@ TEST_F(SftpFaultTest, ABatchWhoseRenameAnswerIsLostIsDeliveredOnceAndItsEventsAr
   }
   const std::vector<std::string> files = Files();
   ASSERT_EQ(files.size(), 1u);
-  EXPECT_EQ(files[0], adapter->FileName(ids, absl::Now()));
+  const std::vector<SftpCsvAdapter::BatchRow> rows = {
+      {"VIS-1", "VIS-1,VIS-1\r\n"}, {"VIS-2", "VIS-2,VIS-2\r\n"}, {"VIS-3", "VIS-3,VIS-3\r\n"}};
+  EXPECT_EQ(files[0], adapter->FileName(rows, absl::Now()));
   EXPECT_EQ(ReadFile(dir_ / files[0]),
             "correlation_id,visit_id\r\nVIS-1,VIS-1\r\nVIS-2,VIS-2\r\n"
             "VIS-3,VIS-3\r\n");
