@@ -217,6 +217,25 @@ std::string SftpCsvAdapter::FileName(std::span<const BatchRow> rows, absl::Time 
   return out;
 }
 
+std::string SftpCsvAdapter::WaitingKey(bool dry_run, std::string_view message_id,
+                                       std::string_view line) {
+  return absl::StrCat(dry_run ? "d" : "r", ToAbsl(message_id), "\n", ToAbsl(line));
+}
+
+void SftpCsvAdapter::Complete(bool dry_run, Row& row, PushResult result) {
+  std::vector<PushDone> copies;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = waiting_.find(WaitingKey(dry_run, row.message_id, row.line));
+    if (it != waiting_.end()) {
+      copies = std::move(it->second);
+      waiting_.erase(it);
+    }
+  }
+  for (PushDone& copy : copies) std::move(copy)(result);
+  std::move(row.done)(std::move(result));
+}
+
 std::string SftpCsvAdapter::RenderRow(const PushRequest& request, bool mask_pii) const {
   std::vector<std::string> cells;
   cells.reserve(columns_.size() + 1);
@@ -268,6 +287,14 @@ void SftpCsvAdapter::Push(const PushRequest& request, PushDone done) {
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
+      // The same event, waiting already (a redelivery): no second row; done with the first's.
+      auto [it, first] = waiting_.try_emplace(WaitingKey(dry, row.message_id, row.line));
+      if (!first) {
+        it->second.push_back(std::move(row.done));
+        log::Info(request.correlation_id, "CSV row already waiting; not added again",
+                  {{"partner", partner_}, {"message_id", row.message_id}});
+        return;
+      }
       std::optional<Batch>& open = open_[dry ? 1 : 0];
       if (!open) {
         open = Batch{.dry_run = dry, .opened = absl::Now()};
@@ -333,9 +360,11 @@ void SftpCsvAdapter::Work() {
 void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
   for (Row& row : batch.rows) {
     // Still unsettled: the next retry looks again.
-    std::move(row.done)(PushResult{.status = status,
-                                   .detail = std::string(status.message()),
-                                   .maybe_delivered_as = std::move(row.maybe_delivered_as)});
+    const std::string maybe_delivered_as = std::move(row.maybe_delivered_as);
+    Complete(batch.dry_run, row,
+             PushResult{.status = status,
+                        .detail = std::string(status.message()),
+                        .maybe_delivered_as = maybe_delivered_as});
   }
 }
 
@@ -365,10 +394,11 @@ absl::Status SftpCsvAdapter::SettleEarlierUploads(Batch& batch) {
       continue;
     }
     ++it->second.rows;
-    std::move(row.done)(PushResult{.status = absl::OkStatus(),
-                                   .rendered = absl::StrCat(header_, row.line),
-                                   .detail = absl::StrCat("delivered as ", row.maybe_delivered_as,
-                                                          " (the answer to its upload was lost)")});
+    Complete(batch.dry_run, row,
+             PushResult{.status = absl::OkStatus(),
+                        .rendered = absl::StrCat(header_, row.line),
+                        .detail = absl::StrCat("delivered as ", row.maybe_delivered_as,
+                                               " (the answer to its upload was lost)")});
   }
   for (const auto& [path, e] : earlier) {
     if (e.rows == 0) continue;
@@ -456,12 +486,13 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
   }
   const absl::Duration elapsed = absl::Now() - start;
   for (Row& row : batch.rows) {
-    std::move(row.done)(PushResult{.status = status,
-                                   .rendered = absl::StrCat(header_, row.line),
-                                   .detail = detail,
-                                   .dry_run = batch.dry_run,
-                                   .elapsed = elapsed,
-                                   .maybe_delivered_as = unsure ? path : std::string()});
+    Complete(batch.dry_run, row,
+             PushResult{.status = status,
+                        .rendered = absl::StrCat(header_, row.line),
+                        .detail = detail,
+                        .dry_run = batch.dry_run,
+                        .elapsed = elapsed,
+                        .maybe_delivered_as = unsure ? path : std::string()});
   }
 }
 

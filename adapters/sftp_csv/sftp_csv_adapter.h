@@ -31,6 +31,9 @@
 // they are configuration errors that no retry fixes). Each event's PushResult carries its own
 // row under the header as `rendered` (not the whole file, which would be stored once per row)
 // and "uploaded DIR/NAME (N rows)" as `detail`.
+// A Push of an event already waiting (the same message id and the same row, in a batch open or
+// closed, or in the upload in progress; e.g. redelivered by the broker after a connection drop)
+// adds no second row: its PushDone runs with the first row's outcome, when that one's does.
 // Caveat: the lane's max_in_flight for the partner bounds how many rows can wait in a batch;
 // set it to at least max_rows, or batches close by age only.
 //
@@ -61,6 +64,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "adapters/adapter.h"
@@ -124,10 +128,15 @@ class SftpCsvAdapter : public Adapter {
 
   SftpCsvAdapter() = default;
 
+  // The key of a waiting row in waiting_.
+  static std::string WaitingKey(bool dry_run, std::string_view message_id, std::string_view line);
+  // Runs `row.done` with `result`, and the PushDone of each copy of the row pushed while it
+  // waited, with the same result.
+  void Complete(bool dry_run, Row& row, PushResult result);
   std::string RenderRow(const PushRequest& request, bool mask_pii) const;
   void Work();
   void Deliver(Batch& batch);
-  static void Fail(Batch& batch, const absl::Status& status);
+  void Fail(Batch& batch, const absl::Status& status);
 
   std::string partner_;
   ess::v1::SftpCsvAdapterConfig settings_;
@@ -149,6 +158,9 @@ class SftpCsvAdapter : public Adapter {
   // The batches filling up: [0] real events, [1] dry-run events.
   std::optional<Batch> open_[2] ABSL_GUARDED_BY(mu_);
   std::deque<Batch> closed_ ABSL_GUARDED_BY(mu_);  // in closing order
+  // Every row pushed and not yet done (open, closed or being uploaded), by WaitingKey: the
+  // PushDone of each copy of it pushed since, to run with its outcome.
+  absl::flat_hash_map<std::string, std::vector<PushDone>> waiting_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread worker_ ABSL_GUARDED_BY(mu_);  // started by the first Push
 };

@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -261,6 +262,57 @@ TEST(SftpCsvAdapterTest, DryRunBatchClosesAtMaxRowsAndRendersTheExactRows) {
   EXPECT_THAT(logged, HasSubstr("VIS-1,VIS-1,***,2026-12-01T15:00:00Z,"));
   EXPECT_THAT(logged, Not(HasSubstr("A123")));
   EXPECT_THAT(logged, Not(HasSubstr("Zoë")));
+}
+
+// A redelivery of an event whose row is waiting (the broker redelivers after a connection
+// drop while the batch is open) adds no second row: both deliveries are done once, with the
+// first row's outcome. Before, the file held the row twice and "delivered" was logged twice.
+TEST(SftpCsvAdapterTest, ARedeliveredEventWaitingInABatchIsNotAddedTwice) {
+  log::Init("sftp_csv_test", log::Level::kInfo, {"inmate"});
+  auto s = Settings();
+  s.set_max_rows(3);
+  s.set_max_age_ms(600000);  // only the row count can close it
+  auto a = Make(Partner(s));
+  ASSERT_NE(a, nullptr);
+  Events ev;
+  Results results;
+  const auto& visit = ev.Add(R"({"id":"VIS-1","inmate":"A123","slot":"s"})");
+  ::testing::internal::CaptureStderr();
+  a->Push({.correlation_id = "VIS-1", .message_id = "m1", .fields = visit, .dry_run = true},
+          results.Done(0));
+  a->Push({.correlation_id = "VIS-1", .message_id = "m1", .fields = visit, .dry_run = true},
+          results.Done(1));  // the redelivery
+  // Changed under the same message id: another row (its own file name, see FileName).
+  a->Push({.correlation_id = "VIS-1",
+           .message_id = "m1",
+           .fields = ev.Add(R"({"id":"VIS-1","inmate":"A123","slot":"changed"})"),
+           .dry_run = true},
+          results.Done(2));
+  EXPECT_EQ(results.Count(), 0u);  // two rows: the batch is not full yet
+  a->Push({.correlation_id = "VIS-2",
+           .message_id = "m2",
+           .fields = ev.Add(R"({"id":"VIS-2","inmate":"B","slot":"s"})"),
+           .dry_run = true},
+          results.Done(3));
+  auto got = results.Wait(4);
+  a->Stop();
+  std::string logged = ::testing::internal::GetCapturedStderr();
+  log::Init("sftp_csv_test");
+  ASSERT_EQ(got.size(), 4u);
+  std::vector<size_t> done;
+  for (auto& [i, r] : got) {
+    done.push_back(i);
+    EXPECT_TRUE(r.status.ok()) << r.status;
+    EXPECT_THAT(r.detail, HasSubstr("(3 rows)"));
+  }
+  std::sort(done.begin(), done.end());
+  EXPECT_THAT(done, ElementsAre(0, 1, 2, 3));  // each delivery done, once
+  EXPECT_EQ(got[0].second.rendered, got[1].second.rendered);
+  EXPECT_EQ(results.Count(), 0u);
+  EXPECT_THAT(logged, HasSubstr("CSV row already waiting; not added again"));
+  const size_t at = logged.find("VIS-1,VIS-1,***,s,");
+  ASSERT_NE(at, std::string::npos) << logged;
+  EXPECT_EQ(logged.find("VIS-1,VIS-1,***,s,", at + 1), std::string::npos) << logged;
 }
 
 TEST(SftpCsvAdapterTest, DryRunBatchClosesAtMaxAge) {
