@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 
 #include "absl/container/flat_hash_map.h"
@@ -408,6 +410,31 @@ absl::Status ValidatePoll(const Converter& conv, const std::string& path,
   return absl::OkStatus();
 }
 
+// The folder a poll of partner `p` reads, as "HOST:PORT:REMOTE_DIR" (the host and port of the
+// adapter's settings, port 22 when unset), or nullopt when the settings are not read (no
+// resolver) or have no host and port.
+std::optional<std::string> PollTarget(const ess::v1::PartnerConfig& p,
+                                      const ess::v1::SftpPoll& poll,
+                                      const SettingsTypeResolver& resolver) {
+  if (!resolver || !p.has_settings()) return std::nullopt;
+  const Descriptor* type = resolver(p.adapter());
+  if (type == nullptr) return std::nullopt;
+  const FieldDescriptor* host = type->FindFieldByName("host");
+  const FieldDescriptor* port = type->FindFieldByName("port");
+  if (host == nullptr || host->cpp_type() != FieldDescriptor::CPPTYPE_STRING ||
+      host->is_repeated() || port == nullptr ||
+      port->cpp_type() != FieldDescriptor::CPPTYPE_UINT32 || port->is_repeated()) {
+    return std::nullopt;
+  }
+  std::unique_ptr<Message> typed(
+      google::protobuf::MessageFactory::generated_factory()->GetPrototype(type)->New());
+  if (!p.settings().UnpackTo(typed.get())) return std::nullopt;
+  const Reflection* r = typed->GetReflection();
+  const uint32_t n = r->GetUInt32(*typed, port);
+  return absl::StrCat(absl::AsciiStrToLower(r->GetString(*typed, host)), ":", n ? n : 22, ":",
+                      Sv(TrimTrailingSlashes(poll.remote_dir())));
+}
+
 // The secrets themselves are read by inbound_svc at start (WebhookVerifier), not here: every
 // service loads this file, and only the inbound lane may hold the partners' secrets.
 absl::Status ValidateAuth(const Converter& conv, const std::string& path,
@@ -494,6 +521,7 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
     return conv.ErrorAt("outbound.prefetch", "must be at most 65535");
   }
   absl::flat_hash_set<std::string> names, queues, paths;
+  absl::flat_hash_map<std::string, int> polled;  // PollTarget -> the partner's index
   for (int i = 0; i < c.partners_size(); ++i) {
     const auto& p = c.partners(i);
     const std::string at = absl::StrCat("partners[", i, "]");
@@ -569,6 +597,16 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       if (route.has_poll()) {
         absl::Status s = ValidatePoll(conv, in + ".poll", p.adapter(), route.poll());
         if (!s.ok()) return s;
+        // Two polls of one folder would each take every file of it.
+        if (std::optional<std::string> target = PollTarget(p, route.poll(), resolver)) {
+          auto [it, first] = polled.try_emplace(*target, i);
+          if (!first) {
+            return conv.ErrorAt(
+                in + ".poll.remote_dir",
+                absl::StrCat("partners[", it->second, "] (\"", c.partners(it->second).name(),
+                             "\") polls the same folder (host, port and remote_dir)"));
+          }
+        }
       }
       if (const std::string& h = route.id_header(); !h.empty()) {
         if (route.webhook_path().empty()) {

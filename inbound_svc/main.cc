@@ -101,15 +101,17 @@ int main(int argc, char** argv) {
       if (config->bus().quorum_queues()) parked.string_args = {{"x-queue-type", "quorum"}};
       topology.queues.push_back(std::move(parked));
       ess::adapters::sftp_csv::SftpClient::Options sftp = (*adapter)->client_options();
-      polls.push_back({.options = {.partner = p.name(),
-                                   .remote_dir = poll.remote_dir(),
-                                   .processed_dir = poll.processed_dir(),
-                                   .suffix = poll.suffix(),
-                                   .interval = absl::Milliseconds(poll.interval_ms()),
-                                   .settle = absl::Milliseconds(poll.settle_ms()),
-                                   .events_exchange = exchange},
-                       .sftp = std::move(sftp),
-                       .adapter = *std::move(adapter)});
+      polls.push_back(
+          {.options = {.partner = p.name(),
+                       .remote_dir = poll.remote_dir(),
+                       .processed_dir = poll.processed_dir(),
+                       .suffix = poll.suffix(),
+                       .interval = absl::Milliseconds(poll.interval_ms()),
+                       .settle = absl::Milliseconds(poll.settle_ms()),
+                       .events_exchange = exchange,
+                       .claim_lease = absl::Milliseconds(config->inbound().claim_lease_ms())},
+           .sftp = std::move(sftp),
+           .adapter = *std::move(adapter)});
     }
   }
   if (routes.empty() && polls.empty()) {

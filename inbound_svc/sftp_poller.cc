@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <limits>
 #include <span>
 #include <utility>
 
@@ -246,10 +247,12 @@ bool SftpPoller::Tick(SftpClient& client) {
       settling_ = true;
       continue;
     }
+    bool held = false;
     if (s.ok()) {
       progressed = true;
-      s = Process(client, names[i], *stat);
+      s = Process(client, names[i], *stat, &held);
     }
+    if (held) deferred_.insert(names[i]);  // its turn comes again with the folder's next round
     if (!s.ok()) {
       counters_.failures.fetch_add(1, std::memory_order_relaxed);
       deferred_.insert(names[i]);
@@ -272,7 +275,7 @@ bool SftpPoller::Settled(const std::string& name, const SftpClient::FileStat& st
 }
 
 absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
-                                 const SftpClient::FileStat& stat) {
+                                 const SftpClient::FileStat& stat, bool* held) {
   absl::StatusOr<std::string> data =
       client.Download(JoinPath(options_.remote_dir, name), options_.max_file_bytes);
   if (!data.ok()) return data.status();
@@ -295,12 +298,21 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
              {"bytes", absl::StrCat(file.data.size())},
              {"sha256", sha256}});
 
-  absl::StatusOr<bool> processed = Processed(file);
-  if (!processed.ok()) {
-    return absl::Status(processed.status().code(),
-                        absl::StrCat("replay store: ", processed.status().message()));
+  const absl::Time claim_started = absl::Now();
+  absl::StatusOr<ess::v1::ClaimOutcome> claim = ClaimMarker(file);
+  if (!claim.ok()) {
+    // Unanswered, the claim may or may not be stored; if it is, its lease runs out.
+    return absl::Status(claim.status().code(),
+                        absl::StrCat("replay store: ", claim.status().message()));
   }
-  if (*processed) {
+  if (*claim == ess::v1::CLAIM_OUTCOME_IN_PROGRESS) {
+    *held = true;
+    counters_.held.fetch_add(1, std::memory_order_relaxed);
+    log::Info("", "file held by another poller; left for the next poll",
+              {{"partner", options_.partner}, {"file", name}});
+    return absl::OkStatus();
+  }
+  if (*claim == ess::v1::CLAIM_OUTCOME_PUBLISHED) {
     absl::StatusOr<std::string> moved = MoveToProcessed(client, file);
     if (!moved.ok()) {
       // The file stays, so its marker must too: recorded again, it is as new as the last look
@@ -318,14 +330,27 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
     return absl::OkStatus();
   }
 
+  // Claimed: this poller alone publishes the file's rows, until the marker is settled or given
+  // back.
+  auto give_back = [&](absl::Status s) {
+    // FAILED holds nothing: the next tick (of any poller) claims the file again at once. Best
+    // effort: unrecorded, the claim's lease runs out.
+    recorder_->Record(MarkerRecord(file, ess::v1::MESSAGE_STATUS_FAILED, ""), [](absl::Status) {});
+    return s;
+  };
+  if (const absl::Duration took = absl::Now() - claim_started; took > options_.claim_lease / 2) {
+    // Too little of the lease is left: past it, another poller could take the file too.
+    return give_back(absl::UnavailableError(absl::StrCat(
+        "replay store answered the claim after ", absl::FormatDuration(took), "; try again")));
+  }
   size_t events = 0, parked = 0;
   std::vector<RowOutcome> outcomes;
   if (absl::Status s = PublishRows(file, &events, &parked, audit_ ? &outcomes : nullptr); !s.ok()) {
-    return s;
+    return give_back(s);
   }
   if (absl::Status s = RecordMarker(file, absl::StrCat(events, " events, ", parked, " parked"));
       !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("replay store: ", s.message()));
+    return give_back(absl::Status(s.code(), absl::StrCat("replay store: ", s.message())));
   }
   // The marker settles the file: from here on it is never published again, so its rows are
   // audited now and only now.
@@ -344,24 +369,54 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> SftpPoller::Processed(const File& file) {
-  ess::v1::RecordKey key;
-  key.set_direction(ess::v1::DIRECTION_INBOUND);
-  key.set_partner(options_.partner);
-  key.set_message_id(file.marker);
+absl::StatusOr<ess::v1::ClaimOutcome> SftpPoller::ClaimMarker(const File& file) {
+  ess::v1::Claim claim;
+  *claim.mutable_record() = MarkerRecord(file, ess::v1::MESSAGE_STATUS_RECEIVED, "");
+  // A PUBLISHED marker, however old, means these bytes were processed (retention keeps it as
+  // long as the file stays: see step 6).
+  claim.set_window_seconds(std::numeric_limits<uint32_t>::max());
+  claim.set_lease_ms(static_cast<uint32_t>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(options_.claim_lease), 1, std::numeric_limits<uint32_t>::max())));
   auto pending = std::make_shared<Pending>();
   // Written by the callback before it counts itself in; read only after the wait saw that.
   auto answer =
-      std::make_shared<absl::StatusOr<ess::v1::MessageRecord>>(absl::UnknownError("no answer"));
+      std::make_shared<absl::StatusOr<ess::v1::ClaimOutcome>>(absl::UnknownError("no answer"));
   pending->Add();
-  recorder_->Lookup(key, [pending, answer](absl::StatusOr<ess::v1::MessageRecord> rec) {
-    *answer = std::move(rec);
-    pending->Done(absl::OkStatus());
-  });
+  recorder_->Claim(std::move(claim),
+                   [pending, answer](absl::StatusOr<ess::v1::ClaimOutcome> outcome) {
+                     *answer = std::move(outcome);
+                     pending->Done(absl::OkStatus());
+                   });
   if (absl::Status s = Wait(*pending, 0); !s.ok()) return s;
-  if (answer->ok()) return (*answer)->status() == ess::v1::MESSAGE_STATUS_PUBLISHED;
-  if (absl::IsNotFound(answer->status())) return false;
-  return answer->status();
+  return *answer;
+}
+
+ess::v1::MessageRecord SftpPoller::MarkerRecord(const File& file, ess::v1::MessageStatus status,
+                                                std::string summary) const {
+  ess::v1::MessageRecord rec;
+  rec.set_direction(ess::v1::DIRECTION_INBOUND);
+  rec.set_partner(options_.partner);
+  rec.set_correlation_id(file.marker);
+  rec.set_message_id(file.marker);
+  rec.set_status(status);
+  rec.set_rendered(std::move(summary));
+  rec.set_source(file.source);
+  rec.set_attempts(1);
+  *rec.mutable_received_at() = ToProto(file.received_at);
+  return rec;
+}
+
+void SftpPoller::RenewClaim(const File& file, std::shared_ptr<Pending> pending) {
+  pending->Add();
+  recorder_->Record(
+      MarkerRecord(file, ess::v1::MESSAGE_STATUS_RECEIVED, ""), [pending](absl::Status s) {
+        if (s.ok()) {
+          pending->Done(s);
+        } else {
+          pending->Done(
+              absl::Status(s.code(), absl::StrCat("replay store (lease renewal): ", s.message())));
+        }
+      });
 }
 
 void SftpPoller::PublishThenRecord(std::string exchange, std::string routing_key,
@@ -438,8 +493,16 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
     return rec;
   };
 
+  // The claim is renewed every third of its lease while the rows go out.
+  absl::Time renewed = absl::Now();
+  auto renew = [&] {
+    if (absl::Now() - renewed < options_.claim_lease / 3) return;
+    renewed = absl::Now();
+    RenewClaim(file, pending);
+  };
   for (size_t i = 0; i < events->size(); ++i) {
     if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
+    renew();
     adapters::InboundEvent& ev = (*events)[i];
     const std::string id =
         ids::Fit(by_line ? absl::StrCat(file.text_name, ":", file.sha16, ":", lines[i])
@@ -467,6 +530,7 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
   const std::string parked_queue = ParkedQueue(options_.partner);
   for (const adapters::PullError& e : errors) {
     if (absl::Status s = Wait(*pending, options_.window - 1); !s.ok()) return s;
+    renew();
     const std::string line = absl::StrCat(e.line);
     const std::string id = ids::Fit(absl::StrCat(file.text_name, ":", file.sha16, ":L", line));
     const std::string text(rows.Text(e.line));
@@ -505,19 +569,10 @@ absl::Status SftpPoller::PublishRows(const File& file, size_t* event_count, size
 }
 
 absl::Status SftpPoller::RecordMarker(const File& file, std::string summary) {
-  ess::v1::MessageRecord rec;
-  rec.set_direction(ess::v1::DIRECTION_INBOUND);
-  rec.set_partner(options_.partner);
-  rec.set_correlation_id(file.marker);
-  rec.set_message_id(file.marker);
-  rec.set_status(ess::v1::MESSAGE_STATUS_PUBLISHED);
-  rec.set_rendered(std::move(summary));
-  rec.set_source(file.source);
-  rec.set_attempts(1);
-  *rec.mutable_received_at() = ToProto(file.received_at);
   auto pending = std::make_shared<Pending>();
   pending->Add();
-  recorder_->Record(std::move(rec), [pending](absl::Status s) { pending->Done(s); });
+  recorder_->Record(MarkerRecord(file, ess::v1::MESSAGE_STATUS_PUBLISHED, std::move(summary)),
+                    [pending](absl::Status s) { pending->Done(s); });
   return Wait(*pending, 0);
 }
 

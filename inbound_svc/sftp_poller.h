@@ -14,9 +14,15 @@
 // the next listing comes after `settle` rather than `interval`). For each settled file:
 //  1. it is downloaded (at most `max_file_bytes`; a size other than the stat's leaves it for the
 //     next tick) and hashed: SHA-256, whose first 16 hex digits are SHA16 below;
-//  2. its marker is looked up in the replay store (INBOUND, partner, "file:NAME:SHA16"); if it is
-//     PUBLISHED, these bytes were processed before (a crash before the move, or the same file
-//     dropped again) and the poller goes straight to step 6;
+//  2. its marker (INBOUND, partner, "file:NAME:SHA16") is claimed in the replay store
+//     (ReplayRecorder::Claim, as the inbound lane claims webhook ids) with a lease of
+//     `claim_lease`: if it is PUBLISHED, these bytes were processed before (a crash before the
+//     move, the same file dropped again, or another replica's poll) and the poller goes straight
+//     to step 6; if another poller holds it (another replica, or another partner polling the
+//     same folder), the file is left for the next tick, logged at info and not as a failure;
+//     else the marker is stored RECEIVED, and this poller alone goes on. It renews the lease
+//     every third of it while it publishes, and gives the marker back (FAILED) when it fails
+//     before step 5, so the next tick, of any poller, can take the file at once;
 //  3. the adapter's Pull turns it into events and row errors (PullRequest::errors);
 //  4. each event is published (persistent, mandatory, confirmed) to the events exchange with
 //     message id "NAME:SHA16:LINE" (the line its row starts on), correlation id and type from
@@ -62,10 +68,15 @@
 // each bounded by the client's deadlines); confirms and records complete on the publisher's and
 // the recorder's threads.
 //
-// Not covered: two replicas polling the same folder may both process a file before either moves
-// it (same message ids); a partner that pauses longer than `settle` in the middle of writing a
-// file under its final name, or rewrites it within the same second and size between the last
-// stat and the move, is not detected (partners should upload under a "." name and rename).
+// Several replicas (or partners) polling the same folder each publish a file's rows once in all:
+// the marker's claim (step 2) lets one of them at a time process it. Config validation refuses
+// two polls of the same host, port and remote_dir.
+//
+// Not covered: a poller stalled past its lease between two renewals (a store or broker answer
+// slower than claim_lease / 3) may let another take the file and publish its rows too (same
+// message ids); a partner that pauses longer than `settle` in the middle of writing a file
+// under its final name, or rewrites it within the same second and size between the last stat
+// and the move, is not detected (partners should upload under a "." name and rename).
 #ifndef ESS_INBOUND_SVC_SFTP_POLLER_H_
 #define ESS_INBOUND_SVC_SFTP_POLLER_H_
 
@@ -110,8 +121,10 @@ class SftpPoller {
     size_t max_files_per_tick = 64;
     // Publishes and records of one file in flight at most.
     size_t window = 1024;
-    // Longest wait for one answer of the broker or the store (a confirm, a record, a lookup).
+    // Longest wait for one answer of the broker or the store (a confirm, a record, a claim).
     absl::Duration answer_timeout = absl::Seconds(60);
+    // How long a file's claim (step 2) holds it for this poller without a renewal.
+    absl::Duration claim_lease = absl::Seconds(35);
   };
   struct Counters {
     std::atomic<uint64_t> files{0};     // processed and moved
@@ -119,6 +132,7 @@ class SftpPoller {
     std::atomic<uint64_t> parked{0};    // rows parked and recorded
     std::atomic<uint64_t> repeated{0};  // files moved because their marker was there
     std::atomic<uint64_t> failures{0};  // files left in place by a failure
+    std::atomic<uint64_t> held{0};      // files left in place: another poller held them
   };
 
   // `adapter` turns a file's bytes into events (its Pull); `publisher`, `recorder` and `audit`
@@ -155,14 +169,21 @@ class SftpPoller {
   bool Tick(adapters::sftp_csv::SftpClient& client);
   // Whether `name`, as `stat` says it is now, has stayed so for options_.settle.
   bool Settled(const std::string& name, const adapters::sftp_csv::SftpClient::FileStat& stat);
+  // `*held` set when another poller held the file (left for the next tick, not a failure).
   absl::Status Process(adapters::sftp_csv::SftpClient& client, const std::string& name,
-                       const adapters::sftp_csv::SftpClient::FileStat& stat);
-  // OK(true) if the store holds the file's PUBLISHED marker.
-  absl::StatusOr<bool> Processed(const File& file);
+                       const adapters::sftp_csv::SftpClient::FileStat& stat, bool* held);
+  // Claims the file's marker (step 2): CLAIMED, PUBLISHED or IN_PROGRESS.
+  absl::StatusOr<ess::v1::ClaimOutcome> ClaimMarker(const File& file);
+  // The file's marker record with `status`.
+  ess::v1::MessageRecord MarkerRecord(const File& file, ess::v1::MessageStatus status,
+                                      std::string summary) const;
   // Pulls the file; publishes and records each event and parks and records each bad row; OK
   // once every answer is in. `outcomes` (may be null) gets each row's outcome, for the audit.
   absl::Status PublishRows(const File& file, size_t* event_count, size_t* parked_count,
                            std::vector<RowOutcome>* outcomes);
+  // Counts one answer in `pending`: the store's record of the claimed marker, stored again
+  // RECEIVED, which renews the claim's lease.
+  void RenewClaim(const File& file, std::shared_ptr<Pending> pending);
   // Counts one answer in `pending`: the broker's confirm, then the store's record.
   void PublishThenRecord(std::string exchange, std::string routing_key, amqp::Message message,
                          ess::v1::MessageRecord record, std::shared_ptr<Pending> pending);
@@ -189,7 +210,7 @@ class SftpPoller {
   absl::Notification stop_;
   std::thread thread_;
   // The poller thread's only:
-  // files that failed since the folder was last gone through;
+  // files that failed, or another poller held, since the folder was last gone through;
   absl::flat_hash_set<std::string> deferred_;
   // each listed file's size and time as last seen, and since when they were so;
   struct Watched {

@@ -207,6 +207,25 @@ TEST(SftpPollConfigTest, PollRoutesAreValidated) {
               HasSubstr("partners[0].inbound.poll: adapter \"rest\" cannot pull files"));
   // A webhook alone is still fine.
   EXPECT_TRUE(with("      webhook_path: /hook\n", "rest").ok());
+  // Two polls of one folder (the same host, port and remote_dir) would each take its files.
+  auto two = [&](const std::string& second_settings, const std::string& second_dir) {
+    std::string second = absl::StrReplaceAll(
+        kSftp,
+        {{"name: files", "name: files2"},
+         {"{host: h, user: u, private_key_file: k, known_hosts_file: kh}", second_settings}});
+    return LoadPartner(absl::StrCat(kSftp, "      poll: {remote_dir: /out, processed_dir: /d}\n",
+                                    second, "      poll: {remote_dir: ", second_dir,
+                                    ", processed_dir: /d2}\n"));
+  };
+  EXPECT_EQ(two("{host: H, port: 22, user: v, private_key_file: k, known_hosts_file: kh}", "/out/")
+                .message(),
+            "hub.yaml:15:26: partners[1].inbound.poll.remote_dir: partners[0] (\"files\") polls "
+            "the same folder (host, port and remote_dir)");
+  EXPECT_TRUE(
+      two("{host: h, port: 2222, user: u, private_key_file: k, known_hosts_file: kh}", "/out")
+          .ok());
+  EXPECT_TRUE(two("{host: h2, user: u, private_key_file: k, known_hosts_file: kh}", "/out").ok());
+  EXPECT_TRUE(two("{host: h, user: u, private_key_file: k, known_hosts_file: kh}", "/out2").ok());
 
   auto loaded = config::LoadString(
       absl::StrCat("partners:\n", kSftp, "      poll: {remote_dir: /out, processed_dir: /d}\n"),
@@ -665,6 +684,42 @@ TEST_F(SftpPollTest, TheSameFileDroppedAgainIsMovedWithoutPublishing) {
     kept.push_back(e.path().filename().string());
   }
   EXPECT_THAT(kept, UnorderedElementsAre(name, absl::StrCat(name, ".", sha16)));
+}
+
+// Two replicas of inbound_svc poll one folder (the prod overlay runs three or more): each row is
+// published once in all. The poller claims a file's marker, with a lease, before it publishes:
+// a file the other holds is left for the next tick, one it published is only moved. Before, the
+// marker was only looked up, and both replicas published most files.
+TEST_F(SftpPollTest, TwoPollersOfOneFolderPublishEachRowOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const int second_port = testing::FreePort();
+  dir_.Write("hub2.yaml",
+             absl::StrReplaceAll(Config(), {{absl::StrCat("127.0.0.1:", inbound_port_),
+                                             absl::StrCat("127.0.0.1:", second_port)}}));
+  Process second({BinaryPath("inbound_svc"), "--config", dir_.File("hub2.yaml")},
+                 dir_.File("inbound2.log"));
+  ASSERT_TRUE(second.WaitForLog("inbound lane running")) << second.Log();
+  constexpr int kFiles = 12;
+  for (int i = 0; i < kFiles; ++i) {
+    Drop(drop_, absl::StrCat("visits_", 10 + i, ".csv"),
+         absl::StrCat("visit_id,status\r\nVIS-", i, ",confirmed\r\n"));
+  }
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string name = absl::StrCat("visits_", 10 + i, ".csv");
+    ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log() << second.Log();
+  }
+  // Both stopped, nothing more can come: what is queued is all that was published.
+  EXPECT_EQ(second.Stop(), 0) << second.Log();
+  EXPECT_EQ(inbound_->Stop(), 0) << inbound_->Log();
+  const std::string logs = inbound_->Log() + second.Log();
+  inbound_.reset();
+  std::multiset<std::string> ids;
+  for (const amqp::Delivery& d : Take(subscriber_, kFiles)) ids.insert(d.message.correlation_id);
+  for (int i = 0; i < kFiles; ++i) {
+    EXPECT_EQ(ids.count(absl::StrCat("VIS-", i)), 1u) << "VIS-" << i << "\n" << logs;
+  }
+  // kFiles events and kFiles markers.
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 2u * kFiles);
 }
 
 TEST_F(SftpPollTest, AMarkerAlreadyInTheStoreMovesTheFileWithoutPublishing) {
