@@ -211,16 +211,26 @@ size_t ByteOffsetOf(std::string_view s, size_t n) {
 
 }  // namespace
 
+bool Mapper::Personal(const Field& f) {
+  // A path is personal when any member on it is (the logs mask a PII member's whole value).
+  return log::IsPii(f.target) ||
+         std::any_of(f.path.begin(), f.path.end(), [](const Step& s) { return log::IsPii(s.key); });
+}
+
+bool Mapper::IsPersonal(std::string_view target) const {
+  for (const Field& f : fields_) {
+    if (f.target == target) return Personal(f);
+  }
+  return log::IsPii(target);
+}
+
 absl::StatusOr<std::string> Mapper::Transform(const Field& f, std::string text) {
   if (!f.timestamp_format.empty()) {
     absl::Time t;
     std::string err;
     if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
-      // The value only when it is not personal data: errors reach logs and records. A path is
-      // personal when any member on it is (the logs mask a PII member's whole value).
-      const bool pii =
-          log::IsPii(f.target) || std::any_of(f.path.begin(), f.path.end(),
-                                              [](const Step& s) { return log::IsPii(s.key); });
+      // The value only when it is not personal data: errors reach logs and records.
+      const bool pii = Personal(f);
       return absl::InvalidArgumentError(absl::StrCat(
           "field \"", f.source, "\": ", pii ? "its value" : absl::StrCat("\"", text, "\""),
           " is not an RFC 3339 timestamp"));

@@ -55,6 +55,11 @@ class Mapper {
 
   size_t size() const { return fields_.size(); }
 
+  // Whether the field this mapping produces as `target` carries personal data: its target or
+  // any member of its source path is a PII field (log::IsPii), so its value must not reach
+  // logs. A name it does not produce is personal when it is a PII field itself.
+  bool IsPersonal(std::string_view target) const;
+
   // Appends the fields as one JSON object.
   static void AppendJson(std::span<const MappedField> fields, std::string* out);
   static std::string ToJson(std::span<const MappedField> fields);
@@ -90,6 +95,8 @@ class Mapper {
 
   // The field's text after its transforms; INVALID_ARGUMENT for a bad timestamp.
   static absl::StatusOr<std::string> Transform(const Field& f, std::string text);
+  // IsPersonal of one field.
+  static bool Personal(const Field& f);
 
   static absl::StatusOr<std::vector<Step>> ParsePath(std::string_view path);
   static const rapidjson::Value* Lookup(const rapidjson::Value& root,

@@ -145,6 +145,9 @@ absl::StatusOr<std::unique_ptr<SftpCsvAdapter>> SftpCsvAdapter::Create(
       }
       a->columns_.push_back(f.target());
     }
+    absl::StatusOr<Mapper> m = Mapper::Compile(partner.outbound().mapping());
+    if (!m.ok()) return m.status();
+    a->outbound_ = *std::move(m);
   }
   std::vector<std::string_view> header = {correlation};
   header.insert(header.end(), a->columns_.begin(), a->columns_.end());
@@ -250,7 +253,7 @@ std::string SftpCsvAdapter::RenderRow(const PushRequest& request, bool mask_pii)
     }
     if (hit == nullptr) {
       cells.emplace_back();
-    } else if (mask_pii && log::IsPii(column)) {
+    } else if (mask_pii && outbound_->IsPersonal(column)) {
       cells.emplace_back(kPiiMask);
     } else {
       cells.push_back(Mapper::Text(*hit));

@@ -38,8 +38,9 @@
 // set it to at least max_rows, or batches close by age only.
 //
 // Dry-run events are batched the same way, apart from the real ones; a closed dry-run batch is
-// rendered exactly, logged with the PII columns masked, and completed as dry-run without any
-// connection.
+// rendered exactly, logged with the personal columns masked (a column whose target, or any
+// member of its source path, is a PII field: Mapper::IsPersonal), and completed as dry-run
+// without any connection.
 //
 // Pull (inbound): the bytes of one CSV file. Its first record is the header; every other record
 // becomes a JSON object keyed by the header names (an empty cell is absent, so a mapping
@@ -146,6 +147,8 @@ class SftpCsvAdapter : public Adapter {
   size_t max_rows_ = 500;
   absl::Duration max_age_;
   std::optional<Mapper> inbound_;
+  // The outbound mapping: which columns are personal (Mapper::IsPersonal), for dry-run logs.
+  std::optional<Mapper> outbound_;
   SftpClient::Options client_options_;
   std::unique_ptr<SftpClient> client_;  // the worker's only
   // Settles the rows of `batch` that an earlier upload may have delivered (their

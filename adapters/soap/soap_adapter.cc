@@ -56,8 +56,14 @@ absl::StatusOr<std::unique_ptr<SoapAdapter>> SoapAdapter::Create(
       }
     }
   }
+  // The outbound mapping says which fields are personal, for the dry-run log.
+  absl::StatusOr<Mapper> outbound = Mapper::Compile(
+      partner.has_outbound() ? partner.outbound().mapping()
+                             : google::protobuf::RepeatedPtrField<ess::v1::FieldMapping>());
+  if (!outbound.ok()) return outbound.status();
+  a->outbound_ = *std::move(outbound);
   // The template must be well-formed XML once filled (placeholders filled with nothing).
-  absl::StatusOr<std::string> probe_body = a->body_.Render({}, false);
+  absl::StatusOr<std::string> probe_body = a->body_.Render({}, /*mask_personal=*/nullptr);
   if (!probe_body.ok()) return bad("body_template", ToStd(probe_body.status().message()));
   absl::StatusOr<std::string> probe = RenderEnvelope(a->version_, "probe", *probe_body);
   if (!probe.ok()) return bad("body_template", ToStd(probe.status().message()));
@@ -94,7 +100,7 @@ absl::StatusOr<std::unique_ptr<SoapAdapter>> SoapAdapter::Create(
 }
 
 absl::StatusOr<http::Request> SoapAdapter::Render(const PushRequest& request) const {
-  absl::StatusOr<std::string> body = body_.Render(request.fields, /*mask_pii=*/false);
+  absl::StatusOr<std::string> body = body_.Render(request.fields, /*mask_personal=*/nullptr);
   if (!body.ok()) return body.status();
   absl::StatusOr<std::string> envelope = RenderEnvelope(version_, request.correlation_id, *body);
   if (!envelope.ok()) return envelope.status();
@@ -127,7 +133,7 @@ void SoapAdapter::Push(const PushRequest& request, PushDone done) {
   std::string rendered = absl::StrCat(req->method, " ", req->url, "\n", req->body);
   if (request.dry_run) {
     // The envelope again, with PII values masked, for the log line only.
-    absl::StatusOr<std::string> masked_body = body_.Render(request.fields, /*mask_pii=*/true);
+    absl::StatusOr<std::string> masked_body = body_.Render(request.fields, &outbound_);
     absl::StatusOr<std::string> masked =
         masked_body.ok() ? RenderEnvelope(version_, request.correlation_id, *masked_body)
                          : masked_body.status();

@@ -64,6 +64,8 @@ class SoapAdapter : public Adapter {
   ess::v1::SoapAdapterConfig settings_;
   Version version_ = Version::k11;
   BodyTemplate body_;
+  // The outbound mapping, for Mapper::IsPersonal (dry-run logs mask personal fields).
+  Mapper outbound_;
   ResponseMapping response_mapping_;
   http::Client* http_ = nullptr;
 };

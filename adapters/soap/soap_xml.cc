@@ -270,7 +270,7 @@ std::vector<std::string> BodyTemplate::Placeholders() const {
 }
 
 absl::StatusOr<std::string> BodyTemplate::Render(std::span<const MappedField> fields,
-                                                 bool mask_pii) const {
+                                                 const Mapper* mask_personal) const {
   std::string out;
   for (const Part& p : parts_) {
     if (!p.placeholder) {
@@ -285,7 +285,7 @@ absl::StatusOr<std::string> BodyTemplate::Render(std::span<const MappedField> fi
       }
     }
     if (hit == nullptr) continue;  // an absent optional field renders empty
-    if (mask_pii && log::IsPii(p.text)) {
+    if (mask_personal != nullptr && mask_personal->IsPersonal(p.text)) {
       out.append(kPiiMask);
       continue;
     }

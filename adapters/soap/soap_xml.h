@@ -3,7 +3,7 @@
 //
 //   absl::StatusOr<BodyTemplate> t = BodyTemplate::Compile("<v:Book
 //   xmlns:v=\"urn:v\">{id}</v:Book>"); absl::StatusOr<std::string> body = t->Render(fields,
-//   /*mask_pii=*/false); absl::StatusOr<std::string> envelope = RenderEnvelope(Version::k11,
+//   /*mask_personal=*/nullptr); absl::StatusOr<std::string> envelope = RenderEnvelope(Version::k11,
 //   "VIS-77", *body);
 //
 //   absl::StatusOr<Response> r = Response::Parse(http_body);   // INVALID_ARGUMENT if malformed
@@ -56,9 +56,11 @@ class BodyTemplate {
 
   // Fills every placeholder with the XML-escaped text of the mapped field of that name (the
   // empty string when the event has no such field, e.g. an absent optional one). With
-  // `mask_pii`, fields configured as PII render as "***" (for logs). INVALID_ARGUMENT for a
-  // value XML cannot carry.
-  absl::StatusOr<std::string> Render(std::span<const MappedField> fields, bool mask_pii) const;
+  // `mask_personal` (the outbound mapping), the fields it says are personal
+  // (Mapper::IsPersonal: the target or a member of the source path is a PII field) render as
+  // "***" (for logs). INVALID_ARGUMENT for a value XML cannot carry.
+  absl::StatusOr<std::string> Render(std::span<const MappedField> fields,
+                                     const Mapper* mask_personal) const;
 
  private:
   struct Part {

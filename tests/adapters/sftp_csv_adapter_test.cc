@@ -315,6 +315,44 @@ TEST(SftpCsvAdapterTest, ARedeliveredEventWaitingInABatchIsNotAddedTwice) {
   EXPECT_EQ(logged.find("VIS-1,VIS-1,***,s,", at + 1), std::string::npos) << logged;
 }
 
+// The dry-run log masks a column by its source too: `offender <- inmateId` (pii_fields
+// [inmateId]) and `note <- visitor.name` (pii_fields [visitor]). Before, only the column (the
+// target) was checked, and the log carried both values.
+TEST(SftpCsvAdapterTest, DryRunMasksAColumnRenamedFromAPersonalSource) {
+  log::Init("sftp_csv_test", log::Level::kInfo, {"inmateId", "visitor"});
+  auto s = Settings();
+  s.set_max_rows(1);
+  auto p = Partner(s);
+  p.mutable_outbound()->mutable_mapping(1)->set_target("offender");
+  p.mutable_outbound()->mutable_mapping(1)->set_source("inmateId");
+  p.mutable_outbound()->mutable_mapping(3)->set_source("visitor.name");
+  auto a = Make(p);
+  ASSERT_NE(a, nullptr);
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"id":"VIS-1","inmateId":"A123","slot":"s",)"
+                          R"("visitor":{"name":"Jane Roe"}})",
+                          doc)
+                  .ok());
+  Mapper m = *Mapper::Compile(p.outbound().mapping());
+  std::vector<MappedField> fields;
+  ASSERT_TRUE(m.Apply(doc, &fields).ok());
+  Results results;
+  ::testing::internal::CaptureStderr();
+  a->Push({.correlation_id = "VIS-1", .message_id = "m1", .fields = fields, .dry_run = true},
+          results.Done(0));
+  auto got = results.Wait(1);
+  a->Stop();
+  std::string logged = ::testing::internal::GetCapturedStderr();
+  log::Init("sftp_csv_test");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(got[0].second.status.ok()) << got[0].second.status;
+  EXPECT_EQ(got[0].second.rendered,
+            "correlation_id,id,offender,slot,note\r\nVIS-1,VIS-1,A123,s,Jane Roe\r\n");
+  EXPECT_THAT(logged, HasSubstr("VIS-1,VIS-1,***,s,***"));
+  EXPECT_THAT(logged, Not(HasSubstr("A123")));
+  EXPECT_THAT(logged, Not(HasSubstr("Jane Roe")));
+}
+
 TEST(SftpCsvAdapterTest, DryRunBatchClosesAtMaxAge) {
   auto s = Settings();
   s.set_max_rows(100);

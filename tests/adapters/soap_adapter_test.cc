@@ -642,5 +642,37 @@ TEST_F(SoapHttpTest, DryRunSendsNothingAndLogsMaskedEnvelope) {
   EXPECT_EQ(Count(), 0u);
 }
 
+// The dry-run log masks a field by its source too: `inmate <- inmateId` (pii_fields [inmateId])
+// and `note <- visitor.name` (pii_fields [visitor]). Before, only the placeholder (the target)
+// was checked, and the log carried both values.
+TEST(SoapAdapterTest, DryRunMasksAFieldRenamedFromAPersonalSource) {
+  log::Init("soap_test", log::Level::kInfo, {"inmateId", "visitor"});
+  auto p = Partner("http://127.0.0.1:9/soap");
+  p.mutable_outbound()->mutable_mapping(1)->set_source("inmateId");
+  p.mutable_outbound()->mutable_mapping(3)->set_source("visitor.name");
+  auto adapter = Make(p);
+  ASSERT_NE(adapter, nullptr);
+  rapidjson::Document doc;
+  ASSERT_TRUE(json::Parse(R"({"id":"VIS-77","inmateId":"A123","slot":"s",)"
+                          R"("visitor":{"name":"Jane Roe"}})",
+                          doc)
+                  .ok());
+  Mapper m = *Mapper::Compile(p.outbound().mapping());
+  std::vector<MappedField> fields;
+  ASSERT_TRUE(m.Apply(doc, &fields).ok());
+  ::testing::internal::CaptureStderr();
+  std::promise<PushResult> done;
+  adapter->Push({.correlation_id = "VIS-77", .fields = fields, .dry_run = true},
+                [&](PushResult r) { done.set_value(std::move(r)); });
+  PushResult r = done.get_future().get();
+  std::string logged = ::testing::internal::GetCapturedStderr();
+  log::Init("soap_test");
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  EXPECT_THAT(r.rendered, HasSubstr("<v:Inmate>A123</v:Inmate>"));  // sent as it is
+  EXPECT_THAT(logged, HasSubstr("<v:Id>VIS-77</v:Id><v:Inmate>***</v:Inmate>"));
+  EXPECT_THAT(logged, Not(HasSubstr("A123")));
+  EXPECT_THAT(logged, Not(HasSubstr("Jane Roe")));
+}
+
 }  // namespace
 }  // namespace ess::adapters::soap

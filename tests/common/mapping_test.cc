@@ -217,6 +217,32 @@ TEST(MappingTest, ABadPersonalValueIsNotInTheError) {
   log::Init("test", log::Level::kInfo, {});
 }
 
+// Whether a produced field is personal: its target, or any member of its source path, is a
+// PII field. The adapters' dry-run logs mask by it, so a renamed field stays masked.
+TEST(MappingTest, AFieldIsPersonalByItsTargetOrAnyMemberOfItsSource) {
+  log::Init("test", log::Level::kInfo, {"inmateId", "visitor", "dob"});
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+  auto add = [&](const char* target, const char* source) {
+    auto* f = fields.Add();
+    f->set_target(target);
+    f->set_source(source);
+  };
+  add("offender", "inmateId");   // renamed
+  add("guest", "visitor.name");  // under a PII member
+  add("dob", "birth");           // a PII target
+  add("slot", "slot.start");     // nothing personal
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_TRUE(m->IsPersonal("offender"));
+  EXPECT_TRUE(m->IsPersonal("guest"));
+  EXPECT_TRUE(m->IsPersonal("dob"));
+  EXPECT_FALSE(m->IsPersonal("slot"));
+  // A name it does not produce: by the name itself.
+  EXPECT_TRUE(m->IsPersonal("inmateId"));
+  EXPECT_FALSE(m->IsPersonal("other"));
+  log::Init("test", log::Level::kInfo, {});
+}
+
 TEST(MappingTest, BadTransformsAreRejectedAtCompile) {
   google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
   auto* f = fields.Add();
