@@ -74,12 +74,14 @@ absl::StatusOr<std::string> ExpandPath(std::string_view tmpl, std::span<const Ma
 }  // namespace
 
 RestAdapter::RestAdapter(std::string partner, ess::v1::RestAdapterConfig settings,
-                         http::Client* http, std::optional<Mapper> inbound)
+                         http::Client* http, std::optional<Mapper> inbound,
+                         std::optional<Mapper> outbound)
     : partner_(std::move(partner)),
       settings_(std::move(settings)),
       success_codes_(settings_.success_codes().begin(), settings_.success_codes().end()),
       http_(http),
-      inbound_(std::move(inbound)) {}
+      inbound_(std::move(inbound)),
+      outbound_(std::move(outbound)) {}
 
 absl::StatusOr<http::Request> RestAdapter::Render(const PushRequest& request) const {
   http::Request req;
@@ -110,11 +112,22 @@ void RestAdapter::Push(const PushRequest& request, PushDone done) {
   }
   std::string rendered = absl::StrCat(req->method, " ", req->url, "\n", req->body);
   if (request.dry_run) {
+    // Logged as rendered with each personal field's value masked: a field whose target or
+    // source is personal (a renamed `offender <- inmateId` too), in the body and in the path;
+    // then any personal member inside a value.
+    std::vector<MappedField> masked(request.fields.begin(), request.fields.end());
+    for (MappedField& f : masked) {
+      if (outbound_.has_value() && outbound_->IsPersonal(f.name))
+        f = {.name = f.name, .text = "***"};
+    }
+    PushRequest shown = request;
+    shown.fields = masked;
+    absl::StatusOr<http::Request> logged = Render(shown);
     log::Info(request.correlation_id, "dry-run: request not sent",
               {{"partner", partner_},
                {"method", req->method},
-               {"url", req->url},
-               {"body", log::MaskJson(req->body)}});
+               {"url", logged.ok() ? logged->url : "?"},
+               {"body", log::MaskJson(logged.ok() ? logged->body : "")}});
     std::move(done)(
         PushResult{.status = absl::OkStatus(), .rendered = std::move(rendered), .dry_run = true});
     return;
@@ -191,8 +204,14 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
     if (!m.ok()) return m.status();
     inbound = *std::move(m);
   }
+  std::optional<Mapper> outbound;
+  if (partner.has_outbound()) {
+    absl::StatusOr<Mapper> m = Mapper::Compile(partner.outbound().mapping());
+    if (!m.ok()) return m.status();
+    outbound = *std::move(m);
+  }
   return std::make_unique<RestAdapter>(partner.name(), std::move(settings), context.http,
-                                       std::move(inbound));
+                                       std::move(inbound), std::move(outbound));
 }
 
 }  // namespace ess::adapters::rest

@@ -23,9 +23,10 @@ namespace ess::adapters::rest {
 
 class RestAdapter : public Adapter {
  public:
-  // `http` must outlive the adapter. `inbound` is empty for a partner without inbound route.
+  // `http` must outlive the adapter. `inbound` is empty for a partner without inbound route;
+  // `outbound`, the partner's outbound mapping, tells which fields are personal (dry-run logs).
   RestAdapter(std::string partner, ess::v1::RestAdapterConfig settings, http::Client* http,
-              std::optional<Mapper> inbound);
+              std::optional<Mapper> inbound, std::optional<Mapper> outbound = std::nullopt);
 
   void Push(const PushRequest& request, PushDone done) override;
   absl::StatusOr<std::vector<InboundEvent>> Pull(const PullRequest& request) override;
@@ -39,6 +40,7 @@ class RestAdapter : public Adapter {
   std::vector<uint32_t> success_codes_;
   http::Client* http_;
   std::optional<Mapper> inbound_;
+  std::optional<Mapper> outbound_;
 };
 
 class RestAdapterFactory : public AdapterFactory {

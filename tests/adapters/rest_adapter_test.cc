@@ -171,6 +171,40 @@ TEST(RestAdapterTest, DryRunSendsNothing) {
   server.Stop();
 }
 
+// The dry-run log masks a field renamed from a personal one (inmate <- inmateId), in the body
+// and in the path, as the SOAP and CSV adapters do; the rendered request stays exact.
+TEST(RestAdapterTest, DryRunLogMasksAFieldRenamedFromAPersonalOne) {
+  log::Init("test", log::Level::kInfo, {"inmateId"});
+  ess::v1::PartnerConfig partner = Partner("http://127.0.0.1:9");
+  ess::v1::RestAdapterConfig rest;
+  ASSERT_TRUE(partner.settings().UnpackTo(&rest));
+  rest.set_path("/api/inmates/{inmate}/slots");
+  partner.mutable_settings()->PackFrom(rest);
+  for (auto [t, s] : {std::pair{"id", "id"}, {"inmate", "inmateId"}, {"slot", "slotUtc"}}) {
+    auto* f = partner.mutable_outbound()->add_mapping();
+    f->set_target(t);
+    f->set_source(s);
+  }
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(partner, {.http = &client});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto ev = MapVisit();
+  testing::internal::CaptureStderr();
+  std::promise<PushResult> p;
+  (*adapter)->Push({.correlation_id = "VIS 77", .fields = ev->fields, .dry_run = true},
+                   [&](PushResult r) { p.set_value(std::move(r)); });
+  PushResult r = p.get_future().get();
+  const std::string log = testing::internal::GetCapturedStderr();
+  log::Init("test", log::Level::kInfo, {});
+  EXPECT_TRUE(r.dry_run);
+  EXPECT_THAT(r.rendered, HasSubstr("/api/inmates/A123/slots"));
+  EXPECT_THAT(r.rendered, HasSubstr(R"("inmate":"A123")"));
+  EXPECT_THAT(log, HasSubstr("dry-run: request not sent"));
+  EXPECT_THAT(log, ::testing::Not(HasSubstr("A123")));
+  EXPECT_THAT(log, HasSubstr(R"(\"inmate\":\"***\")"));
+  EXPECT_THAT(log, HasSubstr(R"(\"slot\":\"2026-12-01T15:00:00Z\")"));  // the rest as it is
+}
+
 TEST(RestAdapterTest, PullMapsTheCallback) {
   auto adapter = BuiltinRegistry().Create(Partner("http://127.0.0.1:9"), {});
   ASSERT_TRUE(adapter.ok());
