@@ -32,6 +32,21 @@ constexpr char kSoapAnswer[] = R"(<?xml version="1.0" encoding="utf-8"?>
   </soap:Body>
 </soap:Envelope>)";
 
+// The medical partner's request (the visit's id alone) and the mapping of its answer.
+constexpr char kBookVisitById[] =
+    R"yaml(      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id></m:BookVisit>"
+      namespaces: {m: "urn:medical"}
+      response_mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
+)yaml";
+
+// A partner that answers every request with kSoapAnswer.
+void AnswerBooked(const CapturePartner::Seen&, http::Responder r) {
+  std::move(r).Send(
+      {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
+}
+
 class PartnersTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -65,6 +80,23 @@ class PartnersTest : public ::testing::Test {
         std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
         dir_.File("outbound.log"));
     ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  }
+
+  // The SOAP partner "medical" at `url`, consuming `queue`: `settings` are its settings' lines
+  // after the endpoint, `route` its outbound route's lines after the queue.
+  void StartMedical(const std::string& url, const std::string& queue, const std::string& settings,
+                    const std::string& route) {
+    Start(absl::StrCat("\n  - name: medical\n    adapter: soap\n    settings:\n      endpoint: \"",
+                       url, "/soap/Visits\"\n", settings, "    outbound:\n      queue: ", queue,
+                       "\n", route));
+  }
+
+  // The value of header `name` of a message, or empty.
+  static std::string HeaderOf(const amqp::Message& m, std::string_view name) {
+    for (const auto& [k, v] : m.headers) {
+      if (k == name) return v;
+    }
+    return "";
   }
 
   // With `message_id` empty, the event's id is its message id too.
@@ -141,10 +173,7 @@ TEST_F(PartnersTest, TwoRestPartnersWithDifferentMappingsSideBySide) {
 
 TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
   CapturePartner medical;
-  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
-    std::move(r).Send(
-        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
-  });
+  medical.set_behaviour(AnswerBooked);
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
   const std::string sub = testing::BindSubscriber(**conn, exchange_);
@@ -198,30 +227,12 @@ TEST_F(PartnersTest, SoapAnswerConfirmsTheVisitWithoutAWebhook) {
 // and both stay in the store; one from a message id near the 255-byte limit still fits.
 TEST_F(PartnersTest, EachDeliverysConfirmationHasAMessageIdOfItsOwn) {
   CapturePartner medical;
-  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
-    std::move(r).Send(
-        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
-  });
+  medical.set_behaviour(AnswerBooked);
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
   const std::string sub = testing::BindSubscriber(**conn, exchange_);
   const std::string queue = testing::UniqueName("medical");
-  Start(absl::StrCat(R"yaml(
-  - name: medical
-    adapter: soap
-    settings:
-      endpoint: ")yaml",
-                     medical.url(), R"yaml(/soap/Visits"
-      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id></m:BookVisit>"
-      namespaces: {m: "urn:medical"}
-      response_mapping:
-        - {target: type, constant: SlotConfirmed}
-        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
-    outbound:
-      queue: )yaml",
-                     queue, R"yaml(
-      mapping: [{target: id, source: id}]
-)yaml"));
+  StartMedical(medical.url(), queue, kBookVisitById, "      mapping: [{target: id, source: id}]\n");
   // 250 bytes of two-byte characters: with ":SlotConfirmed" the id would pass 255 bytes.
   std::string long_id;
   while (long_id.size() < 250) long_id += "\xc3\xa9";
@@ -276,18 +287,11 @@ TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
 </soap:Envelope>)"});
   });
   const std::string queue = testing::UniqueName("medical");
-  Start(absl::StrCat(R"yaml(
-  - name: medical
-    adapter: soap
-    settings:
-      endpoint: ")yaml",
-                     medical.url(), R"yaml(/soap/Visits"
-      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id><m:Patient>{inmate}</m:Patient></m:BookVisit>"
-    outbound:
-      queue: )yaml",
-                     queue, R"yaml(
-      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}]
-)yaml"));
+  StartMedical(
+      medical.url(), queue,
+      R"(      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id><m:Patient>{inmate}</m:Patient></m:BookVisit>"
+)",
+      "      mapping: [{target: id, source: id}, {target: inmate, source: inmateId}]\n");
   Publish(queue, "VIS-92", R"({"type":"VisitScheduleUpdated","id":"VIS-92","inmateId":"B4242"})");
   auto conn = amqp::Connection::Open(broker_);
   ASSERT_TRUE(conn.ok());
@@ -295,10 +299,7 @@ TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
   ASSERT_TRUE(
       WaitFor([&] { return (d = (*conn)->Get(queue + ".parked")).ok(); }, absl::Seconds(30)))
       << outbound_->Log();
-  std::string reason;
-  for (const auto& [k, v] : d->message.headers) {
-    if (k == "x-ess-reason") reason = v;
-  }
+  const std::string reason = HeaderOf(d->message, "x-ess-reason");
   EXPECT_THAT(reason, HasSubstr("Patient *** unknown"));
   EXPECT_THAT(reason, ::testing::Not(HasSubstr("B4242")));
   ess::v1::GetResponse t;
@@ -320,30 +321,12 @@ TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
 // says the partner took it. The partner sees one request per attempt, not a hot loop.
 TEST_F(PartnersTest, AConfirmationThatCannotBePublishedIsRetriedThenParked) {
   CapturePartner medical;
-  medical.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
-    std::move(r).Send(
-        {.status = 200, .content_type = "text/xml; charset=utf-8", .body = kSoapAnswer});
-  });
+  medical.set_behaviour(AnswerBooked);
   const std::string queue = testing::UniqueName("medical");
-  Start(absl::StrCat(R"yaml(
-  - name: medical
-    adapter: soap
-    settings:
-      endpoint: ")yaml",
-                     medical.url(), R"yaml(/soap/Visits"
-      soap_action: "urn:medical/BookVisit"
-      body_template: "<m:BookVisit xmlns:m=\"urn:medical\"><m:Id>{id}</m:Id></m:BookVisit>"
-      namespaces: {m: "urn:medical"}
-      response_mapping:
-        - {target: type, constant: SlotConfirmed}
-        - {target: status, xpath: "string(//m:BookVisitResponse/m:Status)"}
-    outbound:
-      queue: )yaml",
-                     queue, R"yaml(
-      retry: {max_attempts: 3, initial_backoff_ms: 50, max_backoff_ms: 200}
-      circuit_breaker: {disabled: true}
-      mapping: [{target: id, source: id}]
-)yaml"));
+  StartMedical(medical.url(), queue, kBookVisitById,
+               "      retry: {max_attempts: 3, initial_backoff_ms: 50, max_backoff_ms: 200}\n"
+               "      circuit_breaker: {disabled: true}\n"
+               "      mapping: [{target: id, source: id}]\n");
   // Nothing is bound to exchange_: every confirmation is returned as unroutable.
   Publish(queue, "VIS-90", R"({"type":"VisitScheduleUpdated","id":"VIS-90"})");
   auto conn = amqp::Connection::Open(broker_);
@@ -354,10 +337,7 @@ TEST_F(PartnersTest, AConfirmationThatCannotBePublishedIsRetriedThenParked) {
       << outbound_->Log();
   // Parked after its third attempt: three requests, and none after it (the delivery is acked).
   EXPECT_EQ(medical.count(), 3u) << outbound_->Log();
-  std::string reason;
-  for (const auto& [k, v] : d->message.headers) {
-    if (k == "x-ess-reason") reason = v;
-  }
+  const std::string reason = HeaderOf(d->message, "x-ess-reason");
   EXPECT_THAT(reason, HasSubstr("gave up after 3 attempts: the partner accepted it but its "
                                 "confirmation was not published: unroutable"));
   ess::v1::GetResponse t;
