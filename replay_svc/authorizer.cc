@@ -59,8 +59,7 @@ absl::StatusOr<Authorizer> Authorizer::FromConfig(const ess::v1::ReplayAuth& aut
   return authorizer;
 }
 
-absl::StatusOr<std::string> Authorizer::Check(std::string_view authorization, Method method) const {
-  if (!enabled()) return std::string();
+absl::StatusOr<const Authorizer::Caller*> Authorizer::Find(std::string_view authorization) const {
   std::string_view token = authorization;
   // RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"), then one or more spaces.
   constexpr std::string_view kScheme = "Bearer ";
@@ -78,6 +77,20 @@ absl::StatusOr<std::string> Authorizer::Check(std::string_view authorization, Me
   for (const Caller& c : callers_) {  // every caller compared: no early exit on a match
     if (CRYPTO_memcmp(c.digest.data(), digest.data(), digest.size()) == 0) found = &c;
   }
+  return found;
+}
+
+bool Authorizer::SeesBodies(std::string_view authorization) const {
+  if (!enabled()) return true;
+  absl::StatusOr<const Caller*> found = Find(authorization);
+  return found.ok() && *found != nullptr && (*found)->role != Role::kViewer;
+}
+
+absl::StatusOr<std::string> Authorizer::Check(std::string_view authorization, Method method) const {
+  if (!enabled()) return std::string();
+  absl::StatusOr<const Caller*> caller = Find(authorization);
+  if (!caller.ok()) return caller.status();
+  const Caller* found = *caller;
   if (found == nullptr) return absl::UnauthenticatedError("the bearer token is nobody's");
   if (!Allows(found->role, method)) {
     const char* role = found->role == Role::kLane     ? "lane"

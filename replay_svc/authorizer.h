@@ -2,9 +2,11 @@
 //
 // Each caller presents a bearer token in the "authorization" metadata ("Bearer TOKEN"); its
 // role decides the methods:
-//   lane    Record, UpdateStatus, Lookup, Claim, Get
-//   viewer  Get, List, Stats
-//   ops     Get, List, Stats, Replay, UpdateStatus
+//   lane    Record, Lookup, Claim, Get
+//   viewer  Get, Lookup, List, Stats
+//   ops     Get, Lookup, List, Stats, Replay, UpdateStatus
+// A viewer (a dashboard) gets records without their bodies (payload and rendered: a partner's
+// message, which holds personal data); lanes and ops get them whole.
 // No token, or one that is nobody's: UNAUTHENTICATED. A method outside the role:
 // PERMISSION_DENIED naming the caller, its role and the method. Tokens are kept as SHA-256
 // digests and compared in constant time, against every caller's.
@@ -46,6 +48,10 @@ class Authorizer {
   // token and its role may call `method`; "" when not enabled.
   absl::StatusOr<std::string> Check(std::string_view authorization, Method method) const;
 
+  // Whether the caller of `authorization` gets records' bodies: true when not enabled, or for a
+  // caller whose role is not viewer. (Call after Check has let the call through.)
+  bool SeesBodies(std::string_view authorization) const;
+
   static const char* MethodName(Method method);
   static bool Allows(Role role, Method method);
 
@@ -55,6 +61,10 @@ class Authorizer {
     Role role;
     std::array<uint8_t, 32> digest;  // SHA-256 of the token
   };
+  // The caller whose token `authorization` carries: null when there is none, or
+  // UNAUTHENTICATED when it is no bearer token.
+  absl::StatusOr<const Caller*> Find(std::string_view authorization) const;
+
   std::vector<Caller> callers_;
 };
 

@@ -240,14 +240,32 @@ ReplayServiceImpl::ReplayServiceImpl(ReplayStore& store, Options options)
 
 ReplayServiceImpl::~ReplayServiceImpl() = default;
 
+namespace {
+
+// The call's "authorization" metadata value, or empty.
+std::string_view AuthorizationOf(grpc::CallbackServerContext* context) {
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  return it == metadata.end() ? std::string_view()
+                              : std::string_view(it->second.data(), it->second.size());
+}
+
+// A record as a viewer gets it: without the partner's message and what the hub made of it.
+void StripBodies(ess::v1::MessageRecord& record) {
+  record.clear_payload();
+  record.clear_rendered();
+}
+
+}  // namespace
+
+bool ReplayServiceImpl::SeesBodies(grpc::CallbackServerContext* context) const {
+  return authorizer_ == nullptr || authorizer_->SeesBodies(AuthorizationOf(context));
+}
+
 absl::StatusOr<std::string> ReplayServiceImpl::Authorize(grpc::CallbackServerContext* context,
                                                          Authorizer::Method method) {
   if (authorizer_ == nullptr || !authorizer_->enabled()) return std::string();
-  const auto& metadata = context->client_metadata();
-  auto it = metadata.find("authorization");
-  const std::string_view value = it == metadata.end()
-                                     ? std::string_view()
-                                     : std::string_view(it->second.data(), it->second.size());
+  const std::string_view value = AuthorizationOf(context);
   absl::StatusOr<std::string> caller = authorizer_->Check(value, method);
   if (!caller.ok() && refused_.fetch_add(1, std::memory_order_relaxed) % 1000 == 0) {
     // The first refusal and every 1000th: a misconfigured client must not flood the log.
@@ -548,6 +566,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
     Finish(reactor, Authorizer::Method::kGet, ToGrpc(auth.status()));
     return reactor;
   }
+  const bool bodies = SeesBodies(context);
   switch (request->key_case()) {
     case ess::v1::GetRequest::kCorrelationId:
       if (request->correlation_id().empty()) {
@@ -555,7 +574,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
                ToGrpc(absl::InvalidArgumentError("correlation_id: must not be empty")));
         return reactor;
       }
-      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor] {
+      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor, bodies] {
         absl::StatusOr<std::vector<ess::v1::MessageRecord>> records =
             store_.GetByCorrelation(request->correlation_id());
         if (!records.ok()) {
@@ -569,7 +588,10 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
           return;
         }
         *response->mutable_trail() = ComputeTrail(request->correlation_id(), *records);
-        for (ess::v1::MessageRecord& r : *records) *response->add_records() = std::move(r);
+        for (ess::v1::MessageRecord& r : *records) {
+          if (!bodies) StripBodies(r);
+          *response->add_records() = std::move(r);
+        }
         Finish(reactor, Authorizer::Method::kGet, grpc::Status::OK);
       });
       return reactor;
@@ -580,9 +602,12 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Get(grpc::CallbackServerContext* co
         Finish(reactor, Authorizer::Method::kGet, ToGrpc(s));
         return reactor;
       }
-      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor] {
+      reads_.Post(Runs(Authorizer::Method::kGet), [this, request, response, reactor, bodies] {
         absl::StatusOr<ess::v1::MessageRecord> record = store_.GetByKey(request->record());
-        if (record.ok()) *response->add_records() = *std::move(record);
+        if (record.ok()) {
+          if (!bodies) StripBodies(*record);
+          *response->add_records() = *std::move(record);
+        }
         Finish(reactor, Authorizer::Method::kGet, ToGrpc(record.status()));
       });
       return reactor;
@@ -604,12 +629,13 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
     Finish(reactor, Authorizer::Method::kLookup, ToGrpc(auth.status()));
     return reactor;
   }
+  const bool bodies = SeesBodies(context);
   if (absl::Status s = ValidateLookupRequest(*request); !s.ok()) {
     Finish(reactor, Authorizer::Method::kLookup, ToGrpc(s));
   } else if (request->keys().empty()) {
     Finish(reactor, Authorizer::Method::kLookup, grpc::Status::OK);
   } else {
-    reads_.Post(Runs(Authorizer::Method::kLookup), [this, request, response, reactor] {
+    reads_.Post(Runs(Authorizer::Method::kLookup), [this, request, response, reactor, bodies] {
       absl::StatusOr<std::vector<std::optional<ess::v1::MessageRecord>>> records =
           store_.GetByKeys(request->keys());
       if (records.ok()) {
@@ -618,6 +644,7 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::Lookup(grpc::CallbackServerContext*
           ess::v1::LookupResult* result = response->add_results();
           if (!record.has_value()) continue;
           result->set_found(true);
+          if (!bodies) StripBodies(*record);
           *result->mutable_record() = *std::move(record);
         }
       }
@@ -655,25 +682,29 @@ grpc::ServerUnaryReactor* ReplayServiceImpl::List(grpc::CallbackServerContext* c
     Finish(reactor, Authorizer::Method::kList, ToGrpc(auth.status()));
     return reactor;
   }
+  const bool bodies = SeesBodies(context);
   absl::StatusOr<ListQuery> query = MakeListQuery(*request);
   if (!query.ok()) {
     Finish(reactor, Authorizer::Method::kList, ToGrpc(query.status()));
     return reactor;
   }
-  reads_.Post(
-      Runs(Authorizer::Method::kList), [this, request, response, reactor, q = *std::move(query)] {
-        absl::StatusOr<ListPage> page = store_.List(q);
-        if (!page.ok()) {
-          Finish(reactor, Authorizer::Method::kList, ToGrpc(page.status()));
-          return;
-        }
-        response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
-        for (ess::v1::MessageRecord& r : page->records) *response->add_records() = std::move(r);
-        if (page->next.has_value()) {
-          response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
-        }
-        Finish(reactor, Authorizer::Method::kList, grpc::Status::OK);
-      });
+  reads_.Post(Runs(Authorizer::Method::kList), [this, request, response, reactor, bodies,
+                                                q = *std::move(query)] {
+    absl::StatusOr<ListPage> page = store_.List(q);
+    if (!page.ok()) {
+      Finish(reactor, Authorizer::Method::kList, ToGrpc(page.status()));
+      return;
+    }
+    response->mutable_records()->Reserve(static_cast<int>(page->records.size()));
+    for (ess::v1::MessageRecord& r : page->records) {
+      if (!bodies) StripBodies(r);
+      *response->add_records() = std::move(r);
+    }
+    if (page->next.has_value()) {
+      response->set_next_page_token(EncodePageToken(FilterFingerprint(*request), *page->next));
+    }
+    Finish(reactor, Authorizer::Method::kList, grpc::Status::OK);
+  });
   return reactor;
 }
 

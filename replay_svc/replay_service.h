@@ -102,6 +102,8 @@ class ReplayServiceImpl final : public ess::v1::ReplayService::CallbackService {
   // Counts the call's result, then finishes it.
   void Finish(grpc::ServerUnaryReactor* reactor, Authorizer::Method method,
               const grpc::Status& status);
+  // Whether the call's caller gets records' bodies (Authorizer::SeesBodies).
+  bool SeesBodies(grpc::CallbackServerContext* context) const;
   // The caller's name ("" without an Authorizer), or the status to finish the call with.
   absl::StatusOr<std::string> Authorize(grpc::CallbackServerContext* context,
                                         Authorizer::Method method);

@@ -23,6 +23,7 @@
 namespace ess::replay {
 namespace {
 
+using ::ess::replay::testing::Key;
 using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::HasSubstr;
@@ -263,6 +264,53 @@ TEST_F(AuthorizedServiceTest, EachRoleReachesExactlyItsMethods) {
       } else {
         EXPECT_EQ(code, grpc::StatusCode::PERMISSION_DENIED) << name << " as " << token;
       }
+    }
+  }
+}
+
+// A viewer (a dashboard) sees every record without its bodies, which hold the partner's
+// message and so personal data; ops and the lanes get them whole.
+TEST_F(AuthorizedServiceTest, AViewerGetsRecordsWithoutTheirBodies) {
+  ess::v1::MessageRecord rec = Outbound("prison", "m-body");
+  rec.set_payload(R"({"id":"m-body","inmateId":"A123"})");
+  rec.set_rendered(R"({"inmate":"A123"})");
+  {
+    ess::v1::RecordRequest req;
+    *req.add_records() = rec;
+    ess::v1::RecordResponse resp;
+    ASSERT_TRUE(stub_->Record(As(kLaneToken).get(), req, &resp).ok());
+  }
+  ess::v1::GetRequest by_cid;
+  by_cid.set_correlation_id("m-body");
+  ess::v1::GetRequest by_key;
+  *by_key.mutable_record() = Key(ess::v1::DIRECTION_OUTBOUND, "prison", "m-body");
+  ess::v1::LookupRequest lookup;
+  *lookup.add_keys() = Key(ess::v1::DIRECTION_OUTBOUND, "prison", "m-body");
+  ess::v1::ListRequest list;
+  list.set_partner("prison");
+  for (const char* token : {kViewerToken, kOpsToken, kLaneToken}) {
+    const bool whole = std::string(token) != kViewerToken;
+    std::vector<ess::v1::MessageRecord> seen;
+    ess::v1::GetResponse got;
+    ASSERT_TRUE(stub_->Get(As(token).get(), by_cid, &got).ok());
+    seen.insert(seen.end(), got.records().begin(), got.records().end());
+    got.Clear();
+    ASSERT_TRUE(stub_->Get(As(token).get(), by_key, &got).ok());
+    seen.insert(seen.end(), got.records().begin(), got.records().end());
+    ess::v1::LookupResponse looked;
+    ASSERT_TRUE(stub_->Lookup(As(token).get(), lookup, &looked).ok());
+    ASSERT_EQ(looked.results_size(), 1);
+    seen.push_back(looked.results(0).record());
+    if (std::string(token) != kLaneToken) {  // lanes may not List
+      ess::v1::ListResponse listed;
+      ASSERT_TRUE(stub_->List(As(token).get(), list, &listed).ok());
+      seen.insert(seen.end(), listed.records().begin(), listed.records().end());
+    }
+    ASSERT_EQ(seen.size(), std::string(token) == kLaneToken ? 3u : 4u) << token;
+    for (const ess::v1::MessageRecord& r : seen) {
+      EXPECT_EQ(r.message_id(), "m-body") << token;
+      EXPECT_EQ(r.payload(), whole ? rec.payload() : "") << token;
+      EXPECT_EQ(r.rendered(), whole ? rec.rendered() : "") << token;
     }
   }
 }
