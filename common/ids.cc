@@ -38,13 +38,15 @@ absl::Status Check(std::string_view id, std::string_view what) {
   return absl::OkStatus();
 }
 
-std::string Fit(std::string_view id) {
-  if (id.size() <= kMaxBytes) return std::string(id);
+std::string Fit(std::string id) {
+  if (id.size() <= kMaxBytes) return id;
   const std::string hash = ShortHash(id);
   size_t head = kMaxBytes - 1 - hash.size();
   // Back to the start of a character: continuation bytes are 10xxxxxx.
   while (head > 0 && (static_cast<unsigned char>(id[head]) & 0xC0) == 0x80) --head;
-  return absl::StrCat(absl::string_view(id.data(), head), "~", hash);
+  id.resize(head);
+  absl::StrAppend(&id, "~", hash);
+  return id;
 }
 
 std::string ContentId(std::string_view id, std::string_view body) {

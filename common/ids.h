@@ -30,7 +30,8 @@ absl::Status Check(std::string_view id, std::string_view what);
 // `id` itself when it has at most kMaxBytes bytes; else its longest head that leaves room,
 // cut on a character boundary, then "~" and ShortHash(id): kMaxBytes bytes at most, and two
 // different ids stay different. For ids the hub makes by adding to an id that passed Check.
-std::string Fit(std::string_view id);
+// Taken by value: an id that fits is handed back without a copy.
+std::string Fit(std::string id);
 
 // The first 16 hex digits of SHA-256(text).
 std::string ShortHash(std::string_view text);

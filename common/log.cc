@@ -1,8 +1,6 @@
 #include "common/log.h"
 
 #include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <atomic>
@@ -163,10 +161,7 @@ void CollectLeaves(const rapidjson::Value& v, std::vector<std::string>& out) {
   if (v.IsString()) {
     if (v.GetStringLength() > 0) out.emplace_back(v.GetString(), v.GetStringLength());
   } else if (v.IsNumber()) {
-    rapidjson::StringBuffer buf;
-    rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
-    v.Accept(writer);
-    out.emplace_back(buf.GetString(), buf.GetSize());
+    out.push_back(json::Serialize(v));
   } else if (v.IsArray()) {
     for (const auto& e : v.GetArray()) CollectLeaves(e, out);
   } else if (v.IsObject()) {
@@ -220,10 +215,7 @@ std::string MaskJson(std::string_view json) {
   rapidjson::Document doc;
   if (!json::Parse(json, doc).ok()) return MaskText(json);
   MaskValue(doc, doc.GetAllocator());
-  rapidjson::StringBuffer buf;
-  rapidjson::Writer<rapidjson::StringBuffer> writer(buf);
-  doc.Accept(writer);
-  return std::string(buf.GetString(), buf.GetSize());
+  return json::Serialize(doc);
 }
 
 std::string MaskPiiValues(std::string_view text, const rapidjson::Value& event) {

@@ -239,11 +239,10 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     own_id = request.Header(route.id_header);
   }
   if (!own_id.empty()) {
-    if (absl::Status bad = ids::Check(own_id, absl::StrCat("header ", ToAbsl(id_header)));
-        !bad.ok()) {
-      log::Warn(header_cid, "webhook rejected",
-                {{"partner", route.partner}, {"error", ToStd(bad.message())}});
-      reply(400, absl::StrCat(route.partner, ": ", bad.message()));
+    if (absl::Status bad = ids::Check(own_id, id_header); !bad.ok()) {
+      const std::string error = absl::StrCat("header ", bad.message());
+      log::Warn(header_cid, "webhook rejected", {{"partner", route.partner}, {"error", error}});
+      reply(400, absl::StrCat(route.partner, ": ", error));
       return;
     }
   }

@@ -363,11 +363,10 @@ void SftpCsvAdapter::Work() {
 void SftpCsvAdapter::Fail(Batch& batch, const absl::Status& status) {
   for (Row& row : batch.rows) {
     // Still unsettled: the next retry looks again.
-    const std::string maybe_delivered_as = std::move(row.maybe_delivered_as);
     Complete(batch.dry_run, row,
              PushResult{.status = status,
                         .detail = std::string(status.message()),
-                        .maybe_delivered_as = maybe_delivered_as});
+                        .maybe_delivered_as = std::move(row.maybe_delivered_as)});
   }
 }
 

@@ -1024,30 +1024,46 @@ TEST_F(HubTest, EventsWithIdsTheHubCannotCarryAreParkedAndRecorded) {
   EXPECT_EQ(long_one->second, "the event's id: 300 bytes; at most 255");
 }
 
+// The store outage of the next two tests: killed, then back with the same database and port.
+class StoreOutageTest : public HubTest {
+ protected:
+  void KillStore() {
+    stub_.reset();
+    ASSERT_EQ(replay_->Stop(SIGKILL), 128 + SIGKILL);
+    replay_.reset();
+  }
+  // The event is not moved while the store is down: back on its queue (not parked unrecorded),
+  // consumption paused for the store.
+  void HeldForTheStore() {
+    ASSERT_TRUE(
+        WaitFor([&] { return DepthOrZero(queue_) == 1 || DepthOrZero(queue_ + ".parked") == 1; },
+                absl::Seconds(30)))
+        << outbound_->Log();
+    EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+    EXPECT_THAT(outbound_->Log(), HasSubstr("consumption paused"));
+  }
+  // Once the store is back: parked, and recorded DEAD.
+  void ParkedAndRecordedDead() {
+    ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
+        << outbound_->Log();
+    ASSERT_TRUE(
+        WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  }
+};
+
 // No ack without its record, for a park too: a poison event taken while the store is down is
 // not parked and acked away unrecorded; it stays on its queue (requeued, consumption paused)
 // and, once the store is back, is parked and recorded DEAD, so ops replay finds it.
-TEST_F(HubTest, APoisonEventWhileTheStoreIsDownIsParkedAndRecordedOnceItIsBack) {
+TEST_F(StoreOutageTest, APoisonEventIsParkedAndRecordedOnceTheStoreIsBack) {
   CapturePartner partner;
   StartHub(partner.url());
-  stub_.reset();
-  ASSERT_EQ(replay_->Stop(SIGKILL), 128 + SIGKILL);
-  replay_.reset();
+  ASSERT_NO_FATAL_FAILURE(KillStore());
   Publish({{"BAD-9", R"({"type":"VisitScheduleUpdated","id":"BAD-9","slotUtc":"x"})"}},
           /*declare=*/false);
-  // Not moved: back on its queue (not parked unrecorded), consumption paused for the store.
-  ASSERT_TRUE(
-      WaitFor([&] { return DepthOrZero(queue_) == 1 || DepthOrZero(queue_ + ".parked") == 1; },
-              absl::Seconds(30)))
-      << outbound_->Log();
-  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
-  EXPECT_THAT(outbound_->Log(), HasSubstr("consumption paused"));
+  ASSERT_NO_FATAL_FAILURE(HeldForTheStore());
   EXPECT_THAT(outbound_->Log(), HasSubstr("replay store did not take the record; requeued"));
   ASSERT_NO_FATAL_FAILURE(StartReplay());  // same database, same port
-  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
-      << outbound_->Log();
-  ASSERT_TRUE(
-      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ParkedAndRecordedDead());
   auto t = Trail("BAD-9");
   ASSERT_EQ(t.records_size(), 1);
   EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
@@ -1059,27 +1075,16 @@ TEST_F(HubTest, APoisonEventWhileTheStoreIsDownIsParkedAndRecordedOnceItIsBack) 
 // The same for a retry: a failed push whose FAILED record the store cannot take is requeued,
 // not moved to the delay queue unrecorded; once the store is back it is retried, recorded and
 // parked after its attempts.
-TEST_F(HubTest, ARetryWhileTheStoreIsDownIsRecordedOnceItIsBack) {
+TEST_F(StoreOutageTest, ARetryIsRecordedOnceTheStoreIsBack) {
   CapturePartner partner;
   partner.set_status(503);
   StartHub(partner.url());
-  stub_.reset();
-  ASSERT_EQ(replay_->Stop(SIGKILL), 128 + SIGKILL);
-  replay_.reset();
+  ASSERT_NO_FATAL_FAILURE(KillStore());
   Publish({{"DOWN-9", VisitEvent("DOWN-9")}}, /*declare=*/false);
-  // Not moved: back on its queue (not parked unrecorded), consumption paused for the store.
-  ASSERT_TRUE(
-      WaitFor([&] { return DepthOrZero(queue_) == 1 || DepthOrZero(queue_ + ".parked") == 1; },
-              absl::Seconds(30)))
-      << outbound_->Log();
-  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
-  EXPECT_THAT(outbound_->Log(), HasSubstr("consumption paused"));
+  ASSERT_NO_FATAL_FAILURE(HeldForTheStore());
   ASSERT_NO_FATAL_FAILURE(StartReplay());
   // max_attempts 2: parked after its second attempt, recorded DEAD with both.
-  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
-      << outbound_->Log();
-  ASSERT_TRUE(
-      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ParkedAndRecordedDead());
   auto t = Trail("DOWN-9");
   ASSERT_EQ(t.records_size(), 1);
   EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);

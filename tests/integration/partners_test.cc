@@ -112,6 +112,17 @@ class PartnersTest : public ::testing::Test {
                     .ok());
   }
 
+  // Waits up to 10 s for the trail of `cid` to hold its one record, DEAD, into `t`.
+  void OneDeadRecord(const std::string& cid, ess::v1::GetResponse* t) {
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          *t = Trail(cid);
+          return t->records_size() == 1 && t->records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
+        },
+        absl::Seconds(10)))
+        << t->DebugString();
+  }
+
   ess::v1::GetResponse Trail(const std::string& cid) {
     grpc::ClientContext ctx;
     ess::v1::GetRequest req;
@@ -303,13 +314,7 @@ TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
   EXPECT_THAT(reason, HasSubstr("Patient *** unknown"));
   EXPECT_THAT(reason, ::testing::Not(HasSubstr("B4242")));
   ess::v1::GetResponse t;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        t = Trail("VIS-92");
-        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
-      },
-      absl::Seconds(10)))
-      << t.DebugString();
+  ASSERT_NO_FATAL_FAILURE(OneDeadRecord("VIS-92", &t));
   EXPECT_THAT(t.records(0).error(), HasSubstr("Patient *** unknown"));
   EXPECT_THAT(t.records(0).error(), ::testing::Not(HasSubstr("B4242")));
   EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("B4242")));
@@ -341,13 +346,7 @@ TEST_F(PartnersTest, AConfirmationThatCannotBePublishedIsRetriedThenParked) {
   EXPECT_THAT(reason, HasSubstr("gave up after 3 attempts: the partner accepted it but its "
                                 "confirmation was not published: unroutable"));
   ess::v1::GetResponse t;
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        t = Trail("VIS-90");
-        return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
-      },
-      absl::Seconds(10)))
-      << t.DebugString();
+  ASSERT_NO_FATAL_FAILURE(OneDeadRecord("VIS-90", &t));
   EXPECT_EQ(t.records(0).direction(), ess::v1::DIRECTION_OUTBOUND);
   EXPECT_EQ(t.records(0).attempts(), 3u);
   EXPECT_THAT(t.records(0).error(),
