@@ -1003,6 +1003,12 @@ absl::Status Connection::DeleteQueue(std::string_view queue) {
   return impl_->session->CheckLast(kChannel, absl::StrCat("queue.delete ", View(queue)));
 }
 
+absl::Status Connection::DeleteExchange(std::string_view exchange) {
+  if (absl::Status s = impl_->Usable(); !s.ok()) return s;
+  amqp_exchange_delete(impl_->session->state(), kChannel, Bytes(exchange), /*if_unused=*/0);
+  return impl_->session->CheckLast(kChannel, absl::StrCat("exchange.delete ", View(exchange)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Consumer
 

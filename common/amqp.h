@@ -145,6 +145,7 @@ class Connection {
   absl::StatusOr<uint32_t> MessageCount(std::string_view queue);
   absl::Status Purge(std::string_view queue);
   absl::Status DeleteQueue(std::string_view queue);
+  absl::Status DeleteExchange(std::string_view exchange);
 
  private:
   struct Impl;

@@ -24,6 +24,7 @@
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/integration/harness.h"
 
 namespace ess::amqp {
 namespace {
@@ -211,36 +212,6 @@ class AmqpTest : public ::testing::Test {
     absl::StatusOr<uint32_t> n = admin_->MessageCount(queue);
     EXPECT_TRUE(n.ok()) << n.status();
     return n.value_or(0xffffffff);
-  }
-
-  // Has the broker close every connection of this test (by connection name).
-  int CloseOurConnections() {
-    const std::string ctl = Env("ESS_RABBITMQCTL");
-    const std::string node = Env("ESS_RABBITMQ_NODE");
-    if (ctl.empty() || node.empty()) {
-      ADD_FAILURE() << "ESS_RABBITMQCTL / ESS_RABBITMQ_NODE not set: source the env written by "
-                       "scripts/rabbitmq.sh start DIR";
-      return 0;
-    }
-    const std::string base = absl::StrCat(ctl, " -n ", node, " -q ");
-    const std::string cmd = absl::StrCat(base, "list_connections pid client_properties | grep -F '",
-                                         prefix_, "' | cut -f1");
-    std::vector<std::string> pids;
-    if (FILE* f = popen(cmd.c_str(), "r")) {
-      char line[512];
-      while (fgets(line, sizeof(line), f) != nullptr) {
-        std::string pid(line);
-        while (!pid.empty() && (pid.back() == '\n' || pid.back() == '\r')) pid.pop_back();
-        if (!pid.empty()) pids.push_back(pid);
-      }
-      pclose(f);
-    }
-    int closed = 0;
-    for (const std::string& pid : pids) {
-      const std::string close = absl::StrCat(base, "close_connection '", pid, "' amqp_test");
-      if (std::system(close.c_str()) == 0) ++closed;
-    }
-    return closed;
   }
 
   std::string prefix_;
@@ -586,7 +557,7 @@ TEST_F(AmqpTest, PublisherFailsOutstandingAndConsumerResumesAfterTheBrokerCloses
   }
 
   // consumer, publisher and admin connections.
-  EXPECT_EQ(CloseOurConnections(), 3);
+  EXPECT_EQ(ess::testing::CloseBrokerConnections(prefix_), 3);
   release.Notify();
 
   ASSERT_TRUE(outstanding.WaitFor(kOutstanding));

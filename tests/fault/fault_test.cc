@@ -36,6 +36,7 @@ namespace {
 
 using testing::BinaryPath;
 using testing::CapturePartner;
+using testing::CountOccurrences;
 using ::testing::HasSubstr;
 using testing::Process;
 using testing::WaitFor;
@@ -50,14 +51,6 @@ void Report(const std::string& scenario, const Tally& t) {
   ::testing::Test::RecordProperty("lost", static_cast<int>(t.lost));
   ::testing::Test::RecordProperty("duplicated", static_cast<int>(t.duplicated));
   ::testing::Test::RecordProperty("reconciled", static_cast<int>(t.reconciled));
-}
-
-size_t CountOccurrences(const std::string& text, const std::string& needle) {
-  size_t n = 0;
-  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) {
-    ++n;
-  }
-  return n;
 }
 
 std::string VisitEvent(const std::string& id) {

@@ -219,4 +219,37 @@ std::string BindSubscriber(amqp::Connection& conn, const std::string& exchange) 
   return sub;
 }
 
+int CloseBrokerConnections(const std::string& name_part) {
+  const std::string ctl = RequiredEnv("ESS_RABBITMQCTL");
+  const std::string node = RequiredEnv("ESS_RABBITMQ_NODE");
+  if (ctl.empty() || node.empty()) return 0;
+  const std::string base = absl::StrCat(ctl, " -n ", node, " -q ");
+  const std::string list = absl::StrCat(base, "list_connections pid client_properties | grep -F '",
+                                        name_part, "' | cut -f1");
+  std::vector<std::string> pids;
+  if (FILE* f = popen(list.c_str(), "r")) {
+    char line[512];
+    while (fgets(line, sizeof(line), f) != nullptr) {
+      std::string pid(line);
+      while (!pid.empty() && (pid.back() == '\n' || pid.back() == '\r')) pid.pop_back();
+      if (!pid.empty()) pids.push_back(pid);
+    }
+    pclose(f);
+  }
+  int closed = 0;
+  for (const std::string& pid : pids) {
+    const std::string close = absl::StrCat(base, "close_connection '", pid, "' ess-test");
+    if (std::system(close.c_str()) == 0) ++closed;
+  }
+  return closed;
+}
+
+size_t CountOccurrences(const std::string& text, const std::string& needle) {
+  size_t n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
 }  // namespace ess::testing

@@ -88,6 +88,14 @@ std::string UniqueName(const std::string& prefix);
 // UNAVAILABLE or DEADLINE_EXCEEDED).
 bool WaitForReplay(ess::v1::ReplayService::Stub& stub, absl::Duration timeout);
 
+// Has the broker close every client connection whose properties hold `name_part` (a part of
+// its connection name), through rabbitmqctl (ESS_RABBITMQCTL and ESS_RABBITMQ_NODE, written by
+// scripts/rabbitmq.sh); returns how many it closed.
+int CloseBrokerConnections(const std::string& name_part);
+
+// How many times `needle` occurs in `text` (a service's log).
+size_t CountOccurrences(const std::string& text, const std::string& needle);
+
 // Declares a fresh queue bound to the fanout `exchange` (declared too) and returns its name: a
 // subscriber that sees what the hub publishes there.
 std::string BindSubscriber(amqp::Connection& conn, const std::string& exchange);
