@@ -30,6 +30,10 @@ using ess::v1::MessageStatus;
 constexpr size_t kMaxHistoryBytes = 2048;
 // A half-open breaker's probe takes one message at a time (lane.h).
 constexpr uint16_t kProbePrefetch = 1;
+// How long a partner's queue stays paused after a move failed: doubling from the first to the
+// last while moves keep failing, back to the first once one goes out.
+constexpr absl::Duration kFirstMoveHold = absl::Milliseconds(250);
+constexpr absl::Duration kLastMoveHold = absl::Seconds(5);
 
 void SetHeader(amqp::Headers& headers, std::string_view key, std::string value) {
   for (auto& [k, v] : headers) {
@@ -173,6 +177,11 @@ struct Lane::PartnerState {
   absl::Duration open_for ABSL_GUARDED_BY(mu);
   absl::Time probe_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
   bool probing ABSL_GUARDED_BY(mu) = false;
+  // A move of one of its messages failed (HoldForMoves): the queue stays paused until
+  // `moves_retry_at` and the publisher is connected.
+  bool moves_held ABSL_GUARDED_BY(mu) = false;
+  absl::Time moves_retry_at ABSL_GUARDED_BY(mu) = absl::InfiniteFuture();
+  absl::Duration move_hold ABSL_GUARDED_BY(mu) = kFirstMoveHold;  // the next hold's length
   // Outcomes settled, for the metrics.
   std::atomic<uint64_t> delivered{0}, dry_run{0}, retried{0}, parked{0};
 };
@@ -258,23 +267,53 @@ void Lane::Requeue(Job& job) {
   live_.fetch_sub(1);
 }
 
-void Lane::MoveAndAck(Job& job, std::string queue, amqp::Message message) {
+void Lane::MoveAndAck(PartnerState& p, Job& job, std::string queue, amqp::Message message) {
   // The job's own ids may point into the message, which has moved: log with the message's.
   std::string correlation_id =
       message.correlation_id.empty() ? message.message_id : message.correlation_id;
   publisher_->Publish(
       "", queue, std::move(message),
-      [this, tag = job.delivery.delivery_tag, queue, correlation_id](absl::Status s) {
+      [this, &p, tag = job.delivery.delivery_tag, queue, correlation_id](absl::Status s) {
         if (s.ok()) {
           consumer_->Ack(tag);
+          absl::MutexLock lock(&p.mu);
+          p.move_hold = kFirstMoveHold;
         } else {
           log::Warn(correlation_id, "move not published; delivery requeued",
                     {{"queue", queue}, {"error", ToStd(s.message())}});
           counters_.requeued.fetch_add(1, std::memory_order_relaxed);
           consumer_->Reject(tag, /*requeue=*/true);
+          HoldForMoves(p, s);
         }
         live_.fetch_sub(1);
       });
+}
+
+void Lane::HoldForMoves(PartnerState& p, const absl::Status& why) {
+  absl::Duration hold;
+  {
+    absl::MutexLock lock(&p.mu);
+    if (p.moves_held) return;
+    p.moves_held = true;
+    hold = p.move_hold;
+    p.moves_retry_at = absl::Now() + hold;
+    p.move_hold = std::min(2 * hold, kLastMoveHold);
+    consumer_->Pause(p.partner.route.queue());
+  }
+  log::Warn("", "a move to a delay or parked queue failed: the partner's queue is paused",
+            {{"partner", p.partner.name},
+             {"retry_in_ms", absl::StrCat(absl::ToInt64Milliseconds(hold))},
+             {"publisher_connected", publisher_->connected() ? "true" : "false"},
+             {"error", ToStd(why.message())}});
+}
+
+void Lane::ResumeLocked(PartnerState& p) {
+  if (store_paused_.load() || draining_.load() || p.moves_held) return;
+  if (p.breaker == PartnerState::Breaker::kClosed) {
+    consumer_->Resume(p.partner.route.queue());
+  } else if (p.breaker == PartnerState::Breaker::kHalfOpen) {
+    consumer_->Resume(p.partner.route.queue(), kProbePrefetch);
+  }
 }
 
 // --- intake ----------------------------------------------------------------------------------
@@ -356,6 +395,15 @@ void Lane::Handle(amqp::Delivery delivery) {
       // message came back as it was, and only its record says where to look first.
       SetHeader(headers, kMaybeDeliveredAsHeader, rec->maybe_delivered_as());
     }
+    if (rec.ok() && rec->status() == ess::v1::MESSAGE_STATUS_DEAD &&
+        rec->payload() == owned->delivery.message.body) {
+      // Given up on already (its move to the parked queue failed, or its ack was lost): parked
+      // again as decided, without pushing it to the partner once more.
+      log::Info(owned->correlation_id, "redelivered after it was given up on; parked again",
+                {{"partner", p.partner.name}});
+      Park(p, std::move(owned), absl::AbortedError(rec->error()));
+      return;
+    }
     Enqueue(p, std::move(owned));
   });
 }
@@ -373,7 +421,7 @@ void Lane::Pump(PartnerState& p) {
   {
     absl::MutexLock lock(&p.mu);
     using B = PartnerState::Breaker;
-    if (store_paused_.load() || draining_.load() || p.breaker == B::kOpen) {
+    if (store_paused_.load() || draining_.load() || p.moves_held || p.breaker == B::kOpen) {
       while (!p.waiting.empty()) {
         back.push_back(std::move(p.waiting.front()));
         p.waiting.pop_front();
@@ -435,7 +483,7 @@ bool Lane::NoteOutcome(PartnerState& p, bool failed, bool counts) {
     p.failures = 0;
     // The probe's prefetch of 1 gives way to the full one. (Under p.mu, as every change of the
     // breaker's consumption, so that the consumer's last wish is the breaker's last state.)
-    if (!store_paused_.load() && !draining_.load()) consumer_->Resume(p.partner.route.queue());
+    ResumeLocked(p);
     log::Info("", "circuit closed: partner recovered", {{"partner", p.partner.name}});
     return false;
   }
@@ -696,7 +744,7 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
            SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
            AppendHistory(msg.headers, owned->attempt, status);
            msg.expiration = absl::StrCat(delay_ms);
-           MoveAndAck(*owned, std::move(queue), std::move(msg));
+           MoveAndAck(p, *owned, std::move(queue), std::move(msg));
          });
 }
 
@@ -720,7 +768,7 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
            SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
            AppendHistory(msg.headers, owned->attempt, reason);
            msg.expiration.clear();
-           MoveAndAck(*owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
+           MoveAndAck(p, *owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
          });
 }
 
@@ -818,24 +866,28 @@ void Lane::Supervise() {
         log::Info("", "replay store answers again: consumption resumed");
         for (const auto& p : partners_) {
           absl::MutexLock lock(&p->mu);
-          if (p->breaker == PartnerState::Breaker::kClosed) {
-            consumer_->Resume(p->partner.route.queue());
-          } else if (p->breaker == PartnerState::Breaker::kHalfOpen) {
-            consumer_->Resume(p->partner.route.queue(), kProbePrefetch);
-          }
+          ResumeLocked(*p);
         }
       }
     }
+    const bool can_move = publisher_->connected();
     for (const auto& p : partners_) {
       absl::MutexLock lock(&p->mu);
+      if (p->moves_held && now >= p->moves_retry_at && can_move) {
+        p->moves_held = false;
+        p->moves_retry_at = absl::InfiniteFuture();
+        log::Info("", "moves can be published again: the partner's queue is resumed",
+                  {{"partner", p->partner.name}});
+        ResumeLocked(*p);
+      }
       if (p->breaker == PartnerState::Breaker::kOpen && now >= p->probe_at) {
         p->breaker = PartnerState::Breaker::kHalfOpen;
         p->probe_at = absl::InfiniteFuture();
-        if (!store_paused_.load()) {
+        if (!store_paused_.load() && !p->moves_held) {
           log::Info("", "circuit half-open: probing the partner with one message",
                     {{"partner", p->partner.name}});
-          consumer_->Resume(p->partner.route.queue(), kProbePrefetch);
         }
+        ResumeLocked(*p);
       }
     }
   }
@@ -868,6 +920,11 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   prometheus::MetricFamily open = metrics::Family(
       "ess_outbound_breaker_open", "1 while the partner's circuit breaker holds its queue paused.",
       MetricType::Gauge);
+  prometheus::MetricFamily held = metrics::Family(
+      "ess_outbound_moves_held",
+      "1 while the partner's queue is paused because a move to its delay or parked queue failed "
+      "(the lane's publisher is down, or the broker refused the move).",
+      MetricType::Gauge);
   for (const auto& p : partners_) {
     const std::string& name = p->partner.name;
     const double delivered = p->delivered.load(std::memory_order_relaxed);
@@ -884,11 +941,13 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
     absl::MutexLock lock(&p->mu);
     metrics::AddSample(open, {{"partner", name}},
                        p->breaker == PartnerState::Breaker::kClosed ? 0 : 1);
+    metrics::AddSample(held, {{"partner", name}}, p->moves_held ? 1 : 0);
   }
   std::vector<prometheus::MetricFamily> families;
   families.push_back(std::move(settled));
   families.push_back(std::move(success));
   families.push_back(std::move(open));
+  families.push_back(std::move(held));
   families.push_back(metrics::Single("ess_outbound_received_total",
                                      "Deliveries taken from the bus.", MetricType::Counter,
                                      counters_.received.load()));

@@ -25,6 +25,12 @@
 //   redelivered, and the     ack without a second push (unless it carries "x-ess-replay")
 //   store shows it delivered
 //   with the same payload
+//   redelivered, and the     parked again without a second push (same exception)
+//   store shows it DEAD
+//   with the same payload
+//   move not published       reject with requeue, and the partner's queue pauses (250 ms,
+//   (publisher down, queue   doubling to 5 s while moves keep failing; and until the publisher
+//   gone, broker nack)       is connected again) rather than taking it back in a loop
 //   delivered, and the       each confirmation (e.g. the SlotConfirmed a SOAP answer maps to)
 //   answer confirms events   is published to the events exchange with confirm, then recorded
 //                            (inbound, PUBLISHED) in the same Record call as the delivery,
@@ -192,8 +198,17 @@ class Lane {
   void Ack(Job& job);
   void Requeue(Job& job);
   // Publishes `message` to `queue` with confirm, then acks the job's delivery; requeues it if
-  // the publish fails.
-  void MoveAndAck(Job& job, std::string queue, amqp::Message message);
+  // the publish fails, and holds the partner's moves (HoldForMoves).
+  void MoveAndAck(PartnerState& p, Job& job, std::string queue, amqp::Message message);
+  // A move failed (the publisher is down, the broker refused it, the queue is gone): its
+  // delivery is back in the queue, where it comes straight back. So the partner's queue pauses
+  // for a while (doubling while moves keep failing) and until the publisher is connected, rather
+  // than pushing, recording and requeueing the same messages in a loop.
+  void HoldForMoves(PartnerState& p, const absl::Status& why);
+  // Resumes consuming the partner's queue as its breaker says (the full prefetch when closed,
+  // one probe when half-open), unless the lane is draining, paused for the store, or holding
+  // the partner's moves. Called with p.mu held.
+  void ResumeLocked(PartnerState& p);
 
   Options options_;
   ReplayRecorder* recorder_;

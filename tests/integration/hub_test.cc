@@ -1092,8 +1092,10 @@ TEST_F(StoreOutageTest, ARetryIsRecordedOnceTheStoreIsBack) {
 }
 
 // A park the broker refuses (its parked queue was deleted under the lane) leaves the event in
-// its queue: requeued, and parked once the queue is back, never acked and dropped.
-TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
+// its queue: requeued, and parked once the queue is back, never acked and dropped. Meanwhile the
+// partner's queue is held, with a growing pause between tries, rather than the same event
+// coming straight back to be recorded and refused again in a loop.
+TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedAndHeldUntilItCanBeParked) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
   const std::string parked = queue_ + ".parked";
@@ -1107,6 +1109,12 @@ TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
       },
       absl::Seconds(10)));
   EXPECT_THAT(outbound_->Log(), HasSubstr("unroutable: exchange= routing_key=" + parked));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("a move to a delay or parked queue failed"));
+  // Held for 250 ms, 500 ms, 1 s, 2 s: a handful of tries in 2.5 s, where a requeue loop makes
+  // thousands.
+  absl::SleepFor(absl::Milliseconds(2500));
+  EXPECT_LE(testing::CountOccurrences(outbound_->Log(), "move not published"), 6u);
+
   ASSERT_TRUE((*conn)->Apply({.queues = {{.name = parked}}}).ok());
   ASSERT_TRUE(WaitFor([&] { return DepthOrZero(parked) == 1; }, absl::Seconds(10)));
   auto d = (*conn)->Get(parked);
@@ -1115,6 +1123,60 @@ TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedUntilItCanBeParked) {
   EXPECT_EQ(d->message.body, "this is not json");
   ASSERT_TRUE(WaitFor([&] { return Depth(queue_) == 0u; }, absl::Seconds(10)));
   EXPECT_EQ(partner.count(), 0u);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("moves can be published again"));
+}
+
+// The lane's publisher down while its consumer is up (here it cannot reconnect: the events
+// exchange it declares was redeclared with another type). A visit the partner refuses cannot
+// be parked: it goes back to its queue, and the partner's queue waits for the publisher, rather
+// than the visit being pushed to the partner again and again. Once the publisher is back, the
+// visit is parked, recorded dead after one push.
+TEST_F(HubTest, WhileTheLanesPublisherIsDownItsMovesWaitForItWithoutALoop) {
+  const int metrics_port = testing::FreePort();
+  outbound_extra_ = absl::StrCat("  metrics_listen: 127.0.0.1:", metrics_port);
+  CapturePartner partner;
+  partner.set_behaviour([](const CapturePartner::Seen&, http::Responder r) {
+    std::move(r).Send({.status = 422, .body = "{\"error\":\"slot unknown\"}"});
+  });
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  ASSERT_TRUE((*conn)->DeleteExchange(exchange_).ok());
+  ASSERT_TRUE((*conn)->Apply({.exchanges = {{.name = exchange_, .type = "direct"}}}).ok());
+  ASSERT_EQ(testing::CloseBrokerConnections(absl::StrCat(":", outbound_->pid(), "-publisher")), 1);
+  ASSERT_TRUE(
+      WaitFor([&] { return outbound_->Log().find("amqp connection lost") != std::string::npos; },
+              absl::Seconds(10)))
+      << outbound_->Log();
+
+  Publish({{"V-1", VisitEvent("V-1")}}, /*declare=*/false);
+  ASSERT_TRUE(WaitFor([&] { return partner.count() >= 1; }, absl::Seconds(10))) << outbound_->Log();
+  // While the publisher stays down, the visit waits in its queue: one push, no loop.
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_EQ(partner.count(), 1u);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("a move to a delay or parked queue failed"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("publisher_connected=false"));
+  auto metrics = http_.SendAndWait(
+      {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics")});
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_THAT(metrics->body, HasSubstr(R"(ess_outbound_moves_held{partner="prison_calendar"} 1)"));
+  EXPECT_EQ(Depth(queue_), 1u);
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+
+  // The publisher comes back (it declares the exchange again), and the visit is parked.
+  ASSERT_TRUE((*conn)->DeleteExchange(exchange_).ok());
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(20)))
+      << outbound_->Log();
+  EXPECT_EQ(Depth(queue_), 0u);
+  EXPECT_THAT(outbound_->Log(), HasSubstr("moves can be published again"));
+  const ess::v1::GetResponse t = Trail("V-1");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_THAT(t.records(0).error(), HasSubstr("422"));
+  // The redelivery found the visit recorded dead with the same payload: parked as decided,
+  // without a second push.
+  EXPECT_THAT(outbound_->Log(), HasSubstr("redelivered after it was given up on; parked again"));
+  EXPECT_EQ(partner.count(), 1u);
 }
 
 // Events published without an AMQP message id get one from their content: the event's id and
