@@ -790,7 +790,8 @@ absl::StatusOr<ListPage> PostgresReplayStore::List(const ListQuery& query) {
     absl::StrAppend(&where,
                     " AND NOT EXISTS (SELECT 1 FROM ess_replay_records AS c WHERE "
                     "c.correlation_id = ess_replay_records.correlation_id AND c.direction = 2 AND "
-                    "c.status = 6)");
+                    "c.status = 6 AND c.updated_at >= "
+                    "ess_replay_records.received_at)");
   }
   if (query.after.has_value()) {
     params.push_back(query.after->updated_at_micros);
@@ -876,7 +877,8 @@ absl::StatusOr<UnconfirmedDeliveries> PostgresReplayStore::CountUnconfirmed(
       " AND direction = ", ess::v1::DIRECTION_OUTBOUND,
       " AND NOT EXISTS (SELECT 1 FROM ess_replay_records AS c WHERE c.correlation_id = "
       "ess_replay_records.correlation_id AND c.direction = ",
-      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED, ")"));
+      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED,
+      " AND c.updated_at >= ess_replay_records.received_at)"));
   absl::StatusOr<pg::Result> row = (*db)->Query(*kSql, {partner, since_micros, until_micros});
   if (!row.ok()) return row.status();
   if (row->rows() == 0) return absl::InternalError("counting unconfirmed deliveries gave no row");

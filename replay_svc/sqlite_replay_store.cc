@@ -745,9 +745,11 @@ absl::StatusOr<ListPage> SqliteReplayStore::List(const ListQuery& query) {
   if (query.unconfirmed) {
     // 2: DIRECTION_INBOUND, 6: PUBLISHED; each candidate row is one search of the correlation
     // index.
-    absl::StrAppend(&where,
-                    " AND NOT EXISTS (SELECT 1 FROM records AS c WHERE c.correlation_id = "
-                    "records.correlation_id AND c.direction = 2 AND c.status = 6)");
+    absl::StrAppend(
+        &where,
+        " AND NOT EXISTS (SELECT 1 FROM records AS c WHERE c.correlation_id = "
+        "records.correlation_id AND c.direction = 2 AND c.status = 6 AND c.updated_at >= "
+        "records.received_at)");
   }
   if (query.after.has_value()) {
     absl::StrAppend(&where, " AND (updated_at, id) ", query.oldest_first ? ">" : "<", " (?",
@@ -909,7 +911,8 @@ absl::StatusOr<UnconfirmedDeliveries> SqliteReplayStore::CountUnconfirmed(absl::
       " AND direction = ", ess::v1::DIRECTION_OUTBOUND,
       " AND NOT EXISTS (SELECT 1 FROM records AS c WHERE c.correlation_id = "
       "records.correlation_id AND c.direction = ",
-      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED, ")"));
+      ess::v1::DIRECTION_INBOUND, " AND c.status = ", ess::v1::MESSAGE_STATUS_PUBLISHED,
+      " AND c.updated_at >= records.received_at)"));
   absl::StatusOr<sqlite::Statement*> select = (*reader)->Prepared(*kSql);
   if (!select.ok()) return select.status();
   sqlite::Statement& s = **select;

@@ -1,7 +1,10 @@
 #include "replay_svc/trail.h"
 
+#include <algorithm>
+#include <limits>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "replay_svc/records.h"
 
 namespace ess::replay {
@@ -22,21 +25,54 @@ class Earliest {
   std::optional<int64_t> micros_;
 };
 
+// A record's time as the store holds it; records without one come first.
+int64_t Micros(const google::protobuf::Timestamp& ts) {
+  return ToUnixMicros(ts).value_or(std::numeric_limits<int64_t>::min());
+}
+
+// Whether outbound record `a` is a later update than `b`: taken by the lane later, or, taken
+// at the same time (one batch), written later.
+bool Later(const ess::v1::MessageRecord& a, const ess::v1::MessageRecord& b) {
+  const int64_t ta = Micros(a.received_at()), tb = Micros(b.received_at());
+  return ta != tb ? ta > tb : Micros(a.updated_at()) > Micros(b.updated_at());
+}
+
 }  // namespace
 
 ess::v1::CorrelationTrail ComputeTrail(absl::string_view correlation_id,
                                        const std::vector<ess::v1::MessageRecord>& records) {
   Earliest pushed, delivered, confirmed;
-  bool dead = false, failed = false, dry_run = false;
+  // Each partner's newest outbound record: its latest update of this correlation id.
+  absl::flat_hash_map<absl::string_view, const ess::v1::MessageRecord*> newest;
+  int64_t last_taken = std::numeric_limits<int64_t>::min();  // the last update the lane took
   for (const ess::v1::MessageRecord& r : records) {
-    const bool outbound = r.direction() == ess::v1::DIRECTION_OUTBOUND;
-    if (outbound) pushed.Offer(r.received_at());
-    switch (r.status()) {
+    if (r.direction() != ess::v1::DIRECTION_OUTBOUND) continue;
+    pushed.Offer(r.received_at());
+    if (r.status() == ess::v1::MESSAGE_STATUS_DELIVERED) delivered.Offer(r.updated_at());
+    const ess::v1::MessageRecord*& n = newest[r.partner()];
+    if (n == nullptr || Later(r, *n)) n = &r;
+    last_taken = std::max(last_taken, Micros(r.received_at()));
+  }
+  // The stage comes from the records that are current: each partner's newest outbound record,
+  // and the inbound records written since the lane took the last update (a confirmation of an
+  // older update does not confirm a newer one).
+  std::vector<const ess::v1::MessageRecord*> current;
+  current.reserve(records.size());
+  for (const auto& [partner, r] : newest) current.push_back(r);
+  for (const ess::v1::MessageRecord& r : records) {
+    if (r.direction() == ess::v1::DIRECTION_OUTBOUND) continue;
+    if (r.status() == ess::v1::MESSAGE_STATUS_PUBLISHED) confirmed.Offer(r.updated_at());
+    if (Micros(r.updated_at()) >= last_taken) current.push_back(&r);
+  }
+  bool is_confirmed = false, is_delivered = false, dead = false, failed = false, dry_run = false;
+  for (const ess::v1::MessageRecord* r : current) {
+    const bool outbound = r->direction() == ess::v1::DIRECTION_OUTBOUND;
+    switch (r->status()) {
       case ess::v1::MESSAGE_STATUS_DELIVERED:
-        if (outbound) delivered.Offer(r.updated_at());
+        is_delivered = is_delivered || outbound;
         break;
       case ess::v1::MESSAGE_STATUS_PUBLISHED:
-        if (!outbound) confirmed.Offer(r.updated_at());
+        is_confirmed = is_confirmed || !outbound;
         break;
       case ess::v1::MESSAGE_STATUS_DEAD:
         dead = true;
@@ -58,9 +94,9 @@ ess::v1::CorrelationTrail ComputeTrail(absl::string_view correlation_id,
   if (delivered.has_value()) *trail.mutable_delivered_at() = delivered.Get();
   if (confirmed.has_value()) *trail.mutable_confirmed_at() = confirmed.Get();
 
-  if (confirmed.has_value()) {
+  if (is_confirmed) {
     trail.set_stage("confirmed");
-  } else if (delivered.has_value()) {
+  } else if (is_delivered) {
     trail.set_stage("delivered");
   } else if (dead) {
     trail.set_stage("dead");

@@ -205,7 +205,8 @@ TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
 }
 
 // The two sides' drift: the partner took three visits and confirmed one. The store lists the
-// other two as delivered and unconfirmed, and the list follows when the next confirmation comes.
+// other two as delivered and unconfirmed, and the list follows when the next confirmation comes,
+// and when a confirmed visit is rescheduled.
 TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
@@ -229,6 +230,22 @@ TEST_F(HubTest, VisitsThePartnerTookButNeverConfirmedAreListed) {
   ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-2"));
   EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1", "VIS-3"));
   ASSERT_NO_FATAL_FAILURE(ConfirmVisit("VIS-3"));
+  EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1"));
+
+  // VIS-2 rescheduled after its confirmation: the partner takes the new slot, and until it
+  // confirms that one too the visit is unconfirmed again and its trail reads delivered.
+  Publish({{"VIS-2-moved", R"({"type":"VisitScheduleUpdated","id":"VIS-2","inmateId":"A123",)"
+                           R"("slotUtc":"2026-12-08T09:00:00Z"})"}});
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 4; },
+                      absl::Seconds(10)));
+  EXPECT_EQ(Trail("VIS-2").trail().stage(), "delivered");
+  EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1", "VIS-2"));
+  auto resp = PostWebhook(R"({"id":"VIS-2","status":"confirmed"})", "/webhook/prison",
+                          {{"webhook-id", "msg_vis2_moved"}});
+  ASSERT_TRUE(resp.ok()) << resp.status();
+  ASSERT_EQ(resp->status, 200) << resp->body;
+  ASSERT_TRUE(
+      WaitFor([&] { return Trail("VIS-2").trail().stage() == "confirmed"; }, absl::Seconds(10)));
   EXPECT_THAT(unconfirmed(), ::testing::ElementsAre("VIS-1"));
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }

@@ -892,6 +892,34 @@ TEST_P(ReplayStoreTest, UnconfirmedFindsDeliveriesNoInboundEventConfirmed) {
   EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-3", "m-2", "m-1"));
 }
 
+// A visit rescheduled after its confirmation: the partner took the new slot (delivered) and has
+// not confirmed it; the confirmation there is of the old slot. Unconfirmed again, in the list
+// and in the drift watch's count, until a confirmation written after the lane took the update.
+TEST_P(ReplayStoreTest, AConfirmationOfAnOlderUpdateDoesNotConfirmANewerOne) {
+  constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
+  constexpr auto kPublished = ess::v1::MESSAGE_STATUS_PUBLISHED;
+  const absl::Time t0 = clock_.Peek();
+  Store({MakeRecord(kOut, "prison", "m-1", "VIS-1", kDelivered)});  // taken at t0
+  Store({MakeRecord(kIn, "prison", "wh-1", "VIS-1", kPublished)});  // t0+1
+  const ListQuery drift{.direction = kOut, .status = kDelivered, .unconfirmed = true};
+  auto count = [&] {
+    absl::StatusOr<UnconfirmedDeliveries> found = store_->CountUnconfirmed(
+        "prison", absl::ToUnixMicros(t0), absl::ToUnixMicros(t0 + absl::Seconds(100)));
+    EXPECT_TRUE(found.ok()) << found.status();
+    return found.ok() ? found->count : 999;
+  };
+  EXPECT_THAT(MessageIds(ListAll(drift)), IsEmpty());
+  EXPECT_EQ(count(), 0u);
+
+  Store({MakeRecord(kOut, "prison", "m-2", "VIS-1", kDelivered)});  // the new slot, t0+2
+  EXPECT_THAT(MessageIds(ListAll(drift)), ElementsAre("m-2"));
+  EXPECT_EQ(count(), 1u);
+
+  Store({MakeRecord(kIn, "prison", "wh-2", "VIS-1", kPublished)});  // its confirmation, t0+3
+  EXPECT_THAT(MessageIds(ListAll(drift)), IsEmpty());
+  EXPECT_EQ(count(), 0u);
+}
+
 // The drift watch's count: a partner's deliveries updated within [since, until) that no inbound
 // event confirmed, the same rows as the list above, and the oldest of them.
 TEST_P(ReplayStoreTest, CountUnconfirmedCountsAPartnersDeliveriesInARange) {

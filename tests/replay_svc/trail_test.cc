@@ -88,6 +88,68 @@ TEST(TrailTest, DeadOutranksFailedAndDeliveredOutranksBoth) {
   EXPECT_EQ(ComputeTrail("C", records).stage(), "delivered");
 }
 
+// The stage tells where the latest update stands: an older update's delivery and confirmation
+// do not hide a newer update that was parked, and a confirmation of the older one does not
+// confirm the newer; the times keep the history.
+TEST(TrailTest, TheStageIsTheLatestUpdatesNotTheFurthestEver) {
+  std::vector<MessageRecord> records = {
+      At(MakeRecord(kOut, "prison", "m-1", "VIS-7", ess::v1::MESSAGE_STATUS_DELIVERED), 100, 110),
+      At(MakeRecord(kIn, "prison", "wh-1", "VIS-7", ess::v1::MESSAGE_STATUS_PUBLISHED), 120, 130),
+  };
+  EXPECT_EQ(ComputeTrail("VIS-7", records).stage(), "confirmed");
+
+  records.push_back(
+      At(MakeRecord(kOut, "prison", "m-2", "VIS-7", ess::v1::MESSAGE_STATUS_DEAD), 200, 210));
+  ess::v1::CorrelationTrail trail = ComputeTrail("VIS-7", records);
+  EXPECT_EQ(trail.stage(), "dead");
+  EXPECT_EQ(trail.pushed_at().seconds(), 100);
+  EXPECT_EQ(trail.delivered_at().seconds(), 110);
+  EXPECT_EQ(trail.confirmed_at().seconds(), 130);
+
+  // Replayed and delivered (the same record, updated): delivered, not yet confirmed.
+  records.back() =
+      At(MakeRecord(kOut, "prison", "m-2", "VIS-7", ess::v1::MESSAGE_STATUS_DELIVERED), 300, 310);
+  EXPECT_EQ(ComputeTrail("VIS-7", records).stage(), "delivered");
+  // The partner's confirmation of it, written after the lane took it.
+  records.push_back(
+      At(MakeRecord(kIn, "prison", "wh-2", "VIS-7", ess::v1::MESSAGE_STATUS_PUBLISHED), 305, 305));
+  EXPECT_EQ(ComputeTrail("VIS-7", records).stage(), "confirmed");
+}
+
+// A newer update still being retried reads "failed" over an older one's delivery.
+TEST(TrailTest, ANewerUpdateBeingRetriedIsFailed) {
+  std::vector<MessageRecord> records = {
+      At(MakeRecord(kOut, "p", "m-1", "C", ess::v1::MESSAGE_STATUS_DELIVERED), 100, 110),
+      At(MakeRecord(kOut, "p", "m-2", "C", ess::v1::MESSAGE_STATUS_FAILED), 200, 205),
+  };
+  EXPECT_EQ(ComputeTrail("C", records).stage(), "failed");
+  // In either order from the store.
+  std::swap(records[0], records[1]);
+  EXPECT_EQ(ComputeTrail("C", records).stage(), "failed");
+}
+
+// Each partner's latest update counts; across partners the furthest stage wins, as before.
+TEST(TrailTest, EachPartnersLatestUpdateCounts) {
+  std::vector<MessageRecord> records = {
+      At(MakeRecord(kOut, "a", "m-1", "C", ess::v1::MESSAGE_STATUS_DELIVERED), 100, 110),
+      At(MakeRecord(kOut, "a", "m-2", "C", ess::v1::MESSAGE_STATUS_DEAD), 200, 210),
+      At(MakeRecord(kOut, "b", "m-1", "C", ess::v1::MESSAGE_STATUS_DELIVERED), 100, 120),
+  };
+  EXPECT_EQ(ComputeTrail("C", records).stage(), "delivered");
+  records[2] = At(MakeRecord(kOut, "b", "m-2", "C", ess::v1::MESSAGE_STATUS_FAILED), 200, 220);
+  EXPECT_EQ(ComputeTrail("C", records).stage(), "dead");
+}
+
+// A confirmation that arrived before the lane recorded the delivery (a partner that confirms
+// fast) still confirms it: it came after the lane took the update.
+TEST(TrailTest, AConfirmationWrittenBeforeTheDeliveryRecordStillConfirmsIt) {
+  std::vector<MessageRecord> records = {
+      At(MakeRecord(kIn, "p", "wh-1", "C", ess::v1::MESSAGE_STATUS_PUBLISHED), 104, 105),
+      At(MakeRecord(kOut, "p", "m-1", "C", ess::v1::MESSAGE_STATUS_DELIVERED), 100, 107),
+  };
+  EXPECT_EQ(ComputeTrail("C", records).stage(), "confirmed");
+}
+
 TEST(TrailTest, NoRecordsHasNoStage) {
   ess::v1::CorrelationTrail trail = ComputeTrail("C", {});
   EXPECT_EQ(trail.stage(), "");
