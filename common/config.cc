@@ -749,6 +749,11 @@ absl::StatusOr<ess::v1::HubConfig> LoadString(std::string_view text, std::string
 absl::StatusOr<ess::v1::HubConfig> LoadFile(const std::string& path,
                                             const SettingsTypeResolver& resolver,
                                             const PartnerCheck& check) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": is a directory; --config takes the hub's YAML file"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::NotFoundError(

@@ -358,6 +358,13 @@ TEST(ConfigTest, MissingFileIsNotFound) {
   EXPECT_THAT(c.status().message(), HasSubstr("/nonexistent/hub.yaml"));
 }
 
+// `--config .` named a folder, which read as an empty file: "inbound.listen is required".
+TEST(ConfigTest, AFolderIsNotAConfigFile) {
+  auto c = LoadFile("/tmp");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c.status().message(), "/tmp: is a directory; --config takes the hub's YAML file");
+}
+
 TEST(ConfigTest, PasswordFromEnvironment) {
   setenv("ESS_TEST_BUS_PASSWORD", "s3cret", 1);
   auto c = Load("bus: {password_env: ESS_TEST_BUS_PASSWORD}\n");
