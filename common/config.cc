@@ -325,6 +325,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   if (c.outbound().shutdown_deadline_ms() == 0) {
     c.mutable_outbound()->set_shutdown_deadline_ms(10000);
   }
+  if (c.outbound().max_event_bytes() == 0) c.mutable_outbound()->set_max_event_bytes(1 << 20);
   if (c.inbound().max_body_bytes() == 0) c.mutable_inbound()->set_max_body_bytes(1 << 20);
   if (c.inbound().dedupe_memory_ids() == 0) c.mutable_inbound()->set_dedupe_memory_ids(16384);
   if (c.inbound().dedupe_window_seconds() == 0) {
@@ -519,6 +520,11 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
   }
   if (c.outbound().prefetch() > 65535) {
     return conv.ErrorAt("outbound.prefetch", "must be at most 65535");
+  }
+  if (c.outbound().max_event_bytes() > (8u << 20)) {
+    return conv.ErrorAt("outbound.max_event_bytes",
+                        "must be at most 8388608 (8 MiB): an event's record holds it and what the "
+                        "adapter rendered of it, and one call to the replay store carries 32 MiB");
   }
   absl::flat_hash_set<std::string> names, queues, paths;
   absl::flat_hash_map<std::string, int> polled;  // PollTarget -> the partner's index

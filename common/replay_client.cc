@@ -21,6 +21,12 @@ namespace {
 
 // Room for a full Record batch with its payloads, and for large List pages.
 constexpr int kMaxMessageBytes = 64 << 20;
+// A batch closes before an item would take it past this many bytes (serialized), so that a
+// batch of large records stays well under kMaxMessageBytes.
+constexpr size_t kMaxBatchBytes = 16 << 20;
+// The largest item (or items that belong together) one call carries: a larger one is refused
+// alone, at once, rather than failing its batch again on every try.
+constexpr size_t kMaxItemBytes = 32 << 20;
 
 absl::Status FromGrpc(const grpc::Status& status) {
   if (status.ok()) return absl::OkStatus();
@@ -229,12 +235,18 @@ class Batcher {
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  // Queues `item`; after BeginStop(), completes `done` with CANCELLED at once instead.
+  // Queues `item`; after BeginStop(), completes `done` with CANCELLED at once instead, and one
+  // over kMaxItemBytes with INVALID_ARGUMENT.
   void Add(Item item, Done done) {
+    const size_t bytes = item.ByteSizeLong();
+    if (bytes > kMaxItemBytes) {
+      std::move(done)(TooLarge(bytes));
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       if (!stopping_) {
-        AddLocked(std::move(item), std::move(done));
+        AddLocked(std::move(item), bytes, std::move(done));
         return;
       }
     }
@@ -245,10 +257,17 @@ class Batcher {
   // `done` runs once, with that batch's outcome. Only for calls whose batch succeeds or fails
   // whole (Record). After BeginStop(), completes `done` with CANCELLED at once instead.
   void AddTogether(std::vector<Item> items, Done done) {
+    size_t bytes = 0;
+    for (const Item& item : items) bytes += item.ByteSizeLong();
+    if (bytes > kMaxItemBytes) {
+      std::move(done)(TooLarge(bytes));
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       if (!stopping_) {
-        if (open_ != nullptr && open_->dones.size() + items.size() > batch_max_) {
+        if (open_ != nullptr && (open_->dones.size() + items.size() > batch_max_ ||
+                                 open_->bytes + bytes > kMaxBatchBytes)) {
           full_.push_back(std::move(open_));
         }
         OpenLocked();
@@ -256,7 +275,7 @@ class Batcher {
           *Calls::Items(open_->request)->Add() = std::move(items[i]);
           open_->dones.emplace_back(&Ignore);  // the last item's done speaks for all
         }
-        AddLocked(std::move(items.back()), std::move(done));
+        AppendLocked(std::move(items.back()), bytes, std::move(done));
         return;
       }
     }
@@ -298,16 +317,37 @@ class Batcher {
     open_->dones.reserve(batch_max_);
   }
 
-  void AddLocked(Item item, Done done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // `bytes`: the item's serialized size. The open batch closes first if the item would take it
+  // past kMaxBatchBytes.
+  void AddLocked(Item item, size_t bytes, Done done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (open_ != nullptr && open_->bytes + bytes > kMaxBatchBytes) {
+      full_.push_back(std::move(open_));
+    }
+    AppendLocked(std::move(item), bytes, std::move(done));
+  }
+
+  // Adds to the open batch (opened if need be) whatever its size; `bytes` counts the items added
+  // just before it that belong with it too.
+  void AppendLocked(Item item, size_t bytes, Done done) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     OpenLocked();
     *Calls::Items(open_->request)->Add() = std::move(item);
     open_->dones.push_back(std::move(done));
-    if (open_->dones.size() >= batch_max_) full_.push_back(std::move(open_));
+    open_->bytes += bytes;
+    if (open_->dones.size() >= batch_max_ || open_->bytes >= kMaxBatchBytes) {
+      full_.push_back(std::move(open_));
+    }
+  }
+
+  static absl::Status TooLarge(size_t bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("record: ", bytes, " bytes, over the ",
+                                                   kMaxItemBytes,
+                                                   " one call to the replay store carries"));
   }
 
   struct Batch {
     typename Calls::Request request;
     std::vector<Done> dones;
+    size_t bytes = 0;  // of the items, serialized
     absl::Time opened_at;
   };
   // One call; deleted when it completes.
@@ -540,12 +580,27 @@ absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
   if (!impl_->options.token.empty()) {
     context.AddMetadata("authorization", Authorization(impl_->options.token));
   }
-  ess::v1::GetRequest request;
-  request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
-  request.mutable_record()->set_partner("ess-ping");
-  request.mutable_record()->set_message_id("ess-ping");
-  ess::v1::GetResponse response;
-  grpc::Status s = impl_->stub->Get(&context, request, &response);
+  // An empty Record call: the store checks that this caller may record (a lane's token; a
+  // viewer's or an ops token may Get but not Record) and writes nothing.
+  grpc::Status s;
+  {
+    ess::v1::RecordResponse recorded;
+    s = impl_->stub->Record(&context, ess::v1::RecordRequest(), &recorded);
+  }
+  if (s.ok()) {
+    // Then a read, which the store itself answers.
+    grpc::ClientContext read_context;
+    read_context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    if (!impl_->options.token.empty()) {
+      read_context.AddMetadata("authorization", Authorization(impl_->options.token));
+    }
+    ess::v1::GetRequest request;
+    request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
+    request.mutable_record()->set_partner("ess-ping");
+    request.mutable_record()->set_message_id("ess-ping");
+    ess::v1::GetResponse response;
+    s = impl_->stub->Get(&read_context, request, &response);
+  }
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
     case grpc::StatusCode::DEADLINE_EXCEEDED:

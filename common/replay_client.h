@@ -83,8 +83,9 @@ class ReplayRecorder {
   ReplayRecorder& operator=(const ReplayRecorder&) = delete;
 
   // A record the store would reject (unspecified direction or status, empty partner,
-  // message_id or correlation_id) completes at once with INVALID_ARGUMENT, so it never fails
-  // the other records of a batch.
+  // message_id or correlation_id), or one over 32 MiB serialized, completes at once with
+  // INVALID_ARGUMENT, so it never fails the other records of a batch. Batches close at 16 MiB
+  // too, so that large records do not take a call past gRPC's 64 MiB.
   void Record(ess::v1::MessageRecord record, Done done);
   // Like Record, for records that belong together: they go in one Record call, in this order,
   // so the store keeps all or none of them, and `done` runs once with that outcome (OK at once
@@ -111,8 +112,9 @@ class ReplayRecorder {
   std::vector<prometheus::MetricFamily> Metrics() const;
 
   // Blocking: OK if the store answers at all within `deadline` (any answer but UNAVAILABLE,
-  // DEADLINE_EXCEEDED or CANCELLED means it is up), unless it refuses this recorder's token:
-  // then UNAUTHENTICATED or PERMISSION_DENIED, as the store said.
+  // DEADLINE_EXCEEDED or CANCELLED means it is up), unless it refuses this recorder's token or
+  // the token's role may not Record (a viewer's or an ops token, given to a lane): then
+  // UNAUTHENTICATED or PERMISSION_DENIED, as the store said.
   absl::Status Ping(absl::Duration deadline);
   // Sends what is queued (records and lookups), waits for calls in flight, then completes
   // anything left with CANCELLED. Records and lookups given after Stop() began complete with

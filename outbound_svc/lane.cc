@@ -88,10 +88,11 @@ std::string ConfirmationId(std::string_view delivery_message_id, std::string_vie
   return ids::Fit(absl::StrCat(ToAbsl(delivery_message_id), ":", ToAbsl(event_type)));
 }
 
-bool StoreUnreachable(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kUnavailable ||
-         s.code() == absl::StatusCode::kDeadlineExceeded ||
-         s.code() == absl::StatusCode::kCancelled;
+// Whether a failed record call says the store cannot take this lane's records now, whichever
+// they are (it is down, overloaded or failing, or refuses this lane's token): the lane pauses
+// until a probe passes. The rest (INVALID_ARGUMENT) is about the record itself.
+bool StoreUnusable(const absl::Status& s) {
+  return !s.ok() && s.code() != absl::StatusCode::kInvalidArgument;
 }
 
 }  // namespace
@@ -339,7 +340,12 @@ void Lane::Handle(amqp::Delivery delivery) {
                                                     : std::string_view(msg.message_id);
   job->event_type = msg.type;
 
-  absl::Status s = json::Parse(msg.body, job->event);
+  absl::Status s =
+      msg.body.size() > options_.max_event_bytes
+          ? absl::InvalidArgumentError(absl::StrCat("event of ", msg.body.size(),
+                                                    " bytes, over outbound.max_event_bytes (",
+                                                    options_.max_event_bytes, ")"))
+          : json::Parse(msg.body, job->event);
   if (s.ok()) {
     std::string_view id = json::GetString(job->event, "id");
     if (!id.empty()) job->correlation_id = id;
@@ -663,9 +669,13 @@ void Lane::Complete(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
     // No ack without its record: the broker redelivers it; the lane pauses until the
     // store answers again.
     if (RequeuedForStore(*owned, s)) return;
-    log::Warn(owned->correlation_id, "replay store did not take the record; requeued",
-              {{"error", ToStd(s.message())}});
-    Requeue(*owned);
+    // The store refused this record for good: requeued, it would come back, be pushed again
+    // and be refused again, in a loop. The partner has it: acked, and counted.
+    counters_.unrecorded.fetch_add(1, std::memory_order_relaxed);
+    log::Error(owned->correlation_id, "delivered, but the replay store refused its record; acked",
+               {{"partner", p.partner.name}, {"error", ToStd(s.message())}});
+    AuditAndAck(p, std::move(owned),
+                dry ? ess::v1::MESSAGE_STATUS_DRY_RUN : ess::v1::MESSAGE_STATUS_DELIVERED);
   };
   recorder_->RecordTogether(std::move(records), std::move(recorded));
 }
@@ -786,7 +796,10 @@ ess::v1::MessageRecord Lane::MakeRecord(PartnerState& p, Job& job, MessageStatus
   rec.set_message_id(std::string(job.message_id));
   rec.set_event_type(std::string(job.event_type));
   rec.set_status(status);
-  rec.set_payload(job.delivery.message.body);
+  // An event over max_event_bytes is parked for its size: its record goes without it.
+  if (job.delivery.message.body.size() <= options_.max_event_bytes) {
+    rec.set_payload(job.delivery.message.body);
+  }
   rec.set_rendered(std::move(rendered));
   if (!error.ok()) rec.set_error(std::string(error.message()));
   rec.set_attempts(job.attempt);
@@ -831,7 +844,7 @@ void Lane::AuditAndAck(PartnerState& p, std::unique_ptr<Job> job, ess::v1::Messa
 // --- the supervisor: breaker probes and store outages -----------------------------------------
 
 bool Lane::RequeuedForStore(Job& job, const absl::Status& recorded) {
-  if (recorded.ok() || !StoreUnreachable(recorded)) return false;
+  if (!StoreUnusable(recorded)) return false;
   log::Warn(job.correlation_id, "replay store did not take the record; requeued",
             {{"error", ToStd(recorded.message())}});
   PauseForStore(recorded);
@@ -842,7 +855,7 @@ bool Lane::RequeuedForStore(Job& job, const absl::Status& recorded) {
 void Lane::PauseForStore(const absl::Status& why) {
   if (store_paused_.exchange(true)) return;
   counters_.store_pauses.fetch_add(1, std::memory_order_relaxed);
-  log::Warn("", "replay store unreachable: consumption paused until it answers",
+  log::Warn("", "replay store does not take the lane's records: consumption paused until it does",
             {{"error", ToStd(why.message())}});
   for (const auto& p : partners_) {
     absl::MutexLock lock(&p->mu);  // after any breaker's wish of consumption (NoteOutcome)
@@ -959,6 +972,10 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
       metrics::Single("ess_outbound_requeued_total",
                       "Deliveries handed back to the broker (store down, shutting down).",
                       MetricType::Counter, counters_.requeued.load()));
+  families.push_back(metrics::Single(
+      "ess_outbound_unrecorded_total",
+      "Deliveries acked without their record: the replay store refused the record itself.",
+      MetricType::Counter, counters_.unrecorded.load()));
   families.push_back(metrics::Single("ess_outbound_in_flight",
                                      "Deliveries taken and not yet settled.", MetricType::Gauge,
                                      static_cast<double>(live_.load())));

@@ -19,9 +19,14 @@
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
 //   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store
-//                            answers again: no ack without its record (and no move to a delay
-//                            or parked queue: a record the store refused for good does not
-//                            hold a retry or park back)
+//                            answers again and takes this lane's records (its token's role):
+//                            no ack without its record (and no move to a delay or parked
+//                            queue). Only a record the store refused for good, alone
+//                            (INVALID_ARGUMENT: never with the checks the lane makes first),
+//                            does not hold anything back: a delivery is acked and counted
+//                            unrecorded, a retry or park moves on
+//   event over               parked before any push, recorded DEAD without its payload (the
+//   max_event_bytes          parked message keeps it)
 //   redelivered, and the     ack without a second push (unless it carries "x-ess-replay")
 //   store shows it delivered
 //   with the same payload
@@ -117,10 +122,16 @@ class Lane {
     absl::Duration store_probe_interval = absl::Milliseconds(500);
     // Where synchronous confirmations are published.
     std::string events_exchange = "events";
+    // A larger event is parked before any push, recorded without its payload
+    // (outbound.max_event_bytes).
+    size_t max_event_bytes = 1 << 20;
   };
   struct Counters {
     std::atomic<uint64_t> received{0}, duplicates{0}, requeued{0}, breaker_opened{0},
         store_pauses{0};
+    // Deliveries acked without their record: the store refused the record itself for good
+    // (INVALID_ARGUMENT), so that requeueing it would only push it to the partner again.
+    std::atomic<uint64_t> unrecorded{0};
   };
   // Messages settled, all partners together (each partner counts its own, for the metrics).
   struct Settled {

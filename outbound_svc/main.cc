@@ -90,7 +90,8 @@ int main(int argc, char** argv) {
   ess::outbound::Lane lane({.connection = ess::BusOptions(config->bus(), "outbound_svc"),
                             .prefetch = static_cast<uint16_t>(config->outbound().prefetch()),
                             .dry_run = dry_run,
-                            .events_exchange = config->bus().events_exchange()},
+                            .events_exchange = config->bus().events_exchange(),
+                            .max_event_bytes = config->outbound().max_event_bytes()},
                            ess::outbound::OutboundTopology(*config), std::move(partners), &recorder,
                            &audit);
   if (absl::Status s = ess::outbound::ExplainStartError(lane.Start(), config->bus()); !s.ok()) {

@@ -1196,6 +1196,34 @@ TEST_F(HubTest, WhileTheLanesPublisherIsDownItsMovesWaitForItWithoutALoop) {
   EXPECT_EQ(partner.count(), 1u);
 }
 
+// An event over outbound.max_event_bytes is parked before any push (its record would not fit
+// a call to the store, and the lane would hold it in memory on every redelivery), recorded DEAD
+// without its payload; the parked message keeps it whole. The next event flows.
+TEST_F(HubTest, AnEventOverTheSizeLimitIsParkedBeforeAnyPush) {
+  outbound_extra_ = "  max_event_bytes: 4096";
+  CapturePartner partner;
+  StartHub(partner.url());
+  const std::string big =
+      absl::StrCat(R"({"type":"VisitScheduleUpdated","id":"BIG-1",)",
+                   R"("inmateId":"A123","note":")", std::string(5000, 'n'), R"("})");
+  Publish({{"BIG-1", big}, {"OK-1", VisitEvent("OK-1")}}, /*declare=*/false);
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(10)))
+      << outbound_->Log();
+  ASSERT_TRUE(WaitFor([&] { return partner.count() == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(partner.seen()[0].correlation, "OK-1");
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  auto d = (*conn)->Get(queue_ + ".parked");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body, big);
+  const ess::v1::GetResponse t = Trail("BIG-1");
+  ASSERT_EQ(t.records_size(), 1);
+  EXPECT_EQ(t.records(0).status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(t.records(0).error(),
+            absl::StrCat("event of ", big.size(), " bytes, over outbound.max_event_bytes (4096)"));
+  EXPECT_EQ(t.records(0).payload(), "");
+}
+
 // Events published without an AMQP message id get one from their content: the event's id and
 // a hash of its body. A second update of the same visit is not a repeat of the first, and an
 // event with no id at all is still parked with a record of its own, without failing the

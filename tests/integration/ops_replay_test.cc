@@ -289,6 +289,19 @@ TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
   EXPECT_EQ(stranger.exit_code, 2) << stranger.output;
   EXPECT_THAT(stranger.output,
               HasSubstr("the replay store refuses outbound_svc: the bearer token is nobody's"));
+  // So does a lane given a viewer's token, which may read the store but not record into it
+  // (it started, then pushed every event again and again, each record refused).
+  setenv("ESS_TEST_REPLAY_LANE_TOKEN", "viewer-0123456789abcdef0123", 1);
+  for (const char* lane : {"outbound_svc", "inbound_svc"}) {
+    testing::ToolRun as_viewer_lane =
+        testing::RunTool({testing::BinaryPath(lane), "--config", dir_.File("hub.yaml")},
+                         dir_.File(absl::StrCat(lane, "-viewer.log")), absl::Seconds(30));
+    EXPECT_EQ(as_viewer_lane.exit_code, 2) << as_viewer_lane.output;
+    EXPECT_THAT(as_viewer_lane.output,
+                HasSubstr(absl::StrCat("the replay store refuses ", lane,
+                                       ": caller dashboard (role viewer) may not call Record")));
+  }
+  EXPECT_EQ(partner.count(), 2u);
 }
 
 // A CA, a certificate for 127.0.0.1 and a client certificate, both signed by it, made with the

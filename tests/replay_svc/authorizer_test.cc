@@ -328,8 +328,11 @@ TEST_F(AuthorizedServiceTest, TheRecorderSendsItsTokenAndPingReportsARefusal) {
     ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
     EXPECT_TRUE(result.ok()) << result;
   }
+  // A viewer's token may Get but not Record: no lane can work with it.
   ReplayRecorder viewer({.address = server_->address(), .token = kViewerToken});
-  EXPECT_EQ(viewer.Ping(absl::Seconds(5)).code(), absl::StatusCode::kOk);  // viewers may Get
+  absl::Status viewer_ping = viewer.Ping(absl::Seconds(5));
+  EXPECT_EQ(viewer_ping.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(viewer_ping.message(), HasSubstr("may not call Record"));
   ReplayRecorder stranger({.address = server_->address(), .token = "stranger-0123456789abc"});
   EXPECT_EQ(stranger.Ping(absl::Seconds(5)).code(), absl::StatusCode::kUnauthenticated);
   ReplayRecorder anonymous({.address = server_->address()});

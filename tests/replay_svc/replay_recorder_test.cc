@@ -487,6 +487,7 @@ class ReplayRecorderBatchingTest : public ::testing::Test {
   void SetUp() override {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.SetMaxReceiveMessageSize(64 << 20);  // as replay_svc's
     builder.RegisterService(&service_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
@@ -769,6 +770,35 @@ TEST_F(ReplayRecorderBatchingTest, InvalidRecordIsRefusedAtOnceAndFailsNoOtherRe
   EXPECT_EQ(*tracker.result(6), absl::OkStatus());
   using Ids = std::vector<std::string>;
   EXPECT_THAT(service_.record_ids(), ElementsAre(Ids{"m-1", "m-2", "m-4"}));
+}
+
+// Large records close a batch at 16 MiB, so that no call goes past the 64 MiB gRPC carries
+// (40 records of 1 MiB went as one call of 40 MiB, 80 as a call the store refused whole); a
+// record over 32 MiB is refused alone, at once, and fails no other.
+TEST_F(ReplayRecorderBatchingTest, LargeRecordsMakeSmallerBatchesAndAnOversizedOneIsRefusedAlone) {
+  constexpr int kLarge = 40;
+  DoneTracker tracker(kLarge + 1);
+  ReplayRecorder recorder({.address = address(), .batch_max = 256, .batch_delay = absl::Hours(1)});
+  const std::string mib(1 << 20, 'x');
+  for (int i = 0; i < kLarge; ++i) {
+    ess::v1::MessageRecord r = Outbound("prison", absl::StrCat("m-", i));
+    r.set_payload(mib);
+    recorder.Record(std::move(r), tracker.Make(i));
+  }
+  ess::v1::MessageRecord huge = Outbound("prison", "m-huge");
+  huge.set_payload(std::string(33 << 20, 'x'));
+  recorder.Record(std::move(huge), tracker.Make(kLarge));
+  ASSERT_TRUE(tracker.WaitForTotal(1, absl::ZeroDuration()));  // Already, synchronously.
+  EXPECT_EQ(tracker.result(kLarge)->code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(tracker.result(kLarge)->message()),
+              ::testing::MatchesRegex("record: 346[0-9]{5} bytes, over the 33554432 one call to "
+                                      "the replay store carries"));
+  recorder.Stop();
+  ASSERT_TRUE(tracker.WaitForTotal(kLarge + 1, kWait));
+  EXPECT_TRUE(tracker.EachExactlyOnce());
+  for (int i = 0; i < kLarge; ++i) EXPECT_EQ(*tracker.result(i), absl::OkStatus()) << i;
+  // 15 records of a little over 1 MiB each fill a batch; the last takes the rest.
+  EXPECT_THAT(service_.batch_sizes(), ElementsAre(15, 15, 10));
 }
 
 TEST_F(ReplayRecorderBatchingTest, InvalidKeyIsRefusedAtOnceAndSentNowhere) {
