@@ -285,6 +285,10 @@ class Converter {
   absl::flat_hash_map<std::string, std::pair<int, int>> marks_;
 };
 
+// SftpPoll.max_file_bytes: when 0, and at most.
+constexpr uint64_t kDefaultPollMaxFileBytes = uint64_t{64} << 20;
+constexpr uint64_t kMaxPollMaxFileBytes = uint64_t{1} << 30;
+
 void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
   auto* bus = c.mutable_bus();
   if (bus->host().empty()) bus->set_host("127.0.0.1");
@@ -345,6 +349,7 @@ void ApplyDefaults(std::string_view base_dir, ess::v1::HubConfig& c) {
       if (poll->interval_ms() == 0) poll->set_interval_ms(60000);
       if (poll->settle_ms() == 0) poll->set_settle_ms(2000);
       if (poll->suffix().empty()) poll->set_suffix(".csv");
+      if (poll->max_file_bytes() == 0) poll->set_max_file_bytes(kDefaultPollMaxFileBytes);
     }
     if (!p.has_outbound()) continue;
     auto* out = p.mutable_outbound();
@@ -407,6 +412,12 @@ absl::Status ValidatePoll(const Converter& conv, const std::string& path,
   }
   if (poll.suffix().find('/') != std::string::npos) {
     return conv.ErrorAt(path + ".suffix", "must not contain '/'");
+  }
+  if (poll.max_file_bytes() > kMaxPollMaxFileBytes) {
+    // A file is read whole into memory, and its rows' events and records with it.
+    return conv.ErrorAt(path + ".max_file_bytes",
+                        absl::StrCat("must be at most ", kMaxPollMaxFileBytes,
+                                     " (1 GiB): a polled file is read whole into memory"));
   }
   return absl::OkStatus();
 }

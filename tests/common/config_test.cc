@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "adapters/registry.h"
 #include "ess/v1/adapters.pb.h"
@@ -512,6 +514,47 @@ TEST(ConfigTest, DurationsAndWidthsHaveBounds) {
   c = Load(yaml);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->bus().audit_batch_max(), 1000u);
+}
+
+// A polled file is read whole into memory: its size limit has a default and a ceiling, and a
+// value over it is named at its line.
+TEST(ConfigTest, APollsMaxFileBytesHasADefaultAndACeiling) {
+  auto with = [](const std::string& setting) {
+    return absl::StrCat(kGood, R"yaml(
+  - name: probation
+    adapter: sftp_csv
+    settings: {host: h, user: u, private_key_file: /k/probation, known_hosts_file: /k/hosts}
+    inbound:
+      mapping: [{target: id, source: id}]
+      poll:
+        remote_dir: /out
+        processed_dir: /done
+)yaml",
+                        setting);
+  };
+  auto c = Load(with(""));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(1).inbound().poll().max_file_bytes(), uint64_t{64} << 20);
+  c = Load(with("        max_file_bytes: 1000\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(1).inbound().poll().max_file_bytes(), 1000u);
+  c = Load(with("        max_file_bytes: 1073741824\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->partners(1).inbound().poll().max_file_bytes(), uint64_t{1} << 30);
+
+  const std::string yaml = with("        max_file_bytes: 1073741825\n");
+  c = Load(yaml);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  // The line of the setting (the last one), the column of its value.
+  const size_t line = std::count(yaml.begin(), yaml.end(), '\n');
+  EXPECT_EQ(c.status().message(),
+            absl::StrCat("hub.yaml:", line,
+                         ":25: partners[1].inbound.poll.max_file_bytes: must be "
+                         "at most 1073741824 (1 GiB): a polled file is read whole into memory"));
+  c = Load(with("        max_file_bytes: -1\n"));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(c.status().message(), HasSubstr("partners[1].inbound.poll.max_file_bytes: expected "
+                                              "a non-negative integer"));
 }
 
 }  // namespace
