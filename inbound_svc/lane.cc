@@ -519,6 +519,9 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   if (audit_ != nullptr) {
     for (prometheus::MetricFamily& f : audit_->Metrics()) families.push_back(std::move(f));
   }
+  if (options_.more_metrics) {
+    for (prometheus::MetricFamily& f : options_.more_metrics()) families.push_back(std::move(f));
+  }
   families.push_back(metrics::Single("ess_inbound_requests_total",
                                      "HTTP requests received (health checks and scrapes included).",
                                      prometheus::MetricType::Counter, counters_.requests.load()));

@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -77,6 +78,9 @@ class Lane {
     // longer than a publish may wait for its confirm, or a retry through another replica may
     // publish it a second time. A claim answered after half of it is not published (503).
     absl::Duration claim_lease = absl::Seconds(35);
+    // Set: more metrics served with the lane's own (the SFTP pollers'); called at each scrape,
+    // on a server thread.
+    std::function<std::vector<prometheus::MetricFamily>()> more_metrics;
   };
   struct Counters {
     std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0},

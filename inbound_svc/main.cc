@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
                        .interval = absl::Milliseconds(poll.interval_ms()),
                        .settle = absl::Milliseconds(poll.settle_ms()),
                        .events_exchange = exchange,
+                       .max_file_bytes = static_cast<size_t>(poll.max_file_bytes()),
                        .claim_lease = absl::Milliseconds(config->inbound().claim_lease_ms())},
            .sftp = std::move(sftp),
            .adapter = *std::move(adapter)});
@@ -165,7 +166,8 @@ int main(int argc, char** argv) {
        .events_exchange = exchange,
        .dedupe_window = absl::Seconds(config->inbound().dedupe_window_seconds()),
        .dedupe_memory_ids = config->inbound().dedupe_memory_ids(),
-       .claim_lease = absl::Milliseconds(config->inbound().claim_lease_ms())},
+       .claim_lease = absl::Milliseconds(config->inbound().claim_lease_ms()),
+       .more_metrics = [&pollers] { return ess::inbound::SftpPoller::Metrics(pollers); }},
       std::move(routes), &publisher, &recorder, &audit);
   if (absl::Status s = publisher.Start(); !s.ok()) {
     // The publisher keeps reconnecting; webhooks get 503 meanwhile.
@@ -215,6 +217,7 @@ int main(int argc, char** argv) {
                     {"events", std::to_string(pc.events.load())},
                     {"parked", std::to_string(pc.parked.load())},
                     {"repeated", std::to_string(pc.repeated.load())},
+                    {"too_large", std::to_string(pc.too_large.load())},
                     {"failures", std::to_string(pc.failures.load())}});
   }
   return 0;

@@ -16,6 +16,7 @@
 #include "common/bus_headers.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/sv.h"
 #include "common/thread_name.h"
 #include "common/utf8.h"
@@ -250,7 +251,8 @@ bool SftpPoller::Tick(SftpClient& client) {
     bool held = false;
     if (s.ok()) {
       progressed = true;
-      s = Process(client, names[i], *stat, &held);
+      s = stat->size > options_.max_file_bytes ? SetAside(client, names[i], *stat)
+                                               : Process(client, names[i], *stat, &held);
     }
     if (held) deferred_.insert(names[i]);  // its turn comes again with the folder's next round
     if (!s.ok()) {
@@ -366,6 +368,71 @@ absl::Status SftpPoller::Process(SftpClient& client, const std::string& name,
              {"events", absl::StrCat(events)},
              {"parked", absl::StrCat(parked)},
              {"to", *moved}});
+  return absl::OkStatus();
+}
+
+absl::Status SftpPoller::SetAside(SftpClient& client, const std::string& name,
+                                  const SftpClient::FileStat& stat) {
+  // Only what the stat says goes into the record, so that every poller that looks at the file
+  // writes the same one.
+  File file{.name = name, .text_name = utf8::Repair(name), .received_at = absl::Now()};
+  const std::string id = ids::Fit(absl::StrCat("file:", file.text_name, ":too-large:", stat.size));
+  const std::string error =
+      absl::StrCat(file.text_name, ": ", stat.size, " bytes, more than max_file_bytes (",
+                   options_.max_file_bytes, "); not read, moved to ", options_.processed_dir,
+                   " with the suffix .too-large");
+  ess::v1::MessageRecord rec;
+  rec.set_direction(ess::v1::DIRECTION_INBOUND);
+  rec.set_partner(options_.partner);
+  rec.set_correlation_id(id);
+  rec.set_message_id(id);
+  rec.set_status(ess::v1::MESSAGE_STATUS_DEAD);
+  rec.set_error(error);
+  rec.set_source(absl::StrCat(source_prefix_, file.text_name));
+  rec.set_attempts(1);
+  *rec.mutable_received_at() = ToProto(file.received_at);
+  auto pending = std::make_shared<Pending>();
+  pending->Add();
+  recorder_->Record(std::move(rec), [pending](absl::Status s) { pending->Done(s); });
+  if (absl::Status s = Wait(*pending, 0); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("replay store: ", s.message()));
+  }
+
+  // Recorded: the file may leave the folder. One rename of it succeeds, whichever poller tries.
+  const std::string from = JoinPath(options_.remote_dir, name);
+  std::string to = absl::StrCat(JoinPath(options_.processed_dir, name), ".too-large");
+  absl::Status s = client.Rename(from, to);
+  if (absl::IsAlreadyExists(s)) {
+    to = absl::StrCat(JoinPath(options_.processed_dir, name), ".",
+                      absl::FormatTime("%Y%m%dT%H%M%E3SZ", absl::Now(), absl::UTCTimeZone()),
+                      ".too-large");
+    s = client.Rename(from, to);
+  }
+  if (absl::IsAlreadyExists(s)) {
+    // A server that looks at the target first: the file may be gone all the same.
+    if (absl::IsNotFound(client.Stat(from).status())) s = absl::NotFoundError(from);
+  }
+  if (absl::IsNotFound(s)) {
+    // Moved by another poller of the folder (which counts and audits it), or removed.
+    log::Info("", "file too large; gone from the folder before the move",
+              {{"partner", options_.partner}, {"file", name}});
+    return absl::OkStatus();
+  }
+  if (!s.ok()) return MoveFailure(client, std::move(s));
+  counters_.too_large.fetch_add(1, std::memory_order_relaxed);
+  log::Warn("", "file too large; moved aside unread",
+            {{"partner", options_.partner},
+             {"file", name},
+             {"bytes", absl::StrCat(stat.size)},
+             {"max_file_bytes", absl::StrCat(options_.max_file_bytes)},
+             {"to", to},
+             {"record", id}});
+  if (audit_) {
+    Audit(file, {{.message_id = id,
+                  .correlation_id = id,
+                  .status = ess::v1::MESSAGE_STATUS_DEAD,
+                  .error = error}});
+  }
   return absl::OkStatus();
 }
 
@@ -623,7 +690,12 @@ absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, cons
     // Moved or removed by someone else meanwhile; its rows were published either way.
     return absl::StrCat("gone from ", options_.remote_dir, " before the move");
   }
-  if (!s.ok() && !absl::IsAlreadyExists(s)) {
+  if (!s.ok()) return MoveFailure(client, std::move(s));
+  return to;
+}
+
+absl::Status SftpPoller::MoveFailure(SftpClient& client, absl::Status s) {
+  if (!absl::IsAlreadyExists(s)) {
     // The likeliest configuration error gets a message of its own.
     absl::StatusOr<bool> there = client.Exists(options_.processed_dir);
     if (there.ok() && !*there) {
@@ -631,8 +703,43 @@ absl::StatusOr<std::string> SftpPoller::MoveToProcessed(SftpClient& client, cons
                                                         " does not exist on ", sftp_.host));
     }
   }
-  if (!s.ok()) return s;
-  return to;
+  return s;
+}
+
+std::vector<prometheus::MetricFamily> SftpPoller::Metrics(
+    const std::vector<std::unique_ptr<SftpPoller>>& pollers) {
+  prometheus::MetricFamily files = metrics::Family(
+      "ess_inbound_poll_files_total",
+      "Polled files that left the drop folder, by outcome: processed (its rows published or "
+      "parked, then moved), repeated (moved: its marker showed these bytes processed before), "
+      "too_large (over max_file_bytes: recorded dead and moved aside unread).",
+      prometheus::MetricType::Counter);
+  prometheus::MetricFamily rows = metrics::Family(
+      "ess_inbound_poll_rows_total",
+      "Rows of polled files, by outcome: published (an event, confirmed and recorded) or parked "
+      "(unreadable: on the partner's parked queue, recorded dead).",
+      prometheus::MetricType::Counter);
+  prometheus::MetricFamily left = metrics::Family(
+      "ess_inbound_poll_left_total",
+      "Times a settled file was left in the drop folder for the next poll, by reason: failure "
+      "(SFTP, bus, store; logged) or held (another poller was processing it).",
+      prometheus::MetricType::Counter);
+  for (const std::unique_ptr<SftpPoller>& p : pollers) {
+    const Counters& c = p->counters();
+    const std::string& partner = p->partner();
+    metrics::AddSample(files, {{"partner", partner}, {"outcome", "processed"}}, c.files.load());
+    metrics::AddSample(files, {{"partner", partner}, {"outcome", "repeated"}}, c.repeated.load());
+    metrics::AddSample(files, {{"partner", partner}, {"outcome", "too_large"}}, c.too_large.load());
+    metrics::AddSample(rows, {{"partner", partner}, {"outcome", "published"}}, c.events.load());
+    metrics::AddSample(rows, {{"partner", partner}, {"outcome", "parked"}}, c.parked.load());
+    metrics::AddSample(left, {{"partner", partner}, {"reason", "failure"}}, c.failures.load());
+    metrics::AddSample(left, {{"partner", partner}, {"reason", "held"}}, c.held.load());
+  }
+  std::vector<prometheus::MetricFamily> out;
+  out.push_back(std::move(files));
+  out.push_back(std::move(rows));
+  out.push_back(std::move(left));
+  return out;
 }
 
 absl::Status SftpPoller::Wait(Pending& pending, size_t limit) {

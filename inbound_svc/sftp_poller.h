@@ -11,7 +11,8 @@
 // progress, by convention). A file is read only once it has settled: its size and modification
 // time (an SFTP stat) stayed the same for `settle`, by this poller's clock across listings, so a
 // partner still writing a file under its final name is not read half-written (while one waits,
-// the next listing comes after `settle` rather than `interval`). For each settled file:
+// the next listing comes after `settle` rather than `interval`). A settled file larger than
+// `max_file_bytes` is set aside unread (see "Too large" below). For each other settled file:
 //  1. it is downloaded (at most `max_file_bytes`; a size other than the stat's leaves it for the
 //     next tick) and hashed: SHA-256, whose first 16 hex digits are SHA16 below;
 //  2. its marker (INBOUND, partner, "file:NAME:SHA16") is claimed in the replay store
@@ -43,6 +44,25 @@
 // Pull), and so is each data row (the reason: "the header row (line 1) is unusable: ..."), each
 // recorded DEAD as any bad row; then the file is moved like any other.
 //
+// Too large: a settled file whose stat says more than `max_file_bytes` (SftpPoll.max_file_bytes)
+// is never downloaded, since a file is read whole into memory. Its outcome is decided from the
+// stat alone, so it is neither retried at every tick nor lost:
+//  a. it is recorded DEAD in the replay store: message id and correlation id
+//     "file:NAME:too-large:SIZE", error "NAME: SIZE bytes, more than max_file_bytes (LIMIT); not
+//     read, moved to PROCESSED_DIR with the suffix .too-large", source as above;
+//  b. it is renamed to PROCESSED_DIR/NAME.too-large, or PROCESSED_DIR/NAME.TIME.too-large (TIME:
+//     the move's UTC time, e.g. 20261202T041000.123Z) when that name is taken;
+//  c. the poller whose rename moved it counts it (too_large), logs it once at warn (name, size,
+//     limit, new path) and, with an audit sink, emits one SyncAudit: MESSAGE_STATUS_DEAD with
+//     that message id, correlation id and error.
+// A failure (the store, the rename) leaves it for the next tick, which decides again: the record
+// is written again at every look, the same, so retention keeps it while the file stays. Several
+// pollers of the folder need no claim for it: the record is the same whoever writes it, and one
+// rename alone moves the file (the others find it gone, NOT_FOUND, and do nothing more), so it
+// is counted, logged and audited once. A file that grows past the limit between its stat and its
+// download fails the download (step 1) and stays; changed, it must settle again, and is then set
+// aside.
+//
 // Audit (when an enabled AuditSink is given): one SyncAudit per row of a file, emitted in step 5
 // once the marker is recorded: INBOUND, the partner, attempt 1, started_at when the file was
 // downloaded; each event MESSAGE_STATUS_PUBLISHED with its message id "NAME:SHA16:LINE", its
@@ -57,7 +77,8 @@
 //
 // Guarantees:
 //  * a file leaves remote_dir only after every row of it was confirmed by the broker and
-//    recorded, or after its marker showed exactly these bytes processed;
+//    recorded, or after its marker showed exactly these bytes processed, or, too large to be
+//    read, after its DEAD record was stored (its bytes are kept in processed_dir);
 //  * any failure (SFTP, broker, store, a deadline) leaves the file where it is, logged with its
 //    name, for the next tick; publishing it again gives every message the same message id, so
 //    duplicates (only ever after such a failure) can be recognised downstream;
@@ -101,6 +122,7 @@
 #include "common/audit.h"
 #include "common/replay_client.h"
 #include "ess/v1/replay.pb.h"
+#include "prometheus/metric_family.h"
 
 namespace ess::inbound {
 
@@ -116,7 +138,8 @@ class SftpPoller {
     // How long a file's size and modification time must stay the same before it is read.
     absl::Duration settle = absl::Seconds(2);
     std::string events_exchange = "events";
-    // Larger files are left in place with an error (each tick).
+    // A settled file larger than this is not read: it is moved aside (see "Too large" above).
+    // Also the most a download reads, for a file that grew since its stat.
     size_t max_file_bytes = size_t{64} << 20;
     size_t max_files_per_tick = 64;
     // Publishes and records of one file in flight at most.
@@ -127,12 +150,13 @@ class SftpPoller {
     absl::Duration claim_lease = absl::Seconds(35);
   };
   struct Counters {
-    std::atomic<uint64_t> files{0};     // processed and moved
-    std::atomic<uint64_t> events{0};    // published and recorded
-    std::atomic<uint64_t> parked{0};    // rows parked and recorded
-    std::atomic<uint64_t> repeated{0};  // files moved because their marker was there
-    std::atomic<uint64_t> failures{0};  // files left in place by a failure
-    std::atomic<uint64_t> held{0};      // files left in place: another poller held them
+    std::atomic<uint64_t> files{0};      // processed and moved
+    std::atomic<uint64_t> events{0};     // published and recorded
+    std::atomic<uint64_t> parked{0};     // rows parked and recorded
+    std::atomic<uint64_t> repeated{0};   // files moved because their marker was there
+    std::atomic<uint64_t> failures{0};   // files left in place by a failure
+    std::atomic<uint64_t> held{0};       // files left in place: another poller held them
+    std::atomic<uint64_t> too_large{0};  // files moved aside unread: over max_file_bytes
   };
 
   // `adapter` turns a file's bytes into events (its Pull); `publisher`, `recorder` and `audit`
@@ -159,6 +183,13 @@ class SftpPoller {
   // The durable queue a partner's unreadable rows are parked in: "<partner>.inbound.parked".
   static std::string ParkedQueue(std::string_view partner);
 
+  // The pollers' counters as Prometheus metrics, by partner (served on inbound_svc's /metrics):
+  // ess_inbound_poll_files_total{partner,outcome} (processed, repeated, too_large),
+  // ess_inbound_poll_rows_total{partner,outcome} (published, parked) and
+  // ess_inbound_poll_left_total{partner,reason} (failure, held). Thread-safe.
+  static std::vector<prometheus::MetricFamily> Metrics(
+      const std::vector<std::unique_ptr<SftpPoller>>& pollers);
+
  private:
   class Pending;
   struct File;
@@ -172,6 +203,9 @@ class SftpPoller {
   // `*held` set when another poller held the file (left for the next tick, not a failure).
   absl::Status Process(adapters::sftp_csv::SftpClient& client, const std::string& name,
                        const adapters::sftp_csv::SftpClient::FileStat& stat, bool* held);
+  // A settled file over max_file_bytes, never downloaded: recorded DEAD, moved aside, audited.
+  absl::Status SetAside(adapters::sftp_csv::SftpClient& client, const std::string& name,
+                        const adapters::sftp_csv::SftpClient::FileStat& stat);
   // Claims the file's marker (step 2): CLAIMED, PUBLISHED or IN_PROGRESS.
   absl::StatusOr<ess::v1::ClaimOutcome> ClaimMarker(const File& file);
   // The file's marker record with `status`.
@@ -194,6 +228,8 @@ class SftpPoller {
   // Where the file went (for the log).
   absl::StatusOr<std::string> MoveToProcessed(adapters::sftp_csv::SftpClient& client,
                                               const File& file);
+  // A failed rename's status, or the likelier cause (processed_dir missing) when it is that.
+  absl::Status MoveFailure(adapters::sftp_csv::SftpClient& client, absl::Status s);
   // Waits for `pending` to drop to `limit` answers or fewer: its first failure, or
   // DEADLINE_EXCEEDED (no answer within answer_timeout), or CANCELLED (stopping).
   absl::Status Wait(Pending& pending, size_t limit);

@@ -30,6 +30,7 @@
 #include "adapters/sftp_csv/sftp_client.h"
 #include "common/amqp.h"
 #include "common/config.h"
+#include "common/http_client.h"
 #include "common/replay_client.h"
 #include "ess/v1/event.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -234,6 +235,7 @@ TEST(SftpPollConfigTest, PollRoutesAreValidated) {
   EXPECT_EQ(loaded->partners(0).inbound().poll().interval_ms(), 60000u);
   EXPECT_EQ(loaded->partners(0).inbound().poll().settle_ms(), 2000u);
   EXPECT_EQ(loaded->partners(0).inbound().poll().suffix(), ".csv");
+  EXPECT_EQ(loaded->partners(0).inbound().poll().max_file_bytes(), uint64_t{64} << 20);
 }
 
 // --- The poller in inbound_svc -------------------------------------------------------------
@@ -365,6 +367,7 @@ partners:
         processed_dir: PROCESSED
         interval_ms: 200
         settle_ms: SETTLE_MS
+MAX_FILE_BYTES
       mapping:
         - {target: type, constant: SlotConfirmed}
         - {target: id, source: visit_id}
@@ -383,6 +386,8 @@ partners:
          {"SFTP_KEY", RequiredEnv("ESS_SFTP_KEY")},
          {"SFTP_KNOWN_HOSTS", RequiredEnv("ESS_SFTP_KNOWN_HOSTS")},
          {"SETTLE_MS", absl::StrCat(settle_ms_)},
+         {"MAX_FILE_BYTES",
+          max_file_bytes_ == 0 ? "" : absl::StrCat("        max_file_bytes: ", max_file_bytes_)},
          {"RETENTION", retention_s_ == 0
                            ? ""
                            : absl::StrCat("  retention: {max_age_seconds: ", retention_s_,
@@ -499,6 +504,8 @@ partners:
   std::string audit_exchange_, audit_queue_;  // set by UseAudit()
   int replay_port_ = 0, inbound_port_ = 0;
   int settle_ms_ = 100;
+  // Set: the poll's max_file_bytes.
+  uint64_t max_file_bytes_ = 0;
   // Set: the store evicts settled records this many seconds old, and sweeps every second.
   int retention_s_ = 0;
   testing::TempDir dir_;
@@ -793,6 +800,191 @@ TEST_F(SftpPollTest, AFileThatCannotBeMovedKeepsItsMarkerThroughRetention) {
   fs::create_directories(processed_);
   ASSERT_TRUE(WaitMoved(name, name)) << inbound_->Log();
   EXPECT_EQ(Depth(subscriber_), 0u);  // not published again
+}
+
+// A settled file over max_file_bytes (here 1000) is decided from its stat, never downloaded:
+// recorded dead, moved aside as NAME.too-large with its bytes, audited and counted once, and
+// nothing of it published; the file after it in the same listing goes through. Before, it stayed
+// in the drop folder, downloaded and refused at every tick, neither recorded nor audited.
+TEST_F(SftpPollTest, AFileOverMaxFileBytesIsSetAsideUnreadRecordedDeadAndCounted) {
+  max_file_bytes_ = 1000;
+  ASSERT_NO_FATAL_FAILURE(UseAudit());
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  // Well-formed rows that would each be an event if the file were read.
+  std::string big = "visit_id,status\r\n";
+  for (int i = 0; big.size() <= 1000; ++i) absl::StrAppend(&big, "VIS-B", i, ",confirmed\r\n");
+  const std::string small = "visit_id,status\r\nVIS-1,confirmed\r\n";
+  // Both there before the poller starts: the same listing sees them settle, "big.csv" first.
+  Drop(drop_, "big.csv", big);
+  Drop(drop_, "visits.csv", small);
+  ASSERT_NO_FATAL_FAILURE(StartInbound());
+
+  ASSERT_TRUE(WaitMoved("big.csv", "big.csv.too-large")) << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / "big.csv.too-large"), big);
+  ASSERT_TRUE(WaitMoved("visits.csv", "visits.csv")) << inbound_->Log();
+  // Moved once its event was confirmed: the only one published.
+  std::vector<amqp::Delivery> events = Take(subscriber_, 1);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].message.correlation_id, "VIS-1");
+  EXPECT_EQ(Depth(ParkedQueue()), 0u);
+
+  const std::string id = absl::StrCat("file:big.csv:too-large:", big.size());
+  const std::string error =
+      absl::StrCat("big.csv: ", big.size(), " bytes, more than max_file_bytes (1000); not read, ",
+                   "moved to ", processed_.string(), " with the suffix .too-large");
+  absl::StatusOr<ess::v1::MessageRecord> dead = Record(id);
+  ASSERT_TRUE(dead.ok()) << dead.status();
+  EXPECT_EQ(dead->status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(dead->correlation_id(), id);
+  EXPECT_EQ(dead->error(), error);
+  EXPECT_EQ(dead->source(),
+            absl::StrCat("sftp://", RequiredEnv("ESS_SFTP_HOST"), drop_.string(), "/big.csv"));
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), 1u);
+  // The small file's event and marker; nothing of the big one.
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_PUBLISHED).size(), 2u);
+
+  // Audited once, dead, with the record's id and error; set aside before the next file was
+  // processed, so its audit event comes first.
+  std::vector<v1::SyncAudit> audits = TakeAudits(2);
+  ASSERT_EQ(audits.size(), 2u);
+  EXPECT_EQ(audits[0].message_id(), id);
+  EXPECT_EQ(audits[0].correlation_id(), id);
+  EXPECT_EQ(audits[0].status(), v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(audits[0].error(), error);
+  EXPECT_EQ(audits[1].message_id(), absl::StrCat("visits.csv:", Sha16(small), ":2"));
+  EXPECT_EQ(audits[1].status(), v1::MESSAGE_STATUS_PUBLISHED);
+
+  // Counted, on inbound_svc's /metrics (the small file's count goes up before this line).
+  ASSERT_TRUE(inbound_->WaitForLog("file processed")) << inbound_->Log();
+  http::Client http({});
+  auto scraped = http.SendAndWait(
+      {.method = "GET", .url = absl::StrCat("http://127.0.0.1:", inbound_port_, "/metrics")});
+  ASSERT_TRUE(scraped.ok()) << scraped.status();
+  ASSERT_EQ(scraped->status, 200);
+  const std::string labels = absl::StrCat("{partner=\"", partner_, "\",");
+  EXPECT_THAT(scraped->body, HasSubstr(absl::StrCat("ess_inbound_poll_files_total", labels,
+                                                    "outcome=\"too_large\"} 1\n")));
+  EXPECT_THAT(scraped->body, HasSubstr(absl::StrCat("ess_inbound_poll_files_total", labels,
+                                                    "outcome=\"processed\"} 1\n")));
+  EXPECT_THAT(scraped->body, HasSubstr(absl::StrCat("ess_inbound_poll_rows_total", labels,
+                                                    "outcome=\"published\"} 1\n")));
+  EXPECT_THAT(scraped->body, HasSubstr(absl::StrCat("ess_inbound_poll_left_total", labels,
+                                                    "reason=\"failure\"} 0\n")));
+
+  // Decided from the stat: never downloaded, never left for another poll, logged once.
+  ASSERT_EQ(inbound_->Stop(), 0) << inbound_->Log();
+  const std::string log = inbound_->Log();
+  inbound_.reset();
+  EXPECT_EQ(testing::CountOccurrences(log, "file too large; moved aside unread"), 1u) << log;
+  EXPECT_THAT(log, HasSubstr(absl::StrCat("file=big.csv bytes=", big.size(),
+                                          " max_file_bytes=1000 to=", processed_.string(),
+                                          "/big.csv.too-large")));
+  EXPECT_EQ(testing::CountOccurrences(log, "file received"), 1u) << log;  // visits.csv only
+  EXPECT_EQ(testing::CountOccurrences(log, "left for the next poll"), 0u) << log;
+  EXPECT_THAT(log, HasSubstr("too_large=1"));
+}
+
+// A second too-large file of the same name is not lost over the first: it is set aside under a
+// name of its own, and its different size gives it a record of its own.
+TEST_F(SftpPollTest, ASecondTooLargeFileOfTheSameNameGetsANameOfItsOwn) {
+  max_file_bytes_ = 100;
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string first(200, 'a'), second(300, 'b');
+  Drop(drop_, "big.csv", first);
+  ASSERT_TRUE(WaitMoved("big.csv", "big.csv.too-large")) << inbound_->Log();
+  Drop(drop_, "big.csv", second);
+  ASSERT_TRUE(WaitFor([&] { return !fs::exists(drop_ / "big.csv"); }, kFileTimeout))
+      << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / "big.csv.too-large"), first);
+  std::vector<std::string> others;
+  for (const auto& e : fs::directory_iterator(processed_)) {
+    const std::string n = e.path().filename().string();
+    if (n != "big.csv.too-large") others.push_back(n);
+  }
+  ASSERT_EQ(others.size(), 1u);
+  // big.csv.YYYYMMDDTHHMMSS.mmmZ.too-large
+  EXPECT_THAT(others[0],
+              ::testing::MatchesRegex(R"(big\.csv\.[0-9]{8}T[0-9]{6}\.[0-9]{3}Z\.too-large)"));
+  EXPECT_EQ(ReadFile(processed_ / others[0]), second);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), 2u);
+  EXPECT_TRUE(Record("file:big.csv:too-large:200").ok());
+  EXPECT_TRUE(Record("file:big.csv:too-large:300").ok());
+  EXPECT_EQ(Depth(subscriber_), 0u);
+}
+
+// While processed_dir is missing a too-large file stays, with the reason; once it is there the
+// file is set aside, and recorded, audited and counted once.
+TEST_F(SftpPollTest, ATooLargeFileThatCannotBeMovedStaysAndIsSetAsideLater) {
+  max_file_bytes_ = 100;
+  fs::remove(processed_);
+  ASSERT_NO_FATAL_FAILURE(UseAudit());
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const std::string big(500, 'x');
+  Drop(drop_, "big.csv", big);
+  ASSERT_TRUE(inbound_->WaitForLog("does not exist")) << inbound_->Log();
+  EXPECT_TRUE(fs::exists(drop_ / "big.csv"));
+  // Recorded before any move was tried.
+  absl::StatusOr<ess::v1::MessageRecord> dead = Record("file:big.csv:too-large:500");
+  ASSERT_TRUE(dead.ok()) << dead.status();
+  EXPECT_EQ(dead->status(), ess::v1::MESSAGE_STATUS_DEAD);
+
+  fs::create_directories(processed_);
+  ASSERT_TRUE(WaitMoved("big.csv", "big.csv.too-large")) << inbound_->Log();
+  EXPECT_EQ(ReadFile(processed_ / "big.csv.too-large"), big);
+  std::vector<v1::SyncAudit> audits = TakeAudits(1);
+  ASSERT_EQ(audits.size(), 1u);
+  EXPECT_EQ(audits[0].message_id(), "file:big.csv:too-large:500");
+  EXPECT_EQ(audits[0].status(), v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), 1u);
+  EXPECT_TRUE(inbound_->WaitForLog("file too large; moved aside unread")) << inbound_->Log();
+  EXPECT_EQ(testing::CountOccurrences(inbound_->Log(), "file too large; moved aside unread"), 1u);
+}
+
+// Two replicas polling one folder set each too-large file aside once in all, with no claim:
+// both may record it (the same record), but one rename alone moves it, and only that replica
+// counts, logs and audits it.
+TEST_F(SftpPollTest, TwoPollersOfOneFolderSetEachTooLargeFileAsideOnce) {
+  max_file_bytes_ = 100;
+  ASSERT_NO_FATAL_FAILURE(UseAudit());
+  ASSERT_NO_FATAL_FAILURE(StartHub());
+  const int second_port = testing::FreePort();
+  dir_.Write("hub2.yaml",
+             absl::StrReplaceAll(Config(), {{absl::StrCat("127.0.0.1:", inbound_port_),
+                                             absl::StrCat("127.0.0.1:", second_port)}}));
+  Process second({BinaryPath("inbound_svc"), "--config", dir_.File("hub2.yaml")},
+                 dir_.File("inbound2.log"));
+  ASSERT_TRUE(second.WaitForLog("inbound lane running")) << second.Log();
+  constexpr int kFiles = 8;
+  for (int i = 0; i < kFiles; ++i) {
+    Drop(drop_, absl::StrCat("big_", 10 + i, ".csv"), std::string(200 + i, 'x'));
+  }
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string name = absl::StrCat("big_", 10 + i, ".csv");
+    ASSERT_TRUE(WaitMoved(name, name + ".too-large")) << inbound_->Log() << second.Log();
+    EXPECT_EQ(ReadFile(processed_ / (name + ".too-large")), std::string(200 + i, 'x'));
+  }
+  // Both stopped, nothing more can come: what is queued is all that was audited.
+  EXPECT_EQ(second.Stop(), 0) << second.Log();
+  EXPECT_EQ(inbound_->Stop(), 0) << inbound_->Log();
+  const std::string logs = inbound_->Log() + second.Log();
+  inbound_.reset();
+  EXPECT_EQ(testing::CountOccurrences(logs, "file too large; moved aside unread"),
+            static_cast<size_t>(kFiles))
+      << logs;
+  std::multiset<std::string> ids;
+  for (const v1::SyncAudit& a : TakeAudits(kFiles)) {
+    EXPECT_EQ(a.status(), v1::MESSAGE_STATUS_DEAD);
+    ids.insert(a.message_id());
+  }
+  for (int i = 0; i < kFiles; ++i) {
+    EXPECT_EQ(ids.count(absl::StrCat("file:big_", 10 + i, ".csv:too-large:", 200 + i)), 1u) << logs;
+  }
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DEAD).size(), static_cast<size_t>(kFiles));
+  EXPECT_EQ(Depth(subscriber_), 0u);
+  // No other file of the folder was set aside under a second name.
+  size_t moved = 0;
+  for (const auto& e : fs::directory_iterator(processed_)) moved += e.is_regular_file();
+  EXPECT_EQ(moved, static_cast<size_t>(kFiles));
 }
 
 TEST_F(SftpPollTest, AFileStaysWhileTheStoreIsDownAndGoesThroughOnceItIsBack) {
