@@ -708,6 +708,7 @@ absl::Status SftpPoller::MoveFailure(SftpClient& client, absl::Status s) {
 
 std::vector<prometheus::MetricFamily> SftpPoller::Metrics(
     const std::vector<std::unique_ptr<SftpPoller>>& pollers) {
+  if (pollers.empty()) return {};  // a lane of webhooks only
   prometheus::MetricFamily files = metrics::Family(
       "ess_inbound_poll_files_total",
       "Polled files that left the drop folder, by outcome: processed (its rows published or "

@@ -186,7 +186,8 @@ class SftpPoller {
   // The pollers' counters as Prometheus metrics, by partner (served on inbound_svc's /metrics):
   // ess_inbound_poll_files_total{partner,outcome} (processed, repeated, too_large),
   // ess_inbound_poll_rows_total{partner,outcome} (published, parked) and
-  // ess_inbound_poll_left_total{partner,reason} (failure, held). Thread-safe.
+  // ess_inbound_poll_left_total{partner,reason} (failure, held); none without pollers.
+  // Thread-safe.
   static std::vector<prometheus::MetricFamily> Metrics(
       const std::vector<std::unique_ptr<SftpPoller>>& pollers);
 
