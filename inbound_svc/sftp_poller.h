@@ -57,11 +57,12 @@
 //     that message id, correlation id and error.
 // A failure (the store, the rename) leaves it for the next tick, which decides again: the record
 // is written again at every look, the same, so retention keeps it while the file stays. Several
-// pollers of the folder need no claim for it: the record is the same whoever writes it, and one
-// rename alone moves the file (the others find it gone, NOT_FOUND, and do nothing more), so it
-// is counted, logged and audited once. A file that grows past the limit between its stat and its
-// download fails the download (step 1) and stays; changed, it must settle again, and is then set
-// aside.
+// pollers of the folder need no claim for it: the record is the same whoever writes it (its
+// received_at aside), and one rename alone moves the file (the others find it gone, NOT_FOUND,
+// and do nothing more), so it is counted, logged and audited once; a crash between the rename
+// and the audit event loses the event (best effort, as below). A file that grows past the limit
+// between its stat and its download fails the download (step 1) and stays; changed, it must settle
+// again, and is then set aside.
 //
 // Audit (when an enabled AuditSink is given): one SyncAudit per row of a file, emitted in step 5
 // once the marker is recorded: INBOUND, the partner, attempt 1, started_at when the file was
