@@ -9,6 +9,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/metrics.h"
@@ -457,6 +458,31 @@ class Batcher {
 };
 
 }  // namespace
+
+std::string BearerTokenProblem(std::string_view token) {
+  constexpr char kRule[] = ": a bearer token may hold only visible ASCII characters (0x21-0x7E)";
+  for (size_t i = 0; i < token.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(token[i]);
+    if (c >= 0x21 && c <= 0x7E) continue;
+    // The usual case: a token read from a file that ends with a line break.
+    if (token.find_first_not_of("\r\n", i) == std::string_view::npos) {
+      return absl::StrCat(
+          "ends with a line break (the last line of the file it came from? store the token "
+          "without it)",
+          kRule);
+    }
+    const std::string what = c == ' '    ? "a space"
+                             : c == '\t' ? "a tab"
+                             : c == '\n' ? "a line break"
+                             : c < 0x80  ? absl::StrFormat("a control character (0x%02X)", c)
+                                         : absl::StrFormat("a non-ASCII byte (0x%02X)", c);
+    return absl::StrCat(i + 1 == token.size() ? absl::StrCat("ends with ", what)
+                        : i == 0              ? absl::StrCat("starts with ", what)
+                                 : absl::StrCat("holds ", what, " at character ", i + 1),
+                        kRule);
+  }
+  return "";
+}
 
 std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,
                                                              const ReplayTls& tls) {

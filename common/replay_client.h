@@ -21,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -46,6 +47,12 @@ struct ReplayTls {
   std::string cert_pem;
   std::string key_pem;
 };
+
+// What makes `token` unfit to be sent as "authorization: Bearer TOKEN", or empty when it is
+// fit: a bearer token may hold only visible ASCII characters (0x21-0x7E). gRPC aborts the
+// process on a metadata value with any other (a newline, say), printing the value. The answer
+// names the first such character and where it is, never the token.
+std::string BearerTokenProblem(std::string_view token);
 
 // A channel + stub to ReplayService: TLS when `tls.ca_pem` is not empty, plaintext otherwise.
 std::unique_ptr<ess::v1::ReplayService::Stub> MakeReplayStub(const std::string& address,

@@ -35,6 +35,10 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
                                                         replay.token_env(), " is not set"));
     }
     token = value;
+    if (const std::string problem = BearerTokenProblem(token); !problem.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("replay.token_env: the token in ", replay.token_env(), " ", problem));
+    }
   }
   ReplayTls tls;
   for (auto [path, field, out] :

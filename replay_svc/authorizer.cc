@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/replay_client.h"
 
 namespace ess::replay {
 namespace {
@@ -46,6 +47,11 @@ absl::StatusOr<Authorizer> Authorizer::FromConfig(const ess::v1::ReplayAuth& aut
       return absl::InvalidArgumentError(absl::StrCat(field, "token_env: the token in ",
                                                      c.token_env(), " is shorter than ",
                                                      kMinTokenLength, " characters"));
+    }
+    // Refused here rather than matched never: a client sending it would abort in gRPC.
+    if (const std::string problem = BearerTokenProblem(value); !problem.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, "token_env: the token in ", c.token_env(), " ", problem));
     }
     Caller caller{.name = c.name(), .role = role, .digest = Digest(value)};
     for (const Caller& other : authorizer.callers_) {

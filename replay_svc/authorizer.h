@@ -36,7 +36,8 @@ class Authorizer {
   static constexpr size_t kMinTokenLength = 16;
 
   // Reads each caller's token from its environment variable. FAILED_PRECONDITION when one is
-  // not set; INVALID_ARGUMENT when one is too short or two callers share a token; either names
+  // not set; INVALID_ARGUMENT when one is too short, holds a character other than visible ASCII
+  // (BearerTokenProblem: a trailing line break, say), or two callers share a token; either names
   // the field (e.g. "replay.auth.callers[1].token_env: environment variable X is not set"),
   // never a token. With no callers, enabled() is false and Check lets every call through.
   static absl::StatusOr<Authorizer> FromConfig(const ess::v1::ReplayAuth& auth);

@@ -670,3 +670,7 @@ int main(int argc, char** argv) {
   if (command == "replay") return Replay(*stub);
   return Stats(*stub);
 }
+    // Checked before any call: gRPC would abort on it, printing it.
+    if (const std::string problem = ess::BearerTokenProblem(token); !problem.empty()) {
+      return Usage(absl::StrCat("--token_env: the token in ", token_env, " ", problem));
+    }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -177,12 +178,18 @@ class ReplaySvcBinaryTest : public ::testing::Test {
   ToolResult RunEssctl(const std::string& address, const std::vector<std::string>& args) {
     std::vector<std::string> argv = {essctl_, "--addr", address};
     argv.insert(argv.end(), args.begin(), args.end());
-    const std::string out = dir_.File("essctl.out");
-    const std::string err = dir_.File("essctl.err");
+    return Run(argv, "essctl");
+  }
+  // Runs `argv` to its end (killed after `timeout`: exit_code -1, as for a crash), its output in
+  // NAME.out and NAME.err.
+  ToolResult Run(const std::vector<std::string>& argv, const std::string& name,
+                 absl::Duration timeout = absl::Seconds(30)) {
+    const std::string out = dir_.File(name + ".out");
+    const std::string err = dir_.File(name + ".err");
     ToolResult result;
     {
       Child tool(argv, out, err);
-      result.exit_code = tool.WaitForExit(absl::Seconds(30)).value_or(-1);
+      result.exit_code = tool.WaitForExit(timeout).value_or(-1);
     }
     result.out = ReadFile(out);
     result.err = ReadFile(err);
@@ -523,6 +530,101 @@ TEST_F(EssctlReplayTest, ABlankReasonIsAUsageError) {
   EXPECT_EQ(run.exit_code, 2) << run.err;
   EXPECT_THAT(run.err, HasSubstr("replay needs --reason"));
   EXPECT_TRUE(service_.requests().empty());
+}
+
+// gRPC aborts a process that puts a line break (or any byte but visible ASCII) into a metadata
+// value, printing the value: essctl refuses such a token before any call, never printing it.
+TEST_F(EssctlReplayTest, ATokenThatCannotBeSentIsAUsageError) {
+  const std::string token = "ops-token-0123456789abcdef";
+  ASSERT_EQ(setenv("ESS_REPLAY_TOKEN", (token + "\n").c_str(), 1), 0);
+  ToolResult run = RunEssctl(fake_address_, {"replay", "--partner", "prison", "--status", "dead",
+                                             "--reason", "partner lost them"});
+  EXPECT_EQ(run.exit_code, 2) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("error: --token_env: the token in ESS_REPLAY_TOKEN ends with a "
+                                 "line break (the last line of the file it came from? store the "
+                                 "token without it): a bearer token may hold only visible ASCII "
+                                 "characters (0x21-0x7E)"));
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr(token)));
+  unsetenv("ESS_REPLAY_TOKEN");
+  ASSERT_EQ(setenv("ESS_TEST_OPS_TOKEN", "ops-token 0123456789abcdef", 1), 0);
+  run = RunEssctl(fake_address_, {"--token_env", "ESS_TEST_OPS_TOKEN", "replay", "--partner",
+                                  "prison", "--status", "dead", "--reason", "partner lost them"});
+  EXPECT_EQ(run.exit_code, 2) << run.err;
+  EXPECT_THAT(run.err, HasSubstr("error: --token_env: the token in ESS_TEST_OPS_TOKEN holds a "
+                                 "space at character 10: a bearer token may hold only visible "
+                                 "ASCII characters (0x21-0x7E)"));
+  EXPECT_THAT(run.out + run.err, Not(HasSubstr("0123456789abcdef")));
+  unsetenv("ESS_TEST_OPS_TOKEN");
+  EXPECT_TRUE(service_.requests().empty());
+}
+
+// replay_svc refuses at start a caller's token that no client could send (a Secret made from a
+// file keeps its final line break), naming the field and never printing the token.
+TEST_F(ReplaySvcBinaryTest, ACallerTokenThatCannotBeSentIsAConfigError) {
+  const std::string token = "lane-token-0123456789abcdef";
+  for (const auto& [value, problem] : std::vector<std::pair<std::string, std::string>>{
+           {token + "\r\n", "ends with a line break"},
+           {"\t" + token, "starts with a tab"},
+           {"lane-token-0123\001456789abcdef", "holds a control character (0x01) at character 16"},
+           {"lane-token-0123456789abcd\xc3\xa9", "holds a non-ASCII byte (0xC3) at character 26"},
+       }) {
+    ASSERT_EQ(setenv("ESS_TEST_LANE_TOKEN", value.c_str(), 1), 0);
+    std::ofstream(config_) << "replay:\n"
+                           << "  listen: \"" << address_ << "\"\n"
+                           << "  database_path: \"" << dir_.File("replay.db") << "\"\n"
+                           << "  auth:\n"
+                           << "    callers:\n"
+                           << "      - {name: lanes, role: lane, token_env: ESS_TEST_LANE_TOKEN}\n";
+    ToolResult run = Run({replay_svc_, "--config", config_}, "replay_svc", absl::Seconds(10));
+    EXPECT_EQ(run.exit_code, 2) << problem << "\n" << run.err;
+    EXPECT_THAT(run.err, HasSubstr(absl::StrCat("replay.auth.callers[0].token_env: the token in "
+                                                "ESS_TEST_LANE_TOKEN ",
+                                                problem)));
+    EXPECT_THAT(run.out + run.err, Not(HasSubstr("0123456789abcd")));
+  }
+  unsetenv("ESS_TEST_LANE_TOKEN");
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("replay.db"))) << "refused before the store";
+}
+
+// A lane whose replay.token_env holds a token it cannot send stops at start (exit 2 naming the
+// field), before any call: gRPC would abort it, printing the token.
+TEST_F(ReplaySvcBinaryTest, ALaneWithATokenThatCannotBeSentStopsAtStart) {
+  auto child = StartService("replay_svc.log");
+  const std::string token = "lane-token-0123456789abcdef";
+  ASSERT_EQ(setenv("ESS_TEST_LANE_TOKEN", (token + "\n").c_str(), 1), 0);
+  const std::string config = dir_.File("lanes.yaml");
+  std::ofstream(config) << R"yaml(replay:
+  address: ")yaml" << address_
+                        << R"yaml("
+  token_env: ESS_TEST_LANE_TOKEN
+inbound:
+  listen: "127.0.0.1:)yaml"
+                        << testing::PickFreePort() << R"yaml("
+partners:
+  - name: prison
+    adapter: rest
+    settings: {base_url: "http://127.0.0.1:9", path: /api/slots}
+    outbound:
+      queue: visit_updates
+      mapping:
+        - {target: id, source: id}
+    inbound:
+      webhook_path: /webhook/prison
+      mapping:
+        - {target: type, constant: SlotConfirmed}
+        - {target: id, source: id}
+)yaml";
+  for (const std::string lane : {"outbound_svc", "inbound_svc"}) {
+    ToolResult run = Run({absl::StrCat(std::getenv("ESS_BIN_DIR"), "/", lane), "--config", config},
+                         lane, absl::Seconds(10));
+    EXPECT_EQ(run.exit_code, 2) << lane << "\n" << run.err;
+    EXPECT_THAT(run.err, HasSubstr(absl::StrCat("error: ", config,
+                                                ": replay.token_env: the token in "
+                                                "ESS_TEST_LANE_TOKEN ends with a line break")))
+        << lane;
+    EXPECT_THAT(run.out + run.err, Not(HasSubstr(token))) << lane;
+  }
+  unsetenv("ESS_TEST_LANE_TOKEN");
 }
 
 TEST_F(ReplaySvcBinaryTest, MissingConfigFlagIsAUsageError) {
