@@ -17,7 +17,8 @@
 // prints one line per record: replayed (with where to), skipped (with why) or failed.
 //
 // Exit codes: 0 success; 1 the call failed (the gRPC status is printed), or a replay left a
-// record skipped or failed; 2 usage error.
+// record skipped or failed; 2 usage error (among them a flag the command does not take, which
+// would otherwise be ignored, and a bearer token that cannot be sent).
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,8 +32,12 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -56,24 +61,25 @@ ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file.");
 ABSL_FLAG(std::string, token_env, "ESS_REPLAY_TOKEN",
           "Environment variable holding the bearer token sent to ReplayService (replay.auth); "
           "nothing is sent while the default one is unset.");
-ABSL_FLAG(std::string, correlation, "", "get/list: the correlation id (the event's id).");
-ABSL_FLAG(std::string, partner, "", "get/list/stats: the partner name.");
-ABSL_FLAG(std::string, direction, "", "get/list: outbound or inbound.");
+ABSL_FLAG(std::string, correlation, "", "get/list/replay: the correlation id (the event's id).");
+ABSL_FLAG(std::string, partner, "", "get/list/stats/replay: the partner name.");
+ABSL_FLAG(std::string, direction, "", "get/list/replay: outbound or inbound.");
 ABSL_FLAG(std::string, message_id, "",
           "get: the message id of one record; replay: one or more, comma-separated (any number, "
           "sent 1000 per call; with "
           "--direction and --partner only: no filter flag).");
 ABSL_FLAG(std::string, status, "",
-          "list: received, delivered, dry_run, failed, dead or published.");
-ABSL_FLAG(std::string, event_type, "", "list: the event type, e.g. VisitScheduleUpdated.");
+          "list/replay: received, delivered, dry_run, failed, dead or published.");
+ABSL_FLAG(std::string, event_type, "", "list/replay: the event type, e.g. VisitScheduleUpdated.");
 ABSL_FLAG(absl::Time, since, absl::InfinitePast(),
-          "list: updated at or after this RFC 3339 time, e.g. 2024-05-01T00:00:00Z.");
-ABSL_FLAG(absl::Time, until, absl::InfiniteFuture(), "list: updated before this RFC 3339 time.");
+          "list/replay: updated at or after this RFC 3339 time, e.g. 2024-05-01T00:00:00Z.");
+ABSL_FLAG(absl::Time, until, absl::InfiniteFuture(),
+          "list/replay: updated before this RFC 3339 time.");
 ABSL_FLAG(absl::Time, received_since, absl::InfinitePast(),
-          "list: entered the hub at or after this RFC 3339 time (a window that retries and "
+          "list/replay: entered the hub at or after this RFC 3339 time (a window that retries and "
           "replays do not move).");
 ABSL_FLAG(absl::Time, received_until, absl::InfiniteFuture(),
-          "list: entered the hub before this RFC 3339 time.");
+          "list/replay: entered the hub before this RFC 3339 time.");
 ABSL_FLAG(bool, unconfirmed, false,
           "list/replay: only records whose correlation id no inbound event has confirmed yet "
           "(with --direction outbound --status delivered --until T: what partners accepted "
@@ -226,6 +232,100 @@ std::unique_ptr<grpc::ClientContext> NewContext() {
   return context;
 }
 
+// The flags every command takes: where and how to call.
+const std::set<std::string>& CommonFlags() {
+  static const auto* const flags = new std::set<std::string>{
+      "addr", "timeout", "tls_ca_file", "tls_cert_file", "tls_key_file", "token_env"};
+  return *flags;
+}
+
+// The flags each command takes besides CommonFlags(), in the order of kUsage's commands.
+const std::vector<std::pair<std::string, std::set<std::string>>>& CommandFlags() {
+  static const auto* const flags = new std::vector<std::pair<std::string, std::set<std::string>>>{
+      {"get", {"correlation", "direction", "partner", "message_id"}},
+      {"list",
+       {"partner", "direction", "status", "event_type", "correlation", "since", "until",
+        "received_since", "received_until", "unconfirmed", "limit"}},
+      {"stats", {"partner"}},
+      {"replay",
+       {"reason", "dry_run", "max_records", "wait", "include_in_flight", "requested_by",
+        "direction", "partner", "message_id", "correlation", "status", "event_type", "since",
+        "until", "received_since", "received_until", "unconfirmed"}},
+  };
+  return *flags;
+}
+
+// The names of the flags on the command line (after ess::cli::Parse, which checked them and
+// wrote their dashes as underscores), in their order.
+std::vector<std::string> FlagsGiven(int argc, char** argv) {
+  std::vector<std::string> given;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
+    const size_t eq = arg.find('=');
+    absl::string_view name = arg.substr(0, eq);
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr && absl::ConsumePrefix(&name, "no")) {  // --nodry_run
+      flag = absl::FindCommandLineFlag(name);
+    } else if (flag != nullptr && eq == absl::string_view::npos && !flag->IsOfType<bool>()) {
+      ++i;  // its value
+    }
+    given.emplace_back(name);
+  }
+  return given;
+}
+
+// A usage error's message when a flag given on the command line is not one `command` takes
+// (it would be ignored: `replay --limit 1` would replay every match), or nullopt. Only
+// essctl's own flags (and --config, which essctl does not read) are looked at.
+std::optional<std::string> FlagNotTaken(const std::string& command,
+                                        const std::vector<std::string>& flags_given) {
+  const std::set<std::string>* taken = nullptr;
+  for (const auto& [name, flags] : CommandFlags()) {
+    if (name == command) taken = &flags;
+  }
+  std::vector<std::string> given;
+  for (const std::string& name : flags_given) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr || (flag->Filename() != __FILE__ && name != "config")) continue;
+    if (CommonFlags().contains(name) || taken->contains(name)) continue;
+    given.push_back(name);
+  }
+  if (given.empty()) return std::nullopt;
+  const std::string& flag = given.front();  // the first one given
+  // What was meant, where a command has a flag of its own for it.
+  static const auto* const meant = new std::map<std::pair<std::string, std::string>, std::string>{
+      {{"replay", "limit"}, "did you mean --max_records?"},
+      {{"list", "max_records"}, "did you mean --limit?"},
+      {{"list", "message_id"}, "show one record with get --direction D --partner P --message_id M"},
+  };
+  std::string hint;
+  if (auto it = meant->find({command, flag}); it != meant->end()) {
+    hint = it->second;
+  } else {
+    std::vector<std::string> takers;
+    for (const auto& [name, flags] : CommandFlags()) {
+      if (flags.contains(flag)) takers.push_back(name);
+    }
+    hint = takers.empty() ? "no command takes it"
+                          : absl::StrCat(absl::StrJoin(takers, " and "),
+                                         takers.size() == 1 ? " takes it" : " take it");
+  }
+  return absl::StrCat(command, " does not take --", flag, " (", hint, ")");
+}
+
+// HOST:PORT with a port of 1 to 65535 (the host may be "[::1]"): gRPC would dial an address
+// without a port at port 0.
+bool IsHostPort(absl::string_view addr) {
+  const size_t colon = addr.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) return false;
+  const absl::string_view port = addr.substr(colon + 1);
+  uint32_t number = 0;
+  return !port.empty() && port.find_first_not_of("0123456789") == absl::string_view::npos &&
+         absl::SimpleAtoi(port, &number) && number >= 1 && number <= 65535;
+}
+
 // An optional enum flag: `unset` when empty, nullopt when the name is unknown.
 template <typename Enum>
 std::optional<Enum> EnumFlag(const std::string& value, Enum unset,
@@ -335,11 +435,6 @@ std::vector<std::string> FilterFlagsSet() {
 }
 
 int List(ess::v1::ReplayService::Stub& stub) {
-  if (!absl::GetFlag(FLAGS_message_id).empty()) {
-    return Usage(
-        "list does not take --message_id; show one record with get --direction D --partner P "
-        "--message_id M");
-  }
   ess::v1::ListRequest request;
   if (std::optional<std::string> error = BuildFilter(request); error.has_value()) {
     return Usage(*error);
@@ -626,6 +721,7 @@ int Replay(ess::v1::ReplayService::Stub& stub) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args = ess::cli::Parse(argc, argv, kUsage);
+  const std::vector<std::string> flags_given = FlagsGiven(argc, argv);
   if (args.empty()) return Usage("no command given");
   if (args.size() > 1) {
     return Usage(absl::StrCat("unexpected arguments after ", args[0], ": ",
@@ -635,15 +731,25 @@ int main(int argc, char** argv) {
   if (command != "get" && command != "list" && command != "stats" && command != "replay") {
     return Usage(absl::StrCat("unknown command \"", command, "\""));
   }
+  if (std::optional<std::string> error = FlagNotTaken(command, flags_given); error.has_value()) {
+    return Usage(*error);
+  }
   const std::string token_env = absl::GetFlag(FLAGS_token_env);
   if (const char* token = token_env.empty() ? nullptr : std::getenv(token_env.c_str());
       token != nullptr && *token != '\0') {
+    // Checked before any call: gRPC would abort on it, printing it.
+    if (const std::string problem = ess::BearerTokenProblem(token); !problem.empty()) {
+      return Usage(absl::StrCat("--token_env: the token in ", token_env, " ", problem));
+    }
     Authorization() = absl::StrCat("Bearer ", token);
   } else if (token_env != "ESS_REPLAY_TOKEN") {
     return Usage(absl::StrCat("--token_env: environment variable ", token_env, " is not set"));
   }
   const std::string addr = absl::GetFlag(FLAGS_addr);
   if (addr.empty()) return Usage("--addr must not be empty");
+  if (!IsHostPort(addr)) {
+    return Usage(absl::StrCat("--addr: \"", addr, "\" is not HOST:PORT (e.g. 127.0.0.1:50051)"));
+  }
   ess::ReplayTls tls;
   if (absl::GetFlag(FLAGS_tls_cert_file).empty() != absl::GetFlag(FLAGS_tls_key_file).empty()) {
     return Usage("--tls_cert_file and --tls_key_file go together");
@@ -670,7 +776,3 @@ int main(int argc, char** argv) {
   if (command == "replay") return Replay(*stub);
   return Stats(*stub);
 }
-    // Checked before any call: gRPC would abort on it, printing it.
-    if (const std::string problem = ess::BearerTokenProblem(token); !problem.empty()) {
-      return Usage(absl::StrCat("--token_env: the token in ", token_env, " ", problem));
-    }

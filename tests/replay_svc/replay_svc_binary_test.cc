@@ -532,6 +532,51 @@ TEST_F(EssctlReplayTest, ABlankReasonIsAUsageError) {
   EXPECT_TRUE(service_.requests().empty());
 }
 
+// A flag the command does not take would be ignored: `replay --limit 1` would replay every
+// match. Refused before any call, naming the flag and who takes it.
+TEST_F(EssctlReplayTest, AFlagTheCommandDoesNotTakeIsAUsageError) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"replay", "--partner", "prison", "--direction", "outbound", "--limit", "1", "--reason",
+        "partner lost them"},
+       "replay does not take --limit (did you mean --max_records?)"},
+      {{"replay", "--partner", "prison", "--limit=1", "--dry_run"},
+       "replay does not take --limit (did you mean --max_records?)"},
+      {{"list", "--dry_run"}, "list does not take --dry_run (replay takes it)"},
+      {{"list", "--max_records", "5"}, "list does not take --max_records (did you mean --limit?)"},
+      {{"list", "--message_id", "m-1"},
+       "list does not take --message_id (show one record with get --direction D --partner P "
+       "--message_id M)"},
+      {{"stats", "--limit", "5"}, "stats does not take --limit (list takes it)"},
+      {{"get", "--correlation", "VIS-1", "--status", "dead"},
+       "get does not take --status (list and replay take it)"},
+      {{"stats", "--config", "hub.yaml"}, "stats does not take --config (no command takes it)"},
+  };
+  for (const auto& [args, message] : cases) {
+    ToolResult run = RunEssctl(fake_address_, args);
+    EXPECT_EQ(run.exit_code, 2) << absl::StrJoin(args, " ") << "\n" << run.err;
+    EXPECT_THAT(run.err, HasSubstr("error: " + message)) << absl::StrJoin(args, " ");
+  }
+  EXPECT_TRUE(service_.requests().empty()) << "nothing is replayed";
+  // The flags a command takes are taken, the common ones included.
+  ToolResult replay =
+      RunEssctl(fake_address_, {"--timeout", "20s", "replay", "--partner", "prison",
+                                "--max_records", "2", "--reason", "partner lost them"});
+  EXPECT_EQ(replay.exit_code, 0) << replay.err;
+  EXPECT_THAT(replay.out, HasSubstr("(replayed 2, skipped 0, failed 0; more match"));
+  EXPECT_EQ(service_.requests().size(), 1u);
+}
+
+// An address without a port would be dialled at port 0 (UNAVAILABLE, exit 1).
+TEST_F(EssctlReplayTest, AnAddressWithoutAPortIsAUsageError) {
+  for (const std::string address :
+       {"127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "localhost:http", "127.0.0.1:65536", ":50051"}) {
+    ToolResult run = RunEssctl(address, {"stats"});
+    EXPECT_EQ(run.exit_code, 2) << address << "\n" << run.err;
+    EXPECT_THAT(run.err, HasSubstr(absl::StrCat("error: --addr: \"", address,
+                                                "\" is not HOST:PORT (e.g. 127.0.0.1:50051)")));
+  }
+}
+
 // gRPC aborts a process that puts a line break (or any byte but visible ASCII) into a metadata
 // value, printing the value: essctl refuses such a token before any call, never printing it.
 TEST_F(EssctlReplayTest, ATokenThatCannotBeSentIsAUsageError) {
