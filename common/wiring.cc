@@ -40,6 +40,21 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
           absl::StrCat("replay.token_env: the token in ", replay.token_env(), " ", problem));
     }
   }
+  // Without a CA the lanes dial in plaintext: to a store that serves TLS only they would
+  // never get through (pausing for ever), and their client certificate would go unused.
+  if (const ess::v1::ReplayTls& t = replay.tls(); t.ca_file().empty()) {
+    if (!t.cert_file().empty()) {
+      return absl::FailedPreconditionError(
+          "replay.tls.ca_file: not set, but replay_svc serves TLS only (replay.tls.cert_file): "
+          "the lanes need the CA to check its certificate against, or they would dial in "
+          "plaintext and never get through");
+    }
+    if (!t.client_cert_file().empty()) {
+      return absl::FailedPreconditionError(
+          "replay.tls.ca_file: not set, but replay.tls.client_cert_file is: the lanes dial with "
+          "TLS only with a CA to check replay_svc's certificate against");
+    }
+  }
   ReplayTls tls;
   for (auto [path, field, out] :
        {std::tuple{&replay.tls().ca_file(), "replay.tls.ca_file", &tls.ca_pem},

@@ -16,7 +16,9 @@ namespace ess {
 amqp::ConnectionOptions BusOptions(const ess::v1::BusConfig& bus, std::string connection_name);
 // The recorder of a lane, with the token of replay.token_env when it names one and the CA of
 // replay.tls.ca_file when set (FAILED_PRECONDITION naming the field when the variable is not
-// set, its token cannot be sent (BearerTokenProblem), or the file cannot be read).
+// set, its token cannot be sent (BearerTokenProblem), a file cannot be read, or
+// replay.tls.ca_file is missing where replay_svc serves TLS (replay.tls.cert_file) or the lanes
+// have a client certificate: they would dial in plaintext).
 absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayConfig& replay);
 
 // A lane's recorder (RecorderOptions), checked against the store: a store that is down may

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -42,6 +43,7 @@ using ::ess::replay::testing::Outbound;
 using ::ess::replay::testing::TempDir;
 using ::testing::HasSubstr;
 using ::testing::Not;
+using ::testing::StartsWith;
 
 // The value of the sample `series` (name and labels, as exposed) in a /metrics text; empty if
 // it is not there.
@@ -670,6 +672,127 @@ partners:
     EXPECT_THAT(run.out + run.err, Not(HasSubstr(token))) << lane;
   }
   unsetenv("ESS_TEST_LANE_TOKEN");
+}
+
+// A self-signed certificate for 127.0.0.1 (NAME.pem) and its EC key (NAME.key), made in the
+// test's folder with the openssl command: test keys are made at test time, never committed.
+void MakeSelfSigned(const TempDir& dir, const std::string& name) {
+  Child openssl(
+      {"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+       "-nodes", "-keyout", dir.File(name + ".key"), "-out", dir.File(name + ".pem"), "-days", "1",
+       "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"},
+      dir.File("openssl.out"), dir.File("openssl.err"));
+  ASSERT_EQ(openssl.WaitForExit(absl::Seconds(30)), std::optional<int>(0))
+      << ReadFile(dir.File("openssl.err"));
+}
+
+// gRPC takes any PEM and fails only when it listens, after printing lines of its own:
+// replay_svc checks the certificate and key first, before it opens the store, and says which
+// field is wrong and how (exit 2, one line).
+TEST_F(ReplaySvcBinaryTest, ATlsKeyOrCertificateThatIsNotOneIsAConfigError) {
+  ASSERT_NO_FATAL_FAILURE(MakeSelfSigned(dir_, "a"));
+  ASSERT_NO_FATAL_FAILURE(MakeSelfSigned(dir_, "b"));
+  {
+    Child openssl({"/usr/bin/openssl", "pkey", "-in", dir_.File("a.key"), "-aes256", "-passout",
+                   "pass:the-passphrase", "-out", dir_.File("encrypted.key")},
+                  dir_.File("openssl.out"), dir_.File("openssl.err"));
+    ASSERT_EQ(openssl.WaitForExit(absl::Seconds(30)), std::optional<int>(0));
+  }
+  // PEM blocks whose text is no DER ("not a certificate", in base64).
+  std::ofstream(dir_.File("garbage.pem"))
+      << "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+  std::ofstream(dir_.File("garbage.key"))
+      << "-----BEGIN PRIVATE KEY-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END PRIVATE KEY-----\n";
+  const std::string a_pem = dir_.File("a.pem"), a_key = dir_.File("a.key");
+  const std::string not_a_key =
+      "holds no PEM private key that can be read (not a key, or one "
+      "encrypted with a passphrase)";
+  struct Case {
+    std::string cert, key, client_ca, error;
+  };
+  const std::vector<Case> cases = {
+      {a_pem, a_pem, "", absl::StrCat("replay.tls.key_file: ", a_pem, " ", not_a_key)},
+      {a_pem, dir_.File("garbage.key"), "",
+       absl::StrCat("replay.tls.key_file: ", dir_.File("garbage.key"), " ", not_a_key)},
+      {a_pem, dir_.File("encrypted.key"), "",
+       absl::StrCat("replay.tls.key_file: ", dir_.File("encrypted.key"), " ", not_a_key)},
+      {a_pem, dir_.File("b.key"), "",
+       absl::StrCat("replay.tls.key_file: ", dir_.File("b.key"),
+                    " does not match "
+                    "replay.tls.cert_file (",
+                    a_pem, "): it is not the key of that certificate")},
+      {a_key, a_key, "",
+       absl::StrCat("replay.tls.cert_file: ", a_key, " holds no PEM certificate that can be read")},
+      {dir_.File("garbage.pem"), a_key, "",
+       absl::StrCat("replay.tls.cert_file: ", dir_.File("garbage.pem"),
+                    " holds no PEM certificate that can be read")},
+      {a_pem, a_key, dir_.File("garbage.pem"),
+       absl::StrCat("replay.tls.client_ca_file: ", dir_.File("garbage.pem"),
+                    " holds no PEM certificate that can be read")},
+  };
+  for (const Case& c : cases) {
+    std::ofstream(config_) << "replay:\n"
+                           << "  listen: \"" << address_ << "\"\n"
+                           << "  database_path: \"" << dir_.File("replay.db") << "\"\n"
+                           << "  tls:\n"
+                           << "    cert_file: \"" << c.cert << "\"\n"
+                           << "    key_file: \"" << c.key << "\"\n"
+                           << (c.client_ca.empty()
+                                   ? std::string()
+                                   : absl::StrCat("    client_ca_file: \"", c.client_ca, "\"\n"));
+    ToolResult run = Run({replay_svc_, "--config", config_}, "replay_svc", absl::Seconds(10));
+    EXPECT_EQ(run.exit_code, 2) << c.error << "\n" << run.err;
+    // One line says what is wrong; every other line is the log's (logfmt), none gRPC's.
+    EXPECT_THAT(run.err, HasSubstr(absl::StrCat("\nerror: ", config_, ": ", c.error, "\n")));
+    for (absl::string_view line : absl::StrSplit(run.err, '\n', absl::SkipEmpty())) {
+      if (!absl::StartsWith(line, "error: ")) {
+        EXPECT_THAT(std::string(line), StartsWith("ts=")) << run.err;
+      }
+    }
+    EXPECT_THAT(run.err, Not(HasSubstr("the-passphrase")));
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir_.File("replay.db"))) << "refused before the store";
+
+  // The pair that belongs together serves TLS (the config names no ca_file: replay_svc needs
+  // none)...
+  std::ofstream(config_) << "replay:\n"
+                         << "  listen: \"" << address_ << "\"\n"
+                         << "  database_path: \"" << dir_.File("replay.db") << "\"\n"
+                         << "  tls: {cert_file: \"" << a_pem << "\", key_file: \"" << a_key
+                         << "\"}\n";
+  Child service({replay_svc_, "--config", config_}, dir_.File("tls.out"), dir_.File("tls.err"));
+  ASSERT_TRUE(service.started());
+  std::unique_ptr<ess::v1::ReplayService::Stub> stub =
+      ess::MakeReplayStub(address_, {.ca_pem = ReadFile(a_pem)});
+  grpc::ClientContext context;
+  context.set_wait_for_ready(true);
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  ess::v1::StatsResponse stats;
+  grpc::Status status = stub->Stats(&context, ess::v1::StatsRequest(), &stats);
+  EXPECT_TRUE(status.ok()) << status.error_message() << "\n" << ReadFile(dir_.File("tls.err"));
+  EXPECT_THAT(ReadFile(dir_.File("tls.err")), HasSubstr("tls=on"));
+
+  // ...but the lanes, with that same config, would dial it in plaintext and never get through:
+  // they stop at start, naming the missing field.
+  std::ofstream(config_, std::ios::app) << R"yaml(partners:
+  - name: prison
+    adapter: rest
+    settings: {base_url: "http://127.0.0.1:9", path: /api/slots}
+    outbound:
+      queue: visit_updates
+      mapping:
+        - {target: id, source: id}
+)yaml";
+  ToolResult lane =
+      Run({absl::StrCat(std::getenv("ESS_BIN_DIR"), "/outbound_svc"), "--config", config_},
+          "outbound_svc", absl::Seconds(10));
+  EXPECT_EQ(lane.exit_code, 2) << lane.err;
+  EXPECT_THAT(lane.err,
+              HasSubstr(absl::StrCat("error: ", config_,
+                                     ": replay.tls.ca_file: not set, but replay_svc serves TLS "
+                                     "only (replay.tls.cert_file)")));
+  service.Signal(SIGTERM);
+  EXPECT_EQ(service.WaitForExit(absl::Seconds(30)), std::optional<int>(0));
 }
 
 TEST_F(ReplaySvcBinaryTest, MissingConfigFlagIsAUsageError) {
