@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 #include <string>
@@ -388,6 +390,41 @@ INSTANTIATE_TEST_SUITE_P(Overlays, EveryOverlayTest,
                            return name;
                          });
 
+// Where a pod on PostgreSQL finds the CA that the database server's certificate is checked
+// against: the connection string's sslrootcert (deploy/k8s/README.md), since libpq's default,
+// ~/.postgresql/root.crt, is in no pod.
+constexpr char kPostgresCa[] = "/etc/ess/postgres/ca.crt";
+
+// `workload` mounts ca.crt of the Secret ess-postgres-ca, read-only, at kPostgresCa; and the
+// README's connection string names it.
+void ExpectPostgresCa(const YAML::Node& workload) {
+  const std::string name = workload["metadata"]["name"].as<std::string>();
+  std::string volume;
+  for (const YAML::Node& m : Container(workload)["volumeMounts"]) {
+    if (m["mountPath"].as<std::string>() == "/etc/ess/postgres") {
+      volume = m["name"].as<std::string>();
+      EXPECT_TRUE(m["readOnly"].as<bool>(false)) << name;
+    }
+  }
+  ASSERT_FALSE(volume.empty()) << name << " mounts no PostgreSQL CA at /etc/ess/postgres";
+  bool found = false;
+  for (const YAML::Node& v : workload["spec"]["template"]["spec"]["volumes"]) {
+    if (v["name"].as<std::string>() != volume) continue;
+    found = true;
+    ASSERT_TRUE(v["secret"].IsDefined()) << name;
+    EXPECT_EQ(v["secret"]["secretName"].as<std::string>(), "ess-postgres-ca") << name;
+    ASSERT_EQ(v["secret"]["items"].size(), 1u) << name;
+    EXPECT_EQ(v["secret"]["items"][0]["key"].as<std::string>(), "ca.crt") << name;
+    EXPECT_EQ(absl::StrCat("/etc/ess/postgres/", v["secret"]["items"][0]["path"].as<std::string>()),
+              kPostgresCa)
+        << name;
+  }
+  EXPECT_TRUE(found) << name << ": no volume " << volume;
+  std::ifstream in(absl::StrCat(std::getenv("ESS_SOURCE_DIR"), "/deploy/k8s/README.md"));
+  const std::string readme((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_THAT(readme, ::testing::HasSubstr(absl::StrCat("sslrootcert=", kPostgresCa)));
+}
+
 // The store on PostgreSQL (overlays/shared-store): prod with replay-svc as several
 // interchangeable replicas without a volume claim, the base's hub.yaml put on PostgreSQL by
 // --postgres_dsn_env, whose variable comes from the Secret; the lanes exactly prod's.
@@ -419,7 +456,9 @@ TEST(SharedStoreManifestsTest, TheStoreRunsSeveralReplicasOverPostgres) {
   }
   std::set<std::string> mounts;
   for (const YAML::Node& m : c["volumeMounts"]) mounts.insert(m["mountPath"].as<std::string>());
-  EXPECT_EQ(mounts, (std::set<std::string>{"/etc/ess/hub.yaml", "/etc/ess/tls", "/tmp"}));
+  EXPECT_EQ(mounts, (std::set<std::string>{"/etc/ess/hub.yaml", "/etc/ess/tls", "/tmp",
+                                           "/etc/ess/postgres"}));
+  ExpectPostgresCa(*store);
   // Everything else is prod's, document for document.
   ASSERT_EQ(r.docs.size(), prod.docs.size());
   for (const YAML::Node& d : prod.docs) {
@@ -502,6 +541,7 @@ TEST(ImportJobManifestsTest, CopiesProdsStoreVolumeIntoSharedStoresDatabase) {
   EXPECT_EQ(EnvNames(c), (std::set<std::string>{"ESS_REPLAY_DSN"}));
   EXPECT_EQ(c["env"][0]["valueFrom"]["secretKeyRef"]["name"].as<std::string>(), "ess-secrets");
   EXPECT_EQ(c["env"][0]["valueFrom"]["secretKeyRef"]["key"].as<std::string>(), shared_key);
+  ExpectPostgresCa(*import);
   // Its config loads.
   std::string hub_yaml;
   for (const YAML::Node& d : job.docs) {
