@@ -205,6 +205,18 @@ void Init(std::string_view service, Level level, std::vector<std::string> pii_fi
 
 bool Enabled(Level level) { return static_cast<int>(level) >= GetState().level.load(); }
 
+bool Throttle::Allow(absl::Time now, uint64_t* suppressed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (now - last_ < interval_) {
+    ++held_;
+    return false;
+  }
+  last_ = now;
+  *suppressed = held_;
+  held_ = 0;
+  return true;
+}
+
 bool IsPii(std::string_view field) {
   // Debian's Abseil has its own string_view type: convert for the heterogeneous lookup.
   return GetState().pii.contains(absl::string_view(field.data(), field.size()));

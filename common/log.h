@@ -13,12 +13,16 @@
 
 #include <rapidjson/fwd.h>
 
+#include <cstdint>
 #include <initializer_list>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "absl/time/time.h"
 
 namespace ess::v1 {
 class LoggingConfig;
@@ -53,6 +57,27 @@ inline void Warn(std::string_view cid, std::string_view msg, Fields f = {}) {
 inline void Error(std::string_view cid, std::string_view msg, Fields f = {}) {
   if (Enabled(Level::kError)) Write(Level::kError, cid, msg, f);
 }
+
+// Bounds a line that could repeat at the rate of requests (one per call failed during an
+// outage): the first one is written, then at most one per `interval`, each with the count of
+// those held back since the last one written. Thread-safe.
+//
+//   uint64_t held = 0;
+//   if (throttle_.Allow(absl::Now(), &held)) {
+//     log::Warn(cid, "store failed", {{"error", msg}, {"suppressed", absl::StrCat(held)}});
+//   }
+class Throttle {
+ public:
+  explicit Throttle(absl::Duration interval = absl::Seconds(1)) : interval_(interval) {}
+  // True: write the line now; `*suppressed` is the number of lines held back before it.
+  bool Allow(absl::Time now, uint64_t* suppressed);
+
+ private:
+  const absl::Duration interval_;
+  std::mutex mu_;
+  absl::Time last_ = absl::InfinitePast();
+  uint64_t held_ = 0;
+};
 
 // Returns `json` with the string/number values of PII fields (at any depth) replaced by "***".
 // Text that is not JSON is returned with every `"field":value` occurrence masked all the same.

@@ -99,5 +99,24 @@ TEST(LogTest, MasksDeeplyNestedTextWithoutParsingItAsJson) {
   Init("test", Level::kInfo, {});
 }
 
+// A line repeated by every failed request of an outage is written once, then at most once per
+// interval, with the count of the ones held back meanwhile.
+TEST(LogTest, ThrottleWritesTheFirstLineThenOnePerIntervalWithTheCountHeldBack) {
+  Throttle throttle(absl::Seconds(1));
+  const absl::Time t0 = absl::FromUnixSeconds(1000);
+  uint64_t held = 99;
+  ASSERT_TRUE(throttle.Allow(t0, &held));
+  EXPECT_EQ(held, 0u);
+  for (int i = 1; i <= 500; ++i) {
+    EXPECT_FALSE(throttle.Allow(t0 + absl::Milliseconds(i), &held));
+  }
+  EXPECT_FALSE(throttle.Allow(t0 + absl::Milliseconds(999), &held));
+  ASSERT_TRUE(throttle.Allow(t0 + absl::Seconds(1), &held));
+  EXPECT_EQ(held, 501u);
+  EXPECT_FALSE(throttle.Allow(t0 + absl::Milliseconds(1500), &held));
+  ASSERT_TRUE(throttle.Allow(t0 + absl::Seconds(5), &held));
+  EXPECT_EQ(held, 1u);
+}
+
 }  // namespace
 }  // namespace ess::log
