@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -10,8 +11,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -89,6 +92,116 @@ int FreePort() {
   }
   ADD_FAILURE() << "no free port in " << low << "-" << high;
   return 0;
+}
+
+namespace {
+
+// A socket connected to 127.0.0.1:`port`; -1 if it cannot connect.
+int ConnectLoopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Writes all of `data` to `fd`; false if the connection failed.
+bool WriteAll(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = send(fd, data, size, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+TcpRelay::TcpRelay(int target_port) : target_port_(target_port), port_(FreePort()) { Up(); }
+
+TcpRelay::~TcpRelay() { Down(); }
+
+bool TcpRelay::Up() {
+  if (thread_.joinable()) return true;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port_));
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(fd, 64) != 0) {
+    ADD_FAILURE() << "relay: cannot listen on 127.0.0.1:" << port_ << ": " << strerror(errno);
+    if (fd >= 0) close(fd);
+    return false;
+  }
+  stopping_ = false;
+  thread_ = std::thread([this, fd] { Run(fd); });
+  return true;
+}
+
+void TcpRelay::Down() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  thread_.join();
+}
+
+void TcpRelay::Run(int listen_fd) {
+  // Each relayed connection is a pair of sockets: [client, server].
+  std::vector<std::pair<int, int>> pairs;
+  std::vector<char> buf(64 * 1024);
+  while (!stopping_) {
+    std::vector<pollfd> fds = {{.fd = listen_fd, .events = POLLIN, .revents = 0}};
+    for (const auto& [a, b] : pairs) {
+      fds.push_back({.fd = a, .events = POLLIN, .revents = 0});
+      fds.push_back({.fd = b, .events = POLLIN, .revents = 0});
+    }
+    if (poll(fds.data(), fds.size(), 20) <= 0) continue;
+    if (fds[0].revents & POLLIN) {
+      const int client = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client >= 0) {
+        const int server = ConnectLoopback(target_port_);
+        if (server < 0) {
+          close(client);
+        } else {
+          pairs.emplace_back(client, server);
+        }
+      }
+    }
+    // The pairs polled this round are the first fds.size() / 2 of them.
+    std::vector<bool> closed(pairs.size(), false);
+    for (size_t i = 1; i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      const size_t pair = (i - 1) / 2;
+      if (closed[pair]) continue;
+      const bool from_client = (i - 1) % 2 == 0;
+      const int from = from_client ? pairs[pair].first : pairs[pair].second;
+      const int to = from_client ? pairs[pair].second : pairs[pair].first;
+      const ssize_t n = recv(from, buf.data(), buf.size(), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || !WriteAll(to, buf.data(), static_cast<size_t>(n))) closed[pair] = true;
+    }
+    for (size_t k = closed.size(); k-- > 0;) {
+      if (!closed[k]) continue;
+      close(pairs[k].first);
+      close(pairs[k].second);
+      pairs.erase(pairs.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+  }
+  for (const auto& [a, b] : pairs) {
+    close(a);
+    close(b);
+  }
+  close(listen_fd);
 }
 
 TempDir::TempDir() {

@@ -5,8 +5,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -26,6 +28,33 @@ std::string BinaryPath(const std::string& name);
 
 // A TCP port free on 127.0.0.1 right now, below the ephemeral range (see harness.cc).
 int FreePort();
+
+// A TCP relay on 127.0.0.1: each connection to its port is relayed byte for byte to
+// 127.0.0.1:`target_port` while it is up. Down() closes its port and every connection it
+// relays, so that to its clients the server behind it is gone (connections lost, new ones
+// refused); Up() opens the same port again. A test's outage of a server that other tests share,
+// seen by the test's own services only.
+class TcpRelay {
+ public:
+  // Up on a FreePort().
+  explicit TcpRelay(int target_port);
+  ~TcpRelay();  // Down()
+  TcpRelay(const TcpRelay&) = delete;
+  TcpRelay& operator=(const TcpRelay&) = delete;
+
+  int port() const { return port_; }
+  // False (with a test failure) if the port cannot be bound.
+  bool Up();
+  void Down();
+
+ private:
+  void Run(int listen_fd);
+
+  const int target_port_;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
 
 // A fresh folder under /tmp, removed with its contents at destruction.
 class TempDir {
