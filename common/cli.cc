@@ -1,6 +1,7 @@
 #include "common/cli.h"
 
 #include <dlfcn.h>
+#include <string.h>
 
 #include <algorithm>
 #include <csignal>
@@ -16,6 +17,7 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 
@@ -53,6 +55,8 @@ void CheckFlags(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--") break;
+    // A lone "-" is an argument (stdin, by convention), as Abseil's parse takes it too.
+    if (arg == "-") continue;
     if (!absl::ConsumePrefix(&arg, "--") && !absl::ConsumePrefix(&arg, "-")) continue;
     const size_t eq = arg.find('=');
     absl::string_view name = arg.substr(0, eq);
@@ -148,6 +152,11 @@ int WaitForTerminationSignal() {
   int sig = 0;
   sigwait(&set, &sig);
   return sig;
+}
+
+std::string SignalName(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev != nullptr ? absl::StrCat("SIG", abbrev) : absl::StrCat("signal ", sig);
 }
 
 std::string MallocLibrary() {

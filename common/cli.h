@@ -27,6 +27,8 @@ std::string RequiredConfigPath();
 void BlockTerminationSignals();
 // Waits for SIGINT or SIGTERM (blocked before) and returns its number.
 int WaitForTerminationSignal();
+// A signal's name as the services log it: "SIGTERM" for 15.
+std::string SignalName(int sig);
 
 // The file name of the library whose malloc this process uses, as the dynamic linker resolved
 // it: "libjemalloc.so.2" for a service built with ESS_MALLOC=jemalloc, "libc.so.6" otherwise.

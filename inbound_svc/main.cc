@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
                   {"pollers", std::to_string(pollers.size())},
                   {"malloc", ess::cli::MallocLibrary()}});
   int sig = ess::cli::WaitForTerminationSignal();
-  ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
+  ess::log::Info("", "stopping", {{"signal", ess::cli::SignalName(sig)}});
   // Pollers stop meanwhile, all at once: a file they abandon stays in its folder; the publisher
   // is still up for them.
   for (auto& poller : pollers) poller->RequestStop();

@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
                   {"metrics_port", metrics ? std::to_string(metrics->port()) : "off"},
                   {"malloc", ess::cli::MallocLibrary()}});
   int sig = ess::cli::WaitForTerminationSignal();
-  ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
+  ess::log::Info("", "stopping", {{"signal", ess::cli::SignalName(sig)}});
   lane.Shutdown(absl::Milliseconds(config->outbound().shutdown_deadline_ms()));
   metrics.reset();
   audit.Drain(absl::Seconds(5));  // logs what is left unconfirmed

@@ -385,7 +385,7 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
-  ess::log::Info("", "stopping", {{"signal", absl::StrCat("SIG", sigabbrev_np(signal_number))}});
+  ess::log::Info("", "stopping", {{"signal", ess::cli::SignalName(signal_number)}});
   metrics.reset();
   if (sweeper) sweeper->Stop();
   if (drift) drift->Stop();

@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
                   {"callback_url", absl::GetFlag(FLAGS_callback_url)}});
 
   const int sig = ess::cli::WaitForTerminationSignal();
-  ess::log::Info("", "stopping", {{"signal", std::to_string(sig)}});
+  ess::log::Info("", "stopping", {{"signal", ess::cli::SignalName(sig)}});
   server.Stop();
   calendar.Stop();
   return 0;

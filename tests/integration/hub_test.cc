@@ -1543,6 +1543,27 @@ TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// essbus publish takes its BODY from stdin when it is "-", as its usage line says.
+TEST_F(HubTest, EssbusPublishesABodyReadFromStdin) {
+  const std::string queue = testing::UniqueName("essbus_stdin");
+  const std::string body = VisitEvent("VIS-STDIN");
+  dir_.Write("body.json", body + "\n");
+  const testing::ToolRun run =
+      testing::RunTool({"/bin/sh", "-c",
+                        absl::StrCat(R"(exec "$0" --amqp )", broker_.host, ":", broker_.port,
+                                     " publish --queue ", queue, R"( - < "$1")"),
+                        BinaryPath("essbus"), dir_.File("body.json")},
+                       dir_.File("essbus.log"));
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  auto d = (*conn)->Get(queue);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body, body);
+  EXPECT_EQ(d->message.correlation_id, "VIS-STDIN");
+  ASSERT_TRUE((*conn)->DeleteQueue(queue).ok());
+}
+
 TEST_F(HubTest, UnroutableEventIsRefusedNotDropped) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
