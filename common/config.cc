@@ -606,6 +606,15 @@ absl::Status Validate(const Converter& conv, const ess::v1::HubConfig& c,
       }
       if (const std::string& wp = route.webhook_path(); !wp.empty()) {
         if (wp[0] != '/') return conv.ErrorAt(in + ".webhook_path", "must start with /");
+        // inbound_svc serves these itself, on the same port: a webhook there would hide them.
+        for (std::string_view reserved : {"/healthz", "/readyz", "/metrics"}) {
+          if (wp == reserved) {
+            return conv.ErrorAt(in + ".webhook_path",
+                                absl::StrCat("\"", wp,
+                                             "\" is inbound_svc's own (/healthz, /readyz and "
+                                             "/metrics are reserved)"));
+          }
+        }
         if (!paths.insert(wp).second) {
           return conv.ErrorAt(in + ".webhook_path",
                               absl::StrCat("path \"", wp, "\" is already used by another partner"));

@@ -467,6 +467,26 @@ TEST(ConfigTest, AnIdHeaderIsAHeaderNameOfAnUnsignedWebhookRoute) {
                         "webhook_path"));
 }
 
+// inbound_svc serves its probes and metrics on the webhook port: a partner's path cannot take
+// one of them.
+TEST(ConfigTest, AWebhookPathCannotBeAnEndpointOfTheLanesOwn) {
+  for (const char* reserved : {"/healthz", "/readyz", "/metrics"}) {
+    std::string yaml = kGood;
+    yaml.replace(yaml.find("/webhook/prison"), 15, reserved);
+    auto c = Load(yaml);
+    ASSERT_FALSE(c.ok()) << reserved;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(c.status().message(),
+              absl::StrCat("hub.yaml:27:21: partners[0].inbound.webhook_path: \"", reserved,
+                           "\" is inbound_svc's own (/healthz, /readyz and /metrics are "
+                           "reserved)"));
+  }
+  // A path under one of them is a path of its own.
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("/webhook/prison"), 15, "/healthz/prison");
+  EXPECT_TRUE(Load(yaml).ok());
+}
+
 // A service's own check of its partners (building each adapter) is reported like any other
 // error: at the line of the setting, with the partner's index.
 TEST(ConfigTest, AnAdapterSettingRefusedByTheServiceIsNamedAtItsLine) {
