@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
+#include "common/thread_name.h"
 #include "google/protobuf/util/time_util.h"
 
 namespace ess::inbound {
@@ -32,6 +33,11 @@ std::string OkBody(size_t events, size_t duplicates) {
   if (duplicates == 0) return absl::StrCat(R"({"ok":true,"events":)", events, "}");
   return absl::StrCat(R"({"ok":true,"events":)", events, R"(,"duplicates":)", duplicates, "}");
 }
+
+// The 503 bodies of a failed store or bus: they tell the partner to retry and nothing of the
+// hub's insides (hosts, ports, driver messages), which go to the log instead.
+constexpr std::string_view kStoreUnavailable = "replay store unavailable";
+constexpr std::string_view kBusUnavailable = "event bus unavailable";
 
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
@@ -169,11 +175,74 @@ Lane::Lane(Options options, std::vector<Route> routes, amqp::Publisher* publishe
 
 Lane::~Lane() { Stop(); }
 
-absl::Status Lane::Start() { return server_.Start(); }
+absl::Status Lane::Start() {
+  if (recorder_ != nullptr && !probe_thread_.joinable()) {
+    probe_thread_ = std::thread([this] {
+      NameThisThread("ess-store-probe");
+      ProbeStore();
+    });
+  }
+  return server_.Start();
+}
 
 bool Lane::Drain(absl::Duration timeout) { return server_.Drain(timeout); }
 
-void Lane::Stop() { server_.Stop(); }
+void Lane::Stop() {
+  {
+    absl::MutexLock lock(&probe_mu_);
+    probe_stopping_ = true;
+  }
+  if (probe_thread_.joinable()) probe_thread_.join();
+  server_.Stop();
+}
+
+void Lane::ProbeStore() {
+  for (;;) {
+    // One probe at a time, each bounded by the interval: readiness requests never wait on it.
+    const absl::Status s = recorder_->Ping(options_.store_probe_interval);
+    store_state_ = s.ok() ? StoreState::kAnswers
+                   : absl::IsUnauthenticated(s) || absl::IsPermissionDenied(s)
+                       ? StoreState::kRefusesLane
+                       : StoreState::kUnreachable;
+    absl::MutexLock lock(&probe_mu_);
+    auto stopping = [this]() ABSL_SHARED_LOCKS_REQUIRED(probe_mu_) { return probe_stopping_; };
+    if (probe_mu_.AwaitWithTimeout(absl::Condition(&stopping), options_.store_probe_interval)) {
+      return;
+    }
+  }
+}
+
+http::ServerResponse Lane::Readiness() const {
+  const bool bus = publisher_ != nullptr && publisher_->connected();
+  std::string_view store;
+  switch (recorder_ == nullptr ? StoreState::kAnswers : store_state_.load()) {
+    case StoreState::kAnswers:
+      break;
+    case StoreState::kUnknown:
+      store = "not probed yet";
+      break;
+    case StoreState::kUnreachable:
+      store = "unreachable";
+      break;
+    case StoreState::kRefusesLane:
+      store = "refuses the lane's token";
+      break;
+  }
+  if (bus && store.empty()) return {.status = 200, .body = R"({"ready":true})"};
+  std::string body = R"({"ready":false)";
+  if (!bus) absl::StrAppend(&body, R"(,"bus":"not connected")");
+  if (!store.empty()) absl::StrAppend(&body, R"(,"store":")", ToAbsl(store), R"(")");
+  body.push_back('}');
+  return {.status = 503, .body = std::move(body)};
+}
+
+void Lane::LogUnavailable(log::Throttle& throttle, std::string_view cid, std::string_view msg,
+                          std::string_view partner, std::string_view error) {
+  uint64_t suppressed = 0;
+  if (!throttle.Allow(absl::Now(), &suppressed)) return;
+  const std::string held = absl::StrCat(suppressed);
+  log::Warn(cid, msg, {{"partner", partner}, {"error", error}, {"suppressed_since_last", held}});
+}
 
 void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
@@ -189,6 +258,10 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
       std::move(responder).Send({.status = 200, .body = R"({"ok":true})"});
       return;
     }
+    if (request.path == "/readyz") {
+      std::move(responder).Send(Readiness());
+      return;
+    }
     if (request.path == "/metrics") {
       std::move(responder).Send({.status = 200,
                                  .content_type = std::string(metrics::kContentType),
@@ -199,6 +272,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     return;
   }
   if (request.method != "POST") {
+    counters_.rejected.fetch_add(1, std::memory_order_relaxed);
     std::move(responder).Send(
         {.status = 405, .headers = {{"Allow", "POST"}}, .body = ErrorBody("webhooks take POST")});
     return;
@@ -356,7 +430,10 @@ void Lane::OnClaimed(std::shared_ptr<Call> call, const absl::Status& error) {
   } else {
     // The claims may or may not be stored; unreleased, their lease runs out.
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-    Finish(*call, 503, ErrorBody(ToStd(error.message())));
+    LogUnavailable(store_log_, call->events.front().correlation_id,
+                   "replay store failed the claim; partner told to retry", call->partner,
+                   ToStd(error.message()));
+    Finish(*call, 503, ErrorBody(kStoreUnavailable), nullptr, ErrorBody(ToStd(error.message())));
     return;
   }
   if (call->events.empty()) {
@@ -403,8 +480,8 @@ void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status&
   publish_seconds_.Observe(now - call->round_started);
   if (!error.ok()) {
     counters_.unavailable.fetch_add(1, std::memory_order_relaxed);
-    log::Warn(call->events.front().correlation_id, "publish failed; partner told to retry",
-              {{"partner", call->partner}, {"error", ToStd(error.message())}});
+    LogUnavailable(bus_log_, call->events.front().correlation_id,
+                   "publish failed; partner told to retry", call->partner, ToStd(error.message()));
     const std::string reason = absl::StrCat("event bus: ", error.message());
     std::vector<bool> confirmed;
     {
@@ -420,7 +497,7 @@ void Lane::OnPublished(std::shared_ptr<Call> call, size_t i, const absl::Status&
       RecordPublished(*call, k);
     }
     Release(*call, reason, &confirmed);
-    Finish(*call, 503, ErrorBody(reason), &confirmed);
+    Finish(*call, 503, ErrorBody(kBusUnavailable), &confirmed, ErrorBody(reason));
     return;
   }
   for (const std::string& id : call->ids) recent_.Published(call->partner, id, now);
@@ -453,7 +530,8 @@ void Lane::Release(const Call& call, std::string_view reason, const std::vector<
   }
 }
 
-void Lane::Finish(Call& call, int status, std::string body, const std::vector<bool>* published) {
+void Lane::Finish(Call& call, int status, std::string body, const std::vector<bool>* published,
+                  std::string_view audit_error) {
   if (status != 200) {
     // Release leaves published ids alone: those a partial failure published stay remembered.
     for (const std::string& id : call.ids) recent_.Release(call.partner, id);
@@ -467,7 +545,10 @@ void Lane::Finish(Call& call, int status, std::string body, const std::vector<bo
       audit_->Emit(AuditSink::Make(
           ess::v1::DIRECTION_INBOUND, call.partner, ev.correlation_id, call.ids[i], ev.event_type,
           ok ? ess::v1::MESSAGE_STATUS_PUBLISHED : ess::v1::MESSAGE_STATUS_FAILED,
-          ok ? std::string_view() : std::string_view(body), 1, call.received_at, false));
+          ok                    ? std::string_view()
+          : audit_error.empty() ? std::string_view(body)
+                                : audit_error,
+          1, call.received_at, false));
     }
   }
   http::ServerResponse resp{.status = status, .body = std::move(body)};
@@ -488,9 +569,9 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   metrics::AddSample(events, {{"outcome", "duplicate"}}, counters_.duplicates.load());
   prometheus::MetricFamily refused = metrics::Family(
       "ess_inbound_refused_total",
-      "Calls not taken, by reason: rejected (answered 4xx, or 503 while the same id is being "
-      "published), of which unauthenticated (401: not signed by the partner), and unavailable "
-      "(503: the bus or the store is down; the partner retries).",
+      "Calls not taken, by reason: rejected (answered 4xx: 400, 401, 404 or 405; or 503 while "
+      "the same id is being published), of which unauthenticated (401: not signed by the "
+      "partner), and unavailable (503: the bus or the store is down; the partner retries).",
       prometheus::MetricType::Counter);
   metrics::AddSample(refused, {{"reason", "rejected"}}, counters_.rejected.load());
   metrics::AddSample(refused, {{"reason", "unauthenticated"}}, counters_.unauthenticated.load());

@@ -13,7 +13,17 @@
 //   404  no partner serves this path          405  not a POST
 //   503  broker or replay store unreachable, or the id is being published by another call
 //        (Retry-After: 1): the partner should retry; claims already stored are given back
-//        (recorded FAILED)
+//        (recorded FAILED). The body says only which part failed ({"error":"event bus
+//        unavailable"} or {"error":"replay store unavailable"}); what went wrong is logged (at
+//        most once a second, with the count of the failures not logged) and carried by the
+//        FAILED record and the audit event, which are internal.
+//
+// Besides the webhook paths it serves GET /metrics, GET /healthz (liveness: 200 {"ok":true}
+// while the process serves HTTP) and GET /readyz (readiness: 200 {"ready":true} while the
+// publisher is connected to the broker and the replay store answered the lane's last probe;
+// else 503 naming what is not, e.g. {"ready":false,"bus":"not connected","store":"unreachable"}).
+// The store is probed by a thread of the lane's own, once per store_probe_interval, never by a
+// readiness request.
 //
 // Claims, publishes and records of concurrent requests are batched and pipelined: no request
 // waits for another's confirm.
@@ -37,6 +47,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -47,6 +58,7 @@
 #include "common/amqp.h"
 #include "common/audit.h"
 #include "common/http_server.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
@@ -81,6 +93,9 @@ class Lane {
     // Set: more metrics served with the lane's own (the SFTP pollers'); called at each scrape,
     // on a server thread.
     std::function<std::vector<prometheus::MetricFamily>()> more_metrics;
+    // How often the lane asks the replay store whether it answers (for GET /readyz); each
+    // probe waits this long for its answer at most.
+    absl::Duration store_probe_interval = absl::Seconds(1);
   };
   struct Counters {
     std::atomic<uint64_t> requests{0}, published{0}, rejected{0}, unavailable{0}, duplicates{0},
@@ -94,6 +109,7 @@ class Lane {
        ReplayRecorder* recorder, AuditSink* audit = nullptr);
   ~Lane();
 
+  // Starts serving and probing the store.
   absl::Status Start();
   // Stops taking connections and waits (at most `timeout`) for the webhooks in progress to be
   // answered; true if all were. Stop() follows.
@@ -131,7 +147,17 @@ class Lane {
     std::deque<std::pair<absl::Time, std::string>> order_ ABSL_GUARDED_BY(mu_);
   };
 
+  // What the lane knows of the replay store from its probes.
+  enum class StoreState { kUnknown, kAnswers, kUnreachable, kRefusesLane };
+
   void Handle(http::ServerRequest request, http::Responder responder);
+  // GET /readyz.
+  http::ServerResponse Readiness() const;
+  // The probe thread's loop: asks the store every store_probe_interval until Stop().
+  void ProbeStore();
+  // Logs a failed call's detail at warn, at most once a second (`throttle`).
+  void LogUnavailable(log::Throttle& throttle, std::string_view cid, std::string_view msg,
+                      std::string_view partner, std::string_view error);
   // Round 1 ended: `error` if a claim call failed.
   void OnClaimed(std::shared_ptr<Call> call, const absl::Status& error);
   // Event `i`'s confirm (or failure); the last one of the call answers it.
@@ -144,8 +170,10 @@ class Lane {
                const std::vector<bool>* published = nullptr);
   // Answers the call; a failed call gives its ids back so the partner's retry is not a duplicate.
   // With `published`, the events it marks were published all the same (a partial failure).
+  // The failed events' audit events carry `audit_error` when given (the failure's detail, which
+  // the partner's `body` does not tell), else `body`.
   void Finish(Call& call, int status, std::string body,
-              const std::vector<bool>* published = nullptr);
+              const std::vector<bool>* published = nullptr, std::string_view audit_error = {});
 
   Options options_;
   absl::flat_hash_map<std::string, Route> routes_;
@@ -158,6 +186,12 @@ class Lane {
   // Where a webhook's time goes: its claims in the store (first sent to last answered), its
   // publishes (first sent to last confirmed), and the whole call (taken to answered).
   metrics::Latency claim_seconds_, publish_seconds_, call_seconds_;
+  // The store's failures and the bus's, each logged at most once a second.
+  log::Throttle store_log_, bus_log_;
+  std::atomic<StoreState> store_state_{StoreState::kUnknown};
+  absl::Mutex probe_mu_;
+  bool probe_stopping_ ABSL_GUARDED_BY(probe_mu_) = false;
+  std::thread probe_thread_;
 };
 
 }  // namespace ess::inbound

@@ -234,7 +234,9 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   EXPECT_EQ(config->inbound().listen(), "0.0.0.0:8080");
   const YAML::Node inbound = Container(*Find(r, "Deployment", "inbound-svc"));
   EXPECT_EQ(inbound["ports"][0]["containerPort"].as<int>(), 8080);
-  EXPECT_EQ(inbound["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
+  // Ready while its bus and store answer; alive while it serves HTTP.
+  EXPECT_EQ(inbound["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/readyz");
+  EXPECT_EQ(inbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
   // Metrics: outbound_svc's and replay_svc's own ports, inbound_svc's webhook port.
   EXPECT_EQ(config->replay().metrics_listen(), "0.0.0.0:9465");
   EXPECT_EQ(Container(*Find(r, "StatefulSet", "replay-svc"))["ports"][1]["containerPort"].as<int>(),
