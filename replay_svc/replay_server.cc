@@ -5,6 +5,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/sv.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -66,8 +68,40 @@ absl::StatusOr<std::unique_ptr<ReplayServer>> ReplayServer::Start(ReplayStore& s
             ? ""
             : " (with TLS: are the certificate and the key a matching pair of PEM blocks?)"));
   }
-  return std::unique_ptr<ReplayServer>(
+  std::unique_ptr<ReplayServer> started(
       new ReplayServer(std::move(service), std::move(server), absl::StrCat(host, ":", port), port));
+  if (options.health_probe_interval > absl::ZeroDuration()) {
+    ReplayServer* self = started.get();
+    started->health_probe_ =
+        std::make_unique<PeriodicThread>("replay-health", options.health_probe_interval,
+                                         [self, &store] { self->ProbeStore(store); });
+  }
+  return started;
+}
+
+void ReplayServer::ProbeStore(ReplayStore& store) {
+  // A key no record has: the store answers NOT_FOUND when it is up, UNAVAILABLE when its
+  // database does not answer.
+  ess::v1::RecordKey key;
+  key.set_direction(ess::v1::DIRECTION_OUTBOUND);
+  key.set_partner("ess-health");
+  key.set_message_id("ess-health");
+  const absl::Status s = store.GetByKey(key).status();
+  const bool answers = !absl::IsUnavailable(s) && !absl::IsDeadlineExceeded(s);
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus(answers);  // "" and every registered service
+    health->SetServingStatus(std::string(ess::v1::ReplayService::service_full_name()), answers);
+  }
+  // A change is logged, and a store that does not answer from the start.
+  const bool changed = store_answers_.value_or(true) != answers;
+  store_answers_ = answers;
+  if (!changed) return;
+  if (answers) {
+    ess::log::Info("", "replay store answers; health SERVING");
+  } else {
+    ess::log::Warn("", "replay store does not answer; health NOT_SERVING",
+                   {{"error", ToStd(s.message())}});
+  }
 }
 
 ReplayServer::ReplayServer(std::unique_ptr<ReplayServiceImpl> service,
@@ -83,6 +117,7 @@ void ReplayServer::Shutdown(absl::Duration grace) {
   absl::MutexLock lock(&shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
+  if (health_probe_) health_probe_->Stop();
   if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
     health->Shutdown();
   }

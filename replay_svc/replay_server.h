@@ -1,6 +1,11 @@
-// A running gRPC server for ReplayService: the service plus gRPC health checking (reported
-// SERVING until shutdown) and server reflection, so grpcurl or any client can find it; over TLS
-// when given a certificate and key.
+// A running gRPC server for ReplayService: the service plus gRPC health checking and server
+// reflection, so grpcurl or any client can find it; over TLS when given a certificate and key.
+//
+// Health (grpc.health.v1.Health) is reported for the server ("") and for
+// "ess.v1.ReplayService" alike: SERVING while the store answered its last probe, NOT_SERVING
+// while it does not (e.g. PostgreSQL is down), and NOT_SERVING from shutdown on. A thread of
+// the server's own probes the store (a lookup of a key no record has) once per
+// health_probe_interval; a health check never reaches the store.
 //
 //   auto server = ess::replay::ReplayServer::Start(*store, {.listen = "127.0.0.1:0"});
 //   if (!server.ok()) ...;
@@ -13,6 +18,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -20,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
+#include "replay_svc/periodic_thread.h"
 #include "replay_svc/replay_service.h"
 #include "replay_svc/replay_store.h"
 
@@ -42,6 +49,9 @@ class ReplayServer {
     std::string tls_key_pem;
     // PEM CA certificates: with TLS, require a client certificate signed by them (mutual TLS).
     std::string tls_client_ca_pem;
+    // How often the store is probed for health checking; zero: never (always SERVING until
+    // shutdown).
+    absl::Duration health_probe_interval = absl::Seconds(1);
   };
 
   // INVALID_ARGUMENT for a malformed `listen`; UNAVAILABLE if it cannot be bound (e.g. the
@@ -64,6 +74,8 @@ class ReplayServer {
  private:
   ReplayServer(std::unique_ptr<ReplayServiceImpl> service, std::unique_ptr<grpc::Server> server,
                std::string address, int port);
+  // One probe of `store`: sets the serving status of "" and of ReplayService.
+  void ProbeStore(ReplayStore& store);
 
   // Destroyed after the server, as the server uses it until then.
   std::unique_ptr<ReplayServiceImpl> service_;
@@ -72,6 +84,10 @@ class ReplayServer {
   const int port_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+  // Whether the last probe found the store answering; none yet: unset.
+  std::optional<bool> store_answers_;
+  // Stopped first at shutdown, before the health service stops taking statuses.
+  std::unique_ptr<PeriodicThread> health_probe_;
 };
 
 }  // namespace ess::replay

@@ -1,6 +1,7 @@
 // The hub end to end on real parts: the replay_svc, outbound_svc and inbound_svc binaries, the
 // RabbitMQ that ./test.sh started, and partners served over real HTTP on loopback.
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
@@ -16,6 +17,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
@@ -358,6 +360,95 @@ TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
 
   EXPECT_EQ(replica_b.Stop(), 0) << replica_b.Log();
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+  unsetenv("ESS_TEST_HUB_DSN");
+}
+
+// grpc.health.v1.Health/Check of `service` at the store: "SERVING", "NOT_SERVING", or the
+// call's failure (e.g. "NOT_FOUND" for a service the server does not know).
+std::string HealthOf(const std::string& address, const std::string& service) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  // HealthCheckRequest{service}: field 1, a string.
+  std::string request_bytes;
+  if (!service.empty()) {
+    request_bytes =
+        absl::StrCat("\x0a", std::string(1, static_cast<char>(service.size())), service);
+  }
+  grpc::Slice slice(request_bytes);
+  grpc::ByteBuffer request(&slice, 1), response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  std::promise<grpc::Status> done;
+  generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) { done.set_value(std::move(s)); });
+  const grpc::Status status = done.get_future().get();
+  if (!status.ok()) {
+    return status.error_code() == grpc::StatusCode::NOT_FOUND
+               ? "NOT_FOUND"
+               : absl::StrCat("code ", status.error_code(), ": ", status.error_message());
+  }
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return "unreadable answer";
+  std::string bytes;
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  // HealthCheckResponse{status}: field 1, a varint (1 SERVING, 2 NOT_SERVING).
+  if (bytes == std::string("\x08\x01", 2)) return "SERVING";
+  if (bytes == std::string("\x08\x02", 2)) return "NOT_SERVING";
+  return absl::StrCat("answer ", absl::CEscape(bytes));
+}
+
+// replay_svc's gRPC health follows its store: with PostgreSQL unreachable (the test's relay to
+// it taken down) the server and ReplayService are NOT_SERVING, and the inbound lane is not
+// ready; once PostgreSQL answers again, SERVING and ready.
+TEST_F(HubTest, ReplaySvcHealthFollowsItsPostgresStore) {
+  replay::testing::TestStore db(replay::testing::Backend::kPostgres);
+  ASSERT_FALSE(HasFailure());
+  // The store's connections go through a relay to the test's PostgreSQL (a later port= wins).
+  int pg_port = 0;
+  for (absl::string_view word : absl::StrSplit(testing::RequiredEnv("ESS_POSTGRES_DSN"), ' ')) {
+    if (absl::ConsumePrefix(&word, "port=")) ASSERT_TRUE(absl::SimpleAtoi(word, &pg_port));
+  }
+  ASSERT_GT(pg_port, 0);
+  testing::TcpRelay relay(pg_port);
+  const std::string dsn = absl::StrCat(db.location(), " port=", relay.port());
+  ASSERT_EQ(setenv("ESS_TEST_HUB_DSN", dsn.c_str(), 1), 0);
+  replay_store_ = "  postgres: {dsn_env: ESS_TEST_HUB_DSN}";
+  dir_.Write("hub.yaml", Config("http://127.0.0.1:9"));
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  ASSERT_NO_FATAL_FAILURE(StartInbound("hub.yaml"));
+  const std::string address = absl::StrCat("127.0.0.1:", replay_port_);
+  auto health = [&] {
+    return absl::StrCat(HealthOf(address, ""), " ", HealthOf(address, "ess.v1.ReplayService"));
+  };
+  auto ready = [&] {
+    auto r = http_.SendAndWait({.method = "GET", .url = Url("/readyz")});
+    return r.ok() ? absl::StrCat(r->status, " ", r->body) : std::string(r.status().message());
+  };
+  ASSERT_TRUE(WaitFor([&] { return health() == "SERVING SERVING"; }, absl::Seconds(10)))
+      << health();
+  ASSERT_TRUE(WaitFor([&] { return ready() == R"(200 {"ready":true})"; }, absl::Seconds(10)))
+      << ready();
+  EXPECT_EQ(HealthOf(address, "no.such.Service"), "NOT_FOUND");
+
+  relay.Down();
+  ASSERT_TRUE(WaitFor([&] { return health() == "NOT_SERVING NOT_SERVING"; }, absl::Seconds(20)))
+      << health() << "\n"
+      << replay_->Log();
+  ASSERT_TRUE(WaitFor([&] { return ready() == R"(503 {"ready":false,"store":"unreachable"})"; },
+                      absl::Seconds(20)))
+      << ready();
+  EXPECT_THAT(replay_->Log(),
+              HasSubstr("msg=\"replay store does not answer; health NOT_SERVING\""));
+
+  ASSERT_TRUE(relay.Up());
+  ASSERT_TRUE(WaitFor([&] { return health() == "SERVING SERVING"; }, absl::Seconds(30)))
+      << health() << "\n"
+      << replay_->Log();
+  ASSERT_TRUE(WaitFor([&] { return ready() == R"(200 {"ready":true})"; }, absl::Seconds(20)))
+      << ready();
+  EXPECT_THAT(replay_->Log(), HasSubstr("msg=\"replay store answers; health SERVING\""));
   unsetenv("ESS_TEST_HUB_DSN");
 }
 
