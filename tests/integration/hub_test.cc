@@ -1623,6 +1623,7 @@ TEST_F(HubTest, InboundAnswers503WhenBrokerOrStoreIsUnreachable) {
               HasSubstr(R"(msg="publish failed; partner told to retry" partner=prison_calendar )"
                         R"(error="not connected to the amqp broker")"));
   EXPECT_EQ(inbound_->Stop(), 0);  // a graceful stop sends the records still queued
+  EXPECT_THAT(inbound_->Log(), HasSubstr("msg=stopping signal=SIGTERM"));  // as replay_svc says
   // It was recorded RECEIVED while the publish was tried, then FAILED with the reason.
   auto failed = Trail("VIS-9");
   ASSERT_EQ(failed.records_size(), 1);
