@@ -583,23 +583,26 @@ absl::StatusOr<MessageRecord> PostgresReplayStore::UpdateStatus(
   return RowToRecord(*row, 0);
 }
 
-absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
+absl::StatusOr<MarkedReplays> PostgresReplayStore::MarkReplayed(
     const std::vector<ReplayMark>& marks) {
   STORE_RETURN_IF_ERROR(rules::ValidateMarks(marks));
-  std::vector<bool> changed;
-  if (marks.empty()) return changed;
+  MarkedReplays marked;
+  std::vector<bool>& changed = marked.changed;
+  if (marks.empty()) return marked;
   // One statement per round of distinct keys (usually one): the rows that still hold what each
   // mark expects are locked in key order, as every transaction of the store locks them, and
   // marked; it returns the marks that changed a row.
   static const std::string* const kMarkSql = new std::string(
       "WITH m AS (SELECT * FROM unnest($2::SMALLINT[], $3::TEXT[], $4::TEXT[], $5::SMALLINT[], "
-      "$6::BIGINT[], $7::SMALLINT[], $8::INTEGER[]) "
-      "AS m(direction, partner, message_id, expected_status, expected_updated_at, status, i)), "
-      "locked AS (SELECT r.id, m.status, m.i FROM ess_replay_records AS r JOIN m ON "
+      "$6::BIGINT[], $7::SMALLINT[], $8::INTEGER[], $9::TEXT[]) "
+      "AS m(direction, partner, message_id, expected_status, expected_updated_at, status, i, "
+      "error)), "
+      "locked AS (SELECT r.id, m.status, m.i, m.error FROM ess_replay_records AS r JOIN m ON "
       "r.direction = m.direction AND r.partner = m.partner AND r.message_id = m.message_id AND "
       "r.status = m.expected_status AND r.updated_at = m.expected_updated_at "
       "ORDER BY r.direction, r.partner COLLATE \"C\", r.message_id COLLATE \"C\" FOR UPDATE OF r) "
-      "UPDATE ess_replay_records AS r SET status = locked.status, error = '', updated_at = $1 "
+      "UPDATE ess_replay_records AS r SET status = locked.status, error = locked.error, "
+      "updated_at = $1 "
       "FROM locked WHERE r.id = locked.id RETURNING locked.i");
   const std::vector<int> order =
       InKeyOrder(static_cast<int>(marks.size()),
@@ -608,9 +611,11 @@ absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
       Rounds(order, [&](int i) -> const ess::v1::RecordKey& { return marks[i].key; });
   STORE_RETURN_IF_ERROR(InTransaction("BEGIN", [&](pg::Connection& db) -> absl::Status {
     const int64_t now = NowMicros();
+    marked.updated_at_micros = now;
     changed.assign(marks.size(), false);
     for (const std::vector<int>& round : rounds) {
-      pg::Array direction, partner, message_id, expected_status, expected_updated_at, status, index;
+      pg::Array direction, partner, message_id, expected_status, expected_updated_at, status, index,
+          error;
       for (int i : round) {
         const ReplayMark& mark = marks[i];
         direction.AddInt(mark.key.direction());
@@ -618,8 +623,9 @@ absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
         expected_updated_at.AddInt(mark.expected_updated_at_micros);
         status.AddInt(mark.status);
         index.AddInt(i);
-        for (const auto& [array, text] : {std::pair{&partner, &mark.key.partner()},
-                                          std::pair{&message_id, &mark.key.message_id()}}) {
+        for (const auto& [array, text] :
+             {std::pair{&partner, &mark.key.partner()},
+              std::pair{&message_id, &mark.key.message_id()}, std::pair{&error, &mark.error}}) {
           if (absl::Status s = array->AddText(*text); !s.ok()) {
             return rules::WithPrefix(absl::StrCat("marks[", i, "]: "), s);
           }
@@ -628,13 +634,13 @@ absl::StatusOr<std::vector<bool>> PostgresReplayStore::MarkReplayed(
       absl::StatusOr<pg::Result> updated =
           db.Query(*kMarkSql, {now, direction.Literal(), partner.Literal(), message_id.Literal(),
                                expected_status.Literal(), expected_updated_at.Literal(),
-                               status.Literal(), index.Literal()});
+                               status.Literal(), index.Literal(), error.Literal()});
       if (!updated.ok()) return updated.status();
       for (int r = 0; r < updated->rows(); ++r) changed[updated->Int64(r, 0)] = true;
     }
     return absl::OkStatus();
   }));
-  return changed;
+  return marked;
 }
 
 absl::StatusOr<uint64_t> PostgresReplayStore::Purge(const RetentionPolicy& policy) {

@@ -1,6 +1,7 @@
 #include "replay_svc/records.h"
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace ess::replay {
@@ -9,6 +10,8 @@ namespace {
 // The range google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 constexpr int64_t kMinSeconds = -62135596800;
 constexpr int64_t kMaxSeconds = 253402300799;
+
+constexpr absl::string_view kReplayClaim = "replaying: claimed by ";
 
 std::string FieldPath(absl::string_view path, absl::string_view field) {
   return path.empty() ? std::string(field) : absl::StrCat(path, ".", field);
@@ -86,6 +89,15 @@ std::string DirectionName(ess::v1::Direction direction) {
     default:
       return "unspecified";
   }
+}
+
+std::string ReplayClaimError(absl::string_view who, absl::string_view previous_error) {
+  return absl::StrCat(kReplayClaim, who.empty() ? "ops" : who,
+                      previous_error.empty() ? "" : "; error before: ", previous_error);
+}
+
+bool IsReplayClaim(const ess::v1::MessageRecord& record) {
+  return absl::StartsWith(record.error(), kReplayClaim);
 }
 
 std::string StatusName(ess::v1::MessageStatus status) {

@@ -37,6 +37,13 @@ google::protobuf::Timestamp FromUnixMicros(int64_t micros);
 // True when `ts` is the default (unset) value.
 bool IsUnset(const google::protobuf::Timestamp& ts);
 
+// The error a record holds while an ops replay has claimed it (Replayer: from before its publish
+// until the confirm is marked): "replaying: claimed by WHO", then, if the record had an error,
+// "; error before: ERROR".
+std::string ReplayClaimError(absl::string_view who, absl::string_view previous_error);
+// True when `record` holds an ops replay's claim (its error is a ReplayClaimError).
+bool IsReplayClaim(const ess::v1::MessageRecord& record);
+
 // "outbound", "inbound"; "unspecified" for anything else.
 std::string DirectionName(ess::v1::Direction direction);
 // "received", "delivered", "dry_run", "failed", "dead", "published"; "unspecified" otherwise.

@@ -72,13 +72,23 @@ struct ListPage {
   std::optional<ListCursor> next;
 };
 
-// A record that ReplayService.Replay published again: its key, what it held when it was read,
-// and the status it takes now.
+// A compare-and-set of ReplayService.Replay on one record (its claim before the publish, its mark
+// after the confirm, or the claim given back after a failed publish): its key, what the record
+// held when it was read (or claimed), and the status and error it takes now.
 struct ReplayMark {
   ess::v1::RecordKey key;
   ess::v1::MessageStatus expected_status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
   int64_t expected_updated_at_micros = 0;
   ess::v1::MessageStatus status = ess::v1::MESSAGE_STATUS_UNSPECIFIED;
+  // Empty clears the record's error.
+  std::string error;
+};
+
+// What MarkReplayed did: per mark, whether it changed its record; and the updated_at (the
+// store's clock, in Unix microseconds) that every changed record got.
+struct MarkedReplays {
+  std::vector<bool> changed;
+  int64_t updated_at_micros = 0;
 };
 
 // What Purge evicts: settled records (DELIVERED, DRY_RUN, PUBLISHED) only, never one updated
@@ -149,11 +159,13 @@ class ReplayStore {
 
   virtual absl::StatusOr<ListPage> List(const ListQuery& query) = 0;
 
-  // In one transaction, per mark: sets the record's status (and clears its error) if it still
-  // holds expected_status and expected_updated_at_micros, i.e. nothing wrote it since it was
-  // read (a lane that already recorded the replay's outcome keeps it). Returns, per mark,
-  // whether it was changed. INVALID_ARGUMENT "marks[i]...." for the first bad mark.
-  virtual absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) = 0;
+  // In one transaction, per mark: sets the record's status and error if it still holds
+  // expected_status and expected_updated_at_micros, i.e. nothing wrote it since it was read (a
+  // lane that already recorded the replay's outcome keeps it; of two replays that read the same
+  // record, on one replica or on two, only the first to mark it changes it). Returns, per mark,
+  // whether it was changed, and the updated_at the changed records got. INVALID_ARGUMENT
+  // "marks[i]...." for the first bad mark.
+  virtual absl::StatusOr<MarkedReplays> MarkReplayed(const std::vector<ReplayMark>& marks) = 0;
 
   // Evicts what `policy` says, in transactions of policy.batch rows; returns how many records
   // went.

@@ -35,7 +35,7 @@ class Replayer::LateMarks {
   }
 
   // Any thread. False once stopped.
-  bool Push(Confirmed c) {
+  bool Push(Settlement c) {
     absl::MutexLock lock(&mu_);
     if (stopping_) return false;
     queue_.push_back(std::move(c));
@@ -61,7 +61,9 @@ class Replayer::LateMarks {
       if (mu_.AwaitWithTimeout(absl::Condition(&answered), timeout)) return true;
       left = unanswered_;
     }
-    ess::log::Warn("", "replays still unconfirmed; their records stay as they were",
+    ess::log::Warn("",
+                   "replays still unconfirmed; their records keep their claims until the claim "
+                   "lease passes",
                    {{"publishes", absl::StrCat(left)}, {"waited", absl::FormatDuration(timeout)}});
     return false;
   }
@@ -78,7 +80,7 @@ class Replayer::LateMarks {
  private:
   void Run() {
     for (;;) {
-      std::vector<Confirmed> batch;
+      std::vector<Settlement> batch;
       {
         absl::MutexLock lock(&mu_);
         auto ready = [this]()
@@ -95,7 +97,7 @@ class Replayer::LateMarks {
 
   Replayer* const replayer_;
   absl::Mutex mu_;
-  std::deque<Confirmed> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Settlement> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   size_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;  // publishes of every call
   std::thread thread_;
@@ -109,13 +111,16 @@ struct Replayer::Confirms {
   std::vector<std::optional<absl::Status>> results ABSL_GUARDED_BY(mu);
   size_t pending ABSL_GUARDED_BY(mu) = 0;
   bool closed ABSL_GUARDED_BY(mu) = false;
-  std::vector<std::optional<Confirmed>> late ABSL_GUARDED_BY(mu);
+  std::vector<std::optional<Settlement>> late ABSL_GUARDED_BY(mu);
 };
 
 Replayer::Options Replayer::FromConfig(const ess::v1::HubConfig& config) {
   Options options;
   if (!config.bus().events_exchange().empty()) {
     options.events_exchange = config.bus().events_exchange();
+  }
+  if (config.replay().claim_lease_ms() > 0) {
+    options.claim_lease = absl::Milliseconds(config.replay().claim_lease_ms());
   }
   if (config.inbound().claim_lease_ms() > 0) {
     options.inbound_claim_lease = absl::Milliseconds(config.inbound().claim_lease_ms());
@@ -175,6 +180,13 @@ absl::StatusOr<Replayer::Target> Replayer::TargetOf(const MessageRecord& record)
 
 std::optional<std::string> Replayer::InFlight(const MessageRecord& record) const {
   constexpr absl::string_view kOverride = "; include_in_flight to replay it all the same";
+  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
+  const absl::Time updated = absl::FromUnixMicros(ToUnixMicros(record.updated_at()).value_or(0));
+  if (IsReplayClaim(record) && now - updated < options_.claim_lease) {
+    return absl::StrCat("in flight: claimed ", absl::FormatDuration(now - updated),
+                        " ago by a replay (of this replica or another) that publishes it (lease ",
+                        absl::FormatDuration(options_.claim_lease), ")", kOverride);
+  }
   if (record.direction() == ess::v1::DIRECTION_OUTBOUND) {
     if (record.status() == ess::v1::MESSAGE_STATUS_RECEIVED) {
       return absl::StrCat("in flight: RECEIVED, the outbound lane or an earlier replay has it",
@@ -186,8 +198,6 @@ std::optional<std::string> Replayer::InFlight(const MessageRecord& record) const
     return std::nullopt;
   }
   if (record.status() != ess::v1::MESSAGE_STATUS_RECEIVED) return std::nullopt;
-  const absl::Time now = options_.clock ? options_.clock() : absl::Now();
-  const absl::Time updated = absl::FromUnixMicros(ToUnixMicros(record.updated_at()).value_or(0));
   if (now - updated >= options_.inbound_claim_lease) return std::nullopt;
   return absl::StrCat("in flight: RECEIVED ", absl::FormatDuration(now - updated),
                       " ago, the inbound lane's claim is being published (lease ",
@@ -200,15 +210,13 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
   const std::string& who = request.requested_by;
   ess::v1::ReplayResponse response;
   response.mutable_records()->Reserve(static_cast<int>(candidates.size()));
-  auto confirms = std::make_shared<Confirms>();
-  {
-    absl::MutexLock lock(&confirms->mu);
-    confirms->results.resize(candidates.size());
-    confirms->late.resize(candidates.size());
-  }
 
-  // Plan every candidate, and publish the replayable ones (all in flight at once).
-  std::vector<size_t> published;
+  // Plan every candidate: what is replayable, where it goes.
+  struct Planned {
+    size_t i;
+    Target target;
+  };
+  std::vector<Planned> planned;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const Candidate& c = candidates[i];
     ReplayedRecord* out = response.add_records();
@@ -241,6 +249,73 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
       out->set_outcome(ReplayedRecord::OUTCOME_REPLAYED);
       continue;
     }
+    planned.push_back({.i = i, .target = *std::move(target)});
+  }
+
+  // Claim the planned records, all in one compare-and-set: each keeps its status and takes the
+  // claim as its error, if it still holds what was read. One that does not was taken by another
+  // replay (of this replica or another) or written by a lane since: it is not published.
+  std::vector<int64_t> claimed_at(candidates.size(), 0);
+  std::vector<Planned> claimed;
+  if (!planned.empty()) {
+    std::vector<ReplayMark> claims;
+    claims.reserve(planned.size());
+    for (const Planned& p : planned) {
+      const MessageRecord& r = *candidates[p.i].record;
+      claims.push_back({.key = candidates[p.i].key,
+                        .expected_status = r.status(),
+                        .expected_updated_at_micros = ToUnixMicros(r.updated_at()).value_or(0),
+                        .status = r.status(),
+                        .error = ReplayClaimError(who, r.error())});
+    }
+    absl::StatusOr<MarkedReplays> marked = store.MarkReplayed(claims);
+    for (size_t k = 0; k < planned.size(); ++k) {
+      ReplayedRecord* out = response.mutable_records(static_cast<int>(planned[k].i));
+      if (!marked.ok()) {
+        out->set_outcome(ReplayedRecord::OUTCOME_FAILED);
+        out->set_error(absl::StrCat("not claimed, not published: ", marked.status().ToString()));
+        continue;
+      }
+      if (!marked->changed[k]) {
+        out->set_outcome(ReplayedRecord::OUTCOME_SKIPPED);
+        out->set_error(
+            "changed since it was read: another replay (of this replica or another) or a lane "
+            "has it; not published");
+        continue;
+      }
+      claimed_at[planned[k].i] = marked->updated_at_micros;
+      claimed.push_back(std::move(planned[k]));
+    }
+    if (!marked.ok()) {
+      ess::log::Error(
+          "", "replay not claimed; nothing published",
+          {{"records", absl::StrCat(claims.size())}, {"error", ToStd(marked.status().message())}});
+    }
+  }
+
+  // What settling record i says once its publish is answered.
+  auto answered = [&](size_t i, bool confirmed) {
+    return Settlement{.record = *candidates[i].record,
+                      .key = candidates[i].key,
+                      .claimed_at_micros = claimed_at[i],
+                      .confirmed = confirmed,
+                      .target = response.records(static_cast<int>(i)).target(),
+                      .requested_by = who,
+                      .reason = request.reason,
+                      .started = started,
+                      .store = &store};
+  };
+
+  // Publish the claimed records, all in flight at once.
+  auto confirms = std::make_shared<Confirms>();
+  {
+    absl::MutexLock lock(&confirms->mu);
+    confirms->results.resize(candidates.size());
+    confirms->late.resize(candidates.size());
+  }
+  for (Planned& p : claimed) {
+    const size_t i = p.i;
+    const MessageRecord& r = *candidates[i].record;
     const bool outbound = r.direction() == ess::v1::DIRECTION_OUTBOUND;
     amqp::Message msg;
     msg.body = outbound ? r.payload() : r.rendered();
@@ -257,12 +332,11 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
       absl::MutexLock lock(&confirms->mu);
       ++confirms->pending;
     }
-    published.push_back(i);
     late_->Sent();
-    publish_(std::move(target->exchange), std::move(target->routing_key), std::move(msg),
+    publish_(std::move(p.target.exchange), std::move(p.target.routing_key), std::move(msg),
              [confirms, i, late = late_](absl::Status s) {
-               absl::Cleanup answered = [&late] { late->Answered(); };
-               std::optional<Confirmed> late_one;
+               absl::Cleanup done = [&late] { late->Answered(); };
+               std::optional<Settlement> late_one;
                {
                  absl::MutexLock lock(&confirms->mu);
                  --confirms->pending;
@@ -273,58 +347,39 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
                  late_one = std::move(confirms->late[i]);
                }
                if (!late_one.has_value()) return;
-               if (!s.ok()) {
-                 ess::log::Warn(late_one->record.correlation_id(),
-                                "replay not confirmed after all; the record stays as it was",
-                                {{"partner", late_one->record.partner()},
-                                 {"message_id", late_one->record.message_id()},
-                                 {"error", s.ToString()}});
-               } else {
-                 const std::string message_id = late_one->record.message_id();
-                 if (!late->Push(*std::move(late_one))) {
-                   ess::log::Warn("", "replay confirmed while stopping; the record is not marked",
-                                  {{"message_id", message_id}});
-                 }
+               late_one->confirmed = s.ok();
+               if (!s.ok()) late_one->failure = s.ToString();
+               const std::string message_id = late_one->record.message_id();
+               if (!late->Push(*std::move(late_one))) {
+                 ess::log::Warn("",
+                                "replay answered while stopping; the record keeps its claim "
+                                "until the claim lease passes",
+                                {{"message_id", message_id}, {"confirmed", s.ok() ? "yes" : "no"}});
                }
              });
   }
-
-  // What marking record i says once it is confirmed.
-  auto confirmed = [&](size_t i) {
-    const MessageRecord& r = *candidates[i].record;
-    const bool outbound = r.direction() == ess::v1::DIRECTION_OUTBOUND;
-    return Confirmed{
-        .record = r,
-        .mark = {.key = candidates[i].key,
-                 .expected_status = r.status(),
-                 .expected_updated_at_micros = ToUnixMicros(r.updated_at()).value_or(0),
-                 .status = outbound ? ess::v1::MESSAGE_STATUS_RECEIVED
-                                    : ess::v1::MESSAGE_STATUS_PUBLISHED},
-        .target = response.records(static_cast<int>(i)).target(),
-        .requested_by = who,
-        .reason = request.reason,
-        .started = started,
-        .store = &store};
-  };
 
   // Wait for the confirms; those still out are settled when they come.
   std::vector<std::optional<absl::Status>> results;
   {
     absl::MutexLock lock(&confirms->mu);
-    auto answered = [&confirms]()
-                        ABSL_SHARED_LOCKS_REQUIRED(confirms->mu) { return confirms->pending == 0; };
-    confirms->mu.AwaitWithDeadline(absl::Condition(&answered),
+    auto all_answered = [&confirms]() ABSL_SHARED_LOCKS_REQUIRED(confirms->mu) {
+      return confirms->pending == 0;
+    };
+    confirms->mu.AwaitWithDeadline(absl::Condition(&all_answered),
                                    std::min(request.deadline, started + options_.confirm_timeout));
     results = confirms->results;
     confirms->closed = true;
-    for (size_t i : published) {
-      if (!results[i].has_value()) confirms->late[i] = confirmed(i);
+    for (const Planned& p : claimed) {
+      if (!results[p.i].has_value()) confirms->late[p.i] = answered(p.i, true);
     }
   }
 
-  // Mark what the broker confirmed, then audit and log it.
-  std::vector<Confirmed> now;
-  for (size_t i : published) {
+  // Mark what the broker confirmed and give back the claims of what it refused, then audit and
+  // log the replayed ones.
+  std::vector<Settlement> now;
+  for (const Planned& p : claimed) {
+    const size_t i = p.i;
     ReplayedRecord* out = response.mutable_records(static_cast<int>(i));
     if (!results[i].has_value()) {
       out->set_outcome(ReplayedRecord::OUTCOME_UNCONFIRMED);
@@ -336,10 +391,12 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
     if (!results[i]->ok()) {
       out->set_outcome(ReplayedRecord::OUTCOME_FAILED);
       out->set_error(absl::StrCat("publish failed: ", results[i]->ToString()));
+      now.push_back(answered(i, false));
+      now.back().failure = results[i]->ToString();
       continue;
     }
     out->set_outcome(ReplayedRecord::OUTCOME_REPLAYED);
-    now.push_back(confirmed(i));
+    now.push_back(answered(i, true));
   }
   Settle(std::move(now), /*late=*/false);
 
@@ -362,34 +419,62 @@ ess::v1::ReplayResponse Replayer::Replay(const std::vector<Candidate>& candidate
   return response;
 }
 
-void Replayer::Settle(std::vector<Confirmed> confirmed, bool late) {
-  if (confirmed.empty()) return;
+void Replayer::Settle(std::vector<Settlement> answered, bool late) {
+  if (answered.empty()) return;
+  // A confirmed record takes its replay's status; a refused one gets back the status and error
+  // it had. Either only if it still holds the claim (a lane that wrote it since keeps what it
+  // wrote).
+  auto mark_of = [](const Settlement& a) {
+    const MessageRecord& r = a.record;
+    ReplayMark mark{.key = a.key,
+                    .expected_status = r.status(),
+                    .expected_updated_at_micros = a.claimed_at_micros,
+                    .status = r.status(),
+                    .error = r.error()};
+    if (a.confirmed) {
+      mark.status = r.direction() == ess::v1::DIRECTION_OUTBOUND
+                        ? ess::v1::MESSAGE_STATUS_RECEIVED
+                        : ess::v1::MESSAGE_STATUS_PUBLISHED;
+      mark.error.clear();
+    }
+    return mark;
+  };
   // One MarkReplayed per store (a call has one; late ones may come from several calls).
   std::vector<ReplayMark> marks;
-  for (size_t from = 0; from < confirmed.size();) {
-    ReplayStore* store = confirmed[from].store;
+  for (size_t from = 0; from < answered.size();) {
+    ReplayStore* store = answered[from].store;
     size_t to = from;
     marks.clear();
-    while (to < confirmed.size() && confirmed[to].store == store) {
-      marks.push_back(confirmed[to].mark);
+    while (to < answered.size() && answered[to].store == store) {
+      marks.push_back(mark_of(answered[to]));
       ++to;
     }
-    if (absl::StatusOr<std::vector<bool>> changed = store->MarkReplayed(marks); !changed.ok()) {
-      // The messages are on their way; the lanes' records will follow them.
+    if (absl::StatusOr<MarkedReplays> changed = store->MarkReplayed(marks); !changed.ok()) {
+      // The messages are on their way; the lanes' records will follow them. The records keep
+      // their claims until the claim lease passes.
       ess::log::Error(
-          "", "replayed records not marked",
+          "", "replayed records not marked; they keep their claims until the claim lease passes",
           {{"records", absl::StrCat(marks.size())}, {"error", ToStd(changed.status().message())}});
     }
     from = to;
   }
-  for (const Confirmed& c : confirmed) {
-    const MessageRecord& r = c.record;
+  for (const Settlement& a : answered) {
+    const MessageRecord& r = a.record;
+    if (!a.confirmed) {
+      if (late) {
+        ess::log::Warn(
+            r.correlation_id(), "replay not confirmed after all; its claim is given back",
+            {{"partner", r.partner()}, {"message_id", r.message_id()}, {"error", a.failure}});
+      }
+      continue;
+    }
+    const ess::v1::MessageStatus status = mark_of(a).status;
     if (audit_ != nullptr) {
       ess::v1::SyncAudit event =
           AuditSink::Make(r.direction(), r.partner(), r.correlation_id(), r.message_id(),
-                          r.event_type(), c.mark.status, "", r.attempts(), c.started, r.dry_run());
-      event.set_replayed_by(c.requested_by);
-      event.set_replay_reason(c.reason);
+                          r.event_type(), status, "", r.attempts(), a.started, r.dry_run());
+      event.set_replayed_by(a.requested_by);
+      event.set_replay_reason(a.reason);
       audit_->Emit(event);
     }
     ess::log::Info(r.correlation_id(),
@@ -398,9 +483,9 @@ void Replayer::Settle(std::vector<Confirmed> confirmed, bool late) {
                     {"partner", r.partner()},
                     {"message_id", r.message_id()},
                     {"was", StatusName(r.status())},
-                    {"to", c.target},
-                    {"by", c.requested_by},
-                    {"reason", c.reason}});
+                    {"to", a.target},
+                    {"by", a.requested_by},
+                    {"reason", a.reason}});
   }
 }
 

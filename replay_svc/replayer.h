@@ -6,12 +6,24 @@
 //   inbound record   its internal event (the recorded rendering) -> the events exchange, with
 //                    "x-ess-partner" and "x-ess-replay"; the record becomes PUBLISHED
 //
-// Publishes are persistent, mandatory and confirmed, all in flight at once. A record's status
-// changes only after its confirm, and only if nothing wrote the record since it was read
-// (ReplayStore::MarkReplayed): a lane that already recorded the outcome of the replayed push
-// keeps it. A crash between the confirm and the mark leaves the record as it was and the
-// message on its way; the lane's record follows. A confirm that comes after the call answered
-// (UNCONFIRMED) is marked, audited and logged then, by the Replayer's own thread.
+// Each record is claimed in the store before it is published: one compare-and-set for the call
+// (ReplayStore::MarkReplayed) keeps its status and sets its error to a claim
+// (ReplayClaimError), if nothing wrote the record since it was read. Of two replays of the same
+// record at once, on one replica or on two over one database, only the one whose claim changed
+// the record publishes it; the other skips it. While the claim holds (Options::claim_lease since
+// it was written) every other replay skips the record as in flight. Publishes are persistent,
+// mandatory and confirmed, all in flight at once. A confirmed record takes its replay's status,
+// and a refused one gets back its error, each only if it still holds the claim: a lane that
+// already recorded the outcome of the replayed push keeps it. A confirm that comes after the call
+// answered (UNCONFIRMED) is marked, audited and logged then, by the Replayer's own thread.
+//
+// Crashes: killed between the claim and the publish, the record keeps the claim though nothing
+// was published; past the lease a replay takes it again (or, sooner, one with
+// include_in_flight). Killed between the confirm and the mark (or the confirm never came while
+// the Replayer ran), the message is on its way and the record keeps the claim: a replay within
+// the lease skips it, one after the lease sends it a second time (the lane's record, when it
+// follows the message, ends the claim first). Before claims, a replay run in that window, or
+// at the same time on another replica, sent the records twice.
 //
 //   Replayer replayer(Replayer::FromConfig(config), publish, &audit);
 //   ess::v1::ReplayResponse r = replayer.Replay(candidates, {.requested_by = "alice"}, store);
@@ -57,6 +69,9 @@ class Replayer {
     // The inbound lane's claim lease (inbound.claim_lease_ms): an inbound RECEIVED record
     // updated within it is a claim being published.
     absl::Duration inbound_claim_lease = absl::Seconds(35);
+    // How long a replay's claim on a record holds it (replay.claim_lease_ms): longer than
+    // confirm_timeout, so that a claim outlives the wait for its confirm.
+    absl::Duration claim_lease = absl::Seconds(60);
     // The clock that records' updated_at came from (the store's); absl::Now when unset.
     std::function<absl::Time()> clock;
   };
@@ -99,10 +114,12 @@ class Replayer {
   // Call it before the stores of past calls go away. Idempotent.
   void Stop();
 
-  // Replays `candidates` in order (only says what it would do when request.dry_run), marks
-  // the replayed records in `store`, and returns one ReplayedRecord per candidate with the
-  // counts; next_page_token is left to the caller. Blocks until every publish is answered or
-  // confirm_timeout has passed. One call at a time. `store` must outlive Stop() (late marks).
+  // Replays `candidates` in order (only says what it would do when request.dry_run, and writes
+  // nothing), claims them in `store` before it publishes them and marks them once confirmed,
+  // and returns one ReplayedRecord per candidate with the counts (a candidate whose claim found
+  // the record changed since it was read is SKIPPED); next_page_token is left to the caller. Blocks
+  // until every publish is answered or confirm_timeout has passed. One call at a time. `store` must
+  // outlive Stop() (late marks).
   ess::v1::ReplayResponse Replay(const std::vector<Candidate>& candidates, const Request& request,
                                  ReplayStore& store);
 
@@ -115,6 +132,8 @@ class Replayer {
   // Where `record` goes, or why it cannot be replayed (the error of a SKIPPED outcome).
   absl::StatusOr<Target> TargetOf(const ess::v1::MessageRecord& record) const;
   // Why `record` is in flight (a replay would send it a second time), or nullopt:
+  //   a replay's claim   written within claim_lease: a replay publishes it (past the lease the
+  //                      record is judged by its status, as if it had no claim)
   //   outbound RECEIVED  the lane, or an earlier replay, has it on its way
   //   outbound FAILED    its next attempt waits in a retry queue
   //   inbound RECEIVED   updated within the claim lease: the inbound lane is publishing it (past
@@ -122,10 +141,14 @@ class Replayer {
   // An inbound FAILED record was given back unpublished: never in flight.
   std::optional<std::string> InFlight(const ess::v1::MessageRecord& record) const;
 
-  // A confirmed replay: its mark, and what its audit event and log line say.
-  struct Confirmed {
-    ess::v1::MessageRecord record;
-    ReplayMark mark;
+  // A claimed record whose publish was answered: what settles it, and what its audit event and
+  // log line say.
+  struct Settlement {
+    ess::v1::MessageRecord record;  // as read
+    ess::v1::RecordKey key;
+    int64_t claimed_at_micros = 0;  // the updated_at its claim wrote
+    bool confirmed = false;         // false: refused, its claim is given back
+    std::string failure;            // why it was refused
     std::string target;
     std::string requested_by;
     std::string reason;
@@ -136,8 +159,9 @@ class Replayer {
   class LateMarks;
   struct Confirms;
 
-  // Marks `confirmed` in their store, then audits and logs each.
-  void Settle(std::vector<Confirmed> confirmed, bool late);
+  // Marks the confirmed of `answered` in their store and gives back the claims of the others,
+  // then audits and logs the confirmed ones.
+  void Settle(std::vector<Settlement> answered, bool late);
 
   const Options options_;
   PublishFn publish_;

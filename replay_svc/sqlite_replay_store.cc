@@ -319,7 +319,7 @@ absl::StatusOr<std::unique_ptr<SqliteReplayStore>> SqliteReplayStore::Open(const
       "WHERE direction = ?1 AND partner = ?2 AND message_id = ?3");
   if (!select_state.ok()) return select_state.status();
   absl::StatusOr<sqlite::Statement> mark_replayed = db->Prepare(
-      "UPDATE records SET status = ?1, error = '', updated_at = ?2 "
+      "UPDATE records SET status = ?1, error = ?8, updated_at = ?2 "
       "WHERE direction = ?3 AND partner = ?4 AND message_id = ?5 AND status = ?6 "
       "AND updated_at = ?7");
   if (!mark_replayed.ok()) return mark_replayed.status();
@@ -535,15 +535,17 @@ absl::StatusOr<MessageRecord> SqliteReplayStore::UpdateStatus(
   return record;
 }
 
-absl::StatusOr<std::vector<bool>> SqliteReplayStore::MarkReplayed(
+absl::StatusOr<MarkedReplays> SqliteReplayStore::MarkReplayed(
     const std::vector<ReplayMark>& marks) {
   STORE_RETURN_IF_ERROR(rules::ValidateMarks(marks));
-  std::vector<bool> changed;
-  if (marks.empty()) return changed;
+  MarkedReplays marked;
+  std::vector<bool>& changed = marked.changed;
+  if (marks.empty()) return marked;
   changed.reserve(marks.size());
 
   absl::MutexLock lock(&write_mu_);
   const int64_t now = NowMicros();
+  marked.updated_at_micros = now;
   absl::StatusOr<sqlite::Transaction> tx = sqlite::Transaction::Begin(writer_->db);
   if (!tx.ok()) return tx.status();
   sqlite::Statement& update = writer_->mark_replayed;
@@ -556,11 +558,12 @@ absl::StatusOr<std::vector<bool>> SqliteReplayStore::MarkReplayed(
     STORE_RETURN_IF_ERROR(update.Bind(5, mark.key.message_id()));
     STORE_RETURN_IF_ERROR(update.Bind(6, static_cast<int>(mark.expected_status)));
     STORE_RETURN_IF_ERROR(update.Bind(7, mark.expected_updated_at_micros));
+    STORE_RETURN_IF_ERROR(update.Bind(8, mark.error));
     STORE_RETURN_IF_ERROR(update.Run());
     changed.push_back(writer_->db.Changes() > 0);
   }
   if (absl::Status s = tx->Commit(); !s.ok()) return s;
-  return changed;
+  return marked;
 }
 
 absl::StatusOr<uint64_t> SqliteReplayStore::Purge(const RetentionPolicy& policy) {

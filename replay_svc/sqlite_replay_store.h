@@ -68,7 +68,7 @@ class SqliteReplayStore final : public ReplayStore {
   absl::StatusOr<std::vector<ess::v1::MessageRecord>> GetByCorrelation(
       absl::string_view correlation_id) override;
   absl::StatusOr<ListPage> List(const ListQuery& query) override;
-  absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) override;
+  absl::StatusOr<MarkedReplays> MarkReplayed(const std::vector<ReplayMark>& marks) override;
   absl::StatusOr<uint64_t> Purge(const RetentionPolicy& policy) override;
   absl::StatusOr<std::vector<ess::v1::PartnerStats>> Stats(absl::string_view partner) override;
   absl::StatusOr<UnconfirmedDeliveries> CountUnconfirmed(absl::string_view partner,

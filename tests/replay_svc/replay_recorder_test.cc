@@ -167,7 +167,7 @@ class CountingStore final : public ReplayStore {
     return store_.GetByCorrelation(correlation_id);
   }
   absl::StatusOr<ListPage> List(const ListQuery& query) override { return store_.List(query); }
-  absl::StatusOr<std::vector<bool>> MarkReplayed(const std::vector<ReplayMark>& marks) override {
+  absl::StatusOr<MarkedReplays> MarkReplayed(const std::vector<ReplayMark>& marks) override {
     return store_.MarkReplayed(marks);
   }
   absl::StatusOr<uint64_t> Purge(const RetentionPolicy& policy) override {

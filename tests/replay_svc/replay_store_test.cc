@@ -545,7 +545,7 @@ TEST_P(ReplayStoreTest, MarkReplayedChangesOnlyRowsThatStillHoldWhatTheMarkRead)
   constexpr auto kFailed = ess::v1::MESSAGE_STATUS_FAILED;
   constexpr auto kReceived = ess::v1::MESSAGE_STATUS_RECEIVED;
   constexpr auto kDelivered = ess::v1::MESSAGE_STATUS_DELIVERED;
-  absl::StatusOr<std::vector<bool>> changed = store_->MarkReplayed({
+  absl::StatusOr<MarkedReplays> changed = store_->MarkReplayed({
       mark(kOut, "d", kFailed, read_at, kReceived),      // 0: holds what was read
       mark(kOut, "a", kFailed, read_at, kReceived),      // 1: holds what was read
       mark(kOut, "b", kFailed, read_at - 1, kReceived),  // 2: updated since
@@ -556,7 +556,8 @@ TEST_P(ReplayStoreTest, MarkReplayedChangesOnlyRowsThatStillHoldWhatTheMarkRead)
       mark(kIn, "a", ess::v1::MESSAGE_STATUS_PUBLISHED, read_at, kReceived),  // 7: another status
   });
   ASSERT_TRUE(changed.ok()) << changed.status();
-  EXPECT_THAT(*changed, ElementsAre(true, true, false, false, false, false, true, false));
+  EXPECT_THAT(changed->changed, ElementsAre(true, true, false, false, false, false, true, false));
+  EXPECT_EQ(changed->updated_at_micros, mark_at);
 
   auto status_of = [&](ess::v1::Direction direction, const std::string& id) {
     absl::StatusOr<MessageRecord> r = store_->GetByKey(Key(direction, "prison", id));
@@ -585,11 +586,84 @@ TEST_P(ReplayStoreTest, MarkReplayedChangesOnlyRowsThatStillHoldWhatTheMarkRead)
   }
   changed = store_->MarkReplayed(marks);
   ASSERT_TRUE(changed.ok()) << changed.status();
-  ASSERT_EQ(changed->size(), 1000u);
+  ASSERT_EQ(changed->changed.size(), 1000u);
   for (int k = 0; k < 1000; ++k)
-    EXPECT_EQ((*changed)[k], (999 - k) % 3 != 0) << "marks[" << k << "]";
+    EXPECT_EQ(changed->changed[k], (999 - k) % 3 != 0) << "marks[" << k << "]";
   ListQuery received{.partner = "prison", .status = kReceived};
   EXPECT_EQ(ListAll(received).size(), 666u + 1u);  // and "a"
+}
+
+// A mark sets the error it carries: a replay's claim, and the error given back with the claim.
+TEST_P(ReplayStoreTest, MarkReplayedSetsTheErrorOfTheMark) {
+  MessageRecord dead = Outbound("prison", "a", ess::v1::MESSAGE_STATUS_DEAD);
+  dead.set_error("HTTP 422");
+  Store({dead});
+  absl::StatusOr<MessageRecord> stored = store_->GetByKey(Key(kOut, "prison", "a"));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  absl::StatusOr<MarkedReplays> claimed =
+      store_->MarkReplayed({{.key = Key(kOut, "prison", "a"),
+                             .expected_status = ess::v1::MESSAGE_STATUS_DEAD,
+                             .expected_updated_at_micros = Micros(stored->updated_at()),
+                             .status = ess::v1::MESSAGE_STATUS_DEAD,
+                             .error = "replaying: claimed by alice; error before: HTTP 422"}});
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  EXPECT_THAT(claimed->changed, ElementsAre(true));
+  stored = store_->GetByKey(Key(kOut, "prison", "a"));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(stored->status(), ess::v1::MESSAGE_STATUS_DEAD);
+  EXPECT_EQ(stored->error(), "replaying: claimed by alice; error before: HTTP 422");
+  EXPECT_EQ(Micros(stored->updated_at()), claimed->updated_at_micros);
+}
+
+// Two replicas on one database mark the same records at once, each as if it alone had read them:
+// every record is changed by exactly one of them.
+TEST_P(ReplayStoreTest, OfTwoStoresMarkingTheSameRecordsAtOnceEachRecordGoesToOne) {
+  constexpr int kRecords = 500;
+  std::vector<MessageRecord> records;
+  for (int i = 0; i < kRecords; ++i) {
+    records.push_back(Outbound("prison", absl::StrCat("r-", i), ess::v1::MESSAGE_STATUS_DEAD));
+  }
+  const int64_t written_at = absl::ToUnixMicros(clock_.Peek());
+  Store(records);
+  absl::StatusOr<std::unique_ptr<ReplayStore>> other = db_.Open([this] { return clock_.Now(); });
+  ASSERT_TRUE(other.ok()) << other.status();
+  std::vector<ReplayMark> marks;
+  for (int i = 0; i < kRecords; ++i) {
+    marks.push_back({.key = Key(kOut, "prison", absl::StrCat("r-", i)),
+                     .expected_status = ess::v1::MESSAGE_STATUS_DEAD,
+                     .expected_updated_at_micros = written_at,
+                     .status = ess::v1::MESSAGE_STATUS_DEAD,
+                     .error = "replaying: claimed by test"});
+  }
+  for (int round = 0; round < 3; ++round) {
+    std::vector<ReplayMark> these = marks;
+    if (round == 1) std::reverse(these.begin(), these.end());
+    std::atomic<int> ready = 0;
+    auto mark = [&](ReplayStore* store) {
+      ready.fetch_add(1);
+      while (ready.load() < 2) std::this_thread::yield();  // both start together
+      return store->MarkReplayed(these);
+    };
+    absl::StatusOr<MarkedReplays> a, b;
+    std::thread other_replica([&] { b = mark(other->get()); });
+    a = mark(store_.get());
+    other_replica.join();
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    int changed = 0;
+    for (int i = 0; i < kRecords; ++i) {
+      EXPECT_NE(a->changed[i], b->changed[i]) << "round " << round << ", mark " << i;
+      changed += a->changed[i] ? 1 : 0;
+      changed += b->changed[i] ? 1 : 0;
+    }
+    EXPECT_EQ(changed, kRecords) << "round " << round;
+    // Both changed every record they got: the next round expects what this one wrote.
+    for (int i = 0; i < kRecords; ++i) {
+      const int k = round == 1 ? kRecords - 1 - i : i;
+      marks[k].expected_updated_at_micros =
+          a->changed[i] ? a->updated_at_micros : b->updated_at_micros;
+    }
+  }
 }
 
 // A copy from another store: records keep their own times, and a stored record is replaced

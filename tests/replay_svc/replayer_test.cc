@@ -4,8 +4,10 @@
 // tests/integration/ops_replay_test.cc.
 #include "replay_svc/replayer.h"
 
+#include <atomic>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -23,6 +25,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "replay_svc/records.h"
 #include "replay_svc/replay_server.h"
 #include "replay_svc/sqlite_replay_store.h"
 #include "tests/replay_svc/test_store.h"
@@ -394,7 +397,9 @@ TEST_P(ReplayerTest, FromConfigTakesTheClaimLease) {
 }
 
 TEST_P(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
-  Store({Outbound("prison", "m-1", kDead), Outbound("prison", "m-2", kDead)});
+  MessageRecord refused = Outbound("prison", "m-2", kDead);
+  refused.set_error("HTTP 422");
+  Store({Outbound("prison", "m-1", kDead), refused});
   bus_.Fail("m-2",
             absl::FailedPreconditionError("unroutable: exchange= routing_key=visit_updates"));
   Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
@@ -409,6 +414,11 @@ TEST_P(ReplayerTest, APublishTheBrokerRefusesFailsAndLeavesItsRecordAsItWas) {
             "publish failed: FAILED_PRECONDITION: unroutable: exchange= routing_key=visit_updates");
   EXPECT_EQ(Read(kOut, "prison", "m-1").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
   EXPECT_EQ(Read(kOut, "prison", "m-2").status(), kDead);
+  EXPECT_EQ(Read(kOut, "prison", "m-2").error(), "HTTP 422");  // its claim given back
+  // So a replay again takes it.
+  r = replayer.Replay(Candidates({{kOut, "prison", "m-2"}}), {.reason = "x"}, *store_);
+  EXPECT_EQ(r.failed(), 1u);
+  EXPECT_EQ(bus_.published().size(), 3u);
 }
 
 TEST_P(ReplayerTest, ARecordTheLaneWroteMeanwhileKeepsWhatTheLaneWrote) {
@@ -510,8 +520,120 @@ TEST_P(ReplayerTest, AConfirmAfterStopIsOnlyLogged) {
   EXPECT_EQ(Read(kOut, "prison", "m-slow").status(), kDead);
 }
 
+// Two replicas on one store run the same replay at once (an operator's retry that reached the
+// other replica): both read every record before either publishes, and still each record is
+// published once, by the replica whose claim took it; the other skips it.
+TEST_P(ReplayerTest, TwoReplaysOfTheSameRecordsAtOnceOnTwoReplicasPublishEachOnce) {
+  constexpr int kOutbound = 300, kInbound = 50;
+  std::vector<MessageRecord> records;
+  std::vector<std::tuple<ess::v1::Direction, std::string, std::string>> keys;
+  for (int i = 0; i < kOutbound; ++i) {
+    records.push_back(Outbound("prison", absl::StrCat("m-", i), ess::v1::MESSAGE_STATUS_DELIVERED));
+    keys.emplace_back(kOut, "prison", absl::StrCat("m-", i));
+  }
+  for (int i = 0; i < kInbound; ++i) {
+    records.push_back(Inbound(absl::StrCat("w-", i), ess::v1::MESSAGE_STATUS_FAILED));
+    keys.emplace_back(kIn, "prison", absl::StrCat("w-", i));
+  }
+  Store(records);
+  absl::StatusOr<std::unique_ptr<ReplayStore>> other_store =
+      db_.Open([this] { return clock_.Now(); });
+  ASSERT_TRUE(other_store.ok()) << other_store.status();
+  FakeBus other_bus;
+  Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
+  Replayer other(ReplayerOptions(), other_bus.Fn(), nullptr);
+  // Each replica's replay read its page before either publishes.
+  const std::vector<Replayer::Candidate> candidates = Candidates(keys);
+
+  std::atomic<int> ready = 0;
+  auto replay = [&](Replayer& r, ReplayStore& store, const std::string& who) {
+    ready.fetch_add(1);
+    while (ready.load() < 2) std::this_thread::yield();  // both start together
+    return r.Replay(candidates, {.requested_by = who, .reason = "race"}, store);
+  };
+  ess::v1::ReplayResponse b;
+  std::thread on_b([&] { b = replay(other, **other_store, "bob"); });
+  ess::v1::ReplayResponse a = replay(replayer, *store_, "alice");
+  on_b.join();
+
+  constexpr int kRecords = kOutbound + kInbound;
+  EXPECT_EQ(a.replayed() + b.replayed(), static_cast<uint32_t>(kRecords));
+  EXPECT_EQ(a.skipped() + b.skipped(), static_cast<uint32_t>(kRecords));
+  EXPECT_EQ(a.failed() + b.failed() + a.unconfirmed() + b.unconfirmed(), 0u);
+  for (const ess::v1::ReplayResponse* r : {&a, &b}) {
+    ASSERT_EQ(r->records_size(), kRecords);
+    for (const ReplayedRecord& out : r->records()) {
+      if (out.outcome() != ReplayedRecord::OUTCOME_SKIPPED) continue;
+      EXPECT_THAT(out.error(), HasSubstr("changed since it was read")) << out.key().message_id();
+    }
+  }
+  std::map<std::string, int> published;
+  for (FakeBus* bus : {&bus_, &other_bus}) {
+    for (const FakeBus::Published& p : bus->published()) ++published[p.message.message_id];
+  }
+  EXPECT_EQ(published.size(), static_cast<size_t>(kRecords));
+  for (const auto& [id, times] : published) EXPECT_EQ(times, 1) << id;
+  for (int i = 0; i < kOutbound; ++i) {
+    MessageRecord r = Read(kOut, "prison", absl::StrCat("m-", i));
+    EXPECT_EQ(r.status(), ess::v1::MESSAGE_STATUS_RECEIVED) << r.message_id();
+    EXPECT_EQ(r.error(), "") << r.message_id();
+  }
+  for (int i = 0; i < kInbound; ++i) {
+    EXPECT_EQ(Read(kIn, "prison", absl::StrCat("w-", i)).status(),
+              ess::v1::MESSAGE_STATUS_PUBLISHED);
+  }
+}
+
+// A replica killed after its claim, before its publish, leaves the record claimed: other replays
+// skip it until the claim lease has passed, then replay it.
+TEST_P(ReplayerTest, AClaimLeftByADeadReplayHoldsTheRecordUntilItsLeasePasses) {
+  MessageRecord dead = Outbound("prison", "m-1", kDead);
+  dead.set_error("HTTP 422");
+  Store({dead});
+  const MessageRecord read = Read(kOut, "prison", "m-1");
+  absl::StatusOr<MarkedReplays> claimed = store_->MarkReplayed(
+      {{.key = Key(kOut, "prison", "m-1"),
+        .expected_status = kDead,
+        .expected_updated_at_micros = ToUnixMicros(read.updated_at()).value_or(0),
+        .status = kDead,
+        .error = ReplayClaimError("carol", "HTTP 422")}});
+  ASSERT_TRUE(claimed.ok()) << claimed.status();
+  ASSERT_THAT(claimed->changed, ElementsAre(true));
+  EXPECT_EQ(Read(kOut, "prison", "m-1").error(),
+            "replaying: claimed by carol; error before: HTTP 422");
+
+  Replayer::Options options = ReplayerOptions();
+  options.claim_lease = absl::Seconds(30);  // the fake clock moved 1 s since the claim
+  {
+    Replayer replayer(options, bus_.Fn(), nullptr);
+    ess::v1::ReplayResponse r =
+        replayer.Replay(Candidates({{kOut, "prison", "m-1"}}), {.reason = "retry"}, *store_);
+    EXPECT_EQ(r.skipped(), 1u);
+    EXPECT_THAT(r.records(0).error(),
+                HasSubstr(" ago by a replay (of this replica or another) that publishes it "
+                          "(lease 30s); include_in_flight to replay it all the same"));
+    EXPECT_TRUE(bus_.published().empty());
+  }
+  options.claim_lease = absl::Milliseconds(500);
+  Replayer replayer(options, bus_.Fn(), nullptr);
+  ess::v1::ReplayResponse r =
+      replayer.Replay(Candidates({{kOut, "prison", "m-1"}}), {.reason = "retry"}, *store_);
+  EXPECT_EQ(r.replayed(), 1u);
+  EXPECT_EQ(bus_.published().size(), 1u);
+  EXPECT_EQ(Read(kOut, "prison", "m-1").status(), ess::v1::MESSAGE_STATUS_RECEIVED);
+  EXPECT_EQ(Read(kOut, "prison", "m-1").error(), "");
+}
+
+TEST_P(ReplayerTest, FromConfigTakesTheReplayClaimLease) {
+  ess::v1::HubConfig config;
+  EXPECT_EQ(Replayer::FromConfig(config).claim_lease, absl::Seconds(60));
+  config.mutable_replay()->set_claim_lease_ms(5000);
+  EXPECT_EQ(Replayer::FromConfig(config).claim_lease, absl::Seconds(5));
+}
+
 TEST_P(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
   Store({Outbound("prison", "m-1", kDead), Inbound("w-1", ess::v1::MESSAGE_STATUS_PUBLISHED)});
+  const MessageRecord before = Read(kOut, "prison", "m-1");
   Replayer replayer(ReplayerOptions(), bus_.Fn(), nullptr);
 
   ess::v1::ReplayResponse r = replayer.Replay(
@@ -522,6 +644,8 @@ TEST_P(ReplayerTest, ADryRunSaysWhereEachWouldGoAndChangesNothing) {
   EXPECT_EQ(r.records(1).target(), "exchange events");
   EXPECT_TRUE(bus_.published().empty());
   EXPECT_EQ(Read(kOut, "prison", "m-1").status(), kDead);
+  // Not even claimed: the record is as it was written.
+  EXPECT_EQ(Read(kOut, "prison", "m-1").DebugString(), before.DebugString());
 }
 
 TEST_P(ReplayerTest, FromConfigTakesTheEventsExchangeEveryOutboundQueueAndInboundPartner) {
@@ -552,13 +676,13 @@ TEST(MarkReplayedTest, ValidatesEveryMarkAndNamesTheFirstBadOne) {
   std::vector<ReplayMark> marks(2);
   marks[0] = {.key = Key(kOut, "prison", "m-1"), .status = ess::v1::MESSAGE_STATUS_RECEIVED};
   marks[1] = {.key = Key(kOut, "", "m-2"), .status = ess::v1::MESSAGE_STATUS_RECEIVED};
-  absl::StatusOr<std::vector<bool>> changed = (*store)->MarkReplayed(marks);
+  absl::StatusOr<MarkedReplays> changed = (*store)->MarkReplayed(marks);
   EXPECT_EQ(changed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(changed.status().message(), "marks[1].partner: must not be empty");
   marks.pop_back();  // a valid mark of a key that has no record changes nothing
   changed = (*store)->MarkReplayed(marks);
   ASSERT_TRUE(changed.ok()) << changed.status();
-  EXPECT_THAT(*changed, ElementsAre(false));
+  EXPECT_THAT(changed->changed, ElementsAre(false));
 }
 
 // ---- ReplayService.Replay through gRPC ----------------------------------------------------
