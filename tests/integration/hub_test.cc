@@ -13,6 +13,7 @@
 #include <future>
 #include <map>
 #include <random>
+#include <regex>
 #include <set>
 
 #include "absl/strings/escaping.h"
@@ -449,6 +450,91 @@ TEST_F(HubTest, ReplaySvcHealthFollowsItsPostgresStore) {
   ASSERT_TRUE(WaitFor([&] { return ready() == R"(200 {"ready":true})"; }, absl::Seconds(20)))
       << ready();
   EXPECT_THAT(replay_->Log(), HasSubstr("msg=\"replay store answers; health SERVING\""));
+  unsetenv("ESS_TEST_HUB_DSN");
+}
+
+// Two replicas on one PostgreSQL store, the same replay sent to each at once (an operator's retry
+// that the Service took to the other replica): each record is published once, by the replica
+// whose claim took it, and the other skips it. By keys, then by a filter.
+TEST_F(HubTest, TheSameReplayOnTwoReplicasAtOnceSendsEachRecordOnce) {
+  replay::testing::TestStore db(replay::testing::Backend::kPostgres);
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(setenv("ESS_TEST_HUB_DSN", db.location().c_str(), 1), 0);
+  replay_store_ = "  postgres: {dsn_env: ESS_TEST_HUB_DSN}";
+  CapturePartner partner;
+  StartHub(partner.url());  // replay_svc A
+  ASSERT_FALSE(HasFailure());
+  const int port_b = testing::FreePort();
+  dir_.Write("hub-b.yaml", absl::StrReplaceAll(Config(partner.url(), 0, port_b),
+                                               {{absl::StrCat("listen: 127.0.0.1:", replay_port_),
+                                                 absl::StrCat("listen: 127.0.0.1:", port_b)}}));
+  Process replica_b({BinaryPath("replay_svc"), "--config", dir_.File("hub-b.yaml")},
+                    dir_.File("replay-b.log"));
+  auto stub_b = MakeReplayStub(absl::StrCat("127.0.0.1:", port_b), replay_tls_);
+  ASSERT_TRUE(testing::WaitForReplay(*stub_b, absl::Seconds(20))) << replica_b.Log();
+
+  constexpr int kRecords = 100;
+  ASSERT_NO_FATAL_FAILURE(DeliverVisits(kRecords));
+  EXPECT_EQ(outbound_->Stop(), 0);  // the replayed events stay in the queue, to be counted
+  ASSERT_EQ(Depth(queue_), 0u);
+
+  // Runs `args` of essctl replay on replica A and on replica B at once; returns the sums of
+  // what each printed it replayed and skipped.
+  int round = 0;
+  auto replay_on_both = [&](const std::vector<std::string>& args) {
+    ++round;
+    std::vector<std::unique_ptr<Process>> runs;
+    for (int port : {replay_port_, port_b}) {
+      std::vector<std::string> argv = {BinaryPath("essctl"), "--addr",
+                                       absl::StrCat("127.0.0.1:", port), "replay"};
+      argv.insert(argv.end(), args.begin(), args.end());
+      argv.insert(argv.end(), {"--reason", absl::StrCat("race on ", port)});
+      runs.push_back(std::make_unique<Process>(
+          argv, dir_.File(absl::StrCat("essctl-", round, "-", port, ".log"))));
+    }
+    std::pair<int, int> sums = {0, 0};
+    for (auto& run : runs) {
+      EXPECT_NE(run->Wait(absl::Seconds(60)), -1) << run->Log();
+      std::smatch counts;
+      const std::string log = run->Log();
+      if (!std::regex_search(log, counts,
+                             std::regex(R"(\(replayed (\d+), skipped (\d+), failed 0\))"))) {
+        ADD_FAILURE() << log;
+        continue;
+      }
+      sums.first += std::stoi(counts[1]);
+      sums.second += std::stoi(counts[2]);
+    }
+    return sums;
+  };
+
+  std::vector<std::string> ids;
+  for (int i = 1; i <= kRecords; ++i) ids.push_back(absl::StrCat("VIS-", i));
+  EXPECT_EQ(replay_on_both({"--direction", "outbound", "--partner", "prison_calendar",
+                            "--message_id", absl::StrJoin(ids, ",")}),
+            std::make_pair(kRecords, kRecords));
+  EXPECT_EQ(Depth(queue_), static_cast<uint32_t>(kRecords));  // each once
+
+  // The lane delivers them (DELIVERED again), and the same by a filter.
+  outbound_ = std::make_unique<Process>(
+      std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+      dir_.File("outbound-2.log"));
+  ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Depth(queue_) == 0 &&
+               Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == static_cast<uint64_t>(kRecords);
+      },
+      absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(partner.count(), 2 * kRecords);
+  EXPECT_EQ(outbound_->Stop(), 0);
+  EXPECT_EQ(replay_on_both({"--direction", "outbound", "--partner", "prison_calendar", "--status",
+                            "delivered"}),
+            std::make_pair(kRecords, kRecords));
+  EXPECT_EQ(Depth(queue_), static_cast<uint32_t>(kRecords));  // each once
+
+  EXPECT_EQ(replica_b.Stop(), 0) << replica_b.Log();
   unsetenv("ESS_TEST_HUB_DSN");
 }
 
