@@ -409,7 +409,9 @@ TEST_F(HubTest, ReplaySvcHealthFollowsItsPostgresStore) {
   // The store's connections go through a relay to the test's PostgreSQL (a later port= wins).
   int pg_port = 0;
   for (absl::string_view word : absl::StrSplit(testing::RequiredEnv("ESS_POSTGRES_DSN"), ' ')) {
-    if (absl::ConsumePrefix(&word, "port=")) ASSERT_TRUE(absl::SimpleAtoi(word, &pg_port));
+    if (absl::ConsumePrefix(&word, "port=")) {
+      ASSERT_TRUE(absl::SimpleAtoi(word, &pg_port));
+    }
   }
   ASSERT_GT(pg_port, 0);
   testing::TcpRelay relay(pg_port);
