@@ -552,10 +552,11 @@ absl::StatusOr<Settled> WaitForOutcomes(ess::v1::ReplayService::Stub& stub,
         return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
       }
       for (const ess::v1::LookupResult& r : response.results()) {
-        // The replay's claim (written before its publish) is no outcome: still pending.
+        // The replay's claim (written before its publish) is no outcome: still pending. (Every
+        // result takes its read time, found or not, so that the next ones keep theirs.)
+        const int64_t read = read_at[k++];
         const bool written_since =
-            r.found() &&
-            ess::replay::ToUnixMicros(r.record().updated_at()).value_or(0) != read_at[k++] &&
+            r.found() && ess::replay::ToUnixMicros(r.record().updated_at()).value_or(0) != read &&
             !ess::replay::IsReplayClaim(r.record());
         switch (written_since ? r.record().status() : ess::v1::MESSAGE_STATUS_RECEIVED) {
           case ess::v1::MESSAGE_STATUS_DELIVERED:
