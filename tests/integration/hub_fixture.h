@@ -142,6 +142,24 @@ ROUTE_EXTRA
     StartInbound("hub.yaml");
   }
 
+  // A second replay_svc on the hub's store (its config's postgres), listening on `port` (its
+  // config: hub-b.yaml); null, with the test failed, if it does not answer.
+  std::unique_ptr<testing::Process> StartReplicaB(const std::string& partner_url, int port) {
+    dir_.Write("hub-b.yaml", absl::StrReplaceAll(Config(partner_url, 0, port),
+                                                 {{absl::StrCat("listen: 127.0.0.1:", replay_port_),
+                                                   absl::StrCat("listen: 127.0.0.1:", port)}}));
+    auto replica = std::make_unique<testing::Process>(
+        std::vector<std::string>{testing::BinaryPath("replay_svc"), "--config",
+                                 dir_.File("hub-b.yaml")},
+        dir_.File("replay-b.log"));
+    auto stub = MakeReplayStub(absl::StrCat("127.0.0.1:", port), replay_tls_);
+    if (!testing::WaitForReplay(*stub, absl::Seconds(20))) {
+      ADD_FAILURE() << "replica B does not answer\n" << replica->Log();
+      return nullptr;
+    }
+    return replica;
+  }
+
   void StartReplay() {
     replay_ = std::make_unique<testing::Process>(
         std::vector<std::string>{testing::BinaryPath("replay_svc"), "--config",

@@ -312,13 +312,8 @@ TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
   EXPECT_THAT(replay_->Log(), HasSubstr("store=\"postgres (ESS_TEST_HUB_DSN)\""));
   // Replica B, and the inbound lane moved over to it.
   const int port_b = testing::FreePort();
-  dir_.Write("hub-b.yaml", absl::StrReplaceAll(Config(partner.url(), 0, port_b),
-                                               {{absl::StrCat("listen: 127.0.0.1:", replay_port_),
-                                                 absl::StrCat("listen: 127.0.0.1:", port_b)}}));
-  Process replica_b({BinaryPath("replay_svc"), "--config", dir_.File("hub-b.yaml")},
-                    dir_.File("replay-b.log"));
-  auto stub_b = MakeReplayStub(absl::StrCat("127.0.0.1:", port_b), replay_tls_);
-  ASSERT_TRUE(testing::WaitForReplay(*stub_b, absl::Seconds(20))) << replica_b.Log();
+  std::unique_ptr<Process> replica_b = StartReplicaB(partner.url(), port_b);
+  ASSERT_NE(replica_b, nullptr);
   EXPECT_EQ(inbound_->Stop(), 0);
   ASSERT_NO_FATAL_FAILURE(StartInbound("hub-b.yaml"));
 
@@ -359,7 +354,7 @@ TEST_F(HubTest, TheLanesShareAStoreOfTwoReplicasOnPostgres) {
   EXPECT_EQ(d->message.correlation_id, "VIS-5");
   EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);  // only one
 
-  EXPECT_EQ(replica_b.Stop(), 0) << replica_b.Log();
+  EXPECT_EQ(replica_b->Stop(), 0) << replica_b->Log();
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
   unsetenv("ESS_TEST_HUB_DSN");
 }
@@ -467,13 +462,8 @@ TEST_F(HubTest, TheSameReplayOnTwoReplicasAtOnceSendsEachRecordOnce) {
   StartHub(partner.url());  // replay_svc A
   ASSERT_FALSE(HasFailure());
   const int port_b = testing::FreePort();
-  dir_.Write("hub-b.yaml", absl::StrReplaceAll(Config(partner.url(), 0, port_b),
-                                               {{absl::StrCat("listen: 127.0.0.1:", replay_port_),
-                                                 absl::StrCat("listen: 127.0.0.1:", port_b)}}));
-  Process replica_b({BinaryPath("replay_svc"), "--config", dir_.File("hub-b.yaml")},
-                    dir_.File("replay-b.log"));
-  auto stub_b = MakeReplayStub(absl::StrCat("127.0.0.1:", port_b), replay_tls_);
-  ASSERT_TRUE(testing::WaitForReplay(*stub_b, absl::Seconds(20))) << replica_b.Log();
+  std::unique_ptr<Process> replica_b = StartReplicaB(partner.url(), port_b);
+  ASSERT_NE(replica_b, nullptr);
 
   constexpr int kRecords = 100;
   ASSERT_NO_FATAL_FAILURE(DeliverVisits(kRecords));
@@ -536,7 +526,7 @@ TEST_F(HubTest, TheSameReplayOnTwoReplicasAtOnceSendsEachRecordOnce) {
             std::make_pair(kRecords, kRecords));
   EXPECT_EQ(Depth(queue_), static_cast<uint32_t>(kRecords));  // each once
 
-  EXPECT_EQ(replica_b.Stop(), 0) << replica_b.Log();
+  EXPECT_EQ(replica_b->Stop(), 0) << replica_b->Log();
   unsetenv("ESS_TEST_HUB_DSN");
 }
 
