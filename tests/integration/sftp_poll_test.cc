@@ -419,6 +419,23 @@ MAX_FILE_BYTES
     if (!HasFatalFailure()) StartInbound();
   }
 
+  // A second inbound_svc on the same config but its own webhook port (hub2.yaml), polling the
+  // same folder; null, with the test failed, if it does not start.
+  std::unique_ptr<Process> StartSecondInbound() {
+    const int second_port = testing::FreePort();
+    dir_.Write("hub2.yaml",
+               absl::StrReplaceAll(Config(), {{absl::StrCat("127.0.0.1:", inbound_port_),
+                                               absl::StrCat("127.0.0.1:", second_port)}}));
+    auto second = std::make_unique<Process>(
+        std::vector<std::string>{BinaryPath("inbound_svc"), "--config", dir_.File("hub2.yaml")},
+        dir_.File("inbound2.log"));
+    if (!second->WaitForLog("inbound lane running")) {
+      ADD_FAILURE() << "the second inbound_svc did not start\n" << second->Log();
+      return nullptr;
+    }
+    return second;
+  }
+
   // True once DROP/NAME is gone and PROCESSED/MOVED_NAME is there.
   bool WaitMoved(const std::string& name, const std::string& moved_name) {
     return WaitFor([&] { return !fs::exists(drop_ / name) && fs::exists(processed_ / moved_name); },
@@ -699,13 +716,9 @@ TEST_F(SftpPollTest, TheSameFileDroppedAgainIsMovedWithoutPublishing) {
 // marker was only looked up, and both replicas published most files.
 TEST_F(SftpPollTest, TwoPollersOfOneFolderPublishEachRowOnce) {
   ASSERT_NO_FATAL_FAILURE(StartHub());
-  const int second_port = testing::FreePort();
-  dir_.Write("hub2.yaml",
-             absl::StrReplaceAll(Config(), {{absl::StrCat("127.0.0.1:", inbound_port_),
-                                             absl::StrCat("127.0.0.1:", second_port)}}));
-  Process second({BinaryPath("inbound_svc"), "--config", dir_.File("hub2.yaml")},
-                 dir_.File("inbound2.log"));
-  ASSERT_TRUE(second.WaitForLog("inbound lane running")) << second.Log();
+  std::unique_ptr<Process> second_lane = StartSecondInbound();
+  ASSERT_NE(second_lane, nullptr);
+  Process& second = *second_lane;
   constexpr int kFiles = 12;
   for (int i = 0; i < kFiles; ++i) {
     Drop(drop_, absl::StrCat("visits_", 10 + i, ".csv"),
@@ -947,13 +960,9 @@ TEST_F(SftpPollTest, TwoPollersOfOneFolderSetEachTooLargeFileAsideOnce) {
   max_file_bytes_ = 100;
   ASSERT_NO_FATAL_FAILURE(UseAudit());
   ASSERT_NO_FATAL_FAILURE(StartHub());
-  const int second_port = testing::FreePort();
-  dir_.Write("hub2.yaml",
-             absl::StrReplaceAll(Config(), {{absl::StrCat("127.0.0.1:", inbound_port_),
-                                             absl::StrCat("127.0.0.1:", second_port)}}));
-  Process second({BinaryPath("inbound_svc"), "--config", dir_.File("hub2.yaml")},
-                 dir_.File("inbound2.log"));
-  ASSERT_TRUE(second.WaitForLog("inbound lane running")) << second.Log();
+  std::unique_ptr<Process> second_lane = StartSecondInbound();
+  ASSERT_NE(second_lane, nullptr);
+  Process& second = *second_lane;
   constexpr int kFiles = 8;
   for (int i = 0; i < kFiles; ++i) {
     Drop(drop_, absl::StrCat("big_", 10 + i, ".csv"), std::string(200 + i, 'x'));
