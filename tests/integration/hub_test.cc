@@ -521,9 +521,13 @@ TEST_F(HubTest, TheSameReplayOnTwoReplicasAtOnceSendsEachRecordOnce) {
       << outbound_->Log();
   EXPECT_EQ(partner.count(), 2 * kRecords);
   EXPECT_EQ(outbound_->Stop(), 0);
-  EXPECT_EQ(replay_on_both({"--direction", "outbound", "--partner", "prison_calendar", "--status",
-                            "delivered"}),
-            std::make_pair(kRecords, kRecords));
+  // By a filter, a replay that lists the records after the other marked them replayed finds
+  // none (they are no longer delivered), so how many the slower one skips depends on when it
+  // lists; what each publish counts, and the queue, do not.
+  const std::pair<int, int> by_filter = replay_on_both(
+      {"--direction", "outbound", "--partner", "prison_calendar", "--status", "delivered"});
+  EXPECT_EQ(by_filter.first, kRecords);
+  EXPECT_LE(by_filter.second, kRecords);
   EXPECT_EQ(Depth(queue_), static_cast<uint32_t>(kRecords));  // each once
 
   EXPECT_EQ(replica_b->Stop(), 0) << replica_b->Log();
