@@ -601,31 +601,26 @@ std::vector<prometheus::MetricFamily> ReplayRecorder::Metrics() const {
 }
 
 absl::Status ReplayRecorder::Ping(absl::Duration deadline) {
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-  if (!impl_->options.token.empty()) {
-    context.AddMetadata("authorization", Authorization(impl_->options.token));
-  }
+  auto context = [&] {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    if (!impl_->options.token.empty()) {
+      c->AddMetadata("authorization", Authorization(impl_->options.token));
+    }
+    return c;
+  };
   // An empty Record call: the store checks that this caller may record (a lane's token; a
   // viewer's or an ops token may Get but not Record) and writes nothing.
-  grpc::Status s;
-  {
-    ess::v1::RecordResponse recorded;
-    s = impl_->stub->Record(&context, ess::v1::RecordRequest(), &recorded);
-  }
+  ess::v1::RecordResponse recorded;
+  grpc::Status s = impl_->stub->Record(context().get(), ess::v1::RecordRequest(), &recorded);
   if (s.ok()) {
     // Then a read, which the store itself answers.
-    grpc::ClientContext read_context;
-    read_context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    if (!impl_->options.token.empty()) {
-      read_context.AddMetadata("authorization", Authorization(impl_->options.token));
-    }
     ess::v1::GetRequest request;
     request.mutable_record()->set_direction(ess::v1::DIRECTION_OUTBOUND);
     request.mutable_record()->set_partner("ess-ping");
     request.mutable_record()->set_message_id("ess-ping");
     ess::v1::GetResponse response;
-    s = impl_->stub->Get(&read_context, request, &response);
+    s = impl_->stub->Get(context().get(), request, &response);
   }
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:

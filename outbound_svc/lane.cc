@@ -308,13 +308,16 @@ void Lane::HoldForMoves(PartnerState& p, const absl::Status& why) {
              {"error", ToStd(why.message())}});
 }
 
-void Lane::ResumeLocked(PartnerState& p) {
-  if (store_paused_.load() || draining_.load() || p.moves_held) return;
+bool Lane::ResumeLocked(PartnerState& p) {
+  if (store_paused_.load() || draining_.load() || p.moves_held) return false;
   if (p.breaker == PartnerState::Breaker::kClosed) {
     consumer_->Resume(p.partner.route.queue());
   } else if (p.breaker == PartnerState::Breaker::kHalfOpen) {
     consumer_->Resume(p.partner.route.queue(), kProbePrefetch);
+  } else {
+    return false;
   }
+  return true;
 }
 
 // --- intake ----------------------------------------------------------------------------------
@@ -896,11 +899,10 @@ void Lane::Supervise() {
       if (p->breaker == PartnerState::Breaker::kOpen && now >= p->probe_at) {
         p->breaker = PartnerState::Breaker::kHalfOpen;
         p->probe_at = absl::InfiniteFuture();
-        if (!store_paused_.load() && !p->moves_held) {
+        if (ResumeLocked(*p)) {
           log::Info("", "circuit half-open: probing the partner with one message",
                     {{"partner", p->partner.name}});
         }
-        ResumeLocked(*p);
       }
     }
   }

@@ -218,8 +218,8 @@ class Lane {
   void HoldForMoves(PartnerState& p, const absl::Status& why);
   // Resumes consuming the partner's queue as its breaker says (the full prefetch when closed,
   // one probe when half-open), unless the lane is draining, paused for the store, or holding
-  // the partner's moves. Called with p.mu held.
-  void ResumeLocked(PartnerState& p);
+  // the partner's moves; true if it resumed. Called with p.mu held.
+  bool ResumeLocked(PartnerState& p);
 
   Options options_;
   ReplayRecorder* recorder_;
