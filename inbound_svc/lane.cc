@@ -1,5 +1,6 @@
 #include "inbound_svc/lane.h"
 
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -10,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "common/bus_headers.h"
 #include "common/ids.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/sv.h"
@@ -38,6 +40,17 @@ std::string OkBody(size_t events, size_t duplicates) {
 // hub's insides (hosts, ports, driver messages), which go to the log instead.
 constexpr std::string_view kStoreUnavailable = "replay store unavailable";
 constexpr std::string_view kBusUnavailable = "event bus unavailable";
+// The same for an adapter that failed a webhook for another reason than its payload.
+constexpr std::string_view kAdapterUnavailable = "webhook adapter unavailable";
+
+// `error` (an adapter's text, which may quote the payload) with the values that the payload's
+// PII fields hold masked when the payload is JSON, and any `"field": value` of a PII field.
+std::string MaskedError(std::string_view error, std::string_view payload) {
+  std::string masked = log::MaskJson(error);
+  rapidjson::Document doc;
+  if (json::Parse(payload, doc).ok()) masked = log::MaskPiiValues(masked, doc);
+  return masked;
+}
 
 google::protobuf::Timestamp ToProto(absl::Time t) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(t));
@@ -296,12 +309,19 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
                            .content_type = request.Header("content-type"),
                            .correlation_id = header_cid});
   if (!events.ok()) {
-    // Only a payload the adapter found wrong is the partner's to fix (400, not retried); any
-    // other failure is ours, and the partner keeps the event and retries (503).
-    const bool bad_payload = events.status().code() == absl::StatusCode::kInvalidArgument;
-    log::Warn(header_cid, bad_payload ? "webhook rejected" : "webhook not taken",
-              {{"partner", route.partner}, {"error", ToStd(events.status().message())}});
-    reply(bad_payload ? 400 : 503, absl::StrCat(route.partner, ": ", events.status().message()));
+    // Only a payload the adapter found wrong is the partner's to fix (400, not retried), and the
+    // body says what is wrong with it (a field, a line). Any other failure is ours: the partner
+    // keeps the event and retries (503), told nothing more, since the adapter's text can hold
+    // its settings or the payload's personal data; that goes to the log, masked and throttled.
+    if (events.status().code() == absl::StatusCode::kInvalidArgument) {
+      log::Warn(header_cid, "webhook rejected",
+                {{"partner", route.partner}, {"error", ToStd(events.status().message())}});
+      reply(400, absl::StrCat(route.partner, ": ", events.status().message()));
+      return;
+    }
+    LogUnavailable(adapter_log_, header_cid, "adapter failed the webhook; partner told to retry",
+                   route.partner, MaskedError(ToStd(events.status().ToString()), request.body));
+    reply(503, kAdapterUnavailable);
     return;
   }
 

@@ -11,12 +11,14 @@
 //   400  the payload is not what the partner's mapping expects (the reason is in the body)
 //   401  the route takes signed calls and this one is not validly signed, or too old
 //   404  no partner serves this path          405  not a POST
-//   503  broker or replay store unreachable, or the id is being published by another call
-//        (Retry-After: 1): the partner should retry; claims already stored are given back
-//        (recorded FAILED). The body says only which part failed ({"error":"event bus
-//        unavailable"} or {"error":"replay store unavailable"}); what went wrong is logged (at
-//        most once a second, with the count of the failures not logged) and carried by the
-//        FAILED record and the audit event, which are internal.
+//   503  broker or replay store unreachable, the adapter failed for another reason than the
+//        payload, or the id is being published by another call (Retry-After: 1): the partner
+//        should retry; claims already stored are given back (recorded FAILED). The body says
+//        only which part failed ({"error":"event bus unavailable"}, {"error":"replay store
+//        unavailable"} or {"error":"webhook adapter unavailable"}); what went wrong is logged
+//        (at most once a second, with the count of the failures not logged; an adapter's text
+//        with the payload's PII values masked) and carried by the FAILED record and the audit
+//        event, which are internal (an adapter's failure comes before any claim: neither).
 //
 // Besides the webhook paths it serves GET /metrics, GET /healthz (liveness: 200 {"ok":true}
 // while the process serves HTTP) and GET /readyz (readiness: 200 {"ready":true} while the
@@ -186,8 +188,9 @@ class Lane {
   // Where a webhook's time goes: its claims in the store (first sent to last answered), its
   // publishes (first sent to last confirmed), and the whole call (taken to answered).
   metrics::Latency claim_seconds_, publish_seconds_, call_seconds_;
-  // The store's failures and the bus's, each logged at most once a second.
-  log::Throttle store_log_, bus_log_;
+  // The store's failures, the bus's and the adapters' (but a bad payload), each logged at most
+  // once a second.
+  log::Throttle store_log_, bus_log_, adapter_log_;
   std::atomic<StoreState> store_state_{StoreState::kUnknown};
   absl::Mutex probe_mu_;
   bool probe_stopping_ ABSL_GUARDED_BY(probe_mu_) = false;
