@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -428,6 +429,9 @@ class FakeReplayService final : public ess::v1::ReplayService::Service {
       r->set_previous_status(ess::v1::MESSAGE_STATUS_DEAD);
       r->set_target("queue visit_updates");
       r->set_outcome(ess::v1::ReplayedRecord::OUTCOME_REPLAYED);
+      if (auto it = read_at_.find(id); it != read_at_.end()) {
+        r->mutable_previous_updated_at()->set_seconds(it->second);
+      }
       response->set_replayed(response->replayed() + 1);
     };
     if (request->keys_size() > 1000) {  // what replay_svc answers
@@ -444,9 +448,34 @@ class FakeReplayService final : public ess::v1::ReplayService::Service {
     return grpc::Status::OK;
   }
 
+  // What essctl --wait reads back: each stored record by its message id; other keys are not
+  // found.
+  grpc::Status Lookup(grpc::ServerContext*, const ess::v1::LookupRequest* request,
+                      ess::v1::LookupResponse* response) override {
+    absl::MutexLock lock(&mu_);
+    for (const ess::v1::RecordKey& key : request->keys()) {
+      ess::v1::LookupResult* result = response->add_results();
+      if (auto it = stored_.find(key.message_id()); it != stored_.end()) {
+        result->set_found(true);
+        *result->mutable_record() = it->second;
+      }
+    }
+    return grpc::Status::OK;
+  }
+
   void FailCall(int index) {
     absl::MutexLock lock(&mu_);
     fail_call_ = index;
+  }
+  // Record `id` was last written at `seconds` when the replay read it (its previous_updated_at).
+  void SetReadAt(const std::string& id, int64_t seconds) {
+    absl::MutexLock lock(&mu_);
+    read_at_[id] = seconds;
+  }
+  // Lookup answers `record` for its message id.
+  void Store(const ess::v1::MessageRecord& record) {
+    absl::MutexLock lock(&mu_);
+    stored_[record.message_id()] = record;
   }
   std::vector<ess::v1::ReplayRequest> requests() {
     absl::MutexLock lock(&mu_);
@@ -457,6 +486,8 @@ class FakeReplayService final : public ess::v1::ReplayService::Service {
   absl::Mutex mu_;
   std::vector<ess::v1::ReplayRequest> requests_ ABSL_GUARDED_BY(mu_);
   int fail_call_ ABSL_GUARDED_BY(mu_) = -1;
+  std::map<std::string, int64_t> read_at_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, ess::v1::MessageRecord> stored_ ABSL_GUARDED_BY(mu_);
 };
 
 class EssctlReplayTest : public ReplaySvcBinaryTest {
@@ -523,6 +554,37 @@ TEST_F(EssctlReplayTest, WhenALaterPageFailsTheRowsAlreadyReplayedAreShown) {
   EXPECT_THAT(run.err, HasSubstr("after 4 replayed, 0 skipped, 0 failed and 0 unconfirmed"));
   EXPECT_THAT(run.err, HasSubstr("UNAVAILABLE: the store went away"));
   EXPECT_EQ(service_.requests().size(), 3u);
+}
+
+// --wait reads each replayed record back by key and compares its updated_at with the one the
+// replay read: a key no longer found (retention deleted it meanwhile) is still pending, and the
+// keys after it keep their own read times. (Before, the key not found took no read time, so
+// each later key was compared with its predecessor's: a record not yet written since the
+// replay counted as parked again, DEAD as the replay found it.)
+TEST_F(EssctlReplayTest, WaitComparesEachKeyWithItsOwnReadTimePastAKeyNotFound) {
+  service_.SetReadAt("a-gone", 1'000);
+  service_.SetReadAt("b-dead", 2'000);
+  service_.SetReadAt("c-delivered", 3'000);
+  auto record = [](const std::string& id, ess::v1::MessageStatus status, int64_t updated_at) {
+    ess::v1::MessageRecord r;
+    r.set_direction(ess::v1::DIRECTION_OUTBOUND);
+    r.set_partner("prison");
+    r.set_message_id(id);
+    r.set_status(status);
+    r.mutable_updated_at()->set_seconds(updated_at);
+    return r;
+  };
+  // b-dead: not written since the replay read it (its confirm not marked yet): pending.
+  service_.Store(record("b-dead", ess::v1::MESSAGE_STATUS_DEAD, 2'000));
+  // c-delivered: the lane delivered it since.
+  service_.Store(record("c-delivered", ess::v1::MESSAGE_STATUS_DELIVERED, 4'000));
+  ToolResult run = RunEssctl(fake_address_, {"replay", "--direction", "outbound", "--partner",
+                                             "prison", "--message_id", "a-gone,b-dead,c-delivered",
+                                             "--reason", "partner lost them", "--wait", "1s"});
+  EXPECT_EQ(run.exit_code, 1) << run.err;  // two still pending
+  EXPECT_THAT(run.out, HasSubstr("(replayed 3, skipped 0, failed 0)"));
+  EXPECT_THAT(run.out, HasSubstr("(then: delivered 1, parked again 0, still pending 2)"))
+      << run.out;
 }
 
 // A blank reason is no reason: refused before any call (replay_svc refuses it too).
