@@ -9,6 +9,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "tests/integration/hub_fixture.h"
@@ -302,6 +305,149 @@ TEST_F(OpsReplayTest, WithCallersConfiguredEachMayDoOnlyItsRole) {
                                        ": caller dashboard (role viewer) may not call Record")));
   }
   EXPECT_EQ(partner.count(), 2u);
+}
+
+// The lanes' token revoked while they run: replay_svc restarted (same database, same port) with
+// that token only a viewer's, then restarted again with it a lane's. Meanwhile each record the
+// outbound lane makes is refused (PERMISSION_DENIED): it requeues the event, stops consuming and
+// probes the store (an empty Record) until the store takes its records again; nothing is acked
+// without its record, nothing reaches the partner in a loop. The inbound lane's claims are
+// refused too: 503, nothing published. Once allowed again, everything goes through once. The
+// one event in flight when the refusals began (pushed, then its DELIVERED record refused) is
+// pushed again then: the store has no record of it, so the lane cannot know the partner has it
+// (at least once, same Idempotency-Key).
+TEST_F(OpsReplayTest, ALaneWhoseTokenIsRevokedWhileItRunsHoldsItsEventsUntilItIsAllowedAgain) {
+  setenv("ESS_TEST_REPLAY_LANE_TOKEN", "lane-0123456789abcdef0123", 1);
+  setenv("ESS_TEST_REPLAY_VIEWER_TOKEN", "viewer-0123456789abcdef0123", 1);
+  replay_extra_ = R"(  token_env: ESS_TEST_REPLAY_LANE_TOKEN
+  auth:
+    callers:
+      - {name: lanes, role: lane, token_env: ESS_TEST_REPLAY_LANE_TOKEN}
+      - {name: dashboard, role: viewer, token_env: ESS_TEST_REPLAY_VIEWER_TOKEN})";
+  replay_token_ = "viewer-0123456789abcdef0123";  // the test's own calls only read
+  const int metrics_port = testing::FreePort();
+  outbound_extra_ = absl::StrCat("  metrics_listen: 127.0.0.1:", metrics_port);
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const std::string sub = testing::BindSubscriber(**conn, exchange_);
+  auto store_paused = [&] {
+    auto r = http_.SendAndWait({.method = "GET",
+                                .url = absl::StrCat("http://127.0.0.1:", metrics_port, "/metrics"),
+                                .timeout = absl::Seconds(2)});
+    if (!r.ok()) return std::string("unreachable");
+    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+      if (absl::ConsumePrefix(&line, "ess_outbound_store_paused ")) return std::string(line);
+    }
+    return std::string("absent");
+  };
+  auto pushes_of = [&](const std::string& id) {
+    size_t n = 0;
+    for (const CapturePartner::Seen& seen : partner.seen()) n += seen.correlation == id;
+    return n;
+  };
+  // Restarts the store (SIGTERM, exit 0) on the same database and port with `config`.
+  auto restart_store = [&](const std::string& config, const std::string& log) {
+    stub_.reset();  // an idle client would hold the graceful shutdown
+    ASSERT_EQ(replay_->Stop(), 0) << replay_->Log();
+    replay_ = std::make_unique<testing::Process>(
+        std::vector<std::string>{testing::BinaryPath("replay_svc"), "--config", dir_.File(config)},
+        dir_.File(log));
+    stub_ = MakeReplayStub(absl::StrCat("127.0.0.1:", replay_port_), replay_tls_);
+    ASSERT_TRUE(testing::WaitForReplay(*stub_, absl::Seconds(20))) << replay_->Log();
+  };
+
+  // Running, allowed: one event through, recorded.
+  Publish({{"REV-WARM", VisitEvent("REV-WARM")}}, /*declare=*/false);
+  ASSERT_TRUE(WaitFor([&] { return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == 1; },
+                      absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(store_paused(), "0");
+
+  // Revoked: the lanes' token is only a viewer's now.
+  const std::string allowed = Config(partner.url());
+  const std::string revoked =
+      absl::StrReplaceAll(allowed, {{"{name: lanes, role: lane,", "{name: lanes, role: viewer,"}});
+  ASSERT_NE(revoked, allowed);
+  dir_.Write("revoked.yaml", revoked);
+  ASSERT_NO_FATAL_FAILURE(restart_store("revoked.yaml", "replay-revoked.log"));
+  // One event alone: pushed, its record refused, back on its queue, and the lane paused.
+  Publish({{"REV-0", VisitEvent("REV-0")}}, /*declare=*/false);
+  ASSERT_TRUE(
+      WaitFor([&] { return store_paused() == "1" && Depth(queue_) == 1; }, absl::Seconds(30)))
+      << store_paused() << " paused, " << Depth(queue_) << " queued\n"
+      << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("replay store did not take the record; requeued"));
+  EXPECT_THAT(outbound_->Log(), HasSubstr("caller lanes (role viewer) may not call Record"));
+  EXPECT_THAT(outbound_->Log(),
+              HasSubstr("replay store does not take the lane's records: consumption paused"));
+  EXPECT_EQ(pushes_of("REV-0"), 1u);
+  // Events published while the lane is paused stay on the queue, unconsumed, however many
+  // probes the store refuses (one each 500 ms; a few seconds' worth).
+  constexpr int kHeld = 10;
+  std::vector<std::pair<std::string, std::string>> held;
+  for (int i = 1; i <= kHeld; ++i) {
+    const std::string id = absl::StrCat("REV-", i);
+    held.emplace_back(id, VisitEvent(id));
+  }
+  Publish(held, /*declare=*/false);
+  ASSERT_TRUE(WaitFor([&] { return Depth(queue_) == kHeld + 1; }, absl::Seconds(30)));
+  absl::SleepFor(absl::Seconds(3));
+  EXPECT_EQ(Depth(queue_), static_cast<uint32_t>(kHeld + 1));  // not one acked
+  EXPECT_EQ(store_paused(), "1");
+  EXPECT_EQ(partner.count(), 2u) << "REV-WARM and REV-0, once each";
+  EXPECT_EQ(pushes_of("REV-0"), 1u);
+  EXPECT_EQ(Records(ess::v1::MESSAGE_STATUS_DELIVERED).size(), 1u);
+  // A webhook meanwhile: its claim is refused, 503, nothing published.
+  auto webhook = PostWebhook(R"({"id":"REV-W","status":"confirmed"})");
+  ASSERT_TRUE(webhook.ok()) << webhook.status();
+  EXPECT_EQ(webhook->status, 503);
+  EXPECT_EQ(webhook->body, R"({"error":"replay store unavailable"})");
+  EXPECT_THAT(inbound_->Log(), HasSubstr("caller lanes (role viewer) may not call Claim"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        auto r = http_.SendAndWait(
+            {.method = "GET", .url = Url("/readyz"), .timeout = absl::Seconds(2)});
+        return r.ok() && r->body == R"({"ready":false,"store":"refuses the lane's token"})";
+      },
+      absl::Seconds(20)));
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  {
+    ess::v1::GetRequest get;
+    get.set_correlation_id("REV-W");
+    ess::v1::GetResponse got;
+    const grpc::Status found = stub_->Get(Call().get(), get, &got);
+    EXPECT_EQ(found.error_code(), grpc::StatusCode::NOT_FOUND)
+        << found.error_message();  // no claim
+  }
+
+  // Allowed again: the lane resumes by itself; every event delivered once, recorded, acked.
+  ASSERT_NO_FATAL_FAILURE(restart_store("hub.yaml", "replay-allowed.log"));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() == kHeld + 2 &&
+               Depth(queue_) == 0 && store_paused() == "0";
+      },
+      absl::Seconds(30)))
+      << Records(ess::v1::MESSAGE_STATUS_DELIVERED).size() << " delivered, " << Depth(queue_)
+      << " queued, paused " << store_paused() << "\n"
+      << outbound_->Log();
+  EXPECT_THAT(outbound_->Log(), HasSubstr("replay store answers again: consumption resumed"));
+  EXPECT_EQ(pushes_of("REV-WARM"), 1u);
+  EXPECT_EQ(pushes_of("REV-0"), 2u);  // in flight when the refusals began: see above
+  for (const auto& [id, body] : held) EXPECT_EQ(pushes_of(id), 1u) << id;
+  EXPECT_EQ(partner.count(), static_cast<size_t>(kHeld + 3));
+  EXPECT_EQ(Depth(queue_ + ".parked"), 0u);
+  // The partner's retry of the webhook is published, once.
+  webhook = PostWebhook(R"({"id":"REV-W","status":"confirmed"})");
+  ASSERT_TRUE(webhook.ok()) << webhook.status();
+  EXPECT_EQ(webhook->status, 200) << webhook->body;
+  auto published = (*conn)->Get(sub);
+  ASSERT_TRUE(published.ok()) << published.status();
+  EXPECT_EQ(published->message.correlation_id, "REV-W");
+  EXPECT_EQ((*conn)->Get(sub).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
 // A CA, a certificate for 127.0.0.1 and a client certificate, both signed by it, made with the
