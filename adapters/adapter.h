@@ -35,6 +35,21 @@ class Client;
 
 namespace ess::adapters {
 
+// What an adapter that sends events later, many in one unit (sftp_csv's files), tells the lane
+// just before it sends them: where each one is going. The lane records the event in flight
+// (RECEIVED) with that place as its maybe_delivered_as, so that if the lane dies during the
+// send, the event's redelivery looks there before it is sent again, however it is batched then.
+class SendNote {
+ public:
+  // `where` is the unit's name (the file's path). `done` runs exactly once, on any thread: OK
+  // once the note is stored; otherwise the adapter must not send the event, and fails its push
+  // retryably (UNAVAILABLE).
+  virtual void BeforeSend(std::string where, absl::AnyInvocable<void(absl::Status) &&> done) = 0;
+
+ protected:
+  ~SendNote() = default;
+};
+
 // One event on its way out, already mapped. Everything it points to lives until Push returns;
 // an adapter that works asynchronously copies what it needs (the rendered request).
 struct PushRequest {
@@ -48,6 +63,9 @@ struct PushRequest {
   // same name, carried by the lane with the retry): the adapter looks there before sending it
   // again. Empty for a first push, and for adapters that never set it.
   std::string_view maybe_delivered_as;
+  // Set by the lane (not for a dry run); valid until `done` runs. Adapters that send each push
+  // at once, in its own request, never use it.
+  SendNote* note = nullptr;
 };
 
 // One internal event produced by Pull: the JSON to publish and its ids.

@@ -144,7 +144,14 @@ amqp::Topology OutboundTopology(const ess::v1::HubConfig& config) {
   return t;
 }
 
-struct Lane::Job {
+struct Lane::Job final : adapters::SendNote {
+  // An adapter that sends the event later, in a unit with others, notes where it goes first.
+  void BeforeSend(std::string where, ReplayRecorder::Done done) override {
+    lane->NoteBeforeSend(*partner, *this, std::move(where), std::move(done));
+  }
+
+  Lane* lane = nullptr;  // set with `partner` by Dispatch, for BeforeSend
+  PartnerState* partner = nullptr;
   amqp::Delivery delivery;
   // Small chunks: events are small, and hundreds of jobs are alive at once.
   rapidjson::MemoryPoolAllocator<> pool{1024};
@@ -396,12 +403,15 @@ void Lane::Handle(amqp::Delivery delivery) {
     }
     amqp::Headers& headers = owned->delivery.message.headers;
     if (rec.ok() && !rec->maybe_delivered_as().empty() &&
-        (rec->status() == ess::v1::MESSAGE_STATUS_FAILED ||
+        (rec->status() == ess::v1::MESSAGE_STATUS_RECEIVED ||
+         rec->status() == ess::v1::MESSAGE_STATUS_FAILED ||
          rec->status() == ess::v1::MESSAGE_STATUS_DEAD) &&
         rec->payload() == owned->delivery.message.body &&
         FindHeader(headers, kMaybeDeliveredAsHeader).empty()) {
-      // A push that may have landed, whose move to the delay (or parked) queue then failed: the
-      // message came back as it was, and only its record says where to look first.
+      // A push that may have landed: a lane that died while it sent the event in a file
+      // (RECEIVED, noted before the upload), or whose move to the delay (or parked) queue
+      // failed after a push of unknown outcome. The message came back as it was, and only its
+      // record says where to look first.
       SetHeader(headers, kMaybeDeliveredAsHeader, rec->maybe_delivered_as());
     }
     if (rec.ok() && rec->status() == ess::v1::MESSAGE_STATUS_DEAD &&
@@ -462,7 +472,10 @@ void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
       .event_type = job->event_type,
       .fields = job->fields,
       .dry_run = options_.dry_run,
-      .maybe_delivered_as = FindHeader(job->delivery.message.headers, kMaybeDeliveredAsHeader)};
+      .maybe_delivered_as = FindHeader(job->delivery.message.headers, kMaybeDeliveredAsHeader),
+      .note = options_.dry_run ? nullptr : job.get()};
+  job->lane = this;
+  job->partner = &p;
   Job* raw = job.release();  // owned by the callback from here on
   p.partner.adapter->Push(req, [this, &p, raw](adapters::PushResult result) {
     OnPushed(p, std::unique_ptr<Job>(raw), std::move(result));
@@ -783,6 +796,25 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
            msg.expiration.clear();
            MoveAndAck(p, *owned, ParkedQueueName(p.partner.route.queue()), std::move(msg));
          });
+}
+
+void Lane::NoteBeforeSend(PartnerState& p, Job& job, std::string where, ReplayRecorder::Done done) {
+  ess::v1::MessageRecord rec =
+      MakeRecord(p, job, ess::v1::MESSAGE_STATUS_RECEIVED, "", absl::OkStatus());
+  rec.set_maybe_delivered_as(std::move(where));
+  // The adapter may give up waiting and complete the push, ending the job, before the store
+  // answers: the callback keeps what it logs.
+  recorder_->Record(std::move(rec), [correlation_id = std::string(job.correlation_id),
+                                     done = std::move(done)](absl::Status s) mutable {
+    if (absl::IsInvalidArgument(s)) {
+      // Refused for good, as every record of this event would be (see Complete): no reason to
+      // hold the upload back. Only a crash during it would send the row again.
+      log::Error(correlation_id, "the replay store refused the note of an upload; sent without",
+                 {{"error", ToStd(s.message())}});
+      s = absl::OkStatus();
+    }
+    std::move(done)(std::move(s));
+  });
 }
 
 void Lane::Record(PartnerState& p, Job& job, MessageStatus status, std::string rendered,

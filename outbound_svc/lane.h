@@ -33,6 +33,12 @@
 //   redelivered, and the     parked again without a second push (same exception)
 //   store shows it DEAD
 //   with the same payload
+//   sent later in a unit     before the send, the adapter notes where it goes (SendNote): the
+//   (a CSV file)             lane records it RECEIVED with that place as maybe_delivered_as,
+//                            and the adapter sends once every note is stored (a note not stored
+//                            fails the push, retryably). Redelivered with such a record (the
+//                            lane died during the send), it carries the place to the adapter as
+//                            a retry does
 //   move not published       reject with requeue, and the partner's queue pauses (250 ms,
 //   (publisher down, queue   doubling to 5 s while moves keep failing; and until the publisher
 //   gone, broker nack)       is connected again) rather than taking it back in a loop
@@ -185,6 +191,9 @@ class Lane {
   void Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& reason);
   void Record(PartnerState& p, Job& job, ess::v1::MessageStatus status, std::string rendered,
               const absl::Status& error, ReplayRecorder::Done done);
+  // adapters::SendNote for the job: records it RECEIVED with `where` as its maybe_delivered_as,
+  // then runs `done` with the store's answer.
+  void NoteBeforeSend(PartnerState& p, Job& job, std::string where, ReplayRecorder::Done done);
   ess::v1::MessageRecord MakeRecord(PartnerState& p, Job& job, ess::v1::MessageStatus status,
                                     std::string rendered, const absl::Status& error);
   ess::v1::SyncAudit AuditEvent(PartnerState& p, const Job& job, ess::v1::MessageStatus status,

@@ -276,6 +276,7 @@ void SftpCsvAdapter::Push(const PushRequest& request, PushDone done) {
           .masked = dry ? RenderRow(request, /*mask_pii=*/true) : std::string(),
           .message_id =
               std::string(request.message_id.empty() ? request.correlation_id : request.message_id),
+          .note = dry ? nullptr : request.note,
           .done = std::move(done)};
   if (!request.maybe_delivered_as.empty() && !dry) {
     if (FileOf(settings_.remote_dir(), request.maybe_delivered_as)) {
@@ -411,6 +412,44 @@ absl::Status SftpCsvAdapter::SettleEarlierUploads(Batch& batch) {
   return absl::OkStatus();
 }
 
+absl::Status SftpCsvAdapter::NoteBeforeUpload(const Batch& batch, const std::string& path) {
+  struct Notes {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+    absl::Status error ABSL_GUARDED_BY(mu);  // the first
+  };
+  // Shared with the callbacks: one may come after this gave up waiting.
+  auto notes = std::make_shared<Notes>();
+  size_t count = 0;
+  for (const Row& row : batch.rows) count += row.note != nullptr ? 1 : 0;
+  if (count == 0) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&notes->mu);
+    notes->left = count;
+  }
+  for (const Row& row : batch.rows) {
+    if (row.note == nullptr) continue;
+    row.note->BeforeSend(path, [notes](absl::Status s) {
+      absl::MutexLock lock(&notes->mu);
+      if (!s.ok() && notes->error.ok()) notes->error = std::move(s);
+      --notes->left;
+    });
+  }
+  absl::MutexLock lock(&notes->mu);
+  auto all_in = [&notes]() ABSL_SHARED_LOCKS_REQUIRED(notes->mu) { return notes->left == 0; };
+  if (!notes->mu.AwaitWithTimeout(absl::Condition(&all_in), kNoteTimeout)) {
+    return absl::UnavailableError(
+        absl::StrCat("the replay store did not take the note of the upload of ", path, " within ",
+                     absl::FormatDuration(kNoteTimeout), "; not uploaded"));
+  }
+  if (!notes->error.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("the replay store did not take the note of the upload of ", path,
+                     "; not uploaded: ", notes->error.message()));
+  }
+  return absl::OkStatus();
+}
+
 void SftpCsvAdapter::Deliver(Batch& batch) {
   if (!batch.dry_run) {
     if (absl::Status s = SettleEarlierUploads(batch); !s.ok()) {
@@ -458,6 +497,8 @@ void SftpCsvAdapter::Deliver(Batch& batch) {
       status = there.status();
     } else if (*there) {
       detail = absl::StrCat("already delivered as ", path);
+    } else if (absl::Status noted = NoteBeforeUpload(batch, path); !noted.ok()) {
+      status = std::move(noted);
     } else {
       status = client_->UploadAtomically(settings_.remote_dir(), name, file);
       if (absl::IsAlreadyExists(status)) {

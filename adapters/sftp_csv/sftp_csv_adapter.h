@@ -13,9 +13,14 @@
 //     under the same message id, or replayed changed, gives another);
 //  2. if that file already exists on the server the batch counts as delivered (a crash after the
 //     rename, then a redelivery of the same events, produces no second file);
-//  3. otherwise it is uploaded as ".NAME.part" and renamed to NAME in the same SFTP session
+//  3. otherwise each row's PushRequest::note is told the file's path, and the upload waits until
+//     the lane has stored every note (a row in flight, with the path as its maybe_delivered_as):
+//     a lane killed during the upload leaves the path where its redeliveries find it, however
+//     they are batched then (with other events, or by another replica: another name). A note
+//     not stored fails the batch (UNAVAILABLE), and nothing is uploaded;
+//  4. then it is uploaded as ".NAME.part" and renamed to NAME in the same SFTP session
 //     (adapters/sftp_csv/sftp_client.h), so the partner never reads a partial file;
-//  4. then, and only then, every event's PushDone runs with the batch's outcome.
+//  5. then, and only then, every event's PushDone runs with the batch's outcome.
 // An upload that failed after the server was reached may still have made its file (the answer
 // to the rename lost, and the server gone before SftpClient could look again): each of its
 // events fails retryably with the file's path as PushResult::maybe_delivered_as, and the path
@@ -115,6 +120,7 @@ class SftpCsvAdapter : public Adapter {
     std::string message_id;
     // PushRequest::maybe_delivered_as, when it names a file of remote_dir.
     std::string maybe_delivered_as;
+    SendNote* note = nullptr;  // PushRequest::note; null for a dry run
     PushDone done;
   };
   struct Batch {
@@ -155,6 +161,11 @@ class SftpCsvAdapter : public Adapter {
   // maybe_delivered_as; see the file comment): those found delivered are done and removed from
   // the batch. Fails when the server cannot say; the batch is then not uploaded.
   absl::Status SettleEarlierUploads(Batch& batch);
+  // Tells each row's SendNote that the batch is about to be uploaded as `path`, and waits until
+  // every note is stored: UNAVAILABLE if one is not, or not within kNoteTimeout (the batch is
+  // then not uploaded).
+  absl::Status NoteBeforeUpload(const Batch& batch, const std::string& path);
+  static constexpr absl::Duration kNoteTimeout = absl::Seconds(30);
 
   absl::Mutex mu_;
   absl::CondVar cv_;

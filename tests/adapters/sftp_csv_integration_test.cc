@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -219,9 +220,14 @@ struct Visits {
     }
   }
 
-  void Push(Adapter& a, Results& results, int from, int to) const {
+  // `note_of(i)`, when given, is the SendNote of event i.
+  void Push(Adapter& a, Results& results, int from, int to,
+            const std::function<SendNote*(int)>& note_of = {}) const {
     for (int i = from; i < to; ++i) {
-      a.Push({.correlation_id = ids[i], .message_id = ids[i], .fields = fields[i]},
+      a.Push({.correlation_id = ids[i],
+              .message_id = ids[i],
+              .fields = fields[i],
+              .note = note_of ? note_of(i) : nullptr},
              results.Done(i));
     }
   }
@@ -409,6 +415,76 @@ TEST_F(SftpCsvIntegrationTest, MissingRemoteFolderFailsEveryEventAndLeavesNoFile
     EXPECT_FALSE(r.detail.empty());
   }
   EXPECT_THAT(Files(dir_), IsEmpty());
+}
+
+// The lane's side of SendNote, as the adapter sees it: each note's place, whether a file was
+// there already when it came, and the store's answer (given at once).
+class NoteTaker : public SendNote {
+ public:
+  explicit NoteTaker(absl::Status answer) : answer_(std::move(answer)) {}
+  void BeforeSend(std::string where, absl::AnyInvocable<void(absl::Status) &&> done) override {
+    {
+      absl::MutexLock lock(&mu_);
+      there_before_.push_back(fs::exists(where));
+      wheres_.push_back(std::move(where));
+    }
+    std::move(done)(answer_);
+  }
+  std::vector<std::string> wheres() {
+    absl::MutexLock lock(&mu_);
+    return wheres_;
+  }
+  std::vector<bool> there_before() {
+    absl::MutexLock lock(&mu_);
+    return there_before_;
+  }
+
+ private:
+  const absl::Status answer_;
+  absl::Mutex mu_;
+  std::vector<std::string> wheres_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> there_before_ ABSL_GUARDED_BY(mu_);
+};
+
+// Before it uploads a batch, the adapter tells each row's note where its file goes, and uploads
+// only once every note is stored. One note the store did not take keeps the whole batch back:
+// every row fails retryably, and nothing is made on the server. Once the notes are taken, the
+// same rows go out in the file their notes named.
+TEST_F(SftpCsvIntegrationTest, ABatchIsUploadedOnlyOnceEveryRowsNoteIsStored) {
+  auto s = Settings();
+  s.set_max_rows(3);
+  auto a = Make(s);
+  ASSERT_NE(a, nullptr);
+  Visits visits(3);
+  NoteTaker taken(absl::OkStatus()), refused(absl::UnavailableError("replay store down"));
+  Results results;
+  visits.Push(*a, results, 0, 3, [&](int i) -> SendNote* { return i == 1 ? &refused : &taken; });
+  auto got = results.Wait(3);
+  ASSERT_EQ(got.size(), 3u);
+  for (auto& [i, r] : got) {
+    EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+    EXPECT_THAT(std::string(r.status.message()),
+                HasSubstr("the replay store did not take the note of the upload of " +
+                          dir_.string() + "/prison_"));
+    EXPECT_THAT(std::string(r.status.message()), HasSubstr("not uploaded: replay store down"));
+    EXPECT_EQ(r.maybe_delivered_as, "") << i;  // nothing was sent: nowhere to look
+  }
+  EXPECT_THAT(Files(dir_), IsEmpty());
+  ASSERT_EQ(refused.wheres().size(), 1u);
+  ASSERT_EQ(taken.wheres().size(), 2u);
+
+  NoteTaker all(absl::OkStatus());
+  Results again;
+  visits.Push(*a, again, 0, 3, [&](int) -> SendNote* { return &all; });
+  got = again.Wait(3);
+  ASSERT_EQ(got.size(), 3u);
+  for (auto& [i, r] : got) EXPECT_TRUE(r.status.ok()) << i << ": " << r.status;
+  const std::vector<std::string> files = Files(dir_);
+  ASSERT_EQ(files.size(), 1u);
+  const std::string path = (dir_ / files[0]).string();
+  EXPECT_EQ(all.wheres(), std::vector<std::string>(3, path));
+  EXPECT_EQ(all.there_before(), std::vector<bool>(3, false));
+  EXPECT_EQ(refused.wheres()[0], path);  // the same rows: the same name
 }
 
 TEST_F(SftpCsvIntegrationTest, ServerDownFailsEveryEventAsRetryable) {

@@ -627,6 +627,33 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
   ExpectTheRetriesToFind(made);
 }
 
+// The lane is killed (SIGKILL) while the upload waits for the lost answer: no failure is
+// recorded, no retry carries the path, and the broker gives the events back as they came. The
+// notes the lane stored before the upload (RECEIVED, with the file's path) tell the next lane
+// where to look: it batches the three with VIS-4, under another name, and finds their rows in the
+// first file. Before, it sent them again in the new file.
+TEST_F(SftpLaneFaultTest, ALaneKilledDuringAnUploadLeavesThePathInItsRecords) {
+  ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        const std::vector<std::string> files = Files();
+        return files.size() == 1 && !files[0].starts_with(".");
+      },
+      absl::Seconds(30)))
+      << outbound_->Log();
+  const std::string made = Files()[0];
+  for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
+    const ess::v1::GetResponse trail = Trail(id);
+    ASSERT_EQ(trail.records_size(), 1) << id;
+    EXPECT_EQ(trail.records(0).status(), ess::v1::MESSAGE_STATUS_RECEIVED) << id;
+    EXPECT_EQ(trail.records(0).maybe_delivered_as(), (remote_ / made).string()) << id;
+    EXPECT_EQ(trail.trail().stage(), "pushed") << id;
+  }
+  EXPECT_EQ(outbound_->Stop(SIGKILL), 128 + SIGKILL);
+  outbound_.reset();
+  ExpectTheRetriesToFind(made);
+}
+
 // The lane is told to stop while the upload waits for the lost answer. The upload fails only
 // then, while the lane drains: its events go the way of a retry, with the path, instead of back
 // to the queue as they came. Before, they came back without it, and the next lane sent the rows
