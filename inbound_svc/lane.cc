@@ -325,13 +325,12 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
     return;
   }
 
-  // The call's own id: its webhook-id, or the partner's id header; none: its content.
-  std::string_view id_header = webhook::kIdHeader;
-  std::string_view own_id = request.Header(webhook::kIdHeader);
-  if (own_id.empty() && !route.id_header.empty()) {
-    id_header = route.id_header;
-    own_id = request.Header(route.id_header);
-  }
+  // The call's own id: the partner's id header where its route names one, else its webhook-id;
+  // none: its content. A route with an id header is unsigned (the config's rule), and a
+  // webhook-id on its calls is neither what it was configured with nor vouched for.
+  const std::string_view id_header =
+      route.id_header.empty() ? std::string_view(webhook::kIdHeader) : route.id_header;
+  const std::string_view own_id = request.Header(id_header);
   if (!own_id.empty()) {
     if (absl::Status bad = ids::Check(own_id, id_header); !bad.ok()) {
       const std::string error = absl::StrCat("header ", bad.message());

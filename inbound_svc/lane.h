@@ -76,7 +76,7 @@ class Lane {
     std::unique_ptr<adapters::Adapter> adapter;
     // Set: every call must carry a valid Standard Webhooks signature (401 otherwise).
     std::optional<webhook::SignatureVerifier> verifier;
-    // Lower-case; set: the header whose value is a call's id when it has no webhook-id
+    // Lower-case; set: the header whose value is a call's id, instead of its webhook-id
     // (InboundRoute.id_header).
     std::string id_header;
   };
