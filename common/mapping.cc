@@ -105,6 +105,8 @@ absl::StatusOr<Mapper> Mapper::Compile(
       out.pad = f.pad();
     }
     out.align_right = f.align_right();
+    if (f.truncate() && f.width() == 0) return err("truncate", "needs a width");
+    out.truncate = f.truncate();
     m.fields_.push_back(std::move(out));
   }
   return m;
@@ -241,8 +243,14 @@ absl::StatusOr<std::string> Mapper::Transform(const Field& f, std::string text) 
   if (f.letter_case == Field::Case::kLower) absl::AsciiStrToLower(&text);
   if (f.width > 0) {
     const size_t len = CodePoints(text);
-    if (len > f.width) {
+    if (len > f.width && f.truncate) {
       text.resize(ByteOffsetOf(text, f.width));
+    } else if (len > f.width) {
+      // Its length only, never the value: what reaches logs and records. Cut silently, an id
+      // would name someone else at the partner.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "field \"", f.source, "\": its value has ", len, " characters, wider than its column (",
+          "width ", f.width, "); set truncate: true where a cut value is acceptable"));
     } else if (len < f.width) {
       std::string padding(f.width - len, f.pad[0]);
       text = f.align_right ? padding + text : text + padding;

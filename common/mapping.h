@@ -87,13 +87,15 @@ class Mapper {
     uint32_t width = 0;
     std::string pad = " ";
     bool align_right = false;
+    bool truncate = false;
 
     bool transforms() const {
       return !timestamp_format.empty() || letter_case != Case::kAsIs || width > 0;
     }
   };
 
-  // The field's text after its transforms; INVALID_ARGUMENT for a bad timestamp.
+  // The field's text after its transforms; INVALID_ARGUMENT for a bad timestamp, or a value
+  // wider than its width without truncate.
   static absl::StatusOr<std::string> Transform(const Field& f, std::string text);
   // IsPersonal of one field.
   static bool Personal(const Field& f);

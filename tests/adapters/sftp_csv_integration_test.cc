@@ -419,7 +419,7 @@ TEST_F(SftpCsvIntegrationTest, MissingRemoteFolderFailsEveryEventAndLeavesNoFile
 
 // The lane's side of SendNote, as the adapter sees it: each note's place, whether a file was
 // there already when it came, and the store's answer (given at once).
-class NoteTaker : public SendNote {
+class NoteTaker final : public SendNote {
  public:
   explicit NoteTaker(absl::Status answer) : answer_(std::move(answer)) {}
   void BeforeSend(std::string where, absl::AnyInvocable<void(absl::Status) &&> done) override {

@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "common/json.h"
 #include "common/log.h"
@@ -138,7 +142,9 @@ TEST(MappingTest, TransformsTimestampsCaseAndWidth) {
   padded->set_width(8);
   padded->set_pad("0");
   padded->set_align_right(true);
-  add("name", "name")->set_width(4);  // cut at a code point, not a byte
+  auto* name = add("name", "name");
+  name->set_width(4);
+  name->set_truncate(true);  // cut at a code point, not a byte
   auto* wide = add("room", "room");
   wide->set_width(5);
   wide->set_letter_case("upper");
@@ -166,6 +172,46 @@ TEST(MappingTest, TransformsTimestampsCaseAndWidth) {
   absl::Status s = m->Apply(doc, &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "field \"slotUtc\": \"tomorrow\" is not an RFC 3339 timestamp");
+}
+
+// A value wider than its column parks the message unless the field may be cut: a cut id
+// ("A12345" in a column of 4 became "A123") names someone else at the partner. The error gives
+// the length, never the value.
+TEST(MappingTest, AValueWiderThanItsColumnIsRefusedUnlessItMayBeCut) {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> fields;
+  auto* id = fields.Add();
+  id->set_target("inmate");
+  id->set_source("inmateId");
+  id->set_width(4);
+  id->set_pad("0");
+  id->set_align_right(true);
+  auto m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  rapidjson::Document doc;
+  std::vector<MappedField> out;
+  ASSERT_TRUE(json::Parse(R"({"inmateId":"A12345"})", doc).ok());
+  absl::Status s = m->Apply(doc, &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "field \"inmateId\": its value has 6 characters, wider than its column (width 4); set "
+            "truncate: true where a cut value is acceptable");
+  // Exactly its width, and shorter: as before.
+  for (const auto& [value, sent] :
+       std::vector<std::pair<std::string, std::string>>{{"A123", "A123"}, {"A1", "00A1"}}) {
+    ASSERT_TRUE(json::Parse(absl::StrCat(R"({"inmateId":")", value, R"("})"), doc).ok());
+    ASSERT_TRUE(m->Apply(doc, &out).ok()) << value;
+    EXPECT_EQ(Mapper::StringOf(out, "inmate"), sent);
+  }
+
+  id->set_truncate(true);
+  m = Mapper::Compile(fields);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(json::Parse(R"({"inmateId":"A12345"})", doc).ok());
+  ASSERT_TRUE(m->Apply(doc, &out).ok());
+  EXPECT_EQ(Mapper::StringOf(out, "inmate"), "A123");
+
+  id->set_width(0);
+  EXPECT_EQ(Mapper::Compile(fields).status().message(), "[0].truncate: needs a width");
 }
 
 // The error of a personal field names the field, not its value: it reaches logs and records.
