@@ -707,7 +707,9 @@ class SessionLoop {
   virtual absl::Status OnConfirm(uint64_t tag, bool multiple, bool ack) = 0;
   virtual void OnReturn(const std::string& exchange, const std::string& routing_key,
                         const Message& message) = 0;
-  virtual void OnBlocked(bool blocked) {}
+  // connection.blocked (`blocked`, with the broker's `reason`, e.g. "low on memory") or
+  // connection.unblocked.
+  virtual void OnBlocked(bool blocked, std::string reason) {}
   // Any other method (deliveries, consumer cancellations).
   virtual absl::Status OnMethod(const amqp_frame_t& frame) { return absl::OkStatus(); }
 
@@ -747,12 +749,16 @@ class SessionLoop {
         case AMQP_CONNECTION_BLOCKED_METHOD:
         case AMQP_CONNECTION_UNBLOCKED_METHOD: {
           const bool blocked = method.id == AMQP_CONNECTION_BLOCKED_METHOD;
+          std::string reason;
           if (blocked) {
-            Log(ess::log::Level::kWarn, "amqp broker blocks the connection (resource alarm)");
+            reason =
+                StringOf(static_cast<const amqp_connection_blocked_t*>(method.decoded)->reason);
+            Log(ess::log::Level::kWarn, "amqp broker blocks the connection (resource alarm)",
+                reason.empty() ? absl::OkStatus() : absl::ResourceExhaustedError(reason));
           } else {
             Log(ess::log::Level::kInfo, "amqp broker unblocked the connection");
           }
-          OnBlocked(blocked);
+          OnBlocked(blocked, std::move(reason));
           break;
         }
         default:
@@ -1352,6 +1358,9 @@ struct Publisher::Impl : public SessionLoop {
   // behind it.
   std::atomic<bool> blocked{false};
   std::atomic<size_t> in_flight{0};  // accepted and not yet completed
+  // What the broker gave as the reason of its block, for blocked_by() (readiness, metrics).
+  mutable absl::Mutex blocked_mu;
+  std::string blocked_reason ABSL_GUARDED_BY(blocked_mu);
 
   // Owned by the loop (or by Start before the thread exists).
   Tracker tracker;
@@ -1414,7 +1423,7 @@ struct Publisher::Impl : public SessionLoop {
     if (st.ok()) st = s.SelectConfirms(kChannel);
     if (!st.ok()) return st;
     tracker.Reset();
-    blocked = false;
+    SetBlocked(false, "");  // a new connection starts unblocked; the broker says if it is not
     return opened;
   }
 
@@ -1441,9 +1450,21 @@ struct Publisher::Impl : public SessionLoop {
     FailRequests(stopped);
   }
 
-  void OnBlocked(bool b) override {
-    blocked = b;
+  void OnBlocked(bool b, std::string reason) override {
+    SetBlocked(b, std::move(reason));
     if (!b) Wake();  // what waited for the alarm to clear leaves on the next turn
+  }
+
+  void SetBlocked(bool b, std::string reason) {
+    absl::MutexLock lock(&blocked_mu);
+    blocked = b;
+    blocked_reason = std::move(reason);
+  }
+
+  std::optional<std::string> BlockedBy() const {
+    absl::MutexLock lock(&blocked_mu);
+    if (!blocked.load(std::memory_order_relaxed)) return std::nullopt;
+    return blocked_reason;
   }
 
   absl::Status SendRequests() {
@@ -1535,5 +1556,10 @@ void Publisher::Publish(std::string exchange, std::string routing_key, Message m
 }
 
 bool Publisher::connected() const { return impl_->connected(); }
+
+std::optional<std::string> Publisher::blocked_by() const {
+  if (!impl_->connected()) return std::nullopt;
+  return impl_->BlockedBy();
+}
 
 }  // namespace ess::amqp

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -242,6 +243,11 @@ class Publisher {
   void Publish(std::string exchange, std::string routing_key, Message message, Done done,
                WhileBlocked while_blocked = WhileBlocked::kAsConfigured);
   bool connected() const;
+  // Set while the broker blocks this publisher's connection (connection.blocked: a memory or
+  // disk alarm, told to a connection once it publishes during one): the reason the broker gave,
+  // e.g. "low on memory" (empty if it gave none). Thread-safe and cached: it never asks the
+  // broker, so a readiness check or a scrape may call it at will.
+  std::optional<std::string> blocked_by() const;
 
  private:
   struct Impl;
