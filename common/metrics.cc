@@ -1,26 +1,10 @@
 #include "common/metrics.h"
 
-#include <exception>
 #include <sstream>
 
-#include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
-#include "prometheus/exposer.h"
 #include "prometheus/text_serializer.h"
 
 namespace ess::metrics {
-namespace {
-
-class CallbackCollectable final : public prometheus::Collectable {
- public:
-  explicit CallbackCollectable(Server::Collect collect) : collect_(std::move(collect)) {}
-  std::vector<prometheus::MetricFamily> Collect() const override { return collect_(); }
-
- private:
-  Server::Collect collect_;
-};
-
-}  // namespace
 
 prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type) {
   prometheus::MetricFamily family;
@@ -71,23 +55,5 @@ std::string Render(const std::vector<prometheus::MetricFamily>& families) {
   prometheus::TextSerializer().Serialize(out, families);
   return out.str();
 }
-
-absl::StatusOr<std::unique_ptr<Server>> Server::Start(const std::string& listen, Collect collect) {
-  std::unique_ptr<Server> server(new Server());
-  try {
-    // One thread is plenty for a scrape every few seconds.
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, 1);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics: cannot listen on ", listen, ": ", e.what()));
-  }
-  server->collectable_ = std::make_shared<CallbackCollectable>(std::move(collect));
-  server->exposer_->RegisterCollectable(server->collectable_);
-  std::vector<int> ports = server->exposer_->GetListeningPorts();
-  server->port_ = ports.empty() ? 0 : ports.front();
-  return server;
-}
-
-Server::~Server() = default;
 
 }  // namespace ess::metrics

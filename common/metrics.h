@@ -1,6 +1,6 @@
-// Prometheus metrics (Debian's prometheus-cpp): helpers that build metric families from the
-// counters a component already keeps, a text rendering for an HTTP server of our own, and a
-// small /metrics server for a process that has none.
+// Prometheus metrics (Debian's prometheus-cpp, its core library): helpers that build metric
+// families from the counters a component already keeps, and their text rendering for our own
+// HTTP servers (common/ops_endpoints.h serves it at GET /metrics).
 //
 //   prometheus::MetricFamily settled = metrics::Family(
 //       "ess_outbound_messages_total", "Messages settled.", prometheus::MetricType::Counter);
@@ -9,21 +9,13 @@
 #ifndef ESS_COMMON_METRICS_H_
 #define ESS_COMMON_METRICS_H_
 
-#include <functional>
-#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "prometheus/collectable.h"
 #include "prometheus/histogram.h"
 #include "prometheus/metric_family.h"
-
-namespace prometheus {
-class Exposer;
-}
 
 namespace ess::metrics {
 
@@ -58,23 +50,6 @@ class Latency {
 // The families in Prometheus' text exposition format (version 0.0.4).
 std::string Render(const std::vector<prometheus::MetricFamily>& families);
 inline constexpr char kContentType[] = "text/plain; version=0.0.4; charset=utf-8";
-
-// Serves GET /metrics with what `collect` returns at each scrape (prometheus-cpp's Exposer, on
-// its own threads).
-class Server {
- public:
-  using Collect = std::function<std::vector<prometheus::MetricFamily>()>;
-  // `listen` is "host:port" (port 0 picks one). UNAVAILABLE when it cannot be bound.
-  static absl::StatusOr<std::unique_ptr<Server>> Start(const std::string& listen, Collect collect);
-  ~Server();
-  int port() const { return port_; }
-
- private:
-  Server() = default;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  std::shared_ptr<prometheus::Collectable> collectable_;
-  int port_ = 0;
-};
 
 }  // namespace ess::metrics
 

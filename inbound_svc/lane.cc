@@ -5,6 +5,8 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -177,6 +179,7 @@ Lane::Lane(Options options, std::vector<Route> routes, amqp::Publisher* publishe
       publisher_(publisher),
       recorder_(recorder),
       audit_(audit),
+      ops_{.metrics = [this] { return Metrics(); }, .readiness = [this] { return NotReady(); }},
       server_(options_.server, [this](http::ServerRequest req,
                                       http::Responder r) { Handle(std::move(req), std::move(r)); }),
       recent_(options_.dedupe_window, options_.dedupe_memory_ids) {
@@ -225,28 +228,27 @@ void Lane::ProbeStore() {
   }
 }
 
-http::ServerResponse Lane::Readiness() const {
-  const bool bus = publisher_ != nullptr && publisher_->connected();
-  std::string_view store;
+ops::NotReady Lane::NotReady() const {
+  ops::NotReady not_ready;
+  if (publisher_ == nullptr || !publisher_->connected()) {
+    not_ready.emplace_back("bus", "not connected");
+  } else if (std::optional<std::string> alarm = publisher_->blocked_by(); alarm.has_value()) {
+    not_ready.emplace_back("broker_alarm", alarm->empty() ? "blocked" : *std::move(alarm));
+  }
   switch (recorder_ == nullptr ? StoreState::kAnswers : store_state_.load()) {
     case StoreState::kAnswers:
       break;
     case StoreState::kUnknown:
-      store = "not probed yet";
+      not_ready.emplace_back("store", "not probed yet");
       break;
     case StoreState::kUnreachable:
-      store = "unreachable";
+      not_ready.emplace_back("store", "unreachable");
       break;
     case StoreState::kRefusesLane:
-      store = "refuses the lane's token";
+      not_ready.emplace_back("store", "refuses the lane's token");
       break;
   }
-  if (bus && store.empty()) return {.status = 200, .body = R"({"ready":true})"};
-  std::string body = R"({"ready":false)";
-  if (!bus) absl::StrAppend(&body, R"(,"bus":"not connected")");
-  if (!store.empty()) absl::StrAppend(&body, R"(,"store":")", ToAbsl(store), R"(")");
-  body.push_back('}');
-  return {.status = 503, .body = std::move(body)};
+  return not_ready;
 }
 
 void Lane::LogUnavailable(log::Throttle& throttle, std::string_view cid, std::string_view msg,
@@ -267,20 +269,7 @@ void Lane::Handle(http::ServerRequest request, http::Responder responder) {
   };
   auto it = routes_.find(request.path);
   if (it == routes_.end()) {
-    if (request.path == "/healthz") {
-      std::move(responder).Send({.status = 200, .body = R"({"ok":true})"});
-      return;
-    }
-    if (request.path == "/readyz") {
-      std::move(responder).Send(Readiness());
-      return;
-    }
-    if (request.path == "/metrics") {
-      std::move(responder).Send({.status = 200,
-                                 .content_type = std::string(metrics::kContentType),
-                                 .body = metrics::Render(Metrics())});
-      return;
-    }
+    if (ops::Answer(ops_, request, responder)) return;
     reply(404, absl::StrCat("no partner serves ", request.path));
     return;
   }
@@ -629,6 +618,12 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
       "ess_inbound_http_connections",
       "HTTP connections open now (inbound.max_connections at most: at the cap new ones wait).",
       prometheus::MetricType::Gauge, static_cast<double>(server_.connections())));
+  families.push_back(metrics::Single(
+      "ess_inbound_broker_blocked",
+      "1 while the broker blocks the lane's publisher with a resource alarm (memory or disk): "
+      "webhooks are answered 503 and /readyz names the alarm until it clears.",
+      prometheus::MetricType::Gauge,
+      publisher_ != nullptr && publisher_->blocked_by().has_value() ? 1 : 0));
   families.push_back(metrics::Single(
       "ess_inbound_unrecorded_total",
       "Webhooks published and answered 200 whose PUBLISHED record failed (the store still says "

@@ -20,12 +20,16 @@
 //        with the payload's PII values masked) and carried by the FAILED record and the audit
 //        event, which are internal (an adapter's failure comes before any claim: neither).
 //
-// Besides the webhook paths it serves GET /metrics, GET /healthz (liveness: 200 {"ok":true}
-// while the process serves HTTP) and GET /readyz (readiness: 200 {"ready":true} while the
-// publisher is connected to the broker and the replay store answered the lane's last probe;
-// else 503 naming what is not, e.g. {"ready":false,"bus":"not connected","store":"unreachable"}).
-// The store is probed by a thread of the lane's own, once per store_probe_interval, never by a
-// readiness request.
+// Besides the webhook paths it serves the operations endpoints (common/ops_endpoints.h):
+// GET /metrics, GET /healthz (liveness: 200 {"ok":true} while the process serves HTTP) and
+// GET /readyz (readiness: 200 {"ready":true} while the publisher is connected to the broker,
+// the broker does not block it with a resource alarm, and the replay store answered the lane's
+// last probe; else 503 naming what is not, e.g.
+// {"ready":false,"bus":"not connected","store":"unreachable"} or
+// {"ready":false,"broker_alarm":"low on memory"}: during an alarm every webhook would be
+// answered 503 at once). The store is probed by a thread of the lane's own, once per
+// store_probe_interval, and the alarm is the publisher's cached state: a readiness request never
+// waits on the network.
 //
 // Claims, publishes and records of concurrent requests are batched and pipelined: no request
 // waits for another's confirm.
@@ -62,6 +66,7 @@
 #include "common/http_server.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/ops_endpoints.h"
 #include "common/replay_client.h"
 #include "common/webhook_signature.h"
 #include "prometheus/metric_family.h"
@@ -153,8 +158,8 @@ class Lane {
   enum class StoreState { kUnknown, kAnswers, kUnreachable, kRefusesLane };
 
   void Handle(http::ServerRequest request, http::Responder responder);
-  // GET /readyz.
-  http::ServerResponse Readiness() const;
+  // What GET /readyz reports not ready, from cached state.
+  ops::NotReady NotReady() const;
   // The probe thread's loop: asks the store every store_probe_interval until Stop().
   void ProbeStore();
   // Logs a failed call's detail at warn, at most once a second (`throttle`).
@@ -182,6 +187,8 @@ class Lane {
   amqp::Publisher* publisher_;
   ReplayRecorder* recorder_;
   AuditSink* audit_;
+  // /healthz, /readyz and /metrics, answered on the webhook server.
+  ops::Endpoints ops_;
   http::Server server_;
   RecentIds recent_;
   Counters counters_;

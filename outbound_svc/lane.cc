@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -951,6 +953,20 @@ Lane::Settled Lane::settled() const {
   return all;
 }
 
+ops::NotReady Lane::NotReady() const {
+  ops::NotReady not_ready;
+  if (!consumer_->connected()) not_ready.emplace_back("consumer", "not connected");
+  if (store_paused_.load()) {
+    not_ready.emplace_back("store", "does not take the lane's records: consumption paused");
+  }
+  if (!publisher_->connected()) {
+    not_ready.emplace_back("publisher", "not connected");
+  } else if (std::optional<std::string> alarm = publisher_->blocked_by(); alarm.has_value()) {
+    not_ready.emplace_back("broker_alarm", alarm->empty() ? "blocked" : *std::move(alarm));
+  }
+  return not_ready;
+}
+
 std::vector<prometheus::MetricFamily> Lane::Metrics() const {
   using prometheus::MetricType;
   prometheus::MetricFamily settled = metrics::Family(
@@ -1017,6 +1033,12 @@ std::vector<prometheus::MetricFamily> Lane::Metrics() const {
       metrics::Single("ess_outbound_store_paused",
                       "1 while consumption is paused because the replay store is unreachable.",
                       MetricType::Gauge, store_paused_.load() ? 1 : 0));
+  families.push_back(metrics::Single(
+      "ess_outbound_broker_blocked",
+      "1 while the broker blocks the lane's publisher with a resource alarm (memory or disk): "
+      "moves to delay and parked queues and confirmations wait, their deliveries unacked, until "
+      "it clears; /readyz names the alarm meanwhile.",
+      MetricType::Gauge, publisher_->blocked_by().has_value() ? 1 : 0));
   for (prometheus::MetricFamily& f : recorder_->Metrics()) families.push_back(std::move(f));
   if (audit_ != nullptr) {
     for (prometheus::MetricFamily& f : audit_->Metrics()) families.push_back(std::move(f));

@@ -82,6 +82,7 @@
 #include "common/audit.h"
 #include "common/bus_headers.h"
 #include "common/mapping.h"
+#include "common/ops_endpoints.h"
 #include "common/queue_names.h"
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
@@ -160,6 +161,13 @@ class Lane {
   // Messages taken from the bus and not yet settled.
   int64_t in_flight() const { return live_.load(); }
   bool paused_for_store() const { return store_paused_.load(); }
+  // What keeps the lane from doing its job now, for GET /readyz (common/ops_endpoints.h): the
+  // consumer's connection down ("consumer"), consumption paused because the replay store does
+  // not take the lane's records ("store"), the publisher of moves and confirmations down
+  // ("publisher"), or the broker blocking that publisher with a resource alarm ("broker_alarm",
+  // the broker's reason). Empty when ready. From cached state only, never the network.
+  // Thread-safe.
+  ops::NotReady NotReady() const;
   // The lane's Prometheus metrics now (per partner: outcomes, success ratio, breaker; the
   // lane's intake; its replay recorder's calls). Thread-safe.
   std::vector<prometheus::MetricFamily> Metrics() const;

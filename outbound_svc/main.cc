@@ -8,7 +8,7 @@
 #include "common/config.h"
 #include "common/http_client.h"
 #include "common/log.h"
-#include "common/metrics.h"
+#include "common/ops_endpoints.h"
 #include "common/wiring.h"
 #include "outbound_svc/lane.h"
 
@@ -98,10 +98,12 @@ int main(int argc, char** argv) {
     ess::log::Error("", "cannot start", {{"error", std::string(s.message())}});
     return 1;
   }
-  std::unique_ptr<ess::metrics::Server> metrics;
+  // GET /metrics, /healthz and /readyz (the lane's cached state) on the metrics port.
+  std::unique_ptr<ess::ops::Server> metrics;
   if (const std::string& listen = config->outbound().metrics_listen(); !listen.empty()) {
-    absl::StatusOr<std::unique_ptr<ess::metrics::Server>> server =
-        ess::metrics::Server::Start(listen, [&lane] { return lane.Metrics(); });
+    absl::StatusOr<std::unique_ptr<ess::ops::Server>> server =
+        ess::ops::Server::Start(listen, {.metrics = [&lane] { return lane.Metrics(); },
+                                         .readiness = [&lane] { return lane.NotReady(); }});
     if (!server.ok()) {
       ess::log::Error("", "cannot start", {{"error", std::string(server.status().message())}});
       lane.Shutdown(absl::ZeroDuration());

@@ -39,6 +39,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/ops_endpoints.h"
 #include "common/sqlite.h"
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
@@ -346,13 +347,14 @@ int main(int argc, char** argv) {
     drift = std::make_unique<ess::replay::DriftWatch>(
         **store, std::move(watched), ess::replay::DriftWatch::OptionsFromConfig(*config));
   }
-  std::unique_ptr<ess::metrics::Server> metrics;
+  // Its readiness is gRPC's health service; the metrics port adds /healthz (liveness).
+  std::unique_ptr<ess::ops::Server> metrics;
   if (!replay.metrics_listen().empty()) {
     const ess::replay::ReplayServer& served = **server;
     const ess::replay::RetentionSweeper* swept = sweeper.get();
     const ess::replay::DriftWatch* watch = drift.get();
-    absl::StatusOr<std::unique_ptr<ess::metrics::Server>> m =
-        ess::metrics::Server::Start(replay.metrics_listen(), [&served, swept, watch, &audit] {
+    absl::StatusOr<std::unique_ptr<ess::ops::Server>> m = ess::ops::Server::Start(
+        replay.metrics_listen(), {.metrics = [&served, swept, watch, &audit] {
           std::vector<prometheus::MetricFamily> families = served.service().Metrics();
           if (swept != nullptr) {
             families.push_back(ess::metrics::Single(
@@ -364,7 +366,7 @@ int main(int argc, char** argv) {
           }
           for (prometheus::MetricFamily& f : audit.Metrics()) families.push_back(std::move(f));
           return families;
-        });
+        }});
     if (!m.ok()) {
       ess::log::Error("", "cannot serve", {{"error", m.status().ToString()}});
       return 1;
