@@ -12,6 +12,7 @@
 #include <signal.h>
 
 #include <map>
+#include <optional>
 #include <regex>
 #include <set>
 #include <thread>
@@ -109,7 +110,8 @@ bus: {host: 127.0.0.1, port: )",
                                     R"(, heartbeat_seconds: 5)", bus_extra_, R"(}
 replay: {listen: "127.0.0.1:)",
                                     replay_port_, R"(", database_path: replay.db, deadline_ms: 2000}
-outbound: {prefetch: 64, shutdown_deadline_ms: 5000}
+outbound: {prefetch: 64, shutdown_deadline_ms: 5000)",
+                                    outbound_extra_, R"(}
 inbound: {listen: "127.0.0.1:)",
                                     inbound_port_, R"(", claim_lease_ms: 3000}
 logging: {level: info}
@@ -393,6 +395,8 @@ partners:
   amqp::ConnectionOptions broker_;
   std::string exchange_;
   std::string bus_extra_;  // more settings of the bus section, e.g. ", quorum_queues: true"
+  // More settings of the outbound section, e.g. ", metrics_listen: \"127.0.0.1:9464\"".
+  std::string outbound_extra_;
   int replay_port_ = 0, inbound_port_ = 0;
   testing::TempDir dir_;
   http::Client http_{{}};
@@ -930,6 +934,96 @@ TEST_F(FaultTest, BrokerResourceAlarmHoldsParksWhileDeliveriesFlowAndWebhooksAre
   Report("broker memory alarm: outbound flows, parks wait, webhooks retried", t);
   EXPECT_EQ(t.lost, 0u);
   EXPECT_EQ(t.duplicated, 0u);
+}
+
+// During a broker resource alarm both lanes read not ready, naming it, and their
+// ess_*_broker_blocked gauges are 1: the inbound lane would answer every webhook 503, the outbound
+// lane's moves wait. The broker blocks a connection once it publishes during the alarm: the
+// inbound lane's with a webhook (whose publish waits; its client gives up), the outbound lane's
+// with a park (a push the partner holds until the alarm is on, then refuses). Once the alarm
+// clears both are ready again, the gauges 0, and the park is done.
+TEST_F(FaultTest, BothLanesReadNotReadyNamingABrokerAlarmUntilItClears) {
+  CapturePartner partner;
+  absl::Mutex held_mu;
+  std::optional<http::Responder> held;  // the answer to "HELD", sent once the alarm is on
+  partner.set_behaviour([&](const CapturePartner::Seen& s, http::Responder r) {
+    if (s.correlation != "HELD") {
+      std::move(r).Send({.status = 201, .body = "{}"});
+      return;
+    }
+    absl::MutexLock lock(&held_mu);
+    held = std::move(r);
+  });
+  const std::string queue = testing::UniqueName("alarmready");
+  const int metrics_port = testing::FreePort();
+  outbound_extra_ = absl::StrCat(R"(, metrics_listen: "127.0.0.1:)", metrics_port, R"(")");
+  WriteConfig({{.name = "calendar",
+                .queue = queue,
+                .url = partner.url(),
+                .timeout_ms = 60000,  // the held push waits for the test, not for the client
+                .webhook_path = "/webhook/prison"}});
+  StartReplay();
+  StartInbound();
+  StartOutbound();
+  auto get = [&](int port, const std::string& path) {
+    auto r = http_.SendAndWait({.method = "GET",
+                                .url = absl::StrCat("http://127.0.0.1:", port, path),
+                                .timeout = absl::Seconds(2)});
+    return r.ok() ? absl::StrCat(r->status, " ", r->body) : std::string(r.status().message());
+  };
+  // The gauge's sample line, e.g. "ess_inbound_broker_blocked 1"; empty if absent.
+  auto gauge = [&](int port, const std::string& name) {
+    const std::string page = get(port, "/metrics");
+    for (absl::string_view line : absl::StrSplit(page, '\n')) {
+      if (absl::StartsWith(line, name + " ")) return std::string(line);
+    }
+    return std::string();
+  };
+  auto becomes = [&](int port, const std::string& path, const std::string& want) {
+    return WaitFor([&] { return get(port, path) == want; }, absl::Seconds(20));
+  };
+  const std::string ready = R"(200 {"ready":true})";
+  const std::string blocked = R"(503 {"ready":false,"broker_alarm":"low on memory"})";
+  ASSERT_TRUE(becomes(inbound_port_, "/readyz", ready)) << get(inbound_port_, "/readyz");
+  ASSERT_TRUE(becomes(metrics_port, "/readyz", ready)) << get(metrics_port, "/readyz");
+  EXPECT_EQ(get(metrics_port, "/healthz"), R"(200 {"ok":true})");
+  EXPECT_EQ(gauge(inbound_port_, "ess_inbound_broker_blocked"), "ess_inbound_broker_blocked 0");
+  EXPECT_EQ(gauge(metrics_port, "ess_outbound_broker_blocked"), "ess_outbound_broker_blocked 0");
+  ASSERT_NO_FATAL_FAILURE(Publish(queue, {"HELD"}, /*declare=*/false));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::MutexLock lock(&held_mu);
+        return held.has_value();
+      },
+      absl::Seconds(20)))
+      << "the lane did not push HELD";
+
+  MemoryAlarm alarm(this);
+  alarm.Set(true);
+  ASSERT_THAT(BrokerQuery("eval 'rabbit_alarm:get_alarms().'"), HasSubstr("memory"));
+  auto first = http_.SendAndWait(Webhook("ALARM-READY-1", absl::Seconds(1)));
+  EXPECT_EQ(first.status().code(), absl::StatusCode::kDeadlineExceeded) << first.status();
+  ASSERT_TRUE(becomes(inbound_port_, "/readyz", blocked)) << get(inbound_port_, "/readyz");
+  EXPECT_EQ(gauge(inbound_port_, "ess_inbound_broker_blocked"), "ess_inbound_broker_blocked 1");
+  EXPECT_EQ(get(inbound_port_, "/healthz"), R"(200 {"ok":true})");
+  // The outbound lane has not published during the alarm yet: it is still ready.
+  EXPECT_EQ(get(metrics_port, "/readyz"), ready);
+  {
+    absl::MutexLock lock(&held_mu);
+    std::move(*held).Send({.status = 422, .body = R"({"error":"no"})"});
+    held.reset();
+  }
+  ASSERT_TRUE(becomes(metrics_port, "/readyz", blocked)) << get(metrics_port, "/readyz");
+  EXPECT_EQ(gauge(metrics_port, "ess_outbound_broker_blocked"), "ess_outbound_broker_blocked 1");
+  EXPECT_EQ(get(metrics_port, "/healthz"), R"(200 {"ok":true})");
+  EXPECT_EQ(Depth(queue + ".parked"), 0u);
+
+  alarm.Set(false);
+  EXPECT_TRUE(becomes(inbound_port_, "/readyz", ready)) << get(inbound_port_, "/readyz");
+  EXPECT_TRUE(becomes(metrics_port, "/readyz", ready)) << get(metrics_port, "/readyz");
+  EXPECT_EQ(gauge(inbound_port_, "ess_inbound_broker_blocked"), "ess_inbound_broker_blocked 0");
+  EXPECT_EQ(gauge(metrics_port, "ess_outbound_broker_blocked"), "ess_outbound_broker_blocked 0");
+  EXPECT_TRUE(WaitFor([&] { return Depth(queue + ".parked") == 1; }, absl::Seconds(10)));
 }
 
 // With quorum queues the broker counts every return of a delivery towards x-delivery-limit and

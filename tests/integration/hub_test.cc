@@ -1297,6 +1297,46 @@ TEST_F(StoreOutageTest, ARetryIsRecordedOnceTheStoreIsBack) {
   EXPECT_EQ(t.records(0).attempts(), 2u);
 }
 
+// outbound_svc's metrics port answers /healthz (liveness) and /readyz (readiness): 200 while it
+// can deliver, 503 naming the store while consumption is paused because the store does not take
+// the lane's records (it notices with the first record that fails), 200 again once a probe of the
+// store answers and consumption resumes.
+TEST_F(StoreOutageTest, OutboundIsNotReadyWhileItsStoreDoesNotTakeRecords) {
+  const int metrics_port = testing::FreePort();
+  outbound_extra_ = absl::StrCat("  metrics_listen: 127.0.0.1:", metrics_port);
+  CapturePartner partner;
+  StartHub(partner.url());
+  auto get = [&](const std::string& path) {
+    auto r = http_.SendAndWait({.method = "GET",
+                                .url = absl::StrCat("http://127.0.0.1:", metrics_port, path),
+                                .timeout = absl::Seconds(2)});
+    return r.ok() ? absl::StrCat(r->status, " ", r->body) : std::string(r.status().message());
+  };
+  auto ready_becomes = [&](const std::string& want) {
+    return WaitFor([&] { return get("/readyz") == want; }, absl::Seconds(30));
+  };
+  const std::string ready = R"(200 {"ready":true})", alive = R"(200 {"ok":true})";
+  ASSERT_TRUE(ready_becomes(ready)) << get("/readyz") << "\n" << outbound_->Log();
+  EXPECT_EQ(get("/healthz"), alive);
+
+  ASSERT_NO_FATAL_FAILURE(KillStore());
+  // Nothing to record yet: the lane has not noticed.
+  EXPECT_EQ(get("/readyz"), ready);
+  Publish({{"STORE-READY-1", VisitEvent("STORE-READY-1")}}, /*declare=*/false);
+  ASSERT_TRUE(ready_becomes(
+      R"(503 {"ready":false,"store":"does not take the lane's records: consumption paused"})"))
+      << get("/readyz") << "\n"
+      << outbound_->Log();
+  EXPECT_EQ(get("/healthz"), alive);
+
+  ASSERT_NO_FATAL_FAILURE(StartReplay());  // same database, same port
+  ASSERT_TRUE(ready_becomes(ready)) << get("/readyz") << "\n" << outbound_->Log();
+  ASSERT_TRUE(WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 1; },
+                      absl::Seconds(30)))
+      << outbound_->Log();
+  EXPECT_EQ(get("/healthz"), alive);
+}
+
 // A park the broker refuses (its parked queue was deleted under the lane) leaves the event in
 // its queue: requeued, and parked once the queue is back, never acked and dropped. Meanwhile the
 // partner's queue is held, with a growing pause between tries, rather than the same event
