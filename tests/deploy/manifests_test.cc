@@ -244,7 +244,11 @@ TEST_P(ManifestsTest, TheHubConfigLoadsAndEachPodHasExactlyTheSecretsItUses) {
   EXPECT_EQ(config->outbound().metrics_listen(), "0.0.0.0:9464");
   const YAML::Node outbound = Container(*Find(r, "Deployment", "outbound-svc"));
   EXPECT_EQ(outbound["ports"][0]["containerPort"].as<int>(), 9464);
-  EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/metrics");
+  // The same probes on its metrics port: ready while it can deliver, alive while it serves HTTP.
+  EXPECT_EQ(outbound["readinessProbe"]["httpGet"]["path"].as<std::string>(), "/readyz");
+  EXPECT_EQ(outbound["readinessProbe"]["httpGet"]["port"].as<std::string>(), "metrics");
+  EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["path"].as<std::string>(), "/healthz");
+  EXPECT_EQ(outbound["livenessProbe"]["httpGet"]["port"].as<std::string>(), "metrics");
   // Retention by age keeps the lanes' idempotency window...
   const ess::v1::ReplayRetention& retention = config->replay().retention();
   EXPECT_GE(retention.max_age_seconds(), config->inbound().dedupe_window_seconds());
