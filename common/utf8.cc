@@ -3,6 +3,8 @@
 #include <rapidjson/encodings.h>
 #include <rapidjson/memorystream.h>
 
+#include <string>
+
 namespace ess::utf8 {
 namespace {
 
@@ -50,6 +52,34 @@ std::string Repair(std::string_view text) {
     }
   }
   return out;
+}
+
+namespace {
+
+bool Continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+}  // namespace
+
+std::string Cut(std::string text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  auto marker = [](size_t cut) { return "... [cut: " + std::to_string(cut) + " bytes more]"; };
+  // The marker with the most digits it can need leaves room for any head.
+  const size_t room = marker(text.size()).size();
+  if (max_bytes <= room) return marker(text.size()).substr(0, max_bytes);
+  size_t head = max_bytes - room;
+  while (head > 0 && Continuation(text[head])) --head;  // text[head] starts the cut part
+  const size_t cut = text.size() - head;
+  text.resize(head);
+  text.append(marker(cut));
+  return text;
+}
+
+std::string KeepTail(std::string text, size_t max_bytes) {
+  if (text.size() <= max_bytes) return text;
+  size_t start = text.size() - max_bytes;
+  while (start < text.size() && Continuation(text[start])) ++start;
+  text.erase(0, start);
+  return text;
 }
 
 }  // namespace ess::utf8

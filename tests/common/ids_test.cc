@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/utf8.h"
 
 namespace ess {
@@ -25,6 +26,36 @@ TEST(Utf8Test, RepairReplacesEachBadByteAndKeepsTheRest) {
   EXPECT_EQ(utf8::Repair("caf\xE9 ok \xC3\xAB"), "caf\xEF\xBF\xBD ok \xC3\xAB");
   EXPECT_EQ(utf8::Repair("\xFF\xFE"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(utf8::Repair("fine"), "fine");
+}
+
+// A partner's long error text bound for a header: cut on a character boundary, marked with
+// how much was cut, within the bound; a text that fits is left alone.
+TEST(Utf8Test, CutKeepsAHeadOfWholeCharactersAndSaysHowMuchWasCut) {
+  EXPECT_EQ(utf8::Cut("short", 64), "short");
+  const std::string big(200'000, 'x');
+  const std::string cut = utf8::Cut(big, 2048);
+  EXPECT_LE(cut.size(), 2048u);
+  EXPECT_GE(cut.size(), 2000u);
+  const std::string marker = absl::StrCat("... [cut: ", big.size() - cut.find('.'), " bytes more]");
+  EXPECT_EQ(cut, std::string(cut.find('.'), 'x') + marker);
+  // Euro signs (3 bytes each): never cut inside one, and still valid UTF-8.
+  std::string euros;
+  for (int i = 0; i < 1000; ++i) euros += "\xE2\x82\xAC";
+  for (size_t max = 64; max < 200; ++max) {
+    const std::string c = utf8::Cut(euros, max);
+    EXPECT_LE(c.size(), max);
+    EXPECT_TRUE(utf8::Valid(c)) << max;
+    EXPECT_EQ(c.find("... [cut: ") % 3, 0u) << max;
+  }
+  EXPECT_EQ(utf8::Cut(big, 10).size(), 10u);  // too small for the marker: the marker, cut
+}
+
+TEST(Utf8Test, KeepTailStartsOnACharacterBoundary) {
+  EXPECT_EQ(utf8::KeepTail("fine", 10), "fine");
+  std::string euros;
+  for (int i = 0; i < 10; ++i) euros += "\xE2\x82\xAC";
+  EXPECT_EQ(utf8::KeepTail(euros, 8), "\xE2\x82\xAC\xE2\x82\xAC");
+  EXPECT_EQ(utf8::KeepTail("abcdef", 3), "def");
 }
 
 TEST(IdsTest, CheckTakesWhatEveryHopCanCarryAndNamesWhatIsWrong) {
