@@ -31,7 +31,9 @@ namespace {
 
 // Channel of the consumer, of the publisher and of Connection's calls.
 constexpr amqp_channel_t kChannel = 1;
-constexpr int kFrameMax = 131072;
+// A content header frame around the properties: the frame's header (type, channel, size: 7
+// bytes) and end (1), and the content header's class, weight and body size (12).
+constexpr size_t kContentHeaderOverhead = 20;
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 // How long an ack held back by an older unsettled delivery waits to be coalesced.
@@ -57,8 +59,8 @@ amqp_bytes_t Bytes(std::string_view s) {
 // AMQP "short strings" (exchange, routing key, the properties below, header names) hold at most
 // 255 bytes; librabbitmq-c cannot encode a longer one, and its error would look like a broken
 // connection. INVALID_ARGUMENT naming the field, for that publish alone.
-absl::Status CheckEncodable(std::string_view exchange, std::string_view routing_key,
-                            const Message& m) {
+absl::Status CheckShortStrings(std::string_view exchange, std::string_view routing_key,
+                               const Message& m) {
   constexpr size_t kMax = 255;
   const std::pair<std::string_view, std::string_view> fields[] = {
       {"exchange", exchange},
@@ -81,6 +83,36 @@ absl::Status CheckEncodable(std::string_view exchange, std::string_view routing_
     }
   }
   return absl::OkStatus();
+}
+
+// The size of the message's basic properties (its headers included: "headers" in errors) as
+// librabbitmq-c encodes them into the content header frame (class Properties below sets them):
+// the flags, each short string set (a length byte and its bytes), delivery mode, timestamp, and
+// the headers table (its length, then per entry the name as a short string, a type byte and a
+// long string: a 4-byte length and its bytes). AmqpTest.HeadersTooLargeForTheFrameFailThat-
+// PublishAlone publishes a message of exactly the largest size this allows.
+size_t PropertiesSize(const Message& m) {
+  size_t n = 2 + 1 + 8;  // flags, delivery_mode, timestamp
+  for (const std::string* s :
+       {&m.content_type, &m.correlation_id, &m.message_id, &m.type, &m.expiration}) {
+    if (!s->empty()) n += 1 + s->size();
+  }
+  if (!m.headers.empty()) {
+    n += 4;
+    for (const auto& [k, v] : m.headers) n += 1 + k.size() + 1 + 4 + v.size();
+  }
+  return n;
+}
+
+// Whether the message's properties fit the content header frame of a connection whose frames
+// hold `frame_max` bytes. librabbitmq-c sends basic.publish's method frame before it finds that
+// they do not, which leaves the connection broken: so this is checked first.
+absl::Status CheckFitsFrame(const Message& m, size_t frame_max) {
+  const size_t size = PropertiesSize(m);
+  const size_t max = frame_max > kContentHeaderOverhead ? frame_max - kContentHeaderOverhead : 0;
+  if (size <= max) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat("amqp: headers of ", size, " bytes do not fit the frame (max ", max, ")"));
 }
 
 std::string_view ViewOf(amqp_bytes_t b) {
@@ -429,9 +461,15 @@ class Session {
     return absl::OkStatus();
   }
 
-  // Sends a mandatory basic.publish; the confirm, if any, is the caller's to wait for.
+  // The frame size negotiated with the broker.
+  size_t frame_max() const { return static_cast<size_t>(amqp_get_frame_max(state_)); }
+
+  // Sends a mandatory basic.publish; the confirm, if any, is the caller's to wait for. A message
+  // whose properties do not fit a frame is refused (INVALID_ARGUMENT) before anything is sent:
+  // the connection stays usable.
   absl::Status Publish(amqp_channel_t ch, std::string_view exchange, std::string_view routing_key,
                        const Message& message) {
+    if (absl::Status s = CheckFitsFrame(message, frame_max()); !s.ok()) return s;
     Properties props(message);
     return CheckSend(
         amqp_basic_publish(state_, ch, Bytes(exchange), Bytes(routing_key),
@@ -852,6 +890,12 @@ class SessionLoop {
 
 }  // namespace
 
+absl::Status CheckPublishable(std::string_view exchange, std::string_view routing_key,
+                              const Message& message, size_t frame_max) {
+  if (absl::Status s = CheckShortStrings(exchange, routing_key, message); !s.ok()) return s;
+  return CheckFitsFrame(message, frame_max);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connection
 
@@ -952,7 +996,7 @@ absl::Status Connection::Apply(const Topology& topology) {
 
 absl::Status Connection::Publish(std::string_view exchange, std::string_view routing_key,
                                  const Message& message) {
-  if (absl::Status s = CheckEncodable(exchange, routing_key, message); !s.ok()) return s;
+  if (absl::Status s = CheckShortStrings(exchange, routing_key, message); !s.ok()) return s;
   if (absl::Status s = impl_->Usable(); !s.ok()) return s;
   return impl_->Publish(exchange, routing_key, message);
 }
@@ -1361,6 +1405,8 @@ struct Publisher::Impl : public SessionLoop {
   // What the broker gave as the reason of its block, for blocked_by() (readiness, metrics).
   mutable absl::Mutex blocked_mu;
   std::string blocked_reason ABSL_GUARDED_BY(blocked_mu);
+  // The frame size the last connection negotiated.
+  std::atomic<size_t> frame_max{kFrameMax};
 
   // Owned by the loop (or by Start before the thread exists).
   Tracker tracker;
@@ -1424,6 +1470,7 @@ struct Publisher::Impl : public SessionLoop {
     if (!st.ok()) return st;
     tracker.Reset();
     SetBlocked(false, "");  // a new connection starts unblocked; the broker says if it is not
+    frame_max = s.frame_max();
     return opened;
   }
 
@@ -1496,6 +1543,12 @@ struct Publisher::Impl : public SessionLoop {
         continue;
       }
       status = session_->Publish(kChannel, r.exchange, r.routing_key, r.message);
+      if (absl::IsInvalidArgument(status)) {
+        // Refused before anything was sent (it does not fit a frame): that publish alone fails.
+        Complete(std::move(r.done), std::move(status));
+        status = absl::OkStatus();
+        continue;
+      }
       // Tracked even if the send failed: Lost() completes it.
       tracker.Add(std::move(r.exchange), std::move(r.routing_key), std::move(r.message.message_id),
                   std::move(r.done));
@@ -1543,7 +1596,7 @@ void Publisher::Stop() { impl_->Stop(); }
 
 void Publisher::Publish(std::string exchange, std::string routing_key, Message message, Done done,
                         WhileBlocked while_blocked) {
-  if (absl::Status s = CheckEncodable(exchange, routing_key, message); !s.ok()) {
+  if (absl::Status s = CheckShortStrings(exchange, routing_key, message); !s.ok()) {
     std::move(done)(std::move(s));
     return;
   }
@@ -1561,5 +1614,7 @@ std::optional<std::string> Publisher::blocked_by() const {
   if (!impl_->connected()) return std::nullopt;
   return impl_->BlockedBy();
 }
+
+size_t Publisher::frame_max() const { return impl_->frame_max.load(); }
 
 }  // namespace ess::amqp

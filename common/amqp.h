@@ -24,6 +24,7 @@
 #ifndef ESS_COMMON_AMQP_H_
 #define ESS_COMMON_AMQP_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -39,6 +40,10 @@
 #include "absl/time/time.h"
 
 namespace ess::amqp {
+
+// The frame size the hub asks the broker for (RabbitMQ's default frame_max); the broker may
+// negotiate a smaller one. A message's properties, headers included, travel in one frame.
+inline constexpr size_t kFrameMax = 131072;
 
 struct ConnectionOptions {
   std::string host = "127.0.0.1";
@@ -85,6 +90,17 @@ struct Delivery {
   std::string routing_key;
   Message message;
 };
+
+// OK if the message can be published on a connection whose frames hold `frame_max` bytes:
+// every short string (exchange, routing key, the properties, header names) of at most 255
+// bytes, and the properties with the headers table fitting the content header frame. Else
+// INVALID_ARGUMENT naming what does not fit, e.g. "amqp: headers of 140123 bytes do not fit the
+// frame (max 131052)". Connection and Publisher refuse such a message so, for that publish alone
+// and before anything is sent (librabbitmq-c would write the method frame first and leave the
+// connection broken); a caller that must not lose the message checks first (the outbound lane's
+// moves, with Publisher::frame_max).
+absl::Status CheckPublishable(std::string_view exchange, std::string_view routing_key,
+                              const Message& message, size_t frame_max = kFrameMax);
 
 struct QueueSpec {
   std::string name;
@@ -135,8 +151,8 @@ class Connection {
 
   absl::Status Apply(const Topology& topology);
   // Publishes and waits for the broker's confirm (mandatory: an unroutable message is an
-  // error, FAILED_PRECONDITION "unroutable"; a field longer than AMQP's 255 bytes,
-  // INVALID_ARGUMENT before anything is sent).
+  // error, FAILED_PRECONDITION "unroutable"; a message CheckPublishable refuses with the frame
+  // the connection negotiated, INVALID_ARGUMENT before anything is sent, the connection usable).
   absl::Status Publish(std::string_view exchange, std::string_view routing_key,
                        const Message& message);
   // basic.get with auto-ack; std::nullopt-like empty StatusOr value when the queue is empty is
@@ -224,7 +240,10 @@ class Publisher {
   // publishing during a resource alarm and the publish is not held: UNAVAILABLE;
   // max_in_flight reached: RESOURCE_EXHAUSTED; a property, the exchange or the routing key
   // longer than AMQP's 255 bytes: INVALID_ARGUMENT, and the connection is left alone) `done`
-  // runs inline, on the caller's thread.
+  // runs inline, on the caller's thread. A message whose properties and headers do not fit the
+  // frame the connection negotiated (CheckPublishable) fails alone with INVALID_ARGUMENT, on the
+  // publisher's thread, before anything of it is sent: the connection and the other publishes
+  // go on.
   using Done = absl::AnyInvocable<void(absl::Status) &&>;
   // What one publish does while the broker blocks publishing: what Options::hold_while_blocked
   // says, or wait for the alarm to clear whatever it says (a publisher's audit events, which
@@ -248,6 +267,9 @@ class Publisher {
   // e.g. "low on memory" (empty if it gave none). Thread-safe and cached: it never asks the
   // broker, so a readiness check or a scrape may call it at will.
   std::optional<std::string> blocked_by() const;
+  // The frame size the last connection negotiated (kFrameMax before the first): what a message
+  // must fit (CheckPublishable) to be published.
+  size_t frame_max() const;
 
  private:
   struct Impl;

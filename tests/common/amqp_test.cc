@@ -469,6 +469,73 @@ TEST_F(AmqpTest, APropertyTooLongForAmqpFailsThatPublishAlone) {
   EXPECT_EQ(Depth(q), 201u);
 }
 
+// A message whose headers do not fit the frame (a partner's 140 KB error text in x-ess-reason)
+// is refused before anything of it is sent: librabbitmq-c wrote basic.publish's method frame,
+// then failed on the content header ("table too large for buffer"), and the connection went
+// down with every publish in flight on it. The largest message that fits is published; one byte
+// more fails that publish alone, with the sizes, and the same connection publishes the next.
+TEST_F(AmqpTest, HeadersTooLargeForTheFrameFailThatPublishAlone) {
+  const std::string q = Queue("frame");
+  ASSERT_TRUE(admin_->Apply({.queues = {{.name = q}}}).ok());
+  auto with_reason = [](std::string id, size_t bytes) {
+    Message m = Event(std::move(id));
+    m.headers = {{"x-ess-attempt", "2"}, {"x-ess-reason", std::string(bytes, 'r')}};
+    return m;
+  };
+  // The longest reason CheckPublishable takes, found without the broker (ids of 5 bytes, as
+  // those published below).
+  size_t lo = 0, hi = kFrameMax;
+  while (lo + 1 < hi) {
+    const size_t mid = (lo + hi) / 2;
+    (CheckPublishable("", q, with_reason("probe", mid)).ok() ? lo : hi) = mid;
+  }
+  ASSERT_GT(lo, kFrameMax - 200);
+  const absl::Status refused = CheckPublishable("", q, with_reason("probe", lo + 1));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Str(refused.message()),
+            absl::StrCat("amqp: headers of ", kFrameMax - 19, " bytes do not fit the frame (max ",
+                         kFrameMax - 20, ")"));
+
+  // Connection: the largest is published and read back whole; one byte more is refused with
+  // that status, and the connection publishes the next message.
+  ASSERT_TRUE(admin_->Publish("", q, with_reason("m-fit", lo)).ok());
+  absl::Status blocking = admin_->Publish("", q, with_reason("m-big", lo + 1));
+  EXPECT_EQ(blocking.code(), absl::StatusCode::kInvalidArgument) << blocking;
+  EXPECT_EQ(Str(blocking.message()), Str(refused.message()));
+  ASSERT_TRUE(admin_->Publish("", q, Event("after")).ok());
+  absl::StatusOr<Delivery> fits = admin_->Get(q);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_EQ(fits->message.message_id, "m-fit");
+  ASSERT_EQ(fits->message.headers.size(), 2u);
+  EXPECT_EQ(fits->message.headers[1].second.size(), lo);
+  absl::StatusOr<Delivery> after = admin_->Get(q);
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->message.message_id, "after");
+
+  // Publisher: among 100 publishes in flight, the one too large fails alone (on the publisher's
+  // thread, the frame the connection negotiated), and the connection stays up for the rest.
+  Publisher publisher({.connection = Options("publisher"), .topology = {.queues = {{.name = q}}}});
+  ASSERT_TRUE(publisher.Start().ok());
+  EXPECT_EQ(publisher.frame_max(), kFrameMax);
+  Outcomes outcomes;
+  for (int i = 0; i < 100; ++i) {
+    const std::string id = absl::StrCat("ok-", i);
+    publisher.Publish("", q, Event(id), outcomes.Track(id));
+    if (i == 50) publisher.Publish("", q, with_reason("too-big", 140'000), outcomes.Track("bad"));
+  }
+  ASSERT_TRUE(outcomes.WaitFor(101));
+  std::map<std::string, absl::Status> s = outcomes.statuses();
+  EXPECT_EQ(s["bad"].code(), absl::StatusCode::kInvalidArgument) << s["bad"];
+  EXPECT_THAT(Str(s["bad"].message()),
+              HasSubstr(absl::StrCat("bytes do not fit the frame (max ", kFrameMax - 20, ")")));
+  EXPECT_EQ(outcomes.CountOk(), 100u);
+  publisher.Publish("", q, Event("next"), outcomes.Track("next"));
+  ASSERT_TRUE(outcomes.WaitFor(102));
+  EXPECT_TRUE(outcomes.statuses()["next"].ok()) << outcomes.statuses()["next"];
+  EXPECT_TRUE(publisher.connected());
+  EXPECT_EQ(Depth(q), 101u);
+}
+
 TEST_F(AmqpTest, ConnectionErrorsHaveSpecificCodes) {
   const std::string missing = absl::StrCat(prefix_, ".missing");
   EXPECT_EQ(admin_->MessageCount(missing).status().code(), absl::StatusCode::kNotFound);
