@@ -21,6 +21,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/sv.h"
+#include "common/utf8.h"
 
 namespace ess::adapters::soap {
 namespace {
@@ -320,9 +321,12 @@ absl::Status Fault::ToStatus() const {
     local.remove_prefix(colon + 1);
   }
   std::string_view kind = local.substr(0, local.find('.'));
-  std::string msg = absl::StrCat("SOAP fault ", code.empty() ? "(no code)" : code);
-  if (!subcode.empty()) absl::StrAppend(&msg, " (", subcode, ")");
-  if (!reason.empty()) absl::StrAppend(&msg, ": ", reason);
+  // The partner's texts are cut (kMaxFaultCodeBytes, kMaxFaultReasonBytes): the message goes to
+  // logs, records and a retried or parked message's headers. The kind is read before.
+  std::string msg =
+      absl::StrCat("SOAP fault ", code.empty() ? "(no code)" : utf8::Cut(code, kMaxFaultCodeBytes));
+  if (!subcode.empty()) absl::StrAppend(&msg, " (", utf8::Cut(subcode, kMaxFaultCodeBytes), ")");
+  if (!reason.empty()) absl::StrAppend(&msg, ": ", utf8::Cut(reason, kMaxFaultReasonBytes));
   if (kind == "Client" || kind == "Sender") return absl::InvalidArgumentError(msg);
   if (kind == "VersionMismatch" || kind == "MustUnderstand" || kind == "DataEncodingUnknown") {
     return absl::FailedPreconditionError(msg);

@@ -91,7 +91,11 @@ struct Fault {
   //   VersionMismatch, MustUnderstand, DataEncodingUnknown    FAILED_PRECONDITION (permanent:
   //                                                           the endpoint rejects our envelope)
   //   anything else                                           UNAVAILABLE (retried, then parked)
-  // The message is "SOAP fault CODE[ (SUBCODE)]: REASON".
+  // The message is "SOAP fault CODE[ (SUBCODE)]: REASON", each text cut on a character boundary
+  // with a marker (utf8::Cut) past kMaxFaultCodeBytes (code, subcode) or kMaxFaultReasonBytes
+  // (reason): a partner's fault text may be as long as its answer.
+  static constexpr size_t kMaxFaultCodeBytes = 256;
+  static constexpr size_t kMaxFaultReasonBytes = 2048;
   absl::Status ToStatus() const;
 };
 

@@ -292,6 +292,22 @@ TEST(SoapResponseTest, OtherFaultCodes) {
   EXPECT_EQ((Fault{.code = "x:Whatever"}).ToStatus().code(), absl::StatusCode::kUnavailable);
 }
 
+// A partner's fault text may be as long as its answer (200 KB): the status carries its head,
+// cut and marked, and is classified by the code all the same.
+TEST(SoapResponseTest, ALongFaultTextIsCutAndStillClassified) {
+  const std::string reason(200'000, 'r');
+  const absl::Status s = (Fault{.code = "s:Server", .reason = reason}).ToStatus();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_LE(s.message().size(), Fault::kMaxFaultReasonBytes + 64);
+  EXPECT_THAT(std::string(s.message()), ::testing::StartsWith("SOAP fault s:Server: rrr"));
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr(" bytes more]"));
+  const absl::Status client =
+      (Fault{.code = "soap:Client", .subcode = std::string(10'000, 's'), .reason = reason})
+          .ToStatus();
+  EXPECT_EQ(client.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_LE(client.message().size(), Fault::kMaxFaultCodeBytes + Fault::kMaxFaultReasonBytes + 64);
+}
+
 TEST(SoapResponseTest, RejectsMalformedXml) {
   for (const char* bad : {"", "not xml at all", "<soap:Envelope xmlns:soap=\"x\"><soap:Body>",
                           "<a><b></a>", "<x:Envelope><x:Body/></x:Envelope>"}) {
