@@ -28,8 +28,15 @@ namespace {
 
 using ess::v1::MessageStatus;
 
-// The history header keeps the last few attempts; older ones are dropped.
+// The history header keeps the last few attempts; older ones are dropped. Each attempt's
+// error is cut to kMaxHistoryEntryBytes first, so that one long error leaves room for others.
 constexpr size_t kMaxHistoryBytes = 2048;
+constexpr size_t kMaxHistoryEntryBytes = 512;
+// A partner's or adapter's error text in x-ess-reason is cut (on a character boundary, marked)
+// to this; to kShortReasonBytes, with the history dropped, when the event's own headers leave
+// no room for them in a frame (FitForMove).
+constexpr size_t kMaxReasonBytes = 2048;
+constexpr size_t kShortReasonBytes = 256;
 // A half-open breaker's probe takes one message at a time (lane.h).
 constexpr uint16_t kProbePrefetch = 1;
 // How long a partner's queue stays paused after a move failed: doubling from the first to the
@@ -72,15 +79,40 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
 std::string HistoryEntry(uint32_t attempt, const absl::Status& status) {
   return absl::StrCat("attempt ", attempt, " at ",
                       absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", absl::Now(), absl::UTCTimeZone()),
-                      ": ", status.ToString());
+                      ": ", utf8::Cut(status.ToString(), kMaxHistoryEntryBytes));
 }
 
 void AppendHistory(amqp::Headers& headers, uint32_t attempt, const absl::Status& status) {
   std::string history(FindHeader(headers, kHistoryHeader));
   if (!history.empty()) history.append("; ");
   history.append(HistoryEntry(attempt, status));
-  if (history.size() > kMaxHistoryBytes) history.erase(0, history.size() - kMaxHistoryBytes);
-  SetHeader(headers, kHistoryHeader, std::move(history));
+  SetHeader(headers, kHistoryHeader, utf8::KeepTail(std::move(history), kMaxHistoryBytes));
+}
+
+// x-ess-reason: the error's text, cut to kMaxReasonBytes.
+void SetReason(amqp::Headers& headers, const absl::Status& reason) {
+  SetHeader(headers, kReasonHeader, utf8::Cut(std::string(reason.message()), kMaxReasonBytes));
+}
+
+// Makes `msg` fit a frame of `frame_max` bytes for its move to `queue` (amqp::CheckPublishable):
+// as it is; else with x-ess-history dropped and x-ess-reason cut to kShortReasonBytes; else
+// without x-ess-reason. The event's own headers are never touched. OK if it fits now, with
+// `*trimmed` set if the lane's headers were cut; else the refusal (the event's own headers
+// leave no room for the lane's).
+absl::Status FitForMove(amqp::Message& msg, std::string_view queue, size_t frame_max,
+                        bool* trimmed) {
+  *trimmed = false;
+  absl::Status fits = amqp::CheckPublishable("", queue, msg, frame_max);
+  if (!absl::IsInvalidArgument(fits)) return fits;
+  *trimmed = true;
+  EraseHeader(msg.headers, kHistoryHeader);
+  for (auto& [k, v] : msg.headers) {
+    if (k == kReasonHeader) v = utf8::Cut(std::move(v), kShortReasonBytes);
+  }
+  fits = amqp::CheckPublishable("", queue, msg, frame_max);
+  if (!absl::IsInvalidArgument(fits)) return fits;
+  EraseHeader(msg.headers, kReasonHeader);
+  return amqp::CheckPublishable("", queue, msg, frame_max);
 }
 
 // The message id of a confirmation a delivery's answer carried: the delivery's own message id
@@ -281,6 +313,28 @@ void Lane::MoveAndAck(PartnerState& p, Job& job, std::string queue, amqp::Messag
   // The job's own ids may point into the message, which has moved: log with the message's.
   std::string correlation_id =
       message.correlation_id.empty() ? message.message_id : message.correlation_id;
+  // A message the publisher would refuse for its size is particular to itself: it must not hold
+  // the partner's queue (HoldForMoves) in a loop. The lane's own headers give way first.
+  bool trimmed = false;
+  if (absl::Status fits = FitForMove(message, queue, publisher_->frame_max(), &trimmed);
+      !fits.ok()) {
+    // The event's own headers leave no room for the lane's (they nearly fill a frame): it
+    // cannot be moved, and must not be acked without its move. Back to its queue, held as a
+    // failed move is (README, Known limits).
+    log::Error(correlation_id, "move refused: the event's own headers leave no room; requeued",
+               {{"queue", queue}, {"error", ToStd(fits.message())}});
+    counters_.requeued.fetch_add(1, std::memory_order_relaxed);
+    consumer_->Reject(job.delivery.delivery_tag, /*requeue=*/true);
+    HoldForMoves(p, fits);
+    live_.fetch_sub(1);
+    return;
+  }
+  if (trimmed) {
+    log::Warn(correlation_id,
+              "the event's own headers leave little room: x-ess-history dropped and "
+              "x-ess-reason cut for its move",
+              {{"queue", queue}});
+  }
   publisher_->Publish(
       "", queue, std::move(message),
       [this, &p, tag = job.delivery.delivery_tag, queue, correlation_id](absl::Status s) {
@@ -769,7 +823,7 @@ void Lane::Retry(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& 
            amqp::Message msg = std::move(owned->delivery.message);
            SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt + 1));
            SetHeader(msg.headers, kFirstAttemptHeader, absl::StrCat(first_ms));
-           SetHeader(msg.headers, kReasonHeader, std::string(status.message()));
+           SetReason(msg.headers, status);
            AppendHistory(msg.headers, owned->attempt, status);
            msg.expiration = absl::StrCat(delay_ms);
            MoveAndAck(p, *owned, std::move(queue), std::move(msg));
@@ -791,7 +845,7 @@ void Lane::Park(PartnerState& p, std::unique_ptr<Job> job, const absl::Status& r
            // Before the message moves: the job's ids may point into it.
            Audit(p, *owned, ess::v1::MESSAGE_STATUS_DEAD, reason);
            amqp::Message msg = std::move(owned->delivery.message);
-           SetHeader(msg.headers, kReasonHeader, std::string(reason.message()));
+           SetReason(msg.headers, reason);
            SetHeader(msg.headers, kPartnerHeader, p.partner.name);
            SetHeader(msg.headers, kAttemptHeader, absl::StrCat(owned->attempt));
            AppendHistory(msg.headers, owned->attempt, reason);

@@ -17,7 +17,9 @@
 //                            FAILED or DEAD record keeps it too, for an ops replay, and for a
 //                            redelivery of a message whose move to the delay queue failed
 //   permanent failure,       record DEAD -> moved to "<queue>.parked" with the reason
-//   not JSON, not mappable   ("x-ess-reason") and the attempt history ("x-ess-history") -> ack
+//   not JSON, not mappable   ("x-ess-reason", cut to 2 KiB on a character boundary and marked
+//                            "... [cut: N bytes more]") and the attempt history ("x-ess-history",
+//                            its last 2 KiB, each attempt's error cut to 512 bytes) -> ack
 //   record not stored        reject with requeue, and consumption pauses until the store
 //                            answers again and takes this lane's records (its token's role):
 //                            no ack without its record (and no move to a delay or parked
@@ -42,6 +44,13 @@
 //   move not published       reject with requeue, and the partner's queue pauses (250 ms,
 //   (publisher down, queue   doubling to 5 s while moves keep failing; and until the publisher
 //   gone, broker nack)       is connected again) rather than taking it back in a loop
+//   move too large for a     checked before the publish (amqp::CheckPublishable, with the frame
+//   frame (the event's own   the publisher negotiated), since it concerns that message alone:
+//   headers nearly fill it)  the lane's own headers give way (x-ess-history dropped, x-ess-reason
+//                            cut to 256 bytes, then dropped: the record keeps the reason) and the
+//                            move goes on as decided, confirmed before the ack. Only an event
+//                            whose own headers leave no room even then is requeued and held as a
+//                            failed move (never acked without its move)
 //   delivered, and the       each confirmation (e.g. the SlotConfirmed a SOAP answer maps to)
 //   answer confirms events   is published to the events exchange with confirm, then recorded
 //                            (inbound, PUBLISHED) in the same Record call as the delivery,

@@ -7,7 +7,9 @@
 
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/amqp.h"
 #include "common/replay_client.h"
 #include "tests/integration/capture_partner.h"
@@ -18,6 +20,7 @@ namespace {
 
 using testing::BinaryPath;
 using testing::CapturePartner;
+using testing::CountOccurrences;
 using ::testing::HasSubstr;
 using testing::Process;
 using testing::WaitFor;
@@ -112,14 +115,15 @@ class PartnersTest : public ::testing::Test {
                     .ok());
   }
 
-  // Waits up to 10 s for the trail of `cid` to hold its one record, DEAD, into `t`.
-  void OneDeadRecord(const std::string& cid, ess::v1::GetResponse* t) {
+  // Waits up to `timeout` for the trail of `cid` to hold its one record, DEAD, into `t`.
+  void OneDeadRecord(const std::string& cid, ess::v1::GetResponse* t,
+                     absl::Duration timeout = absl::Seconds(10)) {
     ASSERT_TRUE(WaitFor(
         [&] {
           *t = Trail(cid);
           return t->records_size() == 1 && t->records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
         },
-        absl::Seconds(10)))
+        timeout))
         << t->DebugString();
   }
 
@@ -318,6 +322,92 @@ TEST_F(PartnersTest, ASoapFaultIsMaskedOfTheEventsPiiValues) {
   EXPECT_THAT(t.records(0).error(), HasSubstr("Patient *** unknown"));
   EXPECT_THAT(t.records(0).error(), ::testing::Not(HasSubstr("B4242")));
   EXPECT_THAT(outbound_->Log(), ::testing::Not(HasSubstr("B4242")));
+}
+
+// How many lines of `log` hold both `a` and `b`.
+size_t LinesWith(const std::string& log, const std::string& a, const std::string& b) {
+  size_t n = 0;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    n += absl::StrContains(line, a) && absl::StrContains(line, b) ? 1 : 0;
+  }
+  return n;
+}
+
+// A partner's error text as long as the event (the URL of a push to a closed port, whose path
+// holds a 140 KB field) went whole into x-ess-reason: the move did not fit the AMQP frame, the
+// lane's publisher connection went down with it, the event was pushed again and again and never
+// parked, and the other partner's moves in flight on that connection were lost or duplicated.
+// Now x-ess-reason is cut, a move that would not fit is refused before anything is sent (the
+// connection stays up), and each event is retried within its policy and parked once.
+TEST_F(PartnersTest, ALongErrorTextNeitherLoopsItsEventNorDisturbsOtherPartners) {
+  CapturePartner other;  // answers 503: retried, then parked
+  other.set_status(503);
+  const int closed_port = testing::FreePort();  // nothing listens there: connection refused
+  const std::string qa = testing::UniqueName("notes"), qb = testing::UniqueName("other");
+  Start(absl::StrCat(R"(
+  - name: notes_big
+    adapter: rest
+    settings: {base_url: "http://127.0.0.1:)",
+                     closed_port, R"(", path: "/api/visits/{id}/notes/{note}"}
+    outbound:
+      queue: )",
+                     qa, R"(
+      retry: {max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 400}
+      mapping: [{target: id, source: id}, {target: note, source: note}]
+  - name: other
+    adapter: rest
+    settings: {base_url: ")",
+                     other.url(), R"(", path: /api/slots}
+    outbound:
+      queue: )",
+                     qb, R"(
+      retry: {max_attempts: 3, initial_backoff_ms: 100, max_backoff_ms: 400}
+      mapping: [{target: id, source: id}]
+)"));
+  Publish(qa, "VIS-BIG",
+          absl::StrCat(R"({"type":"VisitNoteAdded","id":"VIS-BIG","note":")",
+                       std::string(140'000, 'n'), R"("})"));
+  Publish(qb, "VIS-OTHER", R"({"type":"VisitScheduleUpdated","id":"VIS-OTHER"})");
+
+  // Each recorded DEAD once (not waited on with ASSERT: the counts below say what went wrong).
+  ess::v1::GetResponse big, small;
+  auto dead = [](const ess::v1::GetResponse& t) {
+    return t.records_size() == 1 && t.records(0).status() == ess::v1::MESSAGE_STATUS_DEAD;
+  };
+  const bool settled = WaitFor(
+      [&] {
+        big = Trail("VIS-BIG");
+        small = Trail("VIS-OTHER");
+        return dead(big) && dead(small);
+      },
+      absl::Seconds(30));
+  // Settled for good: nothing is pushed any more.
+  absl::SleepFor(absl::Seconds(2));
+  const std::string log = outbound_->Log();
+  EXPECT_EQ(LinesWith(log, "push failed", "partner=notes_big"), 3u);
+  EXPECT_EQ(other.count(), 3u);
+  EXPECT_EQ(CountOccurrences(log, "move not published"), 0u);
+  EXPECT_EQ(CountOccurrences(log, "amqp connection lost"), 0u);
+  ASSERT_TRUE(settled) << "VIS-BIG: " << big.records_size() << " records, "
+                       << (big.records_size() ? big.records(0).status() : 0)
+                       << "; VIS-OTHER: " << small.records_size() << " records, "
+                       << (small.records_size() ? small.records(0).status() : 0);
+
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok());
+  for (const std::string& q : {qa, qb}) EXPECT_EQ((*conn)->MessageCount(q).value_or(99), 0u) << q;
+  EXPECT_EQ((*conn)->MessageCount(qb + ".parked").value_or(99), 1u);
+  ASSERT_EQ((*conn)->MessageCount(qa + ".parked").value_or(99), 1u);
+  absl::StatusOr<amqp::Delivery> d = (*conn)->Get(qa + ".parked");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->message.body.size(), big.records(0).payload().size());
+  EXPECT_EQ(HeaderOf(d->message, "x-ess-attempt"), "3");
+  const std::string reason = HeaderOf(d->message, "x-ess-reason");
+  EXPECT_THAT(reason, ::testing::StartsWith("gave up after 3 attempts: "));
+  EXPECT_LE(reason.size(), 2048u);
+  EXPECT_LE(HeaderOf(d->message, "x-ess-history").size(), 2048u);
+  EXPECT_EQ(big.records(0).attempts(), 3u);
+  EXPECT_EQ(small.records(0).attempts(), 3u);
 }
 
 // A SOAP answer whose confirmation cannot be published (nothing is bound to the events
