@@ -3,8 +3,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -92,21 +90,6 @@ absl::StatusOr<std::unique_ptr<ReplayRecorder>> StartRecorder(const ess::v1::Rep
         absl::StrCat("the replay store refuses ", ToAbsl(service), ": ", s.message()));
   }
   return recorder;
-}
-
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view field) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  if (in) text << in.rdbuf();
-  if (!in || in.bad()) {
-    return absl::FailedPreconditionError(absl::StrCat(ToAbsl(field), ": cannot read ", path));
-  }
-  std::string pem = text.str();
-  if (pem.find("-----BEGIN ") == std::string::npos) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(ToAbsl(field), ": ", path, " holds no PEM block"));
-  }
-  return pem;
 }
 
 }  // namespace ess

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/amqp.h"
+#include "common/pem.h"  // ReadPemFile, for the services' TLS files
 #include "common/replay_client.h"
 #include "ess/v1/config.pb.h"
 
@@ -27,10 +28,6 @@ absl::StatusOr<ReplayRecorder::Options> RecorderOptions(const ess::v1::ReplayCon
 // SERVICE: ...").
 absl::StatusOr<std::unique_ptr<ReplayRecorder>> StartRecorder(const ess::v1::ReplayConfig& replay,
                                                               std::string_view service);
-
-// The text of the PEM file at `path`. FAILED_PRECONDITION "FIELD: ..." when it cannot be read
-// or holds no PEM block.
-absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view field);
 
 }  // namespace ess
 

@@ -15,10 +15,7 @@
 // checked against replay.auth (see authorizer.h). SIGTERM or SIGINT
 // stops it gracefully (calls in flight get a grace period) with exit code 0. Exit 2: bad flags or
 // config; exit 1: the store could not be opened or the address could not be bound.
-#include <openssl/bio.h>
 #include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <signal.h>
 
@@ -40,6 +37,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/ops_endpoints.h"
+#include "common/pem.h"
 #include "common/sqlite.h"
 #include "common/wiring.h"
 #include "replay_svc/authorizer.h"
@@ -66,17 +64,6 @@ namespace {
 
 constexpr absl::Duration kShutdownGrace = absl::Seconds(10);
 
-// No passphrase is asked for (OpenSSL would prompt on the terminal): an encrypted key is no key.
-int NoPassphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) { return -1; }
-
-// The first certificate of `pem`, or null.
-X509* ReadCertificate(std::string_view pem) {
-  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-  X509* cert = bio != nullptr ? PEM_read_bio_X509(bio, nullptr, &NoPassphrase, nullptr) : nullptr;
-  BIO_free(bio);
-  return cert;
-}
-
 // Checks what replay.tls gives replay_svc before anything is opened: gRPC would take any PEM
 // and fail only when it listens ("cannot listen", after printing lines of its own). An error
 // names the field and what is wrong with the file, never the key's text.
@@ -84,11 +71,8 @@ absl::Status CheckServerTls(const ess::v1::ReplayTls& tls, std::string_view cert
                             std::string_view key_pem, std::string_view client_ca_pem) {
   absl::Status status;
   if (!cert_pem.empty()) {
-    X509* cert = ReadCertificate(cert_pem);
-    BIO* bio = BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size()));
-    EVP_PKEY* key =
-        bio != nullptr ? PEM_read_bio_PrivateKey(bio, nullptr, &NoPassphrase, nullptr) : nullptr;
-    BIO_free(bio);
+    ess::X509Ptr cert = ess::ReadCertificate(cert_pem);
+    ess::EvpPkeyPtr key = ess::ReadPrivateKey(key_pem);
     if (cert == nullptr) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "replay.tls.cert_file: ", tls.cert_file(), " holds no PEM certificate that can be read"));
@@ -97,22 +81,18 @@ absl::Status CheckServerTls(const ess::v1::ReplayTls& tls, std::string_view cert
           absl::StrCat("replay.tls.key_file: ", tls.key_file(),
                        " holds no PEM private key that can be read (not a key, or one "
                        "encrypted with a passphrase)"));
-    } else if (X509_check_private_key(cert, key) != 1) {
+    } else if (X509_check_private_key(cert.get(), key.get()) != 1) {
       status = absl::InvalidArgumentError(absl::StrCat(
           "replay.tls.key_file: ", tls.key_file(), " does not match replay.tls.cert_file (",
           tls.cert_file(), "): it is not the key of that certificate"));
     }
-    EVP_PKEY_free(key);
-    X509_free(cert);
   }
   if (status.ok() && !client_ca_pem.empty()) {
-    X509* ca = ReadCertificate(client_ca_pem);
-    if (ca == nullptr) {
+    if (ess::ReadCertificate(client_ca_pem) == nullptr) {
       status = absl::InvalidArgumentError(
           absl::StrCat("replay.tls.client_ca_file: ", tls.client_ca_file(),
                        " holds no PEM certificate that can be read"));
     }
-    X509_free(ca);
   }
   ERR_clear_error();
   return status;
