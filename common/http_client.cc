@@ -330,6 +330,9 @@ struct Client::Impl {
     set(CURLOPT_PRIVATE, static_cast<void*>(&t));
     set(CURLOPT_ERRORBUFFER, t.error);
     set(CURLOPT_URL, r.url.c_str());
+    // The path goes as the caller built it: curl would otherwise resolve "." and ".." segments
+    // and send the request to another endpoint than the one the adapter rendered.
+    set(CURLOPT_PATH_AS_IS, 1L);
     set(CURLOPT_PROTOCOLS_STR, "http,https");
     set(CURLOPT_NOSIGNAL, 1L);
     set(CURLOPT_FOLLOWLOCATION, 0L);

@@ -23,6 +23,16 @@ std::string UrlEscape(std::string_view s) {
   return out;
 }
 
+// A placeholder's value as one path segment. "." and ".." are unreserved, so escaping leaves
+// them as they are, and as a whole segment they are dot segments (RFC 3986 5.2.4) that a
+// client or any proxy on the way may resolve: "/api/inmates/../visits/../cancel" is
+// "/api/cancel", another endpoint. Percent-encoded they are data.
+std::string PathSegment(std::string_view value) {
+  if (value == ".") return "%2E";
+  if (value == "..") return "%2E%2E";
+  return UrlEscape(value);
+}
+
 // Walks a path template: `literal(text)` for the text between placeholders, `name(name)` for
 // each {name}, in order; the first error of `name` stops it. INVALID_ARGUMENT for a placeholder
 // without its } or without a name.
@@ -60,7 +70,7 @@ absl::StatusOr<std::string> ExpandPath(std::string_view tmpl, std::span<const Ma
       [&](std::string_view name) {
         for (const MappedField& f : fields) {
           if (f.name == name) {
-            out.append(UrlEscape(Mapper::Text(f)));
+            out.append(PathSegment(Mapper::Text(f)));
             return absl::OkStatus();
           }
         }

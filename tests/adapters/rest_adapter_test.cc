@@ -5,6 +5,7 @@
 
 #include <future>
 
+#include "absl/synchronization/mutex.h"
 #include "adapters/http_status.h"
 #include "adapters/registry.h"
 #include "common/http_server.h"
@@ -77,6 +78,64 @@ TEST(RestAdapterTest, RendersTheRequest) {
   EXPECT_THAT(req->headers, Contains(Pair("X-Correlation-ID", "VIS 77")));
   EXPECT_THAT(req->headers, Contains(Pair("X-Api-Key", "k1")));
   EXPECT_THAT(req->headers, Contains(Pair("Content-Type", "application/json")));
+}
+
+// Mapped fields of an event, through `mapping` (target <- source pairs).
+struct Mapped {
+  rapidjson::Document doc;
+  std::vector<MappedField> fields;
+  Mapper mapper;
+};
+std::unique_ptr<Mapped> MapEvent(std::string_view json,
+                                 std::vector<std::pair<std::string, std::string>> mapping) {
+  google::protobuf::RepeatedPtrField<ess::v1::FieldMapping> m;
+  for (const auto& [t, s] : mapping) {
+    auto* f = m.Add();
+    f->set_target(t);
+    f->set_source(s);
+  }
+  auto e = std::make_unique<Mapped>(Mapped{{}, {}, *Mapper::Compile(m)});
+  EXPECT_TRUE(json::Parse(json, e->doc).ok());
+  EXPECT_TRUE(e->mapper.Apply(e->doc, &e->fields).ok());
+  return e;
+}
+
+// A placeholder's value "." or ".." is data, not a dot segment: before, the partner got
+// "POST /api/cancel" for "/api/inmates/{inmate}/visits/{id}/cancel" (curl resolved the
+// segments), and the lane recorded it delivered.
+TEST(RestAdapterTest, APlaceholderValueOfDotOrDotDotStaysInItsSegment) {
+  absl::Mutex mu;
+  std::vector<std::string> lines;
+  http::Server server({}, [&](http::ServerRequest req, http::Responder r) {
+    {
+      absl::MutexLock lock(&mu);
+      lines.push_back(req.method + " " + req.path);
+    }
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  ess::v1::PartnerConfig partner = Partner("http://127.0.0.1:" + std::to_string(server.port()));
+  ess::v1::RestAdapterConfig rest;
+  ASSERT_TRUE(partner.settings().UnpackTo(&rest));
+  rest.set_path("/api/inmates/{inmate}/visits/{id}/cancel");
+  partner.mutable_settings()->PackFrom(rest);
+  auto adapter = BuiltinRegistry().Create(partner, {.http = &client});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  for (const char* event : {R"({"id":"..","inmateId":".."})", R"({"id":".","inmateId":".."})",
+                            R"({"id":"...","inmateId":"a.b"})"}) {
+    auto ev = MapEvent(event, {{"id", "id"}, {"inmate", "inmateId"}});
+    std::promise<PushResult> p;
+    (*adapter)->Push({.correlation_id = "VIS-1", .fields = ev->fields},
+                     [&](PushResult r) { p.set_value(std::move(r)); });
+    PushResult r = p.get_future().get();
+    EXPECT_TRUE(r.status.ok()) << r.status;
+  }
+  server.Stop();
+  absl::MutexLock lock(&mu);
+  EXPECT_THAT(lines, ::testing::ElementsAre("POST /api/inmates/%2E%2E/visits/%2E%2E/cancel",
+                                            "POST /api/inmates/%2E%2E/visits/%2E/cancel",
+                                            "POST /api/inmates/a.b/visits/.../cancel"));
 }
 
 TEST(RestAdapterTest, PushesOverRealHttpAndClassifiesAnswers) {

@@ -200,6 +200,19 @@ TEST_F(ClientTest, SequentialRequestsReuseTheConnection) {
   EXPECT_LE(peers_.size(), 2u);
 }
 
+// The path goes as the caller built it: curl resolves "." and ".." segments unless told not
+// to, which sent "/a/b/../../echo" to "/echo", another endpoint.
+TEST_F(ClientTest, ThePathIsSentAsItIsGivenDotSegmentsIncluded) {
+  Client client({});
+  for (const char* path : {"/a/b/../../echo", "/api/./x/../cancel", "/api/%2E%2E/cancel"}) {
+    absl::StatusOr<Response> r = client.SendAndWait({.url = Url(path), .body = "x"});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->status, 404) << path;
+    absl::MutexLock lock(&mu_);
+    EXPECT_EQ(last_.path, path);
+  }
+}
+
 TEST_F(ClientTest, NonSuccessStatusesAreOkResults) {
   Client client({});
   for (int code : {400, 404, 409, 429, 500, 503}) {
