@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/pem.h"
 #include "common/sv.h"
 
 namespace ess::adapters {
@@ -46,6 +47,14 @@ bool IsRetryable(const absl::Status& status) {
     default:
       return false;
   }
+}
+
+absl::Status CheckTransportFiles(std::string_view partner, std::string_view ca_file) {
+  if (ca_file.empty()) return absl::OkStatus();
+  absl::Status s = CheckCertificateFile(
+      std::string(ca_file), absl::StrCat("partners[", ToAbsl(partner), "].settings.ca_file"));
+  if (!s.ok()) return absl::InvalidArgumentError(s.message());
+  return absl::OkStatus();
 }
 
 absl::Duration ParseRetryAfter(std::string_view value, absl::Time now) {

@@ -39,6 +39,16 @@ void ApplyTransport(const Settings& s, http::Request& req) {
   req.max_response_bytes = s.max_response_bytes() ? s.max_response_bytes() : 65536;
 }
 
+// Checks the transport settings' files when the adapter is built: a `ca_file` must be readable
+// and hold at least one PEM certificate. INVALID_ARGUMENT "partners[NAME].settings.ca_file: ..."
+// (the service exits 2 naming it), rather than every push failing at its TLS handshake.
+absl::Status CheckTransportFiles(std::string_view partner, std::string_view ca_file);
+
+template <typename Settings>
+absl::Status CheckTransport(std::string_view partner, const Settings& s) {
+  return CheckTransportFiles(partner, s.ca_file());
+}
+
 // The wait a Retry-After header asks for: delta-seconds ("120") or an HTTP-date
 // ("Wed, 21 Oct 2026 07:28:00 GMT"), relative to `now`. Zero when absent, malformed or past.
 absl::Duration ParseRetryAfter(std::string_view value, absl::Time now);

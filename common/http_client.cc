@@ -74,10 +74,12 @@ absl::StatusCode CodeFor(CURLcode code) {
     case CURLE_SSL_INVALIDCERTSTATUS:
     case CURLE_SSL_SHUTDOWN_FAILED:
     case CURLE_AGAIN:
-      return absl::StatusCode::kUnavailable;
+    // A TLS file that the adapters checked when they were built and that went bad since (a CA
+    // bundle being replaced, a rotation gap): retried, not parked, as it will likely be back.
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CRL_BADFILE:
     case CURLE_SSL_CERTPROBLEM:
+      return absl::StatusCode::kUnavailable;
     case CURLE_SSL_ENGINE_NOTFOUND:
     case CURLE_SSL_ENGINE_SETFAILED:
     case CURLE_SSL_ENGINE_INITFAILED:

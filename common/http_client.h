@@ -60,10 +60,11 @@ absl::Status CheckHeader(std::string_view name, std::string_view value);
 // Transport failures (no HTTP status at all) come back as a status:
 //   DEADLINE_EXCEEDED  the timeout or connect timeout passed
 //   UNAVAILABLE        connection refused/reset, DNS failure, TLS handshake failure, a reply
-//                      that is not HTTP
+//                      that is not HTTP, a CA (or CRL, certificate) file that cannot be read
+//                      now (a rotation gap: callers check such files when they start)
 //   INVALID_ARGUMENT   malformed URL or unsupported scheme, or a header CheckHeader refuses
 //                      (nothing is sent)
-//   FAILED_PRECONDITION the local TLS setup is unusable (e.g. unreadable CA file)
+//   FAILED_PRECONDITION the local TLS engine is unusable
 //   CANCELLED          the client was stopped first
 //   UNKNOWN            any other transport failure (the message has curl's text)
 // Any HTTP status, 2xx or not, is an OK StatusOr holding the Response.

@@ -208,6 +208,7 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
   for (uint32_t code : settings.success_codes()) {
     if (code < 100 || code > 599) return bad("success_codes", "must be HTTP status codes");
   }
+  if (absl::Status s = CheckTransport(partner.name(), settings); !s.ok()) return s;
   std::optional<Mapper> inbound;
   if (partner.has_inbound()) {
     absl::StatusOr<Mapper> m = Mapper::Compile(partner.inbound().mapping());

@@ -96,6 +96,7 @@ absl::StatusOr<std::unique_ptr<SoapAdapter>> SoapAdapter::Create(
       return bad(absl::StrCat("headers.", name), "is set by the adapter (see soap_action)");
     }
   }
+  if (absl::Status s = CheckTransport(partner.name(), settings); !s.ok()) return s;
   return a;
 }
 

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <future>
 
 #include "absl/synchronization/mutex.h"
@@ -11,6 +12,7 @@
 #include "common/http_server.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "tests/adapters/test_certificate.h"
 
 namespace ess::adapters::rest {
 namespace {
@@ -204,6 +206,76 @@ TEST(RestAdapterTest, AnIdThatWouldInjectAHeaderIsRefusedAndNothingIsSent) {
   EXPECT_EQ(hits.load(), 0);
   EXPECT_TRUE(push("VIS-2", "MSG-1").status.ok());
   EXPECT_EQ(hits.load(), 1);
+  server.Stop();
+}
+
+// Pushes `request` through `adapter` and waits for the result.
+PushResult PushAndWait(Adapter& adapter, const PushRequest& request) {
+  std::promise<PushResult> p;
+  adapter.Push(request, [&](PushResult r) { p.set_value(std::move(r)); });
+  return p.get_future().get();
+}
+
+// The partner's `settings` changed by `change`.
+template <typename Change>
+ess::v1::PartnerConfig WithSettings(ess::v1::PartnerConfig partner, Change change) {
+  ess::v1::RestAdapterConfig rest;
+  EXPECT_TRUE(partner.settings().UnpackTo(&rest));
+  change(rest);
+  partner.mutable_settings()->PackFrom(rest);
+  return partner;
+}
+
+// ca_file is checked when the adapter is built, naming the field (the service exits 2 then);
+// before, a missing one parked every event DEAD ("error setting certificate file").
+TEST(RestAdapterTest, FactoryChecksTheCaFileHoldsACertificate) {
+  const std::string good = test_tls::WriteTempFile("ca.pem", test_tls::SelfSignedCertificatePem());
+  const std::string not_pem = test_tls::WriteTempFile("not-pem.txt", "hello\n");
+  const std::string no_cert = test_tls::WriteTempFile(
+      "key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+  const std::string missing = ::testing::TempDir() + "ess-no-such-partner-ca.pem";
+  auto create = [](const std::string& ca) {
+    return BuiltinRegistry()
+        .Create(WithSettings(Partner("https://127.0.0.1:9"),
+                             [&](ess::v1::RestAdapterConfig& r) { r.set_ca_file(ca); }),
+                {})
+        .status();
+  };
+  EXPECT_TRUE(create(good).ok()) << create(good);
+  absl::Status s = create(missing);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "partners[prison].settings.ca_file: cannot read " + missing);
+  s = create(not_pem);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "partners[prison].settings.ca_file: " + not_pem + " holds no PEM block");
+  s = create(no_cert);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(), "partners[prison].settings.ca_file: " + no_cert +
+                             " holds no PEM certificate that can be read");
+  for (const std::string& f : {good, not_pem, no_cert}) std::remove(f.c_str());
+}
+
+// A CA file that was good when the lane started and went bad since (a rotation gap) fails the
+// push retryably: the lane retries it rather than parking it DEAD.
+TEST(RestAdapterTest, ACaFileThatWentBadSinceTheStartIsRetryable) {
+  http::Server server({}, [&](http::ServerRequest, http::Responder r) {
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  const std::string ca =
+      test_tls::WriteTempFile("rotating-ca.pem", test_tls::SelfSignedCertificatePem());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      WithSettings(Partner("https://127.0.0.1:" + std::to_string(server.port())),
+                   [&](ess::v1::RestAdapterConfig& r) { r.set_ca_file(ca); }),
+      {.http = &client});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  ASSERT_EQ(std::remove(ca.c_str()), 0);
+  auto ev = MapVisit();
+  PushResult r = PushAndWait(
+      **adapter, {.correlation_id = "VIS-1", .message_id = "MSG-1", .fields = ev->fields});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_TRUE(IsRetryable(r.status));
   server.Stop();
 }
 

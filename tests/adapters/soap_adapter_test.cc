@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <future>
 #include <memory>
 #include <string>
@@ -14,6 +15,7 @@
 #include "common/http_server.h"
 #include "common/json.h"
 #include "common/log.h"
+#include "tests/adapters/test_certificate.h"
 
 namespace ess::adapters::soap {
 namespace {
@@ -634,6 +636,40 @@ TEST_F(SoapHttpTest, UnreachableEndpointIsRetryable) {
   auto p = Partner("http://127.0.0.1:1/soap");
   auto adapter = BuiltinRegistry().Create(p, {.http = &client_});
   ASSERT_TRUE(adapter.ok());
+  auto ev = Visit();
+  PushResult r = PushAndWait(**adapter, {.correlation_id = "VIS-77", .fields = ev->fields});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+}
+
+// ca_file is checked when the adapter is built, naming the field; a CA file that went bad
+// since (a rotation gap) fails the push retryably, not for good.
+TEST_F(SoapHttpTest, TheCaFileIsCheckedAtCreateAndWhenItGoesBadLaterThePushIsRetryable) {
+  auto with_ca = [](ess::v1::PartnerConfig p, const std::string& ca) {
+    ess::v1::SoapAdapterConfig soap;
+    EXPECT_TRUE(p.settings().UnpackTo(&soap));
+    soap.set_ca_file(ca);
+    p.mutable_settings()->PackFrom(soap);
+    return p;
+  };
+  const std::string missing = ::testing::TempDir() + "ess-no-such-soap-ca.pem";
+  auto refused = BuiltinRegistry().Create(with_ca(Partner(url_), missing), {.http = &client_});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(refused.status().message(),
+            "partners[visits].settings.ca_file: cannot read " + missing);
+  const std::string key_only = test_tls::WriteTempFile(
+      "soap-key-only.pem", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+  refused = BuiltinRegistry().Create(with_ca(Partner(url_), key_only), {.http = &client_});
+  EXPECT_EQ(refused.status().message(), "partners[visits].settings.ca_file: " + key_only +
+                                            " holds no PEM certificate that can be read");
+  std::remove(key_only.c_str());
+
+  const std::string ca =
+      test_tls::WriteTempFile("soap-ca.pem", test_tls::SelfSignedCertificatePem());
+  std::string https = url_;
+  https.replace(0, 4, "https");
+  auto adapter = BuiltinRegistry().Create(with_ca(Partner(https), ca), {.http = &client_});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  ASSERT_EQ(std::remove(ca.c_str()), 0);
   auto ev = Visit();
   PushResult r = PushAndWait(**adapter, {.correlation_id = "VIS-77", .fields = ev->fields});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;

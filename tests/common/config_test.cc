@@ -506,6 +506,21 @@ TEST(ConfigTest, AnAdapterSettingRefusedByTheServiceIsNamedAtItsLine) {
   EXPECT_EQ(c.status().message(), "hub.yaml:13:5: partners[0]: no route");
 }
 
+// A partner's ca_file that cannot be read is refused when the service builds the adapters, at
+// its line (the service exits 2).
+TEST(ConfigTest, APartnersUnreadableCaFileIsNamedAtItsLine) {
+  const auto& registry = adapters::BuiltinRegistry();
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("      path: /api/slots\n"), 0, "      ca_file: partner-ca.pem\n");
+  auto c =
+      LoadString(yaml, "hub.yaml", "/nonexistent-ess", registry.SettingsResolver(),
+                 [&](const ess::v1::PartnerConfig& p) { return registry.Create(p, {}).status(); });
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+  EXPECT_EQ(c.status().message(),
+            "hub.yaml:17:16: partners[0].settings.ca_file: cannot read "
+            "/nonexistent-ess/partner-ca.pem");
+}
+
 TEST(ConfigTest, DurationsAndWidthsHaveBounds) {
   std::string yaml = kGood;
   const std::string queue = "      queue: visit_updates\n";

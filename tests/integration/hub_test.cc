@@ -165,6 +165,22 @@ TEST_F(HubTest, ALaneStartedAgainstQueuesOfTheOtherTypeSaysWhatToDo) {
   EXPECT_EQ(partner.count(), 0u);
 }
 
+// A partner's ca_file that cannot be read stops outbound_svc at start with exit 2, naming the
+// field at its line; before, the lane started and parked every event DEAD ("error setting
+// certificate file").
+TEST_F(HubTest, APartnersCaFileThatCannotBeReadStopsTheLaneAtStartNamingIt) {
+  std::string yaml = Config("https://127.0.0.1:9");
+  const std::string path = "      path: /api/slots\n";
+  ASSERT_NE(yaml.find(path), std::string::npos);
+  yaml.replace(yaml.find(path), path.size(), path + "      ca_file: partner-ca.pem\n");
+  dir_.Write("hub.yaml", yaml);
+  Process outbound({BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+                   dir_.File("outbound.log"));
+  EXPECT_EQ(outbound.Wait(absl::Seconds(20)), 2) << outbound.Log();
+  EXPECT_THAT(outbound.Log(), HasSubstr(absl::StrCat("partners[0].settings.ca_file: cannot read ",
+                                                     dir_.File("partner-ca.pem"))));
+}
+
 TEST_F(HubTest, WebhookBecomesSlotConfirmedOnTheEventsExchange) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
