@@ -93,13 +93,6 @@ absl::StatusCode CodeFor(CURLcode code) {
   }
 }
 
-// The URL without its query or fragment: error messages must not carry tokens that a
-// partner API may expect in the query string.
-absl::string_view UrlForMessage(const std::string& url) {
-  absl::string_view view(url);
-  return view.substr(0, view.find_first_of("?#"));
-}
-
 bool IsHttpUrl(const std::string& url) {
   return absl::StartsWithIgnoreCase(url, "http://") || absl::StartsWithIgnoreCase(url, "https://");
 }
@@ -115,6 +108,19 @@ std::string OriginOf(const std::string& url) {
   const size_t scheme = url.find("://");
   const size_t from = scheme == std::string::npos ? 0 : scheme + 3;
   return url.substr(0, url.find_first_of("/?#", from));
+}
+
+// What error messages name of a URL: its origin, "scheme://host:port", without any
+// user:password. Never the path or query, which carry event data (a path placeholder's value,
+// maybe personal, escaped past the masking of logs) or tokens a partner API may expect there.
+std::string OriginForMessage(const std::string& url) {
+  std::string origin = OriginOf(url);
+  const size_t scheme = origin.find("://");
+  const size_t from = scheme == std::string::npos ? 0 : scheme + 3;
+  if (const size_t at = origin.rfind('@'); at != std::string::npos && at >= from) {
+    origin.erase(from, at + 1 - from);
+  }
+  return origin;
 }
 
 struct Origin;
@@ -266,8 +272,8 @@ struct Client::Impl {
     const absl::Duration left = pending.deadline - t.start;
     if (left <= absl::ZeroDuration()) {
       Complete(t, absl::DeadlineExceededError(
-                      absl::StrCat(t.request.method, " ", UrlForMessage(t.request.url), ": waited ",
-                                   absl::FormatDuration(t.request.timeout),
+                      absl::StrCat(t.request.method, " ", OriginForMessage(t.request.url),
+                                   ": waited ", absl::FormatDuration(t.request.timeout),
                                    " for a free connection to the host and never started")));
       return;
     }
@@ -276,9 +282,9 @@ struct Client::Impl {
     // its own, nor a header cut short at a NUL.
     for (const auto& [name, value] : t.request.headers) {
       if (absl::Status s = CheckHeader(name, value); !s.ok()) {
-        Complete(t, absl::Status(s.code(),
-                                 absl::StrCat(t.request.method, " ", UrlForMessage(t.request.url),
-                                              ": ", s.message(), "; request not sent")));
+        Complete(t, absl::Status(s.code(), absl::StrCat(t.request.method, " ",
+                                                        OriginForMessage(t.request.url), ": ",
+                                                        s.message(), "; request not sent")));
         return;
       }
     }
@@ -431,7 +437,7 @@ struct Client::Impl {
     const absl::string_view detail =
         t.error[0] != '\0' ? absl::string_view(t.error) : curl_easy_strerror(result);
     const std::string message =
-        absl::StrCat(t.request.method, " ", UrlForMessage(t.request.url), ": ", detail);
+        absl::StrCat(t.request.method, " ", OriginForMessage(t.request.url), ": ", detail);
     absl::StatusCode code = CodeFor(result);
     if (result == CURLE_UNSUPPORTED_PROTOCOL && IsHttpUrl(t.request.url)) {
       code = absl::StatusCode::kUnavailable;  // the peer answered something that is not HTTP

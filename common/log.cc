@@ -184,6 +184,25 @@ void CollectPiiValues(const rapidjson::Value& v, std::vector<std::string>& out) 
   }
 }
 
+// `value` percent-encoded as in a URL's path segment (RFC 3986: all but the unreserved
+// characters), with upper- or lower-case hex digits.
+std::string PercentEncoded(std::string_view value, bool upper) {
+  const char* hex = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+  std::string out;
+  out.reserve(value.size() * 3);
+  for (const char ch : value) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (absl::ascii_isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(ch);
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 0xF]);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void Init(std::string_view service, const ess::v1::LoggingConfig& config) {
@@ -234,6 +253,15 @@ std::string MaskPiiValues(std::string_view text, const rapidjson::Value& event) 
   if (GetState().pii.empty()) return std::string(text);
   std::vector<std::string> values;
   CollectPiiValues(event, values);
+  // A value that went into a URL (a REST path placeholder) comes back escaped when a partner
+  // echoes the path in its answer.
+  const size_t raw = values.size();
+  for (size_t i = 0; i < raw; ++i) {
+    for (const bool upper : {true, false}) {
+      std::string escaped = PercentEncoded(values[i], upper);
+      if (escaped != values[i]) values.push_back(std::move(escaped));
+    }
+  }
   std::sort(values.begin(), values.end(),
             [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
   std::string out(text);

@@ -88,9 +88,10 @@ bool IsPii(std::string_view field);
 
 // Returns `text` (e.g. a partner's error message, which often echoes the request) with every
 // value that a PII field holds anywhere in `event` replaced by "***": each string, and each
-// number as JSON writes it, inside such a field's value at any depth. Longer values first, so
-// one that holds another is masked whole. `text` as it is when no PII field is configured or
-// none is in `event`.
+// number as JSON writes it, inside such a field's value at any depth, as it is and
+// percent-encoded as in a URL's path (upper- or lower-case hex: "Jane%20Doe"). Longer values
+// first, so one that holds another is masked whole. `text` as it is when no PII field is configured
+// or none is in `event`.
 std::string MaskPiiValues(std::string_view text, const rapidjson::Value& event);
 
 // Streaming form: ESS_LOG(kInfo, cid) << "text";  The text is the msg of the line.

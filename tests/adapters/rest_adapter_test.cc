@@ -336,6 +336,41 @@ TEST(RestAdapterTest, DryRunLogMasksAFieldRenamedFromAPersonalOne) {
   EXPECT_THAT(log, HasSubstr(R"(\"slot\":\"2026-12-01T15:00:00Z\")"));  // the rest as it is
 }
 
+// A transport failure names the method and the partner's origin, never the path, which holds
+// event data: a PII value escaped in it ("Jane%20Doe-O%27Brien") got past the masking of logs,
+// records, x-ess-reason and audit events.
+TEST(RestAdapterTest, ATransportErrorNamesTheOriginNotThePath) {
+  log::Init("test", log::Level::kInfo, {"inmateId", "inmate"});
+  int port = 0;
+  {
+    http::Server probe({}, [](http::ServerRequest, http::Responder r) { std::move(r).Send({}); });
+    ASSERT_TRUE(probe.Start().ok());
+    port = probe.port();
+    probe.Stop();  // the port is closed: connections are refused
+  }
+  const std::string origin = "http://127.0.0.1:" + std::to_string(port);
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      WithSettings(Partner(origin),
+                   [](ess::v1::RestAdapterConfig& r) {
+                     r.set_path("/api/inmates/{inmate}/slots?who={inmate}");
+                   }),
+      {.http = &client});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto ev = MapEvent(R"({"id":"VIS-1","inmateId":"Jane Doe-O'Brien"})",
+                     {{"id", "id"}, {"inmate", "inmateId"}});
+  PushResult r = PushAndWait(
+      **adapter, {.correlation_id = "VIS-1", .message_id = "MSG-1", .fields = ev->fields});
+  log::Init("test", log::Level::kInfo, {});
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  const std::string message(r.status.message());
+  EXPECT_THAT(message, ::testing::StartsWith("POST " + origin + ": "));
+  for (const std::string& text : {message, r.detail}) {
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("Jane"))) << text;
+    EXPECT_THAT(text, ::testing::Not(HasSubstr("/api/inmates"))) << text;
+  }
+}
+
 TEST(RestAdapterTest, PullMapsTheCallback) {
   auto adapter = BuiltinRegistry().Create(Partner("http://127.0.0.1:9"), {});
   ASSERT_TRUE(adapter.ok());

@@ -639,6 +639,9 @@ TEST_F(SoapHttpTest, UnreachableEndpointIsRetryable) {
   auto ev = Visit();
   PushResult r = PushAndWait(**adapter, {.correlation_id = "VIS-77", .fields = ev->fields});
   EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  // The error names the endpoint's origin only, never its path.
+  EXPECT_THAT(std::string(r.status.message()), StartsWith("POST http://127.0.0.1:1: "));
+  EXPECT_THAT(std::string(r.status.message()), Not(HasSubstr("/soap")));
 }
 
 // ca_file is checked when the adapter is built, naming the field; a CA file that went bad

@@ -43,6 +43,15 @@ TEST(LogTest, MasksTheEventsPiiValuesInFreeText) {
       "*** (alias ***) and visitor ***, no ***; slot A1; VIS-1");
   EXPECT_EQ(MaskPiiValues("inmate B4242B4242 twice", event), "inmate ****** twice");
   EXPECT_EQ(MaskPiiValues("nothing to mask: 31", event), "nothing to mask: 31");
+  // Escaped as in a URL's path, as a partner echoes the request's path (upper or lower hex).
+  rapidjson::Document named;
+  named.Parse(R"({"id":"VIS-3","inmateId":"Jane Doe-O'Brien"})");
+  ASSERT_FALSE(named.HasParseError());
+  EXPECT_EQ(MaskPiiValues("no inmate /api/inmates/Jane%20Doe-O%27Brien/slots", named),
+            "no inmate /api/inmates/***/slots");
+  named.Parse(R"({"id":"VIS-4","inmateId":"Doe/1"})");
+  EXPECT_EQ(MaskPiiValues("/api/inmates/Doe%2F1 and Doe%2f1 and Doe/1", named),
+            "/api/inmates/*** and *** and ***");
   rapidjson::Document none;
   none.Parse(R"({"id":"VIS-2","inmateId":null,"inmate":""})");
   EXPECT_EQ(MaskPiiValues("Patient B4242 unknown", none), "Patient B4242 unknown");

@@ -1166,6 +1166,71 @@ TEST_F(HubTest, BadWebhooksGetTheRightStatusAndReason) {
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
 }
 
+// A personal value in a REST path (inmate <- inmateId) never reaches the log, the record, the
+// parked message's x-ess-reason or the audit event, raw or URL-escaped, when the partner is
+// down: before, the transport error carried the URL's path ("POST http://...:PORT/api/inmates/
+// Jane%20Doe-O%27Brien/slots: Failed to connect...") past the masking.
+TEST_F(HubTest, APersonalValueInTheRestPathReachesNoLogRecordReasonOrAuditEscaped) {
+  int closed_port = 0;
+  {
+    CapturePartner probe;
+    closed_port = probe.port();
+    probe.Stop();  // connections to it are refused
+  }
+  std::string yaml = Config(absl::StrCat("http://127.0.0.1:", closed_port));
+  const std::string path = "      path: /api/slots\n";
+  ASSERT_NE(yaml.find(path), std::string::npos);
+  yaml.replace(yaml.find(path), path.size(), "      path: /api/inmates/{inmate}/slots\n");
+  dir_.Write("hub.yaml", yaml);
+  auto conn = amqp::Connection::Open(broker_);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  const std::string audit = testing::BindSubscriber(**conn, exchange_ + ".audit");
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  outbound_ = std::make_unique<Process>(
+      std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+      dir_.File("outbound.log"));
+  ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  Publish(
+      {{"VIS-PII", R"({"type":"VisitScheduleUpdated","id":"VIS-PII","inmateId":"Jane Doe-O'Brien",)"
+                   R"("slotUtc":"2026-12-01T15:00:00Z"})"}});
+  ASSERT_TRUE(WaitFor([&] { return DepthOrZero(queue_ + ".parked") == 1; }, absl::Seconds(30)))
+      << outbound_->Log();
+  auto parked = (*conn)->Get(queue_ + ".parked");
+  ASSERT_TRUE(parked.ok()) << parked.status();
+  std::string reason, history;
+  for (const auto& [k, v] : parked->message.headers) {
+    if (k == "x-ess-reason") reason = v;
+    if (k == "x-ess-history") history = v;
+  }
+  // Still useful: the method and the partner's origin, and what went wrong.
+  EXPECT_THAT(reason, HasSubstr(absl::StrCat("POST http://127.0.0.1:", closed_port, ": ")));
+  ASSERT_TRUE(
+      WaitFor([&] { return Stats(ess::v1::DIRECTION_OUTBOUND).dead() == 1; }, absl::Seconds(10)));
+  auto trail = Trail("VIS-PII");
+  std::string errors;
+  for (const auto& rec : trail.records()) absl::StrAppend(&errors, rec.error(), "\n");
+  std::string audited;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (auto a = (*conn)->Get(audit); a.ok(); a = (*conn)->Get(audit)) {
+          absl::StrAppend(&audited, a->message.body, "\n");
+        }
+        return absl::StrContains(audited, "MESSAGE_STATUS_DEAD");
+      },
+      absl::Seconds(10)))
+      << audited;
+  ASSERT_TRUE((*conn)->DeleteQueue(audit).ok());
+  const std::string log = outbound_->Log();
+  EXPECT_THAT(log, HasSubstr("127.0.0.1"));  // the failures were logged
+  for (const char* pii : {"Jane", "Doe-O", "O'Brien", "O%27Brien", "Jane%20Doe", "/api/inmates/"}) {
+    EXPECT_THAT(log, ::testing::Not(HasSubstr(pii))) << pii;
+    EXPECT_THAT(reason, ::testing::Not(HasSubstr(pii))) << pii << ": " << reason;
+    EXPECT_THAT(history, ::testing::Not(HasSubstr(pii))) << pii << ": " << history;
+    EXPECT_THAT(errors, ::testing::Not(HasSubstr(pii))) << pii << ": " << errors;
+    EXPECT_THAT(audited, ::testing::Not(HasSubstr(pii))) << pii << ": " << audited;
+  }
+}
+
 TEST_F(HubTest, PoisonEventsAreParkedWithTheirReasonAndRecordedDead) {
   CapturePartner partner;
   StartHub(absl::StrCat("http://127.0.0.1:", partner.port()));
