@@ -8,7 +8,8 @@
 // Result classification (absl::Status codes, which the lanes act on):
 //   OK                                    the partner accepted it
 //   UNAVAILABLE, DEADLINE_EXCEEDED,
-//   RESOURCE_EXHAUSTED                    retryable (5xx, 408, 429, timeouts, connection errors)
+//   RESOURCE_EXHAUSTED                    retryable (5xx, 408, 425, 429, timeouts, connection
+//                                         errors; REST: a retry's 409, see rest_adapter.h)
 //   INVALID_ARGUMENT, FAILED_PRECONDITION,
 //   PERMISSION_DENIED, UNAUTHENTICATED    permanent (other 4xx, 3xx, bad payload)
 #ifndef ESS_ADAPTERS_ADAPTER_H_
@@ -57,6 +58,11 @@ struct PushRequest {
   std::string_view message_id;
   std::string_view event_type;
   std::span<const MappedField> fields;
+  // Which attempt of this event this push is: 1 for the first, more for the lane's retries (and
+  // the pushes that follow them). An adapter may judge a partner's answer by it: a REST
+  // partner's 409 to a retry with the same Idempotency-Key says the first attempt is still
+  // being processed, not that the event conflicts.
+  uint32_t attempt = 1;
   // Render and log, send nothing; the result is OK with `dry_run` set.
   bool dry_run = false;
   // Where an earlier push of this event may have landed after all (PushResult's field of the

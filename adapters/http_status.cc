@@ -28,6 +28,8 @@ absl::Status ClassifyHttpStatus(long status, std::span<const uint32_t> success_c
   }
   if (status == 408) return absl::DeadlineExceededError(msg);
   if (status == 429) return absl::ResourceExhaustedError(msg);
+  // Too Early (RFC 8470): the partner would not take the request yet, and asks for it again.
+  if (status == 425) return absl::UnavailableError(msg);
   if (status >= 500) return absl::UnavailableError(msg);
   if (status >= 300 && status < 400) {
     return absl::FailedPreconditionError(absl::StrCat(msg, " (redirects are not followed)"));

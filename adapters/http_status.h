@@ -4,6 +4,7 @@
 //   2xx (or a configured success code)  OK
 //   408                                 DEADLINE_EXCEEDED   (retryable)
 //   429                                 RESOURCE_EXHAUSTED  (retryable)
+//   425 (Too Early)                     UNAVAILABLE         (retryable)
 //   5xx                                 UNAVAILABLE         (retryable)
 //   3xx                                 FAILED_PRECONDITION (permanent; never followed)
 //   401 / 403                           UNAUTHENTICATED / PERMISSION_DENIED (permanent)

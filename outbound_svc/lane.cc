@@ -527,6 +527,7 @@ void Lane::Dispatch(PartnerState& p, std::unique_ptr<Job> job) {
       .message_id = job->message_id,
       .event_type = job->event_type,
       .fields = job->fields,
+      .attempt = job->attempt,
       .dry_run = options_.dry_run,
       .maybe_delivered_as = FindHeader(job->delivery.message.headers, kMaybeDeliveredAsHeader),
       .note = options_.dry_run ? nullptr : job.get()};

@@ -144,9 +144,20 @@ void RestAdapter::Push(const PushRequest& request, PushDone done) {
   }
   SendAndJudge(
       http_, "rest", *std::move(req), std::move(rendered),
-      [this](const http::Response& resp, PushResult* result) {
+      [this, retry = request.attempt > 1](const http::Response& resp, PushResult* result) {
         result->detail = absl::StrCat(resp.status);
         result->status = ClassifyHttpStatus(resp.status, success_codes_, resp.body);
+        // Every push carries its event's Idempotency-Key. A partner that follows the IETF
+        // Idempotency-Key draft answers 409 to a repeat of a key whose first request it is still
+        // processing (e.g. one that timed out on our side): on a retry that is no conflict of
+        // the event's, and parking it would park an event the partner then delivers. On a
+        // first attempt 409 stays a business conflict (permanent).
+        if (retry && resp.status == 409 && !result->status.ok() && !IsRetryable(result->status)) {
+          result->status = absl::UnavailableError(absl::StrCat(
+              "HTTP 409 to a retry: the partner may still be processing an earlier attempt with "
+              "this Idempotency-Key (",
+              result->status.message(), ")"));
+        }
       },
       std::move(done));
 }

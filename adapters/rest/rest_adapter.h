@@ -5,6 +5,12 @@
 // The correlation id travels in `Idempotency-Key` and in the correlation header
 // (X-Correlation-ID by default). Pull maps a JSON callback through the inbound mapping.
 //
+// Answers are judged by adapters::ClassifyHttpStatus, but for one: a 409 to a retry
+// (PushRequest.attempt > 1) is retryable (UNAVAILABLE). Each push carries its event's
+// Idempotency-Key, and a partner that follows the IETF Idempotency-Key draft answers 409 to a
+// repeat of a key whose first request it is still processing (one that timed out on our
+// side). A first attempt's 409 is a business conflict (permanent).
+//
 // Settings: ess.v1.RestAdapterConfig (proto/ess/v1/adapters.proto).
 #ifndef ESS_ADAPTERS_REST_REST_ADAPTER_H_
 #define ESS_ADAPTERS_REST_REST_ADAPTER_H_

@@ -445,6 +445,47 @@ TEST(RestAdapterTest, FactoryChecksThePathsPlaceholdersAgainstTheMapping) {
             "partners[prison].settings.path: placeholder at offset 11 has no name");
 }
 
+// A partner that follows the IETF Idempotency-Key draft answers 409 to a repeat of a key whose
+// first request it is still processing: to a retry that is retryable, with the reason said;
+// to a first attempt it stays a conflict (permanent). 425 Too Early is retryable on any attempt.
+TEST(RestAdapterTest, A409ToARetryIsRetryableAndToAFirstAttemptPermanent) {
+  std::atomic<int> answer{409};
+  std::atomic<int> hits{0};
+  http::Server server({}, [&](http::ServerRequest req, http::Responder r) {
+    ++hits;
+    EXPECT_EQ(req.Header("idempotency-key"), "MSG-1");
+    std::move(r).Send({.status = answer.load(), .body = R"({"error":"in progress"})"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      Partner("http://127.0.0.1:" + std::to_string(server.port())), {.http = &client});
+  ASSERT_TRUE(adapter.ok());
+  auto ev = MapVisit();
+  auto push = [&](uint32_t attempt) {
+    return PushAndWait(**adapter, {.correlation_id = "VIS-1",
+                                   .message_id = "MSG-1",
+                                   .fields = ev->fields,
+                                   .attempt = attempt});
+  };
+  PushResult first = push(1);
+  EXPECT_EQ(first.status.code(), absl::StatusCode::kInvalidArgument) << first.status;
+  EXPECT_EQ(first.status.message(), R"(partner answered HTTP 409: {"error":"in progress"})");
+  PushResult retry = push(2);
+  EXPECT_EQ(retry.status.code(), absl::StatusCode::kUnavailable) << retry.status;
+  EXPECT_TRUE(IsRetryable(retry.status));
+  EXPECT_THAT(std::string(retry.status.message()),
+              ::testing::StartsWith("HTTP 409 to a retry: the partner may still be processing an "
+                                    "earlier attempt with this Idempotency-Key"));
+  EXPECT_EQ(retry.detail, "409");
+  answer = 422;  // other 4xx stay permanent on a retry
+  EXPECT_EQ(push(3).status.code(), absl::StatusCode::kInvalidArgument);
+  answer = 425;
+  EXPECT_EQ(push(1).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(hits.load(), 4);
+  server.Stop();
+}
+
 TEST(HttpStatusTest, ThePartnersAnswerInTheErrorIsMaskedThenCut) {
   log::Init("test", log::Level::kInfo, {"inmateId"});
   std::vector<uint32_t> none;

@@ -10,11 +10,13 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <random>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -1990,6 +1992,78 @@ TEST_F(HubTest, VisitIsPushedDeliveredAndConfirmedThroughTheDemoPartner) {
   EXPECT_TRUE(t.trail().has_delivered_at());
   EXPECT_TRUE(t.trail().has_confirmed_at());
   ASSERT_TRUE((*conn)->DeleteQueue(sub).ok());
+}
+
+// A partner that follows the IETF Idempotency-Key draft answers 409 to a repeat of a key whose
+// first request it is still processing. The first push times out on the lane's side (the
+// partner takes 3 s, timeout_ms is 1 s); its retries get 409 until the partner has finished
+// it, then the stored 201. The event ends DELIVERED, not parked: before, the first 409 parked
+// it DEAD, and the partner then completed the first attempt all the same.
+TEST_F(HubTest, A409ToARetryWhileThePartnerStillProcessesTheFirstIsRetriedNotParked) {
+  absl::Mutex mu;
+  enum class State { kNew, kProcessing, kDone };
+  std::map<std::string, State> keys;   // guarded by mu
+  std::vector<std::thread> finishing;  // guarded by mu
+  auto join_finishing = [&] {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu);
+      threads.swap(finishing);
+    }
+    for (std::thread& t : threads) t.join();
+  };
+  CapturePartner partner;
+  // Joins the partner's late answers (a failed assertion included) while its server still runs.
+  struct Joiner {
+    std::function<void()> join;
+    ~Joiner() { join(); }
+  } joiner{join_finishing};
+  partner.set_behaviour([&](const CapturePartner::Seen& seen, http::Responder r) {
+    absl::MutexLock lock(&mu);
+    State& state = keys[seen.idempotency_key];
+    if (state == State::kNew) {
+      state = State::kProcessing;
+      finishing.emplace_back([&, key = seen.idempotency_key, r = std::move(r)]() mutable {
+        absl::SleepFor(absl::Seconds(3));
+        {
+          absl::MutexLock lock(&mu);
+          keys[key] = State::kDone;
+        }
+        std::move(r).Send({.status = 201, .body = R"({"accepted":true})"});
+      });
+    } else if (state == State::kProcessing) {
+      std::move(r).Send({.status = 409, .body = R"({"error":"request in progress"})"});
+    } else {
+      std::move(r).Send({.status = 201, .body = R"({"accepted":true})"});  // the stored answer
+    }
+  });
+  std::string yaml = Config(partner.url());
+  for (auto [from, to] :
+       {std::pair<std::string, std::string>{"      timeout_ms: 3000\n", "      timeout_ms: 1000\n"},
+        {"retry: {max_attempts: 2, initial_backoff_ms: 200, max_backoff_ms: 3000}",
+         "retry: {max_attempts: 30, initial_backoff_ms: 200, max_backoff_ms: 1000}"}}) {
+    ASSERT_NE(yaml.find(from), std::string::npos) << from;
+    yaml.replace(yaml.find(from), from.size(), to);
+  }
+  dir_.Write("hub.yaml", yaml);
+  ASSERT_NO_FATAL_FAILURE(StartReplay());
+  outbound_ = std::make_unique<Process>(
+      std::vector<std::string>{BinaryPath("outbound_svc"), "--config", dir_.File("hub.yaml")},
+      dir_.File("outbound.log"));
+  ASSERT_TRUE(outbound_->WaitForLog("outbound lane running")) << outbound_->Log();
+  Publish({{"VIS-409", VisitEvent("VIS-409")}});
+  const bool delivered = WaitFor(
+      [&] { return Stats(ess::v1::DIRECTION_OUTBOUND).delivered() == 1; }, absl::Seconds(60));
+  join_finishing();
+  ASSERT_TRUE(delivered) << outbound_->Log();
+  EXPECT_EQ(Stats(ess::v1::DIRECTION_OUTBOUND).dead(), 0u);
+  EXPECT_EQ(DepthOrZero(queue_ + ".parked"), 0u);
+  const std::vector<CapturePartner::Seen> seen = partner.seen();
+  ASSERT_GE(seen.size(), 3u);  // the first, at least one 409, the stored 201
+  for (const auto& s : seen) EXPECT_EQ(s.idempotency_key, "VIS-409");
+  EXPECT_THAT(outbound_->Log(),
+              HasSubstr("HTTP 409 to a retry: the partner may still be processing an earlier "
+                        "attempt with this Idempotency-Key"));
 }
 
 }  // namespace
