@@ -91,7 +91,11 @@ RestAdapter::RestAdapter(std::string partner, ess::v1::RestAdapterConfig setting
       success_codes_(settings_.success_codes().begin(), settings_.success_codes().end()),
       http_(http),
       inbound_(std::move(inbound)),
-      outbound_(std::move(outbound)) {}
+      outbound_(std::move(outbound)) {
+  for (const auto& [name, value] : settings_.headers()) {
+    if (absl::EqualsIgnoreCase(name, "Content-Type")) custom_content_type_ = true;
+  }
+}
 
 absl::StatusOr<http::Request> RestAdapter::Render(const PushRequest& request) const {
   http::Request req;
@@ -100,7 +104,8 @@ absl::StatusOr<http::Request> RestAdapter::Render(const PushRequest& request) co
   if (!path.ok()) return path.status();
   req.url = absl::StrCat(settings_.base_url(), *path);
   req.headers.reserve(4 + settings_.headers_size());
-  req.headers.emplace_back("Content-Type", "application/json");
+  // A configured Content-Type (a vendor media type) replaces the default one, below.
+  if (!custom_content_type_) req.headers.emplace_back("Content-Type", "application/json");
   // Per event, not per business id: a second update of the same visit is not a repeat.
   req.headers.emplace_back(
       "Idempotency-Key",
@@ -214,6 +219,22 @@ absl::StatusOr<std::unique_ptr<Adapter>> RestAdapterFactory::Create(
   if (!settings.correlation_header().empty()) {
     if (absl::Status h = http::CheckHeader(settings.correlation_header(), ""); !h.ok()) {
       return bad("correlation_header", ToStd(h.message()));
+    }
+  }
+  // The hub's own headers: a second one beside them would reach the partner too (two
+  // Idempotency-Keys, of which the partner may read either), and a static one would make
+  // every event a repeat of the first. (A Content-Type replaces the default one.)
+  const std::string correlation = settings.correlation_header().empty()
+                                      ? std::string("X-Correlation-ID")
+                                      : settings.correlation_header();
+  for (const auto& [name, value] : settings.headers()) {
+    if (absl::EqualsIgnoreCase(name, "Idempotency-Key")) {
+      return bad(absl::StrCat("headers.", name),
+                 "is set by the adapter (the event's message id, per event)");
+    }
+    if (absl::EqualsIgnoreCase(name, correlation)) {
+      return bad(absl::StrCat("headers.", name),
+                 "is set by the adapter (the correlation id; see correlation_header)");
     }
   }
   for (uint32_t code : settings.success_codes()) {

@@ -2,8 +2,10 @@
 //
 // Push renders the mapped fields as a JSON object and sends it (POST by default) to
 // base_url + path, where {field} placeholders in the path are filled from the mapped fields.
-// The correlation id travels in `Idempotency-Key` and in the correlation header
-// (X-Correlation-ID by default). Pull maps a JSON callback through the inbound mapping.
+// The event's message id (its correlation id when it has none) travels in `Idempotency-Key`,
+// the correlation id in the correlation header (X-Correlation-ID by default); the configured
+// `headers` may name neither (refused when the adapter is built), and a configured Content-Type
+// replaces application/json. Pull maps a JSON callback through the inbound mapping.
 //
 // Answers are judged by adapters::ClassifyHttpStatus, but for one: a 409 to a retry
 // (PushRequest.attempt > 1) is retryable (UNAVAILABLE). Each push carries its event's
@@ -47,6 +49,7 @@ class RestAdapter : public Adapter {
   http::Client* http_;
   std::optional<Mapper> inbound_;
   std::optional<Mapper> outbound_;
+  bool custom_content_type_ = false;  // `headers` has a Content-Type
 };
 
 class RestAdapterFactory : public AdapterFactory {

@@ -419,6 +419,80 @@ TEST(RestAdapterTest, FactoryRejectsBadSettings) {
   EXPECT_EQ(BuiltinRegistry().Create(p, {}).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A configured Content-Type (a vendor media type) replaces the adapter's application/json: the
+// partner gets one. Before, it got two Content-Types (and two Idempotency-Keys, now refused).
+TEST(RestAdapterTest, AConfiguredContentTypeReplacesTheDefault) {
+  absl::Mutex mu;
+  http::HeaderList seen;
+  http::Server server({}, [&](http::ServerRequest req, http::Responder r) {
+    {
+      absl::MutexLock lock(&mu);
+      seen = req.headers;
+    }
+    std::move(r).Send({.status = 201, .body = "{}"});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  http::Client client({});
+  auto adapter = BuiltinRegistry().Create(
+      WithSettings(Partner("http://127.0.0.1:" + std::to_string(server.port())),
+                   [](ess::v1::RestAdapterConfig& r) {
+                     (*r.mutable_headers())["content-type"] = "application/vnd.partner+json";
+                   }),
+      {.http = &client});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto ev = MapVisit();
+  PushResult r = PushAndWait(
+      **adapter, {.correlation_id = "VIS-1", .message_id = "MSG-1", .fields = ev->fields});
+  EXPECT_TRUE(r.status.ok()) << r.status;
+  server.Stop();
+  absl::MutexLock lock(&mu);
+  std::vector<std::string> types, keys;
+  for (const auto& [name, value] : seen) {
+    if (name == "content-type") types.push_back(value);
+    if (name == "idempotency-key") keys.push_back(value);
+  }
+  EXPECT_THAT(types, ::testing::ElementsAre("application/vnd.partner+json"));
+  EXPECT_THAT(keys, ::testing::ElementsAre("MSG-1"));
+}
+
+// The Idempotency-Key and the correlation header are the hub's: a configured one is refused,
+// whatever its case, naming it.
+TEST(RestAdapterTest, FactoryRefusesHeadersTheAdapterSets) {
+  auto create = [](auto change) {
+    return BuiltinRegistry()
+        .Create(WithSettings(Partner("http://127.0.0.1:9"), change), {})
+        .status();
+  };
+  absl::Status s = create(
+      [](ess::v1::RestAdapterConfig& r) { (*r.mutable_headers())["Idempotency-Key"] = "static"; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "partners[prison].settings.headers.Idempotency-Key: is set by the adapter (the "
+            "event's message id, per event)");
+  s = create(
+      [](ess::v1::RestAdapterConfig& r) { (*r.mutable_headers())["idempotency-KEY"] = "static"; });
+  EXPECT_THAT(
+      std::string(s.message()),
+      HasSubstr("partners[prison].settings.headers.idempotency-KEY: is set by the adapter"));
+  s = create(
+      [](ess::v1::RestAdapterConfig& r) { (*r.mutable_headers())["x-correlation-id"] = "static"; });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message(),
+            "partners[prison].settings.headers.x-correlation-id: is set by the adapter (the "
+            "correlation id; see correlation_header)");
+  s = create([](ess::v1::RestAdapterConfig& r) {
+    r.set_correlation_header("X-Trace-Id");
+    (*r.mutable_headers())["X-TRACE-ID"] = "static";
+  });
+  EXPECT_THAT(std::string(s.message()),
+              HasSubstr("partners[prison].settings.headers.X-TRACE-ID: is set by the adapter"));
+  // With another correlation header, X-Correlation-ID is the partner's own.
+  EXPECT_TRUE(create([](ess::v1::RestAdapterConfig& r) {
+                r.set_correlation_header("X-Trace-Id");
+                (*r.mutable_headers())["X-Correlation-ID"] = "tenant-7";
+              }).ok());
+}
+
 TEST(RestAdapterTest, FactoryChecksThePathsPlaceholdersAgainstTheMapping) {
   auto with_path = [](const std::string& path) {
     ess::v1::PartnerConfig p = Partner("http://127.0.0.1:9");

@@ -104,6 +104,21 @@ TEST(ConfigTest, LoadsAndFillsDefaults) {
   EXPECT_THAT(c->logging().pii_fields(), ::testing::ElementsAre("inmateId", "inmate"));
 }
 
+// A header the rest adapter sets itself (Idempotency-Key, the correlation header) is refused
+// when the service builds the adapters, at its line (the service exits 2).
+TEST(ConfigTest, AHeaderTheRestAdapterSetsItselfIsNamedAtItsLine) {
+  const auto& registry = adapters::BuiltinRegistry();
+  std::string yaml = kGood;
+  yaml.replace(yaml.find("{X-Api-Key: abc}"), 16, "{X-Api-Key: abc, idempotency-key: static}");
+  auto c =
+      LoadString(yaml, "hub.yaml", "/etc/ess", registry.SettingsResolver(),
+                 [&](const ess::v1::PartnerConfig& p) { return registry.Create(p, {}).status(); });
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << c.status();
+  EXPECT_THAT(std::string(c.status().message()),
+              HasSubstr("partners[0].settings.headers.idempotency-key: is set by the adapter"));
+  EXPECT_THAT(std::string(c.status().message()), ::testing::StartsWith("hub.yaml:18:"));
+}
+
 TEST(ConfigTest, JsonIsAcceptedToo) {
   auto c = Load(R"({"bus": {"port": 5674}, "replay": {"listen": "127.0.0.1:1"}})");
   ASSERT_TRUE(c.ok()) << c.status();
