@@ -37,6 +37,10 @@ constexpr size_t kMaxHistoryEntryBytes = 512;
 // no room for them in a frame (FitForMove).
 constexpr size_t kMaxReasonBytes = 2048;
 constexpr size_t kShortReasonBytes = 256;
+// A failed push's error text (in the log, the record, the audit event) is cut to this, after
+// its personal values are masked: masked first, no value is split by the cut and left half
+// visible.
+constexpr size_t kMaxErrorBytes = 4096;
 // A half-open breaker's probe takes one message at a time (lane.h).
 constexpr uint16_t kProbePrefetch = 1;
 // How long a partner's queue stays paused after a move failed: doubling from the first to the
@@ -618,9 +622,10 @@ void Lane::OnPushed(PartnerState& p, std::unique_ptr<Job> job, adapters::PushRes
   }
   // The partner's error text may echo the event (a SOAP faultstring, a plain-text 400): its PII
   // values are masked here, before the text reaches the log, the record, the retried or parked
-  // message's headers and the audit event.
-  result.status = absl::Status(result.status.code(),
-                               log::MaskPiiValues(ToStd(result.status.message()), job->event));
+  // message's headers and the audit event; then it is cut (kMaxErrorBytes).
+  result.status = absl::Status(
+      result.status.code(),
+      utf8::Cut(log::MaskPiiValues(ToStd(result.status.message()), job->event), kMaxErrorBytes));
   log::Warn(job->correlation_id, "push failed",
             {{"partner", partner},
              {"attempt", absl::StrCat(job->attempt)},

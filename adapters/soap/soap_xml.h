@@ -93,9 +93,11 @@ struct Fault {
   //   anything else                                           UNAVAILABLE (retried, then parked)
   // The message is "SOAP fault CODE[ (SUBCODE)]: REASON", each text cut on a character boundary
   // with a marker (utf8::Cut) past kMaxFaultCodeBytes (code, subcode) or kMaxFaultReasonBytes
-  // (reason): a partner's fault text may be as long as its answer.
+  // (reason): a partner's fault text may be as long as its answer. The reason's bound is wide:
+  // the outbound lane masks the event's personal values in the text, then cuts it shorter, so
+  // that no value is split by a cut before it is masked.
   static constexpr size_t kMaxFaultCodeBytes = 256;
-  static constexpr size_t kMaxFaultReasonBytes = 2048;
+  static constexpr size_t kMaxFaultReasonBytes = 64 * 1024;
   absl::Status ToStatus() const;
 };
 

@@ -2026,7 +2026,7 @@ TEST_F(HubTest, A409ToARetryWhileThePartnerStillProcessesTheFirstIsRetriedNotPar
       finishing.emplace_back([&, key = seen.idempotency_key, r = std::move(r)]() mutable {
         absl::SleepFor(absl::Seconds(3));
         {
-          absl::MutexLock lock(&mu);
+          absl::MutexLock done(&mu);
           keys[key] = State::kDone;
         }
         std::move(r).Send({.status = 201, .body = R"({"accepted":true})"});
