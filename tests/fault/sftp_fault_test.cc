@@ -556,14 +556,9 @@ class SftpLaneFaultTest : public HubTest {
              {"VIS-3", VisitEvent("VIS-3")}});
   }
 
-  // PushThroughALostRenameAnswer, then SIGTERM to the lane while the upload waits for the lost
-  // answer, with `deadline_ms` to finish. Sets the file the server made and the stopped lane's
-  // log.
-  void StopDuringTheUpload(int deadline_ms, std::string* made, std::string* log) {
-    outbound_extra_ = absl::StrCat("  shutdown_deadline_ms: ", deadline_ms);
-    ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
-    // The server renamed the file into place (not just began its part file); the client waits
-    // for the answer (2 s).
+  // Waits until the server renamed the batch's file into place (not just began its part file),
+  // while the client waits for the lost answer (2 s); sets its name.
+  void WaitForTheFileMade(std::string* made) {
     ASSERT_TRUE(testing::WaitFor(
         [&] {
           const std::vector<std::string> files = Files();
@@ -572,6 +567,15 @@ class SftpLaneFaultTest : public HubTest {
         absl::Seconds(30)))
         << outbound_->Log();
     *made = Files()[0];
+  }
+
+  // PushThroughALostRenameAnswer, then SIGTERM to the lane while the upload waits for the lost
+  // answer, with `deadline_ms` to finish. Sets the file the server made and the stopped lane's
+  // log.
+  void StopDuringTheUpload(int deadline_ms, std::string* made, std::string* log) {
+    outbound_extra_ = absl::StrCat("  shutdown_deadline_ms: ", deadline_ms);
+    ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
+    ASSERT_NO_FATAL_FAILURE(WaitForTheFileMade(made));
     EXPECT_EQ(outbound_->Stop(SIGTERM, absl::Seconds(30)), 0) << outbound_->Log();
     *log = outbound_->Log();
     outbound_.reset();
@@ -634,14 +638,8 @@ TEST_F(SftpLaneFaultTest, ARestartedLaneDoesNotSendAgainRowsAnUploadOfUnknownOut
 // first file. Before, it sent them again in the new file.
 TEST_F(SftpLaneFaultTest, ALaneKilledDuringAnUploadLeavesThePathInItsRecords) {
   ASSERT_NO_FATAL_FAILURE(PushThroughALostRenameAnswer());
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        const std::vector<std::string> files = Files();
-        return files.size() == 1 && !files[0].starts_with(".");
-      },
-      absl::Seconds(30)))
-      << outbound_->Log();
-  const std::string made = Files()[0];
+  std::string made;
+  ASSERT_NO_FATAL_FAILURE(WaitForTheFileMade(&made));
   for (const std::string id : {"VIS-1", "VIS-2", "VIS-3"}) {
     const ess::v1::GetResponse trail = Trail(id);
     ASSERT_EQ(trail.records_size(), 1) << id;
