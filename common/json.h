@@ -17,7 +17,8 @@ namespace ess::json {
 inline constexpr size_t kMaxDepth = 64;
 
 // Parses `text` into `doc`: strict JSON (RFC 8259) in well-formed UTF-8, nested at most
-// kMaxDepth levels. INVALID_ARGUMENT "invalid JSON at offset N: REASON" on error.
+// kMaxDepth levels, whole numbers within 64-bit integers (a wider one would lose digits as a
+// double). INVALID_ARGUMENT "invalid JSON at offset N: REASON" on error.
 absl::Status Parse(std::string_view text, rapidjson::Document& doc);
 
 // Compact serialization.

@@ -1,7 +1,9 @@
 #include "common/json.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 
 namespace ess {
@@ -41,6 +43,28 @@ TEST(JsonTest, RefusesTextThatIsNotUtf8) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.message(), "invalid JSON at offset 10: Invalid encoding in string.");
   EXPECT_TRUE(json::Parse("{\"id\":\"Zo\xC3\xAB\"}", doc).ok());
+}
+
+// A whole number beyond 64-bit integers is refused: read as a double, 12345678901234567890123
+// would go on as 1.2345678901234568e+22, another number. Everything that fits stays exact, and
+// numbers written with a fraction or an exponent are doubles as before.
+TEST(JsonTest, RefusesAWholeNumberBeyond64BitsRatherThanChangeIt) {
+  rapidjson::Document doc;
+  for (const char* wide : {R"({"inmate":12345678901234567890123})", R"([18446744073709551616])",
+                           R"([-9223372036854775809])"}) {
+    absl::Status s = json::Parse(wide, doc);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << wide;
+    EXPECT_THAT(std::string(s.message()),
+                ::testing::HasSubstr("a whole number beyond 64-bit integers, which would lose "
+                                     "digits (send it as a string)"))
+        << wide;
+    EXPECT_THAT(std::string(s.message()), ::testing::Not(::testing::HasSubstr("1234567")));
+  }
+  ASSERT_TRUE(
+      json::Parse(R"([18446744073709551615,-9223372036854775808,-0,0.5,1e22,-2.5E-3])", doc).ok());
+  EXPECT_EQ(doc[0].GetUint64(), 18446744073709551615u);
+  EXPECT_EQ(doc[1].GetInt64(), INT64_MIN);
+  EXPECT_EQ(json::Serialize(doc), "[18446744073709551615,-9223372036854775808,0,0.5,1e22,-0.0025]");
 }
 
 TEST(JsonTest, NamesTheOffsetOfOtherErrors) {
