@@ -1438,7 +1438,14 @@ TEST_F(HubTest, AParkTheBrokerRefusesIsRequeuedAndHeldUntilItCanBeParked) {
       },
       absl::Seconds(10)));
   EXPECT_THAT(outbound_->Log(), HasSubstr("unroutable: exchange= routing_key=" + parked));
-  EXPECT_THAT(outbound_->Log(), HasSubstr("a move to a delay or parked queue failed"));
+  // Logged just after the requeue: waited for, not read at once (CI once read the log between
+  // the two lines).
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return absl::StrContains(outbound_->Log(), "a move to a delay or parked queue failed");
+      },
+      absl::Seconds(5)))
+      << outbound_->Log();
   // Held for 250 ms, 500 ms, 1 s, 2 s: a handful of tries in 2.5 s, where a requeue loop makes
   // thousands.
   absl::SleepFor(absl::Milliseconds(2500));
